@@ -1,0 +1,38 @@
+"""kaggle-lora: MLX LoRA/QLoRA adapter ensembles on BERT-family encoders for Kaggle competitions.
+
+Importing this package first sets up the fastest BLAS for MLX (see :mod:`lora_tasks.backend`);
+it must therefore be imported before ``mlx.core``. The public API is loaded lazily so that
+``import lora_tasks`` stays cheap for code that only needs the Kaggle or data layers.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from .backend import blas_info, configure as _configure_backend
+
+_configure_backend()
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; resolved on first access.
+_LAZY = {
+    "BertConfig": "lora_tasks.models",
+    "BertModel": "lora_tasks.models",
+    "BertWithHead": "lora_tasks.models",
+    "Tokenizer": "lora_tasks.data.tokenizer",
+    "load_encoder": "lora_tasks.models",
+    "resolve_model_dir": "lora_tasks.hub",
+    "DEFAULT_MODEL_ID": "lora_tasks.hub",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lora_tasks' has no attribute {name!r}")
+    return getattr(import_module(module), name)
+
+
+__all__ = ["blas_info", "__version__", *_LAZY]
