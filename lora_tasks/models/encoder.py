@@ -1,0 +1,125 @@
+"""Encoders with task heads, and loading them from a model id or folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from lora_tasks.data.tokenizer import Tokenizer
+from lora_tasks.hub import resolve_model_dir, weight_file
+from lora_tasks.models.bert import BertConfig, BertModel
+from lora_tasks.models.heads import POOLINGS, ClassificationHead, Pooling, check_head_type, head_loss, mean_pool
+from lora_tasks.models.weights import WeightLoadError, load_weights, read_checkpoint, hf_to_ours
+
+
+class BertWithHead(nn.Module):
+    """A BERT encoder (attribute ``bert``, as in HF's ``BertForSequenceClassification``) plus a head.
+
+    ``__call__`` returns logits: shape (batch,) for binary classification, else (batch, num_labels).
+    """
+
+    def __init__(
+        self,
+        config: BertConfig,
+        head_type: str = "binary_classification",
+        num_labels: int = 1,
+        pooling: Pooling = "mean",
+        head_dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"Unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}.")
+        self.head_type = head_type
+        self.num_labels = num_labels
+        self.pooling = pooling
+        self.bert = BertModel(config, add_pooler=pooling == "pooler")
+        self.head = ClassificationHead(config.hidden_size, check_head_type(head_type, num_labels), head_dropout)
+
+    @property
+    def config(self) -> BertConfig:
+        return self.bert.config
+
+    def pool(self, hidden: mx.array, attention_mask: mx.array | None) -> mx.array:
+        if self.pooling == "mean":
+            return mean_pool(hidden, attention_mask)
+        if self.pooling == "pooler":
+            return self.bert.pooler(hidden)
+        return hidden[:, 0]
+
+    def __call__(
+        self,
+        input_ids: mx.array,
+        attention_mask: mx.array | None = None,
+        token_type_ids: mx.array | None = None,
+    ) -> mx.array:
+        hidden = self.bert(input_ids, attention_mask, token_type_ids)
+        logits = self.head(self.pool(hidden, attention_mask))
+        return logits.squeeze(-1) if self.head_type == "binary_classification" else logits
+
+    def loss(self, logits: mx.array, labels: mx.array, class_weights: mx.array | None = None) -> mx.array:
+        return head_loss(self.head_type, logits, labels, class_weights)
+
+
+@dataclass
+class LoadedEncoder:
+    """What :func:`load_encoder` returns: the model, its tokenizer, and where they came from."""
+
+    model: nn.Module
+    tokenizer: Tokenizer
+    config: BertConfig
+    source: Path
+
+
+def _file_has_pooler(path: Path) -> bool:
+    return any(hf_to_ours(k).startswith("pooler.") for k in read_checkpoint(path))
+
+
+def load_encoder(
+    model: str | os.PathLike | None = None,
+    head_type: str | None = None,
+    num_labels: int = 1,
+    pooling: Pooling = "mean",
+    dtype: mx.Dtype = mx.float32,
+) -> LoadedEncoder:
+    """Load a BERT-family encoder with pretrained weights (``head_type=None``: the bare encoder,
+    a :class:`BertModel`; otherwise a :class:`BertWithHead` whose head is freshly initialized).
+
+    ``model`` is a local folder, a hub id, or ``None`` for the offline default all-MiniLM-L6-v2.
+    """
+    folder = resolve_model_dir(model)
+    config = BertConfig.from_file(folder / "config.json")
+    if config.model_type not in ("bert", "roberta", "xlm-roberta", "distilbert", "electra") and config.model_type:
+        if config.model_type != "bert":
+            raise ValueError(
+                f"{folder}/config.json has model_type={config.model_type!r}; load_encoder builds BERT-family "
+                "encoders (model_type 'bert')."
+            )
+    weights = weight_file(folder)
+    if weights is None:  # resolve_model_dir checked, but keep the error explicit
+        raise WeightLoadError(f"No weights in {folder}.")
+    if head_type is None:
+        net: nn.Module = BertModel(config, add_pooler=_file_has_pooler(weights))
+        load_weights(net, weights)
+    else:
+        net = BertWithHead(config, head_type, num_labels, pooling)
+        load_weights(net.bert, weights, name_map=lambda n: _strip_pooler_if_unused(n, pooling))
+    if dtype != mx.float32:
+        net.set_dtype(dtype)
+    net.eval()  # MLX modules start in training mode; inference is the safe default
+    return LoadedEncoder(net, Tokenizer.from_file(folder / "tokenizer.json"), config, folder)
+
+
+def _strip_pooler_if_unused(name: str, pooling: str) -> str:
+    key = hf_to_ours(name)
+    if pooling != "pooler" and key.startswith("pooler."):
+        return "cls.unused_pooler." + key  # ignored prefix: the head does not use the pooler
+    return key
+
+
+def config_json(config: BertConfig) -> str:
+    return json.dumps(config.to_dict(), indent=2)

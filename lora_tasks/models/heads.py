@@ -1,0 +1,95 @@
+"""Pooling, task heads and their losses. Heads return logits; losses are computed on logits.
+
+Head types:
+- ``binary_classification``: one logit per row; sigmoid cross-entropy.
+- ``multiclass_classification``: ``num_labels`` logits; softmax cross-entropy.
+- ``multilabel_classification``: ``num_labels`` logits; per-label sigmoid cross-entropy.
+- ``regression``: ``num_labels`` outputs (usually 1); mean squared error.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import mlx.core as mx
+import mlx.nn as nn
+
+HEAD_TYPES = (
+    "binary_classification",
+    "multiclass_classification",
+    "multilabel_classification",
+    "regression",
+)
+POOLINGS = ("cls", "mean", "pooler")
+Pooling = Literal["cls", "mean", "pooler"]
+
+
+def check_head_type(head_type: str, num_labels: int) -> int:
+    """Validate a head type and return the number of outputs its linear layer needs."""
+    if head_type not in HEAD_TYPES:
+        raise ValueError(f"Unknown head_type {head_type!r}; use one of {', '.join(HEAD_TYPES)}.")
+    if head_type == "binary_classification":
+        if num_labels not in (1, 2):
+            raise ValueError(f"binary_classification has 1 output (num_labels=1 or 2), got num_labels={num_labels}.")
+        return 1
+    if num_labels < 1 or (head_type == "multiclass_classification" and num_labels < 2):
+        raise ValueError(f"{head_type} needs num_labels >= {2 if 'multiclass' in head_type else 1}, got {num_labels}.")
+    return num_labels
+
+
+def mean_pool(hidden: mx.array, attention_mask: mx.array | None) -> mx.array:
+    if attention_mask is None:
+        return hidden.mean(axis=1)
+    m = attention_mask.astype(hidden.dtype)[..., None]
+    return (hidden * m).sum(axis=1) / mx.maximum(m.sum(axis=1), 1.0)
+
+
+class ClassificationHead(nn.Module):
+    """Dropout then a linear layer on the pooled sentence vector."""
+
+    def __init__(self, hidden_size: int, num_outputs: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_outputs)
+
+    def __call__(self, pooled: mx.array) -> mx.array:
+        return self.classifier(self.dropout(pooled))
+
+
+def head_loss(
+    head_type: str,
+    logits: mx.array,
+    labels: mx.array,
+    class_weights: mx.array | None = None,
+    reduction: Literal["mean", "none"] = "mean",
+) -> mx.array:
+    """The training loss of a head on logits. ``class_weights`` rebalances classes
+    (binary: weights of class 0 and 1; multiclass: one per class)."""
+    if head_type == "binary_classification":
+        y = labels.astype(logits.dtype).reshape(logits.shape)
+        loss = nn.losses.binary_cross_entropy(logits, y, with_logits=True, reduction="none")
+        if class_weights is not None:
+            loss = loss * (class_weights[1] * y + class_weights[0] * (1 - y))
+    elif head_type == "multiclass_classification":
+        idx = labels.astype(mx.int32).reshape(-1)
+        loss = nn.losses.cross_entropy(logits, idx, reduction="none")
+        if class_weights is not None:
+            loss = loss * class_weights[idx]
+    elif head_type == "multilabel_classification":
+        y = labels.astype(logits.dtype).reshape(logits.shape)
+        loss = nn.losses.binary_cross_entropy(logits, y, with_logits=True, reduction="none").mean(axis=-1)
+    elif head_type == "regression":
+        y = labels.astype(logits.dtype).reshape(logits.shape)
+        loss = ((logits - y) ** 2).mean(axis=-1) if logits.ndim > 1 else (logits - y) ** 2
+    else:
+        raise ValueError(f"Unknown head_type {head_type!r}; use one of {', '.join(HEAD_TYPES)}.")
+    return loss.mean() if reduction == "mean" else loss
+
+
+def predictions(head_type: str, logits: mx.array) -> mx.array:
+    """Logits -> what a submission wants: probabilities for classification, values for regression."""
+    if head_type in ("binary_classification", "multilabel_classification"):
+        return mx.sigmoid(logits)
+    if head_type == "multiclass_classification":
+        return mx.softmax(logits, axis=-1)
+    return logits

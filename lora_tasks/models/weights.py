@@ -1,0 +1,168 @@
+"""Loading Hugging Face checkpoints into our MLX modules: the one place HF names map to ours.
+
+Handles ``model.safetensors`` and, where that is all a checkpoint has, ``pytorch_model.bin``
+(read without torch: a zip of pickled storages that we rebuild into numpy arrays).
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+# Checkpoint entries that are not parameters of an encoder (pre-training heads, buffers).
+_IGNORED_PREFIXES = ("cls.", "lm_head.", "head.", "decoder.")
+_IGNORED_SUFFIXES = ("position_ids", "token_type_ids_buffer")
+
+
+class WeightLoadError(ValueError):
+    """Weights that do not fit the model; the message lists every offending key."""
+
+
+def hf_to_ours(name: str, prefix: str = "bert.") -> str:
+    """Map one Hugging Face parameter name to our module path.
+
+    BERT checkpoints come with or without a ``bert.`` prefix, and old ones name LayerNorm
+    parameters ``gamma``/``beta``.
+    """
+    for p in (prefix, "model."):
+        if p and name.startswith(p):
+            name = name[len(p):]
+    if name.endswith(".gamma"):
+        name = name[: -len("gamma")] + "weight"
+    elif name.endswith(".beta"):
+        name = name[: -len("beta")] + "bias"
+    return name
+
+
+def _ignored(name: str) -> bool:
+    return name.startswith(_IGNORED_PREFIXES) or name.endswith(_IGNORED_SUFFIXES)
+
+
+# ---- pytorch_model.bin without torch ---------------------------------------------------------
+
+_TORCH_DTYPES = {
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": None,  # handled below
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+
+class _StorageType:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _rebuild_tensor(storage, offset, size, stride, *args):  # noqa: ANN001 - pickle protocol
+    array, _ = storage
+    if not size:
+        return array[offset : offset + 1].reshape(())
+    itemsize = array.itemsize
+    return np.lib.stride_tricks.as_strided(
+        array[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)
+    ).copy()
+
+
+def load_torch_bin(path: Path) -> dict[str, np.ndarray]:
+    """Read a PyTorch ``state_dict`` zip file into numpy arrays, without importing torch."""
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        pkl = next((n for n in names if n.endswith("data.pkl")), None)
+        if pkl is None:
+            raise WeightLoadError(f"{path} is not a PyTorch zip checkpoint (no data.pkl inside).")
+        root = pkl[: -len("data.pkl")]
+        cache: dict[str, np.ndarray] = {}
+
+        class _Unpickler(pickle.Unpickler):
+            def find_class(self, module: str, name: str) -> Any:
+                if module == "torch._utils" and name in {"_rebuild_tensor_v2", "_rebuild_tensor"}:
+                    return _rebuild_tensor
+                if module == "torch" and name.endswith("Storage"):
+                    return _StorageType(name)
+                if module == "collections" and name == "OrderedDict":
+                    return OrderedDict
+                raise WeightLoadError(f"{path}: unsupported object {module}.{name} in checkpoint.")
+
+            def persistent_load(self, pid: Any) -> Any:
+                _, storage_type, key, _location, _numel = pid
+                if key not in cache:
+                    raw = zf.read(f"{root}data/{key}")
+                    if storage_type.name == "BFloat16Storage":
+                        u16 = np.frombuffer(raw, dtype=np.uint16)
+                        cache[key] = (u16.astype(np.uint32) << 16).view(np.float32)
+                    else:
+                        cache[key] = np.frombuffer(raw, dtype=_TORCH_DTYPES[storage_type.name])
+                return cache[key], storage_type
+
+        with zf.open(pkl) as fh:
+            state = _Unpickler(fh).load()
+    return {k: np.asarray(v) for k, v in state.items()}
+
+
+def read_checkpoint(path: Path) -> dict[str, mx.array]:
+    """All tensors of a safetensors or PyTorch checkpoint file, as MLX arrays."""
+    if not path.is_file():
+        raise WeightLoadError(f"Weights file {path} does not exist.")
+    try:
+        if path.suffix == ".safetensors":
+            return dict(mx.load(str(path)))
+        return {k: mx.array(v) for k, v in load_torch_bin(path).items()}
+    except WeightLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - corrupt files fail in many ways
+        raise WeightLoadError(f"Cannot read weights file {path}: {exc}. Is it complete?") from exc
+
+
+def load_weights(
+    model: nn.Module,
+    path: Path,
+    name_map: Callable[[str], str] = hf_to_ours,
+    dtype: mx.Dtype = mx.float32,
+) -> None:
+    """Load a checkpoint into ``model``; raise one error listing every missing, unexpected or
+    mis-shaped key (with the file) instead of failing on the first."""
+    raw = read_checkpoint(path)
+    ours = dict(tree_flatten(model.parameters()))
+    loaded: dict[str, mx.array] = {}
+    unexpected: list[str] = []
+    for name, value in raw.items():
+        key = name_map(name)
+        if key in ours:
+            loaded[key] = value
+        elif not _ignored(key) and not _ignored(name):
+            unexpected.append(name)
+    missing = sorted(set(ours) - set(loaded))
+    wrong = [
+        f"{k}: file has {tuple(v.shape)}, model expects {tuple(ours[k].shape)}"
+        for k, v in loaded.items()
+        if tuple(v.shape) != tuple(ours[k].shape)
+    ]
+    problems = []
+    if wrong:
+        problems.append("shape mismatches:\n    " + "\n    ".join(sorted(wrong)))
+    if missing:
+        problems.append("missing from the file:\n    " + "\n    ".join(missing))
+    if unexpected:
+        problems.append("not in the model:\n    " + "\n    ".join(sorted(unexpected)))
+    if problems:
+        raise WeightLoadError(
+            f"Weights in {path} do not fit the model built from its config.json:\n  "
+            + "\n  ".join(problems)
+            + "\nFix: use the config.json that was saved with these weights, or a checkpoint of the same architecture."
+        )
+    model.update(tree_unflatten([(k, v.astype(dtype)) for k, v in loaded.items()]))
+    mx.eval(model.parameters())

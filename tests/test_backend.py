@@ -1,0 +1,60 @@
+"""The optimized BLAS really serves MLX's GEMMs (checked through the loaded libraries, not time)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+import lora_tasks
+from lora_tasks.backend import blas_info, sgemm_library
+
+
+def test_blas_is_interposed_and_gemm_is_correct():
+    import mlx.core as mx
+
+    info = blas_info()
+    assert info.fast, info.summary()
+    served_by = sgemm_library()
+    assert served_by is not None, "no globally visible cblas_sgemm: the BLAS was not preloaded"
+    assert "mlx_cpu.libs" not in served_by and "libblas-" not in served_by
+    assert os.path.realpath(info.path) == served_by
+    # the library is mapped into this process
+    maps = open("/proc/self/maps").read()
+    assert served_by in maps
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((257, 129), dtype=np.float32)
+    b = rng.standard_normal((129, 65), dtype=np.float32)
+    out = np.array(mx.array(a) @ mx.array(b))
+    np.testing.assert_allclose(out, a @ b, rtol=1e-4, atol=1e-4)
+
+
+def test_override_none_keeps_bundled_blas_and_warns_with_fix():
+    code = (
+        "import logging; logging.basicConfig();"
+        "import lora_tasks; from lora_tasks.backend import sgemm_library;"
+        "i = lora_tasks.blas_info(); print(i.provider, sgemm_library())"
+    )
+    env = dict(os.environ, KAGGLE_LORA_BLAS="none")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["bundled-reference", "None"]
+
+
+def test_override_with_missing_file_is_a_clear_error():
+    env = dict(os.environ, KAGGLE_LORA_BLAS="/nonexistent/libblas.so")
+    out = subprocess.run([sys.executable, "-c", "import lora_tasks"], env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "KAGGLE_LORA_BLAS" in out.stderr and "names no file" in out.stderr
+
+
+def test_importing_mlx_first_is_reported():
+    code = "import mlx.core; import lora_tasks; print(lora_tasks.blas_info().reason)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Import lora_tasks first" in out.stdout
+
+
+def test_blas_summary_names_provider():
+    assert lora_tasks.blas_info().provider in lora_tasks.blas_info().summary()
