@@ -155,6 +155,20 @@ def is_retryable(exc: BaseException) -> bool:
     return False
 
 
+def prefect_retry_condition(task: Any, task_run: Any, state: Any) -> bool:
+    """A ready-made Prefect ``retry_condition_fn``: retry only what :func:`is_retryable` allows.
+
+    Why: Prefect calls ``retry_condition_fn(task, task_run, state)``, not with the exception;
+    this unwraps the failed state's exception so tasks can use ``retry_condition_fn=
+    prefect_retry_condition`` without Kaggle logic in the task layer. Prefect is not imported.
+    """
+    try:
+        exc = state.result(raise_on_failure=False)
+    except BaseException as raised:  # some states raise instead of returning
+        exc = raised
+    return isinstance(exc, BaseException) and is_retryable(exc)
+
+
 def retry_after_seconds(exc: BaseException) -> float | None:
     """The wait a retryable error asks for (``Retry-After``), for a caller's retry delay."""
     return getattr(exc, "retry_after", None)
@@ -511,7 +525,9 @@ def download_competition(
             "downloading data",
             lambda: client.api.competition_download_files(slug, path=str(zip_dir), force=True, quiet=True),
         )
-        archives = sorted(zip_dir.glob("*.zip"))
+        # The client names the file after the redirect URL's extension; take whatever single
+        # file it wrote (its ".kaggle-partial" sidecar only exists after a failed transfer).
+        archives = sorted(p for p in zip_dir.iterdir() if p.is_file() and not p.name.endswith(".kaggle-partial"))
         if len(archives) != 1:
             raise CorruptDownloadError(
                 f"downloading data for competition '{slug}': expected one zip, got "

@@ -448,3 +448,11 @@ def test_wait_is_bounded_and_rides_out_transient_errors(solutions, creds, tmp_pa
             kio.wait_for_score("titanic", result.ref, client, timeout_s=0.3, poll_s=0.02, sleep=lambda s: (waits.append(s), __import__("time").sleep(s)))
         assert kio.is_retryable(info.value)
         assert len(waits) >= 2 and waits[1] > waits[0]  # backs off
+
+
+def test_prefect_retry_condition_unwraps_failed_state():
+    from prefect.states import Completed, Failed
+
+    assert kio.prefect_retry_condition(None, None, Failed(data=kio.RateLimitedError("429", retry_after=1)))
+    assert not kio.prefect_retry_condition(None, None, Failed(data=kio.NotFoundError("404")))
+    assert not kio.prefect_retry_condition(None, None, Completed(data=1))
