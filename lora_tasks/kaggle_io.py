@@ -217,7 +217,7 @@ def classify_error(exc: BaseException, slug: str, action: str) -> KaggleIOError:
         return KaggleConnectionError(f"{where}: Kaggle did not answer in time ({_short(exc)}). Retry later.")
     if isinstance(exc, requests.ConnectionError) or _is_transport_error(exc):
         return KaggleConnectionError(
-            f"{where}: could not reach Kaggle ({type(exc).__name__}). Check the network and retry."
+            f"{where}: the connection to Kaggle failed ({type(exc).__name__}). Check the network and retry."
         )
     if isinstance(exc, requests.HTTPError):
         response = exc.response
@@ -777,6 +777,12 @@ def submit(
             found.reused = True
             _write_json(intent_path, {**intent, "ref": found.ref, "state": "submitted"})
             return found
+        if intent.get("ref"):
+            # Recorded as submitted but beyond the listed page: trust the record, never resubmit.
+            return SubmissionResult(
+                slug=slug, ref=int(intent["ref"]), run_id=run_id, description=description,
+                sha256=digest, reused=True,
+            )
     intent = {
         "slug": slug,
         "run_id": run_id,

@@ -187,7 +187,7 @@ def test_slow_answer_times_out_as_retryable(server, creds):
 def test_unreachable_server_is_retryable(creds, tmp_path):
     with fk.serve(DATASETS) as srv:
         url = srv.url
-    with pytest.raises(kio.KaggleConnectionError, match="could not reach Kaggle") as info:
+    with pytest.raises(kio.KaggleConnectionError, match="connection to Kaggle failed") as info:
         kio.list_files("titanic", kio.KaggleClient(url, timeout=1))
     assert kio.is_retryable(info.value)
 
@@ -229,7 +229,8 @@ def test_kaggle_json_in_config_dir_is_used(isolated_home, server, tmp_path):
 
 
 @pytest.mark.parametrize("where", ["env", "file"])
-def test_bearer_token_is_introspected_and_used(where, isolated_home, server, monkeypatch):
+def test_bearer_token_is_introspected_and_used(where, isolated_home, server, monkeypatch, caplog):
+    caplog.set_level(logging.DEBUG)
     if where == "env":
         monkeypatch.setenv("KAGGLE_API_TOKEN", fk.DEFAULT_TOKEN)
     else:
@@ -237,6 +238,7 @@ def test_bearer_token_is_introspected_and_used(where, isolated_home, server, mon
     files = kio.list_files("titanic", kio.KaggleClient(server.url, timeout=5))
     assert len(files) == 3
     assert server.requests[0] == ("POST", "IntrospectToken")
+    assert fk.DEFAULT_TOKEN not in caplog.text
 
 
 def test_credentials_never_leak(isolated_home, server, monkeypatch, caplog, capsys, tmp_path):
@@ -456,3 +458,12 @@ def test_prefect_retry_condition_unwraps_failed_state():
     assert kio.prefect_retry_condition(None, None, Failed(data=kio.RateLimitedError("429", retry_after=1)))
     assert not kio.prefect_retry_condition(None, None, Failed(data=kio.NotFoundError("404")))
     assert not kio.prefect_retry_condition(None, None, Completed(data=1))
+
+
+def test_recorded_submission_is_never_repeated_even_if_not_listed(client, server, tmp_path):
+    path = _prediction("titanic", tmp_path)
+    first = kio.submit("titanic", path, "m", "run-rec", tmp_path / "state", client)
+    server.submissions.clear()  # e.g. pushed off the first page of ListSubmissions
+    again = kio.submit("titanic", path, "m", "run-rec", tmp_path / "state", client)
+    assert again.reused and again.ref == first.ref
+    assert [m for _, m in server.requests].count("CreateSubmission") == 1
