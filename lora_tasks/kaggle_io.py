@@ -30,12 +30,11 @@ import logging
 import math
 import os
 import re
-import shutil
 import tempfile
 import threading
 import time
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
