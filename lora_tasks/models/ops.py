@@ -1,7 +1,12 @@
-"""Activations and attention, with CPU-specific fast paths behind one backend check.
+"""Activations and attention, with CPU fast paths behind one backend check.
 
-Why: on the Linux CPU build of MLX, element-wise transcendental math (``erf``, ``exp``) runs
-scalar on one thread, so GELU and softmax can cost more than all the GEMMs of a BERT layer.
+Why: on the Linux CPU build of MLX, transcendental element-wise math (``erf``, ``exp``) runs
+scalar on one thread: on MiniLM at batch 32 x seq 64, erf-GELU took 83 ms and softmax 19 ms per
+layer against 40 ms for all of the layer's GEMMs. Rewritten as plain arithmetic (a rational
+``erf``, a polynomial ``exp``) and fused by ``mx.compile``, they take 8 ms and 4.6 ms. Their
+backward passes are written out (``mx.custom_function``) so autodiff does not differentiate the
+polynomials. Accuracy: erf to 5e-7, softmax probabilities to ~4e-6 (tested against MLX's own).
+On Metal the stock kernels are fast and are used unchanged.
 """
 
 from __future__ import annotations
@@ -12,22 +17,102 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
+from lora_tasks.backend import is_cpu_backend
+
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+# Rational minimax erf on [-4, 4] (erf(4) = 1 - 1.5e-8), coefficients of Eigen's fast float erf.
+_ERF_NUM = (
+    -2.72614225801306e-10,
+    2.77068142495902e-08,
+    -2.10102402082508e-06,
+    -5.69250639462346e-05,
+    -7.34990630326855e-04,
+    -2.95459980854025e-03,
+    -1.60960333262415e-02,
+)
+_ERF_DEN = (
+    -1.45660718464996e-05,
+    -2.13374055278905e-04,
+    -1.68282697438203e-03,
+    -7.37332916720468e-03,
+    -1.42647390514189e-02,
+)
+# exp(x) for x <= 0 as (Taylor_7(x / 256)) ** 256: only multiply-adds, so it vectorizes.
+_EXP_TAYLOR = tuple(1.0 / math.factorial(i) for i in range(7, -1, -1))
+_EXP_SQUARINGS = 8
 
 
-def gelu(x: mx.array) -> mx.array:
-    """GELU with the exact erf, as BERT's ``hidden_act="gelu"``."""
+def _horner(x: mx.array, coeffs: tuple[float, ...]) -> mx.array:
+    acc = x * coeffs[0] + coeffs[1]
+    for c in coeffs[2:]:
+        acc = acc * x + c
+    return acc
+
+
+def erf_rational(x: mx.array) -> mx.array:
+    """erf from multiply-adds and one division; max abs error 5e-7 in float32."""
+    x = mx.clip(x, -4.0, 4.0)
+    x2 = x * x
+    return x * _horner(x2, _ERF_NUM) / _horner(x2, _ERF_DEN)
+
+
+def exp_nonpositive(x: mx.array) -> mx.array:
+    """exp(x) for x <= 0 from multiply-adds (inputs below -80 give ~1e-35, i.e. zero)."""
+    p = _horner(mx.maximum(x, -80.0) * (1.0 / 2**_EXP_SQUARINGS), _EXP_TAYLOR)
+    for _ in range(_EXP_SQUARINGS):
+        p = p * p
+    return p
+
+
+@mx.custom_function
+def _gelu_fast(x: mx.array) -> mx.array:
+    return 0.5 * x * (1.0 + erf_rational(x * _SQRT1_2))
+
+
+@_gelu_fast.vjp
+def _gelu_fast_vjp(primals, cotangent, output):  # noqa: ANN001 - MLX's vjp protocol
+    x = primals[0] if isinstance(primals, (list, tuple)) else primals  # one-arg: a bare array
+    cdf = 0.5 * (1.0 + erf_rational(x * _SQRT1_2))
+    pdf = exp_nonpositive(-0.5 * x * x) * _INV_SQRT_2PI
+    return (cotangent * (cdf + x * pdf),)
+
+
+@mx.custom_function
+def _softmax_fast(s: mx.array) -> mx.array:
+    e = exp_nonpositive(s - mx.stop_gradient(s.max(axis=-1, keepdims=True)))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@_softmax_fast.vjp
+def _softmax_fast_vjp(primals, cotangent, output):  # noqa: ANN001 - MLX's vjp protocol
+    return (output * (cotangent - (cotangent * output).sum(axis=-1, keepdims=True)),)
+
+
+_gelu_fast_compiled = mx.compile(_gelu_fast)
+_softmax_fast_compiled = mx.compile(_softmax_fast)
+
+
+def gelu_exact(x: mx.array) -> mx.array:
+    """GELU with MLX's erf (BERT's ``hidden_act="gelu"``)."""
     return x * (1.0 + mx.erf(x * _SQRT1_2)) * 0.5
 
 
-def gelu_tanh(x: mx.array) -> mx.array:
-    return nn.gelu_approx(x)
+def softmax_stock(s: mx.array) -> mx.array:
+    return mx.softmax(s, axis=-1, precise=True)
+
+
+# The one backend check for these kernels: CPU gets the arithmetic versions.
+_CPU = is_cpu_backend()
+gelu: Callable[[mx.array], mx.array] = _gelu_fast_compiled if _CPU else gelu_exact
+softmax: Callable[[mx.array], mx.array] = _softmax_fast_compiled if _CPU else softmax_stock
 
 
 ACTIVATIONS: dict[str, Callable[[mx.array], mx.array]] = {
-    "gelu": gelu,
-    "gelu_new": gelu_tanh,
-    "gelu_pytorch_tanh": gelu_tanh,
+    "gelu": lambda x: gelu(x),
+    "gelu_new": nn.gelu_approx,
+    "gelu_pytorch_tanh": nn.gelu_approx,
     "relu": nn.relu,
     "silu": nn.silu,
 }
@@ -36,10 +121,10 @@ ACTIVATIONS: dict[str, Callable[[mx.array], mx.array]] = {
 def attention(
     q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None, scale: float, dropout: nn.Module
 ) -> mx.array:
-    """softmax(q k^T * scale + mask) v over (batch, heads, seq, head_dim)."""
-    if not dropout.training or dropout._p_1 == 1.0:
+    """softmax(q k^T * scale + mask) v over (batch, heads, seq, head_dim), dropout on the weights."""
+    if not _CPU and (not dropout.training or dropout._p_1 == 1.0):
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
     scores = (q * scale) @ k.swapaxes(-1, -2)
     if mask is not None:
         scores = scores + mask
-    return dropout(mx.softmax(scores, axis=-1, precise=True)) @ v
+    return dropout(softmax(scores)) @ v
