@@ -1,0 +1,417 @@
+"""The training engine: one adapter on tokenized rows, with checkpoints, early stopping and CV.
+
+Works on any model with the head interface of :class:`lora_tasks.models.BertWithHead`
+(``model(ids, mask, types) -> logits``, ``model.loss(logits, labels, class_weights)``,
+``model.head_type``) whose trainable parameters are the adapter and head. No Prefect here.
+
+Reproducible on the CPU: the batch order of epoch ``e`` depends only on ``(seed, e)`` and the
+dropout RNG is reseeded from ``(seed, e)`` at every epoch start, so a run killed after epoch 2 and started
+again ends with the same weights as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+from lora_tasks.data.tokenizer import Encoded
+from lora_tasks.progress import ProgressCallback, ProgressEvent
+
+log = logging.getLogger("lora_tasks.train")
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+CLASSIFICATION = ("binary_classification", "multiclass_classification", "multilabel_classification")
+
+
+@dataclass
+class TrainConfig:
+    """How one adapter is trained. Defaults suit a small LoRA on a MiniLM-sized encoder."""
+
+    epochs: int = 3
+    batch_size: int = 16
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    schedule: str = "linear"  # "linear" | "cosine" | "constant" (after warmup)
+    grad_clip: float | None = 1.0
+    grad_accum: int = 1
+    class_weights: str | None = None  # None | "balanced"
+    early_stopping_patience: int | None = 2  # epochs without improvement; None: never stop early
+    metric: str | None = None  # validation metric name (lora_tasks.metrics); None: the loss
+    seed: int = 0
+    compile: bool = True
+    pad_to_multiple: int = 16  # bounds the number of distinct shapes the compiled step sees
+    eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("epochs, batch_size and grad_accum must be >= 1.")
+        if self.schedule not in ("linear", "cosine", "constant"):
+            raise ValueError(f"schedule={self.schedule!r}; use 'linear', 'cosine' or 'constant'.")
+        if self.class_weights not in (None, "balanced"):
+            raise ValueError(f"class_weights={self.class_weights!r}; use None or 'balanced'.")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1).")
+
+
+@dataclass
+class Dataset:
+    """Tokenized rows (padded to the longest row) with their labels (None for test rows)."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray
+    labels: np.ndarray | None = None
+
+    @classmethod
+    def from_encoded(cls, enc: Encoded, labels: Sequence | np.ndarray | None = None) -> "Dataset":
+        y = None if labels is None else np.asarray(labels)
+        if y is not None and len(y) != len(enc):
+            raise ValueError(f"{len(enc)} tokenized rows but {len(y)} labels.")
+        return cls(enc.input_ids, enc.attention_mask, enc.token_type_ids, y)
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.attention_mask.sum(axis=1)
+
+    def subset(self, idx: np.ndarray) -> "Dataset":
+        return Dataset(
+            self.input_ids[idx],
+            self.attention_mask[idx],
+            self.token_type_ids[idx],
+            None if self.labels is None else self.labels[idx],
+        )
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    history: list[dict] = field(default_factory=list)  # one row per epoch
+    best_epoch: int = 0
+    best_score: float | None = None
+    metric: str = "loss"
+    resumed_from_epoch: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+    samples_per_s: float = 0.0
+
+
+# ---- batches ---------------------------------------------------------------------------------
+
+
+def bucketed_batches(lengths: np.ndarray, batch_size: int, seed: int, shuffle: bool = True) -> list[np.ndarray]:
+    """Index batches of similar lengths: shuffle, sort by length inside chunks of 50 batches,
+    then shuffle the batches. Padding only to each batch's own longest row."""
+    n = len(lengths)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n) if shuffle else np.arange(n)
+    chunk = batch_size * 50
+    batches: list[np.ndarray] = []
+    for start in range(0, n, chunk):
+        part = order[start : start + chunk]
+        part = part[np.argsort(-lengths[part], kind="stable")]
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    if shuffle:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def _trim(data: Dataset, idx: np.ndarray, multiple: int) -> tuple[mx.array, mx.array, mx.array]:
+    width = int(data.attention_mask[idx].sum(axis=1).max())
+    width = min(data.input_ids.shape[1], int(math.ceil(width / multiple) * multiple))
+    return (
+        mx.array(data.input_ids[idx, :width]),
+        mx.array(data.attention_mask[idx, :width]),
+        mx.array(data.token_type_ids[idx, :width]),
+    )
+
+
+# ---- pieces of the loop --------------------------------------------------------------------
+
+
+def make_schedule(cfg: TrainConfig, total_steps: int) -> Callable[[mx.array], mx.array] | float:
+    warmup = int(round(cfg.warmup_ratio * total_steps))
+    rest = max(total_steps - warmup, 1)
+    if cfg.schedule == "linear":
+        decay = optim.linear_schedule(cfg.learning_rate, 0.0, rest)
+    elif cfg.schedule == "cosine":
+        decay = optim.cosine_decay(cfg.learning_rate, rest)
+    else:
+        decay = lambda step: mx.array(cfg.learning_rate)  # noqa: E731
+    if warmup == 0:
+        return decay
+    return optim.join_schedules([optim.linear_schedule(cfg.learning_rate * 0.01, cfg.learning_rate, warmup), decay], [warmup])
+
+
+def balanced_class_weights(head_type: str, labels: np.ndarray) -> mx.array | None:
+    """sklearn's 'balanced' weights: n_samples / (n_classes * count(class))."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    if head_type not in ("binary_classification", "multiclass_classification"):
+        return None
+    y = labels.astype(np.int64).reshape(-1)
+    classes = np.arange(int(y.max()) + 1 if head_type == "multiclass_classification" else 2)
+    present = np.unique(y)
+    weights = np.ones(len(classes), dtype=np.float32)
+    weights[present] = compute_class_weight("balanced", classes=present, y=y)
+    return mx.array(weights)
+
+
+def predict(model: nn.Module, data: Dataset, batch_size: int = 64, pad_to_multiple: int = 16) -> np.ndarray:
+    """Predictions (probabilities or values) for every row, in row order. Model in eval mode."""
+    from lora_tasks.models.heads import predictions
+
+    was_training = model.training
+    model.eval()
+    out: list[np.ndarray] = []
+    order = np.argsort(data.lengths, kind="stable")
+    try:
+        for i in range(0, len(data), batch_size):
+            idx = order[i : i + batch_size]
+            ids, mask, types = _trim(data, idx, pad_to_multiple)
+            out.append(np.array(predictions(model.head_type, model(ids, mask, types))))
+    finally:
+        model.train(was_training)
+    if not out:
+        return np.zeros((0,), dtype=np.float32)
+    preds = np.concatenate(out)
+    result = np.empty_like(preds)
+    result[order] = preds
+    return result
+
+
+def evaluate(model: nn.Module, data: Dataset, metric: str | None, cfg: TrainConfig) -> tuple[float, bool]:
+    """(score, higher_is_better) on labelled data: the competition metric, or the mean loss."""
+    if data.labels is None:
+        raise ValueError("Validation data needs labels.")
+    if metric is None:
+        model.eval()
+        losses = []
+        for i in range(0, len(data), cfg.eval_batch_size):
+            idx = np.arange(i, min(i + cfg.eval_batch_size, len(data)))
+            ids, mask, types = _trim(data, idx, cfg.pad_to_multiple)
+            losses.append(model.loss(model(ids, mask, types), mx.array(data.labels[idx])).item() * len(idx))
+        model.train()
+        return float(np.sum(losses) / len(data)), False
+    from lora_tasks.metrics import get_metric
+
+    m = get_metric(metric)
+    preds = predict(model, data, cfg.eval_batch_size, cfg.pad_to_multiple)
+    return float(m.score(data.labels, preds)), m.higher_is_better
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, model: nn.Module, optimizer: optim.Optimizer, meta: dict) -> None:
+    """Adapter (trainable) weights, optimizer state and progress, in one atomic file."""
+    arrays = {f"model.{k}": v for k, v in tree_flatten(model.trainable_parameters())}
+    arrays.update({f"optim.{k}": v for k, v in tree_flatten(optimizer.state) if isinstance(v, mx.array)})
+    _atomic_save(path, arrays, {"meta": json.dumps(meta)})
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: optim.Optimizer) -> dict:
+    arrays, metadata = mx.load(str(path), return_metadata=True)
+    model.update(tree_unflatten([(k[6:], v) for k, v in arrays.items() if k.startswith("model.")]))
+    optimizer.state = tree_unflatten([(k[6:], v) for k, v in arrays.items() if k.startswith("optim.")])
+    return json.loads(metadata["meta"])
+
+
+def _fingerprint(cfg: TrainConfig, train: Dataset, model: nn.Module) -> str:
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
+    h.update(train.input_ids.tobytes())
+    if train.labels is not None:
+        h.update(np.ascontiguousarray(train.labels).tobytes())
+    h.update(json.dumps(sorted((k, list(v.shape)) for k, v in tree_flatten(model.trainable_parameters()))).encode())
+    return h.hexdigest()[:16]
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+
+
+def train(
+    model: nn.Module,
+    train_data: Dataset,
+    valid_data: Dataset | None = None,
+    cfg: TrainConfig | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    progress: ProgressCallback | None = None,
+    name: str = "adapter",
+) -> TrainResult:
+    """Train ``model``'s trainable parameters; keep the best epoch's weights by validation score.
+
+    With ``checkpoint_dir``, the state is written atomically after every epoch and a rerun with
+    the same data and config resumes after the last finished epoch.
+    """
+    cfg = cfg or TrainConfig()
+    if train_data.labels is None:
+        raise ValueError("Training data needs labels.")
+    if len(train_data) == 0:
+        raise ValueError("Training data is empty.")
+    mx.random.seed(cfg.seed)
+    steps_per_epoch = math.ceil(math.ceil(len(train_data) / cfg.batch_size) / cfg.grad_accum)
+    total_steps = steps_per_epoch * cfg.epochs
+    optimizer = optim.AdamW(learning_rate=make_schedule(cfg, total_steps), weight_decay=cfg.weight_decay)
+    weights = balanced_class_weights(model.head_type, train_data.labels) if cfg.class_weights else None
+
+    def loss_fn(m: nn.Module, ids: mx.array, mask: mx.array, types: mx.array, y: mx.array) -> mx.array:
+        return m.loss(m(ids, mask, types), y, weights)
+
+    loss_and_grad = nn.value_and_grad(model, loss_fn)
+
+    def clip(grads):  # noqa: ANN001, ANN202 - gradient tree
+        return optim.clip_grad_norm(grads, cfg.grad_clip)[0] if cfg.grad_clip else grads
+
+    def full_step(ids, mask, types, y):  # noqa: ANN001, ANN202 - arrays
+        loss, grads = loss_and_grad(model, ids, mask, types, y)
+        optimizer.update(model, clip(grads))
+        return loss
+
+    def grad_step(ids, mask, types, y):  # noqa: ANN001, ANN202 - arrays
+        return loss_and_grad(model, ids, mask, types, y)
+
+    state = [model.state, optimizer.state, mx.random.state]
+    step_fn = mx.compile(full_step, inputs=state, outputs=state) if cfg.compile else full_step
+    grad_fn = mx.compile(grad_step, inputs=state, outputs=state) if cfg.compile else grad_step
+
+    model.train()
+    ckpt = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir else None
+    fingerprint = _fingerprint(cfg, train_data, model)
+    result = TrainResult(metric=cfg.metric or "loss")
+    best_weights: list | None = None
+    start_epoch = 1
+    higher = False
+    if ckpt is not None and ckpt.exists():
+        meta = _peek_meta(ckpt)
+        if meta.get("fingerprint") == fingerprint:
+            meta = load_checkpoint(ckpt, model, optimizer)
+            best_file = ckpt.with_name("best.safetensors")
+            if best_file.exists():
+                best_weights = list(mx.load(str(best_file)).items())
+            result.history = meta["history"]
+            result.best_epoch, result.best_score = meta["best_epoch"], meta["best_score"]
+            result.resumed_from_epoch = meta["epoch"]
+            start_epoch = meta["epoch"] + 1
+            log.info("%s: resumed from the checkpoint of epoch %d", name, meta["epoch"])
+        else:
+            log.info("%s: checkpoint %s is for other data or settings; starting afresh", name, ckpt)
+
+    t_start = time.perf_counter()
+    samples_done = 0
+    step = (start_epoch - 1) * steps_per_epoch
+    bad_epochs = 0
+    if result.history:
+        bad_epochs = result.history[-1]["epoch"] - result.best_epoch if result.best_epoch else 0
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        if cfg.early_stopping_patience is not None and valid_data is not None and bad_epochs >= cfg.early_stopping_patience:
+            result.stopped_early = True
+            break
+        losses: list[float] = []
+        mx.random.seed(cfg.seed * 1000 + epoch)  # dropout masks depend on (seed, epoch) only
+        batches = bucketed_batches(train_data.lengths, cfg.batch_size, seed=cfg.seed * 1000 + epoch)
+        accum = None
+        for b, idx in enumerate(batches):
+            ids, mask, types = _trim(train_data, idx, cfg.pad_to_multiple)
+            y = mx.array(train_data.labels[idx])
+            if cfg.grad_accum == 1:
+                loss = step_fn(ids, mask, types, y)
+                mx.eval(state)
+            else:
+                loss, grads = grad_fn(ids, mask, types, y)
+                accum = grads if accum is None else tree_map_add(accum, grads)
+                if (b + 1) % cfg.grad_accum == 0 or b + 1 == len(batches):
+                    optimizer.update(model, clip(tree_map_scale(accum, 1.0 / cfg.grad_accum)))
+                    accum = None
+                mx.eval(state, loss)
+            losses.append(loss.item())
+            samples_done += len(idx)
+            if cfg.grad_accum == 1 or (b + 1) % cfg.grad_accum == 0 or b + 1 == len(batches):
+                step += 1
+            if progress is not None:
+                elapsed = time.perf_counter() - t_start
+                rate = samples_done / max(elapsed, 1e-9)
+                remaining = (total_steps - step) * cfg.batch_size * cfg.grad_accum / max(rate, 1e-9)
+                progress(ProgressEvent(name, epoch, cfg.epochs, step, total_steps, float(np.mean(losses)), rate, remaining))
+
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses))}
+        if valid_data is not None:
+            score, higher = evaluate(model, valid_data, cfg.metric, cfg)
+            row[f"valid_{result.metric}"] = score
+            improved = result.best_score is None or (score > result.best_score if higher else score < result.best_score)
+            if improved:
+                result.best_epoch, result.best_score = epoch, score
+                best_weights = tree_flatten(model.trainable_parameters())
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+        else:
+            result.best_epoch = epoch
+        result.history.append(row)
+        if ckpt is not None:
+            if best_weights is not None and result.best_epoch == epoch:
+                _atomic_save(ckpt.with_name("best.safetensors"), dict(best_weights))
+            save_checkpoint(ckpt, model, optimizer, {
+                "fingerprint": fingerprint, "epoch": epoch, "history": result.history,
+                "best_epoch": result.best_epoch, "best_score": result.best_score,
+            })
+        if progress is not None:
+            elapsed = time.perf_counter() - t_start
+            progress(ProgressEvent(
+                name, epoch, cfg.epochs, step, total_steps, row["train_loss"], samples_done / max(elapsed, 1e-9),
+                0.0, row.get(f"valid_{result.metric}"), result.metric, epoch_end=True,
+            ))
+        log.info("%s: %s", name, row)
+
+    if best_weights is not None:
+        model.update(tree_unflatten(best_weights))
+    model.eval()
+    result.seconds = time.perf_counter() - t_start
+    result.samples_per_s = samples_done / max(result.seconds, 1e-9)
+    return result
+
+
+def _peek_meta(path: Path) -> dict:
+    try:
+        _, metadata = mx.load(str(path), return_metadata=True)
+        return json.loads(metadata.get("meta", "{}"))
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint is simply not resumed
+        log.warning("checkpoint %s is unreadable; starting afresh", path)
+        return {}
+
+
+def _atomic_save(path: Path, arrays: dict[str, mx.array], metadata: dict[str, str] | None = None) -> None:
+    """Write to a temp file and rename: a kill never leaves a half-written file under ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.safetensors")
+    mx.save_safetensors(str(tmp), arrays, metadata=metadata or {})
+    os.replace(tmp, path)
+
+
+def tree_map_add(a, b):  # noqa: ANN001, ANN201 - gradient trees
+    from mlx.utils import tree_map
+
+    return tree_map(lambda x, y: x + y, a, b)
+
+
+def tree_map_scale(a, s: float):  # noqa: ANN001, ANN201 - gradient tree
+    from mlx.utils import tree_map
+
+    return tree_map(lambda x: x * s, a)
