@@ -25,6 +25,19 @@ _LAZY = {
     "load_encoder": "lora_tasks.models",
     "resolve_model_dir": "lora_tasks.hub",
     "DEFAULT_MODEL_ID": "lora_tasks.hub",
+    # LoRA library (issue 3)
+    "LoRAConfig": "lora_tasks.lora",
+    "LoRAAdapter": "lora_tasks.lora",
+    "LoRALinear": "lora_tasks.lora",
+    "DoRALinear": "lora_tasks.lora",
+    "AdapterLoadError": "lora_tasks.lora",
+    "ParameterReport": "lora_tasks.lora",
+    "PRESETS": "lora_tasks.lora",
+    "get_preset": "lora_tasks.lora",
+    "export_peft": "lora_tasks.lora",
+    "import_peft": "lora_tasks.lora",
+    "create_bert_with_lora": "lora_tasks.models",
+    "create_model_with_lora": "lora_tasks.models",
 }
 
 

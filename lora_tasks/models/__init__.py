@@ -2,8 +2,19 @@
 
 from lora_tasks.models.bert import BertConfig, BertModel
 from lora_tasks.models.encoder import BertWithHead, LoadedEncoder, load_encoder
+from lora_tasks.models.factory import create_bert_with_lora, create_model_with_lora
 from lora_tasks.models.heads import HEAD_TYPES, head_loss, predictions
 from lora_tasks.models.weights import WeightLoadError
+from lora_tasks.lora import (  # noqa: E402 - the LoRA API is part of the seed API
+    PRESETS,
+    AdapterLoadError,
+    DoRALinear,
+    LoRAAdapter,
+    LoRAConfig,
+    LoRALinear,
+    ParameterReport,
+    get_preset,
+)
 
 __all__ = [
     "BertConfig",
@@ -12,6 +23,16 @@ __all__ = [
     "HEAD_TYPES",
     "LoadedEncoder",
     "WeightLoadError",
+    "AdapterLoadError",
+    "DoRALinear",
+    "LoRAAdapter",
+    "LoRAConfig",
+    "LoRALinear",
+    "PRESETS",
+    "ParameterReport",
+    "create_bert_with_lora",
+    "create_model_with_lora",
+    "get_preset",
     "head_loss",
     "load_encoder",
     "predictions",

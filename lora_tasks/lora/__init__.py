@@ -1,0 +1,26 @@
+"""LoRA and DoRA adapters for MLX encoders: config and presets, layers, adapter state, PEFT format.
+
+Knows nothing about competitions or data: it adapts any model whose linear layers are named like
+Hugging Face BERT's (``encoder.layer.N.attention.self.query``).
+"""
+
+from lora_tasks.lora.adapter import AdapterLoadError, LoRAAdapter, ParameterReport, apply_lora, read_adapter_file
+from lora_tasks.lora.config import PRESETS, TARGETS, LoRAConfig, get_preset
+from lora_tasks.lora.layers import DoRALinear, LoRALinear
+from lora_tasks.lora.peft_format import export_peft, import_peft
+
+__all__ = [
+    "AdapterLoadError",
+    "DoRALinear",
+    "LoRAAdapter",
+    "LoRAConfig",
+    "LoRALinear",
+    "PRESETS",
+    "ParameterReport",
+    "TARGETS",
+    "apply_lora",
+    "export_peft",
+    "get_preset",
+    "import_peft",
+    "read_adapter_file",
+]

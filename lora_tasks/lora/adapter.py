@@ -1,0 +1,338 @@
+"""Apply a :class:`LoRAConfig` to a model, and own the adapter's state from then on.
+
+A :class:`LoRAAdapter` replaces the targeted ``nn.Linear`` modules of a model in place with
+:class:`LoRALinear`/:class:`DoRALinear`, freezes the base, and can report parameter counts, get,
+set, save and load the adapter state, and merge the adapters into the base weights and back.
+
+State keys are our module paths plus the layer's attribute (``bert.encoder.layer.0.attention.self
+.query.lora_a``) and, when the task head is trained, the head's parameters (``head.classifier
+.weight``): the same names as ``model.parameters()``, so nothing needs a second mapping.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from lora_tasks.lora.config import LoRAConfig, layer_index, path_has_prefix
+from lora_tasks.lora.layers import DoRALinear, LoRALinear
+
+HEAD_ATTR = "head"
+FORMAT = "lora_tasks.lora"
+# Fields whose difference changes what a saved adapter computes (dropout does not).
+_FUNCTIONAL_FIELDS = ("r", "resolved_alpha", "use_rslora", "use_dora", "target_modules", "layer_specific_config",
+                      "train_head")
+
+
+class AdapterLoadError(ValueError):
+    """Adapter state that does not fit the model; the message lists every mismatching key and shape."""
+
+
+@dataclass(frozen=True)
+class ParameterReport:
+    """Parameter counts of a model with adapters (counted from shapes: no weights are computed)."""
+
+    total: int
+    trainable: int
+    lora: int
+    head: int
+
+    @property
+    def percentage(self) -> float:
+        return 100.0 * self.trainable / self.total if self.total else 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"trainable params: {self.trainable:,} (LoRA {self.lora:,}, head {self.head:,}) || "
+            f"all params: {self.total:,} || trainable%: {self.percentage:.4f}"
+        )
+
+
+def _count(tree: Any) -> int:
+    return sum(int(v.size) for _, v in tree_flatten(tree))
+
+
+class LoRAAdapter:
+    """LoRA adapters applied to ``model`` (which is modified in place).
+
+    ``freeze_base=True`` leaves only the adapter parameters (and, with ``config.train_head``, the
+    task head) trainable, so ``nn.value_and_grad(model, loss)`` returns gradients for those alone.
+    """
+
+    def __init__(self, model: nn.Module, config: LoRAConfig, freeze_base: bool = True) -> None:
+        check_supported(config)
+        if any(isinstance(m, LoRALinear) for _, m in model.named_modules()):
+            raise ValueError(
+                "This model already has LoRA layers; apply a LoRAConfig to a fresh model, or use the adapter "
+                "that was returned when they were added."
+            )
+        self.model = model
+        self.config = config
+        self.freeze_base = freeze_base
+        targets = self._find_targets()
+        self._check_layer_specific(targets)
+        self.layers: dict[str, LoRALinear] = {}
+        layer_cls = DoRALinear if config.use_dora else LoRALinear
+        modules = dict(model.named_modules())
+        for path, linear in targets.items():
+            spec = config.for_layer(path)
+            layer = layer_cls.from_base(linear, r=spec.r, alpha=spec.alpha, dropout=config.dropout,
+                                        use_rslora=config.use_rslora)
+            if not model.training:
+                layer.eval()
+            parent_path, _, name = path.rpartition(".")
+            _set_child(modules[parent_path], name, layer)
+            self.layers[path] = layer
+        self._set_trainable()
+
+    # ---- construction --------------------------------------------------------------------
+
+    def _find_targets(self) -> dict[str, nn.Linear]:
+        found = {
+            path: m
+            for path, m in self.model.named_modules()
+            if isinstance(m, nn.Linear) and self.config.is_target(path)
+        }
+        if not found:
+            raise ValueError(
+                f"No module of this {type(self.model).__name__} matches the LoRA targets "
+                f"{list(self.config.target_modules)}: LoRA targets BERT layers named like "
+                "'encoder.layer.N.attention.self.query'. Pass a BERT-family model."
+            )
+        return dict(sorted(found.items(), key=lambda kv: (layer_index(kv[0]) or 0, kv[0])))
+
+    def _check_layer_specific(self, targets: Mapping[str, nn.Linear]) -> None:
+        """Every ``layer_specific_config`` path must reach at least one adapted layer."""
+        problems = []
+        all_paths = [p for p, _ in self.model.named_modules() if p]
+        for prefix in self.config.layer_specific_config:
+            if any(path_has_prefix(p, prefix) for p in targets):
+                continue
+            problems.append(f"  {prefix!r}: {self._why_no_match(prefix, targets, all_paths)}")
+        if problems:
+            raise ValueError(
+                "layer_specific_config paths that match no LoRA layer of this model (they are prefixes of module "
+                "paths such as " + repr(next(iter(targets))) + "):\n" + "\n".join(problems)
+            )
+
+    def _why_no_match(self, prefix: str, targets: Mapping[str, nn.Linear], all_paths: list[str]) -> str:
+        if prefix.startswith("bert.") and any(path_has_prefix(p, prefix[5:]) for p in targets):
+            return f"use {prefix[5:]!r}: this model's module paths do not start with 'bert.'"
+        if not prefix.startswith("bert.") and any(path_has_prefix(p, "bert." + prefix) for p in targets):
+            return f"use {'bert.' + prefix!r}: this model's encoder is its 'bert' attribute"
+        if any(path_has_prefix(p, prefix) for p in all_paths):
+            return (
+                "it names modules that are not LoRA targets; add their target to target_modules "
+                f"(now {list(self.config.target_modules)})"
+            )
+        layers = sorted({i for i in (layer_index(p) for p in targets) if i is not None})
+        return f"no such module; this model has encoder layers {layers[0]}..{layers[-1]}"
+
+    def _set_trainable(self) -> None:
+        if self.freeze_base:
+            self.model.freeze()
+            for layer in self.layers.values():
+                layer.unfreeze(recurse=False, keys=list(layer.ADAPTER_KEYS))
+            if self.trains_head:
+                self.head.unfreeze()
+        else:
+            self.model.unfreeze()
+
+    # ---- introspection -------------------------------------------------------------------
+
+    @property
+    def head(self) -> nn.Module | None:
+        head = self.model.get(HEAD_ATTR) if isinstance(self.model, dict) else None
+        return head if isinstance(head, nn.Module) else None
+
+    @property
+    def trains_head(self) -> bool:
+        return self.config.train_head and self.head is not None
+
+    @property
+    def merged(self) -> bool:
+        return any(layer.merged for layer in self.layers.values())
+
+    def parameter_report(self) -> ParameterReport:
+        """Total, trainable, LoRA and head parameter counts, and the trainable percentage."""
+        lora = sum(int(a.size) for layer in self.layers.values() for a in layer.adapter_parameters().values())
+        head = _count(self.head.parameters()) if self.trains_head else 0
+        return ParameterReport(
+            total=_count(self.model.parameters()),
+            trainable=_count(self.model.trainable_parameters()),
+            lora=lora,
+            head=head,
+        )
+
+    def __repr__(self) -> str:
+        kind = "DoRA" if self.config.use_dora else "LoRA"
+        return f"LoRAAdapter({kind}, {len(self.layers)} layers, targets={list(self.config.target_modules)}, r={self.config.r})"
+
+    # ---- state ---------------------------------------------------------------------------
+
+    def get_lora_state_dict(self) -> dict[str, mx.array]:
+        """The adapter's arrays (and the head's when it is trained), keyed by module path."""
+        state: dict[str, mx.array] = {}
+        for path, layer in self.layers.items():
+            for key, value in layer.adapter_parameters().items():
+                state[f"{path}.{key}"] = value
+        if self.trains_head:
+            for key, value in tree_flatten(self.head.parameters()):
+                state[f"{HEAD_ATTR}.{key}"] = value
+        return state
+
+    def load_lora_state_dict(self, state: Mapping[str, mx.array]) -> None:
+        """Set the adapter (and head) arrays; all keys and shapes must match, else one error lists them all."""
+        self._raise_if_mismatch(state)
+        was_merged = self.merged
+        if was_merged:
+            self.unmerge_adapters()
+        modules = dict(self.model.named_modules())
+        current = self.get_lora_state_dict()
+        for key, value in state.items():
+            module_path, _, attr = key.rpartition(".")
+            modules[module_path][attr] = mx.array(value).astype(current[key].dtype)
+        if was_merged:
+            self.merge_adapters()
+
+    def _raise_if_mismatch(self, state: Mapping[str, Any], config_problems: list[str] | None = None) -> None:
+        expected = {k: tuple(v.shape) for k, v in self.get_lora_state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in state.items()}
+        problems = list(config_problems or [])
+        problems += [f"  missing from the adapter state: {k} (model expects shape {expected[k]})"
+                     for k in sorted(expected.keys() - got.keys())]
+        problems += [f"  not in this model: {k} (shape {got[k]})" for k in sorted(got.keys() - expected.keys())]
+        problems += [f"  shape mismatch: {k}: adapter state {got[k]}, model {expected[k]}"
+                     for k in sorted(expected.keys() & got.keys()) if got[k] != expected[k]]
+        if problems:
+            raise AdapterLoadError(
+                f"The adapter state does not fit this model ({len(problems)} problems); build the model with the "
+                "same base and LoRA config the adapter was trained with (LoRAAdapter.from_file does this):\n"
+                + "\n".join(problems)
+            )
+
+    def metadata(self) -> dict[str, str]:
+        from lora_tasks import __version__
+
+        return {
+            "format": FORMAT,
+            "lora_tasks_version": __version__,
+            "lora_config": self.config.to_json(),
+            "model_class": type(self.model).__name__,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the adapter state to a ``.safetensors`` file (atomically: temp file, then rename).
+
+        The LoRA config and the library version go into the file's metadata.
+        """
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path.with_name(path.name + ".safetensors")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.safetensors")
+        try:
+            mx.save_safetensors(str(tmp), self.get_lora_state_dict(), metadata=self.metadata())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Load a file written by :meth:`save` into this adapter (config and shapes must match)."""
+        arrays, metadata = read_adapter_file(path)
+        config_problems = []
+        if "lora_config" in metadata:
+            saved = LoRAConfig.from_json(metadata["lora_config"])
+            for name in _FUNCTIONAL_FIELDS:
+                a, b = getattr(saved, name), getattr(self.config, name)
+                if a != b:
+                    config_problems.append(f"  config {name}: file {a!r}, adapter {b!r}")
+        self._raise_if_mismatch(arrays, config_problems)
+        self.load_lora_state_dict(arrays)
+
+    @classmethod
+    def from_file(cls, model: nn.Module, path: str | os.PathLike, freeze_base: bool = True) -> "LoRAAdapter":
+        """Apply the LoRA config stored in a saved adapter file to ``model`` and load its state."""
+        _, metadata = read_adapter_file(path)
+        if "lora_config" not in metadata:
+            raise AdapterLoadError(f"{path} has no LoRA config in its metadata; it was not written by LoRAAdapter.save.")
+        adapter = cls(model, LoRAConfig.from_json(metadata["lora_config"]), freeze_base=freeze_base)
+        adapter.load(path)
+        return adapter
+
+    # ---- merging -------------------------------------------------------------------------
+
+    def merge_adapters(self) -> None:
+        """Fold ``scale * B @ A`` (DoRA: magnitude and direction) into the base weights, for inference."""
+        for layer in self.layers.values():
+            layer.merge()
+
+    def unmerge_adapters(self) -> None:
+        """Restore the exact base weights saved by :meth:`merge_adapters`."""
+        for layer in self.layers.values():
+            layer.unmerge()
+
+    # ---- PEFT ----------------------------------------------------------------------------
+
+    def export_peft(self, directory: str | os.PathLike) -> Path:
+        """Write ``adapter_model.safetensors`` + ``adapter_config.json`` in PEFT's layout."""
+        from lora_tasks.lora.peft_format import export_peft
+
+        return export_peft(self, directory)
+
+    @classmethod
+    def from_peft(cls, model: nn.Module, directory: str | os.PathLike, freeze_base: bool = True) -> "LoRAAdapter":
+        """Apply an adapter saved by PEFT (``save_pretrained``) or by :meth:`export_peft` to ``model``."""
+        from lora_tasks.lora.peft_format import import_peft
+
+        return import_peft(model, directory, freeze_base=freeze_base)
+
+
+def check_supported(config: LoRAConfig) -> None:
+    """Raise early for configs this library cannot apply yet (a quantized base)."""
+    if config.quantize_bits is not None:
+        raise NotImplementedError(
+            f"This LoRA config asks for a {config.quantize_bits}-bit base (QLoRA), which is not available yet "
+            "(it lands with the QLoRA issue). Until then use preset 'efficient' instead of 'qlora_memory', or "
+            "'balanced' instead of 'qlora_quality' (same ranks and targets on a full-precision base)."
+        )
+
+
+def read_adapter_file(path: str | os.PathLike) -> tuple[dict[str, mx.array], dict[str, str]]:
+    """Arrays and metadata of a ``.safetensors`` adapter file."""
+    path = Path(path)
+    if not path.is_file() and path.with_name(path.name + ".safetensors").is_file():
+        path = path.with_name(path.name + ".safetensors")
+    if not path.is_file():
+        raise FileNotFoundError(f"No adapter file at {path}; pass the path LoRAAdapter.save returned.")
+    arrays, metadata = mx.load(str(path), return_metadata=True)
+    return dict(arrays), dict(metadata)
+
+
+def apply_lora(model: nn.Module, config: LoRAConfig, freeze_base: bool = True) -> LoRAAdapter:
+    """Add LoRA layers to ``model`` in place and return their :class:`LoRAAdapter`."""
+    return LoRAAdapter(model, config, freeze_base=freeze_base)
+
+
+def _set_child(parent: Any, name: str, child: nn.Module) -> None:
+    if isinstance(parent, list):
+        parent[int(name)] = child
+    else:
+        parent[name] = child
+
+
+def describe(adapter: LoRAAdapter) -> str:
+    """One line per adapted layer: path, rank, scale (for logs)."""
+    return "\n".join(
+        f"{path}: {type(layer).__name__} r={layer.r} scale={layer.scale:g}" for path, layer in adapter.layers.items()
+    )
+
+
+__all__ = ["AdapterLoadError", "LoRAAdapter", "ParameterReport", "apply_lora", "read_adapter_file", "describe"]

@@ -1,0 +1,171 @@
+"""LoRA and DoRA layers that wrap a frozen ``nn.Linear``.
+
+Both store the low-rank factors in PEFT's layout (``lora_a``: (r, in), ``lora_b``: (out, r)) so
+adapters move to and from PEFT without transposes. ``lora_b`` starts at zero: a fresh adapter
+leaves the model's outputs unchanged. Dropout acts on the LoRA branch only, and only in training
+mode (it is an ``nn.Dropout`` child, so ``model.train()``/``model.eval()`` reach it).
+
+The base weight is read through :meth:`LoRALinear.base_weight` so that a quantized base (QLoRA)
+can later supply a dequantized weight there without touching the rest of the layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+
+
+class LoRALinear(nn.Module):
+    """``y = linear(x) + scale * dropout(x) @ A.T @ B.T``."""
+
+    ADAPTER_KEYS: tuple[str, ...] = ("lora_a", "lora_b")
+
+    def __init__(
+        self,
+        input_dims: int,
+        output_dims: int,
+        r: int = 8,
+        alpha: float | None = None,
+        dropout: float = 0.0,
+        use_rslora: bool = False,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if r <= 0:
+            raise ValueError(f"LoRA rank r must be positive, got {r}.")
+        self.linear = nn.Linear(input_dims, output_dims, bias=bias)
+        self.r = int(r)
+        self.alpha = float(2 * r if alpha is None else alpha)
+        self.use_rslora = bool(use_rslora)
+        self.scale = self.alpha / (math.sqrt(r) if use_rslora else r)
+        self.dropout = nn.Dropout(p=dropout)
+        self.merged = False
+        bound = 1.0 / math.sqrt(input_dims)  # PEFT's kaiming-uniform(a=sqrt(5)) bound
+        self.lora_a = mx.random.uniform(low=-bound, high=bound, shape=(r, input_dims))
+        self.lora_b = mx.zeros((output_dims, r))
+
+    @classmethod
+    def from_base(
+        cls,
+        linear: nn.Linear,
+        r: int = 8,
+        alpha: float | None = None,
+        dropout: float = 0.0,
+        use_rslora: bool = False,
+    ) -> "LoRALinear":
+        """Wrap an existing linear layer (its weights are shared, not copied)."""
+        output_dims, input_dims = linear.weight.shape
+        layer = cls(input_dims, output_dims, r, alpha, dropout, use_rslora, bias=False)
+        layer.linear = linear
+        layer._init_from_base()
+        return layer
+
+    def _init_from_base(self) -> None:
+        """Hook for subclasses that derive state from the base weight (DoRA's magnitude)."""
+
+    # ---- maths ---------------------------------------------------------------------------
+
+    @property
+    def in_features(self) -> int:
+        return int(self.lora_a.shape[1])
+
+    @property
+    def out_features(self) -> int:
+        return int(self.lora_b.shape[0])
+
+    def base_weight(self) -> mx.array:
+        """The base weight as a dense array (the place a quantized base will dequantize)."""
+        return self.linear.weight
+
+    def delta_weight(self) -> mx.array:
+        """``scale * B @ A``, shape (out, in): what merging adds to the base weight."""
+        return self.scale * (self.lora_b @ self.lora_a)
+
+    def _lora(self, x: mx.array) -> mx.array:
+        z = (self.dropout(x) @ self.lora_a.T) @ self.lora_b.T
+        return (self.scale * z).astype(x.dtype)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        y = self.linear(x)
+        if self.merged:
+            return y
+        return y + self._lora(x)
+
+    # ---- merging -------------------------------------------------------------------------
+
+    def merged_weight(self) -> mx.array:
+        w = self.base_weight()
+        return (w + self.delta_weight()).astype(w.dtype)
+
+    def fuse(self) -> nn.Linear:
+        """A plain ``nn.Linear`` computing what this layer computes (in eval mode)."""
+        w = self._unmerged_weight if self.merged else self.base_weight()
+        out_dims, in_dims = w.shape
+        has_bias = "bias" in self.linear
+        fused = nn.Linear(in_dims, out_dims, bias=has_bias)
+        fused.weight = self._merge(w)
+        if has_bias:
+            fused.bias = self.linear.bias
+        return fused
+
+    def _merge(self, w: mx.array) -> mx.array:
+        return (w + self.delta_weight()).astype(w.dtype)
+
+    def merge(self) -> None:
+        """Fold the adapter into the base weight in place; :meth:`unmerge` restores it exactly.
+
+        The original weight is kept (it is not a parameter: underscore attributes are skipped by
+        ``parameters()``), so unmerging is exact rather than a lossy subtraction.
+        """
+        if self.merged:
+            return
+        self._unmerged_weight = self.linear.weight
+        self.linear.weight = self._merge(self.base_weight())
+        self.merged = True
+
+    def unmerge(self) -> None:
+        if not self.merged:
+            return
+        self.linear.weight = self._unmerged_weight
+        del self._unmerged_weight
+        self.merged = False
+
+    def adapter_parameters(self) -> dict[str, mx.array]:
+        return {k: self[k] for k in self.ADAPTER_KEYS}
+
+
+class DoRALinear(LoRALinear):
+    """Weight-decomposed LoRA: ``y = m / ||W + sBA||_row * (W + sBA) x + bias``.
+
+    ``magnitude`` (out,) starts at the row norms of the base weight, so a fresh DoRA layer also
+    leaves outputs unchanged. As in the DoRA paper and PEFT, the norm is not differentiated.
+    """
+
+    ADAPTER_KEYS = ("lora_a", "lora_b", "magnitude")
+
+    def __init__(self, input_dims: int, output_dims: int, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(input_dims, output_dims, *args, **kwargs)
+        self._init_from_base()
+
+    def _init_from_base(self) -> None:
+        self.magnitude = mx.linalg.norm(self.base_weight(), axis=1)
+
+    def _norm_scale(self, w: mx.array) -> mx.array:
+        adapted = w + self.delta_weight()
+        norm = mx.stop_gradient(mx.linalg.norm(adapted, axis=1))
+        return self.magnitude / norm
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if self.merged:
+            return self.linear(x)
+        w = self.base_weight()
+        out = x @ w.T + self._lora(x)
+        out = self._norm_scale(w).astype(x.dtype) * out
+        if "bias" in self.linear:
+            out = out + self.linear.bias
+        return out
+
+    def _merge(self, w: mx.array) -> mx.array:
+        return (self._norm_scale(w)[:, None] * (w + self.delta_weight())).astype(w.dtype)

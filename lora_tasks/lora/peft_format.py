@@ -1,0 +1,277 @@
+"""Adapters in Hugging Face PEFT's format: ``adapter_model.safetensors`` + ``adapter_config.json``.
+
+Keys are relative to the BERT encoder, as PEFT writes them for a ``BertModel``:
+``base_model.model.encoder.layer.0.attention.self.query.lora_A.weight`` (A: (r, in), B: (out, r)),
+and ``...query.lora_magnitude_vector`` (out,) for DoRA. Import also accepts the
+``base_model.model.bert.encoder...`` keys PEFT writes for ``BertFor*`` models, so an adapter maps
+onto the encoder wherever it sits in our model (``BertModel`` or ``BertWithHead.bert``).
+
+PEFT has no slot for our task head on a ``BertModel``; a trained head is written next to the
+adapter as ``head.safetensors`` (our key names) and read back by :func:`import_peft`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from lora_tasks.lora.adapter import HEAD_ATTR, AdapterLoadError, LoRAAdapter
+from lora_tasks.lora.config import TARGETS, LoRAConfig, target_of_path
+
+ADAPTER_FILE = "adapter_model.safetensors"
+ADAPTER_BIN = "adapter_model.bin"
+CONFIG_FILE = "adapter_config.json"
+HEAD_FILE = "head.safetensors"
+PEFT_PREFIX = "base_model.model."
+
+# PEFT matches each target_modules entry as a suffix of module names; these are unambiguous
+# except "output.dense", which also ends "attention.output.dense" (handled in _peft_targets).
+_PEFT_TARGET_NAME = {
+    "query": "query",
+    "key": "key",
+    "value": "value",
+    "attention_output": "attention.output.dense",
+    "intermediate": "intermediate.dense",
+    "output": "output.dense",
+}
+_SUFFIXES = {
+    ".lora_A.weight": "lora_a",
+    ".lora_B.weight": "lora_b",
+    ".lora_magnitude_vector": "magnitude",
+    ".lora_magnitude_vector.weight": "magnitude",
+}
+
+
+def _encoder_relative(path: str) -> str:
+    """``bert.encoder.layer.0...`` -> ``encoder.layer.0...`` (PEFT's names for a BertModel)."""
+    i = path.find("encoder.layer.")
+    if i < 0:
+        raise ValueError(f"{path!r} is not inside a BERT encoder; PEFT export covers encoder layers only.")
+    return path[i:]
+
+
+def _encoder_prefix(adapter: LoRAAdapter) -> str:
+    path = next(iter(adapter.layers))
+    return path[: path.find("encoder.layer.")]
+
+
+def _peft_targets(targets: tuple[str, ...]) -> list[str] | str:
+    """target_modules as PEFT reads them; a regex when a plain suffix would over-match."""
+    if "output" in targets and "attention_output" not in targets:
+        alternatives = "|".join(re.escape(TARGETS[t]) for t in targets)
+        return rf".*encoder\.layer\.\d+\.({alternatives})"
+    return [_PEFT_TARGET_NAME[t] for t in targets]
+
+
+def peft_state_dict(adapter: LoRAAdapter) -> dict[str, mx.array]:
+    """The adapter's arrays under PEFT's key names."""
+    out: dict[str, mx.array] = {}
+    names = {v: k for k, v in _SUFFIXES.items() if not k.endswith("vector.weight")}
+    for path, layer in adapter.layers.items():
+        rel = _encoder_relative(path)
+        for attr, value in layer.adapter_parameters().items():
+            out[f"{PEFT_PREFIX}{rel}{names[attr]}"] = value
+    return out
+
+
+def peft_config_dict(adapter: LoRAAdapter, base_model_name_or_path: str | None = None) -> dict[str, Any]:
+    """``adapter_config.json`` contents (PEFT's LoraConfig fields that we use)."""
+    cfg = adapter.config
+    rank_pattern: dict[str, int] = {}
+    alpha_pattern: dict[str, float] = {}
+    for path, layer in adapter.layers.items():
+        rel = _encoder_relative(path)
+        if layer.r != cfg.r:
+            rank_pattern[rel] = layer.r
+        if layer.alpha != cfg.resolved_alpha:
+            alpha_pattern[rel] = layer.alpha
+    return {
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": base_model_name_or_path,
+        "r": cfg.r,
+        "lora_alpha": cfg.resolved_alpha,
+        "lora_dropout": float(cfg.dropout),
+        "target_modules": _peft_targets(cfg.target_modules),
+        "use_rslora": cfg.use_rslora,
+        "use_dora": cfg.use_dora,
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "modules_to_save": None,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+    }
+
+
+def export_peft(
+    adapter: LoRAAdapter, directory: str | os.PathLike, base_model_name_or_path: str | None = None
+) -> Path:
+    """Write the adapter in PEFT's layout into ``directory`` (created if needed); returns it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    metadata = {"format": "pt", "lora_tasks_lora_config": adapter.config.to_json()}
+    _atomic_safetensors(directory / ADAPTER_FILE, peft_state_dict(adapter), metadata)
+    text = json.dumps(peft_config_dict(adapter, base_model_name_or_path), indent=2, sort_keys=True)
+    tmp = directory / f".{CONFIG_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(text + "\n")
+    os.replace(tmp, directory / CONFIG_FILE)
+    head_file = directory / HEAD_FILE
+    if adapter.trains_head:
+        head = {k: v for k, v in adapter.get_lora_state_dict().items() if k.startswith(HEAD_ATTR + ".")}
+        _atomic_safetensors(head_file, head, {"format": "mlx"})
+    else:
+        head_file.unlink(missing_ok=True)
+    return directory
+
+
+def _atomic_safetensors(path: Path, arrays: Mapping[str, mx.array], metadata: dict[str, str]) -> None:
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.safetensors")
+    try:
+        mx.save_safetensors(str(tmp), dict(arrays), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---- import ------------------------------------------------------------------------------
+
+
+def read_peft(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, mx.array]]:
+    """The adapter_config.json dict and the tensors of a PEFT adapter folder."""
+    directory = Path(directory)
+    cfg_path = directory / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"No {CONFIG_FILE} in {directory}; pass the folder PEFT's save_pretrained wrote.")
+    config = json.loads(cfg_path.read_text())
+    if (directory / ADAPTER_FILE).is_file():
+        tensors = dict(mx.load(str(directory / ADAPTER_FILE)))
+    elif (directory / ADAPTER_BIN).is_file():
+        from lora_tasks.models.weights import load_torch_bin
+
+        tensors = {k: mx.array(np.asarray(v)) for k, v in load_torch_bin(directory / ADAPTER_BIN).items()}
+    else:
+        raise FileNotFoundError(f"No {ADAPTER_FILE} (or {ADAPTER_BIN}) in {directory}.")
+    return config, tensors
+
+
+def _check_peft_config(config: Mapping[str, Any], directory: Path) -> None:
+    if config.get("peft_type") != "LORA":
+        raise ValueError(f"{directory}/{CONFIG_FILE} has peft_type={config.get('peft_type')!r}; only LORA adapters import.")
+    if config.get("bias", "none") != "none":
+        raise ValueError(f"{directory}: bias={config['bias']!r} adapters train biases too; only bias='none' imports.")
+    if config.get("fan_in_fan_out"):
+        raise ValueError(f"{directory}: fan_in_fan_out=True is for GPT-2 style Conv1D layers, not BERT.")
+
+
+def _split_key(key: str) -> tuple[str, str] | None:
+    """PEFT key -> (encoder-relative module path, our attribute), or None if it is not a LoRA tensor."""
+    name = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
+    for suffix, attr in _SUFFIXES.items():
+        if name.endswith(suffix):
+            module = name[: -len(suffix)]
+            i = module.find("encoder.layer.")
+            return (module[i:] if i >= 0 else module), attr
+    return None
+
+
+def _pattern_value(patterns: Mapping[str, Any], rel: str) -> Any:
+    """PEFT's rule: a pattern key applies to a module whose name ends with it (key read as a regex)."""
+    for candidate in (rel, "bert." + rel):
+        for key, value in patterns.items():
+            if re.match(rf"(.*\.)?({key})$", candidate):
+                return value
+    return None
+
+
+def import_peft(model: nn.Module, directory: str | os.PathLike, freeze_base: bool = True) -> LoRAAdapter:
+    """Apply a PEFT LoRA/DoRA adapter folder to ``model`` (in place) and return its :class:`LoRAAdapter`.
+
+    Every problem (tensors for modules this model lacks, wrong shapes, unsupported modules) is
+    reported in one :class:`AdapterLoadError`.
+    """
+    directory = Path(directory)
+    config, tensors = read_peft(directory)
+    _check_peft_config(config, directory)
+    global_r = int(config["r"])
+    global_alpha = float(config.get("lora_alpha", global_r))
+    use_dora = bool(config.get("use_dora", False))
+
+    grouped: dict[str, dict[str, mx.array]] = {}
+    problems: list[str] = []
+    for key, value in tensors.items():
+        split = _split_key(key)
+        if split is None:
+            problems.append(f"  not a LoRA tensor (modules_to_save and trained biases are not supported): {key}")
+            continue
+        rel, attr = split
+        if target_of_path(rel) is None:
+            problems.append(f"  adapter on a module that is not a BERT LoRA target: {key}")
+            continue
+        grouped.setdefault(rel, {})[attr] = value
+
+    linears = {p: m for p, m in model.named_modules() if isinstance(m, nn.Linear)}
+    prefix = next((p[: p.find("encoder.layer.")] for p in linears if "encoder.layer." in p), None)
+    if prefix is None:
+        raise AdapterLoadError(f"{type(model).__name__} has no BERT encoder layers to put the adapter from {directory} on.")
+
+    overrides: dict[str, dict[str, float]] = {}
+    for rel, parts in sorted(grouped.items()):
+        path = prefix + rel
+        needed = ("lora_a", "lora_b", "magnitude") if use_dora else ("lora_a", "lora_b")
+        missing = [n for n in needed if n not in parts]
+        if missing:
+            problems.append(f"  {rel}: missing {', '.join(missing)}")
+            continue
+        linear = linears.get(path)
+        if linear is None:
+            problems.append(f"  not in this model: {rel} ({', '.join(f'{a} {tuple(v.shape)}' for a, v in parts.items())})")
+            continue
+        out_dims, in_dims = linear.weight.shape
+        r = int(parts["lora_a"].shape[0])
+        expect = {"lora_a": (r, in_dims), "lora_b": (out_dims, r), "magnitude": (out_dims,)}
+        for attr, value in parts.items():
+            if tuple(value.shape) != expect[attr]:
+                problems.append(f"  shape mismatch: {rel}.{attr}: adapter {tuple(value.shape)}, model {expect[attr]}")
+        alpha = _pattern_value(config.get("alpha_pattern") or {}, rel)
+        alpha = global_alpha if alpha is None else float(alpha)
+        if r != global_r or alpha != global_alpha:
+            overrides[path] = {"r": r, "alpha": alpha}
+    if problems:
+        raise AdapterLoadError(
+            f"The PEFT adapter in {directory} does not fit this {type(model).__name__} ({len(problems)} problems); "
+            "load it onto the base model it was trained on:\n" + "\n".join(problems)
+        )
+    if not grouped:
+        raise AdapterLoadError(f"No LoRA tensors in {directory}/{ADAPTER_FILE}.")
+
+    targets = tuple(t for t in TARGETS if any(target_of_path(rel) == t for rel in grouped))
+    lora_config = LoRAConfig(
+        r=global_r,
+        alpha=global_alpha,
+        dropout=float(config.get("lora_dropout", 0.0)),
+        target_modules=targets,
+        use_rslora=bool(config.get("use_rslora", False)),
+        use_dora=use_dora,
+        layer_specific_config=overrides,
+    )
+    adapter = LoRAAdapter(model, lora_config, freeze_base=freeze_base)
+    state = adapter.get_lora_state_dict()  # layers PEFT did not adapt keep B = 0: no change
+    for rel, parts in grouped.items():
+        for attr, value in parts.items():
+            state[f"{prefix}{rel}.{attr}"] = value
+    head_file = directory / HEAD_FILE
+    if head_file.is_file() and adapter.trains_head:
+        state.update(dict(mx.load(str(head_file))))
+    adapter.load_lora_state_dict(state)
+    return adapter

@@ -1,0 +1,131 @@
+"""``create_*`` factories: an encoder (pretrained or tiny random) with LoRA adapters, in one call.
+
+Both return ``(model, lora_adapter)``. The model starts in eval mode, like :func:`load_encoder`;
+call ``model.train()`` before training so dropout (including the adapters') is active.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal, Mapping
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from lora_tasks.lora import LoRAAdapter, LoRAConfig
+from lora_tasks.lora.adapter import check_supported
+from lora_tasks.lora.config import as_config
+from lora_tasks.models.bert import BertConfig, BertModel
+from lora_tasks.models.encoder import BertWithHead, load_encoder
+from lora_tasks.models.heads import Pooling
+
+MODEL_TYPES = ("bert_with_head", "bert")
+ModelType = Literal["bert_with_head", "bert"]
+
+
+def _build(
+    model_type: str,
+    head_type: str,
+    num_labels: int,
+    pooling: Pooling,
+    model: str | os.PathLike | None,
+    config: BertConfig | None,
+    pretrained: bool | None,
+) -> nn.Module:
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"Unknown model_type {model_type!r}; use one of {', '.join(MODEL_TYPES)}.")
+    if pretrained is None:
+        pretrained = config is None
+    if pretrained:
+        if config is not None:
+            raise ValueError(
+                "config= builds a randomly initialized model; pass pretrained=False with it, or drop config= "
+                "to load pretrained weights (model= picks the checkpoint)."
+            )
+        head = head_type if model_type == "bert_with_head" else None
+        return load_encoder(model, head_type=head, num_labels=num_labels, pooling=pooling).model
+    if model is not None:
+        raise ValueError("model= names pretrained weights; with pretrained=False pass config=BertConfig(...) instead.")
+    config = config or BertConfig()
+    net: nn.Module
+    if model_type == "bert_with_head":
+        net = BertWithHead(config, head_type, num_labels, pooling)
+    else:
+        net = BertModel(config, add_pooler=False)
+    net.eval()
+    return net
+
+
+def create_model_with_lora(
+    model_type: ModelType = "bert_with_head",
+    lora_config: LoRAConfig | str | Mapping[str, Any] | None = None,
+    *,
+    head_type: str = "binary_classification",
+    num_labels: int = 1,
+    model: str | os.PathLike | None = None,
+    pooling: Pooling = "mean",
+    freeze_bert: bool = True,
+    config: BertConfig | None = None,
+    pretrained: bool | None = None,
+    seed: int | None = None,
+) -> tuple[nn.Module, LoRAAdapter]:
+    """Build a model and apply LoRA to it.
+
+    - ``model_type``: ``"bert_with_head"`` (encoder + task head) or ``"bert"`` (bare encoder).
+    - ``lora_config``: a :class:`LoRAConfig`, a preset name, a dict of config fields, or None
+      (preset ``"balanced"``).
+    - ``model``: a model id or folder; None is the offline all-MiniLM-L6-v2.
+    - ``config`` with ``pretrained=False``: a randomly initialized model of that shape (tests,
+      parameter counts; nothing is computed until used).
+    - ``freeze_bert=False`` trains the whole model along with the adapters.
+    - ``seed`` seeds MLX's generator first, so adapter (and random model) initialization repeats.
+    """
+    if seed is not None:
+        mx.random.seed(seed)
+    lora = as_config(lora_config)
+    check_supported(lora)  # before loading weights
+    net = _build(model_type, head_type, num_labels, pooling, model, config, pretrained)
+    return net, LoRAAdapter(net, lora, freeze_base=freeze_bert)
+
+
+def create_bert_with_lora(
+    head_type: str = "binary_classification",
+    lora_preset: str | LoRAConfig = "balanced",
+    num_labels: int = 1,
+    freeze_bert: bool = True,
+    *,
+    model: str | os.PathLike | None = None,
+    pooling: Pooling = "mean",
+    config: BertConfig | None = None,
+    pretrained: bool | None = None,
+    seed: int | None = None,
+    **lora_overrides: Any,
+) -> tuple[BertWithHead, LoRAAdapter]:
+    """A BERT encoder with a task head and LoRA from a preset (``efficient``, ``balanced``,
+    ``expressive``; the ``qlora_*`` presets need the 4-bit base, not available yet).
+
+    Extra keyword arguments override preset fields: ``create_bert_with_lora("regression",
+    "balanced", dropout=0.0, use_dora=True)``. ``lora_preset`` may also be a :class:`LoRAConfig`.
+    """
+    lora = as_config(lora_preset)
+    if lora_overrides:
+        unknown = set(lora_overrides) - set(LoRAConfig.__dataclass_fields__)
+        if unknown:
+            raise TypeError(
+                f"create_bert_with_lora got unknown arguments {sorted(unknown)}; extra keyword arguments must be "
+                f"LoRAConfig fields ({', '.join(LoRAConfig.__dataclass_fields__)})."
+            )
+        lora = lora.replace(**lora_overrides)
+    net, adapter = create_model_with_lora(
+        "bert_with_head",
+        lora,
+        head_type=head_type,
+        num_labels=num_labels,
+        model=model,
+        pooling=pooling,
+        freeze_bert=freeze_bert,
+        config=config,
+        pretrained=pretrained,
+        seed=seed,
+    )
+    return net, adapter  # type: ignore[return-value]
