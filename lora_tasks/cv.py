@@ -96,5 +96,5 @@ def cross_validate(
     if cfg.metric:
         from lora_tasks.metrics import get_metric
 
-        result.oof_score = float(get_metric(cfg.metric).score(data.labels, oof))
+        result.oof_score = float(get_metric(cfg.metric)(data.labels, oof))
     return result

@@ -213,7 +213,7 @@ def evaluate(model: nn.Module, data: Dataset, metric: str | None, cfg: TrainConf
 
     m = get_metric(metric)
     preds = predict(model, data, cfg.eval_batch_size, cfg.pad_to_multiple)
-    return float(m.score(data.labels, preds)), m.higher_is_better
+    return float(m(data.labels, preds)), m.greater_is_better
 
 
 # ---- checkpoints -----------------------------------------------------------------------------

@@ -170,3 +170,26 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
     assert reference["resumed_from"] == 0
     for k, v in reference["w"].items():
         np.testing.assert_allclose(np.array(resumed["w"][k]), np.array(v), atol=1e-5)
+
+
+def test_cross_validation_gives_oof_for_every_row_and_test_per_fold():
+    from lora_tasks.cv import cross_validate, make_folds
+    from lora_tasks.metrics import score
+
+    data = toy_data(120)
+    test = toy_data(30, seed=5)
+    test.labels = None
+    cfg = TrainConfig(epochs=3, batch_size=16, learning_rate=3e-3, metric="accuracy", early_stopping_patience=None)
+    res = cross_validate(lambda k: tiny_model(seed=k), data, test, n_folds=3, cfg=cfg)
+    assert res.oof.shape == (120,) and np.all((res.oof >= 0) & (res.oof <= 1))
+    assert sorted(np.bincount(res.fold_of_row).tolist()) == [40, 40, 40]
+    # stratified: every fold holds the class balance of the whole set within one row
+    for k in range(3):
+        share = data.labels[res.fold_of_row == k].mean()
+        assert abs(share - data.labels.mean()) <= 1 / 40 + 1e-9
+    assert len(res.test_per_fold) == 3 and res.test.shape == (30,)
+    np.testing.assert_allclose(res.test, np.mean(res.test_per_fold, axis=0))
+    assert res.oof_score == pytest.approx(score("accuracy", data.labels, res.oof))
+    assert len(res.fold_scores) == 3 and all(0 <= s <= 1 for s in res.fold_scores)
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        make_folds(data.labels, "binary_classification", 1)
