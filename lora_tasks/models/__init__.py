@@ -1,9 +1,10 @@
-"""MLX encoders (BERT family), weight loading, heads, and the ``create_*`` factories."""
+"""MLX encoders (BERT, ModernBERT), weight loading, heads, and the ``create_*`` factories."""
 
 from lora_tasks.models.bert import BertConfig, BertModel
 from lora_tasks.models.encoder import BertWithHead, LoadedEncoder, load_encoder
 from lora_tasks.models.factory import create_bert_with_lora, create_model_with_lora
 from lora_tasks.models.heads import HEAD_TYPES, head_loss, predictions
+from lora_tasks.models.modernbert import ModernBertConfig, ModernBertModel, ModernBertWithHead
 from lora_tasks.models.weights import WeightLoadError
 from lora_tasks.lora import (  # noqa: E402 - the LoRA API is part of the seed API
     PRESETS,
@@ -22,6 +23,9 @@ __all__ = [
     "BertWithHead",
     "HEAD_TYPES",
     "LoadedEncoder",
+    "ModernBertConfig",
+    "ModernBertModel",
+    "ModernBertWithHead",
     "WeightLoadError",
     "AdapterLoadError",
     "DoRALinear",

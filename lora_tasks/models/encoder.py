@@ -14,6 +14,7 @@ from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.hub import resolve_model_dir, weight_file
 from lora_tasks.models.bert import BertConfig, BertModel
 from lora_tasks.models.heads import POOLINGS, ClassificationHead, Pooling, check_head_type, head_loss, mean_pool
+from lora_tasks.models.modernbert import ModernBertConfig, ModernBertModel, ModernBertWithHead, modernbert_to_ours
 from lora_tasks.models.weights import WeightLoadError, load_weights, read_checkpoint, hf_to_ours
 
 
@@ -44,6 +45,11 @@ class BertWithHead(nn.Module):
     def config(self) -> BertConfig:
         return self.bert.config
 
+    @property
+    def backbone(self) -> BertModel:
+        """The encoder, whatever the attribute is called (``bert`` here, ``model`` for ModernBERT)."""
+        return self.bert
+
     def pool(self, hidden: mx.array, attention_mask: mx.array | None) -> mx.array:
         if self.pooling == "mean":
             return mean_pool(hidden, attention_mask)
@@ -71,7 +77,7 @@ class LoadedEncoder:
 
     model: nn.Module
     tokenizer: Tokenizer
-    config: BertConfig
+    config: BertConfig | ModernBertConfig
     source: Path
 
 
@@ -90,14 +96,19 @@ def load_encoder(
     a :class:`BertModel`; otherwise a :class:`BertWithHead` whose head is freshly initialized).
 
     ``model`` is a local folder, a hub id, or ``None`` for the offline default all-MiniLM-L6-v2.
+    The architecture follows config.json's ``model_type``: ``"bert"`` builds the above,
+    ``"modernbert"`` a :class:`ModernBertModel` or :class:`ModernBertWithHead` (encoder attribute
+    ``model``; pooling ``"cls"`` or ``"mean"``).
     """
     folder = resolve_model_dir(model)
+    if _model_type(folder / "config.json") == "modernbert":
+        return _load_modernbert(folder, head_type, num_labels, pooling, dtype)
     config = BertConfig.from_file(folder / "config.json")
     if config.model_type not in ("bert", "roberta", "xlm-roberta", "distilbert", "electra") and config.model_type:
         if config.model_type != "bert":
             raise ValueError(
                 f"{folder}/config.json has model_type={config.model_type!r}; load_encoder builds BERT-family "
-                "encoders (model_type 'bert')."
+                "encoders (model_type 'bert' or 'modernbert')."
             )
     weights = weight_file(folder)
     if weights is None:  # resolve_model_dir checked, but keep the error explicit
@@ -111,6 +122,32 @@ def load_encoder(
     if dtype != mx.float32:
         net.set_dtype(dtype)
     net.eval()  # MLX modules start in training mode; inference is the safe default
+    return LoadedEncoder(net, Tokenizer.from_file(folder / "tokenizer.json"), config, folder)
+
+
+def _model_type(config_file: Path) -> str:
+    try:
+        return str(json.loads(config_file.read_text()).get("model_type", "bert"))
+    except (OSError, json.JSONDecodeError, AttributeError) as exc:
+        raise ValueError(f"Cannot read model config {config_file}: {exc}") from exc
+
+
+def _load_modernbert(
+    folder: Path, head_type: str | None, num_labels: int, pooling: Pooling, dtype: mx.Dtype
+) -> LoadedEncoder:
+    config = ModernBertConfig.from_file(folder / "config.json")
+    weights = weight_file(folder)
+    if weights is None:
+        raise WeightLoadError(f"No weights in {folder}.")
+    if head_type is None:
+        net: nn.Module = ModernBertModel(config)
+        load_weights(net, weights, name_map=modernbert_to_ours)
+    else:
+        net = ModernBertWithHead(config, head_type, num_labels, pooling)
+        load_weights(net.model, weights, name_map=modernbert_to_ours)
+    if dtype != mx.float32:
+        net.set_dtype(dtype)
+    net.eval()
     return LoadedEncoder(net, Tokenizer.from_file(folder / "tokenizer.json"), config, folder)
 
 
