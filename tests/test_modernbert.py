@@ -129,6 +129,21 @@ def test_load_encoder_with_head_loads_the_encoder_under_model(tiny, fixtures_dir
     assert logits.shape == (4, 3)
 
 
+@pytest.mark.parametrize("extra", [
+    ("decoder.bias", "head.dense.weight", "head.norm.weight"),  # ModernBertForMaskedLM (the hub's base model)
+    ("classifier.weight", "classifier.bias", "head.dense.weight", "head.norm.weight"),  # ...ForSequenceClassification
+])
+def test_checkpoints_of_hf_task_models_load(tmp_path, fixtures_dir, golden, extra):
+    """Task checkpoints prefix the encoder with ``model.`` and add head entries (key sets as
+    transformers 5.24 saves them); the encoder loads, the task head is ignored."""
+    folder = tmp_path / "m"
+    shutil.copytree(fixtures_dir / FOLDER, folder)
+    weights = {"model." + k: v for k, v in mx.load(str(folder / "model.safetensors")).items()}
+    weights.update({k: mx.zeros((2, 2)) for k in extra})
+    mx.save_safetensors(str(folder / "model.safetensors"), weights)
+    assert _max_diff(load_encoder(folder).model, golden) < 1e-4
+
+
 def test_bert_with_head_exposes_the_same_backbone_accessor():
     from lora_tasks.models import BertConfig
 
