@@ -46,14 +46,14 @@ def tokenizer():
     return Tokenizer.from_pretrained(None)
 
 
-def copy_competition(slug: str, dest: Path, *, train_frame: pd.DataFrame | None = None,
+def copy_competition(name: str, dest: Path, *, source: str = TITANIC, train_frame: pd.DataFrame | None = None,
                      test: pd.DataFrame | None = None, sample: pd.DataFrame | None = None,
                      sample_name: str = "sample_submission.csv") -> Path:
-    """Write a variant of a real competition into ``dest/slug`` (for inference edge cases)."""
-    folder = dest / slug
+    """Write a variant of real competition ``source`` into ``dest/name`` (for inference edge cases)."""
+    folder = dest / name
     folder.mkdir(parents=True, exist_ok=True)
-    (train_frame if train_frame is not None else read_train(slug)).to_csv(folder / "train.csv", index=False)
-    (test if test is not None else read_test(slug)).to_csv(folder / "test.csv", index=False)
+    (train_frame if train_frame is not None else read_train(source)).to_csv(folder / "train.csv", index=False)
+    (test if test is not None else read_test(source)).to_csv(folder / "test.csv", index=False)
     if sample is not None:
         sample.to_csv(folder / sample_name, index=False)
     return folder

@@ -1,0 +1,543 @@
+"""What a competition is: files, id and target columns, task, metric, submission format.
+
+Why inference first: most Kaggle competitions follow one shape (train.csv, test.csv and a
+sample submission whose columns are the id and the target), so a competition with no config
+file is read from its data: the id is the sample-submission column that test.csv shares, the
+targets are its other columns, the task type comes from the target's values and the metric
+from the task. A ``competitions/<slug>.toml`` file only refines that (metric, target
+transform, text columns, ...). Config files are validated strictly, because a misspelt key
+that is silently ignored costs a whole training run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from lora_tasks.metrics import TASK_TYPES, Metric, default_metric, get_metric
+
+from .profile import detect_text_columns, infer_task_type
+from .text import RowTemplate, SerializationOptions
+
+COMPETITIONS_ENV = "KAGGLE_LORA_COMPETITIONS_DIR"
+DATA_ENV = "KAGGLE_LORA_DATA_DIR"
+DEFAULT_SCHEDULE = "0 4 * * 1"  # Mondays 04:00: weekly re-training
+PREDICTIONS = ("labels", "probabilities", "values")
+DTYPES = ("int", "float", "str")
+TRANSFORMS = ("none", "log1p")
+
+
+class CompetitionConfigError(ValueError):
+    """A competition config or its data cannot be used; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class CompetitionFiles:
+    """File names inside the data folder (Kaggle's defaults; Titanic names its sample differently)."""
+
+    train: str = "train.csv"
+    test: str = "test.csv"
+    sample_submission: str = "sample_submission.csv"
+
+
+@dataclass(frozen=True)
+class SubmissionFormat:
+    """What submission.csv must hold.
+
+    prediction: ``labels`` (class values), ``probabilities`` (P(class) per row; one column per
+        class when ``columns`` lists the classes) or ``values`` (regression).
+    threshold: probability cut for binary labels.
+    target_transform: ``log1p`` trains on log1p(target) and writes expm1(prediction) (RMSLE).
+    """
+
+    columns: tuple[str, ...] = ()
+    dtype: str = "int"
+    prediction: str = "labels"
+    threshold: float = 0.5
+    target_transform: str = "none"
+
+
+@dataclass(frozen=True)
+class CompetitionConfig:
+    """A competition, resolved: every field set, from the config file or inferred from the data.
+
+    ``inferred`` names the fields that came from the data rather than the file (shown in reports
+    so a surprising choice can be pinned in ``competitions/<slug>.toml``).
+    """
+
+    slug: str
+    task_type: str
+    id_column: str
+    target_columns: tuple[str, ...]
+    metric: str
+    submission: SubmissionFormat
+    title: str = ""
+    aliases: tuple[str, ...] = ()
+    text_columns: tuple[str, ...] | None = None
+    drop_columns: tuple[str, ...] = ()
+    serialization: SerializationOptions = SerializationOptions()
+    schedule: str = DEFAULT_SCHEDULE
+    files: CompetitionFiles = CompetitionFiles()
+    classes: tuple[Any, ...] | None = None
+    data_dir: Path | None = None
+    config_path: Path | None = None
+    inferred: tuple[str, ...] = field(default=())
+
+    @property
+    def target_column(self) -> str:
+        """The single target (most competitions); an error for multi-target ones."""
+        if len(self.target_columns) != 1:
+            raise ValueError(f"{self.slug} has targets {list(self.target_columns)}; use target_columns.")
+        return self.target_columns[0]
+
+    @property
+    def metric_spec(self) -> Metric:
+        return get_metric(self.metric)
+
+    def _path(self, name: str) -> Path | None:
+        return None if self.data_dir is None else self.data_dir / name
+
+    @property
+    def train_path(self) -> Path | None:
+        return self._path(self.files.train)
+
+    @property
+    def test_path(self) -> Path | None:
+        return self._path(self.files.test)
+
+    @property
+    def sample_submission_path(self) -> Path | None:
+        return self._path(self.files.sample_submission)
+
+    def _read(self, path: Path | None, what: str) -> pd.DataFrame:
+        if path is None:
+            raise CompetitionConfigError(
+                f"Competition {self.slug} has no data folder; pass data_dir to load_competition "
+                f"(the folder holding {self.files.train}) or download the data first."
+            )
+        if not path.is_file():
+            raise CompetitionConfigError(f"{what} of {self.slug} not found at {path}; download the data or fix [files].")
+        return pd.read_csv(path)
+
+    def read_train(self) -> pd.DataFrame:
+        return self._read(self.train_path, "train file")
+
+    def read_test(self) -> pd.DataFrame:
+        return self._read(self.test_path, "test file")
+
+    def read_sample_submission(self) -> pd.DataFrame:
+        return self._read(self.sample_submission_path, "sample submission")
+
+    @property
+    def excluded_columns(self) -> tuple[str, ...]:
+        """Columns never shown to the model: id, targets and ``drop_columns``."""
+        return (self.id_column, *self.target_columns, *self.drop_columns)
+
+    def row_template(self, frame: pd.DataFrame) -> RowTemplate:
+        """The rows-as-text template for this competition's tables (train and test share it)."""
+        text_cols = self.text_columns
+        if text_cols is None:
+            text_cols = tuple(detect_text_columns(frame, exclude=self.excluded_columns))
+        return RowTemplate.for_frame(frame, text_columns=text_cols, exclude=self.excluded_columns, options=self.serialization)
+
+
+# ------------------------------------------------------------------------------ strict schema
+
+_SCALAR_KEYS: dict[str, type | tuple[type, ...]] = {
+    "slug": str,
+    "title": str,
+    "task": str,
+    "id_column": str,
+    "metric": str,
+    "schedule": str,
+}
+_LIST_KEYS = ("aliases", "target_columns", "text_columns", "drop_columns")
+_TABLE_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "files": {"train": str, "test": str, "sample_submission": str},
+    "submission": {
+        "columns": list,
+        "dtype": str,
+        "prediction": str,
+        "threshold": (int, float),
+        "target_transform": str,
+    },
+    "serialization": {
+        "missing": str,
+        "missing_text": str,
+        "float_digits": int,
+        "text_first": bool,
+        "label_text": bool,
+        "rename": dict,
+    },
+}
+ALLOWED_KEYS: tuple[str, ...] = (*_SCALAR_KEYS, *_LIST_KEYS, *_TABLE_KEYS)
+_CHOICES = {
+    ("", "task"): TASK_TYPES,
+    ("submission", "prediction"): PREDICTIONS,
+    ("submission", "dtype"): DTYPES,
+    ("submission", "target_transform"): TRANSFORMS,
+    ("serialization", "missing"): ("skip", "say"),
+}
+
+
+def _fail(source: str, message: str) -> CompetitionConfigError:
+    return CompetitionConfigError(f"{source}: {message}")
+
+
+def _check_type(source: str, key: str, value: Any, expected: type | tuple[type, ...]) -> None:
+    if isinstance(value, bool) and expected is not bool and not (isinstance(expected, tuple) and bool in expected):
+        ok = False
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        names = expected.__name__ if isinstance(expected, type) else " or ".join(t.__name__ for t in expected)
+        raise _fail(source, f"`{key}` must be {names}, got {type(value).__name__} {value!r}.")
+
+
+def validate_config_dict(raw: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
+    """Check keys, types and choices of a parsed config; return a normalized copy.
+
+    An unknown key is an error that names it and lists the allowed keys (a typo must not be
+    silently ignored). ``target_columns`` also accepts a single string.
+    """
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in _SCALAR_KEYS:
+            _check_type(source, key, value, _SCALAR_KEYS[key])
+            out[key] = value
+        elif key in _LIST_KEYS:
+            if isinstance(value, str) and key in ("target_columns", "aliases"):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise _fail(source, f"`{key}` must be a list of strings, got {value!r}.")
+            out[key] = list(value)
+        elif key in _TABLE_KEYS:
+            if not isinstance(value, Mapping):
+                raise _fail(source, f"[{key}] must be a table, got {type(value).__name__}.")
+            allowed = _TABLE_KEYS[key]
+            table: dict[str, Any] = {}
+            for sub, sub_value in value.items():
+                if sub not in allowed:
+                    raise _fail(
+                        source, f"unknown key `{key}.{sub}`; allowed keys in [{key}]: {', '.join(allowed)}."
+                    )
+                _check_type(source, f"{key}.{sub}", sub_value, allowed[sub])
+                table[sub] = sub_value
+            out[key] = table
+        else:
+            raise _fail(source, f"unknown key `{key}`; allowed keys: {', '.join(ALLOWED_KEYS)}.")
+    for (table, key), choices in _CHOICES.items():
+        value = out.get(key) if not table else out.get(table, {}).get(key)
+        if value is not None and value not in choices:
+            name = key if not table else f"{table}.{key}"
+            raise _fail(source, f"`{name}` is {value!r}; expected one of {', '.join(choices)}.")
+    if "metric" in out:
+        try:
+            out["metric"] = get_metric(out["metric"]).name
+        except KeyError as exc:
+            raise _fail(source, str(exc.args[0])) from None
+    if "schedule" in out and not _is_cron(out["schedule"]):
+        raise _fail(source, f"`schedule` {out['schedule']!r} is not a 5-field cron expression (e.g. {DEFAULT_SCHEDULE!r}).")
+    rename = out.get("serialization", {}).get("rename", {})
+    if not all(isinstance(v, str) for v in rename.values()):
+        raise _fail(source, "`serialization.rename` maps column names to readable names (strings).")
+    return out
+
+
+_CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$|^[A-Za-z]{3}(-[A-Za-z]{3})?$")
+
+
+def _is_cron(expr: str) -> bool:
+    parts = expr.split()
+    return len(parts) == 5 and all(_CRON_FIELD.match(p) for p in parts)
+
+
+# ------------------------------------------------------------------------------ finding files
+
+
+def default_competitions_dir() -> Path:
+    """The folder of ``<slug>.toml`` files: ``$KAGGLE_LORA_COMPETITIONS_DIR`` or the repo's ``competitions/``."""
+    env = os.environ.get(COMPETITIONS_ENV)
+    if env:
+        return Path(env).expanduser()
+    import lora_tasks
+
+    return Path(lora_tasks.__file__).resolve().parents[1] / "competitions"
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse and validate one config file."""
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise CompetitionConfigError(f"{path}: not valid TOML ({exc}); fix the syntax.") from None
+    return validate_config_dict(raw, source=str(path))
+
+
+def list_competitions(directory: Path | None = None) -> dict[str, Path]:
+    """Every name a config answers to (file stem, slug, aliases) -> its file."""
+    directory = directory or default_competitions_dir()
+    names: dict[str, Path] = {}
+    if not directory.is_dir():
+        return names
+    for path in sorted(directory.glob("*.toml")):
+        raw = read_config_file(path)
+        for name in (path.stem, raw.get("slug", path.stem), *raw.get("aliases", [])):
+            other = names.get(name)
+            if other is not None and other != path:
+                raise CompetitionConfigError(f"Name {name!r} is claimed by both {other} and {path}; remove one alias.")
+            names[name] = path
+    return names
+
+
+def find_config_file(name: str, directory: Path | None = None) -> Path | None:
+    """The config file for a slug or alias, or None (then everything is inferred)."""
+    return list_competitions(directory).get(name)
+
+
+def _resolve_data_dir(data_dir: str | os.PathLike | None, slug: str, train_name: str) -> Path | None:
+    """``data_dir`` may be the competition folder itself or its parent (``<parent>/<slug>``, as
+    the Kaggle download lays it out); without it ``$KAGGLE_LORA_DATA_DIR`` is tried."""
+    explicit = data_dir is not None
+    base = Path(data_dir).expanduser() if explicit else (Path(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else None)
+    if base is None:
+        return None
+    for candidate in (base, base / slug):
+        if (candidate / train_name).is_file():
+            return candidate
+    if explicit:
+        raise CompetitionConfigError(
+            f"No {train_name} in {base} or {base / slug}; pass the folder that holds the competition's "
+            "files (train.csv, test.csv, sample_submission.csv)."
+        )
+    return None
+
+
+def _find_sample_submission(folder: Path, configured: str | None) -> str:
+    if configured:
+        if not (folder / configured).is_file():
+            raise CompetitionConfigError(f"Sample submission {folder / configured} (from [files]) does not exist; fix [files].sample_submission.")
+        return configured
+    if (folder / "sample_submission.csv").is_file():
+        return "sample_submission.csv"
+    found = sorted(p.name for p in folder.glob("*submission*.csv"))
+    if len(found) == 1:
+        return found[0]
+    raise CompetitionConfigError(
+        f"Cannot tell the sample submission in {folder}: expected sample_submission.csv or exactly one "
+        f"*submission*.csv, found {found or 'none'}. Set [files] sample_submission in the competition config."
+    )
+
+
+# ------------------------------------------------------------------------------ inference
+
+
+def _dtype_name(values: pd.Series) -> str:
+    if pd.api.types.is_integer_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return "int"
+    if pd.api.types.is_float_dtype(values):
+        return "float"
+    return "str"
+
+
+def infer_from_data(folder: Path, files: CompetitionFiles, known: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Fill id, targets, task, classes and submission format from the files in ``folder``.
+
+    ``known`` holds values already fixed by the config file; they are used as given (and
+    checked against the files) rather than inferred.
+    """
+    known = dict(known or {})
+    train_path, test_path, sample_path = folder / files.train, folder / files.test, folder / files.sample_submission
+    for path, what in ((train_path, "train"), (sample_path, "sample submission")):
+        if not path.is_file():
+            raise CompetitionConfigError(f"No {what} file at {path}; download the data or fix [files] in the config.")
+    train_cols = list(pd.read_csv(train_path, nrows=0).columns)
+    test_cols = list(pd.read_csv(test_path, nrows=0).columns) if test_path.is_file() else None
+    sample = pd.read_csv(sample_path)
+    sample_cols = list(sample.columns)
+    out: dict[str, Any] = {}
+
+    id_col = known.get("id_column")
+    if id_col is None:
+        shared = [c for c in sample_cols if c in train_cols and (test_cols is None or c in test_cols)]
+        if not shared:
+            raise CompetitionConfigError(
+                f"{sample_path.name} columns {sample_cols} share no column with {files.train}"
+                f"{'/' + files.test if test_cols else ''}, so the id column is unknown; set `id_column` in the config."
+            )
+        id_col = shared[0]
+        out["id_column"] = id_col
+    for cols, name in ((train_cols, files.train), (sample_cols, sample_path.name)):
+        if id_col not in cols:
+            raise CompetitionConfigError(f"Id column {id_col!r} is not in {folder / name} (columns: {cols}); fix `id_column`.")
+
+    targets = known.get("target_columns")
+    class_columns: list[str] | None = None
+    if targets is None:
+        rest = [c for c in sample_cols if c != id_col]
+        if rest and all(c in train_cols for c in rest):
+            targets = rest
+        else:
+            # one column per class in the submission (e.g. otto's Class_1..Class_9): the target is
+            # the train column that test lacks whose values are exactly those column names
+            only_train = [c for c in train_cols if c != id_col and test_cols is not None and c not in test_cols]
+            if rest and only_train:
+                values = pd.read_csv(train_path, usecols=only_train)
+                matches = [c for c in only_train if set(values[c].dropna().astype(str)) == set(rest)]
+                if len(matches) == 1:
+                    targets, class_columns = matches, rest
+            if targets is None:
+                raise CompetitionConfigError(
+                    f"Cannot find the target: {sample_path.name} columns {rest} are not all in {files.train} "
+                    f"(columns: {train_cols}). Set `target_columns` in competitions/<slug>.toml."
+                )
+        out["target_columns"] = targets
+    missing = [c for c in targets if c not in train_cols]
+    if missing:
+        raise CompetitionConfigError(f"Target column(s) {missing} are not in {train_path} (columns: {train_cols}); fix `target_columns`.")
+
+    target_frame = pd.read_csv(train_path, usecols=list(targets))
+    task = known.get("task")
+    if task is None:
+        try:
+            task = infer_task_type(target_frame if len(targets) > 1 else target_frame[targets[0]])
+        except ValueError as exc:
+            raise CompetitionConfigError(f"{train_path}: {exc}") from None
+        out["task"] = task
+    if task in ("binary", "multiclass"):
+        out["classes"] = tuple(sorted(target_frame[targets[0]].dropna().unique().tolist()))
+
+    submission = dict(known.get("submission", {}))
+    inferred_sub: dict[str, Any] = {}
+    if "columns" not in submission:
+        inferred_sub["columns"] = sample_cols
+    if "prediction" not in submission:
+        if class_columns is not None:
+            inferred_sub["prediction"] = "probabilities"
+        elif task == "regression":
+            inferred_sub["prediction"] = "values"
+        else:
+            first = sample[[c for c in sample_cols if c != id_col][0]]
+            inferred_sub["prediction"] = "probabilities" if _dtype_name(first) == "float" and task != "multiclass" else "labels"
+    if "dtype" not in submission:
+        value_cols = [c for c in sample_cols if c != id_col]
+        inferred_sub["dtype"] = _dtype_name(sample[value_cols[0]]) if value_cols else "float"
+    if inferred_sub:
+        out["submission"] = inferred_sub
+    return out
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_competition(
+    name_or_slug: str,
+    data_dir: str | os.PathLike | None = None,
+    competitions_dir: str | os.PathLike | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+) -> CompetitionConfig:
+    """Resolve a competition: its config file (if any), refined onto what the data says.
+
+    ``name_or_slug`` is a Kaggle slug, a config file stem or an alias (``house-prices``).
+    ``data_dir`` is the competition's data folder or its parent; without it
+    ``$KAGGLE_LORA_DATA_DIR`` is tried, and with no data a config file must set id, targets and
+    task itself. ``overrides`` uses the config-file schema (e.g. ``{"metric": "f1"}``) and wins
+    over both file and data.
+    """
+    directory = Path(competitions_dir) if competitions_dir is not None else default_competitions_dir()
+    path = find_config_file(name_or_slug, directory)
+    from_file = read_config_file(path) if path is not None else {}
+    extra = validate_config_dict(overrides, source="overrides") if overrides else {}
+    given = _merge(from_file, extra)
+    slug = given.get("slug", name_or_slug)
+
+    files = CompetitionFiles(**{k: v for k, v in given.get("files", {}).items() if k != "sample_submission"})
+    folder = _resolve_data_dir(data_dir, slug, files.train)
+    inferred: dict[str, Any] = {}
+    if folder is not None:
+        files = replace(files, sample_submission=_find_sample_submission(folder, given.get("files", {}).get("sample_submission")))
+        inferred = infer_from_data(folder, files, known=given)
+    else:
+        files = CompetitionFiles(**given.get("files", {}))
+        needed = [k for k in ("id_column", "target_columns", "task") if k not in given]
+        if needed:
+            where = f"{path} does not set {', '.join(needed)}" if path else f"there is no config file for {name_or_slug!r} in {directory}"
+            raise CompetitionConfigError(
+                f"Cannot resolve competition {name_or_slug!r}: {where} and no data folder was given. Pass "
+                f"data_dir (the folder with train.csv and the sample submission; ${DATA_ENV} also works) so "
+                "they can be inferred, or set them in the config."
+            )
+    merged = _merge(inferred, given)
+    task = merged["task"]
+
+    sub = dict(merged.get("submission", {}))
+    sub.setdefault("prediction", "values" if task == "regression" else "labels")
+    sub.setdefault("dtype", "float" if task == "regression" or sub["prediction"] == "probabilities" else "int")
+    sub.setdefault("columns", [merged["id_column"], *merged["target_columns"]])
+    submission = SubmissionFormat(
+        columns=tuple(sub["columns"]),
+        dtype=sub["dtype"],
+        prediction=sub["prediction"],
+        threshold=float(sub.get("threshold", 0.5)),
+        target_transform=sub.get("target_transform", "none"),
+    )
+    metric = merged.get("metric") or default_metric(task, submission.prediction)
+    _check_consistency(path or name_or_slug, task, metric, submission)
+
+    provenance = [k for k in ("id_column", "target_columns", "task") if k in inferred and k not in given]
+    if "metric" not in given:
+        provenance.append("metric")
+    provenance += [f"submission.{k}" for k in inferred.get("submission", {}) if k not in given.get("submission", {})]
+    text_columns = merged.get("text_columns")
+    return CompetitionConfig(
+        slug=slug,
+        task_type=task,
+        id_column=merged["id_column"],
+        target_columns=tuple(merged["target_columns"]),
+        metric=metric,
+        submission=submission,
+        title=merged.get("title", ""),
+        aliases=tuple(merged.get("aliases", ())),
+        text_columns=tuple(text_columns) if text_columns is not None else None,
+        drop_columns=tuple(merged.get("drop_columns", ())),
+        serialization=SerializationOptions(**merged.get("serialization", {})),
+        schedule=merged.get("schedule", DEFAULT_SCHEDULE),
+        files=files,
+        classes=merged.get("classes"),
+        data_dir=folder,
+        config_path=path,
+        inferred=tuple(provenance),
+    )
+
+
+def _check_consistency(source: Any, task: str, metric: str, submission: SubmissionFormat) -> None:
+    spec = get_metric(metric)
+    if task not in spec.tasks:
+        raise CompetitionConfigError(
+            f"{source}: metric {metric!r} does not apply to a {task} task (it fits {', '.join(spec.tasks)}); "
+            "fix `metric` or `task`."
+        )
+    if submission.target_transform == "log1p" and task != "regression":
+        raise CompetitionConfigError(f"{source}: target_transform log1p needs a regression task, not {task}.")
+    if task == "regression" and submission.prediction != "values":
+        raise CompetitionConfigError(f"{source}: a regression submission holds values, not {submission.prediction}.")
+
+
+def config_field_names() -> list[str]:
+    """Field names of :class:`CompetitionConfig` (for docs)."""
+    return [f.name for f in fields(CompetitionConfig)]

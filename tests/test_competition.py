@@ -1,0 +1,242 @@
+"""Competition configs: shipped files, the zero-config path on real data, strict validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import lora_tasks
+from lora_tasks.data.competition import (
+    ALLOWED_KEYS,
+    CompetitionConfigError,
+    default_competitions_dir,
+    list_competitions,
+    load_competition,
+)
+
+from _data_helpers import ALL, HOUSE, TITANIC, TWEETS, copy_competition, read_test, read_train, shared_dir
+
+SHIPPED = Path(lora_tasks.__file__).resolve().parents[1] / "competitions"
+
+EXPECTED = {  # facts of the competitions (Kaggle pages and the files' headers)
+    TITANIC: ("PassengerId", ("Survived",), "binary"),
+    HOUSE: ("Id", ("SalePrice",), "regression"),
+    TWEETS: ("id", ("target",), "binary"),
+}
+
+
+def test_competitions_folder_is_found_beside_the_package(monkeypatch):
+    monkeypatch.delenv("KAGGLE_LORA_COMPETITIONS_DIR", raising=False)
+    assert default_competitions_dir() == SHIPPED
+    names = list_competitions()
+    for stem in ("titanic", HOUSE, TWEETS, "demo"):
+        assert names[stem] == SHIPPED / f"{stem}.toml"
+    assert names["house-prices"] == SHIPPED / f"{HOUSE}.toml"
+
+
+@pytest.mark.parametrize("slug", ALL)
+def test_shipped_config_matches_the_data(slug):
+    cfg = load_competition(slug, shared_dir())
+    id_col, targets, task = EXPECTED[slug]
+    assert (cfg.id_column, cfg.target_columns, cfg.task_type) == (id_col, targets, task)
+    assert cfg.config_path == SHIPPED / f"{slug}.toml"
+    assert cfg.data_dir == shared_dir() / slug and cfg.train_path.is_file() and cfg.sample_submission_path.is_file()
+    sample = cfg.read_sample_submission()
+    assert list(cfg.submission.columns) == list(sample.columns)
+    assert cfg.inferred == ()  # the shipped files pin everything that matters
+
+
+@pytest.mark.parametrize("slug", ALL)
+def test_zero_config_infers_the_same_columns_and_task(slug, tmp_path):
+    cfg = load_competition(slug, shared_dir(), competitions_dir=tmp_path)  # empty folder: no config
+    id_col, targets, task = EXPECTED[slug]
+    assert (cfg.id_column, cfg.target_columns, cfg.task_type) == (id_col, targets, task)
+    assert cfg.config_path is None
+    assert {"id_column", "target_columns", "task", "metric"} <= set(cfg.inferred)
+    expected_metric = "rmse" if task == "regression" else "accuracy"  # label submissions
+    assert cfg.metric == expected_metric
+    assert cfg.submission.prediction == ("values" if task == "regression" else "labels")
+
+
+def test_zero_config_finds_titanic_gender_submission(tmp_path):
+    cfg = load_competition(TITANIC, shared_dir(), competitions_dir=tmp_path)
+    assert cfg.files.sample_submission == "gender_submission.csv"
+    assert cfg.classes == (0, 1)
+    assert cfg.submission.dtype == "int"
+
+
+def test_shipped_configs_refine_metric_and_transform():
+    house = load_competition("house-prices", shared_dir())  # alias
+    assert house.slug == HOUSE and house.metric == "rmsle" and house.submission.target_transform == "log1p"
+    assert house.metric_spec.greater_is_better is False
+    tweets = load_competition(TWEETS, shared_dir())
+    assert tweets.metric == "f1" and tweets.text_columns == ("text",)
+
+
+def test_data_dir_may_be_the_competition_folder_itself():
+    a = load_competition(TWEETS, shared_dir())
+    b = load_competition(TWEETS, shared_dir() / TWEETS)
+    assert a.data_dir == b.data_dir == shared_dir() / TWEETS
+
+
+def test_config_without_data_needs_id_target_and_task(tmp_path, monkeypatch):
+    monkeypatch.delenv("KAGGLE_LORA_DATA_DIR", raising=False)
+    cfg = load_competition("titanic")  # the shipped file is complete: works without data
+    assert cfg.data_dir is None and cfg.id_column == "PassengerId"
+    with pytest.raises(CompetitionConfigError, match="data_dir"):
+        load_competition("some-unknown-competition", competitions_dir=tmp_path)
+    (tmp_path / "partial.toml").write_text('metric = "f1"\n')
+    with pytest.raises(CompetitionConfigError, match="id_column, target_columns, task"):
+        load_competition("partial", competitions_dir=tmp_path)
+
+
+def test_data_dir_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("KAGGLE_LORA_DATA_DIR", str(shared_dir()))
+    cfg = load_competition(TWEETS, competitions_dir=tmp_path)
+    assert cfg.data_dir == shared_dir() / TWEETS and cfg.task_type == "binary"
+
+
+def test_competitions_dir_from_environment(tmp_path, monkeypatch):
+    (tmp_path / "mine.toml").write_text(
+        'slug = "titanic"\naliases = ["tt"]\nmetric = "roc_auc"\n[files]\nsample_submission = "gender_submission.csv"\n'
+    )
+    monkeypatch.setenv("KAGGLE_LORA_COMPETITIONS_DIR", str(tmp_path))
+    cfg = load_competition("tt", shared_dir())
+    assert cfg.slug == "titanic" and cfg.metric == "roc_auc" and cfg.id_column == "PassengerId"
+    assert "id_column" in cfg.inferred and "metric" not in cfg.inferred
+
+
+def test_overrides_win_over_file_and_data():
+    cfg = load_competition(TITANIC, shared_dir(), overrides={"metric": "log_loss", "submission": {"prediction": "probabilities"}})
+    assert cfg.metric == "log_loss" and cfg.submission.prediction == "probabilities"
+    assert cfg.submission.columns == ("PassengerId", "Survived")  # the rest of [submission] is kept
+
+
+# ---------------------------------------------------------------------------- strict validation
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "bad.toml").write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "text, fragments",
+    [
+        ('metrc = "f1"\n', ["unknown key `metrc`", "allowed keys", "metric"]),
+        ('[submission]\nthreshhold = 0.4\n', ["`submission.threshhold`", "threshold"]),
+        ('[serialization]\nmissing = "drop"\n', ["serialization.missing", "skip, say"]),
+        ('task = "ranking"\n', ["`task`", "binary, multiclass"]),
+        ('metric = "kappa"\n', ["Unknown metric 'kappa'", "rmsle"]),
+        ('id_column = 3\n', ["`id_column` must be str"]),
+        ('text_columns = "text"\n', ["`text_columns` must be a list of strings"]),
+        ('schedule = "every monday"\n', ["cron"]),
+        ('[submission]\nthreshold = true\n', ["submission.threshold"]),
+        ('slug = "x"\nslug = "y"\n', ["not valid TOML"]),
+    ],
+)
+def test_invalid_configs_name_the_problem(tmp_path, text, fragments):
+    with pytest.raises(CompetitionConfigError) as err:
+        load_competition("bad", shared_dir() / TITANIC, competitions_dir=_write(tmp_path, text))
+    message = str(err.value)
+    assert "bad.toml" in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_allowed_keys_cover_every_shipped_file():
+    for path in SHIPPED.glob("*.toml"):
+        import tomllib
+
+        assert set(tomllib.loads(path.read_text())) <= set(ALLOWED_KEYS), path
+
+
+def test_metric_must_fit_the_task(tmp_path):
+    (tmp_path / "t.toml").write_text('slug = "titanic"\nmetric = "rmse"\n[files]\nsample_submission = "gender_submission.csv"\n')
+    with pytest.raises(CompetitionConfigError, match="does not apply to a binary task"):
+        load_competition("t", shared_dir(), competitions_dir=tmp_path)
+
+
+def test_configured_column_missing_from_data_is_named(tmp_path):
+    (tmp_path / "t.toml").write_text('slug = "titanic"\nid_column = "PassengerID"\n[files]\nsample_submission = "gender_submission.csv"\n')
+    with pytest.raises(CompetitionConfigError, match="'PassengerID' is not in"):
+        load_competition("t", shared_dir(), competitions_dir=tmp_path)
+
+
+def test_duplicate_alias_is_an_error(tmp_path):
+    (tmp_path / "a.toml").write_text('aliases = ["x"]\n')
+    (tmp_path / "b.toml").write_text('aliases = ["x"]\n')
+    with pytest.raises(CompetitionConfigError, match="claimed by both"):
+        list_competitions(tmp_path)
+
+
+# ---------------------------------------------------------------------------- inference edge cases
+
+
+def test_multiclass_target_inferred_from_values(tmp_path):
+    frame = read_train(TITANIC)
+    test = read_test(TITANIC).drop(columns=["Pclass"])
+    sample = pd.DataFrame({"PassengerId": test["PassengerId"], "Pclass": 1})
+    folder = copy_competition("pclass", tmp_path, train_frame=frame, test=test, sample=sample)
+    cfg = load_competition("pclass", folder, competitions_dir=tmp_path / "none")
+    assert cfg.task_type == "multiclass" and cfg.target_columns == ("Pclass",)
+    assert cfg.classes == (1, 2, 3) and cfg.metric == "accuracy"
+
+
+def test_one_column_per_class_submission(tmp_path):
+    """Otto-style: the submission has a probability column per class value of the target."""
+    frame = read_train(TITANIC).assign(Embarked=lambda d: d["Embarked"].fillna("S"))
+    test = read_test(TITANIC).drop(columns=["Embarked"])
+    sample = pd.DataFrame({"PassengerId": test["PassengerId"], "C": 1 / 3, "Q": 1 / 3, "S": 1 / 3})
+    folder = copy_competition("port", tmp_path, train_frame=frame, test=test, sample=sample)
+    cfg = load_competition("port", folder, competitions_dir=tmp_path / "none")
+    assert cfg.target_columns == ("Embarked",) and cfg.task_type == "multiclass"
+    assert cfg.submission.prediction == "probabilities" and cfg.submission.columns == ("PassengerId", "C", "Q", "S")
+    assert cfg.metric == "log_loss"
+
+
+def test_several_binary_targets_are_multilabel(tmp_path):
+    frame = read_train(TITANIC).assign(Female=lambda d: (d["Sex"] == "female").astype(int)).drop(columns=["Sex"])
+    test = read_test(TITANIC).drop(columns=["Sex"])
+    sample = pd.DataFrame({"PassengerId": test["PassengerId"], "Survived": 0.5, "Female": 0.5})
+    folder = copy_competition("multi", tmp_path, train_frame=frame, test=test, sample=sample)
+    cfg = load_competition("multi", folder, competitions_dir=tmp_path / "none")
+    assert cfg.task_type == "multilabel" and cfg.target_columns == ("Survived", "Female")
+    assert cfg.submission.prediction == "probabilities" and cfg.metric == "roc_auc"
+
+
+def test_target_not_in_train_is_a_clear_error(tmp_path):
+    test = read_test(TITANIC)
+    sample = pd.DataFrame({"PassengerId": test["PassengerId"], "Survival": 0})
+    folder = copy_competition("renamed", tmp_path, test=test, sample=sample, train_frame=read_train(TITANIC))
+    with pytest.raises(CompetitionConfigError) as err:
+        load_competition("renamed", folder, competitions_dir=tmp_path / "none")
+    assert "Survival" in str(err.value) and "target_columns" in str(err.value)
+
+
+def test_missing_sample_submission_is_a_clear_error(tmp_path):
+    folder = copy_competition("nosample", tmp_path)
+    with pytest.raises(CompetitionConfigError, match="sample_submission.csv"):
+        load_competition("nosample", folder, competitions_dir=tmp_path / "none")
+
+
+def test_no_shared_id_column_is_a_clear_error(tmp_path):
+    test = read_test(TITANIC).rename(columns={"PassengerId": "pid"})
+    sample = pd.DataFrame({"row": test["pid"], "Survived": 0})
+    folder = copy_competition("noid", tmp_path, test=test, sample=sample)
+    with pytest.raises(CompetitionConfigError, match="set `id_column`"):
+        load_competition("noid", folder, competitions_dir=tmp_path / "none")
+
+
+def test_demo_config_matches_the_demo_competition(tmp_path):
+    from lora_tasks.testing.demo import DEMO_ID_COLUMN, DEMO_TARGET_COLUMN, build_demo_competition
+
+    folder = build_demo_competition(tmp_path)
+    cfg = load_competition("demo", folder)
+    zero = load_competition("demo", folder, competitions_dir=tmp_path / "none")
+    for c in (cfg, zero):
+        assert (c.id_column, c.target_columns, c.task_type) == (DEMO_ID_COLUMN, (DEMO_TARGET_COLUMN,), "binary")
+        assert c.classes == (0, 1) and c.metric == "accuracy"
+    assert cfg.schedule != zero.schedule  # the shipped file sets its own schedule
