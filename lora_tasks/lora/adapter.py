@@ -253,7 +253,8 @@ class LoRAAdapter:
             for name in _FUNCTIONAL_FIELDS:
                 a, b = getattr(saved, name), getattr(self.config, name)
                 if a != b:
-                    config_problems.append(f"  config {name}: file {a!r}, adapter {b!r}")
+                    label = "alpha" if name == "resolved_alpha" else name
+                    config_problems.append(f"  config {label}: file {a!r}, adapter {b!r}")
         self._raise_if_mismatch(arrays, config_problems)
         self.load_lora_state_dict(arrays)
 
