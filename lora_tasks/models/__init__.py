@@ -6,7 +6,7 @@ from lora_tasks.models.factory import create_bert_with_lora, create_model_with_l
 from lora_tasks.models.heads import HEAD_TYPES, head_loss, predictions
 from lora_tasks.models.modernbert import ModernBertConfig, ModernBertModel, ModernBertWithHead
 from lora_tasks.models.weights import WeightLoadError
-from lora_tasks.lora import (  # noqa: E402 - the LoRA API is part of the seed API
+from lora_tasks.lora import (  # the LoRA API is part of the seed API
     PRESETS,
     AdapterLoadError,
     DoRALinear,
@@ -14,7 +14,9 @@ from lora_tasks.lora import (  # noqa: E402 - the LoRA API is part of the seed A
     LoRAConfig,
     LoRALinear,
     ParameterReport,
+    export_peft,
     get_preset,
+    import_peft,
 )
 
 __all__ = [
@@ -36,7 +38,9 @@ __all__ = [
     "ParameterReport",
     "create_bert_with_lora",
     "create_model_with_lora",
+    "export_peft",
     "get_preset",
+    "import_peft",
     "head_loss",
     "load_encoder",
     "predictions",
