@@ -71,23 +71,35 @@ def _gelu_fast(x: mx.array) -> mx.array:
     return 0.5 * x * (1.0 + erf_rational(x * _SQRT1_2))
 
 
+@mx.compile
+def _gelu_backward(x: mx.array, cotangent: mx.array) -> mx.array:
+    cdf = 0.5 * (1.0 + erf_rational(x * _SQRT1_2))
+    pdf = exp_nonpositive(-0.5 * x * x) * _INV_SQRT_2PI
+    return cotangent * (cdf + x * pdf)
+
+
 @_gelu_fast.vjp
 def _gelu_fast_vjp(primals, cotangent, output):  # noqa: ANN001 - MLX's vjp protocol
     x = primals[0] if isinstance(primals, (list, tuple)) else primals  # one-arg: a bare array
-    cdf = 0.5 * (1.0 + erf_rational(x * _SQRT1_2))
-    pdf = exp_nonpositive(-0.5 * x * x) * _INV_SQRT_2PI
-    return (cotangent * (cdf + x * pdf),)
+    return (_gelu_backward(x, cotangent),)
 
 
 @mx.custom_function
 def _softmax_fast(s: mx.array) -> mx.array:
-    e = exp_nonpositive(s - mx.stop_gradient(s.max(axis=-1, keepdims=True)))
-    return e / e.sum(axis=-1, keepdims=True)
+    # float32 inside: the 8 squarings of exp_nonpositive would amplify bfloat16 rounding
+    x = s.astype(mx.float32)
+    e = exp_nonpositive(x - mx.stop_gradient(x.max(axis=-1, keepdims=True)))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(s.dtype)
+
+
+@mx.compile
+def _softmax_backward(y: mx.array, cotangent: mx.array) -> mx.array:
+    return y * (cotangent - (cotangent * y).sum(axis=-1, keepdims=True))
 
 
 @_softmax_fast.vjp
 def _softmax_fast_vjp(primals, cotangent, output):  # noqa: ANN001 - MLX's vjp protocol
-    return (output * (cotangent - (cotangent * output).sum(axis=-1, keepdims=True)),)
+    return (_softmax_backward(output, cotangent),)
 
 
 _gelu_fast_compiled = mx.compile(_gelu_fast)

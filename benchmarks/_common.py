@@ -1,0 +1,72 @@
+"""Shared helpers of the benchmark scripts: the result table, the JSON file, the PyTorch peer.
+
+Every benchmark writes ``benchmarks/results/<name>.json``: a list of rows with ``name``,
+``value``, ``unit`` and, where a peer ran in the same run, ``peer_value`` and ``ratio_vs_peer``
+(> 1 means we are better).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PEERS = Path(__file__).resolve().parent / "peers"
+
+
+def row(name: str, value: float, unit: str, peer: float | None = None, higher_is_better: bool = True, **extra) -> dict:
+    r = {"name": name, "value": round(float(value), 4), "unit": unit}
+    if peer is not None and peer > 0 and value > 0:
+        r["peer_value"] = round(float(peer), 4)
+        r["ratio_vs_peer"] = round(value / peer if higher_is_better else peer / value, 3)
+    r.update(extra)
+    return r
+
+
+def write_results(name: str, rows: list[dict]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(rows, indent=2) + "\n")
+    tmp.replace(path)
+    width = max(len(r["name"]) for r in rows)
+    print(f"\n{'name':<{width}}  {'value':>10}  {'unit':<12} {'peer':>10}  {'ratio':>6}")
+    for r in rows:
+        peer = f"{r['peer_value']:>10.3f}" if "peer_value" in r else f"{'-':>10}"
+        ratio = f"{r['ratio_vs_peer']:>6.2f}" if "ratio_vs_peer" in r else f"{'-':>6}"
+        print(f"{r['name']:<{width}}  {r['value']:>10.3f}  {r['unit']:<12} {peer}  {ratio}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; wrote {path}")
+    return path
+
+
+def peer_python() -> str | None:
+    """A Python with torch (+ transformers, peft) for the peer: $KAGGLE_LORA_PEER_PYTHON, or this one."""
+    exe = os.environ.get("KAGGLE_LORA_PEER_PYTHON") or sys.executable
+    ok = subprocess.run([exe, "-c", "import torch, transformers"], capture_output=True).returncode == 0
+    if not ok:
+        print(f"(no PyTorch peer: {exe} lacks torch/transformers; set KAGGLE_LORA_PEER_PYTHON to a Python "
+              "that has `pip install torch==2.13.0 transformers peft`)")
+        return None
+    return exe
+
+
+def run_peer(script: str, *args: str) -> dict | None:
+    exe = peer_python()
+    if exe is None:
+        return None
+    out = subprocess.run([exe, str(PEERS / script), *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        print(f"(peer {script} failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode})")
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def minilm_dir() -> str:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from lora_tasks.hub import resolve_model_dir
+
+    return str(resolve_model_dir(None))

@@ -1,0 +1,53 @@
+"""Forward throughput of the MiniLM encoder: MLX (with the active BLAS) against PyTorch, same run.
+
+    python benchmarks/encoder.py [--seqs 64,128] [--batch 32] [--repeats 7]
+Set KAGGLE_LORA_PEER_PYTHON to a Python with torch + transformers for the peer column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import lora_tasks  # noqa: F401 - BLAS set-up before mlx
+import mlx.core as mx
+import numpy as np
+from _common import minilm_dir, row, run_peer, write_results
+
+from lora_tasks.models import load_encoder
+
+
+def median_rate(fn, batch: int, repeats: int) -> float:
+    for _ in range(2):
+        mx.eval(fn())
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        mx.eval(fn())
+        times.append(time.perf_counter() - t)
+    return batch / sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seqs", default="64,128")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    print(lora_tasks.blas_info().summary())
+    enc = load_encoder()
+    model = enc.model
+    forward = mx.compile(lambda i, m: model(i, m))
+    peer = run_peer("torch_peer.py", "forward", minilm_dir(), "--seqs", args.seqs, "--batch", str(args.batch))
+    rows = []
+    for seq in [int(s) for s in args.seqs.split(",")]:
+        ids = mx.array(np.random.default_rng(0).integers(1000, 2000, (args.batch, seq)))
+        mask = mx.ones((args.batch, seq), dtype=mx.int32)
+        ours = median_rate(lambda: forward(ids, mask), args.batch, args.repeats)
+        rows.append(row(f"forward minilm b{args.batch} s{seq}", ours, "samples/s",
+                        peer.get(f"forward_{seq}") if peer else None, blas=lora_tasks.blas_info().provider))
+    write_results("encoder", rows)
+
+
+if __name__ == "__main__":
+    main()

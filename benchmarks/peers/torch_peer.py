@@ -1,0 +1,68 @@
+"""PyTorch (+ PEFT) peer of our MLX benchmarks, run in its own process: what a user would pick instead.
+
+    python torch_peer.py forward|train_step MODEL_DIR --seqs 64,128 --batch 32 --threads 2
+Prints one JSON line: {"forward_64": samples_per_s, ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["forward", "train_step"])
+    ap.add_argument("model_dir")
+    ap.add_argument("--seqs", default="64,128")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    from transformers import BertForSequenceClassification, BertModel
+
+    out = {}
+    if args.mode == "forward":
+        model = BertModel.from_pretrained(args.model_dir).eval()
+    else:
+        from peft import LoraConfig, get_peft_model
+
+        base = BertForSequenceClassification.from_pretrained(args.model_dir, num_labels=1)
+        cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["query", "key", "value", "attention.output.dense"])
+        model = get_peft_model(base, cfg)
+        model.train()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    for seq in [int(s) for s in args.seqs.split(",")]:
+        ids = torch.randint(1000, 2000, (args.batch, seq))
+        mask = torch.ones_like(ids)
+        y = (torch.arange(args.batch) % 2).float().unsqueeze(-1)
+
+        def step() -> None:
+            if args.mode == "forward":
+                with torch.inference_mode():
+                    model(input_ids=ids, attention_mask=mask)
+            else:
+                logits = model(input_ids=ids, attention_mask=mask).logits
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+
+        for _ in range(2):
+            step()
+        times = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t)
+        out[f"{args.mode}_{seq}"] = args.batch / sorted(times)[len(times) // 2]
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

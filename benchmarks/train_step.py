@@ -1,0 +1,104 @@
+"""One LoRA training step (forward, backward, AdamW) on MiniLM, r=8 on Q,K,V,O, batch 32:
+MLX against PyTorch + PEFT on the same machine in the same run, plus where MLX's time goes.
+
+    python benchmarks/train_step.py [--seqs 64,128] [--batch 32] [--repeats 5] [--no-profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import lora_tasks  # noqa: F401 - BLAS set-up before mlx
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from _common import minilm_dir, row, run_peer, write_results
+
+from lora_tasks.models import create_bert_with_lora, ops
+
+
+def make_step(model: nn.Module):
+    opt = optim.AdamW(learning_rate=1e-4)
+
+    def loss_fn(m, ids, mask, y):
+        return m.loss(m(ids, mask), y)
+
+    loss_and_grad = nn.value_and_grad(model, loss_fn)
+
+    def step(ids, mask, y):
+        loss, grads = loss_and_grad(model, ids, mask, y)
+        opt.update(model, grads)
+        return loss
+
+    state = [model.state, opt.state, mx.random.state]
+    return mx.compile(step, inputs=state, outputs=state), state
+
+
+def timed(fn, repeats: int) -> float:
+    """Median seconds of ``fn`` (which must evaluate its result)."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def profile(batch: int, seq: int, cfg, repeats: int) -> list[dict]:
+    """Forward+backward time of each kind of work in one step, at the model's shapes."""
+    h, heads, inter, layers = cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size, cfg.num_hidden_layers
+    n = batch * seq
+    x_h = mx.random.normal((n, h))
+    x_i = mx.random.normal((n, inter))
+    w_hh, w_ih, w_hi = mx.random.normal((h, h)), mx.random.normal((inter, h)), mx.random.normal((h, inter))
+    q = mx.random.normal((batch, heads, seq, h // heads))
+    s = mx.random.normal((batch, heads, seq, seq))
+    g = mx.random.normal((h,))
+
+    def fb(f, *a):
+        grad = mx.grad(lambda *t: f(*t).sum(), argnums=tuple(range(len(a))))
+        return timed(lambda: mx.eval(grad(*a)), repeats)
+
+    parts = {
+        "linear GEMMs (Q,K,V,O,FFN)": 4 * fb(lambda x: x @ w_hh.T, x_h) + fb(lambda x: x @ w_ih.T, x_h) + fb(lambda x: x @ w_hi.T, x_i),
+        "attention matmuls (QK^T, PV)": fb(lambda a: a @ a.swapaxes(-1, -2), q) + fb(lambda a, b: a @ b, s, q),
+        "softmax": fb(ops.softmax, s),
+        "GELU": fb(ops.gelu, x_i),
+        "layer norm (x2)": 2 * fb(lambda x: mx.fast.layer_norm(x, g, g, 1e-12), x_h),
+    }
+    total = sum(parts.values()) * layers
+    return [row(f"profile s{seq}: {k} (x{layers} layers)", v * layers * 1e3, "ms/step", share=round(v * layers / total, 3))
+            for k, v in parts.items()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seqs", default="64,128")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-profile", action="store_true")
+    args = ap.parse_args()
+    print(lora_tasks.blas_info().summary())
+    model, adapter = create_bert_with_lora("binary_classification", "balanced", dropout=0.0, seed=0)
+    model.train()
+    step, state = make_step(model)
+    peer = run_peer("torch_peer.py", "train_step", minilm_dir(), "--seqs", args.seqs, "--batch", str(args.batch))
+    rows = []
+    for seq in [int(s) for s in args.seqs.split(",")]:
+        ids = mx.array(np.random.default_rng(0).integers(1000, 2000, (args.batch, seq)))
+        mask = mx.ones((args.batch, seq), dtype=mx.int32)
+        y = mx.array(np.arange(args.batch) % 2)
+        sec = timed(lambda: mx.eval(step(ids, mask, y), state), args.repeats)
+        rows.append(row(f"lora train step minilm r8 qkvo b{args.batch} s{seq}", args.batch / sec, "samples/s",
+                        peer.get(f"train_step_{seq}") if peer else None, blas=lora_tasks.blas_info().provider))
+        if not args.no_profile:
+            rows += profile(args.batch, seq, model.config, args.repeats)
+    write_results("train_step", rows)
+
+
+if __name__ == "__main__":
+    main()
