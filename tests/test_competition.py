@@ -165,6 +165,28 @@ def test_configured_column_missing_from_data_is_named(tmp_path):
         load_competition("t", shared_dir(), competitions_dir=tmp_path)
 
 
+@pytest.mark.parametrize("key", ["text_columns", "drop_columns"])
+def test_listed_columns_must_exist(tmp_path, key):
+    (tmp_path / "t.toml").write_text(f'slug = "nlp-getting-started"\n{key} = ["tweet"]\n')
+    with pytest.raises(CompetitionConfigError, match=f"`{key}` lists \\['tweet'\\]"):
+        load_competition("t", shared_dir(), competitions_dir=tmp_path)
+
+
+def test_data_layer_never_imports_mlx():
+    """ARCHITECTURE.md: the data layer runs without MLX or the model package."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import lora_tasks.metrics, lora_tasks.data.competition, lora_tasks.data.profile, "
+        "lora_tasks.data.autoconfig, lora_tasks.data.text, lora_tasks.data.token_cache, lora_tasks.data.batching; "
+        "bad = [m for m in sys.modules if m.split('.')[0] == 'mlx' or m.startswith('lora_tasks.models')]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def test_duplicate_alias_is_an_error(tmp_path):
     (tmp_path / "a.toml").write_text('aliases = ["x"]\n')
     (tmp_path / "b.toml").write_text('aliases = ["x"]\n')

@@ -403,6 +403,13 @@ def infer_from_data(folder: Path, files: CompetitionFiles, known: Mapping[str, A
     if missing:
         raise CompetitionConfigError(f"Target column(s) {missing} are not in {train_path} (columns: {train_cols}); fix `target_columns`.")
 
+    for key in ("text_columns", "drop_columns"):
+        unknown = [c for c in known.get(key, []) if c not in train_cols]
+        if unknown:
+            raise CompetitionConfigError(
+                f"`{key}` lists {unknown}, which {train_path} does not have (columns: {train_cols}); fix `{key}`."
+            )
+
     target_frame = pd.read_csv(train_path, usecols=list(targets))
     task = known.get("task")
     if task is None:
