@@ -288,3 +288,40 @@ def test_loading_state_while_merged_keeps_merged_outputs_right():
     other_adapter.load_lora_state_dict(state)
     assert other_adapter.merged
     np.testing.assert_allclose(np.array(other(ids, mask)), expected, atol=1e-5)
+
+
+# ---- modes and compilation ----------------------------------------------------------------------
+
+
+def test_model_train_and_eval_reach_the_adapter_dropout():
+    model, adapter = _tiny(LoRAConfig(r=4, dropout=0.5))
+    _perturb(adapter, scale=0.5)
+    ids, mask = _batch()
+    evaluated = np.array(model(ids, mask))
+    np.testing.assert_array_equal(np.array(model(ids, mask)), evaluated)
+    model.train()
+    for _, m in model.named_modules():  # isolate the adapters' dropout from BERT's own
+        if isinstance(m, nn.Dropout) and not any(m is layer.dropout for layer in adapter.layers.values()):
+            m.eval()
+    assert all(layer.dropout.training for layer in adapter.layers.values())
+    assert np.abs(np.array(model(ids, mask)) - evaluated).max() > 1e-4
+
+
+def test_compiled_training_step_matches_eager():
+    def step_grads(compiled: bool):
+        model, adapter = _tiny("balanced", use_dora=True, dropout=0.0)
+        _perturb(adapter)
+        ids, mask = _batch()
+        labels = mx.array([0, 1, 2])
+        fn = nn.value_and_grad(model, lambda x, m, y: model.loss(model(x, m), y))
+        if compiled:
+            fn = mx.compile(fn, inputs=model.state)
+        loss, grads = fn(ids, mask, labels)
+        return loss.item(), dict(tree_flatten(grads))
+
+    eager_loss, eager = step_grads(False)
+    compiled_loss, compiled = step_grads(True)
+    assert compiled_loss == pytest.approx(eager_loss, abs=1e-5)
+    assert set(compiled) == set(eager)
+    for key in eager:
+        np.testing.assert_allclose(np.array(compiled[key]), np.array(eager[key]), atol=1e-5)
