@@ -12,7 +12,7 @@ import mlx.nn as nn
 
 from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.hub import resolve_model_dir, weight_file
-from lora_tasks.models.bert import BertConfig, BertModel
+from lora_tasks.models.bert import BertConfig, BertModel, additive_mask
 from lora_tasks.models.heads import POOLINGS, ClassificationHead, Pooling, check_head_type, head_loss, mean_pool
 from lora_tasks.models.modernbert import ModernBertConfig, ModernBertModel, ModernBertWithHead, modernbert_to_ours
 from lora_tasks.models.weights import WeightLoadError, load_weights, read_checkpoint, hf_to_ours
@@ -69,6 +69,28 @@ class BertWithHead(nn.Module):
 
     def loss(self, logits: mx.array, labels: mx.array, class_weights: mx.array | None = None) -> mx.array:
         return head_loss(self.head_type, logits, labels, class_weights)
+
+    # ---- split at a layer: the frozen-prefix cache computes the bottom once ------------------
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.bert.encoder.layer)
+
+    def hidden_before(
+        self, layer: int, input_ids: mx.array, attention_mask: mx.array | None, token_type_ids: mx.array | None = None
+    ) -> mx.array:
+        """Hidden states entering encoder layer ``layer`` (0: the embeddings' output)."""
+        x = self.bert.embeddings(input_ids, token_type_ids)
+        mask = additive_mask(attention_mask, x.dtype)
+        for block in self.bert.encoder.layer[:layer]:
+            x = block(x, mask)
+        return x
+
+    def forward_from(self, layer: int, hidden: mx.array, attention_mask: mx.array | None) -> mx.array:
+        """Logits from the hidden states entering encoder layer ``layer``."""
+        x = self.bert.encoder(hidden, additive_mask(attention_mask, hidden.dtype), start=layer)
+        logits = self.head(self.pool(x, attention_mask))
+        return logits.squeeze(-1) if self.head_type == "binary_classification" else logits
 
 
 @dataclass

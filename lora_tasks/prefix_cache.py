@@ -1,0 +1,108 @@
+"""Frozen-prefix cache: compute the frozen lower layers once, train every adapter from there.
+
+When adapters touch only the top layers, the layers below them are frozen and (with their
+dropout off) map an input to the same hidden states in every epoch and for every adapter. We
+run them once per dataset, keep the states (in memory, or on disk under a content hash), and
+train and predict with a thin wrapper that starts at the first adapted layer. With K adapters
+trained for E epochs this replaces K*E forward+backward passes through the prefix by one
+forward pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten
+
+from lora_tasks.train import Dataset
+
+_LAYER = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
+
+
+def first_adapted_layer(model: nn.Module) -> int:
+    """Index of the lowest encoder layer holding a trainable parameter (LoRA or unfrozen weight)."""
+    layers = [int(m.group(1)) for k, _ in tree_flatten(model.trainable_parameters()) if (m := _LAYER.search(k))]
+    if not layers:
+        return model.num_layers  # only the head trains: the whole encoder is a frozen prefix
+    return min(layers)
+
+
+class FromPrefix(nn.Module):
+    """``model`` seen from encoder layer ``start`` on: inputs are cached hidden states.
+
+    It exposes the head interface the training engine needs (``head_type``, ``loss``), so
+    :func:`lora_tasks.train.train` and :func:`lora_tasks.train.predict` work on it unchanged.
+    """
+
+    def __init__(self, model: nn.Module, start: int) -> None:
+        super().__init__()
+        self.model = model
+        self.start = start
+        self.head_type = model.head_type
+
+    def __call__(self, hidden: mx.array, attention_mask: mx.array | None = None, token_type_ids=None) -> mx.array:  # noqa: ANN001
+        return self.model.forward_from(self.start, hidden, attention_mask)
+
+    def loss(self, logits: mx.array, labels: mx.array, class_weights: mx.array | None = None) -> mx.array:
+        return self.model.loss(logits, labels, class_weights)
+
+
+def prefix_key(model: nn.Module, data: Dataset, start: int) -> str:
+    """Content hash of what the prefix states depend on: the inputs and the frozen weights below ``start``."""
+    h = hashlib.sha256(f"start={start}".encode())
+    for arr in (data.input_ids, data.attention_mask, data.token_type_ids):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    frozen = [(k, v) for k, v in tree_flatten(model.parameters())
+              if k.startswith("bert.embeddings.") or ((m := _LAYER.search(k)) and int(m.group(1)) < start)]
+    for k, v in sorted(frozen, key=lambda kv: kv[0]):
+        h.update(k.encode())
+        h.update(np.array(v).tobytes())
+    return h.hexdigest()[:24]
+
+
+def compute_prefix(model: nn.Module, data: Dataset, start: int, batch_size: int = 64) -> np.ndarray:
+    """Hidden states entering layer ``start`` for every row: float32 (rows, width, hidden), eval mode."""
+    was_training = model.training
+    model.eval()
+    parts = []
+    try:
+        for i in range(0, len(data), batch_size):
+            sl = slice(i, i + batch_size)
+            h = model.hidden_before(start, mx.array(data.input_ids[sl]), mx.array(data.attention_mask[sl]),
+                                    mx.array(data.token_type_ids[sl]))
+            parts.append(np.array(h.astype(mx.float32)))
+    finally:
+        model.train(was_training)
+    return np.concatenate(parts) if parts else np.zeros((0, data.input_ids.shape[1], 0), np.float32)
+
+
+def prefix_dataset(
+    model: nn.Module, data: Dataset, start: int | None = None, cache_dir: str | os.PathLike | None = None
+) -> tuple[FromPrefix, Dataset]:
+    """(wrapped model, dataset of cached states) for training or predicting from the prefix.
+
+    With ``cache_dir`` the states are kept on disk under their content hash, so every adapter and
+    every later run on the same data and base weights reuses them (loaded memory-mapped).
+    """
+    start = first_adapted_layer(model) if start is None else start
+    states: np.ndarray | None = None
+    path: Path | None = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"prefix-{prefix_key(model, data, start)}.npy"
+        if path.exists():
+            states = np.load(path, mmap_mode="r")
+    if states is None:
+        states = compute_prefix(model, data, start)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npy")
+            np.save(tmp, states)
+            os.replace(tmp, path)
+    cached = Dataset(states, data.attention_mask, data.token_type_ids, data.labels)
+    return FromPrefix(model, start), cached

@@ -1,0 +1,57 @@
+"""Training from cached frozen-prefix states equals training through the whole model."""
+
+from __future__ import annotations
+
+import numpy as np
+from mlx.utils import tree_flatten
+
+from lora_tasks.models import BertConfig, create_bert_with_lora
+from lora_tasks.prefix_cache import FromPrefix, compute_prefix, first_adapted_layer, prefix_dataset
+from lora_tasks.train import TrainConfig, predict, train
+from tests._tiny import TINY, toy_data
+
+
+def _top_only_model(seed: int = 0):
+    """A LoRA model whose adapters in layers 0-1 of 4 are frozen: only layers 2-3 train."""
+    cfg = BertConfig(**{**TINY, "num_hidden_layers": 4, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+    model, _ = create_bert_with_lora("binary_classification", "balanced", config=cfg, pretrained=False,
+                                     seed=seed, dropout=0.0)
+    for i in (0, 1):
+        model.bert.encoder.layer[i].freeze()
+    return model
+
+
+def test_first_adapted_layer_follows_trainable_parameters():
+    model = _top_only_model()
+    assert first_adapted_layer(model) == 2
+    assert all(".layer.0." not in k and ".layer.1." not in k for k, _ in tree_flatten(model.trainable_parameters()))
+
+
+def test_training_from_prefix_matches_plain_training(tmp_path):
+    data = toy_data(96)
+    cfg = TrainConfig(epochs=2, batch_size=16, early_stopping_patience=None, compile=False)
+    plain = _top_only_model()
+    res_plain = train(plain, data, None, cfg)
+    cached_model = _top_only_model()
+    wrapped, cached = prefix_dataset(cached_model, data, cache_dir=tmp_path)
+    assert isinstance(wrapped, FromPrefix) and wrapped.start == 2
+    assert cached.input_ids.shape == (96, 12, 32)
+    res_cached = train(wrapped, cached, None, cfg)
+    np.testing.assert_allclose([r["train_loss"] for r in res_cached.history],
+                               [r["train_loss"] for r in res_plain.history], rtol=1e-4)
+    np.testing.assert_allclose(predict(wrapped, cached), predict(plain, data), atol=1e-4)
+
+
+def test_prefix_states_are_cached_on_disk_by_content(tmp_path):
+    data = toy_data(32)
+    model = _top_only_model()
+    _, first = prefix_dataset(model, data, cache_dir=tmp_path)
+    files = list(tmp_path.glob("prefix-*.npy"))
+    assert len(files) == 1
+    _, again = prefix_dataset(model, data, cache_dir=tmp_path)
+    assert isinstance(again.input_ids, np.memmap)  # loaded, not recomputed
+    np.testing.assert_array_equal(np.asarray(again.input_ids), first.input_ids)
+    other = toy_data(32, seed=3)
+    prefix_dataset(model, other, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("prefix-*.npy"))) == 2  # other inputs, other key
+    np.testing.assert_allclose(compute_prefix(model, data, 2), first.input_ids, atol=1e-6)
