@@ -83,6 +83,7 @@ def test_data_dir_may_be_the_competition_folder_itself():
 
 def test_config_without_data_needs_id_target_and_task(tmp_path, monkeypatch):
     monkeypatch.delenv("KAGGLE_LORA_DATA_DIR", raising=False)
+    monkeypatch.delenv("KAGGLE_LORA_COMPETITIONS_DIR", raising=False)
     cfg = load_competition("titanic")  # the shipped file is complete: works without data
     assert cfg.data_dir is None and cfg.id_column == "PassengerId"
     with pytest.raises(CompetitionConfigError, match="data_dir"):
