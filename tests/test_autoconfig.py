@@ -146,6 +146,14 @@ def test_qlora_memory_far_over_budget(titanic):
     assert s.batch_size < 16 and (s.estimated_memory_bytes <= budget or s.batch_size == 1)
 
 
+def test_preset_names_match_the_lora_package():
+    from lora_tasks.lora.config import PRESETS as LORA_PRESETS
+
+    assert set(PRESETS) == set(LORA_PRESETS)
+    for name, spec in LORA_PRESETS.items():
+        assert f"r={spec['r']}" in PRESETS[name]
+
+
 def test_every_rule_has_a_test_above():
     tested = {"seq_len_p99", "seq_len_p95_long_tail", "seq_len_unknown", "seq_len_model_cap", "small_data",
               "medium_data", "large_data", "huge_data", "batch_by_tokens", "imbalanced_classes",

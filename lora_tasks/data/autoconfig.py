@@ -21,12 +21,14 @@ from .profile import DataProfile
 if TYPE_CHECKING:  # pragma: no cover
     from .competition import CompetitionConfig
 
+#: Preset names with a reminder of what they mean; ranks and modules are defined only in
+#: ``lora_tasks.lora.config.PRESETS`` (a test checks that the names agree).
 PRESETS: dict[str, str] = {
     "efficient": "r=4 on query, value",
     "balanced": "r=8 on query, key, value, attention output",
     "expressive": "r=16 on attention and feed-forward",
-    "qlora_memory": "4-bit base weights, small adapters (r=4 on query, value)",
-    "qlora_quality": "4-bit base weights, larger adapters (r=16 on attention and feed-forward)",
+    "qlora_memory": "4-bit base weights, r=4 on query, value",
+    "qlora_quality": "4-bit base weights, r=8 on attention",
 }
 
 MINILM_PARAMS = 22_713_216  # sentence-transformers/all-MiniLM-L6-v2
@@ -277,7 +279,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "qlora_over_budget",
         "estimated memory (fp32 weights + one batch of activations + token arrays) > budget",
-        "qlora_quality: 4-bit base weights, adapters as in expressive",
+        "qlora_quality: 4-bit base weights, attention adapters",
         lambda c, s: _over_budget(c, s, quantized=False),
         _qlora_quality,
     ),
