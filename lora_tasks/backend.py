@@ -153,23 +153,25 @@ def _install_native_compiler_flags() -> None:
     """
     if os.environ.get("KAGGLE_LORA_NATIVE_CXX", "1") == "0":
         return
-    real = shutil.which("g++")
-    if real is None or "kaggle-lora-cxx" in real:
-        return
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kaggle-lora" / "cxx"
+    # the real compiler: search PATH without our own folder (a child process inherits it)
+    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and Path(d).resolve() != cache.resolve()]
+    real = shutil.which("g++", path=os.pathsep.join(dirs))
+    if real is None:
+        return
     try:
         cache.mkdir(parents=True, exist_ok=True)
         wrapper = cache / "g++"
-        script = f'#!/bin/sh\n# kaggle-lora-cxx: add -march=native to MLX JIT builds\nexec "{real}" -march=native "$@"\n'
+        script = f'#!/bin/sh\n# kaggle-lora: add -march=native to MLX JIT builds\nexec "{real}" -march=native "$@"\n'
         if not wrapper.exists() or wrapper.read_text() != script:
-            tmp = wrapper.with_suffix(".tmp")
+            tmp = wrapper.with_suffix(f".tmp{os.getpid()}")
             tmp.write_text(script)
             tmp.chmod(0o755)
             tmp.replace(wrapper)
     except OSError as exc:
         log.debug("no native compiler wrapper: %s", exc)
         return
-    os.environ["PATH"] = f"{cache}{os.pathsep}{os.environ.get('PATH', '')}"
+    os.environ["PATH"] = os.pathsep.join([str(cache), *dirs])
 
 
 def configure() -> BlasInfo:

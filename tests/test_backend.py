@@ -58,3 +58,18 @@ def test_importing_mlx_first_is_reported():
 
 def test_blas_summary_names_provider():
     assert lora_tasks.blas_info().provider in lora_tasks.blas_info().summary()
+
+
+def test_native_compiler_wrapper_never_calls_itself(tmp_path):
+    """A child process inherits PATH with our wrapper first: the wrapper must still exec the real g++."""
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path))
+    code = "import lora_tasks, os; print(os.environ['PATH'])"
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    env["PATH"] = first.stdout.strip()
+    second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    wrapper = tmp_path / "kaggle-lora" / "cxx" / "g++"
+    target = wrapper.read_text().split('exec "')[1].split('"')[0]
+    assert os.path.realpath(target) != os.path.realpath(wrapper)
+    assert second.stdout.strip().split(os.pathsep).count(str(wrapper.parent)) == 1
+    out = subprocess.run([str(wrapper), "--version"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "g++" in out.stdout.lower() + out.stderr.lower() or "gcc" in out.stdout.lower()

@@ -12,19 +12,31 @@ from tests._tiny import TINY, toy_data
 
 
 def _top_only_model(seed: int = 0):
-    """A LoRA model whose adapters in layers 0-1 of 4 are frozen: only layers 2-3 train."""
+    """A LoRA model with adapters on layers 2-3 of 4 only (a top-only preset)."""
     cfg = BertConfig(**{**TINY, "num_hidden_layers": 4, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
     model, _ = create_bert_with_lora("binary_classification", "balanced", config=cfg, pretrained=False,
-                                     seed=seed, dropout=0.0)
-    for i in (0, 1):
-        model.bert.encoder.layer[i].freeze()
+                                     seed=seed, dropout=0.0, layers_to_transform=(2, 3))
     return model
 
 
 def test_first_adapted_layer_follows_trainable_parameters():
     model = _top_only_model()
     assert first_adapted_layer(model) == 2
-    assert all(".layer.0." not in k and ".layer.1." not in k for k, _ in tree_flatten(model.trainable_parameters()))
+    keys = [k for k, _ in tree_flatten(model.trainable_parameters())]
+    assert all(".layer.0." not in k and ".layer.1." not in k for k in keys)
+    assert any(".layer.2." in k for k in keys) and any(".layer.3." in k for k in keys)
+
+
+def test_layers_to_transform_is_validated():
+    import pytest
+
+    from lora_tasks.lora import LoRAConfig
+
+    with pytest.raises(ValueError, match="layer indices >= 0"):
+        LoRAConfig(layers_to_transform=(-1,))
+    with pytest.raises(ValueError, match=r"in layers \[7\]"):
+        create_bert_with_lora("binary_classification", "balanced", config=BertConfig(**TINY), pretrained=False,
+                              layers_to_transform=(7,))
 
 
 def test_training_from_prefix_matches_plain_training(tmp_path):

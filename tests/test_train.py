@@ -33,7 +33,7 @@ def test_learns_a_toy_task_and_keeps_the_best_epoch():
     data = toy_data(200)
     model = tiny_model()
     log = EventLog()
-    cfg = TrainConfig(epochs=8, batch_size=16, learning_rate=3e-3, early_stopping_patience=None)
+    cfg = TrainConfig(epochs=8, batch_size=16, learning_rate=1e-2, early_stopping_patience=None)
     res = train(model, data.subset(np.arange(150)), data.subset(np.arange(150, 200)), cfg, progress=log)
     losses = [r["train_loss"] for r in res.history]
     assert losses[-1] < 0.5 * losses[0]
@@ -131,9 +131,16 @@ print(json.dumps({{"resumed_from": res.resumed_from_epoch, "epochs": len(res.his
 
 
 def _child(ckpt: Path, slow: float) -> subprocess.Popen:
+    """A training process; its stderr goes to a file (a full pipe would block it)."""
     code = CHILD.format(repo=str(REPO))
+    ckpt.mkdir(parents=True, exist_ok=True)
+    err = open(ckpt.parent / f"{ckpt.name}-{slow}.stderr", "w")  # noqa: SIM115 - closed with the process
     return subprocess.Popen([sys.executable, "-c", code, str(ckpt), str(slow)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+                            stderr=err, text=True, cwd=REPO)
+
+
+def _stderr(proc: subprocess.Popen) -> str:
+    return Path(proc.stderr.name).read_text() if proc.stderr else ""
 
 
 def _checkpoint_epoch(path: Path) -> int:
@@ -149,7 +156,7 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
     proc = _child(killed, 0.05)
     deadline = time.time() + 120
     while _checkpoint_epoch(killed / CHECKPOINT_FILE) < 2:
-        assert proc.poll() is None, proc.stderr.read()
+        assert proc.poll() is None, _stderr(proc)
         assert time.time() < deadline, "no checkpoint of epoch 2 within 120 s"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)  # mid-epoch 3
@@ -158,14 +165,14 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
     assert _checkpoint_epoch(killed / CHECKPOINT_FILE) >= 2
 
     again = _child(killed, 0.0)
-    out, err = again.communicate(timeout=300)
-    assert again.returncode == 0, err
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, _stderr(again)
     resumed = json.loads(out.strip().splitlines()[-1])
     assert resumed["resumed_from"] >= 2 and resumed["epochs"] == 4
 
     fresh = _child(tmp_path / "fresh", 0.0)
-    out, err = fresh.communicate(timeout=300)
-    assert fresh.returncode == 0, err
+    out, _ = fresh.communicate(timeout=300)
+    assert fresh.returncode == 0, _stderr(fresh)
     reference = json.loads(out.strip().splitlines()[-1])
     assert reference["resumed_from"] == 0
     for k, v in reference["w"].items():

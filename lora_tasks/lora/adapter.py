@@ -103,7 +103,9 @@ class LoRAAdapter:
             raise ValueError(
                 f"No module of this {type(self.model).__name__} matches the LoRA targets "
                 f"{list(self.config.target_modules)}: LoRA targets BERT layers named like "
-                "'encoder.layer.N.attention.self.query'. Pass a BERT-family model."
+                "'encoder.layer.N.attention.self.query'"
+                + (f" in layers {list(self.config.layers_to_transform)}" if self.config.layers_to_transform else "")
+                + ". Pass a BERT-family model (and layer indices it has)."
             )
         return dict(sorted(found.items(), key=lambda kv: (layer_index(kv[0]) or 0, kv[0])))
 

@@ -113,6 +113,9 @@ class LoRAConfig:
     - ``train_head``: train the task head (if the model has one) in full. A new head is random, so
       this defaults to True.
     - ``quantize_bits``: 4 means a 4-bit frozen base (QLoRA); not available yet.
+    - ``layers_to_transform``: encoder layer indices that get adapters (PEFT's name); None: all.
+      Adapting only the top layers lets :mod:`lora_tasks.prefix_cache` compute the frozen
+      lower layers once for every epoch and adapter.
     """
 
     r: int = 8
@@ -124,6 +127,7 @@ class LoRAConfig:
     layer_specific_config: dict[str, dict[str, float]] = field(default_factory=dict)
     train_head: bool = True
     quantize_bits: int | None = None
+    layers_to_transform: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, str):
@@ -172,6 +176,14 @@ class LoRAConfig:
                 entry["alpha"] = float(a)
             cleaned[prefix.rstrip(".")] = entry
         self.layer_specific_config = cleaned
+        if self.layers_to_transform is not None:
+            layers = tuple(sorted({int(i) for i in self.layers_to_transform}))
+            if not layers or layers[0] < 0:
+                raise ValueError(
+                    f"layers_to_transform={self.layers_to_transform!r} must list encoder layer indices >= 0, "
+                    "e.g. (4, 5) for the top two layers of a 6-layer model; None adapts every layer."
+                )
+            self.layers_to_transform = layers
 
     # ---- resolution ------------------------------------------------------------------------
 
@@ -206,6 +218,8 @@ class LoRAConfig:
         return LayerLoRA(r, alpha, self.scaling(r, alpha))
 
     def is_target(self, path: str) -> bool:
+        if self.layers_to_transform is not None and layer_index(path) not in self.layers_to_transform:
+            return False
         return target_of_path(path) in self.target_modules
 
     # ---- serialization ---------------------------------------------------------------------
@@ -224,6 +238,8 @@ class LoRAConfig:
         kwargs = dict(data)
         if "target_modules" in kwargs:
             kwargs["target_modules"] = tuple(kwargs["target_modules"])
+        if kwargs.get("layers_to_transform") is not None:
+            kwargs["layers_to_transform"] = tuple(kwargs["layers_to_transform"])
         return cls(**kwargs)
 
     def to_json(self) -> str:

@@ -109,7 +109,7 @@ def peft_config_dict(adapter: LoRAAdapter, base_model_name_or_path: str | None =
         "init_lora_weights": True,
         "inference_mode": True,
         "modules_to_save": None,
-        "layers_to_transform": None,
+        "layers_to_transform": list(cfg.layers_to_transform) if cfg.layers_to_transform else None,
         "layers_pattern": None,
     }
 
