@@ -1,0 +1,839 @@
+"""The pipeline as plain functions, one per step: files in, files out.
+
+Why plain functions: every step must be usable from a notebook or a test without Prefect, and
+the Prefect tasks (:mod:`lora_tasks.tasks`) stay one call each. Why files named by content hash
+(``<kind>-<sha16>.<ext>``): large things (texts, tokens, adapters, predictions) travel between
+steps, processes and machines as paths; a name that is a hash of the bytes can never point at
+stale content, and two runs that produce the same bytes share one file.
+
+Steps, in order (``run_pipeline`` chains them):
+
+1. :func:`download_data` - Kaggle (or the fake server) -> data folder
+2. :func:`prepare_data` - CSVs -> ``prepared-*.json`` (rows as text, labels, ids, format)
+3. :func:`plan_training` - profile + auto-config -> ``plan-*.json`` (settings and why)
+4. :func:`tokenize_data` - texts -> token ``.npz`` files (the token cache)
+5. :func:`train_adapter` - one fold -> adapter ``.safetensors`` + OOF/test ``.npy``
+6. :func:`combine` - mean blend of fold predictions, or one model from merged adapters
+7. :func:`write_submission` - test predictions -> ``submission-*.csv`` in Kaggle's format
+8. :func:`validate` / :func:`submit_file` / :func:`read_score` - Kaggle I/O
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger("lora_tasks.pipeline")
+
+PIPELINE_VERSION = 1  # bump when a step's output format changes
+DEMO_SLUG = "demo"
+#: Small settings for the offline demo: finishes in minutes on two CPU cores with MiniLM.
+DEMO_OVERRIDES: dict[str, Any] = {"n_folds": 2, "epochs": 1, "max_seq_len": 96, "batch_size": 16, "learning_rate": 3e-3}
+#: Settings a caller may override (names of TrainSettings fields).
+OVERRIDABLE = ("preset", "max_seq_len", "batch_size", "epochs", "learning_rate", "n_folds", "class_weight", "target_transform")
+COMBINE_METHODS = ("blend", "merge")
+
+# MLX keeps global state (RNG seed, compiled graphs): two trainings in one process at once
+# would interfere. Threads (Prefect's thread runner) therefore train one at a time; processes
+# (the process runner) train in parallel.
+_MLX_LOCK = threading.RLock()
+
+
+class PipelineError(RuntimeError):
+    """A step cannot run with what it was given; the message names the fix."""
+
+
+# ------------------------------------------------------------------------------------ files
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_tree(path: str | os.PathLike) -> str:
+    """Content hash of a file, or of a folder (relative names and bytes of every file, sorted;
+    hidden files such as download manifests skipped: they record dates, not content)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = item.relative_to(path)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        digest.update(str(rel).encode() + b"\0" + sha256_file(item).encode() + b"\0")
+    return digest.hexdigest()
+
+
+def _store(tmp: Path, out_dir: Path, kind: str, suffix: str) -> Path:
+    """Rename a finished temp file to ``out_dir/<kind>-<sha16><suffix>`` (atomic)."""
+    final = out_dir / f"{kind}-{sha256_file(tmp)[:16]}{suffix}"
+    os.replace(tmp, final)
+    return final
+
+
+def _tmp_path(out_dir: Path, suffix: str) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=out_dir)
+    os.close(fd)
+    return Path(name)
+
+
+def save_json(payload: Mapping[str, Any], out_dir: str | os.PathLike, kind: str) -> Path:
+    """Write canonical JSON (sorted keys, so equal content gives an equal hash) by content hash."""
+    tmp = _tmp_path(Path(out_dir), ".json")
+    tmp.write_text(json.dumps(payload, sort_keys=True, indent=1, default=_json_default))
+    return _store(tmp, Path(out_dir), kind, ".json")
+
+
+def save_array(array: np.ndarray, out_dir: str | os.PathLike, kind: str) -> Path:
+    """Write a ``.npy`` named by the hash of its bytes."""
+    tmp = _tmp_path(Path(out_dir), ".npy")
+    with open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+    return _store(tmp, Path(out_dir), kind, ".npy")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def load_json(path: str | os.PathLike) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+# ------------------------------------------------------------------------------ 1. download
+
+
+def competition_slug(name: str, competitions_dir: str | os.PathLike | None = None) -> str:
+    """The Kaggle slug of a config name or alias (``house-prices`` -> the long slug)."""
+    from lora_tasks.data.competition import find_config_file, read_config_file
+
+    path = find_config_file(name, Path(competitions_dir) if competitions_dir else None)
+    return read_config_file(path).get("slug", name) if path else name
+
+
+def download_data(
+    competition: str,
+    data_dir: str | os.PathLike,
+    endpoint: str | None = None,
+    *,
+    timeout: float = 60.0,
+) -> Path:
+    """Download (or confirm up to date) ``competition`` into ``data_dir/<slug>``; return that folder.
+
+    ``endpoint`` is a Kaggle-compatible server's base URL (the fake server); None is kaggle.com.
+    """
+    from lora_tasks.kaggle_io import KaggleClient, download_competition
+
+    slug = competition_slug(competition)
+    return download_competition(slug, data_dir, KaggleClient(endpoint, timeout=timeout))
+
+
+# ------------------------------------------------------------------------------ 2. prepare
+
+
+def _subset_rows(frame: pd.DataFrame, max_rows: int | None, seed: int) -> pd.DataFrame:
+    if max_rows is None or len(frame) <= max_rows:
+        return frame
+    return frame.sample(n=int(max_rows), random_state=seed).sort_index()
+
+
+def head_for(task_type: str) -> str:
+    from lora_tasks.auto import head_type_for
+
+    return head_type_for(task_type)
+
+
+def prepare_data(
+    competition: str,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    max_train_rows: int | None = None,
+    seed: int = 0,
+) -> Path:
+    """Read the competition's CSVs and write ``prepared-*.json``: rows as text, labels, test ids
+    and everything the later steps need to know about the competition (task, metric, classes,
+    submission format, the sample submission's path).
+
+    Labels: classification targets become class indices (``classes`` keeps the original
+    values, in sorted order, so a submission writes them back); regression targets stay raw
+    (the target transform is applied by training, chosen in :func:`plan_training`).
+    ``max_train_rows`` keeps a seeded sample of the training rows (tests, quick looks).
+    """
+    from lora_tasks.data.competition import load_competition
+
+    config = load_competition(competition, data_dir=data_dir)
+    if config.task_type == "multilabel" or len(config.target_columns) != 1:
+        raise PipelineError(
+            f"{config.slug} has targets {list(config.target_columns)} ({config.task_type}); the pipeline "
+            "handles one target (binary, multiclass or regression). Set `target_columns` to one column."
+        )
+    target = config.target_column
+    train = _subset_rows(config.read_train(), max_train_rows, seed)
+    train = train[train[target].notna()]
+    test = config.read_test()
+    template = config.row_template(train)
+    y_raw = train[target]
+    if config.task_type in ("binary", "multiclass"):
+        classes = list(config.classes or sorted(y_raw.unique().tolist()))
+        index = {c: i for i, c in enumerate(classes)}
+        unknown = sorted(set(y_raw.unique().tolist()) - set(index), key=str)
+        if unknown:
+            raise PipelineError(f"Target values {unknown[:5]} are not among the classes {classes[:10]}.")
+        y = [int(index[v]) for v in y_raw.tolist()]
+    else:
+        classes = None
+        y = [float(v) for v in y_raw.astype(float).tolist()]
+    payload = {
+        "version": PIPELINE_VERSION,
+        "slug": config.slug,
+        "task_type": config.task_type,
+        "head_type": head_for(config.task_type),
+        "num_labels": len(classes) if config.task_type == "multiclass" else 1,
+        "metric": config.metric,
+        "classes": [_plain(c) for c in classes] if classes is not None else None,
+        "id_column": config.id_column,
+        "target_column": target,
+        "submission": asdict(config.submission),
+        "sample_submission": str(config.sample_submission_path),
+        "template": template.fingerprint(),
+        "n_train_rows_total": int(len(config.read_train())) if max_train_rows else int(len(train)),
+        "train_texts": template.render_frame(train),
+        "y": y,
+        "test_texts": template.render_frame(test),
+        "test_ids": [_plain(v) for v in test[config.id_column].tolist()],
+    }
+    return save_json(payload, out_dir, "prepared")
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+# ------------------------------------------------------------------------------ 3. plan
+
+
+@dataclass
+class Plan:
+    """What will be trained and why: the settings, the profile it came from, the model."""
+
+    slug: str
+    settings: dict[str, Any]
+    profile_markdown: str
+    model: str  # model id/folder, or "tiny" for the tiny random model
+    tiny: bool
+    train_metric: str | None  # the metric on the training scale (None: the loss)
+    seed: int = 0
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Plan":
+        data = load_json(path)
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+    @property
+    def n_folds(self) -> int:
+        return int(self.settings["n_folds"])
+
+    def settings_markdown(self) -> str:
+        from lora_tasks.data.autoconfig import TrainSettings
+
+        known = {f.name for f in fields(TrainSettings)}
+        return TrainSettings(**{k: v for k, v in self.settings.items() if k in known}).to_markdown()
+
+
+def _train_metric(metric: str, transform: str) -> str | None:
+    """The validation metric in the space the model predicts in. Under log1p, RMSE of log
+    values *is* RMSLE; other metrics would be wrong on the transformed scale, so use the loss."""
+    if transform == "none":
+        return metric
+    return "rmse" if metric in ("rmsle", "rmse") else None
+
+
+def plan_training(
+    competition: str,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    model: str | None = None,
+    tiny: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    max_train_rows: int | None = None,
+    seed: int = 0,
+) -> Path:
+    """Profile the training table with the model's tokenizer, choose settings by the rule table,
+    apply ``overrides`` (each recorded in ``reasons``) and write ``plan-*.json``.
+
+    QLoRA presets fall back to their full-precision twins until the 4-bit base exists; fewer
+    than 2 folds becomes 2 (out-of-fold predictions need a held-out fold).
+    """
+    from lora_tasks.auto import model_shape, supported_preset
+    from lora_tasks.data.autoconfig import auto_configure
+    from lora_tasks.data.competition import load_competition
+    from lora_tasks.data.profile import profile_competition
+    from lora_tasks.data.tokenizer import Tokenizer
+
+    config = load_competition(competition, data_dir=data_dir)
+    tokenizer = Tokenizer.from_pretrained(None if tiny else model)
+    train = _subset_rows(config.read_train(), max_train_rows, seed)
+    profile = profile_competition(config, tokenizer=tokenizer, train=train)
+    settings = auto_configure(profile, competition=config, **model_shape(model, tiny))
+    unknown = sorted(set(overrides or {}) - set(OVERRIDABLE))
+    if unknown:
+        raise PipelineError(f"Cannot override {unknown}; overridable settings: {', '.join(OVERRIDABLE)}.")
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key == "n_folds":
+            settings.n_adapters = int(value)
+        setattr(settings, key, value)
+        settings.reasons.append(f"override: {key} = {value}")
+    settings.preset, reason = supported_preset(settings.preset)
+    if reason:
+        settings.reasons.append(reason)
+    if settings.n_folds < 2:
+        settings.n_folds = settings.n_adapters = 2
+        settings.reasons.append("min_two_folds: out-of-fold predictions need 2+ folds -> 2")
+    plan = Plan(
+        slug=config.slug,
+        settings=settings.to_dict(),
+        profile_markdown=profile.to_markdown(),
+        model="tiny" if tiny else str(model or "minilm"),
+        tiny=bool(tiny),
+        train_metric=_train_metric(config.metric, settings.target_transform),
+        seed=int(seed),
+    )
+    return save_json({"version": PIPELINE_VERSION, **asdict(plan)}, out_dir, "plan")
+
+
+# ------------------------------------------------------------------------------ 4. tokenize
+
+
+@dataclass(frozen=True)
+class TokenFiles:
+    """The token cache files of the train and test rows."""
+
+    train: Path
+    test: Path
+
+
+def tokenize_data(
+    prepared_path: str | os.PathLike,
+    plan_path: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    *,
+    model: str | None = None,
+) -> TokenFiles:
+    """Tokenize train and test texts once (truncated to the plan's ``max_seq_len``) into the
+    token cache; a second call with the same texts, tokenizer and length loads the files."""
+    from lora_tasks.data.token_cache import tokenize_cached
+    from lora_tasks.data.tokenizer import Tokenizer
+
+    prepared = load_json(prepared_path)
+    plan = Plan.load(plan_path)
+    tokenizer = Tokenizer.from_pretrained(None if plan.tiny else model)
+    max_len = int(plan.settings["max_seq_len"])
+    files = []
+    for part in ("train_texts", "test_texts"):
+        cached = tokenize_cached(prepared[part], tokenizer, max_len=max_len, cache_dir=cache_dir, template=prepared["template"])
+        files.append(cached.path)
+    return TokenFiles(train=files[0], test=files[1])
+
+
+def load_dataset(tokens_path: str | os.PathLike, labels: Sequence | np.ndarray | None = None):
+    """A :class:`lora_tasks.train.Dataset` from a token cache file."""
+    from lora_tasks.train import Dataset
+
+    with np.load(tokens_path) as data:
+        ds = Dataset(data["input_ids"], data["attention_mask"], data["token_type_ids"])
+    if labels is not None:
+        ds.labels = np.asarray(labels)
+        if len(ds.labels) != len(ds):
+            raise PipelineError(f"{tokens_path} has {len(ds)} rows but there are {len(ds.labels)} labels.")
+    return ds
+
+
+# ------------------------------------------------------------------------------ 5. train
+
+
+@dataclass
+class AdapterResult:
+    """One trained fold: its files and its record. Paths are content-addressed."""
+
+    fold: int
+    adapter_path: Path
+    oof_path: Path  # train-length array, NaN outside this fold's validation rows
+    test_path: Path
+    n_train: int
+    n_valid: int
+    best_epoch: int
+    best_score: float | None
+    metric: str
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    samples_per_s: float = 0.0
+
+    def paths(self) -> list[Path]:
+        return [self.adapter_path, self.oof_path, self.test_path]
+
+
+def transform_target(y: np.ndarray, transform: str) -> np.ndarray:
+    if transform == "log1p":
+        if np.nanmin(y) <= -1:
+            raise PipelineError("target_transform log1p needs targets > -1; use target_transform = 'none'.")
+        return np.log1p(y)
+    return y
+
+
+def inverse_transform(pred: np.ndarray, transform: str) -> np.ndarray:
+    return np.expm1(pred) if transform == "log1p" else pred
+
+
+def fold_assignment(prepared: Mapping[str, Any], plan: Plan) -> np.ndarray:
+    """Fold index of every train row (stratified for classification), identical in every step."""
+    from lora_tasks.cv import make_folds
+
+    return make_folds(np.asarray(prepared["y"]), prepared["head_type"], plan.n_folds, plan.seed)
+
+
+def _train_config(plan: Plan, fold: int):
+    from lora_tasks.train import TrainConfig
+
+    s = plan.settings
+    return TrainConfig(
+        epochs=int(s["epochs"]),
+        batch_size=int(s["batch_size"]),
+        learning_rate=float(s["learning_rate"]),
+        class_weights=s.get("class_weight"),
+        metric=plan.train_metric,
+        seed=plan.seed + fold,
+        # Measured on this CPU build (MLX + models/ops.py kernels): the compiled step is ~200x
+        # slower for a tiny BERT and ~3x slower for MiniLM than the plain step; revisit when fixed.
+        compile=False,
+    )
+
+
+def _labels(prepared: Mapping[str, Any], plan: Plan) -> np.ndarray:
+    if prepared["head_type"] == "regression":
+        return transform_target(np.asarray(prepared["y"], dtype=np.float32), plan.settings["target_transform"]).astype(np.float32)
+    return np.asarray(prepared["y"], dtype=np.int32)
+
+
+def _ravel(pred: np.ndarray) -> np.ndarray:
+    return pred[:, 0] if pred.ndim == 2 and pred.shape[1] == 1 else pred
+
+
+def train_adapter(
+    prepared_path: str | os.PathLike,
+    plan_path: str | os.PathLike,
+    tokens: TokenFiles,
+    fold: int,
+    out_dir: str | os.PathLike,
+    *,
+    model: str | None = None,
+    progress: Callable[[Any], None] | None = None,
+) -> AdapterResult:
+    """Train the adapter of ``fold`` on the other folds; write the adapter file and its
+    predictions for the held-out rows (OOF) and for the test rows.
+
+    Checkpoints go to ``out_dir/checkpoints/<inputs hash>/``: a killed run, started again with
+    the same inputs, resumes after the last finished epoch.
+    """
+    from lora_tasks.auto import build_model
+    from lora_tasks.train import predict, train
+
+    prepared = load_json(prepared_path)
+    plan = Plan.load(plan_path)
+    if not 0 <= fold < plan.n_folds:
+        raise PipelineError(f"fold {fold} does not exist; the plan has {plan.n_folds} folds (0..{plan.n_folds - 1}).")
+    out = Path(out_dir)
+    folds = fold_assignment(prepared, plan)
+    data = load_dataset(tokens.train, _labels(prepared, plan))
+    test = load_dataset(tokens.test)
+    train_idx, valid_idx = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
+    run_key = hashlib.sha256(
+        "\0".join([sha256_file(prepared_path), sha256_file(plan_path), sha256_file(tokens.train), str(fold), str(model)]).encode()
+    ).hexdigest()[:16]
+    cfg = _train_config(plan, fold)
+    with _MLX_LOCK:
+        net, adapter = build_model(
+            prepared["head_type"], plan.settings["preset"], prepared["num_labels"],
+            model=None if plan.tiny else model, tiny=plan.tiny, seed=plan.seed + fold,
+        )
+        net.train()
+        result = train(
+            net, data.subset(train_idx), data.subset(valid_idx), cfg,
+            out / "checkpoints" / run_key, progress, name=f"fold {fold}",
+        )
+        valid_pred = _ravel(predict(net, data.subset(valid_idx), cfg.eval_batch_size))
+        test_pred = _ravel(predict(net, test, cfg.eval_batch_size))
+        tmp = _tmp_path(out, ".safetensors")
+        adapter.save(tmp)
+    adapter_path = _store(tmp, out, "adapter", ".safetensors")
+    oof = np.full((len(data),) + valid_pred.shape[1:], np.nan, dtype=np.float32)
+    oof[valid_idx] = valid_pred
+    return AdapterResult(
+        fold=fold,
+        adapter_path=adapter_path,
+        oof_path=save_array(oof, out, "oof"),
+        test_path=save_array(test_pred.astype(np.float32), out, "test"),
+        n_train=len(train_idx),
+        n_valid=len(valid_idx),
+        best_epoch=result.best_epoch,
+        best_score=result.best_score,
+        metric=result.metric,
+        history=result.history,
+        seconds=result.seconds,
+        samples_per_s=result.samples_per_s,
+    )
+
+
+# ------------------------------------------------------------------------------ 6. combine
+
+
+@dataclass
+class CombineResult:
+    """Test predictions of the ensemble (model scale), the assembled OOF and its score."""
+
+    method: str
+    test_path: Path
+    oof_path: Path
+    oof_score: float
+    metric: str
+    weights: list[float]
+    fold_scores: list[float]
+
+
+def to_metric_scale(pred: np.ndarray, prepared: Mapping[str, Any], plan: Plan) -> np.ndarray:
+    """Model outputs -> what the competition metric wants (labels, probabilities or values)."""
+    from lora_tasks.metrics import get_metric, to_labels
+
+    values = inverse_transform(pred, plan.settings["target_transform"])
+    needs = get_metric(prepared["metric"]).needs
+    if prepared["head_type"] == "regression" or needs != "labels":
+        return values
+    return to_labels(values, float(prepared["submission"]["threshold"]))
+
+
+def score_predictions(pred: np.ndarray, prepared: Mapping[str, Any], plan: Plan) -> float:
+    """The competition metric of model-scale predictions against the prepared labels."""
+    from lora_tasks.metrics import get_metric
+
+    y = np.asarray(prepared["y"])
+    return float(get_metric(prepared["metric"])(y, to_metric_scale(pred, prepared, plan)))
+
+
+def blend_weights(n: int) -> list[float]:
+    """Fold adapters are equals (each saw (K-1)/K of the rows): the blend is their mean.
+
+    Weights fitted on OOF predictions (``lora_tasks.ensemble``) apply to ensemble members that
+    each cover every row; fold models each cover one fold, so there is nothing to fit.
+    """
+    return [1.0 / n] * n
+
+
+def combine(
+    prepared_path: str | os.PathLike,
+    plan_path: str | os.PathLike,
+    results: Sequence[AdapterResult],
+    out_dir: str | os.PathLike,
+    *,
+    method: str = "blend",
+    tokens: TokenFiles | None = None,
+    model: str | None = None,
+) -> CombineResult:
+    """Combine the fold adapters into test predictions.
+
+    ``blend``: the weighted mean of the folds' test predictions. ``merge``: average the
+    adapters' weight updates (and heads) into one plain model and predict the test rows once
+    (one forward pass at inference instead of K; needs ``tokens``). The OOF predictions are
+    assembled from the folds either way and scored with the competition metric.
+    """
+    if method not in COMBINE_METHODS:
+        raise PipelineError(f"combine method {method!r}; use one of {', '.join(COMBINE_METHODS)}.")
+    if not results:
+        raise PipelineError("No adapters to combine; train at least one fold.")
+    prepared = load_json(prepared_path)
+    plan = Plan.load(plan_path)
+    ordered = sorted(results, key=lambda r: r.fold)
+    oof = None
+    for r in ordered:
+        part = np.load(r.oof_path)
+        oof = part if oof is None else np.where(np.isnan(part), oof, part)
+    if np.isnan(oof).any():
+        missing = int(np.isnan(oof).reshape(len(oof), -1).any(axis=1).sum())
+        raise PipelineError(f"{missing} train rows have no out-of-fold prediction; pass the results of every fold.")
+    weights = blend_weights(len(ordered))
+    if method == "blend":
+        test = sum(w * np.load(r.test_path) for w, r in zip(weights, ordered))
+    else:
+        if tokens is None:
+            raise PipelineError("combine(method='merge') predicts the test rows again; pass tokens=TokenFiles(...).")
+        test = merged_predict(prepared, plan, [r.adapter_path for r in ordered], weights, tokens.test, model=model)
+    out = Path(out_dir)
+    return CombineResult(
+        method=method,
+        test_path=save_array(np.asarray(test, dtype=np.float32), out, f"ensemble-{method}"),
+        oof_path=save_array(oof.astype(np.float32), out, "oof-all"),
+        oof_score=score_predictions(oof, prepared, plan),
+        metric=prepared["metric"],
+        weights=weights,
+        fold_scores=[float(r.best_score) if r.best_score is not None else float("nan") for r in ordered],
+    )
+
+
+def merged_predict(
+    prepared: Mapping[str, Any],
+    plan: Plan,
+    adapter_paths: Sequence[Path],
+    weights: Sequence[float],
+    test_tokens: str | os.PathLike,
+    *,
+    model: str | None = None,
+) -> np.ndarray:
+    """Fuse each adapter into its layers' weights, average the fused weights (and the heads)
+    with ``weights``, put plain ``nn.Linear`` layers with those weights into the model and
+    predict: one model whose every layer is the ensemble's mean layer."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    from lora_tasks.auto import build_model
+    from lora_tasks.train import predict
+
+    with _MLX_LOCK:
+        net, adapter = build_model(
+            prepared["head_type"], plan.settings["preset"], prepared["num_labels"],
+            model=None if plan.tiny else model, tiny=plan.tiny, seed=plan.seed,
+        )
+        sums: dict[str, mx.array] = {}
+        head_sums: dict[str, mx.array] = {}
+        for w, path in zip(weights, adapter_paths):
+            adapter.load(path)
+            for name, layer in adapter.layers.items():
+                fused = layer.fuse().weight * w
+                sums[name] = fused if name not in sums else sums[name] + fused
+            for key, value in tree_flatten(net.head.parameters()):
+                head_sums[key] = value * w if key not in head_sums else head_sums[key] + value * w
+        modules = dict(net.named_modules())
+        for name, layer in adapter.layers.items():
+            plain = nn.Linear(*reversed(sums[name].shape), bias="bias" in layer.linear)
+            plain.weight = sums[name]
+            if "bias" in layer.linear:
+                plain.bias = layer.linear.bias
+            parent_name, _, child = name.rpartition(".")
+            parent = modules[parent_name]
+            if isinstance(parent, list):
+                parent[int(child)] = plain
+            else:
+                parent[child] = plain
+        net.head.update(tree_unflatten(list(head_sums.items())))
+        net.eval()
+        return _ravel(predict(net, load_dataset(test_tokens)))
+
+
+# ------------------------------------------------------------------------------ 7. submission
+
+
+def submission_frame(test_pred: np.ndarray, prepared: Mapping[str, Any], plan: Plan) -> pd.DataFrame:
+    """Test predictions (model scale) -> the submission table in the competition's format:
+    inverse target transform, probabilities or labels (threshold, original class values),
+    the id column and the declared dtype."""
+    from lora_tasks.metrics import to_labels
+
+    fmt = prepared["submission"]
+    columns = list(fmt["columns"]) or [prepared["id_column"], prepared["target_column"]]
+    id_col = prepared["id_column"]
+    values = inverse_transform(np.asarray(test_pred, dtype=np.float64), plan.settings["target_transform"])
+    frame = pd.DataFrame({id_col: prepared["test_ids"]})
+    value_cols = [c for c in columns if c != id_col]
+    classes = prepared["classes"]
+    if fmt["prediction"] == "values":
+        frame[value_cols[0]] = values
+    elif fmt["prediction"] == "probabilities":
+        if values.ndim == 1:
+            frame[value_cols[0]] = values
+        else:
+            if len(value_cols) != values.shape[1]:
+                raise PipelineError(
+                    f"{values.shape[1]} class probabilities but submission columns {value_cols}; set "
+                    "[submission] columns to the id and one column per class."
+                )
+            for j, col in enumerate(value_cols):
+                frame[col] = values[:, j]
+    else:
+        labels = to_labels(values, float(fmt["threshold"]))
+        frame[value_cols[0]] = [classes[int(i)] for i in labels] if classes else labels
+    dtype = fmt["dtype"]
+    for col in value_cols:
+        if dtype == "int":
+            frame[col] = np.round(frame[col].astype(float)).astype("int64")
+        elif dtype == "float":
+            frame[col] = frame[col].astype(float)
+        else:
+            frame[col] = frame[col].astype(str)
+    return frame[[id_col, *value_cols]] if columns[0] == id_col else frame[columns]
+
+
+def write_submission(
+    prepared_path: str | os.PathLike,
+    plan_path: str | os.PathLike,
+    test_pred_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+) -> Path:
+    """Write ``submission-*.csv`` from the ensemble's test predictions (see :func:`submission_frame`)."""
+    prepared = load_json(prepared_path)
+    frame = submission_frame(np.load(test_pred_path), prepared, Plan.load(plan_path))
+    tmp = _tmp_path(Path(out_dir), ".csv")
+    frame.to_csv(tmp, index=False, lineterminator="\n", float_format="%.8g")
+    return _store(tmp, Path(out_dir), "submission", ".csv")
+
+
+# ------------------------------------------------------------------------------ 8. Kaggle
+
+
+def validate(submission_path: str | os.PathLike, prepared_path: str | os.PathLike):
+    """Check the file against the sample submission before anything is uploaded."""
+    from lora_tasks.kaggle_io import validate_submission
+
+    prepared = load_json(prepared_path)
+    fmt = prepared["submission"]
+    value_cols = [c for c in fmt["columns"] if c != prepared["id_column"]]
+    return validate_submission(
+        submission_path, prepared["sample_submission"], id_column=prepared["id_column"],
+        dtypes={c: fmt["dtype"] for c in value_cols},
+    )
+
+
+def submission_run_id(run_key: str, submission_path: str | os.PathLike) -> str:
+    """A run id that is the same on every retry of one flow run and differs between files:
+    ``<run key>-<sha12 of the file>`` (kaggle_io.submit submits at most once per run id)."""
+    key = "".join(ch for ch in str(run_key) if ch.isalnum() or ch in "-_.")[:40] or "local"
+    return f"{key}-{sha256_file(submission_path)[:12]}"
+
+
+def submit_file(
+    competition: str,
+    submission_path: str | os.PathLike,
+    message: str,
+    run_id: str,
+    state_dir: str | os.PathLike,
+    endpoint: str | None = None,
+):
+    """Submit once per ``run_id`` (see :func:`lora_tasks.kaggle_io.submit`)."""
+    from lora_tasks.kaggle_io import KaggleClient, submit
+
+    slug = competition_slug(competition)
+    return submit(slug, submission_path, message, run_id, state_dir, KaggleClient(endpoint))
+
+
+def read_score(
+    competition: str,
+    ref: int,
+    endpoint: str | None = None,
+    *,
+    timeout_s: float = 900.0,
+    poll_s: float = 10.0,
+):
+    """Wait (bounded) for Kaggle to score submission ``ref``; returns it with ``public_score``."""
+    from lora_tasks.kaggle_io import KaggleClient, wait_for_score
+
+    return wait_for_score(competition_slug(competition), ref, KaggleClient(endpoint), timeout_s=timeout_s, poll_s=poll_s)
+
+
+# ------------------------------------------------------------------------------ run it all
+
+
+@dataclass
+class PipelineResult:
+    """Everything a run produced, by path, plus the scores."""
+
+    data_dir: Path
+    prepared_path: Path
+    plan_path: Path
+    tokens: TokenFiles
+    adapters: list[AdapterResult]
+    combined: CombineResult
+    submission_path: Path
+    submission: Any = None  # kaggle_io.SubmissionResult when submitted
+    public_score: float | None = None
+
+
+def default_overrides(competition: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The caller's overrides, on top of :data:`DEMO_OVERRIDES` for the demo competition."""
+    base = dict(DEMO_OVERRIDES) if competition == DEMO_SLUG else {}
+    base.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return base
+
+
+def run_pipeline(
+    competition: str,
+    work_dir: str | os.PathLike = ".kaggle-lora",
+    *,
+    data_dir: str | os.PathLike | None = None,
+    endpoint: str | None = None,
+    download: bool = True,
+    model: str | None = None,
+    tiny: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    combine_method: str = "blend",
+    max_train_rows: int | None = None,
+    submit: bool = False,
+    message: str = "kaggle-lora",
+    run_key: str = "local",
+    progress: Callable[[Any], None] | None = None,
+) -> PipelineResult:
+    """Every step in order, without Prefect: what the ``kaggle-lora`` flow does, in one process.
+
+    ``work_dir`` holds ``data/`` (downloads, unless ``data_dir`` is given), ``artifacts/`` (the
+    content-addressed files) and ``tokens/`` (the token cache).
+    """
+    work = Path(work_dir)
+    data_root = Path(data_dir) if data_dir is not None else work / "data"
+    folder = download_data(competition, data_root, endpoint) if download else data_root
+    artifacts = work / "artifacts"
+    prepared = prepare_data(competition, folder, artifacts, max_train_rows=max_train_rows)
+    plan = plan_training(
+        competition, folder, artifacts, model=model, tiny=tiny,
+        overrides=default_overrides(competition, overrides), max_train_rows=max_train_rows,
+    )
+    tokens = tokenize_data(prepared, plan, work / "tokens", model=model)
+    results = [
+        train_adapter(prepared, plan, tokens, k, artifacts, model=model, progress=progress)
+        for k in range(Plan.load(plan).n_folds)
+    ]
+    combined = combine(prepared, plan, results, artifacts, method=combine_method, tokens=tokens, model=model)
+    submission_path = write_submission(prepared, plan, combined.test_path, artifacts)
+    validate(submission_path, prepared)
+    out = PipelineResult(folder, prepared, plan, tokens, results, combined, submission_path)
+    if submit:
+        out.submission = submit_file(
+            competition, submission_path, message, submission_run_id(run_key, submission_path), work / "state", endpoint
+        )
+        scored = read_score(competition, out.submission.ref, endpoint, poll_s=2.0)
+        out.public_score = scored.public_score
+    return out

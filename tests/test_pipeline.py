@@ -1,0 +1,242 @@
+"""The pipeline's plain functions (no Prefect): files in, files out, each step checked on its own
+and chained end to end against the fake Kaggle server with a tiny random model and the real
+MiniLM tokenizer."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lora_tasks import pipeline as P
+from lora_tasks.kaggle_io import SubmissionValidationError
+from lora_tasks.testing import fake_kaggle as fk
+from lora_tasks.testing.demo import build_demo_competition
+
+
+@pytest.fixture
+def creds(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / ".kaggle").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / ".kaggle"))
+    for name in ("KAGGLE_API_TOKEN", "KAGGLE_API_ENVIRONMENT", "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KAGGLE_USERNAME", fk.DEFAULT_USERNAME)
+    monkeypatch.setenv("KAGGLE_KEY", fk.DEFAULT_KEY)
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory) -> Path:
+    return build_demo_competition(tmp_path_factory.mktemp("served"))
+
+
+@pytest.fixture(scope="module")
+def demo_steps(demo_dir, tmp_path_factory):
+    """prepare -> plan -> tokenize on the demo with the tiny model, once for the module."""
+    out = tmp_path_factory.mktemp("artifacts")
+    prepared = P.prepare_data("demo", demo_dir, out)
+    plan = P.plan_training("demo", demo_dir, out, tiny=True, overrides={"n_folds": 2, "epochs": 1, "max_seq_len": 64})
+    tokens = P.tokenize_data(prepared, plan, out / "tokens")
+    return out, prepared, plan, tokens
+
+
+@pytest.fixture(scope="module")
+def demo_folds(demo_steps):
+    out, prepared, plan, tokens = demo_steps
+    return [P.train_adapter(prepared, plan, tokens, k, out) for k in range(2)]
+
+
+def test_files_are_named_by_content(tmp_path):
+    a = P.save_array(np.arange(5.0), tmp_path, "x")
+    b = P.save_array(np.arange(5.0), tmp_path, "x")
+    c = P.save_array(np.arange(6.0), tmp_path, "x")
+    assert a == b != c
+    assert a.name == f"x-{P.sha256_file(a)[:16]}.npy"
+    assert not list(tmp_path.glob(".tmp-*")), "temp files must be renamed, never left behind"
+
+
+def test_prepare_writes_texts_labels_and_format(demo_steps, demo_dir):
+    _, prepared, _, _ = demo_steps
+    data = P.load_json(prepared)
+    train = pd.read_csv(demo_dir / "train.csv")
+    test = pd.read_csv(demo_dir / "test.csv")
+    assert len(data["train_texts"]) == len(train) and len(data["test_texts"]) == len(test)
+    assert data["train_texts"][0].startswith("Mean radius is ")
+    assert data["y"] == train["target"].tolist()
+    assert data["test_ids"] == test["id"].tolist()
+    assert (data["head_type"], data["metric"], data["classes"]) == ("binary_classification", "accuracy", [0, 1])
+    assert "target" not in data["train_texts"][0].lower().split(" is ")[0]
+
+
+def test_prepare_subset_is_seeded(demo_dir, tmp_path):
+    a = P.load_json(P.prepare_data("demo", demo_dir, tmp_path / "a", max_train_rows=50, seed=1))
+    b = P.load_json(P.prepare_data("demo", demo_dir, tmp_path / "b", max_train_rows=50, seed=1))
+    assert len(a["y"]) == 50 and a["train_texts"] == b["train_texts"]
+    assert len(a["test_texts"]) == len(pd.read_csv(demo_dir / "test.csv")), "the test set is never cut"
+
+
+def test_plan_records_overrides_and_reasons(demo_steps):
+    _, _, plan_path, _ = demo_steps
+    plan = P.Plan.load(plan_path)
+    assert plan.tiny and plan.model == "tiny"
+    assert plan.settings["n_folds"] == 2 and plan.settings["max_seq_len"] == 64
+    assert "override: max_seq_len = 64" in plan.settings["reasons"]
+    assert any(r.startswith("small_data") for r in plan.settings["reasons"])
+    assert "Data profile: demo" in plan.profile_markdown
+
+
+def test_plan_rejects_unknown_override(demo_dir, tmp_path):
+    with pytest.raises(P.PipelineError, match="overridable settings"):
+        P.plan_training("demo", demo_dir, tmp_path, tiny=True, overrides={"epoch": 3})
+
+
+def test_tokenize_is_cached_and_truncated(demo_steps):
+    out, prepared, plan, tokens = demo_steps
+    with np.load(tokens.train) as data:
+        assert data["input_ids"].shape == (len(P.load_json(prepared)["y"]), 64)
+    mtime = tokens.train.stat().st_mtime_ns
+    again = P.tokenize_data(prepared, plan, out / "tokens")
+    assert again == tokens and tokens.train.stat().st_mtime_ns == mtime
+
+
+def test_train_adapter_writes_fold_files(demo_steps, demo_folds):
+    _, prepared, plan, _ = demo_steps
+    n = len(P.load_json(prepared)["y"])
+    folds = P.fold_assignment(P.load_json(prepared), P.Plan.load(plan))
+    for r in demo_folds:
+        assert all(p.is_file() for p in r.paths())
+        assert r.adapter_path.name.startswith("adapter-") and r.adapter_path.suffix == ".safetensors"
+        oof = np.load(r.oof_path)
+        assert oof.shape == (n,)
+        assert np.array_equal(~np.isnan(oof), folds == r.fold), "OOF is filled exactly on the held-out fold"
+        assert np.load(r.test_path).shape == (171,)
+        assert r.n_train + r.n_valid == n and r.history and r.metric == "accuracy"
+
+
+def test_train_rejects_a_fold_outside_the_plan(demo_steps, tmp_path):
+    _, prepared, plan, tokens = demo_steps
+    with pytest.raises(P.PipelineError, match="has 2 folds"):
+        P.train_adapter(prepared, plan, tokens, 2, tmp_path)
+
+
+def test_combine_blend_is_the_fold_mean_and_merge_predicts_once(demo_steps, demo_folds):
+    out, prepared, plan, tokens = demo_steps
+    blend = P.combine(prepared, plan, demo_folds, out, method="blend")
+    expected = np.mean([np.load(r.test_path) for r in demo_folds], axis=0)
+    np.testing.assert_allclose(np.load(blend.test_path), expected, rtol=1e-6)
+    assert blend.weights == [0.5, 0.5]
+    y = np.asarray(P.load_json(prepared)["y"])
+    oof = np.load(blend.oof_path)
+    assert not np.isnan(oof).any()
+    assert blend.oof_score == pytest.approx(float(np.mean((oof >= 0.5).astype(int) == y)))
+
+    merged = P.combine(prepared, plan, demo_folds, out, method="merge", tokens=tokens)
+    test = np.load(merged.test_path)
+    assert test.shape == expected.shape and np.all((test >= 0) & (test <= 1))
+    assert merged.oof_score == blend.oof_score
+    with pytest.raises(P.PipelineError, match="every fold"):
+        P.combine(prepared, plan, demo_folds[:1], out)
+
+
+def test_merge_of_one_adapter_equals_that_adapter(demo_steps, demo_folds):
+    """Merging a single adapter into the base weights must give that adapter's predictions."""
+    out, prepared, plan, tokens = demo_steps
+    pred = P.merged_predict(P.load_json(prepared), P.Plan.load(plan), [demo_folds[0].adapter_path], [1.0], tokens.test)
+    np.testing.assert_allclose(pred, np.load(demo_folds[0].test_path), atol=2e-4)
+
+
+def _fake_prepared(**changes):
+    base = {
+        "id_column": "Id", "target_column": "y", "classes": None, "test_ids": [1, 2, 3],
+        "submission": {"columns": ["Id", "y"], "dtype": "float", "prediction": "values", "threshold": 0.5,
+                       "target_transform": "none"},
+    }
+    base.update(changes)
+    return base
+
+
+def _plan(transform="none"):
+    return P.Plan(slug="x", settings={"target_transform": transform}, profile_markdown="", model="tiny", tiny=True,
+                  train_metric=None)
+
+
+def test_submission_inverts_log1p():
+    frame = P.submission_frame(np.log1p([100.0, 2000.0, 5.0]), _fake_prepared(), _plan("log1p"))
+    assert list(frame.columns) == ["Id", "y"]
+    np.testing.assert_allclose(frame["y"], [100.0, 2000.0, 5.0])
+
+
+def test_submission_labels_use_threshold_and_class_values():
+    prepared = _fake_prepared(classes=["no", "yes"], submission={
+        "columns": ["Id", "y"], "dtype": "str", "prediction": "labels", "threshold": 0.7, "target_transform": "none"})
+    frame = P.submission_frame(np.array([0.6, 0.71, 0.2]), prepared, _plan())
+    assert frame["y"].tolist() == ["no", "yes", "no"]
+
+
+def test_submission_int_labels_and_multiclass_probabilities():
+    prepared = _fake_prepared(classes=[0, 1], submission={
+        "columns": ["Id", "y"], "dtype": "int", "prediction": "labels", "threshold": 0.5, "target_transform": "none"})
+    frame = P.submission_frame(np.array([0.9, 0.1, 0.5]), prepared, _plan())
+    assert frame["y"].dtype == np.int64 and frame["y"].tolist() == [1, 0, 1]
+    prepared = _fake_prepared(classes=["a", "b", "c"], submission={
+        "columns": ["Id", "a", "b", "c"], "dtype": "float", "prediction": "probabilities", "threshold": 0.5,
+        "target_transform": "none"})
+    probs = np.array([[0.2, 0.3, 0.5], [0.1, 0.8, 0.1], [0.6, 0.2, 0.2]])
+    frame = P.submission_frame(probs, prepared, _plan())
+    assert list(frame.columns) == ["Id", "a", "b", "c"]
+    np.testing.assert_allclose(frame[["a", "b", "c"]].to_numpy(), probs)
+
+
+def test_validate_catches_a_wrong_file(demo_steps, tmp_path):
+    _, prepared, _, _ = demo_steps
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"id": [1, 2], "target": [0.3, 0.9]}).to_csv(bad, index=False)
+    with pytest.raises(SubmissionValidationError):
+        P.validate(bad, prepared)
+
+
+def test_run_id_is_stable_per_run_and_file(tmp_path):
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("id,target\n1,0\n")
+    b.write_text("id,target\n1,1\n")
+    assert P.submission_run_id("flow/123", a) == P.submission_run_id("flow/123", a)
+    assert P.submission_run_id("flow/123", a) != P.submission_run_id("flow/123", b)
+    assert P.submission_run_id("flow/123", a) != P.submission_run_id("flow/456", a)
+    assert "/" not in P.submission_run_id("flow/123", a)
+
+
+def test_run_pipeline_on_demo_is_scored_like_the_server(creds, tmp_path):
+    served = tmp_path / "served"
+    build_demo_competition(served)
+    with fk.serve(served, pending_polls=1) as server:
+        result = P.run_pipeline(
+            "demo", tmp_path / "work", endpoint=server.url, tiny=True, overrides={"epochs": 1, "max_seq_len": 64},
+            submit=True, run_key="test-run",
+        )
+        assert len(server.submissions) == 1
+    sub = pd.read_csv(result.submission_path)
+    solution = pd.read_csv(served / "demo" / "solution.csv")
+    expected = fk.score_submission(sub, solution, "accuracy")
+    assert result.public_score == pytest.approx(expected)
+    assert result.submission.run_id.startswith("test-run-")
+    assert len(result.adapters) == 2 and math.isfinite(result.combined.oof_score)
+    assert (tmp_path / "work" / "data" / "demo" / "train.csv").is_file()
+
+
+def test_create_kaggle_lora_model_profiles_and_picks_a_preset(demo_dir):
+    from lora_tasks.auto import create_kaggle_lora_model
+
+    built = create_kaggle_lora_model("binary", data_path=demo_dir, tiny=True)
+    model, adapter, settings = built
+    assert settings.preset == "efficient" and "small_data" in settings.fired
+    assert built.head_type == "binary_classification" and model.head_type == "binary_classification"
+    assert adapter.parameter_report().lora > 0
+    manual = create_kaggle_lora_model("regression", auto_select_preset=False, preset="balanced", tiny=True)
+    assert manual.settings.preset == "balanced" and manual.model.head_type == "regression"
+    assert set(manual.adapter.config.target_modules) > set(built.adapter.config.target_modules)
+    with pytest.raises(ValueError, match="Unknown competition type"):
+        create_kaggle_lora_model("ranking", tiny=True)
