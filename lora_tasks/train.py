@@ -26,6 +26,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
+from lora_tasks.data.batching import bucket_indices
 from lora_tasks.data.tokenizer import Encoded
 from lora_tasks.progress import ProgressCallback, ProgressEvent
 
@@ -115,23 +116,6 @@ class TrainResult:
 # ---- batches ---------------------------------------------------------------------------------
 
 
-def bucketed_batches(lengths: np.ndarray, batch_size: int, seed: int, shuffle: bool = True) -> list[np.ndarray]:
-    """Index batches of similar lengths: shuffle, sort by length inside chunks of 50 batches,
-    then shuffle the batches. Padding only to each batch's own longest row."""
-    n = len(lengths)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(n) if shuffle else np.arange(n)
-    chunk = batch_size * 50
-    batches: list[np.ndarray] = []
-    for start in range(0, n, chunk):
-        part = order[start : start + chunk]
-        part = part[np.argsort(-lengths[part], kind="stable")]
-        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
-    if shuffle:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-    return batches
-
-
 def _trim(data: Dataset, idx: np.ndarray, multiple: int) -> tuple[mx.array, mx.array, mx.array]:
     width = int(data.attention_mask[idx].sum(axis=1).max())
     width = min(data.input_ids.shape[1], int(math.ceil(width / multiple) * multiple))
@@ -180,10 +164,9 @@ def predict(model: nn.Module, data: Dataset, batch_size: int = 64, pad_to_multip
     was_training = model.training
     model.eval()
     out: list[np.ndarray] = []
-    order = np.argsort(data.lengths, kind="stable")
+    batches = bucket_indices(data.lengths, batch_size, shuffle=False)
     try:
-        for i in range(0, len(data), batch_size):
-            idx = order[i : i + batch_size]
+        for idx in batches:
             ids, mask, types = _trim(data, idx, pad_to_multiple)
             out.append(np.array(predictions(model.head_type, model(ids, mask, types))))
     finally:
@@ -192,7 +175,7 @@ def predict(model: nn.Module, data: Dataset, batch_size: int = 64, pad_to_multip
         return np.zeros((0,), dtype=np.float32)
     preds = np.concatenate(out)
     result = np.empty_like(preds)
-    result[order] = preds
+    result[np.concatenate(batches)] = preds
     return result
 
 
@@ -331,7 +314,7 @@ def train(
             break
         losses: list[float] = []
         mx.random.seed(cfg.seed * 1000 + epoch)  # dropout masks depend on (seed, epoch) only
-        batches = bucketed_batches(train_data.lengths, cfg.batch_size, seed=cfg.seed * 1000 + epoch)
+        batches = bucket_indices(train_data.lengths, cfg.batch_size, seed=cfg.seed * 1000 + epoch)
         accum = None
         for b, idx in enumerate(batches):
             ids, mask, types = _trim(train_data, idx, cfg.pad_to_multiple)

@@ -18,7 +18,7 @@ from mlx.utils import tree_flatten
 
 from lora_tasks.progress import EventLog
 from lora_tasks.train import (
-    CHECKPOINT_FILE, TrainConfig, balanced_class_weights, bucketed_batches, make_schedule, predict, train,
+    CHECKPOINT_FILE, TrainConfig, balanced_class_weights, make_schedule, predict, train,
 )
 from tests._tiny import tiny_model, toy_data
 
@@ -89,16 +89,6 @@ def test_balanced_class_weights_follow_sklearn_formula():
     w = np.array(balanced_class_weights("binary_classification", np.array([0] * 30 + [1] * 10)))
     np.testing.assert_allclose(w, [40 / (2 * 30), 40 / (2 * 10)])
     assert balanced_class_weights("regression", np.zeros(4)) is None
-
-
-def test_batches_cover_every_row_once_with_little_padding():
-    lengths = np.random.default_rng(0).integers(5, 200, 1000)
-    batches = bucketed_batches(lengths, 32, seed=1)
-    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
-    padded = sum(len(b) * lengths[b].max() for b in batches)
-    naive = sum(len(b) * lengths[b].max() for b in np.array_split(np.random.default_rng(1).permutation(1000), 32))
-    assert padded < 0.7 * naive
-    assert [b.tolist() for b in bucketed_batches(lengths, 32, seed=1)] == [b.tolist() for b in batches]
 
 
 def test_bad_config_is_a_clear_error():
