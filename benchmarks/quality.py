@@ -1,0 +1,138 @@
+"""Quality: K-fold CV of LoRA adapters (one per fold, auto-selected settings) on the real shared
+competitions, beside scikit-learn anchors on the same folds, with wall time.
+
+    python benchmarks/quality.py [--competitions titanic,house-prices,nlp-getting-started]
+        [--folds 5] [--rows N] [--epochs E] [--top-layers L] [--model ID]
+
+``--top-layers L`` adapts only the top L encoder layers and trains from the frozen-prefix cache
+(the lower layers run once for all folds and epochs). ``--rows`` subsamples train rows for a
+quick run. Anchors: HistGradientBoosting with ordinal encoding (tabular), TF-IDF with logistic or
+ridge regression (text), from :mod:`lora_tasks.sklearn_members`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import lora_tasks  # noqa: F401 - BLAS set-up before mlx
+import numpy as np
+from _common import row, write_results
+
+from lora_tasks.cv import cross_validate, make_folds
+from lora_tasks.data.autoconfig import auto_configure
+from lora_tasks.data.competition import load_competition
+from lora_tasks.data.profile import profile_competition
+from lora_tasks.data.token_cache import tokenize_cached
+from lora_tasks.data.tokenizer import Tokenizer
+from lora_tasks.metrics import get_metric
+from lora_tasks.models import create_bert_with_lora
+from lora_tasks.train import Dataset, TrainConfig
+
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+CACHE = Path(__file__).resolve().parents[1] / ".kaggle-lora" / "bench-cache"
+HEADS = {"binary": "binary_classification", "multiclass": "multiclass_classification", "regression": "regression"}
+SLUGS = {"house-prices": "house-prices-advanced-regression-techniques"}
+
+
+def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list[dict]:
+    slug = SLUGS.get(name, name)
+    cfg = load_competition(slug, data_dir=DATASETS / slug)
+    train_df = cfg.read_train()
+    if args.rows and args.rows < len(train_df):
+        train_df = train_df.sample(n=args.rows, random_state=0).reset_index(drop=True)
+    profile = profile_competition(cfg, tokenizer=tok, train=train_df)
+    settings = auto_configure(profile, competition=cfg)
+    epochs = args.epochs or settings.epochs
+    metric = get_metric(cfg.metric)
+    y_raw = train_df[cfg.target_column].to_numpy()
+    log1p = cfg.submission.target_transform == "log1p"
+    y = np.log1p(y_raw).astype(np.float32) if log1p else y_raw
+    head = HEADS[cfg.task_type]
+    folds = make_folds(y, head, args.folds, seed=0)
+    print(f"\n== {slug}: {len(train_df)} rows, {cfg.task_type}, metric {cfg.metric}; settings: preset "
+          f"{settings.preset}, max_len {settings.max_seq_len}, batch {settings.batch_size}, epochs {epochs}, "
+          f"lr {settings.learning_rate}")
+
+    def score(pred: np.ndarray) -> float:
+        return float(metric(y_raw, np.expm1(pred) if log1p else pred))
+
+    rows: list[dict] = []
+    anchor_score = None
+    try:
+        from lora_tasks import sklearn_members
+
+        t = time.perf_counter()
+        anchor = sklearn_members.anchor_member(train_df, cfg, folds)  # OOF predictions on the same folds
+        anchor_score = score(anchor)
+        rows.append(row(f"{name} sklearn anchor {cfg.metric}", anchor_score, cfg.metric, wall_s=round(time.perf_counter() - t, 1)))
+    except (ImportError, AttributeError) as exc:
+        print(f"(no scikit-learn anchor: {exc})")
+
+    template = cfg.row_template(train_df)
+    texts = template.render_frame(train_df)
+    enc = tokenize_cached(texts, tok, max_len=settings.max_seq_len, cache_dir=CACHE / "tokens",
+                          template=template.fingerprint()).encoded
+    labels = y.astype(np.float32) if head == "regression" else y.astype(np.int32)
+    data = Dataset.from_encoded(enc, labels)
+    overrides = {"dropout": 0.0} if args.top_layers else {}
+    if args.top_layers:
+        n_layers = 6
+        overrides["layers_to_transform"] = tuple(range(n_layers - args.top_layers, n_layers))
+    preset = args.preset or ("balanced" if settings.preset.startswith("qlora") else settings.preset)
+
+    def make_model(k: int):
+        model, _ = create_bert_with_lora(head, preset, 1, model=args.model, seed=k, **overrides)
+        if args.top_layers:
+            from lora_tasks.prefix_cache import FromPrefix, first_adapted_layer
+
+            return FromPrefix(model, first_adapted_layer(model))
+        return model
+
+    train_data = data
+    if args.top_layers:
+        from lora_tasks.prefix_cache import prefix_dataset
+
+        t = time.perf_counter()
+        base, _ = create_bert_with_lora(head, preset, 1, model=args.model, seed=0, **overrides)
+        _, train_data = prefix_dataset(base, data, cache_dir=CACHE / "prefix")
+        print(f"prefix states computed in {time.perf_counter() - t:.1f} s")
+    tcfg = TrainConfig(epochs=epochs, batch_size=settings.batch_size, learning_rate=args.lr or settings.learning_rate,
+                       metric=None if head == "regression" else cfg.metric,
+                       class_weights=settings.class_weight, early_stopping_patience=None)
+    t = time.perf_counter()
+    res = cross_validate(make_model, train_data, None, cfg=tcfg, folds=folds,
+                         checkpoint_root=None, name=f"{name} fold")
+    wall = time.perf_counter() - t
+    ours = score(res.oof)
+    rows.append(row(f"{name} lora {preset} {args.folds}-fold {cfg.metric}", ours, cfg.metric, anchor_score,
+                    higher_is_better=metric.greater_is_better, wall_s=round(wall, 1), rows=len(train_df),
+                    epochs=epochs, top_layers=args.top_layers or "all",
+                    settings=dataclasses.asdict(settings) | {"reasons": None}))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--competitions", default="titanic,house-prices,nlp-getting-started")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--rows", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=0.0)
+    ap.add_argument("--preset", default="")
+    ap.add_argument("--top-layers", type=int, default=0)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--name", default="quality")
+    args = ap.parse_args()
+    print(lora_tasks.blas_info().summary())
+    tok = Tokenizer.from_pretrained(args.model)
+    rows: list[dict] = []
+    for name in args.competitions.split(","):
+        rows += run_competition(name.strip(), args, tok)
+        write_results(args.name, rows)
+
+
+if __name__ == "__main__":
+    main()
