@@ -1,0 +1,414 @@
+"""Blend the out-of-fold (OOF) and test predictions of several ensemble members.
+
+Every method is fit on OOF predictions only (one prediction per train row, each from a model that
+did not train on that row), so the weights it learns transfer to the test predictions. Methods:
+
+- ``mean``: plain average. The baseline every other method must beat on OOF to be worth it.
+- ``rank_mean``: average of each member's rank-transformed scores. Only for rank metrics (ROC AUC),
+  where members on different scales (calibrated or not) should count equally.
+- ``weights``: non-negative weights summing to 1 that optimize the competition metric on OOF
+  (scipy: SLSQP on the simplex for smooth metrics, Nelder-Mead on a squared parametrization for
+  step-like ones such as accuracy or AUC). Never worse on OOF than ``mean`` (it is a candidate).
+- ``caruana``: greedy forward selection with replacement (Caruana et al. 2004, as in AutoGluon):
+  repeatedly add the member that most improves the blend, keep the best prefix of the trajectory;
+  optionally bagged over random member subsets.
+- ``stacking``: a scikit-learn meta-model (LogisticRegression / Ridge) on the members' OOF
+  predictions, itself cross-validated on the same folds so its reported OOF score is honest.
+
+Weights fit on OOF and scored on the same OOF are optimistic; pass ``folds`` and the report also
+carries ``blend_cv_score``: the blend fit on the other folds and scored on each held-out fold.
+
+No MLX, no Prefect: inputs are NumPy arrays (binary: P(class 1) 1-D; multiclass: (n, k)
+probabilities; regression: 1-D values), so scikit-learn members and adapters blend alike.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Mapping
+
+import numpy as np
+from scipy import optimize
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.model_selection import KFold, StratifiedKFold
+
+from lora_tasks.metrics import Metric, get_metric
+
+Method = Literal["mean", "rank_mean", "weights", "caruana", "stacking"]
+METHODS: tuple[str, ...] = ("mean", "rank_mean", "weights", "caruana", "stacking")
+# Metrics that only look at the order of the scores: the only ones where rank averaging is sound.
+RANK_METRICS = frozenset({"roc_auc"})
+# Metrics whose value moves smoothly with the weights (gradient-based optimization works).
+SMOOTH_METRICS = frozenset({"log_loss", "rmse", "mse", "rmsle", "r2", "mae"})
+_EPS = 1e-7
+
+
+@dataclass
+class BlendReport:
+    """Each member's OOF score, the blend's weights and OOF score, for logs and the README."""
+
+    method: str
+    metric: str
+    greater_is_better: bool
+    member_scores: dict[str, float]
+    weights: dict[str, float]
+    blend_score: float
+    blend_cv_score: float | None = None  # fit on other folds, scored on the held-out fold
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def best_member(self) -> str:
+        pick = max if self.greater_is_better else min
+        return pick(self.member_scores, key=self.member_scores.__getitem__)
+
+    @property
+    def gain_over_best_member(self) -> float:
+        """Blend score minus the best member's score, signed so that positive means better."""
+        diff = self.blend_score - self.member_scores[self.best_member]
+        return diff if self.greater_is_better else -diff
+
+    def to_markdown(self) -> str:
+        better = "higher" if self.greater_is_better else "lower"
+        lines = [
+            f"**Blend `{self.method}`** on OOF `{self.metric}` ({better} is better)",
+            "",
+            "| member | OOF score | weight |",
+            "|---|---|---|",
+        ]
+        for name, s in self.member_scores.items():
+            mark = " (best)" if name == self.best_member else ""
+            lines.append(f"| {name}{mark} | {s:.5f} | {self.weights.get(name, 0.0):.4f} |")
+        lines.append(f"| **blend** | **{self.blend_score:.5f}** | |")
+        if self.blend_cv_score is not None:
+            lines.append(f"| blend, fit out-of-fold | {self.blend_cv_score:.5f} | |")
+        lines += [f"\n_{n}_" for n in self.notes]
+        return "\n".join(lines)
+
+
+@dataclass
+class BlendResult:
+    """Blended test and OOF predictions, the member weights, and the report."""
+
+    test_pred: np.ndarray | None
+    oof_pred: np.ndarray
+    weights: dict[str, float]
+    report: BlendReport
+
+
+# ---- public API ----------------------------------------------------------------------------------
+
+
+def blend(
+    method: Method,
+    oof: Mapping[str, np.ndarray],
+    test: Mapping[str, np.ndarray] | None,
+    y: np.ndarray,
+    metric: str | Metric,
+    folds: np.ndarray | None = None,
+    *,
+    seed: int = 0,
+    caruana_iterations: int = 50,
+    caruana_bags: int = 0,
+    caruana_bag_fraction: float = 0.5,
+) -> BlendResult:
+    """Blend members ``oof[name]`` / ``test[name]`` by ``method``, fitting on the OOF rows and ``y``.
+
+    ``folds`` (fold index per row, e.g. ``CVResult.fold_of_row``) makes stacking reuse the members'
+    folds and adds an out-of-fold score of the whole blending procedure to the report.
+    ``caruana_bags > 0`` runs Caruana selection on that many random member subsets (each holding
+    ``caruana_bag_fraction`` of the members) and averages their weights.
+    """
+    if method not in METHODS:
+        raise ValueError(f"Unknown blend method {method!r}; use one of {', '.join(METHODS)}.")
+    m = get_metric(metric)
+    y = np.asarray(y)
+    names, oof_arr, test_arr = _check_members(oof, test, y)
+    if folds is not None:
+        folds = np.asarray(folds)
+        if folds.shape != (len(y),):
+            raise ValueError(f"folds has shape {folds.shape}; pass one fold index per train row ({len(y)}).")
+    opts = dict(seed=seed, iterations=caruana_iterations, bags=caruana_bags, bag_fraction=caruana_bag_fraction)
+    member_scores = {n: float(m(y, p)) for n, p in zip(names, oof_arr)}
+    notes: list[str] = []
+
+    if method == "stacking":
+        task = _task(m, y, oof_arr[0])
+        oof_pred, test_pred, weights, cv_folds = _stacking(names, oof_arr, test_arr, y, task, folds, seed)
+        blend_score = float(m(y, oof_pred))
+        notes.append(
+            f"Stacking OOF is honest: the meta-model was refit on {int(cv_folds.max()) + 1} folds "
+            "and scored on rows it did not see; weights are its coefficients (not normalized)."
+        )
+        report = BlendReport(method, m.name, m.greater_is_better, member_scores, weights, blend_score,
+                             blend_score, notes)
+        return BlendResult(test_pred, oof_pred, weights, report)
+
+    fit = _FITTERS[method]
+    if method == "rank_mean":
+        _check_rank_method(m, oof_arr[0])
+        ref = oof_arr
+        oof_arr = np.stack([_ecdf(r, r) for r in ref])
+        if test_arr is not None:
+            test_arr = np.stack([_ecdf(r, t) for r, t in zip(ref, test_arr)])
+        notes.append("rank_mean outputs rank scores in (0, 1) (test ranked against each member's OOF), not probabilities.")
+    w = fit(oof_arr, y, m, **opts)
+    oof_pred = _combine(oof_arr, w)
+    test_pred = _combine(test_arr, w) if test_arr is not None else None
+    blend_score = float(m(y, oof_pred))
+    cv_score = None
+    if folds is not None and method in ("weights", "caruana"):
+        cv_score = _nested_score(fit, oof_arr, y, m, folds, opts)
+    weights = {n: float(x) for n, x in zip(names, w)}
+    report = BlendReport(method, m.name, m.greater_is_better, member_scores, weights, blend_score, cv_score, notes)
+    return BlendResult(test_pred, oof_pred, weights, report)
+
+
+def compare_methods(
+    oof: Mapping[str, np.ndarray],
+    test: Mapping[str, np.ndarray] | None,
+    y: np.ndarray,
+    metric: str | Metric,
+    folds: np.ndarray | None = None,
+    methods: tuple[str, ...] | None = None,
+    **kwargs,
+) -> dict[str, BlendResult]:
+    """Run several blend methods (default: all that apply to the metric) and return them by name."""
+    m = get_metric(metric)
+    if methods is None:
+        methods = tuple(x for x in METHODS if x != "rank_mean" or m.name in RANK_METRICS)
+    return {name: blend(name, oof, test, y, m, folds, **kwargs) for name in methods}  # type: ignore[arg-type]
+
+
+# ---- validation ----------------------------------------------------------------------------------
+
+
+def _check_members(
+    oof: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray] | None, y: np.ndarray
+) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    if not oof:
+        raise ValueError("blend needs at least one member; pass oof={'name': predictions, ...}.")
+    names = list(oof)
+    problems = []
+    arrays = {n: np.asarray(oof[n], dtype=np.float64) for n in names}
+    shape = arrays[names[0]].shape
+    for n, a in arrays.items():
+        if a.shape[0] != len(y):
+            problems.append(f"  oof[{n!r}] has {a.shape[0]} rows, y has {len(y)}")
+        if a.shape != shape:
+            problems.append(f"  oof[{n!r}] has shape {a.shape}, oof[{names[0]!r}] has {shape}")
+        if not np.all(np.isfinite(a)):
+            problems.append(f"  oof[{n!r}] has {int(np.sum(~np.isfinite(a)))} non-finite values")
+    test_arr = None
+    if test:
+        if set(test) != set(names):
+            problems.append(f"  test members {sorted(test)} differ from oof members {sorted(names)}")
+        else:
+            t = {n: np.asarray(test[n], dtype=np.float64) for n in names}
+            tshape = t[names[0]].shape
+            for n, a in t.items():
+                if a.shape != tshape or a.shape[1:] != shape[1:]:
+                    problems.append(f"  test[{n!r}] has shape {a.shape}; expected (n_test,) + {shape[1:]} for every member")
+            if not problems:
+                test_arr = np.stack([t[n] for n in names])
+    if problems:
+        raise ValueError(
+            "Blend members do not line up (each member needs one OOF prediction per train row and test "
+            "predictions of the same kind):\n" + "\n".join(problems)
+        )
+    return names, np.stack([arrays[n] for n in names]), test_arr
+
+
+def _task(m: Metric, y: np.ndarray, pred: np.ndarray) -> str:
+    if m.needs == "values":
+        return "regression"
+    if y.ndim == 2:
+        return "multilabel"
+    return "multiclass" if pred.ndim == 2 else "binary"
+
+
+def _check_rank_method(m: Metric, pred: np.ndarray) -> None:
+    if m.name not in RANK_METRICS:
+        raise ValueError(
+            f"rank_mean outputs rank scores, which only suit rank metrics ({', '.join(sorted(RANK_METRICS))}); "
+            f"the metric here is {m.name!r}. Use method='mean' or 'weights' instead."
+        )
+    if pred.ndim != 1:
+        raise ValueError("rank_mean needs 1-D scores (binary P(class 1)); for multiclass use 'mean' or 'weights'.")
+
+
+# ---- combining -----------------------------------------------------------------------------------
+
+
+def _combine(preds: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted sum over members (axis 0); ``w`` sums to 1 for every method but stacking."""
+    return np.tensordot(w, preds, axes=(0, 0))
+
+
+def _ecdf(reference: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Mid-rank of ``x`` among ``reference`` in (0, 1): OOF and test land on one scale."""
+    ref = np.sort(reference)
+    lo = np.searchsorted(ref, x, side="left")
+    hi = np.searchsorted(ref, x, side="right")
+    return (lo + hi) / (2.0 * len(ref))
+
+
+def _loss(m: Metric, y: np.ndarray) -> Callable[[np.ndarray], float]:
+    sign = -1.0 if m.greater_is_better else 1.0
+    return lambda pred: sign * float(m(y, pred))
+
+
+# ---- fitters: (oof (K, n, ...), y, metric) -> weights (K,) ----------------------------------------
+
+
+def _fit_mean(oof: np.ndarray, y: np.ndarray, m: Metric, **_) -> np.ndarray:
+    return np.full(len(oof), 1.0 / len(oof))
+
+
+def _fit_weights(oof: np.ndarray, y: np.ndarray, m: Metric, seed: int = 0, **_) -> np.ndarray:
+    """Best of: the mean, the single best member, and SLSQP on the simplex (smooth metrics) or
+    Nelder-Mead on ``w = x**2 / sum(x**2)`` from two seeded starts (step-like metrics, whose
+    gradients are zero almost everywhere; squares reach exact zeros). Keeping the mean as a
+    candidate guarantees the result is never worse than it on OOF."""
+    k = len(oof)
+    loss = _loss(m, y)
+    f = lambda w: loss(_combine(oof, w))  # noqa: E731
+    candidates = [np.full(k, 1.0 / k)]
+    singles = [f(np.eye(k)[i]) for i in range(k)]
+    candidates.append(np.eye(k)[int(np.argmin(singles))])
+    if k == 1:
+        return candidates[0]
+    if m.name in SMOOTH_METRICS:
+        res = optimize.minimize(
+            f, candidates[0], method="SLSQP", bounds=[(0.0, 1.0)] * k,
+            constraints=[{"type": "eq", "fun": lambda w: np.sum(w) - 1.0}], options={"maxiter": 200, "ftol": 1e-10},
+        )
+        candidates.append(_project(res.x))
+    else:  # flat almost everywhere: gradients are zero, so search without them
+        rng = np.random.default_rng(seed)
+        to_w = lambda x: _project(x * x)  # noqa: E731
+        for start in (np.ones(k), 1.0 + 0.3 * rng.standard_normal(k)):
+            res = optimize.minimize(lambda x: f(to_w(x)), start, method="Nelder-Mead",
+                                    options={"maxiter": 100 * k, "xatol": 1e-2, "fatol": 1e-9})
+            candidates.append(to_w(res.x))
+    scores = [f(w) for w in candidates]
+    return candidates[int(np.argmin(scores))]  # first minimum: ties keep the simpler candidate
+
+
+def _project(w: np.ndarray) -> np.ndarray:
+    w = np.clip(np.nan_to_num(np.asarray(w, dtype=float)), 0.0, None)
+    w[w < 1e-6] = 0.0
+    total = w.sum()
+    return w / total if total > 0 else np.full(len(w), 1.0 / len(w))
+
+
+def _fit_caruana(
+    oof: np.ndarray, y: np.ndarray, m: Metric, seed: int = 0, iterations: int = 50, bags: int = 0,
+    bag_fraction: float = 0.5, **_,
+) -> np.ndarray:
+    k = len(oof)
+    rng = np.random.default_rng(seed)
+    if bags <= 0:
+        return _caruana_counts(oof, np.arange(k), y, m, iterations, rng)
+    size = max(1, int(math.ceil(bag_fraction * k)))
+    w = np.zeros(k)
+    for _ in range(bags):
+        members = np.sort(rng.choice(k, size=size, replace=False))
+        w += _caruana_counts(oof, members, y, m, iterations, rng)
+    return w / bags
+
+
+def _caruana_counts(
+    oof: np.ndarray, members: np.ndarray, y: np.ndarray, m: Metric, iterations: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Greedy selection with replacement; weights are pick counts of the best trajectory prefix."""
+    loss = _loss(m, y)
+    total = np.zeros_like(oof[0])
+    picks: list[int] = []
+    trajectory: list[float] = []
+    for s in range(iterations):
+        losses = np.array([loss((total + oof[j]) / (s + 1)) for j in members])
+        best = np.flatnonzero(losses == losses.min())
+        j = int(members[best[0] if len(best) == 1 else rng.choice(best)])
+        picks.append(j)
+        total = total + oof[j]
+        trajectory.append(float(losses.min()))
+    stop = int(np.argmin(trajectory)) + 1  # as AutoGluon: keep the best prefix
+    counts = np.bincount(picks[:stop], minlength=len(oof)).astype(float)
+    return counts / counts.sum()
+
+
+_FITTERS: dict[str, Callable[..., np.ndarray]] = {
+    "mean": _fit_mean,
+    "rank_mean": _fit_mean,
+    "weights": _fit_weights,
+    "caruana": _fit_caruana,
+}
+
+
+def _nested_score(fit: Callable[..., np.ndarray], oof: np.ndarray, y: np.ndarray, m: Metric,
+                  folds: np.ndarray, opts: dict) -> float:
+    """Score of the blending procedure itself: weights fit without fold k, applied to fold k."""
+    pred = np.zeros_like(oof[0])
+    for k in np.unique(folds):
+        inside = folds != k
+        w = fit(oof[:, inside], y[inside], m, **opts)
+        pred[~inside] = _combine(oof[:, ~inside], w)
+    return float(m(y, pred))
+
+
+# ---- stacking ------------------------------------------------------------------------------------
+
+
+def _features(preds: np.ndarray, task: str) -> np.ndarray:
+    """(K, n, ...) member predictions -> (n, features): logits of probabilities for classifiers."""
+    if task in ("binary", "multiclass"):
+        p = np.clip(preds, _EPS, 1 - _EPS)
+        x = np.log(p / (1 - p)) if task == "binary" else np.log(p)
+    else:
+        x = preds
+    n = preds.shape[1]
+    return np.moveaxis(x, 0, 1).reshape(n, -1)
+
+
+def _stacking(
+    names: list[str], oof: np.ndarray, test: np.ndarray | None, y: np.ndarray, task: str,
+    folds: np.ndarray | None, seed: int,
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, float], np.ndarray]:
+    if task == "multilabel":
+        raise ValueError("stacking does not support multilabel targets yet; use method='weights' or 'caruana'.")
+    x = _features(oof, task)
+    if folds is None:
+        splitter = (KFold(5, shuffle=True, random_state=seed) if task == "regression"
+                    else StratifiedKFold(5, shuffle=True, random_state=seed))
+        folds = np.empty(len(y), dtype=np.int64)
+        for k, (_, idx) in enumerate(splitter.split(x, y)):
+            folds[idx] = k
+
+    def model():
+        return Ridge(alpha=1.0) if task == "regression" else LogisticRegression(C=1.0, max_iter=1000)
+
+    def out(est, feats):
+        if task == "regression":
+            return est.predict(feats)
+        proba = est.predict_proba(feats)
+        if task == "binary":
+            return proba[:, 1]
+        full = np.zeros((len(feats), oof.shape[2]))  # classes missing from a fold keep probability 0
+        full[:, est.classes_.astype(int)] = proba
+        return full
+
+    oof_pred = np.zeros(oof.shape[1:])
+    for k in np.unique(folds):
+        inside = folds != k
+        oof_pred[~inside] = out(model().fit(x[inside], y[inside]), x[~inside])
+    final = model().fit(x, y)
+    test_pred = out(final, _features(test, task)) if test is not None else None
+    coef = np.atleast_2d(final.coef_)
+    per_member = np.abs(coef).reshape(coef.shape[0], len(names), -1).sum(axis=(0, 2))
+    if task in ("binary", "regression"):
+        per_member = coef.reshape(len(names))  # one signed coefficient per member
+    return oof_pred, test_pred, {n: float(c) for n, c in zip(names, per_member)}, folds
+
+
+__all__ = ["METHODS", "BlendReport", "BlendResult", "blend", "compare_methods"]
