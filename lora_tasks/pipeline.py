@@ -20,6 +20,7 @@ Steps, in order (``run_pipeline`` chains them):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,7 +29,7 @@ import tempfile
 import threading
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -751,6 +752,20 @@ def submit_file(
     return submit(slug, submission_path, message, run_id, state_dir, KaggleClient(endpoint))
 
 
+def submit_run(
+    competition: str,
+    submission_path: str | os.PathLike,
+    message: str,
+    run_key: str,
+    state_dir: str | os.PathLike,
+    endpoint: str | None = None,
+):
+    """Submit under the run id :func:`submission_run_id` derives from ``run_key`` and the file:
+    retries of one run reuse it (never a second submission), another file or run gets a new one."""
+    run_id = submission_run_id(run_key, submission_path)
+    return submit_file(competition, submission_path, message, run_id, state_dir, endpoint)
+
+
 def read_score(
     competition: str,
     ref: int,
@@ -763,6 +778,33 @@ def read_score(
     from lora_tasks.kaggle_io import KaggleClient, wait_for_score
 
     return wait_for_score(competition_slug(competition), ref, KaggleClient(endpoint), timeout_s=timeout_s, poll_s=poll_s)
+
+
+@contextlib.contextmanager
+def offline_kaggle(work_dir: str | os.PathLike) -> Iterator[str]:
+    """Serve the offline ``demo`` competition from an in-process fake Kaggle server; yield its URL.
+
+    Why here: a fresh machine without an account must run the whole flow (download, submit,
+    score) through the real client. The fake server accepts only its own token, so for the
+    duration the process's Kaggle credentials are the fake ones (``KAGGLE_API_TOKEN`` wins over
+    every other source, so a real token is never sent to it); the previous values are restored.
+    """
+    from lora_tasks.testing.demo import build_demo_competition
+    from lora_tasks.testing.fake_kaggle import DEFAULT_TOKEN, serve
+
+    served = Path(work_dir) / "fake-kaggle"
+    build_demo_competition(served)
+    saved = os.environ.get("KAGGLE_API_TOKEN")
+    os.environ["KAGGLE_API_TOKEN"] = DEFAULT_TOKEN
+    try:
+        with serve(served, pending_polls=1) as server:
+            log.info("Offline demo: fake Kaggle server at %s", server.url)
+            yield server.url
+    finally:
+        if saved is None:
+            os.environ.pop("KAGGLE_API_TOKEN", None)
+        else:
+            os.environ["KAGGLE_API_TOKEN"] = saved
 
 
 # ------------------------------------------------------------------------------ run it all

@@ -1,0 +1,170 @@
+"""The ``kaggle-lora`` flow: download -> profile/auto-configure -> tokenize -> train adapters
+(one task per fold, in parallel) -> combine -> submission -> validate -> submit -> score.
+
+Wiring only: every step is a task of :mod:`lora_tasks.tasks`, which calls one function of
+:mod:`lora_tasks.pipeline`. Run it with ``python flows/submit.py`` (CLI) or as a deployment
+(``python flows/serve.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from lora_tasks import pipeline as P
+from lora_tasks import tasks as T
+
+TASK_RUNNERS = ("thread", "process", "dask")
+
+
+@dataclass
+class RunSummary:
+    """What a flow run produced; the CLI prints it, tests read it (also as JSON)."""
+
+    competition: str
+    slug: str
+    metric: str
+    cv: list[dict[str, Any]]
+    oof_score: float
+    combine: str
+    submission_path: str
+    submitted: bool = False
+    ref: int | None = None
+    run_id: str | None = None
+    reused: bool = False
+    public_score: float | None = None
+    task_states: dict[str, str] = field(default_factory=dict)
+    work_dir: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def make_task_runner(kind: str = "thread", max_workers: int | None = None):
+    """``thread`` (default; MLX trainings take turns inside one process), ``process`` (one
+    worker process per fold: true parallelism) or ``dask`` (needs the optional prefect-dask)."""
+    from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
+    if kind == "thread":
+        return ThreadPoolTaskRunner(max_workers=max_workers)
+    if kind == "process":
+        return ProcessPoolTaskRunner(max_workers=max_workers or min(4, os.cpu_count() or 1))
+    if kind == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            raise SystemExit(
+                "The dask task runner needs prefect-dask, which is not installed here: "
+                "`pip install prefect-dask` (it pulls in dask.distributed), or use --task-runner thread|process."
+            ) from None
+        return DaskTaskRunner()
+    raise ValueError(f"Unknown task runner {kind!r}; use one of {', '.join(TASK_RUNNERS)}.")
+
+
+def _state(future: Any) -> str:
+    return future.state.name if future.state is not None else "unknown"
+
+
+# log_prints stays off: with it, Prefect reroutes print() to the logger, past the
+# redirect_stdout that keeps the kaggle client's import-time help text quiet.
+@flow(name="kaggle-lora", log_prints=False)
+def kaggle_lora(
+    competition: str = "demo",
+    model: str | None = None,
+    preset: str | None = None,
+    adapters: int | None = None,
+    epochs: int | None = None,
+    max_seq_len: int | None = None,
+    combine: str = "blend",
+    submit: bool = True,
+    message: str = "kaggle-lora",
+    data_dir: str | None = None,
+    kaggle_endpoint: str | None = None,
+    tiny: bool = False,
+    max_train_rows: int | None = None,
+    work_dir: str = T.DEFAULT_WORK_DIR,
+    retry_delay_s: float = 10.0,
+    score_timeout_s: float = 900.0,
+    score_poll_s: float = 10.0,
+) -> RunSummary:
+    """From a competition name to a scored submission.
+
+    ``adapters``: number of folds (= adapters); ``preset``/``epochs``/``max_seq_len`` override
+    the auto-configured settings. ``data_dir``: where downloads go (default ``<work_dir>/data``).
+    ``kaggle_endpoint``: a Kaggle-compatible server (the fake one); for ``demo`` without one, a
+    fake server is started in-process. ``tiny``: a tiny random model (tests).
+    """
+    logger = get_run_logger()
+    if combine not in P.COMBINE_METHODS:
+        raise ValueError(f"combine={combine!r}; use one of {', '.join(P.COMBINE_METHODS)}.")
+    work = Path(work_dir).expanduser().resolve()
+    run = T.configure(work, retry_delay_s=retry_delay_s)
+    overrides = P.default_overrides(competition, {"preset": preset, "n_folds": adapters, "epochs": epochs, "max_seq_len": max_seq_len})
+    offline = competition == P.DEMO_SLUG and not kaggle_endpoint
+    states: dict[str, str] = {}
+    with (P.offline_kaggle(work) if offline else contextlib.nullcontext(kaggle_endpoint)) as endpoint:
+        if offline:
+            score_poll_s = min(score_poll_s, 1.0)  # the in-process fake server scores at once
+        data_root = Path(data_dir).expanduser().resolve() if data_dir else work / "data"
+        artifacts, tokens_dir = work / "artifacts", work / "tokens"
+
+        f = run["download"].submit(competition, data_root, endpoint)
+        folder = f.result(); states["download"] = _state(f)
+        f = run["prepare"].submit(competition, folder, artifacts, max_train_rows)
+        g = run["profile-and-configure"].submit(competition, folder, artifacts, model, tiny, overrides, max_train_rows)
+        prepared, plan = f.result(), g.result()
+        states["prepare"], states["profile-and-configure"] = _state(f), _state(g)
+        T.publish_plan(plan)
+        n_folds = P.Plan.load(plan).n_folds
+        slug = P.Plan.load(plan).slug
+
+        f = run["tokenize"].submit(prepared, plan, tokens_dir, model)
+        tokens = f.result(); states["tokenize"] = _state(f)
+
+        folds = [run["train-adapter"].submit(prepared, plan, tokens, k, artifacts, model) for k in range(n_folds)]
+        results = [fut.result() for fut in folds]
+        for k, fut in enumerate(folds):
+            states[f"train-fold-{k}"] = _state(fut)
+
+        f = run["combine"].submit(prepared, plan, results, artifacts, combine, tokens, model)
+        combined = f.result(); states["combine"] = _state(f)
+        T.publish_training(slug, results, combined)
+
+        f = run["write-submission"].submit(prepared, plan, combined.test_path, artifacts)
+        submission_path = f.result(); states["write-submission"] = _state(f)
+        f = run["validate-submission"].submit(submission_path, prepared)
+        check = f.result(); states["validate-submission"] = _state(f)
+
+        summary = RunSummary(
+            competition=competition, slug=slug, metric=combined.metric, cv=T.cv_rows(results),
+            oof_score=combined.oof_score, combine=combine, submission_path=str(submission_path),
+            work_dir=str(work),
+        )
+        logger.info("OOF %s (%s of %d adapters): %.5f", combined.metric, combine, n_folds, combined.oof_score)
+        if not submit:
+            T.publish_submission(slug, check)
+            summary.task_states = states
+            return summary
+
+        run_key = str(flow_run.get_id() or "local")
+        f = run["submit"].submit(competition, submission_path, message, run_key, work / "state", endpoint)
+        submitted = f.result(); states["submit"] = _state(f)
+        f = run["read-score"].submit(competition, submitted.ref, endpoint, score_timeout_s, score_poll_s)
+        scored = f.result(); states["read-score"] = _state(f)
+        T.publish_submission(slug, check, submitted, scored)
+        summary.submitted, summary.ref, summary.run_id = True, submitted.ref, submitted.run_id
+        summary.reused, summary.public_score = submitted.reused, scored.public_score
+        summary.task_states = states
+        logger.info("Submission %s scored %s", submitted.ref, scored.public_score)
+        return summary
+
+
+if __name__ == "__main__":  # python flows/kaggle_lora.py: the demo with defaults
+    sys.exit(print(kaggle_lora()))
