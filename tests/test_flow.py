@@ -1,0 +1,174 @@
+"""The kaggle-lora flow for real: Prefect's test harness, the real kaggle client against the fake
+Kaggle server, a tiny random model with the real MiniLM tokenizer.
+
+One harness for the module (its server start costs ~10 s). Checked: a scored submission whose
+score equals the server's own scoring; a rerun in a new process is Cached in every task and
+trains nothing; a vanished output file is recomputed; 429/500/failed-upload/lost-answer faults
+are retried inside real flow runs and the submission is never duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lora_tasks.testing import fake_kaggle as fk
+from lora_tasks.testing.demo import build_demo_competition
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+sys.path.insert(0, str(REPO / "flows"))
+
+FAST = dict(tiny=True, epochs=1, max_seq_len=64, retry_delay_s=0.05, score_poll_s=0.05)
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture(scope="module")
+def fake_creds(tmp_path_factory):
+    """Kaggle credentials of the fake server in an isolated config dir, for the whole module."""
+    home = tmp_path_factory.mktemp("kaggle-home")
+    wanted = {"KAGGLE_CONFIG_DIR": str(home), "KAGGLE_USERNAME": fk.DEFAULT_USERNAME, "KAGGLE_KEY": fk.DEFAULT_KEY}
+    dropped = ("KAGGLE_API_TOKEN", "KAGGLE_API_ENVIRONMENT")
+    saved = {k: os.environ.get(k) for k in (*wanted, *dropped)}
+    os.environ.update(wanted)
+    for k in dropped:
+        os.environ.pop(k, None)
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory):
+    served = tmp_path_factory.mktemp("served")
+    build_demo_competition(served)
+    with fk.serve(served, pending_polls=1) as server:
+        yield server, served
+
+
+@pytest.fixture(scope="module")
+def demo_run(harness, fake_creds, demo_server, tmp_path_factory):
+    from kaggle_lora import kaggle_lora
+
+    server, _ = demo_server
+    work = tmp_path_factory.mktemp("work")
+    summary = kaggle_lora(competition="demo", kaggle_endpoint=server.url, work_dir=str(work), **FAST)
+    return summary, work
+
+
+def _artifact_files(work: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (work / "artifacts").glob("*") if p.is_file()}
+
+
+def test_demo_flow_submits_and_reads_the_servers_score(demo_run, demo_server):
+    summary, work = demo_run
+    server, served = demo_server
+    assert summary.submitted and len(server.submissions) == 1
+    stored = server.submissions[0]
+    assert f"[run:{summary.run_id}]" in stored.description
+    sub = pd.read_csv(summary.submission_path)
+    expected = fk.score_submission(sub, pd.read_csv(served / "demo" / "solution.csv"), "accuracy")
+    assert summary.public_score == pytest.approx(expected) == pytest.approx(stored.public_score)
+    assert stored.content == Path(summary.submission_path).read_bytes()
+    assert [row["adapter"] for row in summary.cv] == ["fold 0", "fold 1"]
+    assert set(summary.task_states.values()) == {"Completed"}
+    assert (work / "results").is_dir() and any((work / "results").iterdir()), "results persist in the project store"
+
+
+def test_rerun_in_a_new_process_is_cached_and_trains_nothing(demo_run, demo_server):
+    from prefect.settings import PREFECT_API_URL
+
+    summary, work = demo_run
+    server, _ = demo_server
+    before = _artifact_files(work)
+    out = work / "rerun.json"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    cmd = [sys.executable, str(REPO / "flows" / "submit.py"), "--competition", "demo", "--tiny", "--epochs", "1",
+           "--max-seq-len", "64", "--work-dir", str(work), "--kaggle-endpoint", server.url, "--no-submit",
+           "--json-out", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rerun = json.loads(out.read_text())
+    assert rerun["task_states"] and set(rerun["task_states"].values()) == {"Cached"}, rerun["task_states"]
+    assert "train-fold-0" in rerun["task_states"] and "train-fold-1" in rerun["task_states"]
+    assert rerun["submission_path"] == summary.submission_path and rerun["oof_score"] == summary.oof_score
+    assert _artifact_files(work) == before, "a cached rerun writes no new adapter or prediction file"
+    assert "Cross-validation (demo, 2 adapters)" in proc.stdout and "9 cached" in proc.stdout
+
+
+def test_a_vanished_output_is_recomputed(demo_run, demo_server):
+    from kaggle_lora import kaggle_lora
+
+    summary, work = demo_run
+    server, _ = demo_server
+    submission = Path(summary.submission_path)
+    submission.unlink()
+    again = kaggle_lora(competition="demo", kaggle_endpoint=server.url, work_dir=str(work), submit=False, **FAST)
+    assert again.task_states["write-submission"] == "Completed", again.task_states
+    assert again.task_states["train-fold-0"] == "Cached" and again.task_states["combine"] == "Cached"
+    assert submission.is_file() and again.submission_path == summary.submission_path
+    third = kaggle_lora(competition="demo", kaggle_endpoint=server.url, work_dir=str(work), submit=False, **FAST)
+    assert set(third.task_states.values()) == {"Cached"}, "the repaired result is cached in turn"
+
+
+@pytest.mark.skipif(not DATASETS.is_dir(), reason=f"shared datasets missing at {DATASETS}")
+def test_titanic_subset_survives_faults_without_duplicate_submission(harness, fake_creds, tmp_path):
+    from kaggle_lora import kaggle_lora
+
+    solutions = fk.derive_solutions(DATASETS, tmp_path / "solutions")
+    with fk.serve(DATASETS, solutions, pending_polls=1) as server:
+        server.inject(fk.FAULT_429, times=1, method="ListDataFiles", retry_after=0.05)
+        server.inject(fk.FAULT_500, times=1, method="zip")
+        server.inject(fk.FAULT_UPLOAD_FAILED, times=1, method="upload")
+        server.inject(fk.FAULT_LOSE_RESPONSE, times=1, method="CreateSubmission")
+        server.inject(fk.FAULT_500, times=1, method="ListSubmissions")
+        summary = kaggle_lora(
+            competition="titanic", kaggle_endpoint=server.url, work_dir=str(tmp_path / "work"),
+            max_train_rows=160, adapters=2, combine="merge", **FAST,
+        )
+        calls = [route for _, route in server.requests]
+        assert len(server.submissions) == 1, "retries must never submit twice"
+        assert summary.reused, "the lost answer was recovered by finding the run's own submission"
+        assert calls.count("ListDataFiles") >= 2 and calls.count("zip") >= 2
+        assert calls.count("upload") >= 2 and calls.count("CreateSubmission") >= 1
+    sub = pd.read_csv(summary.submission_path)
+    assert list(sub.columns) == ["PassengerId", "Survived"] and len(sub) == 418
+    expected = fk.score_submission(sub, pd.read_csv(solutions["titanic"]), "accuracy")
+    assert summary.public_score == pytest.approx(expected)
+    assert summary.combine == "merge" and summary.slug == "titanic"
+
+
+def test_cli_reports_a_failure_clearly(tmp_path):
+    """No server at the endpoint: the CLI exits non-zero with one clear line (no traceback dump)."""
+    env = {**os.environ, "KAGGLE_USERNAME": fk.DEFAULT_USERNAME, "KAGGLE_KEY": fk.DEFAULT_KEY,
+           "KAGGLE_CONFIG_DIR": str(tmp_path)}
+    cmd = [sys.executable, str(REPO / "flows" / "submit.py"), "--competition", "no-such-competition", "--tiny",
+           "--work-dir", str(tmp_path / "w"), "--kaggle-endpoint", "http://127.0.0.1:9", "--retry-delay", "0.01"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 1
+    assert "kaggle-lora failed: KaggleConnectionError" in proc.stderr
+
+
+def test_help_lists_the_options():
+    proc = subprocess.run([sys.executable, str(REPO / "flows" / "submit.py"), "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0
+    for option in ("--competition", "--no-submit", "--model", "--adapters", "--combine", "--data-dir", "--kaggle-endpoint",
+                   "--task-runner"):
+        assert option in proc.stdout

@@ -1,0 +1,166 @@
+"""The Prefect task layer: content-keyed cache keys, vanished-output repair, retry settings,
+artifact renderers, and network retries inside a real flow run against the fake server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lora_tasks import pipeline as P
+from lora_tasks import tasks as T
+from lora_tasks.testing import fake_kaggle as fk
+from lora_tasks.testing.demo import build_demo_competition
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+def test_fingerprint_follows_content_not_path(tmp_path):
+    a = tmp_path / "a.csv"
+    a.write_text("x,y\n1,2\n")
+    b = tmp_path / "elsewhere" / "b.csv"
+    b.parent.mkdir()
+    shutil.copy(a, b)
+    assert T.fingerprint(a) == T.fingerprint(b)
+    b.write_text("x,y\n1,3\n")
+    assert T.fingerprint(a) != T.fingerprint(b)
+    assert T.fingerprint(tmp_path / "gone.csv").startswith("missing:")
+    tokens = P.TokenFiles(train=a, test=b)
+    assert T.fingerprint(tokens) == {"train": T.fingerprint(a), "test": T.fingerprint(b)}
+
+
+def test_folder_fingerprint_ignores_hidden_manifest(tmp_path):
+    (tmp_path / "train.csv").write_text("a\n1\n")
+    before = T.fingerprint(tmp_path)
+    (tmp_path / ".kaggle_download.json").write_text('{"date": "now"}')
+    assert T.fingerprint(tmp_path) == before
+    (tmp_path / "test.csv").write_text("a\n2\n")
+    assert T.fingerprint(tmp_path) != before
+
+
+def test_outputs_exist_walks_results(tmp_path):
+    f = tmp_path / "x.npy"
+    f.write_bytes(b"1")
+    assert T.outputs_exist(P.TokenFiles(train=f, test=f))
+    assert T.outputs_exist([{"a": f}, 3, "text"])
+    assert not T.outputs_exist(P.TokenFiles(train=f, test=tmp_path / "gone.npy"))
+    (tmp_path / "empty").mkdir()
+    assert not T.outputs_exist(tmp_path / "empty")
+
+
+def test_cache_key_moves_along_the_repair_chain(tmp_path):
+    """A record whose files vanished is skipped for a derived key; a valid one is kept."""
+    from prefect.filesystems import LocalFileSystem
+    from prefect.results import ResultStore
+
+    store = ResultStore(result_storage=LocalFileSystem(basepath=str(tmp_path / "results")))
+    policy = T.ContentCache()
+    out = tmp_path / "out.npy"
+    out.write_bytes(b"data")
+    assert policy.usable_key(store, "k0") == "k0"  # nothing stored yet
+    store.write(obj=out, key="k0")
+    assert policy.usable_key(store, "k0") == "k0"  # stored and its file exists
+    out.unlink()
+    repaired = policy.usable_key(store, "k0")
+    assert repaired != "k0" and repaired == policy.usable_key(store, "k0"), "the repair key is deterministic"
+    out.write_bytes(b"data again")
+    store.write(obj=out, key=repaired)
+    out.unlink()
+    assert policy.usable_key(store, "k0") not in ("k0", repaired)
+
+
+def test_network_retry_options_back_off_with_jitter():
+    from lora_tasks.kaggle_io import prefect_retry_condition
+
+    options = T.network_retry_options(2.0)
+    assert options["retries"] == T.NETWORK_RETRIES and options["retry_jitter_factor"] > 0
+    assert options["retry_delay_seconds"](4) == [2.0, 4.0, 8.0, 16.0]
+    assert options["retry_condition_fn"] is prefect_retry_condition
+    for t in T.NETWORK_TASKS:
+        assert t.retries == T.NETWORK_RETRIES and t.retry_condition_fn is prefect_retry_condition
+    assert T.download_task.cache_expiration is not None
+
+
+def test_tasks_use_the_project_result_store(tmp_path):
+    run = T.configure(tmp_path / "w")
+    assert set(run) >= {"download", "prepare", "train-adapter", "combine", "submit", "read-score"}
+    store = run["train-adapter"].result_storage
+    assert isinstance(store, Path) and store == (tmp_path / "w").resolve() / "results"
+    assert isinstance(run["train-adapter"].cache_policy, T.ContentCache)
+    assert run["submit"].cache_policy is not None and not isinstance(run["submit"].cache_policy, T.ContentCache)
+
+
+def _result(fold: int, scores: list[float]) -> P.AdapterResult:
+    history = [{"epoch": e + 1, "train_loss": 0.7 - 0.1 * e, "valid_accuracy": s} for e, s in enumerate(scores)]
+    return P.AdapterResult(fold=fold, adapter_path=Path("a"), oof_path=Path("o"), test_path=Path("t"), n_train=80,
+                           n_valid=20, best_epoch=len(scores), best_score=max(scores), metric="accuracy",
+                           history=history, seconds=1.234, samples_per_s=50.0)
+
+
+def test_renderers():
+    results = [_result(1, [0.6, 0.7]), _result(0, [0.5, 0.8])]
+    rows = T.cv_rows(results)
+    assert [r["adapter"] for r in rows] == ["fold 0", "fold 1"] and rows[0]["valid accuracy"] == 0.8
+    table = T.markdown_table(rows)
+    assert table.splitlines()[0].startswith("| adapter |") and len(table.splitlines()) == 4
+    curve = T.learning_curve_markdown(results, width=10)
+    lines = [line for line in curve.splitlines() if line.startswith("| 0 |") or line.startswith("| 1 |")]
+    assert len(lines) == 4
+    assert lines[0].count("█") == 10 and lines[1].count("█") < 10, "bars scale with the loss"
+    assert "valid_accuracy" in curve and "0.8000" in curve
+    assert T.artifact_key("house-prices_2", "CV table") == "house-prices-2-cv-table"
+
+
+def test_dask_runner_missing_is_a_clear_error():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flows"))
+    from kaggle_lora import make_task_runner
+
+    try:
+        import prefect_dask  # noqa: F401
+    except ImportError:
+        with pytest.raises(SystemExit, match="pip install prefect-dask"):
+            make_task_runner("dask")
+    assert type(make_task_runner("process")).__name__ == "ProcessPoolTaskRunner"
+    with pytest.raises(ValueError, match="thread, process, dask"):
+        make_task_runner("ray")
+
+
+def test_download_task_retries_transient_errors_only(harness, tmp_path, monkeypatch):
+    """Inside real flow runs: 500 then 429 are retried to success; a 404 is not retried."""
+    from prefect import flow
+
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path))
+    monkeypatch.setenv("KAGGLE_USERNAME", fk.DEFAULT_USERNAME)
+    monkeypatch.setenv("KAGGLE_KEY", fk.DEFAULT_KEY)
+    monkeypatch.delenv("KAGGLE_API_TOKEN", raising=False)
+    served = tmp_path / "served"
+    build_demo_competition(served)
+    run = T.configure(tmp_path / "work", retry_delay_s=0.02)
+
+    @flow
+    def fetch(endpoint: str, dest: str) -> Path:
+        return run["download"](P.DEMO_SLUG, Path(dest), endpoint)
+
+    with fk.serve(served) as server:
+        server.inject(fk.FAULT_500, times=1, method="ListDataFiles")
+        server.inject(fk.FAULT_429, times=1, method="ListDataFiles", retry_after=0.01)
+        folder = fetch(server.url, str(tmp_path / "data"))
+        assert (folder / "train.csv").is_file()
+        assert [r for _, r in server.requests].count("ListDataFiles") == 3
+        server.requests.clear()
+        server.inject(fk.FAULT_404, times=5, method="ListDataFiles")
+        from lora_tasks.kaggle_io import NotFoundError
+
+        with pytest.raises(NotFoundError):
+            fetch(server.url, str(tmp_path / "other"))
+        assert [r for _, r in server.requests].count("ListDataFiles") == 1, "fatal errors are not retried"
