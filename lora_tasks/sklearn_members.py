@@ -1,0 +1,243 @@
+"""scikit-learn ensemble members trained on the same folds as the adapters.
+
+A strong cheap baseline is often the member that helps a blend most: gradient boosting for
+tabular data, TF-IDF + a linear model for text. Each runs on the adapters' folds
+(``CVResult.fold_of_row``), so its OOF predictions are comparable row by row and can enter
+:func:`lora_tasks.ensemble.blend` next to the adapters'.
+
+Predictions follow the project's convention: binary P(class 1) 1-D, multiclass (n, k)
+probabilities with columns in sorted-label order, regression 1-D values.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OrdinalEncoder
+from threadpoolctl import threadpool_limits
+
+from lora_tasks.metrics import get_metric
+
+log = logging.getLogger("lora_tasks.sklearn_members")
+
+Task = Literal["binary", "multiclass", "regression"]
+_HEAD_TYPES = {"binary_classification": "binary", "multiclass_classification": "multiclass", "regression": "regression"}
+MAX_CATEGORIES = 64  # rarer categories share one code: HGB caps categorical cardinality at max_bins
+ID_LIKE_SHARE = 0.5  # text columns with more distinct values than this share of rows carry no category
+
+
+@dataclass
+class MemberPredictions:
+    """OOF and test predictions of one scikit-learn member, shaped like an adapter's CVResult."""
+
+    name: str
+    oof: np.ndarray
+    test: np.ndarray | None
+    fold_of_row: np.ndarray
+    test_per_fold: list[np.ndarray] = field(default_factory=list)
+    oof_score: float | None = None
+    metric: str | None = None
+    dropped_columns: list[str] = field(default_factory=list)
+
+
+def normalize_task(task: str) -> Task:
+    """Accept the metric task names (binary, multiclass, regression) and the head types."""
+    task = _HEAD_TYPES.get(task, task)
+    if task not in ("binary", "multiclass", "regression"):
+        raise ValueError(
+            f"scikit-learn members support task 'binary', 'multiclass' or 'regression' (or the head types "
+            f"{', '.join(_HEAD_TYPES)}), got {task!r}."
+        )
+    return task  # type: ignore[return-value]
+
+
+# ---- tabular: HistGradientBoosting ---------------------------------------------------------------
+
+
+def tabular_member(
+    X: pd.DataFrame,
+    y,
+    folds: np.ndarray,
+    task: str,
+    X_test: pd.DataFrame | None = None,
+    *,
+    metric: str | None = None,
+    log_target: bool = False,
+    seed: int = 0,
+    name: str = "hist_gbm",
+    n_threads: int | None = 1,
+    **params,
+) -> MemberPredictions:
+    """HistGradientBoosting on ``X`` with ordinal-encoded categoricals (native categorical splits).
+
+    Object/category/bool columns are categorical; those with more distinct values than half the
+    rows (names, ticket numbers: identifiers, not categories) are dropped and listed in
+    ``dropped_columns``. ``log_target`` fits regression on ``log1p(y)`` (for RMSLE-scored prices).
+    ``params`` go to the HistGradientBoosting estimator. ``n_threads`` caps its OpenMP threads
+    (None: all cores): on Kaggle-sized tables threads gain little, and when the cores are busy
+    (adapters training beside it) OpenMP's spin-waiting made a 0.5 s fit take over a minute.
+    """
+    task = normalize_task(task)
+    X = _frame(X, "X")
+    cat_cols = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c]) or pd.api.types.is_bool_dtype(X[c])]
+    dropped = [c for c in cat_cols if X[c].nunique(dropna=True) > ID_LIKE_SHARE * len(X)]
+    cat_cols = [c for c in cat_cols if c not in dropped]
+    num_cols = [c for c in X.columns if c not in cat_cols and c not in dropped]
+    if dropped:
+        log.info("%s: dropping identifier-like columns %s", name, dropped)
+    if X_test is not None:
+        X_test = _frame(X_test, "X_test")
+        missing = [c for c in [*cat_cols, *num_cols] if c not in X_test.columns]
+        if missing:
+            raise ValueError(f"X_test lacks columns {missing} that X has; pass the same feature columns for both.")
+
+    def make() -> BaseEstimator:
+        encode = ColumnTransformer(
+            [
+                ("cat", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan,
+                                       encoded_missing_value=np.nan, max_categories=MAX_CATEGORIES), cat_cols),
+                ("num", "passthrough", num_cols),
+            ]
+        )
+        mask = [True] * len(cat_cols) + [False] * len(num_cols)
+        kw = dict(random_state=seed, categorical_features=mask if cat_cols else None, **params)
+        est = HistGradientBoostingRegressor(**kw) if task == "regression" else HistGradientBoostingClassifier(**kw)
+        return Pipeline([("encode", encode), ("model", est)])
+
+    def prepare(df: pd.DataFrame) -> pd.DataFrame:
+        df = df[[*cat_cols, *num_cols]].copy()
+        for c in cat_cols:  # one dtype per column: mixed str/NaN objects confuse the encoder's sort
+            df[c] = df[c].astype("string").astype(object).where(df[c].notna(), np.nan)
+        return df
+
+    with threadpool_limits(limits=n_threads, user_api="openmp"):
+        result = _run_folds(make, prepare(X), y, folds, task, prepare(X_test) if X_test is not None else None,
+                            metric=metric, log_target=log_target, name=name)
+    result.dropped_columns = dropped
+    return result
+
+
+# ---- text: TF-IDF + linear model -----------------------------------------------------------------
+
+
+def text_member(
+    texts,
+    y,
+    folds: np.ndarray,
+    task: str,
+    texts_test=None,
+    *,
+    metric: str | None = None,
+    C: float = 4.0,
+    ridge_alpha: float = 1.0,
+    max_features: int = 50_000,
+    log_target: bool = False,
+    seed: int = 0,
+    name: str = "tfidf_linear",
+) -> MemberPredictions:
+    """TF-IDF word 1-2-grams + LogisticRegression (classification) or Ridge (regression).
+
+    ``texts`` is a Series of strings or a DataFrame whose columns are joined as ``"col: value"``
+    (so a keyword column stays distinguishable from the body text).
+    """
+    task = normalize_task(task)
+    x = _as_text(texts)
+    x_test = _as_text(texts_test) if texts_test is not None else None
+
+    def make() -> BaseEstimator:
+        vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=max_features)
+        model = (Ridge(alpha=ridge_alpha) if task == "regression"
+                 else LogisticRegression(C=C, max_iter=2000, random_state=seed))
+        return make_pipeline(vec, model)
+
+    return _run_folds(make, x, y, folds, task, x_test, metric=metric, log_target=log_target, name=name)
+
+
+# ---- shared fold loop ----------------------------------------------------------------------------
+
+
+def _run_folds(
+    make: Callable[[], BaseEstimator],
+    X,
+    y,
+    folds: np.ndarray,
+    task: Task,
+    X_test,
+    *,
+    metric: str | None,
+    log_target: bool,
+    name: str,
+) -> MemberPredictions:
+    """Fit one model per fold on the other folds; predict its held-out rows and the test rows."""
+    y = np.asarray(y)
+    folds = np.asarray(folds)
+    if len(folds) != len(X) or len(y) != len(X):
+        raise ValueError(
+            f"{len(X)} rows, {len(y)} targets and {len(folds)} fold indices; pass one of each per row "
+            "(folds: CVResult.fold_of_row or lora_tasks.cv.make_folds)."
+        )
+    if log_target and task != "regression":
+        raise ValueError("log_target only applies to regression; drop it for classification.")
+    if log_target and np.any(y < 0):
+        raise ValueError("log_target fits log1p(y), which needs y >= 0; drop log_target for this target.")
+    classes = np.unique(y) if task != "regression" else None
+    if task == "binary" and len(classes) != 2:
+        raise ValueError(f"task 'binary' needs exactly 2 classes in y, found {len(classes)}; use 'multiclass'.")
+    fit_y = np.log1p(y.astype(float)) if log_target else y
+    oof = np.zeros(len(y) if task != "multiclass" else (len(y), len(classes)))
+    per_fold = []
+    take = (lambda a, idx: a.iloc[idx]) if hasattr(X, "iloc") else (lambda a, idx: a[idx])
+    for k in np.unique(folds):
+        train_idx, valid_idx = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+        model = make().fit(take(X, train_idx), fit_y[train_idx])
+        oof[valid_idx] = _predict(model, take(X, valid_idx), task, classes, log_target)
+        if X_test is not None:
+            per_fold.append(_predict(model, X_test, task, classes, log_target))
+    # multiclass columns are the sorted labels: score against their indices (the metrics' convention)
+    y_score = np.searchsorted(classes, y) if task == "multiclass" else y
+    score = float(get_metric(metric)(y_score, oof)) if metric else None
+    if score is not None:
+        log.info("%s: OOF %s %.5f", name, metric, score)
+    test = np.mean(per_fold, axis=0) if per_fold else None
+    return MemberPredictions(name, oof, test, folds, per_fold, score, metric)
+
+
+def _predict(model: BaseEstimator, X, task: Task, classes: np.ndarray | None, log_target: bool) -> np.ndarray:
+    if task == "regression":
+        pred = model.predict(X)
+        return np.expm1(pred) if log_target else pred
+    proba = model.predict_proba(X)
+    full = np.zeros((proba.shape[0], len(classes)))
+    full[:, np.searchsorted(classes, model.classes_)] = proba  # a class absent from a fold keeps 0
+    return full[:, 1] if task == "binary" else full
+
+
+def _frame(X, what: str) -> pd.DataFrame:
+    if not isinstance(X, pd.DataFrame):
+        raise TypeError(f"{what} must be a pandas DataFrame of feature columns, got {type(X).__name__}.")
+    return X.reset_index(drop=True)
+
+
+def _as_text(texts) -> np.ndarray:
+    if isinstance(texts, pd.DataFrame):
+        parts = [texts[c].fillna("").astype(str).radd(f"{c}: ") for c in texts.columns]
+        joined = parts[0]
+        for p in parts[1:]:
+            joined = joined + " | " + p
+        return joined.to_numpy()
+    if isinstance(texts, pd.Series):
+        return texts.fillna("").astype(str).to_numpy()
+    return np.asarray([("" if t is None else str(t)) for t in texts], dtype=object)
+
+
+__all__ = ["MemberPredictions", "normalize_task", "tabular_member", "text_member"]
