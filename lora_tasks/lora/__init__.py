@@ -7,6 +7,7 @@ Hugging Face BERT's (``encoder.layer.N.attention.self.query``).
 from lora_tasks.lora.adapter import AdapterLoadError, LoRAAdapter, ParameterReport, apply_lora, read_adapter_file
 from lora_tasks.lora.config import PRESETS, TARGETS, LoRAConfig, get_preset
 from lora_tasks.lora.layers import DoRALinear, LoRALinear
+from lora_tasks.lora.multi import MultiAdapterManager, MultiLoRALinear, create_multi_adapter_model
 from lora_tasks.lora.peft_format import export_peft, import_peft
 
 __all__ = [
@@ -15,10 +16,13 @@ __all__ = [
     "LoRAAdapter",
     "LoRAConfig",
     "LoRALinear",
+    "MultiAdapterManager",
+    "MultiLoRALinear",
     "PRESETS",
     "ParameterReport",
     "TARGETS",
     "apply_lora",
+    "create_multi_adapter_model",
     "export_peft",
     "get_preset",
     "import_peft",
