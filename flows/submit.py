@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-submit", dest="submit", action="store_false", help="stop after the checked submission file")
     p.add_argument("--model", default=None, help="encoder id or folder (default: offline all-MiniLM-L6-v2)")
     p.add_argument("--preset", default=None, help="LoRA preset instead of the auto-configured one (efficient, balanced, expressive)")
-    p.add_argument("--adapters", type=int, default=None, metavar="N", help="number of adapters = CV folds (default: auto; demo 2)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs per adapter (default: auto; demo 2)")
+    p.add_argument("--adapters", type=int, default=None, metavar="N", help="number of adapters = CV folds (default: auto; demo 3)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs per adapter (default: auto; demo 3)")
     p.add_argument("--max-seq-len", type=int, default=None, help="token limit per row (default: auto from token lengths; demo 64)")
     p.add_argument("--combine", choices=("blend", "merge"), default="blend",
                    help="blend: mean of the adapters' predictions; merge: one model from the averaged adapters")

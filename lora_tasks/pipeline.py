@@ -39,7 +39,7 @@ log = logging.getLogger("lora_tasks.pipeline")
 PIPELINE_VERSION = 1  # bump when a step's output format changes
 DEMO_SLUG = "demo"
 #: Small settings for the offline demo: finishes in minutes on two CPU cores with MiniLM.
-DEMO_OVERRIDES: dict[str, Any] = {"n_folds": 2, "epochs": 2, "max_seq_len": 64, "batch_size": 8, "learning_rate": 2e-3}
+DEMO_OVERRIDES: dict[str, Any] = {"n_folds": 2, "epochs": 3, "max_seq_len": 64, "batch_size": 8, "learning_rate": 2e-3}
 #: Settings a caller may override (names of TrainSettings fields).
 OVERRIDABLE = ("preset", "max_seq_len", "batch_size", "epochs", "learning_rate", "n_folds", "class_weight", "target_transform")
 COMBINE_METHODS = ("blend", "merge")
