@@ -40,6 +40,8 @@ _LAZY = {
     "create_model_with_lora": "lora_tasks.models",
     "create_multi_adapter_model": "lora_tasks.lora",
     "MultiAdapterManager": "lora_tasks.lora",
+    "FusedAdapters": "lora_tasks.lora",
+    "train_fused": "lora_tasks.lora",
 }
 
 

@@ -6,6 +6,7 @@ Hugging Face BERT's (``encoder.layer.N.attention.self.query``).
 
 from lora_tasks.lora.adapter import AdapterLoadError, LoRAAdapter, ParameterReport, apply_lora, read_adapter_file
 from lora_tasks.lora.config import PRESETS, TARGETS, LoRAConfig, get_preset
+from lora_tasks.lora.fused import FusedAdapters, default_parallel_mode, train_fused
 from lora_tasks.lora.layers import DoRALinear, LoRALinear
 from lora_tasks.lora.multi import MultiAdapterManager, MultiLoRALinear, create_multi_adapter_model
 from lora_tasks.lora.peft_format import export_peft, import_peft
@@ -13,6 +14,7 @@ from lora_tasks.lora.peft_format import export_peft, import_peft
 __all__ = [
     "AdapterLoadError",
     "DoRALinear",
+    "FusedAdapters",
     "LoRAAdapter",
     "LoRAConfig",
     "LoRALinear",
@@ -23,8 +25,10 @@ __all__ = [
     "TARGETS",
     "apply_lora",
     "create_multi_adapter_model",
+    "default_parallel_mode",
     "export_peft",
     "get_preset",
     "import_peft",
     "read_adapter_file",
+    "train_fused",
 ]
