@@ -61,15 +61,18 @@ def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list
 
     rows: list[dict] = []
     anchor_score = None
-    try:
-        from lora_tasks import sklearn_members
+    from lora_tasks import sklearn_members
 
-        t = time.perf_counter()
-        anchor = sklearn_members.anchor_member(train_df, cfg, folds)  # OOF predictions on the same folds
-        anchor_score = score(anchor)
-        rows.append(row(f"{name} sklearn anchor {cfg.metric}", anchor_score, cfg.metric, wall_s=round(time.perf_counter() - t, 1)))
-    except (ImportError, AttributeError) as exc:
-        print(f"(no scikit-learn anchor: {exc})")
+    t = time.perf_counter()
+    features = train_df.drop(columns=list(cfg.excluded_columns), errors="ignore")
+    if cfg.text_columns:  # text competitions: TF-IDF on the text columns
+        anchor = sklearn_members.text_member(train_df[list(cfg.text_columns)], y_raw, folds, cfg.task_type,
+                                             metric=cfg.metric, log_target=log1p)
+    else:  # tabular: gradient boosting with ordinal categoricals
+        anchor = sklearn_members.tabular_member(features, y_raw, folds, cfg.task_type, metric=cfg.metric, log_target=log1p)
+    anchor_score = float(metric(y_raw, anchor.oof))
+    rows.append(row(f"{name} sklearn {anchor.name} {cfg.metric}", anchor_score, cfg.metric,
+                    wall_s=round(time.perf_counter() - t, 1)))
 
     template = cfg.row_template(train_df)
     texts = template.render_frame(train_df)

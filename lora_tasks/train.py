@@ -275,6 +275,8 @@ def train(
         return loss_and_grad(model, ids, mask, types, y)
 
 
+    if model.head_type == "regression":
+        _start_at_label_mean(model, train_data.labels)
     model.train()
     ckpt = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir else None
     fingerprint = _fingerprint(cfg, train_data, model)
@@ -374,6 +376,20 @@ def train(
     result.seconds = time.perf_counter() - t_start
     result.samples_per_s = samples_done / max(result.seconds, 1e-9)
     return result
+
+
+def _start_at_label_mean(model: nn.Module, labels: np.ndarray) -> None:
+    """Set a regression head's output bias to the mean label.
+
+    A fresh head predicts ~0; targets such as log house prices sit near 12, and a few epochs of
+    small LoRA steps would spend themselves walking the bias there. (A resumed run then loads
+    its checkpointed bias over this.)
+    """
+    for path, value in tree_flatten(model.trainable_parameters()):
+        if path.endswith("head.classifier.bias"):
+            mean = np.asarray(labels, dtype=np.float32).reshape(len(labels), -1).mean(axis=0)
+            model.update(tree_unflatten([(path, mx.array(mean.reshape(value.shape)))]))
+            return
 
 
 def _peek_meta(path: Path) -> dict:

@@ -190,3 +190,13 @@ def test_cross_validation_gives_oof_for_every_row_and_test_per_fold():
     assert len(res.fold_scores) == 3 and all(0 <= s <= 1 for s in res.fold_scores)
     with pytest.raises(ValueError, match="at least 2 folds"):
         make_folds(data.labels, "binary_classification", 1)
+
+
+def test_regression_head_starts_at_the_label_mean():
+    data = toy_data(64)
+    data.labels = (12.0 + data.input_ids[:, 1] / 50.0).astype(np.float32)  # like log house prices
+    model = tiny_model(head_type="regression")
+    res = train(model, data, None, TrainConfig(epochs=2, batch_size=16, learning_rate=0.0, warmup_ratio=0.0))
+    preds = predict(model, data).reshape(-1)
+    assert abs(preds.mean() - data.labels.mean()) < 0.5  # lr 0: only the initial bias gets it there (else ~12 off)
+    assert res.history[0]["train_loss"] < 1.0
