@@ -432,9 +432,6 @@ def _train_config(plan: Plan, fold: int):
         class_weights=s.get("class_weight"),
         metric=plan.train_metric,
         seed=plan.seed + fold,
-        # Measured on this CPU build (MLX + models/ops.py kernels): the compiled step is ~200x
-        # slower for a tiny BERT and ~3x slower for MiniLM than the plain step; revisit when fixed.
-        compile=False,
     )
 
 
