@@ -38,6 +38,7 @@ _LAZY = {
     "import_peft": "lora_tasks.lora",
     "create_bert_with_lora": "lora_tasks.models",
     "create_model_with_lora": "lora_tasks.models",
+    "create_qlora_model": "lora_tasks.models",
     "create_multi_adapter_model": "lora_tasks.lora",
     "MultiAdapterManager": "lora_tasks.lora",
     "FusedAdapters": "lora_tasks.lora",

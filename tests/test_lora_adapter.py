@@ -169,9 +169,16 @@ def test_model_without_bert_layers_and_double_application_are_errors():
 
 
 @pytest.mark.parametrize("preset", ["qlora_memory", "qlora_quality"])
-def test_qlora_presets_raise_a_clear_error_until_the_4bit_base_lands(preset):
-    with pytest.raises(NotImplementedError, match="QLoRA.*use preset"):
-        create_bert_with_lora("binary_classification", preset, config=TINY, pretrained=False)
+def test_qlora_presets_build_a_4bit_base(preset):
+    # (QLoRA landed: tests/test_qlora.py covers it; here only that the presets now apply)
+    from lora_tasks.lora.quantized import QLoRALinear
+
+    cfg = BertConfig(vocab_size=50, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=128, max_position_embeddings=16)
+    _, adapter = create_bert_with_lora("binary_classification", preset, config=cfg, pretrained=False)
+    assert adapter.layers and all(isinstance(layer, QLoRALinear) for layer in adapter.layers.values())
+    with pytest.raises(NotImplementedError, match="DoRA"):
+        create_bert_with_lora("binary_classification", preset, config=cfg, pretrained=False, use_dora=True)
 
 
 def test_factory_argument_errors():

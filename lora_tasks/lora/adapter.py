@@ -20,8 +20,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from lora_tasks.lora.config import LoRAConfig, layer_index, path_has_prefix
-from lora_tasks.lora.layers import DoRALinear, LoRALinear
+from lora_tasks.lora.config import LoRAConfig, is_fused_qkv, layer_index, path_has_prefix
+from lora_tasks.lora.layers import DoRALinear, LoRALinear, SlicedLoRALinear, linear_dims
 
 HEAD_ATTR = "head"
 FORMAT = "lora_tasks.lora"
@@ -75,15 +75,26 @@ class LoRAAdapter:
         self.model = model
         self.config = config
         self.freeze_base = freeze_base
+        if config.quantize_bits is not None:  # QLoRA: the frozen base linears stored quantized
+            from lora_tasks.lora.quantized import quantize_base
+
+            quantize_base(model, bits=config.quantize_bits, group_size=config.quantize_group_size,
+                          skip_prefixes=(HEAD_ATTR,))
         targets = self._find_targets()
         self._check_layer_specific(targets)
         self.layers: dict[str, LoRALinear] = {}
-        layer_cls = DoRALinear if config.use_dora else LoRALinear
         modules = dict(model.named_modules())
         for path, linear in targets.items():
             spec = config.for_layer(path)
-            layer = layer_cls.from_base(linear, r=spec.r, alpha=spec.alpha, dropout=config.dropout,
-                                        use_rslora=config.use_rslora)
+            kwargs = dict(r=spec.r, alpha=spec.alpha, dropout=config.dropout, use_rslora=config.use_rslora)
+            if is_fused_qkv(path):  # ModernBERT's Wqkv: LoRA on the targeted row blocks only
+                block = linear_dims(linear)[0] // 3
+                order = ("query", "key", "value")
+                slices = {n: slice(order.index(n) * block, (order.index(n) + 1) * block)
+                          for n in config.fused_targets(path)}
+                layer = _layer_class(linear, config, sliced=True).from_base(linear, slices, **kwargs)
+            else:
+                layer = _layer_class(linear, config, sliced=False).from_base(linear, **kwargs)
             if not model.training:
                 layer.eval()
             parent_path, _, name = path.rpartition(".")
@@ -97,13 +108,13 @@ class LoRAAdapter:
         found = {
             path: m
             for path, m in self.model.named_modules()
-            if isinstance(m, nn.Linear) and self.config.is_target(path)
+            if isinstance(m, (nn.Linear, nn.QuantizedLinear)) and self.config.is_target(path)
         }
         if not found:
             raise ValueError(
                 f"No module of this {type(self.model).__name__} matches the LoRA targets "
                 f"{list(self.config.target_modules)}: LoRA targets BERT layers named like "
-                "'encoder.layer.N.attention.self.query'"
+                "'encoder.layer.N.attention.self.query' or ModernBERT layers 'layers.N.attn.Wqkv'"
                 + (f" in layers {list(self.config.layers_to_transform)}" if self.config.layers_to_transform else "")
                 + ". Pass a BERT-family model (and layer indices it has)."
             )
@@ -299,13 +310,26 @@ class LoRAAdapter:
 
 
 def check_supported(config: LoRAConfig) -> None:
-    """Raise early for configs this library cannot apply yet (a quantized base)."""
-    if config.quantize_bits is not None:
+    """Raise early for configs this library cannot apply (DoRA over a quantized base)."""
+    if config.quantize_bits is not None and config.use_dora:
         raise NotImplementedError(
-            f"This LoRA config asks for a {config.quantize_bits}-bit base (QLoRA), which is not available yet "
-            "(it lands with the QLoRA issue). Until then use preset 'efficient' instead of 'qlora_memory', or "
-            "'balanced' instead of 'qlora_quality' (same ranks and targets on a full-precision base)."
+            f"DoRA over a {config.quantize_bits}-bit base is not supported: use LoRA (use_dora=False) with the "
+            "quantized base, or DoRA with quantize_bits=None."
         )
+
+
+def _layer_class(linear: nn.Module, config: LoRAConfig, sliced: bool) -> type[LoRALinear]:
+    if isinstance(linear, nn.QuantizedLinear):
+        from lora_tasks.lora.quantized import QLoRALinear, QSlicedLoRALinear
+
+        if config.use_dora:
+            check_supported(config.replace(quantize_bits=linear.bits))
+        return QSlicedLoRALinear if sliced else QLoRALinear
+    if sliced:
+        if config.use_dora:
+            raise NotImplementedError("DoRA on ModernBERT's fused Wqkv is not supported; use LoRA (use_dora=False).")
+        return SlicedLoRALinear
+    return DoRALinear if config.use_dora else LoRALinear
 
 
 def read_adapter_file(path: str | os.PathLike) -> tuple[dict[str, mx.array], dict[str, str]]:

@@ -25,6 +25,20 @@ TARGETS: dict[str, str] = {
     "output": "output.dense",
 }
 
+# ModernBERT (module names as Hugging Face's, per layer ``layers.N.``): query, key and value are row
+# blocks ``[q | k | v]`` of the fused ``attn.Wqkv``, adapted as slices (SlicedLoRALinear); the other
+# roles map one to one. Mirrors ``lora_tasks.models.modernbert.LORA_TARGETS`` (a test checks).
+FUSED_QKV_SUFFIX = "attn.Wqkv"
+QKV_ORDER = ("query", "key", "value")
+MODERNBERT_TARGETS: dict[str, str] = {
+    "query": FUSED_QKV_SUFFIX,
+    "key": FUSED_QKV_SUFFIX,
+    "value": FUSED_QKV_SUFFIX,
+    "attention_output": "attn.Wo",
+    "intermediate": "mlp.Wi",
+    "output": "mlp.Wo",
+}
+
 # Short or PEFT-flavoured spellings users reach for; all map to a name in TARGETS.
 ALIASES: dict[str, str] = {
     "q": "query",
@@ -47,6 +61,7 @@ ALL_TARGETS = tuple(TARGETS)
 LAYER_OVERRIDE_KEYS = ("r", "alpha")
 
 _LAYER_RE = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.(.+)$")
+_MODERN_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)$")
 
 
 def normalize_target(name: str) -> str:
@@ -68,19 +83,35 @@ def normalize_target(name: str) -> str:
 
 
 def target_of_path(path: str) -> str | None:
-    """The target name of a module path such as ``bert.encoder.layer.3.attention.self.query``, or None."""
+    """The target name of a module path such as ``bert.encoder.layer.3.attention.self.query``, or None.
+
+    ModernBERT's ``layers.N.attn.Wo`` / ``mlp.Wi`` / ``mlp.Wo`` map too; the fused ``attn.Wqkv``
+    holds three targets and gives None here (see :func:`targets_of_path`).
+    """
+    names = targets_of_path(path)
+    return names[0] if len(names) == 1 else None
+
+
+def targets_of_path(path: str) -> tuple[str, ...]:
+    """Every target name a module path plays: one for BERT modules, ``(query, key, value)`` for
+    ModernBERT's fused ``layers.N.attn.Wqkv``, () for other modules."""
     m = _LAYER_RE.search(path)
-    if m is None:
-        return None
-    suffix = m.group(2)
-    for name, target_suffix in TARGETS.items():
-        if suffix == target_suffix:
-            return name
-    return None
+    if m is not None:
+        return tuple(name for name, suffix in TARGETS.items() if m.group(2) == suffix)
+    m = _MODERN_LAYER_RE.search(path)
+    if m is not None:
+        return tuple(name for name, suffix in MODERNBERT_TARGETS.items() if m.group(2) == suffix)
+    return ()
+
+
+def is_fused_qkv(path: str) -> bool:
+    """True for ModernBERT's fused query/key/value projection ``layers.N.attn.Wqkv``."""
+    m = _MODERN_LAYER_RE.search(path)
+    return m is not None and _LAYER_RE.search(path) is None and m.group(2) == FUSED_QKV_SUFFIX
 
 
 def layer_index(path: str) -> int | None:
-    m = _LAYER_RE.search(path)
+    m = _LAYER_RE.search(path) or _MODERN_LAYER_RE.search(path)
     return int(m.group(1)) if m else None
 
 
@@ -112,7 +143,8 @@ class LoRAConfig:
       keeps the global ``alpha`` if one was given, else ``2 * r`` of the override.
     - ``train_head``: train the task head (if the model has one) in full. A new head is random, so
       this defaults to True.
-    - ``quantize_bits``: 4 means a 4-bit frozen base (QLoRA); not available yet.
+    - ``quantize_bits``: 4 (or 8) stores the frozen base linears quantized (QLoRA, groups of
+      ``quantize_group_size`` = 64 along the input); the adapters stay fp32.
     - ``layers_to_transform``: encoder layer indices that get adapters (PEFT's name); None: all.
       Adapting only the top layers lets :mod:`lora_tasks.prefix_cache` compute the frozen
       lower layers once for every epoch and adapter.
@@ -127,6 +159,7 @@ class LoRAConfig:
     layer_specific_config: dict[str, dict[str, float]] = field(default_factory=dict)
     train_head: bool = True
     quantize_bits: int | None = None
+    quantize_group_size: int = 64
     layers_to_transform: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -152,6 +185,8 @@ class LoRAConfig:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}.")
         if self.quantize_bits not in (None, 4, 8):
             raise ValueError(f"quantize_bits must be None, 4 or 8, got {self.quantize_bits!r}.")
+        if self.quantize_group_size not in (32, 64, 128):
+            raise ValueError(f"quantize_group_size must be 32, 64 or 128, got {self.quantize_group_size!r}.")
         cleaned: dict[str, dict[str, float]] = {}
         for prefix, override in dict(self.layer_specific_config).items():
             if not isinstance(prefix, str) or not prefix.strip("."):
@@ -220,7 +255,11 @@ class LoRAConfig:
     def is_target(self, path: str) -> bool:
         if self.layers_to_transform is not None and layer_index(path) not in self.layers_to_transform:
             return False
-        return target_of_path(path) in self.target_modules
+        return any(name in self.target_modules for name in targets_of_path(path))
+
+    def fused_targets(self, path: str) -> tuple[str, ...]:
+        """The targeted row blocks (in q, k, v order) of a fused ``attn.Wqkv`` at ``path``."""
+        return tuple(name for name in QKV_ORDER if name in self.target_modules and name in targets_of_path(path))
 
     # ---- serialization ---------------------------------------------------------------------
 

@@ -17,6 +17,14 @@ import mlx.core as mx
 import mlx.nn as nn
 
 
+def linear_dims(linear: nn.Module) -> tuple[int, int]:
+    """``(output_dims, input_dims)`` of an ``nn.Linear`` or a quantized linear (whose weight is packed)."""
+    out_dims, cols = linear.weight.shape
+    if "scales" in linear:  # packed: 32 // bits values per uint32
+        return int(out_dims), int(cols) * 32 // int(linear.bits)
+    return int(out_dims), int(cols)
+
+
 class LoRALinear(nn.Module):
     """``y = linear(x) + scale * dropout(x) @ A.T @ B.T``."""
 
@@ -56,7 +64,7 @@ class LoRALinear(nn.Module):
         use_rslora: bool = False,
     ) -> "LoRALinear":
         """Wrap an existing linear layer (its weights are shared, not copied)."""
-        output_dims, input_dims = linear.weight.shape
+        output_dims, input_dims = linear_dims(linear)
         layer = cls(input_dims, output_dims, r, alpha, dropout, use_rslora, bias=False)
         layer.linear = linear
         layer._init_from_base()
@@ -169,3 +177,108 @@ class DoRALinear(LoRALinear):
 
     def _merge(self, w: mx.array) -> mx.array:
         return (self._norm_scale(w)[:, None] * (w + self.delta_weight())).astype(w.dtype)
+
+
+class SlicedLoRALinear(LoRALinear):
+    """LoRA on chosen row blocks of a fused projection (ModernBERT's ``attn.Wqkv``, rows ``[q | k | v]``).
+
+    One pair ``lora_a_<name>`` (r, in), ``lora_b_<name>`` (rows, r) per adapted slice, added only
+    to that slice's output rows; the other rows are the base's. So the ``efficient`` preset adapts
+    query and value of ModernBERT exactly as it does on BERT (same rank and parameter count).
+    It equals one LoRA of rank ``r * len(slices)`` with ``A = concat(A_t)`` and a block ``B``
+    (:meth:`delta_weight`), which is what merging adds.
+    """
+
+    def __init__(
+        self,
+        input_dims: int,
+        output_dims: int,
+        slices: dict[str, slice],
+        r: int = 8,
+        alpha: float | None = None,
+        dropout: float = 0.0,
+        use_rslora: bool = False,
+        bias: bool = True,
+    ) -> None:
+        nn.Module.__init__(self)
+        if r <= 0:
+            raise ValueError(f"LoRA rank r must be positive, got {r}.")
+        if not slices:
+            raise ValueError("SlicedLoRALinear needs at least one row slice to adapt.")
+        self.linear = nn.Linear(input_dims, output_dims, bias=bias)
+        self.r = int(r)
+        self.alpha = float(2 * r if alpha is None else alpha)
+        self.use_rslora = bool(use_rslora)
+        self.scale = self.alpha / (math.sqrt(r) if use_rslora else r)
+        self.dropout = nn.Dropout(p=dropout)
+        self.merged = False
+        ordered = sorted(slices.items(), key=lambda kv: kv[1].start)
+        for (_, a), (_, b) in zip(ordered, ordered[1:]):
+            if a.stop > b.start:
+                raise ValueError(f"Row slices overlap: {a} and {b}.")
+        object.__setattr__(self, "slice_names", tuple(name for name, _ in ordered))  # plain attribute, not a parameter
+        object.__setattr__(self, "_slices", {name: (int(sl.start), int(sl.stop)) for name, sl in ordered})  # plain attribute, not a parameter
+        object.__setattr__(self, "_dims", (int(output_dims), int(input_dims)))  # plain attribute, not a parameter
+        keys: list[str] = []
+        bound = 1.0 / math.sqrt(input_dims)
+        for name, (start, stop) in self._slices.items():
+            if not 0 <= start < stop <= output_dims:
+                raise ValueError(f"Row slice {name}={start}:{stop} is outside 0:{output_dims}.")
+            setattr(self, f"lora_a_{name}", mx.random.uniform(low=-bound, high=bound, shape=(r, input_dims)))
+            setattr(self, f"lora_b_{name}", mx.zeros((stop - start, r)))
+            keys += [f"lora_a_{name}", f"lora_b_{name}"]
+        object.__setattr__(self, "ADAPTER_KEYS", tuple(keys))  # plain attribute, not a parameter
+
+    @classmethod
+    def from_base(  # type: ignore[override]
+        cls,
+        linear: nn.Module,
+        slices: dict[str, slice],
+        r: int = 8,
+        alpha: float | None = None,
+        dropout: float = 0.0,
+        use_rslora: bool = False,
+    ) -> "SlicedLoRALinear":
+        output_dims, input_dims = linear_dims(linear)
+        layer = cls(input_dims, output_dims, slices, r, alpha, dropout, use_rslora, bias=False)
+        layer.linear = linear
+        return layer
+
+    @property
+    def in_features(self) -> int:
+        return self._dims[1]
+
+    @property
+    def out_features(self) -> int:
+        return self._dims[0]
+
+    def slice_rows(self) -> dict[str, slice]:
+        return {name: slice(a, b) for name, (a, b) in self._slices.items()}
+
+    def _blocks(self, per_slice: dict[str, mx.array], rows_axis_size, make_zeros) -> list[mx.array]:  # noqa: ANN001
+        pieces, pos = [], 0
+        for name, (start, stop) in self._slices.items():
+            if start > pos:
+                pieces.append(make_zeros(start - pos))
+            pieces.append(per_slice[name])
+            pos = stop
+        if pos < rows_axis_size:
+            pieces.append(make_zeros(rows_axis_size - pos))
+        return pieces
+
+    def delta_weight(self) -> mx.array:
+        out_dims, in_dims = self._dims
+        per = {n: self.scale * (self[f"lora_b_{n}"] @ self[f"lora_a_{n}"]) for n in self.slice_names}
+        dtype = per[self.slice_names[0]].dtype
+        return mx.concatenate(self._blocks(per, out_dims, lambda k: mx.zeros((k, in_dims), dtype=dtype)), axis=0)
+
+    def _lora(self, x: mx.array) -> mx.array:
+        xd = self.dropout(x)
+        a = mx.concatenate([self[f"lora_a_{n}"] for n in self.slice_names], axis=0)  # (n*r, in)
+        z = xd @ a.T
+        per = {}
+        for i, n in enumerate(self.slice_names):
+            per[n] = (self.scale * (z[..., i * self.r:(i + 1) * self.r] @ self[f"lora_b_{n}"].T)).astype(x.dtype)
+        lead = x.shape[:-1]
+        pieces = self._blocks(per, self._dims[0], lambda k: mx.zeros((*lead, k), dtype=x.dtype))
+        return mx.concatenate(pieces, axis=-1)

@@ -2,7 +2,7 @@
 
 from lora_tasks.models.bert import BertConfig, BertModel
 from lora_tasks.models.encoder import BertWithHead, LoadedEncoder, load_encoder
-from lora_tasks.models.factory import create_bert_with_lora, create_model_with_lora
+from lora_tasks.models.factory import create_bert_with_lora, create_model_with_lora, create_qlora_model
 from lora_tasks.models.heads import HEAD_TYPES, head_loss, predictions
 from lora_tasks.models.modernbert import ModernBertConfig, ModernBertModel, ModernBertWithHead
 from lora_tasks.models.weights import WeightLoadError
@@ -38,6 +38,7 @@ __all__ = [
     "ParameterReport",
     "create_bert_with_lora",
     "create_model_with_lora",
+    "create_qlora_model",
     "export_peft",
     "get_preset",
     "import_peft",

@@ -19,8 +19,8 @@ from lora_tasks.models.bert import BertConfig, BertModel
 from lora_tasks.models.encoder import BertWithHead, load_encoder
 from lora_tasks.models.heads import Pooling
 
-MODEL_TYPES = ("bert_with_head", "bert")
-ModelType = Literal["bert_with_head", "bert"]
+MODEL_TYPES = ("bert_with_head", "bert", "modernbert_with_head", "modernbert")
+ModelType = Literal["bert_with_head", "bert", "modernbert_with_head", "modernbert"]
 
 
 def _build(
@@ -42,12 +42,22 @@ def _build(
                 "config= builds a randomly initialized model; pass pretrained=False with it, or drop config= "
                 "to load pretrained weights (model= picks the checkpoint)."
             )
-        head = head_type if model_type == "bert_with_head" else None
+        head = head_type if model_type.endswith("_with_head") else None
         return load_encoder(model, head_type=head, num_labels=num_labels, pooling=pooling).model
     if model is not None:
         raise ValueError("model= names pretrained weights; with pretrained=False pass config=BertConfig(...) instead.")
-    config = config or BertConfig()
     net: nn.Module
+    if model_type.startswith("modernbert"):
+        from lora_tasks.models.modernbert import ModernBertConfig, ModernBertModel, ModernBertWithHead
+
+        mcfg = config if isinstance(config, ModernBertConfig) else ModernBertConfig()
+        if model_type == "modernbert_with_head":
+            net = ModernBertWithHead(mcfg, head_type, num_labels, pooling)
+        else:
+            net = ModernBertModel(mcfg)
+        net.eval()
+        return net
+    config = config or BertConfig()
     if model_type == "bert_with_head":
         net = BertWithHead(config, head_type, num_labels, pooling)
     else:
@@ -102,7 +112,8 @@ def create_bert_with_lora(
     **lora_overrides: Any,
 ) -> tuple[BertWithHead, LoRAAdapter]:
     """A BERT encoder with a task head and LoRA from a preset (``efficient``, ``balanced``,
-    ``expressive``; the ``qlora_*`` presets need the 4-bit base, not available yet).
+    ``expressive``; ``qlora_memory`` and ``qlora_quality`` store the frozen base 4-bit, see
+    :func:`create_qlora_model`).
 
     Extra keyword arguments override preset fields: ``create_bert_with_lora("regression",
     "balanced", dropout=0.0, use_dora=True)``. ``lora_preset`` may also be a :class:`LoRAConfig`.
@@ -129,3 +140,51 @@ def create_bert_with_lora(
         seed=seed,
     )
     return net, adapter  # type: ignore[return-value]
+
+
+def create_qlora_model(
+    model_type: ModelType = "bert_with_head",
+    qlora_preset: str | LoRAConfig = "qlora_memory",
+    *,
+    head_type: str = "binary_classification",
+    num_labels: int = 1,
+    model: str | os.PathLike | None = None,
+    config: Any = None,
+    pretrained: bool | None = None,
+    bits: int = 4,
+    group_size: int = 64,
+    quantize_embeddings: bool = False,
+    pooling: Pooling = "mean",
+    seed: int | None = None,
+    **lora_overrides: Any,
+) -> tuple[nn.Module, LoRAAdapter]:
+    """QLoRA: a model whose frozen base linears are stored ``bits``-bit (MLX affine quantization,
+    groups of ``group_size``), with fp32 LoRA adapters and an fp32 task head on top.
+
+    - ``qlora_preset``: ``"qlora_memory"`` (r 4 on query, value) or ``"qlora_quality"`` (r 8 on
+      the attention), or any preset/:class:`LoRAConfig` (its base is then quantized too).
+    - ``bits``: 4 (default) or 8.
+    - ``quantize_embeddings=True`` also stores the embedding tables quantized (MiniLM's word
+      embeddings are 47 MB of its 87 MB in fp32); lookups dequantize only the gathered rows.
+    - ``model_type``: ``"bert_with_head"``, ``"modernbert_with_head"`` (or the bare encoders).
+
+    On the CPU the quantized weights are dequantized right before each GEMM (see
+    :mod:`lora_tasks.lora.quantized`); :func:`lora_tasks.lora.quantized.array_bytes` measures memory.
+    """
+    if seed is not None:
+        mx.random.seed(seed)
+    lora = as_config(qlora_preset)
+    if lora_overrides:
+        unknown = set(lora_overrides) - set(LoRAConfig.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"create_qlora_model got unknown arguments {sorted(unknown)}; extra keyword arguments "
+                            f"must be LoRAConfig fields ({', '.join(LoRAConfig.__dataclass_fields__)}).")
+        lora = lora.replace(**lora_overrides)
+    lora = lora.replace(quantize_bits=bits, quantize_group_size=group_size)
+    check_supported(lora)
+    net = _build(model_type, head_type, num_labels, pooling, model, config, pretrained)
+    if quantize_embeddings:
+        from lora_tasks.lora.quantized import quantize_embeddings as _quantize_embeddings
+
+        _quantize_embeddings(net, bits=bits, group_size=group_size)
+    return net, LoRAAdapter(net, lora, freeze_base=True)
