@@ -62,7 +62,10 @@ class QuantizedBaseLinear(nn.QuantizedLinear):
     def __call__(self, x: mx.array) -> mx.array:
         if not _on_cpu():
             return super().__call__(x)
-        y = x @ dequantized_weight(self).astype(x.dtype).T
+        w = dequantized_weight(self)
+        if w.dtype != x.dtype:
+            w = w.astype(x.dtype)
+        y = x @ w.T
         if "bias" in self:
             y = y + self["bias"]
         return y
