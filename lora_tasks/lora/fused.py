@@ -31,12 +31,14 @@ from lora_tasks.lora.layers import DoRALinear
 def default_parallel_mode() -> str:
     """``"fused"`` or ``"sequential"``: how to train K adapters on the backend at hand.
 
-    Measured by ``benchmarks/ensemble.py`` (MiniLM, batch 16, seq 64; results in
-    ``benchmarks/results/ensemble.json``). On the CPU (2-core Linux box, MKL) a fused K-adapter
-    step cost about as much as K separate steps or more (the K-times activations do not fit the
-    cache, and the CPU GEMMs are already compute-bound at batch 16), so sequential training
-    stays the default there. On Metal the GPU is underused at batch 16, so one K-times-wider
-    step is the better use of it: fused.
+    Measured by ``benchmarks/ensemble.py`` (MiniLM, r=8 Q,K,V,O, batch 16, seq 64, compiled AdamW
+    steps; ``benchmarks/results/ensemble.json``) on the shared 2-core Linux box (MKL), medians:
+    K=2 fused 3.73 s per round against 3.35 s sequential (1.11x slower; an earlier run 3.14 vs
+    2.52 s), K=4 fused 8.08 s against 5.07 s (1.59x slower). The CPU GEMMs are already
+    compute-bound at batch 16 and the K-times activations overflow the cache, so fusing does not
+    pay there: sequential is the CPU default. Thread-parallel training with compiled steps hung
+    on this MLX build (0.32.4) and was not measured. On Metal the GPU is underused at batch 16,
+    so one K-times-wider step is the expected better use of it: fused (not measured here).
     """
     from lora_tasks.backend import is_cpu_backend
 
