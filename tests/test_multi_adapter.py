@@ -170,3 +170,15 @@ def test_save_load_roundtrip_one_file(tmp_path):
     model3, manager3 = create_multi_adapter_model({"a": "balanced"}, config=_cfg(), pretrained=False, seed=0)
     with pytest.raises(AdapterLoadError, match="adapter 'a' config r"):
         manager3.load(path)
+
+
+def test_qlora_presets_are_refused_rather_than_trained_in_fp32():
+    import pytest
+
+    from lora_tasks.lora.multi import create_multi_adapter_model
+    from lora_tasks.models import BertConfig
+
+    cfg = BertConfig(vocab_size=50, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=128, max_position_embeddings=32)
+    with pytest.raises(NotImplementedError, match="'qlora_memory' -> 'efficient'"):
+        create_multi_adapter_model({"a": "qlora_memory"}, config=cfg, pretrained=False, seed=0)

@@ -141,6 +141,12 @@ class MultiAdapterManager:
         if cfg.use_dora:
             raise NotImplementedError("DoRA adapters are not supported by the multi-adapter manager; use a "
                                       "single LoRAAdapter for DoRA, or use_dora=False here.")
+        if cfg.quantize_bits is not None:
+            raise NotImplementedError(
+                f"Adapter {name!r} asks for a {cfg.quantize_bits}-bit base (QLoRA); the multi-adapter manager keeps "
+                "one fp32 base for all adapters. Use the full-precision preset with the same targets "
+                "('qlora_memory' -> 'efficient', 'qlora_quality' -> 'balanced'), or create_qlora_model for one adapter."
+            )
         targets = {p: m for p, m in self.model.named_modules()
                    if isinstance(m, (nn.Linear, MultiLoRALinear)) and cfg.is_target(p)}
         targets = {p: m for p, m in targets.items() if not (isinstance(m, nn.Linear) and p.endswith(".linear"))}
