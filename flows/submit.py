@@ -88,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("lora_tasks").setLevel(logging.INFO)
     from kaggle_lora import kaggle_lora, make_task_runner
 
+    import lora_tasks
     from lora_tasks import tasks as T
 
+    print(lora_tasks.blas_info().summary(), flush=True)  # which BLAS serves MLX's GEMMs in this run
     flow_fn = kaggle_lora.with_options(task_runner=make_task_runner(args.task_runner))
     params = dict(
         competition=args.competition, model=args.model, preset=args.preset, adapters=args.adapters,
