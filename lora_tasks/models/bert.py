@@ -19,8 +19,24 @@ import mlx.nn as nn
 from lora_tasks.models import ops
 
 
+class ConfigFile:
+    """``from_file``/``to_dict`` for config dataclasses read from a Hugging Face ``config.json``."""
+
+    @classmethod
+    def from_file(cls, path: str | Path):  # noqa: ANN206 - returns the subclass
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"Cannot read model config {path}: {exc}") from exc
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 @dataclass
-class BertConfig:
+class BertConfig(ConfigFile):
     """The subset of a Hugging Face ``config.json`` that defines a BERT encoder."""
 
     vocab_size: int = 30522
@@ -50,17 +66,6 @@ class BertConfig:
             raise ValueError(f"hidden_act={cfg.hidden_act!r} is not supported; use one of {sorted(ops.ACTIVATIONS)}.")
         return cfg
 
-    @classmethod
-    def from_file(cls, path: str | Path) -> "BertConfig":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"Cannot read model config {path}: {exc}") from exc
-        return cls.from_dict(data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class BertEmbeddings(nn.Module):

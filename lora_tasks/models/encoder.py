@@ -13,12 +13,12 @@ import mlx.nn as nn
 from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.hub import resolve_model_dir, weight_file
 from lora_tasks.models.bert import BertConfig, BertModel, additive_mask
-from lora_tasks.models.heads import POOLINGS, ClassificationHead, Pooling, check_head_type, head_loss, mean_pool
+from lora_tasks.models.heads import POOLINGS, EncoderWithHead, Pooling
 from lora_tasks.models.modernbert import ModernBertConfig, ModernBertModel, ModernBertWithHead, modernbert_to_ours
 from lora_tasks.models.weights import WeightLoadError, load_weights, read_checkpoint, hf_to_ours
 
 
-class BertWithHead(nn.Module):
+class BertWithHead(EncoderWithHead):
     """A BERT encoder (attribute ``bert``, as in HF's ``BertForSequenceClassification``) plus a head.
 
     ``__call__`` returns logits: shape (batch,) for binary classification, else (batch, num_labels).
@@ -35,15 +35,8 @@ class BertWithHead(nn.Module):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"Unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}.")
-        self.head_type = head_type
-        self.num_labels = num_labels
-        self.pooling = pooling
         self.bert = BertModel(config, add_pooler=pooling == "pooler")
-        self.head = ClassificationHead(config.hidden_size, check_head_type(head_type, num_labels), head_dropout)
-
-    @property
-    def config(self) -> BertConfig:
-        return self.bert.config
+        self._init_head(config.hidden_size, head_type, num_labels, pooling, head_dropout)
 
     @property
     def backbone(self) -> BertModel:
@@ -51,24 +44,9 @@ class BertWithHead(nn.Module):
         return self.bert
 
     def pool(self, hidden: mx.array, attention_mask: mx.array | None) -> mx.array:
-        if self.pooling == "mean":
-            return mean_pool(hidden, attention_mask)
         if self.pooling == "pooler":
             return self.bert.pooler(hidden)
-        return hidden[:, 0]
-
-    def __call__(
-        self,
-        input_ids: mx.array,
-        attention_mask: mx.array | None = None,
-        token_type_ids: mx.array | None = None,
-    ) -> mx.array:
-        hidden = self.bert(input_ids, attention_mask, token_type_ids)
-        logits = self.head(self.pool(hidden, attention_mask))
-        return logits.squeeze(-1) if self.head_type == "binary_classification" else logits
-
-    def loss(self, logits: mx.array, labels: mx.array, class_weights: mx.array | None = None) -> mx.array:
-        return head_loss(self.head_type, logits, labels, class_weights)
+        return super().pool(hidden, attention_mask)
 
     # ---- split at a layer: the frozen-prefix cache computes the bottom once ------------------
 
@@ -89,8 +67,7 @@ class BertWithHead(nn.Module):
     def forward_from(self, layer: int, hidden: mx.array, attention_mask: mx.array | None) -> mx.array:
         """Logits from the hidden states entering encoder layer ``layer``."""
         x = self.bert.encoder(hidden, additive_mask(attention_mask, hidden.dtype), start=layer)
-        logits = self.head(self.pool(x, attention_mask))
-        return logits.squeeze(-1) if self.head_type == "binary_classification" else logits
+        return self.logits_from_hidden(x, attention_mask)
 
 
 @dataclass

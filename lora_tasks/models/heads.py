@@ -93,3 +93,43 @@ def predictions(head_type: str, logits: mx.array) -> mx.array:
     if head_type == "multiclass_classification":
         return mx.softmax(logits, axis=-1)
     return logits
+
+
+class EncoderWithHead(nn.Module):
+    """An encoder plus a task head: the plumbing BERT and ModernBERT share.
+
+    Subclasses build their encoder, expose it as ``backbone``, and call :meth:`_init_head`;
+    ``__call__`` returns logits: shape (batch,) for binary classification, else (batch, num_labels).
+    """
+
+    def _init_head(self, hidden_size: int, head_type: str, num_labels: int, pooling: str, dropout: float) -> None:
+        self.head_type = head_type
+        self.num_labels = num_labels
+        self.pooling = pooling
+        self.head = ClassificationHead(hidden_size, check_head_type(head_type, num_labels), dropout)
+
+    @property
+    def backbone(self) -> nn.Module:
+        raise NotImplementedError
+
+    @property
+    def config(self):  # noqa: ANN201 - the encoder's config dataclass
+        return self.backbone.config
+
+    def pool(self, hidden: mx.array, attention_mask: mx.array | None) -> mx.array:
+        return mean_pool(hidden, attention_mask) if self.pooling == "mean" else hidden[:, 0]
+
+    def logits_from_hidden(self, hidden: mx.array, attention_mask: mx.array | None) -> mx.array:
+        logits = self.head(self.pool(hidden, attention_mask))
+        return logits.squeeze(-1) if self.head_type == "binary_classification" else logits
+
+    def __call__(
+        self,
+        input_ids: mx.array,
+        attention_mask: mx.array | None = None,
+        token_type_ids: mx.array | None = None,
+    ) -> mx.array:
+        return self.logits_from_hidden(self.backbone(input_ids, attention_mask, token_type_ids), attention_mask)
+
+    def loss(self, logits: mx.array, labels: mx.array, class_weights: mx.array | None = None) -> mx.array:
+        return head_loss(self.head_type, logits, labels, class_weights)

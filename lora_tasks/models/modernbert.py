@@ -13,10 +13,8 @@ attention mask; positions are ``0..seq-1`` per row, so batches must be right-pad
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
@@ -25,7 +23,8 @@ import numpy as np
 
 from lora_tasks.backend import is_cpu_backend
 from lora_tasks.models import ops
-from lora_tasks.models.heads import ClassificationHead, Pooling, check_head_type, head_loss, mean_pool
+from lora_tasks.models.bert import ConfigFile
+from lora_tasks.models.heads import EncoderWithHead, Pooling
 from lora_tasks.models.weights import hf_to_ours
 
 GLOBAL = "full_attention"
@@ -46,7 +45,7 @@ LORA_TARGETS: dict[str, str] = {
 
 
 @dataclass
-class ModernBertConfig:
+class ModernBertConfig(ConfigFile):
     """The subset of a Hugging Face ModernBERT ``config.json`` that defines the encoder.
 
     Reads both config styles on the hub: the original (``global_attn_every_n_layers``,
@@ -130,17 +129,6 @@ class ModernBertConfig:
                 f"{GLOBAL!r} or {LOCAL!r}; fix config.json (or drop it and set global_attn_every_n_layers)."
             )
 
-    @classmethod
-    def from_file(cls, path: str | Path) -> "ModernBertConfig":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"Cannot read model config {path}: {exc}") from exc
-        return cls.from_dict(data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def qkv_slices(config: ModernBertConfig) -> dict[str, slice]:
@@ -313,7 +301,7 @@ class ModernBertModel(nn.Module):
         return self.final_norm(x)
 
 
-class ModernBertWithHead(nn.Module):
+class ModernBertWithHead(EncoderWithHead):
     """A ModernBERT encoder (attribute ``model``, as in HF's ``ModernBertForSequenceClassification``)
     plus the same head as :class:`lora_tasks.models.BertWithHead` (dropout + linear on the pooled
     vector), so training code treats both alike. ``__call__`` returns logits: shape (batch,) for
@@ -336,36 +324,13 @@ class ModernBertWithHead(nn.Module):
             raise ValueError(
                 f"pooling={pooling!r} is not available for ModernBERT (it has no pooler layer); use 'cls' or 'mean'."
             )
-        self.head_type = head_type
-        self.num_labels = num_labels
-        self.pooling = pooling
         self.model = ModernBertModel(config)
-        self.head = ClassificationHead(config.hidden_size, check_head_type(head_type, num_labels), head_dropout)
-
-    @property
-    def config(self) -> ModernBertConfig:
-        return self.model.config
+        self._init_head(config.hidden_size, head_type, num_labels, pooling, head_dropout)
 
     @property
     def backbone(self) -> ModernBertModel:
         """The encoder, whatever the attribute is called (``model`` here, ``bert`` for BERT)."""
         return self.model
-
-    def pool(self, hidden: mx.array, attention_mask: mx.array | None) -> mx.array:
-        return mean_pool(hidden, attention_mask) if self.pooling == "mean" else hidden[:, 0]
-
-    def __call__(
-        self,
-        input_ids: mx.array,
-        attention_mask: mx.array | None = None,
-        token_type_ids: mx.array | None = None,
-    ) -> mx.array:
-        hidden = self.model(input_ids, attention_mask)
-        logits = self.head(self.pool(hidden, attention_mask))
-        return logits.squeeze(-1) if self.head_type == "binary_classification" else logits
-
-    def loss(self, logits: mx.array, labels: mx.array, class_weights: mx.array | None = None) -> mx.array:
-        return head_loss(self.head_type, logits, labels, class_weights)
 
 
 def modernbert_to_ours(name: str) -> str:
