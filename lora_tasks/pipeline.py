@@ -12,8 +12,10 @@ Steps, in order (``run_pipeline`` chains them):
 2. :func:`prepare_data` - CSVs -> ``prepared-*.json`` (rows as text, labels, ids, format)
 3. :func:`plan_training` - profile + auto-config -> ``plan-*.json`` (settings and why)
 4. :func:`tokenize_data` - texts -> token ``.npz`` files (the token cache)
-5. :func:`train_adapter` - one fold -> adapter ``.safetensors`` + OOF/test ``.npy``
-6. :func:`combine` - mean blend of fold predictions, or one model from merged adapters
+5. :func:`train_adapter` - one fold -> adapter ``.safetensors`` + OOF/test ``.npy``;
+   :func:`train_baseline` - a scikit-learn member on the same folds -> OOF/test ``.npy``
+6. :func:`combine` - blend the adapters' fold ensemble with the baselines (weights fit on OOF),
+   or one model from merged adapters
 7. :func:`write_submission` - test predictions -> ``submission-*.csv`` in Kaggle's format
 8. :func:`validate` / :func:`submit_file` / :func:`read_score` - Kaggle I/O
 """
@@ -224,6 +226,7 @@ def prepare_data(
         "sample_submission": str(config.sample_submission_path),
         "template": template.fingerprint(),
         "n_train_rows_total": int(len(config.read_train())) if max_train_rows else int(len(train)),
+        "train_rows": [int(i) for i in train.index],  # positions in train.csv (the baseline reads them)
         "train_texts": template.render_frame(train),
         "y": y,
         "test_texts": template.render_frame(test),
@@ -510,20 +513,93 @@ def train_adapter(
     )
 
 
+# ------------------------------------------------------------------------------ 5b. baseline
+
+
+@dataclass
+class BaselineResult:
+    """A scikit-learn member trained on the adapters' folds; predictions on the model scale."""
+
+    name: str
+    oof_path: Path
+    test_path: Path
+    oof_score: float  # the competition metric
+    metric: str
+    seconds: float = 0.0
+    dropped_columns: list[str] = field(default_factory=list)
+
+    def paths(self) -> list[Path]:
+        return [self.oof_path, self.test_path]
+
+
+def train_baseline(
+    competition: str,
+    data_dir: str | os.PathLike,
+    prepared_path: str | os.PathLike,
+    plan_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+) -> BaselineResult:
+    """Fit the scikit-learn member that suits the table (:func:`lora_tasks.sklearn_members.table_member`:
+    HistGradientBoosting, or TF-IDF + a linear model for text) on the same rows and folds as the
+    adapters, on the same target scale, so :func:`combine` can blend it with them row by row."""
+    import time
+
+    from lora_tasks.data.competition import load_competition
+    from lora_tasks.sklearn_members import table_member
+
+    start = time.perf_counter()
+    prepared = load_json(prepared_path)
+    plan = Plan.load(plan_path)
+    config = load_competition(competition, data_dir=data_dir)
+    train = config.read_train()
+    rows = prepared.get("train_rows")
+    if rows is None or max(rows, default=-1) >= len(train):
+        raise PipelineError(f"{prepared_path} does not match {config.train_path}; run prepare_data on this data again.")
+    train = train.iloc[rows].reset_index(drop=True)
+    text_columns = config.row_template(train).text_columns
+    member = table_member(
+        train, _labels(prepared, plan), fold_assignment(prepared, plan), prepared["head_type"], config.read_test(),
+        text_columns=tuple(text_columns), exclude=config.excluded_columns, seed=plan.seed,
+    )
+    out = Path(out_dir)
+    return BaselineResult(
+        name=member.name,
+        oof_path=save_array(np.asarray(member.oof, dtype=np.float32), out, f"oof-{member.name}"),
+        test_path=save_array(np.asarray(member.test, dtype=np.float32), out, f"test-{member.name}"),
+        oof_score=score_predictions(member.oof, prepared, plan),
+        metric=prepared["metric"],
+        seconds=time.perf_counter() - start,
+        dropped_columns=list(member.dropped_columns),
+    )
+
+
 # ------------------------------------------------------------------------------ 6. combine
+
+#: How the adapters' fold ensemble and the baselines are blended (lora_tasks.ensemble.METHODS).
+DEFAULT_BLEND_METHOD = "caruana"
+ADAPTERS_MEMBER = "lora"
 
 
 @dataclass
 class CombineResult:
-    """Test predictions of the ensemble (model scale), the assembled OOF and its score."""
+    """Test predictions of the ensemble (model scale), the assembled OOF and its score.
+
+    ``weights``: each member's share of the blend (``lora`` is the mean of the fold adapters;
+    with ``merge``, or without baselines, it has weight 1). ``member_scores``: each member's
+    OOF score under the competition metric. ``blend_cv_score``: the blending procedure itself
+    fit on the other folds and scored on each held-out fold, so optimistic weights show.
+    """
 
     method: str
     test_path: Path
     oof_path: Path
     oof_score: float
     metric: str
-    weights: list[float]
+    weights: dict[str, float]
     fold_scores: list[float]
+    member_scores: dict[str, float] = field(default_factory=dict)
+    blend_method: str | None = None
+    blend_cv_score: float | None = None
 
 
 def to_metric_scale(pred: np.ndarray, prepared: Mapping[str, Any], plan: Plan) -> np.ndarray:
@@ -545,13 +621,25 @@ def score_predictions(pred: np.ndarray, prepared: Mapping[str, Any], plan: Plan)
     return float(get_metric(prepared["metric"])(y, to_metric_scale(pred, prepared, plan)))
 
 
-def blend_weights(n: int) -> list[float]:
-    """Fold adapters are equals (each saw (K-1)/K of the rows): the blend is their mean.
+def blend_metric(prepared: Mapping[str, Any], plan: Plan) -> str:
+    """The metric blend weights are fit for, on the model scale: the competition metric, or
+    under a target transform the training metric (RMSE of log1p values is RMSLE), else RMSE."""
+    if plan.settings["target_transform"] == "none":
+        return prepared["metric"]
+    return plan.train_metric or "rmse"
 
-    Weights fitted on OOF predictions (``lora_tasks.ensemble``) apply to ensemble members that
-    each cover every row; fold models each cover one fold, so there is nothing to fit.
-    """
-    return [1.0 / n] * n
+
+def _fold_ensemble(results: Sequence[AdapterResult]) -> tuple[np.ndarray, list[AdapterResult]]:
+    """Every train row's prediction by the fold adapter that did not see it."""
+    ordered = sorted(results, key=lambda r: r.fold)
+    oof = None
+    for r in ordered:
+        part = np.load(r.oof_path)
+        oof = part if oof is None else np.where(np.isnan(part), oof, part)
+    if np.isnan(oof).any():
+        missing = int(np.isnan(oof).reshape(len(oof), -1).any(axis=1).sum())
+        raise PipelineError(f"{missing} train rows have no out-of-fold prediction; pass the results of every fold.")
+    return oof, ordered
 
 
 def combine(
@@ -563,44 +651,63 @@ def combine(
     method: str = "blend",
     tokens: TokenFiles | None = None,
     model: str | None = None,
+    baselines: Sequence[BaselineResult] = (),
+    blend_method: str = DEFAULT_BLEND_METHOD,
 ) -> CombineResult:
-    """Combine the fold adapters into test predictions.
+    """Combine the fold adapters (and, with ``blend``, the baselines) into test predictions.
 
-    ``blend``: the weighted mean of the folds' test predictions. ``merge``: average the
-    adapters' weight updates (and heads) into one plain model and predict the test rows once
-    (one forward pass at inference instead of K; needs ``tokens``). The OOF predictions are
-    assembled from the folds either way and scored with the competition metric.
+    The fold adapters form one member, ``lora``: each train row is predicted by the adapter
+    that held it out, each test row by the mean of all folds (fold models are equals: each saw
+    (K-1)/K of the rows, so there is nothing to weigh between them). ``blend`` then blends that
+    member with the ``baselines`` by ``blend_method`` (:func:`lora_tasks.ensemble.blend`, fit on
+    OOF rows only). ``merge``: average the adapters' weight updates (and heads) into one plain
+    model and predict the test rows once (one forward pass at inference instead of K; needs
+    ``tokens``); baselines do not enter a merged model.
     """
     if method not in COMBINE_METHODS:
         raise PipelineError(f"combine method {method!r}; use one of {', '.join(COMBINE_METHODS)}.")
     if not results:
         raise PipelineError("No adapters to combine; train at least one fold.")
+    if method == "merge" and baselines:
+        raise PipelineError("combine(method='merge') builds one model from the adapters; baselines only blend. "
+                            "Drop the baselines or use method='blend'.")
     prepared = load_json(prepared_path)
     plan = Plan.load(plan_path)
-    ordered = sorted(results, key=lambda r: r.fold)
-    oof = None
-    for r in ordered:
-        part = np.load(r.oof_path)
-        oof = part if oof is None else np.where(np.isnan(part), oof, part)
-    if np.isnan(oof).any():
-        missing = int(np.isnan(oof).reshape(len(oof), -1).any(axis=1).sum())
-        raise PipelineError(f"{missing} train rows have no out-of-fold prediction; pass the results of every fold.")
-    weights = blend_weights(len(ordered))
-    if method == "blend":
-        test = sum(w * np.load(r.test_path) for w, r in zip(weights, ordered))
-    else:
+    oof, ordered = _fold_ensemble(results)
+    fold_weights = [1.0 / len(ordered)] * len(ordered)
+    scores = {ADAPTERS_MEMBER: score_predictions(oof, prepared, plan)}
+    weights, used_blend, cv_score = {ADAPTERS_MEMBER: 1.0}, None, None
+    if method == "merge":
         if tokens is None:
             raise PipelineError("combine(method='merge') predicts the test rows again; pass tokens=TokenFiles(...).")
-        test = merged_predict(prepared, plan, [r.adapter_path for r in ordered], weights, tokens.test, model=model)
+        test = merged_predict(prepared, plan, [r.adapter_path for r in ordered], fold_weights, tokens.test, model=model)
+    else:
+        test = sum(w * np.load(r.test_path) for w, r in zip(fold_weights, ordered))
+    if baselines:
+        from lora_tasks.ensemble import blend
+
+        members_oof, members_test = {ADAPTERS_MEMBER: oof}, {ADAPTERS_MEMBER: test}
+        for b in baselines:
+            if b.name in members_oof:
+                raise PipelineError(f"Two members are named {b.name!r}; give each baseline its own name.")
+            members_oof[b.name], members_test[b.name] = np.load(b.oof_path), np.load(b.test_path)
+            scores[b.name] = float(b.oof_score)
+        blended = blend(blend_method, members_oof, members_test, _labels(prepared, plan), blend_metric(prepared, plan),
+                        fold_assignment(prepared, plan), seed=plan.seed)
+        oof, test, weights = blended.oof_pred, blended.test_pred, blended.weights
+        used_blend, cv_score = blend_method, blended.report.blend_cv_score
     out = Path(out_dir)
     return CombineResult(
         method=method,
         test_path=save_array(np.asarray(test, dtype=np.float32), out, f"ensemble-{method}"),
-        oof_path=save_array(oof.astype(np.float32), out, "oof-all"),
+        oof_path=save_array(np.asarray(oof, dtype=np.float32), out, "oof-all"),
         oof_score=score_predictions(oof, prepared, plan),
         metric=prepared["metric"],
-        weights=weights,
+        weights={k: float(v) for k, v in weights.items()},
         fold_scores=[float(r.best_score) if r.best_score is not None else float("nan") for r in ordered],
+        member_scores=scores,
+        blend_method=used_blend,
+        blend_cv_score=cv_score,
     )
 
 

@@ -163,6 +163,40 @@ def text_member(
     return _run_folds(make, x, y, folds, task, x_test, metric=metric, log_target=log_target, name=name)
 
 
+# ---- which member for a table ---------------------------------------------------------------------
+
+#: A table is "text" when its free-text columns come with at most this many other feature columns
+#: (tweets: text + keyword + location); otherwise gradient boosting sees every column.
+MAX_CONTEXT_COLUMNS_FOR_TEXT = 2
+
+
+def table_member(
+    train: pd.DataFrame,
+    y,
+    folds: np.ndarray,
+    task: str,
+    test: pd.DataFrame | None = None,
+    *,
+    text_columns: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+    metric: str | None = None,
+    seed: int = 0,
+) -> MemberPredictions:
+    """The scikit-learn member that fits a competition table: TF-IDF + linear model when free
+    text is the main input (``text_columns`` with at most :data:`MAX_CONTEXT_COLUMNS_FOR_TEXT`
+    other features: the text columns alone, since TF-IDF gains nothing from a few context
+    columns), otherwise HistGradientBoosting on every feature column. ``exclude``: the id,
+    target and dropped columns. ``y`` is on the scale the caller blends on (e.g. log1p prices)."""
+    features = [c for c in train.columns if c not in set(exclude)]
+    text = [c for c in text_columns if c in features]
+    if text and len(features) - len(text) <= MAX_CONTEXT_COLUMNS_FOR_TEXT:
+        return text_member(train[text], y, folds, task, None if test is None else test[text], metric=metric, seed=seed)
+    missing = [c for c in features if test is not None and c not in test.columns]
+    if missing:
+        raise ValueError(f"The test table lacks feature columns {missing}; list them in drop_columns of the competition config.")
+    return tabular_member(train[features], y, folds, task, None if test is None else test[features], metric=metric, seed=seed)
+
+
 # ---- shared fold loop ----------------------------------------------------------------------------
 
 
@@ -240,4 +274,4 @@ def _as_text(texts) -> np.ndarray:
     return np.asarray([("" if t is None else str(t)) for t in texts], dtype=object)
 
 
-__all__ = ["MemberPredictions", "normalize_task", "tabular_member", "text_member"]
+__all__ = ["MemberPredictions", "normalize_task", "table_member", "tabular_member", "text_member"]

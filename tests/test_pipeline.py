@@ -128,7 +128,7 @@ def test_combine_blend_is_the_fold_mean_and_merge_predicts_once(demo_steps, demo
     blend = P.combine(prepared, plan, demo_folds, out, method="blend")
     expected = np.mean([np.load(r.test_path) for r in demo_folds], axis=0)
     np.testing.assert_allclose(np.load(blend.test_path), expected, rtol=1e-6)
-    assert blend.weights == [0.5, 0.5]
+    assert blend.weights == {"lora": 1.0} and blend.blend_method is None
     y = np.asarray(P.load_json(prepared)["y"])
     oof = np.load(blend.oof_path)
     assert not np.isnan(oof).any()
@@ -140,6 +140,66 @@ def test_combine_blend_is_the_fold_mean_and_merge_predicts_once(demo_steps, demo
     assert merged.oof_score == blend.oof_score
     with pytest.raises(P.PipelineError, match="every fold"):
         P.combine(prepared, plan, demo_folds[:1], out)
+
+
+@pytest.fixture(scope="module")
+def demo_baseline(demo_steps, demo_dir):
+    out, prepared, plan, _ = demo_steps
+    return P.train_baseline("demo", demo_dir, prepared, plan, out)
+
+
+def test_baseline_uses_the_adapters_rows_and_folds(demo_steps, demo_baseline, demo_dir):
+    """The demo table is numeric: gradient boosting, on the same rows and folds as the adapters,
+    scored with the competition metric (recomputed here from its files)."""
+    _, prepared, plan, _ = demo_steps
+    data = P.load_json(prepared)
+    b = demo_baseline
+    assert b.name == "hist_gbm" and b.metric == "accuracy" and all(p.is_file() for p in b.paths())
+    oof, test = np.load(b.oof_path), np.load(b.test_path)
+    assert oof.shape == (len(data["y"]),) and test.shape == (len(data["test_ids"]),)
+    assert np.all((oof >= 0) & (oof <= 1)), "binary members predict P(class 1)"
+    y = np.asarray(data["y"])
+    assert b.oof_score == pytest.approx(float(np.mean((oof >= 0.5) == y)))
+    assert b.oof_score > 0.85, "gradient boosting separates the breast-cancer demo"
+
+
+def test_baseline_follows_a_subset_of_rows(demo_dir, tmp_path):
+    prepared = P.prepare_data("demo", demo_dir, tmp_path, max_train_rows=120, seed=3)
+    plan = P.plan_training("demo", demo_dir, tmp_path, tiny=True, max_train_rows=120, seed=3,
+                           overrides={"n_folds": 3, "epochs": 1, "max_seq_len": 64})
+    rows = P.load_json(prepared)["train_rows"]
+    assert len(rows) == 120 and rows == sorted(rows)
+    train = pd.read_csv(demo_dir / "train.csv")
+    assert P.load_json(prepared)["y"] == train["target"].iloc[rows].tolist()
+    b = P.train_baseline("demo", demo_dir, prepared, plan, tmp_path)
+    assert np.load(b.oof_path).shape == (120,)
+
+
+def test_blend_with_a_baseline_fits_weights_on_oof(demo_steps, demo_folds, demo_baseline):
+    out, prepared, plan, _ = demo_steps
+    data = P.load_json(prepared)
+    y = np.asarray(data["y"])
+    res = P.combine(prepared, plan, demo_folds, out, baselines=[demo_baseline], blend_method="weights")
+    assert set(res.weights) == {"lora", "hist_gbm"} and sum(res.weights.values()) == pytest.approx(1.0)
+    assert min(res.weights.values()) >= 0
+    lora_oof = np.load(P.combine(prepared, plan, demo_folds, out).oof_path)
+    lora_test = np.mean([np.load(r.test_path) for r in demo_folds], axis=0)
+    w_l, w_b = res.weights["lora"], res.weights["hist_gbm"]
+    np.testing.assert_allclose(np.load(res.oof_path), w_l * lora_oof + w_b * np.load(demo_baseline.oof_path), rtol=1e-5)
+    np.testing.assert_allclose(np.load(res.test_path), w_l * lora_test + w_b * np.load(demo_baseline.test_path), rtol=1e-5)
+    assert res.member_scores["hist_gbm"] == demo_baseline.oof_score
+    assert res.member_scores["lora"] == pytest.approx(float(np.mean((lora_oof >= 0.5) == y)))
+    # OOF-fit weights never lose to the better member on OOF, and the honest nested score is reported
+    assert res.oof_score >= max(res.member_scores.values()) - 1e-12
+    assert res.blend_method == "weights" and res.blend_cv_score is not None and 0 <= res.blend_cv_score <= 1
+
+    caruana = P.combine(prepared, plan, demo_folds, out, baselines=[demo_baseline])
+    assert caruana.blend_method == P.DEFAULT_BLEND_METHOD == "caruana"
+    assert caruana.oof_score >= max(caruana.member_scores.values()) - 1e-12
+    with pytest.raises(P.PipelineError, match="baselines only blend"):
+        P.combine(prepared, plan, demo_folds, out, method="merge", baselines=[demo_baseline])
+    with pytest.raises(ValueError, match="Unknown blend method"):
+        P.combine(prepared, plan, demo_folds, out, baselines=[demo_baseline], blend_method="median")
 
 
 def test_merge_of_one_adapter_equals_that_adapter(demo_steps, demo_folds):
