@@ -35,6 +35,7 @@ class RunSummary:
     oof_score: float
     combine: str
     submission_path: str
+    members: list[dict[str, Any]] = field(default_factory=list)
     submitted: bool = False
     ref: int | None = None
     run_id: str | None = None
@@ -83,6 +84,8 @@ def kaggle_lora(
     epochs: int | None = None,
     max_seq_len: int | None = None,
     combine: str = "blend",
+    baseline: bool = True,
+    blend_method: str = P.DEFAULT_BLEND_METHOD,
     submit: bool = True,
     message: str = "kaggle-lora",
     data_dir: str | None = None,
@@ -97,13 +100,20 @@ def kaggle_lora(
     """From a competition name to a scored submission.
 
     ``adapters``: number of folds (= adapters); ``preset``/``epochs``/``max_seq_len`` override
-    the auto-configured settings. ``data_dir``: where downloads go (default ``<work_dir>/data``).
+    the auto-configured settings. ``combine="blend"`` blends the fold adapters with a
+    scikit-learn ``baseline`` trained on the same folds (``blend_method``: caruana, weights,
+    mean, rank_mean or stacking, fit on out-of-fold rows); ``merge`` folds the adapters into
+    one model (no baseline). ``data_dir``: where downloads go (default ``<work_dir>/data``).
     ``kaggle_endpoint``: a Kaggle-compatible server (the fake one); for ``demo`` without one, a
     fake server is started in-process. ``tiny``: a tiny random model (tests).
     """
     logger = get_run_logger()
     if combine not in P.COMBINE_METHODS:
         raise ValueError(f"combine={combine!r}; use one of {', '.join(P.COMBINE_METHODS)}.")
+    from lora_tasks.ensemble import METHODS as BLEND_METHODS
+
+    if blend_method not in BLEND_METHODS:
+        raise ValueError(f"blend_method={blend_method!r}; use one of {', '.join(BLEND_METHODS)}.")
     work = Path(work_dir).expanduser().resolve()
     run = T.configure(work, retry_delay_s=retry_delay_s)
     overrides = P.default_overrides(competition, {"preset": preset, "n_folds": adapters, "epochs": epochs, "max_seq_len": max_seq_len})
@@ -128,12 +138,17 @@ def kaggle_lora(
         f = run["tokenize"].submit(prepared, plan, tokens_dir, model)
         tokens = f.result(); states["tokenize"] = _state(f)
 
+        use_baseline = baseline and combine == "blend"
+        b = run["train-baseline"].submit(competition, folder, prepared, plan, artifacts) if use_baseline else None
         folds = [run["train-adapter"].submit(prepared, plan, tokens, k, artifacts, model) for k in range(n_folds)]
         results = [fut.result() for fut in folds]
         for k, fut in enumerate(folds):
             states[f"train-fold-{k}"] = _state(fut)
+        baselines = [b.result()] if b is not None else []
+        if b is not None:
+            states["train-baseline"] = _state(b)
 
-        f = run["combine"].submit(prepared, plan, results, artifacts, combine, tokens, model)
+        f = run["combine"].submit(prepared, plan, results, artifacts, combine, tokens, model, baselines, blend_method)
         combined = f.result(); states["combine"] = _state(f)
         T.publish_training(slug, results, combined)
 
@@ -145,6 +160,7 @@ def kaggle_lora(
         summary = RunSummary(
             competition=competition, slug=slug, metric=combined.metric, cv=T.cv_rows(results),
             oof_score=combined.oof_score, combine=combine, submission_path=str(submission_path),
+            members=T.blend_rows(combined),
             work_dir=str(work),
         )
         logger.info("OOF %s (%s of %d adapters): %.5f", combined.metric, combine, n_folds, combined.oof_score)

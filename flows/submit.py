@@ -35,6 +35,8 @@ or ~/.kaggle/access_token (https://www.kaggle.com/settings/api).
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lora_tasks.ensemble import METHODS as BLEND_METHODS
+
     p = argparse.ArgumentParser(
         prog="python flows/submit.py",
         description="Train LoRA adapters on a Kaggle competition, write and check the submission, submit it and read the score.",
@@ -45,11 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-submit", dest="submit", action="store_false", help="stop after the checked submission file")
     p.add_argument("--model", default=None, help="encoder id or folder (default: offline all-MiniLM-L6-v2)")
     p.add_argument("--preset", default=None, help="LoRA preset instead of the auto-configured one (efficient, balanced, expressive)")
-    p.add_argument("--adapters", type=int, default=None, metavar="N", help="number of adapters = CV folds (default: auto; demo 3)")
+    p.add_argument("--adapters", type=int, default=None, metavar="N", help="number of adapters = CV folds (default: auto; demo 2)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs per adapter (default: auto; demo 3)")
     p.add_argument("--max-seq-len", type=int, default=None, help="token limit per row (default: auto from token lengths; demo 64)")
     p.add_argument("--combine", choices=("blend", "merge"), default="blend",
-                   help="blend: mean of the adapters' predictions; merge: one model from the averaged adapters")
+                   help="blend (default): the fold adapters' mean blended with a scikit-learn baseline, weights fit "
+                        "on out-of-fold rows; merge: one model from the averaged adapters")
+    p.add_argument("--blend-method", choices=BLEND_METHODS, default="caruana",
+                   help="how --combine blend weighs the members (caruana: greedy selection as in AutoGluon)")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false",
+                   help="blend the adapters only (no HistGradientBoosting / TF-IDF member)")
     p.add_argument("--message", default="kaggle-lora", help="submission message")
     p.add_argument("--data-dir", default=None, help="where competition data is downloaded (default: WORK_DIR/data)")
     p.add_argument("--work-dir", default=None, help="artifacts, token cache, task results (default: $KAGGLE_LORA_HOME or .kaggle-lora)")
@@ -69,6 +76,9 @@ def print_summary(summary) -> None:  # noqa: ANN001 - RunSummary
     print()
     print(f"Cross-validation ({summary.slug}, {len(summary.cv)} adapters):")
     print(markdown_table(summary.cv))
+    if summary.members:
+        print("\nEnsemble (out-of-fold):")
+        print(markdown_table(summary.members))
     print(f"\nOOF {summary.metric} ({summary.combine}): {summary.oof_score:.5f}")
     cached = sum(s == "Cached" for s in summary.task_states.values())
     print(f"Tasks: {len(summary.task_states)} ({cached} cached)")
@@ -95,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     flow_fn = kaggle_lora.with_options(task_runner=make_task_runner(args.task_runner))
     params = dict(
         competition=args.competition, model=args.model, preset=args.preset, adapters=args.adapters,
-        epochs=args.epochs, max_seq_len=args.max_seq_len, combine=args.combine, submit=args.submit,
+        epochs=args.epochs, max_seq_len=args.max_seq_len, combine=args.combine, baseline=args.baseline,
+        blend_method=args.blend_method, submit=args.submit,
         message=args.message, data_dir=args.data_dir, kaggle_endpoint=args.kaggle_endpoint, tiny=args.tiny,
         max_train_rows=args.max_train_rows, work_dir=args.work_dir or T.DEFAULT_WORK_DIR,
         retry_delay_s=args.retry_delay,

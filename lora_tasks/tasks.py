@@ -250,6 +250,12 @@ def train_task(prepared: Path, plan: Path, tokens: P.TokenFiles, fold: int, out_
     return P.train_adapter(prepared, plan, tokens, fold, out_dir, model=model, progress=PrefectProgress(f"fold {fold}"))
 
 
+@task(name="train-baseline", cache_policy=_policy(P.train_baseline, by_value=("out_dir",)), persist_result=True)
+def baseline_task(competition: str, data_dir: Path, prepared: Path, plan: Path, out_dir: Path) -> P.BaselineResult:
+    """The scikit-learn member on the adapters' folds (seconds; runs beside the adapters)."""
+    return P.train_baseline(competition, data_dir, prepared, plan, out_dir)
+
+
 @task(name="combine", cache_policy=_policy(P.combine, by_value=("out_dir",)), persist_result=True)
 def combine_task(
     prepared: Path,
@@ -259,8 +265,11 @@ def combine_task(
     method: str = "blend",
     tokens: P.TokenFiles | None = None,
     model: str | None = None,
+    baselines: list[P.BaselineResult] | None = None,
+    blend_method: str = P.DEFAULT_BLEND_METHOD,
 ) -> P.CombineResult:
-    return P.combine(prepared, plan, results, out_dir, method=method, tokens=tokens, model=model)
+    return P.combine(prepared, plan, results, out_dir, method=method, tokens=tokens, model=model,
+                     baselines=baselines or (), blend_method=blend_method)
 
 
 @task(name="write-submission", cache_policy=_policy(P.write_submission, by_value=("out_dir",)), persist_result=True)
@@ -286,7 +295,8 @@ def score_task(competition: str, ref: int, endpoint: str | None = None, timeout_
 
 
 NETWORK_TASKS = (download_task, submit_task, score_task)
-CACHED_TASKS = (download_task, prepare_task, plan_task, tokenize_task, train_task, combine_task, submission_task, validate_task)
+CACHED_TASKS = (download_task, prepare_task, plan_task, tokenize_task, train_task, baseline_task, combine_task,
+                submission_task, validate_task)
 
 
 def configure(work_dir: str | os.PathLike, *, retry_delay_s: float | None = None) -> dict[str, Any]:
@@ -334,6 +344,19 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def blend_rows(combined: P.CombineResult) -> list[dict[str, Any]]:
+    """One row per ensemble member (``lora`` = the mean of the fold adapters), then the blend:
+    OOF scores under the competition metric and the weights fit on them."""
+    col = f"OOF {combined.metric}"
+    how = combined.blend_method or ("merged adapters" if combined.method == "merge" else "mean of folds")
+    rows = [{"member": name, col: round(score, 5), "weight": round(combined.weights.get(name, 0.0), 4)}
+            for name, score in combined.member_scores.items()]
+    rows.append({"member": f"blend ({how})", col: round(combined.oof_score, 5), "weight": None})
+    if combined.blend_cv_score is not None:
+        rows.append({"member": "blend, weights fit out-of-fold", col: round(combined.blend_cv_score, 5), "weight": None})
+    return rows
+
+
 _BAR = "█"
 
 
@@ -351,6 +374,16 @@ def learning_curve_markdown(results: Sequence[P.AdapterResult], width: int = 30)
         valid = "" if metric is None or metric not in h else f"{h[metric]:.4f}"
         lines.append(f"| {fold} | {h['epoch']} | {h['train_loss']:.4f} | `{bar}` | {valid} |")
     return "\n".join(lines)
+
+
+def learning_curve_plot_markdown(results: Sequence[P.AdapterResult]) -> str:
+    """The learning curve as an SVG plot (one line per fold) inlined as a data URI: both Prefect
+    UIs (V1 and V2) render it in a markdown artifact, and no file server is needed."""
+    from lora_tasks.plots import learning_curve_svg, svg_data_uri
+
+    ordered = sorted(results, key=lambda r: r.fold)
+    svg = learning_curve_svg([r.history for r in ordered], [f"fold {r.fold}" for r in ordered])
+    return f"### Learning curve\n\n![learning curve: training loss and validation metric per fold]({svg_data_uri(svg)})"
 
 
 def submission_markdown(check: Any, submission: Any = None, scored: Any = None) -> str:
@@ -386,14 +419,12 @@ def publish_training(slug: str, results: Sequence[P.AdapterResult], combined: P.
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     create_table_artifact(key=artifact_key(slug, "cv"), table=cv_rows(results), description="Per-adapter CV metrics")
-    create_table_artifact(
-        key=artifact_key(slug, "blend"),
-        table=[{"adapter": f"fold {i}", "weight": round(w, 4)} for i, w in enumerate(combined.weights)]
-        + [{"adapter": f"OOF {combined.metric} ({combined.method})", "weight": round(combined.oof_score, 5)}],
-        description="Combination weights and the out-of-fold score",
-    )
+    create_table_artifact(key=artifact_key(slug, "blend"), table=blend_rows(combined),
+                          description="Ensemble members: OOF score and blend weight")
     create_markdown_artifact(key=artifact_key(slug, "learning-curve"), markdown=learning_curve_markdown(results),
                              description="Training loss and validation metric per epoch")
+    create_markdown_artifact(key=artifact_key(slug, "learning-curve-plot"), markdown=learning_curve_plot_markdown(results),
+                             description="Learning curve plot: training loss and validation metric per fold and epoch")
 
 
 def publish_submission(slug: str, check: Any, submission: Any = None, scored: Any = None) -> None:

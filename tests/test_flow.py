@@ -87,7 +87,14 @@ def test_demo_flow_submits_and_reads_the_servers_score(demo_run, demo_server):
     assert summary.public_score == pytest.approx(expected) == pytest.approx(stored.public_score)
     assert stored.content == Path(summary.submission_path).read_bytes()
     assert [row["adapter"] for row in summary.cv] == ["fold 0", "fold 1"]
-    assert set(summary.task_states.values()) == {"Completed"}
+    assert set(summary.task_states.values()) == {"Completed"} and "train-baseline" in summary.task_states
+    members = {row["member"]: row for row in summary.members}
+    assert {"lora", "hist_gbm", "blend (caruana)"} <= set(members), summary.members
+    weights = [members[m]["weight"] for m in ("lora", "hist_gbm")]
+    assert sum(weights) == pytest.approx(1.0, abs=1e-3) and min(weights) >= 0
+    assert members["blend (caruana)"]["OOF accuracy"] == pytest.approx(summary.oof_score, abs=1e-5)
+    # Caruana keeps the best prefix of its trajectory: the blend never trails its best member on OOF
+    assert summary.oof_score >= max(members[m]["OOF accuracy"] for m in ("lora", "hist_gbm")) - 1e-5
     assert (work / "results").is_dir() and any((work / "results").iterdir()), "results persist in the project store"
 
 
@@ -109,7 +116,8 @@ def test_rerun_in_a_new_process_is_cached_and_trains_nothing(demo_run, demo_serv
     assert "train-fold-0" in rerun["task_states"] and "train-fold-1" in rerun["task_states"]
     assert rerun["submission_path"] == summary.submission_path and rerun["oof_score"] == summary.oof_score
     assert _artifact_files(work) == before, "a cached rerun writes no new adapter or prediction file"
-    assert "Cross-validation (demo, 2 adapters)" in proc.stdout and "9 cached" in proc.stdout
+    assert "Cross-validation (demo, 2 adapters)" in proc.stdout and "10 cached" in proc.stdout
+    assert "Ensemble (out-of-fold):" in proc.stdout and "hist_gbm" in proc.stdout
 
 
 def test_a_vanished_output_is_recomputed(demo_run, demo_server):
@@ -169,6 +177,6 @@ def test_help_lists_the_options():
     proc = subprocess.run([sys.executable, str(REPO / "flows" / "submit.py"), "--help"], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0
-    for option in ("--competition", "--no-submit", "--model", "--adapters", "--combine", "--data-dir", "--kaggle-endpoint",
-                   "--task-runner"):
+    for option in ("--competition", "--no-submit", "--model", "--adapters", "--combine", "--blend-method", "--no-baseline",
+                   "--data-dir", "--kaggle-endpoint", "--task-runner"):
         assert option in proc.stdout
