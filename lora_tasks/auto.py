@@ -35,10 +35,6 @@ TINY_BERT: dict[str, int] = dict(
     max_position_embeddings=512,
 )
 
-#: Presets that need a 4-bit base, and the full-precision preset with the same adapters.
-QLORA_FALLBACK = {"qlora_memory": "efficient", "qlora_quality": "balanced"}
-
-
 def head_type_for(task: str) -> str:
     """The model head for a task name (``binary``, ``multiclass``, ``regression``, ...)."""
     key = str(task).strip().lower().replace("-", "_")
@@ -47,22 +43,6 @@ def head_type_for(task: str) -> str:
             f"Unknown competition type {task!r}; use one of {', '.join(sorted(set(TASK_TO_HEAD)))}."
         )
     return TASK_TO_HEAD[key]
-
-
-def supported_preset(preset: str) -> tuple[str, str | None]:
-    """``(preset, reason)``: a QLoRA preset becomes its full-precision twin while the 4-bit base
-    is not available (the LoRA library raises for it), with the reason to record."""
-    try:
-        from lora_tasks.lora.adapter import check_supported
-        from lora_tasks.lora.config import get_preset
-
-        check_supported(get_preset(preset))
-        return preset, None
-    except NotImplementedError:
-        fallback = QLORA_FALLBACK.get(preset, "efficient")
-        return fallback, f"qlora_unavailable: {preset} needs a 4-bit base (not available yet) -> {fallback}"
-    except (KeyError, ValueError):
-        return preset, None
 
 
 def build_model(
@@ -79,7 +59,6 @@ def build_model(
     from lora_tasks.models.bert import BertConfig
     from lora_tasks.models.factory import create_bert_with_lora
 
-    preset, _ = supported_preset(preset)
     if tiny:
         return create_bert_with_lora(
             head_type, preset, num_labels, config=BertConfig(**TINY_BERT), pretrained=False, seed=seed
@@ -146,9 +125,6 @@ def create_kaggle_lora_model(
             settings = auto_configure(profile, competition=config, **model_shape(model, tiny))
     if not auto_select_preset:
         settings.preset = preset
-    settings.preset, reason = supported_preset(settings.preset)
-    if reason:
-        settings.reasons.append(reason)
     if num_labels is None:
         num_labels = len(classes) if head_type == "multiclass_classification" and classes else 1
     net, adapter = build_model(head_type, settings.preset, num_labels, model=model, tiny=tiny, seed=seed)

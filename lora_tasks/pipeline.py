@@ -292,10 +292,10 @@ def plan_training(
     """Profile the training table with the model's tokenizer, choose settings by the rule table,
     apply ``overrides`` (each recorded in ``reasons``) and write ``plan-*.json``.
 
-    QLoRA presets fall back to their full-precision twins until the 4-bit base exists; fewer
+    A QLoRA preset (chosen by the memory rule or asked for) trains over a 4-bit base; fewer
     than 2 folds becomes 2 (out-of-fold predictions need a held-out fold).
     """
-    from lora_tasks.auto import model_shape, supported_preset
+    from lora_tasks.auto import model_shape
     from lora_tasks.data.autoconfig import auto_configure
     from lora_tasks.data.competition import load_competition
     from lora_tasks.data.profile import profile_competition
@@ -316,9 +316,6 @@ def plan_training(
             settings.n_adapters = int(value)
         setattr(settings, key, value)
         settings.reasons.append(f"override: {key} = {value}")
-    settings.preset, reason = supported_preset(settings.preset)
-    if reason:
-        settings.reasons.append(reason)
     if settings.n_folds < 2:
         settings.n_folds = settings.n_adapters = 2
         settings.reasons.append("min_two_folds: out-of-fold predictions need 2+ folds -> 2")
@@ -947,6 +944,8 @@ def run_pipeline(
     tiny: bool = False,
     overrides: Mapping[str, Any] | None = None,
     combine_method: str = "blend",
+    baseline: bool = True,
+    blend_method: str = DEFAULT_BLEND_METHOD,
     max_train_rows: int | None = None,
     submit: bool = False,
     message: str = "kaggle-lora",
@@ -956,7 +955,8 @@ def run_pipeline(
     """Every step in order, without Prefect: what the ``kaggle-lora`` flow does, in one process.
 
     ``work_dir`` holds ``data/`` (downloads, unless ``data_dir`` is given), ``artifacts/`` (the
-    content-addressed files) and ``tokens/`` (the token cache).
+    content-addressed files) and ``tokens/`` (the token cache). ``baseline``: blend a
+    scikit-learn member trained on the same folds (only with ``combine_method="blend"``).
     """
     work = Path(work_dir)
     data_root = Path(data_dir) if data_dir is not None else work / "data"
@@ -972,7 +972,9 @@ def run_pipeline(
         train_adapter(prepared, plan, tokens, k, artifacts, model=model, progress=progress)
         for k in range(Plan.load(plan).n_folds)
     ]
-    combined = combine(prepared, plan, results, artifacts, method=combine_method, tokens=tokens, model=model)
+    baselines = [train_baseline(competition, folder, prepared, plan, artifacts)] if baseline and combine_method == "blend" else []
+    combined = combine(prepared, plan, results, artifacts, method=combine_method, tokens=tokens, model=model,
+                       baselines=baselines, blend_method=blend_method)
     submission_path = write_submission(prepared, plan, combined.test_path, artifacts)
     validate(submission_path, prepared)
     out = PipelineResult(folder, prepared, plan, tokens, results, combined, submission_path)

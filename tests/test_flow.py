@@ -162,6 +162,31 @@ def test_titanic_subset_survives_faults_without_duplicate_submission(harness, fa
     assert summary.combine == "merge" and summary.slug == "titanic"
 
 
+def test_a_modernbert_folder_runs_the_whole_flow(harness, fake_creds, demo_server, tmp_path, fixtures_dir):
+    """--model with a ModernBERT folder: its tokenizer, LoRA on the fused Wqkv, merged into one
+    model, submitted and scored (the tiny committed ModernBERT checkpoint)."""
+    import mlx.core as mx
+
+    from kaggle_lora import kaggle_lora
+
+    server, served = demo_server
+    folder = fixtures_dir / "modernbert_tiny"
+    fast = {k: v for k, v in FAST.items() if k != "tiny"}
+    summary = kaggle_lora(competition="demo", kaggle_endpoint=server.url, work_dir=str(tmp_path / "work"),
+                          model=str(folder), combine="merge", max_train_rows=120, **fast)
+    assert summary.submitted and summary.public_score is not None and summary.combine == "merge"
+    sub = pd.read_csv(summary.submission_path)
+    assert summary.public_score == pytest.approx(
+        fk.score_submission(sub, pd.read_csv(served / "demo" / "solution.csv"), "accuracy"))
+    plans = list((tmp_path / "work" / "artifacts").glob("plan-*.json"))
+    assert [json.loads(p.read_text())["model"] for p in plans] == [str(folder)]
+    adapters = sorted((tmp_path / "work" / "artifacts").glob("adapter-*.safetensors"))
+    assert len(adapters) == 2
+    keys = list(mx.load(str(adapters[0])))
+    assert any(".attn.Wqkv." in k for k in keys), keys[:5]
+    assert not any(".attention.self.query" in k for k in keys), "a ModernBERT adapter has no BERT paths"
+
+
 def test_cli_reports_a_failure_clearly(tmp_path):
     """No server at the endpoint: the CLI exits non-zero with one clear line (no traceback dump)."""
     env = {**os.environ, "KAGGLE_USERNAME": fk.DEFAULT_USERNAME, "KAGGLE_KEY": fk.DEFAULT_KEY,
