@@ -66,11 +66,13 @@ def _panel(x0: float, y0: float, w: float, h: float, title: str, key: str,
     for e in epochs[::step]:
         out.append(f'<text x="{sx(e):.1f}" y="{top + ph + 16:.1f}" text-anchor="middle">{_fmt(e)}</text>')
     out.append(f'<text x="{left + pw / 2:.1f}" y="{top + ph + 32:.1f}" text-anchor="middle" fill="#444">epoch</text>')
-    for label, colour, pts in series:
+    for i, (label, colour, pts) in enumerate(series):
+        # earlier folds are drawn wider, so a fold hidden under an identical later one still shows
+        wide = (len(series) - 1 - i) / max(len(series) - 1, 1)
         xy = " ".join(f"{sx(e):.1f},{sy(v):.1f}" for e, v in pts)
         out.append(f'<polyline class="curve" data-panel={quoteattr(key)} data-fold={quoteattr(label)} '
-                   f'points="{xy}" fill="none" stroke="{colour}" stroke-width="2"/>')
-        out += [f'<circle cx="{sx(e):.1f}" cy="{sy(v):.1f}" r="3" fill="{colour}"/>' for e, v in pts]
+                   f'points="{xy}" fill="none" stroke="{colour}" stroke-width="{2 + 3 * wide:.1f}"/>')
+        out += [f'<circle cx="{sx(e):.1f}" cy="{sy(v):.1f}" r="{3 + 2 * wide:.1f}" fill="{colour}"/>' for e, v in pts]
     return out
 
 

@@ -42,6 +42,8 @@ def test_one_polyline_per_fold_and_panel():
     assert [p.get("data-fold") for p in metric] == ["fold 0", "fold 1", "fold 2"]
     assert len(_polylines(svg)) == 6
     assert len({p.get("stroke") for p in loss}) == 3, "every fold has its own colour"
+    widths = [float(p.get("stroke-width")) for p in loss]
+    assert widths == sorted(widths, reverse=True) and widths[0] > widths[-1], "a hidden fold shows around a later one"
     assert all(len(_points(p)) == 3 for p in loss)
     text = "".join(ET.fromstring(svg).itertext())
     assert "train loss" in text and "valid accuracy" in text and "epoch" in text and "fold 2" in text
