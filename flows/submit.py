@@ -27,6 +27,9 @@ examples:
   python flows/submit.py --competition house-prices --adapters 3 --combine merge --no-submit
   python flows/submit.py --competition titanic --kaggle-endpoint http://127.0.0.1:8765
       talk to a fake server started with: python -m lora_tasks.testing.fake_kaggle --data DIR --port 8765
+  PREFECT_API_URL=http://10.0.0.4:4200/api python flows/submit.py --competition titanic --dask-address tcp://10.0.0.5:8786
+      train the fold adapters on a Dask cluster; its workers (started with the same PREFECT_API_URL)
+      report every task run to that one Prefect server
 
 A rerun with the same data and settings reuses every cached step (nothing is trained again);
 results live in --work-dir (default .kaggle-lora). Real Kaggle needs credentials: KAGGLE_API_TOKEN
@@ -61,8 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="where competition data is downloaded (default: WORK_DIR/data)")
     p.add_argument("--work-dir", default=None, help="artifacts, token cache, task results (default: $KAGGLE_LORA_HOME or .kaggle-lora)")
     p.add_argument("--kaggle-endpoint", default=None, metavar="URL", help="a Kaggle-compatible API server (the fake one)")
-    p.add_argument("--task-runner", choices=("thread", "process", "dask"), default="thread",
-                   help="how fold tasks run in parallel (dask needs prefect-dask)")
+    p.add_argument("--runner", "--task-runner", dest="runner", choices=("thread", "process", "dask"), default=None,
+                   help="how the tasks run: thread (default), process (a worker process per fold) or dask "
+                        "(a Dask cluster; needs prefect-dask: pip install -e '.[dask]')")
+    p.add_argument("--dask-address", default=None, metavar="ADDRESS",
+                   help="scheduler of a running Dask cluster, e.g. tcp://10.0.0.5:8786 (implies --runner dask; "
+                        "default: a local cluster of 2 worker processes). Its workers report to this run's "
+                        "Prefect API: set PREFECT_API_URL to a server they can reach")
     p.add_argument("--tiny", action="store_true", help="tiny random model (smoke tests: fast, scores near chance)")
     p.add_argument("--max-train-rows", type=int, default=None, help="train on a seeded sample of this many rows")
     p.add_argument("--retry-delay", type=float, default=10.0, metavar="S", help="first retry delay of Kaggle calls (doubles each retry)")
@@ -92,7 +100,11 @@ def print_summary(summary) -> None:  # noqa: ANN001 - RunSummary
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.dask_address and args.runner not in (None, "dask"):
+        parser.error(f"--dask-address needs --runner dask, not --runner {args.runner}")
+    runner = args.runner or ("dask" if args.dask_address else "thread")
     import logging
 
     logging.getLogger("lora_tasks").setLevel(logging.INFO)
@@ -102,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     from lora_tasks import tasks as T
 
     print(lora_tasks.blas_info().summary(), flush=True)  # which BLAS serves MLX's GEMMs in this run
-    flow_fn = kaggle_lora.with_options(task_runner=make_task_runner(args.task_runner))
+    flow_fn = kaggle_lora.with_options(task_runner=make_task_runner(runner, address=args.dask_address))
     params = dict(
         competition=args.competition, model=args.model, preset=args.preset, adapters=args.adapters,
         epochs=args.epochs, max_seq_len=args.max_seq_len, combine=args.combine, baseline=args.baseline,

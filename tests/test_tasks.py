@@ -119,15 +119,30 @@ def test_renderers():
     assert T.artifact_key("house-prices_2", "CV table") == "house-prices-2-cv-table"
 
 
-def test_dask_runner_missing_is_a_clear_error():
+def test_dask_runner_is_built_or_a_clear_error(monkeypatch):
+    """Without prefect-dask: a clear error naming the fix. With it: a DaskTaskRunner for a local
+    cluster sized for this machine, or for a given scheduler address, whose copy (the flow engine
+    runs a duplicate) keeps the settings and the one-API behaviour."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flows"))
     from kaggle_lora import make_task_runner
 
     try:
-        import prefect_dask  # noqa: F401
+        from prefect_dask import DaskTaskRunner
     except ImportError:
+        with pytest.raises(SystemExit, match="pip install prefect-dask"):
+            make_task_runner("dask")
+    else:
+        local = make_task_runner("dask", max_workers=3)
+        assert isinstance(local, DaskTaskRunner) and local.address is None
+        assert local.cluster_kwargs == {"n_workers": 3, "threads_per_worker": 1, "processes": True}
+        assert make_task_runner("dask").cluster_kwargs["n_workers"] == min(2, os.cpu_count() or 1)
+        remote = make_task_runner("dask", address="tcp://10.0.0.5:8786")
+        assert remote.address == "tcp://10.0.0.5:8786" and remote.cluster_kwargs == {}
+        copy = remote.duplicate()
+        assert type(copy) is type(remote) and copy == remote and copy is not remote
+        monkeypatch.setitem(sys.modules, "prefect_dask", None)  # as if not installed: import fails
         with pytest.raises(SystemExit, match="pip install prefect-dask"):
             make_task_runner("dask")
     assert type(make_task_runner("process")).__name__ == "ProcessPoolTaskRunner"
