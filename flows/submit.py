@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scheduler of a running Dask cluster, e.g. tcp://10.0.0.5:8786 (implies --runner dask; "
                         "default: a local cluster of 2 worker processes). Its workers report to this run's "
                         "Prefect API: set PREFECT_API_URL to a server they can reach")
-    p.add_argument("--tiny", action="store_true", help="tiny random model (smoke tests: fast, scores near chance)")
+    p.add_argument("--tiny", action="store_true", help="tiny random model (smoke tests: fast; its adapters score near chance, so the blend leans on the baseline)")
     p.add_argument("--max-train-rows", type=int, default=None, help="train on a seeded sample of this many rows")
     p.add_argument("--retry-delay", type=float, default=10.0, metavar="S", help="first retry delay of Kaggle calls (doubles each retry)")
     p.add_argument("--json-out", default=None, metavar="FILE", help="also write the run summary as JSON")
