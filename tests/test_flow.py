@@ -1,7 +1,7 @@
 """The kaggle-lora flow for real: Prefect's test harness, the real kaggle client against the fake
 Kaggle server, a tiny random model with the real MiniLM tokenizer.
 
-One harness for the module (its server start costs ~10 s). Checked: a scored submission whose
+One harness for the session (conftest; its server start costs ~10 s). Checked: a scored submission whose
 score equals the server's own scoring; a rerun in a new process is Cached in every task and
 trains nothing; a vanished output file is recomputed; 429/500/failed-upload/lost-answer faults
 are retried inside real flow runs and the submission is never duplicated.
@@ -26,32 +26,6 @@ DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 sys.path.insert(0, str(REPO / "flows"))
 
 FAST = dict(tiny=True, epochs=1, max_seq_len=64, retry_delay_s=0.05, score_poll_s=0.05)
-
-
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
-
-
-@pytest.fixture(scope="module")
-def fake_creds(tmp_path_factory):
-    """Kaggle credentials of the fake server in an isolated config dir, for the whole module."""
-    home = tmp_path_factory.mktemp("kaggle-home")
-    wanted = {"KAGGLE_CONFIG_DIR": str(home), "KAGGLE_USERNAME": fk.DEFAULT_USERNAME, "KAGGLE_KEY": fk.DEFAULT_KEY}
-    dropped = ("KAGGLE_API_TOKEN", "KAGGLE_API_ENVIRONMENT")
-    saved = {k: os.environ.get(k) for k in (*wanted, *dropped)}
-    os.environ.update(wanted)
-    for k in dropped:
-        os.environ.pop(k, None)
-    yield
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 @pytest.fixture(scope="module")

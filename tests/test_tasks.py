@@ -15,14 +15,6 @@ from lora_tasks.testing import fake_kaggle as fk
 from lora_tasks.testing.demo import build_demo_competition
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
-
-
 def test_fingerprint_follows_content_not_path(tmp_path):
     a = tmp_path / "a.csv"
     a.write_text("x,y\n1,2\n")

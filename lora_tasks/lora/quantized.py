@@ -25,7 +25,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from lora_tasks.backend import is_cpu_backend
-from lora_tasks.lora.layers import LoRALinear, SlicedLoRALinear, linear_dims
+from lora_tasks.lora.layers import LoRALinear, SlicedLoRALinear
 
 log = logging.getLogger("lora_tasks")
 
