@@ -180,6 +180,7 @@ def kaggle_lora(
     adapters: int | None = None,
     epochs: int | None = None,
     max_seq_len: int | None = None,
+    top_layers: int | None = None,
     combine: str = "blend",
     baseline: bool = True,
     blend_method: str = P.DEFAULT_BLEND_METHOD,
@@ -197,7 +198,9 @@ def kaggle_lora(
     """From a competition name to a scored submission.
 
     ``adapters``: number of folds (= adapters); ``preset``/``epochs``/``max_seq_len`` override
-    the auto-configured settings. ``combine="blend"`` blends the fold adapters with a
+    the auto-configured settings. ``top_layers``: adapters on the top N encoder layers only;
+    the frozen layers below run once per dataset (cached on disk) instead of once per fold,
+    epoch and batch. ``combine="blend"`` blends the fold adapters with a
     scikit-learn ``baseline`` trained on the same folds (``blend_method``: caruana, weights,
     mean, rank_mean or stacking, fit on out-of-fold rows); ``merge`` folds the adapters into
     one model (no baseline). ``data_dir``: where downloads go (default ``<work_dir>/data``).
@@ -213,7 +216,8 @@ def kaggle_lora(
         raise ValueError(f"blend_method={blend_method!r}; use one of {', '.join(BLEND_METHODS)}.")
     work = Path(work_dir).expanduser().resolve()
     run = T.configure(work, retry_delay_s=retry_delay_s)
-    overrides = P.default_overrides(competition, {"preset": preset, "n_folds": adapters, "epochs": epochs, "max_seq_len": max_seq_len})
+    overrides = P.default_overrides(competition, {"preset": preset, "n_folds": adapters, "epochs": epochs,
+                                                  "max_seq_len": max_seq_len, "top_layers": top_layers})
     offline = competition == P.DEMO_SLUG and not kaggle_endpoint
     states: dict[str, str] = {}
     with (P.offline_kaggle(work) if offline else contextlib.nullcontext(kaggle_endpoint)) as endpoint:

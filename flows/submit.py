@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapters", type=int, default=None, metavar="N", help="number of adapters = CV folds (default: auto; demo 2)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs per adapter (default: auto; demo 3)")
     p.add_argument("--max-seq-len", type=int, default=None, help="token limit per row (default: auto from token lengths; demo 64)")
+    p.add_argument("--top-layers", type=int, default=None, metavar="N",
+                   help="adapters on the top N encoder layers only: the frozen layers below run once per dataset "
+                        "(cached on disk) instead of once per fold, epoch and batch (default: every layer)")
     p.add_argument("--combine", choices=("blend", "merge"), default="blend",
                    help="blend (default): the fold adapters' mean blended with a scikit-learn baseline, weights fit "
                         "on out-of-fold rows; merge: one model from the averaged adapters")
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     flow_fn = kaggle_lora.with_options(task_runner=make_task_runner(runner, address=args.dask_address))
     params = dict(
         competition=args.competition, model=args.model, preset=args.preset, adapters=args.adapters,
-        epochs=args.epochs, max_seq_len=args.max_seq_len, combine=args.combine, baseline=args.baseline,
+        epochs=args.epochs, max_seq_len=args.max_seq_len, top_layers=args.top_layers, combine=args.combine, baseline=args.baseline,
         blend_method=args.blend_method, submit=args.submit,
         message=args.message, data_dir=args.data_dir, kaggle_endpoint=args.kaggle_endpoint, tiny=args.tiny,
         max_train_rows=args.max_train_rows, work_dir=args.work_dir or T.DEFAULT_WORK_DIR,

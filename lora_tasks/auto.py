@@ -53,17 +53,30 @@ def build_model(
     model: str | os.PathLike | None = None,
     tiny: bool = False,
     seed: int = 0,
+    top_layers: int | None = None,
+    base_seed: int | None = None,
 ) -> tuple[Any, Any]:
     """``(model, adapter)``: the pretrained encoder (``model`` id or folder; None = offline
-    MiniLM), or with ``tiny=True`` a tiny random BERT with MiniLM's vocabulary."""
+    MiniLM), or with ``tiny=True`` a tiny random BERT with MiniLM's vocabulary.
+    ``seed`` initializes the adapters (and the head); ``base_seed`` (default ``seed``) the tiny
+    model's random base, so the folds of one run share their base like pretrained folds do.
+    ``top_layers``: adapters on the top N encoder layers only (None: every layer)."""
     from lora_tasks.models.bert import BertConfig
     from lora_tasks.models.factory import create_bert_with_lora
 
+    overrides: dict[str, Any] = {}
+    if top_layers is not None:
+        n_layers = model_shape(model, tiny)["num_layers"]
+        if not 1 <= int(top_layers) <= n_layers:
+            raise ValueError(f"top_layers={top_layers}: this model has {n_layers} encoder layers; "
+                             f"use 1..{n_layers}, or None to adapt every layer.")
+        overrides["layers_to_transform"] = tuple(range(n_layers - int(top_layers), n_layers))
     if tiny:
         return create_bert_with_lora(
-            head_type, preset, num_labels, config=BertConfig(**TINY_BERT), pretrained=False, seed=seed
+            head_type, preset, num_labels, config=BertConfig(**TINY_BERT), pretrained=False,
+            seed=seed if base_seed is None else base_seed, adapter_seed=seed, **overrides
         )
-    return create_bert_with_lora(head_type, preset, num_labels, model=model, seed=seed)
+    return create_bert_with_lora(head_type, preset, num_labels, model=model, seed=seed, **overrides)
 
 
 @dataclass

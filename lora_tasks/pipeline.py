@@ -43,7 +43,8 @@ DEMO_SLUG = "demo"
 #: Small settings for the offline demo: finishes in minutes on two CPU cores with MiniLM.
 DEMO_OVERRIDES: dict[str, Any] = {"n_folds": 2, "epochs": 3, "max_seq_len": 64, "batch_size": 8, "learning_rate": 2e-3}
 #: Settings a caller may override (names of TrainSettings fields).
-OVERRIDABLE = ("preset", "max_seq_len", "batch_size", "epochs", "learning_rate", "n_folds", "class_weight", "target_transform")
+OVERRIDABLE = ("preset", "max_seq_len", "batch_size", "epochs", "learning_rate", "n_folds", "class_weight", "target_transform",
+               "top_layers")
 COMBINE_METHODS = ("blend", "merge")
 
 # MLX keeps global state (RNG seed, compiled graphs): two trainings in one process at once
@@ -445,6 +446,20 @@ def _ravel(pred: np.ndarray) -> np.ndarray:
     return pred[:, 0] if pred.ndim == 2 and pred.shape[1] == 1 else pred
 
 
+def _from_prefix(net, data, test, cache_dir: Path):  # noqa: ANN001, ANN202 - MLX model and Datasets
+    """With adapters on the top layers only: the model seen from its first adapted layer, and
+    train/test datasets of the hidden states entering it, computed once and kept on disk under
+    their content hash (every fold and every rerun on the same data reuses them). Encoders
+    without a layer split (ModernBERT) train the whole stack, with the same top-only adapters."""
+    if not hasattr(net, "hidden_before"):
+        return net, data, test
+    from lora_tasks.prefix_cache import prefix_dataset
+
+    trainee, train_states = prefix_dataset(net, data, cache_dir=cache_dir)
+    _, test_states = prefix_dataset(net, test, start=trainee.start, cache_dir=cache_dir)
+    return trainee, train_states, test_states
+
+
 def train_adapter(
     prepared_path: str | os.PathLike,
     plan_path: str | os.PathLike,
@@ -480,15 +495,17 @@ def train_adapter(
     with _MLX_LOCK:
         net, adapter = build_model(
             prepared["head_type"], plan.settings["preset"], prepared["num_labels"],
-            model=None if plan.tiny else model, tiny=plan.tiny, seed=plan.seed + fold,
+            model=None if plan.tiny else model, tiny=plan.tiny, seed=plan.seed + fold, base_seed=plan.seed,
+            top_layers=plan.settings.get("top_layers"),
         )
+        trainee, data, test = _from_prefix(net, data, test, out / "prefix") if plan.settings.get("top_layers") else (net, data, test)
         net.train()
         result = train(
-            net, data.subset(train_idx), data.subset(valid_idx), cfg,
+            trainee, data.subset(train_idx), data.subset(valid_idx), cfg,
             out / "checkpoints" / run_key, progress, name=f"fold {fold}",
         )
-        valid_pred = _ravel(predict(net, data.subset(valid_idx), cfg.eval_batch_size))
-        test_pred = _ravel(predict(net, test, cfg.eval_batch_size))
+        valid_pred = _ravel(predict(trainee, data.subset(valid_idx), cfg.eval_batch_size))
+        test_pred = _ravel(predict(trainee, test, cfg.eval_batch_size))
         tmp = _tmp_path(out, ".safetensors")
         adapter.save(tmp)
     adapter_path = _store(tmp, out, "adapter", ".safetensors")
@@ -731,6 +748,7 @@ def merged_predict(
         net, adapter = build_model(
             prepared["head_type"], plan.settings["preset"], prepared["num_labels"],
             model=None if plan.tiny else model, tiny=plan.tiny, seed=plan.seed,
+            top_layers=plan.settings.get("top_layers"),
         )
         sums: dict[str, mx.array] = {}
         head_sums: dict[str, mx.array] = {}

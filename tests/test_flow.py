@@ -176,6 +176,6 @@ def test_help_lists_the_options():
     proc = subprocess.run([sys.executable, str(REPO / "flows" / "submit.py"), "--help"], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0
-    for option in ("--competition", "--no-submit", "--model", "--adapters", "--combine", "--blend-method", "--no-baseline",
+    for option in ("--competition", "--no-submit", "--model", "--adapters", "--top-layers", "--combine", "--blend-method", "--no-baseline",
                    "--data-dir", "--kaggle-endpoint", "--task-runner"):
         assert option in proc.stdout

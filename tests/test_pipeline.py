@@ -202,6 +202,35 @@ def test_blend_with_a_baseline_fits_weights_on_oof(demo_steps, demo_folds, demo_
         P.combine(prepared, plan, demo_folds, out, baselines=[demo_baseline], blend_method="median")
 
 
+def test_top_layers_train_from_the_cached_prefix(demo_dir, tmp_path):
+    """top_layers=1 on the 2-layer tiny model: adapters only in layer 1, the frozen layer 0 runs once
+    per dataset (states on disk, reused by the second fold), and the predictions equal those of the
+    full model carrying the same adapter."""
+    from lora_tasks.auto import build_model
+    from lora_tasks.train import predict
+
+    prepared = P.prepare_data("demo", demo_dir, tmp_path, max_train_rows=120)
+    plan = P.plan_training("demo", demo_dir, tmp_path, tiny=True, max_train_rows=120,
+                           overrides={"n_folds": 2, "epochs": 1, "max_seq_len": 64, "top_layers": 1})
+    tokens = P.tokenize_data(prepared, plan, tmp_path / "tokens")
+    first = P.train_adapter(prepared, plan, tokens, 0, tmp_path)
+    states = sorted((tmp_path / "prefix").glob("prefix-*.npy"))
+    assert len(states) == 2, "one states file for the train rows, one for the test rows"
+    stamps = [s.stat().st_mtime_ns for s in states]
+    P.train_adapter(prepared, plan, tokens, 1, tmp_path)
+    assert sorted((tmp_path / "prefix").glob("prefix-*.npy")) == states
+    assert [s.stat().st_mtime_ns for s in states] == stamps, "the second fold reuses the states"
+
+    net, adapter = build_model("binary_classification", P.Plan.load(plan).settings["preset"], tiny=True, seed=0,
+                               top_layers=1)
+    adapter.load(first.adapter_path)
+    assert adapter.layers and all(".layer.1." in name for name in adapter.layers)
+    full = np.asarray(predict(net, P.load_dataset(tokens.test)))
+    np.testing.assert_allclose(full.reshape(-1), np.load(first.test_path), atol=1e-5)
+    with pytest.raises(ValueError, match="has 2 encoder layers"):
+        build_model("binary_classification", "efficient", tiny=True, top_layers=3)
+
+
 def test_merge_of_one_adapter_equals_that_adapter(demo_steps, demo_folds):
     """Merging a single adapter into the base weights must give that adapter's predictions."""
     out, prepared, plan, tokens = demo_steps

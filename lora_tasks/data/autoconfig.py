@@ -58,6 +58,9 @@ class TrainSettings:
     quantize: bool = False
     class_weight: str | None = None
     target_transform: str = "none"
+    # Adapt only the top N encoder layers (None: all). The frozen layers below then run once per
+    # dataset (the frozen-prefix cache) instead of once per adapter, epoch and batch.
+    top_layers: int | None = None
     estimated_memory_bytes: int = 0
     reasons: list[str] = field(default_factory=list)
 

@@ -78,6 +78,7 @@ def create_model_with_lora(
     config: BertConfig | None = None,
     pretrained: bool | None = None,
     seed: int | None = None,
+    adapter_seed: int | None = None,
 ) -> tuple[nn.Module, LoRAAdapter]:
     """Build a model and apply LoRA to it.
 
@@ -89,12 +90,16 @@ def create_model_with_lora(
       parameter counts; nothing is computed until used).
     - ``freeze_bert=False`` trains the whole model along with the adapters.
     - ``seed`` seeds MLX's generator first, so adapter (and random model) initialization repeats.
+      ``adapter_seed`` reseeds it after the model is built: several adapters on one random base
+      (the folds of a tiny test model) share the base and differ in their adapters.
     """
     if seed is not None:
         mx.random.seed(seed)
     lora = as_config(lora_config)
     check_supported(lora)  # before loading weights
     net = _build(model_type, head_type, num_labels, pooling, model, config, pretrained)
+    if adapter_seed is not None:
+        mx.random.seed(adapter_seed)
     return net, LoRAAdapter(net, lora, freeze_base=freeze_bert)
 
 
@@ -109,6 +114,7 @@ def create_bert_with_lora(
     config: BertConfig | None = None,
     pretrained: bool | None = None,
     seed: int | None = None,
+    adapter_seed: int | None = None,
     **lora_overrides: Any,
 ) -> tuple[BertWithHead, LoRAAdapter]:
     """A BERT encoder with a task head and LoRA from a preset (``efficient``, ``balanced``,
@@ -138,6 +144,7 @@ def create_bert_with_lora(
         config=config,
         pretrained=pretrained,
         seed=seed,
+        adapter_seed=adapter_seed,
     )
     return net, adapter  # type: ignore[return-value]
 
