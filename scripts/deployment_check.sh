@@ -8,32 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-$(command -v python)}"
-PREFECT="$(dirname "$PY")/prefect"
 WORK="$(mktemp -d -t kaggle-lora-deploy-XXXXXX)"
-PORT="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-export PREFECT_HOME="$WORK/prefect-home"
-export PREFECT_API_URL="http://127.0.0.1:$PORT/api"
-export PREFECT_SERVER_ANALYTICS_ENABLED=false
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
-  echo "stopped: ${PIDS[*]:-nothing}; logs in $WORK"
-}
-trap cleanup EXIT
-
-echo "server on port $PORT (work dir $WORK)"
-"$PREFECT" server start --host 127.0.0.1 --port "$PORT" >"$WORK/server.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 1 120); do
-  if curl -fsS "$PREFECT_API_URL/health" >/dev/null 2>&1; then break; fi
-  sleep 0.5
-done
-curl -fsS "$PREFECT_API_URL/health" >/dev/null || { echo "server did not start"; tail -20 "$WORK/server.log"; exit 1; }
+. scripts/_prefect_server.sh
+start_server
 
 TINY="--tiny"; [ "${FULL:-0}" = "1" ] && TINY=""
 "$PY" flows/serve.py $TINY --work-dir "$WORK/runs" >"$WORK/serve.log" 2>&1 &

@@ -16,7 +16,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-$(command -v python)}"
-PREFECT="$(dirname "$PY")/prefect"
 CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 EPOCHS="${EPOCHS:-2}"  # 2 epochs: the plot shows lines, not just points; still seconds with --tiny
 [ -x "$CHROMIUM" ] || { echo "FAILED: no Chromium at $CHROMIUM (apt-get install -y chromium, or set CHROMIUM=...)"; exit 1; }
@@ -24,34 +23,10 @@ WORK="$(mktemp -d -t kaggle-lora-ui-XXXXXX)"
 OUT="${UI_CHECK_OUT:-$WORK/screenshots}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
-PORT="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-BASE="http://127.0.0.1:$PORT"
-# set before the server starts: the UI asks the server which API URL to call
-export PREFECT_HOME="$WORK/prefect-home"
-export PREFECT_API_URL="$BASE/api"
-export PREFECT_SERVER_ANALYTICS_ENABLED=false
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
-  echo "stopped: ${PIDS[*]:-nothing}; logs in $WORK"
-}
-trap cleanup EXIT
+. scripts/_prefect_server.sh
 fail() { echo "FAILED: $*"; exit 1; }
 start=$(date +%s)
-
-echo "server on port $PORT (work dir $WORK)"
-"$PREFECT" server start --host 127.0.0.1 --port "$PORT" >"$WORK/server.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 1 120); do
-  if curl -fsS "$PREFECT_API_URL/health" >/dev/null 2>&1; then break; fi
-  sleep 0.5
-done
-curl -fsS "$PREFECT_API_URL/health" >/dev/null || { tail -20 "$WORK/server.log"; fail "the Prefect server did not start"; }
+start_server
 
 echo "flow: demo, tiny model, $EPOCHS epoch(s)"
 timeout 900 "$PY" flows/submit.py --competition demo --tiny --epochs "$EPOCHS" --work-dir "$WORK/run" \

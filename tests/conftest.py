@@ -65,3 +65,15 @@ def fake_creds(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory):
+    """The offline demo competition served by the fake Kaggle server: ``(server, served folder)``."""
+    from lora_tasks.testing import fake_kaggle as fk
+    from lora_tasks.testing.demo import build_demo_competition
+
+    served = tmp_path_factory.mktemp("served")
+    build_demo_competition(served)
+    with fk.serve(served, pending_polls=1) as server:
+        yield server, served

@@ -21,8 +21,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lora_tasks.testing import fake_kaggle as fk
-from lora_tasks.testing.demo import build_demo_competition
 
 distributed = pytest.importorskip("distributed", reason="prefect-dask (pip install -e '.[dask]') is not installed")
 pytest.importorskip("prefect_dask")
@@ -70,19 +68,11 @@ def cluster(harness, fake_creds):
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    root = tmp_path_factory.mktemp("served")
-    build_demo_competition(root)
-    with fk.serve(root, pending_polls=1) as server:
-        yield server, root
-
-
-@pytest.fixture(scope="module")
-def dask_run(cluster, served, tmp_path_factory):
+def dask_run(cluster, demo_server, tmp_path_factory):
     from kaggle_lora import kaggle_lora, make_task_runner
 
     cluster, client = cluster
-    server, _ = served
+    server, _ = demo_server
     hidden = client.run(_hide_flows_folder, FLOWS)
     assert all(hidden.values()), f"flows/ still importable on a worker: {hidden}"
     work = tmp_path_factory.mktemp("work")
@@ -92,9 +82,9 @@ def dask_run(cluster, served, tmp_path_factory):
     return state, stream.data, work
 
 
-def test_flow_completes_on_the_cluster(dask_run, served):
+def test_flow_completes_on_the_cluster(dask_run, demo_server):
     state, _, _ = dask_run
-    _, root = served
+    _, root = demo_server
     assert state.is_completed(), state
     summary = state.result()
     assert math.isfinite(summary.oof_score) and 0.0 <= summary.oof_score <= 1.0
@@ -104,7 +94,7 @@ def test_flow_completes_on_the_cluster(dask_run, served):
     sample = pd.read_csv(root / "demo" / "sample_submission.csv")
     assert len(sub) == len(sample) and list(sub.columns) == list(sample.columns)
     assert summary.submitted and math.isfinite(summary.public_score)
-    assert len(served[0].submissions) == 1
+    assert len(demo_server[0].submissions) == 1
 
 
 def test_tasks_ran_in_the_dask_workers(dask_run, cluster):
@@ -145,14 +135,14 @@ def test_task_runs_were_reported_to_the_one_api(dask_run, cluster):
         assert info["servers"] == [] and not any("uvicorn" in c for c in info["children"]), (worker, info)
 
 
-def test_cli_dask_address_runs_on_the_same_cluster(dask_run, cluster, served):
+def test_cli_dask_address_runs_on_the_same_cluster(dask_run, cluster, demo_server):
     """``--dask-address`` through the CLI, against the same API: a rerun that is Cached in every
     task, each cache lookup made on a worker."""
     from prefect.settings import PREFECT_API_URL
 
     _, _, work = dask_run
     cluster, client = cluster
-    server, _ = served
+    server, _ = demo_server
     out = work / "rerun.json"
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     cmd = [sys.executable, str(REPO / "flows" / "submit.py"), "--competition", "demo", "--tiny", "--epochs", "1",

@@ -19,21 +19,12 @@ import pandas as pd
 import pytest
 
 from lora_tasks.testing import fake_kaggle as fk
-from lora_tasks.testing.demo import build_demo_competition
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 sys.path.insert(0, str(REPO / "flows"))
 
 FAST = dict(tiny=True, epochs=1, max_seq_len=64, retry_delay_s=0.05, score_poll_s=0.05)
-
-
-@pytest.fixture(scope="module")
-def demo_server(tmp_path_factory):
-    served = tmp_path_factory.mktemp("served")
-    build_demo_competition(served)
-    with fk.serve(served, pending_polls=1) as server:
-        yield server, served
 
 
 @pytest.fixture(scope="module")
