@@ -200,8 +200,8 @@ def kaggle_lora(
     ``adapters``: number of folds (= adapters); ``preset``/``epochs``/``max_seq_len`` override
     the auto-configured settings. ``top_layers``: adapters on the top N encoder layers only;
     the frozen layers below run once per dataset (cached on disk) instead of once per fold,
-    epoch and batch. ``combine="blend"`` blends the fold adapters with a
-    scikit-learn ``baseline`` trained on the same folds (``blend_method``: caruana, weights,
+    epoch and batch. ``combine="blend"`` blends the fold adapters with the
+    scikit-learn ``baseline`` members trained on the same folds (``blend_method``: caruana, weights,
     mean, rank_mean or stacking, fit on out-of-fold rows); ``merge`` folds the adapters into
     one model (no baseline). ``data_dir``: where downloads go (default ``<work_dir>/data``).
     ``kaggle_endpoint``: a Kaggle-compatible server (the fake one); for ``demo`` without one, a
@@ -240,14 +240,14 @@ def kaggle_lora(
         tokens = f.result(); states["tokenize"] = _state(f)
 
         use_baseline = baseline and combine == "blend"
-        b = run["train-baseline"].submit(competition, folder, prepared, plan, artifacts) if use_baseline else None
+        b = run["train-baselines"].submit(competition, folder, prepared, plan, artifacts) if use_baseline else None
         folds = [run["train-adapter"].submit(prepared, plan, tokens, k, artifacts, model) for k in range(n_folds)]
         results = [fut.result() for fut in folds]
         for k, fut in enumerate(folds):
             states[f"train-fold-{k}"] = _state(fut)
-        baselines = [b.result()] if b is not None else []
+        baselines = b.result() if b is not None else []
         if b is not None:
-            states["train-baseline"] = _state(b)
+            states["train-baselines"] = _state(b)
 
         f = run["combine"].submit(prepared, plan, results, artifacts, combine, tokens, model, baselines, blend_method)
         combined = f.result(); states["combine"] = _state(f)

@@ -57,12 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adapters on the top N encoder layers only: the frozen layers below run once per dataset "
                         "(cached on disk) instead of once per fold, epoch and batch (default: every layer)")
     p.add_argument("--combine", choices=("blend", "merge"), default="blend",
-                   help="blend (default): the fold adapters' mean blended with a scikit-learn baseline, weights fit "
+                   help="blend (default): the fold adapters' mean blended with scikit-learn baselines, weights fit "
                         "on out-of-fold rows; merge: one model from the averaged adapters")
     p.add_argument("--blend-method", choices=BLEND_METHODS, default="caruana",
                    help="how --combine blend weighs the members (caruana: greedy selection as in AutoGluon)")
     p.add_argument("--no-baseline", dest="baseline", action="store_false",
-                   help="blend the adapters only (no HistGradientBoosting / TF-IDF member)")
+                   help="blend the adapters only (no HistGradientBoosting / linear / TF-IDF members)")
     p.add_argument("--message", default="kaggle-lora", help="submission message")
     p.add_argument("--data-dir", default=None, help="where competition data is downloaded (default: WORK_DIR/data)")
     p.add_argument("--work-dir", default=None, help="artifacts, token cache, task results (default: $KAGGLE_LORA_HOME or .kaggle-lora)")

@@ -13,7 +13,7 @@ Steps, in order (``run_pipeline`` chains them):
 3. :func:`plan_training` - profile + auto-config -> ``plan-*.json`` (settings and why)
 4. :func:`tokenize_data` - texts -> token ``.npz`` files (the token cache)
 5. :func:`train_adapter` - one fold -> adapter ``.safetensors`` + OOF/test ``.npy``;
-   :func:`train_baseline` - a scikit-learn member on the same folds -> OOF/test ``.npy``
+   :func:`train_baselines` - scikit-learn members on the same folds -> OOF/test ``.npy``
 6. :func:`combine` - blend the adapters' fold ensemble with the baselines (weights fit on OOF),
    or one model from merged adapters
 7. :func:`write_submission` - test predictions -> ``submission-*.csv`` in Kaggle's format
@@ -546,20 +546,21 @@ class BaselineResult:
         return [self.oof_path, self.test_path]
 
 
-def train_baseline(
+def train_baselines(
     competition: str,
     data_dir: str | os.PathLike,
     prepared_path: str | os.PathLike,
     plan_path: str | os.PathLike,
     out_dir: str | os.PathLike,
-) -> BaselineResult:
-    """Fit the scikit-learn member that suits the table (:func:`lora_tasks.sklearn_members.table_member`:
-    HistGradientBoosting, or TF-IDF + a linear model for text) on the same rows and folds as the
-    adapters, on the same target scale, so :func:`combine` can blend it with them row by row."""
+) -> list[BaselineResult]:
+    """Fit the scikit-learn members that suit the table (:func:`lora_tasks.sklearn_members.table_members`:
+    HistGradientBoosting and a regularized linear model, or TF-IDF + a linear model for text)
+    on the same rows and folds as the adapters, on the same target scale, so :func:`combine`
+    can blend them with the adapters row by row."""
     import time
 
     from lora_tasks.data.competition import load_competition
-    from lora_tasks.sklearn_members import table_member
+    from lora_tasks.sklearn_members import table_members
 
     start = time.perf_counter()
     prepared = load_json(prepared_path)
@@ -571,20 +572,24 @@ def train_baseline(
         raise PipelineError(f"{prepared_path} does not match {config.train_path}; run prepare_data on this data again.")
     train = train.iloc[rows].reset_index(drop=True)
     text_columns = config.row_template(train).text_columns
-    member = table_member(
+    members = table_members(
         train, _labels(prepared, plan), fold_assignment(prepared, plan), prepared["head_type"], config.read_test(),
         text_columns=tuple(text_columns), exclude=config.excluded_columns, seed=plan.seed,
     )
+    seconds = (time.perf_counter() - start) / len(members)
     out = Path(out_dir)
-    return BaselineResult(
-        name=member.name,
-        oof_path=save_array(np.asarray(member.oof, dtype=np.float32), out, f"oof-{member.name}"),
-        test_path=save_array(np.asarray(member.test, dtype=np.float32), out, f"test-{member.name}"),
-        oof_score=score_predictions(member.oof, prepared, plan),
-        metric=prepared["metric"],
-        seconds=time.perf_counter() - start,
-        dropped_columns=list(member.dropped_columns),
-    )
+    return [
+        BaselineResult(
+            name=member.name,
+            oof_path=save_array(np.asarray(member.oof, dtype=np.float32), out, f"oof-{member.name}"),
+            test_path=save_array(np.asarray(member.test, dtype=np.float32), out, f"test-{member.name}"),
+            oof_score=score_predictions(member.oof, prepared, plan),
+            metric=prepared["metric"],
+            seconds=seconds,
+            dropped_columns=list(member.dropped_columns),
+        )
+        for member in members
+    ]
 
 
 # ------------------------------------------------------------------------------ 6. combine
@@ -990,7 +995,7 @@ def run_pipeline(
         train_adapter(prepared, plan, tokens, k, artifacts, model=model, progress=progress)
         for k in range(Plan.load(plan).n_folds)
     ]
-    baselines = [train_baseline(competition, folder, prepared, plan, artifacts)] if baseline and combine_method == "blend" else []
+    baselines = train_baselines(competition, folder, prepared, plan, artifacts) if baseline and combine_method == "blend" else []
     combined = combine(prepared, plan, results, artifacts, method=combine_method, tokens=tokens, model=model,
                        baselines=baselines, blend_method=blend_method)
     submission_path = write_submission(prepared, plan, combined.test_path, artifacts)

@@ -250,10 +250,10 @@ def train_task(prepared: Path, plan: Path, tokens: P.TokenFiles, fold: int, out_
     return P.train_adapter(prepared, plan, tokens, fold, out_dir, model=model, progress=PrefectProgress(f"fold {fold}"))
 
 
-@task(name="train-baseline", cache_policy=_policy(P.train_baseline, by_value=("out_dir",)), persist_result=True)
-def baseline_task(competition: str, data_dir: Path, prepared: Path, plan: Path, out_dir: Path) -> P.BaselineResult:
-    """The scikit-learn member on the adapters' folds (seconds; runs beside the adapters)."""
-    return P.train_baseline(competition, data_dir, prepared, plan, out_dir)
+@task(name="train-baselines", cache_policy=_policy(P.train_baselines, by_value=("out_dir",)), persist_result=True)
+def baseline_task(competition: str, data_dir: Path, prepared: Path, plan: Path, out_dir: Path) -> list[P.BaselineResult]:
+    """The scikit-learn members on the adapters' folds (seconds; runs beside the adapters)."""
+    return P.train_baselines(competition, data_dir, prepared, plan, out_dir)
 
 
 @task(name="combine", cache_policy=_policy(P.combine, by_value=("out_dir",)), persist_result=True)

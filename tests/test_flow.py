@@ -52,14 +52,14 @@ def test_demo_flow_submits_and_reads_the_servers_score(demo_run, demo_server):
     assert summary.public_score == pytest.approx(expected) == pytest.approx(stored.public_score)
     assert stored.content == Path(summary.submission_path).read_bytes()
     assert [row["adapter"] for row in summary.cv] == ["fold 0", "fold 1"]
-    assert set(summary.task_states.values()) == {"Completed"} and "train-baseline" in summary.task_states
+    assert set(summary.task_states.values()) == {"Completed"} and "train-baselines" in summary.task_states
     members = {row["member"]: row for row in summary.members}
-    assert {"lora", "hist_gbm", "blend (caruana)"} <= set(members), summary.members
-    weights = [members[m]["weight"] for m in ("lora", "hist_gbm")]
+    assert {"lora", "hist_gbm", "linear", "blend (caruana)"} <= set(members), summary.members
+    weights = [members[m]["weight"] for m in ("lora", "hist_gbm", "linear")]
     assert sum(weights) == pytest.approx(1.0, abs=1e-3) and min(weights) >= 0
     assert members["blend (caruana)"]["OOF accuracy"] == pytest.approx(summary.oof_score, abs=1e-5)
     # Caruana keeps the best prefix of its trajectory: the blend never trails its best member on OOF
-    assert summary.oof_score >= max(members[m]["OOF accuracy"] for m in ("lora", "hist_gbm")) - 1e-5
+    assert summary.oof_score >= max(members[m]["OOF accuracy"] for m in ("lora", "hist_gbm", "linear")) - 1e-5
     assert (work / "results").is_dir() and any((work / "results").iterdir()), "results persist in the project store"
 
 

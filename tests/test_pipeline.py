@@ -143,24 +143,30 @@ def test_combine_blend_is_the_fold_mean_and_merge_predicts_once(demo_steps, demo
 
 
 @pytest.fixture(scope="module")
-def demo_baseline(demo_steps, demo_dir):
+def demo_baselines(demo_steps, demo_dir):
     out, prepared, plan, _ = demo_steps
-    return P.train_baseline("demo", demo_dir, prepared, plan, out)
+    return P.train_baselines("demo", demo_dir, prepared, plan, out)
 
 
-def test_baseline_uses_the_adapters_rows_and_folds(demo_steps, demo_baseline, demo_dir):
-    """The demo table is numeric: gradient boosting, on the same rows and folds as the adapters,
-    scored with the competition metric (recomputed here from its files)."""
+@pytest.fixture(scope="module")
+def demo_baseline(demo_baselines):
+    return next(b for b in demo_baselines if b.name == "hist_gbm")
+
+
+def test_baselines_use_the_adapters_rows_and_folds(demo_steps, demo_baselines, demo_dir):
+    """The demo table is numeric: gradient boosting and a linear model, on the same rows and
+    folds as the adapters, scored with the competition metric (recomputed here from its files)."""
     _, prepared, plan, _ = demo_steps
     data = P.load_json(prepared)
-    b = demo_baseline
-    assert b.name == "hist_gbm" and b.metric == "accuracy" and all(p.is_file() for p in b.paths())
-    oof, test = np.load(b.oof_path), np.load(b.test_path)
-    assert oof.shape == (len(data["y"]),) and test.shape == (len(data["test_ids"]),)
-    assert np.all((oof >= 0) & (oof <= 1)), "binary members predict P(class 1)"
     y = np.asarray(data["y"])
-    assert b.oof_score == pytest.approx(float(np.mean((oof >= 0.5) == y)))
-    assert b.oof_score > 0.85, "gradient boosting separates the breast-cancer demo"
+    assert [b.name for b in demo_baselines] == ["hist_gbm", "linear"]
+    for b in demo_baselines:
+        assert b.metric == "accuracy" and all(p.is_file() for p in b.paths())
+        oof, test = np.load(b.oof_path), np.load(b.test_path)
+        assert oof.shape == (len(data["y"]),) and test.shape == (len(data["test_ids"]),)
+        assert np.all((oof >= 0) & (oof <= 1)), "binary members predict P(class 1)"
+        assert b.oof_score == pytest.approx(float(np.mean((oof >= 0.5) == y)))
+        assert b.oof_score > 0.85, f"{b.name} separates the breast-cancer demo"
 
 
 def test_baseline_follows_a_subset_of_rows(demo_dir, tmp_path):
@@ -171,11 +177,11 @@ def test_baseline_follows_a_subset_of_rows(demo_dir, tmp_path):
     assert len(rows) == 120 and rows == sorted(rows)
     train = pd.read_csv(demo_dir / "train.csv")
     assert P.load_json(prepared)["y"] == train["target"].iloc[rows].tolist()
-    b = P.train_baseline("demo", demo_dir, prepared, plan, tmp_path)
-    assert np.load(b.oof_path).shape == (120,)
+    for b in P.train_baselines("demo", demo_dir, prepared, plan, tmp_path):
+        assert np.load(b.oof_path).shape == (120,)
 
 
-def test_blend_with_a_baseline_fits_weights_on_oof(demo_steps, demo_folds, demo_baseline):
+def test_blend_with_a_baseline_fits_weights_on_oof(demo_steps, demo_folds, demo_baseline, demo_baselines):
     out, prepared, plan, _ = demo_steps
     data = P.load_json(prepared)
     y = np.asarray(data["y"])
@@ -198,6 +204,10 @@ def test_blend_with_a_baseline_fits_weights_on_oof(demo_steps, demo_folds, demo_
     assert caruana.oof_score >= max(caruana.member_scores.values()) - 1e-12
     with pytest.raises(P.PipelineError, match="baselines only blend"):
         P.combine(prepared, plan, demo_folds, out, method="merge", baselines=[demo_baseline])
+
+    every = P.combine(prepared, plan, demo_folds, out, baselines=demo_baselines)
+    assert set(every.weights) == set(every.member_scores) == {"lora", "hist_gbm", "linear"}
+    assert every.oof_score >= max(every.member_scores.values()) - 1e-12
     with pytest.raises(ValueError, match="Unknown blend method"):
         P.combine(prepared, plan, demo_folds, out, baselines=[demo_baseline], blend_method="median")
 

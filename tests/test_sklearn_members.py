@@ -11,7 +11,7 @@ import pytest
 from lora_tasks.cv import make_folds
 from lora_tasks.ensemble import blend
 from lora_tasks.metrics import get_metric
-from lora_tasks.sklearn_members import normalize_task, tabular_member, text_member
+from lora_tasks.sklearn_members import linear_member, normalize_task, table_members, tabular_member, text_member
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -92,6 +92,53 @@ def test_multiclass_columns_follow_sorted_labels(titanic):
     assert res.oof.shape == (891, 3)
     np.testing.assert_allclose(res.oof.sum(axis=1), 1.0, atol=1e-9)
     assert np.mean(np.argmax(res.oof, axis=1) + 1 == y) > 0.8  # fare says a lot about the class
+
+@pytest.fixture(scope="module")
+def house():
+    train = _read("house-prices-advanced-regression-techniques", "train.csv")
+    y = train["SalePrice"].to_numpy(dtype=float)
+    return train, y, make_folds(np.log1p(y), "regression", 5, seed=0)
+
+
+def test_house_prices_linear_member_blends_with_boosting(house):
+    """The linear member: prices from one-hot categoricals and log1p of skewed areas. Alone it is
+    about as good as boosting; because the two err differently, their blend beats both (the
+    reason the flow blends both)."""
+    train, y, folds = house
+    X = train.drop(columns=["SalePrice", "Id"])
+    lin = linear_member(X, y, folds, "regression", X.iloc[:30], metric="rmsle", log_target=True)
+    gbm = tabular_member(X, y, folds, "regression", metric="rmsle", log_target=True)
+    assert lin.oof.shape == (1460,) and lin.test.shape == (30,) and lin.oof.min() > 0
+    assert lin.oof_score < 0.14 and gbm.oof_score < 0.14  # the mean price scores ~0.40
+    blended = blend("caruana", {"linear": np.log1p(lin.oof), "hist_gbm": np.log1p(gbm.oof)}, None,
+                    np.log1p(y), "rmse", folds)
+    assert min(blended.weights.values()) > 0.2, blended.weights
+    assert blended.report.blend_cv_score < min(lin.oof_score, gbm.oof_score) - 0.003  # nested: honest
+
+
+def test_linear_member_classifies_with_probabilities(titanic):
+    X, y, X_test, folds = titanic
+    res = linear_member(X, y, folds, "binary", X_test, metric="accuracy")
+    assert res.oof.shape == (891,) and res.test.shape == (418,)
+    assert np.all((res.oof > 0) & (res.oof < 1))  # logistic probabilities, never hard labels
+    assert res.oof_score > 0.77  # gender alone gives 0.787 in-sample; this is out-of-fold
+    assert set(res.dropped_columns) == {"Name", "Ticket"}
+    with pytest.raises(ValueError, match="X_test lacks columns"):
+        linear_member(X, y, folds, "binary", X_test.drop(columns=["Fare"]))
+
+
+def test_table_members_pick_by_the_table(titanic):
+    """Text with few context columns -> TF-IDF only; any other table -> boosting and linear."""
+    X, y, X_test, folds = titanic
+    tabular = table_members(X, y, folds, "binary_classification", X_test, metric="accuracy")
+    assert [m.name for m in tabular] == ["hist_gbm", "linear"]
+    tweets = _read("nlp-getting-started", "train.csv", nrows=400)
+    ty = tweets["target"].to_numpy()
+    text = table_members(tweets, ty, make_folds(ty, "binary_classification", 3, seed=0), "binary",
+                         text_columns=("text",), exclude=("id", "target"), metric="f1")
+    assert [m.name for m in text] == ["tfidf_linear"]
+    with pytest.raises(ValueError, match="drop_columns"):
+        table_members(X, y, folds, "binary", X_test.drop(columns=["Age"]))
 
 
 def test_errors_name_the_fix(titanic):
