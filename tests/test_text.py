@@ -95,12 +95,42 @@ def test_missing_values_said_when_asked():
 
 
 def test_sentence_count_matches_present_values_on_house_prices():
-    template, frame = _template(HOUSE)
+    template, frame = _template(HOUSE, omit_common=None)
     texts = template.render_frame(frame.head(50))
     features = frame.head(50).drop(columns=["Id", "SalePrice"])
     present = features.notna().sum(axis=1).to_numpy()
     assert [t.count(" is ") for t in texts] == list(present)
     assert "Lot frontage is 65." in texts[0] and "1st flr SF is 856." in texts[0]
+
+
+def test_common_values_are_left_out_and_learned_from_train():
+    """house-prices' config says ``omit_common = 0.8``: a value that 80% of the training rows
+    hold is left out like a missing one; rarer values of the same column are still said."""
+    template, frame = _template(HOUSE)
+    assert template.common_values["Street"] == "Pave" and template.common_values["Utilities"] == "AllPub"
+    assert "Neighborhood" not in template.common_values and "SalePrice" not in template.common_values
+    for column, value in template.common_values.items():
+        assert (frame[column] == value).mean() >= 0.8, column
+    texts = template.render_frame(frame)
+    gravel = frame.index[frame["Street"] == "Grvl"][0]
+    assert "Street is Grvl." in texts[gravel] and not any("Street is Pave" in t for t in texts)
+    features = frame.drop(columns=["Id", "SalePrice"])
+    common = np.zeros(len(frame), dtype=int)
+    for column, value in template.common_values.items():
+        common += (features[column] == value).to_numpy()
+    assert [t.count(" is ") for t in texts] == list(features.notna().sum(axis=1).to_numpy() - common)
+    # the test table is rendered with the values learned from train, not its own
+    test = read_test(HOUSE)
+    test_texts = template.render_frame(test.head(30))
+    assert all("Street is Pave" not in t for t in test_texts)
+    plain, _ = _template(HOUSE, omit_common=None)
+    assert plain.common_values == {} and plain.fingerprint() != template.fingerprint()
+    assert np.mean([len(t) for t in texts]) < 0.75 * np.mean([len(t) for t in plain.render_frame(frame)])
+
+
+def test_omit_common_must_be_a_share_of_rows():
+    with pytest.raises(ValueError, match="omit_common is 0.3; use a share of rows in 0.5..1"):
+        SerializationOptions(omit_common=0.3)
 
 
 def test_tweet_text_first_then_keyword():

@@ -174,6 +174,7 @@ _TABLE_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "text_first": bool,
         "label_text": bool,
         "rename": dict,
+        "omit_common": (int, float),
     },
 }
 ALLOWED_KEYS: tuple[str, ...] = (*_SCALAR_KEYS, *_LIST_KEYS, *_TABLE_KEYS)
