@@ -2,8 +2,8 @@
 
 A strong cheap baseline is often the member that helps a blend most: gradient boosting and a
 regularized linear model for tabular data (they err differently: on house-prices each scores
-RMSLE ~0.129 alone and 0.122 blended), TF-IDF + a linear model for text. Each runs on the adapters' folds
-(``CVResult.fold_of_row``), so its OOF predictions are comparable row by row and can enter
+RMSLE ~0.129 alone and 0.122 blended), TF-IDF + a linear model for text. Each runs on the
+adapters' folds (``CVResult.fold_of_row``), so its OOF predictions are comparable row by row and can enter
 :func:`lora_tasks.ensemble.blend` next to the adapters'.
 
 Predictions follow the project's convention: binary P(class 1) 1-D, multiclass (n, k)
@@ -201,7 +201,7 @@ def linear_member(
         )
         model = (LassoCV(alphas=30, cv=3, max_iter=5000, random_state=seed) if task == "regression"
                  else LogisticRegressionCV(Cs=10, cv=3, max_iter=3000, random_state=seed, scoring="neg_log_loss",
-                                      l1_ratios=(0.0,), use_legacy_attributes=False))
+                                           l1_ratios=(0.0,), use_legacy_attributes=False))
         return Pipeline([("encode", encode), ("model", model)])
 
     def prepare(df: pd.DataFrame) -> pd.DataFrame:
