@@ -115,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import lora_tasks
     from lora_tasks import tasks as T
+    from lora_tasks.native import native_info
 
     print(lora_tasks.blas_info().summary(), flush=True)  # which BLAS serves MLX's GEMMs in this run
+    print(native_info().summary(), flush=True)  # native CPU kernels or MLX's ops
     flow_fn = kaggle_lora.with_options(task_runner=make_task_runner(runner, address=args.dask_address))
     params = dict(
         competition=args.competition, model=args.model, preset=args.preset, adapters=args.adapters,

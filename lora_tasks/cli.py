@@ -47,10 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--model", default=None, help="Local folder or hub id (default: the offline MiniLM).")
     embed.add_argument("--max-length", type=int, default=128)
     embed.set_defaults(func=_embed)
-    sub.add_parser("blas", help="Print which BLAS serves MLX's matrix multiplications.").set_defaults(
-        func=lambda a: print(lora_tasks.blas_info().summary()) or 0
-    )
+    sub.add_parser(
+        "blas", help="Print which BLAS serves MLX's matrix multiplications and which CPU kernels run."
+    ).set_defaults(func=_kernels)
     return parser
+
+
+def _kernels(args: argparse.Namespace) -> int:
+    from lora_tasks.native import native_info  # builds the native kernels on first use (~15 s)
+
+    print(native_info().summary())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

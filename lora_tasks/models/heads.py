@@ -14,6 +14,8 @@ from typing import Literal
 import mlx.core as mx
 import mlx.nn as nn
 
+from lora_tasks.models import ops
+
 HEAD_TYPES = (
     "binary_classification",
     "multiclass_classification",
@@ -49,7 +51,7 @@ class ClassificationHead(nn.Module):
 
     def __init__(self, hidden_size: int, num_outputs: int, dropout: float = 0.1) -> None:
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = ops.Dropout(dropout)
         self.classifier = nn.Linear(hidden_size, num_outputs)
 
     def __call__(self, pooled: mx.array) -> mx.array:

@@ -195,7 +195,7 @@ class ModernBertEmbeddings(nn.Module):
         super().__init__()
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.norm_bias)
-        self.drop = nn.Dropout(cfg.embedding_dropout)
+        self.drop = ops.Dropout(cfg.embedding_dropout)
 
     def __call__(self, input_ids: mx.array) -> mx.array:
         return self.drop(self.norm(self.tok_embeddings(input_ids)))
@@ -212,8 +212,8 @@ class ModernBertAttention(nn.Module):
         self.rope_theta = cfg.rope_theta(layer_type)
         self.Wqkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=cfg.attention_bias)
         self.Wo = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.attention_bias)
-        self.attn_drop = nn.Dropout(cfg.attention_dropout)
-        self.out_drop = nn.Dropout(cfg.attention_dropout)
+        self.attn_drop = ops.Dropout(cfg.attention_dropout)
+        self.out_drop = ops.Dropout(cfg.attention_dropout)
 
     def __call__(self, x: mx.array, mask: mx.array | None, rotary: RotaryTables) -> mx.array:
         b, s, _ = x.shape
@@ -232,7 +232,7 @@ class ModernBertMLP(nn.Module):
         super().__init__()
         self.Wi = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
         self.act = ops.ACTIVATIONS[cfg.hidden_activation]
-        self.drop = nn.Dropout(cfg.mlp_dropout)
+        self.drop = ops.Dropout(cfg.mlp_dropout)
         self.Wo = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def __call__(self, x: mx.array) -> mx.array:

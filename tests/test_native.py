@@ -1,0 +1,155 @@
+"""The native CPU kernels: same math as MLX's ops forward and backward, a real dropout, and a clear
+fallback when they cannot be built."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from lora_tasks import native
+from lora_tasks.models import ops
+from lora_tasks.native import builder as build
+
+K = native.kernels()
+pytestmark = pytest.mark.skipif(K is None, reason=f"native kernels unavailable: {native.native_info().reason}")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _normal(shape, seed, scale=1.0):
+    return mx.random.normal(shape, key=mx.random.key(seed)) * scale
+
+
+def test_info_names_the_library_and_threads():
+    info = native.native_info()
+    assert info.loaded and Path(info.path).exists()
+    assert info.threads >= 1 and info.threading in ("openmp", "std::thread")
+    assert "native" in info.summary()
+
+
+@pytest.mark.parametrize("shape", [(7,), (64, 1536), (3, 50_000)])  # one thread, and split over threads
+def test_gelu_forward_and_backward_match_mlx_erf(shape):
+    x, g = _normal(shape, 0, 3.0), _normal(shape, 1)
+    np.testing.assert_allclose(np.array(ops.gelu(x)), np.array(ops.gelu_exact(x)), atol=2e-6)
+    _, (vjp,) = mx.vjp(ops.gelu_exact, [x], [g])
+    _, (ours,) = mx.vjp(ops.gelu, [x], [g])
+    np.testing.assert_allclose(np.array(ours), np.array(vjp), rtol=1e-4, atol=2e-5)
+
+
+def test_gelu_takes_strided_and_bfloat16_inputs_inside_compile():
+    x = _normal((256, 300), 2, 2.0)
+    f = mx.compile(lambda t: ops.gelu(t.T * 2.0) + 1.0)  # a transposed view into the kernel
+    np.testing.assert_allclose(np.array(f(x)), np.array(ops.gelu_exact(x.T * 2.0) + 1.0), atol=5e-6)
+    xb = x.astype(mx.bfloat16)
+    yb = ops.gelu(xb)
+    assert yb.dtype == mx.bfloat16
+    np.testing.assert_allclose(np.array(yb.astype(mx.float32)), np.array(ops.gelu_exact(xb).astype(mx.float32)), atol=3e-2)
+
+
+def test_softmax_forward_and_backward_match_mlx_with_a_padding_mask():
+    s = _normal((4, 12, 64, 64), 3, 4.0)
+    s = s + mx.where(mx.arange(64) < 50, 0.0, mx.finfo(mx.float32).min)
+    y = ops.softmax(s)
+    np.testing.assert_allclose(np.array(y), np.array(ops.softmax_stock(s)), atol=1e-5)
+    assert np.array(y)[..., 50:].max() < 1e-30  # padding gets no weight
+    w = _normal(s.shape, 4)
+    g_ours = mx.grad(lambda t: (ops.softmax(t) * w).sum())(s)
+    g_ref = mx.grad(lambda t: (ops.softmax_stock(t) * w).sum())(s)
+    np.testing.assert_allclose(np.array(g_ours), np.array(g_ref), atol=1e-5)
+
+
+def test_dropout_keeps_the_right_share_and_scales_to_the_same_mean():
+    d = ops.Dropout(0.1)
+    d.train()
+    x = mx.ones((2048, 1536))
+    y = np.array(d(x))
+    kept = y != 0
+    assert abs(kept.mean() - 0.9) < 0.002
+    np.testing.assert_allclose(y[kept], 1 / 0.9, rtol=1e-6)
+    assert abs(y.astype(np.float64).mean() - 1.0) < 0.003
+    # rows and columns get independent masks: no stripes
+    assert np.abs(kept.mean(axis=0) - 0.9).max() < 0.05 and np.abs(kept.mean(axis=1) - 0.9).max() < 0.05
+    y2 = np.array(d(x))
+    assert 0.80 < ((y2 != 0) == kept).mean() < 0.84  # a fresh mask per call: agreement 0.9^2 + 0.1^2
+
+
+def test_dropout_backward_uses_the_forward_mask():
+    d = ops.Dropout(0.3)
+    d.train()
+    x = _normal((512, 384), 5) + 3.0  # no zeros in x
+    w = _normal(x.shape, 6)
+    mx.random.seed(11)
+    y = d(x)
+    mx.random.seed(11)
+    grad = mx.grad(lambda t: (d(t) * w).sum())(x)
+    expected = np.where(np.array(y) != 0, np.array(w) / 0.7, 0.0)
+    np.testing.assert_allclose(np.array(grad), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_is_reproducible_from_mlx_seed_and_off_in_eval_mode():
+    d = ops.Dropout(0.5)
+    d.train()
+    x = mx.ones((300, 300))
+    mx.random.seed(3)
+    a = np.array(d(x))
+    mx.random.seed(3)
+    b = np.array(d(x))
+    np.testing.assert_array_equal(a, b)
+    d.eval()
+    np.testing.assert_array_equal(np.array(d(x)), np.array(x))
+    assert isinstance(d, nn.Dropout)  # model.train()/eval() and isinstance checks still reach it
+
+
+def test_kernels_reject_bad_arguments_with_a_message():
+    with pytest.raises(ValueError, match="p must be in"):
+        K.dropout(mx.ones((4,)), mx.zeros((1,), dtype=mx.uint32), 1.0)
+    with pytest.raises(ValueError, match="differ in shape"):
+        K.gelu_backward(mx.ones((4,)), mx.ones((5,)))
+
+
+def test_a_second_build_reuses_the_cached_library(tmp_path):
+    tc = build.find_toolchain(None)  # std::thread variant: a different fingerprint from the loaded one
+    path, name, built = build.build(tc, tmp_path)
+    assert built and path.exists() and name in path.name
+    mtime = path.stat().st_mtime_ns
+    path2, _, built2 = build.build(tc, tmp_path)
+    assert (path2, built2) == (path, False) and path.stat().st_mtime_ns == mtime
+    assert not list(tmp_path.glob("*.tmp*"))  # nothing half-written left behind
+    mod = build.load(path, name)
+    assert mod.threading == "std::thread"
+    x = _normal((64, 1000), 7)
+    np.testing.assert_allclose(np.array(mod.gelu_forward(x)), np.array(ops.gelu_exact(x)), atol=2e-6)
+
+
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    full = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, cwd=ROOT, timeout=300)
+
+
+PROBE = (
+    "import lora_tasks, mlx.core as mx\n"
+    "from lora_tasks import native\nfrom lora_tasks.models import ops\n"
+    "x = mx.linspace(-5, 5, 1001)\n"
+    "print(native.native_info().summary())\n"
+    "print(mx.abs(ops.gelu(x) - ops.gelu_exact(x)).max().item() < 2e-6)\n"
+)
+
+
+def test_opting_out_uses_mlx_ops():
+    proc = _run(PROBE, KAGGLE_LORA_NATIVE_KERNELS="0")
+    assert proc.returncode == 0, proc.stderr
+    assert "MLX ops (KAGGLE_LORA_NATIVE_KERNELS=0)" in proc.stdout and proc.stdout.strip().endswith("True")
+
+
+def test_a_broken_compiler_warns_with_the_fix_and_falls_back(tmp_path):
+    proc = _run(PROBE, CXX="/bin/false", XDG_CACHE_HOME=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "native CPU kernels unavailable" in proc.stderr and "KAGGLE_LORA_NATIVE_KERNELS=0" in proc.stderr
+    assert "MLX ops" in proc.stdout and proc.stdout.strip().endswith("True")
+    assert not list(tmp_path.rglob("*.so"))
