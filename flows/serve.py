@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect waits 20 s for its temporary API server; on a busy 2-core machine its start took 22 s
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 

@@ -13,9 +13,14 @@ Provider order (first found wins):
 
 1. ``KAGGLE_LORA_BLAS``: a path to a shared library, or ``mkl`` / ``openblas`` to force a
    provider, or ``none`` to keep MLX's bundled BLAS.
-2. Intel MKL installed in the running Python environment (PyPI ``mkl``, a dependency of this
-   package on Linux x86_64): ``<prefix>/lib/libmkl_rt.so*``.
-3. A system OpenBLAS (Debian ``libopenblas0-pthread``).
+2. OpenBLAS from PyPI (``scipy-openblas32``, a dependency on Linux). Its symbols carry a
+   ``scipy_`` prefix, so a three-line C shim exporting ``cblas_sgemm`` is compiled once (~0.1 s,
+   cached) and preloaded. Measured at MiniLM's shapes on a 2-core AMD EPYC (AVX2), fp32 GEMM
+   2048x384 @ 384x1536: 126-148 GFLOP/s against MKL's 75-80, and the LoRA train step 0.98x of
+   PyTorch+PEFT against 0.82x with MKL (same runs, alternating).
+3. Intel MKL installed in the running Python environment (PyPI ``mkl``, a dependency of this
+   package on Linux x86_64): ``<prefix>/lib/libmkl_rt.so*``. Used when no C compiler exists.
+4. A system OpenBLAS (Debian ``libopenblas0-pthread``).
 """
 
 from __future__ import annotations
@@ -23,9 +28,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import glob
+import hashlib
+import importlib.util
 import logging
 import os
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +42,8 @@ log = logging.getLogger("lora_tasks")
 
 ENV_VAR = "KAGGLE_LORA_BLAS"
 FIX_HINT = (
-    "Install Intel MKL into this environment (`pip install mkl`), or a system OpenBLAS "
+    "Install `scipy-openblas32` and a C compiler (gcc), or Intel MKL (`pip install mkl`) into this "
+    "environment, or a system OpenBLAS "
     "(`apt-get install libopenblas0-pthread`), or point KAGGLE_LORA_BLAS at a BLAS shared library."
 )
 
@@ -102,6 +111,56 @@ def _openblas_candidates() -> list[str]:
     return found
 
 
+_SGEMM_SHIM = """\
+/* kaggle-lora: cblas_sgemm for MLX, served by PyPI's scipy-openblas32 (whose symbols are prefixed) */
+extern void scipy_cblas_sgemm(int, int, int, int, int, int, float, const float*, int,
+                              const float*, int, float, float*, int);
+void cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha, const float* a,
+                 int lda, const float* b, int ldb, float beta, float* c, int ldc) {
+  scipy_cblas_sgemm(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+"""
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kaggle-lora"
+
+
+def _scipy_openblas_candidates() -> list[str]:
+    """The cblas_sgemm shim over PyPI's OpenBLAS, compiled on first use (empty when impossible)."""
+    spec = importlib.util.find_spec("scipy_openblas32")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    lib = Path(next(iter(spec.submodule_search_locations))) / "lib" / "libscipy_openblas.so"
+    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if not lib.exists() or compiler is None:
+        log.debug("no OpenBLAS shim: library %s exists=%s, C compiler %s", lib, lib.exists(), compiler)
+        return []
+    stat = lib.stat()
+    key = hashlib.sha256(f"{_SGEMM_SHIM}\0{lib.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    shim = _cache_root() / "blas" / f"libkaggle_lora_sgemm_{key}.so"
+    if shim.exists():
+        return [str(shim)]
+    try:
+        shim.parent.mkdir(parents=True, exist_ok=True)
+        src = shim.with_name(f"{shim.stem}.{os.getpid()}.c")
+        tmp = shim.with_name(f"{shim.name}.tmp{os.getpid()}")
+        src.write_text(_SGEMM_SHIM)
+        cmd = [compiler, "-O2", "-shared", "-fPIC", str(src), "-o", str(tmp),
+               f"-L{lib.parent}", "-lscipy_openblas", f"-Wl,-rpath,{lib.parent}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        src.unlink(missing_ok=True)
+        if proc.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            log.debug("OpenBLAS shim did not compile: %s", proc.stderr.strip()[-500:])
+            return []
+        tmp.replace(shim)  # atomic: a concurrent process sees the whole file or none
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.debug("no OpenBLAS shim: %s", exc)
+        return []
+    return [str(shim)]
+
+
 def _preload(path: str, provider: str) -> None:
     # No KMP_BLOCKTIME=0 for MKL: it makes MKL's threads sleep after every call, and MLX's
     # batched attention matmuls (hundreds of tiny GEMMs) became 15x slower (35 ms against 2 ms).
@@ -122,12 +181,13 @@ def _choose() -> BlasInfo:
         _preload(override, "custom")
         return BlasInfo("custom", override, f"forced by {ENV_VAR}", (override,))
 
-    order = ["mkl", "openblas"]
+    order = ["scipy-openblas", "mkl", "openblas"]
     if override:
-        order = [override.lower()]
-    for provider in order:
-        candidates = _mkl_candidates() if provider == "mkl" else _openblas_candidates()
-        for path in candidates:
+        order = ["scipy-openblas", "openblas"] if override.lower() == "openblas" else [override.lower()]
+    finders = {"scipy-openblas": _scipy_openblas_candidates, "mkl": _mkl_candidates, "openblas": _openblas_candidates}
+    for source in order:
+        provider = "mkl" if source == "mkl" else "openblas"
+        for path in finders[source]():
             tried.append(path)
             try:
                 _preload(path, provider)
@@ -135,6 +195,8 @@ def _choose() -> BlasInfo:
                 log.debug("could not load %s: %s", path, exc)
                 continue
             why = f"forced by {ENV_VAR}" if override else "best provider found"
+            if source == "scipy-openblas":
+                why += " (PyPI scipy-openblas32 through a cblas_sgemm shim)"
             return BlasInfo(provider, path, why, tuple(tried))
     return BlasInfo(
         "bundled-reference",

@@ -24,6 +24,8 @@ def test_blas_is_interposed_and_gemm_is_correct():
     # the library is mapped into this process
     maps = open("/proc/self/maps").read()
     assert served_by in maps
+    if "libkaggle_lora_sgemm_" in served_by:  # the shim forwards to PyPI's OpenBLAS, also mapped
+        assert "libscipy_openblas" in maps and info.provider == "openblas"
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal((257, 129), dtype=np.float32)
@@ -48,6 +50,30 @@ def test_override_with_missing_file_is_a_clear_error():
     out = subprocess.run([sys.executable, "-c", "import lora_tasks"], env=env, capture_output=True, text=True)
     assert out.returncode != 0
     assert "KAGGLE_LORA_BLAS" in out.stderr and "names no file" in out.stderr
+
+
+def _provider_in_child(**env) -> str:
+    code = "import lora_tasks; print(lora_tasks.blas_info().summary())"
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env), capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_openblas_shim_is_the_default_and_mkl_can_be_forced(tmp_path):
+    first = _provider_in_child(XDG_CACHE_HOME=str(tmp_path))
+    assert first.startswith("BLAS: openblas") and "scipy-openblas32" in first, first
+    shims = list((tmp_path / "kaggle-lora" / "blas").glob("libkaggle_lora_sgemm_*.so"))
+    assert len(shims) == 1 and str(shims[0]) in first
+    mtime = shims[0].stat().st_mtime_ns
+    assert _provider_in_child(XDG_CACHE_HOME=str(tmp_path)) == first  # cached: not rebuilt
+    assert shims[0].stat().st_mtime_ns == mtime
+    assert not [p for p in shims[0].parent.iterdir() if ".tmp" in p.name or p.suffix == ".c"]
+    assert _provider_in_child(KAGGLE_LORA_BLAS="mkl").startswith("BLAS: mkl")
+
+
+def test_without_a_c_compiler_mkl_serves(tmp_path):
+    summary = _provider_in_child(XDG_CACHE_HOME=str(tmp_path), CC="/bin/false")
+    assert summary.startswith("BLAS: mkl"), summary
+    assert not list(tmp_path.rglob("*.so"))
 
 
 def test_importing_mlx_first_is_reported():

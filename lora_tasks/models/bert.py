@@ -74,7 +74,7 @@ class BertEmbeddings(nn.Module):
         self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
-        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.LayerNorm = ops.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = ops.Dropout(cfg.hidden_dropout_prob)
 
     def __call__(self, input_ids: mx.array, token_type_ids: mx.array | None = None) -> mx.array:
@@ -112,7 +112,7 @@ class BertSelfOutput(nn.Module):
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.LayerNorm = ops.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = ops.Dropout(cfg.hidden_dropout_prob)
 
     def __call__(self, x: mx.array, residual: mx.array) -> mx.array:
@@ -143,7 +143,7 @@ class BertOutput(nn.Module):
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
-        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.LayerNorm = ops.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = ops.Dropout(cfg.hidden_dropout_prob)
 
     def __call__(self, x: mx.array, residual: mx.array) -> mx.array:

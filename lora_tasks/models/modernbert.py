@@ -194,7 +194,7 @@ class ModernBertEmbeddings(nn.Module):
     def __init__(self, cfg: ModernBertConfig) -> None:
         super().__init__()
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.norm_bias)
+        self.norm = ops.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.norm_bias)
         self.drop = ops.Dropout(cfg.embedding_dropout)
 
     def __call__(self, input_ids: mx.array) -> mx.array:
@@ -246,9 +246,9 @@ class ModernBertEncoderLayer(nn.Module):
     def __init__(self, cfg: ModernBertConfig, index: int) -> None:
         super().__init__()
         self.attention_type = cfg.layer_types[index]
-        self.attn_norm = nn.Identity() if index == 0 else nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.norm_bias)
+        self.attn_norm = nn.Identity() if index == 0 else ops.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.norm_bias)
         self.attn = ModernBertAttention(cfg, self.attention_type)
-        self.mlp_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.norm_bias)
+        self.mlp_norm = ops.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.norm_bias)
         self.mlp = ModernBertMLP(cfg)
 
     def __call__(self, x: mx.array, mask: mx.array | None, rotary: RotaryTables) -> mx.array:
@@ -283,7 +283,7 @@ class ModernBertModel(nn.Module):
         self.config = cfg
         self.embeddings = ModernBertEmbeddings(cfg)
         self.layers = [ModernBertEncoderLayer(cfg, i) for i in range(cfg.num_hidden_layers)]
-        self.final_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.norm_bias)
+        self.final_norm = ops.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.norm_bias)
         self._rotary = RotaryTables(cfg.head_dim)  # underscore: not a module or parameter
 
     def __call__(

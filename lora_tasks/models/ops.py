@@ -10,7 +10,7 @@ On Metal the stock kernels are fast and are used unchanged.
 
 Faster still on the CPU are the native kernels (:mod:`lora_tasks.native`): the same math as one
 vectorized, multi-threaded pass each (GELU forward 14 -> 1.5 ms, backward 68 -> 2.8 ms, dropout
-57 -> 4.6 ms on a 2-core AVX2 machine). They are chosen on first use when they build, and the
+57 -> 4.6 ms on a 2-core AVX2 machine; LayerNorm likewise). They are chosen on first use when they build, and the
 arithmetic versions below stay as the fallback.
 """
 
@@ -160,18 +160,40 @@ def _native_ops(k) -> SimpleNamespace:  # noqa: ANN001 - the loaded extension mo
         seed = mx.random.randint(0, 2**31 - 1, (1,)).astype(mx.uint32)
         return masked(round(p, 6))(x, seed)
 
-    return SimpleNamespace(gelu=gelu_native, softmax=softmax_native, dropout=dropout_native)
+    @functools.cache
+    def normalize(eps: float) -> Callable[[mx.array, mx.array, mx.array], mx.array]:
+        @mx.custom_function
+        def layer_norm_eps(x: mx.array, w: mx.array, b: mx.array) -> mx.array:
+            return k.layer_norm_forward(x, w, b, eps).astype(x.dtype)
+
+        @layer_norm_eps.vjp
+        def _layer_norm_vjp(primals, cotangent, output):  # noqa: ANN001 - MLX's vjp protocol
+            x, w, b = primals
+            dx = k.layer_norm_backward(x, w, cotangent, eps).astype(x.dtype)
+            # dw and db with MLX ops: lazily built, so only a trained LayerNorm ever computes them
+            xf = x.astype(mx.float32)
+            mean = xf.mean(axis=-1, keepdims=True)
+            xhat = (xf - mean) * mx.rsqrt(((xf - mean) ** 2).mean(axis=-1, keepdims=True) + eps)
+            axes = tuple(range(x.ndim - 1))
+            return dx, (cotangent * xhat).sum(axis=axes).astype(w.dtype), cotangent.sum(axis=axes).astype(b.dtype)
+
+        return layer_norm_eps
+
+    def layer_norm_native(x: mx.array, w: mx.array, b: mx.array | None, eps: float) -> mx.array:
+        return normalize(float(eps))(x, w, mx.zeros_like(w) if b is None else b)
+
+    return SimpleNamespace(gelu=gelu_native, softmax=softmax_native, dropout=dropout_native, layer_norm=layer_norm_native)
 
 
 @functools.cache
 def _impl() -> SimpleNamespace:
     """The one backend check for these kernels, made on first use (the native build may take ~15 s)."""
     if not _CPU:
-        return SimpleNamespace(gelu=gelu_exact, softmax=softmax_stock, dropout=None)
+        return SimpleNamespace(gelu=gelu_exact, softmax=softmax_stock, dropout=None, layer_norm=None)
     k = native.kernels()
     if k is not None:
         return _native_ops(k)
-    return SimpleNamespace(gelu=_gelu_fast_compiled, softmax=_softmax_fast_compiled, dropout=None)
+    return SimpleNamespace(gelu=_gelu_fast_compiled, softmax=_softmax_fast_compiled, dropout=None, layer_norm=None)
 
 
 _CPU = is_cpu_backend()
@@ -199,6 +221,17 @@ class Dropout(nn.Dropout):
         if fast is None:
             return super().__call__(x)
         return fast(x, 1.0 - self._p_1)
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` whose CPU path is one native pass per row forward and one backward (MLX's
+    CPU layer norm backward is a chain of single-threaded reductions)."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        fast = _impl().layer_norm
+        if fast is None or "weight" not in self:
+            return super().__call__(x)
+        return fast(x, self.weight, self.get("bias"), self.eps)
 
 
 ACTIVATIONS: dict[str, Callable[[mx.array], mx.array]] = {

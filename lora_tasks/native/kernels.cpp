@@ -1,4 +1,5 @@
-// kaggle-lora CPU kernels: MLX primitives for the element-wise work of a BERT train step.
+// kaggle-lora CPU kernels: MLX primitives for the element-wise work of a BERT train step
+// (GELU, softmax, LayerNorm, dropout; forward and backward).
 //
 // Why: on MLX's CPU backend, element-wise ops run on one thread, and its JIT-compiled fused
 // kernels are scalar loops (NaN-aware min/max/select do not vectorize) that MLX splits into
@@ -9,7 +10,9 @@
 //
 // Built and loaded by lora_tasks/native/builder.py; CPU only (eval_gpu throws).
 
+#include <cmath>
 #include <cstdint>
+#include <string>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -173,6 +176,51 @@ void dropout_range(const float* x, float* y, size_t a, size_t b, uint32_t seed, 
   }
 }
 
+
+void layer_norm_rows(const float* x, const float* w, const float* b, float* y, size_t first, size_t last, size_t H,
+                     float eps) {
+  for (size_t r = first; r < last; ++r) {
+    const float* xr = x + r * H;
+    float* yr = y + r * H;
+    float mean = 0.f;
+    for (size_t i = 0; i < H; ++i) mean += xr[i];
+    mean /= static_cast<float>(H);
+    float var = 0.f;
+    for (size_t i = 0; i < H; ++i) var += (xr[i] - mean) * (xr[i] - mean);
+    float rstd = 1.f / std::sqrt(var / static_cast<float>(H) + eps);
+    for (size_t i = 0; i < H; ++i) yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+  }
+}
+
+// dx of LayerNorm for frozen or trained weights (dw, db are reductions left to MLX, computed only if used).
+void layer_norm_bwd_rows(const float* x, const float* w, const float* g, float* dx, size_t first, size_t last,
+                         size_t H, float eps) {
+  const float inv_h = 1.f / static_cast<float>(H);
+  for (size_t r = first; r < last; ++r) {
+    const float* xr = x + r * H;
+    const float* gr = g + r * H;
+    float* o = dx + r * H;
+    float mean = 0.f;
+    for (size_t i = 0; i < H; ++i) mean += xr[i];
+    mean *= inv_h;
+    float var = 0.f;
+    for (size_t i = 0; i < H; ++i) var += (xr[i] - mean) * (xr[i] - mean);
+    float rstd = 1.f / std::sqrt(var * inv_h + eps);
+    float c1 = 0.f, c2 = 0.f;
+    for (size_t i = 0; i < H; ++i) {
+      float gw = gr[i] * w[i];
+      c1 += gw * (xr[i] - mean);
+      c2 += gw;
+    }
+    c1 *= rstd * inv_h;
+    c2 *= inv_h;
+    for (size_t i = 0; i < H; ++i) {
+      float xhat = (xr[i] - mean) * rstd;
+      o[i] = rstd * (gr[i] * w[i] - c2 - xhat * c1);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Primitives. Inputs arrive float32 and row-contiguous (the op functions below make them so).
 
@@ -250,6 +298,41 @@ class SoftmaxBackward : public CpuUnary {
   bool is_equivalent(const Primitive&) const override { return true; }
 };
 
+
+class LayerNormForward : public CpuUnary {
+ public:
+  LayerNormForward(Stream s, float eps) : CpuUnary(s), eps_(eps) {}
+  void eval_cpu(const std::vector<array>& in, array& out) override {
+    size_t H = in[0].shape(-1);
+    launch(in, out, [x = in[0].data<float>(), w = in[1].data<float>(), b = in[2].data<float>(),
+                     y = allocate(out).data<float>(), n = out.size(), H, eps = eps_] {
+      parallel_for(n, H, [&](size_t a, size_t e) { layer_norm_rows(x, w, b, y, a / H, e / H, H, eps); });
+    });
+  }
+  const char* name() const override { return "KaggleLoraLayerNormForward"; }
+  bool is_equivalent(const Primitive& o) const override { return static_cast<const LayerNormForward&>(o).eps_ == eps_; }
+
+ private:
+  float eps_;
+};
+
+class LayerNormBackward : public CpuUnary {
+ public:
+  LayerNormBackward(Stream s, float eps) : CpuUnary(s), eps_(eps) {}
+  void eval_cpu(const std::vector<array>& in, array& out) override {
+    size_t H = in[0].shape(-1);
+    launch(in, out, [x = in[0].data<float>(), w = in[1].data<float>(), g = in[2].data<float>(),
+                     o = allocate(out).data<float>(), n = out.size(), H, eps = eps_] {
+      parallel_for(n, H, [&](size_t a, size_t e) { layer_norm_bwd_rows(x, w, g, o, a / H, e / H, H, eps); });
+    });
+  }
+  const char* name() const override { return "KaggleLoraLayerNormBackward"; }
+  bool is_equivalent(const Primitive& o) const override { return static_cast<const LayerNormBackward&>(o).eps_ == eps_; }
+
+ private:
+  float eps_;
+};
+
 class Dropout : public CpuUnary {
  public:
   Dropout(Stream s, float p) : CpuUnary(s), p_(p) {}
@@ -300,6 +383,26 @@ array softmax_backward(const array& y, const array& cotangent) {
   return array(y.shape(), float32, std::make_shared<SoftmaxBackward>(s), {f32(y, s), f32(cotangent, s)});
 }
 
+
+void check_norm(const array& x, const array& w, const char* who) {
+  if (x.ndim() == 0 || w.ndim() != 1 || w.shape(0) != x.shape(-1))
+    throw std::invalid_argument(std::string(who) + ": weight must be 1-D with the size of x's last axis");
+}
+
+array layer_norm_forward(const array& x, const array& w, const array& b, float eps) {
+  auto s = cpu_stream();
+  check_norm(x, w, "layer_norm_forward");
+  if (b.shape() != w.shape()) throw std::invalid_argument("layer_norm_forward: bias and weight differ in shape");
+  return array(x.shape(), float32, std::make_shared<LayerNormForward>(s, eps), {f32(x, s), f32(w, s), f32(b, s)});
+}
+
+array layer_norm_backward(const array& x, const array& w, const array& cotangent, float eps) {
+  auto s = cpu_stream();
+  check_norm(x, w, "layer_norm_backward");
+  if (x.shape() != cotangent.shape()) throw std::invalid_argument("layer_norm_backward: x and cotangent differ in shape");
+  return array(x.shape(), float32, std::make_shared<LayerNormBackward>(s, eps), {f32(x, s), f32(w, s), f32(cotangent, s)});
+}
+
 array dropout(const array& x, const array& seed, float p) {
   auto s = cpu_stream();
   if (!(p >= 0.f && p < 1.f)) throw std::invalid_argument("dropout: p must be in [0, 1)");
@@ -316,6 +419,8 @@ NB_MODULE(KL_MODULE_NAME, m) {
   m.def("gelu_backward", &gelu_backward);
   m.def("softmax_forward", &softmax_forward);
   m.def("softmax_backward", &softmax_backward);
+  m.def("layer_norm_forward", &layer_norm_forward);
+  m.def("layer_norm_backward", &layer_norm_backward);
   m.def("dropout", &dropout);
   m.def("threads", &thread_count);
 #ifdef KL_OPENMP
