@@ -134,7 +134,7 @@ def test_kernels_reject_bad_arguments_with_a_message():
 
 
 def test_a_second_build_reuses_the_cached_library(tmp_path):
-    tc = build.find_toolchain(None)  # std::thread variant: a different fingerprint from the loaded one
+    tc = build.find_toolchain(None)  # no MKL named: the std::thread variant, built afresh in tmp_path
     path, name, built = build.build(tc, tmp_path)
     assert built and path.exists() and name in path.name
     mtime = path.stat().st_mtime_ns

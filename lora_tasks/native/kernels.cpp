@@ -4,8 +4,8 @@
 // Why: on MLX's CPU backend, element-wise ops run on one thread, and its JIT-compiled fused
 // kernels are scalar loops (NaN-aware min/max/select do not vectorize) that MLX splits into
 // several passes over memory. These primitives do the same math in one AVX pass per tensor,
-// spread over the threads of the BLAS's own OpenMP runtime (so the threads that just ran a GEMM
-// pick the work up instead of spinning against it). Math matches lora_tasks/models/ops.py:
+// spread over the cores: with MKL on the BLAS's own OpenMP runtime (so the threads that just ran
+// a GEMM pick the work up instead of spinning against it), else on plain std::threads. Math matches lora_tasks/models/ops.py:
 // the rational erf (Eigen's coefficients) and exp as Taylor_7(x/256)^256.
 //
 // Built and loaded by lora_tasks/native/builder.py; CPU only (eval_gpu throws).
