@@ -11,7 +11,14 @@ import pytest
 from lora_tasks.cv import make_folds
 from lora_tasks.ensemble import blend
 from lora_tasks.metrics import get_metric
-from lora_tasks.sklearn_members import linear_member, normalize_task, table_members, tabular_member, text_member
+from lora_tasks.sklearn_members import (
+    kernel_member,
+    linear_member,
+    normalize_task,
+    table_members,
+    tabular_member,
+    text_member,
+)
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -116,6 +123,33 @@ def test_house_prices_linear_member_blends_with_boosting(house):
     assert blended.report.blend_cv_score < min(lin.oof_score, gbm.oof_score) - 0.003  # nested: honest
 
 
+def test_house_prices_regression_tables_get_a_kernel_member_that_the_blend_uses(house):
+    """Regression tables get a third member, an RBF SVR on the linear member's encoding: its
+    errors differ from both, so the three-member blend beats the two-member one (nested CV)."""
+    train, y, folds = house
+    members = table_members(train, y, folds, "regression", train.iloc[:20], exclude=("Id", "SalePrice"),
+                            metric="rmsle", log_target=True)
+    assert [m.name for m in members] == ["hist_gbm", "linear", "svr"]
+    svr = members[2]
+    assert svr.test.shape == (20,) and svr.oof.min() > 0 and svr.oof_score < 0.135
+    oof = {m.name: np.log1p(m.oof) for m in members}
+    three = blend("caruana", oof, None, np.log1p(y), "rmse", folds)
+    two = blend("caruana", {k: oof[k] for k in ("hist_gbm", "linear")}, None, np.log1p(y), "rmse", folds)
+    assert three.weights["svr"] > 0.2, three.weights
+    assert three.report.blend_cv_score < two.report.blend_cv_score - 0.0005
+    with pytest.raises(ValueError, match="for regression tables"):
+        kernel_member(train.drop(columns=["SalePrice"]), y > 2e5, folds, "binary")
+
+
+def test_large_regression_tables_skip_the_kernel_member(house, monkeypatch):
+    from lora_tasks import sklearn_members
+
+    train, y, folds = house
+    monkeypatch.setattr(sklearn_members, "MAX_KERNEL_ROWS", len(train) - 1)
+    members = table_members(train, y, folds, "regression", exclude=("Id", "SalePrice"), metric="rmsle", log_target=True)
+    assert [m.name for m in members] == ["hist_gbm", "linear"]
+
+
 def test_linear_member_classifies_with_probabilities(titanic):
     X, y, X_test, folds = titanic
     res = linear_member(X, y, folds, "binary", X_test, metric="accuracy")
@@ -128,7 +162,7 @@ def test_linear_member_classifies_with_probabilities(titanic):
 
 
 def test_table_members_pick_by_the_table(titanic):
-    """Text with few context columns -> TF-IDF only; any other table -> boosting and linear."""
+    """Text with few context columns -> TF-IDF only; a classification table -> boosting and linear."""
     X, y, X_test, folds = titanic
     tabular = table_members(X, y, folds, "binary_classification", X_test, metric="accuracy")
     assert [m.name for m in tabular] == ["hist_gbm", "linear"]
