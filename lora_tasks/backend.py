@@ -137,7 +137,8 @@ def _scipy_openblas_candidates() -> list[str]:
         log.debug("no OpenBLAS shim: library %s exists=%s, C compiler %s", lib, lib.exists(), compiler)
         return []
     stat = lib.stat()
-    key = hashlib.sha256(f"{_SGEMM_SHIM}\0{lib.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    fingerprint = f"{_SGEMM_SHIM}\0{lib.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
+    key = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
     shim = _cache_root() / "blas" / f"libkaggle_lora_sgemm_{key}.so"
     if shim.exists():
         return [str(shim)]
