@@ -16,8 +16,6 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
-from lora_tasks.models import ops
-
 
 def linear_dims(linear: nn.Module) -> tuple[int, int]:
     """``(output_dims, input_dims)`` of an ``nn.Linear`` or a quantized linear (whose weight is packed)."""
@@ -50,7 +48,7 @@ class LoRALinear(nn.Module):
         self.alpha = float(2 * r if alpha is None else alpha)
         self.use_rslora = bool(use_rslora)
         self.scale = self.alpha / (math.sqrt(r) if use_rslora else r)
-        self.dropout = ops.Dropout(p=dropout)
+        self.dropout = nn.Dropout(p=dropout)
         self.merged = False
         bound = 1.0 / math.sqrt(input_dims)  # PEFT's kaiming-uniform(a=sqrt(5)) bound
         self.lora_a = mx.random.uniform(low=-bound, high=bound, shape=(r, input_dims))
@@ -212,7 +210,7 @@ class SlicedLoRALinear(LoRALinear):
         self.alpha = float(2 * r if alpha is None else alpha)
         self.use_rslora = bool(use_rslora)
         self.scale = self.alpha / (math.sqrt(r) if use_rslora else r)
-        self.dropout = ops.Dropout(p=dropout)
+        self.dropout = nn.Dropout(p=dropout)
         self.merged = False
         ordered = sorted(slices.items(), key=lambda kv: kv[1].start)
         for (_, a), (_, b) in zip(ordered, ordered[1:]):

@@ -28,7 +28,6 @@ from mlx.utils import tree_flatten
 
 from lora_tasks.lora.adapter import AdapterLoadError, _set_child, check_supported, read_adapter_file
 from lora_tasks.lora.config import LoRAConfig, as_config, layer_index
-from lora_tasks.models import ops
 
 HEAD_ATTR = "head"
 MULTI_FORMAT = "lora_tasks.multi_lora"
@@ -46,7 +45,7 @@ class LoRAFactors(nn.Module):
         self.lora_b = mx.zeros((output_dims, r))
         self.scale = float(scale)
         self.r = int(r)
-        self.dropout = ops.Dropout(p=dropout)
+        self.dropout = nn.Dropout(p=dropout)
 
     def __call__(self, x: mx.array) -> mx.array:
         z = (self.dropout(x) @ self.lora_a.T) @ self.lora_b.T  # the same ops as LoRALinear._lora
