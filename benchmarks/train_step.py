@@ -54,29 +54,32 @@ def timed(fn, repeats: int) -> float:
 
 def profile(batch: int, seq: int, cfg, repeats: int, step_seconds: float) -> list[dict]:
     """Forward+backward time of each kind of work in one step, at the model's shapes (the kernels
-    the model uses on this backend), and the rest of the step: copies, adds, LoRA, AdamW."""
+    the model uses on this backend), and the rest of the step: copies, adds, LoRA, AdamW.
+
+    Each part evaluates its forward value and its input gradients for a given cotangent (the
+    frozen weights get none), as the step does."""
     h, heads, inter, layers = cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size, cfg.num_hidden_layers
     n = batch * seq
     x_h = mx.random.normal((n, h))
     x_i = mx.random.normal((n, inter))
     w_hh, w_ih, w_hi = mx.random.normal((h, h)), mx.random.normal((inter, h)), mx.random.normal((h, inter))
-    q = mx.random.normal((batch, heads, seq, h // heads))
-    s = mx.random.normal((batch, heads, seq, seq))
+    qkv = [mx.random.normal((batch, seq, h)) for _ in range(3)]
+    mask = mx.zeros((batch, 1, 1, seq))
     norm = ops.LayerNorm(h, eps=1e-12)
     drop = ops.Dropout(0.1)
     drop.train()
 
     def fb(f, *a):
-        grad = mx.grad(lambda *t: f(*t).sum(), argnums=tuple(range(len(a))))
-        return timed(lambda: mx.eval(grad(*a)), repeats)
+        cotangent = mx.random.normal(f(*a).shape)  # what the layer above sends back in the step
+        return timed(lambda: mx.eval(mx.vjp(f, list(a), [cotangent])), repeats)
 
     parts = {
         "linear GEMMs (Q,K,V,O,FFN)": 4 * fb(lambda x: x @ w_hh.T, x_h) + fb(lambda x: x @ w_ih.T, x_h) + fb(lambda x: x @ w_hi.T, x_i),
-        "attention matmuls (QK^T, PV)": fb(lambda a: a @ a.swapaxes(-1, -2), q) + fb(lambda a, b: a @ b, s, q),
-        "softmax": fb(ops.softmax, s),
+        "attention (QK^T, softmax, dropout, PV)": fb(
+            lambda q, k, v: ops.multi_head_attention(q, k, v, mask, heads, (h // heads) ** -0.5, drop), *qkv),
         "GELU": fb(ops.gelu, x_i),
         "layer norm (x2)": 2 * fb(norm, x_h),
-        "dropout (x3)": fb(drop, s) + 2 * fb(drop, x_h),
+        "dropout (x2)": 2 * fb(drop, x_h),
     }
     parts = {k: v * layers for k, v in parts.items()}
     parts["rest of the step (copies, adds, LoRA, loss, AdamW)"] = max(step_seconds - sum(parts.values()), 0.0)

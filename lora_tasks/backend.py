@@ -162,7 +162,17 @@ def _scipy_openblas_candidates() -> list[str]:
     return [str(shim)]
 
 
+#: OpenBLAS's idle workers spin 2**N cycles before they sleep (N=28 by default: ~0.1 s). Between
+#: GEMMs the native kernels' threads and MLX's stream thread need that core: with the default the
+#: spinning worker took it from them, and the LoRA train step (MiniLM, batch 32, seq 64) ran at
+#: 25-27 samples/s; with N=6, 29-33 (alternating runs, same process settings otherwise). A value
+#: the user sets is kept.
+OPENBLAS_SPIN = 6
+
+
 def _preload(path: str, provider: str) -> None:
+    if provider == "openblas":
+        os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", str(OPENBLAS_SPIN))  # read when the library loads
     # No KMP_BLOCKTIME=0 for MKL: it makes MKL's threads sleep after every call, and MLX's
     # batched attention matmuls (hundreds of tiny GEMMs) became 15x slower (35 ms against 2 ms).
     ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
@@ -198,6 +208,8 @@ def _choose() -> BlasInfo:
             why = f"forced by {ENV_VAR}" if override else "best provider found"
             if source == "scipy-openblas":
                 why += " (PyPI scipy-openblas32 through a cblas_sgemm shim)"
+            if provider == "openblas":
+                why += f"; idle workers spin 2^{os.environ['OPENBLAS_THREAD_TIMEOUT']} cycles (OPENBLAS_THREAD_TIMEOUT)"
             return BlasInfo(provider, path, why, tuple(tried))
     return BlasInfo(
         "bundled-reference",

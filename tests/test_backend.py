@@ -70,6 +70,24 @@ def test_openblas_shim_is_the_default_and_mkl_can_be_forced(tmp_path):
     assert _provider_in_child(KAGGLE_LORA_BLAS="mkl").startswith("BLAS: mkl")
 
 
+def test_openblas_workers_spin_briefly_unless_the_user_says_otherwise():
+    """OpenBLAS reads OPENBLAS_THREAD_TIMEOUT when it loads: the library's value, or the user's."""
+    from lora_tasks.backend import OPENBLAS_SPIN
+
+    code = ("import os, lora_tasks; lora_tasks.blas_info(); "
+            "print(os.environ['OPENBLAS_THREAD_TIMEOUT'], '|', lora_tasks.blas_info().summary())")
+    base = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    ours = subprocess.run([sys.executable, "-c", code], env=base, capture_output=True, text=True, check=True).stdout
+    assert ours.startswith(f"{OPENBLAS_SPIN} |") and f"spin 2^{OPENBLAS_SPIN} cycles" in ours, ours
+    theirs = subprocess.run([sys.executable, "-c", code], env=dict(base, OPENBLAS_THREAD_TIMEOUT="20"),
+                            capture_output=True, text=True, check=True).stdout
+    assert theirs.startswith("20 |") and "spin 2^20 cycles" in theirs, theirs
+    mkl = subprocess.run([sys.executable, "-c", "import os, lora_tasks; lora_tasks.blas_info(); "
+                          "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"],
+                         env=dict(base, KAGGLE_LORA_BLAS="mkl"), capture_output=True, text=True, check=True).stdout
+    assert mkl.strip() == "None"  # MKL is left alone
+
+
 def test_without_a_c_compiler_mkl_serves(tmp_path):
     summary = _provider_in_child(XDG_CACHE_HOME=str(tmp_path), CC="/bin/false")
     assert summary.startswith("BLAS: mkl"), summary

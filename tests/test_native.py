@@ -1,4 +1,4 @@
-"""The native CPU kernels (GELU, softmax, LayerNorm, dropout): same math as MLX's ops forward and backward, a real dropout, and a clear
+"""The native CPU kernels (GELU, softmax, LayerNorm, dropout, attention): same math as MLX's ops forward and backward, a real dropout, and a clear
 fallback when they cannot be built."""
 
 from __future__ import annotations
@@ -124,6 +124,78 @@ def test_dropout_is_reproducible_from_mlx_seed_and_off_in_eval_mode():
     assert isinstance(d, nn.Dropout)  # model.train()/eval() and isinstance checks still reach it
 
 
+def _split_heads_attention(q, k, v, mask, heads, scale, drop=None):
+    """Attention through MLX ops on split heads: the reference for the fused kernel."""
+    b, s, hd = q.shape
+    t = lambda x: x.reshape(b, s, heads, hd // heads).transpose(0, 2, 1, 3)  # noqa: E731
+    probs = mx.softmax((t(q) * scale) @ t(k).swapaxes(-1, -2) + mask, axis=-1, precise=True)
+    if drop is not None:
+        probs = probs * drop
+    return (probs @ t(v)).transpose(0, 2, 1, 3).reshape(b, s, hd)
+
+
+# MiniLM's shape, an odd one (seq and head size not multiples of the 6x16 register block), and seq 1
+@pytest.mark.parametrize("b, s, heads, d", [(4, 64, 12, 32), (3, 37, 4, 20), (2, 1, 2, 64)])
+def test_attention_forward_and_backward_match_split_heads(b, s, heads, d):
+    q, k, v, g = (_normal((b, s, heads * d), i) for i in range(4))
+    lengths = mx.array([s, max(1, s - 9), max(1, s // 2), 1][:b])
+    mask = mx.where(mx.arange(s)[None] < lengths[:, None], 0.0, mx.finfo(mx.float32).min)[:, None, None, :]
+    scale = d**-0.5
+    off = ops.Dropout(0.1)
+    off.eval()
+    ours = lambda *a: ops.multi_head_attention(*a, mask, heads, scale, off)  # noqa: E731
+    ref = lambda *a: _split_heads_attention(*a, mask, heads, scale)  # noqa: E731
+    np.testing.assert_allclose(np.array(ours(q, k, v)), np.array(ref(q, k, v)), atol=2e-5)
+    _, grads = mx.vjp(ours, [q, k, v], [g])
+    _, expected = mx.vjp(ref, [q, k, v], [g])
+    for got, want in zip(grads, expected):
+        np.testing.assert_allclose(np.array(got), np.array(want), atol=5e-5)
+
+
+def test_attention_dropout_forward_and_backward_use_one_mask():
+    b, s, heads, d = 2, 24, 3, 16
+    q, k, v, g = (_normal((b, s, heads * d), 10 + i) for i in range(4))
+    seed = mx.array([123], dtype=mx.uint32)
+    mask = mx.zeros((b, s))
+    out, probs = K.attention_forward(q, k, v, mask, seed, heads, 0.25, 0.2)
+    # the kernel's mask is the dropout kernel's mask over (batch, heads, seq, seq) with that seed
+    keep = K.dropout(mx.ones(probs.shape), seed, 0.2)
+    assert 0.7 < float((keep > 0).mean()) < 0.9
+    ref = lambda a, b_, c: _split_heads_attention(a, b_, c, mask[:, None, None, :], heads, 0.25, keep)  # noqa: E731
+    np.testing.assert_allclose(np.array(out), np.array(ref(q, k, v)), atol=2e-5)
+    grads = K.attention_backward(q, k, v, probs, g, seed, heads, 0.25, 0.2)
+    _, expected = mx.vjp(ref, [q, k, v], [g])
+    for got, want in zip(grads, expected):
+        np.testing.assert_allclose(np.array(got), np.array(want), atol=5e-5)
+
+
+def test_attention_in_a_bert_layer_trains_like_the_split_heads_path():
+    """The model's attention through the kernel and through MLX ops: same loss and gradients."""
+    from lora_tasks.models.bert import BertConfig, BertModel
+
+    cfg = BertConfig(vocab_size=50, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+                     max_position_embeddings=40, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = BertModel(cfg)
+    ids = mx.array(np.random.default_rng(0).integers(0, 50, (3, 17)))
+    attn = mx.array(np.array([[1] * 17, [1] * 11 + [0] * 6, [1] * 5 + [0] * 12]))
+
+    def loss(m):
+        return (m(ids, attn) ** 2).mean()
+
+    fused_loss, fused = nn.value_and_grad(model, loss)(model)
+    impl = ops._impl()
+    kernel, impl.attention = impl.attention, None
+    try:
+        split_loss, split = nn.value_and_grad(model, loss)(model)
+    finally:
+        impl.attention = kernel
+    assert abs(fused_loss.item() - split_loss.item()) < 1e-5
+    from mlx.utils import tree_flatten
+
+    for (name, a), (_, b) in zip(tree_flatten(fused), tree_flatten(split)):
+        np.testing.assert_allclose(np.array(a), np.array(b), atol=2e-5, err_msg=name)
+
+
 def test_kernels_reject_bad_arguments_with_a_message():
     with pytest.raises(ValueError, match="p must be in"):
         K.dropout(mx.ones((4,)), mx.zeros((1,), dtype=mx.uint32), 1.0)
@@ -131,6 +203,11 @@ def test_kernels_reject_bad_arguments_with_a_message():
         K.gelu_backward(mx.ones((4,)), mx.ones((5,)))
     with pytest.raises(ValueError, match="size of x's last axis"):
         K.layer_norm_forward(mx.ones((2, 4)), mx.ones((5,)), mx.ones((5,)), 1e-5)
+    seed = mx.zeros((1,), dtype=mx.uint32)
+    with pytest.raises(ValueError, match="heads must divide"):
+        K.attention_forward(mx.ones((2, 3, 8)), mx.ones((2, 3, 8)), mx.ones((2, 3, 8)), mx.zeros((2, 3)), seed, 3, 1.0, 0.0)
+    with pytest.raises(ValueError, match=r"mask must be additive with shape \(batch, seq\)"):
+        K.attention_forward(mx.ones((2, 3, 8)), mx.ones((2, 3, 8)), mx.ones((2, 3, 8)), mx.zeros((2, 1, 1, 3)), seed, 2, 1.0, 0.0)
 
 
 def test_a_second_build_reuses_the_cached_library(tmp_path):

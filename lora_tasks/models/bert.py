@@ -97,15 +97,9 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.dropout = ops.Dropout(cfg.attention_probs_dropout_prob)
 
-    def _heads(self, x: mx.array) -> mx.array:
-        b, s, _ = x.shape
-        return x.reshape(b, s, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-
     def __call__(self, x: mx.array, mask: mx.array | None) -> mx.array:
-        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
-        out = ops.attention(q, k, v, mask, 1.0 / math.sqrt(self.head_dim), self.dropout)
-        b, _, s, _ = out.shape
-        return out.transpose(0, 2, 1, 3).reshape(b, s, -1)
+        return ops.multi_head_attention(self.query(x), self.key(x), self.value(x), mask, self.num_heads,
+                                        1.0 / math.sqrt(self.head_dim), self.dropout)
 
 
 class BertSelfOutput(nn.Module):

@@ -182,18 +182,39 @@ def _native_ops(k) -> SimpleNamespace:  # noqa: ANN001 - the loaded extension mo
     def layer_norm_native(x: mx.array, w: mx.array, b: mx.array | None, eps: float) -> mx.array:
         return normalize(float(eps))(x, w, mx.zeros_like(w) if b is None else b)
 
-    return SimpleNamespace(gelu=gelu_native, softmax=softmax_native, dropout=dropout_native, layer_norm=layer_norm_native)
+    @functools.cache
+    def attend(heads: int, scale: float, p: float) -> Callable[..., tuple[mx.array, mx.array]]:
+        @mx.custom_function
+        def attention_hp(q: mx.array, k_: mx.array, v: mx.array, mask: mx.array, seed: mx.array):
+            return tuple(k.attention_forward(q, k_, v, mask, seed, heads, scale, p))
+
+        @attention_hp.vjp
+        def _attention_vjp(primals, cotangents, outputs):  # noqa: ANN001 - MLX's vjp protocol
+            q, k_, v, mask, seed = primals
+            dq, dk, dv = k.attention_backward(q, k_, v, outputs[1], cotangents[0], seed, heads, scale, p)
+            return dq.astype(q.dtype), dk.astype(k_.dtype), dv.astype(v.dtype), mx.zeros_like(mask), mx.zeros_like(seed)
+
+        return attention_hp
+
+    def attention_native(q: mx.array, k_: mx.array, v: mx.array, mask: mx.array, heads: int, scale: float,
+                         p: float) -> mx.array:
+        seed = mx.random.randint(0, 2**31 - 1, (1,)).astype(mx.uint32) if p > 0 else mx.zeros((1,), mx.uint32)
+        return attend(heads, float(scale), round(p, 6))(q, k_, v, mask, seed)[0].astype(q.dtype)
+
+    return SimpleNamespace(gelu=gelu_native, softmax=softmax_native, dropout=dropout_native, layer_norm=layer_norm_native,
+                           attention=attention_native)
 
 
 @functools.cache
 def _impl() -> SimpleNamespace:
     """The one backend check for these kernels, made on first use (the native build may take ~15 s)."""
     if not _CPU:
-        return SimpleNamespace(gelu=gelu_exact, softmax=softmax_stock, dropout=None, layer_norm=None)
+        return SimpleNamespace(gelu=gelu_exact, softmax=softmax_stock, dropout=None, layer_norm=None, attention=None)
     k = native.kernels()
     if k is not None:
         return _native_ops(k)
-    return SimpleNamespace(gelu=_gelu_fast_compiled, softmax=_softmax_fast_compiled, dropout=None, layer_norm=None)
+    return SimpleNamespace(gelu=_gelu_fast_compiled, softmax=_softmax_fast_compiled, dropout=None, layer_norm=None,
+                           attention=None)
 
 
 _CPU = is_cpu_backend()
@@ -253,3 +274,27 @@ def attention(
     if mask is not None:
         scores = scores + mask
     return dropout(softmax(scores)) @ v
+
+
+def multi_head_attention(
+    q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None, num_heads: int, scale: float, dropout: nn.Module
+) -> mx.array:
+    """Attention over (batch, seq, heads*head_dim) projections, returned in the same layout.
+
+    On the CPU with the native kernels, one primitive per direction reads the heads in place and
+    runs (batch, head) pairs over the cores with register-blocked GEMMs, softmax and dropout
+    fused; elsewhere the heads are split out for :func:`attention`. ``mask``: additive, shaped
+    (batch, 1, 1, seq) (a key-padding mask), or None; other masks take the general path.
+    """
+    b, s, hd = q.shape
+    fast = _impl().attention
+    p = (1.0 - dropout._p_1) if dropout.training else 0.0
+    if fast is not None and (mask is None or mask.shape == (b, 1, 1, s)):
+        key_mask = mx.zeros((b, s), mx.float32) if mask is None else mask.reshape(b, s).astype(mx.float32)
+        return fast(q, k, v, key_mask, num_heads, scale, p)
+
+    def heads(x: mx.array) -> mx.array:
+        return x.reshape(b, s, num_heads, hd // num_heads).transpose(0, 2, 1, 3)
+
+    out = attention(heads(q), heads(k), heads(v), mask, scale, dropout)
+    return out.transpose(0, 2, 1, 3).reshape(b, s, hd)

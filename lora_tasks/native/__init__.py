@@ -1,4 +1,4 @@
-"""Native CPU kernels for MLX: GELU, softmax, LayerNorm and dropout as threaded primitives.
+"""Native CPU kernels for MLX: GELU, softmax, LayerNorm, dropout and attention as threaded primitives.
 
 Why: on MLX's CPU backend the element-wise part of a BERT train step ran on one thread in scalar
 loops, and measured as slow as the GEMMs it sits between. :mod:`lora_tasks.models.ops` uses

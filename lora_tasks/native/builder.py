@@ -52,7 +52,7 @@ class Toolchain:
         nb = Path(self.nanobind_dir)
         mlx_lib = str(Path(self.mlx_dir) / "lib")
         args = [
-            "-std=c++20", "-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno",
+            "-std=c++20", "-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=fast",
             "-fPIC", "-shared", "-fvisibility=hidden", "-DNDEBUG",
             # MLX registers its types in nanobind's "mlx" domain; joining it lets us take mx.array
             "-DNB_DOMAIN=mlx", f"-DKL_MODULE_NAME={module_name}",

@@ -1,5 +1,6 @@
 // kaggle-lora CPU kernels: MLX primitives for the element-wise work of a BERT train step
-// (GELU, softmax, LayerNorm, dropout; forward and backward).
+// (GELU, softmax, LayerNorm, dropout; forward and backward) and for its attention (heads read in
+// place, small register-blocked GEMMs with the mask, softmax and dropout fused between them).
 //
 // Why: on MLX's CPU backend, element-wise ops run on one thread, and its JIT-compiled fused
 // kernels are scalar loops (NaN-aware min/max/select do not vectorize) that MLX splits into
@@ -10,6 +11,7 @@
 //
 // Built and loaded by lora_tasks/native/builder.py; CPU only (eval_gpu throws).
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -18,6 +20,7 @@
 #include <vector>
 
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/vector.h>
 
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/mlx.h"
@@ -222,6 +225,241 @@ void layer_norm_bwd_rows(const float* x, const float* w, const float* g, float* 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Small GEMMs for attention: one (batch, head) at a time, each block in L1/L2, on the calling
+// thread. Why not the BLAS: MLX's batched matmul needs q, k, v transposed to (batch, head, seq,
+// dim) first (single-threaded copies, there and back, forward and backward), and then makes
+// B*H tiny BLAS calls whose threading costs more than their math. Here q, k, v are read in
+// place from (batch, seq, heads*dim) and the work is split over (batch, head) pairs.
+//
+// C[i, j] = alpha * sum_p A(i, p) * B[p, j] for i < M, j < N, p < K, where A(i, p) is
+// A[i * a_row + p * a_col] (so A may be transposed) and B is packed row-major with a row length
+// that is a multiple of kNR (see pack_rows / pack_cols). 6x16 register blocks, the shape BLIS
+// uses on AVX2: 12 accumulators hide the FMA latency, 2 loads + 6 broadcasts per 12 FMAs.
+
+typedef float v8 __attribute__((vector_size(32)));
+constexpr size_t kMR = 6;
+constexpr size_t kNR = 16;
+
+inline v8 load8(const float* p) {
+  v8 v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void store8(float* p, v8 v) { __builtin_memcpy(p, &v, sizeof(v)); }
+
+template <size_t MR>
+inline void micro_kernel(size_t K, const float* A, size_t a_row, size_t a_col, const float* B, size_t ldb, float* C,
+                         size_t ldc, float alpha) {
+  v8 acc0[MR], acc1[MR];
+  for (size_t r = 0; r < MR; ++r) acc0[r] = acc1[r] = v8{};
+  for (size_t p = 0; p < K; ++p) {
+    v8 b0 = load8(B + p * ldb), b1 = load8(B + p * ldb + 8);
+    const float* a = A + p * a_col;
+    for (size_t r = 0; r < MR; ++r) {
+      v8 ar = v8{} + a[r * a_row];
+      acc0[r] += ar * b0;
+      acc1[r] += ar * b1;
+    }
+  }
+  for (size_t r = 0; r < MR; ++r) {
+    store8(C + r * ldc, acc0[r] * alpha);
+    store8(C + r * ldc + 8, acc1[r] * alpha);
+  }
+}
+
+// C has row length ldc >= round_up(N, kNR) (a scratch tile) or N is a multiple of kNR.
+void small_gemm(size_t M, size_t N, size_t K, const float* A, size_t a_row, size_t a_col, const float* B, size_t ldb,
+                float* C, size_t ldc, float alpha) {
+  for (size_t j = 0; j < N; j += kNR) {
+    size_t i = 0;
+    for (; i + kMR <= M; i += kMR)
+      micro_kernel<kMR>(K, A + i * a_row, a_row, a_col, B + j, ldb, C + i * ldc + j, ldc, alpha);
+    const float* a = A + i * a_row;
+    float* c = C + i * ldc + j;
+    switch (M - i) {
+      case 5: micro_kernel<5>(K, a, a_row, a_col, B + j, ldb, c, ldc, alpha); break;
+      case 4: micro_kernel<4>(K, a, a_row, a_col, B + j, ldb, c, ldc, alpha); break;
+      case 3: micro_kernel<3>(K, a, a_row, a_col, B + j, ldb, c, ldc, alpha); break;
+      case 2: micro_kernel<2>(K, a, a_row, a_col, B + j, ldb, c, ldc, alpha); break;
+      case 1: micro_kernel<1>(K, a, a_row, a_col, B + j, ldb, c, ldc, alpha); break;
+      default: break;
+    }
+  }
+}
+
+inline size_t round_up(size_t n, size_t m) { return (n + m - 1) / m * m; }
+
+// dst[p, j] = src[p * ld + j] for p < rows, j < cols; zero up to the padded row length.
+void pack_rows(const float* src, size_t ld, size_t rows, size_t cols, float* dst, size_t dst_ld) {
+  for (size_t p = 0; p < rows; ++p) {
+    for (size_t j = 0; j < cols; ++j) dst[p * dst_ld + j] = src[p * ld + j];
+    for (size_t j = cols; j < dst_ld; ++j) dst[p * dst_ld + j] = 0.f;
+  }
+}
+
+// dst[p, j] = src[j * ld + p] (a transpose) for p < rows, j < cols; zero-padded likewise.
+void pack_cols(const float* src, size_t ld, size_t rows, size_t cols, float* dst, size_t dst_ld) {
+  for (size_t p = 0; p < rows; ++p) {
+    for (size_t j = 0; j < cols; ++j) dst[p * dst_ld + j] = src[j * ld + p];
+    for (size_t j = cols; j < dst_ld; ++j) dst[p * dst_ld + j] = 0.f;
+  }
+}
+
+// C (M x N, row length ldc) = tile (M x N, row length tile_ld): the valid part of a padded tile.
+void copy_tile(const float* tile, size_t tile_ld, size_t M, size_t N, float* C, size_t ldc) {
+  for (size_t i = 0; i < M; ++i)
+    for (size_t j = 0; j < N; ++j) C[i * ldc + j] = tile[i * tile_ld + j];
+}
+
+// Runs f(first, last) over [0, n) work units split evenly over the threads (units are big here).
+template <class F>
+void parallel_units(size_t n, F&& f) {
+  size_t nt = std::min(thread_count(), n);
+  if (nt <= 1) {
+    f(size_t(0), n);
+    return;
+  }
+  size_t chunk = (n + nt - 1) / nt;
+#ifdef KL_OPENMP
+#pragma omp parallel for schedule(static, 1) num_threads(static_cast<int>(nt))
+  for (long t = 0; t < static_cast<long>(nt); ++t) {
+    size_t a = static_cast<size_t>(t) * chunk;
+    if (a < n) f(a, std::min(n, a + chunk));
+  }
+#else
+  std::vector<std::thread> workers;
+  for (size_t t = 1; t < nt; ++t) {
+    size_t a = t * chunk;
+    if (a < n) workers.emplace_back([&f, a, n, chunk] { f(a, std::min(n, a + chunk)); });
+  }
+  f(size_t(0), std::min(n, chunk));
+  for (auto& w : workers) w.join();
+#endif
+}
+
+struct AttentionShape {
+  size_t B, S, H, D;
+  size_t HD() const { return H * D; }
+};
+
+uint32_t dropout_threshold(float p) {
+  double t = static_cast<double>(p) * 4294967296.0;
+  return t >= 4294967295.0 ? 0xFFFFFFFFu : static_cast<uint32_t>(t);
+}
+
+// Forward for (batch, head) units [first, last): probs = softmax(scale q k^T + mask) (kept for
+// backward), out = dropout(probs) v. The dropout mask hashes (seed, index into probs).
+void attention_fwd_units(const AttentionShape& sh, const float* q, const float* k, const float* v, const float* mask,
+                         float scale, uint32_t seed, float p_drop, float* probs, float* out, size_t first,
+                         size_t last) {
+  const size_t S = sh.S, D = sh.D, HD = sh.HD();
+  const size_t Sp = round_up(S, kNR), Dp = round_up(D, kNR);
+  std::vector<float> kt(D * Sp), vp(S * Dp), tile(S * std::max(Sp, Dp)), pd(S * S);
+  const uint32_t threshold = dropout_threshold(p_drop);
+  const float keep_scale = p_drop > 0.f ? 1.f / (1.f - p_drop) : 1.f;
+  for (size_t u = first; u < last; ++u) {
+    const size_t b = u / sh.H, h = u % sh.H;
+    const float* qb = q + b * S * HD + h * D;
+    const float* kb = k + b * S * HD + h * D;
+    const float* vb = v + b * S * HD + h * D;
+    const float* mb = mask + b * S;
+    float* P = probs + u * S * S;
+    pack_cols(kb, HD, D, S, kt.data(), Sp);  // k^T: D x S
+    small_gemm(S, S, D, qb, HD, 1, kt.data(), Sp, tile.data(), Sp, scale);
+    for (size_t i = 0; i < S; ++i) {
+      const float* t = tile.data() + i * Sp;
+      float* pr = P + i * S;
+      float m = -INFINITY;
+      for (size_t j = 0; j < S; ++j) {
+        pr[j] = t[j] + mb[j];
+        m = pr[j] > m ? pr[j] : m;
+      }
+      float sum = 0.f;
+      for (size_t j = 0; j < S; ++j) {
+        float e = exp_nonpositive(pr[j] - m);
+        pr[j] = e;
+        sum += e;
+      }
+      float inv = 1.f / sum;
+      for (size_t j = 0; j < S; ++j) pr[j] *= inv;
+    }
+    const float* Pd = P;
+    if (p_drop > 0.f) {
+      const uint32_t base = static_cast<uint32_t>(u * S * S);
+      for (size_t i = 0; i < S * S; ++i)
+        pd[i] = mix(base + static_cast<uint32_t>(i), seed) >= threshold ? P[i] * keep_scale : 0.f;
+      Pd = pd.data();
+    }
+    pack_rows(vb, HD, S, D, vp.data(), Dp);  // v: S x D
+    float* ob = out + b * S * HD + h * D;
+    if (Dp == D) {
+      small_gemm(S, D, S, Pd, S, 1, vp.data(), Dp, ob, HD, 1.f);
+    } else {
+      small_gemm(S, D, S, Pd, S, 1, vp.data(), Dp, tile.data(), Dp, 1.f);
+      copy_tile(tile.data(), Dp, S, D, ob, HD);
+    }
+  }
+}
+
+// Backward for units [first, last), from the forward's probs and the cotangent g of out.
+void attention_bwd_units(const AttentionShape& sh, const float* q, const float* k, const float* v, const float* probs,
+                         const float* g, float scale, uint32_t seed, float p_drop, float* dq, float* dk, float* dv,
+                         size_t first, size_t last) {
+  const size_t S = sh.S, D = sh.D, HD = sh.HD();
+  const size_t Sp = round_up(S, kNR), Dp = round_up(D, kNR);
+  std::vector<float> packed(std::max(D * Sp, S * Dp)), tile(S * std::max(Sp, Dp)), pd(S * S), ds(S * S);
+  const uint32_t threshold = dropout_threshold(p_drop);
+  const float keep_scale = p_drop > 0.f ? 1.f / (1.f - p_drop) : 1.f;
+  auto gemm_out = [&](size_t M, size_t K, const float* A, size_t a_row, size_t a_col, const float* src, float* dst,
+                      float alpha) {
+    // dst (M x D, row length HD) = alpha * A (M x K) @ src (K x D, row length HD)
+    pack_rows(src, HD, K, D, packed.data(), Dp);
+    if (Dp == D) {
+      small_gemm(M, D, K, A, a_row, a_col, packed.data(), Dp, dst, HD, alpha);
+    } else {
+      small_gemm(M, D, K, A, a_row, a_col, packed.data(), Dp, tile.data(), Dp, alpha);
+      copy_tile(tile.data(), Dp, M, D, dst, HD);
+    }
+  };
+  for (size_t u = first; u < last; ++u) {
+    const size_t b = u / sh.H, h = u % sh.H;
+    const size_t off = b * S * HD + h * D;
+    const float* P = probs + u * S * S;
+    const float* gb = g + off;
+    const float* Pd = P;
+    const uint32_t base = static_cast<uint32_t>(u * S * S);
+    if (p_drop > 0.f) {
+      for (size_t i = 0; i < S * S; ++i)
+        pd[i] = mix(base + static_cast<uint32_t>(i), seed) >= threshold ? P[i] * keep_scale : 0.f;
+      Pd = pd.data();
+    }
+    // dv = Pd^T g
+    gemm_out(S, S, Pd, 1, S, gb, dv + off, 1.f);
+    // dPd = g v^T (S x S)
+    pack_cols(v + off, HD, D, S, packed.data(), Sp);
+    small_gemm(S, S, D, gb, HD, 1, packed.data(), Sp, tile.data(), Sp, 1.f);
+    // dS = P * (dP - rowsum(dP * P)), dP = dPd * dropout mask
+    for (size_t i = 0; i < S; ++i) {
+      const float* t = tile.data() + i * Sp;
+      const float* pr = P + i * S;
+      float* dsr = ds.data() + i * S;
+      if (p_drop > 0.f) {
+        for (size_t j = 0; j < S; ++j)
+          dsr[j] = mix(base + static_cast<uint32_t>(i * S + j), seed) >= threshold ? t[j] * keep_scale : 0.f;
+      } else {
+        for (size_t j = 0; j < S; ++j) dsr[j] = t[j];
+      }
+      float dot = 0.f;
+      for (size_t j = 0; j < S; ++j) dot += dsr[j] * pr[j];
+      for (size_t j = 0; j < S; ++j) dsr[j] = pr[j] * (dsr[j] - dot);
+    }
+    // dq = scale dS k, dk = scale dS^T q
+    gemm_out(S, S, ds.data(), S, 1, k + off, dq + off, scale);
+    gemm_out(S, S, ds.data(), 1, S, q + off, dk + off, scale);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Primitives. Inputs arrive float32 and row-contiguous (the op functions below make them so).
 
 class CpuUnary : public UnaryPrimitive {
@@ -353,6 +591,84 @@ class Dropout : public CpuUnary {
   float p_;
 };
 
+// Multi-output primitives for attention: inputs (batch, seq, heads*dim) float32.
+class CpuMulti : public Primitive {
+ public:
+  using Primitive::Primitive;
+  void eval_gpu(const std::vector<array>&, std::vector<array>&) override {
+    throw std::runtime_error("kaggle-lora native kernels run on the CPU stream only");
+  }
+
+ protected:
+  template <class W>
+  void launch(const std::vector<array>& inputs, std::vector<array>& outputs, W&& work) {
+    auto& enc = cpu::get_command_encoder(stream());
+    for (auto& in : inputs) enc.set_input_array(in);
+    for (auto& out : outputs) enc.set_output_array(out);
+    enc.dispatch(std::forward<W>(work));
+  }
+  static float* allocate(array& out) {
+    out.set_data(allocator::malloc(out.nbytes()));
+    return out.data<float>();
+  }
+};
+
+class AttentionForward : public CpuMulti {
+ public:
+  AttentionForward(Stream s, size_t heads, float scale, float p) : CpuMulti(s), heads_(heads), scale_(scale), p_(p) {}
+  void eval_cpu(const std::vector<array>& in, std::vector<array>& outs) override {
+    AttentionShape sh{static_cast<size_t>(in[0].shape(0)), static_cast<size_t>(in[0].shape(1)), heads_,
+                      static_cast<size_t>(in[0].shape(2)) / heads_};
+    float* out = allocate(outs[0]);
+    float* probs = allocate(outs[1]);
+    launch(in, outs, [sh, q = in[0].data<float>(), k = in[1].data<float>(), v = in[2].data<float>(),
+                      m = in[3].data<float>(), seed = in[4].data<uint32_t>(), out, probs, scale = scale_, p = p_] {
+      uint32_t sd = seed[0];
+      parallel_units(sh.B * sh.H, [&](size_t a, size_t b) {
+        attention_fwd_units(sh, q, k, v, m, scale, sd, p, probs, out, a, b);
+      });
+    });
+  }
+  const char* name() const override { return "KaggleLoraAttentionForward"; }
+  bool is_equivalent(const Primitive& o) const override {
+    auto& a = static_cast<const AttentionForward&>(o);
+    return a.heads_ == heads_ && a.scale_ == scale_ && a.p_ == p_;
+  }
+
+ private:
+  size_t heads_;
+  float scale_, p_;
+};
+
+class AttentionBackward : public CpuMulti {
+ public:
+  AttentionBackward(Stream s, size_t heads, float scale, float p) : CpuMulti(s), heads_(heads), scale_(scale), p_(p) {}
+  void eval_cpu(const std::vector<array>& in, std::vector<array>& outs) override {
+    AttentionShape sh{static_cast<size_t>(in[0].shape(0)), static_cast<size_t>(in[0].shape(1)), heads_,
+                      static_cast<size_t>(in[0].shape(2)) / heads_};
+    float* dq = allocate(outs[0]);
+    float* dk = allocate(outs[1]);
+    float* dv = allocate(outs[2]);
+    launch(in, outs, [sh, q = in[0].data<float>(), k = in[1].data<float>(), v = in[2].data<float>(),
+                      probs = in[3].data<float>(), g = in[4].data<float>(), seed = in[5].data<uint32_t>(), dq, dk,
+                      dv, scale = scale_, p = p_] {
+      uint32_t sd = seed[0];
+      parallel_units(sh.B * sh.H, [&](size_t a, size_t b) {
+        attention_bwd_units(sh, q, k, v, probs, g, scale, sd, p, dq, dk, dv, a, b);
+      });
+    });
+  }
+  const char* name() const override { return "KaggleLoraAttentionBackward"; }
+  bool is_equivalent(const Primitive& o) const override {
+    auto& a = static_cast<const AttentionBackward&>(o);
+    return a.heads_ == heads_ && a.scale_ == scale_ && a.p_ == p_;
+  }
+
+ private:
+  size_t heads_;
+  float scale_, p_;
+};
+
 // ---------------------------------------------------------------------------------------------
 // Ops: the graph-building functions Python calls. The result is float32.
 
@@ -411,6 +727,40 @@ array dropout(const array& x, const array& seed, float p) {
                {f32(x, s), contiguous(astype(seed, uint32, s), false, s)});
 }
 
+void check_attention(const array& q, const array& k, const array& v, size_t heads, const char* who) {
+  if (q.ndim() != 3 || k.shape() != q.shape() || v.shape() != q.shape())
+    throw std::invalid_argument(std::string(who) + ": q, k, v must share one (batch, seq, heads*dim) shape");
+  if (heads == 0 || q.shape(2) % heads != 0)
+    throw std::invalid_argument(std::string(who) + ": heads must divide the last axis of q");
+}
+
+// Returns [out (batch, seq, heads*dim), probs (batch, heads, seq, seq)]; mask is additive (batch, seq).
+std::vector<array> attention_forward(const array& q, const array& k, const array& v, const array& mask,
+                                     const array& seed, size_t heads, float scale, float p) {
+  auto s = cpu_stream();
+  check_attention(q, k, v, heads, "attention_forward");
+  if (mask.shape() != Shape{q.shape(0), q.shape(1)})
+    throw std::invalid_argument("attention_forward: mask must be additive with shape (batch, seq)");
+  if (!(p >= 0.f && p < 1.f)) throw std::invalid_argument("attention_forward: p must be in [0, 1)");
+  int B = q.shape(0), S = q.shape(1);
+  auto prim = std::make_shared<AttentionForward>(s, heads, scale, p);
+  return array::make_arrays({q.shape(), Shape{B, static_cast<int>(heads), S, S}}, {float32, float32}, prim,
+                            {f32(q, s), f32(k, s), f32(v, s), f32(mask, s), contiguous(astype(seed, uint32, s), false, s)});
+}
+
+// Returns [dq, dk, dv] from the forward's probs and the cotangent of out.
+std::vector<array> attention_backward(const array& q, const array& k, const array& v, const array& probs,
+                                      const array& cotangent, const array& seed, size_t heads, float scale, float p) {
+  auto s = cpu_stream();
+  check_attention(q, k, v, heads, "attention_backward");
+  if (cotangent.shape() != q.shape())
+    throw std::invalid_argument("attention_backward: cotangent must have q's shape");
+  auto prim = std::make_shared<AttentionBackward>(s, heads, scale, p);
+  return array::make_arrays({q.shape(), q.shape(), q.shape()}, {float32, float32, float32}, prim,
+                            {f32(q, s), f32(k, s), f32(v, s), f32(probs, s), f32(cotangent, s),
+                             contiguous(astype(seed, uint32, s), false, s)});
+}
+
 }  // namespace
 
 NB_MODULE(KL_MODULE_NAME, m) {
@@ -422,6 +772,8 @@ NB_MODULE(KL_MODULE_NAME, m) {
   m.def("layer_norm_forward", &layer_norm_forward);
   m.def("layer_norm_backward", &layer_norm_backward);
   m.def("dropout", &dropout);
+  m.def("attention_forward", &attention_forward);
+  m.def("attention_backward", &attention_backward);
   m.def("threads", &thread_count);
 #ifdef KL_OPENMP
   m.attr("threading") = "openmp";
