@@ -613,60 +613,56 @@ class CpuMulti : public Primitive {
   }
 };
 
-class AttentionForward : public CpuMulti {
+// Attention primitives share their parameters: head count, score scale, dropout probability.
+class AttentionPrimitive : public CpuMulti {
  public:
-  AttentionForward(Stream s, size_t heads, float scale, float p) : CpuMulti(s), heads_(heads), scale_(scale), p_(p) {}
+  AttentionPrimitive(Stream s, size_t heads, float scale, float p) : CpuMulti(s), heads_(heads), scale_(scale), p_(p) {}
+  bool is_equivalent(const Primitive& o) const override {
+    auto* a = dynamic_cast<const AttentionPrimitive*>(&o);
+    return a && std::string(a->name()) == name() && a->heads_ == heads_ && a->scale_ == scale_ && a->p_ == p_;
+  }
+
+ protected:
+  AttentionShape shape_of(const array& q) const {
+    return {static_cast<size_t>(q.shape(0)), static_cast<size_t>(q.shape(1)), heads_,
+            static_cast<size_t>(q.shape(2)) / heads_};
+  }
+  size_t heads_;
+  float scale_, p_;
+};
+
+class AttentionForward : public AttentionPrimitive {
+ public:
+  using AttentionPrimitive::AttentionPrimitive;
   void eval_cpu(const std::vector<array>& in, std::vector<array>& outs) override {
-    AttentionShape sh{static_cast<size_t>(in[0].shape(0)), static_cast<size_t>(in[0].shape(1)), heads_,
-                      static_cast<size_t>(in[0].shape(2)) / heads_};
     float* out = allocate(outs[0]);
     float* probs = allocate(outs[1]);
-    launch(in, outs, [sh, q = in[0].data<float>(), k = in[1].data<float>(), v = in[2].data<float>(),
+    launch(in, outs, [sh = shape_of(in[0]), q = in[0].data<float>(), k = in[1].data<float>(), v = in[2].data<float>(),
                       m = in[3].data<float>(), seed = in[4].data<uint32_t>(), out, probs, scale = scale_, p = p_] {
-      uint32_t sd = seed[0];
-      parallel_units(sh.B * sh.H, [&](size_t a, size_t b) {
+      parallel_units(sh.B * sh.H, [&, sd = seed[0]](size_t a, size_t b) {
         attention_fwd_units(sh, q, k, v, m, scale, sd, p, probs, out, a, b);
       });
     });
   }
   const char* name() const override { return "KaggleLoraAttentionForward"; }
-  bool is_equivalent(const Primitive& o) const override {
-    auto& a = static_cast<const AttentionForward&>(o);
-    return a.heads_ == heads_ && a.scale_ == scale_ && a.p_ == p_;
-  }
-
- private:
-  size_t heads_;
-  float scale_, p_;
 };
 
-class AttentionBackward : public CpuMulti {
+class AttentionBackward : public AttentionPrimitive {
  public:
-  AttentionBackward(Stream s, size_t heads, float scale, float p) : CpuMulti(s), heads_(heads), scale_(scale), p_(p) {}
+  using AttentionPrimitive::AttentionPrimitive;
   void eval_cpu(const std::vector<array>& in, std::vector<array>& outs) override {
-    AttentionShape sh{static_cast<size_t>(in[0].shape(0)), static_cast<size_t>(in[0].shape(1)), heads_,
-                      static_cast<size_t>(in[0].shape(2)) / heads_};
     float* dq = allocate(outs[0]);
     float* dk = allocate(outs[1]);
     float* dv = allocate(outs[2]);
-    launch(in, outs, [sh, q = in[0].data<float>(), k = in[1].data<float>(), v = in[2].data<float>(),
+    launch(in, outs, [sh = shape_of(in[0]), q = in[0].data<float>(), k = in[1].data<float>(), v = in[2].data<float>(),
                       probs = in[3].data<float>(), g = in[4].data<float>(), seed = in[5].data<uint32_t>(), dq, dk,
                       dv, scale = scale_, p = p_] {
-      uint32_t sd = seed[0];
-      parallel_units(sh.B * sh.H, [&](size_t a, size_t b) {
+      parallel_units(sh.B * sh.H, [&, sd = seed[0]](size_t a, size_t b) {
         attention_bwd_units(sh, q, k, v, probs, g, scale, sd, p, dq, dk, dv, a, b);
       });
     });
   }
   const char* name() const override { return "KaggleLoraAttentionBackward"; }
-  bool is_equivalent(const Primitive& o) const override {
-    auto& a = static_cast<const AttentionBackward&>(o);
-    return a.heads_ == heads_ && a.scale_ == scale_ && a.p_ == p_;
-  }
-
- private:
-  size_t heads_;
-  float scale_, p_;
 };
 
 // ---------------------------------------------------------------------------------------------
