@@ -35,6 +35,7 @@ from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.ensemble import blend
 from lora_tasks.metrics import get_metric
 from lora_tasks.models import create_bert_with_lora
+from lora_tasks.thresholds import nested_threshold_score, tunes_threshold
 from lora_tasks.train import Dataset, TrainConfig
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -139,12 +140,19 @@ def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list
     blend_metric = "rmse" if log1p else cfg.metric
     lora_oof = oof[:, 0] if oof.ndim == 2 and oof.shape[1] == 1 else oof
     members = {a.name: np.log1p(np.clip(a.oof, 0, None)) if log1p else a.oof for a in anchors}
+    # F1 (threshold "auto"): the flow also fits the label cut on OOF rows; nested like the weights
+    tune = tunes_threshold(cfg.submission.threshold, cfg.metric, cfg.task_type == "binary")
+    if tune:
+        rows.append(row(f"{name} lora {preset} {args.folds}-fold, cut fit out-of-fold (nested) {cfg.metric}",
+                        nested_threshold_score(metric, y, lora_oof, folds), cfg.metric, anchor_score,
+                        higher_is_better=metric.greater_is_better))
     for chosen in ([members] if len(members) > 1 else []) + [{"lora": lora_oof, **members}]:
-        blended = blend("caruana", chosen, None, y, blend_metric, folds)
+        blended = blend("caruana", chosen, None, y, blend_metric, folds, tune_threshold=tune)
+        extra = {"threshold": blended.threshold} if tune else {}
         rows.append(row(f"{name} blend {'+'.join(chosen)} (caruana, nested) {cfg.metric}", blended.report.blend_cv_score,
                         cfg.metric, anchor_score, higher_is_better=metric.greater_is_better,
-                        in_sample=round(score(blended.oof_pred), 4),
-                        weights={k: round(v, 3) for k, v in blended.weights.items()}))
+                        in_sample=round(blended.report.blend_score if tune else score(blended.oof_pred), 4),
+                        weights={k: round(v, 3) for k, v in blended.weights.items()}, **extra))
     return rows
 
 

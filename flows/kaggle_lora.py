@@ -253,7 +253,7 @@ def kaggle_lora(
         combined = f.result(); states["combine"] = _state(f)
         T.publish_training(slug, results, combined)
 
-        f = run["write-submission"].submit(prepared, plan, combined.test_path, artifacts)
+        f = run["write-submission"].submit(prepared, plan, combined.test_path, artifacts, combined.threshold)
         submission_path = f.result(); states["write-submission"] = _state(f)
         f = run["validate-submission"].submit(submission_path, prepared)
         check = f.result(); states["validate-submission"] = _state(f)

@@ -18,6 +18,10 @@ did not train on that row), so the weights it learns transfer to the test predic
 Weights fit on OOF and scored on the same OOF are optimistic; pass ``folds`` and the report also
 carries ``blend_cv_score``: the blend fit on the other folds and scored on each held-out fold.
 
+``tune_threshold=True`` (binary tasks, label metrics such as F1) also fits the cut of the blended
+P(class 1) on the OOF rows (:mod:`lora_tasks.thresholds`); the nested score then fits weights and
+cut on the other folds.
+
 No MLX, no Prefect: inputs are NumPy arrays (binary: P(class 1) 1-D; multiclass: (n, k)
 probabilities; regression: 1-D values), so scikit-learn members and adapters blend alike.
 """
@@ -34,6 +38,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from lora_tasks.metrics import Metric, get_metric
+from lora_tasks.thresholds import best_threshold, nested_threshold_score
 
 Method = Literal["mean", "rank_mean", "weights", "caruana", "stacking"]
 METHODS: tuple[str, ...] = ("mean", "rank_mean", "weights", "caruana", "stacking")
@@ -56,6 +61,7 @@ class BlendReport:
     blend_score: float
     blend_cv_score: float | None = None  # fit on other folds, scored on the held-out fold
     notes: list[str] = field(default_factory=list)
+    threshold: float | None = None  # the tuned cut of the blend's P(class 1), when tuned
 
     @property
     def best_member(self) -> str:
@@ -79,7 +85,8 @@ class BlendReport:
         for name, s in self.member_scores.items():
             mark = " (best)" if name == self.best_member else ""
             lines.append(f"| {name}{mark} | {s:.5f} | {self.weights.get(name, 0.0):.4f} |")
-        lines.append(f"| **blend** | **{self.blend_score:.5f}** | |")
+        cut = f" (cut at {self.threshold:.2f})" if self.threshold is not None else ""
+        lines.append(f"| **blend**{cut} | **{self.blend_score:.5f}** | |")
         if self.blend_cv_score is not None:
             lines.append(f"| blend, fit out-of-fold | {self.blend_cv_score:.5f} | |")
         lines += [f"\n_{n}_" for n in self.notes]
@@ -94,6 +101,11 @@ class BlendResult:
     oof_pred: np.ndarray
     weights: dict[str, float]
     report: BlendReport
+
+    @property
+    def threshold(self) -> float | None:
+        """The tuned cut of ``oof_pred`` / ``test_pred`` for labels, or None (not tuned)."""
+        return self.report.threshold
 
 
 # ---- public API ----------------------------------------------------------------------------------
@@ -111,13 +123,15 @@ def blend(
     caruana_iterations: int = 50,
     caruana_bags: int = 0,
     caruana_bag_fraction: float = 0.5,
+    tune_threshold: bool = False,
 ) -> BlendResult:
     """Blend members ``oof[name]`` / ``test[name]`` by ``method``, fitting on the OOF rows and ``y``.
 
     ``folds`` (fold index per row, e.g. ``CVResult.fold_of_row``) makes stacking reuse the members'
     folds and adds an out-of-fold score of the whole blending procedure to the report.
     ``caruana_bags > 0`` runs Caruana selection on that many random member subsets (each holding
-    ``caruana_bag_fraction`` of the members) and averages their weights.
+    ``caruana_bag_fraction`` of the members) and averages their weights. ``tune_threshold``: fit
+    the cut of the blended P(class 1) for a binary label metric (see the module docstring).
     """
     if method not in METHODS:
         raise ValueError(f"Unknown blend method {method!r}; use one of {', '.join(METHODS)}.")
@@ -128,20 +142,26 @@ def blend(
         folds = np.asarray(folds)
         if folds.shape != (len(y),):
             raise ValueError(f"folds has shape {folds.shape}; pass one fold index per train row ({len(y)}).")
+    if tune_threshold:
+        _check_threshold_task(m, y, oof_arr[0])
     opts = dict(seed=seed, iterations=caruana_iterations, bags=caruana_bags, bag_fraction=caruana_bag_fraction)
     member_scores = {n: float(m(y, p)) for n, p in zip(names, oof_arr)}
     notes: list[str] = []
+    if tune_threshold:
+        notes.append("Member scores cut P(class 1) at 0.5; the blend's cut is fit on the OOF rows.")
 
     if method == "stacking":
         task = _task(m, y, oof_arr[0])
         oof_pred, test_pred, weights, cv_folds = _stacking(names, oof_arr, test_arr, y, task, folds, seed)
-        blend_score = float(m(y, oof_pred))
+        cut = best_threshold(m, y, oof_pred) if tune_threshold else None
+        blend_score = float(m(y, oof_pred, threshold=cut or 0.5))
+        cv_score = nested_threshold_score(m, y, oof_pred, cv_folds) if tune_threshold else blend_score
         notes.append(
             f"Stacking OOF is honest: the meta-model was refit on {int(cv_folds.max()) + 1} folds "
             "and scored on rows it did not see; weights are its coefficients (not normalized)."
         )
         report = BlendReport(method, m.name, m.greater_is_better, member_scores, weights, blend_score,
-                             blend_score, notes)
+                             cv_score, notes, cut)
         return BlendResult(test_pred, oof_pred, weights, report)
 
     fit = _FITTERS[method]
@@ -155,12 +175,16 @@ def blend(
     w = fit(oof_arr, y, m, **opts)
     oof_pred = _combine(oof_arr, w)
     test_pred = _combine(test_arr, w) if test_arr is not None else None
-    blend_score = float(m(y, oof_pred))
+    cut = best_threshold(m, y, oof_pred) if tune_threshold else None
+    blend_score = float(m(y, oof_pred, threshold=cut or 0.5))
     cv_score = None
     if folds is not None and method in ("weights", "caruana"):
-        cv_score = _nested_score(fit, oof_arr, y, m, folds, opts)
+        cv_score = _nested_score(fit, oof_arr, y, m, folds, opts, tune_threshold)
+    elif folds is not None and tune_threshold:  # fixed weights: only the cut is fit
+        cv_score = nested_threshold_score(m, y, oof_pred, folds)
     weights = {n: float(x) for n, x in zip(names, w)}
-    report = BlendReport(method, m.name, m.greater_is_better, member_scores, weights, blend_score, cv_score, notes)
+    report = BlendReport(method, m.name, m.greater_is_better, member_scores, weights, blend_score, cv_score, notes,
+                         cut)
     return BlendResult(test_pred, oof_pred, weights, report)
 
 
@@ -235,6 +259,14 @@ def _check_rank_method(m: Metric, pred: np.ndarray) -> None:
         )
     if pred.ndim != 1:
         raise ValueError("rank_mean needs 1-D scores (binary P(class 1)); for multiclass use 'mean' or 'weights'.")
+
+
+def _check_threshold_task(m: Metric, y: np.ndarray, pred: np.ndarray) -> None:
+    if m.needs != "labels" or _task(m, y, pred) != "binary":
+        raise ValueError(
+            f"tune_threshold fits the cut of a binary P(class 1) for a label metric; here the metric is {m.name!r} "
+            f"({m.needs}) and the task {_task(m, y, pred)}. Drop tune_threshold."
+        )
 
 
 # ---- combining -----------------------------------------------------------------------------------
@@ -347,14 +379,18 @@ _FITTERS: dict[str, Callable[..., np.ndarray]] = {
 
 
 def _nested_score(fit: Callable[..., np.ndarray], oof: np.ndarray, y: np.ndarray, m: Metric,
-                  folds: np.ndarray, opts: dict) -> float:
-    """Score of the blending procedure itself: weights fit without fold k, applied to fold k."""
+                  folds: np.ndarray, opts: dict, tune_threshold: bool = False) -> float:
+    """Score of the blending procedure itself: weights (and the cut) fit without fold k, applied
+    to fold k."""
     pred = np.zeros_like(oof[0])
+    cuts = np.full(len(y), 0.5)
     for k in np.unique(folds):
         inside = folds != k
         w = fit(oof[:, inside], y[inside], m, **opts)
         pred[~inside] = _combine(oof[:, ~inside], w)
-    return float(m(y, pred))
+        if tune_threshold:
+            cuts[~inside] = best_threshold(m, y[inside], _combine(oof[:, inside], w))
+    return float(m(y, (pred >= cuts).astype(np.int64) if tune_threshold else pred))
 
 
 # ---- stacking ------------------------------------------------------------------------------------

@@ -607,6 +607,8 @@ class CombineResult:
     with ``merge``, or without baselines, it has weight 1). ``member_scores``: each member's
     OOF score under the competition metric. ``blend_cv_score``: the blending procedure itself
     fit on the other folds and scored on each held-out fold, so optimistic weights show.
+    ``threshold``: the cut of P(class 1) fit on the OOF rows (``[submission] threshold = "auto"``
+    with F1), which ``oof_score`` and the submission use; None when the configured cut holds.
     """
 
     method: str
@@ -619,9 +621,18 @@ class CombineResult:
     member_scores: dict[str, float] = field(default_factory=dict)
     blend_method: str | None = None
     blend_cv_score: float | None = None
+    threshold: float | None = None
 
 
-def to_metric_scale(pred: np.ndarray, prepared: Mapping[str, Any], plan: Plan) -> np.ndarray:
+def label_threshold(prepared: Mapping[str, Any], threshold: float | None = None) -> float:
+    """The cut of P(class 1) for labels: ``threshold`` when one was tuned, else the configured one."""
+    from lora_tasks.thresholds import fixed_threshold
+
+    return fixed_threshold(prepared["submission"]["threshold"]) if threshold is None else float(threshold)
+
+
+def to_metric_scale(pred: np.ndarray, prepared: Mapping[str, Any], plan: Plan,
+                    threshold: float | None = None) -> np.ndarray:
     """Model outputs -> what the competition metric wants (labels, probabilities or values)."""
     from lora_tasks.metrics import get_metric, to_labels
 
@@ -629,15 +640,24 @@ def to_metric_scale(pred: np.ndarray, prepared: Mapping[str, Any], plan: Plan) -
     needs = get_metric(prepared["metric"]).needs
     if prepared["head_type"] == "regression" or needs != "labels":
         return values
-    return to_labels(values, float(prepared["submission"]["threshold"]))
+    return to_labels(values, label_threshold(prepared, threshold))
 
 
-def score_predictions(pred: np.ndarray, prepared: Mapping[str, Any], plan: Plan) -> float:
+def score_predictions(pred: np.ndarray, prepared: Mapping[str, Any], plan: Plan,
+                      threshold: float | None = None) -> float:
     """The competition metric of model-scale predictions against the prepared labels."""
     from lora_tasks.metrics import get_metric
 
     y = np.asarray(prepared["y"])
-    return float(get_metric(prepared["metric"])(y, to_metric_scale(pred, prepared, plan)))
+    return float(get_metric(prepared["metric"])(y, to_metric_scale(pred, prepared, plan, threshold)))
+
+
+def tunes_threshold(prepared: Mapping[str, Any], plan: Plan) -> bool:
+    """Whether combine fits the label cut on OOF rows (see :mod:`lora_tasks.thresholds`)."""
+    from lora_tasks.thresholds import tunes_threshold as tunes
+
+    binary = prepared["head_type"] == "binary_classification" and plan.settings["target_transform"] == "none"
+    return tunes(prepared["submission"]["threshold"], prepared["metric"], binary)
 
 
 def blend_metric(prepared: Mapping[str, Any], plan: Plan) -> str:
@@ -681,7 +701,8 @@ def combine(
     member with the ``baselines`` by ``blend_method`` (:func:`lora_tasks.ensemble.blend`, fit on
     OOF rows only). ``merge``: average the adapters' weight updates (and heads) into one plain
     model and predict the test rows once (one forward pass at inference instead of K; needs
-    ``tokens``); baselines do not enter a merged model.
+    ``tokens``); baselines do not enter a merged model. With ``[submission] threshold = "auto"``
+    and F1, the cut of the combined P(class 1) is fit on the OOF rows (``CombineResult.threshold``).
     """
     if method not in COMBINE_METHODS:
         raise PipelineError(f"combine method {method!r}; use one of {', '.join(COMBINE_METHODS)}.")
@@ -695,7 +716,8 @@ def combine(
     oof, ordered = _fold_ensemble(results)
     fold_weights = [1.0 / len(ordered)] * len(ordered)
     scores = {ADAPTERS_MEMBER: score_predictions(oof, prepared, plan)}
-    weights, used_blend, cv_score = {ADAPTERS_MEMBER: 1.0}, None, None
+    weights, used_blend, cv_score, cut = {ADAPTERS_MEMBER: 1.0}, None, None, None
+    tune = tunes_threshold(prepared, plan)
     if method == "merge":
         if tokens is None:
             raise PipelineError("combine(method='merge') predicts the test rows again; pass tokens=TokenFiles(...).")
@@ -712,21 +734,28 @@ def combine(
             members_oof[b.name], members_test[b.name] = np.load(b.oof_path), np.load(b.test_path)
             scores[b.name] = float(b.oof_score)
         blended = blend(blend_method, members_oof, members_test, _labels(prepared, plan), blend_metric(prepared, plan),
-                        fold_assignment(prepared, plan), seed=plan.seed)
+                        fold_assignment(prepared, plan), seed=plan.seed, tune_threshold=tune)
         oof, test, weights = blended.oof_pred, blended.test_pred, blended.weights
-        used_blend, cv_score = blend_method, blended.report.blend_cv_score
+        used_blend, cv_score, cut = blend_method, blended.report.blend_cv_score, blended.threshold
+    elif tune:
+        from lora_tasks.thresholds import best_threshold, nested_threshold_score
+
+        y, folds = _labels(prepared, plan), fold_assignment(prepared, plan)
+        cut = best_threshold(prepared["metric"], y, oof)
+        cv_score = nested_threshold_score(prepared["metric"], y, oof, folds)
     out = Path(out_dir)
     return CombineResult(
         method=method,
         test_path=save_array(np.asarray(test, dtype=np.float32), out, f"ensemble-{method}"),
         oof_path=save_array(np.asarray(oof, dtype=np.float32), out, "oof-all"),
-        oof_score=score_predictions(oof, prepared, plan),
+        oof_score=score_predictions(oof, prepared, plan, cut),
         metric=prepared["metric"],
         weights={k: float(v) for k, v in weights.items()},
         fold_scores=[float(r.best_score) if r.best_score is not None else float("nan") for r in ordered],
         member_scores=scores,
         blend_method=used_blend,
         blend_cv_score=cv_score,
+        threshold=cut,
     )
 
 
@@ -784,10 +813,12 @@ def merged_predict(
 # ------------------------------------------------------------------------------ 7. submission
 
 
-def submission_frame(test_pred: np.ndarray, prepared: Mapping[str, Any], plan: Plan) -> pd.DataFrame:
+def submission_frame(test_pred: np.ndarray, prepared: Mapping[str, Any], plan: Plan,
+                     threshold: float | None = None) -> pd.DataFrame:
     """Test predictions (model scale) -> the submission table in the competition's format:
-    inverse target transform, probabilities or labels (threshold, original class values),
-    the id column and the declared dtype."""
+    inverse target transform, probabilities or labels (cut at ``threshold``, the tuned one from
+    :func:`combine`, else the configured one; original class values), the id column and the
+    declared dtype."""
     from lora_tasks.metrics import to_labels
 
     fmt = prepared["submission"]
@@ -811,7 +842,7 @@ def submission_frame(test_pred: np.ndarray, prepared: Mapping[str, Any], plan: P
             for j, col in enumerate(value_cols):
                 frame[col] = values[:, j]
     else:
-        labels = to_labels(values, float(fmt["threshold"]))
+        labels = to_labels(values, label_threshold(prepared, threshold))
         frame[value_cols[0]] = [classes[int(i)] for i in labels] if classes else labels
     dtype = fmt["dtype"]
     for col in value_cols:
@@ -829,10 +860,12 @@ def write_submission(
     plan_path: str | os.PathLike,
     test_pred_path: str | os.PathLike,
     out_dir: str | os.PathLike,
+    threshold: float | None = None,
 ) -> Path:
-    """Write ``submission-*.csv`` from the ensemble's test predictions (see :func:`submission_frame`)."""
+    """Write ``submission-*.csv`` from the ensemble's test predictions (see :func:`submission_frame`;
+    ``threshold``: :attr:`CombineResult.threshold`)."""
     prepared = load_json(prepared_path)
-    frame = submission_frame(np.load(test_pred_path), prepared, Plan.load(plan_path))
+    frame = submission_frame(np.load(test_pred_path), prepared, Plan.load(plan_path), threshold)
     tmp = _tmp_path(Path(out_dir), ".csv")
     frame.to_csv(tmp, index=False, lineterminator="\n", float_format="%.8g")
     return _store(tmp, Path(out_dir), "submission", ".csv")
@@ -998,7 +1031,7 @@ def run_pipeline(
     baselines = train_baselines(competition, folder, prepared, plan, artifacts) if baseline and combine_method == "blend" else []
     combined = combine(prepared, plan, results, artifacts, method=combine_method, tokens=tokens, model=model,
                        baselines=baselines, blend_method=blend_method)
-    submission_path = write_submission(prepared, plan, combined.test_path, artifacts)
+    submission_path = write_submission(prepared, plan, combined.test_path, artifacts, combined.threshold)
     validate(submission_path, prepared)
     out = PipelineResult(folder, prepared, plan, tokens, results, combined, submission_path)
     if submit:

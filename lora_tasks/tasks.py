@@ -273,8 +273,8 @@ def combine_task(
 
 
 @task(name="write-submission", cache_policy=_policy(P.write_submission, by_value=("out_dir",)), persist_result=True)
-def submission_task(prepared: Path, plan: Path, test_pred: Path, out_dir: Path) -> Path:
-    return P.write_submission(prepared, plan, test_pred, out_dir)
+def submission_task(prepared: Path, plan: Path, test_pred: Path, out_dir: Path, threshold: float | None = None) -> Path:
+    return P.write_submission(prepared, plan, test_pred, out_dir, threshold)
 
 
 @task(name="validate-submission", cache_policy=_policy(P.validate), persist_result=True)
@@ -351,9 +351,12 @@ def blend_rows(combined: P.CombineResult) -> list[dict[str, Any]]:
     how = combined.blend_method or ("merged adapters" if combined.method == "merge" else "mean of folds")
     rows = [{"member": name, col: round(score, 5), "weight": round(combined.weights.get(name, 0.0), 4)}
             for name, score in combined.member_scores.items()]
-    rows.append({"member": f"blend ({how})", col: round(combined.oof_score, 5), "weight": None})
+    cut = f", cut at {combined.threshold:.2f}" if combined.threshold is not None else ""
+    rows.append({"member": f"blend ({how}{cut})", col: round(combined.oof_score, 5), "weight": None})
     if combined.blend_cv_score is not None:
-        rows.append({"member": "blend, weights fit out-of-fold", col: round(combined.blend_cv_score, 5), "weight": None})
+        fitted = "weights and cut" if combined.blend_method and combined.threshold is not None else (
+            "cut" if combined.threshold is not None else "weights")
+        rows.append({"member": f"blend, {fitted} fit out-of-fold", col: round(combined.blend_cv_score, 5), "weight": None})
     return rows
 
 

@@ -115,6 +115,17 @@ def test_overrides_win_over_file_and_data():
     assert cfg.submission.columns == ("PassengerId", "Survived")  # the rest of [submission] is kept
 
 
+def test_threshold_is_auto_unless_a_number_is_given(tmp_path):
+    shipped = load_competition("nlp-getting-started", shared_dir() / "nlp-getting-started")
+    assert shipped.submission.threshold == "auto" and shipped.metric == "f1"
+    inferred = load_competition("bad", shared_dir() / TITANIC, competitions_dir=_write(tmp_path, 'metric = "f1"\n'))
+    assert inferred.metric == "f1"
+    assert inferred.submission.threshold == "auto", "without [submission] threshold the cut is tuned for F1"
+    fixed = load_competition("bad", shared_dir() / TITANIC,
+                             competitions_dir=_write(tmp_path, "[submission]\nthreshold = 0.4\n"))
+    assert fixed.submission.threshold == 0.4
+
+
 # ---------------------------------------------------------------------------- strict validation
 
 
@@ -135,6 +146,8 @@ def _write(tmp_path: Path, text: str) -> Path:
         ('text_columns = "text"\n', ["`text_columns` must be a list of strings"]),
         ('schedule = "every monday"\n', ["cron"]),
         ('[submission]\nthreshold = true\n', ["submission.threshold"]),
+        ('[submission]\nthreshold = "tuned"\n', ["submission.threshold = 'tuned'", '"auto"', "number in (0, 1)"]),
+        ('[submission]\nthreshold = 1.5\n', ["submission.threshold = 1.5", "number in (0, 1)"]),
         ('slug = "x"\nslug = "y"\n', ["not valid TOML"]),
     ],
 )

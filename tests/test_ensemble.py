@@ -192,3 +192,30 @@ def test_compare_methods_runs_all_applicable(binary):
     out = compare_methods(oof, test, y, "roc_auc", caruana_iterations=10)
     assert set(out) == set(METHODS)
     assert set(compare_methods(oof, None, y, "log_loss", methods=None)) == set(METHODS) - {"rank_mean"}
+
+
+@pytest.mark.parametrize("method", ["caruana", "weights", "mean", "stacking"])
+def test_tune_threshold_fits_the_label_cut_of_the_blend(binary, method):
+    from lora_tasks.thresholds import nested_threshold_score
+
+    oof, test, y, folds = binary
+    f1 = get_metric("f1")
+    plain = blend(method, oof, test, y, "f1", folds)
+    tuned = blend(method, oof, test, y, "f1", folds, tune_threshold=True)
+    assert plain.threshold is None and 0.05 <= tuned.threshold <= 0.95
+    np.testing.assert_allclose(tuned.oof_pred, plain.oof_pred)  # the cut changes labels, not the blend
+    np.testing.assert_allclose(tuned.test_pred, plain.test_pred)
+    assert tuned.report.blend_score == pytest.approx(f1(y, tuned.oof_pred, threshold=tuned.threshold))
+    assert tuned.report.blend_cv_score is not None and tuned.report.blend_cv_score <= 1.0
+    if method == "mean":  # fixed weights: the nested score fits only the cut
+        assert tuned.report.blend_cv_score == pytest.approx(nested_threshold_score("f1", y, tuned.oof_pred, folds))
+    assert f"cut at {tuned.threshold:.2f}" in tuned.report.to_markdown()
+
+
+def test_tune_threshold_needs_a_binary_label_metric(binary, regression):
+    oof, test, y, folds = binary
+    with pytest.raises(ValueError, match="tune_threshold.*'log_loss'"):
+        blend("caruana", oof, test, y, "log_loss", folds, tune_threshold=True)
+    r_oof, r_y = regression
+    with pytest.raises(ValueError, match="tune_threshold.*regression"):
+        blend("weights", r_oof, None, r_y, "rmse", tune_threshold=True)

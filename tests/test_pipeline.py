@@ -212,6 +212,44 @@ def test_blend_with_a_baseline_fits_weights_on_oof(demo_steps, demo_folds, demo_
         P.combine(prepared, plan, demo_folds, out, baselines=[demo_baseline], blend_method="median")
 
 
+def test_f1_combine_fits_the_label_cut_and_the_submission_uses_it(demo_steps, demo_folds, demo_baselines, tmp_path):
+    """With F1 and ``threshold = "auto"`` the cut of P(class 1) is fit on the OOF rows, scored
+    nested, and written into the labels; a configured number and accuracy keep their cut."""
+    from sklearn.metrics import f1_score
+
+    from lora_tasks.thresholds import nested_threshold_score
+
+    _, prepared, plan, _ = demo_steps
+    data = P.load_json(prepared)
+    y = np.asarray(data["y"])
+    as_f1 = P.save_json({**data, "metric": "f1", "submission": {**data["submission"], "threshold": "auto"}},
+                        tmp_path, "prepared")
+    lone = P.combine(as_f1, plan, demo_folds, tmp_path)
+    oof = np.load(lone.oof_path)
+    assert lone.threshold is not None and lone.metric == "f1"
+    assert lone.oof_score == pytest.approx(f1_score(y, oof >= lone.threshold))
+    assert lone.member_scores["lora"] == pytest.approx(f1_score(y, oof >= 0.5))
+    folds = P.fold_assignment(data, P.Plan.load(plan))
+    assert lone.blend_cv_score == pytest.approx(nested_threshold_score("f1", y, oof, folds))
+
+    blended = P.combine(as_f1, plan, demo_folds, tmp_path, baselines=demo_baselines)
+    assert blended.threshold is not None and blended.blend_cv_score is not None
+    assert blended.oof_score == pytest.approx(f1_score(y, np.load(blended.oof_path) >= blended.threshold))
+    test = np.load(blended.test_path)
+    frame = pd.read_csv(P.write_submission(as_f1, plan, blended.test_path, tmp_path, blended.threshold))
+    classes = data["classes"] or [0, 1]
+    expected = [classes[int(v)] for v in test >= blended.threshold]
+    assert frame[data["target_column"]].tolist() == expected
+    if ((test >= blended.threshold) != (test >= 0.5)).any():  # the file differs from a 0.5 cut exactly there
+        assert pd.read_csv(P.write_submission(as_f1, plan, blended.test_path, tmp_path))[data["target_column"]].tolist() != expected
+
+    fixed = P.save_json({**data, "metric": "f1", "submission": {**data["submission"], "threshold": 0.5}}, tmp_path, "prepared")
+    kept = P.combine(fixed, plan, demo_folds, tmp_path)
+    assert kept.threshold is None and kept.blend_cv_score is None
+    assert kept.oof_score == pytest.approx(f1_score(y, oof >= 0.5))
+    assert P.combine(prepared, plan, demo_folds, tmp_path).threshold is None, "accuracy keeps the 0.5 cut"
+
+
 def test_top_layers_train_from_the_cached_prefix(demo_dir, tmp_path):
     """top_layers=1 on the 2-layer tiny model: adapters only in layer 1, the frozen layer 0 runs once
     per dataset (states on disk, reused by the second fold), and the predictions equal those of the

@@ -111,6 +111,17 @@ def test_renderers():
     assert T.artifact_key("house-prices_2", "CV table") == "house-prices-2-cv-table"
 
 
+def test_blend_rows_show_the_tuned_cut():
+    combined = P.CombineResult("blend", Path("t.npy"), Path("o.npy"), 0.81, "f1", {"lora": 0.6, "tfidf": 0.4}, [0.8],
+                               {"lora": 0.79, "tfidf": 0.75}, "caruana", 0.805, threshold=0.42)
+    rows = T.blend_rows(combined)
+    assert [r["member"] for r in rows] == ["lora", "tfidf", "blend (caruana, cut at 0.42)",
+                                           "blend, weights and cut fit out-of-fold"]
+    assert rows[2]["OOF f1"] == 0.81 and rows[3]["OOF f1"] == 0.805
+    plain = P.CombineResult("blend", Path("t.npy"), Path("o.npy"), 0.8, "accuracy", {"lora": 1.0}, [0.8], {"lora": 0.8})
+    assert [r["member"] for r in T.blend_rows(plain)] == ["lora", "blend (mean of folds)"]
+
+
 def test_dask_runner_is_built_or_a_clear_error(monkeypatch):
     """Without prefect-dask: a clear error naming the fix. With it: a DaskTaskRunner for a local
     cluster sized for this machine, or for a given scheduler address, whose copy (the flow engine

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from lora_tasks.metrics import TASK_TYPES, Metric, default_metric, get_metric
+from lora_tasks.thresholds import check_setting
 
 from .profile import detect_text_columns, infer_task_type
 from .text import RowTemplate, SerializationOptions
@@ -52,14 +53,15 @@ class SubmissionFormat:
 
     prediction: ``labels`` (class values), ``probabilities`` (P(class) per row; one column per
         class when ``columns`` lists the classes) or ``values`` (regression).
-    threshold: probability cut for binary labels.
+    threshold: probability cut for binary labels: a number, or ``"auto"`` (the default): fit on
+        out-of-fold rows for F1, 0.5 for other label metrics (:mod:`lora_tasks.thresholds`).
     target_transform: ``log1p`` trains on log1p(target) and writes expm1(prediction) (RMSLE).
     """
 
     columns: tuple[str, ...] = ()
     dtype: str = "int"
     prediction: str = "labels"
-    threshold: float = 0.5
+    threshold: float | str = "auto"
     target_transform: str = "none"
 
 
@@ -164,7 +166,7 @@ _TABLE_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "columns": list,
         "dtype": str,
         "prediction": str,
-        "threshold": (int, float),
+        "threshold": (int, float, str),
         "target_transform": str,
     },
     "serialization": {
@@ -243,6 +245,11 @@ def validate_config_dict(raw: Mapping[str, Any], source: str = "config") -> dict
             out["metric"] = get_metric(out["metric"]).name
         except KeyError as exc:
             raise _fail(source, str(exc.args[0])) from None
+    if "threshold" in out.get("submission", {}):
+        try:
+            out["submission"]["threshold"] = check_setting(out["submission"]["threshold"])
+        except ValueError as exc:
+            raise _fail(source, f"submission.{exc.args[0]}") from None
     if "schedule" in out and not _is_cron(out["schedule"]):
         raise _fail(source, f"`schedule` {out['schedule']!r} is not a 5-field cron expression (e.g. {DEFAULT_SCHEDULE!r}).")
     rename = out.get("serialization", {}).get("rename", {})
@@ -501,7 +508,7 @@ def load_competition(
         columns=tuple(sub["columns"]),
         dtype=sub["dtype"],
         prediction=sub["prediction"],
-        threshold=float(sub.get("threshold", 0.5)),
+        threshold=sub.get("threshold", "auto"),
         target_transform=sub.get("target_transform", "none"),
     )
     metric = merged.get("metric") or default_metric(task, submission.prediction)
