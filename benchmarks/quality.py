@@ -3,6 +3,7 @@ competitions, beside scikit-learn anchors on the same folds, with wall time.
 
     python benchmarks/quality.py [--competitions titanic,house-prices,nlp-getting-started]
         [--folds 5] [--rows N] [--epochs E] [--top-layers L] [--max-len T] [--model ID] [--name NAME]
+        [--also SETTINGS_KEY,...]
 
 Each competition gives: each scikit-learn member's OOF score (the first is the issue's anchor),
 the LoRA adapters' OOF score, and Caruana blends (the flow's default combine) of the scikit-learn
@@ -12,7 +13,9 @@ are kept under ``.kaggle-lora/bench-cache/oof`` by their settings: a rerun re-bl
 ``--top-layers L`` adapts only the top L encoder layers and trains from the frozen-prefix cache
 (the lower layers run once for all folds and epochs). ``--rows`` subsamples train rows for a
 quick run. Anchors: HistGradientBoosting with ordinal encoding (tabular), TF-IDF with logistic or
-ridge regression (text), from :mod:`lora_tasks.sklearn_members`.
+ridge regression (text), from :mod:`lora_tasks.sklearn_members`. ``--also`` adds the kept OOF
+predictions of other adapter settings (file stems under the cache, same rows and folds) as more
+members of the blends: a diversity ensemble of adapters trained with different settings.
 """
 
 from __future__ import annotations
@@ -118,6 +121,7 @@ def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list
     if oof_file.exists() and not args.retrain:
         saved = np.load(oof_file)
         oof, wall = saved["oof"], float(saved["wall"])
+        best_epochs = saved["best_epochs"].tolist() if "best_epochs" in saved else None
         print(f"LoRA OOF from {oof_file} (trained in {wall:.0f} s)")
     else:
         t = time.perf_counter()
@@ -125,13 +129,17 @@ def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list
                              checkpoint_root=None, name=f"{name} fold")
         wall = time.perf_counter() - t
         oof = res.oof
+        best_epochs = [r.best_epoch for r in res.fold_results]
         oof_file.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(oof_file.with_suffix(".tmp.npz"), oof=oof, wall=wall)
+        np.savez(oof_file.with_suffix(".tmp.npz"), oof=oof, wall=wall, best_epochs=np.asarray(best_epochs))
         oof_file.with_suffix(".tmp.npz").replace(oof_file)
     ours = score(oof)
     rows.append(row(f"{name} lora {preset} {args.folds}-fold {cfg.metric}", ours, cfg.metric, anchor_score,
                     higher_is_better=metric.greater_is_better, wall_s=round(wall, 1), rows=len(train_df),
                     epochs=epochs, top_layers=args.top_layers or "all", max_seq_len=max_len,
+                    # each fold keeps its best epoch by its own validation score (as the flow does):
+                    # an epoch other than the last means the OOF score includes that choice
+                    best_epochs=best_epochs,
                     settings=dataclasses.asdict(settings) | {"reasons": None}))
 
     # The flow's default combine: the adapters blended with the anchor by Caruana selection on
@@ -146,7 +154,20 @@ def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list
         rows.append(row(f"{name} lora {preset} {args.folds}-fold, cut fit out-of-fold (nested) {cfg.metric}",
                         nested_threshold_score(metric, y, lora_oof, folds), cfg.metric, anchor_score,
                         higher_is_better=metric.greater_is_better))
-    for chosen in ([members] if len(members) > 1 else []) + [{"lora": lora_oof, **members}]:
+    adapters = {"lora": lora_oof}
+    for i, other in enumerate(k.strip() for k in args.also.split(",") if k.strip()):
+        path = CACHE / "oof" / f"{other}.npz"
+        if not path.exists():
+            raise SystemExit(f"--also {other}: no kept OOF predictions at {path}; run those settings first.")
+        kept = np.load(path)
+        extra = kept["oof"][:, 0] if kept["oof"].ndim == 2 and kept["oof"].shape[1] == 1 else kept["oof"]
+        adapters[f"lora_{i + 2}"] = extra
+        rows.append(row(f"{name} lora_{i + 2} ({other}) {cfg.metric}", score(extra), cfg.metric, anchor_score,
+                        higher_is_better=metric.greater_is_better, wall_s=round(float(kept["wall"]), 1)))
+    candidates = ([members] if len(members) > 1 else []) + [{"lora": lora_oof, **members}]
+    if len(adapters) > 1:
+        candidates += [adapters, {**adapters, **members}]
+    for chosen in candidates:
         blended = blend("caruana", chosen, None, y, blend_metric, folds, tune_threshold=tune)
         extra = {"threshold": blended.threshold} if tune else {}
         rows.append(row(f"{name} blend {'+'.join(chosen)} (caruana, nested) {cfg.metric}", blended.report.blend_cv_score,
@@ -168,6 +189,7 @@ def main() -> None:
     ap.add_argument("--top-layers", type=int, default=0)
     ap.add_argument("--model", default=None)
     ap.add_argument("--name", default="quality")
+    ap.add_argument("--also", default="", help="kept OOF settings keys (cache file stems) to blend in as more adapters")
     ap.add_argument("--retrain", action="store_true", help="train the adapters even when their OOF predictions are kept")
     args = ap.parse_args()
     print(lora_tasks.blas_info().summary())
