@@ -116,7 +116,8 @@ def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list
                        metric=None if head == "regression" else cfg.metric,
                        class_weights=settings.class_weight, early_stopping_patience=None)
     # LoRA OOF predictions are kept by their settings, so a rerun only re-blends (--retrain to refit)
-    key = f"{slug}-{preset}-e{epochs}-t{max_len}-top{args.top_layers}-lr{tcfg.learning_rate}-n{len(train_df)}-k{args.folds}"
+    key = (f"{slug}-{preset}-e{epochs}-t{max_len}-top{args.top_layers}-lr{tcfg.learning_rate}-n{len(train_df)}-k{args.folds}"
+           f"-tpl{template.fingerprint()[:8]}")
     oof_file = CACHE / "oof" / f"{key}.npz"
     if oof_file.exists() and not args.retrain:
         saved = np.load(oof_file)

@@ -652,12 +652,12 @@ def score_predictions(pred: np.ndarray, prepared: Mapping[str, Any], plan: Plan,
     return float(get_metric(prepared["metric"])(y, to_metric_scale(pred, prepared, plan, threshold)))
 
 
-def tunes_threshold(prepared: Mapping[str, Any], plan: Plan) -> bool:
+def tunes_label_cut(prepared: Mapping[str, Any], plan: Plan) -> bool:
     """Whether combine fits the label cut on OOF rows (see :mod:`lora_tasks.thresholds`)."""
-    from lora_tasks.thresholds import tunes_threshold as tunes
+    from lora_tasks.thresholds import tunes_threshold
 
     binary = prepared["head_type"] == "binary_classification" and plan.settings["target_transform"] == "none"
-    return tunes(prepared["submission"]["threshold"], prepared["metric"], binary)
+    return tunes_threshold(prepared["submission"]["threshold"], prepared["metric"], binary)
 
 
 def blend_metric(prepared: Mapping[str, Any], plan: Plan) -> str:
@@ -717,7 +717,7 @@ def combine(
     fold_weights = [1.0 / len(ordered)] * len(ordered)
     scores = {ADAPTERS_MEMBER: score_predictions(oof, prepared, plan)}
     weights, used_blend, cv_score, cut = {ADAPTERS_MEMBER: 1.0}, None, None, None
-    tune = tunes_threshold(prepared, plan)
+    tune = tunes_label_cut(prepared, plan)
     if method == "merge":
         if tokens is None:
             raise PipelineError("combine(method='merge') predicts the test rows again; pass tokens=TokenFiles(...).")

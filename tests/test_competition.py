@@ -148,6 +148,7 @@ def _write(tmp_path: Path, text: str) -> Path:
         ('[submission]\nthreshold = true\n', ["submission.threshold"]),
         ('[submission]\nthreshold = "tuned"\n', ["submission.threshold = 'tuned'", '"auto"', "number in (0, 1)"]),
         ('[submission]\nthreshold = 1.5\n', ["submission.threshold = 1.5", "number in (0, 1)"]),
+        ('[serialization]\nclean_text = "yes"\n', ["`serialization.clean_text` must be bool"]),
         ('slug = "x"\nslug = "y"\n', ["not valid TOML"]),
     ],
 )

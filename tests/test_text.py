@@ -12,6 +12,7 @@ from lora_tasks.data.competition import load_competition
 from lora_tasks.data.text import (
     RowTemplate,
     SerializationOptions,
+    clean_text,
     format_number,
     format_value,
     readable_name,
@@ -185,6 +186,22 @@ def test_options_change_text_and_fingerprint():
     assert labelled.render_frame(frame)[0].startswith("Text: ")
     assert len({base.fingerprint(), labelled.fingerprint(), file_order.fingerprint()}) == 3
     assert base.fingerprint() == RowTemplate.for_frame(frame, text_columns=["text"], exclude=["id", "target"]).fingerprint()
+
+
+def test_clean_text_unescapes_entities_and_cuts_urls_to_their_host():
+    assert clean_text("Fire &amp; smoke &gt; 3 http://t.co/lHYXEOHY6C now") == "Fire & smoke > 3 t.co now"
+    assert clean_text("see https://www.BBC.co.uk/news/a?b=1, or www.foo.org/x") == "see bbc.co.uk or foo.org"
+    assert clean_text("no links: a.b/c and http") == "no links: a.b/c and http"
+    frame = pd.DataFrame({"id": [1], "text": ["Flood &amp; rain  http://t.co/XyZ123abc"], "keyword": ["flood http://x.y/z"]})
+    plain = RowTemplate.for_frame(frame, text_columns=["text"], exclude=["id"])
+    cleaned = RowTemplate.for_frame(frame, text_columns=["text"], exclude=["id"],
+                                    options=SerializationOptions(clean_text=True))
+    assert plain.render_frame(frame) == ["Flood &amp; rain http://t.co/XyZ123abc. Keyword is flood http://x.y/z."]
+    assert cleaned.render_frame(frame) == ["Flood & rain t.co. Keyword is flood http://x.y/z."], "only free text is cleaned"
+    assert plain.fingerprint() != cleaned.fingerprint()
+    tweets = read_train(TWEETS)["text"]
+    urls = tweets[tweets.str.contains("http://t.co/")].head(200)
+    assert all("://" not in clean_text(t) for t in urls)
 
 
 def test_float_digits_option():

@@ -177,6 +177,7 @@ _TABLE_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "label_text": bool,
         "rename": dict,
         "omit_common": (int, float),
+        "clean_text": bool,
     },
 }
 ALLOWED_KEYS: tuple[str, ...] = (*_SCALAR_KEYS, *_LIST_KEYS, *_TABLE_KEYS)
