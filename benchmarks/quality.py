@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from lora_tasks.data.profile import profile_competition
 from lora_tasks.data.token_cache import tokenize_cached
 from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.ensemble import blend
+from lora_tasks.hub import resolve_model_dir
 from lora_tasks.metrics import get_metric
 from lora_tasks.models import create_bert_with_lora
 from lora_tasks.thresholds import nested_threshold_score, tunes_threshold
@@ -92,7 +94,7 @@ def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list
     data = Dataset.from_encoded(enc, labels)
     overrides = {"dropout": 0.0} if args.top_layers else {}
     if args.top_layers:
-        n_layers = 6
+        n_layers = int(json.loads((resolve_model_dir(args.model) / "config.json").read_text())["num_hidden_layers"])
         overrides["layers_to_transform"] = tuple(range(n_layers - args.top_layers, n_layers))
     preset = args.preset or ("balanced" if settings.preset.startswith("qlora") else settings.preset)
 
@@ -117,7 +119,7 @@ def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list
                        class_weights=settings.class_weight, early_stopping_patience=None)
     # LoRA OOF predictions are kept by their settings, so a rerun only re-blends (--retrain to refit)
     key = (f"{slug}-{preset}-e{epochs}-t{max_len}-top{args.top_layers}-lr{tcfg.learning_rate}-n{len(train_df)}-k{args.folds}"
-           f"-tpl{template.fingerprint()[:8]}")
+           f"-tpl{template.fingerprint()[:8]}" + (f"-m{Path(args.model).name}" if args.model else ""))
     oof_file = CACHE / "oof" / f"{key}.npz"
     if oof_file.exists() and not args.retrain:
         saved = np.load(oof_file)

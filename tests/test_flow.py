@@ -152,6 +152,29 @@ def test_a_modernbert_folder_runs_the_whole_flow(harness, fake_creds, demo_serve
     assert not any(".attention.self.query" in k for k in keys), "a ModernBERT adapter has no BERT paths"
 
 
+def test_an_mpnet_folder_trains_top_layers_from_the_prefix_in_the_flow(harness, fake_creds, demo_server, tmp_path,
+                                                                       fixtures_dir):
+    """--model with an MPNet folder and --top-layers 1: its tokenizer (pad id 1), the relative
+    position bias through the frozen-prefix cache, adapters on the top layer only, blended and scored."""
+    import mlx.core as mx
+
+    from kaggle_lora import kaggle_lora
+
+    server, served = demo_server
+    folder = fixtures_dir / "mpnet_tiny"
+    fast = {k: v for k, v in FAST.items() if k != "tiny"}
+    summary = kaggle_lora(competition="demo", kaggle_endpoint=server.url, work_dir=str(tmp_path / "work"),
+                          model=str(folder), top_layers=1, max_train_rows=120, **fast)
+    assert summary.submitted and summary.public_score is not None and summary.combine == "blend"
+    sub = pd.read_csv(summary.submission_path)
+    assert summary.public_score == pytest.approx(
+        fk.score_submission(sub, pd.read_csv(served / "demo" / "solution.csv"), "accuracy"))
+    assert list((tmp_path / "work").rglob("prefix-*.npy")), "the frozen layers ran once into the prefix cache"
+    adapters = sorted((tmp_path / "work" / "artifacts").glob("adapter-*.safetensors"))
+    keys = [k for k in mx.load(str(adapters[0])) if ".lora_" in k]
+    assert keys and all(".encoder.layer.2." in k for k in keys), keys[:5]
+
+
 def test_cli_reports_a_failure_clearly(tmp_path):
     """No server at the endpoint: the CLI exits non-zero with one clear line (no traceback dump)."""
     env = {**os.environ, "KAGGLE_USERNAME": fk.DEFAULT_USERNAME, "KAGGLE_KEY": fk.DEFAULT_KEY,

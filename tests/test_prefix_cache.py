@@ -67,3 +67,20 @@ def test_prefix_states_are_cached_on_disk_by_content(tmp_path):
     prefix_dataset(model, other, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("prefix-*.npy"))) == 2  # other inputs, other key
     np.testing.assert_allclose(compute_prefix(model, data, 2), first.input_ids, atol=1e-6)
+
+
+def test_prefix_rows_run_cut_to_their_length_and_keep_zeros_past_it():
+    """Batches are cut to their longest row: every row's states equal that row run alone, and
+    batches of short rows leave the positions past their longest row zero."""
+    import mlx.core as mx
+
+    data = toy_data(40, seed=5)
+    model = _top_only_model()
+    states = compute_prefix(model, data, 2, batch_size=8)
+    assert states.shape == (40, 12, model.bert.config.hidden_size)
+    for i in range(40):
+        n = int(data.attention_mask[i].sum())
+        alone = model.hidden_before(2, mx.array(data.input_ids[i:i + 1, :n]), mx.array(data.attention_mask[i:i + 1, :n]))
+        np.testing.assert_allclose(states[i, :n], np.array(alone)[0], atol=1e-5)
+    shortest = np.argsort(-data.lengths, kind="stable")[-8:]  # the last batch: the 8 shortest rows
+    assert not states[shortest, int(data.lengths[shortest].max()):].any()

@@ -29,18 +29,30 @@ class Encoded:
         return int(self.input_ids.shape[0])
 
 
+def _pad_id(tok: _HFTokenizer) -> int:
+    """The padding id the file declares, else ``[PAD]`` (BERT) or ``<pad>`` (MPNet, RoBERTa), else 0.
+    It matters beyond the mask: MPNet counts positions over the tokens that are not padding."""
+    declared = tok.padding
+    if declared and declared.get("pad_id") is not None:
+        return int(declared["pad_id"])
+    for token in ("[PAD]", "<pad>"):
+        found = tok.token_to_id(token)
+        if found is not None:
+            return int(found)
+    return 0
+
+
 class Tokenizer:
     """A thin wrapper that owns padding and truncation (tokenizer.json files often fix them)."""
 
     def __init__(self, hf_tokenizer: _HFTokenizer, source: str = "") -> None:
         self._tok = hf_tokenizer
+        self.pad_id = _pad_id(hf_tokenizer)
         self._tok.no_padding()
         self._tok.no_truncation()
         self.source = source
         # truncation is tokenizer state: serialize calls so threads (parallel adapters) can share one
         self._lock = threading.Lock()
-        pad = self._tok.token_to_id("[PAD]")
-        self.pad_id = 0 if pad is None else int(pad)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "Tokenizer":

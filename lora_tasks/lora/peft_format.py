@@ -118,6 +118,13 @@ def export_peft(
     adapter: LoRAAdapter, directory: str | os.PathLike, base_model_name_or_path: str | None = None
 ) -> Path:
     """Write the adapter in PEFT's layout into ``directory`` (created if needed); returns it."""
+    for _, module in adapter.model.named_modules():
+        if getattr(module, "peft_module_names", "bert") != "bert":
+            raise ValueError(
+                f"PEFT export writes BERT's module names; this adapter sits on a {type(module).__name__}, whose "
+                "checkpoints name their layers differently, so PEFT could not load it. Save it in our format "
+                "(adapter.save(path)) or merge it into the weights (adapter.merge_adapters())."
+            )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt", "lora_tasks_lora_config": adapter.config.to_json()}

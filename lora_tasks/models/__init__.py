@@ -1,10 +1,11 @@
-"""MLX encoders (BERT, ModernBERT), weight loading, heads, and the ``create_*`` factories."""
+"""MLX encoders (BERT, MPNet, ModernBERT), weight loading, heads, and the ``create_*`` factories."""
 
 from lora_tasks.models.bert import BertConfig, BertModel
-from lora_tasks.models.encoder import BertWithHead, LoadedEncoder, load_encoder
+from lora_tasks.models.encoder import BertWithHead, LoadedEncoder, MPNetWithHead, load_encoder
 from lora_tasks.models.factory import create_bert_with_lora, create_model_with_lora, create_qlora_model
 from lora_tasks.models.heads import HEAD_TYPES, head_loss, predictions
 from lora_tasks.models.modernbert import ModernBertConfig, ModernBertModel, ModernBertWithHead
+from lora_tasks.models.mpnet import MPNetConfig, MPNetModel
 from lora_tasks.models.weights import WeightLoadError
 from lora_tasks.lora import (  # the LoRA API is part of the seed API
     PRESETS,
@@ -28,6 +29,9 @@ __all__ = [
     "ModernBertConfig",
     "ModernBertModel",
     "ModernBertWithHead",
+    "MPNetConfig",
+    "MPNetModel",
+    "MPNetWithHead",
     "WeightLoadError",
     "AdapterLoadError",
     "DoRALinear",

@@ -203,4 +203,9 @@ class BertModel(nn.Module):
     ) -> mx.array:
         """Last hidden states, shape (batch, seq, hidden)."""
         x = self.embeddings(input_ids, token_type_ids)
-        return self.encoder(x, additive_mask(attention_mask, x.dtype))
+        return self.encoder(x, self.attention_bias(attention_mask, x))
+
+    def attention_bias(self, attention_mask: mx.array | None, hidden: mx.array) -> mx.array | None:
+        """What every layer adds to its attention scores: here the key-padding mask, shaped
+        (batch, 1, 1, seq); encoders with relative positions (MPNet) add their position bias."""
+        return additive_mask(attention_mask, hidden.dtype)

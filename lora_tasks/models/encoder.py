@@ -6,14 +6,16 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.hub import resolve_model_dir, weight_file
-from lora_tasks.models.bert import BertConfig, BertModel, additive_mask
+from lora_tasks.models.bert import BertConfig, BertModel
 from lora_tasks.models.heads import POOLINGS, EncoderWithHead, Pooling
+from lora_tasks.models.mpnet import MPNetConfig, MPNetModel, mpnet_to_ours
 from lora_tasks.models.modernbert import ModernBertConfig, ModernBertModel, ModernBertWithHead, modernbert_to_ours
 from lora_tasks.models.weights import WeightLoadError, load_weights, read_checkpoint, hf_to_ours
 
@@ -23,6 +25,8 @@ class BertWithHead(EncoderWithHead):
 
     ``__call__`` returns logits: shape (batch,) for binary classification, else (batch, num_labels).
     """
+
+    encoder_class: type[BertModel] = BertModel  # MPNetWithHead swaps in MPNetModel
 
     def __init__(
         self,
@@ -35,7 +39,7 @@ class BertWithHead(EncoderWithHead):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"Unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}.")
-        self.bert = BertModel(config, add_pooler=pooling == "pooler")
+        self.bert = self.encoder_class(config, add_pooler=pooling == "pooler")
         self._init_head(config.hidden_size, head_type, num_labels, pooling, head_dropout)
 
     @property
@@ -59,15 +63,25 @@ class BertWithHead(EncoderWithHead):
     ) -> mx.array:
         """Hidden states entering encoder layer ``layer`` (0: the embeddings' output)."""
         x = self.bert.embeddings(input_ids, token_type_ids)
-        mask = additive_mask(attention_mask, x.dtype)
+        mask = self.bert.attention_bias(attention_mask, x)
         for block in self.bert.encoder.layer[:layer]:
             x = block(x, mask)
         return x
 
     def forward_from(self, layer: int, hidden: mx.array, attention_mask: mx.array | None) -> mx.array:
         """Logits from the hidden states entering encoder layer ``layer``."""
-        x = self.bert.encoder(hidden, additive_mask(attention_mask, hidden.dtype), start=layer)
+        x = self.bert.encoder(hidden, self.bert.attention_bias(attention_mask, hidden), start=layer)
         return self.logits_from_hidden(x, attention_mask)
+
+
+class MPNetWithHead(BertWithHead):
+    """An MPNet encoder (attribute ``bert``, so training code treats it as a BERT) plus a head."""
+
+    encoder_class = MPNetModel
+
+
+# model_type values whose checkpoints are BERT's architecture (and names)
+_BERT_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "")
 
 
 @dataclass
@@ -80,8 +94,8 @@ class LoadedEncoder:
     source: Path
 
 
-def _file_has_pooler(path: Path) -> bool:
-    return any(hf_to_ours(k).startswith("pooler.") for k in read_checkpoint(path))
+def _file_has_pooler(path: Path, checkpoint_name: Callable[[str], str] = hf_to_ours) -> bool:
+    return any(checkpoint_name(k).startswith("pooler.") for k in read_checkpoint(path))
 
 
 def load_encoder(
@@ -96,28 +110,34 @@ def load_encoder(
 
     ``model`` is a local folder, a hub id, or ``None`` for the offline default all-MiniLM-L6-v2.
     The architecture follows config.json's ``model_type``: ``"bert"`` builds the above,
-    ``"modernbert"`` a :class:`ModernBertModel` or :class:`ModernBertWithHead` (encoder attribute
-    ``model``; pooling ``"cls"`` or ``"mean"``).
+    ``"mpnet"`` a :class:`MPNetModel` or :class:`MPNetWithHead` (all-mpnet-base-v2; BERT's module
+    names), ``"modernbert"`` a :class:`ModernBertModel` or :class:`ModernBertWithHead` (encoder
+    attribute ``model``; pooling ``"cls"`` or ``"mean"``).
     """
     folder = resolve_model_dir(model)
-    if _model_type(folder / "config.json") == "modernbert":
+    model_type = _model_type(folder / "config.json")
+    if model_type == "modernbert":
         return _load_modernbert(folder, head_type, num_labels, pooling, dtype)
-    config = BertConfig.from_file(folder / "config.json")
-    if config.model_type not in ("bert", "roberta", "xlm-roberta", "distilbert", "electra") and config.model_type:
-        if config.model_type != "bert":
-            raise ValueError(
-                f"{folder}/config.json has model_type={config.model_type!r}; load_encoder builds BERT-family "
-                "encoders (model_type 'bert' or 'modernbert')."
-            )
+    if model_type == "mpnet":
+        config: BertConfig = MPNetConfig.from_file(folder / "config.json")
+        bare, with_head, checkpoint_name = MPNetModel, MPNetWithHead, mpnet_to_ours
+    elif model_type in _BERT_TYPES:
+        config = BertConfig.from_file(folder / "config.json")
+        bare, with_head, checkpoint_name = BertModel, BertWithHead, hf_to_ours
+    else:
+        raise ValueError(
+            f"{folder}/config.json has model_type={model_type!r}; load_encoder builds BERT-family "
+            "encoders (model_type 'bert', 'mpnet' or 'modernbert')."
+        )
     weights = weight_file(folder)
     if weights is None:  # resolve_model_dir checked, but keep the error explicit
         raise WeightLoadError(f"No weights in {folder}.")
     if head_type is None:
-        net: nn.Module = BertModel(config, add_pooler=_file_has_pooler(weights))
-        load_weights(net, weights)
+        net: nn.Module = bare(config, add_pooler=_file_has_pooler(weights, checkpoint_name))
+        load_weights(net, weights, name_map=checkpoint_name)
     else:
-        net = BertWithHead(config, head_type, num_labels, pooling)
-        load_weights(net.bert, weights, name_map=lambda n: _strip_pooler_if_unused(n, pooling))
+        net = with_head(config, head_type, num_labels, pooling)
+        load_weights(net.bert, weights, name_map=lambda n: _strip_pooler_if_unused(checkpoint_name(n), pooling))
     if dtype != mx.float32:
         net.set_dtype(dtype)
     net.eval()  # MLX modules start in training mode; inference is the safe default
@@ -150,8 +170,7 @@ def _load_modernbert(
     return LoadedEncoder(net, Tokenizer.from_file(folder / "tokenizer.json"), config, folder)
 
 
-def _strip_pooler_if_unused(name: str, pooling: str) -> str:
-    key = hf_to_ours(name)
+def _strip_pooler_if_unused(key: str, pooling: str) -> str:
     if pooling != "pooler" and key.startswith("pooler."):
         return "cls.unused_pooler." + key  # ignored prefix: the head does not use the pooler
     return key
