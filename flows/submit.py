@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--competition", required=True, help="Kaggle slug, config name or alias (e.g. demo, titanic, house-prices)")
     p.add_argument("--no-submit", dest="submit", action="store_false", help="stop after the checked submission file")
-    p.add_argument("--model", default=None, help="encoder id or folder (default: offline all-MiniLM-L6-v2)")
+    p.add_argument("--model", default=None, help="encoder id or folder (default: offline all-MiniLM-L6-v2; all-mpnet-base-v2 once its PyPI parts are installed)")
     p.add_argument("--preset", default=None, help="LoRA preset instead of the auto-configured one (efficient, balanced, expressive)")
     p.add_argument("--adapters", type=int, default=None, metavar="N", help="number of adapters = CV folds (default: auto; demo 2)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs per adapter (default: auto; demo 3)")
