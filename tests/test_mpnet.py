@@ -157,6 +157,14 @@ def test_peft_export_refuses_mpnet_adapters(fixtures_dir, tmp_path):
     assert not (tmp_path / "peft").exists()
 
 
+def test_factories_build_a_random_mpnet_from_its_config():
+    cfg = MPNetConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=32, max_position_embeddings=40)
+    model, adapter = create_bert_with_lora("regression", "efficient", config=cfg, pretrained=False, seed=0)
+    assert isinstance(model, MPNetWithHead) and adapter.layers
+    assert model(mx.array([[0, 7, 9, 2]]), mx.array([[1, 1, 1, 1]])).shape == (1, 1)  # one value per row
+
+
 def test_random_mpnet_from_config_runs():
     cfg = MPNetConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                       intermediate_size=32, max_position_embeddings=40)

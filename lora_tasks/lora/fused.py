@@ -112,7 +112,7 @@ def _bare_like(model: nn.Module) -> nn.Module:
 
     if not isinstance(model, BertWithHead):
         raise TypeError(f"Fused adapters need BertWithHead models, got {type(model).__name__}.")
-    return BertWithHead(model.config, model.head_type, model.num_labels, model.pooling)
+    return type(model)(model.config, model.head_type, model.num_labels, model.pooling)  # BERT or MPNet
 
 
 def _copy_head(head: nn.Module) -> nn.Module:
