@@ -24,11 +24,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    from transformers import BertForSequenceClassification, BertModel
+    from transformers import AutoModel, BertForSequenceClassification
 
     out = {}
     if args.mode == "forward":
-        model = BertModel.from_pretrained(args.model_dir).eval()
+        model = AutoModel.from_pretrained(args.model_dir).eval()  # BERT or MPNet, from config.json
     else:
         from peft import LoraConfig, get_peft_model
 
