@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from lora_tasks.ensemble import blend
 from lora_tasks.hub import resolve_model_dir
 from lora_tasks.metrics import get_metric
 from lora_tasks.models import create_bert_with_lora
+from lora_tasks.models.encoder import read_model_config
 from lora_tasks.thresholds import nested_threshold_score, tunes_threshold
 from lora_tasks.train import Dataset, TrainConfig
 
@@ -94,7 +94,7 @@ def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list
     data = Dataset.from_encoded(enc, labels)
     overrides = {"dropout": 0.0} if args.top_layers else {}
     if args.top_layers:
-        n_layers = int(json.loads((resolve_model_dir(args.model) / "config.json").read_text())["num_hidden_layers"])
+        n_layers = read_model_config(resolve_model_dir(args.model)).num_hidden_layers
         overrides["layers_to_transform"] = tuple(range(n_layers - args.top_layers, n_layers))
     preset = args.preset or ("balanced" if settings.preset.startswith("qlora") else settings.preset)
 

@@ -146,19 +146,15 @@ def create_kaggle_lora_model(
 
 def model_shape(model: str | os.PathLike | None = None, tiny: bool = False) -> dict[str, int]:
     """Size facts of the encoder for the auto-config memory rules (read from config.json)."""
-    import json
-
     if tiny:
         h, n_layers, inter, vocab = (TINY_BERT[k] for k in ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size"))
         max_len = TINY_BERT["max_position_embeddings"]
     else:
         from lora_tasks.hub import resolve_model_dir
+        from lora_tasks.models.encoder import read_model_config
 
-        cfg = json.loads((resolve_model_dir(model) / "config.json").read_text())
-        h = int(cfg.get("hidden_size", 384))
-        n_layers = int(cfg.get("num_hidden_layers", 6))
-        inter = int(cfg.get("intermediate_size", 4 * h))
-        vocab = int(cfg.get("vocab_size", 30522))
-        max_len = int(cfg.get("max_position_embeddings", 512))
+        cfg = read_model_config(resolve_model_dir(model))
+        h, n_layers, inter = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size
+        vocab, max_len = cfg.vocab_size, cfg.max_position_embeddings
     params = vocab * h + max_len * h + n_layers * (4 * h * h + 2 * h * inter)
     return {"model_params": params, "hidden_size": h, "num_layers": n_layers, "model_max_len": min(max_len, 512)}

@@ -16,7 +16,7 @@ from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.hub import ModelNotFoundError, check_model_dir, unpack_split_zip
 from lora_tasks.lora import export_peft
 from lora_tasks.models import create_bert_with_lora, load_encoder
-from lora_tasks.models.encoder import MPNetWithHead
+from lora_tasks.models.encoder import BertWithHead
 from lora_tasks.models.mpnet import MPNetConfig, MPNetModel, mpnet_to_ours, relative_position_buckets
 from lora_tasks.prefix_cache import FromPrefix, first_adapted_layer, prefix_dataset
 from lora_tasks.train import Dataset
@@ -129,7 +129,7 @@ def test_checkpoint_names_map_onto_berts(theirs, ours):
 def test_lora_on_mpnet_trains_from_the_prefix_like_the_whole_model(fixtures_dir):
     model, adapter = create_bert_with_lora("binary_classification", "balanced", model=fixtures_dir / FOLDER,
                                            seed=0, dropout=0.0, layers_to_transform=(2,))
-    assert isinstance(model, MPNetWithHead) and isinstance(model.bert, MPNetModel)
+    assert isinstance(model, BertWithHead) and isinstance(model.bert, MPNetModel)
     assert "bert.encoder.layer.2.attention.self.query" in adapter.layers  # BERT's target names
     assert all(p.startswith("bert.encoder.layer.2.") for p in adapter.layers)
     for layer in adapter.layers.values():  # non-zero B, so the adapters change the outputs
@@ -161,7 +161,7 @@ def test_factories_build_a_random_mpnet_from_its_config():
     cfg = MPNetConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                       intermediate_size=32, max_position_embeddings=40)
     model, adapter = create_bert_with_lora("regression", "efficient", config=cfg, pretrained=False, seed=0)
-    assert isinstance(model, MPNetWithHead) and adapter.layers
+    assert isinstance(model, BertWithHead) and isinstance(model.bert, MPNetModel) and adapter.layers
     assert model(mx.array([[0, 7, 9, 2]]), mx.array([[1, 1, 1, 1]])).shape == (1, 1)  # one value per row
 
 

@@ -69,17 +69,24 @@ class BertConfig(ConfigFile):
 
 
 class BertEmbeddings(nn.Module):
-    def __init__(self, cfg: BertConfig) -> None:
+    """Word + position + token-type embeddings, normalized. ``width`` (default: the hidden size)
+    is the embedding width, narrower in ELECTRA, whose encoder projects it up."""
+
+    def __init__(self, cfg: BertConfig, width: int | None = None) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
-        self.LayerNorm = ops.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        width = width or cfg.hidden_size
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, width)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, width)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, width)
+        self.LayerNorm = ops.LayerNorm(width, eps=cfg.layer_norm_eps)
         self.dropout = ops.Dropout(cfg.hidden_dropout_prob)
 
+    def positions(self, input_ids: mx.array) -> mx.array:
+        """Position ids: 0, 1, ... (RoBERTa counts from its pad id instead)."""
+        return mx.arange(input_ids.shape[1])
+
     def __call__(self, input_ids: mx.array, token_type_ids: mx.array | None = None) -> mx.array:
-        seq = input_ids.shape[1]
-        x = self.word_embeddings(input_ids) + self.position_embeddings(mx.arange(seq))
+        x = self.word_embeddings(input_ids) + self.position_embeddings(self.positions(input_ids))
         if token_type_ids is None:
             x = x + self.token_type_embeddings.weight[0]
         else:

@@ -13,9 +13,9 @@ import mlx.nn as nn
 
 from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.hub import resolve_model_dir, weight_file
+from lora_tasks.models.architectures import ARCHITECTURES, Architecture, architecture, encoder_class
 from lora_tasks.models.bert import BertConfig, BertModel
 from lora_tasks.models.heads import POOLINGS, EncoderWithHead, Pooling
-from lora_tasks.models.mpnet import MPNetConfig, MPNetModel, mpnet_to_ours
 from lora_tasks.models.modernbert import ModernBertConfig, ModernBertModel, ModernBertWithHead, modernbert_to_ours
 from lora_tasks.models.weights import WeightLoadError, load_weights, read_checkpoint, hf_to_ours
 
@@ -26,7 +26,8 @@ class BertWithHead(EncoderWithHead):
     ``__call__`` returns logits: shape (batch,) for binary classification, else (batch, num_labels).
     """
 
-    encoder_class: type[BertModel] = BertModel  # MPNetWithHead swaps in MPNetModel
+    # None: the encoder the config asks for (RobertaConfig -> RobertaModel, ...; see architectures.py)
+    encoder_class: type[BertModel] | None = None
 
     def __init__(
         self,
@@ -39,7 +40,7 @@ class BertWithHead(EncoderWithHead):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"Unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}.")
-        self.bert = self.encoder_class(config, add_pooler=pooling == "pooler")
+        self.bert = (self.encoder_class or encoder_class(config))(config, add_pooler=pooling == "pooler")
         self._init_head(config.hidden_size, head_type, num_labels, pooling, head_dropout)
 
     @property
@@ -74,15 +75,6 @@ class BertWithHead(EncoderWithHead):
         return self.logits_from_hidden(x, attention_mask)
 
 
-class MPNetWithHead(BertWithHead):
-    """An MPNet encoder (attribute ``bert``, so training code treats it as a BERT) plus a head."""
-
-    encoder_class = MPNetModel
-
-
-# model_type values whose checkpoints are BERT's architecture (and names)
-_BERT_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "")
-
 
 @dataclass
 class LoadedEncoder:
@@ -109,39 +101,53 @@ def load_encoder(
     a :class:`BertModel`; otherwise a :class:`BertWithHead` whose head is freshly initialized).
 
     ``model`` is a local folder, a hub id, or ``None`` for the offline default all-MiniLM-L6-v2.
-    The architecture follows config.json's ``model_type``: ``"bert"`` builds the above,
-    ``"mpnet"`` a :class:`MPNetModel` or :class:`MPNetWithHead` (all-mpnet-base-v2; BERT's module
-    names), ``"modernbert"`` a :class:`ModernBertModel` or :class:`ModernBertWithHead` (encoder
+    The architecture follows config.json's ``model_type`` (:mod:`lora_tasks.models.architectures`):
+    ``"bert"`` builds the above; ``"roberta"`` (and ``"xlm-roberta"``, ``"camembert"``),
+    ``"mpnet"``, ``"distilbert"`` and ``"electra"`` build BERT's layer stack with their own
+    embeddings (:class:`RobertaModel`, :class:`MPNetModel`, ... under the same head, BERT's module
+    names); ``"modernbert"`` a :class:`ModernBertModel` or :class:`ModernBertWithHead` (encoder
     attribute ``model``; pooling ``"cls"`` or ``"mean"``).
     """
     folder = resolve_model_dir(model)
-    model_type = _model_type(folder / "config.json")
-    if model_type == "modernbert":
-        return _load_modernbert(folder, head_type, num_labels, pooling, dtype)
-    if model_type == "mpnet":
-        config: BertConfig = MPNetConfig.from_file(folder / "config.json")
-        bare, with_head, checkpoint_name = MPNetModel, MPNetWithHead, mpnet_to_ours
-    elif model_type in _BERT_TYPES:
-        config = BertConfig.from_file(folder / "config.json")
-        bare, with_head, checkpoint_name = BertModel, BertWithHead, hf_to_ours
-    else:
-        raise ValueError(
-            f"{folder}/config.json has model_type={model_type!r}; load_encoder builds BERT-family "
-            "encoders (model_type 'bert', 'mpnet' or 'modernbert')."
-        )
+    config = read_model_config(folder)
+    if isinstance(config, ModernBertConfig):
+        return _load_modernbert(folder, config, head_type, num_labels, pooling, dtype)
+    arch = _architecture(folder)
+    checkpoint_name = arch.checkpoint_name
     weights = weight_file(folder)
     if weights is None:  # resolve_model_dir checked, but keep the error explicit
         raise WeightLoadError(f"No weights in {folder}.")
     if head_type is None:
-        net: nn.Module = bare(config, add_pooler=_file_has_pooler(weights, checkpoint_name))
+        net: nn.Module = arch.encoder(config, add_pooler=_file_has_pooler(weights, checkpoint_name))
         load_weights(net, weights, name_map=checkpoint_name)
     else:
-        net = with_head(config, head_type, num_labels, pooling)
+        net = BertWithHead(config, head_type, num_labels, pooling)
         load_weights(net.bert, weights, name_map=lambda n: _strip_pooler_if_unused(checkpoint_name(n), pooling))
     if dtype != mx.float32:
         net.set_dtype(dtype)
     net.eval()  # MLX modules start in training mode; inference is the safe default
     return LoadedEncoder(net, Tokenizer.from_file(folder / "tokenizer.json"), config, folder)
+
+
+def read_model_config(folder: str | os.PathLike) -> BertConfig | ModernBertConfig:
+    """A model folder's config.json as the config class its ``model_type`` asks for, in our field
+    names (DistilBERT's ``dim``/``n_layers`` read as ``hidden_size``/``num_hidden_layers``)."""
+    folder = Path(folder)
+    if _model_type(folder / "config.json") == "modernbert":
+        return ModernBertConfig.from_file(folder / "config.json")
+    return _architecture(folder).config.from_file(folder / "config.json")
+
+
+def _architecture(folder: Path) -> Architecture:
+    model_type = _model_type(folder / "config.json")
+    arch = architecture(model_type)
+    if arch is None:
+        known = ", ".join(repr(t) for t in [*ARCHITECTURES, "modernbert"] if t)
+        raise ValueError(
+            f"{folder}/config.json has model_type={model_type!r}, which load_encoder does not build. "
+            f"Encoders it builds: model_type {known}."
+        )
+    return arch
 
 
 def _model_type(config_file: Path) -> str:
@@ -152,9 +158,8 @@ def _model_type(config_file: Path) -> str:
 
 
 def _load_modernbert(
-    folder: Path, head_type: str | None, num_labels: int, pooling: Pooling, dtype: mx.Dtype
+    folder: Path, config: ModernBertConfig, head_type: str | None, num_labels: int, pooling: Pooling, dtype: mx.Dtype
 ) -> LoadedEncoder:
-    config = ModernBertConfig.from_file(folder / "config.json")
     weights = weight_file(folder)
     if weights is None:
         raise WeightLoadError(f"No weights in {folder}.")

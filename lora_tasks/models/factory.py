@@ -15,10 +15,10 @@ import mlx.nn as nn
 from lora_tasks.lora import LoRAAdapter, LoRAConfig
 from lora_tasks.lora.adapter import check_supported
 from lora_tasks.lora.config import as_config
-from lora_tasks.models.bert import BertConfig, BertModel
-from lora_tasks.models.encoder import BertWithHead, MPNetWithHead, load_encoder
+from lora_tasks.models.architectures import encoder_class
+from lora_tasks.models.bert import BertConfig
+from lora_tasks.models.encoder import BertWithHead, load_encoder
 from lora_tasks.models.heads import Pooling
-from lora_tasks.models.mpnet import MPNetConfig, MPNetModel
 
 MODEL_TYPES = ("bert_with_head", "bert", "modernbert_with_head", "modernbert")
 ModelType = Literal["bert_with_head", "bert", "modernbert_with_head", "modernbert"]
@@ -59,11 +59,11 @@ def _build(
         net.eval()
         return net
     config = config or BertConfig()
-    mpnet = isinstance(config, MPNetConfig)  # a random MPNet: BERT's stack with its positions and bias
+    # the config's class picks the encoder: BertConfig, RobertaConfig, MPNetConfig, ...
     if model_type == "bert_with_head":
-        net = (MPNetWithHead if mpnet else BertWithHead)(config, head_type, num_labels, pooling)
+        net = BertWithHead(config, head_type, num_labels, pooling)
     else:
-        net = (MPNetModel if mpnet else BertModel)(config, add_pooler=False)
+        net = encoder_class(config)(config, add_pooler=False)
     net.eval()
     return net
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from lora_tasks.models import ops
 from lora_tasks.models.bert import BertConfig, BertModel, additive_mask
+from lora_tasks.models.roberta import padding_positions
 from lora_tasks.models.weights import hf_to_ours
 
 # checkpoint name piece -> ours (BERT's module names)
@@ -69,9 +70,7 @@ class MPNetEmbeddings(nn.Module):
 
     def __call__(self, input_ids: mx.array, token_type_ids: mx.array | None = None) -> mx.array:
         """``token_type_ids`` is accepted and ignored (MPNet has none), as for ModernBERT."""
-        real = (input_ids != self.padding_idx).astype(mx.int32)
-        positions = mx.cumsum(real, axis=1) * real + self.padding_idx
-        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(padding_positions(input_ids, self.padding_idx))
         return self.dropout(self.LayerNorm(x))
 
 

@@ -17,8 +17,12 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-# Checkpoint entries that are not parameters of an encoder (pre-training heads, buffers).
-_IGNORED_PREFIXES = ("cls.", "lm_head.", "head.", "decoder.")
+# Checkpoint entries that are not parameters of an encoder: pre-training heads (BERT's cls., RoBERTa's
+# lm_head., DistilBERT's vocab_*, ELECTRA's discriminator/generator heads), a fine-tune's classifier
+# (the task head is built fresh), buffers.
+_IGNORED_PREFIXES = ("cls.", "lm_head.", "head.", "decoder.", "classifier.", "pre_classifier.", "vocab_transform.",
+                     "vocab_layer_norm.", "vocab_projector.", "discriminator_predictions.", "generator_predictions.",
+                     "generator_lm_head.")
 _IGNORED_SUFFIXES = ("position_ids", "token_type_ids_buffer")
 
 
