@@ -14,6 +14,9 @@ rows, the attention mask, transformers' last hidden states):
 - distilbert: no token types, its own layer names (``q_lin``, ``sa_layer_norm``, ``ffn.lin1``);
 - electra: word embeddings narrower than the hidden size, projected up (``embeddings_project``).
 
+and tests/fixtures/peft_roberta_lora/ (+ ``_expected.npz``): an adapter PEFT itself wrote on the tiny
+RoBERTa (r=4 on query/value, random B so it changes the states) and PEFT's outputs with it.
+
 Weights are redrawn at unit-ish scale (HF's init, std 0.02, would make every layer nearly the
 identity and let a wrong position or a missing projection slip through).
 """
@@ -73,7 +76,30 @@ def randomize(model: torch.nn.Module) -> None:
                 p.copy_(torch.randn(p.shape, generator=g))
 
 
-def write(name: str, model: torch.nn.Module, tok: Tokenizer) -> None:
+def write_peft(model: torch.nn.Module, tok: Tokenizer) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    folder = OUT / "peft_roberta_lora"
+    shutil.rmtree(folder, ignore_errors=True)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"],
+                                                  lora_dropout=0.0)).eval()
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    peft_model.save_pretrained(str(folder))
+    (folder / "README.md").unlink(missing_ok=True)  # PEFT's model card: not needed
+    encs = tok.encode_batch(SENTENCES)
+    batch = {"input_ids": np.array([e.ids for e in encs], np.int32),
+             "attention_mask": np.array([e.attention_mask for e in encs], np.int32)}
+    with torch.no_grad():
+        out = peft_model(**{k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}).last_hidden_state
+    np.savez_compressed(OUT / "peft_roberta_lora_expected.npz", **batch, last_hidden_state=out.numpy())
+    print("peft_roberta_lora", sorted(p.name for p in folder.iterdir()))
+
+
+def write(name: str, model: torch.nn.Module, tok: Tokenizer) -> torch.nn.Module:
     model.eval()
     randomize(model)
     folder = OUT / f"{name}_tiny"
@@ -88,12 +114,13 @@ def write(name: str, model: torch.nn.Module, tok: Tokenizer) -> None:
     np.savez_compressed(OUT / f"{name}_tiny_expected.npz", **batch, last_hidden_state=out.numpy().astype(np.float32))
     size = sum(p.stat().st_size for p in folder.iterdir()) + (OUT / f"{name}_tiny_expected.npz").stat().st_size
     print(name, json.dumps(sorted(p.name for p in folder.iterdir())), size, "bytes")
+    return model
 
 
 def main() -> None:
     torch.manual_seed(0)
     rtok, btok = roberta_tokenizer(), bert_tokenizer()
-    write("roberta", RobertaModel(RobertaConfig(
+    roberta = write("roberta", RobertaModel(RobertaConfig(
         vocab_size=rtok.get_vocab_size(), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1, bos_token_id=0,
         eos_token_id=2, layer_norm_eps=1e-5), add_pooling_layer=False), rtok)
@@ -103,6 +130,7 @@ def main() -> None:
     write("electra", ElectraModel(ElectraConfig(
         vocab_size=btok.get_vocab_size(), embedding_size=16, hidden_size=32, intermediate_size=48,
         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64, pad_token_id=0)), btok)
+    write_peft(roberta, rtok)  # last: PEFT wraps the model in place
 
 
 if __name__ == "__main__":

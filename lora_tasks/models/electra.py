@@ -44,8 +44,6 @@ class ElectraEmbeddings(BertEmbeddings):
 class ElectraModel(BertModel):
     """BERT's encoder with :class:`ElectraEmbeddings`."""
 
-    peft_module_names = "electra"  # the projection has no BERT name: PEFT export refuses
-
     def __init__(self, cfg: ElectraConfig, add_pooler: bool = False) -> None:
         if add_pooler:
             raise ValueError("ELECTRA has no pooler; use pooling='mean' or 'cls'.")

@@ -53,9 +53,6 @@ class RobertaEmbeddings(BertEmbeddings):
 class RobertaModel(BertModel):
     """BERT's encoder with :class:`RobertaEmbeddings`."""
 
-    # PEFT export writes BERT checkpoints' names (``bert.``); a RoBERTa adapter would not load there
-    peft_module_names = "roberta"
-
     def __init__(self, cfg: RobertaConfig, add_pooler: bool = True) -> None:
         super().__init__(cfg, add_pooler=add_pooler)
         self.embeddings = RobertaEmbeddings(cfg)
