@@ -166,6 +166,24 @@ def _one_api_dask_runner() -> type:
     return _DASK_RUNNER
 
 
+def _submit_adapter_set(run: dict, adapter_set: P.AdapterSet, competition: str, folder: Path, prepared: Path,
+                        artifacts: Path, tokens_dir: Path, model: str | None, tiny: bool, overrides: dict,
+                        max_train_rows: int | None, n_folds: int, states: dict[str, str]) -> list[Any]:
+    """Plan, tokenize and submit the fold adapters of one more adapter set (same folds as the main
+    set); returns the fold futures. Its tasks are named after the set (``train-lora_expressive-fold-0``)."""
+    name, set_model = adapter_set.member, adapter_set.model or model
+    f = run["profile-and-configure"].with_options(task_run_name=f"profile-and-configure-{name}").submit(
+        competition, folder, artifacts, set_model, tiny, P.adapter_set_overrides(overrides, adapter_set, n_folds),
+        max_train_rows)
+    plan = f.result(); states[f"profile-and-configure-{name}"] = _state(f)
+    f = run["tokenize"].with_options(task_run_name=f"tokenize-{name}").submit(prepared, plan, tokens_dir, set_model)
+    tokens = f.result(); states[f"tokenize-{name}"] = _state(f)
+    train = run["train-adapter"]
+    return [train.with_options(task_run_name=f"train-{name}-fold-{k}").submit(prepared, plan, tokens, k, artifacts,
+                                                                                set_model)
+            for k in range(n_folds)]
+
+
 def _state(future: Any) -> str:
     return future.state.name if future.state is not None else "unknown"
 
@@ -194,6 +212,7 @@ def kaggle_lora(
     retry_delay_s: float = 10.0,
     score_timeout_s: float = 900.0,
     score_poll_s: float = 10.0,
+    adapter_sets: list[str] | None = None,
 ) -> RunSummary:
     """From a competition name to a scored submission.
 
@@ -206,6 +225,9 @@ def kaggle_lora(
     one model (no baseline). ``data_dir``: where downloads go (default ``<work_dir>/data``).
     ``kaggle_endpoint``: a Kaggle-compatible server (the fake one); for ``demo`` without one, a
     fake server is started in-process. ``tiny``: a tiny random model (tests).
+    ``adapter_sets``: more adapter sets, ``"PRESET"`` or ``"PRESET@MODEL"`` (``"expressive"``,
+    ``"balanced@all-mpnet-base-v2"``), each trained on the same folds beside the main one and
+    blended as its own member (``lora_expressive``, ...).
     """
     logger = get_run_logger()
     if combine not in P.COMBINE_METHODS:
@@ -214,6 +236,9 @@ def kaggle_lora(
 
     if blend_method not in BLEND_METHODS:
         raise ValueError(f"blend_method={blend_method!r}; use one of {', '.join(BLEND_METHODS)}.")
+    sets = P.parse_adapter_sets(adapter_sets)
+    if sets and combine != "blend":
+        raise ValueError("adapter_sets blend as members of their own; they need combine='blend'.")
     work = Path(work_dir).expanduser().resolve()
     run = T.configure(work, retry_delay_s=retry_delay_s)
     overrides = P.default_overrides(competition, {"preset": preset, "n_folds": adapters, "epochs": epochs,
@@ -242,16 +267,25 @@ def kaggle_lora(
         use_baseline = baseline and combine == "blend"
         b = run["train-baselines"].submit(competition, folder, prepared, plan, artifacts) if use_baseline else None
         folds = [run["train-adapter"].submit(prepared, plan, tokens, k, artifacts, model) for k in range(n_folds)]
+        set_folds = {s.member: _submit_adapter_set(run, s, competition, folder, prepared, artifacts, tokens_dir,
+                                                   model, tiny, overrides, max_train_rows, n_folds, states)
+                     for s in sets}
         results = [fut.result() for fut in folds]
         for k, fut in enumerate(folds):
             states[f"train-fold-{k}"] = _state(fut)
+        set_results = {name: [fut.result() for fut in futs] for name, futs in set_folds.items()}
+        for name, futs in set_folds.items():
+            for k, fut in enumerate(futs):
+                states[f"train-{name}-fold-{k}"] = _state(fut)
         baselines = b.result() if b is not None else []
         if b is not None:
             states["train-baselines"] = _state(b)
 
-        f = run["combine"].submit(prepared, plan, results, artifacts, combine, tokens, model, baselines, blend_method)
+        f = run["combine"].submit(prepared, plan, results, artifacts, combine, tokens, model, baselines, blend_method,
+                                  set_results)
         combined = f.result(); states["combine"] = _state(f)
-        T.publish_training(slug, results, combined)
+        cv = T.cv_rows(results) + [row for name, rs in set_results.items() for row in T.cv_rows(rs, f"{name} fold")]
+        T.publish_training(slug, results, combined, cv)
 
         f = run["write-submission"].submit(prepared, plan, combined.test_path, artifacts, combined.threshold)
         submission_path = f.result(); states["write-submission"] = _state(f)
@@ -259,7 +293,7 @@ def kaggle_lora(
         check = f.result(); states["validate-submission"] = _state(f)
 
         summary = RunSummary(
-            competition=competition, slug=slug, metric=combined.metric, cv=T.cv_rows(results),
+            competition=competition, slug=slug, metric=combined.metric, cv=cv,
             oof_score=combined.oof_score, combine=combine, submission_path=str(submission_path),
             members=T.blend_rows(combined),
             work_dir=str(work),

@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how --combine blend weighs the members (caruana: greedy selection as in AutoGluon)")
     p.add_argument("--no-baseline", dest="baseline", action="store_false",
                    help="blend the adapters only (no HistGradientBoosting / linear / TF-IDF members)")
+    p.add_argument("--adapter-set", dest="adapter_sets", action="append", default=None, metavar="PRESET[@MODEL]",
+                   help="another adapter set on the same folds, blended as its own member (repeatable): a preset, "
+                        "optionally @ a model id or folder, e.g. expressive or balanced@all-mpnet-base-v2")
     p.add_argument("--message", default="kaggle-lora", help="submission message")
     p.add_argument("--data-dir", default=None, help="where competition data is downloaded (default: WORK_DIR/data)")
     p.add_argument("--work-dir", default=None, help="artifacts, token cache, task results (default: $KAGGLE_LORA_HOME or .kaggle-lora)")
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         blend_method=args.blend_method, submit=args.submit,
         message=args.message, data_dir=args.data_dir, kaggle_endpoint=args.kaggle_endpoint, tiny=args.tiny,
         max_train_rows=args.max_train_rows, work_dir=args.work_dir or T.DEFAULT_WORK_DIR,
-        retry_delay_s=args.retry_delay,
+        retry_delay_s=args.retry_delay, adapter_sets=args.adapter_sets,
     )
     start = time.perf_counter()
     try:

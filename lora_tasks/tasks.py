@@ -267,9 +267,10 @@ def combine_task(
     model: str | None = None,
     baselines: list[P.BaselineResult] | None = None,
     blend_method: str = P.DEFAULT_BLEND_METHOD,
+    adapter_sets: dict[str, list[P.AdapterResult]] | None = None,
 ) -> P.CombineResult:
     return P.combine(prepared, plan, results, out_dir, method=method, tokens=tokens, model=model,
-                     baselines=baselines or (), blend_method=blend_method)
+                     baselines=baselines or (), blend_method=blend_method, adapter_sets=adapter_sets)
 
 
 @task(name="write-submission", cache_policy=_policy(P.write_submission, by_value=("out_dir",)), persist_result=True)
@@ -319,12 +320,13 @@ def configure(work_dir: str | os.PathLike, *, retry_delay_s: float | None = None
 # ============================================================================ artifact renderers
 
 
-def cv_rows(results: Sequence[P.AdapterResult]) -> list[dict[str, Any]]:
-    """One row per adapter for the CV table artifact and the CLI."""
+def cv_rows(results: Sequence[P.AdapterResult], label: str = "fold") -> list[dict[str, Any]]:
+    """One row per adapter for the CV table artifact and the CLI (``label``: ``fold``, or an
+    adapter set's ``lora_expressive fold``)."""
     rows = []
     for r in sorted(results, key=lambda r: r.fold):
         rows.append({
-            "adapter": f"fold {r.fold}",
+            "adapter": f"{label} {r.fold}",
             "train rows": r.n_train,
             "valid rows": r.n_valid,
             "best epoch": r.best_epoch,
@@ -418,10 +420,13 @@ def publish_plan(plan_path: Path) -> None:
                              description="Preset and training settings, and the rules that chose them")
 
 
-def publish_training(slug: str, results: Sequence[P.AdapterResult], combined: P.CombineResult) -> None:
+def publish_training(slug: str, results: Sequence[P.AdapterResult], combined: P.CombineResult,
+                     cv: list[dict[str, Any]] | None = None) -> None:
+    """The CV table (``cv``: rows of every adapter set; default the main set's), the blend table
+    and the learning curves of the main set's folds."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    create_table_artifact(key=artifact_key(slug, "cv"), table=cv_rows(results), description="Per-adapter CV metrics")
+    create_table_artifact(key=artifact_key(slug, "cv"), table=cv or cv_rows(results), description="Per-adapter CV metrics")
     create_table_artifact(key=artifact_key(slug, "blend"), table=blend_rows(combined),
                           description="Ensemble members: OOF score and blend weight")
     create_markdown_artifact(key=artifact_key(slug, "learning-curve"), markdown=learning_curve_markdown(results),

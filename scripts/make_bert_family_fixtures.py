@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from make_mpnet_fixture import tiny_tokenizer as roberta_tokenizer  # <s> 0, <pad> 1, </s> 2: RoBERTa's layout
 from transformers import (DistilBertConfig, DistilBertModel, ElectraConfig, ElectraModel, RobertaConfig,
                           RobertaModel)
 
@@ -41,16 +42,6 @@ SENTENCES = [
 ]
 LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)]
 WORDS = ["the", "house", "price", "fox", "dog"]
-
-
-def roberta_tokenizer() -> Tokenizer:
-    vocab = ["<s>", "<pad>", "</s>", "[UNK]", "<mask>"] + LETTERS + ["##" + c for c in LETTERS] + WORDS
-    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
-    tok.enable_padding(pad_id=1, pad_token="<pad>")
-    return tok
 
 
 def bert_tokenizer() -> Tokenizer:

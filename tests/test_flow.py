@@ -175,6 +175,36 @@ def test_an_mpnet_folder_trains_top_layers_from_the_prefix_in_the_flow(harness, 
     assert keys and all(".encoder.layer.2." in k for k in keys), keys[:5]
 
 
+def test_adapter_sets_of_other_encoders_and_presets_blend_as_members(harness, fake_creds, demo_server, tmp_path,
+                                                                     fixtures_dir):
+    """The main set on a DistilBERT folder, a second set (``expressive@<RoBERTa folder>``) with its
+    own tokenizer (pad id 1) and preset on the same folds: both blended as members, scored."""
+    from kaggle_lora import kaggle_lora
+
+    server, served = demo_server
+    roberta = fixtures_dir / "roberta_tiny"
+    fast = {k: v for k, v in FAST.items() if k != "tiny"}
+    summary = kaggle_lora(competition="demo", kaggle_endpoint=server.url, work_dir=str(tmp_path / "work"),
+                          model=str(fixtures_dir / "distilbert_tiny"), adapter_sets=[f"expressive@{roberta}"],
+                          max_train_rows=120, **fast)
+    assert summary.submitted and summary.public_score == pytest.approx(
+        fk.score_submission(pd.read_csv(summary.submission_path), pd.read_csv(served / "demo" / "solution.csv"),
+                            "accuracy"))
+    members = {m["member"] for m in summary.members}
+    assert {"lora", "lora_expressive_roberta_tiny", "hist_gbm", "linear"} <= members, summary.members
+    assert [r["adapter"] for r in summary.cv] == ["fold 0", "fold 1", "lora_expressive_roberta_tiny fold 0",
+                                                  "lora_expressive_roberta_tiny fold 1"]
+    assert {"train-lora_expressive_roberta_tiny-fold-0", "train-lora_expressive_roberta_tiny-fold-1",
+            "tokenize-lora_expressive_roberta_tiny"} <= set(summary.task_states)
+    plans = [json.loads(p.read_text()) for p in (tmp_path / "work" / "artifacts").glob("plan-*.json")]
+    presets = {p["model"]: p["settings"]["preset"] for p in plans}
+    assert len(plans) == 2 and presets[str(roberta)] == "expressive" and str(fixtures_dir / "distilbert_tiny") in presets
+    assert {p["settings"]["n_folds"] for p in plans} == {2}  # one set of folds for every member
+    with pytest.raises(ValueError, match="need combine='blend'"):
+        kaggle_lora(competition="demo", kaggle_endpoint=server.url, work_dir=str(tmp_path / "w2"), combine="merge",
+                    adapter_sets=["expressive"], **FAST)
+
+
 def test_cli_reports_a_failure_clearly(tmp_path):
     """No server at the endpoint: the CLI exits non-zero with one clear line (no traceback dump)."""
     env = {**os.environ, "KAGGLE_USERNAME": fk.DEFAULT_USERNAME, "KAGGLE_KEY": fk.DEFAULT_KEY,
@@ -191,5 +221,5 @@ def test_help_lists_the_options():
                           timeout=60)
     assert proc.returncode == 0
     for option in ("--competition", "--no-submit", "--model", "--adapters", "--top-layers", "--combine", "--blend-method", "--no-baseline",
-                   "--data-dir", "--kaggle-endpoint", "--task-runner"):
+                   "--data-dir", "--kaggle-endpoint", "--task-runner", "--adapter-set"):
         assert option in proc.stdout

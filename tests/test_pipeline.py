@@ -142,6 +142,54 @@ def test_combine_blend_is_the_fold_mean_and_merge_predicts_once(demo_steps, demo
         P.combine(prepared, plan, demo_folds[:1], out)
 
 
+def test_an_adapter_set_blends_as_its_own_member_on_the_same_folds(demo_steps, demo_folds, demo_dir):
+    out, prepared, plan, _ = demo_steps
+    extra = P.AdapterSet.parse("expressive")
+    assert (extra.preset, extra.model, extra.member) == ("expressive", None, "lora_expressive")
+    overrides = P.adapter_set_overrides({"epochs": 1, "max_seq_len": 64}, extra, 2)
+    plan2 = P.plan_training("demo", demo_dir, out, tiny=True, overrides=overrides)
+    assert P.Plan.load(plan2).settings["preset"] == "expressive" and P.Plan.load(plan2).n_folds == 2
+    tokens2 = P.tokenize_data(prepared, plan2, out / "tokens")
+    folds2 = [P.train_adapter(prepared, plan2, tokens2, k, out) for k in range(2)]
+    for a, b in zip(demo_folds, folds2):  # the same rows held out by each fold of both sets
+        np.testing.assert_array_equal(np.isnan(np.load(a.oof_path)), np.isnan(np.load(b.oof_path)))
+
+    res = P.combine(prepared, plan, demo_folds, out, adapter_sets={extra.member: folds2}, blend_method="weights")
+    assert set(res.weights) == set(res.member_scores) == {"lora", "lora_expressive"}
+    oof = {name: np.load(P.combine(prepared, p, rs, out).oof_path)
+           for name, p, rs in (("lora", plan, demo_folds), ("lora_expressive", plan2, folds2))}
+    test = {"lora": np.mean([np.load(r.test_path) for r in demo_folds], axis=0),
+            "lora_expressive": np.mean([np.load(r.test_path) for r in folds2], axis=0)}
+    np.testing.assert_allclose(np.load(res.oof_path), sum(res.weights[k] * oof[k] for k in oof), rtol=1e-5)
+    np.testing.assert_allclose(np.load(res.test_path), sum(res.weights[k] * test[k] for k in test), rtol=1e-5)
+    y = np.asarray(P.load_json(prepared)["y"])
+    assert res.member_scores["lora_expressive"] == pytest.approx(float(np.mean((oof["lora_expressive"] >= 0.5) == y)))
+    with pytest.raises(P.PipelineError, match="adapter sets of other presets or encoders only blend"):
+        P.combine(prepared, plan, demo_folds, out, method="merge", tokens=tokens2, adapter_sets={extra.member: folds2})
+    with pytest.raises(P.PipelineError, match="every fold"):
+        P.combine(prepared, plan, demo_folds, out, adapter_sets={extra.member: folds2[:1]})
+
+
+@pytest.mark.parametrize("spec, preset, model, member", [
+    ("expressive", "expressive", None, "lora_expressive"),
+    ("balanced@all-mpnet-base-v2", "balanced", "all-mpnet-base-v2", "lora_balanced_all-mpnet-base-v2"),
+    (" qlora_quality@/models/twitter-roberta ", "qlora_quality", "/models/twitter-roberta", "lora_qlora_quality_twitter-roberta"),
+])
+def test_adapter_set_specs(spec, preset, model, member):
+    s = P.AdapterSet.parse(spec)
+    assert (s.preset, s.model, s.member) == (preset, model, member)
+
+
+@pytest.mark.parametrize("specs, message", [
+    (["huge"], r"'huge': write PRESET or PRESET@MODEL, with PRESET one of efficient, balanced"),
+    (["balanced@"], r"'balanced@': write PRESET or PRESET@MODEL"),
+    (["expressive", "expressive"], r"\['lora_expressive'\] are given twice"),
+])
+def test_bad_adapter_sets_are_clear_errors(specs, message):
+    with pytest.raises(P.PipelineError, match=message):
+        P.parse_adapter_sets(specs)
+
+
 @pytest.fixture(scope="module")
 def demo_baselines(demo_steps, demo_dir):
     out, prepared, plan, _ = demo_steps
