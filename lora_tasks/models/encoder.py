@@ -21,13 +21,11 @@ from lora_tasks.models.weights import WeightLoadError, load_weights, read_checkp
 
 
 class BertWithHead(EncoderWithHead):
-    """A BERT encoder (attribute ``bert``, as in HF's ``BertForSequenceClassification``) plus a head.
+    """An encoder on BERT's layer stack (BERT, RoBERTa, DistilBERT, ELECTRA, MPNet: the class its
+    config asks for) under attribute ``bert``, as in HF's ``BertForSequenceClassification``, plus a head.
 
     ``__call__`` returns logits: shape (batch,) for binary classification, else (batch, num_labels).
     """
-
-    # None: the encoder the config asks for (RobertaConfig -> RobertaModel, ...; see architectures.py)
-    encoder_class: type[BertModel] | None = None
 
     def __init__(
         self,
@@ -40,7 +38,8 @@ class BertWithHead(EncoderWithHead):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"Unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}.")
-        self.bert = (self.encoder_class or encoder_class(config))(config, add_pooler=pooling == "pooler")
+        # the encoder the config's class asks for: RobertaConfig -> RobertaModel, ... (architectures.py)
+        self.bert = encoder_class(config)(config, add_pooler=pooling == "pooler")
         self._init_head(config.hidden_size, head_type, num_labels, pooling, head_dropout)
 
     @property
@@ -73,7 +72,6 @@ class BertWithHead(EncoderWithHead):
         """Logits from the hidden states entering encoder layer ``layer``."""
         x = self.bert.encoder(hidden, self.bert.attention_bias(attention_mask, hidden), start=layer)
         return self.logits_from_hidden(x, attention_mask)
-
 
 
 @dataclass
