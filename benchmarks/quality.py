@@ -1,5 +1,5 @@
-"""Quality: K-fold CV of LoRA adapters (one per fold, auto-selected settings) on the real shared
-competitions, beside scikit-learn anchors on the same folds, with wall time.
+"""Quality: K-fold CV of LoRA adapters (one per fold; each competition's ``[training]`` recipe
+over the auto-selected settings, as the flow trains them) on the real shared competitions, beside scikit-learn anchors on the same folds, with wall time.
 
     python benchmarks/quality.py [--competitions titanic,house-prices,nlp-getting-started]
         [--folds 5] [--rows N] [--epochs E] [--top-layers L] [--max-len T] [--model ID] [--name NAME]
@@ -58,6 +58,7 @@ def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list
     profile = profile_competition(cfg, tokenizer=tok, train=train_df)
     settings = auto_configure(profile, competition=cfg)
     epochs = args.epochs or settings.epochs
+    top = args.top_layers or settings.top_layers or 0  # the competition's [training] recipe
     max_len = args.max_len or settings.max_seq_len
     metric = get_metric(cfg.metric)
     y_raw = train_df[cfg.target_column].to_numpy()
@@ -92,22 +93,22 @@ def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list
                           template=template.fingerprint()).encoded
     labels = y.astype(np.float32) if head == "regression" else y.astype(np.int32)
     data = Dataset.from_encoded(enc, labels)
-    overrides = {"dropout": 0.0} if args.top_layers else {}
-    if args.top_layers:
+    overrides = {"dropout": 0.0} if top else {}
+    if top:
         n_layers = read_model_config(resolve_model_dir(args.model)).num_hidden_layers
-        overrides["layers_to_transform"] = tuple(range(n_layers - args.top_layers, n_layers))
+        overrides["layers_to_transform"] = tuple(range(n_layers - top, n_layers))
     preset = args.preset or ("balanced" if settings.preset.startswith("qlora") else settings.preset)
 
     def make_model(k: int):
         model, _ = create_bert_with_lora(head, preset, 1, model=args.model, seed=k, **overrides)
-        if args.top_layers:
+        if top:
             from lora_tasks.prefix_cache import FromPrefix, first_adapted_layer
 
             return FromPrefix(model, first_adapted_layer(model))
         return model
 
     train_data = data
-    if args.top_layers:
+    if top:
         from lora_tasks.prefix_cache import prefix_dataset
 
         t = time.perf_counter()
@@ -118,7 +119,7 @@ def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list
                        metric=None if head == "regression" else cfg.metric,
                        class_weights=settings.class_weight, early_stopping_patience=None)
     # LoRA OOF predictions are kept by their settings, so a rerun only re-blends (--retrain to refit)
-    key = (f"{slug}-{preset}-e{epochs}-t{max_len}-top{args.top_layers}-lr{tcfg.learning_rate}-n{len(train_df)}-k{args.folds}"
+    key = (f"{slug}-{preset}-e{epochs}-t{max_len}-top{top}-lr{tcfg.learning_rate}-n{len(train_df)}-k{args.folds}"
            f"-tpl{template.fingerprint()[:8]}" + (f"-m{Path(args.model).name}" if args.model else ""))
     oof_file = CACHE / "oof" / f"{key}.npz"
     if oof_file.exists() and not args.retrain:
@@ -139,7 +140,7 @@ def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list
     ours = score(oof)
     rows.append(row(f"{name} lora {preset} {args.folds}-fold {cfg.metric}", ours, cfg.metric, anchor_score,
                     higher_is_better=metric.greater_is_better, wall_s=round(wall, 1), rows=len(train_df),
-                    epochs=epochs, top_layers=args.top_layers or "all", max_seq_len=max_len,
+                    epochs=epochs, top_layers=top or "all", max_seq_len=max_len,
                     # each fold keeps its best epoch by its own validation score (as the flow does):
                     # an epoch other than the last means the OOF score includes that choice
                     best_epochs=best_epochs,
@@ -189,7 +190,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.0)
     ap.add_argument("--max-len", type=int, default=0, help="token limit per row (default: auto-configured)")
     ap.add_argument("--preset", default="")
-    ap.add_argument("--top-layers", type=int, default=0)
+    ap.add_argument("--top-layers", type=int, default=0, help="default: the competition's [training] top_layers")
     ap.add_argument("--model", default=None)
     ap.add_argument("--name", default="quality")
     ap.add_argument("--also", default="", help="kept OOF settings keys (cache file stems) to blend in as more adapters")

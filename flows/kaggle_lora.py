@@ -166,16 +166,24 @@ def _one_api_dask_runner() -> type:
     return _DASK_RUNNER
 
 
-def _submit_adapter_set(run: dict, adapter_set: P.AdapterSet, competition: str, folder: Path, prepared: Path,
-                        artifacts: Path, tokens_dir: Path, model: str | None, tiny: bool, overrides: dict,
-                        max_train_rows: int | None, n_folds: int, states: dict[str, str]) -> list[Any]:
-    """Plan, tokenize and submit the fold adapters of one more adapter set (same folds as the main
-    set); returns the fold futures. Its tasks are named after the set (``train-lora_expressive-fold-0``)."""
-    name, set_model = adapter_set.member, adapter_set.model or model
+def _plan_adapter_set(run: dict, adapter_set: P.AdapterSet, competition: str, folder: Path, artifacts: Path,
+                      model: str | None, tiny: bool, overrides: dict, max_train_rows: int | None, n_folds: int,
+                      main_plan: Path, states: dict[str, str]) -> Path:
+    """The plan of one more adapter set (same folds as the main set), refused if it is the main set's own."""
+    name = adapter_set.member
     f = run["profile-and-configure"].with_options(task_run_name=f"profile-and-configure-{name}").submit(
-        competition, folder, artifacts, set_model, tiny, P.adapter_set_overrides(overrides, adapter_set, n_folds),
-        max_train_rows)
+        competition, folder, artifacts, adapter_set.model or model, tiny,
+        P.adapter_set_overrides(overrides, adapter_set, n_folds), max_train_rows)
     plan = f.result(); states[f"profile-and-configure-{name}"] = _state(f)
+    P.check_adapter_set(main_plan, plan, adapter_set)
+    return plan
+
+
+def _submit_adapter_set(run: dict, adapter_set: P.AdapterSet, plan: Path, prepared: Path, artifacts: Path,
+                        tokens_dir: Path, model: str | None, n_folds: int, states: dict[str, str]) -> list[Any]:
+    """Tokenize for and submit the fold adapters of one more adapter set; returns the fold futures.
+    Its tasks are named after the set (``train-lora_expressive-fold-0``)."""
+    name, set_model = adapter_set.member, adapter_set.model or model
     f = run["tokenize"].with_options(task_run_name=f"tokenize-{name}").submit(prepared, plan, tokens_dir, set_model)
     tokens = f.result(); states[f"tokenize-{name}"] = _state(f)
     train = run["train-adapter"]
@@ -198,7 +206,7 @@ def kaggle_lora(
     adapters: int | None = None,
     epochs: int | None = None,
     max_seq_len: int | None = None,
-    top_layers: int | None = None,
+    top_layers: int | str | None = None,
     combine: str = "blend",
     baseline: bool = True,
     blend_method: str = P.DEFAULT_BLEND_METHOD,
@@ -217,17 +225,18 @@ def kaggle_lora(
     """From a competition name to a scored submission.
 
     ``adapters``: number of folds (= adapters); ``preset``/``epochs``/``max_seq_len`` override
-    the auto-configured settings. ``top_layers``: adapters on the top N encoder layers only;
-    the frozen layers below run once per dataset (cached on disk) instead of once per fold,
+    the competition's ``[training]`` recipe and the auto-configured settings. ``top_layers``:
+    adapters on the top N encoder layers only (``"all"``: every layer); the frozen layers below run once per dataset (cached on disk) instead of once per fold,
     epoch and batch. ``combine="blend"`` blends the fold adapters with the
     scikit-learn ``baseline`` members trained on the same folds (``blend_method``: caruana, weights,
     mean, rank_mean or stacking, fit on out-of-fold rows); ``merge`` folds the adapters into
     one model (no baseline). ``data_dir``: where downloads go (default ``<work_dir>/data``).
     ``kaggle_endpoint``: a Kaggle-compatible server (the fake one); for ``demo`` without one, a
     fake server is started in-process. ``tiny``: a tiny random model (tests).
-    ``adapter_sets``: more adapter sets, ``"PRESET"`` or ``"PRESET@MODEL"`` (``"expressive"``,
-    ``"balanced@all-mpnet-base-v2"``), each trained on the same folds beside the main one and
-    blended as its own member (``lora_expressive``, ...).
+    ``adapter_sets``: more adapter sets, ``"PRESET[@MODEL][:KEY=VALUE,...]"`` (``"expressive"``,
+    ``"balanced@all-mpnet-base-v2:epochs=2"``), each trained on the same folds beside the main one
+    and blended as its own member (``lora_expressive``, ...); a copy of the main set is refused.
+    None: the competition's ``[training] adapter_sets``; ``[]``: none.
     """
     logger = get_run_logger()
     if combine not in P.COMBINE_METHODS:
@@ -241,8 +250,8 @@ def kaggle_lora(
         raise ValueError("adapter_sets blend as members of their own; they need combine='blend'.")
     work = Path(work_dir).expanduser().resolve()
     run = T.configure(work, retry_delay_s=retry_delay_s)
-    overrides = P.default_overrides(competition, {"preset": preset, "n_folds": adapters, "epochs": epochs,
-                                                  "max_seq_len": max_seq_len, "top_layers": top_layers})
+    overrides = P.given_overrides({"preset": preset, "n_folds": adapters, "epochs": epochs,
+                                   "max_seq_len": max_seq_len, "top_layers": top_layers})
     offline = competition == P.DEMO_SLUG and not kaggle_endpoint
     states: dict[str, str] = {}
     with (P.offline_kaggle(work) if offline else contextlib.nullcontext(kaggle_endpoint)) as endpoint:
@@ -253,6 +262,12 @@ def kaggle_lora(
 
         f = run["download"].submit(competition, data_root, endpoint)
         folder = f.result(); states["download"] = _state(f)
+        if adapter_sets is None:  # the competition's recipe; its sets only blend
+            recipe = P.recipe_adapter_sets(competition, folder)
+            sets = recipe if combine == "blend" else []
+            if recipe and combine != "blend":
+                logger.info("combine=merge: the recipe's adapter sets %s are left out (they only blend).",
+                            [s.member for s in recipe])
         f = run["prepare"].submit(competition, folder, artifacts, max_train_rows)
         g = run["profile-and-configure"].submit(competition, folder, artifacts, model, tiny, overrides, max_train_rows)
         prepared, plan = f.result(), g.result()
@@ -260,6 +275,8 @@ def kaggle_lora(
         T.publish_plan(plan)
         n_folds = P.Plan.load(plan).n_folds
         slug = P.Plan.load(plan).slug
+        set_plans = {s: _plan_adapter_set(run, s, competition, folder, artifacts, model, tiny, overrides,
+                                          max_train_rows, n_folds, plan, states) for s in sets}
 
         f = run["tokenize"].submit(prepared, plan, tokens_dir, model)
         tokens = f.result(); states["tokenize"] = _state(f)
@@ -267,9 +284,9 @@ def kaggle_lora(
         use_baseline = baseline and combine == "blend"
         b = run["train-baselines"].submit(competition, folder, prepared, plan, artifacts) if use_baseline else None
         folds = [run["train-adapter"].submit(prepared, plan, tokens, k, artifacts, model) for k in range(n_folds)]
-        set_folds = {s.member: _submit_adapter_set(run, s, competition, folder, prepared, artifacts, tokens_dir,
-                                                   model, tiny, overrides, max_train_rows, n_folds, states)
-                     for s in sets}
+        set_folds = {s.member: _submit_adapter_set(run, s, set_plan, prepared, artifacts, tokens_dir, model, n_folds,
+                                                   states)
+                     for s, set_plan in set_plans.items()}
         results = [fut.result() for fut in folds]
         for k, fut in enumerate(folds):
             states[f"train-fold-{k}"] = _state(fut)

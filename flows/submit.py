@@ -39,6 +39,18 @@ or ~/.kaggle/access_token (https://www.kaggle.com/settings/api).
 """
 
 
+def _top_layers(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of layers or 'all'")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lora_tasks.ensemble import METHODS as BLEND_METHODS
 
@@ -52,12 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-submit", dest="submit", action="store_false", help="stop after the checked submission file")
     p.add_argument("--model", default=None, help="encoder id or folder (default: offline all-MiniLM-L6-v2; all-mpnet-base-v2 once its PyPI parts are installed)")
     p.add_argument("--preset", default=None, help="LoRA preset instead of the auto-configured one (efficient, balanced, expressive)")
-    p.add_argument("--adapters", type=int, default=None, metavar="N", help="number of adapters = CV folds (default: auto; demo 2)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs per adapter (default: auto; demo 3)")
-    p.add_argument("--max-seq-len", type=int, default=None, help="token limit per row (default: auto from token lengths; demo 64)")
-    p.add_argument("--top-layers", type=int, default=None, metavar="N",
+    p.add_argument("--adapters", type=int, default=None, metavar="N", help="number of adapters = CV folds (default: the competition config's [training], else auto)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs per adapter (default: the config's [training], else auto)")
+    p.add_argument("--max-seq-len", type=int, default=None, help="token limit per row (default: the config's [training], else auto from token lengths)")
+    p.add_argument("--top-layers", type=_top_layers, default=None, metavar="N|all",
                    help="adapters on the top N encoder layers only: the frozen layers below run once per dataset "
-                        "(cached on disk) instead of once per fold, epoch and batch (default: every layer)")
+                        "(cached on disk) instead of once per fold, epoch and batch; all: every layer (default: the "
+                        "config's [training], else every layer)")
     p.add_argument("--combine", choices=("blend", "merge"), default="blend",
                    help="blend (default): the fold adapters' mean blended with scikit-learn baselines, weights fit "
                         "on out-of-fold rows; merge: one model from the averaged adapters")
@@ -65,9 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how --combine blend weighs the members (caruana: greedy selection as in AutoGluon)")
     p.add_argument("--no-baseline", dest="baseline", action="store_false",
                    help="blend the adapters only (no HistGradientBoosting / linear / TF-IDF members)")
-    p.add_argument("--adapter-set", dest="adapter_sets", action="append", default=None, metavar="PRESET[@MODEL]",
+    p.add_argument("--adapter-set", dest="adapter_sets", action="append", default=None, metavar="PRESET[@MODEL][:K=V,...]",
                    help="another adapter set on the same folds, blended as its own member (repeatable): a preset, "
-                        "optionally @ a model id or folder, e.g. expressive or balanced@all-mpnet-base-v2")
+                        "optionally @ a model id or folder and :settings of its own (epochs, lr, max_seq_len, "
+                        "batch_size, top_layers), e.g. expressive or balanced@all-mpnet-base-v2:epochs=2; "
+                        "default: the competition config's [training] adapter_sets")
+    p.add_argument("--no-adapter-sets", dest="adapter_sets", action="store_const", const=[],
+                   help="train the main adapter set only, whatever the competition config's recipe says")
     p.add_argument("--message", default="kaggle-lora", help="submission message")
     p.add_argument("--data-dir", default=None, help="where competition data is downloaded (default: WORK_DIR/data)")
     p.add_argument("--work-dir", default=None, help="artifacts, token cache, task results (default: $KAGGLE_LORA_HOME or .kaggle-lora)")

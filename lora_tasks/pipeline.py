@@ -36,15 +36,14 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from lora_tasks.data.competition import TRAINING_SETTINGS
+
 log = logging.getLogger("lora_tasks.pipeline")
 
 PIPELINE_VERSION = 1  # bump when a step's output format changes
 DEMO_SLUG = "demo"
-#: Small settings for the offline demo: finishes in minutes on two CPU cores with MiniLM.
-DEMO_OVERRIDES: dict[str, Any] = {"n_folds": 2, "epochs": 3, "max_seq_len": 64, "batch_size": 8, "learning_rate": 2e-3}
-#: Settings a caller may override (names of TrainSettings fields).
-OVERRIDABLE = ("preset", "max_seq_len", "batch_size", "epochs", "learning_rate", "n_folds", "class_weight", "target_transform",
-               "top_layers")
+#: What a run may set over the auto-configuration and the competition's ``[training]`` recipe.
+OVERRIDABLE = (*TRAINING_SETTINGS, "target_transform")
 COMBINE_METHODS = ("blend", "merge")
 
 # MLX keeps global state (RNG seed, compiled graphs): two trainings in one process at once
@@ -264,6 +263,14 @@ class Plan:
     def n_folds(self) -> int:
         return int(self.settings["n_folds"])
 
+    def trains_same_as(self, other: "Plan") -> bool:
+        """Whether both plans train the same adapters (their ``reasons`` may differ: an explicit
+        preset equal to the chosen one is recorded as an override)."""
+        def what(p: "Plan") -> tuple:
+            return p.slug, p.model, p.tiny, p.seed, {k: v for k, v in p.settings.items() if k != "reasons"}
+
+        return what(self) == what(other)
+
     def settings_markdown(self) -> str:
         from lora_tasks.data.autoconfig import TrainSettings
 
@@ -297,7 +304,7 @@ def plan_training(
     than 2 folds becomes 2 (out-of-fold predictions need a held-out fold).
     """
     from lora_tasks.auto import model_shape
-    from lora_tasks.data.autoconfig import auto_configure
+    from lora_tasks.data.autoconfig import apply_settings, auto_configure
     from lora_tasks.data.competition import load_competition
     from lora_tasks.data.profile import profile_competition
     from lora_tasks.data.tokenizer import Tokenizer
@@ -310,13 +317,7 @@ def plan_training(
     unknown = sorted(set(overrides or {}) - set(OVERRIDABLE))
     if unknown:
         raise PipelineError(f"Cannot override {unknown}; overridable settings: {', '.join(OVERRIDABLE)}.")
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        if key == "n_folds":
-            settings.n_adapters = int(value)
-        setattr(settings, key, value)
-        settings.reasons.append(f"override: {key} = {value}")
+    apply_settings(settings, overrides or {}, "override")
     if settings.n_folds < 2:
         settings.n_folds = settings.n_adapters = 2
         settings.reasons.append("min_two_folds: out-of-fold predictions need 2+ folds -> 2")
@@ -599,15 +600,27 @@ DEFAULT_BLEND_METHOD = "caruana"
 ADAPTERS_MEMBER = "lora"
 
 
+#: What an adapter set may set for itself (``PRESET@MODEL:epochs=2,lr=1e-3``) -> the short name
+#: its member name carries (``lora_balanced_all-mpnet-base-v2_e2``). The folds are the main set's.
+SET_SETTINGS: dict[str, str] = {"epochs": "e", "learning_rate": "lr", "max_seq_len": "t", "batch_size": "b",
+                                "top_layers": "top"}
+_SET_ALIASES = {"lr": "learning_rate", "seq_len": "max_seq_len"}
+_SET_SPEC = "PRESET[@MODEL][:KEY=VALUE,...]"
+
+
 @dataclass(frozen=True)
 class AdapterSet:
     """Another set of fold adapters on the same folds, blended as a member of its own: a second
     preset and/or encoder beside the main one (diversity adapters; on the tweets, MiniLM
     ``balanced`` + ``expressive`` + MPNet ``balanced`` + TF-IDF blend to 0.804 F1 against 0.798
-    for one set). Written ``PRESET`` or ``PRESET@MODEL`` (a model id or folder)."""
+    for one set). Written ``PRESET``, ``PRESET@MODEL`` (a model id or folder), each optionally
+    followed by ``:KEY=VALUE,...`` with keys from :data:`SET_SETTINGS` (a base-size encoder
+    often wants fewer epochs than MiniLM: ``balanced@all-mpnet-base-v2:epochs=2``;
+    ``top_layers=all`` adapts every layer). Unset keys follow the main set."""
 
     preset: str
     model: str | None = None
+    settings: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
     def parse(cls, spec: "str | AdapterSet") -> "AdapterSet":
@@ -615,32 +628,87 @@ class AdapterSet:
             return spec
         from lora_tasks.lora.config import PRESETS
 
-        preset, _, model = str(spec).strip().partition("@")
-        if preset not in PRESETS or ("@" in str(spec) and not model.strip()):
-            raise PipelineError(f"Adapter set {spec!r}: write PRESET or PRESET@MODEL, with PRESET one of "
-                                f"{', '.join(PRESETS)} (e.g. 'expressive' or 'balanced@all-mpnet-base-v2').")
-        return cls(preset, model.strip() or None)
+        text = str(spec).strip()
+        head, colon, tail = text.rpartition(":")
+        if not colon or "=" not in tail:  # no settings (a folder may itself hold a colon)
+            head, tail = text, ""
+        preset, at, model = head.partition("@")
+        preset, model = preset.strip(), model.strip()
+        if preset not in PRESETS or (at and not model):
+            raise PipelineError(f"Adapter set {spec!r}: write {_SET_SPEC}, with PRESET one of "
+                                f"{', '.join(PRESETS)} (e.g. 'expressive' or 'balanced@all-mpnet-base-v2:epochs=2').")
+        return cls(preset, model or None, _parse_set_settings(spec, tail))
 
     @property
     def member(self) -> str:
-        """Its name in the blend: ``lora_<preset>`` or ``lora_<preset>_<model name>``."""
-        return f"{ADAPTERS_MEMBER}_{self.preset}" + (f"_{Path(self.model).name}" if self.model else "")
+        """Its name in the blend: ``lora_<preset>[_<model name>][_<setting><value>...]``."""
+        name = f"{ADAPTERS_MEMBER}_{self.preset}" + (f"_{Path(self.model).name}" if self.model else "")
+        return name + "".join(f"_{SET_SETTINGS[k]}{'all' if v is None else v}" for k, v in self.settings)
+
+
+def _parse_set_settings(spec: object, text: str) -> tuple[tuple[str, Any], ...]:
+    """``epochs=2,lr=1e-3`` -> ``(("epochs", 2), ("learning_rate", 0.001))`` in :data:`SET_SETTINGS` order."""
+    out: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, eq, value = (x.strip() for x in item.partition("="))
+        key = _SET_ALIASES.get(key, key)
+        if not eq or key not in SET_SETTINGS or key in out:
+            why = "is given twice" if key in out else "is not KEY=VALUE with KEY one of " + ", ".join(SET_SETTINGS)
+            raise PipelineError(f"Adapter set {spec!r}: {item!r} {why} (lr and seq_len also work; the folds are "
+                                f"always the main set's).")
+        try:
+            if key == "top_layers" and value.lower() == "all":
+                out[key] = None
+            else:
+                out[key] = float(value) if key == "learning_rate" else int(value)
+                if out[key] <= 0:
+                    raise ValueError
+        except ValueError:
+            kind = "a positive number" if key == "learning_rate" else "a positive integer" + (
+                " or 'all'" if key == "top_layers" else "")
+            raise PipelineError(f"Adapter set {spec!r}: {key} = {value!r} must be {kind}.") from None
+    return tuple((k, out[k]) for k in SET_SETTINGS if k in out)
 
 
 def parse_adapter_sets(specs: Sequence["str | AdapterSet"] | None) -> list[AdapterSet]:
-    """``PRESET[@MODEL]`` strings -> :class:`AdapterSet`; two sets may not share a member name."""
+    """``PRESET[@MODEL][:KEY=VALUE,...]`` strings -> :class:`AdapterSet`; two sets may not share a member name."""
     sets = [AdapterSet.parse(s) for s in specs or ()]
     names = [s.member for s in sets]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise PipelineError(f"Adapter sets {dupes} are given twice; each set needs its own preset or model.")
+        raise PipelineError(f"Adapter sets {dupes} are given twice; each set needs its own preset, model or settings.")
     return sets
 
 
+def recipe_adapter_sets(competition: str, data_dir: str | os.PathLike | None) -> list[AdapterSet]:
+    """The adapter sets of the competition's ``[training]`` recipe (none without one); a bad spec
+    names the config file."""
+    from lora_tasks.data.competition import load_competition
+
+    config = load_competition(competition, data_dir=data_dir)
+    try:
+        return parse_adapter_sets(config.training.get("adapter_sets", ()))
+    except PipelineError as exc:
+        raise PipelineError(f"{config.config_path}: [training] adapter_sets: {exc}") from None
+
+
 def adapter_set_overrides(overrides: Mapping[str, Any], adapter_set: AdapterSet, n_folds: int) -> dict[str, Any]:
-    """The main plan's overrides with the set's preset, on the main plan's folds (the blend fits
-    its weights on out-of-fold rows, so every member must hold out the same rows)."""
-    return {**overrides, "preset": adapter_set.preset, "n_folds": n_folds}
+    """The main plan's overrides with the set's preset and settings, on the main plan's folds (the
+    blend fits its weights on out-of-fold rows, so every member must hold out the same rows).
+    ``top_layers=all`` drops the main set's top_layers (no override: LoRA on every layer)."""
+    out = {**overrides, "preset": adapter_set.preset, "n_folds": n_folds, **dict(adapter_set.settings)}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def check_adapter_set(main_plan: str | os.PathLike, set_plan: str | os.PathLike, adapter_set: AdapterSet) -> None:
+    """Refuse a set that would train exactly what the main set trains (same model, settings and
+    seed): a copy of the main member adds nothing to the blend but its training time."""
+    a, b = Plan.load(main_plan), Plan.load(set_plan)
+    if a.trains_same_as(b):
+        raise PipelineError(
+            f"Adapter set {adapter_set.member!r} trains exactly what the main set trains ({b.model}, preset "
+            f"{b.settings['preset']!r}, {b.settings['epochs']} epochs, lr {b.settings['learning_rate']}); give it "
+            f"another preset, model or settings (e.g. {adapter_set.preset}@MODEL or :epochs=N), or drop it.")
 
 
 @dataclass
@@ -1039,11 +1107,10 @@ class PipelineResult:
     public_score: float | None = None
 
 
-def default_overrides(competition: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The caller's overrides, on top of :data:`DEMO_OVERRIDES` for the demo competition."""
-    base = dict(DEMO_OVERRIDES) if competition == DEMO_SLUG else {}
-    base.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return base
+def given_overrides(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The settings a caller actually gave (None: not given; the competition's ``[training]``
+    recipe and the auto-configuration decide)."""
+    return {k: v for k, v in (overrides or {}).items() if v is not None}
 
 
 def run_pipeline(
@@ -1064,23 +1131,28 @@ def run_pipeline(
     message: str = "kaggle-lora",
     run_key: str = "local",
     progress: Callable[[Any], None] | None = None,
-    adapter_sets: Sequence[str | AdapterSet] = (),
+    adapter_sets: Sequence[str | AdapterSet] | None = None,
 ) -> PipelineResult:
     """Every step in order, without Prefect: what the ``kaggle-lora`` flow does, in one process.
 
     ``work_dir`` holds ``data/`` (downloads, unless ``data_dir`` is given), ``artifacts/`` (the
     content-addressed files) and ``tokens/`` (the token cache). ``baseline``: blend a
     scikit-learn member trained on the same folds (only with ``combine_method="blend"``).
-    ``adapter_sets``: more adapter sets (``"expressive"``, ``"balanced@all-mpnet-base-v2"``), each
-    trained on the same folds and blended as its own member.
+    ``adapter_sets``: more adapter sets (``"expressive"``, ``"balanced@all-mpnet-base-v2:epochs=2"``),
+    each trained on the same folds and blended as its own member; None: the competition's
+    ``[training] adapter_sets`` (left out with ``combine_method="merge"``: sets only blend).
     """
     sets = parse_adapter_sets(adapter_sets)
+    if sets and combine_method != "blend":
+        raise PipelineError("Adapter sets blend as members of their own; they need combine_method='blend'.")
     work = Path(work_dir)
     data_root = Path(data_dir) if data_dir is not None else work / "data"
     folder = download_data(competition, data_root, endpoint) if download else data_root
+    if adapter_sets is None and combine_method == "blend":
+        sets = recipe_adapter_sets(competition, folder)
     artifacts = work / "artifacts"
     prepared = prepare_data(competition, folder, artifacts, max_train_rows=max_train_rows)
-    chosen = default_overrides(competition, overrides)
+    chosen = given_overrides(overrides)
     plan = plan_training(competition, folder, artifacts, model=model, tiny=tiny, overrides=chosen,
                          max_train_rows=max_train_rows)
     n_folds = Plan.load(plan).n_folds
@@ -1090,13 +1162,13 @@ def run_pipeline(
         return set_tokens, [train_adapter(prepared, set_plan, set_tokens, k, artifacts, model=set_model,
                                           progress=progress) for k in range(n_folds)]
 
+    set_plans = {}
+    for s in sets:  # planned (and checked) before any training
+        set_plans[s] = plan_training(competition, folder, artifacts, model=s.model or model, tiny=tiny,
+                                     max_train_rows=max_train_rows, overrides=adapter_set_overrides(chosen, s, n_folds))
+        check_adapter_set(plan, set_plans[s], s)
     tokens, results = train_set(model, plan)
-    extra = {}
-    for s in sets:
-        set_model = s.model or model
-        set_plan = plan_training(competition, folder, artifacts, model=set_model, tiny=tiny, max_train_rows=max_train_rows,
-                                 overrides=adapter_set_overrides(chosen, s, n_folds))
-        extra[s.member] = train_set(set_model, set_plan)[1]
+    extra = {s.member: train_set(s.model or model, set_plan)[1] for s, set_plan in set_plans.items()}
     baselines = train_baselines(competition, folder, prepared, plan, artifacts) if baseline and combine_method == "blend" else []
     combined = combine(prepared, plan, results, artifacts, method=combine_method, tokens=tokens, model=model,
                        baselines=baselines, blend_method=blend_method, adapter_sets=extra)

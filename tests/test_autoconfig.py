@@ -172,6 +172,19 @@ def test_reasons_follow_table_order(house):
     assert all(": " in r for r in s.reasons)
 
 
+def test_the_competitions_recipe_wins_over_the_rules_and_says_so(titanic):
+    cfg, p = titanic
+    rules_only = auto_configure(p)
+    s = auto_configure(p, competition=cfg)  # competitions/titanic.toml [training]
+    assert (rules_only.epochs, rules_only.top_layers) == (10, None)
+    assert (s.preset, s.epochs, s.max_seq_len, s.learning_rate, s.top_layers) == ("efficient", 6, 80, 3e-3, 2)
+    assert "config: epochs = 6 ([training] of titanic.toml)" in s.reasons
+    assert s.fired == rules_only.fired  # the rules still ran; the recipe is not a rule
+    assert s.batch_size == rules_only.batch_size  # what the recipe leaves out, the rules decide
+    every = auto_configure(p, competition=replace(cfg, training={"top_layers": "all", "n_folds": 3}))
+    assert (every.top_layers, every.n_folds, every.n_adapters) == (None, 3, 3)
+
+
 def test_rules_markdown_has_one_row_per_rule():
     md = rules_markdown()
     rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| #")]

@@ -150,6 +150,13 @@ def _write(tmp_path: Path, text: str) -> Path:
         ('[submission]\nthreshold = 1.5\n', ["submission.threshold = 1.5", "number in (0, 1)"]),
         ('[serialization]\nclean_text = "yes"\n', ["`serialization.clean_text` must be bool"]),
         ('slug = "x"\nslug = "y"\n', ["not valid TOML"]),
+        ('[training]\nepoch = 3\n', ["unknown key `training.epoch`", "epochs", "adapter_sets"]),
+        ('[training]\npreset = "huge"\n', ["`training.preset` is 'huge'", "efficient, balanced"]),
+        ('[training]\nepochs = 0\n', ["`training.epochs` must be positive"]),
+        ('[training]\nepochs = 2.5\n', ["`training.epochs` must be int"]),
+        ('[training]\ntop_layers = "some"\n', ["`training.top_layers` is 'some'", '"all"']),
+        ('[training]\nadapter_sets = "expressive"\n', ["`training.adapter_sets` must be list"]),
+        ('[training]\nadapter_sets = [2]\n', ["`training.adapter_sets` must be a list of strings"]),
     ],
 )
 def test_invalid_configs_name_the_problem(tmp_path, text, fragments):
@@ -159,6 +166,15 @@ def test_invalid_configs_name_the_problem(tmp_path, text, fragments):
     assert "bad.toml" in message
     for fragment in fragments:
         assert fragment in message
+
+
+def test_training_recipe_is_read_as_given(tmp_path):
+    text = ('[training]\npreset = "balanced"\nepochs = 3\nlearning_rate = 2e-3\ntop_layers = "all"\n'
+            'adapter_sets = ["expressive@all-mpnet-base-v2:epochs=2"]\n')
+    cfg = load_competition("bad", shared_dir() / TITANIC, competitions_dir=_write(tmp_path, text))
+    assert cfg.training == {"preset": "balanced", "epochs": 3, "learning_rate": 2e-3, "top_layers": "all",
+                            "adapter_sets": ["expressive@all-mpnet-base-v2:epochs=2"]}
+    assert load_competition("t", shared_dir() / TITANIC, competitions_dir=tmp_path / "none").training == {}
 
 
 def test_allowed_keys_cover_every_shipped_file():

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from lora_tasks import pipeline as P
 from lora_tasks.testing import fake_kaggle as fk
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,30 +177,49 @@ def test_an_mpnet_folder_trains_top_layers_from_the_prefix_in_the_flow(harness, 
 
 
 def test_adapter_sets_of_other_encoders_and_presets_blend_as_members(harness, fake_creds, demo_server, tmp_path,
-                                                                     fixtures_dir):
-    """The main set on a DistilBERT folder, a second set (``expressive@<RoBERTa folder>``) with its
-    own tokenizer (pad id 1) and preset on the same folds: both blended as members, scored."""
+                                                                     fixtures_dir, monkeypatch):
+    """The main set on a DistilBERT folder, a second set (``expressive@<RoBERTa folder>:lr=...``,
+    from the competition config's ``[training]`` recipe) with its own tokenizer (pad id 1), preset
+    and learning rate on the same folds: both blended as members, scored. A copy of the main set
+    is refused before anything trains."""
     from kaggle_lora import kaggle_lora
 
+    from lora_tasks.data.competition import default_competitions_dir
+
     server, served = demo_server
-    roberta = fixtures_dir / "roberta_tiny"
+    roberta, distilbert = fixtures_dir / "roberta_tiny", str(fixtures_dir / "distilbert_tiny")
+    configs = tmp_path / "competitions"
+    configs.mkdir()
+    (configs / "demo.toml").write_text((default_competitions_dir() / "demo.toml").read_text()
+                                       + f'adapter_sets = ["expressive@{roberta}:lr=4e-3"]\n')
+    monkeypatch.setenv("KAGGLE_LORA_COMPETITIONS_DIR", str(configs))
     fast = {k: v for k, v in FAST.items() if k != "tiny"}
     summary = kaggle_lora(competition="demo", kaggle_endpoint=server.url, work_dir=str(tmp_path / "work"),
-                          model=str(fixtures_dir / "distilbert_tiny"), adapter_sets=[f"expressive@{roberta}"],
-                          max_train_rows=120, **fast)
+                          model=distilbert, max_train_rows=120, **fast)
     assert summary.submitted and summary.public_score == pytest.approx(
         fk.score_submission(pd.read_csv(summary.submission_path), pd.read_csv(served / "demo" / "solution.csv"),
                             "accuracy"))
     members = {m["member"] for m in summary.members}
-    assert {"lora", "lora_expressive_roberta_tiny", "hist_gbm", "linear"} <= members, summary.members
-    assert [r["adapter"] for r in summary.cv] == ["fold 0", "fold 1", "lora_expressive_roberta_tiny fold 0",
-                                                  "lora_expressive_roberta_tiny fold 1"]
-    assert {"train-lora_expressive_roberta_tiny-fold-0", "train-lora_expressive_roberta_tiny-fold-1",
-            "tokenize-lora_expressive_roberta_tiny"} <= set(summary.task_states)
+    assert {"lora", "lora_expressive_roberta_tiny_lr0.004", "hist_gbm", "linear"} <= members, summary.members
+    assert [r["adapter"] for r in summary.cv] == ["fold 0", "fold 1", "lora_expressive_roberta_tiny_lr0.004 fold 0",
+                                                  "lora_expressive_roberta_tiny_lr0.004 fold 1"]
+    assert {"train-lora_expressive_roberta_tiny_lr0.004-fold-0", "train-lora_expressive_roberta_tiny_lr0.004-fold-1",
+            "tokenize-lora_expressive_roberta_tiny_lr0.004"} <= set(summary.task_states)
     plans = [json.loads(p.read_text()) for p in (tmp_path / "work" / "artifacts").glob("plan-*.json")]
-    presets = {p["model"]: p["settings"]["preset"] for p in plans}
-    assert len(plans) == 2 and presets[str(roberta)] == "expressive" and str(fixtures_dir / "distilbert_tiny") in presets
+    settings = {p["model"]: p["settings"] for p in plans}
+    assert len(plans) == 2 and (settings[str(roberta)]["preset"], settings[str(roberta)]["learning_rate"]) == (
+        "expressive", 4e-3)
+    assert settings[distilbert]["learning_rate"] != 4e-3  # the main set keeps its own rate
     assert {p["settings"]["n_folds"] for p in plans} == {2}  # one set of folds for every member
+    adapters = set((tmp_path / "work" / "artifacts").glob("adapter-*"))
+    with pytest.raises(P.PipelineError, match="trains exactly what the main set trains"):
+        kaggle_lora(competition="demo", kaggle_endpoint=server.url, work_dir=str(tmp_path / "work"), model=distilbert,
+                    adapter_sets=[f"{settings[distilbert]['preset']}@{distilbert}"], max_train_rows=120, **fast)
+    assert set((tmp_path / "work" / "artifacts").glob("adapter-*")) == adapters  # refused before training
+    merged = kaggle_lora(competition="demo", kaggle_endpoint=server.url, work_dir=str(tmp_path / "work"),
+                         model=distilbert, max_train_rows=120, combine="merge", submit=False, **fast)
+    assert merged.combine == "merge" and [r["adapter"] for r in merged.cv] == ["fold 0", "fold 1"]  # recipe set left out
+    assert set((tmp_path / "work" / "artifacts").glob("adapter-*")) == adapters  # the main folds came from the cache
     with pytest.raises(ValueError, match="need combine='blend'"):
         kaggle_lora(competition="demo", kaggle_endpoint=server.url, work_dir=str(tmp_path / "w2"), combine="merge",
                     adapter_sets=["expressive"], **FAST)
@@ -221,5 +241,19 @@ def test_help_lists_the_options():
                           timeout=60)
     assert proc.returncode == 0
     for option in ("--competition", "--no-submit", "--model", "--adapters", "--top-layers", "--combine", "--blend-method", "--no-baseline",
-                   "--data-dir", "--kaggle-endpoint", "--task-runner", "--adapter-set"):
+                   "--data-dir", "--kaggle-endpoint", "--task-runner", "--adapter-set", "--no-adapter-sets"):
         assert option in proc.stdout
+
+
+def test_cli_parses_recipe_options():
+    sys.path.insert(0, str(REPO / "flows"))
+    from submit import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["--competition", "t", "--top-layers", "all", "--adapter-set", "expressive:epochs=2"])
+    assert (args.top_layers, args.adapter_sets) == ("all", ["expressive:epochs=2"])
+    args = parser.parse_args(["--competition", "t", "--top-layers", "2"])
+    assert (args.top_layers, args.adapter_sets) == (2, None)  # None: the config's recipe decides
+    assert parser.parse_args(["--competition", "t", "--no-adapter-sets"]).adapter_sets == []
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--competition", "t", "--top-layers", "0"])

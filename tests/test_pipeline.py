@@ -170,24 +170,84 @@ def test_an_adapter_set_blends_as_its_own_member_on_the_same_folds(demo_steps, d
         P.combine(prepared, plan, demo_folds, out, adapter_sets={extra.member: folds2[:1]})
 
 
-@pytest.mark.parametrize("spec, preset, model, member", [
-    ("expressive", "expressive", None, "lora_expressive"),
-    ("balanced@all-mpnet-base-v2", "balanced", "all-mpnet-base-v2", "lora_balanced_all-mpnet-base-v2"),
-    (" qlora_quality@/models/twitter-roberta ", "qlora_quality", "/models/twitter-roberta", "lora_qlora_quality_twitter-roberta"),
+@pytest.mark.parametrize("spec, preset, model, settings, member", [
+    ("expressive", "expressive", None, (), "lora_expressive"),
+    ("balanced@all-mpnet-base-v2", "balanced", "all-mpnet-base-v2", (), "lora_balanced_all-mpnet-base-v2"),
+    (" qlora_quality@/models/twitter-roberta ", "qlora_quality", "/models/twitter-roberta", (),
+     "lora_qlora_quality_twitter-roberta"),
+    ("balanced@all-mpnet-base-v2:epochs=2", "balanced", "all-mpnet-base-v2", (("epochs", 2),),
+     "lora_balanced_all-mpnet-base-v2_e2"),
+    # settings come out in one order whatever order they are written in; aliases lr / seq_len
+    ("expressive: lr=1e-3, top_layers=all ,epochs=4", "expressive", None,
+     (("epochs", 4), ("learning_rate", 1e-3), ("top_layers", None)), "lora_expressive_e4_lr0.001_topall"),
+    ("efficient@/data/c:d/model:seq_len=96,batch_size=16", "efficient", "/data/c:d/model",
+     (("max_seq_len", 96), ("batch_size", 16)), "lora_efficient_model_t96_b16"),
+    ("efficient@/data/c:d", "efficient", "/data/c:d", (), "lora_efficient_c:d"),  # a colon without '=': a path
 ])
-def test_adapter_set_specs(spec, preset, model, member):
+def test_adapter_set_specs(spec, preset, model, settings, member):
     s = P.AdapterSet.parse(spec)
-    assert (s.preset, s.model, s.member) == (preset, model, member)
+    assert (s.preset, s.model, s.settings, s.member) == (preset, model, settings, member)
 
 
 @pytest.mark.parametrize("specs, message", [
-    (["huge"], r"'huge': write PRESET or PRESET@MODEL, with PRESET one of efficient, balanced"),
-    (["balanced@"], r"'balanced@': write PRESET or PRESET@MODEL"),
+    (["huge"], r"'huge': write PRESET\[@MODEL\]\[:KEY=VALUE,...\], with PRESET one of efficient, balanced"),
+    (["balanced@"], r"'balanced@': write PRESET\[@MODEL\]"),
     (["expressive", "expressive"], r"\['lora_expressive'\] are given twice"),
+    (["expressive:epochs=2", " expressive : epochs = 2"], r"\['lora_expressive_e2'\] are given twice"),
+    (["expressive:n_folds=3"], r"'n_folds=3' is not KEY=VALUE with KEY one of epochs, learning_rate, max_seq_len"),
+    (["expressive:epochs=2,epochs=3"], r"'epochs=3' is given twice"),
+    (["expressive:epochs=two"], r"epochs = 'two' must be a positive integer\."),
+    (["expressive:top_layers=0"], r"top_layers = '0' must be a positive integer or 'all'"),
+    (["expressive:lr=-1"], r"learning_rate = '-1' must be a positive number"),
 ])
 def test_bad_adapter_sets_are_clear_errors(specs, message):
     with pytest.raises(P.PipelineError, match=message):
         P.parse_adapter_sets(specs)
+
+
+def test_an_adapter_set_gets_its_own_settings_and_a_copy_of_the_main_set_is_refused(demo_steps, demo_dir):
+    out, _, plan, _ = demo_steps
+    main = P.Plan.load(plan)
+    chosen = {"n_folds": 2, "epochs": 1, "max_seq_len": 64, "top_layers": 1}
+
+    def set_plan(spec):
+        s = P.AdapterSet.parse(spec)
+        return s, P.plan_training("demo", demo_dir, out, tiny=True, overrides=P.adapter_set_overrides(chosen, s, 2))
+
+    s, p = set_plan(f"{main.settings['preset']}:epochs=2,lr=5e-4,top_layers=all")
+    got = P.Plan.load(p).settings
+    assert (got["epochs"], got["learning_rate"], got["top_layers"], got["max_seq_len"], got["n_folds"]) == (
+        2, 5e-4, None, 64, 2)  # its own epochs, lr and all layers; the main set's length and folds
+    P.check_adapter_set(plan, p, s)  # other settings: a set of its own
+
+    # the main set's own preset, written out, trains the main set again: refused, naming the fix
+    s = P.AdapterSet.parse(main.settings["preset"])
+    same = {"n_folds": 2, "epochs": 1, "max_seq_len": 64}
+    p = P.plan_training("demo", demo_dir, out, tiny=True, overrides=P.adapter_set_overrides(same, s, 2))
+    assert p != plan  # its reasons record the preset as an override, so the files differ ...
+    with pytest.raises(P.PipelineError, match=rf"'{s.member}' trains exactly what the main set trains .*:epochs=N"):
+        P.check_adapter_set(plan, p, s)  # ... but what it trains does not
+
+
+def test_a_runs_overrides_win_over_the_competitions_recipe(demo_steps):
+    _, _, plan, _ = demo_steps  # competitions/demo.toml says 3 epochs; the fixture asks for 1
+    settings = P.Plan.load(plan).settings
+    assert settings["epochs"] == 1 and settings["batch_size"] == 8  # the override; the recipe's batch
+    reasons = settings["reasons"]
+    assert reasons.index("config: epochs = 3 ([training] of demo.toml)") < reasons.index("override: epochs = 1")
+
+
+def test_the_recipes_adapter_sets_come_from_the_config_and_name_it(tmp_path, monkeypatch, demo_dir):
+    from lora_tasks.data.competition import default_competitions_dir
+
+    shipped = (default_competitions_dir() / "demo.toml").read_text()
+    assert P.recipe_adapter_sets("demo", demo_dir) == []
+    monkeypatch.setenv("KAGGLE_LORA_COMPETITIONS_DIR", str(tmp_path))
+    (tmp_path / "demo.toml").write_text(shipped + 'adapter_sets = ["expressive:epochs=1", "balanced@/m/x"]\n')
+    assert [s.member for s in P.recipe_adapter_sets("demo", demo_dir)] == ["lora_expressive_e1", "lora_balanced_x"]
+    (tmp_path / "demo.toml").write_text(shipped + 'adapter_sets = ["expressive:epoch=1"]\n')
+    with pytest.raises(P.PipelineError, match=r"demo.toml: \[training\] adapter_sets: .*'epoch=1' is not KEY=VALUE"):
+        P.recipe_adapter_sets("demo", demo_dir)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .profile import DataProfile
 
@@ -66,8 +66,8 @@ class TrainSettings:
 
     @property
     def fired(self) -> list[str]:
-        """Names of the rules that fired, in order."""
-        return [r.split(":", 1)[0] for r in self.reasons]
+        """Names of the rules that fired, in order (not the config's recipe or a run's overrides)."""
+        return [name for name in (r.split(":", 1)[0] for r in self.reasons) if name not in ("config", "override")]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -326,7 +326,28 @@ def auto_configure(
     for rule in rules:
         if rule.when(ctx, settings):
             settings.reasons.append(f"{rule.name}: {rule.apply(ctx, settings)}")
+    if competition is not None and competition.training:
+        where = competition.config_path.name if competition.config_path else competition.slug
+        recipe = {k: v for k, v in competition.training.items() if k != "adapter_sets"}
+        apply_settings(settings, recipe, "config", f" ([training] of {where})")
     settings.estimated_memory_bytes = estimate_memory_bytes(ctx, settings)
+    return settings
+
+
+def apply_settings(settings: TrainSettings, values: Mapping[str, Any], why: str, note: str = "") -> TrainSettings:
+    """Set ``values`` on ``settings``, each recorded in ``reasons`` (``"<why>: epochs = 3<note>"``):
+    a competition's ``[training]`` recipe or a run's overrides. ``n_folds`` also sets the number
+    of adapters; ``top_layers = "all"`` adapts every layer. None values are skipped (not given)."""
+    for key, value in values.items():
+        if value is None:
+            continue
+        if key == "n_folds":
+            settings.n_adapters = int(value)
+        if key == "top_layers":  # a number (a deployment's form may send "2") or "all": every layer
+            setattr(settings, key, None if value == "all" else int(value))
+        else:
+            setattr(settings, key, value)
+        settings.reasons.append(f"{why}: {key} = {value}{note}")
     return settings
 
 

@@ -87,6 +87,7 @@ class CompetitionConfig:
     schedule: str = DEFAULT_SCHEDULE
     files: CompetitionFiles = CompetitionFiles()
     classes: tuple[Any, ...] | None = None
+    training: Mapping[str, Any] = field(default_factory=dict)
     data_dir: Path | None = None
     config_path: Path | None = None
     inferred: tuple[str, ...] = field(default=())
@@ -180,6 +181,20 @@ _TABLE_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "clean_text": bool,
     },
 }
+#: ``[training]``: the competition's recipe, on top of the auto-configuration rules (a run's own
+#: overrides still win). ``top_layers`` is a number or ``"all"``; ``adapter_sets`` are more fold
+#: adapter sets blended as members (``"expressive"``, ``"balanced@all-mpnet-base-v2:epochs=2"``).
+TRAINING_SETTINGS: dict[str, type | tuple[type, ...]] = {
+    "preset": str,
+    "max_seq_len": int,
+    "batch_size": int,
+    "epochs": int,
+    "learning_rate": (int, float),
+    "n_folds": int,
+    "class_weight": str,
+    "top_layers": (int, str),
+}
+_TABLE_KEYS["training"] = {**TRAINING_SETTINGS, "adapter_sets": list}
 ALLOWED_KEYS: tuple[str, ...] = (*_SCALAR_KEYS, *_LIST_KEYS, *_TABLE_KEYS)
 _CHOICES = {
     ("", "task"): TASK_TYPES,
@@ -253,10 +268,27 @@ def validate_config_dict(raw: Mapping[str, Any], source: str = "config") -> dict
             raise _fail(source, f"submission.{exc.args[0]}") from None
     if "schedule" in out and not _is_cron(out["schedule"]):
         raise _fail(source, f"`schedule` {out['schedule']!r} is not a 5-field cron expression (e.g. {DEFAULT_SCHEDULE!r}).")
+    _check_training(source, out.get("training", {}))
     rename = out.get("serialization", {}).get("rename", {})
     if not all(isinstance(v, str) for v in rename.values()):
         raise _fail(source, "`serialization.rename` maps column names to readable names (strings).")
     return out
+
+
+def _check_training(source: str, training: Mapping[str, Any]) -> None:
+    from lora_tasks.data.autoconfig import PRESETS
+
+    if "preset" in training and training["preset"] not in PRESETS:
+        raise _fail(source, f"`training.preset` is {training['preset']!r}; expected one of {', '.join(PRESETS)}.")
+    for key in ("max_seq_len", "batch_size", "epochs", "n_folds", "learning_rate"):
+        if key in training and training[key] <= 0:
+            raise _fail(source, f"`training.{key}` must be positive, got {training[key]!r}.")
+    top = training.get("top_layers")
+    if top is not None and not (top == "all" or (isinstance(top, int) and top > 0)):
+        raise _fail(source, f"`training.top_layers` is {top!r}; give a positive number of layers or \"all\".")
+    sets = training.get("adapter_sets", [])
+    if not all(isinstance(v, str) for v in sets):
+        raise _fail(source, f"`training.adapter_sets` must be a list of strings like \"expressive\", got {sets!r}.")
 
 
 _CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$|^[A-Za-z]{3}(-[A-Za-z]{3})?$")
@@ -535,6 +567,7 @@ def load_competition(
         schedule=merged.get("schedule", DEFAULT_SCHEDULE),
         files=files,
         classes=merged.get("classes"),
+        training=dict(merged.get("training", {})),
         data_dir=folder,
         config_path=path,
         inferred=tuple(provenance),
