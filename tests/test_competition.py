@@ -36,6 +36,20 @@ def test_competitions_folder_is_found_beside_the_package(monkeypatch):
     assert names["house-prices"] == SHIPPED / f"{HOUSE}.toml"
 
 
+def test_a_wheel_ships_the_same_configs():
+    """``lora_tasks/_competitions`` links to ``competitions/``; the package data globs take its
+    files into the wheel (checked by hand: ``pip wheel .`` lists lora_tasks/_competitions/*.toml),
+    where it is the fallback of :func:`default_competitions_dir`."""
+    import tomllib
+
+    packaged = Path(lora_tasks.__file__).parent / "_competitions"
+    assert packaged.is_symlink() and packaged.resolve() == SHIPPED.resolve()
+    assert sorted(p.name for p in packaged.glob("*.toml")) == sorted(p.name for p in SHIPPED.glob("*.toml"))
+    with open(SHIPPED.parent / "pyproject.toml", "rb") as fh:
+        data = tomllib.load(fh)["tool"]["setuptools"]["package-data"]["lora_tasks"]
+    assert "**/*.toml" in data
+
+
 @pytest.mark.parametrize("slug", ALL)
 def test_shipped_config_matches_the_data(slug):
     cfg = load_competition(slug, shared_dir())

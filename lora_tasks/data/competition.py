@@ -303,13 +303,17 @@ def _is_cron(expr: str) -> bool:
 
 
 def default_competitions_dir() -> Path:
-    """The folder of ``<slug>.toml`` files: ``$KAGGLE_LORA_COMPETITIONS_DIR`` or the repo's ``competitions/``."""
+    """The folder of ``<slug>.toml`` files: ``$KAGGLE_LORA_COMPETITIONS_DIR``, else the repo's
+    ``competitions/`` (a checkout or an editable install: the files you edit), else the copy a
+    wheel ships as ``lora_tasks/_competitions`` (a link to ``competitions/`` in the repo)."""
     env = os.environ.get(COMPETITIONS_ENV)
     if env:
         return Path(env).expanduser()
     import lora_tasks
 
-    return Path(lora_tasks.__file__).resolve().parents[1] / "competitions"
+    package = Path(lora_tasks.__file__).resolve().parent
+    repo = package.parent / "competitions"
+    return repo if repo.is_dir() else package / "_competitions"
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
