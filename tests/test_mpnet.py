@@ -150,13 +150,6 @@ def test_lora_on_mpnet_trains_from_the_prefix_like_the_whole_model(fixtures_dir)
                                merged_before, atol=1e-4)
 
 
-def test_peft_export_refuses_mpnet_adapters(fixtures_dir, tmp_path):
-    _, adapter = create_bert_with_lora("binary_classification", "efficient", model=fixtures_dir / FOLDER, seed=0)
-    with pytest.raises(ValueError, match="BERT's module names.*MPNetModel.*adapter.save"):
-        export_peft(adapter, tmp_path / "peft")
-    assert not (tmp_path / "peft").exists()
-
-
 def test_factories_build_a_random_mpnet_from_its_config():
     cfg = MPNetConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                       intermediate_size=32, max_position_embeddings=40)

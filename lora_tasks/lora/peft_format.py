@@ -6,6 +6,10 @@ and ``...query.lora_magnitude_vector`` (out,) for DoRA. Import also accepts the
 ``base_model.model.bert.encoder...`` keys PEFT writes for ``BertFor*`` models, so an adapter maps
 onto the encoder wherever it sits in our model (``BertModel`` or ``BertWithHead.bert``).
 
+MPNet and DistilBERT checkpoints name their layers differently (``attention.attn.q``,
+``transformer.layer.N.attention.q_lin``); their encoders list the renames
+(``checkpoint_renames``) and :class:`PeftNames` writes and reads PEFT's names for them.
+
 PEFT has no slot for our task head on a ``BertModel``; a trained head is written next to the
 adapter as ``head.safetensors`` (our key names) and read back by :func:`import_peft`.
 """
@@ -32,7 +36,7 @@ HEAD_FILE = "head.safetensors"
 PEFT_PREFIX = "base_model.model."
 
 # PEFT matches each target_modules entry as a suffix of module names; these are unambiguous
-# except "output.dense", which also ends "attention.output.dense" (handled in _peft_targets).
+# except "output.dense", which also ends "attention.output.dense" (handled in PeftNames.targets).
 _PEFT_TARGET_NAME = {
     "query": "query",
     "key": "key",
@@ -62,20 +66,61 @@ def _encoder_prefix(adapter: LoRAAdapter) -> str:
     return path[: path.find("encoder.layer.")]
 
 
-def _peft_targets(targets: tuple[str, ...]) -> list[str] | str:
-    """target_modules as PEFT reads them; a regex when a plain suffix would over-match."""
-    if "output" in targets and "attention_output" not in targets:
-        alternatives = "|".join(re.escape(TARGETS[t]) for t in targets)
-        return rf".*encoder\.layer\.\d+\.({alternatives})"
-    return [_PEFT_TARGET_NAME[t] for t in targets]
+class PeftNames:
+    """Our module paths <-> the names PEFT uses on the transformers model of that architecture.
+
+    Our encoders keep BERT's module names whatever the checkpoint calls its layers (MPNet's
+    ``attention.attn.q``, DistilBERT's ``transformer.layer.N.attention.q_lin``); the encoder
+    class's ``checkpoint_renames`` (theirs, ours) pairs say how they differ. BERT, RoBERTa and
+    ELECTRA have none: PEFT's names are ours."""
+
+    def __init__(self, renames: tuple[tuple[str, str], ...] = ()) -> None:
+        self.renames = tuple(renames)
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "PeftNames":
+        """The names of the encoder inside ``model`` (a bare encoder or one inside a head model)."""
+        renames = next((m.checkpoint_renames for _, m in model.named_modules() if hasattr(m, "checkpoint_renames")), ())
+        return cls(renames)
+
+    def theirs(self, rel: str) -> str:
+        """``encoder.layer.0.attention.self.query`` -> the transformers name (``...attention.attn.q``)."""
+        name = f".{rel}."
+        for theirs, ours in self.renames:
+            name = name.replace(ours, theirs)
+        return name.strip(".")
+
+    def ours(self, name: str) -> str:
+        """A transformers module name (any ``mpnet.``-style prefix) -> ours."""
+        name = f".{name}."
+        for theirs, ours in self.renames:
+            name = name.replace(theirs, ours)
+        return name.strip(".")
+
+    def targets(self, targets: tuple[str, ...]) -> list[str] | str:
+        """target_modules as PEFT reads them (it matches each as a suffix of module names); a regex
+        when a plain suffix would over-match (BERT's ``output.dense`` also ends ``attention.output.dense``)."""
+        if not self.renames:
+            names = {t: _PEFT_TARGET_NAME[t] for t in TARGETS}
+        else:  # whole layer-relative names: MPNet's "attention.attn.q", DistilBERT's "attention.q_lin"
+            names = {t: self.theirs(f"encoder.layer.0.{suffix}").split(".0.", 1)[1] for t, suffix in TARGETS.items()}
+        full = {t: self.theirs(f"encoder.layer.0.{suffix}").split(".0.", 1)[1] for t, suffix in TARGETS.items()}
+        chosen = [names[t] for t in targets]
+        clash = any(full[o].endswith("." + full[t]) for t in targets for o in TARGETS if o not in targets)
+        if clash:
+            stack = self.theirs("encoder.layer.0").rsplit(".0", 1)[0]
+            alternatives = "|".join(re.escape(full[t]) for t in targets)
+            return rf".*{re.escape(stack)}\.\d+\.({alternatives})"
+        return chosen
 
 
 def peft_state_dict(adapter: LoRAAdapter) -> dict[str, mx.array]:
     """The adapter's arrays under PEFT's key names."""
     out: dict[str, mx.array] = {}
     names = {v: k for k, v in _SUFFIXES.items() if not k.endswith("vector.weight")}
+    peft = PeftNames.of(adapter.model)
     for path, layer in adapter.layers.items():
-        rel = _encoder_relative(path)
+        rel = peft.theirs(_encoder_relative(path))
         for attr, value in layer.adapter_parameters().items():
             out[f"{PEFT_PREFIX}{rel}{names[attr]}"] = value
     return out
@@ -84,10 +129,11 @@ def peft_state_dict(adapter: LoRAAdapter) -> dict[str, mx.array]:
 def peft_config_dict(adapter: LoRAAdapter, base_model_name_or_path: str | None = None) -> dict[str, Any]:
     """``adapter_config.json`` contents (PEFT's LoraConfig fields that we use)."""
     cfg = adapter.config
+    peft = PeftNames.of(adapter.model)
     rank_pattern: dict[str, int] = {}
     alpha_pattern: dict[str, float] = {}
     for path, layer in adapter.layers.items():
-        rel = _encoder_relative(path)
+        rel = peft.theirs(_encoder_relative(path))
         if layer.r != cfg.r:
             rank_pattern[rel] = layer.r
         if layer.alpha != cfg.resolved_alpha:
@@ -99,7 +145,7 @@ def peft_config_dict(adapter: LoRAAdapter, base_model_name_or_path: str | None =
         "r": cfg.r,
         "lora_alpha": cfg.resolved_alpha,
         "lora_dropout": float(cfg.dropout),
-        "target_modules": _peft_targets(cfg.target_modules),
+        "target_modules": peft.targets(cfg.target_modules),
         "use_rslora": cfg.use_rslora,
         "use_dora": cfg.use_dora,
         "rank_pattern": rank_pattern,
@@ -117,14 +163,9 @@ def peft_config_dict(adapter: LoRAAdapter, base_model_name_or_path: str | None =
 def export_peft(
     adapter: LoRAAdapter, directory: str | os.PathLike, base_model_name_or_path: str | None = None
 ) -> Path:
-    """Write the adapter in PEFT's layout into ``directory`` (created if needed); returns it."""
-    for _, module in adapter.model.named_modules():
-        if getattr(module, "peft_module_names", "bert") != "bert":
-            raise ValueError(
-                f"PEFT export writes BERT's module names; this adapter sits on a {type(module).__name__}, whose "
-                "checkpoints name their layers differently, so PEFT could not load it. Save it in our format "
-                "(adapter.save(path)) or merge it into the weights (adapter.merge_adapters())."
-            )
+    """Write the adapter in PEFT's layout into ``directory`` (created if needed); returns it. The
+    names are those of the transformers model of the encoder's architecture (``BertModel``,
+    ``MPNetModel``, ``DistilBertModel``, ...), so ``PeftModel.from_pretrained`` loads it there."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt", "lora_tasks_lora_config": adapter.config.to_json()}
@@ -181,19 +222,20 @@ def _check_peft_config(config: Mapping[str, Any], directory: Path) -> None:
         raise ValueError(f"{directory}: fan_in_fan_out=True is for GPT-2 style Conv1D layers, not BERT.")
 
 
-def _split_key(key: str) -> tuple[str, str] | None:
-    """PEFT key -> (encoder-relative module path, our attribute), or None if it is not a LoRA tensor."""
+def _split_key(key: str, peft: PeftNames) -> tuple[str, str] | None:
+    """PEFT key -> (our encoder-relative module path, our attribute), or None if it is not a LoRA tensor."""
     name = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
     for suffix, attr in _SUFFIXES.items():
         if name.endswith(suffix):
-            module = name[: -len(suffix)]
+            module = peft.ours(name[: -len(suffix)])
             i = module.find("encoder.layer.")
             return (module[i:] if i >= 0 else module), attr
     return None
 
 
 def _pattern_value(patterns: Mapping[str, Any], rel: str) -> Any:
-    """PEFT's rule: a pattern key applies to a module whose name ends with it (key read as a regex)."""
+    """PEFT's rule: a pattern key applies to a module whose name (``rel``: PEFT's, encoder-relative)
+    ends with it (key read as a regex)."""
     for candidate in (rel, "bert." + rel):
         for key, value in patterns.items():
             if re.match(rf"(.*\.)?({key})$", candidate):
@@ -216,8 +258,9 @@ def import_peft(model: nn.Module, directory: str | os.PathLike, freeze_base: boo
 
     grouped: dict[str, dict[str, mx.array]] = {}
     problems: list[str] = []
+    peft = PeftNames.of(model)
     for key, value in tensors.items():
-        split = _split_key(key)
+        split = _split_key(key, peft)
         if split is None:
             problems.append(f"  not a LoRA tensor (modules_to_save and trained biases are not supported): {key}")
             continue
@@ -250,7 +293,7 @@ def import_peft(model: nn.Module, directory: str | os.PathLike, freeze_base: boo
         for attr, value in parts.items():
             if tuple(value.shape) != expect[attr]:
                 problems.append(f"  shape mismatch: {rel}.{attr}: adapter {tuple(value.shape)}, model {expect[attr]}")
-        alpha = _pattern_value(config.get("alpha_pattern") or {}, rel)
+        alpha = _pattern_value(config.get("alpha_pattern") or {}, peft.theirs(rel))
         alpha = global_alpha if alpha is None else float(alpha)
         if r != global_r or alpha != global_alpha:
             overrides[path] = {"r": r, "alpha": alpha}

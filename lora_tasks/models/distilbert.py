@@ -81,7 +81,7 @@ class DistilBertEmbeddings(nn.Module):
 class DistilBertModel(BertModel):
     """BERT's layer stack with :class:`DistilBertEmbeddings`; never a pooler (DistilBERT has none)."""
 
-    peft_module_names = "distilbert"  # checkpoints say q_lin/k_lin/...: PEFT export refuses (BERT names only)
+    checkpoint_renames = _RENAMES  # (theirs, ours): checkpoints and PEFT say transformer.layer.N.attention.q_lin, ...
 
     def __init__(self, cfg: DistilBertConfig, add_pooler: bool = False) -> None:
         if add_pooler:

@@ -97,7 +97,7 @@ class MPNetModel(BertModel):
     """MPNet: BERT's layer stack with :class:`MPNetEmbeddings` and a relative position bias
     (``encoder.relative_attention_bias``: buckets x heads) added to every layer's scores."""
 
-    peft_module_names = "mpnet"  # checkpoints say attn.q/k/v/o: PEFT export refuses (BERT names only)
+    checkpoint_renames = _RENAMES  # (theirs, ours): checkpoints and PEFT say attention.attn.q/k/v/o
 
     def __init__(self, cfg: MPNetConfig, add_pooler: bool = True) -> None:
         super().__init__(cfg, add_pooler=add_pooler)
