@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--competition", required=True, help="Kaggle slug, config name or alias (e.g. demo, titanic, house-prices)")
     p.add_argument("--no-submit", dest="submit", action="store_false", help="stop after the checked submission file")
+    p.add_argument("--plan", action="store_true",
+                   help="download, profile and configure, print what would be trained and why (every adapter set), "
+                        "and stop: nothing is trained, no Prefect server is started")
     p.add_argument("--model", default=None, help="encoder id or folder (default: offline all-MiniLM-L6-v2; all-mpnet-base-v2 once its PyPI parts are installed)")
     p.add_argument("--preset", default=None, help="LoRA preset instead of the auto-configured one (efficient, balanced, expressive)")
     p.add_argument("--adapters", type=int, default=None, metavar="N", help="number of adapters = CV folds (default: the competition config's [training], else auto)")
@@ -124,12 +127,43 @@ def print_summary(summary) -> None:  # noqa: ANN001 - RunSummary
         print("Not submitted (--no-submit).")
 
 
+def show_plan(args: argparse.Namespace) -> int:
+    """``--plan``: the profile and every adapter set's settings with the reason for each, no training."""
+    import contextlib
+
+    from lora_tasks import pipeline as P
+    from lora_tasks import tasks as T
+
+    work = Path(args.work_dir or T.DEFAULT_WORK_DIR).expanduser().resolve()
+    overrides = {"preset": args.preset, "n_folds": args.adapters, "epochs": args.epochs,
+                 "max_seq_len": args.max_seq_len, "top_layers": args.top_layers}
+    offline = args.competition == P.DEMO_SLUG and not args.kaggle_endpoint
+    try:
+        with (P.offline_kaggle(work) if offline else contextlib.nullcontext(args.kaggle_endpoint)) as endpoint:
+            plans = P.plan_run(args.competition, work, data_dir=args.data_dir, endpoint=endpoint, model=args.model,
+                               tiny=args.tiny, overrides=overrides, max_train_rows=args.max_train_rows,
+                               adapter_sets=args.adapter_sets)
+    except Exception as exc:  # noqa: BLE001 - the CLI's job is a clear last line
+        print(f"\nkaggle-lora failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    first = P.Plan.load(next(iter(plans.values())))
+    print(f"\n{first.profile_markdown}")
+    for member, path in plans.items():
+        plan = P.Plan.load(path)
+        print(f"\nAdapter set `{member}` ({plan.model}; {plan.n_folds} folds): {path}\n{plan.settings_markdown()}")
+    print(f"\nNothing trained (--plan). Without --plan, the run trains {len(plans)} adapter set(s) of "
+          f"{first.n_folds} folds each.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.dask_address and args.runner not in (None, "dask"):
         parser.error(f"--dask-address needs --runner dask, not --runner {args.runner}")
     runner = args.runner or ("dask" if args.dask_address else "thread")
+    if args.plan:
+        return show_plan(args)
     import logging
 
     logging.getLogger("lora_tasks").setLevel(logging.INFO)

@@ -1113,6 +1113,50 @@ def given_overrides(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (overrides or {}).items() if v is not None}
 
 
+def plan_adapter_sets(competition: str, folder: str | os.PathLike, artifacts: str | os.PathLike,
+                      main_plan: str | os.PathLike, sets: Sequence[AdapterSet], *, model: str | None = None,
+                      tiny: bool = False, overrides: Mapping[str, Any] | None = None,
+                      max_train_rows: int | None = None) -> dict[AdapterSet, Path]:
+    """The plan of every extra adapter set, on the main plan's folds, each checked against the main
+    set (before any training, so a refused set costs nothing)."""
+    n_folds = Plan.load(main_plan).n_folds
+    plans = {}
+    for s in sets:
+        plans[s] = plan_training(competition, folder, artifacts, model=s.model or model, tiny=tiny,
+                                 max_train_rows=max_train_rows,
+                                 overrides=adapter_set_overrides(given_overrides(overrides), s, n_folds))
+        check_adapter_set(main_plan, plans[s], s)
+    return plans
+
+
+def plan_run(
+    competition: str,
+    work_dir: str | os.PathLike = ".kaggle-lora",
+    *,
+    data_dir: str | os.PathLike | None = None,
+    endpoint: str | None = None,
+    model: str | None = None,
+    tiny: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    max_train_rows: int | None = None,
+    adapter_sets: Sequence[str | AdapterSet] | None = None,
+) -> dict[str, Path]:
+    """What a run would train, without training: download, profile, configure and plan the main
+    set and every adapter set (the recipe's when ``adapter_sets`` is None). Returns
+    ``{member name: plan file}``, the main set first (``lora``). The same plan files a run then
+    uses, so the run after a look costs no extra profiling."""
+    work = Path(work_dir)
+    folder = download_data(competition, Path(data_dir) if data_dir is not None else work / "data", endpoint)
+    sets = parse_adapter_sets(adapter_sets) if adapter_sets is not None else recipe_adapter_sets(competition, folder)
+    artifacts = work / "artifacts"
+    chosen = given_overrides(overrides)
+    plan = plan_training(competition, folder, artifacts, model=model, tiny=tiny, overrides=chosen,
+                         max_train_rows=max_train_rows)
+    extra = plan_adapter_sets(competition, folder, artifacts, plan, sets, model=model, tiny=tiny, overrides=chosen,
+                              max_train_rows=max_train_rows)
+    return {ADAPTERS_MEMBER: plan, **{s.member: path for s, path in extra.items()}}
+
+
 def run_pipeline(
     competition: str,
     work_dir: str | os.PathLike = ".kaggle-lora",
@@ -1162,11 +1206,8 @@ def run_pipeline(
         return set_tokens, [train_adapter(prepared, set_plan, set_tokens, k, artifacts, model=set_model,
                                           progress=progress) for k in range(n_folds)]
 
-    set_plans = {}
-    for s in sets:  # planned (and checked) before any training
-        set_plans[s] = plan_training(competition, folder, artifacts, model=s.model or model, tiny=tiny,
-                                     max_train_rows=max_train_rows, overrides=adapter_set_overrides(chosen, s, n_folds))
-        check_adapter_set(plan, set_plans[s], s)
+    set_plans = plan_adapter_sets(competition, folder, artifacts, plan, sets, model=model, tiny=tiny,
+                                  overrides=chosen, max_train_rows=max_train_rows)
     tokens, results = train_set(model, plan)
     extra = {s.member: train_set(s.model or model, set_plan)[1] for s, set_plan in set_plans.items()}
     baselines = train_baselines(competition, folder, prepared, plan, artifacts) if baseline and combine_method == "blend" else []

@@ -245,6 +245,25 @@ def test_help_lists_the_options():
         assert option in proc.stdout
 
 
+def test_cli_plan_shows_what_would_be_trained_and_trains_nothing(tmp_path):
+    """``--plan``: the profile and each adapter set's settings with their reasons (the rules, the
+    competition's recipe, the options), in seconds, without Prefect or training."""
+    cmd = [sys.executable, str(REPO / "flows" / "submit.py"), "--competition", "demo", "--plan", "--work-dir",
+           str(tmp_path / "w"), "--epochs", "1", "--adapter-set", "expressive:epochs=2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "### Data profile: demo" in out and "Nothing trained (--plan)" in out
+    assert "Adapter set `lora` (minilm; 2 folds)" in out and "Adapter set `lora_expressive_e2`" in out
+    assert "- config: max_seq_len = 64 ([training] of demo.toml)" in out and "- override: epochs = 1" in out
+    assert "- override: epochs = 2" in out  # the set's own epochs, after the run's
+    artifacts = tmp_path / "w" / "artifacts"
+    assert len(list(artifacts.glob("plan-*.json"))) == 2
+    assert not list(artifacts.glob("adapter-*")) and not (tmp_path / "w" / "results").exists()
+    bad = subprocess.run(cmd[:-2] + ["--adapter-set", "efficient"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "trains exactly what the main set trains" in bad.stderr  # demo's main is efficient
+
+
 def test_cli_parses_recipe_options():
     sys.path.insert(0, str(REPO / "flows"))
     from submit import build_parser

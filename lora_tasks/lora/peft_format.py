@@ -17,6 +17,7 @@ adapter as ``head.safetensors`` (our key names) and read back by :func:`import_p
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -27,7 +28,8 @@ import mlx.nn as nn
 import numpy as np
 
 from lora_tasks.lora.adapter import HEAD_ATTR, AdapterLoadError, LoRAAdapter
-from lora_tasks.lora.config import TARGETS, LoRAConfig, target_of_path
+from lora_tasks.lora.config import MODERNBERT_TARGETS, TARGETS, LoRAConfig, target_of_path
+from lora_tasks.lora.layers import SlicedLoRALinear
 
 ADAPTER_FILE = "adapter_model.safetensors"
 ADAPTER_BIN = "adapter_model.bin"
@@ -53,17 +55,37 @@ _SUFFIXES = {
 }
 
 
+_STACK_RE = re.compile(r"(?:^|\.)((?:encoder\.layer|layers)\.\d+\..+)$")
+
+
 def _encoder_relative(path: str) -> str:
-    """``bert.encoder.layer.0...`` -> ``encoder.layer.0...`` (PEFT's names for a BertModel)."""
-    i = path.find("encoder.layer.")
-    if i < 0:
-        raise ValueError(f"{path!r} is not inside a BERT encoder; PEFT export covers encoder layers only.")
-    return path[i:]
+    """``bert.encoder.layer.0...`` -> ``encoder.layer.0...`` (PEFT's names for a BertModel);
+    ModernBERT's ``model.layers.0.attn.Wqkv`` -> ``layers.0.attn.Wqkv`` (a ModernBertModel's)."""
+    m = _STACK_RE.search(path)
+    if m is None:
+        raise ValueError(f"{path!r} is not inside an encoder's layer stack; PEFT export covers its layers only.")
+    return m.group(1)
 
 
-def _encoder_prefix(adapter: LoRAAdapter) -> str:
-    path = next(iter(adapter.layers))
-    return path[: path.find("encoder.layer.")]
+def _peft_arrays(layer: nn.Module) -> tuple[dict[str, mx.array], int, float]:
+    """A layer's tensors as PEFT holds them, with the rank and alpha PEFT must use for them.
+
+    PEFT adapts whole modules: the slices of ModernBERT's fused ``Wqkv`` (one rank-r pair per
+    adapted q/k/v block) are exactly one LoRA of rank ``r * k`` on it, A stacked and B placed
+    block-wise, with alpha scaled so ``alpha / r`` (rsLoRA: ``alpha / sqrt(r)``) is unchanged."""
+    if not isinstance(layer, SlicedLoRALinear):
+        return layer.adapter_parameters(), layer.r, layer.alpha
+    names, r = layer.slice_names, layer.r
+    out_dims, _ = layer._dims
+    a = mx.concatenate([layer[f"lora_a_{n}"] for n in names], axis=0)
+    blocks = []
+    for n in names:
+        start, stop = layer._slices[n]
+        b = layer[f"lora_b_{n}"]
+        blocks.append(mx.concatenate([mx.zeros((start, r), b.dtype), b, mx.zeros((out_dims - stop, r), b.dtype)]))
+    k = len(names)
+    alpha = layer.alpha * (math.sqrt(k) if layer.use_rslora else k)
+    return {"lora_a": a, "lora_b": mx.concatenate(blocks, axis=1)}, r * k, alpha
 
 
 class PeftNames:
@@ -74,14 +96,18 @@ class PeftNames:
     class's ``checkpoint_renames`` (theirs, ours) pairs say how they differ. BERT, RoBERTa and
     ELECTRA have none: PEFT's names are ours."""
 
-    def __init__(self, renames: tuple[tuple[str, str], ...] = ()) -> None:
+    def __init__(self, renames: tuple[tuple[str, str], ...] = (), modernbert: bool = False) -> None:
         self.renames = tuple(renames)
+        self.modernbert = modernbert  # its checkpoints' names are ours (layers.N.attn.Wqkv, mlp.Wi)
 
     @classmethod
     def of(cls, model: nn.Module) -> "PeftNames":
         """The names of the encoder inside ``model`` (a bare encoder or one inside a head model)."""
-        renames = next((m.checkpoint_renames for _, m in model.named_modules() if hasattr(m, "checkpoint_renames")), ())
-        return cls(renames)
+        from lora_tasks.models.modernbert import ModernBertModel
+
+        modules = [m for _, m in model.named_modules()]
+        renames = next((m.checkpoint_renames for m in modules if hasattr(m, "checkpoint_renames")), ())
+        return cls(renames, modernbert=any(isinstance(m, ModernBertModel) for m in modules))
 
     def theirs(self, rel: str) -> str:
         """``encoder.layer.0.attention.self.query`` -> the transformers name (``...attention.attn.q``)."""
@@ -100,6 +126,8 @@ class PeftNames:
     def targets(self, targets: tuple[str, ...]) -> list[str] | str:
         """target_modules as PEFT reads them (it matches each as a suffix of module names); a regex
         when a plain suffix would over-match (BERT's ``output.dense`` also ends ``attention.output.dense``)."""
+        if self.modernbert:  # q, k and v all live in attn.Wqkv
+            return list(dict.fromkeys(MODERNBERT_TARGETS[t] for t in targets))
         if not self.renames:
             names = {t: _PEFT_TARGET_NAME[t] for t in TARGETS}
         else:  # whole layer-relative names: MPNet's "attention.attn.q", DistilBERT's "attention.q_lin"
@@ -121,7 +149,7 @@ def peft_state_dict(adapter: LoRAAdapter) -> dict[str, mx.array]:
     peft = PeftNames.of(adapter.model)
     for path, layer in adapter.layers.items():
         rel = peft.theirs(_encoder_relative(path))
-        for attr, value in layer.adapter_parameters().items():
+        for attr, value in _peft_arrays(layer)[0].items():
             out[f"{PEFT_PREFIX}{rel}{names[attr]}"] = value
     return out
 
@@ -134,10 +162,11 @@ def peft_config_dict(adapter: LoRAAdapter, base_model_name_or_path: str | None =
     alpha_pattern: dict[str, float] = {}
     for path, layer in adapter.layers.items():
         rel = peft.theirs(_encoder_relative(path))
-        if layer.r != cfg.r:
-            rank_pattern[rel] = layer.r
-        if layer.alpha != cfg.resolved_alpha:
-            alpha_pattern[rel] = layer.alpha
+        _, r, alpha = _peft_arrays(layer)
+        if r != cfg.r:
+            rank_pattern[rel] = r
+        if alpha != cfg.resolved_alpha:
+            alpha_pattern[rel] = alpha
     return {
         "peft_type": "LORA",
         "task_type": None,
@@ -250,6 +279,11 @@ def import_peft(model: nn.Module, directory: str | os.PathLike, freeze_base: boo
     reported in one :class:`AdapterLoadError`.
     """
     directory = Path(directory)
+    if PeftNames.of(model).modernbert:
+        raise AdapterLoadError(
+            f"PEFT adapters do not import onto ModernBERT: PEFT adapts the fused attn.Wqkv as one module, ours "
+            f"adapt its query/key/value row slices. Load adapters saved in our format instead (LoRAAdapter.load); "
+            f"{directory} stays as it is.")
     config, tensors = read_peft(directory)
     _check_peft_config(config, directory)
     global_r = int(config["r"])
