@@ -226,8 +226,9 @@ def kaggle_lora(
 
     ``adapters``: number of folds (= adapters); ``preset``/``epochs``/``max_seq_len`` override
     the competition's ``[training]`` recipe and the auto-configured settings. ``top_layers``:
-    adapters on the top N encoder layers only (``"all"``: every layer); the frozen layers below run once per dataset (cached on disk) instead of once per fold,
-    epoch and batch. ``combine="blend"`` blends the fold adapters with the
+    adapters on the top N encoder layers only (``"all"``: every layer); the frozen layers below
+    run once per dataset (cached on disk) instead of once per fold, epoch and batch.
+    ``combine="blend"`` blends the fold adapters with the
     scikit-learn ``baseline`` members trained on the same folds (``blend_method``: caruana, weights,
     mean, rank_mean or stacking, fit on out-of-fold rows); ``merge`` folds the adapters into
     one model (no baseline). ``data_dir``: where downloads go (default ``<work_dir>/data``).
