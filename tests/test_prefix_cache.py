@@ -54,14 +54,18 @@ def test_training_from_prefix_matches_plain_training(tmp_path):
     np.testing.assert_allclose(predict(wrapped, cached), predict(plain, data), atol=1e-4)
 
 
-def test_prefix_states_are_cached_on_disk_by_content(tmp_path):
+def test_prefix_states_are_cached_on_disk_by_content(tmp_path, caplog):
     data = toy_data(32)
     model = _top_only_model()
-    _, first = prefix_dataset(model, data, cache_dir=tmp_path)
+    with caplog.at_level("INFO", logger="lora_tasks.prefix_cache"):
+        _, first = prefix_dataset(model, data, cache_dir=tmp_path)
     files = list(tmp_path.glob("prefix-*.npy"))
     assert len(files) == 1
-    _, again = prefix_dataset(model, data, cache_dir=tmp_path)
-    assert isinstance(again.input_ids, np.memmap)  # loaded, not recomputed
+    assert "computing the hidden states entering layer 2 for 32 rows once" in caplog.text  # long work says so
+    caplog.clear()
+    with caplog.at_level("INFO", logger="lora_tasks.prefix_cache"):
+        _, again = prefix_dataset(model, data, cache_dir=tmp_path)
+    assert isinstance(again.input_ids, np.memmap) and not caplog.text  # loaded, not recomputed
     np.testing.assert_array_equal(np.asarray(again.input_ids), first.input_ids)
     other = toy_data(32, seed=3)
     prefix_dataset(model, other, cache_dir=tmp_path)
