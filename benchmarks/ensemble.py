@@ -1,5 +1,6 @@
-"""Training K adapters on MiniLM: fused (one step, K-times batch), sequential, thread-parallel;
-and the frozen-prefix cache for a top-only preset against the plain path.
+"""Training K adapters on MiniLM: fused (one step, K-times batch), sequential, thread-parallel,
+process-parallel (two worker processes, as Prefect's process runner trains folds); and the
+frozen-prefix cache for a top-only preset against the plain path.
 
     python benchmarks/ensemble.py [--ks 2,4,8] [--steps 3] [--batch 16] [--seq 64]
 
@@ -65,7 +66,17 @@ def _make_step(model):
     return lambda ids, mask, y: mx.eval(compiled(ids, mask, y), state)
 
 
-def worker_steps(mode: str, k: int, steps: int, batch: int, seq: int) -> dict:
+def _wait_for_peers(barrier: str | None, parties: int) -> None:
+    """Processes mode: each worker, warmed up, waits until every worker is, so their timed rounds overlap."""
+    if not barrier:
+        return
+    Path(barrier, f"ready-{os.getpid()}").touch()
+    while len(list(Path(barrier).glob("ready-*"))) < parties:
+        time.sleep(0.01)
+
+
+def worker_steps(mode: str, k: int, steps: int, batch: int, seq: int, barrier: str | None = None,
+                 parties: int = 1) -> dict:
     import mlx.core as mx
     import numpy as np
 
@@ -88,6 +99,8 @@ def worker_steps(mode: str, k: int, steps: int, batch: int, seq: int) -> dict:
     elif mode == "sequential":
         fns = [_make_step(m) for m, _ in pairs]
         for i in range(steps + 1):
+            if i == 1:
+                _wait_for_peers(barrier, parties)
             t = time.perf_counter()
             for fn in fns:
                 fn(ids, mask, y)
@@ -162,6 +175,30 @@ def _run(args: list[str], single_blas: bool = False, timeout: float | None = Non
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _run_processes(k: int, common: list[str], single_blas: bool) -> dict:
+    """What ``--runner process`` does for K fold adapters on this machine: two worker processes at
+    once, each training its half sequentially (rounds synchronized after the warm-up). A round of
+    all K is the slower worker's round."""
+    import tempfile
+
+    env = dict(os.environ)
+    if single_blas:
+        env.update(MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    halves = [k - k // 2, k // 2]
+    with tempfile.TemporaryDirectory() as barrier:
+        procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", "sequential", "--k",
+                                   str(half), *common, "--barrier", barrier, "--parties", "2"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for half in halves]
+        outs = [proc.communicate() for proc in procs]
+    for proc, (_, err) in zip(procs, outs):
+        if proc.returncode != 0:
+            raise RuntimeError(f"processes worker failed:\n{err[-3000:]}")
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    return {"mode": "processes", "k": k, "round_s": max(r["round_s"] for r in results),
+            "rounds": [max(a, b) for a, b in zip(results[0]["rounds"], results[1]["rounds"])]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--ks", default="2,4,8")
@@ -174,10 +211,13 @@ def main() -> None:
     ap.add_argument("--thread-timeout", type=float, default=90.0)
     ap.add_argument("--worker", default=None)
     ap.add_argument("--k", type=int, default=2)
+    ap.add_argument("--barrier", default=None)
+    ap.add_argument("--parties", type=int, default=1)
     args = ap.parse_args()
 
     if args.worker in ("fused", "sequential", "threads"):
-        print(json.dumps(worker_steps(args.worker, args.k, args.steps, args.batch, args.seq)))
+        print(json.dumps(worker_steps(args.worker, args.k, args.steps, args.batch, args.seq, args.barrier,
+                                      args.parties)))
         return
     if args.worker in ("prefix", "plain"):
         print(json.dumps(worker_prefix(args.worker, args.k, args.prefix_epochs, args.prefix_rows, args.batch,
@@ -201,18 +241,24 @@ def main() -> None:
             # compiled steps in two Python threads have hung on this box: the thread mode gets a time limit
             res[mode] = _run(["--worker", mode, "--k", str(k), *common], single_blas=mode == "threads",
                              timeout=args.thread_timeout if mode == "threads" else None)
-            if res[mode] is None:
-                continue
-            print(f"K={k} {mode}: {res[mode]['round_s']:.2f} s/round (rounds {[round(x, 2) for x in res[mode]['rounds']]})",
-                  flush=True)
+        if k >= 2:  # Prefect's process runner: as it runs (BLAS threads as configured), and with 1-thread BLAS
+            res["processes"] = _run_processes(k, common, single_blas=False)
+            res["processes-1blas"] = _run_processes(k, common, single_blas=True)
+        for mode, r in res.items():
+            if r is not None:
+                print(f"K={k} {mode}: {r['round_s']:.2f} s/round (rounds {[round(x, 2) for x in r['rounds']]})",
+                      flush=True)
         raw[k] = res
         seq_s = res["sequential"]["round_s"] / k
-        for mode in ("sequential", "fused", "threads"):
+        labels = {"threads": "threads (2, BLAS 1 thread each)",
+                  "processes": "processes (2, as --runner process runs them)",
+                  "processes-1blas": "processes (2, BLAS 1 thread each)"}
+        for mode in res:
             if res[mode] is None:
                 rows.append(row(f"threads K={k}: not measured (hung past {args.thread_timeout:g} s)", 0.0, "s"))
                 continue
             per = res[mode]["round_s"] / k
-            label = "threads (2, MKL 1 thread each)" if mode == "threads" else mode
+            label = labels.get(mode, mode)
             rows.append(row(f"{label} K={k} b{args.batch} s{args.seq}: time per adapter-step", per, "s",
                             None if mode == "sequential" else seq_s, higher_is_better=False))
             if mode != "sequential":

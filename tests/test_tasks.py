@@ -129,8 +129,11 @@ def test_dask_runner_is_built_or_a_clear_error(monkeypatch):
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flows"))
-    from kaggle_lora import make_task_runner
+    from kaggle_lora import BLAS_THREAD_VARS, make_task_runner
 
+    for var in BLAS_THREAD_VARS:  # what the runners set for their workers is undone after the test
+        monkeypatch.setenv(var, "0")
+        monkeypatch.delenv(var)
     try:
         from prefect_dask import DaskTaskRunner
     except ImportError:
@@ -151,6 +154,24 @@ def test_dask_runner_is_built_or_a_clear_error(monkeypatch):
     assert type(make_task_runner("process")).__name__ == "ProcessPoolTaskRunner"
     with pytest.raises(ValueError, match="thread, process, dask"):
         make_task_runner("ray")
+
+
+def test_local_worker_processes_share_the_cores_for_blas(monkeypatch):
+    """Two fold-training processes on two cores with a full BLAS pool each ran at 0.7x of
+    sequential training (benchmarks/ensemble.py); the process runner gives each its share."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flows"))
+    from kaggle_lora import BLAS_THREAD_VARS, make_task_runner, share_cores
+
+    for var in BLAS_THREAD_VARS:
+        monkeypatch.setenv(var, "0")
+        monkeypatch.delenv(var)
+    cores = os.cpu_count() or 1
+    assert type(make_task_runner("process", max_workers=2)).__name__ == "ProcessPoolTaskRunner"
+    assert {var: os.environ[var] for var in BLAS_THREAD_VARS} == dict.fromkeys(BLAS_THREAD_VARS, str(max(1, cores // 2)))
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")  # a value the user set wins
+    assert share_cores(8)["OPENBLAS_NUM_THREADS"] == "3"
 
 
 def test_download_task_retries_transient_errors_only(harness, tmp_path, monkeypatch):
