@@ -1,5 +1,6 @@
 """Quality: K-fold CV of LoRA adapters (one per fold; each competition's ``[training]`` recipe
-over the auto-selected settings, as the flow trains them) on the real shared competitions, beside scikit-learn anchors on the same folds, with wall time.
+over the auto-selected settings, as the flow trains them) on the real shared competitions,
+beside scikit-learn anchors on the same folds, with wall time.
 
     python benchmarks/quality.py [--competitions titanic,house-prices,nlp-getting-started]
         [--folds 5] [--rows N] [--epochs E] [--top-layers L] [--max-len T] [--model ID] [--name NAME]

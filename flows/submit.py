@@ -142,7 +142,7 @@ def show_plan(args: argparse.Namespace) -> int:
         with (P.offline_kaggle(work) if offline else contextlib.nullcontext(args.kaggle_endpoint)) as endpoint:
             plans = P.plan_run(args.competition, work, data_dir=args.data_dir, endpoint=endpoint, model=args.model,
                                tiny=args.tiny, overrides=overrides, max_train_rows=args.max_train_rows,
-                               adapter_sets=args.adapter_sets)
+                               adapter_sets=[] if args.combine == "merge" else args.adapter_sets)  # sets only blend
     except Exception as exc:  # noqa: BLE001 - the CLI's job is a clear last line
         print(f"\nkaggle-lora failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
