@@ -138,6 +138,10 @@ def show_plan(args: argparse.Namespace) -> int:
     overrides = {"preset": args.preset, "n_folds": args.adapters, "epochs": args.epochs,
                  "max_seq_len": args.max_seq_len, "top_layers": args.top_layers}
     offline = args.competition == P.DEMO_SLUG and not args.kaggle_endpoint
+    if args.combine == "merge" and args.adapter_sets:
+        print("\nkaggle-lora failed: adapter sets blend as members of their own; they need --combine blend.",
+              file=sys.stderr)
+        return 1
     try:
         with (P.offline_kaggle(work) if offline else contextlib.nullcontext(args.kaggle_endpoint)) as endpoint:
             plans = P.plan_run(args.competition, work, data_dir=args.data_dir, endpoint=endpoint, model=args.model,
