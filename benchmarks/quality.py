@@ -3,8 +3,8 @@ over the auto-selected settings, as the flow trains them) on the real shared com
 beside scikit-learn anchors on the same folds, with wall time.
 
     python benchmarks/quality.py [--competitions titanic,house-prices,nlp-getting-started]
-        [--folds 5] [--rows N] [--epochs E] [--top-layers L] [--max-len T] [--model ID] [--name NAME]
-        [--also SETTINGS_KEY,...]
+        [--folds 5] [--rows N] [--epochs E] [--top-layers L|all] [--dropout P] [--max-len T] [--model ID]
+        [--name NAME] [--also SETTINGS_KEY,...]
 
 Each competition gives: each scikit-learn member's OOF score (the first is the issue's anchor),
 the LoRA adapters' OOF score, and Caruana blends (the flow's default combine) of the scikit-learn
@@ -12,17 +12,24 @@ members alone and with the adapters, scored nested out-of-fold. The adapters' OO
 are kept under ``.kaggle-lora/bench-cache/oof`` by their settings: a rerun re-blends only.
 
 ``--top-layers L`` adapts only the top L encoder layers and trains from the frozen-prefix cache
-(the lower layers run once for all folds and epochs). ``--rows`` subsamples train rows for a
+(the lower layers run once for all folds and epochs); ``all`` adapts every layer whatever the
+recipe says. ``--rows`` subsamples train rows for a
 quick run. Anchors: HistGradientBoosting with ordinal encoding (tabular), TF-IDF with logistic or
 ridge regression (text), from :mod:`lora_tasks.sklearn_members`. ``--also`` adds the kept OOF
 predictions of other adapter settings (file stems under the cache, same rows and folds) as more
 members of the blends: a diversity ensemble of adapters trained with different settings.
+
+Every fold checkpoints each epoch under ``.kaggle-lora/bench-cache/ckpt/<settings>``: a run that is
+stopped (a base-size encoder on every layer takes hours on two cores) resumes where it was on the
+next call with the same arguments; the checkpoints are removed once the OOF predictions are kept.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -41,6 +48,7 @@ from lora_tasks.hub import resolve_model_dir
 from lora_tasks.metrics import get_metric
 from lora_tasks.models import create_bert_with_lora
 from lora_tasks.models.encoder import read_model_config
+from lora_tasks.progress import LogProgress
 from lora_tasks.thresholds import nested_threshold_score, tunes_threshold
 from lora_tasks.train import Dataset, TrainConfig
 
@@ -59,7 +67,8 @@ def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list
     profile = profile_competition(cfg, tokenizer=tok, train=train_df)
     settings = auto_configure(profile, competition=cfg)
     epochs = args.epochs or settings.epochs
-    top = args.top_layers or settings.top_layers or 0  # the competition's [training] recipe
+    # the competition's [training] recipe unless given; "all" (0 below) adapts every layer
+    top = 0 if args.top_layers == "all" else int(args.top_layers or settings.top_layers or 0)
     max_len = args.max_len or settings.max_seq_len
     metric = get_metric(cfg.metric)
     y_raw = train_df[cfg.target_column].to_numpy()
@@ -94,7 +103,10 @@ def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list
                           template=template.fingerprint()).encoded
     labels = y.astype(np.float32) if head == "regression" else y.astype(np.int32)
     data = Dataset.from_encoded(enc, labels)
+    # the top-layer runs train without LoRA dropout (as the flow's prefix path does); else the preset's
     overrides = {"dropout": 0.0} if top else {}
+    if args.dropout is not None:
+        overrides["dropout"] = args.dropout
     if top:
         n_layers = read_model_config(resolve_model_dir(args.model)).num_hidden_layers
         overrides["layers_to_transform"] = tuple(range(n_layers - top, n_layers))
@@ -121,7 +133,8 @@ def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list
                        class_weights=settings.class_weight, early_stopping_patience=None)
     # LoRA OOF predictions are kept by their settings, so a rerun only re-blends (--retrain to refit)
     key = (f"{slug}-{preset}-e{epochs}-t{max_len}-top{top}-lr{tcfg.learning_rate}-n{len(train_df)}-k{args.folds}"
-           f"-tpl{template.fingerprint()[:8]}" + (f"-m{Path(args.model).name}" if args.model else ""))
+           f"-tpl{template.fingerprint()[:8]}" + (f"-m{Path(args.model).name}" if args.model else "")
+           + (f"-d{args.dropout:g}" if args.dropout is not None else ""))
     oof_file = CACHE / "oof" / f"{key}.npz"
     if oof_file.exists() and not args.retrain:
         saved = np.load(oof_file)
@@ -130,14 +143,18 @@ def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list
         print(f"LoRA OOF from {oof_file} (trained in {wall:.0f} s)")
     else:
         t = time.perf_counter()
+        ckpt_root = CACHE / "ckpt" / key  # a stopped run resumes from each fold's last finished epoch
         res = cross_validate(make_model, train_data, None, cfg=tcfg, folds=folds,
-                             checkpoint_root=None, name=f"{name} fold")
-        wall = time.perf_counter() - t
+                             checkpoint_root=ckpt_root, progress=LogProgress(every_s=120), name=f"{name} fold")
+        # training time of every epoch, also those of earlier calls that this one resumed from
+        wall = sum(h["seconds"] for r in res.fold_results for h in r.history)
+        print(f"{len(res.fold_results)} folds trained ({wall:.0f} s of epochs; this call {time.perf_counter() - t:.0f} s)")
         oof = res.oof
         best_epochs = [r.best_epoch for r in res.fold_results]
         oof_file.parent.mkdir(parents=True, exist_ok=True)
         np.savez(oof_file.with_suffix(".tmp.npz"), oof=oof, wall=wall, best_epochs=np.asarray(best_epochs))
         oof_file.with_suffix(".tmp.npz").replace(oof_file)
+        shutil.rmtree(ckpt_root, ignore_errors=True)
     ours = score(oof)
     rows.append(row(f"{name} lora {preset} {args.folds}-fold {cfg.metric}", ours, cfg.metric, anchor_score,
                     higher_is_better=metric.greater_is_better, wall_s=round(wall, 1), rows=len(train_df),
@@ -191,12 +208,16 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.0)
     ap.add_argument("--max-len", type=int, default=0, help="token limit per row (default: auto-configured)")
     ap.add_argument("--preset", default="")
-    ap.add_argument("--top-layers", type=int, default=0, help="default: the competition's [training] top_layers")
+    ap.add_argument("--top-layers", default="", help="N or all (default: the competition's [training] top_layers)")
+    ap.add_argument("--dropout", type=float, default=None, help="LoRA dropout (default: the preset's; 0 with --top-layers)")
     ap.add_argument("--model", default=None)
     ap.add_argument("--name", default="quality")
     ap.add_argument("--also", default="", help="kept OOF settings keys (cache file stems) to blend in as more adapters")
     ap.add_argument("--retrain", action="store_true", help="train the adapters even when their OOF predictions are kept")
     args = ap.parse_args()
+    # each fold's epochs, and a line every two minutes inside long ones (output often goes to a file)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("lora_tasks").setLevel(logging.INFO)
     print(lora_tasks.blas_info().summary())
     tok = Tokenizer.from_pretrained(args.model)
     rows: list[dict] = []

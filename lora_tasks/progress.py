@@ -1,12 +1,15 @@
-"""One progress interface for training: a rich bar in the terminal, Prefect artifacts in flows.
+"""One progress interface for training: a rich bar in the terminal, log lines in batch jobs,
+Prefect artifacts in flows.
 
 The training loop only knows :class:`ProgressCallback`; what draws the progress is pluggable.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,45 @@ class RichProgress:
         if event.metric is not None:
             info += f" {event.metric_name} {event.metric:.4f}"
         self._progress.update(self._tasks[event.name], completed=event.step, info=info)
+
+
+class LogProgress:
+    """A log line per run every ``every_s`` seconds and at every epoch end.
+
+    For jobs whose output goes to a file (``nohup``, CI, a scheduler): a bar redraws in place and
+    leaves nothing readable there, while an hour-long fold must still say where it is and when it
+    will end. ``clock`` is injectable so the throttling can be tested without waiting.
+    """
+
+    def __init__(self, every_s: float = 60.0, logger: logging.Logger | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = every_s
+        self._log = logger or logging.getLogger("lora_tasks.progress")
+        self._clock = clock
+        self._last: dict[str, float] = {}
+
+    def __call__(self, event: ProgressEvent) -> None:
+        now = self._clock()
+        if not event.epoch_end and now - self._last.get(event.name, -float("inf")) < self.every_s:
+            return
+        self._last[event.name] = now
+        line = (f"{event.name}: epoch {event.epoch}/{event.epochs}, step {event.step}/{event.steps}, "
+                f"loss {event.loss:.4f}, {event.samples_per_s:.1f} samples/s")
+        if event.epoch_end:
+            if event.metric is not None:
+                line += f", valid {event.metric_name} {event.metric:.4f}"
+        else:
+            line += f", done in ~{_duration(event.eta_s)}"
+        self._log.info(line)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 class EventLog:

@@ -315,6 +315,7 @@ def train(
             result.stopped_early = True
             break
         losses: list[float] = []
+        epoch_start = time.perf_counter()
         mx.random.seed(cfg.seed * 1000 + epoch)  # dropout masks depend on (seed, epoch) only
         batches = bucket_indices(train_data.lengths, cfg.batch_size, seed=cfg.seed * 1000 + epoch)
         accum = None
@@ -354,6 +355,8 @@ def train(
                 bad_epochs += 1
         else:
             result.best_epoch = epoch
+        # kept in the checkpoint with the rest of the history: a resumed run still knows what it cost
+        row["seconds"] = round(time.perf_counter() - epoch_start, 2)
         result.history.append(row)
         if ckpt is not None:
             if best_weights is not None and result.best_epoch == epoch:

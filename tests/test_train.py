@@ -115,6 +115,7 @@ cfg = TrainConfig(epochs=4, batch_size=16, early_stopping_patience=None, compile
 res = train(model, data.subset(np.arange(128)), data.subset(np.arange(128, 160)), cfg, checkpoint_dir=sys.argv[1],
             progress=lambda e: time.sleep(slow))
 print(json.dumps({{"resumed_from": res.resumed_from_epoch, "epochs": len(res.history),
+                  "seconds": [h["seconds"] for h in res.history],
                   "w": {{k: np.array(v).tolist() for k, v in tree_flatten(model.trainable_parameters())
                         if k.startswith("head")}}}}))
 """
@@ -159,6 +160,8 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
     assert again.returncode == 0, _stderr(again)
     resumed = json.loads(out.strip().splitlines()[-1])
     assert resumed["resumed_from"] >= 2 and resumed["epochs"] == 4
+    # the epochs of the killed run keep their cost (8 steps slept 0.05 s each); the resumed ones are new
+    assert min(resumed["seconds"][:2]) >= 0.4 and all(s > 0 for s in resumed["seconds"])
 
     fresh = _child(tmp_path / "fresh", 0.0)
     out, _ = fresh.communicate(timeout=300)
