@@ -76,9 +76,9 @@ def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list
     y = np.log1p(y_raw).astype(np.float32) if log1p else y_raw
     head = HEADS[cfg.task_type]
     folds = make_folds(y, head, args.folds, seed=0)
-    print(f"\n== {slug}: {len(train_df)} rows, {cfg.task_type}, metric {cfg.metric}; settings: preset "
-          f"{settings.preset}, max_len {max_len}, batch {settings.batch_size}, epochs {epochs}, "
-          f"lr {settings.learning_rate}")
+    print(f"\n== {slug}: {len(train_df)} rows, {cfg.task_type}, metric {cfg.metric}; settings (after the "
+          f"options): preset {args.preset or settings.preset}, max_len {max_len}, batch {settings.batch_size}, "
+          f"epochs {epochs}, lr {args.lr or settings.learning_rate}, top layers {top or 'all'}")
 
     def score(pred: np.ndarray) -> float:
         return float(metric(y_raw, np.expm1(pred) if log1p else pred))
