@@ -1,13 +1,13 @@
-"""Generate the committed PEFT adapters on the tiny MPNet and DistilBERT fixtures with PEFT itself.
+"""Generate the committed PEFT adapters on the tiny MPNet, DistilBERT and ModernBERT fixtures with PEFT itself.
 
 Run once, in an environment that has torch and peft (never a test or runtime dependency):
 
     /tmp/peer/bin/python scripts/make_peft_fixtures.py
 
-(torch 2.x, transformers 5.24, peft.) It loads tests/fixtures/{mpnet,distilbert}_tiny with
-transformers, puts a LoRA adapter on it under those checkpoints' own layer names (MPNet's
+(torch 2.x, transformers 5.24, peft.) It loads tests/fixtures/{mpnet,distilbert,modernbert}_tiny
+with transformers, puts a LoRA adapter on it under those checkpoints' own layer names (MPNet's
 ``attention.attn.q``, DistilBERT's ``attention.q_lin`` and ``ffn.lin2`` with a rank and alpha
-pattern), draws random B so the adapter changes the states, and writes
+pattern, ModernBERT's fused ``attn.Wqkv`` as one module and ``mlp.Wi``), draws random B so the adapter changes the states, and writes
 tests/fixtures/peft_<name>_lora/ (PEFT's save_pretrained) and ``peft_<name>_lora_expected.npz``
 (the token ids and mask of the base fixture's golden file, PEFT's last hidden states).
 """
@@ -21,19 +21,22 @@ from pathlib import Path
 import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import DistilBertModel, MPNetModel
+from transformers import DistilBertModel, ModernBertModel, MPNetModel
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 ADAPTERS = {
     "mpnet": (MPNetModel, dict(r=4, lora_alpha=8, target_modules=["q", "v", "o"])),
     "distilbert": (DistilBertModel, dict(r=4, lora_alpha=8, target_modules=["q_lin", "v_lin", "lin2"],
                                          rank_pattern={"lin2": 2}, alpha_pattern={"lin2": 3})),
+    "modernbert": (ModernBertModel, dict(r=4, lora_alpha=8, target_modules=["Wqkv", "Wi"],
+                                         rank_pattern={"Wi": 2}, alpha_pattern={"Wi": 3})),
 }
 
 
 def main() -> None:
     for name, (cls, lora) in ADAPTERS.items():
         model = cls.from_pretrained(str(OUT / f"{name}_tiny")).eval()
+        torch.manual_seed(0)  # PEFT draws A from torch's global generator: the same files on every run
         peft_model = get_peft_model(model, LoraConfig(lora_dropout=0.0, **lora)).eval()
         g = torch.Generator().manual_seed(3)
         with torch.no_grad():

@@ -169,7 +169,7 @@ def test_peft_export_writes_the_wqkv_slices_as_one_lora_of_their_summed_rank(fix
     do (checked by hand with PEFT 0.21 on this fixture: 3.9e-5 for expressive, 1.5e-5 rsLoRA)."""
     import json
 
-    from lora_tasks.lora import AdapterLoadError, export_peft, import_peft
+    from lora_tasks.lora import export_peft, import_peft
 
     model, adapter = create_model_with_lora("modernbert", lora, model=fixtures_dir / "modernbert_tiny", seed=0)
     for layer in adapter.layers.values():
@@ -191,5 +191,58 @@ def test_peft_export_writes_the_wqkv_slices_as_one_lora_of_their_summed_rank(fix
     wqkv = [p for p in adapter.layers if p.endswith("attn.Wqkv")]
     assert wqkv and all(config["rank_pattern"][p[p.index("layers."):]] == adapter.config.r * len(
         adapter.layers[p].slice_names) for p in wqkv)
-    with pytest.raises(AdapterLoadError, match="do not import onto ModernBERT.*row slices"):
-        import_peft(model, out)
+    # and back: each slice at its own rank and alpha, the exact tensors, the same outputs
+    from lora_tasks.models import load_encoder
+
+    fresh = load_encoder(fixtures_dir / "modernbert_tiny").model
+    back = import_peft(fresh, out)
+    assert back.config.target_modules == adapter.config.target_modules and back.config.r == adapter.config.r
+    assert back.config.resolved_alpha == adapter.config.resolved_alpha and not back.config.layer_specific_config
+    ours = adapter.get_lora_state_dict()
+    theirs = back.get_lora_state_dict()
+    assert set(ours) == set(theirs)
+    for key, value in ours.items():
+        np.testing.assert_array_equal(np.array(theirs[key]), np.array(value), err_msg=key)
+    np.testing.assert_allclose(np.array(fresh(IDS, MASK)), np.array(model(IDS, MASK)), atol=1e-5)
+
+
+def test_an_adapter_peft_wrote_on_the_fused_wqkv_imports_and_matches_peft(fixtures_dir):
+    """PEFT on transformers' ModernBertModel (targets Wqkv as one module and Wi with a rank and
+    alpha pattern): one rank-4 pair on Wqkv lands as three rank-4 slices sharing its A."""
+    from lora_tasks.lora import import_peft
+    from lora_tasks.models import load_encoder
+
+    g = np.load(fixtures_dir / "peft_modernbert_lora_expected.npz")
+    base = load_encoder(fixtures_dir / "modernbert_tiny").model
+    ids, mask = mx.array(g["input_ids"]), mx.array(g["attention_mask"])
+    real = g["attention_mask"].astype(bool)
+    before = np.array(base(ids, mask))
+    adapter = import_peft(base, fixtures_dir / "peft_modernbert_lora")
+    assert adapter.config.target_modules == ("query", "key", "value", "intermediate")
+    wqkv = [layer for path, layer in adapter.layers.items() if path.endswith("attn.Wqkv")]
+    assert len(wqkv) == CFG.num_hidden_layers and all(layer.slice_names == ("query", "key", "value") for layer in wqkv)
+    assert all((layer.r, layer.alpha) == (4, 8.0) for layer in wqkv)
+    assert {(layer.r, layer.alpha) for path, layer in adapter.layers.items() if path.endswith("mlp.Wi")} == {(2, 3.0)}
+    after = np.array(base(ids, mask))
+    assert np.abs(before - g["last_hidden_state"])[real].max() > 1e-2  # the adapter matters
+    assert np.abs(after - g["last_hidden_state"])[real].max() < 1e-4
+    head_model = load_encoder(fixtures_dir / "modernbert_tiny", head_type="binary_classification").model
+    import_peft(head_model, fixtures_dir / "peft_modernbert_lora")  # onto the encoder inside a head model
+    assert np.abs(np.array(head_model.model(ids, mask)) - g["last_hidden_state"])[real].max() < 1e-4
+
+
+def test_a_dora_adapter_on_the_fused_wqkv_is_refused_naming_it(fixtures_dir, tmp_path):
+    import json
+    import shutil
+
+    from lora_tasks.lora import AdapterLoadError, import_peft
+    from lora_tasks.models import load_encoder
+
+    folder = tmp_path / "dora"
+    shutil.copytree(fixtures_dir / "peft_modernbert_lora", folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    base = load_encoder(fixtures_dir / "modernbert_tiny").model
+    with pytest.raises(AdapterLoadError, match=r"DoRA on ModernBERT's fused Wqkv is not supported.*layers\.0\.attn\.Wqkv"):
+        import_peft(base, folder)
+    assert not any(isinstance(m, LoRALinear) for _, m in base.named_modules())  # nothing was put on the model

@@ -9,6 +9,9 @@ onto the encoder wherever it sits in our model (``BertModel`` or ``BertWithHead.
 MPNet and DistilBERT checkpoints name their layers differently (``attention.attn.q``,
 ``transformer.layer.N.attention.q_lin``); their encoders list the renames
 (``checkpoint_renames``) and :class:`PeftNames` writes and reads PEFT's names for them.
+ModernBERT's names are its checkpoints' (``layers.N.attn.Wqkv``); PEFT adapts the fused ``Wqkv``
+as one module, ours its q/k/v row slices, and both directions are exact (:func:`_peft_arrays`,
+:func:`_wqkv_slices`).
 
 PEFT has no slot for our task head on a ``BertModel``; a trained head is written next to the
 adapter as ``head.safetensors`` (our key names) and read back by :func:`import_peft`.
@@ -28,7 +31,7 @@ import mlx.nn as nn
 import numpy as np
 
 from lora_tasks.lora.adapter import HEAD_ATTR, AdapterLoadError, LoRAAdapter
-from lora_tasks.lora.config import MODERNBERT_TARGETS, TARGETS, LoRAConfig, target_of_path
+from lora_tasks.lora.config import MODERNBERT_TARGETS, QKV_ORDER, TARGETS, LoRAConfig, targets_of_path
 from lora_tasks.lora.layers import SlicedLoRALinear
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -257,9 +260,38 @@ def _split_key(key: str, peft: PeftNames) -> tuple[str, str] | None:
     for suffix, attr in _SUFFIXES.items():
         if name.endswith(suffix):
             module = peft.ours(name[: -len(suffix)])
-            i = module.find("encoder.layer.")
-            return (module[i:] if i >= 0 else module), attr
+            m = _STACK_RE.search(module)
+            return (m.group(1) if m else module), attr
     return None
+
+
+def _wqkv_slices(parts: Mapping[str, mx.array], r: int, alpha: float, use_rslora: bool,
+                 ) -> tuple[dict[str, mx.array], int, float]:
+    """One PEFT LoRA on ModernBERT's fused ``Wqkv`` -> our per-slice arrays, rank and alpha.
+
+    A rank-r LoRA on the whole projection is exactly a rank-r pair per q/k/v row block sharing A
+    (``B[block] @ A``). When each block's B uses only some of the r columns, and all blocks the
+    same number (what :func:`export_peft` writes: k slices of rank r as one LoRA of rank r*k),
+    only those columns are kept: the slices come back at their own rank and alpha, exactly. A
+    block whose B is all zero is not adapted. Alpha follows the rank so that ``alpha / r`` (or
+    ``alpha / sqrt(r)``, rsLoRA) stays what PEFT used."""
+    a, b = np.array(parts["lora_a"]), np.array(parts["lora_b"])
+    block = b.shape[0] // 3
+    rows = {n: b[i * block:(i + 1) * block] for i, n in enumerate(QKV_ORDER)}
+    used = {n: np.flatnonzero(np.any(rb != 0, axis=0)) for n, rb in rows.items()}
+    used = {n: cols for n, cols in used.items() if cols.size}
+    if not used:  # B still at its zero init: every block, as PEFT would go on training it
+        used = {n: np.arange(r) for n in QKV_ORDER}
+    if len({cols.size for cols in used.values()}) > 1:  # blocks of different ranks: keep them whole
+        used = {n: np.arange(r) for n in used}
+    rank = next(iter(used.values())).size
+    arrays: dict[str, mx.array] = {}
+    for n, cols in used.items():
+        arrays[f"lora_a_{n}"] = mx.array(a[cols])
+        arrays[f"lora_b_{n}"] = mx.array(rows[n][:, cols])
+    ratio = rank / r
+    # 12 digits: undo the export's sqrt(k) exactly (8 * sqrt(2) / sqrt(2) is 8.000000000000002)
+    return arrays, rank, float(f"{alpha * (math.sqrt(ratio) if use_rslora else ratio):.12g}")
 
 
 def _pattern_value(patterns: Mapping[str, Any], rel: str) -> Any:
@@ -279,11 +311,6 @@ def import_peft(model: nn.Module, directory: str | os.PathLike, freeze_base: boo
     reported in one :class:`AdapterLoadError`.
     """
     directory = Path(directory)
-    if PeftNames.of(model).modernbert:
-        raise AdapterLoadError(
-            f"PEFT adapters do not import onto ModernBERT: PEFT adapts the fused attn.Wqkv as one module, ours "
-            f"adapt its query/key/value row slices. Load adapters saved in our format instead (LoRAAdapter.load); "
-            f"{directory} stays as it is.")
     config, tensors = read_peft(directory)
     _check_peft_config(config, directory)
     global_r = int(config["r"])
@@ -299,17 +326,22 @@ def import_peft(model: nn.Module, directory: str | os.PathLike, freeze_base: boo
             problems.append(f"  not a LoRA tensor (modules_to_save and trained biases are not supported): {key}")
             continue
         rel, attr = split
-        if target_of_path(rel) is None:
+        if not targets_of_path(rel):
             problems.append(f"  adapter on a module that is not a BERT LoRA target: {key}")
+            continue
+        if use_dora and len(targets_of_path(rel)) > 1:
+            problems.append(f"  DoRA on ModernBERT's fused Wqkv is not supported (our Wqkv adapters are LoRA): {key}")
             continue
         grouped.setdefault(rel, {})[attr] = value
 
     linears = {p: m for p, m in model.named_modules() if isinstance(m, nn.Linear)}
-    prefix = next((p[: p.find("encoder.layer.")] for p in linears if "encoder.layer." in p), None)
+    stacks = (_STACK_RE.search(p) for p in linears)
+    prefix = next((m.string[: m.start(1)] for m in stacks if m is not None), None)
     if prefix is None:
-        raise AdapterLoadError(f"{type(model).__name__} has no BERT encoder layers to put the adapter from {directory} on.")
+        raise AdapterLoadError(f"{type(model).__name__} has no encoder layers to put the adapter from {directory} on.")
 
     overrides: dict[str, dict[str, float]] = {}
+    arrays: dict[str, dict[str, mx.array]] = {}  # per module, the arrays under our attribute names
     for rel, parts in sorted(grouped.items()):
         path = prefix + rel
         needed = ("lora_a", "lora_b", "magnitude") if use_dora else ("lora_a", "lora_b")
@@ -329,6 +361,9 @@ def import_peft(model: nn.Module, directory: str | os.PathLike, freeze_base: boo
                 problems.append(f"  shape mismatch: {rel}.{attr}: adapter {tuple(value.shape)}, model {expect[attr]}")
         alpha = _pattern_value(config.get("alpha_pattern") or {}, peft.theirs(rel))
         alpha = global_alpha if alpha is None else float(alpha)
+        arrays[rel] = dict(parts)
+        if len(targets_of_path(rel)) > 1 and tuple(parts["lora_b"].shape) == expect["lora_b"]:
+            arrays[rel], r, alpha = _wqkv_slices(parts, r, alpha, bool(config.get("use_rslora", False)))
         if r != global_r or alpha != global_alpha:
             overrides[path] = {"r": r, "alpha": alpha}
     if problems:
@@ -339,7 +374,9 @@ def import_peft(model: nn.Module, directory: str | os.PathLike, freeze_base: boo
     if not grouped:
         raise AdapterLoadError(f"No LoRA tensors in {directory}/{ADAPTER_FILE}.")
 
-    targets = tuple(t for t in TARGETS if any(target_of_path(rel) == t for rel in grouped))
+    adapted = {target for rel, parts in arrays.items() for target in targets_of_path(rel)
+               if len(targets_of_path(rel)) == 1 or f"lora_a_{target}" in parts}
+    targets = tuple(t for t in TARGETS if t in adapted)
     lora_config = LoRAConfig(
         r=global_r,
         alpha=global_alpha,
@@ -351,7 +388,7 @@ def import_peft(model: nn.Module, directory: str | os.PathLike, freeze_base: boo
     )
     adapter = LoRAAdapter(model, lora_config, freeze_base=freeze_base)
     state = adapter.get_lora_state_dict()  # layers PEFT did not adapt keep B = 0: no change
-    for rel, parts in grouped.items():
+    for rel, parts in arrays.items():
         for attr, value in parts.items():
             state[f"{prefix}{rel}.{attr}"] = value
     head_file = directory / HEAD_FILE
