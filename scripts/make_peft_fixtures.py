@@ -49,6 +49,7 @@ def main() -> None:
         (folder / "README.md").unlink(missing_ok=True)  # PEFT's model card: not needed
         config = json.loads((folder / "adapter_config.json").read_text())  # no machine path in the fixture
         config["base_model_name_or_path"] = f"tests/fixtures/{name}_tiny"
+        config["target_modules"] = sorted(config["target_modules"])  # PEFT keeps a set: its order varies
         (folder / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         golden = np.load(OUT / f"{name}_tiny_expected.npz")
         batch = {k: torch.tensor(golden[k], dtype=torch.long) for k in ("input_ids", "attention_mask")}
