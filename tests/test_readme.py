@@ -154,3 +154,18 @@ def test_autoconfig_doc_lists_exactly_the_metrics_in_the_code():
     doc = (DOCS / "autoconfig.md").read_text()
     block = doc.split("<!-- metrics:start -->")[1].split("<!-- metrics:end -->")[0]
     assert block.strip() == metrics_markdown().strip(), "regenerate docs/autoconfig.md's metric table from metrics_markdown()"
+
+
+def _prose_words(text: str) -> list[str]:
+    """The words outside fenced code blocks (commands may repeat; explanations may not)."""
+    return re.sub(r"^```.*?^```[ \t]*$", " ", text, flags=re.S | re.M).split()
+
+
+@pytest.mark.parametrize("doc", sorted(DOCS.glob("*.md")), ids=_name)
+def test_docs_do_not_repeat_the_readme(doc):
+    """The README is the short guide and docs/ the detail: a passage in both goes stale in one."""
+    n = 12  # words: long enough that a shared phrase is a copied passage, not a common wording
+    readme = _prose_words(README.read_text())
+    text = " ".join(_prose_words(doc.read_text()))
+    copied = {" ".join(readme[i:i + n]) for i in range(len(readme) - n + 1) if " ".join(readme[i:i + n]) in text}
+    assert not copied, f"{_name(doc)} repeats README.md: {sorted(copied)[:3]}"
