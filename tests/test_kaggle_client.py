@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, mean_squared_log_error
 
-from lora_tasks import kaggle_io as kio
+from lora_tasks import kaggle as kio
 from lora_tasks.testing import fake_kaggle as fk
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
@@ -154,20 +154,21 @@ def test_broken_zip_on_first_download_creates_nothing(client, server, tmp_path):
         (fk.FAULT_401, "ListDataFiles", kio.CredentialsError, "settings/api", False),
         (fk.FAULT_403_RULES, "DownloadDataFiles", kio.RulesNotAcceptedError, "kaggle.com/competitions/titanic/rules", False),
         (fk.FAULT_404, "ListDataFiles", kio.NotFoundError, "Check the slug", False),
-        (fk.FAULT_429, "ListDataFiles", kio.RateLimitedError, "Retry after 7 s", True),
+        (fk.FAULT_429, "ListDataFiles", kio.RateLimitedError, "Retry after 500 s", True),
         (fk.FAULT_500, "DownloadDataFiles", kio.KaggleServerError, "server error (500)", True),
     ],
 )
 def test_download_faults_are_classified(fault, method, expected, fragment, retryable, client, server, tmp_path):
-    server.inject(fault, method=method, retry_after=7)
+    # A wait longer than MAX_RETRY_AFTER_S is not waited out inside the call: it is raised.
+    server.inject(fault, method=method, retry_after=500)
     with pytest.raises(expected) as info:
         kio.download_competition("titanic", tmp_path, client)
     assert fragment in str(info.value)
     assert kio.is_retryable(info.value) is retryable
     assert isinstance(info.value, kio.FatalKaggleError) is (not retryable)
     if fault == fk.FAULT_429:
-        assert info.value.retry_after == 7
-        assert kio.retry_after_seconds(info.value) == 7
+        assert info.value.retry_after == 500
+        assert kio.retry_after_seconds(info.value) == 500
     assert not (tmp_path / "titanic").exists()
 
 
@@ -367,7 +368,7 @@ def test_submit_and_read_back_the_right_score(slug, client, server, solutions, t
     kio.validate_submission(path, DATASETS / slug / SAMPLE[slug])
     result = kio.submit(slug, path, "baseline", f"run-{slug}", tmp_path / "state", client)
     assert result.ref > 0 and result.status == "PENDING" and not result.reused
-    assert result.description == f"baseline [run:run-{slug}]"
+    assert result.description == f"baseline [run:run-{slug}] [sha256:{_sha(path)}]"
     scored = kio.wait_for_score(slug, result.ref, client, timeout_s=5, poll_s=0.01)
     expected = _expected_score(slug, path, solutions[slug])
     assert 0 < expected and expected != 1.0
