@@ -162,7 +162,11 @@ def _row_names(frame: pd.DataFrame, id_col: str) -> pd.Series:
 
 def _example(bad: pd.Series, values: pd.Series, row_names: pd.Series) -> str:
     first = bad[bad].index[0]
-    return f"{int(bad.sum())} rows, e.g. {row_names[first]}: {values[first]!r}"
+    return f"{_rows(int(bad.sum()))}, e.g. {row_names[first]}: {values[first]!r}"
+
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
 
 
 def _is_missing(values: pd.Series) -> pd.Series:
@@ -231,7 +235,7 @@ def _row_sum_problems(frame: pd.DataFrame, columns: list[str], row_names: pd.Ser
     first = off[off].index[0]
     return [
         f"rows of the probability columns {columns} must sum to 1 within {ROW_SUM_TOLERANCE:g}: "
-        f"{int(off.sum())} rows do not, e.g. {row_names[first]}: sum {sums[first]:.10g}"
+        f"{_rows(int(off.sum()))} do not, e.g. {row_names[first]}: sum {sums[first]:.10g}"
     ]
 
 
