@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from _kaggle_helpers import DATASETS, SHARED, needs_datasets, sha
+from _kaggle_helpers import DATASETS, SHARED, needs_datasets, prediction, sha
 
 from lora_tasks import kaggle as kio
 from lora_tasks.testing import fake_kaggle as fk
@@ -216,3 +216,116 @@ def test_credentials_never_leak(isolated_home, server, monkeypatch, caplog, caps
     assert "401" in str(info.value)
 
 
+
+
+# ------------------------------------------------------------------------------------------
+# Retry-After
+# ------------------------------------------------------------------------------------------
+
+
+def test_retry_after_delays_the_next_request(client, server, caplog):
+    server.inject(fk.FAULT_429, method="ListDataFiles", retry_after=3)
+    files = kio.list_files("titanic", client)
+    assert len(files) == 3
+    first, second = server.times_of("ListDataFiles")
+    assert second - first >= 3.0
+    assert "Kaggle asked to wait 3 s while listing files for 'titanic'" in caplog.text
+
+
+def test_retry_after_gives_up_after_a_few_waits(client, server):
+    server.inject(fk.FAULT_429, times=10, method="ListDataFiles", retry_after=0.05)
+    with pytest.raises(kio.RateLimitedError) as info:
+        kio.list_files("titanic", client)
+    assert info.value.retry_after == 0.05
+    assert len(server.times_of("ListDataFiles")) == kio.client.RETRY_AFTER_TRIES + 1
+
+
+# ------------------------------------------------------------------------------------------
+# tokens
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, fragment",
+    [
+        ("KGAT_0123456789 abcdef0123", "contains spaces"),
+        ('{"username": "me", "key": "0123456789abcdef"}', "contents of kaggle.json"),
+        ("'KGAT_0123456789abcdef0123'", "wrapped in quotes"),
+        ("KGAT_0123456789abcdef0123\n", "line break"),
+        ("KGAT_12", "fewer than any Kaggle token"),
+        ("~/.kaggle/no_such_token.txt", "no such file exists"),
+    ],
+    ids=["space", "kaggle-json", "quotes", "newline", "short", "missing-file"],
+)
+def test_malformed_token_is_reported_as_invalid(value, fragment, creds, server, monkeypatch):
+    # Legacy credentials exist too (creds): a malformed token is still an error, never skipped.
+    monkeypatch.setenv("KAGGLE_API_TOKEN", value)
+    with pytest.raises(kio.CredentialsError) as info:
+        kio.list_files("titanic", kio.KaggleClient(server.url, timeout=5))
+    text = str(info.value)
+    assert "KAGGLE_API_TOKEN" in text and fragment in text
+    assert "Expected one line of letters, digits" in text
+    assert "No Kaggle credentials found" not in text
+    if "no such file" not in fragment:
+        assert value.strip() not in text  # the token itself is never shown
+    assert server.requests == []  # refused before any request
+
+
+def test_token_file_with_bad_content_names_the_file(isolated_home, server, monkeypatch, tmp_path):
+    token_file = tmp_path / "token.txt"
+    token_file.write_text("my token is KGAT_0123456789abcdef\n")
+    monkeypatch.setenv("KAGGLE_API_TOKEN", str(token_file))
+    with pytest.raises(kio.CredentialsError, match="names the file .*token.txt.* is not a valid Kaggle API token"):
+        kio.list_files("titanic", kio.KaggleClient(server.url, timeout=5))
+
+
+def test_well_formed_but_rejected_token_is_not_called_missing(isolated_home, server, monkeypatch):
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "KGAT_revoked_0123456789abcdef")
+    with pytest.raises(kio.CredentialsError) as info:
+        kio.list_files("titanic", kio.KaggleClient(server.url, timeout=5))
+    assert "KAGGLE_API_TOKEN is set but Kaggle did not accept the token" in str(info.value)
+    assert server.requests == [("POST", "IntrospectToken")]
+
+
+def test_rejected_token_is_named_even_with_other_credentials(creds, server, monkeypatch):
+    # The client's HTTP layer would send the rejected token anyway (a bare 401 on every call).
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "KGAT_revoked_0123456789abcdef")
+    with pytest.raises(kio.CredentialsError, match="KAGGLE_API_TOKEN is set but Kaggle did not accept the token"):
+        kio.list_files("titanic", kio.KaggleClient(server.url, timeout=5))
+    assert server.requests == [("POST", "IntrospectToken")]
+
+
+# ------------------------------------------------------------------------------------------
+# slugs and zip-slip
+# ------------------------------------------------------------------------------------------
+
+
+BAD_SLUGS = ["../evil", "a/b", "..", "", "titanic/../titanic", " titanic", "titanic\\x"]
+
+
+@pytest.mark.parametrize("slug", BAD_SLUGS)
+def test_slug_with_path_parts_is_refused(slug, client, server, tmp_path):
+    data = tmp_path / "work" / "data"
+    data.mkdir(parents=True)
+    sub = prediction("titanic", tmp_path)
+    for attempt in (
+        lambda: kio.download_competition(slug, data, client),
+        lambda: kio.submit(slug, sub, "m", "run-1", tmp_path / "work" / "state", client),
+        lambda: kio.list_files(slug, client),
+        lambda: kio.competition_metric(slug, client),
+    ):
+        with pytest.raises(kio.InvalidSlugError, match="is not valid: use the last part of") as info:
+            attempt()
+        assert isinstance(info.value, ValueError) and not kio.is_retryable(info.value)
+    assert server.requests == []
+    assert list(data.iterdir()) == [] and not (tmp_path / "work" / "state").exists()
+
+
+def test_zip_with_parent_path_member_is_refused(client, server, tmp_path):
+    data = tmp_path / "work" / "data"
+    server.inject(fk.FAULT_ZIP_SLIP, method="zip")
+    with pytest.raises(kio.CorruptDownloadError, match=r"zip member '\.\./evil\.csv' points outside the folder"):
+        kio.download_competition("titanic", data, client)
+    assert list(tmp_path.rglob("evil.csv")) == []  # nothing written anywhere, inside or outside
+    assert list(data.iterdir()) == []  # and no partial folder left behind
+    assert ("GET", "zip") in server.requests

@@ -207,11 +207,11 @@ class KaggleClient:
             raise classify_error(exc, "-", "authenticating") from exc
         method = str(api.config_values.get(api.CONFIG_NAME_AUTH_METHOD, ""))
         if os.environ.get(TOKEN_VARIABLE) and method != "ACCESS_TOKEN":
-            logger.warning(
-                "%s is set but Kaggle did not accept it; using the %s credentials instead.",
-                TOKEN_VARIABLE, method.lower().replace("_", " ") or "other",
-            )
+            # The client then authenticates by other means, but its HTTP layer still sends the
+            # variable's token on every request, so each call would fail with a bare 401.
+            raise CredentialsError(rejected_token_message())
         return api
+
 
 def call(slug: str, action: str, fn: Callable[[], Any], *, idempotent: bool = True) -> Any:
     """Run one client call, translating every failure into our hierarchy.

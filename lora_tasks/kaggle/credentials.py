@@ -118,9 +118,10 @@ def missing_credentials_message() -> str:
 
 
 def rejected_token_message() -> str:
-    """A well-formed token was set, Kaggle did not accept it, and nothing else was found."""
+    """A well-formed token was set and Kaggle did not accept it."""
     return (
         f"{TOKEN_VARIABLE} is set but Kaggle did not accept the token (expired or revoked). "
         f"Create a new token at {TOKEN_SETTINGS_URL} and export {TOKEN_VARIABLE}=<token>, or "
-        f"unset {TOKEN_VARIABLE} to use ~/.kaggle/kaggle.json."
+        f"unset {TOKEN_VARIABLE} to use ~/.kaggle/kaggle.json (when it is set, the client sends "
+        "this token on every request, whatever else is configured)."
     )
