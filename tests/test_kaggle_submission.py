@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -139,3 +140,91 @@ def test_recorded_submission_is_never_repeated_even_if_not_listed(client, server
     again = kio.submit("titanic", path, "m", "run-rec", tmp_path / "state", client)
     assert again.reused and again.ref == first.ref
     assert [m for _, m in server.requests].count("CreateSubmission") == 1
+
+
+# ------------------------------------------------------------------------------------------
+# at most one submission per file, across runs
+# ------------------------------------------------------------------------------------------
+
+
+def test_description_carries_run_and_file_hash(client, server, tmp_path):
+    path = prediction("titanic", tmp_path)
+    kio.submit("titanic", path, "first try", "run-tags", tmp_path / "state", client)
+    (listed,) = kio.list_submissions("titanic", client)
+    assert listed.run_id == "run-tags" and listed.sha256 == sha(path)
+    assert kio.find_submission_by_sha("titanic", sha(path), client).ref == listed.ref
+
+
+@pytest.mark.parametrize("same_state_dir", [True, False], ids=["same-state-dir", "state-lost"])
+def test_run_killed_after_create_then_a_new_run_submits_nothing_new(same_state_dir, client, server, tmp_path):
+    path = prediction("titanic", tmp_path)
+    server.inject(fk.FAULT_LOSE_RESPONSE, method="CreateSubmission")  # accepted, answer lost
+    with pytest.raises(kio.RetryableKaggleError):
+        kio.submit("titanic", path, "m", "run-killed", tmp_path / "state", client)
+    assert len(server.submissions_for("titanic")) == 1
+    state = tmp_path / "state" if same_state_dir else tmp_path / "other-machine"
+    again = kio.submit("titanic", path, "m", "run-fresh", state, client)
+    assert again.reused and again.ref == server.submissions_for("titanic")[0].ref
+    assert again.run_id == "run-killed"  # the earlier run's submission, found by the file hash
+    assert len(server.submissions_for("titanic")) == 1
+    assert [m for _, m in server.requests].count("CreateSubmission") == 1
+    intent = json.loads((state / "submission-titanic-run-fresh.json").read_text())
+    assert intent["ref"] == again.ref and intent["state"] == "submitted"
+
+
+def test_another_file_is_submitted(client, server, tmp_path):
+    first = prediction("titanic", tmp_path)
+    kio.submit("titanic", first, "m", "run-1", tmp_path / "state", client)
+    other = write(pd.read_csv(first).assign(Survived=0), tmp_path / "other.csv")
+    result = kio.submit("titanic", other, "m", "run-2", tmp_path / "state", client)
+    assert not result.reused
+    assert len(server.submissions_for("titanic")) == 2
+
+
+def test_resubmit_overrides_on_purpose(client, server, tmp_path):
+    path = prediction("titanic", tmp_path)
+    first = kio.submit("titanic", path, "m", "run-1", tmp_path / "state", client)
+    second = kio.submit("titanic", path, "again", "run-2", tmp_path / "state", client, resubmit=True)
+    assert not second.reused and second.ref != first.ref
+    assert len(server.submissions_for("titanic")) == 2
+    retry = kio.submit("titanic", path, "again", "run-2", tmp_path / "state", client, resubmit=True)
+    assert retry.reused and retry.ref == second.ref, "a retry of one run never submits twice"
+    assert len(server.submissions_for("titanic")) == 2
+
+
+def test_rate_limited_create_is_waited_out_and_submits_once(client, server, tmp_path):
+    server.inject(fk.FAULT_429, method="CreateSubmission", retry_after=0.2)
+    result = kio.submit("titanic", prediction("titanic", tmp_path), "m", "run-429", tmp_path / "state", client)
+    assert [s.ref for s in server.submissions_for("titanic")] == [result.ref]
+    first, second = server.times_of("CreateSubmission")
+    assert second - first >= 0.2
+
+
+def _submit_in_process(url: str, path: str, state: str, run_id: str, barrier, results) -> None:
+    """One 'run' in its own process: authenticate, wait for the other, then submit."""
+    client = kio.KaggleClient(url, timeout=10).authenticate()
+    barrier.wait(timeout=60)
+    result = kio.submit("titanic", path, "race", run_id, state, client)
+    results.put((run_id, result.ref, result.reused))
+
+
+def test_two_processes_started_at_once_submit_once(client, server, tmp_path):
+    path = prediction("titanic", tmp_path)
+    context = multiprocessing.get_context("spawn")  # no fork of a process with server threads
+    barrier, results = context.Barrier(2), context.Queue()
+    workers = [
+        context.Process(
+            target=_submit_in_process,
+            args=(server.url, str(path), str(tmp_path / "state"), f"run-{n}", barrier, results),
+        )
+        for n in (1, 2)
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = sorted(results.get(timeout=120) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert len(server.submissions_for("titanic")) == 1
+    assert {ref for _, ref, _ in outcomes} == {server.submissions_for("titanic")[0].ref}
+    assert sorted(reused for _, _, reused in outcomes) == [False, True]
