@@ -9,9 +9,11 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import requests
+from sklearn import metrics as skm
 from sklearn.metrics import accuracy_score
 
 from lora_tasks.testing import fake_kaggle as fk
@@ -171,3 +173,103 @@ def test_runs_as_a_command(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def _frames(y_true, y_pred, columns=("target",)):
+    ids = list(range(len(y_true)))
+    true = pd.DataFrame(np.asarray(y_true).reshape(len(ids), -1), columns=list(columns)).assign(id=ids)
+    pred = pd.DataFrame(np.asarray(y_pred).reshape(len(ids), -1), columns=list(columns)).assign(id=ids)
+    order = ["id", *columns]
+    return pred[order].iloc[::-1], true[order]  # the submission in another row order
+
+
+RNG = np.random.default_rng(7)
+LABELS = RNG.integers(0, 2, size=60)
+NOISY = np.where(RNG.random(60) < 0.25, 1 - LABELS, LABELS)
+PROBS = np.clip(LABELS * 0.3 + RNG.random(60) * 0.7, 0.01, 0.99)
+RATINGS = RNG.integers(0, 5, size=60)
+VALUES = RNG.random(60) * 100
+
+
+@pytest.mark.parametrize(
+    "metric, y_true, y_pred, expected",
+    [
+        ("accuracy", LABELS, NOISY, skm.accuracy_score(LABELS, NOISY)),
+        ("f1", LABELS, NOISY, skm.f1_score(LABELS, NOISY)),
+        ("mcc", LABELS, NOISY, skm.matthews_corrcoef(LABELS, NOISY)),
+        ("qwk", RATINGS, np.clip(RATINGS + RNG.integers(-1, 2, 60), 0, 4), None),
+        ("rmse", VALUES, VALUES + 3, 3.0),
+        ("rmsle", VALUES, VALUES * 1.1, skm.root_mean_squared_log_error(VALUES, VALUES * 1.1)),
+        ("mae", VALUES, VALUES - 2, 2.0),
+        ("auc", LABELS, PROBS, skm.roc_auc_score(LABELS, PROBS)),
+        ("logloss", LABELS, PROBS, skm.log_loss(LABELS, PROBS)),
+    ],
+)
+def test_each_metric_matches_sklearn(metric, y_true, y_pred, expected):
+    submission, solution = _frames(y_true, y_pred)
+    if expected is None:  # qwk
+        expected = skm.cohen_kappa_score(y_true, submission.sort_values("id").target, weights="quadratic")
+    score = fk.score_submission(submission, solution, metric)
+    assert score == pytest.approx(expected, rel=1e-9)
+    assert metric in fk.KAGGLE_METRIC_NAMES
+
+
+def test_multiclass_loss_and_mean_columnwise_auc_match_sklearn():
+    truth = RNG.integers(0, 3, size=60)
+    probs = RNG.dirichlet(np.ones(3), size=60)
+    submission, solution = _frames(np.eye(3, dtype=int)[truth], probs, columns=("a", "b", "c"))
+    assert fk.score_submission(submission, solution, "multiclass_logloss") == pytest.approx(skm.log_loss(truth, probs))
+    onehot = np.eye(3, dtype=int)[truth]
+    expected = np.mean([skm.roc_auc_score(onehot[:, j], probs[:, j]) for j in range(3)])
+    assert fk.score_submission(submission, solution, "mean_columnwise_auc") == pytest.approx(expected)
+
+
+def test_labels_are_compared_as_written():
+    solution = pd.DataFrame({"id": ["0013_01", "0018_01"], "Transported": ["True", "False"]})
+    right = solution.copy()
+    as_numbers = solution.assign(Transported=["1", "0"])
+    assert fk.score_submission(right, solution, "accuracy") == 1.0
+    assert fk.score_submission(as_numbers, solution, "accuracy") == 0.0  # 0/1 is not True/False
+    as_floats = pd.DataFrame({"id": [1, 2], "y": ["1.0", "0.0"]})
+    assert fk.score_submission(as_floats, pd.DataFrame({"id": [1, 2], "y": [1, 0]}), "accuracy") == 0.0
+    yes_no = pd.DataFrame({"id": [1, 2, 3], "y": ["yes", "no", "yes"]})
+    assert fk.score_submission(yes_no.assign(y=["yes", "yes", "yes"]), yes_no, "f1") == pytest.approx(0.8)
+
+
+def test_listing_serves_each_competitions_evaluation_metric(tmp_path):
+    for slug in ("alpha", "beta", "gamma"):
+        (tmp_path / slug).mkdir()
+    with fk.serve(tmp_path, metrics={"alpha": "qwk", "beta": "rmsle"}, evaluation_metrics={"gamma": None}) as srv:
+        answer = requests.post(srv.url + RPC + "ListCompetitions", json={"search": "", "pageSize": 2},
+                               headers=_basic(), timeout=5).json()
+        assert [c["ref"] for c in answer["competitions"]] == [
+            "https://www.kaggle.com/competitions/alpha", "https://www.kaggle.com/competitions/beta"]
+        assert [c["evaluationMetric"] for c in answer["competitions"]] == [
+            "Quadratic Weighted Kappa", "Root Mean Squared Logarithmic Error"]
+        rest = requests.post(srv.url + RPC + "ListCompetitions", json={"pageToken": answer["nextPageToken"]},
+                             headers=_basic(), timeout=5).json()
+        assert [c["title"] for c in rest["competitions"]] == ["Gamma"] and "evaluationMetric" not in rest["competitions"][0]
+        found = requests.post(srv.url + RPC + "ListCompetitions", json={"search": "bet"}, headers=_basic(), timeout=5)
+        assert [c["title"] for c in found.json()["competitions"]] == ["Beta"]
+
+
+def test_unknown_metric_is_refused_at_start(tmp_path):
+    with pytest.raises(ValueError, match="unknown metrics \\['kappa'\\]"):
+        fk.FakeKaggleServer(tmp_path, metrics={"x": "kappa"})
+
+
+def test_zip_slip_fault_adds_a_parent_path_member(server):
+    server.inject(fk.FAULT_ZIP_SLIP, method="zip")
+    evil = requests.get(server.url + "/files/titanic.zip", timeout=5)
+    clean = requests.get(server.url + "/files/titanic.zip", timeout=5)
+    with zipfile.ZipFile(io.BytesIO(evil.content)) as bundle:
+        assert "../evil.csv" in bundle.namelist()
+    with zipfile.ZipFile(io.BytesIO(clean.content)) as bundle:
+        assert "../evil.csv" not in bundle.namelist()
+
+
+def test_request_times_are_recorded_in_order(server):
+    for _ in range(2):
+        requests.post(server.url + RPC + "ListDataFiles", json={"competitionName": "titanic"}, headers=_basic(), timeout=5)
+    first, second = server.times_of("ListDataFiles")
+    assert first <= second and [r for _, _, r in server.request_log] == ["ListDataFiles", "ListDataFiles"]

@@ -9,6 +9,7 @@ What it serves (the subset of ``competitions.CompetitionApiService`` we use, plu
 ``security.OAuthService/IntrospectToken``), every call a JSON ``POST`` to
 ``/api/v1/{Service}/{Method}`` (``/v1/...`` is accepted too):
 
+* ``ListCompetitions`` (``search``; each competition's ``evaluationMetric``, as Kaggle names it);
 * ``ListDataFiles``; ``DownloadDataFiles`` / ``DownloadDataFile`` (answer 302 to a zip/file built
   on the fly, with Content-Length and Last-Modified);
 * ``StartSubmissionUpload`` (``token``, ``createUrl``) then a raw ``PUT`` to ``createUrl``, then
@@ -33,7 +34,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import secrets
 import threading
@@ -48,6 +48,9 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pandas as pd
+from sklearn import metrics as skm
+
+from lora_tasks.metrics import get_metric
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +79,7 @@ FAULT_TRUNCATED_ZIP = "truncated-zip"
 FAULT_CUT_CONNECTION = "cut-connection"
 FAULT_SLOW = "slow"
 FAULT_LOSE_RESPONSE = "lose-response"
+FAULT_ZIP_SLIP = "zip-slip"
 FAULTS = (
     FAULT_401,
     FAULT_403_RULES,
@@ -88,6 +92,7 @@ FAULTS = (
     FAULT_CUT_CONNECTION,
     FAULT_SLOW,
     FAULT_LOSE_RESPONSE,
+    FAULT_ZIP_SLIP,
 )
 
 RULES_MESSAGE = (
@@ -105,72 +110,126 @@ LIMIT_MESSAGE = (
 # --------------------------------------------------------------------------------------------
 
 
-def _rmsle(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    from sklearn.metrics import mean_squared_log_error
-
-    return math.sqrt(mean_squared_log_error(y_true, y_pred))
-
-
-def _accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    from sklearn.metrics import accuracy_score
-
-    return float(accuracy_score(y_true, y_pred))
+def _numbers(frame: pd.DataFrame) -> np.ndarray:
+    """Raw text to floats; a non-number fails the scoring, as on Kaggle."""
+    try:
+        return frame.apply(lambda col: pd.to_numeric(col, errors="raise")).to_numpy(dtype=float)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"Submission values must be numbers: {exc}") from None
 
 
-def _f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    from sklearn.metrics import f1_score
-
-    return float(f1_score(y_true, y_pred))
-
-
-def _rmse(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    from sklearn.metrics import mean_squared_error
-
-    return math.sqrt(mean_squared_error(y_true, y_pred))
+def _positive_label(labels: np.ndarray) -> str:
+    for word in ("1", "True", "true", "TRUE", "yes", "Yes"):
+        if word in set(labels):
+            return word
+    return sorted(set(labels))[-1]
 
 
-def _roc_auc(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y_true, y_pred))
+def _accuracy(truth: pd.DataFrame, pred: pd.DataFrame) -> float:
+    return get_metric("accuracy").fn(truth.iloc[:, 0].to_numpy(), pred.iloc[:, 0].to_numpy())
 
 
-METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+def _f1(truth: pd.DataFrame, pred: pd.DataFrame) -> float:
+    y_true, y_pred = truth.iloc[:, 0].to_numpy(), pred.iloc[:, 0].to_numpy()
+    if len(set(y_true)) > 2:
+        return float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
+    positive = _positive_label(y_true)
+    return get_metric("f1").fn((y_true == positive).astype(int), (y_pred == positive).astype(int))
+
+
+def _mcc(truth: pd.DataFrame, pred: pd.DataFrame) -> float:
+    return float(skm.matthews_corrcoef(truth.iloc[:, 0].to_numpy(), pred.iloc[:, 0].to_numpy()))
+
+
+def _qwk(truth: pd.DataFrame, pred: pd.DataFrame) -> float:
+    y_true, y_pred = _numbers(truth)[:, 0], _numbers(pred)[:, 0]
+    if not np.array_equal(y_pred, np.round(y_pred)):
+        raise ValueError("Quadratic weighted kappa needs integer ratings")
+    return float(skm.cohen_kappa_score(y_true.astype(int), y_pred.astype(int), weights="quadratic"))
+
+
+def _values(name: str) -> Callable[[pd.DataFrame, pd.DataFrame], float]:
+    def scorer(truth: pd.DataFrame, pred: pd.DataFrame) -> float:
+        return get_metric(name).fn(_numbers(truth)[:, 0], _numbers(pred)[:, 0])
+
+    return scorer
+
+
+def _multiclass_logloss(truth: pd.DataFrame, pred: pd.DataFrame) -> float:
+    # Kaggle's "Multiclass Loss": one-hot solution columns; rows rescaled to sum 1, clipped at 1e-15.
+    onehot, probs = _numbers(truth), np.clip(_numbers(pred), 1e-15, 1 - 1e-15)
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    return get_metric("log_loss").fn(np.argmax(onehot, axis=1), probs)
+
+
+def _mean_columnwise_auc(truth: pd.DataFrame, pred: pd.DataFrame) -> float:
+    y_true, y_prob = _numbers(truth), _numbers(pred)
+    return float(np.mean([skm.roc_auc_score(y_true[:, j], y_prob[:, j]) for j in range(y_true.shape[1])]))
+
+
+#: Scoring functions by name; each takes the solution's and the submission's target columns as
+#: raw text aligned by id (label metrics compare the spelling exactly, as Kaggle does).
+METRICS: dict[str, Callable[[pd.DataFrame, pd.DataFrame], float]] = {
     "accuracy": _accuracy,
     "f1": _f1,
-    "rmsle": _rmsle,
-    "rmse": _rmse,
-    "roc_auc": _roc_auc,
+    "mcc": _mcc,
+    "qwk": _qwk,
+    "rmse": _values("rmse"),
+    "rmsle": _values("rmsle"),
+    "mae": _values("mae"),
+    "auc": _values("roc_auc"),
+    "roc_auc": _values("roc_auc"),
+    "logloss": _values("log_loss"),
+    "multiclass_logloss": _multiclass_logloss,
+    "mean_columnwise_auc": _mean_columnwise_auc,
+}
+
+#: What Kaggle's competition listing calls each metric (its ``evaluation_metric`` text).
+KAGGLE_METRIC_NAMES: dict[str, str] = {
+    "accuracy": "Categorization Accuracy",
+    "f1": "F1 Score",
+    "mcc": "Matthews Correlation Coefficient",
+    "qwk": "Quadratic Weighted Kappa",
+    "rmse": "Root Mean Squared Error",
+    "rmsle": "Root Mean Squared Logarithmic Error",
+    "mae": "Mean Absolute Error",
+    "auc": "Area Under Receiver Operating Characteristic Curve",
+    "roc_auc": "Area Under Receiver Operating Characteristic Curve",
+    "logloss": "Log Loss",
+    "multiclass_logloss": "Multiclass Loss",
+    "mean_columnwise_auc": "Mean Columnwise Area Under Receiver Operating Characteristic Curve",
 }
 
 
 def score_submission(submission: pd.DataFrame, solution: pd.DataFrame, metric: str) -> float:
-    """Score a submission the way Kaggle does: join on the id column, apply the metric.
+    """Score a submission the way Kaggle does: align on the id column, apply the metric.
 
     Why a public function: tests compute the expected score independently from the same
     frames, and the error texts here are what a scored-with-ERROR submission reports.
-    The id column is the solution's first column; the target is its second.
+    The id column is the solution's first column; every other column (except Kaggle's
+    ``Usage``) is a target the submission must have, in the same order. Values are compared
+    as text, so ``1`` and ``1.0`` or ``True`` and ``1`` are different labels.
     """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; known: {sorted(METRICS)}")
-    id_col, target_col = solution.columns[0], solution.columns[1]
-    if list(submission.columns) != list(solution.columns[:2]):
+    solution = solution.drop(columns=[c for c in solution.columns if c == "Usage"])
+    id_col, targets = solution.columns[0], list(solution.columns[1:])
+    if list(submission.columns) != list(solution.columns):
         raise ValueError(
             f"Submission columns {list(submission.columns)} do not match the expected "
-            f"{list(solution.columns[:2])}"
+            f"{list(solution.columns)}"
         )
     if len(submission) != len(solution):
-        raise ValueError(
-            f"Submission has {len(submission)} rows, expected {len(solution)}"
-        )
-    sub = submission.set_index(submission[id_col].astype(str))[target_col]
-    sol = solution.set_index(solution[id_col].astype(str))[target_col]
+        raise ValueError(f"Submission has {len(submission)} rows, expected {len(solution)}")
+    sub = submission.astype(str).set_index(id_col)
+    sol = solution.astype(str).set_index(id_col)
     if sub.index.has_duplicates or set(sub.index) != set(sol.index):
         raise ValueError(f"Submission {id_col} values do not match the expected ids")
-    y_pred = sub.loc[sol.index].to_numpy()
-    if pd.isna(y_pred).any():
-        raise ValueError(f"Submission has empty values in column {target_col}")
-    return METRICS[metric](sol.to_numpy(), y_pred)
+    pred = sub.loc[sol.index, targets]
+    empty = pred.apply(lambda col: col.str.strip().str.lower().isin({"", "nan"})).to_numpy()
+    if empty.any():
+        raise ValueError(f"Submission has empty values in column {targets[int(np.argmax(empty.any(axis=0)))]}")
+    return METRICS[metric](sol[targets], pred)
 
 
 def derive_solutions(datasets_dir: str | os.PathLike[str], dest: str | os.PathLike[str]) -> dict[str, Path]:
@@ -279,8 +338,13 @@ class FakeKaggleServer:
         data_dir: folder whose sub-folders are competitions (``<data_dir>/<slug>/*.csv``).
         solutions: ``{slug: path}`` of hidden solution CSVs (id column, target column); a
             ``solution.csv`` inside a competition folder is used when a slug is not given here.
-        metrics: ``{slug: metric}`` overriding :data:`DEFAULT_METRICS` (``accuracy``, ``f1``,
-            ``rmsle``, ``rmse``, ``roc_auc``); unknown slugs score with accuracy.
+        metrics: ``{slug: metric}`` overriding :data:`DEFAULT_METRICS`, a name of :data:`METRICS`
+            (``accuracy``, ``f1``, ``mcc``, ``qwk``, ``rmse``, ``rmsle``, ``mae``, ``auc``,
+            ``logloss``, ``multiclass_logloss``, ``mean_columnwise_auc``); unknown slugs score
+            with accuracy.
+        evaluation_metrics: ``{slug: text}`` overriding the ``evaluationMetric`` the competition
+            listing shows (by default Kaggle's name of the scoring metric,
+            :data:`KAGGLE_METRIC_NAMES`); ``None`` or ``""`` lists the competition without it.
         username, key: accepted Basic credentials; token: accepted Bearer token.
         port: 0 picks a free port.
         pending_polls: how many ``ListSubmissions`` answers show a new submission as PENDING
@@ -294,6 +358,7 @@ class FakeKaggleServer:
         solutions: Mapping[str, str | os.PathLike[str]] | None = None,
         *,
         metrics: Mapping[str, str] | None = None,
+        evaluation_metrics: Mapping[str, str | None] | None = None,
         username: str = DEFAULT_USERNAME,
         key: str = DEFAULT_KEY,
         token: str = DEFAULT_TOKEN,
@@ -307,6 +372,10 @@ class FakeKaggleServer:
             raise FileNotFoundError(f"fake Kaggle data folder {self.data_dir} does not exist")
         self.solutions = {k: Path(v) for k, v in (solutions or {}).items()}
         self.metrics = {**DEFAULT_METRICS, **(metrics or {})}
+        unknown = sorted({m for m in self.metrics.values() if m not in METRICS})
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; known: {sorted(METRICS)}")
+        self.evaluation_metrics = dict(evaluation_metrics or {})
         self.username = username
         self.key = key
         self.token = token
@@ -314,6 +383,7 @@ class FakeKaggleServer:
         self.daily_limit = daily_limit
         self.submissions: list[StoredSubmission] = []
         self.requests: list[tuple[str, str]] = []  # (HTTP method, route) in arrival order
+        self.request_log: list[tuple[float, str, str]] = []  # (time.monotonic(), method, route)
         self._uploads: dict[str, bytes] = {}
         self._pending_uploads: dict[str, str] = {}  # token -> file name
         self._faults: list[Fault] = []
@@ -370,7 +440,8 @@ class FakeKaggleServer:
         ``method`` is an RPC name (``"CreateSubmission"``), or ``"zip"`` / ``"file"`` for the
         download GETs, or ``"upload"`` for the blob PUT; None matches any request the fault
         applies to. Kinds: see :data:`FAULTS`. ``lose-response`` performs the request (e.g.
-        stores the submission) and then closes the connection without answering.
+        stores the submission) and then closes the connection without answering; ``zip-slip``
+        adds a member ``../evil.csv`` to the next zip.
         """
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; known: {FAULTS}")
@@ -404,6 +475,22 @@ class FakeKaggleServer:
             }
         )
         return env
+
+    def times_of(self, route: str) -> list[float]:
+        """Arrival times (``time.monotonic()``) of the requests to ``route``, e.g. ``"ListDataFiles"``."""
+        with self._lock:
+            return [t for t, _, r in self.request_log if r == route]
+
+    def evaluation_metric(self, slug: str) -> str | None:
+        """The ``evaluationMetric`` text the competition listing shows for ``slug`` (None: absent)."""
+        if slug in self.evaluation_metrics:
+            return self.evaluation_metrics[slug] or None
+        return KAGGLE_METRIC_NAMES[self.metrics.get(slug, "accuracy")]
+
+    def _record(self, method: str, route: str) -> None:
+        with self._lock:
+            self.requests.append((method, route))
+            self.request_log.append((time.monotonic(), method, route))
 
     def submissions_for(self, slug: str) -> list[StoredSubmission]:
         with self._lock:
@@ -443,12 +530,14 @@ class FakeKaggleServer:
         candidate = self.data_dir / slug / SOLUTION_FILE_NAME
         return candidate if candidate.is_file() else None
 
-    def _build_zip(self, slug: str) -> tuple[bytes, float]:
+    def _build_zip(self, slug: str, *, evil: bool = False) -> tuple[bytes, float]:
         files = self._public_files(slug)
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for path in files:
                 archive.write(path, arcname=path.name)
+            if evil:  # a zip-slip member: extracting it naively writes next to the target folder
+                archive.writestr("../evil.csv", "id,pwned\n1,1\n")
         newest = max((p.stat().st_mtime for p in files), default=time.time())
         return buffer.getvalue(), newest
 
@@ -460,8 +549,9 @@ class FakeKaggleServer:
             return
         metric = self.metrics.get(submission.competition, "accuracy")
         try:
-            frame = pd.read_csv(io.BytesIO(submission.content))
-            solution = pd.read_csv(solution_path)
+            # As text: Kaggle compares labels as written ("1.0" is not "1", "1" is not "True").
+            frame = pd.read_csv(io.BytesIO(submission.content), dtype=str, keep_default_na=False)
+            solution = pd.read_csv(solution_path, dtype=str, keep_default_na=False)
             submission.public_score = score_submission(frame, solution, metric)
             submission.status = "COMPLETE"
         except Exception as exc:  # any parse/metric problem is a scoring ERROR, as on Kaggle
@@ -611,13 +701,12 @@ class _FakeKaggleHandler(BaseHTTPRequestHandler):
         if len(parts) != 3 or parts[0] != "v1":
             raise _HttpAnswer(404, f"No route {route}")
         service, method = parts[1], parts[2]
-        with self.fake._lock:
-            self.fake.requests.append(("POST", method))
+        self.fake._record("POST", method)
         body = self._read_body()
         try:
             request = json.loads(body or b"{}")
         except json.JSONDecodeError:
-            raise _HttpAnswer(400, "Request body is not JSON")
+            raise _HttpAnswer(400, "Request body is not JSON") from None
 
         if service == "security.OAuthService" and method == "IntrospectToken":
             self._apply_common_fault(method)
@@ -634,6 +723,7 @@ class _FakeKaggleHandler(BaseHTTPRequestHandler):
         self._apply_common_fault(method, extra)
         slug = str(request.get("competitionName") or "")
         handlers: dict[str, Callable[[str, dict[str, Any]], dict[str, Any] | None]] = {
+            "ListCompetitions": self._list_competitions,
             "ListDataFiles": self._list_data_files,
             "DownloadDataFiles": self._download_data_files,
             "DownloadDataFile": self._download_data_file,
@@ -648,6 +738,39 @@ class _FakeKaggleHandler(BaseHTTPRequestHandler):
             raise _DropConnection()
         if answer is not None:
             self._send_json(answer)
+
+    def _list_competitions(self, slug: str, request: dict[str, Any]) -> dict[str, Any]:
+        """``ListCompetitions``: the data folder's competitions whose slug or title holds ``search``."""
+        search = str(request.get("search") or "").strip().lower()
+        slugs = sorted(
+            p.name for p in self.fake.data_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+        found = [s for s in slugs if search in s.lower() or search in _title(s).lower()]
+        page_size = int(request.get("pageSize") or 20)
+        start = int(request.get("pageToken") or 0)
+        page = found[start : start + page_size]
+        more = start + page_size < len(found)
+        return {
+            "competitions": [self._competition_json(s) for s in page],
+            "nextPageToken": str(start + page_size) if more else "",
+        }
+
+    def _competition_json(self, slug: str) -> dict[str, Any]:
+        # The real listing's ref is the competition's URL, not the bare slug.
+        url = f"https://www.kaggle.com/competitions/{slug}"
+        answer: dict[str, Any] = {
+            "ref": url,
+            "url": url,
+            "title": _title(slug),
+            "category": "Getting Started",
+            "reward": "Knowledge",
+            "maxDailySubmissions": self.fake.daily_limit or 10,
+            "hostName": "fake-kaggle",
+        }
+        metric = self.fake.evaluation_metric(slug)
+        if metric:
+            answer["evaluationMetric"] = metric
+        return answer
 
     def _list_data_files(self, slug: str, request: dict[str, Any]) -> dict[str, Any]:
         files = []
@@ -743,16 +866,16 @@ class _FakeKaggleHandler(BaseHTTPRequestHandler):
         raise _HttpAnswer(404, f"No route {self._route}")
 
     def _serve_zip(self, slug: str) -> None:
-        with self.fake._lock:
-            self.fake.requests.append(("GET", "zip"))
-        self._apply_common_fault("zip", (FAULT_TRUNCATED_ZIP,))
-        payload, newest = self.fake._build_zip(slug)
+        self.fake._record("GET", "zip")
+        self._apply_common_fault("zip", (FAULT_TRUNCATED_ZIP, FAULT_ZIP_SLIP))
+        fault = self._pending_fault
+        evil = fault is not None and fault.kind == FAULT_ZIP_SLIP
+        payload, newest = self.fake._build_zip(slug, evil=evil)
         headers = {
             "Last-Modified": email.utils.formatdate(newest, usegmt=True),
             "Content-Disposition": f'attachment; filename="{slug}.zip"',
             "ETag": '"' + hashlib.sha256(payload).hexdigest()[:32] + '"',
         }
-        fault = self._pending_fault
         if fault is not None and fault.kind == FAULT_TRUNCATED_ZIP:
             # An honest-looking answer whose zip lost its tail (central directory included).
             self._send(200, payload[: len(payload) // 2], "application/zip", headers)
@@ -763,8 +886,7 @@ class _FakeKaggleHandler(BaseHTTPRequestHandler):
         self._send(200, payload, "application/zip", headers)
 
     def _serve_file(self, slug: str, name: str) -> None:
-        with self.fake._lock:
-            self.fake.requests.append(("GET", "file"))
+        self.fake._record("GET", "file")
         self._apply_common_fault("file")
         files = {p.name: p for p in self.fake._public_files(slug)}
         if name not in files:
@@ -777,8 +899,7 @@ class _FakeKaggleHandler(BaseHTTPRequestHandler):
 
     def _handle_put(self) -> None:
         parts = [p for p in self._route.split("/") if p]
-        with self.fake._lock:
-            self.fake.requests.append(("PUT", "upload"))
+        self.fake._record("PUT", "upload")
         if len(parts) != 2 or parts[0] != "upload":
             raise _HttpAnswer(404, f"No route {self._route}")
         body = self._read_body()
@@ -789,6 +910,10 @@ class _FakeKaggleHandler(BaseHTTPRequestHandler):
                 raise _HttpAnswer(404, "Upload URL expired or unknown")
             self.fake._uploads[token] = body
         self._send_json({}, status=200)
+
+
+def _title(slug: str) -> str:
+    return slug.replace("-", " ").title()
 
 
 def _format_retry_after(seconds: float) -> str:
@@ -830,7 +955,8 @@ def main(argv: list[str] | None = None) -> None:
         help="hidden solution CSV used to score a competition (repeatable)",
     )
     parser.add_argument(
-        "--metric", action="append", default=[], metavar="SLUG=METRIC", help="scoring metric"
+        "--metric", action="append", default=[], metavar="SLUG=METRIC",
+        help=f"scoring metric, one of {', '.join(sorted(METRICS))} (repeatable)",
     )
     parser.add_argument("--username", default=DEFAULT_USERNAME)
     parser.add_argument("--key", default=DEFAULT_KEY)

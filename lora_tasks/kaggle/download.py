@@ -1,0 +1,147 @@
+"""Download a competition's files: listed, zipped, verified, swapped in by rename.
+
+Why so careful: a scheduled run must never train on half a download. The zip is fetched into a
+temp folder next to the target, every member's CRC is checked, members that would land
+outside the folder (``../x``, absolute paths) are refused, every listed file must be present,
+and only then is the folder swapped in. A manifest of what Kaggle listed lets the next run
+skip the download when nothing changed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+from .client import KaggleClient, call, check_slug
+from .errors import CorruptDownloadError
+from .files import write_json
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = ".kaggle_download.json"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a competition as Kaggle lists it."""
+
+    name: str
+    size: int
+    created: str  # ISO timestamp from Kaggle; part of the "unchanged?" check
+
+
+def list_files(slug: str, client: KaggleClient) -> list[RemoteFile]:
+    """List a competition's data files (all pages). Cheap, so downloads use it to skip work."""
+    check_slug(slug)
+    files: list[RemoteFile] = []
+    page_token: str | None = None
+    for _ in range(1000):
+        response = call(
+            slug,
+            "listing files",
+            lambda token=page_token: client.api.competition_list_files(slug, token, 200),
+        )
+        for item in response.files or []:
+            created = item.creation_date.isoformat() if item.creation_date else ""
+            files.append(RemoteFile(name=item.name or item.ref, size=int(item.total_bytes or 0), created=created))
+        page_token = response.next_page_token
+        if not page_token:
+            break
+    return files
+
+
+def download_competition(
+    slug: str, dest_dir: str | os.PathLike[str], client: KaggleClient, *, force: bool = False
+) -> Path:
+    """Download all files of competition ``slug`` into ``dest_dir/slug`` and return that folder.
+
+    Skips the download when the folder already holds exactly what Kaggle lists (names, sizes
+    and dates recorded at the last download, sizes checked on disk). Otherwise the zip is
+    downloaded and extracted inside a temp folder next to the target, verified (CRC of every
+    member, every listed file present), and only then swapped in by rename: after any failure
+    the previous folder is untouched and no partial file is left behind.
+    """
+    target = Path(dest_dir) / check_slug(slug)
+    remote = list_files(slug, client)
+    if not force and _is_up_to_date(target, remote):
+        logger.info("Competition %s is up to date in %s; skipping download", slug, target)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{slug}.partial-", dir=target.parent) as scratch:
+        scratch_dir = Path(scratch)
+        zip_dir = scratch_dir / "zip"
+        zip_dir.mkdir()
+        call(
+            slug,
+            "downloading data",
+            lambda: client.api.competition_download_files(slug, path=str(zip_dir), force=True, quiet=True),
+        )
+        # The client names the file after the redirect URL's extension; take whatever single
+        # file it wrote (its ".kaggle-partial" sidecar only exists after a failed transfer).
+        archives = sorted(p for p in zip_dir.iterdir() if p.is_file() and not p.name.endswith(".kaggle-partial"))
+        if len(archives) != 1:
+            raise CorruptDownloadError(
+                f"downloading data for competition '{slug}': expected one zip, got "
+                f"{[p.name for p in zip_dir.iterdir()]}. Retry the download."
+            )
+        staged = scratch_dir / slug
+        _extract_verified(archives[0], staged, slug, [f.name for f in remote])
+        write_json(staged / MANIFEST_NAME, {"slug": slug, "files": [asdict(f) for f in remote]})
+        _swap_in(staged, target, scratch_dir / "previous")
+    logger.info("Downloaded competition %s into %s", slug, target)
+    return target
+
+
+def _is_up_to_date(target: Path, remote: list[RemoteFile]) -> bool:
+    manifest = target / MANIFEST_NAME
+    if not manifest.is_file() or not remote:
+        return False
+    try:
+        recorded = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return False
+    if recorded.get("files") != [asdict(f) for f in remote]:
+        return False
+    return all((target / f.name).is_file() and (target / f.name).stat().st_size == f.size for f in remote)
+
+
+def _extract_verified(archive: Path, staged: Path, slug: str, expected: Iterable[str]) -> None:
+    where = f"downloading data for competition '{slug}'"
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            bad = bundle.testzip()
+            if bad is not None:
+                raise CorruptDownloadError(f"{where}: member {bad!r} of the zip fails its CRC check. Retry the download.")
+            names = bundle.namelist()
+            for name in names:
+                resolved = (staged / name).resolve()
+                if not resolved.is_relative_to(staged.resolve()):
+                    raise CorruptDownloadError(f"{where}: zip member {name!r} points outside the folder; refusing it.")
+            missing = sorted(set(expected) - {Path(n).name for n in names} - set(names))
+            if missing:
+                raise CorruptDownloadError(f"{where}: the zip lacks listed files {missing}. Retry the download.")
+            staged.mkdir(parents=True)
+            bundle.extractall(staged)
+    except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as exc:
+        raise CorruptDownloadError(
+            f"{where}: the zip is truncated or damaged ({exc}). Retry the download."
+        ) from exc
+
+
+def _swap_in(staged: Path, target: Path, parking: Path) -> None:
+    """Replace ``target`` with ``staged`` by renames; restore the old folder if the swap fails."""
+    had_previous = target.exists()
+    if had_previous:
+        os.replace(target, parking)
+    try:
+        os.replace(staged, target)
+    except OSError:
+        if had_previous:
+            os.replace(parking, target)
+        raise
