@@ -1,26 +1,30 @@
-"""Download a competition's files: listed, zipped, verified, swapped in by rename.
+"""Download a competition's files: listed, zipped, verified, swapped in atomically.
 
 Why so careful: a scheduled run must never train on half a download. The zip is fetched into a
 temp folder next to the target, every member's CRC is checked, members that would land
 outside the folder (``../x``, absolute paths) are refused, every listed file must be present,
-and only then is the folder swapped in. A manifest of what Kaggle listed lets the next run
-skip the download when nothing changed.
+and only then is the folder swapped in, in one atomic exchange: a reader sees the old folder or
+the new one, never a missing or half-written one. A manifest of what Kaggle listed lets the
+next run skip the download when nothing changed. Two runs downloading the same competition
+into the same folder at once take turns on a per-competition lock, so the second one finds the
+first one's download up to date instead of fetching it again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
 
 from .client import KaggleClient, call, check_slug
 from .errors import CorruptDownloadError
-from .files import write_json
+from .files import exchange_paths, exclusive_lock, unique_name, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +77,27 @@ def download_competition(
         logger.info("Competition %s is up to date in %s; skipping download", slug, target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{slug}.partial-", dir=target.parent) as scratch:
+    waiting = f"Waiting for another run that is downloading competition {slug} into {target}"
+    with exclusive_lock(_lock_name(target), waiting):
+        if not force and _is_up_to_date(target, remote):
+            logger.info("Competition %s was downloaded into %s by another run meanwhile; skipping", slug, target)
+            return target
+        _download_and_swap(slug, target, remote, client)
+    logger.info("Downloaded competition %s into %s", slug, target)
+    return target
+
+
+def _lock_name(target: Path) -> str:
+    """One lock per competition folder: the slug plus a hash of the real data folder path."""
+    where = os.path.realpath(target.parent)
+    return f"download-{target.name}-{hashlib.sha256(os.fsencode(where)).hexdigest()[:16]}.lock"
+
+
+def _download_and_swap(slug: str, target: Path, remote: list[RemoteFile], client: KaggleClient) -> None:
+    """Fetch, verify and swap in; the caller holds the competition's lock."""
+    scratch_prefix = unique_name(f".{slug}.partial") + "-"
+    # ignore_cleanup_errors: removing the old folder is best effort and never fails a download.
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix, dir=target.parent, ignore_cleanup_errors=True) as scratch:
         scratch_dir = Path(scratch)
         zip_dir = scratch_dir / "zip"
         zip_dir.mkdir()
@@ -93,9 +117,7 @@ def download_competition(
         staged = scratch_dir / slug
         _extract_verified(archives[0], staged, slug, [f.name for f in remote])
         write_json(staged / MANIFEST_NAME, {"slug": slug, "files": [asdict(f) for f in remote]})
-        _swap_in(staged, target, scratch_dir / "previous")
-    logger.info("Downloaded competition %s into %s", slug, target)
-    return target
+        _swap_in(staged, target, scratch_dir)
 
 
 def _is_up_to_date(target: Path, remote: list[RemoteFile]) -> bool:
@@ -134,14 +156,26 @@ def _extract_verified(archive: Path, staged: Path, slug: str, expected: Iterable
         ) from exc
 
 
-def _swap_in(staged: Path, target: Path, parking: Path) -> None:
-    """Replace ``target`` with ``staged`` by renames; restore the old folder if the swap fails."""
-    had_previous = target.exists()
-    if had_previous:
-        os.replace(target, parking)
+def _swap_in(staged: Path, target: Path, scratch_dir: Path) -> None:
+    """Put ``staged`` at ``target``; the old folder ends up at ``staged`` (inside the scratch
+    folder, deleted with it).
+
+    A first download is one rename. A replacement is one atomic exchange where the platform
+    has one (Linux, macOS); elsewhere two renames through a unique parking name, restoring the
+    old folder if the second fails (the lock still keeps other downloads out; only a reader
+    could then catch the folder missing for an instant).
+    """
+    if not os.path.lexists(target):
+        os.rename(staged, target)
+        return
+    if exchange_paths(staged, target):
+        return
+    logger.debug("No atomic exchange on this platform or file system; swapping %s by two renames", target)
+    parking = scratch_dir / unique_name("previous")
+    os.replace(target, parking)
     try:
         os.replace(staged, target)
     except OSError:
-        if had_previous:
-            os.replace(parking, target)
+        os.replace(parking, target)
         raise
+    os.replace(parking, staged)
