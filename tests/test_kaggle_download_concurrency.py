@@ -173,6 +173,20 @@ def test_interrupted_redownload_keeps_the_previous_version(own_server, own_clien
     assert own_server.requests.count(("GET", "zip")) == 3
 
 
+def test_scratch_left_by_a_killed_download_is_removed_by_the_next_download(own_client, remote, tmp_path):
+    data = tmp_path / "data"
+    folder = kio.download_competition(SLUG, data, own_client)
+    stale = data / f".{SLUG}.partial.999999.deadbeef-abc123"
+    (stale / "zip").mkdir(parents=True)
+    (stale / "zip" / "titanic.zip").write_bytes(b"half a zip")
+    other = data / ".other-competition.partial.999999.deadbeef-abc123"  # not this competition's
+    other.mkdir()
+    _change_remote_train(remote)
+    kio.download_competition(SLUG, data, own_client)
+    assert not stale.exists() and other.is_dir()
+    assert _local_snapshot(folder) == _remote_snapshot(remote)
+
+
 def test_redownload_without_atomic_exchange_falls_back_to_renames(own_server, own_client, remote, tmp_path, monkeypatch):
     # A platform or file system without renameat2/renamex_np: the swap is two renames.
     monkeypatch.setattr(kfiles, "_EXCHANGE", None)

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterable
@@ -68,8 +69,10 @@ def download_competition(
     Skips the download when the folder already holds exactly what Kaggle lists (names, sizes
     and dates recorded at the last download, sizes checked on disk). Otherwise the zip is
     downloaded and extracted inside a temp folder next to the target, verified (CRC of every
-    member, every listed file present), and only then swapped in by rename: after any failure
-    the previous folder is untouched and no partial file is left behind.
+    member, every listed file present), and only then swapped in by one atomic exchange: after
+    any failure the previous folder is untouched and no partial file is left behind, and a
+    reader never finds the folder missing. The download holds a per-competition lock, so a
+    second run that started at the same time waits and then finds it up to date.
     """
     target = Path(dest_dir) / check_slug(slug)
     remote = list_files(slug, client)
@@ -82,6 +85,7 @@ def download_competition(
         if not force and _is_up_to_date(target, remote):
             logger.info("Competition %s was downloaded into %s by another run meanwhile; skipping", slug, target)
             return target
+        _remove_stale_scratch(target)
         _download_and_swap(slug, target, remote, client)
     logger.info("Downloaded competition %s into %s", slug, target)
     return target
@@ -91,6 +95,18 @@ def _lock_name(target: Path) -> str:
     """One lock per competition folder: the slug plus a hash of the real data folder path."""
     where = os.path.realpath(target.parent)
     return f"download-{target.name}-{hashlib.sha256(os.fsencode(where)).hexdigest()[:16]}.lock"
+
+
+def _remove_stale_scratch(target: Path) -> None:
+    """Delete scratch folders of killed downloads (best effort).
+
+    Safe because scratch folders only exist while their run holds the lock, which the caller
+    now holds: any one left over belongs to a run that died (e.g. SIGKILL) mid-download.
+    """
+    for leftover in target.parent.glob(f".{target.name}.partial*"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            logger.info("Removing %s, left behind by an interrupted download", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _download_and_swap(slug: str, target: Path, remote: list[RemoteFile], client: KaggleClient) -> None:
@@ -178,4 +194,3 @@ def _swap_in(staged: Path, target: Path, scratch_dir: Path) -> None:
     except OSError:
         os.replace(parking, target)
         raise
-    os.replace(parking, staged)
