@@ -96,7 +96,7 @@ def exclusive_lock(name: str, waiting_message: str = "") -> Iterator[Path]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if waiting_message:
-                logger.info("%s", waiting_message)
+                logger.info("%s (lock file %s, released when that run ends)", waiting_message, path)
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield path
     finally:
