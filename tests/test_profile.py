@@ -113,7 +113,8 @@ def test_markdown_lists_summary_and_every_column(titanic_profile):
         (pd.Series([0.5, 1.25, 3.0]), "regression"),
         (pd.Series(range(100)), "regression"),  # integers, but too many distinct values for classes
         (pd.DataFrame({"a": [0, 1], "b": [1, 0]}), "multilabel"),
-        (pd.DataFrame({"a": [0.1, 1.5], "b": [2.2, 0.3]}), "regression"),
+        (pd.DataFrame({"a": [0.1, 1.5], "b": [2.2, 0.3]}), "multitarget_regression"),
+        (pd.DataFrame({"a": [1, 5, 3], "b": [2, 3, 4]}), "multitarget_regression"),  # ordinal scores
     ],
 )
 def test_infer_task_type(values, expected):
