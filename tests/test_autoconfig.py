@@ -220,3 +220,13 @@ def test_readme_lists_exactly_the_rules_in_the_code():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = readme.split("<!-- autoconfig-rules:start -->")[1].split("<!-- autoconfig-rules:end -->")[0]
     assert block.strip() == rules_markdown().strip()
+
+
+def test_reasons_name_the_excluded_columns(titanic):
+    from lora_tasks.data.profile import ExcludedColumn
+
+    _, profile = titanic
+    p = replace(profile, excluded=(ExcludedColumn("Boat", "only in train.csv: not available at prediction time"),))
+    s = auto_configure(p)
+    assert s.reasons[0] == "excluded_column: Boat (only in train.csv: not available at prediction time)"
+    assert "excluded_column" not in s.fired and s.fired == auto_configure(profile).fired

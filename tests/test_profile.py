@@ -136,3 +136,17 @@ def test_profile_frame_checks_columns():
 def test_length_stats_need_rows():
     with pytest.raises(ValueError, match="no rows"):
         LengthStats.from_lengths([])
+
+
+def test_train_only_columns_are_excluded_from_the_features(tmp_path):
+    from _data_helpers import copy_competition, read_test
+
+    frame = read_train(TITANIC).assign(Boat=lambda d: d["Survived"] * 3)
+    test = read_test(TITANIC)
+    sample = pd.DataFrame({"PassengerId": test["PassengerId"], "Survived": 0})
+    folder = copy_competition("boat", tmp_path, train_frame=frame, test=test, sample=sample)
+    cfg = load_competition("boat", folder, competitions_dir=tmp_path / "none")
+    p = profile_competition(cfg, tokenizer=tokenizer(), token_sample=100)
+    assert p.column("Boat").role == "excluded" and p.n_features == 10
+    assert "| excluded: Boat | only in train.csv: not available at prediction time |" in p.to_markdown()
+    assert "10 features" in p.to_markdown()
