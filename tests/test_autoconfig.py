@@ -17,7 +17,7 @@ from lora_tasks.data.autoconfig import (
     rules_markdown,
 )
 from lora_tasks.data.competition import load_competition
-from lora_tasks.data.profile import LengthStats, TargetProfile, profile_competition
+from lora_tasks.data.profile import ExcludedColumn, LengthStats, TargetProfile, profile_competition
 
 from _data_helpers import HOUSE, TITANIC, TWEETS, shared_dir, tokenizer
 
@@ -223,8 +223,6 @@ def test_readme_lists_exactly_the_rules_in_the_code():
 
 
 def test_reasons_name_the_excluded_columns(titanic):
-    from lora_tasks.data.profile import ExcludedColumn
-
     _, profile = titanic
     p = replace(profile, excluded=(ExcludedColumn("Boat", "only in train.csv: not available at prediction time"),))
     s = auto_configure(p)

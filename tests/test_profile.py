@@ -16,7 +16,7 @@ from lora_tasks.data.profile import (
     profile_frame,
 )
 
-from _data_helpers import HOUSE, TITANIC, TWEETS, read_train, shared_dir, tokenizer
+from _data_helpers import HOUSE, TITANIC, TWEETS, copy_competition, read_test, read_train, shared_dir, tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +139,6 @@ def test_length_stats_need_rows():
 
 
 def test_train_only_columns_are_excluded_from_the_features(tmp_path):
-    from _data_helpers import copy_competition, read_test
-
     frame = read_train(TITANIC).assign(Boat=lambda d: d["Survived"] * 3)
     test = read_test(TITANIC)
     sample = pd.DataFrame({"PassengerId": test["PassengerId"], "Survived": 0})

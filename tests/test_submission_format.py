@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lora_tasks.data.competition import load_competition
+from lora_tasks.data.competition import CompetitionConfigError, load_competition
 from lora_tasks.data.csv_io import CsvEncodingWarning, CsvReadError, read_csv
 from lora_tasks.data.submission_format import (
     SubmissionFormat,
@@ -160,3 +160,22 @@ def test_text_mode_keeps_every_spelling(tmp_path):
     path.write_text("id,y,z\n007,True,1\n0013_01,False,\n")
     frame = read_csv(path, as_text=True)
     assert frame.to_dict("list") == {"id": ["007", "0013_01"], "y": ["True", "False"], "z": ["1", ""]}
+
+
+def test_binary_probabilities_given_as_two_columns_use_class_one():
+    fmt = SubmissionFormat(columns=("id", "target"), prediction="probabilities", dtype="float", id_column="id",
+                           classes=("0", "1"))
+    frame = fmt.render(["a", "b"], np.array([[0.8, 0.2], [0.4, 0.6]]), (0, 1))
+    assert frame["target"].tolist() == [0.2, 0.6]
+
+
+def test_a_parent_folder_never_yields_another_competitions_files(tmp_path):
+    train, test, sample = _tables("y", [0, 1] * 5, 0)
+    folder = tmp_path / "other" / "data"
+    folder.mkdir(parents=True)
+    train.to_csv(folder / "train.csv", index=False)
+    with pytest.raises(CompetitionConfigError, match="No train.csv"):
+        load_competition("mine", tmp_path, competitions_dir=tmp_path / "none")
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(CompetitionConfigError, match="No train.csv"):
+        load_competition("mine", tmp_path, competitions_dir=tmp_path / "none")

@@ -242,7 +242,9 @@ def _resolve_data_dir(data_dir: str | os.PathLike | None, slug: str, train_name:
     for candidate in (base, base / slug):
         if (candidate / train_name).is_file():
             return candidate
-    for candidate in (base / slug, *((base,) if base.name == slug or explicit and not (base / slug).is_dir() else ())):
+    # base/* only when base is the competition's own folder: in a parent of several
+    # competitions, the one sub-folder with a train file may be another competition's
+    for candidate in (base / slug, *((base,) if base.name == slug else ())):
         nested = _single_subfolder_with(candidate, train_name)
         if nested is not None:
             return nested

@@ -178,6 +178,8 @@ class SubmissionFormat:
             for j, col in enumerate(cols):
                 frame[col] = self._spell_column(matrix[:, j], classes, col)
         else:
+            if matrix.shape[1] == 2 and len(cols) == 1 and self.prediction == "probabilities":
+                matrix = matrix[:, 1:]  # binary given as P(class 0), P(class 1): the column is P(class 1)
             order = self._column_order(matrix.shape[1], classes)
             for col, j in zip(cols, order, strict=True):
                 column = matrix[:, j].astype(np.float64)
