@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -179,3 +182,17 @@ def test_a_parent_folder_never_yields_another_competitions_files(tmp_path):
     (tmp_path / "mine").mkdir()
     with pytest.raises(CompetitionConfigError, match="No train.csv"):
         load_competition("mine", tmp_path, competitions_dir=tmp_path / "none")
+
+
+def test_render_predictions_cuts_probabilities_into_spelled_labels(tmp_path):
+    cfg = _competition(tmp_path, *_tables("Transported", [True, False] * 10, False))
+    frame = cfg.submission.render_predictions(cfg.read_test_ids(), np.array([0.9, 0.2, 0.55, 0.4]), cfg.classes, 0.5)
+    assert frame["Transported"].tolist() == ["True", "False", "True", "False"]
+    with pytest.raises(SubmissionRenderError, match="NaN"):
+        cfg.submission.render_predictions(cfg.read_test_ids(), np.array([0.9, np.nan, 0.5, 0.4]), cfg.classes)
+
+
+def test_format_survives_a_json_round_trip(tmp_path):
+    cfg = _competition(tmp_path, *_tables("answer", ["yes", "no"] * 6, "no"))
+    again = SubmissionFormat.from_dict(json.loads(json.dumps(asdict(cfg.submission))))
+    assert again == cfg.submission

@@ -22,6 +22,8 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from lora_tasks.metrics import to_labels
+
 Prediction = Literal["labels", "probabilities", "values"]
 PREDICTIONS: tuple[str, ...] = ("labels", "probabilities", "values")
 #: ``bool``: labels written True/False; ``int``: whole numbers without ``.0``; ``str``: as written.
@@ -153,7 +155,28 @@ class SubmissionFormat:
             "predictions and the competition's classes disagree (re-run prepare)."
         )
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SubmissionFormat:
+        """Back from ``dataclasses.asdict`` after a JSON round trip (lists become tuples again)."""
+        known = {f: data[f] for f in cls.__dataclass_fields__ if f in data}
+        for key in ("columns", "classes"):
+            if key in known:
+                known[key] = tuple(known[key])
+        return cls(**known)
+
     # ------------------------------------------------------------------------------ writing
+
+    def render_predictions(
+        self, ids: Sequence[Any], predictions: np.ndarray, classes: Sequence[Any] | None, threshold: float = 0.5
+    ) -> pd.DataFrame:
+        """:meth:`render` from what a model or blend outputs (on the original scale, after any
+        inverse target transform): for labels, probabilities are cut at ``threshold`` (binary,
+        multi-label) or argmaxed (multiclass) first; probabilities and values go as they are."""
+        predictions = np.asarray(predictions, dtype=np.float64)
+        if self.prediction != "labels":
+            return self.render(ids, predictions, classes)
+        _check_finite(predictions.ravel(), ", ".join(self.value_columns))
+        return self.render(ids, to_labels(predictions, threshold), classes)
 
     def render(self, ids: Sequence[Any], values: np.ndarray, classes: Sequence[Any] | None = None) -> pd.DataFrame:
         """The submission table: ``ids`` as text, then the value columns in the sample's order.
