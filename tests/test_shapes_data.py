@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.feature_extraction.text import CountVectorizer
+from sklearn.linear_model import LogisticRegression, Ridge
 
 from lora_tasks.data.competition import load_competition
 from lora_tasks.data.csv_io import read_csv
@@ -126,3 +128,39 @@ def test_unknown_kaggle_metric_warns_and_falls_back(shapes_dir):
         cfg = load_competition(s.slug, data_dir=shapes_dir, competitions_dir=shapes_dir / "no-configs",
                                kaggle_metric="Weighted Gini Of Something")
     assert cfg.metric == "rmse" and cfg.metric_source == "inferred"
+
+
+def _design(cfg, train: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The shapes' features as a linear model sees them: one-hot categories, word counts for text."""
+    text = [c for c in cfg.feature_columns if not pd.api.types.is_numeric_dtype(train[c]) and train[c].str.count(" ").mean() > 2]
+    if text:
+        vec = CountVectorizer().fit(train[text[0]])
+        return vec.transform(train[text[0]]).toarray(), vec.transform(test[text[0]]).toarray()
+    both = pd.get_dummies(pd.concat([train[list(cfg.feature_columns)], test[list(cfg.feature_columns)]]), dtype=float)
+    return both.iloc[: len(train)].to_numpy(), both.iloc[len(train):].to_numpy()
+
+
+@pytest.mark.parametrize("s", SHAPES, ids=_IDS)
+def test_every_shape_has_a_learnable_signal(s: CompetitionShape, shapes_dir):
+    """A linear model on the features beats the constant guess on the hidden solution, so an
+    end-to-end run on a shape can be checked for a real score, not only a valid file."""
+    cfg = _load(s, shapes_dir)
+    train, test = cfg.read_train(), cfg.read_test()
+    solution = read_csv(shapes_dir / s.slug / SOLUTION_FILE_NAME)
+    x_train, x_test = _design(cfg, train, test)
+    if cfg.submission.rows_sum_to_one:  # one-hot solution columns: back to one label column
+        truth = {cfg.target_columns[0]: solution[list(cfg.submission.value_columns)].idxmax(axis=1)}
+    else:
+        truth = {c: solution[c] for c in cfg.target_columns}
+    for column, y_true in truth.items():
+        y_train = train[column]
+        if cfg.task_type in ("regression", "multitarget_regression"):
+            pred = Ridge(alpha=1.0).fit(x_train, np.log1p(y_train) if cfg.metric == "rmsle" else y_train).predict(x_test)
+            target = np.log1p(y_true) if cfg.metric == "rmsle" else y_true
+            r2 = 1 - np.mean((target - pred) ** 2) / np.var(target)
+            assert r2 > 0.3, f"{column}: R2 {r2:.2f}"
+        else:
+            pred = LogisticRegression(max_iter=1000).fit(x_train, y_train.astype(str)).predict(x_test)
+            accuracy = float(np.mean(pred == y_true.astype(str).to_numpy()))
+            majority = float(y_true.astype(str).value_counts(normalize=True).iloc[0])
+            assert accuracy > majority + 0.1, f"{column}: accuracy {accuracy:.2f}, majority {majority:.2f}"
