@@ -214,3 +214,11 @@ def test_float_digits_option():
 def test_unknown_text_column_is_an_error():
     with pytest.raises(KeyError, match="tweet"):
         rows_to_text(read_train(TWEETS).head(2), text_columns=["tweet"])
+
+
+def test_a_column_the_other_table_lacks_is_a_clear_error():
+    train = pd.DataFrame({"a": [1, 2], "casual": [3, 4]})
+    template = RowTemplate.for_frame(train)
+    with pytest.raises(KeyError, match=r"\['casual'\].*excluded_columns"):
+        template.render_frame(pd.DataFrame({"a": [5]}))
+    assert RowTemplate.for_frame(train, exclude=["casual"]).render_frame(pd.DataFrame({"a": [5]})) == ["A is 5."]
