@@ -47,6 +47,7 @@ def test_inferred_with_no_config(s: CompetitionShape, shapes_dir):
     assert cfg.metric == e.metric and cfg.metric_source == "kaggle metadata" and cfg.kaggle_metric == e.kaggle_metric
     assert cfg.submission.prediction == e.prediction
     assert cfg.submission.classes == e.classes
+    assert cfg.submission.target_transform == ("log1p" if e.metric == "rmsle" else "none")
     assert tuple(x.name for x in cfg.excluded) == e.excluded_columns
     assert cfg.files.sample_submission == e.sample_file
     assert cfg.data_dir.name == (s.subfolder or s.slug)

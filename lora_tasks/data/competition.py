@@ -533,6 +533,10 @@ def load_competition(
                 stacklevel=2,
             )
         metric, metric_source = default_metric(_metric_task(task), submission.prediction), "inferred"
+    if metric == "rmsle" and "target_transform" not in given.get("submission", {}):
+        # RMSLE is RMSE on log1p values: train there, as a config would say for house prices
+        submission = replace(submission, target_transform="log1p")
+        inferred.setdefault("submission", {})["target_transform"] = "log1p"
     _check_consistency(path or name_or_slug, task, metric, submission)
 
     provenance = [k for k in ("id_column", "target_columns", "task") if k in inferred and k not in given]

@@ -324,3 +324,19 @@ def _write(frame: pd.DataFrame, path: Path) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m lora_tasks.testing.shapes DEST``: write every shape under DEST and list them."""
+    import argparse  # only the command needs it
+
+    parser = argparse.ArgumentParser(description="Write the synthetic Kaggle-shaped competitions.")
+    parser.add_argument("dest", help="folder to write <slug>/ folders into (the fake server's data folder)")
+    args = parser.parse_args(argv)
+    for slug, folder in build_all_shapes(args.dest).items():
+        e = shape(slug).expected
+        print(f"{slug}: {folder} ({e.task}, {e.metric}, Kaggle metric {e.kaggle_metric!r})")
+
+
+if __name__ == "__main__":
+    main()
