@@ -196,3 +196,9 @@ def test_format_survives_a_json_round_trip(tmp_path):
     cfg = _competition(tmp_path, *_tables("answer", ["yes", "no"] * 6, "no"))
     again = SubmissionFormat.from_dict(json.loads(json.dumps(asdict(cfg.submission))))
     assert again == cfg.submission
+
+
+def test_a_hand_built_format_without_spellings_still_writes_plain_labels():
+    fmt = SubmissionFormat(columns=("Id", "y"), prediction="labels", dtype="int", id_column="Id")
+    assert fmt.render([1, 2], np.array([1.0, 0.0]))["y"].tolist() == ["1", "0"]
+    assert fmt.render([1, 2], np.array([True, False]))["y"].tolist() == ["True", "False"]

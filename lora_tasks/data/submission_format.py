@@ -145,7 +145,11 @@ class SubmissionFormat:
         return {c: set(self.classes) for c in self.value_columns}
 
     def spell(self, value: Any) -> str:
-        """A class value (as pandas read it, or a spelling) written the way train.csv writes it."""
+        """A class value (as pandas read it, or a spelling) written the way train.csv writes it.
+        With no spellings known (a format built by hand), booleans are True/False and numbers
+        are written without a needless ``.0``."""
+        if not self.classes:
+            return str(bool(value)) if isinstance(value, (bool, np.bool_)) else label_key(value)
         key = label_key(value)
         for spelling in self.classes:
             if label_key(spelling) == key:
