@@ -17,7 +17,7 @@ from lora_tasks.data.autoconfig import (
     rules_markdown,
 )
 from lora_tasks.data.competition import load_competition
-from lora_tasks.data.profile import LengthStats, TargetProfile, profile_competition
+from lora_tasks.data.profile import ExcludedColumn, LengthStats, TargetProfile, profile_competition
 
 from _data_helpers import HOUSE, TITANIC, TWEETS, shared_dir, tokenizer
 
@@ -220,3 +220,11 @@ def test_autoconfig_doc_lists_exactly_the_rules_in_the_code():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "autoconfig.md").read_text()
     block = doc.split("<!-- autoconfig-rules:start -->")[1].split("<!-- autoconfig-rules:end -->")[0]
     assert block.strip() == rules_markdown().strip(), "regenerate docs/autoconfig.md's table from rules_markdown()"
+
+
+def test_reasons_name_the_excluded_columns(titanic):
+    _, profile = titanic
+    p = replace(profile, excluded=(ExcludedColumn("Boat", "only in train.csv: not available at prediction time"),))
+    s = auto_configure(p)
+    assert s.reasons[0] == "excluded_column: Boat (only in train.csv: not available at prediction time)"
+    assert "excluded_column" not in s.fired and s.fired == auto_configure(profile).fired

@@ -307,3 +307,73 @@ def test_demo_config_matches_the_demo_competition(tmp_path):
         assert (c.id_column, c.target_columns, c.task_type) == (DEMO_ID_COLUMN, (DEMO_TARGET_COLUMN,), "binary")
         assert c.classes == (0, 1) and c.metric == "accuracy"
     assert cfg.schedule != zero.schedule  # the shipped file sets its own schedule
+
+
+# ---------------------------------------------------------------------------- train-only columns, metric source
+
+
+def _with_train_only_columns(tmp_path, name="extra"):
+    """Titanic with two columns test.csv lacks (like bike-sharing's casual/registered)."""
+    frame = read_train(TITANIC).assign(Boat=lambda d: d["Survived"] * 3, Body=lambda d: d["Age"].fillna(0) * 2)
+    test = read_test(TITANIC)
+    sample = pd.DataFrame({"PassengerId": test["PassengerId"], "Survived": 0})
+    return copy_competition(name, tmp_path, train_frame=frame, test=test, sample=sample)
+
+
+def test_train_only_columns_are_excluded_with_their_reason(tmp_path):
+    folder = _with_train_only_columns(tmp_path)
+    cfg = load_competition("extra", folder, competitions_dir=tmp_path / "none")
+    assert [(e.name, e.reason) for e in cfg.excluded] == [
+        ("Boat", "only in train.csv: not available at prediction time"),
+        ("Body", "only in train.csv: not available at prediction time"),
+    ]
+    assert "Boat" in cfg.excluded_columns and "Boat" not in cfg.feature_columns
+    train, test = cfg.read_train(), cfg.read_test()
+    template = cfg.row_template(train)
+    assert "Boat" not in template.columns and "Body" not in template.columns
+    assert len(template.render_frame(test)) == len(test)  # used to be a KeyError
+    described = cfg.describe()
+    assert "| excluded: `Boat` | only in train.csv: not available at prediction time |" in described
+
+
+def test_drop_columns_still_works_next_to_train_only_columns(tmp_path):
+    folder = _with_train_only_columns(tmp_path)
+    (tmp_path / "cfgs").mkdir()
+    (tmp_path / "cfgs" / "extra.toml").write_text('drop_columns = ["Body", "Ticket"]\n')
+    cfg = load_competition("extra", folder, competitions_dir=tmp_path / "cfgs")
+    assert [e.name for e in cfg.excluded] == ["Boat"], "a dropped column is not listed twice"
+    assert {"Body", "Ticket", "Boat"} <= set(cfg.excluded_columns)
+    assert "Ticket" not in cfg.row_template(cfg.read_train()).columns
+    assert "| dropped | Body, Ticket | config (drop_columns) |" in cfg.describe()
+
+
+def test_metric_source_is_recorded(tmp_path):
+    shipped = load_competition(TITANIC, shared_dir(), kaggle_metric="Area Under Receiver Operating Characteristic Curve")
+    assert shipped.metric == "accuracy" and shipped.metric_source == "config", "a config's metric wins over Kaggle's"
+    folder = copy_competition("t", tmp_path, sample=pd.read_csv(shared_dir() / TITANIC / "gender_submission.csv"),
+                              sample_name="gender_submission.csv")
+    inferred = load_competition("t", folder, competitions_dir=tmp_path / "none")
+    assert inferred.metric == "accuracy" and inferred.metric_source == "inferred"
+    kaggle = load_competition("t", folder, competitions_dir=tmp_path / "none", kaggle_metric="Categorization Accuracy")
+    assert kaggle.metric_source == "kaggle metadata" and "kaggle metadata: 'Categorization Accuracy'" in kaggle.describe()
+    auc = load_competition("t", folder, competitions_dir=tmp_path / "none",
+                           kaggle_metric="Area Under Receiver Operating Characteristic Curve")
+    assert auc.metric == "roc_auc" and auc.submission.prediction == "probabilities", "the metric decides what is written"
+
+
+def test_files_in_one_sub_folder_are_found(tmp_path):
+    copy_competition("data", tmp_path / "nested", sample=pd.read_csv(shared_dir() / TITANIC / "gender_submission.csv"),
+                     sample_name="sampleSubmission.csv")
+    cfg = load_competition("nested", tmp_path, competitions_dir=tmp_path / "none")
+    assert cfg.data_dir == tmp_path / "nested" / "data" and cfg.files.sample_submission == "sampleSubmission.csv"
+    assert cfg.id_column == "PassengerId"
+
+
+def test_several_float_targets_are_multitarget_regression(tmp_path):
+    frame = read_train(TITANIC)
+    test = read_test(TITANIC).drop(columns=["Age", "Fare"])
+    sample = pd.DataFrame({"PassengerId": test["PassengerId"], "Age": 30.0, "Fare": 10.0})
+    folder = copy_competition("two", tmp_path, train_frame=frame, test=test, sample=sample)
+    cfg = load_competition("two", folder, competitions_dir=tmp_path / "none")
+    assert cfg.task_type == "multitarget_regression" and cfg.target_columns == ("Age", "Fare")
+    assert cfg.submission.prediction == "values" and cfg.metric == "rmse"

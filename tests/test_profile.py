@@ -16,7 +16,7 @@ from lora_tasks.data.profile import (
     profile_frame,
 )
 
-from _data_helpers import HOUSE, TITANIC, TWEETS, read_train, shared_dir, tokenizer
+from _data_helpers import HOUSE, TITANIC, TWEETS, copy_competition, read_test, read_train, shared_dir, tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,8 @@ def test_markdown_lists_summary_and_every_column(titanic_profile):
         (pd.Series([0.5, 1.25, 3.0]), "regression"),
         (pd.Series(range(100)), "regression"),  # integers, but too many distinct values for classes
         (pd.DataFrame({"a": [0, 1], "b": [1, 0]}), "multilabel"),
-        (pd.DataFrame({"a": [0.1, 1.5], "b": [2.2, 0.3]}), "regression"),
+        (pd.DataFrame({"a": [0.1, 1.5], "b": [2.2, 0.3]}), "multitarget_regression"),
+        (pd.DataFrame({"a": [1, 5, 3], "b": [2, 3, 4]}), "multitarget_regression"),  # ordinal scores
     ],
 )
 def test_infer_task_type(values, expected):
@@ -135,3 +136,15 @@ def test_profile_frame_checks_columns():
 def test_length_stats_need_rows():
     with pytest.raises(ValueError, match="no rows"):
         LengthStats.from_lengths([])
+
+
+def test_train_only_columns_are_excluded_from_the_features(tmp_path):
+    frame = read_train(TITANIC).assign(Boat=lambda d: d["Survived"] * 3)
+    test = read_test(TITANIC)
+    sample = pd.DataFrame({"PassengerId": test["PassengerId"], "Survived": 0})
+    folder = copy_competition("boat", tmp_path, train_frame=frame, test=test, sample=sample)
+    cfg = load_competition("boat", folder, competitions_dir=tmp_path / "none")
+    p = profile_competition(cfg, tokenizer=tokenizer(), token_sample=100)
+    assert p.column("Boat").role == "excluded" and p.n_features == 10
+    assert "| excluded: Boat | only in train.csv: not available at prediction time |" in p.to_markdown()
+    assert "10 features" in p.to_markdown()

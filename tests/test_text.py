@@ -91,7 +91,7 @@ def test_titanic_first_row_reads_as_sentences():
 def test_missing_values_said_when_asked():
     template, frame = _template(TITANIC, missing="say", missing_text="unknown")
     texts = template.render_frame(frame.head(10))
-    for text, cabin in zip(texts, frame.head(10)["Cabin"]):
+    for text, cabin in zip(texts, frame.head(10)["Cabin"], strict=True):
         assert ("Cabin is unknown." in text) == pd.isna(cabin)
 
 
@@ -137,7 +137,7 @@ def test_omit_common_must_be_a_share_of_rows():
 def test_tweet_text_first_then_keyword():
     template, frame = _template(TWEETS)
     with_kw = frame[frame["keyword"].notna() & frame["location"].notna()].head(20)
-    for text, (_, row) in zip(template.render_frame(with_kw), with_kw.iterrows()):
+    for text, (_, row) in zip(template.render_frame(with_kw), with_kw.iterrows(), strict=True):
         tweet = " ".join(str(row["text"]).split())
         assert text.startswith(tweet)
         assert f"Keyword is {row['keyword']}." in text
@@ -156,7 +156,7 @@ def test_whole_datasets_serialize_cleanly_and_deterministically(slug):
     assert not re.search(r" is -?[\d.]+e[+-]\d", joined)  # no scientific notation
     # a row's text depends only on the row: shuffled rows give the same per-row text
     shuffled = frame.sample(frac=1.0, random_state=1)
-    again = dict(zip(shuffled.index, template.render_frame(shuffled)))
+    again = dict(zip(shuffled.index, template.render_frame(shuffled), strict=True))
     assert all(again[i] == texts[k] for k, i in enumerate(frame.index))
 
 
@@ -214,3 +214,11 @@ def test_float_digits_option():
 def test_unknown_text_column_is_an_error():
     with pytest.raises(KeyError, match="tweet"):
         rows_to_text(read_train(TWEETS).head(2), text_columns=["tweet"])
+
+
+def test_a_column_the_other_table_lacks_is_a_clear_error():
+    train = pd.DataFrame({"a": [1, 2], "casual": [3, 4]})
+    template = RowTemplate.for_frame(train)
+    with pytest.raises(KeyError, match=r"\['casual'\].*excluded_columns"):
+        template.render_frame(pd.DataFrame({"a": [5]}))
+    assert RowTemplate.for_frame(train, exclude=["casual"]).render_frame(pd.DataFrame({"a": [5]})) == ["A is 5."]

@@ -12,7 +12,12 @@ from typing import Any
 _LAZY = {
     "CompetitionConfig": "competition",
     "CompetitionConfigError": "competition",
-    "SubmissionFormat": "competition",
+    "SubmissionFormat": "submission_format",
+    "SubmissionRenderError": "submission_format",
+    "write_csv": "submission_format",
+    "read_csv": "csv_io",
+    "CsvReadError": "csv_io",
+    "ExcludedColumn": "profile",
     "load_competition": "competition",
     "list_competitions": "competition",
     "DataProfile": "profile",

@@ -67,7 +67,8 @@ class TrainSettings:
     @property
     def fired(self) -> list[str]:
         """Names of the rules that fired, in order (not the config's recipe or a run's overrides)."""
-        return [name for name in (r.split(":", 1)[0] for r in self.reasons) if name not in ("config", "override")]
+        skip = ("config", "override", "excluded_column")
+        return [name for name in (r.split(":", 1)[0] for r in self.reasons) if name not in skip]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -323,6 +324,8 @@ def auto_configure(
         target_transform=competition.submission.target_transform if competition is not None else "none",
     )
     settings = TrainSettings()
+    for excluded in profile.excluded:  # not a rule: the data decides, and the user should see it first
+        settings.reasons.append(f"excluded_column: {excluded.name} ({excluded.reason})")
     for rule in rules:
         if rule.when(ctx, settings):
             settings.reasons.append(f"{rule.name}: {rule.apply(ctx, settings)}")

@@ -5,37 +5,93 @@ sample submission whose columns are the id and the target), so a competition wit
 file is read from its data: the id is the sample-submission column that test.csv shares, the
 targets are its other columns, the task type comes from the target's values and the metric
 from the task. A ``competitions/<slug>.toml`` file only refines that (metric, target
-transform, text columns, ...). Config files are validated strictly, because a misspelt key
-that is silently ignored costs a whole training run.
+transform, text columns, ...); its format and strict schema live in :mod:`.config_file`.
+
+What the data also decides: a train.csv column that test.csv lacks (bike-sharing's
+``casual``/``registered``) is never a feature, since test rows do not have it, and the spec
+records it with the reason; the submission format keeps the sample's columns and the exact
+spelling of train.csv's labels (:mod:`.submission_format`); the metric comes from the config,
+else from Kaggle's ``evaluation_metric``, else from the task, and the spec says which.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import tomllib
+import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import pandas as pd
 
-from lora_tasks.metrics import TASK_TYPES, Metric, default_metric, get_metric
-from lora_tasks.thresholds import check_setting
+from lora_tasks.metrics import Metric, default_metric, get_metric
 
-from .profile import detect_text_columns, infer_task_type
+from .config_file import (
+    ALLOWED_KEYS,
+    COMPETITIONS_ENV,
+    DEFAULT_SCHEDULE,
+    MULTITARGET_REGRESSION,
+    REGRESSION_TASKS,
+    TASKS,
+    TRAINING_SETTINGS,
+    CompetitionConfigError,
+    default_competitions_dir,
+    find_config_file,
+    list_competitions,
+    read_config_file,
+    validate_config_dict,
+)
+from .csv_io import read_csv, read_header
+from .profile import (
+    TRAIN_ONLY_REASON,
+    ExcludedColumn,
+    detect_text_columns,
+    infer_task_type,
+)
+from .submission_format import (
+    SubmissionFormat,
+    infer_submission_format,
+)
 from .text import RowTemplate, SerializationOptions
 
-COMPETITIONS_ENV = "KAGGLE_LORA_COMPETITIONS_DIR"
+try:  # the Kaggle-name table lives with the metrics once merged
+    from lora_tasks.metrics import metric_from_kaggle as _shared_metric_from_kaggle
+except ImportError:  # TODO-merge: drop this branch and _KAGGLE_METRICS when metrics has it
+    _shared_metric_from_kaggle = None
+
+#: Names other modules import from here (the config-file ones live in :mod:`.config_file`).
+__all__ = [
+    "ALLOWED_KEYS", "COMPETITIONS_ENV", "DATA_ENV", "DEFAULT_SCHEDULE", "MULTITARGET_REGRESSION", "REGRESSION_TASKS",
+    "TASKS", "TRAINING_SETTINGS", "CompetitionConfig", "CompetitionConfigError", "CompetitionFiles", "ExcludedColumn",
+    "SubmissionFormat", "config_field_names", "default_competitions_dir", "find_config_file", "infer_from_data",
+    "list_competitions", "load_competition", "metric_from_kaggle_name", "read_config_file", "validate_config_dict",
+]
 DATA_ENV = "KAGGLE_LORA_DATA_DIR"
-DEFAULT_SCHEDULE = "0 4 * * 1"  # Mondays 04:00: weekly re-training
-PREDICTIONS = ("labels", "probabilities", "values")
-DTYPES = ("int", "float", "str")
-TRANSFORMS = ("none", "log1p")
+MetricSource = Literal["config", "kaggle metadata", "inferred"]
 
-
-class CompetitionConfigError(ValueError):
-    """A competition config or its data cannot be used; the message names the file and the fix."""
+#: Kaggle's ``evaluation_metric`` strings -> our metric names, until ``metrics.metric_from_kaggle``
+#: is merged (TODO-merge). Only metrics this branch has; the rest fall back to inference.
+_KAGGLE_METRICS: dict[str, str] = {
+    "categorization accuracy": "accuracy",
+    "accuracy": "accuracy",
+    "root mean squared error": "rmse",
+    "rmse": "rmse",
+    "root mean squared logarithmic error": "rmsle",
+    "rmsle": "rmsle",
+    "mean absolute error": "mae",
+    "mae": "mae",
+    "multiclass loss": "log_loss",
+    "log loss": "log_loss",
+    "logarithmic loss": "log_loss",
+    "area under receiver operating characteristic curve": "roc_auc",
+    "auc": "roc_auc",
+    "mean columnwise area under receiver operating characteristic curve": "roc_auc",
+    "f1 score": "f1",
+    "f-score": "f1",
+    "macro f1 score": "macro_f1",
+    "mean columnwise root mean squared error": "rmse",
+    "r2 score": "r2",
+}
 
 
 @dataclass(frozen=True)
@@ -48,29 +104,13 @@ class CompetitionFiles:
 
 
 @dataclass(frozen=True)
-class SubmissionFormat:
-    """What submission.csv must hold.
-
-    prediction: ``labels`` (class values), ``probabilities`` (P(class) per row; one column per
-        class when ``columns`` lists the classes) or ``values`` (regression).
-    threshold: probability cut for binary labels: a number, or ``"auto"`` (the default): fit on
-        out-of-fold rows for F1, 0.5 for other label metrics (:mod:`lora_tasks.thresholds`).
-    target_transform: ``log1p`` trains on log1p(target) and writes expm1(prediction) (RMSLE).
-    """
-
-    columns: tuple[str, ...] = ()
-    dtype: str = "int"
-    prediction: str = "labels"
-    threshold: float | str = "auto"
-    target_transform: str = "none"
-
-
-@dataclass(frozen=True)
 class CompetitionConfig:
     """A competition, resolved: every field set, from the config file or inferred from the data.
 
     ``inferred`` names the fields that came from the data rather than the file (shown in reports
-    so a surprising choice can be pinned in ``competitions/<slug>.toml``).
+    so a surprising choice can be pinned in ``competitions/<slug>.toml``). ``excluded`` lists the
+    train.csv columns kept out of the features and why (train-only columns); ``metric_source``
+    says where the metric came from (``kaggle_metric``: Kaggle's own name for it, if given).
     """
 
     slug: str
@@ -91,6 +131,10 @@ class CompetitionConfig:
     data_dir: Path | None = None
     config_path: Path | None = None
     inferred: tuple[str, ...] = field(default=())
+    excluded: tuple[ExcludedColumn, ...] = ()
+    metric_source: MetricSource = "inferred"
+    kaggle_metric: str | None = None
+    feature_columns: tuple[str, ...] | None = None
 
     @property
     def target_column(self) -> str:
@@ -126,7 +170,7 @@ class CompetitionConfig:
             )
         if not path.is_file():
             raise CompetitionConfigError(f"{what} of {self.slug} not found at {path}; download the data or fix [files].")
-        return pd.read_csv(path)
+        return read_csv(path)
 
     def read_train(self) -> pd.DataFrame:
         return self._read(self.train_path, "train file")
@@ -137,10 +181,43 @@ class CompetitionConfig:
     def read_sample_submission(self) -> pd.DataFrame:
         return self._read(self.sample_submission_path, "sample submission")
 
+    def read_test_ids(self) -> list[str]:
+        """test.csv's ids as written (``0013_01``, leading zeros kept), in test.csv's order:
+        what the submission's id column must hold."""
+        path = self.test_path
+        if path is None or not path.is_file():
+            self._read(path, "test file")  # raises the error that names the fix
+        return read_csv(path, usecols=[self.id_column], as_text=True)[self.id_column].tolist()
+
     @property
     def excluded_columns(self) -> tuple[str, ...]:
-        """Columns never shown to the model: id, targets and ``drop_columns``."""
-        return (self.id_column, *self.target_columns, *self.drop_columns)
+        """Columns never shown to the model: id, targets, ``drop_columns`` and train-only columns."""
+        return (self.id_column, *self.target_columns, *self.drop_columns, *(e.name for e in self.excluded))
+
+    def describe(self) -> str:
+        """What was inferred and from where, as markdown (``--plan`` shows it)."""
+        def origin(key: str) -> str:
+            return "inferred from the data" if key in self.inferred else "config"
+
+        metric_from = self.metric_source + (f": {self.kaggle_metric!r}" if self.metric_source == "kaggle metadata" else "")
+        lines = [
+            f"### Competition: {self.slug}",
+            "",
+            "| what | value | from |",
+            "|---|---|---|",
+            f"| id column | `{self.id_column}` | {origin('id_column')} |",
+            f"| target(s) | {', '.join(f'`{c}`' for c in self.target_columns)} | {origin('target_columns')} |",
+            f"| task | {self.task_type} | {origin('task')} |",
+            f"| metric | {self.metric} | {metric_from} |",
+            f"| submission holds | {self.submission.prediction} | {origin('submission.prediction')} |",
+            f"| sample submission | {self.files.sample_submission} | {'found in the data' if self.data_dir else 'config'} |",
+        ]
+        if self.drop_columns:
+            lines.append(f"| dropped | {', '.join(self.drop_columns)} | config (drop_columns) |")
+        for e in self.excluded:
+            lines.append(f"| excluded: `{e.name}` | {e.reason} | inferred from the data |")
+        lines += ["", "Submission format:", self.submission.describe()]
+        return "\n".join(lines)
 
     def row_template(self, frame: pd.DataFrame) -> RowTemplate:
         """The rows-as-text template for this competition's tables (train and test share it)."""
@@ -150,206 +227,14 @@ class CompetitionConfig:
         return RowTemplate.for_frame(frame, text_columns=text_cols, exclude=self.excluded_columns, options=self.serialization)
 
 
-# ------------------------------------------------------------------------------ strict schema
-
-_SCALAR_KEYS: dict[str, type | tuple[type, ...]] = {
-    "slug": str,
-    "title": str,
-    "task": str,
-    "id_column": str,
-    "metric": str,
-    "schedule": str,
-}
-_LIST_KEYS = ("aliases", "target_columns", "text_columns", "drop_columns")
-_TABLE_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "files": {"train": str, "test": str, "sample_submission": str},
-    "submission": {
-        "columns": list,
-        "dtype": str,
-        "prediction": str,
-        "threshold": (int, float, str),
-        "target_transform": str,
-    },
-    "serialization": {
-        "missing": str,
-        "missing_text": str,
-        "float_digits": int,
-        "text_first": bool,
-        "label_text": bool,
-        "rename": dict,
-        "omit_common": (int, float),
-        "clean_text": bool,
-    },
-}
-#: ``[training]``: the competition's recipe, on top of the auto-configuration rules (a run's own
-#: overrides still win). ``top_layers`` is a number or ``"all"``; ``adapter_sets`` are more fold
-#: adapter sets blended as members (``"expressive"``, ``"balanced@all-mpnet-base-v2:epochs=2"``).
-TRAINING_SETTINGS: dict[str, type | tuple[type, ...]] = {
-    "preset": str,
-    "max_seq_len": int,
-    "batch_size": int,
-    "epochs": int,
-    "learning_rate": (int, float),
-    "n_folds": int,
-    "class_weight": str,
-    "top_layers": (int, str),
-}
-_TABLE_KEYS["training"] = {**TRAINING_SETTINGS, "adapter_sets": list}
-ALLOWED_KEYS: tuple[str, ...] = (*_SCALAR_KEYS, *_LIST_KEYS, *_TABLE_KEYS)
-_CHOICES = {
-    ("", "task"): TASK_TYPES,
-    ("submission", "prediction"): PREDICTIONS,
-    ("submission", "dtype"): DTYPES,
-    ("submission", "target_transform"): TRANSFORMS,
-    ("serialization", "missing"): ("skip", "say"),
-}
-
-
-def _fail(source: str, message: str) -> CompetitionConfigError:
-    return CompetitionConfigError(f"{source}: {message}")
-
-
-def _check_type(source: str, key: str, value: Any, expected: type | tuple[type, ...]) -> None:
-    if isinstance(value, bool) and expected is not bool and not (isinstance(expected, tuple) and bool in expected):
-        ok = False
-    else:
-        ok = isinstance(value, expected)
-    if not ok:
-        names = expected.__name__ if isinstance(expected, type) else " or ".join(t.__name__ for t in expected)
-        raise _fail(source, f"`{key}` must be {names}, got {type(value).__name__} {value!r}.")
-
-
-def validate_config_dict(raw: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
-    """Check keys, types and choices of a parsed config; return a normalized copy.
-
-    An unknown key is an error that names it and lists the allowed keys (a typo must not be
-    silently ignored). ``target_columns`` also accepts a single string.
-    """
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key in _SCALAR_KEYS:
-            _check_type(source, key, value, _SCALAR_KEYS[key])
-            out[key] = value
-        elif key in _LIST_KEYS:
-            if isinstance(value, str) and key in ("target_columns", "aliases"):
-                value = [value]
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise _fail(source, f"`{key}` must be a list of strings, got {value!r}.")
-            out[key] = list(value)
-        elif key in _TABLE_KEYS:
-            if not isinstance(value, Mapping):
-                raise _fail(source, f"[{key}] must be a table, got {type(value).__name__}.")
-            allowed = _TABLE_KEYS[key]
-            table: dict[str, Any] = {}
-            for sub, sub_value in value.items():
-                if sub not in allowed:
-                    raise _fail(
-                        source, f"unknown key `{key}.{sub}`; allowed keys in [{key}]: {', '.join(allowed)}."
-                    )
-                _check_type(source, f"{key}.{sub}", sub_value, allowed[sub])
-                table[sub] = sub_value
-            out[key] = table
-        else:
-            raise _fail(source, f"unknown key `{key}`; allowed keys: {', '.join(ALLOWED_KEYS)}.")
-    for (table, key), choices in _CHOICES.items():
-        value = out.get(key) if not table else out.get(table, {}).get(key)
-        if value is not None and value not in choices:
-            name = key if not table else f"{table}.{key}"
-            raise _fail(source, f"`{name}` is {value!r}; expected one of {', '.join(choices)}.")
-    if "metric" in out:
-        try:
-            out["metric"] = get_metric(out["metric"]).name
-        except KeyError as exc:
-            raise _fail(source, str(exc.args[0])) from None
-    if "threshold" in out.get("submission", {}):
-        try:
-            out["submission"]["threshold"] = check_setting(out["submission"]["threshold"])
-        except ValueError as exc:
-            raise _fail(source, f"submission.{exc.args[0]}") from None
-    if "schedule" in out and not _is_cron(out["schedule"]):
-        raise _fail(source, f"`schedule` {out['schedule']!r} is not a 5-field cron expression (e.g. {DEFAULT_SCHEDULE!r}).")
-    _check_training(source, out.get("training", {}))
-    rename = out.get("serialization", {}).get("rename", {})
-    if not all(isinstance(v, str) for v in rename.values()):
-        raise _fail(source, "`serialization.rename` maps column names to readable names (strings).")
-    return out
-
-
-def _check_training(source: str, training: Mapping[str, Any]) -> None:
-    from lora_tasks.data.autoconfig import PRESETS
-
-    if "preset" in training and training["preset"] not in PRESETS:
-        raise _fail(source, f"`training.preset` is {training['preset']!r}; expected one of {', '.join(PRESETS)}.")
-    for key in ("max_seq_len", "batch_size", "epochs", "n_folds", "learning_rate"):
-        if key in training and training[key] <= 0:
-            raise _fail(source, f"`training.{key}` must be positive, got {training[key]!r}.")
-    top = training.get("top_layers")
-    if top is not None and not (top == "all" or (isinstance(top, int) and top > 0)):
-        raise _fail(source, f"`training.top_layers` is {top!r}; give a positive number of layers or \"all\".")
-    sets = training.get("adapter_sets", [])
-    if not all(isinstance(v, str) for v in sets):
-        raise _fail(source, f"`training.adapter_sets` must be a list of strings like \"expressive\", got {sets!r}.")
-
-
-_CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$|^[A-Za-z]{3}(-[A-Za-z]{3})?$")
-
-
-def _is_cron(expr: str) -> bool:
-    parts = expr.split()
-    return len(parts) == 5 and all(_CRON_FIELD.match(p) for p in parts)
-
-
 # ------------------------------------------------------------------------------ finding files
-
-
-def default_competitions_dir() -> Path:
-    """The folder of ``<slug>.toml`` files: ``$KAGGLE_LORA_COMPETITIONS_DIR``, else the repo's
-    ``competitions/`` (a checkout or an editable install: the files you edit), else the copy a
-    wheel ships as ``lora_tasks/_competitions`` (a link to ``competitions/`` in the repo)."""
-    env = os.environ.get(COMPETITIONS_ENV)
-    if env:
-        return Path(env).expanduser()
-    import lora_tasks
-
-    package = Path(lora_tasks.__file__).resolve().parent
-    repo = package.parent / "competitions"
-    return repo if repo.is_dir() else package / "_competitions"
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """Parse and validate one config file."""
-    try:
-        with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise CompetitionConfigError(f"{path}: not valid TOML ({exc}); fix the syntax.") from None
-    return validate_config_dict(raw, source=str(path))
-
-
-def list_competitions(directory: Path | None = None) -> dict[str, Path]:
-    """Every name a config answers to (file stem, slug, aliases) -> its file."""
-    directory = directory or default_competitions_dir()
-    names: dict[str, Path] = {}
-    if not directory.is_dir():
-        return names
-    for path in sorted(directory.glob("*.toml")):
-        raw = read_config_file(path)
-        for name in (path.stem, raw.get("slug", path.stem), *raw.get("aliases", [])):
-            other = names.get(name)
-            if other is not None and other != path:
-                raise CompetitionConfigError(f"Name {name!r} is claimed by both {other} and {path}; remove one alias.")
-            names[name] = path
-    return names
-
-
-def find_config_file(name: str, directory: Path | None = None) -> Path | None:
-    """The config file for a slug or alias, or None (then everything is inferred)."""
-    return list_competitions(directory).get(name)
 
 
 def _resolve_data_dir(data_dir: str | os.PathLike | None, slug: str, train_name: str) -> Path | None:
     """``data_dir`` may be the competition folder itself or its parent (``<parent>/<slug>``, as
-    the Kaggle download lays it out); without it ``$KAGGLE_LORA_DATA_DIR`` is tried."""
+    the Kaggle download lays it out); without it ``$KAGGLE_LORA_DATA_DIR`` is tried. Some
+    competitions' zips hold their files in one sub-folder (``<slug>/data/train.csv``): a single
+    sub-folder holding the train file is used then."""
     explicit = data_dir is not None
     base = Path(data_dir).expanduser() if explicit else (Path(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else None)
     if base is None:
@@ -357,22 +242,43 @@ def _resolve_data_dir(data_dir: str | os.PathLike | None, slug: str, train_name:
     for candidate in (base, base / slug):
         if (candidate / train_name).is_file():
             return candidate
+    # base/* only when base is the competition's own folder: in a parent of several
+    # competitions, the one sub-folder with a train file may be another competition's
+    for candidate in (base / slug, *((base,) if base.name == slug else ())):
+        nested = _single_subfolder_with(candidate, train_name)
+        if nested is not None:
+            return nested
     if explicit:
         raise CompetitionConfigError(
-            f"No {train_name} in {base} or {base / slug}; pass the folder that holds the competition's "
-            "files (train.csv, test.csv, sample_submission.csv)."
+            f"No {train_name} in {base} or {base / slug} (or one sub-folder of them); pass the folder that holds "
+            "the competition's files (train.csv, test.csv, sample_submission.csv)."
         )
     return None
 
 
-def _find_sample_submission(folder: Path, configured: str | None) -> str:
+def _single_subfolder_with(folder: Path, train_name: str) -> Path | None:
+    if not folder.is_dir():
+        return None
+    found = sorted(
+        p.parent for p in folder.glob(f"*/{train_name}") if p.is_file() and not p.parent.name.startswith((".", "__"))
+    )
+    return found[0] if len(found) == 1 else None
+
+
+def _find_sample_submission(folder: Path, configured: str | None, files: CompetitionFiles) -> str:
+    """``sample_submission.csv``, else the one CSV whose name mentions "submission" in any case
+    (``gender_submission.csv``, ``sampleSubmission.csv``)."""
     if configured:
         if not (folder / configured).is_file():
             raise CompetitionConfigError(f"Sample submission {folder / configured} (from [files]) does not exist; fix [files].sample_submission.")
         return configured
     if (folder / "sample_submission.csv").is_file():
         return "sample_submission.csv"
-    found = sorted(p.name for p in folder.glob("*submission*.csv"))
+    others = {files.train, files.test, "solution.csv"}
+    found = sorted(
+        p.name for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() == ".csv" and "submission" in p.name.lower() and p.name not in others
+    )
     if len(found) == 1:
         return found[0]
     raise CompetitionConfigError(
@@ -384,29 +290,54 @@ def _find_sample_submission(folder: Path, configured: str | None) -> str:
 # ------------------------------------------------------------------------------ inference
 
 
-def _dtype_name(values: pd.Series) -> str:
-    if pd.api.types.is_integer_dtype(values) or pd.api.types.is_bool_dtype(values):
-        return "int"
-    if pd.api.types.is_float_dtype(values):
-        return "float"
-    return "str"
+def _looks_fractional(cells: list[str]) -> bool:
+    """Whether a sample column written as text holds non-whole numbers (0.5: probabilities)."""
+    fractional = False
+    for cell in cells:
+        if not cell.strip():
+            continue
+        try:
+            number = float(cell)
+        except ValueError:
+            return False
+        fractional = fractional or not float(number).is_integer()
+    return fractional
 
 
-def infer_from_data(folder: Path, files: CompetitionFiles, known: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Fill id, targets, task, classes and submission format from the files in ``folder``.
+def _infer_prediction(task: str, class_columns: list[str] | None, sample_first: list[str], metric_hint: str | None) -> str:
+    """labels / probabilities / values: the metric decides when known (Kaggle's or the config's),
+    else the sample's values do (0.5 means probabilities)."""
+    if class_columns is not None:
+        return "probabilities"
+    if task in REGRESSION_TASKS:
+        return "values"
+    if metric_hint is not None:
+        spec = get_metric(metric_hint)
+        if task in spec.tasks and spec.needs != "values":
+            return spec.needs
+    if task == "multilabel":
+        return "probabilities"
+    return "probabilities" if _looks_fractional(sample_first) and task != "multiclass" else "labels"
+
+
+def infer_from_data(
+    folder: Path, files: CompetitionFiles, known: Mapping[str, Any] | None = None, *, metric_hint: str | None = None
+) -> dict[str, Any]:
+    """Fill id, targets, task, classes, excluded columns and submission format from ``folder``.
 
     ``known`` holds values already fixed by the config file; they are used as given (and
-    checked against the files) rather than inferred.
+    checked against the files) rather than inferred. ``metric_hint``: the metric if already
+    known (config or Kaggle), which decides what the submission holds.
     """
     known = dict(known or {})
     train_path, test_path, sample_path = folder / files.train, folder / files.test, folder / files.sample_submission
     for path, what in ((train_path, "train"), (sample_path, "sample submission")):
         if not path.is_file():
             raise CompetitionConfigError(f"No {what} file at {path}; download the data or fix [files] in the config.")
-    train_cols = list(pd.read_csv(train_path, nrows=0).columns)
-    test_cols = list(pd.read_csv(test_path, nrows=0).columns) if test_path.is_file() else None
-    sample = pd.read_csv(sample_path)
-    sample_cols = list(sample.columns)
+    train_cols = read_header(train_path)
+    test_cols = read_header(test_path) if test_path.is_file() else None
+    sample = read_csv(sample_path, as_text=True)
+    sample_cols = [str(c) for c in sample.columns]
     out: dict[str, Any] = {}
 
     id_col = known.get("id_column")
@@ -434,8 +365,8 @@ def infer_from_data(folder: Path, files: CompetitionFiles, known: Mapping[str, A
             # the train column that test lacks whose values are exactly those column names
             only_train = [c for c in train_cols if c != id_col and test_cols is not None and c not in test_cols]
             if rest and only_train:
-                values = pd.read_csv(train_path, usecols=only_train)
-                matches = [c for c in only_train if set(values[c].dropna().astype(str)) == set(rest)]
+                values = read_csv(train_path, usecols=only_train, as_text=True)
+                matches = [c for c in only_train if set(values[c]) - {""} == set(rest)]
                 if len(matches) == 1:
                     targets, class_columns = matches, rest
             if targets is None:
@@ -455,7 +386,16 @@ def infer_from_data(folder: Path, files: CompetitionFiles, known: Mapping[str, A
                 f"`{key}` lists {unknown}, which {train_path} does not have (columns: {train_cols}); fix `{key}`."
             )
 
-    target_frame = pd.read_csv(train_path, usecols=list(targets))
+    # a train column test.csv lacks can never be a feature: the model would not have it at prediction time
+    drop = set(known.get("drop_columns", []))
+    if test_cols is not None:
+        excluded = [ExcludedColumn(c, TRAIN_ONLY_REASON) for c in train_cols
+                    if c not in test_cols and c != id_col and c not in targets and c not in drop]
+        out["excluded"] = excluded
+        skip = {id_col, *targets, *drop, *(e.name for e in excluded)}
+        out["feature_columns"] = [c for c in train_cols if c not in skip]
+
+    target_frame = read_csv(train_path, usecols=list(targets))
     task = known.get("task")
     if task is None:
         try:
@@ -463,26 +403,25 @@ def infer_from_data(folder: Path, files: CompetitionFiles, known: Mapping[str, A
         except ValueError as exc:
             raise CompetitionConfigError(f"{train_path}: {exc}") from None
         out["task"] = task
+    classes: tuple[Any, ...] | None = None
     if task in ("binary", "multiclass"):
-        out["classes"] = tuple(sorted(target_frame[targets[0]].dropna().unique().tolist()))
+        classes = tuple(sorted(target_frame[targets[0]].dropna().unique().tolist()))
+    elif task == "multilabel":
+        classes = tuple(sorted({v for c in targets for v in target_frame[c].dropna().unique().tolist()}))
+    if classes is not None:
+        out["classes"] = classes
 
-    submission = dict(known.get("submission", {}))
-    inferred_sub: dict[str, Any] = {}
-    if "columns" not in submission:
-        inferred_sub["columns"] = sample_cols
-    if "prediction" not in submission:
-        if class_columns is not None:
-            inferred_sub["prediction"] = "probabilities"
-        elif task == "regression":
-            inferred_sub["prediction"] = "values"
-        else:
-            first = sample[[c for c in sample_cols if c != id_col][0]]
-            inferred_sub["prediction"] = "probabilities" if _dtype_name(first) == "float" and task != "multiclass" else "labels"
-    if "dtype" not in submission:
-        value_cols = [c for c in sample_cols if c != id_col]
-        inferred_sub["dtype"] = _dtype_name(sample[value_cols[0]]) if value_cols else "float"
-    if inferred_sub:
-        out["submission"] = inferred_sub
+    given_sub = dict(known.get("submission", {}))
+    value_cols = [c for c in sample_cols if c != id_col]
+    prediction = given_sub.get("prediction") or _infer_prediction(
+        task, class_columns, sample[value_cols[0]].tolist() if value_cols else [], metric_hint
+    )
+    raw_targets = read_csv(train_path, usecols=list(targets), as_text=True) if classes is not None else None
+    fmt = infer_submission_format(
+        sample, id_column=id_col, prediction=prediction, classes=classes, raw_targets=raw_targets,
+        given={k: v for k, v in given_sub.items() if k in ("columns", "dtype")},
+    )
+    out["submission"] = {"columns": list(fmt.columns), "prediction": prediction, "dtype": fmt.dtype, "classes": list(fmt.classes)}
     return out
 
 
@@ -496,12 +435,39 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def metric_from_kaggle_name(name: str) -> str | None:
+    """Our metric for Kaggle's ``evaluation_metric`` string, or None (with a warning naming it)
+    when we have no such metric: the caller then falls back to inference."""
+    if _shared_metric_from_kaggle is not None:
+        found = _shared_metric_from_kaggle(name)
+    else:
+        found = _KAGGLE_METRICS.get(" ".join(name.strip().lower().split()))
+    if found is not None:
+        try:
+            return get_metric(found).name
+        except KeyError:
+            found = None
+    warnings.warn(
+        f"Kaggle's evaluation metric {name!r} has no counterpart here; the metric is inferred from the "
+        "task instead. Set `metric` in competitions/<slug>.toml to choose one.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return None
+
+
+def _metric_task(task: str) -> str:
+    """The task a metric is checked against (multi-target regression is scored as regression)."""
+    return "regression" if task == MULTITARGET_REGRESSION else task
+
+
 def load_competition(
     name_or_slug: str,
     data_dir: str | os.PathLike | None = None,
     competitions_dir: str | os.PathLike | None = None,
     *,
     overrides: Mapping[str, Any] | None = None,
+    kaggle_metric: str | None = None,
 ) -> CompetitionConfig:
     """Resolve a competition: its config file (if any), refined onto what the data says.
 
@@ -509,7 +475,9 @@ def load_competition(
     ``data_dir`` is the competition's data folder or its parent; without it
     ``$KAGGLE_LORA_DATA_DIR`` is tried, and with no data a config file must set id, targets and
     task itself. ``overrides`` uses the config-file schema (e.g. ``{"metric": "f1"}``) and wins
-    over both file and data.
+    over both file and data. ``kaggle_metric``: the competition's ``evaluation_metric`` from
+    Kaggle's listing, used when no config names a metric (an unknown name warns and falls back
+    to the metric inferred from the task).
     """
     directory = Path(competitions_dir) if competitions_dir is not None else default_competitions_dir()
     path = find_config_file(name_or_slug, directory)
@@ -517,13 +485,14 @@ def load_competition(
     extra = validate_config_dict(overrides, source="overrides") if overrides else {}
     given = _merge(from_file, extra)
     slug = given.get("slug", name_or_slug)
+    from_kaggle = metric_from_kaggle_name(kaggle_metric) if kaggle_metric and "metric" not in given else None
 
     files = CompetitionFiles(**{k: v for k, v in given.get("files", {}).items() if k != "sample_submission"})
     folder = _resolve_data_dir(data_dir, slug, files.train)
     inferred: dict[str, Any] = {}
     if folder is not None:
-        files = replace(files, sample_submission=_find_sample_submission(folder, given.get("files", {}).get("sample_submission")))
-        inferred = infer_from_data(folder, files, known=given)
+        files = replace(files, sample_submission=_find_sample_submission(folder, given.get("files", {}).get("sample_submission"), files))
+        inferred = infer_from_data(folder, files, known=given, metric_hint=given.get("metric") or from_kaggle)
     else:
         files = CompetitionFiles(**given.get("files", {}))
         needed = [k for k in ("id_column", "target_columns", "task") if k not in given]
@@ -538,8 +507,8 @@ def load_competition(
     task = merged["task"]
 
     sub = dict(merged.get("submission", {}))
-    sub.setdefault("prediction", "values" if task == "regression" else "labels")
-    sub.setdefault("dtype", "float" if task == "regression" or sub["prediction"] == "probabilities" else "int")
+    sub.setdefault("prediction", "values" if task in REGRESSION_TASKS else "labels")
+    sub.setdefault("dtype", "float" if task in REGRESSION_TASKS or sub["prediction"] == "probabilities" else "int")
     sub.setdefault("columns", [merged["id_column"], *merged["target_columns"]])
     submission = SubmissionFormat(
         columns=tuple(sub["columns"]),
@@ -547,15 +516,35 @@ def load_competition(
         prediction=sub["prediction"],
         threshold=sub.get("threshold", "auto"),
         target_transform=sub.get("target_transform", "none"),
+        id_column=merged["id_column"],
+        classes=tuple(sub.get("classes", ())),
     )
-    metric = merged.get("metric") or default_metric(task, submission.prediction)
+    metric_source: MetricSource
+    if given.get("metric"):
+        metric, metric_source = given["metric"], "config"
+    elif from_kaggle is not None and _metric_task(task) in get_metric(from_kaggle).tasks:
+        metric, metric_source = from_kaggle, "kaggle metadata"
+    else:
+        if from_kaggle is not None:
+            warnings.warn(
+                f"Kaggle's evaluation metric {kaggle_metric!r} ({from_kaggle}) does not fit the inferred "
+                f"{task} task; using the task's default metric. Set `task` or `metric` in the config.",
+                UserWarning,
+                stacklevel=2,
+            )
+        metric, metric_source = default_metric(_metric_task(task), submission.prediction), "inferred"
+    if metric == "rmsle" and "target_transform" not in given.get("submission", {}):
+        # RMSLE is RMSE on log1p values: train there, as a config would say for house prices
+        submission = replace(submission, target_transform="log1p")
+        inferred.setdefault("submission", {})["target_transform"] = "log1p"
     _check_consistency(path or name_or_slug, task, metric, submission)
 
     provenance = [k for k in ("id_column", "target_columns", "task") if k in inferred and k not in given]
     if "metric" not in given:
         provenance.append("metric")
-    provenance += [f"submission.{k}" for k in inferred.get("submission", {}) if k not in given.get("submission", {})]
+    provenance += [f"submission.{k}" for k in inferred.get("submission", {}) if k not in given.get("submission", {}) and k != "classes"]
     text_columns = merged.get("text_columns")
+    feature_columns = inferred.get("feature_columns")
     return CompetitionConfig(
         slug=slug,
         task_type=task,
@@ -575,19 +564,23 @@ def load_competition(
         data_dir=folder,
         config_path=path,
         inferred=tuple(provenance),
+        excluded=tuple(inferred.get("excluded", ())),
+        metric_source=metric_source,
+        kaggle_metric=kaggle_metric if metric_source == "kaggle metadata" else None,
+        feature_columns=tuple(feature_columns) if feature_columns is not None else None,
     )
 
 
 def _check_consistency(source: Any, task: str, metric: str, submission: SubmissionFormat) -> None:
     spec = get_metric(metric)
-    if task not in spec.tasks:
+    if _metric_task(task) not in spec.tasks:
         raise CompetitionConfigError(
             f"{source}: metric {metric!r} does not apply to a {task} task (it fits {', '.join(spec.tasks)}); "
             "fix `metric` or `task`."
         )
-    if submission.target_transform == "log1p" and task != "regression":
+    if submission.target_transform == "log1p" and task not in REGRESSION_TASKS:
         raise CompetitionConfigError(f"{source}: target_transform log1p needs a regression task, not {task}.")
-    if task == "regression" and submission.prediction != "values":
+    if task in REGRESSION_TASKS and submission.prediction != "values":
         raise CompetitionConfigError(f"{source}: a regression submission holds values, not {submission.prediction}.")
 
 

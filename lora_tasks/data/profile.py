@@ -35,7 +35,9 @@ _TEXT_SAMPLE = 5000
 
 
 def infer_task_type(target: pd.Series | pd.DataFrame) -> str:
-    """binary / multiclass / regression for one target column; multilabel for several binary ones.
+    """binary / multiclass / regression for one target column; for several: multilabel (all
+    binary, e.g. toxic-comment's six 0/1 columns) or multitarget_regression (all numeric and none
+    binary, e.g. six essay scores).
 
     A numeric target is a class label when all its values are integers and there are at most
     :data:`MAX_CLASSES_FOR_INTEGER_TARGET` of them (two: binary); any non-numeric target is a label.
@@ -46,11 +48,12 @@ def infer_task_type(target: pd.Series | pd.DataFrame) -> str:
         kinds = {c: infer_task_type(target[c]) for c in target.columns}
         if all(k == "binary" for k in kinds.values()):
             return "multilabel"
-        if all(k == "regression" for k in kinds.values()):
-            return "regression"
+        numeric = all(pd.api.types.is_numeric_dtype(target[c]) and not pd.api.types.is_bool_dtype(target[c]) for c in target.columns)
+        if numeric and "binary" not in kinds.values():
+            return "multitarget_regression"
         raise ValueError(
             f"Targets {kinds} mix task types; only several binary targets (multilabel) or several "
-            "numeric targets (multi-output regression) are supported. Set `task` and "
+            "numeric, non-binary targets (multi-target regression) are supported. Set `task` and "
             "`target_columns` in the competition config."
         )
     values = target.dropna()
@@ -100,6 +103,18 @@ def detect_text_columns(frame: pd.DataFrame, exclude: Iterable[str] = ()) -> lis
 
 # ---------------------------------------------------------------------------------- profile
 
+#: Why a train.csv column that test.csv lacks is never a feature.
+TRAIN_ONLY_REASON = "only in train.csv: not available at prediction time"
+
+
+@dataclass(frozen=True)
+class ExcludedColumn:
+    """A column of train.csv kept out of the features, and why (shown in the profile and plan)."""
+
+    name: str
+    reason: str
+
+
 
 @dataclass(frozen=True)
 class ColumnProfile:
@@ -107,7 +122,7 @@ class ColumnProfile:
 
     name: str
     dtype: str
-    role: str  # id | target | feature | dropped
+    role: str  # id | target | feature | dropped | excluded
     kind: str  # numeric | categorical | text | boolean | constant | empty
     missing_rate: float
     n_unique: int
@@ -168,6 +183,7 @@ class DataProfile:
     token_lengths: LengthStats | None = None
     tokenizer: str = ""
     n_test_rows: int | None = None
+    excluded: tuple[ExcludedColumn, ...] = ()
 
     def column(self, name: str) -> ColumnProfile:
         for c in self.columns:
@@ -191,6 +207,8 @@ class DataProfile:
         lines.append(f"| columns | {self.n_columns} ({self.n_features} features) |")
         lines.append(f"| task type | {self.task_type or 'unknown'} |")
         lines.append(f"| free-text columns | {', '.join(self.text_columns) or 'none'} |")
+        for e in self.excluded:
+            lines.append(f"| excluded: {e.name} | {e.reason} |")
         if self.target is not None:
             if self.target.class_counts:
                 balance = ", ".join(f"{k}: {v}" for k, v in self.target.class_counts.items())
@@ -266,21 +284,25 @@ def profile_frame(
     token_sample: int | None = 2000,
     seed: int = 0,
     n_test_rows: int | None = None,
+    excluded: Sequence[ExcludedColumn] = (),
 ) -> DataProfile:
     """Profile a training table.
 
     ``text_columns=None`` detects free text with :func:`is_free_text`. With a ``tokenizer`` the
     rows are serialized as the model will see them (:mod:`lora_tasks.data.text`) and their token
     lengths measured on a seeded sample of ``token_sample`` rows (``None``: all rows), which
-    keeps profiling fast on big tables while p95/p99 stay representative.
+    keeps profiling fast on big tables while p95/p99 stay representative. ``excluded``: columns
+    kept out of the features with their reason (train-only columns); they are neither features
+    nor serialized.
     """
     targets = [c for c in target_columns]
-    missing = [c for c in [id_column, *targets, *drop_columns] if c is not None and c not in frame.columns]
+    excluded_names = [e.name for e in excluded]
+    missing = [c for c in [id_column, *targets, *drop_columns, *excluded_names] if c is not None and c not in frame.columns]
     if missing:
         raise KeyError(f"Columns {missing} are not in the table {name} (columns: {list(frame.columns)}).")
-    excluded = {c for c in [id_column, *targets, *drop_columns] if c is not None}
+    excluded_set = {c for c in [id_column, *targets, *drop_columns, *excluded_names] if c is not None}
     if text_columns is None:
-        text_columns = detect_text_columns(frame, exclude=excluded)
+        text_columns = detect_text_columns(frame, exclude=excluded_set)
     text_set = set(text_columns)
 
     n = len(frame)
@@ -289,7 +311,10 @@ def profile_frame(
         values = frame[c]
         n_unique = int(values.nunique(dropna=True))
         is_obj = not pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-        role = "id" if c == id_column else "target" if c in targets else "dropped" if c in drop_columns else "feature"
+        role = (
+            "id" if c == id_column else "target" if c in targets else "dropped" if c in drop_columns
+            else "excluded" if c in excluded_names else "feature"
+        )
         cols.append(
             ColumnProfile(
                 name=str(c),
@@ -313,7 +338,7 @@ def profile_frame(
         sample = frame
         if token_sample is not None and n > token_sample:
             sample = frame.sample(n=token_sample, random_state=seed)
-        template = RowTemplate.for_frame(frame, text_columns=list(text_columns), exclude=excluded, options=serialization)
+        template = RowTemplate.for_frame(frame, text_columns=list(text_columns), exclude=excluded_set, options=serialization)
         lengths = LengthStats.from_lengths(tokenizer.lengths(template.render_frame(sample)))
 
     return DataProfile(
@@ -327,6 +352,7 @@ def profile_frame(
         token_lengths=lengths,
         tokenizer=getattr(tokenizer, "source", "") if tokenizer is not None else "",
         n_test_rows=n_test_rows,
+        excluded=tuple(excluded),
     )
 
 
@@ -356,4 +382,5 @@ def profile_competition(
         token_sample=token_sample,
         seed=seed,
         n_test_rows=n_test,
+        excluded=config.excluded,
     )

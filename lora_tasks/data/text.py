@@ -230,7 +230,9 @@ class RowTemplate:
         if missing:
             raise KeyError(
                 f"Columns {missing} are in the template but not in this table; train and test "
-                "must share feature columns (or list the column under `drop_columns`)."
+                "must share feature columns. Build the template with the competition's "
+                "`excluded_columns` (CompetitionConfig.row_template does: train-only columns are "
+                "excluded), or list the column under `drop_columns`."
             )
         records = frame[list(self.columns)].astype(object).to_dict(orient="records")
         return [self.render(r) for r in records]

@@ -88,7 +88,7 @@ class Tokenizer:
             return self._tok.encode_batch(texts)
         if len(text_pairs) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(text_pairs)} text pairs; pass one pair per text.")
-        return self._tok.encode_batch(list(zip(texts, [str(p) for p in text_pairs])))
+        return self._tok.encode_batch(list(zip(texts, [str(p) for p in text_pairs], strict=True)))
 
     def __call__(
         self,

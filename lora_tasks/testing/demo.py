@@ -10,6 +10,7 @@ downloaded. The fake Kaggle server serves it and scores submissions with accurac
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ DEMO_SLUG = "demo"
 DEMO_ID_COLUMN = "id"
 DEMO_TARGET_COLUMN = "target"
 DEMO_TEST_FRACTION = 0.3
+#: What Kaggle's competition listing would say in ``evaluation_metric`` (the fake server can serve it).
+DEMO_EVALUATION_METRIC = "Categorization Accuracy"
 _SEED = 20240601
 
 
@@ -65,6 +68,9 @@ def _column_name(name: str) -> str:
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False, float_format="%.10g", lineterminator="\n")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # two builds at once never share it
+    try:
+        frame.to_csv(tmp, index=False, float_format="%.10g", lineterminator="\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
