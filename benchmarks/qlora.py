@@ -34,7 +34,7 @@ def one(kind: str, steps: int) -> dict:
     import numpy as np
 
     from lora_tasks.lora.quantized import array_bytes
-    from lora_tasks.models import create_bert_with_lora, create_qlora_model
+    from lora_tasks.factory import create_bert_with_lora, create_qlora_model
     from lora_tasks.models.heads import head_loss
 
     if kind == "fp32":

@@ -46,7 +46,7 @@ from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.ensemble import blend
 from lora_tasks.hub import resolve_model_dir
 from lora_tasks.metrics import get_metric
-from lora_tasks.models import create_bert_with_lora
+from lora_tasks.factory import create_bert_with_lora
 from lora_tasks.models.encoder import read_model_config
 from lora_tasks.progress import LogProgress
 from lora_tasks.thresholds import nested_threshold_score, tunes_threshold

@@ -19,7 +19,8 @@ import mlx.optimizers as optim
 import numpy as np
 from _common import minilm_dir, row, run_peer, write_results
 
-from lora_tasks.models import create_bert_with_lora, ops
+from lora_tasks.factory import create_bert_with_lora
+from lora_tasks.models import ops
 from lora_tasks.native import native_info
 
 

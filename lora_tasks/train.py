@@ -28,6 +28,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from lora_tasks.data.batching import bucket_indices
 from lora_tasks.data.tokenizer import Encoded
+from lora_tasks.models.heads import predictions
 from lora_tasks.progress import ProgressCallback, ProgressEvent
 
 log = logging.getLogger("lora_tasks.train")
@@ -159,8 +160,6 @@ def balanced_class_weights(head_type: str, labels: np.ndarray) -> mx.array | Non
 
 def predict(model: nn.Module, data: Dataset, batch_size: int = 64, pad_to_multiple: int = 16) -> np.ndarray:
     """Predictions (probabilities or values) for every row, in row order. Model in eval mode."""
-    from lora_tasks.models.heads import predictions
-
     was_training = model.training
     model.eval()
     out: list[np.ndarray] = []

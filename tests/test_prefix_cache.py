@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from mlx.utils import tree_flatten
 
-from lora_tasks.models import BertConfig, create_bert_with_lora
+from lora_tasks.factory import create_bert_with_lora
+from lora_tasks.models import BertConfig
 from lora_tasks.prefix_cache import FromPrefix, compute_prefix, first_adapted_layer, prefix_dataset
 from lora_tasks.train import TrainConfig, predict, train
 from tests._tiny import TINY, toy_data

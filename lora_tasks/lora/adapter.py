@@ -20,8 +20,10 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from lora_tasks import __version__
 from lora_tasks.lora.config import LoRAConfig, is_fused_qkv, layer_index, path_has_prefix
 from lora_tasks.lora.layers import DoRALinear, LoRALinear, SlicedLoRALinear, linear_dims
+from lora_tasks.lora.quantized import QLoRALinear, QSlicedLoRALinear, quantize_base
 
 HEAD_ATTR = "head"
 FORMAT = "lora_tasks.lora"
@@ -76,8 +78,6 @@ class LoRAAdapter:
         self.config = config
         self.freeze_base = freeze_base
         if config.quantize_bits is not None:  # QLoRA: the frozen base linears stored quantized
-            from lora_tasks.lora.quantized import quantize_base
-
             quantize_base(model, bits=config.quantize_bits, group_size=config.quantize_group_size,
                           skip_prefixes=(HEAD_ATTR,))
         targets = self._find_targets()
@@ -98,7 +98,7 @@ class LoRAAdapter:
             if not model.training:
                 layer.eval()
             parent_path, _, name = path.rpartition(".")
-            _set_child(modules[parent_path], name, layer)
+            set_child(modules[parent_path], name, layer)
             self.layers[path] = layer
         self._set_trainable()
 
@@ -231,8 +231,6 @@ class LoRAAdapter:
             )
 
     def metadata(self) -> dict[str, str]:
-        from lora_tasks import __version__
-
         return {
             "format": FORMAT,
             "lora_tasks_version": __version__,
@@ -297,14 +295,14 @@ class LoRAAdapter:
 
     def export_peft(self, directory: str | os.PathLike) -> Path:
         """Write ``adapter_model.safetensors`` + ``adapter_config.json`` in PEFT's layout."""
-        from lora_tasks.lora.peft_format import export_peft
+        from lora_tasks.lora.peft_format import export_peft  # peft_format builds on this module (import cycle)
 
         return export_peft(self, directory)
 
     @classmethod
     def from_peft(cls, model: nn.Module, directory: str | os.PathLike, freeze_base: bool = True) -> "LoRAAdapter":
         """Apply an adapter saved by PEFT (``save_pretrained``) or by :meth:`export_peft` to ``model``."""
-        from lora_tasks.lora.peft_format import import_peft
+        from lora_tasks.lora.peft_format import import_peft  # peft_format builds on this module (import cycle)
 
         return import_peft(model, directory, freeze_base=freeze_base)
 
@@ -320,8 +318,6 @@ def check_supported(config: LoRAConfig) -> None:
 
 def _layer_class(linear: nn.Module, config: LoRAConfig, sliced: bool) -> type[LoRALinear]:
     if isinstance(linear, nn.QuantizedLinear):
-        from lora_tasks.lora.quantized import QLoRALinear, QSlicedLoRALinear
-
         if config.use_dora:
             check_supported(config.replace(quantize_bits=linear.bits))
         return QSlicedLoRALinear if sliced else QLoRALinear
@@ -348,7 +344,8 @@ def apply_lora(model: nn.Module, config: LoRAConfig, freeze_base: bool = True) -
     return LoRAAdapter(model, config, freeze_base=freeze_base)
 
 
-def _set_child(parent: Any, name: str, child: nn.Module) -> None:
+def set_child(parent: Any, name: str, child: nn.Module) -> None:
+    """Replace the child ``name`` of a module (or an index of a module list) in place."""
     if isinstance(parent, list):
         parent[int(name)] = child
     else:
@@ -362,4 +359,4 @@ def describe(adapter: LoRAAdapter) -> str:
     )
 
 
-__all__ = ["AdapterLoadError", "LoRAAdapter", "ParameterReport", "apply_lora", "read_adapter_file", "describe"]
+__all__ = ["AdapterLoadError", "LoRAAdapter", "ParameterReport", "apply_lora", "read_adapter_file", "describe", "set_child"]
