@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -28,7 +29,14 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from lora_tasks import __version__
-from lora_tasks.lora.adapter import AdapterLoadError, check_supported, read_adapter_file, set_child
+from lora_tasks.lora.adapter import (
+    AdapterLoadError,
+    base_identity,
+    check_base_model,
+    check_supported,
+    read_adapter_file,
+    set_child,
+)
 from lora_tasks.lora.config import LoRAConfig, as_config, layer_index
 from lora_tasks.models.heads import ClassificationHead
 
@@ -266,7 +274,7 @@ class MultiAdapterManager:
             "lora_tasks_version": __version__,
             "adapters": json.dumps({n: c.to_dict() for n, c in self.configs.items()}),
             "active": self._active or "",
-            "model_class": type(self.model).__name__,
+            **base_identity(self.model),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -281,7 +289,7 @@ class MultiAdapterManager:
             if not self.configs[name].train_head:  # a frozen head is still this adapter's own
                 state.update({f"{HEAD_ATTR}.{k}": v for k, v in tree_flatten(self.heads[name].parameters())})
             arrays.update({f"{name}/{k}": v for k, v in state.items()})
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.safetensors")
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp.safetensors")
         try:
             mx.save_safetensors(str(tmp), arrays, metadata=self.metadata())
             os.replace(tmp, path)
@@ -289,15 +297,16 @@ class MultiAdapterManager:
             tmp.unlink(missing_ok=True)
         return path
 
-    def load(self, path: str | os.PathLike) -> None:
+    def load(self, path: str | os.PathLike, strict: bool = True) -> None:
         """Load a file written by :meth:`save`: adapters missing here are added with the file's configs;
-        existing ones must have the same config. The file's active adapter becomes active."""
+        existing ones must have the same config. The file's active adapter becomes active.
+        A file trained on another base model is an error, or a warning with ``strict=False``."""
         arrays, metadata = read_adapter_file(path)
         if metadata.get("format") != MULTI_FORMAT:
             raise AdapterLoadError(f"{path} was not written by MultiAdapterManager.save (format "
                                    f"{metadata.get('format')!r}); load single adapters with LoRAAdapter.from_file.")
         configs = {n: LoRAConfig.from_dict(d) for n, d in json.loads(metadata["adapters"]).items()}
-        problems = []
+        problems = check_base_model(metadata, self.model, path, strict)
         for name, saved in configs.items():
             if name in self.configs:
                 for f in _FUNCTIONAL_FIELDS:

@@ -30,7 +30,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from lora_tasks.lora.adapter import HEAD_ATTR, AdapterLoadError, LoRAAdapter
+from lora_tasks.lora.adapter import HEAD_ATTR, AdapterLoadError, LoRAAdapter, read_adapter_file
 from lora_tasks.lora.config import MODERNBERT_TARGETS, QKV_ORDER, TARGETS, LoRAConfig, is_fused_qkv, targets_of_path
 from lora_tasks.lora.layers import SlicedLoRALinear
 from lora_tasks.torch_bin import load_torch_bin
@@ -235,7 +235,7 @@ def read_peft(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, m
         raise FileNotFoundError(f"No {CONFIG_FILE} in {directory}; pass the folder PEFT's save_pretrained wrote.")
     config = json.loads(cfg_path.read_text())
     if (directory / ADAPTER_FILE).is_file():
-        tensors = dict(mx.load(str(directory / ADAPTER_FILE)))
+        tensors = read_adapter_file(directory / ADAPTER_FILE)[0]
     elif (directory / ADAPTER_BIN).is_file():
         tensors = {k: mx.array(np.asarray(v)) for k, v in load_torch_bin(directory / ADAPTER_BIN).items()}
     else:
@@ -391,6 +391,6 @@ def import_peft(model: nn.Module, directory: str | os.PathLike, freeze_base: boo
             state[f"{prefix}{rel}.{attr}"] = value
     head_file = directory / HEAD_FILE
     if head_file.is_file() and adapter.trains_head:
-        state.update(dict(mx.load(str(head_file))))
+        state.update(read_adapter_file(head_file)[0])
     adapter.load_lora_state_dict(state)
     return adapter
