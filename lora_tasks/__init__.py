@@ -10,7 +10,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from .backend import blas_info, configure as _configure_backend
+from .backend import blas_info
+from .backend import configure as _configure_backend
 
 _configure_backend()
 

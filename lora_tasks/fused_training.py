@@ -37,14 +37,11 @@ from lora_tasks.train import TrainConfig, train
 def default_parallel_mode() -> str:
     """``"fused"`` or ``"sequential"``: how to train K adapters on the backend at hand.
 
-    Measured by ``benchmarks/ensemble.py`` (MiniLM, r=8 Q,K,V,O, batch 16, seq 64, compiled AdamW
-    steps; ``benchmarks/results/ensemble.json``) on the shared 2-core Linux box (MKL), medians:
-    K=2 fused 3.73 s per round against 3.35 s sequential (1.11x slower; an earlier run 3.14 vs
-    2.52 s), K=4 fused 8.08 s against 5.07 s (1.59x slower). The CPU GEMMs are already
-    compute-bound at batch 16 and the K-times activations overflow the cache, so fusing does not
-    pay there: sequential is the CPU default. Thread-parallel training with compiled steps hung
-    on this MLX build (0.32.4) and was not measured. On Metal the GPU is underused at batch 16,
-    so one K-times-wider step is the expected better use of it: fused (not measured here).
+    On the CPU the GEMMs are already compute-bound at small batches and the K-times activations
+    overflow the cache, so fusing was slower than training the adapters one after another
+    (``benchmarks/ensemble.py``; numbers in ``benchmarks/results/ensemble.json``): sequential is the
+    CPU default. On Metal the GPU is underused at small batches, so one K-times-wider step is the
+    expected better use of it: fused (not measured).
     """
     return "sequential" if is_cpu_backend() else "fused"
 
@@ -152,7 +149,7 @@ class FusedAdapters(nn.Module):
         self.freeze()
         for path in self.layer_paths:
             self._layer(path).unfreeze(recurse=False, keys=["lora_a", "lora_b"])
-        for head, cfg in zip(self.heads, self.configs):
+        for head, cfg in zip(self.heads, self.configs, strict=True):
             if cfg.train_head:
                 head.unfreeze()
 

@@ -279,7 +279,7 @@ def train(
     mx.random.seed(cfg.seed)
     steps_per_epoch = math.ceil(math.ceil(len(train_data) / cfg.batch_size) / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
-    # bias correction on: without it the first steps are far too large (loss jumped 0.001 -> 3.7 on a toy task)
+    # bias correction on: without it the first steps are far too large (the loss jumps on a toy task)
     optimizer = optim.AdamW(
         learning_rate=make_schedule(cfg, total_steps), weight_decay=cfg.weight_decay, bias_correction=True
     )

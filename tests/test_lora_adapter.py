@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
+import lora_tasks
 from lora_tasks.factory import create_bert_with_lora, create_model_with_lora
 from lora_tasks.lora import AdapterLoadError, DoRALinear, LoRAAdapter, LoRAConfig, LoRALinear, read_adapter_file
 from lora_tasks.lora.adapter import AdapterFileError, BaseModelMismatchWarning
-import lora_tasks
 from lora_tasks.models import BertConfig, BertWithHead, load_encoder
 
 TINY = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,

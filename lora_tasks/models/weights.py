@@ -7,11 +7,10 @@ Handles ``model.safetensors`` and, where that is all a checkpoint has, ``pytorch
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from lora_tasks.torch_bin import WeightLoadError, load_torch_bin
