@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from _data_helpers import HOUSE, TITANIC, TWEETS, shared_dir, tokenizer
 
 from lora_tasks.data.autoconfig import (
     PRESETS,
@@ -18,8 +19,6 @@ from lora_tasks.data.autoconfig import (
 )
 from lora_tasks.data.competition import load_competition
 from lora_tasks.data.profile import LengthStats, TargetProfile, profile_competition
-
-from _data_helpers import HOUSE, TITANIC, TWEETS, shared_dir, tokenizer
 
 RULE_NAMES = [r.name for r in RULES]
 

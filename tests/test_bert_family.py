@@ -15,8 +15,17 @@ from safetensors.numpy import load_file, save_file
 from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.factory import create_bert_with_lora, create_model_with_lora
 from lora_tasks.lora import export_peft, import_peft
-from lora_tasks.models import (BertModel, BertWithHead, DistilBertConfig, DistilBertModel, ElectraConfig, ElectraModel,
-                               RobertaConfig, RobertaModel, load_encoder)
+from lora_tasks.models import (
+    BertModel,
+    BertWithHead,
+    DistilBertConfig,
+    DistilBertModel,
+    ElectraConfig,
+    ElectraModel,
+    RobertaConfig,
+    RobertaModel,
+    load_encoder,
+)
 from lora_tasks.models.distilbert import distilbert_to_ours
 from lora_tasks.models.electra import electra_to_ours
 from lora_tasks.models.roberta import padding_positions, roberta_to_ours

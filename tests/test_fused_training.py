@@ -128,7 +128,7 @@ def test_engine_trains_fused_like_separately_and_unfuses():
     assert len(res.history) == 2
     for m, _ in sep_pairs:
         train(m, data, valid, cfg)
-    for (_, fa), (_, sa) in zip(fused_pairs, sep_pairs):
+    for (_, fa), (_, sa) in zip(fused_pairs, sep_pairs, strict=False):
         fs, ss = fa.get_lora_state_dict(), sa.get_lora_state_dict()
         assert fs.keys() == ss.keys()
         for key in fs:

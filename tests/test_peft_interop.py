@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lora_tasks.factory import create_bert_with_lora, create_model_with_lora
-from lora_tasks.lora import AdapterLoadError, LoRAAdapter, LoRALinear, LoRAConfig, export_peft, import_peft
+from lora_tasks.lora import AdapterLoadError, LoRAAdapter, LoRAConfig, LoRALinear, export_peft, import_peft
 from lora_tasks.models import BertConfig, BertModel, BertWithHead, load_encoder
 
 TINY = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import lora_tasks  # noqa: F401  (BLAS set-up before MLX)
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
+import lora_tasks  # noqa: F401  (BLAS set-up before MLX)
 from lora_tasks.factory import create_bert_with_lora, create_qlora_model
 from lora_tasks.lora import LoRAAdapter, LoRALinear
 from lora_tasks.lora.quantized import (
