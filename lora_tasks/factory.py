@@ -16,15 +16,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from lora_tasks.data.autoconfig import TrainSettings, auto_configure
-from lora_tasks.data.competition import load_competition
-from lora_tasks.data.profile import profile_competition
-from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.hub import resolve_model_dir
 from lora_tasks.lora.adapter import LoRAAdapter, check_supported
 from lora_tasks.lora.config import LoRAConfig, as_config
@@ -34,6 +30,9 @@ from lora_tasks.models.encoder import BertWithHead, read_model_config
 from lora_tasks.models.factory import ModelType, build_base
 from lora_tasks.models.heads import Pooling
 from lora_tasks.multi_adapter import MultiAdapterManager
+
+if TYPE_CHECKING:
+    from lora_tasks.data.autoconfig import TrainSettings
 
 
 def create_model_with_lora(
@@ -294,6 +293,12 @@ def create_kaggle_lora_model(
     (multiclass) or 1. ``competition`` names the config in ``competitions/`` (default: the data
     folder's name, else everything is inferred from the files).
     """
+    # the data layer pulls in pandas and scikit-learn (seconds): loaded only by this entry point
+    from lora_tasks.data.autoconfig import TrainSettings, auto_configure
+    from lora_tasks.data.competition import load_competition
+    from lora_tasks.data.profile import profile_competition
+    from lora_tasks.data.tokenizer import Tokenizer
+
     head_type = head_type_for(competition_type)
     settings = TrainSettings(preset=preset)
     classes: tuple | None = None

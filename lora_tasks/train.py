@@ -27,11 +27,9 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
-from sklearn.utils.class_weight import compute_class_weight
 
 from lora_tasks.data.batching import bucket_indices
 from lora_tasks.data.tokenizer import Encoded
-from lora_tasks.metrics import get_metric
 from lora_tasks.models.heads import predictions
 from lora_tasks.progress import ProgressCallback, ProgressEvent
 
@@ -162,6 +160,8 @@ def make_schedule(cfg: TrainConfig, total_steps: int) -> Callable[[mx.array], mx
 
 def balanced_class_weights(head_type: str, labels: np.ndarray) -> mx.array | None:
     """sklearn's 'balanced' weights: n_samples / (n_classes * count(class))."""
+    from sklearn.utils.class_weight import compute_class_weight  # scikit-learn takes seconds to import
+
     if head_type not in ("binary_classification", "multiclass_classification"):
         return None
     y = labels.astype(np.int64).reshape(-1)
@@ -223,6 +223,8 @@ def evaluate(model: nn.Module, data: Dataset, metric: str | None, cfg: TrainConf
             losses.append(model.loss(model(ids, mask, types), mx.array(data.labels[idx])).item() * len(idx))
         model.train()
         return float(np.sum(losses) / len(data)), False
+    from lora_tasks.metrics import get_metric  # imports scikit-learn (seconds): only when a metric is asked for
+
     m = get_metric(metric)
     preds = predict(model, data, cfg.eval_batch_size, cfg.pad_to_multiple)
     return float(m(data.labels, preds)), m.greater_is_better

@@ -87,3 +87,16 @@ def test_create_multi_adapter_model_from_the_package_gives_each_adapter_its_head
     assert manager.heads["a"] is not manager.heads["b"]
     manager.activate_adapter("b")
     assert model["head"] is manager.heads["b"]
+
+
+def test_building_a_model_does_not_load_the_data_stack():
+    """create_bert_with_lora users do not pay for pandas and scikit-learn (only create_kaggle_lora_model does)."""
+    code = (
+        "import sys\n"
+        "from lora_tasks import create_bert_with_lora, create_qlora_model, create_multi_adapter_model\n"
+        "import lora_tasks.train\n"
+        "print(sorted(m for m in ('pandas', 'sklearn', 'prefect') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
