@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +27,15 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
+from lora_tasks.checkpoints import (
+    BEST_FILE,
+    CHECKPOINT_FILE,
+    atomic_save,
+    load_checkpoint,
+    peek_meta,
+    read_checkpoint_file,
+    save_checkpoint,
+)
 from lora_tasks.data.batching import bucket_indices
 from lora_tasks.data.tokenizer import Encoded
 from lora_tasks.models.heads import predictions
@@ -35,8 +43,6 @@ from lora_tasks.progress import ProgressCallback, ProgressEvent
 
 log = logging.getLogger("lora_tasks.train")
 
-CHECKPOINT_FILE = "checkpoint.safetensors"
-BEST_FILE = "best.safetensors"
 CLASSIFICATION = ("binary_classification", "multiclass_classification", "multilabel_classification")
 
 
@@ -45,10 +51,6 @@ class NonFiniteError(FloatingPointError):
 
     Raised where the numbers appear, so a broken fold stops there instead of showing up later as
     missing or nonsensical predictions."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be read; the message names the file and how to start over."""
 
 
 @dataclass
@@ -233,20 +235,6 @@ def evaluate(model: nn.Module, data: Dataset, metric: str | None, cfg: TrainConf
 # ---- checkpoints -----------------------------------------------------------------------------
 
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer: optim.Optimizer, meta: dict) -> None:
-    """Adapter (trainable) weights, optimizer state and progress, in one atomic file."""
-    arrays = {f"model.{k}": v for k, v in tree_flatten(model.trainable_parameters())}
-    arrays.update({f"optim.{k}": v for k, v in tree_flatten(optimizer.state) if isinstance(v, mx.array)})
-    _atomic_save(path, arrays, {"meta": json.dumps(meta)})
-
-
-def load_checkpoint(path: Path, model: nn.Module, optimizer: optim.Optimizer) -> dict:
-    arrays, metadata = read_checkpoint_file(path)
-    model.update(tree_unflatten([(k[6:], v) for k, v in arrays.items() if k.startswith("model.")]))
-    optimizer.state = tree_unflatten([(k[6:], v) for k, v in arrays.items() if k.startswith("optim.")])
-    return json.loads(metadata["meta"])
-
-
 def _fingerprint(cfg: TrainConfig, train: Dataset, model: nn.Module) -> str:
     h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
     h.update(train.input_ids.tobytes())
@@ -314,7 +302,7 @@ def train(
     start_epoch = 1
     higher = False
     if ckpt is not None and ckpt.exists():
-        meta = _peek_meta(ckpt)
+        meta = peek_meta(ckpt)
         if meta.get("fingerprint") == fingerprint:
             meta = load_checkpoint(ckpt, model, optimizer)
             best_file = ckpt.with_name(BEST_FILE)
@@ -396,7 +384,7 @@ def train(
         result.history.append(row)
         if ckpt is not None:
             if best_weights is not None and result.best_epoch == epoch:
-                _atomic_save(ckpt.with_name(BEST_FILE), dict(best_weights))
+                atomic_save(ckpt.with_name(BEST_FILE), dict(best_weights))
             save_checkpoint(ckpt, model, optimizer, {
                 "fingerprint": fingerprint, "epoch": epoch, "history": result.history,
                 "best_epoch": result.best_epoch, "best_score": result.best_score,
@@ -444,37 +432,6 @@ def _start_at_label_mean(model: nn.Module, labels: np.ndarray) -> None:
             mean = np.asarray(labels, dtype=np.float32).reshape(len(labels), -1).mean(axis=0)
             model.update(tree_unflatten([(path, mx.array(mean.reshape(value.shape)))]))
             return
-
-
-def read_checkpoint_file(path: Path) -> tuple[dict[str, mx.array], dict[str, str]]:
-    """Arrays and metadata of a checkpoint; :class:`CheckpointError` naming the file if it cannot be read."""
-    try:
-        arrays, metadata = mx.load(str(path), return_metadata=True)
-        if "meta" in metadata:
-            json.loads(metadata["meta"])
-    except Exception as exc:  # noqa: BLE001 - truncated or corrupt files fail in many ways inside MLX
-        raise CheckpointError(
-            f"Cannot read the checkpoint {path} ({type(exc).__name__}: {exc}); it is incomplete or corrupt. "
-            "Delete it or run with --refresh to train this adapter from the start."
-        ) from exc
-    return dict(arrays), dict(metadata)
-
-
-def _peek_meta(path: Path) -> dict:
-    _, metadata = read_checkpoint_file(path)
-    return json.loads(metadata.get("meta", "{}"))
-
-
-def _atomic_save(path: Path, arrays: dict[str, mx.array], metadata: dict[str, str] | None = None) -> None:
-    """Write to a unique temp file and rename: a kill never leaves a half-written file under ``path``,
-    and two processes writing the same checkpoint never share a temp file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp.safetensors")
-    try:
-        mx.save_safetensors(str(tmp), arrays, metadata=metadata or {})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def tree_map_add(a, b):  # noqa: ANN001, ANN201 - gradient trees

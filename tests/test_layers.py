@@ -24,8 +24,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "lora": ("lora_tasks.lora",),
     "models": ("lora_tasks.models",),
     "factory": ("lora_tasks.factory", "lora_tasks.auto"),
-    "training": ("lora_tasks.train", "lora_tasks.training", "lora_tasks.cv", "lora_tasks.prefix_cache",
-                 "lora_tasks.multi_adapter", "lora_tasks.fused_training"),
+    "training": ("lora_tasks.train", "lora_tasks.training", "lora_tasks.checkpoints", "lora_tasks.cv",
+                 "lora_tasks.prefix_cache", "lora_tasks.multi_adapter", "lora_tasks.fused_training"),
     "ensemble": ("lora_tasks.ensemble", "lora_tasks.sklearn_members"),
     "data": ("lora_tasks.data",),
 }

@@ -16,11 +16,9 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_unflatten
 
+from lora_tasks.checkpoints import BEST_FILE, CHECKPOINT_FILE, CheckpointError
 from lora_tasks.progress import EventLog
 from lora_tasks.train import (
-    BEST_FILE,
-    CHECKPOINT_FILE,
-    CheckpointError,
     NonFiniteError,
     TrainConfig,
     balanced_class_weights,
