@@ -169,3 +169,18 @@ def test_non_lora_peft_adapters_are_refused(fixtures_dir, tmp_path):
         import_peft(load_encoder(fixtures_dir / "tiny_bert_bin").model, folder)
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         import_peft(load_encoder(fixtures_dir / "tiny_bert_bin").model, tmp_path / "nowhere")
+
+
+def test_a_truncated_peft_folder_names_the_broken_file(fixtures_dir, tmp_path):
+    from lora_tasks.lora.adapter import AdapterFileError
+
+    folder = tmp_path / "broken"
+    shutil.copytree(fixtures_dir / "peft_tiny_lora", folder)
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(AdapterFileError, match="Delete it or run with --refresh") as err:
+        import_peft(load_encoder(fixtures_dir / "tiny_bert_bin").model, folder)
+    assert str(weights) in str(err.value)
+    (folder / "adapter_config.json").write_text('{"peft_type": "LO')
+    with pytest.raises(AdapterFileError, match="adapter_config.json.*not JSON"):
+        import_peft(load_encoder(fixtures_dir / "tiny_bert_bin").model, folder)

@@ -30,7 +30,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from lora_tasks.lora.adapter import HEAD_ATTR, AdapterLoadError, LoRAAdapter, read_adapter_file
+from lora_tasks.lora.adapter import HEAD_ATTR, AdapterFileError, AdapterLoadError, LoRAAdapter, read_adapter_file
 from lora_tasks.lora.config import MODERNBERT_TARGETS, QKV_ORDER, TARGETS, LoRAConfig, is_fused_qkv, targets_of_path
 from lora_tasks.lora.layers import SlicedLoRALinear
 from lora_tasks.torch_bin import load_torch_bin
@@ -233,7 +233,11 @@ def read_peft(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, m
     cfg_path = directory / CONFIG_FILE
     if not cfg_path.is_file():
         raise FileNotFoundError(f"No {CONFIG_FILE} in {directory}; pass the folder PEFT's save_pretrained wrote.")
-    config = json.loads(cfg_path.read_text())
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterFileError(f"Cannot read {cfg_path} ({exc}); it is incomplete or not JSON. Delete the folder and "
+                               "save the adapter again (PEFT's save_pretrained, or export_peft).") from exc
     if (directory / ADAPTER_FILE).is_file():
         tensors = read_adapter_file(directory / ADAPTER_FILE)[0]
     elif (directory / ADAPTER_BIN).is_file():
