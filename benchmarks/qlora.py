@@ -27,14 +27,14 @@ BATCH, SEQ = 32, 64
 def one(kind: str, steps: int) -> dict:
     import resource
 
-    import lora_tasks  # noqa: F401  (BLAS first)
     import mlx.core as mx
     import mlx.nn as nn
     import mlx.optimizers as optim
     import numpy as np
 
+    import lora_tasks  # noqa: F401  (BLAS first)
+    from lora_tasks.factory import create_bert_with_lora, create_qlora_model
     from lora_tasks.lora.quantized import array_bytes
-    from lora_tasks.models import create_bert_with_lora, create_qlora_model
     from lora_tasks.models.heads import head_loss
 
     if kind == "fp32":

@@ -33,10 +33,10 @@ import shutil
 import time
 from pathlib import Path
 
-import lora_tasks  # noqa: F401 - BLAS set-up before mlx
 import numpy as np
 from _common import row, write_results
 
+import lora_tasks  # noqa: F401 - BLAS set-up before mlx
 from lora_tasks.cv import cross_validate, make_folds
 from lora_tasks.data.autoconfig import auto_configure
 from lora_tasks.data.competition import load_competition
@@ -44,9 +44,9 @@ from lora_tasks.data.profile import profile_competition
 from lora_tasks.data.token_cache import tokenize_cached
 from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.ensemble import blend
+from lora_tasks.factory import create_bert_with_lora
 from lora_tasks.hub import resolve_model_dir
 from lora_tasks.metrics import get_metric
-from lora_tasks.models import create_bert_with_lora
 from lora_tasks.models.encoder import read_model_config
 from lora_tasks.progress import LogProgress
 from lora_tasks.thresholds import nested_threshold_score, tunes_threshold

@@ -12,14 +12,15 @@ from __future__ import annotations
 import argparse
 import time
 
-import lora_tasks  # noqa: F401 - BLAS set-up before mlx
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 from _common import minilm_dir, row, run_peer, write_results
 
-from lora_tasks.models import create_bert_with_lora, ops
+import lora_tasks  # noqa: F401 - BLAS set-up before mlx
+from lora_tasks.factory import create_bert_with_lora
+from lora_tasks.models import ops
 from lora_tasks.native import native_info
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from .backend import blas_info, configure as _configure_backend
+from .backend import blas_info
+from .backend import configure as _configure_backend
 
 _configure_backend()
 
@@ -47,13 +48,18 @@ _LAZY = {
     "get_preset": "lora_tasks.lora",
     "export_peft": "lora_tasks.lora",
     "import_peft": "lora_tasks.lora",
-    "create_bert_with_lora": "lora_tasks.models",
-    "create_model_with_lora": "lora_tasks.models",
-    "create_qlora_model": "lora_tasks.models",
-    "create_multi_adapter_model": "lora_tasks.lora",
-    "MultiAdapterManager": "lora_tasks.lora",
-    "FusedAdapters": "lora_tasks.lora",
-    "train_fused": "lora_tasks.lora",
+    # the seed's create_* factories: one module above lora/ and models/
+    "create_bert_with_lora": "lora_tasks.factory",
+    "create_model_with_lora": "lora_tasks.factory",
+    "create_qlora_model": "lora_tasks.factory",
+    "create_multi_adapter_model": "lora_tasks.factory",
+    "create_kaggle_lora_model": "lora_tasks.factory",
+    "KaggleLoRAModel": "lora_tasks.factory",
+    "build_model": "lora_tasks.factory",
+    # several adapters on one base: beside training
+    "MultiAdapterManager": "lora_tasks.multi_adapter",
+    "FusedAdapters": "lora_tasks.fused_training",
+    "train_fused": "lora_tasks.fused_training",
 }
 
 

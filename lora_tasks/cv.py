@@ -13,6 +13,7 @@ import mlx.nn as nn
 import numpy as np
 from sklearn.model_selection import KFold, StratifiedKFold
 
+from lora_tasks.metrics import get_metric
 from lora_tasks.progress import ProgressCallback
 from lora_tasks.train import Dataset, TrainConfig, TrainResult, predict, train
 
@@ -81,12 +82,13 @@ def cross_validate(
         ckpt = Path(checkpoint_root) / f"{name}{k}" if checkpoint_root else None
         fold_cfg = replace(cfg, seed=cfg.seed + k)
         res = train(model, data.subset(train_idx), data.subset(valid_idx), fold_cfg, ckpt, progress, f"{name} {k}")
-        preds = predict(model, data.subset(valid_idx), cfg.eval_batch_size, cfg.pad_to_multiple)
+        preds = predict(model, data.subset(valid_idx), cfg.eval_batch_size, cfg.pad_to_multiple, name=f"{name} {k}")
         if oof is None:
             oof = np.zeros((len(data),) + preds.shape[1:], dtype=np.float32)
         oof[valid_idx] = preds
         if test is not None:
-            result.test_per_fold.append(predict(model, test, cfg.eval_batch_size, cfg.pad_to_multiple))
+            result.test_per_fold.append(predict(model, test, cfg.eval_batch_size, cfg.pad_to_multiple,
+                                                name=f"{name} {k} (test rows)"))
         result.fold_results.append(res)
         result.fold_scores.append(res.best_score if res.best_score is not None else float("nan"))
         log.info("%s %d: best %s %.5f at epoch %d", name, k, result.metric, result.fold_scores[-1], res.best_epoch)
@@ -94,7 +96,5 @@ def cross_validate(
     if result.test_per_fold:
         result.test = np.mean(result.test_per_fold, axis=0)
     if cfg.metric:
-        from lora_tasks.metrics import get_metric
-
         result.oof_score = float(get_metric(cfg.metric)(data.labels, oof))
     return result

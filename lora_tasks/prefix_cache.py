@@ -10,10 +10,12 @@ forward pass.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
 import re
+import secrets
 import time
 from pathlib import Path
 
@@ -108,23 +110,47 @@ def prefix_dataset(
     every later run on the same data and base weights reuses them (loaded memory-mapped).
     """
     start = first_adapted_layer(model) if start is None else start
-    states: np.ndarray | None = None
-    path: Path | None = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / f"prefix-{prefix_key(model, data, start)}.npy"
-        if path.exists():
-            states = np.load(path, mmap_mode="r")
+    if cache_dir is None:
+        return FromPrefix(model, start), _with_states(data, _compute(model, data, start, None))
+    path = Path(cache_dir) / f"prefix-{prefix_key(model, data, start)}.npy"
+    states = _load(path)
     if states is None:
-        # minutes on a CPU for long rows (house prices: ~5 min for 2 x 1,460 rows of 320 tokens)
-        log.info("Frozen-prefix cache: computing the hidden states entering layer %d for %d rows once%s", start,
-                 len(data.input_ids), f" (kept at {path})" if path is not None else "")
-        t0 = time.perf_counter()
-        states = compute_prefix(model, data, start)
-        log.info("Frozen-prefix cache: %d rows in %.0f s", len(data.input_ids), time.perf_counter() - t0)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npy")
-            np.save(tmp, states)
-            os.replace(tmp, path)
-    cached = Dataset(states, data.attention_mask, data.token_type_ids, data.labels)
-    return FromPrefix(model, start), cached
+        # one writer: folds started together wait here, then read what the first one wrote
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            states = _load(path)
+            if states is None:
+                states = _compute(model, data, start, path)
+                tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp.npy")
+                try:
+                    np.save(tmp, states)
+                    os.replace(tmp, path)
+                finally:
+                    tmp.unlink(missing_ok=True)
+    return FromPrefix(model, start), _with_states(data, states)
+
+
+def _with_states(data: Dataset, states: np.ndarray) -> Dataset:
+    return Dataset(states, data.attention_mask, data.token_type_ids, data.labels)
+
+
+def _load(path: Path) -> np.ndarray | None:
+    """The cached states, memory-mapped; None when absent or unreadable (then they are recomputed)."""
+    if not path.exists():
+        return None
+    try:
+        return np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as exc:  # a truncated or foreign file: computed again over it
+        log.warning("Frozen-prefix cache %s is unreadable (%s); computing it again", path, exc)
+        return None
+
+
+def _compute(model: nn.Module, data: Dataset, start: int, path: Path | None) -> np.ndarray:
+    # minutes on a CPU for long rows: say so before starting
+    log.info("Frozen-prefix cache: computing the hidden states entering layer %d for %d rows once%s", start,
+             len(data.input_ids), f" (kept at {path})" if path is not None else "")
+    t0 = time.perf_counter()
+    states = compute_prefix(model, data, start)
+    log.info("Frozen-prefix cache: %d rows in %.0f s", len(data.input_ids), time.perf_counter() - t0)
+    return states

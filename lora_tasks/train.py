@@ -11,6 +11,7 @@ again ends with the same weights as a run that was never interrupted.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -24,16 +25,32 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
+from lora_tasks.checkpoints import (
+    BEST_FILE,
+    CHECKPOINT_FILE,
+    atomic_save,
+    load_checkpoint,
+    peek_meta,
+    read_checkpoint_file,
+    save_checkpoint,
+)
 from lora_tasks.data.batching import bucket_indices
 from lora_tasks.data.tokenizer import Encoded
+from lora_tasks.models.heads import predictions
 from lora_tasks.progress import ProgressCallback, ProgressEvent
 
 log = logging.getLogger("lora_tasks.train")
 
-CHECKPOINT_FILE = "checkpoint.safetensors"
 CLASSIFICATION = ("binary_classification", "multiclass_classification", "multilabel_classification")
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or predictions that are NaN or infinite; the message says where and the likely cause.
+
+    Raised where the numbers appear, so a broken fold stops there instead of showing up later as
+    missing or nonsensical predictions."""
 
 
 @dataclass
@@ -145,7 +162,7 @@ def make_schedule(cfg: TrainConfig, total_steps: int) -> Callable[[mx.array], mx
 
 def balanced_class_weights(head_type: str, labels: np.ndarray) -> mx.array | None:
     """sklearn's 'balanced' weights: n_samples / (n_classes * count(class))."""
-    from sklearn.utils.class_weight import compute_class_weight
+    from sklearn.utils.class_weight import compute_class_weight  # scikit-learn takes seconds to import
 
     if head_type not in ("binary_classification", "multiclass_classification"):
         return None
@@ -157,10 +174,12 @@ def balanced_class_weights(head_type: str, labels: np.ndarray) -> mx.array | Non
     return mx.array(weights)
 
 
-def predict(model: nn.Module, data: Dataset, batch_size: int = 64, pad_to_multiple: int = 16) -> np.ndarray:
-    """Predictions (probabilities or values) for every row, in row order. Model in eval mode."""
-    from lora_tasks.models.heads import predictions
+def predict(model: nn.Module, data: Dataset, batch_size: int = 64, pad_to_multiple: int = 16, *,
+            name: str | None = None) -> np.ndarray:
+    """Predictions (probabilities or values) for every row, in row order. Model in eval mode.
 
+    NaN or infinite predictions raise :class:`NonFiniteError` with their row count (``name``, such
+    as ``"fold 2"``, says whose): a blend or a submission must never receive them."""
     was_training = model.training
     model.eval()
     out: list[np.ndarray] = []
@@ -176,7 +195,21 @@ def predict(model: nn.Module, data: Dataset, batch_size: int = 64, pad_to_multip
     preds = np.concatenate(out)
     result = np.empty_like(preds)
     result[np.concatenate(batches)] = preds
+    check_finite_predictions(result, name)
     return result
+
+
+def check_finite_predictions(preds: np.ndarray, name: str | None = None) -> None:
+    """Raise :class:`NonFiniteError` naming how many rows hold NaN or infinite values."""
+    bad = ~np.isfinite(np.asarray(preds, dtype=np.float64))
+    if not bad.any():
+        return
+    rows = int(bad.reshape(len(bad), -1).any(axis=1).sum())
+    who = f"{name}: " if name else ""
+    raise NonFiniteError(
+        f"{who}{rows} of {len(bad)} rows of predictions are NaN or infinite. The model's weights have probably "
+        "diverged (a learning rate too high: lower it, e.g. by 10x) or were loaded from a broken adapter file."
+    )
 
 
 def evaluate(model: nn.Module, data: Dataset, metric: str | None, cfg: TrainConfig) -> tuple[float, bool]:
@@ -192,7 +225,7 @@ def evaluate(model: nn.Module, data: Dataset, metric: str | None, cfg: TrainConf
             losses.append(model.loss(model(ids, mask, types), mx.array(data.labels[idx])).item() * len(idx))
         model.train()
         return float(np.sum(losses) / len(data)), False
-    from lora_tasks.metrics import get_metric
+    from lora_tasks.metrics import get_metric  # imports scikit-learn (seconds): only when a metric is asked for
 
     m = get_metric(metric)
     preds = predict(model, data, cfg.eval_batch_size, cfg.pad_to_multiple)
@@ -202,23 +235,7 @@ def evaluate(model: nn.Module, data: Dataset, metric: str | None, cfg: TrainConf
 # ---- checkpoints -----------------------------------------------------------------------------
 
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer: optim.Optimizer, meta: dict) -> None:
-    """Adapter (trainable) weights, optimizer state and progress, in one atomic file."""
-    arrays = {f"model.{k}": v for k, v in tree_flatten(model.trainable_parameters())}
-    arrays.update({f"optim.{k}": v for k, v in tree_flatten(optimizer.state) if isinstance(v, mx.array)})
-    _atomic_save(path, arrays, {"meta": json.dumps(meta)})
-
-
-def load_checkpoint(path: Path, model: nn.Module, optimizer: optim.Optimizer) -> dict:
-    arrays, metadata = mx.load(str(path), return_metadata=True)
-    model.update(tree_unflatten([(k[6:], v) for k, v in arrays.items() if k.startswith("model.")]))
-    optimizer.state = tree_unflatten([(k[6:], v) for k, v in arrays.items() if k.startswith("optim.")])
-    return json.loads(metadata["meta"])
-
-
 def _fingerprint(cfg: TrainConfig, train: Dataset, model: nn.Module) -> str:
-    import hashlib
-
     h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
     h.update(train.input_ids.tobytes())
     if train.labels is not None:
@@ -252,7 +269,7 @@ def train(
     mx.random.seed(cfg.seed)
     steps_per_epoch = math.ceil(math.ceil(len(train_data) / cfg.batch_size) / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
-    # bias correction on: without it the first steps are far too large (loss jumped 0.001 -> 3.7 on a toy task)
+    # bias correction on: without it the first steps are far too large (the loss jumps on a toy task)
     optimizer = optim.AdamW(
         learning_rate=make_schedule(cfg, total_steps), weight_decay=cfg.weight_decay, bias_correction=True
     )
@@ -285,12 +302,12 @@ def train(
     start_epoch = 1
     higher = False
     if ckpt is not None and ckpt.exists():
-        meta = _peek_meta(ckpt)
+        meta = peek_meta(ckpt)
         if meta.get("fingerprint") == fingerprint:
             meta = load_checkpoint(ckpt, model, optimizer)
-            best_file = ckpt.with_name("best.safetensors")
+            best_file = ckpt.with_name(BEST_FILE)
             if best_file.exists():
-                best_weights = list(mx.load(str(best_file)).items())
+                best_weights = list(read_checkpoint_file(best_file)[0].items())
             result.history = meta["history"]
             result.best_epoch, result.best_score = meta["best_epoch"], meta["best_score"]
             result.resumed_from_epoch = meta["epoch"]
@@ -343,8 +360,15 @@ def train(
                 progress(ProgressEvent(name, epoch, cfg.epochs, step, total_steps, float(np.mean(losses)), rate, remaining))
 
         row = {"epoch": epoch, "train_loss": float(np.mean(losses))}
+        if not math.isfinite(row["train_loss"]):
+            _stop_diverged(model, best_weights, name, epoch, cfg, f"the mean training loss is {row['train_loss']}", ckpt)
         if valid_data is not None:
-            score, higher = evaluate(model, valid_data, cfg.metric, cfg)
+            try:
+                score, higher = evaluate(model, valid_data, cfg.metric, cfg)
+            except NonFiniteError as exc:
+                _stop_diverged(model, best_weights, name, epoch, cfg, str(exc), ckpt)
+            if not math.isfinite(score):
+                _stop_diverged(model, best_weights, name, epoch, cfg, f"the validation {result.metric} is {score}", ckpt)
             row[f"valid_{result.metric}"] = score
             improved = result.best_score is None or (score > result.best_score if higher else score < result.best_score)
             if improved:
@@ -360,7 +384,7 @@ def train(
         result.history.append(row)
         if ckpt is not None:
             if best_weights is not None and result.best_epoch == epoch:
-                _atomic_save(ckpt.with_name("best.safetensors"), dict(best_weights))
+                atomic_save(ckpt.with_name(BEST_FILE), dict(best_weights))
             save_checkpoint(ckpt, model, optimizer, {
                 "fingerprint": fingerprint, "epoch": epoch, "history": result.history,
                 "best_epoch": result.best_epoch, "best_score": result.best_score,
@@ -381,6 +405,21 @@ def train(
     return result
 
 
+def _stop_diverged(model: nn.Module, best_weights: list | None, name: str, epoch: int, cfg: TrainConfig,
+                   what: str, ckpt: Path | None) -> None:
+    """Stop a run whose numbers left the finite range: restore the best weights so far, keep the
+    last good checkpoint (this epoch's is not written), and say what probably went wrong."""
+    if best_weights is not None:
+        model.update(tree_unflatten(best_weights))
+    model.eval()
+    kept = f" The checkpoint of the last good epoch stays in {ckpt.parent}." if ckpt is not None and ckpt.exists() else ""
+    clip = " and turn gradient clipping on (grad_clip=1.0)" if not cfg.grad_clip else ""
+    raise NonFiniteError(
+        f"Training {name!r} stopped in epoch {epoch}: {what}. The learning rate ({cfg.learning_rate:g}) is probably "
+        f"too high: lower it (e.g. 10x){clip}.{kept}"
+    )
+
+
 def _start_at_label_mean(model: nn.Module, labels: np.ndarray) -> None:
     """Set a regression head's output bias to the mean label.
 
@@ -395,30 +434,9 @@ def _start_at_label_mean(model: nn.Module, labels: np.ndarray) -> None:
             return
 
 
-def _peek_meta(path: Path) -> dict:
-    try:
-        _, metadata = mx.load(str(path), return_metadata=True)
-        return json.loads(metadata.get("meta", "{}"))
-    except Exception:  # noqa: BLE001 - an unreadable checkpoint is simply not resumed
-        log.warning("checkpoint %s is unreadable; starting afresh", path)
-        return {}
-
-
-def _atomic_save(path: Path, arrays: dict[str, mx.array], metadata: dict[str, str] | None = None) -> None:
-    """Write to a temp file and rename: a kill never leaves a half-written file under ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.safetensors")
-    mx.save_safetensors(str(tmp), arrays, metadata=metadata or {})
-    os.replace(tmp, path)
-
-
 def tree_map_add(a, b):  # noqa: ANN001, ANN201 - gradient trees
-    from mlx.utils import tree_map
-
     return tree_map(lambda x, y: x + y, a, b)
 
 
 def tree_map_scale(a, s: float):  # noqa: ANN001, ANN201 - gradient tree
-    from mlx.utils import tree_map
-
     return tree_map(lambda x: x * s, a)

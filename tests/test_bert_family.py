@@ -13,9 +13,19 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from lora_tasks.data.tokenizer import Tokenizer
+from lora_tasks.factory import create_bert_with_lora, create_model_with_lora
 from lora_tasks.lora import export_peft, import_peft
-from lora_tasks.models import (BertModel, BertWithHead, DistilBertConfig, DistilBertModel, ElectraConfig, ElectraModel,
-                               RobertaConfig, RobertaModel, create_bert_with_lora, create_model_with_lora, load_encoder)
+from lora_tasks.models import (
+    BertModel,
+    BertWithHead,
+    DistilBertConfig,
+    DistilBertModel,
+    ElectraConfig,
+    ElectraModel,
+    RobertaConfig,
+    RobertaModel,
+    load_encoder,
+)
 from lora_tasks.models.distilbert import distilbert_to_ours
 from lora_tasks.models.electra import electra_to_ours
 from lora_tasks.models.roberta import padding_positions, roberta_to_ours
@@ -249,7 +259,7 @@ def test_factories_build_a_random_model_of_the_configs_kind(kind):
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_model_shape_reads_each_configs_own_keys(fixtures_dir, kind):
     """Auto-configuration sizes the model from config.json, whatever the architecture calls its keys."""
-    from lora_tasks.auto import model_shape
+    from lora_tasks.factory import model_shape
 
     shape = model_shape(fixtures_dir / f"{kind}_tiny")
     assert (shape["hidden_size"], shape["num_layers"]) == (32, 2)

@@ -3,15 +3,19 @@ tree, parameter report, layer-specific ranks, state files, load errors, merge/un
 
 from __future__ import annotations
 
+import warnings
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from lora_tasks.lora import AdapterLoadError, DoRALinear, LoRAAdapter, LoRAConfig, LoRALinear, read_adapter_file
 import lora_tasks
-from lora_tasks.models import BertConfig, BertWithHead, create_bert_with_lora, create_model_with_lora, load_encoder
+from lora_tasks.factory import create_bert_with_lora, create_model_with_lora
+from lora_tasks.lora import AdapterLoadError, DoRALinear, LoRAAdapter, LoRAConfig, LoRALinear, read_adapter_file
+from lora_tasks.lora.adapter import AdapterFileError, BaseModelMismatchWarning
+from lora_tasks.models import BertConfig, BertWithHead, load_encoder
 
 TINY = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                   intermediate_size=32, max_position_embeddings=32)
@@ -260,6 +264,68 @@ def test_loading_with_a_different_scale_is_an_error(tmp_path):
     _, other = _tiny("efficient", alpha=1.0)
     with pytest.raises(AdapterLoadError, match="config alpha: file 8.0, adapter 1.0"):
         other.load(path)
+
+
+def test_a_truncated_adapter_file_names_the_file_and_the_fix(tmp_path):
+    _, adapter = _tiny("efficient")
+    path = adapter.save(tmp_path / "fold0.safetensors")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    _, other = _tiny("efficient")
+    for load in (lambda: other.load(path), lambda: read_adapter_file(path),
+                 lambda: LoRAAdapter.from_file(BertWithHead(TINY, "multiclass_classification", 3), path)):
+        with pytest.raises(AdapterFileError) as err:
+            load()
+        assert str(path) in str(err.value) and "Delete it or run with --refresh" in str(err.value)
+    assert isinstance(err.value, AdapterLoadError)  # callers catching the old error still catch it
+
+
+def _same_shapes_other_base():
+    """A model with TINY's shapes whose config differs in a setting that changes what it computes."""
+    other = BertConfig(**{**TINY.to_dict(), "layer_norm_eps": 1e-5})
+    return create_bert_with_lora("multiclass_classification", "balanced", num_labels=3, config=other,
+                                 pretrained=False, seed=0)
+
+
+def test_an_adapter_from_another_base_model_is_refused_or_warned(tmp_path):
+    model, adapter = _tiny("balanced")
+    _perturb(adapter)
+    path = adapter.save(tmp_path / "a.safetensors")
+    meta = read_adapter_file(path)[1]
+    assert meta["model_class"] == "BertWithHead" and len(meta["base_config_sha256"]) == 16
+
+    other_model, other = _same_shapes_other_base()
+    with pytest.raises(AdapterLoadError, match=r"(?s)\(1 problems\).*base model base_config_sha256: file '[0-9a-f]{16}'.*strict=False") as err:
+        other.load(path)
+    assert "shape mismatch" not in str(err.value)  # the shapes fit: only the base differs
+    with pytest.raises(AdapterLoadError, match="base model base_config_sha256"):
+        LoRAAdapter.from_file(BertWithHead(BertConfig(**{**TINY.to_dict(), "layer_norm_eps": 1e-5}),
+                                           "multiclass_classification", 3), path)
+
+    with pytest.warns(BaseModelMismatchWarning, match="trained on another base model"):
+        other.load(path, strict=False)
+    for key, value in adapter.get_lora_state_dict().items():
+        np.testing.assert_array_equal(np.array(other.get_lora_state_dict()[key]), np.array(value))
+
+    # the same base (same config, same class) loads without a word
+    _, same = _tiny("balanced")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same.load(path)
+
+
+def test_a_multi_adapter_file_from_another_base_model_is_refused(tmp_path):
+    from lora_tasks.factory import create_multi_adapter_model
+
+    _, manager = create_multi_adapter_model({"a": "efficient"}, "multiclass_classification", 3, config=TINY,
+                                            pretrained=False, seed=0)
+    path = manager.save(tmp_path / "multi.safetensors")
+    other = BertConfig(**{**TINY.to_dict(), "layer_norm_eps": 1e-5})
+    _, elsewhere = create_multi_adapter_model({"a": "efficient"}, "multiclass_classification", 3, config=other,
+                                              pretrained=False, seed=0)
+    with pytest.raises(AdapterLoadError, match="base model base_config_sha256"):
+        elsewhere.load(path)
+    with pytest.warns(BaseModelMismatchWarning):
+        elsewhere.load(path, strict=False)
 
 
 # ---- merge ------------------------------------------------------------------------------------

@@ -8,11 +8,11 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from lora_tasks.factory import create_bert_with_lora
 from lora_tasks.lora import LoRAConfig
 from lora_tasks.lora.merge import MergeCompatibilityError, merge_adapters, merge_into_base
 from lora_tasks.models import BertConfig
 from lora_tasks.models.encoder import BertWithHead
-from lora_tasks.models.factory import create_bert_with_lora
 
 TINY = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             max_position_embeddings=32)
@@ -134,7 +134,7 @@ def ref_ties(taus, w, density):
         k = int(density * t.size)
         thresh = np.sort(np.abs(t).ravel())[::-1][k - 1]
         out.append(np.where(np.abs(t) >= thresh, t, 0.0) * 1.0)
-    trimmed = np.array([wi * t for wi, t in zip(w, out)])
+    trimmed = np.array([wi * t for wi, t in zip(w, out, strict=False)])
     elected = np.sign(trimmed.sum(0))
     elected[elected == 0] = 1
     merged = np.zeros_like(taus[0])
@@ -168,7 +168,7 @@ def test_dare_matches_a_direct_implementation_with_the_seed():
     rng = np.random.default_rng(11)
     for path in adapters[0].layers:  # layers in order, adapters in order: the documented draw order
         expected = np.zeros_like(explicit_delta(adapters[0], path))
-        for wk, ad in zip(w, adapters):
+        for wk, ad in zip(w, adapters, strict=False):
             tau = explicit_delta(ad, path)
             keep = rng.random(tau.shape) < 0.4
             expected += wk * np.where(keep, tau / 0.4, 0.0)
@@ -193,11 +193,11 @@ def test_dora_linear_merge_recomputes_magnitude_exactly():
     for path in a.layers:
         base = np.array(a.layers[path].base_weight(), dtype=np.float64)
         effective = [np.array(x.layers[path].fuse().weight, dtype=np.float64) for x in (a, b)]
-        expected = base + sum(wk * (e - base) for wk, e in zip(w, effective))
+        expected = base + sum(wk * (e - base) for wk, e in zip(w, effective, strict=False))
         np.testing.assert_allclose(base + merged.deltas[path], expected, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(np.array(adapter.layers[path].fuse().weight), expected, rtol=1e-4, atol=1e-5)
         # averaging magnitudes (what a low-rank-space merge would do) gives a different weight
-        m_avg = sum(wk * np.array(x.layers[path].magnitude) for wk, x in zip(w, (a, b)))
+        m_avg = sum(wk * np.array(x.layers[path].magnitude) for wk, x in zip(w, (a, b), strict=False))
         assert not np.allclose(np.array(merged.state[f"{path}.magnitude"]), m_avg, atol=1e-4)
     deployed = merge_into_base(base_model(), merged)
     np.testing.assert_allclose(np.array(model(INPUTS)), np.array(deployed(INPUTS)), rtol=1e-4, atol=1e-5)

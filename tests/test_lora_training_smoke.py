@@ -1,8 +1,6 @@
-"""A LoRA model on the real MiniLM learns a trivially separable toy task in seconds."""
+"""A LoRA model on the real MiniLM learns a trivially separable toy task in 15 steps."""
 
 from __future__ import annotations
-
-import time
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -10,7 +8,7 @@ import mlx.optimizers as optim
 import numpy as np
 
 from lora_tasks.data.tokenizer import Tokenizer
-from lora_tasks.models import create_bert_with_lora
+from lora_tasks.factory import create_bert_with_lora
 
 POSITIVE = [
     "I love this movie", "What a wonderful day", "The food was great", "She is very happy",
@@ -38,20 +36,17 @@ def test_lora_minilm_learns_a_toy_sentiment_task():
     # which overshoots once the loss is near zero and makes the loss spike
     opt = optim.AdamW(learning_rate=2e-3, weight_decay=0.0, bias_correction=True)
     model.train()
-    start = time.perf_counter()
     losses = []
     for _ in range(15):
         loss, grads = loss_and_grad(ids, mask, labels)
         opt.update(model, grads)
         mx.eval(model.trainable_parameters(), opt.state, loss)
         losses.append(loss.item())
-    elapsed = time.perf_counter() - start
     model.eval()
     pred = np.array(model(ids, mask)) > 0
     accuracy = float((pred == np.array(labels).astype(bool)).mean())
 
     assert losses[-1] < 0.5 * losses[0], losses
     assert accuracy == 1.0
-    assert elapsed < 30, elapsed
     # only the adapters and head moved: the base weights are frozen
     assert adapter.parameter_report().percentage < 5.0

@@ -10,8 +10,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from lora_tasks.lora import AdapterLoadError, LoRAAdapter, LoRALinear, LoRAConfig, export_peft, import_peft
-from lora_tasks.models import BertConfig, BertModel, BertWithHead, create_bert_with_lora, create_model_with_lora, load_encoder
+from lora_tasks.factory import create_bert_with_lora, create_model_with_lora
+from lora_tasks.lora import AdapterLoadError, LoRAAdapter, LoRAConfig, LoRALinear, export_peft, import_peft
+from lora_tasks.models import BertConfig, BertModel, BertWithHead, load_encoder
 
 TINY = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                   intermediate_size=32, max_position_embeddings=32)
@@ -168,3 +169,18 @@ def test_non_lora_peft_adapters_are_refused(fixtures_dir, tmp_path):
         import_peft(load_encoder(fixtures_dir / "tiny_bert_bin").model, folder)
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         import_peft(load_encoder(fixtures_dir / "tiny_bert_bin").model, tmp_path / "nowhere")
+
+
+def test_a_truncated_peft_folder_names_the_broken_file(fixtures_dir, tmp_path):
+    from lora_tasks.lora.adapter import AdapterFileError
+
+    folder = tmp_path / "broken"
+    shutil.copytree(fixtures_dir / "peft_tiny_lora", folder)
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(AdapterFileError, match="Delete it or run with --refresh") as err:
+        import_peft(load_encoder(fixtures_dir / "tiny_bert_bin").model, folder)
+    assert str(weights) in str(err.value)
+    (folder / "adapter_config.json").write_text('{"peft_type": "LO')
+    with pytest.raises(AdapterFileError, match="adapter_config.json.*not JSON"):
+        import_peft(load_encoder(fixtures_dir / "tiny_bert_bin").model, folder)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from mlx.utils import tree_flatten
 
-from lora_tasks.models import BertConfig, create_bert_with_lora
+from lora_tasks.factory import create_bert_with_lora
+from lora_tasks.models import BertConfig
 from lora_tasks.prefix_cache import FromPrefix, compute_prefix, first_adapted_layer, prefix_dataset
 from lora_tasks.train import TrainConfig, predict, train
 from tests._tiny import TINY, toy_data
@@ -88,3 +89,51 @@ def test_prefix_rows_run_cut_to_their_length_and_keep_zeros_past_it():
         np.testing.assert_allclose(states[i, :n], np.array(alone)[0], atol=1e-5)
     shortest = np.argsort(-data.lengths, kind="stable")[-8:]  # the last batch: the 8 shortest rows
     assert not states[shortest, int(data.lengths[shortest].max()):].any()
+
+
+def test_an_unreadable_cache_file_is_computed_again(tmp_path, caplog):
+    data = toy_data(32)
+    model = _top_only_model()
+    _, first = prefix_dataset(model, data, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("prefix-*.npy")
+    path.write_bytes(path.read_bytes()[:40])  # truncated inside the header
+    with caplog.at_level("INFO", logger="lora_tasks.prefix_cache"):
+        _, again = prefix_dataset(model, data, cache_dir=tmp_path)
+    assert "is unreadable" in caplog.text and "computing the hidden states" in caplog.text
+    np.testing.assert_array_equal(np.asarray(again.input_ids), first.input_ids)
+    np.testing.assert_array_equal(np.load(path), first.input_ids)  # the file is whole again
+
+
+_WRITER = """
+import logging, sys, time
+from pathlib import Path
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+from tests.test_prefix_cache import _top_only_model
+from tests._tiny import toy_data
+from lora_tasks.prefix_cache import prefix_dataset
+model, data = _top_only_model(), toy_data(64)
+go = Path(sys.argv[1]) / "go"
+while not go.exists():  # the barrier: both processes ask for the cache at the same moment
+    time.sleep(0.01)
+_, cached = prefix_dataset(model, data, cache_dir=sys.argv[1])
+print("rows", len(cached.input_ids))
+"""
+
+
+def test_folds_started_together_compute_the_prefix_once(tmp_path):
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path)], cwd=repo, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    time.sleep(3)  # both have imported MLX and built their model (or are about to): then open the barrier
+    (tmp_path / "go").touch()
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    logs = "".join(out for out, _ in outs)
+    assert logs.count("rows 64") == 2
+    assert logs.count("computing the hidden states") == 1  # one writer; the other read its file
+    assert len(list(tmp_path.glob("prefix-*.npy"))) == 1 and not list(tmp_path.glob(".*tmp*"))

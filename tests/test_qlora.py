@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import lora_tasks  # noqa: F401  (BLAS set-up before MLX)
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
+import lora_tasks  # noqa: F401  (BLAS set-up before MLX)
+from lora_tasks.factory import create_bert_with_lora, create_qlora_model
 from lora_tasks.lora import LoRAAdapter, LoRALinear
 from lora_tasks.lora.quantized import (
     QLoRALinear,
@@ -18,7 +19,7 @@ from lora_tasks.lora.quantized import (
     is_quantized,
     merge_quantized,
 )
-from lora_tasks.models import BertConfig, create_bert_with_lora, create_qlora_model
+from lora_tasks.models import BertConfig
 from lora_tasks.models.heads import head_loss
 
 CFG = BertConfig(vocab_size=512, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,

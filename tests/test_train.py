@@ -14,11 +14,17 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 
+from lora_tasks.checkpoints import BEST_FILE, CHECKPOINT_FILE, CheckpointError
 from lora_tasks.progress import EventLog
 from lora_tasks.train import (
-    CHECKPOINT_FILE, TrainConfig, balanced_class_weights, make_schedule, predict, train,
+    NonFiniteError,
+    TrainConfig,
+    balanced_class_weights,
+    make_schedule,
+    predict,
+    train,
 )
 from tests._tiny import tiny_model, toy_data
 
@@ -203,3 +209,64 @@ def test_regression_head_starts_at_the_label_mean():
     preds = predict(model, data).reshape(-1)
     assert abs(preds.mean() - data.labels.mean()) < 0.5  # lr 0: only the initial bias gets it there (else ~12 off)
     assert res.history[0]["train_loss"] < 1.0
+
+
+def test_a_huge_learning_rate_stops_the_fold_with_the_cause(tmp_path):
+    data = toy_data(64)
+    model = tiny_model()
+    cfg = TrainConfig(epochs=3, learning_rate=1e8, grad_clip=None, warmup_ratio=0.0, compile=False)
+    with pytest.raises(NonFiniteError) as err:
+        train(model, data.subset(np.arange(48)), data.subset(np.arange(48, 64)), cfg, tmp_path, name="fold 3")
+    msg = str(err.value)
+    assert "'fold 3'" in msg and "epoch 1" in msg and "learning rate (1e+08)" in msg and "lower it" in msg
+    assert not (tmp_path / CHECKPOINT_FILE).exists()  # nothing non-finite is checkpointed
+
+
+def _poison_after_epoch(model, at_epoch: int):
+    """A progress callback that breaks the adapter weights once ``at_epoch`` has ended (and been checkpointed)."""
+
+    def callback(event):
+        if event.epoch_end and event.epoch == at_epoch:
+            broken = [(k, mx.full(v.shape, float("nan"))) for k, v in tree_flatten(model.trainable_parameters())]
+            model.update(tree_unflatten(broken))
+
+    return callback
+
+
+def test_a_non_finite_loss_keeps_the_last_good_checkpoint_and_weights(tmp_path):
+    data = toy_data(64)
+    train_part, valid_part = data.subset(np.arange(48)), data.subset(np.arange(48, 64))
+    cfg = TrainConfig(epochs=3, learning_rate=1e-2, compile=False, early_stopping_patience=None)
+    model = tiny_model()
+    with pytest.raises(NonFiniteError, match=r"'fold 1' stopped in epoch 2.*checkpoint of the last good epoch"):
+        train(model, train_part, valid_part, cfg, tmp_path, progress=_poison_after_epoch(model, 1), name="fold 1")
+    assert _checkpoint_epoch(tmp_path / CHECKPOINT_FILE) == 1
+    # the model holds the best (finite) weights again, and predicts finite values
+    assert all(np.isfinite(v).all() for v in _weights(model).values())
+    assert np.isfinite(predict(model, valid_part)).all()
+    # the rerun resumes after the good epoch
+    again = train(tiny_model(), train_part, valid_part, cfg, tmp_path, name="fold 1")
+    assert again.resumed_from_epoch == 1 and len(again.history) == 3
+
+
+def test_predict_refuses_nan_and_names_the_rows():
+    data = toy_data(40)
+    model = tiny_model()
+    broken = [(k, mx.full(v.shape, float("nan"))) for k, v in tree_flatten(model.parameters()) if "classifier" in k]
+    model.update(tree_unflatten(broken))
+    with pytest.raises(NonFiniteError, match=r"fold 0: 40 of 40 rows of predictions are NaN or infinite"):
+        predict(model, data, name="fold 0")
+
+
+@pytest.mark.parametrize("which", [CHECKPOINT_FILE, BEST_FILE])
+def test_a_truncated_checkpoint_names_the_file_and_the_fix(tmp_path, which):
+    data = toy_data(48)
+    train_part, valid_part = data.subset(np.arange(32)), data.subset(np.arange(32, 48))
+    cfg = TrainConfig(epochs=1, learning_rate=1e-2, compile=False)
+    train(tiny_model(), train_part, valid_part, cfg, tmp_path)
+    target = tmp_path / which
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    with pytest.raises(CheckpointError) as err:  # the same run again: it resumes, so it reads both files
+        train(tiny_model(), train_part, valid_part, cfg, tmp_path)
+    msg = str(err.value)
+    assert str(target) in msg and "delete it or run with --refresh" in msg.lower()

@@ -16,20 +16,13 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from lora_tasks.lora.config import PRESETS
+
 from .profile import DataProfile
 
 if TYPE_CHECKING:  # pragma: no cover
     from .competition import CompetitionConfig
 
-#: Preset names with a reminder of what they mean; ranks and modules are defined only in
-#: ``lora_tasks.lora.config.PRESETS`` (a test checks that the names agree).
-PRESETS: dict[str, str] = {
-    "efficient": "r=4 on query, value",
-    "balanced": "r=8 on query, key, value, attention output",
-    "expressive": "r=16 on attention and feed-forward",
-    "qlora_memory": "4-bit base weights, r=4 on query, value",
-    "qlora_quality": "4-bit base weights, r=8 on attention",
-}
 
 MINILM_PARAMS = 22_713_216  # sentence-transformers/all-MiniLM-L6-v2
 DEFAULT_MEMORY_BUDGET = 8 * 1024**3

@@ -1,39 +1,44 @@
-"""LoRA and DoRA adapters for MLX encoders: config and presets, layers, adapter state, PEFT format.
+"""LoRA and DoRA adapters for MLX encoders: config and presets, layers, adapter state, merge, PEFT format.
 
-Knows nothing about competitions or data: it adapts any model whose linear layers are named like
-Hugging Face BERT's (``encoder.layer.N.attention.self.query``).
+Knows nothing about competitions, data, model classes or training: it adapts any model whose
+linear layers are named like Hugging Face BERT's (``encoder.layer.N.attention.self.query``) or
+ModernBERT's (``layers.N.attn.Wqkv``). The names below load lazily so that
+``lora_tasks.lora.config`` (presets, :class:`LoRAConfig`) imports without MLX: the data layer
+reads the preset table from there.
 """
 
-from lora_tasks.lora.adapter import AdapterLoadError, LoRAAdapter, ParameterReport, apply_lora, read_adapter_file
-from lora_tasks.lora.config import PRESETS, TARGETS, LoRAConfig, get_preset
-from lora_tasks.lora.fused import FusedAdapters, default_parallel_mode, train_fused
-from lora_tasks.lora.layers import DoRALinear, LoRALinear, SlicedLoRALinear
-from lora_tasks.lora.quantized import QLoRALinear, QuantizedBaseLinear, merge_quantized
-from lora_tasks.lora.multi import MultiAdapterManager, MultiLoRALinear, create_multi_adapter_model
-from lora_tasks.lora.peft_format import export_peft, import_peft
+from __future__ import annotations
 
-__all__ = [
-    "AdapterLoadError",
-    "DoRALinear",
-    "FusedAdapters",
-    "LoRAAdapter",
-    "LoRAConfig",
-    "LoRALinear",
-    "MultiAdapterManager",
-    "MultiLoRALinear",
-    "PRESETS",
-    "QLoRALinear",
-    "QuantizedBaseLinear",
-    "SlicedLoRALinear",
-    "ParameterReport",
-    "TARGETS",
-    "apply_lora",
-    "create_multi_adapter_model",
-    "default_parallel_mode",
-    "export_peft",
-    "get_preset",
-    "import_peft",
-    "merge_quantized",
-    "read_adapter_file",
-    "train_fused",
-]
+from importlib import import_module
+from typing import Any
+
+# name -> submodule that defines it; resolved on first access.
+_LAZY: dict[str, str] = {
+    "AdapterLoadError": "adapter",
+    "LoRAAdapter": "adapter",
+    "ParameterReport": "adapter",
+    "apply_lora": "adapter",
+    "read_adapter_file": "adapter",
+    "PRESETS": "config",
+    "TARGETS": "config",
+    "LoRAConfig": "config",
+    "get_preset": "config",
+    "DoRALinear": "layers",
+    "LoRALinear": "layers",
+    "SlicedLoRALinear": "layers",
+    "QLoRALinear": "quantized",
+    "QuantizedBaseLinear": "quantized",
+    "merge_quantized": "quantized",
+    "export_peft": "peft_format",
+    "import_peft": "peft_format",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lora_tasks.lora' has no attribute {name!r}")
+    return getattr(import_module(f"lora_tasks.lora.{module}"), name)
+
+
+__all__ = sorted(_LAZY)

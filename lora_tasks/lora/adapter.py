@@ -11,7 +11,11 @@ State keys are our module paths plus the layer's attribute (``bert.encoder.layer
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import secrets
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,8 +24,10 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from lora_tasks import __version__
 from lora_tasks.lora.config import LoRAConfig, is_fused_qkv, layer_index, path_has_prefix
 from lora_tasks.lora.layers import DoRALinear, LoRALinear, SlicedLoRALinear, linear_dims
+from lora_tasks.lora.quantized import QLoRALinear, QSlicedLoRALinear, quantize_base
 
 HEAD_ATTR = "head"
 FORMAT = "lora_tasks.lora"
@@ -32,6 +38,14 @@ _FUNCTIONAL_FIELDS = ("r", "resolved_alpha", "use_rslora", "use_dora", "target_m
 
 class AdapterLoadError(ValueError):
     """Adapter state that does not fit the model; the message lists every mismatching key and shape."""
+
+
+class AdapterFileError(AdapterLoadError):
+    """An adapter file that cannot be read at all (truncated, corrupt); the message names the file."""
+
+
+class BaseModelMismatchWarning(UserWarning):
+    """An adapter loaded with ``strict=False`` onto a base model other than the one it was trained on."""
 
 
 @dataclass(frozen=True)
@@ -76,8 +90,6 @@ class LoRAAdapter:
         self.config = config
         self.freeze_base = freeze_base
         if config.quantize_bits is not None:  # QLoRA: the frozen base linears stored quantized
-            from lora_tasks.lora.quantized import quantize_base
-
             quantize_base(model, bits=config.quantize_bits, group_size=config.quantize_group_size,
                           skip_prefixes=(HEAD_ATTR,))
         targets = self._find_targets()
@@ -98,7 +110,7 @@ class LoRAAdapter:
             if not model.training:
                 layer.eval()
             parent_path, _, name = path.rpartition(".")
-            _set_child(modules[parent_path], name, layer)
+            set_child(modules[parent_path], name, layer)
             self.layers[path] = layer
         self._set_trainable()
 
@@ -231,13 +243,11 @@ class LoRAAdapter:
             )
 
     def metadata(self) -> dict[str, str]:
-        from lora_tasks import __version__
-
         return {
             "format": FORMAT,
             "lora_tasks_version": __version__,
             "lora_config": self.config.to_json(),
-            "model_class": type(self.model).__name__,
+            **base_identity(self.model),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -249,7 +259,7 @@ class LoRAAdapter:
         if path.suffix != ".safetensors":
             path = path.with_name(path.name + ".safetensors")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.safetensors")
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp.safetensors")
         try:
             mx.save_safetensors(str(tmp), self.get_lora_state_dict(), metadata=self.metadata())
             os.replace(tmp, path)
@@ -257,10 +267,18 @@ class LoRAAdapter:
             tmp.unlink(missing_ok=True)
         return path
 
-    def load(self, path: str | os.PathLike) -> None:
-        """Load a file written by :meth:`save` into this adapter (config and shapes must match)."""
+    def load(self, path: str | os.PathLike, strict: bool = True) -> None:
+        """Load a file written by :meth:`save` into this adapter (config and shapes must match).
+
+        The file records the base model it was trained on (:func:`base_identity`); loading it onto
+        another base with the same shapes is an error, or with ``strict=False`` a
+        :class:`BaseModelMismatchWarning`."""
         arrays, metadata = read_adapter_file(path)
-        config_problems = []
+        self._load_arrays(arrays, metadata, check_base_model(metadata, self.model, path, strict))
+
+    def _load_arrays(self, arrays: Mapping[str, mx.array], metadata: Mapping[str, str],
+                     config_problems: list[str]) -> None:
+        """Check the file's config against ours (adding to ``config_problems``), then load."""
         if "lora_config" in metadata:
             saved = LoRAConfig.from_json(metadata["lora_config"])
             for name in _FUNCTIONAL_FIELDS:
@@ -272,13 +290,18 @@ class LoRAAdapter:
         self.load_lora_state_dict(arrays)
 
     @classmethod
-    def from_file(cls, model: nn.Module, path: str | os.PathLike, freeze_base: bool = True) -> "LoRAAdapter":
-        """Apply the LoRA config stored in a saved adapter file to ``model`` and load its state."""
-        _, metadata = read_adapter_file(path)
+    def from_file(cls, model: nn.Module, path: str | os.PathLike, freeze_base: bool = True,
+                  strict: bool = True) -> "LoRAAdapter":
+        """Apply the LoRA config stored in a saved adapter file to ``model`` and load its state
+        (``strict``: as in :meth:`load`; the base model is checked before ``model`` is changed)."""
+        arrays, metadata = read_adapter_file(path)
         if "lora_config" not in metadata:
             raise AdapterLoadError(f"{path} has no LoRA config in its metadata; it was not written by LoRAAdapter.save.")
+        problems = check_base_model(metadata, model, path, strict)
+        if problems:
+            raise AdapterLoadError(f"{path} does not fit this model:\n" + "\n".join(problems))
         adapter = cls(model, LoRAConfig.from_json(metadata["lora_config"]), freeze_base=freeze_base)
-        adapter.load(path)
+        adapter._load_arrays(arrays, metadata, [])
         return adapter
 
     # ---- merging -------------------------------------------------------------------------
@@ -297,14 +320,14 @@ class LoRAAdapter:
 
     def export_peft(self, directory: str | os.PathLike) -> Path:
         """Write ``adapter_model.safetensors`` + ``adapter_config.json`` in PEFT's layout."""
-        from lora_tasks.lora.peft_format import export_peft
+        from lora_tasks.lora.peft_format import export_peft  # peft_format builds on this module (import cycle)
 
         return export_peft(self, directory)
 
     @classmethod
     def from_peft(cls, model: nn.Module, directory: str | os.PathLike, freeze_base: bool = True) -> "LoRAAdapter":
         """Apply an adapter saved by PEFT (``save_pretrained``) or by :meth:`export_peft` to ``model``."""
-        from lora_tasks.lora.peft_format import import_peft
+        from lora_tasks.lora.peft_format import import_peft  # peft_format builds on this module (import cycle)
 
         return import_peft(model, directory, freeze_base=freeze_base)
 
@@ -320,8 +343,6 @@ def check_supported(config: LoRAConfig) -> None:
 
 def _layer_class(linear: nn.Module, config: LoRAConfig, sliced: bool) -> type[LoRALinear]:
     if isinstance(linear, nn.QuantizedLinear):
-        from lora_tasks.lora.quantized import QLoRALinear, QSlicedLoRALinear
-
         if config.use_dora:
             check_supported(config.replace(quantize_bits=linear.bits))
         return QSlicedLoRALinear if sliced else QLoRALinear
@@ -333,14 +354,57 @@ def _layer_class(linear: nn.Module, config: LoRAConfig, sliced: bool) -> type[Lo
 
 
 def read_adapter_file(path: str | os.PathLike) -> tuple[dict[str, mx.array], dict[str, str]]:
-    """Arrays and metadata of a ``.safetensors`` adapter file."""
+    """Arrays and metadata of a ``.safetensors`` adapter file; :class:`AdapterFileError` naming the
+    file when it cannot be read."""
     path = Path(path)
     if not path.is_file() and path.with_name(path.name + ".safetensors").is_file():
         path = path.with_name(path.name + ".safetensors")
     if not path.is_file():
         raise FileNotFoundError(f"No adapter file at {path}; pass the path LoRAAdapter.save returned.")
-    arrays, metadata = mx.load(str(path), return_metadata=True)
+    try:
+        arrays, metadata = mx.load(str(path), return_metadata=True)
+    except Exception as exc:  # noqa: BLE001 - MLX raises RuntimeError/ValueError for truncated or foreign files
+        raise AdapterFileError(
+            f"Cannot read the adapter file {path} ({type(exc).__name__}: {exc}); it is incomplete or corrupt. "
+            "Delete it or run with --refresh to train it again."
+        ) from exc
     return dict(arrays), dict(metadata)
+
+
+def base_identity(model: nn.Module) -> dict[str, str]:
+    """What identifies the base model an adapter is trained on, for the file's metadata: the model's
+    class, the classes of the modules that hold an encoder config, and a hash of that config.
+
+    Read from the model itself (any module with a ``config`` that has ``to_dict``), so this
+    library needs no model classes; two checkpoints of one architecture with equal shapes but
+    other settings (vocabulary, position scheme, model_type) differ in the hash."""
+    holders = [m for _, m in model.named_modules() if callable(getattr(getattr(m, "config", None), "to_dict", None))]
+    identity = {"model_class": type(model).__name__}
+    if holders:
+        identity["base_classes"] = ",".join(sorted({type(m).__name__ for m in holders}))
+        config = json.dumps(holders[0].config.to_dict(), sort_keys=True, default=str)
+        identity["base_config_sha256"] = hashlib.sha256(config.encode()).hexdigest()[:16]
+    return identity
+
+
+def check_base_model(metadata: Mapping[str, str], model: nn.Module, path: str | os.PathLike,
+                     strict: bool = True) -> list[str]:
+    """Problem lines (for an :class:`AdapterLoadError`) when the file was trained on another base
+    model than ``model``; with ``strict=False`` a :class:`BaseModelMismatchWarning` instead (and
+    no lines). Keys a file lacks (older files) are not compared."""
+    ours = base_identity(model)
+    problems = [f"  base model {key}: file {metadata[key]!r}, this model {ours[key]!r}"
+                for key in ("model_class", "base_classes", "base_config_sha256")
+                if key in metadata and key in ours and metadata[key] != ours[key]]
+    if not problems:
+        return []
+    if strict:
+        problems[-1] += (" -- the adapter was trained on another base model: load it onto that model, "
+                         "or pass strict=False to load it anyway")
+        return problems
+    warnings.warn(f"{path} was trained on another base model; loading it anyway (strict=False):\n"
+                  + "\n".join(problems), BaseModelMismatchWarning, stacklevel=3)
+    return []
 
 
 def apply_lora(model: nn.Module, config: LoRAConfig, freeze_base: bool = True) -> LoRAAdapter:
@@ -348,7 +412,8 @@ def apply_lora(model: nn.Module, config: LoRAConfig, freeze_base: bool = True) -
     return LoRAAdapter(model, config, freeze_base=freeze_base)
 
 
-def _set_child(parent: Any, name: str, child: nn.Module) -> None:
+def set_child(parent: Any, name: str, child: nn.Module) -> None:
+    """Replace the child ``name`` of a module (or an index of a module list) in place."""
     if isinstance(parent, list):
         parent[int(name)] = child
     else:
@@ -362,4 +427,4 @@ def describe(adapter: LoRAAdapter) -> str:
     )
 
 
-__all__ = ["AdapterLoadError", "LoRAAdapter", "ParameterReport", "apply_lora", "read_adapter_file", "describe"]
+__all__ = ["AdapterFileError", "AdapterLoadError", "BaseModelMismatchWarning", "base_identity", "check_base_model", "LoRAAdapter", "ParameterReport", "apply_lora", "read_adapter_file", "describe", "set_child"]

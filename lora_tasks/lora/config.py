@@ -65,21 +65,53 @@ _MODERN_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)$")
 
 
 def normalize_target(name: str) -> str:
-    """A target name or alias -> its canonical name; ``ValueError`` naming the valid ones otherwise."""
-    key = name.strip()
+    """A target name or alias -> its canonical name; ``ValueError`` naming the valid ones otherwise.
+
+    One name only: a module-name suffix that covers several targets (``"dense"``) goes through
+    :func:`expand_target`."""
+    names = expand_target(name)
+    if len(names) != 1:
+        raise ValueError(f"LoRA target {name!r} covers {list(names)}; name one of them.")
+    return names[0]
+
+
+def expand_target(name: str) -> tuple[str, ...]:
+    """Every canonical target (or ``"head"``) that ``name`` means, PEFT's way.
+
+    A target name (``query``) or alias (``q``, ``attn_output``) means itself. Any other name
+    follows PEFT's convention and matches every module of a block whose path ends with it on a
+    dot boundary, in BERT's or ModernBERT's naming: ``"dense"`` is the three dense layers of a
+    BERT block (``attention.output.dense``, ``intermediate.dense``, ``output.dense``),
+    ``"self.query"`` is query, ``"Wqkv"`` is query, key and value. An unknown name is a
+    ``ValueError`` with the closest valid name."""
+    key = str(name).strip()
     if key in TARGETS or key == HEAD_TARGET:
-        return key
+        return (key,)
     if key.lower() in ALIASES:
-        return ALIASES[key.lower()]
+        return (ALIASES[key.lower()],)
     if key.lower() in TARGETS:
-        return key.lower()
-    known = [*TARGETS, *ALIASES, HEAD_TARGET]
+        return (key.lower(),)
+    found = _suffix_targets(key) or _suffix_targets(key.lower())
+    if found:
+        return found
+    known = [*TARGETS, *ALIASES, HEAD_TARGET, "dense"]
     close = difflib.get_close_matches(key, known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ValueError(
         f"Unknown LoRA target module {name!r}.{hint} Use any of {', '.join(TARGETS)} "
-        f"(aliases q, k, v, o), or {HEAD_TARGET!r} to train the task head in full."
+        f"(aliases q, k, v, o), a module-name suffix such as 'dense' (PEFT's convention), "
+        f"or {HEAD_TARGET!r} to train the task head in full."
     )
+
+
+def _suffix_targets(suffix: str) -> tuple[str, ...]:
+    """Canonical targets whose module path ends with ``suffix`` (whole dotted components)."""
+    found: list[str] = []
+    for table in (TARGETS, MODERNBERT_TARGETS):
+        for canon, path in table.items():
+            if ("." + path).endswith("." + suffix) and canon not in found:
+                found.append(canon)
+    return tuple(sorted(found, key=ALL_TARGETS.index))
 
 
 def target_of_path(path: str) -> str | None:
@@ -137,7 +169,9 @@ class LoRAConfig:
     - ``r``: rank of the update ``B @ A``; ``alpha`` defaults to ``2 * r``.
     - scaling is ``alpha / r``, or ``alpha / sqrt(r)`` with ``use_rslora`` (rank-stabilized LoRA,
       which keeps the update's size steady when r grows).
-    - ``target_modules``: names from :data:`TARGETS` (or aliases); ``"head"`` also trains the task head.
+    - ``target_modules``: names from :data:`TARGETS` (or aliases), or module-name suffixes as PEFT
+      reads them (``{"query", "key", "value", "dense"}`` adapts every linear layer of each block);
+      ``"head"`` also trains the task head. Stored as the canonical names.
     - ``layer_specific_config``: ``{module path prefix: {"r": .., "alpha": ..}}``; a layer whose path
       starts with the prefix uses those values (longest prefix wins). Without ``alpha`` an override
       keeps the global ``alpha`` if one was given, else ``2 * r`` of the override.
@@ -165,13 +199,16 @@ class LoRAConfig:
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, str):
             self.target_modules = (self.target_modules,)
+        unordered = isinstance(self.target_modules, (set, frozenset))  # PEFT keeps a set
         targets: list[str] = []
         for name in self.target_modules:
-            canon = normalize_target(name)
-            if canon == HEAD_TARGET:
-                self.train_head = True
-            elif canon not in targets:
-                targets.append(canon)
+            for canon in expand_target(name):
+                if canon == HEAD_TARGET:
+                    self.train_head = True
+                elif canon not in targets:
+                    targets.append(canon)
+        if unordered:  # a set has no order of its own: use the layer's, so configs and files repeat
+            targets.sort(key=ALL_TARGETS.index)
         if not targets:
             raise ValueError(
                 f"LoRAConfig needs at least one LoRA target module; got {list(self.target_modules)}. "

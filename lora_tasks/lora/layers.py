@@ -213,7 +213,7 @@ class SlicedLoRALinear(LoRALinear):
         self.dropout = nn.Dropout(p=dropout)
         self.merged = False
         ordered = sorted(slices.items(), key=lambda kv: kv[1].start)
-        for (_, a), (_, b) in zip(ordered, ordered[1:]):
+        for (_, a), (_, b) in zip(ordered, ordered[1:], strict=False):  # neighbours
             if a.stop > b.start:
                 raise ValueError(f"Row slices overlap: {a} and {b}.")
         object.__setattr__(self, "slice_names", tuple(name for name, _ in ordered))  # plain attribute, not a parameter

@@ -163,7 +163,7 @@ def merge_adapters(
         else:
             delta, a, b, mag = _merge_lora(layers, w, method, density, rng)
         if method == "svd" or method in ("ties", "dare"):
-            default = max(l.a.shape[0] for l in layers) if method == "svd" else sum(l.a.shape[0] for l in layers)
+            default = max(lay.a.shape[0] for lay in layers) if method == "svd" else sum(lay.a.shape[0] for lay in layers)
             target = b @ a if dora else delta  # DoRA: truncate the direction update, keep the magnitude exact
             a, b = _truncated_svd(target, min(rank or default, *target.shape))
         realized = (b @ a) if not dora else _dora_weight(base, b @ a, mag) - base
@@ -268,12 +268,12 @@ def _source(item: Any, base_weights: Mapping[str, Any] | None) -> _Source:
         if item.merged:
             raise MergeCompatibilityError("An adapter is merged into its base weights; call unmerge_adapters() first.")
         layers = {
-            p: _Layer(_np(l.lora_a), _np(l.lora_b), float(l.scale),
-                      _np(l.magnitude) if isinstance(l, DoRALinear) else None)
-            for p, l in item.layers.items()
+            p: _Layer(_np(lay.lora_a), _np(lay.lora_b), float(lay.scale),
+                      _np(lay.magnitude) if isinstance(lay, DoRALinear) else None)
+            for p, lay in item.layers.items()
         }
         head = {k: _np(v) for k, v in item.get_lora_state_dict().items() if k.startswith(HEAD_ATTR + ".")}
-        base = {p: _np(l.base_weight()) for p, l in item.layers.items()}
+        base = {p: _np(lay.base_weight()) for p, lay in item.layers.items()}
         return _Source(item.config, layers, head, base, type(item.model).__name__)
     if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], LoRAConfig):
         state, config = item
@@ -310,15 +310,15 @@ def _io_shape(layer: _Layer) -> tuple[int, int]:
 
 def _merge_lora(layers: list[_Layer], w: np.ndarray, method: str, density: float, rng: np.random.Generator):
     """Exact merged delta, plus exact factors (cat) that the caller may truncate."""
-    taus = np.stack([l.delta for l in layers])
+    taus = np.stack([lay.delta for lay in layers])
     if method == "ties":
         delta = ties(taus, w, density)
     elif method == "dare":
         delta = dare(taus, w, density, rng)
     else:
         delta = np.tensordot(w, taus, axes=1)
-    a = np.concatenate([l.a for l in layers], axis=0)
-    b = np.concatenate([wk * l.scale * l.b for wk, l in zip(w, layers)], axis=1)
+    a = np.concatenate([lay.a for lay in layers], axis=0)
+    b = np.concatenate([wk * lay.scale * lay.b for wk, lay in zip(w, layers, strict=True)], axis=1)
     return delta, a, b, None
 
 
@@ -337,16 +337,16 @@ def _merge_dora(layers: list[_Layer], base: np.ndarray, w: np.ndarray):
     Row by row W* = C (W + V) with C = 1 - sum w_k + sum w_k c_k and V = sum_k (w_k c_k / C) s_k B_k A_k,
     so a DoRA adapter with direction update V (rank sum r_k) and magnitude ||W*|| reproduces W*.
     """
-    cs = [l.magnitude / _row_norm(base + l.delta) for l in layers]
-    merged = base + sum(wk * (c[:, None] * (base + l.delta) - base) for wk, c, l in zip(w, cs, layers))
-    big_c = 1.0 - w.sum() + sum(wk * c for wk, c in zip(w, cs))
+    cs = [lay.magnitude / _row_norm(base + lay.delta) for lay in layers]
+    merged = base + sum(wk * (c[:, None] * (base + lay.delta) - base) for wk, c, lay in zip(w, cs, layers, strict=True))
+    big_c = 1.0 - w.sum() + sum(wk * c for wk, c in zip(w, cs, strict=True))
     if np.any(big_c <= 0):
         raise MergeCompatibilityError(
             "These DoRA weights flip the sign of some merged rows (1 - sum(w) + sum(w_k * m_k/||W'_k||) <= 0); "
             "use non-negative weights that sum to about 1."
         )
-    a = np.concatenate([l.a for l in layers], axis=0)
-    b = np.concatenate([((wk * c / big_c)[:, None]) * l.scale * l.b for wk, c, l in zip(w, cs, layers)], axis=1)
+    a = np.concatenate([lay.a for lay in layers], axis=0)
+    b = np.concatenate([((wk * c / big_c)[:, None]) * lay.scale * lay.b for wk, c, lay in zip(w, cs, layers, strict=True)], axis=1)
     return merged - base, a, b, _row_norm(merged)
 
 
@@ -362,7 +362,7 @@ def ties(taus: np.ndarray, weights: np.ndarray, density: float) -> np.ndarray:
 def dare(taus: np.ndarray, weights: np.ndarray, density: float, rng: np.random.Generator) -> np.ndarray:
     """DARE: keep each entry with probability ``density`` and rescale by ``1/density``, then weighted sum."""
     out = np.zeros(taus.shape[1:])
-    for wk, t in zip(weights, taus):
+    for wk, t in zip(weights, taus, strict=True):
         keep = rng.random(t.shape) < density
         out += wk * np.where(keep, t / density, 0.0)
     return out
@@ -407,7 +407,7 @@ def _merge_heads(sources: list[_Source], w: np.ndarray, head: str) -> dict[str, 
     if abs(w.sum()) < 1e-12:
         raise ValueError("head='mean' normalizes by the sum of the weights, which is 0; pass head='first' or 'drop'.")
     wn = w / w.sum()
-    return {k: mx.array(sum(wk * s.head[k] for wk, s in zip(wn, sources)).astype(np.float32)) for k in sources[0].head}
+    return {k: mx.array(sum(wk * s.head[k] for wk, s in zip(wn, sources, strict=True)).astype(np.float32)) for k in sources[0].head}
 
 
 __all__ = [

@@ -30,9 +30,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from lora_tasks.lora.adapter import HEAD_ATTR, AdapterLoadError, LoRAAdapter
-from lora_tasks.lora.config import MODERNBERT_TARGETS, QKV_ORDER, TARGETS, LoRAConfig, targets_of_path
+from lora_tasks.lora.adapter import HEAD_ATTR, AdapterFileError, AdapterLoadError, LoRAAdapter, read_adapter_file
+from lora_tasks.lora.config import MODERNBERT_TARGETS, QKV_ORDER, TARGETS, LoRAConfig, is_fused_qkv, targets_of_path
 from lora_tasks.lora.layers import SlicedLoRALinear
+from lora_tasks.torch_bin import load_torch_bin
 
 ADAPTER_FILE = "adapter_model.safetensors"
 ADAPTER_BIN = "adapter_model.bin"
@@ -106,11 +107,10 @@ class PeftNames:
     @classmethod
     def of(cls, model: nn.Module) -> "PeftNames":
         """The names of the encoder inside ``model`` (a bare encoder or one inside a head model)."""
-        from lora_tasks.models.modernbert import ModernBertModel
-
-        modules = [m for _, m in model.named_modules()]
-        renames = next((m.checkpoint_renames for m in modules if hasattr(m, "checkpoint_renames")), ())
-        return cls(renames, modernbert=any(isinstance(m, ModernBertModel) for m in modules))
+        named = model.named_modules()
+        renames = next((m.checkpoint_renames for _, m in named if hasattr(m, "checkpoint_renames")), ())
+        # ModernBERT is recognised by its fused attention projection (layers.N.attn.Wqkv), not by class
+        return cls(renames, modernbert=any(is_fused_qkv(p) for p, _ in named))
 
     def theirs(self, rel: str) -> str:
         """``encoder.layer.0.attention.self.query`` -> the transformers name (``...attention.attn.q``)."""
@@ -233,12 +233,14 @@ def read_peft(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, m
     cfg_path = directory / CONFIG_FILE
     if not cfg_path.is_file():
         raise FileNotFoundError(f"No {CONFIG_FILE} in {directory}; pass the folder PEFT's save_pretrained wrote.")
-    config = json.loads(cfg_path.read_text())
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterFileError(f"Cannot read {cfg_path} ({exc}); it is incomplete or not JSON. Delete the folder and "
+                               "save the adapter again (PEFT's save_pretrained, or export_peft).") from exc
     if (directory / ADAPTER_FILE).is_file():
-        tensors = dict(mx.load(str(directory / ADAPTER_FILE)))
+        tensors = read_adapter_file(directory / ADAPTER_FILE)[0]
     elif (directory / ADAPTER_BIN).is_file():
-        from lora_tasks.models.weights import load_torch_bin
-
         tensors = {k: mx.array(np.asarray(v)) for k, v in load_torch_bin(directory / ADAPTER_BIN).items()}
     else:
         raise FileNotFoundError(f"No {ADAPTER_FILE} (or {ADAPTER_BIN}) in {directory}.")
@@ -393,6 +395,6 @@ def import_peft(model: nn.Module, directory: str | os.PathLike, freeze_base: boo
             state[f"{prefix}{rel}.{attr}"] = value
     head_file = directory / HEAD_FILE
     if head_file.is_file() and adapter.trains_head:
-        state.update(dict(mx.load(str(head_file))))
+        state.update(read_adapter_file(head_file)[0])
     adapter.load_lora_state_dict(state)
     return adapter

@@ -17,7 +17,7 @@ from lora_tasks.models.architectures import ARCHITECTURES, Architecture, archite
 from lora_tasks.models.bert import BertConfig, BertModel
 from lora_tasks.models.heads import POOLINGS, EncoderWithHead, Pooling
 from lora_tasks.models.modernbert import ModernBertConfig, ModernBertModel, ModernBertWithHead, modernbert_to_ours
-from lora_tasks.models.weights import WeightLoadError, load_weights, read_checkpoint, hf_to_ours
+from lora_tasks.models.weights import WeightLoadError, hf_to_ours, load_weights, read_checkpoint
 
 
 class BertWithHead(EncoderWithHead):

@@ -6,16 +6,14 @@ Handles ``model.safetensors`` and, where that is all a checkpoint has, ``pytorch
 
 from __future__ import annotations
 
-import pickle
-import zipfile
-from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
+
+from lora_tasks.torch_bin import WeightLoadError, load_torch_bin
 
 # Checkpoint entries that are not parameters of an encoder: pre-training heads (BERT's cls., RoBERTa's
 # lm_head., DistilBERT's vocab_*, ELECTRA's discriminator/generator heads), a fine-tune's classifier
@@ -24,10 +22,6 @@ _IGNORED_PREFIXES = ("cls.", "lm_head.", "head.", "decoder.", "classifier.", "pr
                      "vocab_layer_norm.", "vocab_projector.", "discriminator_predictions.", "generator_predictions.",
                      "generator_lm_head.")
 _IGNORED_SUFFIXES = ("position_ids", "token_type_ids_buffer")
-
-
-class WeightLoadError(ValueError):
-    """Weights that do not fit the model; the message lists every offending key."""
 
 
 def hf_to_ours(name: str, prefix: str = "bert.") -> str:
@@ -48,73 +42,6 @@ def hf_to_ours(name: str, prefix: str = "bert.") -> str:
 
 def _ignored(name: str) -> bool:
     return name.startswith(_IGNORED_PREFIXES) or name.endswith(_IGNORED_SUFFIXES)
-
-
-# ---- pytorch_model.bin without torch ---------------------------------------------------------
-
-_TORCH_DTYPES = {
-    "FloatStorage": np.float32,
-    "DoubleStorage": np.float64,
-    "HalfStorage": np.float16,
-    "BFloat16Storage": None,  # handled below
-    "LongStorage": np.int64,
-    "IntStorage": np.int32,
-    "ShortStorage": np.int16,
-    "CharStorage": np.int8,
-    "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
-}
-
-
-class _StorageType:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
-def _rebuild_tensor(storage, offset, size, stride, *args):  # noqa: ANN001 - pickle protocol
-    array, _ = storage
-    if not size:
-        return array[offset : offset + 1].reshape(())
-    itemsize = array.itemsize
-    return np.lib.stride_tricks.as_strided(
-        array[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)
-    ).copy()
-
-
-def load_torch_bin(path: Path) -> dict[str, np.ndarray]:
-    """Read a PyTorch ``state_dict`` zip file into numpy arrays, without importing torch."""
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        pkl = next((n for n in names if n.endswith("data.pkl")), None)
-        if pkl is None:
-            raise WeightLoadError(f"{path} is not a PyTorch zip checkpoint (no data.pkl inside).")
-        root = pkl[: -len("data.pkl")]
-        cache: dict[str, np.ndarray] = {}
-
-        class _Unpickler(pickle.Unpickler):
-            def find_class(self, module: str, name: str) -> Any:
-                if module == "torch._utils" and name in {"_rebuild_tensor_v2", "_rebuild_tensor"}:
-                    return _rebuild_tensor
-                if module == "torch" and name.endswith("Storage"):
-                    return _StorageType(name)
-                if module == "collections" and name == "OrderedDict":
-                    return OrderedDict
-                raise WeightLoadError(f"{path}: unsupported object {module}.{name} in checkpoint.")
-
-            def persistent_load(self, pid: Any) -> Any:
-                _, storage_type, key, _location, _numel = pid
-                if key not in cache:
-                    raw = zf.read(f"{root}data/{key}")
-                    if storage_type.name == "BFloat16Storage":
-                        u16 = np.frombuffer(raw, dtype=np.uint16)
-                        cache[key] = (u16.astype(np.uint32) << 16).view(np.float32)
-                    else:
-                        cache[key] = np.frombuffer(raw, dtype=_TORCH_DTYPES[storage_type.name])
-                return cache[key], storage_type
-
-        with zf.open(pkl) as fh:
-            state = _Unpickler(fh).load()
-    return {k: np.asarray(v) for k, v in state.items()}
 
 
 def read_checkpoint(path: Path) -> dict[str, mx.array]:

@@ -9,7 +9,8 @@ active adapter does not touch just returns the base output.
 every layer to that adapter and puts its head on the model, and leaves only that adapter and
 its head trainable, so :func:`lora_tasks.train.train` trains exactly one adapter at a time.
 With the same weights the active adapter computes exactly what a single-adapter model
-(:class:`~lora_tasks.lora.adapter.LoRAAdapter`) computes. ``save``/``load`` write and read all
+(:class:`~lora_tasks.lora.adapter.LoRAAdapter`) computes. It lives beside training, not in
+:mod:`lora_tasks.lora`, because each adapter gets its own task head (:mod:`lora_tasks.models.heads`). ``save``/``load`` write and read all
 adapters and heads in one ``.safetensors`` file (keys ``<adapter>/<LoRAAdapter state key>``,
 configs in the metadata), atomically.
 """
@@ -19,15 +20,25 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Mapping
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 
-from lora_tasks.lora.adapter import AdapterLoadError, _set_child, check_supported, read_adapter_file
+from lora_tasks import __version__
+from lora_tasks.lora.adapter import (
+    AdapterLoadError,
+    base_identity,
+    check_base_model,
+    check_supported,
+    read_adapter_file,
+    set_child,
+)
 from lora_tasks.lora.config import LoRAConfig, as_config, layer_index
+from lora_tasks.models.heads import ClassificationHead
 
 HEAD_ATTR = "head"
 MULTI_FORMAT = "lora_tasks.multi_lora"
@@ -159,14 +170,14 @@ class MultiAdapterManager:
                 wrapped = MultiLoRALinear(module)
                 wrapped.train(self.model.training)
                 parent, _, attr = path.rpartition(".")
-                _set_child(modules[parent], attr, wrapped)
+                set_child(modules[parent], attr, wrapped)
                 module = wrapped
             spec = cfg.for_layer(path)
             module.add(name, spec.r, spec.scale, cfg.dropout)
         if not self.heads:
             head = self._template_head
         else:
-            head = _fresh_head(self._template_head)
+            head = fresh_head(self._template_head)
         head.train(self.model.training)
         self.heads[name] = head
         self.configs[name] = cfg
@@ -188,7 +199,7 @@ class MultiAdapterManager:
                 del layer.adapters[name]
                 if not layer.adapters:
                     parent, _, attr = path.rpartition(".")
-                    _set_child(modules[parent], attr, layer.linear)
+                    set_child(modules[parent], attr, layer.linear)
         del self.configs[name]
         del self.heads[name]
         if self._active == name:
@@ -255,19 +266,15 @@ class MultiAdapterManager:
                 path, _, attr = key.rpartition(".")
                 layers[path][attr] = mx.array(value).astype(layers[path][attr].dtype)
         if head_updates:
-            from mlx.utils import tree_unflatten
-
             self.heads[name].update(tree_unflatten(head_updates))
 
     def metadata(self) -> dict[str, str]:
-        from lora_tasks import __version__
-
         return {
             "format": MULTI_FORMAT,
             "lora_tasks_version": __version__,
             "adapters": json.dumps({n: c.to_dict() for n, c in self.configs.items()}),
             "active": self._active or "",
-            "model_class": type(self.model).__name__,
+            **base_identity(self.model),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -282,7 +289,7 @@ class MultiAdapterManager:
             if not self.configs[name].train_head:  # a frozen head is still this adapter's own
                 state.update({f"{HEAD_ATTR}.{k}": v for k, v in tree_flatten(self.heads[name].parameters())})
             arrays.update({f"{name}/{k}": v for k, v in state.items()})
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.safetensors")
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp.safetensors")
         try:
             mx.save_safetensors(str(tmp), arrays, metadata=self.metadata())
             os.replace(tmp, path)
@@ -290,15 +297,16 @@ class MultiAdapterManager:
             tmp.unlink(missing_ok=True)
         return path
 
-    def load(self, path: str | os.PathLike) -> None:
+    def load(self, path: str | os.PathLike, strict: bool = True) -> None:
         """Load a file written by :meth:`save`: adapters missing here are added with the file's configs;
-        existing ones must have the same config. The file's active adapter becomes active."""
+        existing ones must have the same config. The file's active adapter becomes active.
+        A file trained on another base model is an error, or a warning with ``strict=False``."""
         arrays, metadata = read_adapter_file(path)
         if metadata.get("format") != MULTI_FORMAT:
             raise AdapterLoadError(f"{path} was not written by MultiAdapterManager.save (format "
                                    f"{metadata.get('format')!r}); load single adapters with LoRAAdapter.from_file.")
         configs = {n: LoRAConfig.from_dict(d) for n, d in json.loads(metadata["adapters"]).items()}
-        problems = []
+        problems = check_base_model(metadata, self.model, path, strict)
         for name, saved in configs.items():
             if name in self.configs:
                 for f in _FUNCTIONAL_FIELDS:
@@ -316,8 +324,6 @@ class MultiAdapterManager:
             if not self.configs[name].train_head:
                 head = {k: v for k, v in state.items() if k.startswith(HEAD_ATTR + ".")}
                 state = {k: v for k, v in state.items() if k not in head}
-                from mlx.utils import tree_unflatten
-
                 self.heads[name].update(tree_unflatten([(k[len(HEAD_ATTR) + 1:], v) for k, v in head.items()]))
             self.load_adapter_state_dict(name, state)
         active = metadata.get("active")
@@ -325,10 +331,8 @@ class MultiAdapterManager:
             self.activate_adapter(active)
 
 
-def _fresh_head(template: nn.Module) -> nn.Module:
+def fresh_head(template: nn.Module) -> nn.Module:
     """A newly initialized head of the template's type and shape."""
-    from lora_tasks.models.heads import ClassificationHead
-
     if isinstance(template, ClassificationHead):
         out_dims, in_dims = template.classifier.weight.shape
         p = 1.0 - float(getattr(template.dropout, "_p_1", 1.0))
@@ -337,35 +341,4 @@ def _fresh_head(template: nn.Module) -> nn.Module:
                     "ClassificationHead heads (BertWithHead).")
 
 
-def create_multi_adapter_model(
-    adapter_configs: Mapping[str, Any] | None = None,
-    head_type: str = "binary_classification",
-    num_labels: int = 1,
-    model: str | os.PathLike | None = None,
-    config: Any = None,
-    pretrained: bool | None = None,
-    seed: int | None = None,
-    pooling: str = "mean",
-) -> tuple[nn.Module, MultiAdapterManager]:
-    """A BERT encoder with several named adapters, each with its own head: ``(model, manager)``.
-
-    ``adapter_configs`` maps names to presets, LoRAConfigs or dicts; the default is
-    ``{"task1": "efficient", "task2": "balanced", "ensemble": "expressive"}``. ``model``,
-    ``config``, ``pretrained`` and ``seed`` mean what they mean for ``create_bert_with_lora``.
-    """
-    from lora_tasks.models.factory import _build
-
-    if adapter_configs is None:
-        adapter_configs = {"task1": "efficient", "task2": "balanced", "ensemble": "expressive"}
-    if not adapter_configs:
-        raise ValueError("adapter_configs needs at least one adapter, e.g. {'task1': 'efficient'}.")
-    resolved = {n: as_config(c) for n, c in adapter_configs.items()}
-    for cfg in resolved.values():
-        check_supported(cfg)  # before loading weights
-    if seed is not None:
-        mx.random.seed(seed)
-    net = _build("bert_with_head", head_type, num_labels, pooling, model, config, pretrained)  # type: ignore[arg-type]
-    return net, MultiAdapterManager(net, resolved)
-
-
-__all__ = ["LoRAFactors", "MultiAdapterManager", "MultiLoRALinear", "create_multi_adapter_model"]
+__all__ = ["LoRAFactors", "MultiAdapterManager", "MultiLoRALinear", "fresh_head"]

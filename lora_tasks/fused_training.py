@@ -21,27 +21,28 @@ from typing import Any, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from lora_tasks.lora.adapter import LoRAAdapter
+from lora_tasks.backend import is_cpu_backend
+from lora_tasks.lora.adapter import LoRAAdapter, set_child
 from lora_tasks.lora.config import LoRAConfig
 from lora_tasks.lora.layers import DoRALinear
+from lora_tasks.models.encoder import BertWithHead
+from lora_tasks.models.heads import head_loss, predictions
+from lora_tasks.multi_adapter import fresh_head
+from lora_tasks.train import TrainConfig, train
 
 
 def default_parallel_mode() -> str:
     """``"fused"`` or ``"sequential"``: how to train K adapters on the backend at hand.
 
-    Measured by ``benchmarks/ensemble.py`` (MiniLM, r=8 Q,K,V,O, batch 16, seq 64, compiled AdamW
-    steps; ``benchmarks/results/ensemble.json``) on the shared 2-core Linux box (MKL), medians:
-    K=2 fused 3.73 s per round against 3.35 s sequential (1.11x slower; an earlier run 3.14 vs
-    2.52 s), K=4 fused 8.08 s against 5.07 s (1.59x slower). The CPU GEMMs are already
-    compute-bound at batch 16 and the K-times activations overflow the cache, so fusing does not
-    pay there: sequential is the CPU default. Thread-parallel training with compiled steps hung
-    on this MLX build (0.32.4) and was not measured. On Metal the GPU is underused at batch 16,
-    so one K-times-wider step is the expected better use of it: fused (not measured here).
+    On the CPU the GEMMs are already compute-bound at small batches and the K-times activations
+    overflow the cache, so fusing was slower than training the adapters one after another
+    (``benchmarks/ensemble.py``; numbers in ``benchmarks/results/ensemble.json``): sequential is the
+    CPU default. On Metal the GPU is underused at small batches, so one K-times-wider step is the
+    expected better use of it: fused (not measured).
     """
-    from lora_tasks.backend import is_cpu_backend
-
     return "sequential" if is_cpu_backend() else "fused"
 
 
@@ -108,17 +109,13 @@ def _base_state(model: nn.Module) -> list[tuple[str, mx.array]]:
 
 def _bare_like(model: nn.Module) -> nn.Module:
     """A new model of ``model``'s class and shape without adapters (weights set by the caller)."""
-    from lora_tasks.models.encoder import BertWithHead
-
     if not isinstance(model, BertWithHead):
         raise TypeError(f"Fused adapters need BertWithHead models, got {type(model).__name__}.")
     return type(model)(model.config, model.head_type, model.num_labels, model.pooling)  # BERT or MPNet
 
 
 def _copy_head(head: nn.Module) -> nn.Module:
-    from lora_tasks.lora.multi import _fresh_head
-
-    new = _fresh_head(head)
+    new = fresh_head(head)
     new.update(head.parameters())
     return new
 
@@ -127,7 +124,7 @@ class FusedAdapters(nn.Module):
     """K adapters of the same rank and targets on one frozen base, trained or run in one pass.
 
     Build it with :meth:`from_models` (K single-adapter models on the same base) or
-    :meth:`from_manager` (adapters of a :class:`~lora_tasks.lora.multi.MultiAdapterManager`).
+    :meth:`from_manager` (adapters of a :class:`~lora_tasks.multi_adapter.MultiAdapterManager`).
     """
 
     def __init__(self, base: nn.Module, configs: Sequence[LoRAConfig], factors: dict[str, tuple[mx.array, mx.array]],
@@ -144,9 +141,7 @@ class FusedAdapters(nn.Module):
             scales = [c.for_layer(path).scale for c in configs]
             layer = FusedLoRALinear(linear, a, b, scales, [c.dropout for c in configs])
             parent, _, attr = path.rpartition(".")
-            from lora_tasks.lora.adapter import _set_child
-
-            _set_child(modules[parent], attr, layer)
+            set_child(modules[parent], attr, layer)
         object.__setattr__(self, "layer_paths", tuple(factors))
         self.model = base
         self.heads = list(heads)
@@ -154,7 +149,7 @@ class FusedAdapters(nn.Module):
         self.freeze()
         for path in self.layer_paths:
             self._layer(path).unfreeze(recurse=False, keys=["lora_a", "lora_b"])
-        for head, cfg in zip(self.heads, self.configs):
+        for head, cfg in zip(self.heads, self.configs, strict=True):
             if cfg.train_head:
                 head.unfreeze()
 
@@ -259,8 +254,6 @@ class FusedAdapters(nn.Module):
 
     def losses(self, logits: mx.array, labels: mx.array, class_weights: mx.array | None = None) -> mx.array:
         """The K per-adapter losses, shape (K,)."""
-        from lora_tasks.models.heads import head_loss
-
         return mx.stack([head_loss(self.head_type, logits[i], labels, class_weights) for i in range(self.k)])
 
     def loss(self, logits: mx.array, labels: mx.array, class_weights: mx.array | None = None) -> mx.array:
@@ -335,8 +328,6 @@ def train_fused(models: Sequence[nn.Module], adapters: Sequence[LoRAAdapter], tr
                 valid_data: Any = None, cfg: Any = None, **train_kwargs: Any) -> Any:
     """Train K single-adapter models (same base, rank and targets) in fused steps; the trained weights
     are written back into ``adapters``. Returns the engine's TrainResult (validation: the summed loss)."""
-    from lora_tasks.train import TrainConfig, train
-
     cfg = cfg or TrainConfig()
     if cfg.metric is not None:
         raise ValueError(f"Fused training scores validation by the summed loss of the K adapters; set "
@@ -351,10 +342,6 @@ def train_fused(models: Sequence[nn.Module], adapters: Sequence[LoRAAdapter], tr
 
 def predict_mixed(fused: FusedAdapters, data: Any, adapter_index: Any, batch_size: int = 64) -> Any:
     """Predictions for every row of ``data``, row i through adapter ``adapter_index[i]`` (numpy, row order)."""
-    import numpy as np
-
-    from lora_tasks.models.heads import predictions
-
     index = np.asarray(adapter_index).reshape(-1)
     was = fused.training
     fused.eval()

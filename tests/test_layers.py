@@ -1,0 +1,152 @@
+"""The library's layers import one way only: read from the source (ast), so imports inside
+functions count too.
+
+    factory ──► lora, models            (the create_* that join adapters and encoders)
+    training ──► lora, models, data     (never Prefect)
+    models ──► data                     (never lora)
+    lora ──► (nothing of ours but lora_tasks.torch_bin and the package root)
+    ensemble ──► metrics, thresholds    (never MLX or our MLX modules)
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "lora_tasks"
+
+# group -> module-name prefixes (a package, or one module)
+GROUPS: dict[str, tuple[str, ...]] = {
+    "lora": ("lora_tasks.lora",),
+    "models": ("lora_tasks.models",),
+    "factory": ("lora_tasks.factory", "lora_tasks.auto"),
+    "training": ("lora_tasks.train", "lora_tasks.training", "lora_tasks.checkpoints", "lora_tasks.cv",
+                 "lora_tasks.prefix_cache", "lora_tasks.multi_adapter", "lora_tasks.fused_training"),
+    "ensemble": ("lora_tasks.ensemble", "lora_tasks.sklearn_members"),
+    "data": ("lora_tasks.data",),
+}
+
+# group -> (forbidden module-name prefixes, why)
+FORBIDDEN: dict[str, tuple[tuple[str, ...], str]] = {
+    "lora": (("lora_tasks.models", *GROUPS["training"], *GROUPS["factory"], "lora_tasks.data"),
+             "the adapter library adapts any model and knows no training"),
+    "models": (("lora_tasks.lora", *GROUPS["factory"], *GROUPS["training"]),
+               "encoders know nothing of adapters; lora_tasks.factory joins them"),
+    "training": (("prefect", "prefect_dask", "lora_tasks.tasks", "lora_tasks.prefect", "lora_tasks.pipeline",
+                  "lora_tasks.steps"), "the engine runs without Prefect"),
+    "ensemble": (("mlx", "lora_tasks.models", "lora_tasks.lora", *GROUPS["training"], *GROUPS["factory"]),
+                 "blending works on prediction arrays, without MLX"),
+    "data": (("lora_tasks.models", "lora_tasks.lora.adapter", "lora_tasks.lora.layers", *GROUPS["training"],
+              *GROUPS["factory"], "mlx"), "the data layer runs without MLX"),
+}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _is_module(name: str) -> bool:
+    base = ROOT.parent / Path(*name.split("."))
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
+def imports_of(path: Path, name: str | None = None) -> set[str]:
+    """Every module ``path`` imports, at the top or inside functions, relative imports resolved
+    (``name``: the module's dotted name, by default from its place under lora_tasks/)."""
+    name = name or _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            for alias in node.names:
+                sub = f"{module}.{alias.name}"
+                found.add(sub if _is_module(sub) else module)
+    return found
+
+
+def _group(module: str) -> str | None:
+    for group, prefixes in GROUPS.items():
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return group
+    return None
+
+
+MODULES = {_module_name(p): p for p in sorted(ROOT.rglob("*.py")) if "testing" not in p.parts}
+
+
+def test_the_groups_cover_real_modules():
+    for group, prefixes in GROUPS.items():
+        assert any(_group(m) == group for m in MODULES), f"no module in group {group} ({prefixes})"
+
+
+@pytest.mark.parametrize("group", sorted(FORBIDDEN))
+def test_imports_go_the_allowed_direction(group):
+    forbidden, why = FORBIDDEN[group]
+    bad = []
+    for module, path in MODULES.items():
+        if _group(module) != group:
+            continue
+        for target in sorted(imports_of(path)):
+            if any(target == f or target.startswith(f + ".") for f in forbidden):
+                bad.append(f"{module} imports {target}")
+    assert not bad, f"{group}: {why}:\n" + "\n".join(bad)
+
+
+def test_no_cycle_between_the_groups():
+    edges: dict[str, set[str]] = {g: set() for g in GROUPS}
+    for module, path in MODULES.items():
+        src = _group(module)
+        if src is None:
+            continue
+        for target in imports_of(path):
+            dst = _group(target)
+            if dst is not None and dst != src:
+                edges[src].add(dst)
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for nxt in edges[start]:
+            if nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})):
+                return True
+        return False
+
+    cycles = [f"{a} -> {b} -> ... -> {a}" for a in edges for b in edges[a] if reaches(b, a, {b})]
+    assert not cycles, cycles
+
+
+def test_the_checker_sees_imports_inside_functions_and_relative_ones(tmp_path):
+    """A function-level import (the old lora/multi.py hid models that way) and a relative one both count."""
+    fake = tmp_path / "fake.py"
+    fake.write_text("from .config import LoRAConfig\n\n\ndef f():\n    from ..models import factory\n"
+                    "    import mlx.core as mx\n    return factory, mx, LoRAConfig\n")
+    found = imports_of(fake, "lora_tasks.lora.fake")
+    assert found == {"lora_tasks.lora.config", "lora_tasks.models.factory", "mlx.core"}
+
+
+def test_lora_config_imports_without_mlx():
+    code = (
+        "import sys\n"
+        "sys.modules['mlx'] = None  # any 'import mlx...' now fails\n"
+        "from lora_tasks.lora.config import PRESETS, LoRAConfig, get_preset\n"
+        "from lora_tasks.data.autoconfig import PRESETS as AUTO\n"
+        "assert AUTO is PRESETS\n"
+        "print(get_preset('balanced').r)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "8"
