@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+from _data_helpers import HOUSE, TITANIC, read_train
 from sklearn import metrics as skm
 
 from lora_tasks.metrics import (
@@ -21,8 +22,6 @@ from lora_tasks.metrics import (
     to_labels,
 )
 from lora_tasks.task import Task
-
-from _data_helpers import HOUSE, TITANIC, read_train
 
 
 @pytest.fixture(scope="module")

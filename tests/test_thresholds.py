@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, matthews_corrcoef
 
+from lora_tasks.task import Task
 from lora_tasks.thresholds import (
     GRID,
     best_threshold,
@@ -14,7 +15,6 @@ from lora_tasks.thresholds import (
     nested_threshold_score,
     tunes_threshold,
 )
-from lora_tasks.task import Task
 
 
 def calibrated(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
