@@ -200,8 +200,9 @@ def default_metric(task_type: str | Task, prediction: str = "labels") -> str:
     """The metric used when a competition config (and Kaggle's metadata) names none.
 
     Classification with label submissions is scored by accuracy, with probability submissions
-    by ROC AUC (binary), mean columnwise ROC AUC (multilabel) or log loss (multiclass);
-    regression by RMSE, several regression targets by mean columnwise RMSE.
+    by ROC AUC (binary; multilabel: the mean of the label columns' AUC, which is what
+    ``mean_columnwise_roc_auc`` computes too) or log loss (multiclass); regression by RMSE,
+    several regression targets by mean columnwise RMSE.
     """
     try:
         task = Task.parse(task_type)
@@ -212,7 +213,7 @@ def default_metric(task_type: str | Task, prediction: str = "labels") -> str:
     if task is Task.MULTITARGET_REGRESSION:
         return "mcrmse"
     if prediction == "probabilities":
-        return {Task.MULTICLASS: "log_loss", Task.MULTILABEL: "mean_columnwise_roc_auc"}.get(task, "roc_auc")
+        return "log_loss" if task is Task.MULTICLASS else "roc_auc"
     return "accuracy"
 
 
