@@ -306,7 +306,7 @@ def _check_finite(y_pred: np.ndarray, what: str) -> None:
     if y_pred.dtype.kind in "fc" and not np.all(np.isfinite(y_pred)):
         bad = ~np.isfinite(y_pred.reshape(len(y_pred), -1)).all(axis=1)
         raise ValueError(
-            f"{what} has {int(bad.sum())} of {len(y_pred)} rows with NaN or inf (first at row "
+            f"{what}: {int(bad.sum())} of {len(y_pred)} rows with NaN or inf (first at row "
             f"{int(np.flatnonzero(bad)[0])}); the model that made them diverged or was given bad input."
         )
 
@@ -317,7 +317,7 @@ def to_labels(y_prob, threshold: float = 0.5, *, multilabel: bool | None = None)
     ``multilabel``: whether 2-D columns are independent labels (cut each at ``threshold``) or
     classes of one label (argmax); None guesses from whether the rows sum to 1."""
     y_prob = np.asarray(y_prob, dtype=float)
-    _check_finite(y_prob, "The probabilities")
+    _check_finite(y_prob, "Probabilities to cut into labels")
     if multilabel is None:
         multilabel = y_prob.ndim == 2 and _looks_multilabel(y_prob)
     if y_prob.ndim == 2 and y_prob.shape[1] > 1 and not multilabel:
@@ -350,7 +350,7 @@ def score(metric: str | Metric, y_true, y_pred, *, threshold: float = 0.5) -> fl
     y_pred = np.asarray(y_pred)
     if len(y_true) != len(y_pred):
         raise ValueError(f"{len(y_true)} true values but {len(y_pred)} predictions; pass one prediction per row.")
-    _check_finite(y_pred, f"The predictions scored by {m.name}")
+    _check_finite(y_pred, f"Predictions scored by {m.name}")
     if y_true.ndim == 2 and y_pred.shape != y_true.shape:
         raise ValueError(
             f"{y_true.shape[1]} target columns but predictions of shape {y_pred.shape}; "
