@@ -22,15 +22,24 @@ carries ``blend_cv_score``: the blend fit on the other folds and scored on each 
 P(class 1) on the OOF rows (:mod:`lora_tasks.thresholds`); the nested score then fits weights and
 cut on the other folds.
 
+Several targets (multilabel probabilities, multi-target values: ``y`` and every member (n, k)) are
+blended column by column when the metric is a mean over columns (``Metric.column_metric``: mean
+columnwise AUC and RMSE, log loss, MAE, ...): each column gets its own weights, fit with the
+column's metric, because a member may be best at one label and weak at another, and the mean of
+the columns' best scores is the best mean.
+
 No MLX, no Prefect: inputs are NumPy arrays (binary: P(class 1) 1-D; multiclass: (n, k)
-probabilities; regression: 1-D values), so scikit-learn members and adapters blend alike.
+probabilities; multilabel: (n, k) probabilities; regression: 1-D values, or (n, k) for several
+targets), so scikit-learn members and adapters blend alike. A member whose predictions hold NaN
+or inf is refused by name.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Mapping
+from typing import Literal
 
 import numpy as np
 from scipy import optimize
@@ -38,14 +47,15 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from lora_tasks.metrics import Metric, get_metric
+from lora_tasks.task import Task
 from lora_tasks.thresholds import best_threshold, nested_threshold_score
 
 Method = Literal["mean", "rank_mean", "weights", "caruana", "stacking"]
 METHODS: tuple[str, ...] = ("mean", "rank_mean", "weights", "caruana", "stacking")
 # Metrics that only look at the order of the scores: the only ones where rank averaging is sound.
-RANK_METRICS = frozenset({"roc_auc"})
+RANK_METRICS = frozenset({"roc_auc", "mean_columnwise_roc_auc"})
 # Metrics whose value moves smoothly with the weights (gradient-based optimization works).
-SMOOTH_METRICS = frozenset({"log_loss", "rmse", "mse", "rmsle", "r2", "mae"})
+SMOOTH_METRICS = frozenset({"log_loss", "rmse", "mse", "rmsle", "r2", "mae", "mcrmse"})
 _EPS = 1e-7
 
 
@@ -62,6 +72,8 @@ class BlendReport:
     blend_cv_score: float | None = None  # fit on other folds, scored on the held-out fold
     notes: list[str] = field(default_factory=list)
     threshold: float | None = None  # the tuned cut of the blend's P(class 1), when tuned
+    #: several targets blended column by column: each member's weight in each column
+    column_weights: dict[str, list[float]] | None = None
 
     @property
     def best_member(self) -> str:
@@ -87,6 +99,9 @@ class BlendReport:
             lines.append(f"| {name}{mark} | {s:.5f} | {self.weights.get(name, 0.0):.4f} |")
         cut = f" (cut at {self.threshold:.2f})" if self.threshold is not None else ""
         lines.append(f"| **blend**{cut} | **{self.blend_score:.5f}** | |")
+        if self.column_weights is not None:
+            lines += ["", "| member | weight per column |", "|---|---|"]
+            lines += [f"| {n} | {', '.join(f'{x:.3f}' for x in ws)} |" for n, ws in self.column_weights.items()]
         if self.blend_cv_score is not None:
             lines.append(f"| blend, fit out-of-fold | {self.blend_cv_score:.5f} | |")
         lines += [f"\n_{n}_" for n in self.notes]
@@ -144,8 +159,10 @@ def blend(
             raise ValueError(f"folds has shape {folds.shape}; pass one fold index per train row ({len(y)}).")
     if tune_threshold:
         _check_threshold_task(m, y, oof_arr[0])
-    opts = dict(seed=seed, iterations=caruana_iterations, bags=caruana_bags, bag_fraction=caruana_bag_fraction)
-    member_scores = {n: float(m(y, p)) for n, p in zip(names, oof_arr)}
+    opts = {"seed": seed, "iterations": caruana_iterations, "bags": caruana_bags, "bag_fraction": caruana_bag_fraction}
+    if y.ndim == 2 and m.column_metric is not None:
+        return _blend_columns(method, names, oof_arr, test_arr, y, m, folds, opts)
+    member_scores = {n: float(m(y, p)) for n, p in zip(names, oof_arr, strict=True)}
     notes: list[str] = []
     if tune_threshold:
         notes.append("Member scores cut P(class 1) at 0.5; the blend's cut is fit on the OOF rows.")
@@ -170,7 +187,7 @@ def blend(
         ref = oof_arr
         oof_arr = np.stack([_ecdf(r, r) for r in ref])
         if test_arr is not None:
-            test_arr = np.stack([_ecdf(r, t) for r, t in zip(ref, test_arr)])
+            test_arr = np.stack([_ecdf(r, t) for r, t in zip(ref, test_arr, strict=True)])
         notes.append("rank_mean outputs rank scores in (0, 1) (test ranked against each member's OOF), not probabilities.")
     w = fit(oof_arr, y, m, **opts)
     oof_pred = _combine(oof_arr, w)
@@ -182,9 +199,40 @@ def blend(
         cv_score = _nested_score(fit, oof_arr, y, m, folds, opts, tune_threshold)
     elif folds is not None and tune_threshold:  # fixed weights: only the cut is fit
         cv_score = nested_threshold_score(m, y, oof_pred, folds)
-    weights = {n: float(x) for n, x in zip(names, w)}
+    weights = {n: float(x) for n, x in zip(names, w, strict=True)}
     report = BlendReport(method, m.name, m.greater_is_better, member_scores, weights, blend_score, cv_score, notes,
                          cut)
+    return BlendResult(test_pred, oof_pred, weights, report)
+
+
+def _blend_columns(
+    method: str, names: list[str], oof: np.ndarray, test: np.ndarray | None, y: np.ndarray, m: Metric,
+    folds: np.ndarray | None, opts: dict,
+) -> BlendResult:
+    """Blend each target column on its own with the column metric, then score the whole."""
+    col_metric = get_metric(m.column_metric)
+    kw = {"seed": opts["seed"], "caruana_iterations": opts["iterations"], "caruana_bags": opts["bags"],
+          "caruana_bag_fraction": opts["bag_fraction"]}
+    columns = []
+    for j in range(y.shape[1]):
+        col_test = None if test is None else {n: test[i][:, j] for i, n in enumerate(names)}
+        try:
+            columns.append(blend(method, {n: oof[i][:, j] for i, n in enumerate(names)}, col_test, y[:, j],
+                                 col_metric, folds, **kw))
+        except ValueError as err:
+            raise ValueError(f"Blending target column {j} with {col_metric.name}: {err}") from err
+    oof_pred = np.stack([c.oof_pred for c in columns], axis=1)
+    test_pred = None if test is None else np.stack([c.test_pred for c in columns], axis=1)
+    column_weights = {n: [c.weights[n] for c in columns] for n in names}
+    weights = {n: float(np.mean(ws)) for n, ws in column_weights.items()}
+    cv_scores = [c.report.blend_cv_score for c in columns]
+    cv_score = float(np.mean(cv_scores)) if all(x is not None for x in cv_scores) else None
+    member_scores = {n: float(m(y, p)) for n, p in zip(names, oof, strict=True)}
+    notes = [f"{y.shape[1]} target columns blended one by one with {col_metric.name}; a member's weight above is "
+             "its mean over the columns."]
+    notes += list(dict.fromkeys(note for c in columns for note in c.report.notes))
+    report = BlendReport(method, m.name, m.greater_is_better, member_scores, weights, float(m(y, oof_pred)),
+                         cv_score, notes, None, column_weights)
     return BlendResult(test_pred, oof_pred, weights, report)
 
 
@@ -221,8 +269,10 @@ def _check_members(
             problems.append(f"  oof[{n!r}] has {a.shape[0]} rows, y has {len(y)}")
         if a.shape != shape:
             problems.append(f"  oof[{n!r}] has shape {a.shape}, oof[{names[0]!r}] has {shape}")
-        if not np.all(np.isfinite(a)):
-            problems.append(f"  oof[{n!r}] has {int(np.sum(~np.isfinite(a)))} non-finite values")
+        problems += _non_finite(f"oof[{n!r}]", a)
+    if y.ndim == 2 and shape[1:] != y.shape[1:]:
+        problems.append(f"  y has {y.shape[1]} target columns but the members predict shape {shape}; "
+                        "pass one column per target")
     test_arr = None
     if test:
         if set(test) != set(names):
@@ -233,22 +283,32 @@ def _check_members(
             for n, a in t.items():
                 if a.shape != tshape or a.shape[1:] != shape[1:]:
                     problems.append(f"  test[{n!r}] has shape {a.shape}; expected (n_test,) + {shape[1:]} for every member")
+                problems += _non_finite(f"test[{n!r}]", a)
             if not problems:
                 test_arr = np.stack([t[n] for n in names])
     if problems:
         raise ValueError(
-            "Blend members do not line up (each member needs one OOF prediction per train row and test "
-            "predictions of the same kind):\n" + "\n".join(problems)
+            "Blend members do not line up (each member needs one finite OOF prediction per train row and "
+            "test predictions of the same kind):\n" + "\n".join(problems)
         )
     return names, np.stack([arrays[n] for n in names]), test_arr
 
 
-def _task(m: Metric, y: np.ndarray, pred: np.ndarray) -> str:
+def _non_finite(what: str, a: np.ndarray) -> list[str]:
+    """A member's rows with NaN or inf, counted (a diverged model or a bad row shows up here)."""
+    if a.size == 0 or np.all(np.isfinite(a)):
+        return []
+    bad = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+    return [f"  {what} has {int(bad.sum())} of {len(a)} rows with NaN or inf (first at row "
+            f"{int(np.flatnonzero(bad)[0])}); retrain or drop that member"]
+
+
+def _task(m: Metric, y: np.ndarray, pred: np.ndarray) -> Task:
     if m.needs == "values":
-        return "regression"
+        return Task.MULTITARGET_REGRESSION if y.ndim == 2 else Task.REGRESSION
     if y.ndim == 2:
-        return "multilabel"
-    return "multiclass" if pred.ndim == 2 else "binary"
+        return Task.MULTILABEL
+    return Task.MULTICLASS if pred.ndim == 2 else Task.BINARY
 
 
 def _check_rank_method(m: Metric, pred: np.ndarray) -> None:
@@ -258,11 +318,12 @@ def _check_rank_method(m: Metric, pred: np.ndarray) -> None:
             f"the metric here is {m.name!r}. Use method='mean' or 'weights' instead."
         )
     if pred.ndim != 1:
-        raise ValueError("rank_mean needs 1-D scores (binary P(class 1)); for multiclass use 'mean' or 'weights'.")
+        raise ValueError("rank_mean needs 1-D scores (binary P(class 1), or one label column at a time); for "
+                         "multiclass use 'mean' or 'weights'.")
 
 
 def _check_threshold_task(m: Metric, y: np.ndarray, pred: np.ndarray) -> None:
-    if m.needs != "labels" or _task(m, y, pred) != "binary":
+    if m.needs != "labels" or _task(m, y, pred) is not Task.BINARY:
         raise ValueError(
             f"tune_threshold fits the cut of a binary P(class 1) for a label metric; here the metric is {m.name!r} "
             f"({m.needs}) and the task {_task(m, y, pred)}. Drop tune_threshold."
@@ -396,11 +457,11 @@ def _nested_score(fit: Callable[..., np.ndarray], oof: np.ndarray, y: np.ndarray
 # ---- stacking ------------------------------------------------------------------------------------
 
 
-def _features(preds: np.ndarray, task: str) -> np.ndarray:
+def _features(preds: np.ndarray, task: Task) -> np.ndarray:
     """(K, n, ...) member predictions -> (n, features): logits of probabilities for classifiers."""
-    if task in ("binary", "multiclass"):
+    if task in (Task.BINARY, Task.MULTICLASS):
         p = np.clip(preds, _EPS, 1 - _EPS)
-        x = np.log(p / (1 - p)) if task == "binary" else np.log(p)
+        x = np.log(p / (1 - p)) if task is Task.BINARY else np.log(p)
     else:
         x = preds
     n = preds.shape[1]
@@ -408,27 +469,30 @@ def _features(preds: np.ndarray, task: str) -> np.ndarray:
 
 
 def _stacking(
-    names: list[str], oof: np.ndarray, test: np.ndarray | None, y: np.ndarray, task: str,
+    names: list[str], oof: np.ndarray, test: np.ndarray | None, y: np.ndarray, task: Task,
     folds: np.ndarray | None, seed: int,
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, float], np.ndarray]:
-    if task == "multilabel":
-        raise ValueError("stacking does not support multilabel targets yet; use method='weights' or 'caruana'.")
+    if task.multi_output:  # only reached with a metric that is not a mean over the columns
+        raise ValueError(
+            "stacking fits several targets column by column, which needs a metric that is a mean over the "
+            "columns (e.g. mean_columnwise_roc_auc, mcrmse); use method='weights' or 'caruana' for this one."
+        )
     x = _features(oof, task)
     if folds is None:
-        splitter = (KFold(5, shuffle=True, random_state=seed) if task == "regression"
+        splitter = (KFold(5, shuffle=True, random_state=seed) if task is Task.REGRESSION
                     else StratifiedKFold(5, shuffle=True, random_state=seed))
         folds = np.empty(len(y), dtype=np.int64)
         for k, (_, idx) in enumerate(splitter.split(x, y)):
             folds[idx] = k
 
     def model():
-        return Ridge(alpha=1.0) if task == "regression" else LogisticRegression(C=1.0, max_iter=1000)
+        return Ridge(alpha=1.0) if task is Task.REGRESSION else LogisticRegression(C=1.0, max_iter=1000)
 
     def out(est, feats):
-        if task == "regression":
+        if task is Task.REGRESSION:
             return est.predict(feats)
         proba = est.predict_proba(feats)
-        if task == "binary":
+        if task is Task.BINARY:
             return proba[:, 1]
         full = np.zeros((len(feats), oof.shape[2]))  # classes missing from a fold keep probability 0
         full[:, est.classes_.astype(int)] = proba
@@ -442,9 +506,9 @@ def _stacking(
     test_pred = out(final, _features(test, task)) if test is not None else None
     coef = np.atleast_2d(final.coef_)
     per_member = np.abs(coef).reshape(coef.shape[0], len(names), -1).sum(axis=(0, 2))
-    if task in ("binary", "regression"):
+    if task in (Task.BINARY, Task.REGRESSION):
         per_member = coef.reshape(len(names))  # one signed coefficient per member
-    return oof_pred, test_pred, {n: float(c) for n, c in zip(names, per_member)}, folds
+    return oof_pred, test_pred, {n: float(c) for n, c in zip(names, per_member, strict=True)}, folds
 
 
 __all__ = ["METHODS", "BlendReport", "BlendResult", "blend", "compare_methods"]

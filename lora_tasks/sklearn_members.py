@@ -1,21 +1,22 @@
 """scikit-learn ensemble members trained on the same folds as the adapters.
 
 A strong cheap baseline is often the member that helps a blend most: gradient boosting and a
-regularized linear model for tabular data (they err differently: on house-prices, 5-fold, bagged
-gradient boosting scores RMSLE 0.121, the linear model 0.128, an RBF SVR 0.125, and their blend
-0.1197), TF-IDF + a linear model for text. Each runs on the
-adapters' folds (``CVResult.fold_of_row``), so its OOF predictions are comparable row by row and can enter
+regularized linear model for tabular data (they err differently, and a blend of members that err
+differently beats each of them), TF-IDF + a linear model for text. Each runs on the adapters'
+folds (``CVResult.fold_of_row``), so its OOF predictions are comparable row by row and can enter
 :func:`lora_tasks.ensemble.blend` next to the adapters'.
 
 Predictions follow the project's convention: binary P(class 1) 1-D, multiclass (n, k)
-probabilities with columns in sorted-label order, regression 1-D values.
+probabilities with columns in sorted-label order, regression 1-D values; multilabel (n, k)
+probabilities of each label (one-vs-rest: one binary model per label column) and multi-target
+regression (n, k) values (one regressor per target column), columns in the target's order.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
 
 import numpy as np
 import pandas as pd
@@ -29,33 +30,43 @@ from sklearn.ensemble import (
 )
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LassoCV, LogisticRegression, LogisticRegressionCV, Ridge
+from sklearn.linear_model import (
+    LassoCV,
+    LogisticRegression,
+    LogisticRegressionCV,
+    Ridge,
+)
+from sklearn.multiclass import OneVsRestClassifier
+from sklearn.multioutput import MultiOutputRegressor
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
+from sklearn.preprocessing import (
+    FunctionTransformer,
+    OneHotEncoder,
+    OrdinalEncoder,
+    StandardScaler,
+)
 from sklearn.svm import SVR
 from threadpoolctl import threadpool_limits
 
 from lora_tasks.metrics import get_metric
+from lora_tasks.task import Task
 
 log = logging.getLogger("lora_tasks.sklearn_members")
 
-Task = Literal["binary", "multiclass", "regression"]
-_HEAD_TYPES = {"binary_classification": "binary", "multiclass_classification": "multiclass", "regression": "regression"}
 MAX_CATEGORIES = 64  # rarer categories share one code: HGB caps categorical cardinality at max_bins
 ID_LIKE_SHARE = 0.5  # text columns with more distinct values than this share of rows carry no category
 MIN_CATEGORY_COUNT = 5  # one-hot: rarer categories share one "infrequent" column
 MAX_KERNEL_ROWS = 20_000  # an RBF SVR costs O(n^2) memory and ~O(n^2..n^3) time: beyond this, skip it
 SKEW_LIMIT = 0.75  # non-negative numeric columns skewed beyond this enter the linear model as log1p
 #: HistGradientBoosting for regression tables: many small, slow, column-subsampled trees (the
-#: settings of tuned gradient-boosting kernels). 5-fold on house-prices: RMSLE 0.1288 with
-#: scikit-learn's defaults, 0.1220 with these. Classification keeps scikit-learn's defaults: on
-#: titanic these settings lifted the member (accuracy 0.816 -> 0.820) but the accuracy-scored
-#: blend with the adapters fell (0.838 -> 0.814). Tables beyond 10,000 rows stop early on a
-#: held-out tenth (scikit-learn's ``early_stopping="auto"``).
+#: settings of tuned gradient-boosting kernels), which beat scikit-learn's defaults on the
+#: house-prices table. Classification keeps scikit-learn's defaults: there these settings lifted
+#: the member alone but lowered the accuracy-scored blend with the adapters. Tables beyond 10,000 rows stop early on a held-out tenth
+#: (scikit-learn's ``early_stopping="auto"``).
 GBM_REGRESSION_PARAMS = dict(learning_rate=0.03, max_iter=1500, max_leaf_nodes=8, min_samples_leaf=10,
                              l2_regularization=1.0, max_features=0.15)
 #: Regression models averaged per fold, each with its own seed (its own column subsamples):
-#: bagging lowers the variance of subsampled trees (house-prices 0.1220 -> 0.1212).
+#: bagging lowers the variance of subsampled trees.
 GBM_BAG = 3
 
 
@@ -73,15 +84,27 @@ class MemberPredictions:
     dropped_columns: list[str] = field(default_factory=list)
 
 
-def normalize_task(task: str) -> Task:
-    """Accept the metric task names (binary, multiclass, regression) and the head types."""
-    task = _HEAD_TYPES.get(task, task)
-    if task not in ("binary", "multiclass", "regression"):
+def normalize_task(task: str | Task) -> Task:
+    """The :class:`Task` a name means: short names (``binary``) and head types
+    (``binary_classification``) alike."""
+    try:
+        return Task.parse(task)
+    except ValueError:
         raise ValueError(
-            f"scikit-learn members support task 'binary', 'multiclass' or 'regression' (or the head types "
-            f"{', '.join(_HEAD_TYPES)}), got {task!r}."
-        )
-    return task  # type: ignore[return-value]
+            f"scikit-learn members support the tasks {', '.join(t.value for t in Task)} (or their head "
+            f"types), got {task!r}."
+        ) from None
+
+
+def _per_column(model: BaseEstimator, task: Task) -> BaseEstimator:
+    """One model per target column for the multi-output tasks (most estimators here take one
+    target): one-vs-rest for labels, which keeps each label's probability, and one regressor per
+    target."""
+    if task is Task.MULTILABEL:
+        return OneVsRestClassifier(model)
+    if task is Task.MULTITARGET_REGRESSION:
+        return MultiOutputRegressor(model)
+    return model
 
 
 # ---- tabular: HistGradientBoosting ---------------------------------------------------------------
@@ -110,11 +133,12 @@ def tabular_member(
     ``params`` go to the HistGradientBoosting estimator (for regression over
     :data:`GBM_REGRESSION_PARAMS`); ``bag`` models seeded ``seed``, ``seed + 1``, ... are averaged
     (probabilities for classes; default :data:`GBM_BAG` for regression, 1 otherwise).
-    ``n_threads`` caps its OpenMP threads (None: all cores): on Kaggle-sized tables threads gain little, and when the cores are busy
-    (adapters training beside it) OpenMP's spin-waiting made a 0.5 s fit take over a minute.
+    ``n_threads`` caps its OpenMP threads (None: all cores): on Kaggle-sized tables threads gain
+    little, and when the cores are busy (adapters training beside it) OpenMP's spin-waiting makes
+    a fit of a second take minutes.
     """
     task = normalize_task(task)
-    bag = (GBM_BAG if task == "regression" else 1) if bag is None else bag
+    bag = (GBM_BAG if task.is_regression else 1) if bag is None else bag
     if bag < 1:
         raise ValueError(f"bag is the number of gradient-boosting models averaged per fold; pass 1 or more, not {bag}.")
     X = _frame(X, "X")
@@ -130,15 +154,15 @@ def tabular_member(
             ]
         )
         mask = [True] * len(cat_cols) + [False] * len(num_cols)
-        tuned = GBM_REGRESSION_PARAMS if task == "regression" else {}
+        tuned = GBM_REGRESSION_PARAMS if task.is_regression else {}
         kw = tuned | dict(categorical_features=mask if cat_cols else None) | params
-        gbm = HistGradientBoostingRegressor if task == "regression" else HistGradientBoostingClassifier
+        gbm = HistGradientBoostingRegressor if task.is_regression else HistGradientBoostingClassifier
         models = [(f"seed{seed + i}", gbm(random_state=seed + i, **kw)) for i in range(bag)]
         if bag == 1:
             est = models[0][1]
         else:
-            est = VotingRegressor(models) if task == "regression" else VotingClassifier(models, voting="soft")
-        return Pipeline([("encode", encode), ("model", est)])
+            est = VotingRegressor(models) if task.is_regression else VotingClassifier(models, voting="soft")
+        return Pipeline([("encode", encode), ("model", _per_column(est, task))])
 
     def prepare(df: pd.DataFrame) -> pd.DataFrame:
         return _categoricals_as_objects(df[[*cat_cols, *num_cols]], cat_cols)
@@ -208,7 +232,7 @@ def linear_member(
     as in :func:`tabular_member`.
     """
     task = normalize_task(task)
-    model = (LassoCV(alphas=30, cv=3, max_iter=5000, random_state=seed) if task == "regression"
+    model = (LassoCV(alphas=30, cv=3, max_iter=5000, random_state=seed) if task.is_regression
              else LogisticRegressionCV(Cs=10, cv=3, max_iter=3000, random_state=seed, scoring="neg_log_loss",
                                        l1_ratios=(0.0,), use_legacy_attributes=False))
     return _encoded_member(X, y, folds, task, X_test, model, metric=metric, log_target=log_target, name=name,
@@ -231,13 +255,13 @@ def kernel_member(
     """An RBF support-vector regressor on the linear member's encoding (regression only).
 
     Why a third table member: it bends where the linear model cannot and is smooth where the
-    trees step, so the blend uses it. On house-prices (5-fold) it scored RMSLE 0.1245 alone and
-    took the blend with HistGB and the linear member from 0.1223 to 0.1214. The target is
-    standardized first, so ``C``, ``epsilon`` and ``gamma`` (chosen on that table: C 1-10 and
-    gamma 5e-4-1e-3 all lie within 0.002) carry over to targets of other scales.
+    trees step, so the blend gives it weight next to gradient boosting and the linear member.
+    The target is standardized first, so ``C``, ``epsilon`` and ``gamma`` (chosen on the
+    house-prices table, where a wide range of them scored alike) carry over to targets of other
+    scales.
     """
     task = normalize_task(task)
-    if task != "regression":
+    if not task.is_regression:
         raise ValueError(f"kernel_member is for regression tables, not {task!r}; use linear_member or tabular_member.")
     model = TransformedTargetRegressor(SVR(C=7.5, epsilon=0.025, gamma=0.001), transformer=StandardScaler())
     return _encoded_member(X, y, folds, task, X_test, model, metric=metric, log_target=log_target, name=name,
@@ -280,7 +304,7 @@ def _encoded_member(
                 ("num", numeric(log=False), plain),
             ]
         )
-        return Pipeline([("encode", encode), ("model", clone(model))])
+        return Pipeline([("encode", encode), ("model", _per_column(clone(model), task))])
 
     def prepare(df: pd.DataFrame) -> pd.DataFrame:
         return _categoricals_as_objects(df[[*cat_cols, *num_cols]], cat_cols)
@@ -321,9 +345,9 @@ def text_member(
 
     def make() -> BaseEstimator:
         vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=max_features)
-        model = (Ridge(alpha=ridge_alpha) if task == "regression"
+        model = (Ridge(alpha=ridge_alpha) if task.is_regression
                  else LogisticRegression(C=C, max_iter=2000, random_state=seed))
-        return make_pipeline(vec, model)
+        return make_pipeline(vec, _per_column(model, task))
 
     return _run_folds(make, x, y, folds, task, x_test, metric=metric, log_target=log_target, name=name)
 
@@ -368,7 +392,7 @@ def table_members(
     X, X_test = train[features], None if test is None else test[features]
     kw = dict(metric=metric, log_target=log_target, seed=seed)
     members = [tabular_member(X, y, folds, task, X_test, **kw), linear_member(X, y, folds, task, X_test, **kw)]
-    if normalize_task(task) == "regression":
+    if normalize_task(task).is_regression:
         if len(X) <= MAX_KERNEL_ROWS:
             members.append(kernel_member(X, y, folds, task, X_test, **kw))
         else:
@@ -392,22 +416,25 @@ def _run_folds(
     name: str,
 ) -> MemberPredictions:
     """Fit one model per fold on the other folds; predict its held-out rows and the test rows."""
-    y = np.asarray(y)
+    y = _check_target(np.asarray(y), task)
     folds = np.asarray(folds)
     if len(folds) != len(X) or len(y) != len(X):
         raise ValueError(
             f"{len(X)} rows, {len(y)} targets and {len(folds)} fold indices; pass one of each per row "
             "(folds: CVResult.fold_of_row or lora_tasks.cv.make_folds)."
         )
-    if log_target and task != "regression":
+    if log_target and not task.is_regression:
         raise ValueError("log_target only applies to regression; drop it for classification.")
     if log_target and np.any(y < 0):
         raise ValueError("log_target fits log1p(y), which needs y >= 0; drop log_target for this target.")
-    classes = np.unique(y) if task != "regression" else None
-    if task == "binary" and len(classes) != 2:
+    classes = np.unique(y) if task in (Task.BINARY, Task.MULTICLASS) else None
+    if task is Task.BINARY and len(classes) != 2:
         raise ValueError(f"task 'binary' needs exactly 2 classes in y, found {len(classes)}; use 'multiclass'.")
     fit_y = np.log1p(y.astype(float)) if log_target else y
-    oof = np.zeros(len(y) if task != "multiclass" else (len(y), len(classes)))
+    if task is Task.MULTICLASS:
+        oof = np.zeros((len(y), len(classes)))
+    else:  # 1-D for one target, one column per label / target otherwise
+        oof = np.zeros(y.shape, dtype=float)
     per_fold = []
     take = (lambda a, idx: a.iloc[idx]) if hasattr(X, "iloc") else (lambda a, idx: a[idx])
     for k in np.unique(folds):
@@ -417,7 +444,7 @@ def _run_folds(
         if X_test is not None:
             per_fold.append(_predict(model, X_test, task, classes, log_target))
     # multiclass columns are the sorted labels: score against their indices (the metrics' convention)
-    y_score = np.searchsorted(classes, y) if task == "multiclass" else y
+    y_score = np.searchsorted(classes, y) if task is Task.MULTICLASS else y
     score = float(get_metric(metric)(y_score, oof)) if metric else None
     if score is not None:
         log.info("%s: OOF %s %.5f", name, metric, score)
@@ -425,14 +452,41 @@ def _run_folds(
     return MemberPredictions(name, oof, test, folds, per_fold, score, metric)
 
 
+def _check_target(y: np.ndarray, task: Task) -> np.ndarray:
+    """One column per label / target for the multi-output tasks, one value per row otherwise."""
+    if task.multi_output:
+        if y.ndim != 2 or y.shape[1] < 2:
+            raise ValueError(
+                f"task {task.value!r} needs a target of several columns, shape (rows, columns); got shape "
+                f"{y.shape}. For one target column use {'binary' if task.is_classification else 'regression'}."
+            )
+        if task is Task.MULTILABEL:
+            values = set(np.unique(y).tolist())
+            if not values <= {0, 1}:
+                raise ValueError(
+                    f"multilabel targets are 0/1 (or True/False) per label column; found values "
+                    f"{sorted(values, key=str)[:10]}. Use multiclass for one column of several classes."
+                )
+            return y.astype(np.int64)
+        return y.astype(float)
+    if y.ndim == 2 and y.shape[1] > 1:
+        raise ValueError(
+            f"task {task.value!r} takes one target column, got {y.shape[1]} columns; use "
+            f"{'multilabel' if task.is_classification else 'multitarget_regression'} for several."
+        )
+    return y.reshape(len(y))
+
+
 def _predict(model: BaseEstimator, X, task: Task, classes: np.ndarray | None, log_target: bool) -> np.ndarray:
-    if task == "regression":
+    if task.is_regression:
         pred = model.predict(X)
         return np.expm1(pred) if log_target else pred
     proba = model.predict_proba(X)
+    if task is Task.MULTILABEL:  # one-vs-rest: P(label) per column already
+        return proba
     full = np.zeros((proba.shape[0], len(classes)))
     full[:, np.searchsorted(classes, model.classes_)] = proba  # a class absent from a fold keeps 0
-    return full[:, 1] if task == "binary" else full
+    return full[:, 1] if task is Task.BINARY else full
 
 
 def _frame(X, what: str) -> pd.DataFrame:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from lora_tasks.cv import make_folds
 from lora_tasks.ensemble import METHODS, blend, compare_methods
@@ -219,3 +220,86 @@ def test_tune_threshold_needs_a_binary_label_metric(binary, regression):
     r_oof, r_y = regression
     with pytest.raises(ValueError, match="tune_threshold.*regression"):
         blend("weights", r_oof, None, r_y, "rmse", tune_threshold=True)
+
+
+# ---- several targets: column by column ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def multilabel():
+    """Three labels; member "a" sees labels 0 and 2, member "b" sees labels 1 and 2, "noise" none."""
+    rng = np.random.default_rng(5)
+    n, n_test = 400, 50
+    z = rng.standard_normal((n + n_test, 3))
+    y_all = (z + 0.7 * rng.standard_normal((n + n_test, 3)) > 0.3).astype(int)
+    noise = rng.uniform(0.01, 0.99, (n + n_test, 3))
+    a = np.where([True, False, True], _sigmoid(2 * (z + 0.5 * rng.standard_normal(z.shape))), noise)
+    b = np.where([False, True, True], _sigmoid(2 * (z + 0.5 * rng.standard_normal(z.shape))), noise[:, ::-1])
+    preds = {"a": a, "b": b, "noise": rng.uniform(0.01, 0.99, (n + n_test, 3))}
+    folds = make_folds(y_all[:n, 0], "regression", 4, seed=0)
+    return {k: v[:n] for k, v in preds.items()}, {k: v[n:] for k, v in preds.items()}, y_all[:n], folds
+
+
+def test_multilabel_blend_fits_each_label_column_on_its_own(multilabel):
+    oof, test, y, folds = multilabel
+    res = blend("weights", oof, test, y, "mean_columnwise_roc_auc")
+    cw = res.report.column_weights
+    assert cw["a"][0] > 0.9 and cw["b"][1] > 0.9  # each label goes to the member that sees it
+    assert cw["a"][2] > 0.2 and cw["b"][2] > 0.2  # both see label 2: it blends them
+    assert max(cw["noise"]) < 0.1
+    assert res.oof_pred.shape == y.shape and res.test_pred.shape == (50, 3)
+    column_aucs = [roc_auc_score(y[:, j], res.oof_pred[:, j]) for j in range(3)]
+    assert res.report.blend_score == pytest.approx(np.mean(column_aucs))
+    assert res.report.blend_score > max(res.report.member_scores.values()) + 0.05
+    assert res.weights["a"] == pytest.approx(np.mean(cw["a"]))
+    assert "weight per column" in res.report.to_markdown()
+    # a metric that is not a mean over the columns (subset accuracy) keeps one weight per member
+    assert blend("mean", oof, test, y, "accuracy").report.column_weights is None
+
+
+@pytest.mark.parametrize("method", ["mean", "rank_mean", "caruana", "stacking"])
+def test_every_method_blends_label_columns(multilabel, method):
+    oof, test, y, folds = multilabel
+    res = blend(method, oof, test, y, "mean_columnwise_roc_auc", folds, caruana_iterations=8)
+    assert res.oof_pred.shape == y.shape and res.test_pred.shape == (50, 3)
+    assert np.all(np.isfinite(res.test_pred))
+    if method == "mean":
+        np.testing.assert_allclose(res.oof_pred, np.mean(list(oof.values()), axis=0))
+    else:
+        assert res.report.blend_score > max(res.report.member_scores.values())
+
+
+def test_multitarget_values_blend_by_column_rmse():
+    rng = np.random.default_rng(6)
+    n = 300
+    y = rng.normal(0, 1, (n, 2))
+    oof = {
+        "good_at_0": np.column_stack([y[:, 0] + 0.2 * rng.normal(size=n), y[:, 1] + 1.0 * rng.normal(size=n)]),
+        "good_at_1": np.column_stack([y[:, 0] + 1.0 * rng.normal(size=n), y[:, 1] + 0.2 * rng.normal(size=n)]),
+    }
+    folds = np.arange(n) % 3
+    res = blend("weights", oof, None, y, "mcrmse", folds)
+    cw = res.report.column_weights
+    assert cw["good_at_0"][0] > 0.8 and cw["good_at_1"][1] > 0.8
+    expected = np.mean(np.sqrt(np.mean((res.oof_pred - y) ** 2, axis=0)))
+    assert res.report.blend_score == pytest.approx(expected)
+    assert res.report.blend_score < min(res.report.member_scores.values()) - 0.1
+    assert res.test_pred is None
+    # the nested score (weights fit without each fold) is the mean of the columns' nested scores
+    columns = [blend("weights", {k: v[:, j] for k, v in oof.items()}, None, y[:, j], "rmse", folds) for j in range(2)]
+    assert res.report.blend_cv_score == pytest.approx(np.mean([c.report.blend_cv_score for c in columns]))
+    assert res.report.blend_cv_score < min(res.report.member_scores.values()) - 0.1
+
+
+def test_nan_in_a_member_is_refused_naming_the_member_and_rows(multilabel):
+    oof, test, y, _ = multilabel
+    bad_test = dict(test, b=test["b"].copy())
+    bad_test["b"][[4, 9, 9], [0, 1, 2]] = [np.nan, np.inf, np.nan]
+    with pytest.raises(ValueError, match=r"test\['b'\] has 2 of 50 rows with NaN or inf \(first at row 4\)"):
+        blend("mean", oof, bad_test, y, "mean_columnwise_roc_auc")
+    bad_oof = dict(oof, a=oof["a"].copy())
+    bad_oof["a"][7, 1] = np.nan
+    with pytest.raises(ValueError, match=r"oof\['a'\] has 1 of 400 rows with NaN"):
+        blend("weights", bad_oof, test, y, "mean_columnwise_roc_auc")
+    with pytest.raises(ValueError, match="y has 2 target columns"):
+        blend("mean", oof, None, y[:, :2], "mean_columnwise_roc_auc")

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from lora_tasks.cv import make_folds
 from lora_tasks.ensemble import blend
@@ -206,3 +207,82 @@ def test_errors_name_the_fix(titanic):
         tabular_member(X.to_numpy(), y, folds, "binary")
     with pytest.raises(ValueError, match="exactly 2 classes"):
         tabular_member(X, X["Pclass"].to_numpy(), folds, "binary")
+
+
+# ---- several targets: multilabel and multi-target regression, on synthetic tables ------------------
+
+
+@pytest.fixture(scope="module")
+def several_targets():
+    """A table whose three 0/1 labels and two float targets each depend on different columns."""
+    rng = np.random.default_rng(7)
+    n = 600
+    X = pd.DataFrame({
+        "a": rng.normal(size=n),
+        "b": rng.normal(size=n),
+        "c": rng.normal(size=n),
+        "colour": rng.choice(["red", "green", "blue"], n),
+    })
+    red = (X["colour"] == "red").to_numpy()
+    labels = np.column_stack([
+        X["a"] + 0.3 * rng.normal(size=n) > 0,
+        X["b"] - X["c"] + 0.3 * rng.normal(size=n) > 0.5,
+        red ^ (rng.random(n) < 0.1),
+    ]).astype(int)
+    values = np.column_stack([2 * X["a"] + X["b"], 3 * red - X["c"]]) + 0.2 * rng.normal(size=(n, 2))
+    folds = make_folds(labels[:, 0], "regression", 4, seed=0)
+    return X, labels, values, folds
+
+
+@pytest.mark.parametrize("member", [tabular_member, linear_member])
+def test_multilabel_members_give_one_probability_per_label(several_targets, member):
+    X, labels, _, folds = several_targets
+    res = member(X, labels, folds, "multilabel_classification", X.iloc[:15], metric="mean_columnwise_roc_auc",
+                 **({"max_iter": 60} if member is tabular_member else {}))
+    assert res.oof.shape == (600, 3) and res.test.shape == (15, 3)
+    assert np.all((res.oof >= 0) & (res.oof <= 1))
+    assert not np.allclose(res.oof.sum(axis=1), 1.0)  # independent labels, not a softmax
+    aucs = [roc_auc_score(labels[:, j], res.oof[:, j]) for j in range(3)]
+    assert min(aucs) > 0.85, aucs  # every column learned its own signal
+    assert res.oof_score == pytest.approx(np.mean(aucs))
+    np.testing.assert_array_equal(res.fold_of_row, folds)
+
+
+def test_multitarget_members_give_one_value_per_target(several_targets, monkeypatch):
+    from lora_tasks import sklearn_members
+
+    X, _, values, folds = several_targets
+    # fewer, single boosting models: the tuned settings are for real tables and cost minutes here
+    monkeypatch.setattr(sklearn_members, "GBM_BAG", 1)
+    monkeypatch.setattr(sklearn_members, "GBM_REGRESSION_PARAMS", {"max_iter": 80})
+    members = table_members(X, values, folds, "multitarget_regression", X.iloc[:10], metric="mcrmse")
+    assert [m.name for m in members] == ["hist_gbm", "linear", "svr"]
+    for m in members:
+        assert m.oof.shape == (600, 2) and m.test.shape == (10, 2), m.name
+        rmses = np.sqrt(np.mean((m.oof - values) ** 2, axis=0))
+        assert m.oof_score == pytest.approx(rmses.mean())
+        assert np.all(rmses < 0.5 * values.std(axis=0)), (m.name, rmses)  # predicting the mean scores the std
+    # the members blend column by column like adapters
+    res = blend("weights", {m.name: m.oof for m in members}, None, values, "mcrmse", folds)
+    assert res.report.blend_score <= min(m.oof_score for m in members) + 1e-12
+
+
+def test_multilabel_text_member():
+    rng = np.random.default_rng(8)
+    words = np.array(["storm", "flood", "fire", "calm", "sunny", "quiet", "road", "crash"])
+    texts = [" ".join(rng.choice(words, 6)) for _ in range(400)]
+    labels = np.array([[("storm" in t or "flood" in t), ("fire" in t), ("crash" in t)] for t in texts], dtype=int)
+    folds = make_folds(labels[:, 0], "regression", 4, seed=0)
+    res = text_member(pd.Series(texts), labels, folds, "multilabel", metric="mean_columnwise_roc_auc")
+    assert res.oof.shape == (400, 3) and res.oof_score > 0.95
+
+
+def test_several_target_shapes_are_checked(several_targets):
+    X, labels, values, folds = several_targets
+    with pytest.raises(ValueError, match=r"several columns.*got shape \(600,\).*use binary"):
+        tabular_member(X, labels[:, 0], folds, "multilabel")
+    with pytest.raises(ValueError, match="0/1.*found values"):
+        tabular_member(X, labels * 2 + 1, folds, "multilabel")
+    with pytest.raises(ValueError, match="takes one target column, got 2 columns; use multitarget_regression"):
+        tabular_member(X, values, folds, "regression")
+    assert normalize_task("multilabel_classification") == "multilabel"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import f1_score
+from sklearn.metrics import f1_score, matthews_corrcoef
 
+from lora_tasks.task import Task
 from lora_tasks.thresholds import (
     GRID,
     best_threshold,
@@ -73,3 +74,29 @@ def test_best_threshold_wants_binary_probabilities():
     with pytest.raises(ValueError, match="1-D binary probabilities"):
         best_threshold("f1", np.array([0, 1]), np.array([[0.2, 0.8], [0.6, 0.4]]))
     assert GRID.min() > 0 and GRID.max() < 1
+
+
+def test_the_mcc_cut_is_tuned_too_and_beats_one_half():
+    y, p = calibrated(20_000, seed=3)
+    cut = best_threshold("mcc", y, p)
+    assert cut < 0.5
+    assert matthews_corrcoef(y, p >= cut) > matthews_corrcoef(y, p >= 0.5) + 0.01
+    assert tunes_threshold("auto", "mcc", binary=True)
+    assert tunes_threshold("auto", "Matthews_corrcoef", "binary_classification")
+
+
+def test_multi_output_tasks_take_no_cut():
+    assert not tunes_threshold("auto", "f1", Task.MULTILABEL)
+    assert not tunes_threshold("auto", "mcc", "multiclass")
+    assert tunes_threshold("auto", "f1", Task.BINARY)
+    with pytest.raises(ValueError, match="multilabel columns have no single cut"):
+        best_threshold("f1", np.zeros((4, 3)), np.full((4, 3), 0.5))
+
+
+def test_nan_probabilities_are_refused_with_the_row_count():
+    y, p = calibrated(100)
+    p[[3, 7]] = np.nan
+    with pytest.raises(ValueError, match=r"2 of 100 probabilities are NaN or inf \(first at row 3\)"):
+        best_threshold("f1", y, p)
+    with pytest.raises(ValueError, match="2 of 100"):
+        nested_threshold_score("f1", y, p, np.arange(100) % 5)

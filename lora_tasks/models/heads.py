@@ -3,8 +3,13 @@
 Head types:
 - ``binary_classification``: one logit per row; sigmoid cross-entropy.
 - ``multiclass_classification``: ``num_labels`` logits; softmax cross-entropy.
-- ``multilabel_classification``: ``num_labels`` logits; per-label sigmoid cross-entropy.
-- ``regression``: ``num_labels`` outputs (usually 1); mean squared error.
+- ``multilabel_classification``: ``num_labels`` logits, one sigmoid per label; the binary
+  cross-entropy of each label, averaged over labels and rows. Predictions: (n, k) probabilities.
+- ``regression``: ``num_labels`` outputs (1, or k for multi-target regression); mean squared
+  error over every output.
+
+The head types are :attr:`lora_tasks.task.Task.head_type`; every spelling :meth:`Task.parse`
+reads (``"binary"`` as well as ``"binary_classification"``) is accepted here too.
 """
 
 from __future__ import annotations
@@ -15,21 +20,28 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from lora_tasks.models import ops
+from lora_tasks.task import HEAD_TYPES, Task
 
-HEAD_TYPES = (
-    "binary_classification",
-    "multiclass_classification",
-    "multilabel_classification",
-    "regression",
-)
 POOLINGS = ("cls", "mean", "pooler")
 Pooling = Literal["cls", "mean", "pooler"]
 
 
-def check_head_type(head_type: str, num_labels: int) -> int:
+def canonical_head_type(head_type: str | Task) -> str:
+    """The head type a task name or head name means (``"binary"`` -> ``"binary_classification"``)."""
+    if head_type in HEAD_TYPES:
+        return str(head_type)
+    try:
+        return Task.parse(head_type).head_type
+    except ValueError:
+        raise ValueError(
+            f"Unknown head_type {head_type!r}; use one of {', '.join(HEAD_TYPES)} (or a task: "
+            f"{', '.join(t.value for t in Task)})."
+        ) from None
+
+
+def check_head_type(head_type: str | Task, num_labels: int) -> int:
     """Validate a head type and return the number of outputs its linear layer needs."""
-    if head_type not in HEAD_TYPES:
-        raise ValueError(f"Unknown head_type {head_type!r}; use one of {', '.join(HEAD_TYPES)}.")
+    head_type = canonical_head_type(head_type)
     if head_type == "binary_classification":
         if num_labels not in (1, 2):
             raise ValueError(f"binary_classification has 1 output (num_labels=1 or 2), got num_labels={num_labels}.")
@@ -67,6 +79,7 @@ def head_loss(
 ) -> mx.array:
     """The training loss of a head on logits. ``class_weights`` rebalances classes
     (binary: weights of class 0 and 1; multiclass: one per class)."""
+    head_type = canonical_head_type(head_type)
     if head_type == "binary_classification":
         y = labels.astype(logits.dtype).reshape(logits.shape)
         loss = nn.losses.binary_cross_entropy(logits, y, with_logits=True, reduction="none")
@@ -80,16 +93,15 @@ def head_loss(
     elif head_type == "multilabel_classification":
         y = labels.astype(logits.dtype).reshape(logits.shape)
         loss = nn.losses.binary_cross_entropy(logits, y, with_logits=True, reduction="none").mean(axis=-1)
-    elif head_type == "regression":
+    else:  # regression: every row has the same number of outputs, so the mean of row means is the MSE
         y = labels.astype(logits.dtype).reshape(logits.shape)
         loss = ((logits - y) ** 2).mean(axis=-1) if logits.ndim > 1 else (logits - y) ** 2
-    else:
-        raise ValueError(f"Unknown head_type {head_type!r}; use one of {', '.join(HEAD_TYPES)}.")
     return loss.mean() if reduction == "mean" else loss
 
 
 def predictions(head_type: str, logits: mx.array) -> mx.array:
     """Logits -> what a submission wants: probabilities for classification, values for regression."""
+    head_type = canonical_head_type(head_type)
     if head_type in ("binary_classification", "multilabel_classification"):
         return mx.sigmoid(logits)
     if head_type == "multiclass_classification":
@@ -105,6 +117,7 @@ class EncoderWithHead(nn.Module):
     """
 
     def _init_head(self, hidden_size: int, head_type: str, num_labels: int, pooling: str, dropout: float) -> None:
+        head_type = canonical_head_type(head_type)
         self.head_type = head_type
         self.num_labels = num_labels
         self.pooling = pooling
