@@ -376,4 +376,4 @@ def test_several_float_targets_are_multitarget_regression(tmp_path):
     folder = copy_competition("two", tmp_path, train_frame=frame, test=test, sample=sample)
     cfg = load_competition("two", folder, competitions_dir=tmp_path / "none")
     assert cfg.task_type == "multitarget_regression" and cfg.target_columns == ("Age", "Fare")
-    assert cfg.submission.prediction == "values" and cfg.metric == "rmse"
+    assert cfg.submission.prediction == "values" and cfg.metric == "mcrmse"

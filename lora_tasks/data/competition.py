@@ -24,7 +24,7 @@ from typing import Any, Literal, Mapping
 
 import pandas as pd
 
-from lora_tasks.metrics import Metric, default_metric, get_metric
+from lora_tasks.metrics import Metric, default_metric, get_metric, metric_from_kaggle
 
 from .config_file import (
     ALLOWED_KEYS,
@@ -54,11 +54,6 @@ from .submission_format import (
 )
 from .text import RowTemplate, SerializationOptions
 
-try:  # the Kaggle-name table lives with the metrics once merged
-    from lora_tasks.metrics import metric_from_kaggle as _shared_metric_from_kaggle
-except ImportError:  # TODO-merge: drop this branch and _KAGGLE_METRICS when metrics has it
-    _shared_metric_from_kaggle = None
-
 #: Names other modules import from here (the config-file ones live in :mod:`.config_file`).
 __all__ = [
     "ALLOWED_KEYS", "COMPETITIONS_ENV", "DATA_ENV", "DEFAULT_SCHEDULE", "MULTITARGET_REGRESSION", "REGRESSION_TASKS",
@@ -68,31 +63,6 @@ __all__ = [
 ]
 DATA_ENV = "KAGGLE_LORA_DATA_DIR"
 MetricSource = Literal["config", "kaggle metadata", "inferred"]
-
-#: Kaggle's ``evaluation_metric`` strings -> our metric names, until ``metrics.metric_from_kaggle``
-#: is merged (TODO-merge). Only metrics this branch has; the rest fall back to inference.
-_KAGGLE_METRICS: dict[str, str] = {
-    "categorization accuracy": "accuracy",
-    "accuracy": "accuracy",
-    "root mean squared error": "rmse",
-    "rmse": "rmse",
-    "root mean squared logarithmic error": "rmsle",
-    "rmsle": "rmsle",
-    "mean absolute error": "mae",
-    "mae": "mae",
-    "multiclass loss": "log_loss",
-    "log loss": "log_loss",
-    "logarithmic loss": "log_loss",
-    "area under receiver operating characteristic curve": "roc_auc",
-    "auc": "roc_auc",
-    "mean columnwise area under receiver operating characteristic curve": "roc_auc",
-    "f1 score": "f1",
-    "f-score": "f1",
-    "macro f1 score": "macro_f1",
-    "mean columnwise root mean squared error": "rmse",
-    "r2 score": "r2",
-}
-
 
 @dataclass(frozen=True)
 class CompetitionFiles:
@@ -436,29 +406,11 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def metric_from_kaggle_name(name: str) -> str | None:
-    """Our metric for Kaggle's ``evaluation_metric`` string, or None (with a warning naming it)
-    when we have no such metric: the caller then falls back to inference."""
-    if _shared_metric_from_kaggle is not None:
-        found = _shared_metric_from_kaggle(name)
-    else:
-        found = _KAGGLE_METRICS.get(" ".join(name.strip().lower().split()))
-    if found is not None:
-        try:
-            return get_metric(found).name
-        except KeyError:
-            found = None
-    warnings.warn(
-        f"Kaggle's evaluation metric {name!r} has no counterpart here; the metric is inferred from the "
-        "task instead. Set `metric` in competitions/<slug>.toml to choose one.",
-        UserWarning,
-        stacklevel=3,
-    )
-    return None
-
-
-def _metric_task(task: str) -> str:
-    """The task a metric is checked against (multi-target regression is scored as regression)."""
-    return "regression" if task == MULTITARGET_REGRESSION else task
+    """Our metric for Kaggle's ``evaluation_metric`` string, or None when we have no such metric
+    (:func:`lora_tasks.metrics.metric_from_kaggle` warns once naming it): the caller then falls
+    back to inference."""
+    found = metric_from_kaggle(name)
+    return get_metric(found).name if found is not None else None
 
 
 def load_competition(
@@ -522,7 +474,7 @@ def load_competition(
     metric_source: MetricSource
     if given.get("metric"):
         metric, metric_source = given["metric"], "config"
-    elif from_kaggle is not None and _metric_task(task) in get_metric(from_kaggle).tasks:
+    elif from_kaggle is not None and task in get_metric(from_kaggle).tasks:
         metric, metric_source = from_kaggle, "kaggle metadata"
     else:
         if from_kaggle is not None:
@@ -532,7 +484,7 @@ def load_competition(
                 UserWarning,
                 stacklevel=2,
             )
-        metric, metric_source = default_metric(_metric_task(task), submission.prediction), "inferred"
+        metric, metric_source = default_metric(task, submission.prediction), "inferred"
     if metric == "rmsle" and "target_transform" not in given.get("submission", {}):
         # RMSLE is RMSE on log1p values: train there, as a config would say for house prices
         submission = replace(submission, target_transform="log1p")
@@ -573,7 +525,7 @@ def load_competition(
 
 def _check_consistency(source: Any, task: str, metric: str, submission: SubmissionFormat) -> None:
     spec = get_metric(metric)
-    if _metric_task(task) not in spec.tasks:
+    if task not in spec.tasks:
         raise CompetitionConfigError(
             f"{source}: metric {metric!r} does not apply to a {task} task (it fits {', '.join(spec.tasks)}); "
             "fix `metric` or `task`."

@@ -251,11 +251,11 @@ SHAPES: tuple[CompetitionShape, ...] = (
         "id", ("level",), "multiclass", "log_loss", "Multiclass Loss", "probabilities",
         classes=("high", "low", "mid")), _multiclass_probabilities),
     CompetitionShape("shape-multilabel", "several 0/1 targets, one probability column each", _E(
-        "id", ("toxic", "obscene", "insult"), "multilabel", "roc_auc",
+        "id", ("toxic", "obscene", "insult"), "multilabel", "mean_columnwise_roc_auc",
         "Mean Columnwise Area Under Receiver Operating Characteristic Curve", "probabilities",
         classes=("0", "1")), _multilabel),
     CompetitionShape("shape-multitarget-regression", "several float targets", _E(
-        "text_id", ("cohesion", "syntax"), "multitarget_regression", "rmse",
+        "text_id", ("cohesion", "syntax"), "multitarget_regression", "mcrmse",
         "Mean Columnwise Root Mean Squared Error", "values"), _multitarget),
     CompetitionShape("shape-regression", "regression scored by RMSE", _E(
         "id", ("price",), "regression", "rmse", "Root Mean Squared Error", "values"), _regression),
