@@ -109,6 +109,15 @@ class EpochBudget:
             reason = f"on time: {left}, {basis}: every fold keeps its {self.epochs} epochs"
         return EpochDecision(stop and epochs_done > 0, max(fit, epochs_done), fit, False, reason)
 
+    def run_left_s(self, position: int, fold_left_s: float, epoch_seconds: Sequence[float] = ()) -> float:
+        """Expected seconds until the run ends: the rest of the fold at ``position`` (the
+        progress event's ``eta_s``), its predictions, the later folds and the reserve. For the
+        "run done in" part of a progress line."""
+        measured = [s for s in epoch_seconds if math.isfinite(s) and s > 0]
+        per_epoch = sum(measured) / len(measured) if measured else self.epoch_s
+        later = max(0, self.n_folds - position - 1)
+        return max(0.0, fold_left_s) + self.predict_s + later * (self.epochs * per_epoch + self.predict_s) + self.reserve_s
+
     def affordable_epochs(self, position: int, epochs_done: int, per_epoch: float, available: float,
                           cap: int | None = None) -> int | None:
         """The most epochs per fold (``min_epochs``..``cap``, default the plan's) whose remaining
