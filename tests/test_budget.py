@@ -22,6 +22,7 @@ from lora_tasks.budget import (
     estimate_cost,
     estimate_members,
     members_earn_their_time,
+    padded_width,
     parse_duration,
     plan_within_budget,
     time_members,
@@ -79,6 +80,17 @@ def test_effective_width_follows_the_mean_length_not_the_maximum():
     assert effective_width(512, 30.0) < 64
     assert effective_width(48, 300.0) == 48
     assert effective_width(128, None) == 128
+
+
+def test_padded_width_follows_the_batches_the_engine_draws():
+    import numpy as np
+
+    same = np.full(100, 20)
+    assert padded_width(same, 10) == 32  # every batch cut to 20 tokens, padded to 32
+    lengths = np.random.default_rng(0).integers(5, 120, 500)
+    width = padded_width(lengths, 32)
+    assert lengths.mean() < width <= 128
+    assert Workload(500, 0, 128, mean_tokens=float(lengths.mean()), batch_width=width).width == width
 
 
 def test_member_costs_grow_with_the_table_and_can_be_timed_on_a_sample():

@@ -20,6 +20,7 @@ from lora_tasks.budget.costs import (
     estimate_cost,
     estimate_members,
     length_bucket,
+    padded_width,
     time_members,
 )
 from lora_tasks.budget.deadline import (
@@ -46,6 +47,6 @@ __all__ = [
     "DEFAULT_OVERHEAD_S", "DEFAULT_TIME_LIMIT_S", "LADDER", "BudgetChoice", "BudgetError", "Candidate",
     "CostEstimate", "Deadline", "EpochBudget", "EpochDecision", "MemberCosts", "MembersDecision", "Rung",
     "StepCosts", "Workload", "candidates", "effective_width", "estimate_cost", "estimate_members",
-    "format_duration", "ladder_markdown", "length_bucket", "members_earn_their_time", "parse_duration",
+    "format_duration", "ladder_markdown", "length_bucket", "members_earn_their_time", "padded_width", "parse_duration",
     "plan_within_budget", "time_members",
 ]

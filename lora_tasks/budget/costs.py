@@ -14,7 +14,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from lora_tasks.budget.duration import format_duration
+from lora_tasks.data.batching import bucket_indices
 
 #: Length buckets the probe times at; a plan is priced at the bucket of its effective width, so
 #: similar tables share one cached probe.
@@ -39,6 +42,19 @@ def effective_width(max_seq_len: int, mean_tokens: float | None) -> int:
         return int(max_seq_len)
     width = math.ceil(mean_tokens * BATCH_WIDTH_OVER_MEAN / PAD_MULTIPLE) * PAD_MULTIPLE
     return int(min(max_seq_len, max(PAD_MULTIPLE, width)))
+
+
+def padded_width(lengths: np.ndarray, batch_size: int, multiple: int = PAD_MULTIPLE, seed: int = 0) -> float:
+    """Mean tokens per row the engine computes for these row lengths: the epoch's batches
+    (:func:`lora_tasks.data.batching.bucket_indices`, as training draws them), each cut to its
+    longest row rounded up to ``multiple``. Exact where :func:`effective_width` guesses from
+    the mean."""
+    lengths = np.asarray(lengths)
+    if lengths.size == 0:
+        raise ValueError("padded_width needs the token length of at least one row.")
+    batches = bucket_indices(lengths, batch_size, seed=seed)
+    widths = [math.ceil(max(int(lengths[b].max()), 1) / multiple) * multiple for b in batches]
+    return float(np.average(widths, weights=[len(b) for b in batches]))
 
 
 @dataclass(frozen=True)
@@ -92,11 +108,11 @@ class StepCosts:
         share = 1.0 if layers is None else min(layers, self.num_layers) / self.num_layers
         return rows * self.forward_row_s * share
 
-    def scaled_to(self, width: int) -> StepCosts:
+    def scaled_to(self, width: float) -> StepCosts:
         """These costs at another width (linear in tokens: at these lengths the dense layers,
         not the quadratic attention, dominate a BERT-sized layer)."""
         f = width / self.seq_len
-        return StepCosts(width, self.batch_size, self.num_layers, self.full_step_s * f,
+        return StepCosts(max(1, round(width)), self.batch_size, self.num_layers, self.full_step_s * f,
                          tuple((n, s * f) for n, s in self.top_step_s), self.forward_row_s * f,
                          self.steps_timed, self.machine, self.model)
 
@@ -111,14 +127,18 @@ class Workload:
     mean_tokens: float | None = None
     columns: int = 10
     text_columns: int = 0
+    batch_width: float | None = None  # from :func:`padded_width` when the token lengths are known
 
     def __post_init__(self) -> None:
         if self.train_rows < 1 or self.test_rows < 0 or self.max_seq_len < 1:
             raise ValueError(f"a workload needs train_rows >= 1, test_rows >= 0 and max_seq_len >= 1: {self}.")
 
     @property
-    def width(self) -> int:
-        return effective_width(self.max_seq_len, self.mean_tokens)
+    def width(self) -> float:
+        """Tokens per row a training batch computes: measured from the lengths when given."""
+        if self.batch_width is not None:
+            return float(self.batch_width)
+        return float(effective_width(self.max_seq_len, self.mean_tokens))
 
 
 @dataclass(frozen=True)
