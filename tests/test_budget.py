@@ -250,3 +250,14 @@ def test_members_decision_cuts_epochs_when_adapters_trail_and_keeps_or_adds_when
         members_earn_their_time(math.nan, 0.8, True, epochs=4, epochs_done=1)
     shorter = EpochBudget(Deadline.start(600, Clock()), 5, 4, 60.0).with_epochs(behind.epochs)
     assert shorter.epochs == behind.epochs
+
+
+def test_probe_for_plan_builds_the_pipelines_model_and_keys_the_cache_by_it(tmp_path):
+    from lora_tasks.budget.probe import probe_for_plan
+
+    costs = probe_for_plan("regression", "efficient", 1, model=None, tiny=True, seq_len=20.5, batch_size=4,
+                           cache_dir=tmp_path)
+    assert costs.model == "tiny:efficient:regression:1" and costs.seq_len == 32
+    # the tiny model has 2 layers: top 2 is the full depth, so only the full step is timed
+    assert costs.num_layers == 2 and costs.top_step_s == ()
+    assert costs.step_s(1) == costs.full_step_s / 2

@@ -8,7 +8,9 @@ machine, model, length bucket and batch (:mod:`lora_tasks.budget.cache`), it tak
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -18,8 +20,10 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx import nn
 
+from lora_tasks.auto import build_model
 from lora_tasks.budget.cache import ProbeKey, load_costs, save_costs
 from lora_tasks.budget.costs import StepCosts, length_bucket
+from lora_tasks.hub import resolve_model_dir
 from lora_tasks.prefix_cache import FromPrefix, first_adapted_layer
 from lora_tasks.train import TrainConfig, make_schedule
 
@@ -159,3 +163,35 @@ def _time_forward(model: nn.Module, rng: np.random.Generator, width: int, repeat
     finally:
         model.train()
     return float(np.median(times))
+
+
+def model_identity(model: str | os.PathLike | None, tiny: bool = False) -> str:
+    """A name for the cache key that changes when the model does: its folder's name and a hash
+    of its config.json (``tiny`` for the tiny random test model)."""
+    if tiny:
+        return "tiny"
+    folder = resolve_model_dir(model)
+    config = folder / "config.json"
+    digest = hashlib.sha256(config.read_bytes()).hexdigest()[:8] if config.exists() else "noconfig"
+    return f"{folder.name}-{digest}"
+
+
+def probe_for_plan(
+    head_type: str,
+    preset: str,
+    num_labels: int,
+    *,
+    model: str | os.PathLike | None,
+    tiny: bool,
+    seq_len: float,
+    batch_size: int,
+    cache_dir: str | os.PathLike,
+    timed_tops: tuple[int, ...] = DEFAULT_TIMED_TOPS,
+) -> StepCosts:
+    """:func:`probe_costs` for the model the pipeline would build (:func:`lora_tasks.auto.build_model`)."""
+    def factory(top: int | None) -> nn.Module:
+        return build_model(head_type, preset, num_labels, model=model, tiny=tiny, top_layers=top)[0]
+
+    return probe_costs(factory, model_id=f"{model_identity(model, tiny)}:{preset}:{head_type}:{num_labels}",
+                       seq_len=math.ceil(seq_len), batch_size=batch_size, cache_dir=cache_dir,
+                       timed_tops=timed_tops)
