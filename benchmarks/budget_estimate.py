@@ -73,7 +73,14 @@ def main() -> None:
     work = Workload(train_rows=len(data), test_rows=0, max_seq_len=args.max_len, mean_tokens=mean_tokens, columns=10,
                     batch_width=padded_width(data.lengths, args.batch))
     # the machine is shared: its load decides absolute seconds, so it is recorded with them
-    rows: list[dict] = [row("load_average_at_start", os.getloadavg()[0], "runnable"),
+    load = os.getloadavg()[0]
+    cores = os.cpu_count() or 1
+    note = (f"load {load:.1f} on {cores} cores: other processes share the cores, so the seconds and the "
+            "estimate/measured ratios below measure contention as much as the model; compare on a quiet machine"
+            if load > cores else "quiet machine")
+    if load > cores:
+        print(f"warning: {note}")
+    rows: list[dict] = [row("load_average_at_start", load, "runnable", note=note),
                         row("mean_tokens_per_row", mean_tokens, "tokens"),
                         row("width_guessed_from_mean", guess, "tokens"),
                         row("width_of_the_batches", work.width, "tokens")]
