@@ -1,0 +1,156 @@
+"""The planner: the best candidate, in a written order, whose estimated cost fits the time limit.
+
+Why a ladder written as a table (like the auto-config rules): which setting gives way first is
+a judgment about quality per second, and it must be readable, testable and shown by ``--plan``.
+The order: adapters on the top layers over the frozen-prefix cache and fewer epochs first (the
+shipped recipes train the top 2 layers at little loss), then fewer folds, then a single holdout
+split. The first rung that fits wins; each rung tried is recorded with its estimate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from lora_tasks.budget.costs import (
+    Candidate,
+    CostEstimate,
+    MemberCosts,
+    StepCosts,
+    Workload,
+    estimate_cost,
+)
+from lora_tasks.budget.duration import format_duration, limit_argument
+
+#: The time a run gets without ``--time-limit``: 20 minutes. Why: the first run of a new user
+#: should end while they wait. On 2 CPU cores an untuned run on up to ~10,000 short rows (~70
+#: tokens) fits this with the top 2 layers trained over the frozen-prefix cache for 2-3 epochs
+#: on 3-5 folds, which is the regime where the adapters still add to the scikit-learn members;
+#: the full-depth default of the rule table would take hours there (issue 23).
+DEFAULT_TIME_LIMIT_S = 20 * 60.0
+#: Download, tokenizing, blending, writing and checking the submission: the part of a run the
+#: plan does not choose.
+DEFAULT_OVERHEAD_S = 60.0
+#: Plan to this share of the limit: the estimate is a model of a shared machine, and the
+#: run-time :class:`~lora_tasks.budget.deadline.EpochBudget` keeps the rest as its margin.
+PLAN_SHARE = 0.9
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One line of the ladder: caps applied to the rules' settings (None: keep)."""
+
+    name: str
+    change: str
+    top_layers: int | None = None
+    epochs: int | None = None
+    n_folds: int | None = None  # 1: one holdout split
+
+    def apply(self, base: Candidate) -> Candidate:
+        top = base.top_layers
+        if self.top_layers is not None:
+            top = self.top_layers if top is None else min(top, self.top_layers)
+        epochs = base.epochs if self.epochs is None else min(base.epochs, self.epochs)
+        folds = base.n_folds if self.n_folds is None else min(base.n_folds, self.n_folds)
+        return replace(base, name=self.name, top_layers=top, epochs=epochs, n_folds=folds)
+
+
+LADDER: tuple[Rung, ...] = (
+    Rung("as_planned", "the rules' (or the recipe's) settings unchanged"),
+    Rung("top2", "adapters on the top 2 layers, trained over the frozen-prefix cache", top_layers=2),
+    Rung("top2_epochs3", "top 2 layers, at most 3 epochs", top_layers=2, epochs=3),
+    Rung("top2_epochs2", "top 2 layers, at most 2 epochs", top_layers=2, epochs=2),
+    Rung("top2_epochs2_folds3", "top 2 layers, 2 epochs, at most 3 folds", top_layers=2, epochs=2, n_folds=3),
+    Rung("top2_epochs2_folds2", "top 2 layers, 2 epochs, 2 folds", top_layers=2, epochs=2, n_folds=2),
+    Rung("holdout_top2_epochs2", "one holdout split, top 2 layers, 2 epochs", top_layers=2, epochs=2, n_folds=1),
+    Rung("holdout_top1_epochs1", "one holdout split, the top layer, 1 epoch", top_layers=1, epochs=1, n_folds=1),
+)
+
+
+def ladder_markdown(ladder: tuple[Rung, ...] = LADDER) -> str:
+    """The ladder as markdown, for the README next to the rule table."""
+    lines = ["| # | rung | then |", "|---|---|---|"]
+    lines += [f"| {i} | `{r.name}` | {r.change} |" for i, r in enumerate(ladder, 1)]
+    return "\n".join(lines)
+
+
+class BudgetError(RuntimeError):
+    """No plan with adapters fits the time limit; the message gives the options."""
+
+
+@dataclass(frozen=True)
+class BudgetChoice:
+    """The planner's answer: the chosen estimate (None when nothing fits) and why."""
+
+    limit_s: float
+    plan_s: float  # the share of the limit the plan may fill
+    chosen: CostEstimate | None
+    considered: tuple[CostEstimate, ...]
+    members_only_s: float
+    reason: str
+
+    @property
+    def fits(self) -> bool:
+        return self.chosen is not None
+
+    @property
+    def reasons(self) -> list[str]:
+        """One line per rung tried, then the decision: for ``TrainSettings.reasons``."""
+        lines = [f"budget: {e.candidate.name} ({e.candidate.describe()}) {e.reason}" for e in self.considered]
+        return [*lines, f"budget: {self.reason}"]
+
+    def raise_if_unfit(self) -> CostEstimate:
+        if self.chosen is None:
+            raise BudgetError(self.reason)
+        return self.chosen
+
+
+def candidates(base: Candidate, ladder: tuple[Rung, ...] = LADDER) -> list[Candidate]:
+    """The ladder applied to ``base``, in order, without repeats (a rung that changes nothing
+    over an earlier one is skipped)."""
+    seen: set[tuple] = set()
+    out: list[Candidate] = []
+    for rung in ladder:
+        c = rung.apply(base)
+        key = (c.n_folds, c.epochs, c.top_layers, c.batch_size)
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+    return out
+
+
+def plan_within_budget(
+    base: Candidate,
+    work: Workload,
+    costs: StepCosts,
+    members: MemberCosts,
+    limit_s: float = DEFAULT_TIME_LIMIT_S,
+    *,
+    overhead_s: float = DEFAULT_OVERHEAD_S,
+    ladder: tuple[Rung, ...] = LADDER,
+) -> BudgetChoice:
+    """Walk the ladder from ``base`` (the rules' settings) and pick the first candidate whose
+    estimate fits ``PLAN_SHARE`` of ``limit_s``; when none does, the reason names the cheapest
+    one's estimate and the two ways out (``--no-adapters``, a larger ``--time-limit``)."""
+    if not (math.isfinite(limit_s) and limit_s > 0):
+        raise ValueError(f"limit_s={limit_s}; the time limit must be a positive number of seconds.")
+    plan_s = limit_s * PLAN_SHARE
+    members_only_s = members.seconds + overhead_s
+    considered: list[CostEstimate] = []
+    for cand in candidates(base, ladder):
+        est = estimate_cost(cand, work, costs, members, overhead_s)
+        considered.append(est)
+        if est.total_s <= plan_s:
+            skipped = f" ({len(considered) - 1} costlier rung(s) did not fit)" if len(considered) > 1 else ""
+            reason = (f"chose {cand.name}: {cand.describe()}, {est.reason}, within {format_duration(plan_s)} "
+                      f"of the {format_duration(limit_s)} limit{skipped}")
+            return BudgetChoice(limit_s, plan_s, est, tuple(considered), members_only_s, reason)
+    cheapest = min(considered, key=lambda e: e.total_s)
+    members_note = (f"--no-adapters (the scikit-learn blend alone, estimated {format_duration(members_only_s)})"
+                    if members_only_s <= plan_s else
+                    f"--no-adapters (the scikit-learn blend alone, estimated {format_duration(members_only_s)}, "
+                    "also over the limit)")
+    reason = (f"no plan with adapters fits {format_duration(plan_s)} of the {format_duration(limit_s)} limit: "
+              f"the cheapest, {cheapest.candidate.name} ({cheapest.candidate.describe()}), is {cheapest.reason}. "
+              f"Options: {members_note}, or --time-limit {limit_argument(cheapest.total_s / PLAN_SHARE)} or more.")
+    return BudgetChoice(limit_s, plan_s, None, tuple(considered), members_only_s, reason)

@@ -1,0 +1,263 @@
+"""The time budget: durations, the cost model, the planner's ladder, the probe's cache, the
+run-time epoch budget and the members decision."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from lora_tasks.budget import (
+    DEFAULT_TIME_LIMIT_S,
+    LADDER,
+    BudgetError,
+    Candidate,
+    Deadline,
+    EpochBudget,
+    MemberCosts,
+    StepCosts,
+    Workload,
+    candidates,
+    effective_width,
+    estimate_cost,
+    estimate_members,
+    members_earn_their_time,
+    padded_width,
+    parse_duration,
+    plan_within_budget,
+    time_members,
+)
+from lora_tasks.budget.duration import ACCEPTED_FORMS
+from tests._tiny import TINY
+
+# ------------------------------------------------------------------------------------ durations
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("20m", 20 * 60), ("1h", 3600), ("90s", 90), ("1h30m", 5400), ("600", 600), (600, 600),
+    (" 2H 5s ", 7205), ("1.5h", 5400), ("0.5m", 30),
+])
+def test_parse_duration_accepts_the_documented_forms(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "abc", "20x", "m20", "1h1h", "5s1m", "0", "-5", "10m junk", "nan"])
+def test_parse_duration_rejects_others_and_names_the_forms(text):
+    with pytest.raises(ValueError, match="20m") as err:
+        parse_duration(text)
+    assert ACCEPTED_FORMS in str(err.value)
+
+
+# ------------------------------------------------------------------------------------ cost model
+
+COSTS = StepCosts(seq_len=64, batch_size=32, num_layers=6, full_step_s=1.2, top_step_s=((2, 0.3),),
+                  forward_row_s=0.01)
+WORK = Workload(train_rows=7000, test_rows=3000, max_seq_len=128, mean_tokens=55.0, columns=12)
+MEMBERS = MemberCosts(20.0, "given")
+BASE = Candidate("rules", n_folds=5, epochs=4, top_layers=None, batch_size=64)
+
+
+def test_step_costs_interpolate_between_timed_depths_and_reject_nan():
+    assert COSTS.step_s(None) == COSTS.step_s(6) == 1.2
+    assert COSTS.step_s(2) == 0.3
+    assert COSTS.step_s(1) == pytest.approx(0.15)
+    assert 0.3 < COSTS.step_s(4) < 1.2
+    with pytest.raises(ValueError, match="positive finite"):
+        StepCosts(64, 32, 6, math.nan, (), 0.01)
+
+
+def test_top_layers_cost_less_per_epoch_and_pay_the_prefix_once():
+    full = estimate_cost(BASE, WORK, COSTS, MEMBERS)
+    top = estimate_cost(Candidate("top2", 5, 4, 2, 64), WORK, COSTS, MEMBERS)
+    assert full.prefix_s == 0 and top.prefix_s > 0
+    assert top.epoch_s < full.epoch_s / 2
+    assert top.total_s < full.total_s
+    assert full.total_s == pytest.approx(full.prefix_s + 5 * 4 * full.epoch_s + full.predict_s + 20.0)
+    assert top.reason.startswith("estimated ") and "5 folds × 4 epochs ×" in top.reason and "prefix" in top.reason
+
+
+def test_effective_width_follows_the_mean_length_not_the_maximum():
+    assert effective_width(512, 30.0) < 64
+    assert effective_width(48, 300.0) == 48
+    assert effective_width(128, None) == 128
+
+
+def test_padded_width_follows_the_batches_the_engine_draws():
+    import numpy as np
+
+    same = np.full(100, 20)
+    assert padded_width(same, 10) == 32  # every batch cut to 20 tokens, padded to 32
+    lengths = np.random.default_rng(0).integers(5, 120, 500)
+    width = padded_width(lengths, 32)
+    assert lengths.mean() < width <= 128
+    assert Workload(500, 0, 128, mean_tokens=float(lengths.mean()), batch_width=width).width == width
+
+
+def test_member_costs_grow_with_the_table_and_can_be_timed_on_a_sample():
+    small = estimate_members(Workload(1000, 500, 64, columns=10), 5)
+    large = estimate_members(Workload(100_000, 50_000, 64, columns=10), 5)
+    assert large.seconds > small.seconds > 0
+    now = [0.0]
+    sizes = []
+
+    def fit(n):
+        sizes.append(n)
+        now[0] += 2.0
+
+    timed = time_members(fit, rows=10_000, sample_rows=1_000, clock=lambda: now[0])
+    assert sizes == [1_000] and timed.seconds == pytest.approx(20.0) and "1000 of 10000" in timed.how
+
+
+# ------------------------------------------------------------------------------------ planner
+
+
+def test_ladder_is_ordered_from_costliest_to_cheapest_without_repeats():
+    cands = candidates(BASE)
+    assert cands[0].name == LADDER[0].name and cands[-1].n_folds == 1
+    totals = [estimate_cost(c, WORK, COSTS, MEMBERS).total_s for c in cands]
+    assert totals == sorted(totals, reverse=True)
+    already_top2 = candidates(Candidate("rules", 5, 3, 2, 64))
+    assert len({(c.n_folds, c.epochs, c.top_layers) for c in already_top2}) == len(already_top2) < len(cands)
+
+
+def test_planner_picks_cheaper_candidates_as_the_budget_shrinks():
+    everything = [estimate_cost(c, WORK, COSTS, MEMBERS, 60.0).total_s for c in candidates(BASE)]
+    roomy = plan_within_budget(BASE, WORK, COSTS, MEMBERS, everything[0] * 2)
+    assert roomy.fits and roomy.chosen.candidate.name == "as_planned"
+    previous = math.inf
+    order = [c.name for c in candidates(BASE)]
+    last_rank = 0
+    for limit in sorted({t * 1.15 for t in everything}, reverse=True):
+        choice = plan_within_budget(BASE, WORK, COSTS, MEMBERS, limit)
+        assert choice.fits
+        assert choice.chosen.total_s <= limit * 0.9
+        assert choice.chosen.total_s <= previous
+        rank = order.index(choice.chosen.candidate.name)
+        assert rank >= last_rank
+        previous, last_rank = choice.chosen.total_s, rank
+        assert choice.reasons[-1].startswith("budget: chose " + choice.chosen.candidate.name)
+        assert len(choice.reasons) == rank + 2  # every rung tried, then the choice
+    assert last_rank > 3  # the smallest limits reached the fold and holdout rungs
+
+
+def test_planner_refuses_clearly_when_nothing_fits():
+    cheapest = min(estimate_cost(c, WORK, COSTS, MEMBERS, 60.0).total_s for c in candidates(BASE))
+    choice = plan_within_budget(BASE, WORK, COSTS, MEMBERS, cheapest * 0.5)
+    assert not choice.fits and choice.chosen is None
+    assert "--no-adapters" in choice.reason and "--time-limit" in choice.reason
+    needed = int(choice.reason.split("--time-limit ")[1].split("m")[0]) * 60
+    assert needed * 0.9 >= cheapest
+    with pytest.raises(BudgetError, match="no plan with adapters fits"):
+        choice.raise_if_unfit()
+    with pytest.raises(ValueError, match="positive"):
+        plan_within_budget(BASE, WORK, COSTS, MEMBERS, -1)
+
+
+def test_default_budget_is_twenty_minutes():
+    assert parse_duration("20m") == DEFAULT_TIME_LIMIT_S
+
+
+# ------------------------------------------------------------------------------------ the probe
+
+
+def _tiny_factory(calls: list):
+    from lora_tasks.models import BertConfig, create_bert_with_lora
+
+    def factory(top):
+        calls.append(top)
+        overrides = {} if top is None else {"layers_to_transform": tuple(range(TINY["num_hidden_layers"] - top,
+                                                                                TINY["num_hidden_layers"]))}
+        net, _ = create_bert_with_lora("binary_classification", "balanced", 1, config=BertConfig(**TINY),
+                                       pretrained=False, seed=0, **overrides)
+        return net
+
+    return factory
+
+
+def test_probe_times_the_tiny_model_and_reuses_its_cache(tmp_path):
+    from lora_tasks.budget.probe import probe_costs
+
+    calls: list = []
+    factory = _tiny_factory(calls)
+    first = probe_costs(factory, model_id="tiny:balanced:binary", seq_len=12, batch_size=8, cache_dir=tmp_path,
+                        timed_tops=(1,), steps=2)
+    assert calls == [None, 1]
+    assert first.seq_len == 16 and first.num_layers == TINY["num_hidden_layers"]
+    assert first.full_step_s > 0 and dict(first.top_step_s)[1] > 0 and first.forward_row_s > 0
+    assert len(list(tmp_path.glob("cost-probe-*.json"))) == 1
+    again = probe_costs(factory, model_id="tiny:balanced:binary", seq_len=14, batch_size=8, cache_dir=tmp_path,
+                        timed_tops=(1,), steps=2)
+    assert again == first and calls == [None, 1]  # same bucket: read, not timed
+    probe_costs(factory, model_id="tiny:balanced:binary", seq_len=30, batch_size=8, cache_dir=tmp_path,
+                timed_tops=(1,), steps=1)
+    assert calls == [None, 1, None, 1] and len(list(tmp_path.glob("cost-probe-*.json"))) == 2
+
+
+# ------------------------------------------------------------------------------------ run time
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_epoch_budget_keeps_the_plan_when_on_time_and_cuts_epochs_when_behind():
+    clock = Clock()
+    budget = EpochBudget(Deadline.start(3600, clock), n_folds=5, epochs=4, epoch_s=60.0, predict_s=10.0,
+                         reserve_s=120.0)
+    clock.now += 70
+    on_time = budget.after_epoch(0, 1, [70.0])
+    assert not on_time.stop_fold and on_time.epochs_this_fold == on_time.epochs_later_folds == 4
+    assert "on time" in on_time.reason
+    # epochs run at 5 min instead of 1: what is left affords fewer epochs per fold
+    clock.now += 2 * 300
+    behind = budget.after_epoch(0, 2, [70.0, 300.0])
+    assert not behind.behind and behind.epochs_later_folds < 4
+    assert behind.stop_fold == (behind.epochs_later_folds <= 2)
+    per_epoch = (70 + 300) / 2
+    used = (max(0, behind.epochs_later_folds - 2) + 4 * behind.epochs_later_folds) * per_epoch
+    assert used <= budget.deadline.remaining() - 120 - 5 * 10
+    assert "cut" in behind.reason and f"{behind.epochs_later_folds} of the planned 4 epochs" in behind.reason
+
+
+def test_epoch_budget_stops_at_the_minimum_when_even_that_overruns():
+    clock = Clock()
+    budget = EpochBudget(Deadline.start(600, clock), n_folds=5, epochs=3, epoch_s=60.0)
+    clock.now += 500
+    late = budget.after_epoch(1, 1, [250.0, 250.0])
+    assert late.behind and late.stop_fold and late.epochs_later_folds == 1 and late.epochs_this_fold == 1
+    assert "overrun" in late.reason
+    at_start = budget.after_epoch(4, 0)
+    assert not at_start.stop_fold and at_start.epochs_this_fold >= 1  # a fold always trains an epoch
+
+
+def test_members_decision_cuts_epochs_when_adapters_trail_and_keeps_or_adds_when_they_lead():
+    behind = members_earn_their_time(0.745, 0.801, True, epochs=4, epochs_done=3, metric="accuracy")
+    assert behind.verdict == "behind" and behind.epochs < 4
+    assert "0.7450" in behind.reason and "0.8010" in behind.reason
+    ahead = members_earn_their_time(0.83, 0.80, True, epochs=4, epochs_done=2, max_epochs=6)
+    assert ahead.verdict == "ahead" and ahead.epochs == 6 and "0.8300" in ahead.reason
+    close = members_earn_their_time(0.795, 0.80, True, epochs=4, epochs_done=2)
+    assert close.verdict == "close" and close.epochs == 4
+    # lower is better (RMSE): a larger adapter error trails
+    rmse = members_earn_their_time(0.150, 0.125, False, epochs=4, epochs_done=2, metric="rmse")
+    assert rmse.verdict == "behind" and rmse.epochs < 4 and "lower is better" in rmse.reason
+    assert members_earn_their_time(0.110, 0.125, False, epochs=4, epochs_done=2).verdict == "ahead"
+    with pytest.raises(ValueError, match="adapters_score"):
+        members_earn_their_time(math.nan, 0.8, True, epochs=4, epochs_done=1)
+    shorter = EpochBudget(Deadline.start(600, Clock()), 5, 4, 60.0).with_epochs(behind.epochs)
+    assert shorter.epochs == behind.epochs
+
+
+def test_probe_for_plan_builds_the_pipelines_model_and_keys_the_cache_by_it(tmp_path):
+    from lora_tasks.budget.probe import probe_for_plan
+
+    costs = probe_for_plan("regression", "efficient", 1, model=None, tiny=True, seq_len=20.5, batch_size=4,
+                           cache_dir=tmp_path)
+    assert costs.model == "tiny:efficient:regression:1" and costs.seq_len == 32
+    # the tiny model has 2 layers: top 2 is the full depth, so only the full step is timed
+    assert costs.num_layers == 2 and costs.top_step_s == ()
+    assert costs.step_s(1) == costs.full_step_s / 2
