@@ -124,9 +124,8 @@ def combine(
     else:
         test = sum(w * np.load(r.test_path) for w, r in zip(fold_weights, ordered, strict=True))
     if baselines or adapter_sets:
-        from lora_tasks.ensemble import (
-            blend,  # the blenders load scikit-learn's estimators
-        )
+        # the blenders load scikit-learn's estimators
+        from lora_tasks.ensemble import blend
 
         members_oof, members_test = {ADAPTERS_MEMBER: oof}, {ADAPTERS_MEMBER: test}
         for name, set_results in adapter_sets.items():
