@@ -201,3 +201,32 @@ def test_download_task_retries_transient_errors_only(harness, tmp_path, monkeypa
         with pytest.raises(NotFoundError):
             fetch(server.url, str(tmp_path / "other"))
         assert [r for _, r in server.requests].count("ListDataFiles") == 1, "fatal errors are not retried"
+
+
+def test_cache_key_covers_the_package_source_and_library_versions(tmp_path, monkeypatch):
+    """An edited helper anywhere in lora_tasks (a copy of the package here) changes every task's
+    cache key, so a rerun is not served results computed by the old code."""
+    import lora_tasks
+    from lora_tasks.prefect import code_version
+
+    copy = tmp_path / "lora_tasks"
+    shutil.copytree(Path(lora_tasks.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    before = code_version.package_source_hash(copy)
+    assert before == code_version.package_source_hash(copy), "the hash is stable"
+    helper = copy / "steps" / "targets.py"
+    helper.write_text(helper.read_text() + "\n# an edited helper\n")
+    after = code_version.package_source_hash(copy)
+    assert after != before
+    versions = code_version.library_versions()
+    assert set(versions) == {"mlx", "numpy", "scikit-learn", "tokenizers", "safetensors"}
+    import numpy
+
+    assert versions["numpy"] == numpy.__version__
+
+    policy = tasks.ContentCache()
+    inputs = {"x": 1}
+    monkeypatch.setattr(tasks, "code_version", lambda: before)
+    key_before = policy.compute_key(None, inputs, {})
+    assert key_before == policy.compute_key(None, inputs, {})
+    monkeypatch.setattr(tasks, "code_version", lambda: after)
+    assert policy.compute_key(None, inputs, {}) != key_before

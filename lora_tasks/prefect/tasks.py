@@ -3,8 +3,10 @@
 Each task is one call to a step function (which has its own tests). What this module adds:
 
 * **Caching across runs, keyed on content.** :class:`ContentCache` hashes the *bytes* of file and
-  folder inputs (not their paths), plain inputs by value, plus the source of the task and of
-  the library function it calls. Parameters that only name where outputs go are keyed by their
+  folder inputs (not their paths), plain inputs by value, plus the code that can run (every
+  ``lora_tasks`` source file and the versions of mlx, numpy, scikit-learn, tokenizers and
+  safetensors: :mod:`lora_tasks.prefect.code_version`). A run's ``refresh`` ignores the cache
+  (Prefect's ``refresh_cache``) and stores fresh results. Parameters that only name where outputs go are keyed by their
   value. A cached result whose files have vanished is detected when the key is computed, and a
   derived "repair" key makes the task run again (and the repaired result is itself cached).
 * **Results in a project-local store**: ``result_storage`` is a ``Path`` (a string would be taken
@@ -13,8 +15,7 @@ Each task is one call to a step function (which has its own tests). What this mo
   :func:`lora_tasks.kaggle_io.is_retryable` calls transient. The submit task never duplicates a
   submission: its run id is the flow run id plus the file's hash, and
   :func:`lora_tasks.kaggle_io.submit` submits at most once per run id.
-* **Artifacts for the UI**: renderers here are plain functions (tested without Prefect); the flow
-  publishes them, so they appear on every run, also when the tasks were cached.
+* **Artifacts for the UI** live in :mod:`lora_tasks.prefect.artifacts`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from prefect.tasks import exponential_backoff
 from lora_tasks.hashing import sha256_bytes, sha256_file_memo, sha256_tree, sha256_value
 from lora_tasks.kaggle_io import prefect_retry_condition
 from lora_tasks.options import DEFAULT_WORK_DIR
+from lora_tasks.prefect.code_version import code_version
 from lora_tasks.progress import ProgressEvent
 from lora_tasks.steps.combine import DEFAULT_BLEND_METHOD, CombineResult, combine
 from lora_tasks.steps.download import download_data
@@ -109,7 +111,8 @@ def _source_hash(fn: Callable | None) -> str:
 
 @dataclass
 class ContentCache(CachePolicy):
-    """Cache key = task source + library function source + inputs by content (see module doc).
+    """Cache key = the package's code and library versions + task and step source + inputs by
+    content (see module doc).
 
     ``by_value``: parameters that name output locations (an output folder's *content* changes
     as the task writes to it, so hashing it would defeat the cache). ``exclude``: parameters
@@ -129,7 +132,7 @@ class ContentCache(CachePolicy):
             if name in self.exclude:
                 continue
             keyed[name] = str(value) if name in self.by_value else fingerprint(value)
-        key = sha256_value(PIPELINE_VERSION, _source_hash(task_fn), _source_hash(self.library_fn), keyed)
+        key = sha256_value(PIPELINE_VERSION, code_version(), _source_hash(task_fn), _source_hash(self.library_fn), keyed)
         store = getattr(task_ctx, "result_store", None)
         return key if store is None else self.usable_key(store, key)
 
