@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -180,10 +180,9 @@ def merged_predict(
     (:func:`~lora_tasks.lora.merge.merge_into_base`) and predict: one plain model whose every
     layer is the ensemble's mean layer."""
     # the model factory, the merge and the training engine load MLX: only when a model runs
-    import mlx.nn as nn
-
     from lora_tasks.auto import build_model
     from lora_tasks.lora.adapter import read_adapter_file
+    from lora_tasks.lora.layers import SlicedLoRALinear
     from lora_tasks.lora.merge import merge_adapters, merge_into_base
     from lora_tasks.train import predict
 
@@ -193,20 +192,53 @@ def merged_predict(
             model=None if plan.tiny else model, tiny=plan.tiny, seed=plan.seed, top_layers=plan.settings.top_layers,
         )
         base = {name: layer.base_weight() for name, layer in adapter.layers.items()}
-        merged = merge_adapters([(read_adapter_file(path)[0], adapter.config) for path in adapter_paths],
-                                weights, method="linear", base_weights=base)
-        modules = dict(net.named_modules())
-        for name, layer in adapter.layers.items():  # back to plain layers: the merge folds into the base
-            plain = nn.Linear(*reversed(base[name].shape), bias="bias" in layer.linear)
-            plain.weight = base[name]
-            if "bias" in layer.linear:
-                plain.bias = layer.linear.bias
-            parent_name, _, child = name.rpartition(".")
-            parent = modules[parent_name]
-            if isinstance(parent, list):
-                parent[int(child)] = plain
-            else:
-                parent[child] = plain
+        if any(isinstance(layer, SlicedLoRALinear) for layer in adapter.layers.values()):
+            # merge_adapters reads one A/B pair per layer; a fused projection (ModernBERT's Wqkv)
+            # has one per slice, so its exact updates are summed from each layer's own delta
+            merged: Any = _weighted_updates(adapter, adapter_paths, weights, base)
+        else:
+            merged = merge_adapters([(read_adapter_file(path)[0], adapter.config) for path in adapter_paths],
+                                    weights, method="linear", base_weights=base)
+        _unwrap_lora_layers(net, adapter, base)
         merge_into_base(net, merged)
         net.eval()
         return ravel(predict(net, load_dataset(test_tokens)))
+
+
+def _weighted_updates(adapter: Any, adapter_paths: Sequence[Path], weights: Sequence[float],
+                      base: Mapping[str, Any]) -> Any:
+    """The weighted sum of each adapter's effective update per layer (``fuse() - base``, exact for
+    LoRA and DoRA), and its weighted head loaded into the adapter's model."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    deltas: dict[str, Any] = {}
+    head: dict[str, Any] = {}
+    for w, path in zip(weights, adapter_paths, strict=True):
+        adapter.load(path)
+        for name, layer in adapter.layers.items():
+            update = (layer.fuse().weight - base[name]) * w
+            deltas[name] = update if name not in deltas else deltas[name] + update
+        for key, value in tree_flatten(adapter.model.head.parameters()):
+            head[key] = value * w if key not in head else head[key] + value * w
+    adapter.model.head.update(tree_unflatten(list(head.items())))
+    return {name: np.asarray(delta.astype(mx.float32)) for name, delta in deltas.items()}
+
+
+def _unwrap_lora_layers(net: Any, adapter: Any, base: Mapping[str, Any]) -> None:
+    """Put plain ``nn.Linear`` layers holding the base weights where the LoRA layers are:
+    :func:`~lora_tasks.lora.merge.merge_into_base` folds updates into a plain base model."""
+    import mlx.nn as nn
+
+    modules = dict(net.named_modules())
+    for name, layer in adapter.layers.items():
+        plain = nn.Linear(*reversed(base[name].shape), bias="bias" in layer.linear)
+        plain.weight = base[name]
+        if "bias" in layer.linear:
+            plain.bias = layer.linear.bias
+        parent_name, _, child = name.rpartition(".")
+        parent = modules[parent_name]
+        if isinstance(parent, list):
+            parent[int(child)] = plain
+        else:
+            parent[child] = plain
