@@ -144,16 +144,18 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
 
 
 def build_run_parser(prog: str = "kaggle-lora run", *, with_plan: bool = True) -> argparse.ArgumentParser:
-    """The options of ``kaggle-lora run`` / ``flows/submit.py`` (``kaggle-lora plan``: the same without the runner)."""
+    """The options of ``kaggle-lora run`` / ``flows/submit.py`` (``with_plan=False``, for
+    ``kaggle-lora plan``: the run options only)."""
     p = argparse.ArgumentParser(
         prog=prog, epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train LoRA adapters on a Kaggle competition, write and check the submission, submit it and "
                     "read the score.")
     add_run_options(p)
-    if with_plan:
-        p.add_argument("--plan", action="store_true",
-                       help="download, profile and configure, print what would be trained and why (every adapter "
-                            "set), and stop: nothing is trained, no Prefect server is started")
+    if not with_plan:  # `kaggle-lora plan`: no run, so no runner or summary
+        return p
+    p.add_argument("--plan", action="store_true",
+                   help="download, profile and configure, print what would be trained and why (every adapter "
+                        "set), and stop: nothing is trained, no Prefect server is started")
     p.add_argument("--runner", "--task-runner", dest="runner", choices=("thread", "process", "dask"), default=None,
                    help="how the tasks run: thread (default), process (a worker process per fold) or dask "
                         "(a Dask cluster; needs prefect-dask: pip install -e '.[dask]')")
