@@ -8,6 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-$(command -v python)}"
+# the flows import the package of this checkout, whichever copy is installed
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 WORK="$(mktemp -d -t kaggle-lora-deploy-XXXXXX)"
 . scripts/_prefect_server.sh
 start_server

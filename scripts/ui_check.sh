@@ -16,6 +16,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-$(command -v python)}"
+# the flows import the package of this checkout, whichever copy is installed
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 EPOCHS="${EPOCHS:-2}"  # 2 epochs: the plot shows lines, not just points; still seconds with --tiny
 [ -x "$CHROMIUM" ] || { echo "FAILED: no Chromium at $CHROMIUM (apt-get install -y chromium, or set CHROMIUM=...)"; exit 1; }

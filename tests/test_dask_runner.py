@@ -5,7 +5,7 @@ Kaggle server. Checked: the run completes with a sane summary; every task of the
 train-adapter tasks included, executed inside the Dask worker processes (the scheduler's task
 stream names the workers); their task runs were reported to the harness's API and are Completed
 there; no worker started an API server of its own; the workers ran the flow's tasks without the
-flows/ folder on their sys.path (the flow module travels by value, as to a remote `dask worker`);
+flows/ folder on their sys.path (the flow lives in the installed package, as on a remote `dask worker`);
 and the CLI's ``--dask-address`` runs the same flow on the same cluster.
 """
 
@@ -21,13 +21,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-
 distributed = pytest.importorskip("distributed", reason="prefect-dask (pip install -e '.[dask]') is not installed")
 pytest.importorskip("prefect_dask")
 
 REPO = Path(__file__).resolve().parents[1]
 FLOWS = str(REPO / "flows")
-sys.path.insert(0, FLOWS)
+# subprocesses run this checkout's package, whichever copy is installed
+SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 FAST = dict(tiny=True, epochs=1, max_seq_len=64, retry_delay_s=0.05, score_poll_s=0.05)
 TRAIN_TASK_FN = "train_task"  # the function behind the "train-adapter" task: its Dask key prefix
@@ -69,7 +69,9 @@ def cluster(harness, fake_creds):
 
 @pytest.fixture(scope="module")
 def dask_run(cluster, demo_server, tmp_path_factory):
-    from kaggle_lora import kaggle_lora, make_task_runner
+    from lora_tasks.options import RunOptions
+    from lora_tasks.prefect.flow import kaggle_lora
+    from lora_tasks.prefect.runners import make_task_runner
 
     cluster, client = cluster
     server, _ = demo_server
@@ -78,7 +80,8 @@ def dask_run(cluster, demo_server, tmp_path_factory):
     work = tmp_path_factory.mktemp("work")
     flow_fn = kaggle_lora.with_options(task_runner=make_task_runner("dask", address=cluster.scheduler_address))
     with distributed.get_task_stream(client=client) as stream:
-        state = flow_fn(competition="demo", kaggle_endpoint=server.url, work_dir=str(work), return_state=True, **FAST)
+        options = RunOptions(competition="demo", kaggle_endpoint=server.url, work_dir=str(work), **FAST)
+        state = flow_fn(options, return_state=True)
     return state, stream.data, work
 
 
@@ -144,7 +147,7 @@ def test_cli_dask_address_runs_on_the_same_cluster(dask_run, cluster, demo_serve
     cluster, client = cluster
     server, _ = demo_server
     out = work / "rerun.json"
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    env = {**SUBPROCESS_ENV, "PREFECT_API_URL": PREFECT_API_URL.value()}
     cmd = [sys.executable, str(REPO / "flows" / "submit.py"), "--competition", "demo", "--tiny", "--epochs", "1",
            "--max-seq-len", "64", "--work-dir", str(work), "--kaggle-endpoint", server.url, "--no-submit",
            "--dask-address", cluster.scheduler_address, "--json-out", str(out)]
@@ -163,7 +166,7 @@ def test_cli_local_cluster_in_ephemeral_mode_starts_one_api_server(dask_run, tmp
     """No PREFECT_API_URL: ``--runner dask`` starts a local cluster, and its worker processes use the
     CLI's one temporary API server instead of starting one each (3 servers before the fix)."""
     _, _, work = dask_run
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env = {k: v for k, v in SUBPROCESS_ENV.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # a fresh ephemeral database, not ~/.prefect
     out = tmp_path / "run.json"
     cmd = [sys.executable, str(REPO / "flows" / "submit.py"), "--competition", "demo", "--tiny", "--epochs", "1",
@@ -172,19 +175,20 @@ def test_cli_local_cluster_in_ephemeral_mode_starts_one_api_server(dask_run, tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = proc.stdout + proc.stderr
     assert "Creating a new Dask cluster with `distributed.deploy.local.LocalCluster`" in logs
-    assert logs.count("Starting temporary server") == 1, [l for l in logs.splitlines() if "temporary server" in l]
+    assert logs.count("Starting temporary server") == 1, [line for line in logs.splitlines() if "temporary server" in line]
     rerun = json.loads(out.read_text())
     assert set(rerun["task_states"].values()) == {"Cached"} and "train-fold-1" in rerun["task_states"]
 
 
 def test_cli_rejects_dask_address_with_another_runner():
     proc = subprocess.run([sys.executable, str(REPO / "flows" / "submit.py"), "--competition", "demo", "--runner",
-                           "thread", "--dask-address", "tcp://127.0.0.1:9"], capture_output=True, text=True, timeout=60)
+                           "thread", "--dask-address", "tcp://127.0.0.1:9"], capture_output=True, text=True, timeout=60,
+                          env=SUBPROCESS_ENV)
     assert proc.returncode == 2 and "--dask-address needs --runner dask" in proc.stderr
 
 
 def test_workers_that_cannot_reach_the_api_are_a_clear_error(cluster):
-    from kaggle_lora import check_dask_workers
+    from lora_tasks.prefect.runners import check_dask_workers
 
     _, client = cluster
     with pytest.raises(RuntimeError, match="cannot reach the Prefect API http://127.0.0.1:9/api"):

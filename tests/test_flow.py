@@ -18,23 +18,29 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lora_tasks import pipeline as P
+from lora_tasks.options import RunOptions
+from lora_tasks.prefect.flow import kaggle_lora
+from lora_tasks.steps import PipelineError
 from lora_tasks.testing import fake_kaggle as fk
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-sys.path.insert(0, str(REPO / "flows"))
+# subprocesses run this checkout's package, whichever copy is installed
+SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 FAST = dict(tiny=True, epochs=1, max_seq_len=64, retry_delay_s=0.05, score_poll_s=0.05)
 
 
+def run_flow(**given):
+    """The flow with the RunOptions of ``given`` (its one parameter)."""
+    return kaggle_lora(RunOptions(**given))
+
+
 @pytest.fixture(scope="module")
 def demo_run(harness, fake_creds, demo_server, tmp_path_factory):
-    from kaggle_lora import kaggle_lora
-
     server, _ = demo_server
     work = tmp_path_factory.mktemp("work")
-    summary = kaggle_lora(competition="demo", kaggle_endpoint=server.url, work_dir=str(work), **FAST)
+    summary = run_flow(competition="demo", kaggle_endpoint=server.url, work_dir=str(work), **FAST)
     return summary, work
 
 
@@ -71,7 +77,7 @@ def test_rerun_in_a_new_process_is_cached_and_trains_nothing(demo_run, demo_serv
     server, _ = demo_server
     before = _artifact_files(work)
     out = work / "rerun.json"
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    env = {**SUBPROCESS_ENV, "PREFECT_API_URL": PREFECT_API_URL.value()}
     cmd = [sys.executable, str(REPO / "flows" / "submit.py"), "--competition", "demo", "--tiny", "--epochs", "1",
            "--max-seq-len", "64", "--work-dir", str(work), "--kaggle-endpoint", server.url, "--no-submit",
            "--json-out", str(out)]
@@ -87,24 +93,20 @@ def test_rerun_in_a_new_process_is_cached_and_trains_nothing(demo_run, demo_serv
 
 
 def test_a_vanished_output_is_recomputed(demo_run, demo_server):
-    from kaggle_lora import kaggle_lora
-
     summary, work = demo_run
     server, _ = demo_server
     submission = Path(summary.submission_path)
     submission.unlink()
-    again = kaggle_lora(competition="demo", kaggle_endpoint=server.url, work_dir=str(work), submit=False, **FAST)
+    again = run_flow(competition="demo", kaggle_endpoint=server.url, work_dir=str(work), submit=False, **FAST)
     assert again.task_states["write-submission"] == "Completed", again.task_states
     assert again.task_states["train-fold-0"] == "Cached" and again.task_states["combine"] == "Cached"
     assert submission.is_file() and again.submission_path == summary.submission_path
-    third = kaggle_lora(competition="demo", kaggle_endpoint=server.url, work_dir=str(work), submit=False, **FAST)
+    third = run_flow(competition="demo", kaggle_endpoint=server.url, work_dir=str(work), submit=False, **FAST)
     assert set(third.task_states.values()) == {"Cached"}, "the repaired result is cached in turn"
 
 
 @pytest.mark.skipif(not DATASETS.is_dir(), reason=f"shared datasets missing at {DATASETS}")
 def test_titanic_subset_survives_faults_without_duplicate_submission(harness, fake_creds, tmp_path):
-    from kaggle_lora import kaggle_lora
-
     solutions = fk.derive_solutions(DATASETS, tmp_path / "solutions")
     with fk.serve(DATASETS, solutions, pending_polls=1) as server:
         server.inject(fk.FAULT_429, times=1, method="ListDataFiles", retry_after=0.05)
@@ -112,9 +114,9 @@ def test_titanic_subset_survives_faults_without_duplicate_submission(harness, fa
         server.inject(fk.FAULT_UPLOAD_FAILED, times=1, method="upload")
         server.inject(fk.FAULT_LOSE_RESPONSE, times=1, method="CreateSubmission")
         server.inject(fk.FAULT_500, times=1, method="ListSubmissions")
-        summary = kaggle_lora(
+        summary = run_flow(
             competition="titanic", kaggle_endpoint=server.url, work_dir=str(tmp_path / "work"),
-            max_train_rows=160, adapters=2, combine="merge", **FAST,
+            max_train_rows=160, folds=2, combine="merge", **FAST,
         )
         calls = [route for _, route in server.requests]
         assert len(server.submissions) == 1, "retries must never submit twice"
@@ -133,12 +135,10 @@ def test_a_modernbert_folder_runs_the_whole_flow(harness, fake_creds, demo_serve
     model, submitted and scored (the tiny committed ModernBERT checkpoint)."""
     import mlx.core as mx
 
-    from kaggle_lora import kaggle_lora
-
     server, served = demo_server
     folder = fixtures_dir / "modernbert_tiny"
     fast = {k: v for k, v in FAST.items() if k != "tiny"}
-    summary = kaggle_lora(competition="demo", kaggle_endpoint=server.url, work_dir=str(tmp_path / "work"),
+    summary = run_flow(competition="demo", kaggle_endpoint=server.url, work_dir=str(tmp_path / "work"),
                           model=str(folder), combine="merge", max_train_rows=120, **fast)
     assert summary.submitted and summary.public_score is not None and summary.combine == "merge"
     sub = pd.read_csv(summary.submission_path)
@@ -159,12 +159,10 @@ def test_an_mpnet_folder_trains_top_layers_from_the_prefix_in_the_flow(harness, 
     position bias through the frozen-prefix cache, adapters on the top layer only, blended and scored."""
     import mlx.core as mx
 
-    from kaggle_lora import kaggle_lora
-
     server, served = demo_server
     folder = fixtures_dir / "mpnet_tiny"
     fast = {k: v for k, v in FAST.items() if k != "tiny"}
-    summary = kaggle_lora(competition="demo", kaggle_endpoint=server.url, work_dir=str(tmp_path / "work"),
+    summary = run_flow(competition="demo", kaggle_endpoint=server.url, work_dir=str(tmp_path / "work"),
                           model=str(folder), top_layers=1, max_train_rows=120, **fast)
     assert summary.submitted and summary.public_score is not None and summary.combine == "blend"
     sub = pd.read_csv(summary.submission_path)
@@ -182,8 +180,6 @@ def test_adapter_sets_of_other_encoders_and_presets_blend_as_members(harness, fa
     from the competition config's ``[training]`` recipe) with its own tokenizer (pad id 1), preset
     and learning rate on the same folds: both blended as members, scored. A copy of the main set
     is refused before anything trains."""
-    from kaggle_lora import kaggle_lora
-
     from lora_tasks.data.competition import default_competitions_dir
 
     server, served = demo_server
@@ -194,7 +190,7 @@ def test_adapter_sets_of_other_encoders_and_presets_blend_as_members(harness, fa
                                        + f'adapter_sets = ["expressive@{roberta}:lr=4e-3"]\n')
     monkeypatch.setenv("KAGGLE_LORA_COMPETITIONS_DIR", str(configs))
     fast = {k: v for k, v in FAST.items() if k != "tiny"}
-    summary = kaggle_lora(competition="demo", kaggle_endpoint=server.url, work_dir=str(tmp_path / "work"),
+    summary = run_flow(competition="demo", kaggle_endpoint=server.url, work_dir=str(tmp_path / "work"),
                           model=distilbert, max_train_rows=120, **fast)
     assert summary.submitted and summary.public_score == pytest.approx(
         fk.score_submission(pd.read_csv(summary.submission_path), pd.read_csv(served / "demo" / "solution.csv"),
@@ -212,22 +208,22 @@ def test_adapter_sets_of_other_encoders_and_presets_blend_as_members(harness, fa
     assert settings[distilbert]["learning_rate"] != 4e-3  # the main set keeps its own rate
     assert {p["settings"]["n_folds"] for p in plans} == {2}  # one set of folds for every member
     adapters = set((tmp_path / "work" / "artifacts").glob("adapter-*"))
-    with pytest.raises(P.PipelineError, match="trains exactly what the main set trains"):
-        kaggle_lora(competition="demo", kaggle_endpoint=server.url, work_dir=str(tmp_path / "work"), model=distilbert,
+    with pytest.raises(PipelineError, match="trains exactly what the main set trains"):
+        run_flow(competition="demo", kaggle_endpoint=server.url, work_dir=str(tmp_path / "work"), model=distilbert,
                     adapter_sets=[f"{settings[distilbert]['preset']}@{distilbert}"], max_train_rows=120, **fast)
     assert set((tmp_path / "work" / "artifacts").glob("adapter-*")) == adapters  # refused before training
-    merged = kaggle_lora(competition="demo", kaggle_endpoint=server.url, work_dir=str(tmp_path / "work"),
+    merged = run_flow(competition="demo", kaggle_endpoint=server.url, work_dir=str(tmp_path / "work"),
                          model=distilbert, max_train_rows=120, combine="merge", submit=False, **fast)
     assert merged.combine == "merge" and [r["adapter"] for r in merged.cv] == ["fold 0", "fold 1"]  # recipe set left out
     assert set((tmp_path / "work" / "artifacts").glob("adapter-*")) == adapters  # the main folds came from the cache
     with pytest.raises(ValueError, match="need combine='blend'"):
-        kaggle_lora(competition="demo", kaggle_endpoint=server.url, work_dir=str(tmp_path / "w2"), combine="merge",
+        run_flow(competition="demo", kaggle_endpoint=server.url, work_dir=str(tmp_path / "w2"), combine="merge",
                     adapter_sets=["expressive"], **FAST)
 
 
 def test_cli_reports_a_failure_clearly(tmp_path):
     """No server at the endpoint: the CLI exits non-zero with one clear line (no traceback dump)."""
-    env = {**os.environ, "KAGGLE_USERNAME": fk.DEFAULT_USERNAME, "KAGGLE_KEY": fk.DEFAULT_KEY,
+    env = {**SUBPROCESS_ENV, "KAGGLE_USERNAME": fk.DEFAULT_USERNAME, "KAGGLE_KEY": fk.DEFAULT_KEY,
            "KAGGLE_CONFIG_DIR": str(tmp_path)}
     cmd = [sys.executable, str(REPO / "flows" / "submit.py"), "--competition", "no-such-competition", "--tiny",
            "--work-dir", str(tmp_path / "w"), "--kaggle-endpoint", "http://127.0.0.1:9", "--retry-delay", "0.01"]
@@ -238,9 +234,9 @@ def test_cli_reports_a_failure_clearly(tmp_path):
 
 def test_help_lists_the_options():
     proc = subprocess.run([sys.executable, str(REPO / "flows" / "submit.py"), "--help"], capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, env=SUBPROCESS_ENV)
     assert proc.returncode == 0
-    for option in ("--competition", "--no-submit", "--model", "--adapters", "--top-layers", "--combine", "--blend-method", "--no-baseline",
+    for option in ("--competition", "--no-submit", "--model", "--folds", "--adapters", "--refresh", "--top-layers", "--combine", "--blend-method", "--no-baseline",
                    "--data-dir", "--kaggle-endpoint", "--task-runner", "--adapter-set", "--no-adapter-sets"):
         assert option in proc.stdout
 
@@ -250,7 +246,7 @@ def test_cli_plan_shows_what_would_be_trained_and_trains_nothing(tmp_path):
     competition's recipe, the options), in seconds, without Prefect or training."""
     cmd = [sys.executable, str(REPO / "flows" / "submit.py"), "--competition", "demo", "--plan", "--work-dir",
            str(tmp_path / "w"), "--epochs", "1", "--adapter-set", "expressive:epochs=2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=SUBPROCESS_ENV)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     assert "### Data profile: demo" in out and "Nothing trained (--plan)" in out
@@ -260,19 +256,23 @@ def test_cli_plan_shows_what_would_be_trained_and_trains_nothing(tmp_path):
     artifacts = tmp_path / "w" / "artifacts"
     assert len(list(artifacts.glob("plan-*.json"))) == 2
     assert not list(artifacts.glob("adapter-*")) and not (tmp_path / "w" / "results").exists()
-    bad = subprocess.run(cmd[:-2] + ["--adapter-set", "efficient"], capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(cmd[:-2] + ["--adapter-set", "efficient"], capture_output=True, text=True, timeout=300,
+                         env=SUBPROCESS_ENV)
     assert bad.returncode == 1 and "trains exactly what the main set trains" in bad.stderr  # demo's main is efficient
 
 
 def test_cli_parses_recipe_options():
-    sys.path.insert(0, str(REPO / "flows"))
-    from submit import build_parser
+    from lora_tasks.cli import build_run_parser, options_from_args
 
-    parser = build_parser()
-    args = parser.parse_args(["--competition", "t", "--top-layers", "all", "--adapter-set", "expressive:epochs=2"])
-    assert (args.top_layers, args.adapter_sets) == ("all", ["expressive:epochs=2"])
-    args = parser.parse_args(["--competition", "t", "--top-layers", "2"])
-    assert (args.top_layers, args.adapter_sets) == (2, None)  # None: the config's recipe decides
-    assert parser.parse_args(["--competition", "t", "--no-adapter-sets"]).adapter_sets == []
+    parser = build_run_parser()
+
+    def options(*argv):
+        return options_from_args(parser.parse_args(["--competition", "t", *argv]), parser)
+
+    got = options("--top-layers", "all", "--adapter-set", "expressive:epochs=2")
+    assert (got.top_layers, got.adapter_sets) == ("all", ["expressive:epochs=2"])
+    got = options("--top-layers", "2")
+    assert (got.top_layers, got.adapter_sets) == (2, None)  # None: the config's recipe decides
+    assert options("--no-adapter-sets").adapter_sets == []
     with pytest.raises(SystemExit):
         parser.parse_args(["--competition", "t", "--top-layers", "0"])

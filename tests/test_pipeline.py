@@ -5,14 +5,19 @@ MiniLM tokenizer."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from lora_tasks import pipeline as P
+from lora_tasks import steps
+from lora_tasks.data.autoconfig import TrainSettings
+from lora_tasks.data.competition import SubmissionFormat
+from lora_tasks.hashing import sha256_file
 from lora_tasks.kaggle_io import SubmissionValidationError
+from lora_tasks.options import RunOptions
 from lora_tasks.testing import fake_kaggle as fk
 from lora_tasks.testing.demo import build_demo_competition
 
@@ -38,75 +43,75 @@ def demo_dir(tmp_path_factory) -> Path:
 def demo_steps(demo_dir, tmp_path_factory):
     """prepare -> plan -> tokenize on the demo with the tiny model, once for the module."""
     out = tmp_path_factory.mktemp("artifacts")
-    prepared = P.prepare_data("demo", demo_dir, out)
-    plan = P.plan_training("demo", demo_dir, out, tiny=True, overrides={"n_folds": 2, "epochs": 1, "max_seq_len": 64})
-    tokens = P.tokenize_data(prepared, plan, out / "tokens")
+    prepared = steps.prepare_data("demo", demo_dir, out)
+    plan = steps.plan_training("demo", demo_dir, out, tiny=True, overrides={"n_folds": 2, "epochs": 1, "max_seq_len": 64})
+    tokens = steps.tokenize_data(prepared, plan, out / "tokens")
     return out, prepared, plan, tokens
 
 
 @pytest.fixture(scope="module")
 def demo_folds(demo_steps):
     out, prepared, plan, tokens = demo_steps
-    return [P.train_adapter(prepared, plan, tokens, k, out) for k in range(2)]
+    return [steps.train_adapter(prepared, plan, tokens, k, out) for k in range(2)]
 
 
 def test_files_are_named_by_content(tmp_path):
-    a = P.save_array(np.arange(5.0), tmp_path, "x")
-    b = P.save_array(np.arange(5.0), tmp_path, "x")
-    c = P.save_array(np.arange(6.0), tmp_path, "x")
+    a = steps.save_array(np.arange(5.0), tmp_path, "x")
+    b = steps.save_array(np.arange(5.0), tmp_path, "x")
+    c = steps.save_array(np.arange(6.0), tmp_path, "x")
     assert a == b != c
-    assert a.name == f"x-{P.sha256_file(a)[:16]}.npy"
+    assert a.name == f"x-{sha256_file(a)[:16]}.npy"
     assert not list(tmp_path.glob(".tmp-*")), "temp files must be renamed, never left behind"
 
 
 def test_prepare_writes_texts_labels_and_format(demo_steps, demo_dir):
     _, prepared, _, _ = demo_steps
-    data = P.load_json(prepared)
+    data = steps.Prepared.load(prepared)
     train = pd.read_csv(demo_dir / "train.csv")
     test = pd.read_csv(demo_dir / "test.csv")
-    assert len(data["train_texts"]) == len(train) and len(data["test_texts"]) == len(test)
-    assert data["train_texts"][0].startswith("Mean radius is ")
-    assert data["y"] == train["target"].tolist()
-    assert data["test_ids"] == test["id"].tolist()
-    assert (data["head_type"], data["metric"], data["classes"]) == ("binary_classification", "accuracy", [0, 1])
-    assert "target" not in data["train_texts"][0].lower().split(" is ")[0]
+    assert len(data.train_texts) == len(train) and len(data.test_texts) == len(test)
+    assert data.train_texts[0].startswith("Mean radius is ")
+    assert data.y == train["target"].tolist()
+    assert data.test_ids == test["id"].tolist()
+    assert (data.head_type, data.metric, data.classes) == ("binary_classification", "accuracy", [0, 1])
+    assert "target" not in data.train_texts[0].lower().split(" is ")[0]
 
 
 def test_prepare_subset_is_seeded(demo_dir, tmp_path):
-    a = P.load_json(P.prepare_data("demo", demo_dir, tmp_path / "a", max_train_rows=50, seed=1))
-    b = P.load_json(P.prepare_data("demo", demo_dir, tmp_path / "b", max_train_rows=50, seed=1))
-    assert len(a["y"]) == 50 and a["train_texts"] == b["train_texts"]
-    assert len(a["test_texts"]) == len(pd.read_csv(demo_dir / "test.csv")), "the test set is never cut"
+    a = steps.Prepared.load(steps.prepare_data("demo", demo_dir, tmp_path / "a", max_train_rows=50, seed=1))
+    b = steps.Prepared.load(steps.prepare_data("demo", demo_dir, tmp_path / "b", max_train_rows=50, seed=1))
+    assert len(a.y) == 50 and a.train_texts == b.train_texts
+    assert len(a.test_texts) == len(pd.read_csv(demo_dir / "test.csv")), "the test set is never cut"
 
 
 def test_plan_records_overrides_and_reasons(demo_steps):
     _, _, plan_path, _ = demo_steps
-    plan = P.Plan.load(plan_path)
+    plan = steps.Plan.load(plan_path)
     assert plan.tiny and plan.model == "tiny"
-    assert plan.settings["n_folds"] == 2 and plan.settings["max_seq_len"] == 64
-    assert "override: max_seq_len = 64" in plan.settings["reasons"]
-    assert any(r.startswith("small_data") for r in plan.settings["reasons"])
+    assert plan.settings.n_folds == 2 and plan.settings.max_seq_len == 64
+    assert "override: max_seq_len = 64" in plan.settings.reasons
+    assert any(r.startswith("small_data") for r in plan.settings.reasons)
     assert "Data profile: demo" in plan.profile_markdown
 
 
 def test_plan_rejects_unknown_override(demo_dir, tmp_path):
-    with pytest.raises(P.PipelineError, match="overridable settings"):
-        P.plan_training("demo", demo_dir, tmp_path, tiny=True, overrides={"epoch": 3})
+    with pytest.raises(steps.PipelineError, match="overridable settings"):
+        steps.plan_training("demo", demo_dir, tmp_path, tiny=True, overrides={"epoch": 3})
 
 
 def test_tokenize_is_cached_and_truncated(demo_steps):
     out, prepared, plan, tokens = demo_steps
     with np.load(tokens.train) as data:
-        assert data["input_ids"].shape == (len(P.load_json(prepared)["y"]), 64)
+        assert data["input_ids"].shape == (len(steps.Prepared.load(prepared).y), 64)
     mtime = tokens.train.stat().st_mtime_ns
-    again = P.tokenize_data(prepared, plan, out / "tokens")
+    again = steps.tokenize_data(prepared, plan, out / "tokens")
     assert again == tokens and tokens.train.stat().st_mtime_ns == mtime
 
 
 def test_train_adapter_writes_fold_files(demo_steps, demo_folds):
     _, prepared, plan, _ = demo_steps
-    n = len(P.load_json(prepared)["y"])
-    folds = P.fold_assignment(P.load_json(prepared), P.Plan.load(plan))
+    n = len(steps.Prepared.load(prepared).y)
+    folds = steps.fold_assignment(steps.Prepared.load(prepared), steps.Plan.load(plan))
     for r in demo_folds:
         assert all(p.is_file() for p in r.paths())
         assert r.adapter_path.name.startswith("adapter-") and r.adapter_path.suffix == ".safetensors"
@@ -119,55 +124,55 @@ def test_train_adapter_writes_fold_files(demo_steps, demo_folds):
 
 def test_train_rejects_a_fold_outside_the_plan(demo_steps, tmp_path):
     _, prepared, plan, tokens = demo_steps
-    with pytest.raises(P.PipelineError, match="has 2 folds"):
-        P.train_adapter(prepared, plan, tokens, 2, tmp_path)
+    with pytest.raises(steps.PipelineError, match="has 2 folds"):
+        steps.train_adapter(prepared, plan, tokens, 2, tmp_path)
 
 
 def test_combine_blend_is_the_fold_mean_and_merge_predicts_once(demo_steps, demo_folds):
     out, prepared, plan, tokens = demo_steps
-    blend = P.combine(prepared, plan, demo_folds, out, method="blend")
+    blend = steps.combine(prepared, plan, demo_folds, out, method="blend")
     expected = np.mean([np.load(r.test_path) for r in demo_folds], axis=0)
     np.testing.assert_allclose(np.load(blend.test_path), expected, rtol=1e-6)
     assert blend.weights == {"lora": 1.0} and blend.blend_method is None
-    y = np.asarray(P.load_json(prepared)["y"])
+    y = np.asarray(steps.Prepared.load(prepared).y)
     oof = np.load(blend.oof_path)
     assert not np.isnan(oof).any()
     assert blend.oof_score == pytest.approx(float(np.mean((oof >= 0.5).astype(int) == y)))
 
-    merged = P.combine(prepared, plan, demo_folds, out, method="merge", tokens=tokens)
+    merged = steps.combine(prepared, plan, demo_folds, out, method="merge", tokens=tokens)
     test = np.load(merged.test_path)
     assert test.shape == expected.shape and np.all((test >= 0) & (test <= 1))
     assert merged.oof_score == blend.oof_score
-    with pytest.raises(P.PipelineError, match="every fold"):
-        P.combine(prepared, plan, demo_folds[:1], out)
+    with pytest.raises(steps.PipelineError, match="every fold"):
+        steps.combine(prepared, plan, demo_folds[:1], out)
 
 
 def test_an_adapter_set_blends_as_its_own_member_on_the_same_folds(demo_steps, demo_folds, demo_dir):
     out, prepared, plan, _ = demo_steps
-    extra = P.AdapterSet.parse("expressive")
+    extra = steps.AdapterSet.parse("expressive")
     assert (extra.preset, extra.model, extra.member) == ("expressive", None, "lora_expressive")
-    overrides = P.adapter_set_overrides({"epochs": 1, "max_seq_len": 64}, extra, 2)
-    plan2 = P.plan_training("demo", demo_dir, out, tiny=True, overrides=overrides)
-    assert P.Plan.load(plan2).settings["preset"] == "expressive" and P.Plan.load(plan2).n_folds == 2
-    tokens2 = P.tokenize_data(prepared, plan2, out / "tokens")
-    folds2 = [P.train_adapter(prepared, plan2, tokens2, k, out) for k in range(2)]
-    for a, b in zip(demo_folds, folds2):  # the same rows held out by each fold of both sets
+    overrides = steps.adapter_set_overrides({"epochs": 1, "max_seq_len": 64}, extra, 2)
+    plan2 = steps.plan_training("demo", demo_dir, out, tiny=True, overrides=overrides)
+    assert steps.Plan.load(plan2).settings.preset == "expressive" and steps.Plan.load(plan2).n_folds == 2
+    tokens2 = steps.tokenize_data(prepared, plan2, out / "tokens")
+    folds2 = [steps.train_adapter(prepared, plan2, tokens2, k, out) for k in range(2)]
+    for a, b in zip(demo_folds, folds2, strict=True):  # the same rows held out by each fold of both sets
         np.testing.assert_array_equal(np.isnan(np.load(a.oof_path)), np.isnan(np.load(b.oof_path)))
 
-    res = P.combine(prepared, plan, demo_folds, out, adapter_sets={extra.member: folds2}, blend_method="weights")
+    res = steps.combine(prepared, plan, demo_folds, out, adapter_sets={extra.member: folds2}, blend_method="weights")
     assert set(res.weights) == set(res.member_scores) == {"lora", "lora_expressive"}
-    oof = {name: np.load(P.combine(prepared, p, rs, out).oof_path)
+    oof = {name: np.load(steps.combine(prepared, p, rs, out).oof_path)
            for name, p, rs in (("lora", plan, demo_folds), ("lora_expressive", plan2, folds2))}
     test = {"lora": np.mean([np.load(r.test_path) for r in demo_folds], axis=0),
             "lora_expressive": np.mean([np.load(r.test_path) for r in folds2], axis=0)}
     np.testing.assert_allclose(np.load(res.oof_path), sum(res.weights[k] * oof[k] for k in oof), rtol=1e-5)
     np.testing.assert_allclose(np.load(res.test_path), sum(res.weights[k] * test[k] for k in test), rtol=1e-5)
-    y = np.asarray(P.load_json(prepared)["y"])
+    y = np.asarray(steps.Prepared.load(prepared).y)
     assert res.member_scores["lora_expressive"] == pytest.approx(float(np.mean((oof["lora_expressive"] >= 0.5) == y)))
-    with pytest.raises(P.PipelineError, match="adapter sets of other presets or encoders only blend"):
-        P.combine(prepared, plan, demo_folds, out, method="merge", tokens=tokens2, adapter_sets={extra.member: folds2})
-    with pytest.raises(P.PipelineError, match="every fold"):
-        P.combine(prepared, plan, demo_folds, out, adapter_sets={extra.member: folds2[:1]})
+    with pytest.raises(steps.PipelineError, match="adapter sets of other presets or encoders only blend"):
+        steps.combine(prepared, plan, demo_folds, out, method="merge", tokens=tokens2, adapter_sets={extra.member: folds2})
+    with pytest.raises(steps.PipelineError, match="every fold"):
+        steps.combine(prepared, plan, demo_folds, out, adapter_sets={extra.member: folds2[:1]})
 
 
 @pytest.mark.parametrize("spec, preset, model, settings, member", [
@@ -185,7 +190,7 @@ def test_an_adapter_set_blends_as_its_own_member_on_the_same_folds(demo_steps, d
     ("efficient@/data/c:d", "efficient", "/data/c:d", (), "lora_efficient_c:d"),  # a colon without '=': a path
 ])
 def test_adapter_set_specs(spec, preset, model, settings, member):
-    s = P.AdapterSet.parse(spec)
+    s = steps.AdapterSet.parse(spec)
     assert (s.preset, s.model, s.settings, s.member) == (preset, model, settings, member)
 
 
@@ -201,39 +206,39 @@ def test_adapter_set_specs(spec, preset, model, settings, member):
     (["expressive:lr=-1"], r"learning_rate = '-1' must be a positive number"),
 ])
 def test_bad_adapter_sets_are_clear_errors(specs, message):
-    with pytest.raises(P.PipelineError, match=message):
-        P.parse_adapter_sets(specs)
+    with pytest.raises(steps.PipelineError, match=message):
+        steps.parse_adapter_sets(specs)
 
 
 def test_an_adapter_set_gets_its_own_settings_and_a_copy_of_the_main_set_is_refused(demo_steps, demo_dir):
     out, _, plan, _ = demo_steps
-    main = P.Plan.load(plan)
+    main = steps.Plan.load(plan)
     chosen = {"n_folds": 2, "epochs": 1, "max_seq_len": 64, "top_layers": 1}
 
     def set_plan(spec):
-        s = P.AdapterSet.parse(spec)
-        return s, P.plan_training("demo", demo_dir, out, tiny=True, overrides=P.adapter_set_overrides(chosen, s, 2))
+        s = steps.AdapterSet.parse(spec)
+        return s, steps.plan_training("demo", demo_dir, out, tiny=True, overrides=steps.adapter_set_overrides(chosen, s, 2))
 
-    s, p = set_plan(f"{main.settings['preset']}:epochs=2,lr=5e-4,top_layers=all")
-    got = P.Plan.load(p).settings
-    assert (got["epochs"], got["learning_rate"], got["top_layers"], got["max_seq_len"], got["n_folds"]) == (
+    s, p = set_plan(f"{main.settings.preset}:epochs=2,lr=5e-4,top_layers=all")
+    got = steps.Plan.load(p).settings
+    assert (got.epochs, got.learning_rate, got.top_layers, got.max_seq_len, got.n_folds) == (
         2, 5e-4, None, 64, 2)  # its own epochs, lr and all layers; the main set's length and folds
-    P.check_adapter_set(plan, p, s)  # other settings: a set of its own
+    steps.check_adapter_set(plan, p, s)  # other settings: a set of its own
 
     # the main set's own preset, written out, trains the main set again: refused, naming the fix
-    s = P.AdapterSet.parse(main.settings["preset"])
+    s = steps.AdapterSet.parse(main.settings.preset)
     same = {"n_folds": 2, "epochs": 1, "max_seq_len": 64}
-    p = P.plan_training("demo", demo_dir, out, tiny=True, overrides=P.adapter_set_overrides(same, s, 2))
+    p = steps.plan_training("demo", demo_dir, out, tiny=True, overrides=steps.adapter_set_overrides(same, s, 2))
     assert p != plan  # its reasons record the preset as an override, so the files differ ...
-    with pytest.raises(P.PipelineError, match=rf"'{s.member}' trains exactly what the main set trains .*:epochs=N"):
-        P.check_adapter_set(plan, p, s)  # ... but what it trains does not
+    with pytest.raises(steps.PipelineError, match=rf"'{s.member}' trains exactly what the main set trains .*:epochs=N"):
+        steps.check_adapter_set(plan, p, s)  # ... but what it trains does not
 
 
 def test_a_runs_overrides_win_over_the_competitions_recipe(demo_steps):
     _, _, plan, _ = demo_steps  # competitions/demo.toml says 3 epochs; the fixture asks for 1
-    settings = P.Plan.load(plan).settings
-    assert settings["epochs"] == 1 and settings["batch_size"] == 8  # the override; the recipe's batch
-    reasons = settings["reasons"]
+    settings = steps.Plan.load(plan).settings
+    assert settings.epochs == 1 and settings.batch_size == 8  # the override; the recipe's batch
+    reasons = settings.reasons
     assert reasons.index("config: epochs = 3 ([training] of demo.toml)") < reasons.index("override: epochs = 1")
 
 
@@ -241,19 +246,19 @@ def test_the_recipes_adapter_sets_come_from_the_config_and_name_it(tmp_path, mon
     from lora_tasks.data.competition import default_competitions_dir
 
     shipped = (default_competitions_dir() / "demo.toml").read_text()
-    assert P.recipe_adapter_sets("demo", demo_dir) == []
+    assert steps.recipe_adapter_sets("demo", demo_dir) == []
     monkeypatch.setenv("KAGGLE_LORA_COMPETITIONS_DIR", str(tmp_path))
     (tmp_path / "demo.toml").write_text(shipped + 'adapter_sets = ["expressive:epochs=1", "balanced@/m/x"]\n')
-    assert [s.member for s in P.recipe_adapter_sets("demo", demo_dir)] == ["lora_expressive_e1", "lora_balanced_x"]
+    assert [s.member for s in steps.recipe_adapter_sets("demo", demo_dir)] == ["lora_expressive_e1", "lora_balanced_x"]
     (tmp_path / "demo.toml").write_text(shipped + 'adapter_sets = ["expressive:epoch=1"]\n')
-    with pytest.raises(P.PipelineError, match=r"demo.toml: \[training\] adapter_sets: .*'epoch=1' is not KEY=VALUE"):
-        P.recipe_adapter_sets("demo", demo_dir)
+    with pytest.raises(steps.PipelineError, match=r"demo.toml: \[training\] adapter_sets: .*'epoch=1' is not KEY=VALUE"):
+        steps.recipe_adapter_sets("demo", demo_dir)
 
 
 @pytest.fixture(scope="module")
 def demo_baselines(demo_steps, demo_dir):
     out, prepared, plan, _ = demo_steps
-    return P.train_baselines("demo", demo_dir, prepared, plan, out)
+    return steps.train_baselines("demo", demo_dir, prepared, plan, out)
 
 
 @pytest.fixture(scope="module")
@@ -265,38 +270,38 @@ def test_baselines_use_the_adapters_rows_and_folds(demo_steps, demo_baselines, d
     """The demo table is numeric: gradient boosting and a linear model, on the same rows and
     folds as the adapters, scored with the competition metric (recomputed here from its files)."""
     _, prepared, plan, _ = demo_steps
-    data = P.load_json(prepared)
-    y = np.asarray(data["y"])
+    data = steps.Prepared.load(prepared)
+    y = np.asarray(data.y)
     assert [b.name for b in demo_baselines] == ["hist_gbm", "linear"]
     for b in demo_baselines:
         assert b.metric == "accuracy" and all(p.is_file() for p in b.paths())
         oof, test = np.load(b.oof_path), np.load(b.test_path)
-        assert oof.shape == (len(data["y"]),) and test.shape == (len(data["test_ids"]),)
+        assert oof.shape == (len(data.y),) and test.shape == (len(data.test_ids),)
         assert np.all((oof >= 0) & (oof <= 1)), "binary members predict P(class 1)"
         assert b.oof_score == pytest.approx(float(np.mean((oof >= 0.5) == y)))
         assert b.oof_score > 0.85, f"{b.name} separates the breast-cancer demo"
 
 
 def test_baseline_follows_a_subset_of_rows(demo_dir, tmp_path):
-    prepared = P.prepare_data("demo", demo_dir, tmp_path, max_train_rows=120, seed=3)
-    plan = P.plan_training("demo", demo_dir, tmp_path, tiny=True, max_train_rows=120, seed=3,
+    prepared = steps.prepare_data("demo", demo_dir, tmp_path, max_train_rows=120, seed=3)
+    plan = steps.plan_training("demo", demo_dir, tmp_path, tiny=True, max_train_rows=120, seed=3,
                            overrides={"n_folds": 3, "epochs": 1, "max_seq_len": 64})
-    rows = P.load_json(prepared)["train_rows"]
+    rows = steps.Prepared.load(prepared).train_rows
     assert len(rows) == 120 and rows == sorted(rows)
     train = pd.read_csv(demo_dir / "train.csv")
-    assert P.load_json(prepared)["y"] == train["target"].iloc[rows].tolist()
-    for b in P.train_baselines("demo", demo_dir, prepared, plan, tmp_path):
+    assert steps.Prepared.load(prepared).y == train["target"].iloc[rows].tolist()
+    for b in steps.train_baselines("demo", demo_dir, prepared, plan, tmp_path):
         assert np.load(b.oof_path).shape == (120,)
 
 
 def test_blend_with_a_baseline_fits_weights_on_oof(demo_steps, demo_folds, demo_baseline, demo_baselines):
     out, prepared, plan, _ = demo_steps
-    data = P.load_json(prepared)
-    y = np.asarray(data["y"])
-    res = P.combine(prepared, plan, demo_folds, out, baselines=[demo_baseline], blend_method="weights")
+    data = steps.Prepared.load(prepared)
+    y = np.asarray(data.y)
+    res = steps.combine(prepared, plan, demo_folds, out, baselines=[demo_baseline], blend_method="weights")
     assert set(res.weights) == {"lora", "hist_gbm"} and sum(res.weights.values()) == pytest.approx(1.0)
     assert min(res.weights.values()) >= 0
-    lora_oof = np.load(P.combine(prepared, plan, demo_folds, out).oof_path)
+    lora_oof = np.load(steps.combine(prepared, plan, demo_folds, out).oof_path)
     lora_test = np.mean([np.load(r.test_path) for r in demo_folds], axis=0)
     w_l, w_b = res.weights["lora"], res.weights["hist_gbm"]
     np.testing.assert_allclose(np.load(res.oof_path), w_l * lora_oof + w_b * np.load(demo_baseline.oof_path), rtol=1e-5)
@@ -307,17 +312,17 @@ def test_blend_with_a_baseline_fits_weights_on_oof(demo_steps, demo_folds, demo_
     assert res.oof_score >= max(res.member_scores.values()) - 1e-12
     assert res.blend_method == "weights" and res.blend_cv_score is not None and 0 <= res.blend_cv_score <= 1
 
-    caruana = P.combine(prepared, plan, demo_folds, out, baselines=[demo_baseline])
-    assert caruana.blend_method == P.DEFAULT_BLEND_METHOD == "caruana"
+    caruana = steps.combine(prepared, plan, demo_folds, out, baselines=[demo_baseline])
+    assert caruana.blend_method == steps.DEFAULT_BLEND_METHOD == "caruana"
     assert caruana.oof_score >= max(caruana.member_scores.values()) - 1e-12
-    with pytest.raises(P.PipelineError, match="baselines only blend"):
-        P.combine(prepared, plan, demo_folds, out, method="merge", baselines=[demo_baseline])
+    with pytest.raises(steps.PipelineError, match="baselines only blend"):
+        steps.combine(prepared, plan, demo_folds, out, method="merge", baselines=[demo_baseline])
 
-    every = P.combine(prepared, plan, demo_folds, out, baselines=demo_baselines)
+    every = steps.combine(prepared, plan, demo_folds, out, baselines=demo_baselines)
     assert set(every.weights) == set(every.member_scores) == {"lora", "hist_gbm", "linear"}
     assert every.oof_score >= max(every.member_scores.values()) - 1e-12
     with pytest.raises(ValueError, match="Unknown blend method"):
-        P.combine(prepared, plan, demo_folds, out, baselines=[demo_baseline], blend_method="median")
+        steps.combine(prepared, plan, demo_folds, out, baselines=[demo_baseline], blend_method="median")
 
 
 def test_f1_combine_fits_the_label_cut_and_the_submission_uses_it(demo_steps, demo_folds, demo_baselines, tmp_path):
@@ -328,34 +333,33 @@ def test_f1_combine_fits_the_label_cut_and_the_submission_uses_it(demo_steps, de
     from lora_tasks.thresholds import nested_threshold_score
 
     _, prepared, plan, _ = demo_steps
-    data = P.load_json(prepared)
-    y = np.asarray(data["y"])
-    as_f1 = P.save_json({**data, "metric": "f1", "submission": {**data["submission"], "threshold": "auto"}},
-                        tmp_path, "prepared")
-    lone = P.combine(as_f1, plan, demo_folds, tmp_path)
+    data = steps.Prepared.load(prepared)
+    y = np.asarray(data.y)
+    as_f1 = replace(data, metric="f1", submission=replace(data.submission, threshold="auto")).save(tmp_path)
+    lone = steps.combine(as_f1, plan, demo_folds, tmp_path)
     oof = np.load(lone.oof_path)
     assert lone.threshold is not None and lone.metric == "f1"
     assert lone.oof_score == pytest.approx(f1_score(y, oof >= lone.threshold))
     assert lone.member_scores["lora"] == pytest.approx(f1_score(y, oof >= 0.5))
-    folds = P.fold_assignment(data, P.Plan.load(plan))
+    folds = steps.fold_assignment(data, steps.Plan.load(plan))
     assert lone.blend_cv_score == pytest.approx(nested_threshold_score("f1", y, oof, folds))
 
-    blended = P.combine(as_f1, plan, demo_folds, tmp_path, baselines=demo_baselines)
+    blended = steps.combine(as_f1, plan, demo_folds, tmp_path, baselines=demo_baselines)
     assert blended.threshold is not None and blended.blend_cv_score is not None
     assert blended.oof_score == pytest.approx(f1_score(y, np.load(blended.oof_path) >= blended.threshold))
     test = np.load(blended.test_path)
-    frame = pd.read_csv(P.write_submission(as_f1, plan, blended.test_path, tmp_path, blended.threshold))
-    classes = data["classes"] or [0, 1]
+    frame = pd.read_csv(steps.write_submission(as_f1, plan, blended.test_path, tmp_path, blended.threshold))
+    classes = data.classes or [0, 1]
     expected = [classes[int(v)] for v in test >= blended.threshold]
-    assert frame[data["target_column"]].tolist() == expected
+    assert frame[data.target_column].tolist() == expected
     if ((test >= blended.threshold) != (test >= 0.5)).any():  # the file differs from a 0.5 cut exactly there
-        assert pd.read_csv(P.write_submission(as_f1, plan, blended.test_path, tmp_path))[data["target_column"]].tolist() != expected
+        assert pd.read_csv(steps.write_submission(as_f1, plan, blended.test_path, tmp_path))[data.target_column].tolist() != expected
 
-    fixed = P.save_json({**data, "metric": "f1", "submission": {**data["submission"], "threshold": 0.5}}, tmp_path, "prepared")
-    kept = P.combine(fixed, plan, demo_folds, tmp_path)
+    fixed = replace(data, metric="f1", submission=replace(data.submission, threshold=0.5)).save(tmp_path)
+    kept = steps.combine(fixed, plan, demo_folds, tmp_path)
     assert kept.threshold is None and kept.blend_cv_score is None
     assert kept.oof_score == pytest.approx(f1_score(y, oof >= 0.5))
-    assert P.combine(prepared, plan, demo_folds, tmp_path).threshold is None, "accuracy keeps the 0.5 cut"
+    assert steps.combine(prepared, plan, demo_folds, tmp_path).threshold is None, "accuracy keeps the 0.5 cut"
 
 
 def test_top_layers_train_from_the_cached_prefix(demo_dir, tmp_path):
@@ -365,23 +369,23 @@ def test_top_layers_train_from_the_cached_prefix(demo_dir, tmp_path):
     from lora_tasks.auto import build_model
     from lora_tasks.train import predict
 
-    prepared = P.prepare_data("demo", demo_dir, tmp_path, max_train_rows=120)
-    plan = P.plan_training("demo", demo_dir, tmp_path, tiny=True, max_train_rows=120,
+    prepared = steps.prepare_data("demo", demo_dir, tmp_path, max_train_rows=120)
+    plan = steps.plan_training("demo", demo_dir, tmp_path, tiny=True, max_train_rows=120,
                            overrides={"n_folds": 2, "epochs": 1, "max_seq_len": 64, "top_layers": 1})
-    tokens = P.tokenize_data(prepared, plan, tmp_path / "tokens")
-    first = P.train_adapter(prepared, plan, tokens, 0, tmp_path)
+    tokens = steps.tokenize_data(prepared, plan, tmp_path / "tokens")
+    first = steps.train_adapter(prepared, plan, tokens, 0, tmp_path)
     states = sorted((tmp_path / "prefix").glob("prefix-*.npy"))
     assert len(states) == 2, "one states file for the train rows, one for the test rows"
     stamps = [s.stat().st_mtime_ns for s in states]
-    P.train_adapter(prepared, plan, tokens, 1, tmp_path)
+    steps.train_adapter(prepared, plan, tokens, 1, tmp_path)
     assert sorted((tmp_path / "prefix").glob("prefix-*.npy")) == states
     assert [s.stat().st_mtime_ns for s in states] == stamps, "the second fold reuses the states"
 
-    net, adapter = build_model("binary_classification", P.Plan.load(plan).settings["preset"], tiny=True, seed=0,
+    net, adapter = build_model("binary_classification", steps.Plan.load(plan).settings.preset, tiny=True, seed=0,
                                top_layers=1)
     adapter.load(first.adapter_path)
     assert adapter.layers and all(".layer.1." in name for name in adapter.layers)
-    full = np.asarray(predict(net, P.load_dataset(tokens.test)))
+    full = np.asarray(predict(net, steps.load_dataset(tokens.test)))
     np.testing.assert_allclose(full.reshape(-1), np.load(first.test_path), atol=1e-5)
     with pytest.raises(ValueError, match="has 2 encoder layers"):
         build_model("binary_classification", "efficient", tiny=True, top_layers=3)
@@ -390,48 +394,45 @@ def test_top_layers_train_from_the_cached_prefix(demo_dir, tmp_path):
 def test_merge_of_one_adapter_equals_that_adapter(demo_steps, demo_folds):
     """Merging a single adapter into the base weights must give that adapter's predictions."""
     out, prepared, plan, tokens = demo_steps
-    pred = P.merged_predict(P.load_json(prepared), P.Plan.load(plan), [demo_folds[0].adapter_path], [1.0], tokens.test)
+    pred = steps.merged_predict(steps.Prepared.load(prepared), steps.Plan.load(plan), [demo_folds[0].adapter_path], [1.0],
+                                tokens.test)
     np.testing.assert_allclose(pred, np.load(demo_folds[0].test_path), atol=2e-4)
 
 
-def _fake_prepared(**changes):
-    base = {
-        "id_column": "Id", "target_column": "y", "classes": None, "test_ids": [1, 2, 3],
-        "submission": {"columns": ["Id", "y"], "dtype": "float", "prediction": "values", "threshold": 0.5,
-                       "target_transform": "none"},
-    }
-    base.update(changes)
-    return base
+def _fake_prepared(classes=None, **fmt):
+    """A Prepared of three test rows; ``fmt`` changes its submission format."""
+    submission = SubmissionFormat(**{"columns": ("Id", "y"), "dtype": "float", "prediction": "values",
+                                     "threshold": 0.5, **fmt})
+    return steps.Prepared(slug="x", task_type="regression", head_type="regression", num_labels=1, metric="rmse",
+                          classes=classes, id_column="Id", target_column="y", submission=submission,
+                          sample_submission="", template="", n_train_rows_total=0, train_rows=[], train_texts=[],
+                          y=[], test_texts=[], test_ids=[1, 2, 3])
 
 
 def _plan(transform="none"):
-    return P.Plan(slug="x", settings={"target_transform": transform}, profile_markdown="", model="tiny", tiny=True,
-                  train_metric=None)
+    return steps.Plan(slug="x", settings=TrainSettings(target_transform=transform), profile_markdown="",
+                      model="tiny", tiny=True, train_metric=None)
 
 
 def test_submission_inverts_log1p():
-    frame = P.submission_frame(np.log1p([100.0, 2000.0, 5.0]), _fake_prepared(), _plan("log1p"))
+    frame = steps.submission_frame(np.log1p([100.0, 2000.0, 5.0]), _fake_prepared(), _plan("log1p"))
     assert list(frame.columns) == ["Id", "y"]
     np.testing.assert_allclose(frame["y"], [100.0, 2000.0, 5.0])
 
 
 def test_submission_labels_use_threshold_and_class_values():
-    prepared = _fake_prepared(classes=["no", "yes"], submission={
-        "columns": ["Id", "y"], "dtype": "str", "prediction": "labels", "threshold": 0.7, "target_transform": "none"})
-    frame = P.submission_frame(np.array([0.6, 0.71, 0.2]), prepared, _plan())
+    prepared = _fake_prepared(classes=["no", "yes"], dtype="str", prediction="labels", threshold=0.7)
+    frame = steps.submission_frame(np.array([0.6, 0.71, 0.2]), prepared, _plan())
     assert frame["y"].tolist() == ["no", "yes", "no"]
 
 
 def test_submission_int_labels_and_multiclass_probabilities():
-    prepared = _fake_prepared(classes=[0, 1], submission={
-        "columns": ["Id", "y"], "dtype": "int", "prediction": "labels", "threshold": 0.5, "target_transform": "none"})
-    frame = P.submission_frame(np.array([0.9, 0.1, 0.5]), prepared, _plan())
+    prepared = _fake_prepared(classes=[0, 1], dtype="int", prediction="labels")
+    frame = steps.submission_frame(np.array([0.9, 0.1, 0.5]), prepared, _plan())
     assert frame["y"].dtype == np.int64 and frame["y"].tolist() == [1, 0, 1]
-    prepared = _fake_prepared(classes=["a", "b", "c"], submission={
-        "columns": ["Id", "a", "b", "c"], "dtype": "float", "prediction": "probabilities", "threshold": 0.5,
-        "target_transform": "none"})
+    prepared = _fake_prepared(classes=["a", "b", "c"], columns=("Id", "a", "b", "c"), prediction="probabilities")
     probs = np.array([[0.2, 0.3, 0.5], [0.1, 0.8, 0.1], [0.6, 0.2, 0.2]])
-    frame = P.submission_frame(probs, prepared, _plan())
+    frame = steps.submission_frame(probs, prepared, _plan())
     assert list(frame.columns) == ["Id", "a", "b", "c"]
     np.testing.assert_allclose(frame[["a", "b", "c"]].to_numpy(), probs)
 
@@ -441,27 +442,26 @@ def test_validate_catches_a_wrong_file(demo_steps, tmp_path):
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"id": [1, 2], "target": [0.3, 0.9]}).to_csv(bad, index=False)
     with pytest.raises(SubmissionValidationError):
-        P.validate(bad, prepared)
+        steps.validate(bad, prepared)
 
 
 def test_run_id_is_stable_per_run_and_file(tmp_path):
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
     a.write_text("id,target\n1,0\n")
     b.write_text("id,target\n1,1\n")
-    assert P.submission_run_id("flow/123", a) == P.submission_run_id("flow/123", a)
-    assert P.submission_run_id("flow/123", a) != P.submission_run_id("flow/123", b)
-    assert P.submission_run_id("flow/123", a) != P.submission_run_id("flow/456", a)
-    assert "/" not in P.submission_run_id("flow/123", a)
+    assert steps.submission_run_id("flow/123", a) == steps.submission_run_id("flow/123", a)
+    assert steps.submission_run_id("flow/123", a) != steps.submission_run_id("flow/123", b)
+    assert steps.submission_run_id("flow/123", a) != steps.submission_run_id("flow/456", a)
+    assert "/" not in steps.submission_run_id("flow/123", a)
 
 
 def test_run_pipeline_on_demo_is_scored_like_the_server(creds, tmp_path):
     served = tmp_path / "served"
     build_demo_competition(served)
     with fk.serve(served, pending_polls=1) as server:
-        result = P.run_pipeline(
-            "demo", tmp_path / "work", endpoint=server.url, tiny=True, overrides={"epochs": 1, "max_seq_len": 64},
-            submit=True, run_key="test-run",
-        )
+        options = RunOptions(competition="demo", work_dir=str(tmp_path / "work"), kaggle_endpoint=server.url,
+                             tiny=True, epochs=1, max_seq_len=64, submit=True)
+        result = steps.run_pipeline(options, run_key="test-run")
         assert len(server.submissions) == 1
     sub = pd.read_csv(result.submission_path)
     solution = pd.read_csv(served / "demo" / "solution.csv")

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from lora_tasks import pipeline as P
-from lora_tasks import tasks as T
+from lora_tasks.prefect import artifacts, tasks
+from lora_tasks.prefect.runners import BLAS_THREAD_VARS, make_task_runner, share_cores
+from lora_tasks.steps import DEMO_SLUG, AdapterResult, CombineResult, TokenFiles
 from lora_tasks.testing import fake_kaggle as fk
 from lora_tasks.testing.demo import build_demo_competition
 
@@ -21,31 +22,31 @@ def test_fingerprint_follows_content_not_path(tmp_path):
     b = tmp_path / "elsewhere" / "b.csv"
     b.parent.mkdir()
     shutil.copy(a, b)
-    assert T.fingerprint(a) == T.fingerprint(b)
+    assert tasks.fingerprint(a) == tasks.fingerprint(b)
     b.write_text("x,y\n1,3\n")
-    assert T.fingerprint(a) != T.fingerprint(b)
-    assert T.fingerprint(tmp_path / "gone.csv").startswith("missing:")
-    tokens = P.TokenFiles(train=a, test=b)
-    assert T.fingerprint(tokens) == {"train": T.fingerprint(a), "test": T.fingerprint(b)}
+    assert tasks.fingerprint(a) != tasks.fingerprint(b)
+    assert tasks.fingerprint(tmp_path / "gone.csv").startswith("missing:")
+    tokens = TokenFiles(train=a, test=b)
+    assert tasks.fingerprint(tokens) == {"train": tasks.fingerprint(a), "test": tasks.fingerprint(b)}
 
 
 def test_folder_fingerprint_ignores_hidden_manifest(tmp_path):
     (tmp_path / "train.csv").write_text("a\n1\n")
-    before = T.fingerprint(tmp_path)
+    before = tasks.fingerprint(tmp_path)
     (tmp_path / ".kaggle_download.json").write_text('{"date": "now"}')
-    assert T.fingerprint(tmp_path) == before
+    assert tasks.fingerprint(tmp_path) == before
     (tmp_path / "test.csv").write_text("a\n2\n")
-    assert T.fingerprint(tmp_path) != before
+    assert tasks.fingerprint(tmp_path) != before
 
 
 def test_outputs_exist_walks_results(tmp_path):
     f = tmp_path / "x.npy"
     f.write_bytes(b"1")
-    assert T.outputs_exist(P.TokenFiles(train=f, test=f))
-    assert T.outputs_exist([{"a": f}, 3, "text"])
-    assert not T.outputs_exist(P.TokenFiles(train=f, test=tmp_path / "gone.npy"))
+    assert tasks.outputs_exist(TokenFiles(train=f, test=f))
+    assert tasks.outputs_exist([{"a": f}, 3, "text"])
+    assert not tasks.outputs_exist(TokenFiles(train=f, test=tmp_path / "gone.npy"))
     (tmp_path / "empty").mkdir()
-    assert not T.outputs_exist(tmp_path / "empty")
+    assert not tasks.outputs_exist(tmp_path / "empty")
 
 
 def test_cache_key_moves_along_the_repair_chain(tmp_path):
@@ -54,7 +55,7 @@ def test_cache_key_moves_along_the_repair_chain(tmp_path):
     from prefect.results import ResultStore
 
     store = ResultStore(result_storage=LocalFileSystem(basepath=str(tmp_path / "results")))
-    policy = T.ContentCache()
+    policy = tasks.ContentCache()
     out = tmp_path / "out.npy"
     out.write_bytes(b"data")
     assert policy.usable_key(store, "k0") == "k0"  # nothing stored yet
@@ -72,54 +73,56 @@ def test_cache_key_moves_along_the_repair_chain(tmp_path):
 def test_network_retry_options_back_off_with_jitter():
     from lora_tasks.kaggle_io import prefect_retry_condition
 
-    options = T.network_retry_options(2.0)
-    assert options["retries"] == T.NETWORK_RETRIES and options["retry_jitter_factor"] > 0
+    options = tasks.network_retry_options(2.0)
+    assert options["retries"] == tasks.NETWORK_RETRIES and options["retry_jitter_factor"] > 0
     assert options["retry_delay_seconds"](4) == [2.0, 4.0, 8.0, 16.0]
     assert options["retry_condition_fn"] is prefect_retry_condition
-    for t in T.NETWORK_TASKS:
-        assert t.retries == T.NETWORK_RETRIES and t.retry_condition_fn is prefect_retry_condition
-    assert T.download_task.cache_expiration is not None
+    for t in tasks.NETWORK_TASKS:
+        assert t.retries == tasks.NETWORK_RETRIES and t.retry_condition_fn is prefect_retry_condition
+    assert tasks.download_task.cache_expiration is not None
 
 
 def test_tasks_use_the_project_result_store(tmp_path):
-    run = T.configure(tmp_path / "w")
-    assert set(run) >= {"download", "prepare", "train-adapter", "combine", "submit", "read-score"}
-    store = run["train-adapter"].result_storage
+    run = tasks.configure(tmp_path / "w")
+    store = run.train_adapter.result_storage
     assert isinstance(store, Path) and store == (tmp_path / "w").resolve() / "results"
-    assert isinstance(run["train-adapter"].cache_policy, T.ContentCache)
-    assert run["submit"].cache_policy is not None and not isinstance(run["submit"].cache_policy, T.ContentCache)
+    assert isinstance(run.train_adapter.cache_policy, tasks.ContentCache)
+    assert run.submit.cache_policy is not None and not isinstance(run.submit.cache_policy, tasks.ContentCache)
+    refreshed = tasks.configure(tmp_path / "w", refresh=True)  # RunOptions.refresh: every cached task runs again
+    assert refreshed.train_adapter.refresh_cache and refreshed.download.refresh_cache
+    assert not run.train_adapter.refresh_cache and not refreshed.submit.refresh_cache
 
 
-def _result(fold: int, scores: list[float]) -> P.AdapterResult:
+def _result(fold: int, scores: list[float]) -> AdapterResult:
     history = [{"epoch": e + 1, "train_loss": 0.7 - 0.1 * e, "valid_accuracy": s} for e, s in enumerate(scores)]
-    return P.AdapterResult(fold=fold, adapter_path=Path("a"), oof_path=Path("o"), test_path=Path("t"), n_train=80,
+    return AdapterResult(fold=fold, adapter_path=Path("a"), oof_path=Path("o"), test_path=Path("t"), n_train=80,
                            n_valid=20, best_epoch=len(scores), best_score=max(scores), metric="accuracy",
                            history=history, seconds=1.234, samples_per_s=50.0)
 
 
 def test_renderers():
     results = [_result(1, [0.6, 0.7]), _result(0, [0.5, 0.8])]
-    rows = T.cv_rows(results)
+    rows = artifacts.cv_rows(results)
     assert [r["adapter"] for r in rows] == ["fold 0", "fold 1"] and rows[0]["valid accuracy"] == 0.8
-    table = T.markdown_table(rows)
+    table = artifacts.markdown_table(rows)
     assert table.splitlines()[0].startswith("| adapter |") and len(table.splitlines()) == 4
-    curve = T.learning_curve_markdown(results, width=10)
+    curve = artifacts.learning_curve_markdown(results, width=10)
     lines = [line for line in curve.splitlines() if line.startswith("| 0 |") or line.startswith("| 1 |")]
     assert len(lines) == 4
     assert lines[0].count("█") == 10 and lines[1].count("█") < 10, "bars scale with the loss"
     assert "valid_accuracy" in curve and "0.8000" in curve
-    assert T.artifact_key("house-prices_2", "CV table") == "house-prices-2-cv-table"
+    assert artifacts.artifact_key("house-prices_2", "CV table") == "house-prices-2-cv-table"
 
 
 def test_blend_rows_show_the_tuned_cut():
-    combined = P.CombineResult("blend", Path("t.npy"), Path("o.npy"), 0.81, "f1", {"lora": 0.6, "tfidf": 0.4}, [0.8],
+    combined = CombineResult("blend", Path("t.npy"), Path("o.npy"), 0.81, "f1", {"lora": 0.6, "tfidf": 0.4}, [0.8],
                                {"lora": 0.79, "tfidf": 0.75}, "caruana", 0.805, threshold=0.42)
-    rows = T.blend_rows(combined)
+    rows = artifacts.blend_rows(combined)
     assert [r["member"] for r in rows] == ["lora", "tfidf", "blend (caruana, cut at 0.42)",
                                            "blend, weights and cut fit out-of-fold"]
     assert rows[2]["OOF f1"] == 0.81 and rows[3]["OOF f1"] == 0.805
-    plain = P.CombineResult("blend", Path("t.npy"), Path("o.npy"), 0.8, "accuracy", {"lora": 1.0}, [0.8], {"lora": 0.8})
-    assert [r["member"] for r in T.blend_rows(plain)] == ["lora", "blend (mean of folds)"]
+    plain = CombineResult("blend", Path("t.npy"), Path("o.npy"), 0.8, "accuracy", {"lora": 1.0}, [0.8], {"lora": 0.8})
+    assert [r["member"] for r in artifacts.blend_rows(plain)] == ["lora", "blend (mean of folds)"]
 
 
 def test_dask_runner_is_built_or_a_clear_error(monkeypatch):
@@ -128,8 +131,6 @@ def test_dask_runner_is_built_or_a_clear_error(monkeypatch):
     runs a duplicate) keeps the settings and the one-API behaviour."""
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flows"))
-    from kaggle_lora import BLAS_THREAD_VARS, make_task_runner
 
     for var in BLAS_THREAD_VARS:  # what the runners set for their workers is undone after the test
         monkeypatch.setenv(var, "0")
@@ -159,10 +160,7 @@ def test_dask_runner_is_built_or_a_clear_error(monkeypatch):
 def test_local_worker_processes_share_the_cores_for_blas(monkeypatch):
     """Two fold-training processes on two cores with a full BLAS pool each ran at 0.7x of
     sequential training (benchmarks/ensemble.py); the process runner gives each its share."""
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flows"))
-    from kaggle_lora import BLAS_THREAD_VARS, make_task_runner, share_cores
 
     for var in BLAS_THREAD_VARS:
         monkeypatch.setenv(var, "0")
@@ -184,11 +182,11 @@ def test_download_task_retries_transient_errors_only(harness, tmp_path, monkeypa
     monkeypatch.delenv("KAGGLE_API_TOKEN", raising=False)
     served = tmp_path / "served"
     build_demo_competition(served)
-    run = T.configure(tmp_path / "work", retry_delay_s=0.02)
+    run = tasks.configure(tmp_path / "work", retry_delay_s=0.02)
 
     @flow
     def fetch(endpoint: str, dest: str) -> Path:
-        return run["download"](P.DEMO_SLUG, Path(dest), endpoint)
+        return run.download(DEMO_SLUG, Path(dest), endpoint)
 
     with fk.serve(served) as server:
         server.inject(fk.FAULT_500, times=1, method="ListDataFiles")
@@ -203,3 +201,32 @@ def test_download_task_retries_transient_errors_only(harness, tmp_path, monkeypa
         with pytest.raises(NotFoundError):
             fetch(server.url, str(tmp_path / "other"))
         assert [r for _, r in server.requests].count("ListDataFiles") == 1, "fatal errors are not retried"
+
+
+def test_cache_key_covers_the_package_source_and_library_versions(tmp_path, monkeypatch):
+    """An edited helper anywhere in lora_tasks (a copy of the package here) changes every task's
+    cache key, so a rerun is not served results computed by the old code."""
+    import lora_tasks
+    from lora_tasks.prefect import code_version
+
+    copy = tmp_path / "lora_tasks"
+    shutil.copytree(Path(lora_tasks.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    before = code_version.package_source_hash(copy)
+    assert before == code_version.package_source_hash(copy), "the hash is stable"
+    helper = copy / "steps" / "targets.py"
+    helper.write_text(helper.read_text() + "\n# an edited helper\n")
+    after = code_version.package_source_hash(copy)
+    assert after != before
+    versions = code_version.library_versions()
+    assert set(versions) == {"mlx", "numpy", "scikit-learn", "tokenizers", "safetensors"}
+    import numpy
+
+    assert versions["numpy"] == numpy.__version__
+
+    policy = tasks.ContentCache()
+    inputs = {"x": 1}
+    monkeypatch.setattr(tasks, "code_version", lambda: before)
+    key_before = policy.compute_key(None, inputs, {})
+    assert key_before == policy.compute_key(None, inputs, {})
+    monkeypatch.setattr(tasks, "code_version", lambda: after)
+    assert policy.compute_key(None, inputs, {}) != key_before

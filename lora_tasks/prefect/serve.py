@@ -1,0 +1,73 @@
+"""Deployments: one per competition config, ``kaggle-lora/<slug>`` on the config's cron schedule,
+each storing its :class:`~lora_tasks.options.RunOptions` as the flow's parameter.
+
+    prefect server start                       # UI at http://127.0.0.1:4200
+    PREFECT_API_URL=http://127.0.0.1:4200/api kaggle-lora serve
+    prefect deployment run kaggle-lora/titanic --watch
+
+The serving process runs the scheduled and triggered runs itself (no work pool needed); for runs
+on other machines, deploy to a work pool of type ``process`` instead (see the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from lora_tasks.data.competition import DEFAULT_SCHEDULE, default_competitions_dir, read_config_file
+from lora_tasks.options import RunOptions
+from lora_tasks.prefect.flow import kaggle_lora
+
+
+def competition_schedules(directory: Path | None = None) -> dict[str, str]:
+    """``{slug: cron}`` of every ``competitions/*.toml`` (one deployment each)."""
+    directory = directory or default_competitions_dir()
+    out: dict[str, str] = {}
+    for path in sorted(directory.glob("*.toml")):
+        raw = read_config_file(path)
+        out[raw.get("slug", path.stem)] = raw.get("schedule", DEFAULT_SCHEDULE)
+    if not out:
+        raise SystemExit(f"No competition configs in {directory}; add competitions/<slug>.toml files.")
+    return out
+
+
+def build_deployments(*, tiny: bool = False, submit: bool = True, work_dir: str | None = None,
+                      schedules: bool = True, only: list[str] | None = None) -> list[Any]:
+    """One deployment per competition config; its parameters are the run's :class:`RunOptions`."""
+    deployments = []
+    for slug, cron in competition_schedules().items():
+        if only and slug not in only:
+            continue
+        given: dict[str, Any] = {"competition": slug, "submit": submit, "tiny": tiny}
+        if work_dir:
+            given["work_dir"] = str(Path(work_dir).resolve())
+        options = RunOptions(**given)
+        deployments.append(kaggle_lora.to_deployment(
+            name=slug, cron=cron if schedules else None,
+            parameters={"options": options.model_dump(exclude_defaults=True)},
+            description=f"{slug}: download, train LoRA adapters, submit (cron {cron})",
+            tags=["kaggle-lora", slug],
+        ))
+    return deployments
+
+
+def build_parser(prog: str = "kaggle-lora serve") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="serve with the tiny random model (smoke checks)")
+    p.add_argument("--no-submit", dest="submit", action="store_false", help="deployments stop before submitting")
+    p.add_argument("--no-schedules", dest="schedules", action="store_false", help="only manual runs (no cron)")
+    p.add_argument("--work-dir", default=None, help="artifacts and results folder of every run")
+    p.add_argument("--only", action="append", metavar="SLUG", help="serve only these competitions (repeatable)")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "kaggle-lora serve") -> int:
+    from prefect import serve  # starts Prefect's serving machinery: only for this command
+
+    args = build_parser(prog).parse_args(argv)
+    deployments = build_deployments(tiny=args.tiny, submit=args.submit, work_dir=args.work_dir,
+                                    schedules=args.schedules, only=args.only)
+    print("Serving " + ", ".join(f"kaggle-lora/{d.name}" for d in deployments), flush=True)
+    serve(*deployments)
+    return 0

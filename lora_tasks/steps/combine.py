@@ -1,0 +1,244 @@
+"""Step 6: the fold adapters (and, with ``blend``, the scikit-learn members and more adapter
+sets) -> one set of test predictions, with its out-of-fold score."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from lora_tasks.steps.adapter_sets import ADAPTERS_MEMBER
+from lora_tasks.steps.plan import Plan
+from lora_tasks.steps.prepare import Prepared
+from lora_tasks.steps.store import PipelineError, save_array
+from lora_tasks.steps.targets import (
+    blend_metric,
+    fold_assignment,
+    score_predictions,
+    training_labels,
+    tunes_label_cut,
+)
+from lora_tasks.steps.train import (
+    MLX_LOCK,
+    AdapterResult,
+    BaselineResult,
+    TokenFiles,
+    load_dataset,
+    ravel,
+)
+
+#: How the adapters' fold ensemble and the baselines are blended (lora_tasks.ensemble.METHODS).
+DEFAULT_BLEND_METHOD = "caruana"
+COMBINE_METHODS = ("blend", "merge")
+
+
+@dataclass
+class CombineResult:
+    """Test predictions of the ensemble (model scale), the assembled OOF and its score.
+
+    ``weights``: each member's share of the blend (``lora`` is the mean of the fold adapters;
+    with ``merge``, or without baselines, it has weight 1). ``member_scores``: each member's
+    OOF score under the competition metric. ``blend_cv_score``: the blending procedure itself
+    fit on the other folds and scored on each held-out fold, so optimistic weights show.
+    ``threshold``: the cut of P(class 1) fit on the OOF rows (``[submission] threshold = "auto"``
+    with F1), which ``oof_score`` and the submission use; None when the configured cut holds.
+    """
+
+    method: str
+    test_path: Path
+    oof_path: Path
+    oof_score: float
+    metric: str
+    weights: dict[str, float]
+    fold_scores: list[float]
+    member_scores: dict[str, float] = field(default_factory=dict)
+    blend_method: str | None = None
+    blend_cv_score: float | None = None
+    threshold: float | None = None
+
+
+def fold_ensemble(results: Sequence[AdapterResult]) -> tuple[np.ndarray, list[AdapterResult]]:
+    """Every train row's prediction by the fold adapter that did not see it."""
+    ordered = sorted(results, key=lambda r: r.fold)
+    oof = None
+    for r in ordered:
+        part = np.load(r.oof_path)
+        oof = part if oof is None else np.where(np.isnan(part), oof, part)
+    if np.isnan(oof).any():
+        missing = int(np.isnan(oof).reshape(len(oof), -1).any(axis=1).sum())
+        raise PipelineError(f"{missing} train rows have no out-of-fold prediction; pass the results of every fold.")
+    return oof, ordered
+
+
+def combine(
+    prepared_path: str | os.PathLike,
+    plan_path: str | os.PathLike,
+    results: Sequence[AdapterResult],
+    out_dir: str | os.PathLike,
+    *,
+    method: str = "blend",
+    tokens: TokenFiles | None = None,
+    model: str | None = None,
+    baselines: Sequence[BaselineResult] = (),
+    blend_method: str = DEFAULT_BLEND_METHOD,
+    adapter_sets: Mapping[str, Sequence[AdapterResult]] | None = None,
+) -> CombineResult:
+    """Combine the fold adapters (and, with ``blend``, the baselines) into test predictions.
+
+    The fold adapters form one member, ``lora``: each train row is predicted by the adapter
+    that held it out, each test row by the mean of all folds (fold models are equals: each saw
+    (K-1)/K of the rows, so there is nothing to weigh between them). ``blend`` then blends that
+    member with the ``baselines`` by ``blend_method`` (:func:`lora_tasks.ensemble.blend`, fit on
+    OOF rows only). ``merge``: average the adapters' weight updates (and heads) into one plain
+    model and predict the test rows once (one forward pass at inference instead of K; needs
+    ``tokens``); baselines do not enter a merged model. With ``[submission] threshold = "auto"``
+    and F1, the cut of the combined P(class 1) is fit on the OOF rows (``CombineResult.threshold``).
+    ``adapter_sets``: more fold-adapter sets on the same folds, by member name; each is a member
+    like ``lora`` (its folds' OOF rows, the mean of its folds on test).
+    """
+    adapter_sets = dict(adapter_sets or {})
+    if method not in COMBINE_METHODS:
+        raise PipelineError(f"combine method {method!r}; use one of {', '.join(COMBINE_METHODS)}.")
+    if not results:
+        raise PipelineError("No adapters to combine; train at least one fold.")
+    if method == "merge" and baselines:
+        raise PipelineError("combine(method='merge') builds one model from the adapters; baselines only blend. "
+                            "Drop the baselines or use method='blend'.")
+    if method == "merge" and adapter_sets:
+        raise PipelineError("combine(method='merge') merges one set of adapters; adapter sets of other presets or "
+                            "encoders only blend. Drop the adapter sets or use method='blend'.")
+    prepared = Prepared.load(prepared_path)
+    plan = Plan.load(plan_path)
+    oof, ordered = fold_ensemble(results)
+    fold_weights = [1.0 / len(ordered)] * len(ordered)
+    scores = {ADAPTERS_MEMBER: score_predictions(oof, prepared, plan)}
+    weights, used_blend, cv_score, cut = {ADAPTERS_MEMBER: 1.0}, None, None, None
+    tune = tunes_label_cut(prepared, plan)
+    if method == "merge":
+        if tokens is None:
+            raise PipelineError("combine(method='merge') predicts the test rows again; pass tokens=TokenFiles(...).")
+        test = merged_predict(prepared, plan, [r.adapter_path for r in ordered], fold_weights, tokens.test, model=model)
+    else:
+        test = sum(w * np.load(r.test_path) for w, r in zip(fold_weights, ordered, strict=True))
+    if baselines or adapter_sets:
+        # the blenders load scikit-learn's estimators
+        from lora_tasks.ensemble import blend
+
+        members_oof, members_test = {ADAPTERS_MEMBER: oof}, {ADAPTERS_MEMBER: test}
+        for name, set_results in adapter_sets.items():
+            if name in members_oof:
+                raise PipelineError(f"Two members are named {name!r}; give each adapter set its own name.")
+            members_oof[name], set_ordered = fold_ensemble(set_results)
+            members_test[name] = np.mean([np.load(r.test_path) for r in set_ordered], axis=0)
+            scores[name] = score_predictions(members_oof[name], prepared, plan)
+        for b in baselines:
+            if b.name in members_oof:
+                raise PipelineError(f"Two members are named {b.name!r}; give each baseline its own name.")
+            members_oof[b.name], members_test[b.name] = np.load(b.oof_path), np.load(b.test_path)
+            scores[b.name] = float(b.oof_score)
+        blended = blend(blend_method, members_oof, members_test, training_labels(prepared, plan),
+                        blend_metric(prepared, plan), fold_assignment(prepared, plan), seed=plan.seed,
+                        tune_threshold=tune)
+        oof, test, weights = blended.oof_pred, blended.test_pred, blended.weights
+        used_blend, cv_score, cut = blend_method, blended.report.blend_cv_score, blended.threshold
+    elif tune:
+        from lora_tasks.thresholds import best_threshold, nested_threshold_score
+
+        y, folds = training_labels(prepared, plan), fold_assignment(prepared, plan)
+        cut = best_threshold(prepared.metric, y, oof)
+        cv_score = nested_threshold_score(prepared.metric, y, oof, folds)
+    out = Path(out_dir)
+    return CombineResult(
+        method=method,
+        test_path=save_array(np.asarray(test, dtype=np.float32), out, f"ensemble-{method}"),
+        oof_path=save_array(np.asarray(oof, dtype=np.float32), out, "oof-all"),
+        oof_score=score_predictions(oof, prepared, plan, cut),
+        metric=prepared.metric,
+        weights={k: float(v) for k, v in weights.items()},
+        fold_scores=[float(r.best_score) if r.best_score is not None else float("nan") for r in ordered],
+        member_scores=scores,
+        blend_method=used_blend,
+        blend_cv_score=cv_score,
+        threshold=cut,
+    )
+
+
+def merged_predict(
+    prepared: Prepared,
+    plan: Plan,
+    adapter_paths: Sequence[Path],
+    weights: Sequence[float],
+    test_tokens: str | os.PathLike,
+    *,
+    model: str | None = None,
+) -> np.ndarray:
+    """Merge the adapters' task vectors with ``weights`` (:func:`lora_tasks.lora.merge.merge_adapters`,
+    ``linear``: the exact weighted sum, heads averaged), fold the result into the base weights
+    (:func:`~lora_tasks.lora.merge.merge_into_base`) and predict: one plain model whose every
+    layer is the ensemble's mean layer."""
+    # the model factory, the merge and the training engine load MLX: only when a model runs
+    from lora_tasks.auto import build_model
+    from lora_tasks.lora.adapter import read_adapter_file
+    from lora_tasks.lora.layers import SlicedLoRALinear
+    from lora_tasks.lora.merge import merge_adapters, merge_into_base
+    from lora_tasks.train import predict
+
+    with MLX_LOCK:
+        net, adapter = build_model(
+            prepared.head_type, plan.settings.preset, prepared.num_labels,
+            model=None if plan.tiny else model, tiny=plan.tiny, seed=plan.seed, top_layers=plan.settings.top_layers,
+        )
+        base = {name: layer.base_weight() for name, layer in adapter.layers.items()}
+        if any(isinstance(layer, SlicedLoRALinear) for layer in adapter.layers.values()):
+            # merge_adapters reads one A/B pair per layer; a fused projection (ModernBERT's Wqkv)
+            # has one per slice, so its exact updates are summed from each layer's own delta
+            merged: Any = _weighted_updates(adapter, adapter_paths, weights, base)
+        else:
+            merged = merge_adapters([(read_adapter_file(path)[0], adapter.config) for path in adapter_paths],
+                                    weights, method="linear", base_weights=base)
+        _unwrap_lora_layers(net, adapter, base)
+        merge_into_base(net, merged)
+        net.eval()
+        return ravel(predict(net, load_dataset(test_tokens)))
+
+
+def _weighted_updates(adapter: Any, adapter_paths: Sequence[Path], weights: Sequence[float],
+                      base: Mapping[str, Any]) -> Any:
+    """The weighted sum of each adapter's effective update per layer (``fuse() - base``, exact for
+    LoRA and DoRA), and its weighted head loaded into the adapter's model."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    deltas: dict[str, Any] = {}
+    head: dict[str, Any] = {}
+    for w, path in zip(weights, adapter_paths, strict=True):
+        adapter.load(path)
+        for name, layer in adapter.layers.items():
+            update = (layer.fuse().weight - base[name]) * w
+            deltas[name] = update if name not in deltas else deltas[name] + update
+        for key, value in tree_flatten(adapter.model.head.parameters()):
+            head[key] = value * w if key not in head else head[key] + value * w
+    adapter.model.head.update(tree_unflatten(list(head.items())))
+    return {name: np.asarray(delta.astype(mx.float32)) for name, delta in deltas.items()}
+
+
+def _unwrap_lora_layers(net: Any, adapter: Any, base: Mapping[str, Any]) -> None:
+    """Put plain ``nn.Linear`` layers holding the base weights where the LoRA layers are:
+    :func:`~lora_tasks.lora.merge.merge_into_base` folds updates into a plain base model."""
+    import mlx.nn as nn
+
+    modules = dict(net.named_modules())
+    for name, layer in adapter.layers.items():
+        plain = nn.Linear(*reversed(base[name].shape), bias="bias" in layer.linear)
+        plain.weight = base[name]
+        if "bias" in layer.linear:
+            plain.bias = layer.linear.bias
+        parent_name, _, child = name.rpartition(".")
+        parent = modules[parent_name]
+        if isinstance(parent, list):
+            parent[int(child)] = plain
+        else:
+            parent[child] = plain

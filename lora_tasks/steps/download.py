@@ -1,0 +1,85 @@
+"""Step 1: Kaggle (or a Kaggle-compatible server) -> the competition's data folder.
+
+Also the offline demo's in-process fake server: a fresh machine without an account must run the
+whole flow (download, submit, score) through the real client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Iterator
+
+from lora_tasks.data.competition import find_config_file, read_config_file
+
+log = logging.getLogger("lora_tasks.steps")
+
+DEMO_SLUG = "demo"
+
+
+def competition_slug(name: str, competitions_dir: str | os.PathLike | None = None) -> str:
+    """The Kaggle slug of a config name or alias (``house-prices`` -> the long slug)."""
+    path = find_config_file(name, Path(competitions_dir) if competitions_dir else None)
+    return read_config_file(path).get("slug", name) if path else name
+
+
+def download_data(
+    competition: str,
+    data_dir: str | os.PathLike,
+    endpoint: str | None = None,
+    *,
+    timeout: float = 60.0,
+) -> Path:
+    """Download (or confirm up to date) ``competition`` into ``data_dir/<slug>``; return that folder.
+
+    ``endpoint`` is a Kaggle-compatible server's base URL (the fake server); None is kaggle.com.
+    """
+    # the kaggle client prints help text and reads credentials at import: load it when used
+    from lora_tasks.kaggle_io import KaggleClient, download_competition
+
+    slug = competition_slug(competition)
+    return download_competition(slug, data_dir, KaggleClient(endpoint, timeout=timeout))
+
+
+def needs_offline_server(competition: str, endpoint: str | None) -> bool:
+    """The demo without a server to talk to runs against the in-process fake one."""
+    return competition == DEMO_SLUG and not endpoint
+
+
+@contextlib.contextmanager
+def offline_kaggle(work_dir: str | os.PathLike) -> Iterator[str]:
+    """Serve the offline ``demo`` competition from an in-process fake Kaggle server; yield its URL.
+
+    The fake server accepts only its own token, so for the duration the process's Kaggle
+    credentials are the fake ones (``KAGGLE_API_TOKEN`` wins over every other source, so a real
+    token is never sent to it); the previous values are restored.
+    """
+    # the test server is needed by the offline demo only
+    from lora_tasks.testing.demo import build_demo_competition
+    from lora_tasks.testing.fake_kaggle import DEFAULT_TOKEN, serve
+
+    served = Path(work_dir) / "fake-kaggle"
+    build_demo_competition(served)
+    saved = os.environ.get("KAGGLE_API_TOKEN")
+    os.environ["KAGGLE_API_TOKEN"] = DEFAULT_TOKEN
+    try:
+        with serve(served, pending_polls=1) as server:
+            log.info("Offline demo: fake Kaggle server at %s", server.url)
+            yield server.url
+    finally:
+        if saved is None:
+            os.environ.pop("KAGGLE_API_TOKEN", None)
+        else:
+            os.environ["KAGGLE_API_TOKEN"] = saved
+
+
+@contextlib.contextmanager
+def kaggle_endpoint(competition: str, endpoint: str | None, work_dir: str | os.PathLike) -> Iterator[str | None]:
+    """The endpoint a run talks to: the given one, or for the demo without one the offline server."""
+    if needs_offline_server(competition, endpoint):
+        with offline_kaggle(work_dir) as url:
+            yield url
+    else:
+        yield endpoint

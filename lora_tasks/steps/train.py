@@ -1,0 +1,235 @@
+"""Steps 4-5: tokenize the rows once, train one fold's adapter, and the scikit-learn members on
+the same folds. Predictions go to content-addressed ``.npy`` files on the model's scale."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from lora_tasks.data.competition import load_competition
+from lora_tasks.data.token_cache import tokenize_cached
+from lora_tasks.data.tokenizer import Tokenizer
+from lora_tasks.hashing import sha256_bytes, sha256_file
+from lora_tasks.steps.plan import Plan
+from lora_tasks.steps.prepare import Prepared
+from lora_tasks.steps.store import PipelineError, save_array, store_file, temp_path
+from lora_tasks.steps.targets import fold_assignment, score_predictions, training_labels
+
+# MLX keeps global state (RNG seed, compiled graphs): two trainings in one process at once
+# would interfere. Threads (Prefect's thread runner) therefore train one at a time; processes
+# (the process runner) train in parallel.
+MLX_LOCK = threading.RLock()
+
+
+@dataclass(frozen=True)
+class TokenFiles:
+    """The token cache files of the train and test rows."""
+
+    train: Path
+    test: Path
+
+
+def tokenize_data(
+    prepared_path: str | os.PathLike,
+    plan_path: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    *,
+    model: str | None = None,
+) -> TokenFiles:
+    """Tokenize train and test texts once (truncated to the plan's ``max_seq_len``) into the
+    token cache; a second call with the same texts, tokenizer and length loads the files."""
+    prepared = Prepared.load(prepared_path)
+    plan = Plan.load(plan_path)
+    tokenizer = Tokenizer.from_pretrained(None if plan.tiny else model)
+    max_len = int(plan.settings.max_seq_len)
+    files = [tokenize_cached(texts, tokenizer, max_len=max_len, cache_dir=cache_dir, template=prepared.template).path
+             for texts in (prepared.train_texts, prepared.test_texts)]
+    return TokenFiles(train=files[0], test=files[1])
+
+
+def load_dataset(tokens_path: str | os.PathLike, labels: Sequence | np.ndarray | None = None):  # noqa: ANN201 - train.Dataset (MLX)
+    """A :class:`lora_tasks.train.Dataset` from a token cache file."""
+    from lora_tasks.train import Dataset  # loads MLX: only when a model runs
+
+    with np.load(tokens_path) as data:
+        ds = Dataset(data["input_ids"], data["attention_mask"], data["token_type_ids"])
+    if labels is not None:
+        ds.labels = np.asarray(labels)
+        if len(ds.labels) != len(ds):
+            raise PipelineError(f"{tokens_path} has {len(ds)} rows but there are {len(ds.labels)} labels.")
+    return ds
+
+
+@dataclass
+class AdapterResult:
+    """One trained fold: its files and its record. Paths are content-addressed."""
+
+    fold: int
+    adapter_path: Path
+    oof_path: Path  # train-length array, NaN outside this fold's validation rows
+    test_path: Path
+    n_train: int
+    n_valid: int
+    best_epoch: int
+    best_score: float | None
+    metric: str
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    samples_per_s: float = 0.0
+
+    def paths(self) -> list[Path]:
+        return [self.adapter_path, self.oof_path, self.test_path]
+
+
+def ravel(pred: np.ndarray) -> np.ndarray:
+    """One-output predictions as a vector; class probabilities stay a matrix."""
+    return pred[:, 0] if pred.ndim == 2 and pred.shape[1] == 1 else pred
+
+
+def _train_config(plan: Plan, fold: int):  # noqa: ANN202 - train.TrainConfig (MLX)
+    from lora_tasks.train import TrainConfig  # loads MLX: only when a model runs
+
+    s = plan.settings
+    return TrainConfig(epochs=int(s.epochs), batch_size=int(s.batch_size), learning_rate=float(s.learning_rate),
+                       class_weights=s.class_weight, metric=plan.train_metric, seed=plan.seed + fold)
+
+
+def _from_prefix(net, data, test, cache_dir: Path):  # noqa: ANN001, ANN202 - MLX model and Datasets
+    """With adapters on the top layers only: the model seen from its first adapted layer, and
+    train/test datasets of the hidden states entering it, computed once and kept on disk under
+    their content hash (every fold and every rerun on the same data reuses them). Encoders
+    without a layer split (ModernBERT) train the whole stack, with the same top-only adapters."""
+    if not hasattr(net, "hidden_before"):
+        return net, data, test
+    from lora_tasks.prefix_cache import prefix_dataset  # loads MLX
+
+    trainee, train_states = prefix_dataset(net, data, cache_dir=cache_dir)
+    _, test_states = prefix_dataset(net, test, start=trainee.start, cache_dir=cache_dir)
+    return trainee, train_states, test_states
+
+
+def train_adapter(
+    prepared_path: str | os.PathLike,
+    plan_path: str | os.PathLike,
+    tokens: TokenFiles,
+    fold: int,
+    out_dir: str | os.PathLike,
+    *,
+    model: str | None = None,
+    progress: Callable[[Any], None] | None = None,
+) -> AdapterResult:
+    """Train the adapter of ``fold`` on the other folds; write the adapter file and its
+    predictions for the held-out rows (OOF) and for the test rows.
+
+    Checkpoints go to ``out_dir/checkpoints/<inputs hash>/``: a killed run, started again with
+    the same inputs, resumes after the last finished epoch.
+    """
+    # the model factory and the training engine load MLX: only when a model runs
+    from lora_tasks.auto import build_model
+    from lora_tasks.train import predict, train
+
+    prepared = Prepared.load(prepared_path)
+    plan = Plan.load(plan_path)
+    if not 0 <= fold < plan.n_folds:
+        raise PipelineError(f"fold {fold} does not exist; the plan has {plan.n_folds} folds (0..{plan.n_folds - 1}).")
+    out = Path(out_dir)
+    folds = fold_assignment(prepared, plan)
+    data = load_dataset(tokens.train, training_labels(prepared, plan))
+    test = load_dataset(tokens.test)
+    train_idx, valid_idx = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
+    run_key = sha256_bytes("\0".join([sha256_file(prepared_path), sha256_file(plan_path), sha256_file(tokens.train),
+                                      str(fold), str(model)]).encode())[:16]
+    cfg = _train_config(plan, fold)
+    top_layers = plan.settings.top_layers
+    with MLX_LOCK:
+        net, adapter = build_model(
+            prepared.head_type, plan.settings.preset, prepared.num_labels,
+            model=None if plan.tiny else model, tiny=plan.tiny, seed=plan.seed + fold, base_seed=plan.seed,
+            top_layers=top_layers,
+        )
+        trainee, data, test = _from_prefix(net, data, test, out / "prefix") if top_layers else (net, data, test)
+        net.train()
+        result = train(trainee, data.subset(train_idx), data.subset(valid_idx), cfg,
+                       out / "checkpoints" / run_key, progress, name=f"fold {fold}")
+        valid_pred = ravel(predict(trainee, data.subset(valid_idx), cfg.eval_batch_size))
+        test_pred = ravel(predict(trainee, test, cfg.eval_batch_size))
+        tmp = temp_path(out, ".safetensors")
+        adapter.save(tmp)
+    adapter_path = store_file(tmp, out, "adapter", ".safetensors")
+    oof = np.full((len(data),) + valid_pred.shape[1:], np.nan, dtype=np.float32)
+    oof[valid_idx] = valid_pred
+    return AdapterResult(
+        fold=fold, adapter_path=adapter_path,
+        oof_path=save_array(oof, out, "oof"),
+        test_path=save_array(test_pred.astype(np.float32), out, "test"),
+        n_train=len(train_idx), n_valid=len(valid_idx),
+        best_epoch=result.best_epoch, best_score=result.best_score, metric=result.metric,
+        history=result.history, seconds=result.seconds, samples_per_s=result.samples_per_s,
+    )
+
+
+@dataclass
+class BaselineResult:
+    """A scikit-learn member trained on the adapters' folds; predictions on the model scale."""
+
+    name: str
+    oof_path: Path
+    test_path: Path
+    oof_score: float  # the competition metric
+    metric: str
+    seconds: float = 0.0
+    dropped_columns: list[str] = field(default_factory=list)
+
+    def paths(self) -> list[Path]:
+        return [self.oof_path, self.test_path]
+
+
+def train_baselines(
+    competition: str,
+    data_dir: str | os.PathLike,
+    prepared_path: str | os.PathLike,
+    plan_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+) -> list[BaselineResult]:
+    """Fit the scikit-learn members that suit the table (:func:`lora_tasks.sklearn_members.table_members`:
+    HistGradientBoosting and a regularized linear model, or TF-IDF + a linear model for text)
+    on the same rows and folds as the adapters, on the same target scale, so the combine step
+    can blend them with the adapters row by row."""
+    from lora_tasks.sklearn_members import (
+        table_members,  # scikit-learn's estimators load slowly
+    )
+
+    start = time.perf_counter()
+    prepared = Prepared.load(prepared_path)
+    plan = Plan.load(plan_path)
+    config = load_competition(competition, data_dir=data_dir)
+    train = config.read_train()
+    rows = prepared.train_rows
+    if max(rows, default=-1) >= len(train):
+        raise PipelineError(f"{prepared_path} does not match {config.train_path}; run prepare_data on this data again.")
+    train = train.iloc[rows].reset_index(drop=True)
+    text_columns = config.row_template(train).text_columns
+    members = table_members(
+        train, training_labels(prepared, plan), fold_assignment(prepared, plan), prepared.head_type, config.read_test(),
+        text_columns=tuple(text_columns), exclude=config.excluded_columns, seed=plan.seed,
+    )
+    seconds = (time.perf_counter() - start) / len(members)
+    out = Path(out_dir)
+    return [
+        BaselineResult(
+            name=member.name,
+            oof_path=save_array(np.asarray(member.oof, dtype=np.float32), out, f"oof-{member.name}"),
+            test_path=save_array(np.asarray(member.test, dtype=np.float32), out, f"test-{member.name}"),
+            oof_score=score_predictions(member.oof, prepared, plan),
+            metric=prepared.metric,
+            seconds=seconds,
+            dropped_columns=list(member.dropped_columns),
+        )
+        for member in members
+    ]

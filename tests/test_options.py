@@ -1,0 +1,76 @@
+"""RunOptions: one validated object for the CLI, the flow and run_pipeline; the CLI's options are
+generated from its fields."""
+
+from __future__ import annotations
+
+import typing
+
+import pytest
+from pydantic import ValidationError
+
+from lora_tasks.cli import build_run_parser, options_from_args
+from lora_tasks.ensemble import METHODS
+from lora_tasks.options import RunOptions
+
+
+def test_every_field_has_a_description_and_a_default():
+    for name, info in RunOptions.model_fields.items():
+        assert info.description, f"{name} has no help text"
+        assert not info.is_required(), f"{name} has no default"
+
+
+def test_blend_methods_match_the_ensemble():
+    assert set(typing.get_args(RunOptions.model_fields["blend_method"].annotation)) == set(METHODS)
+
+
+@pytest.mark.parametrize("given, message", [
+    (dict(combine="merge", adapter_sets=["expressive"]), r"adapter sets blend .* need combine='blend'"),
+    (dict(combine="merge", baseline=True), r"combine='merge' .* has no baselines"),
+    (dict(adapter_sets=["huge"]), r"Adapter set 'huge': write PRESET"),
+    (dict(adapter_sets=["expressive", "expressive"]), r"are given twice"),
+    (dict(preset="huge"), r"preset='huge' is not a preset; use one of efficient"),
+    (dict(top_layers=0), r"top_layers=0: give a positive number"),
+    (dict(folds=0), r"folds"),
+    (dict(blend_method="median"), r"blend_method"),
+    (dict(epoch=3), r"epoch"),  # a typo is refused, not ignored
+])
+def test_bad_options_are_refused_naming_the_fix(given, message):
+    with pytest.raises(ValidationError, match=message):
+        RunOptions(**given)
+
+
+def test_merge_without_a_baseline_and_blend_defaults():
+    assert not RunOptions(combine="merge").uses_baseline
+    assert RunOptions().uses_baseline and not RunOptions(baseline=False).uses_baseline
+
+
+def test_adapters_is_a_deprecated_alias_of_folds():
+    with pytest.warns(DeprecationWarning, match="use folds"):
+        assert RunOptions(adapters=3).folds == 3
+    with pytest.raises(ValidationError, match="give folds only"):
+        RunOptions(adapters=3, folds=4)
+
+
+def test_training_overrides_are_the_given_settings_only():
+    options = RunOptions(folds=3, epochs=1, top_layers="all")
+    assert options.training_overrides() == {"n_folds": 3, "epochs": 1, "top_layers": "all"}
+    assert "compute_dtype" not in RunOptions(compute_dtype="bfloat16").training_overrides(("epochs",))
+    assert RunOptions(compute_dtype="bfloat16").training_overrides(("compute_dtype",)) == {"compute_dtype": "bfloat16"}
+
+
+def test_the_cli_fills_the_same_options(capsys):
+    parser = build_run_parser()
+    args = parser.parse_args(["--competition", "titanic", "--folds", "3", "--no-submit", "--top-layers", "all",
+                              "--adapter-set", "expressive", "--adapter-set", "balanced:epochs=2", "--retry-delay",
+                              "0.5", "--refresh", "--compute-dtype", "bfloat16"])
+    options = options_from_args(args, parser)
+    assert options == RunOptions(competition="titanic", folds=3, submit=False, top_layers="all",
+                                 adapter_sets=["expressive", "balanced:epochs=2"], retry_delay_s=0.5, refresh=True,
+                                 compute_dtype="bfloat16")
+    assert options_from_args(parser.parse_args(["--competition", "x", "--no-adapter-sets"]), parser).adapter_sets == []
+    assert options_from_args(parser.parse_args(["--competition", "x", "--adapters", "4"]), parser).folds == 4
+    assert "--adapters is deprecated; use --folds" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        options_from_args(parser.parse_args(["--competition", "x", "--combine", "merge", "--adapter-set", "expressive"]),
+                          parser)
+    assert "need combine='blend'" in capsys.readouterr().err
