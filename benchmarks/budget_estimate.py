@@ -22,7 +22,7 @@ import numpy as np
 from _common import row, write_results
 
 import lora_tasks  # noqa: F401 - BLAS set-up before mlx
-from lora_tasks.auto import build_model
+from lora_tasks.factory import build_model
 from lora_tasks.budget import (
     DEFAULT_TIME_LIMIT_S,
     Candidate,

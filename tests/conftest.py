@@ -42,7 +42,7 @@ def harness():
     the flow, task and Dask tests all report to it."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    with prefect_test_harness(server_startup_timeout=180):
         yield
 
 

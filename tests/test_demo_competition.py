@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score
 
-from lora_tasks import kaggle_io as kio
+from lora_tasks import kaggle as kio
 from lora_tasks.testing import fake_kaggle as fk
 from lora_tasks.testing.demo import DEMO_SLUG, build_demo_competition
 
@@ -67,7 +67,7 @@ def test_demo_runs_offline_through_the_real_client(demo_root, tmp_path, monkeypa
 
 def test_kaggle_layers_do_not_import_mlx():
     code = (
-        "import sys, lora_tasks.kaggle_io, lora_tasks.testing.fake_kaggle, lora_tasks.testing.demo; "
+        "import sys, lora_tasks.kaggle, lora_tasks.testing.fake_kaggle, lora_tasks.testing.demo; "
         "bad = [m for m in sys.modules if m == 'mlx' or m.startswith(('mlx.', 'lora_tasks.models'))]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

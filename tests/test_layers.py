@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1] / "lora_tasks"
 GROUPS: dict[str, tuple[str, ...]] = {
     "lora": ("lora_tasks.lora",),
     "models": ("lora_tasks.models",),
-    "factory": ("lora_tasks.factory", "lora_tasks.auto"),
+    "factory": ("lora_tasks.factory",),
     "training": ("lora_tasks.train", "lora_tasks.training", "lora_tasks.checkpoints", "lora_tasks.cv",
                  "lora_tasks.prefix_cache", "lora_tasks.multi_adapter", "lora_tasks.fused_training"),
     "ensemble": ("lora_tasks.ensemble", "lora_tasks.sklearn_members"),

@@ -16,7 +16,7 @@ from lora_tasks import steps
 from lora_tasks.data.autoconfig import TrainSettings
 from lora_tasks.data.competition import SubmissionFormat
 from lora_tasks.hashing import sha256_file
-from lora_tasks.kaggle_io import SubmissionValidationError
+from lora_tasks.kaggle import SubmissionValidationError
 from lora_tasks.options import RunOptions
 from lora_tasks.testing import fake_kaggle as fk
 from lora_tasks.testing.demo import build_demo_competition
@@ -366,7 +366,7 @@ def test_top_layers_train_from_the_cached_prefix(demo_dir, tmp_path):
     """top_layers=1 on the 2-layer tiny model: adapters only in layer 1, the frozen layer 0 runs once
     per dataset (states on disk, reused by the second fold), and the predictions equal those of the
     full model carrying the same adapter."""
-    from lora_tasks.auto import build_model
+    from lora_tasks.factory import build_model
     from lora_tasks.train import predict
 
     prepared = steps.prepare_data("demo", demo_dir, tmp_path, max_train_rows=120)
@@ -473,7 +473,7 @@ def test_run_pipeline_on_demo_is_scored_like_the_server(creds, tmp_path):
 
 
 def test_create_kaggle_lora_model_profiles_and_picks_a_preset(demo_dir):
-    from lora_tasks.auto import create_kaggle_lora_model
+    from lora_tasks.factory import create_kaggle_lora_model
 
     built = create_kaggle_lora_model("binary", data_path=demo_dir, tiny=True)
     model, adapter, settings = built

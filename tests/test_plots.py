@@ -113,15 +113,15 @@ def test_data_uri_round_trips():
 def test_the_artifact_markdown_embeds_the_plot_in_fold_order():
     from pathlib import Path
 
-    from lora_tasks import pipeline as P
-    from lora_tasks import tasks as T
+    from lora_tasks.prefect.artifacts import learning_curve_plot_markdown
+    from lora_tasks.steps import AdapterResult
 
     def result(fold, losses):
         history = [{"epoch": e + 1, "train_loss": v, "valid_accuracy": 0.5 + 0.1 * e} for e, v in enumerate(losses)]
-        return P.AdapterResult(fold=fold, adapter_path=Path("a"), oof_path=Path("o"), test_path=Path("t"), n_train=8,
+        return AdapterResult(fold=fold, adapter_path=Path("a"), oof_path=Path("o"), test_path=Path("t"), n_train=8,
                                n_valid=2, best_epoch=len(losses), best_score=0.6, metric="accuracy", history=history)
 
-    md = T.learning_curve_plot_markdown([result(1, [0.9, 0.8]), result(0, [0.5, 0.1])])
+    md = learning_curve_plot_markdown([result(1, [0.9, 0.8]), result(0, [0.5, 0.1])])
     prefix = "](data:image/svg+xml;base64,"
     assert md.startswith("### Learning curve") and prefix in md and md.endswith(")")
     svg = base64.b64decode(md.split(prefix, 1)[1][:-1]).decode("utf-8")

@@ -71,7 +71,7 @@ def test_cache_key_moves_along_the_repair_chain(tmp_path):
 
 
 def test_network_retry_options_back_off_with_jitter():
-    from lora_tasks.kaggle_io import prefect_retry_condition
+    from lora_tasks.kaggle import prefect_retry_condition
 
     options = tasks.network_retry_options(2.0)
     assert options["retries"] == tasks.NETWORK_RETRIES and options["retry_jitter_factor"] > 0
@@ -196,7 +196,7 @@ def test_download_task_retries_transient_errors_only(harness, tmp_path, monkeypa
         assert [r for _, r in server.requests].count("ListDataFiles") == 3
         server.requests.clear()
         server.inject(fk.FAULT_404, times=5, method="ListDataFiles")
-        from lora_tasks.kaggle_io import NotFoundError
+        from lora_tasks.kaggle import NotFoundError
 
         with pytest.raises(NotFoundError):
             fetch(server.url, str(tmp_path / "other"))

@@ -20,7 +20,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx import nn
 
-from lora_tasks.auto import build_model
+from lora_tasks.factory import build_model
 from lora_tasks.budget.cache import ProbeKey, load_costs, save_costs
 from lora_tasks.budget.costs import StepCosts, length_bucket
 from lora_tasks.hub import resolve_model_dir
@@ -188,7 +188,7 @@ def probe_for_plan(
     cache_dir: str | os.PathLike,
     timed_tops: tuple[int, ...] = DEFAULT_TIMED_TOPS,
 ) -> StepCosts:
-    """:func:`probe_costs` for the model the pipeline would build (:func:`lora_tasks.auto.build_model`)."""
+    """:func:`probe_costs` for the model the pipeline would build (:func:`lora_tasks.factory.build_model`)."""
     def factory(top: int | None) -> nn.Module:
         return build_model(head_type, preset, num_labels, model=model, tiny=tiny, top_layers=top)[0]
 

@@ -8,6 +8,8 @@ one submission per file (:mod:`.submission`), a bounded score wait (:mod:`.score
 competition's metric (:mod:`.metadata`). Must not import MLX or ``lora_tasks.models``.
 """
 
+from lora_tasks.hashing import sha256_file as file_sha256
+
 from .client import DEFAULT_TIMEOUT_S, KaggleClient, call, check_slug
 from .credentials import kaggle_config_dir, token_problem
 from .download import MANIFEST_NAME, RemoteFile, download_competition, list_files
@@ -37,7 +39,6 @@ from .errors import (
     prefect_retry_condition,
     retry_after_seconds,
 )
-from .files import file_sha256
 from .metadata import competition_metric
 from .scores import wait_for_score
 from .submission import (

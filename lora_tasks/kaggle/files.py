@@ -13,7 +13,6 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -52,15 +51,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return payload if isinstance(payload, dict) else None
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file, streamed (identifies the exact bytes a run submitted)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def lock_dir() -> Path:

@@ -28,6 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from lora_tasks.hashing import sha256_file as file_sha256
+
 from .client import KaggleClient, call, check_slug
 from .errors import (
     KaggleRequestError,
@@ -35,7 +37,7 @@ from .errors import (
     RunIdConflictError,
     SilentSubmitFailure,
 )
-from .files import file_sha256, read_json, write_json
+from .files import read_json, write_json
 from .validate import validate_submission
 
 logger = logging.getLogger(__name__)

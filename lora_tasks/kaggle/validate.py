@@ -19,8 +19,9 @@ from typing import Collection, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from lora_tasks.hashing import sha256_file as file_sha256
+
 from .errors import SubmissionValidationError
-from .files import file_sha256
 
 #: Kinds a value column can be asked to hold (``dtypes``); "bool" means the words True/False.
 KINDS = ("int", "float", "str", "bool")

@@ -12,9 +12,9 @@ Each task is one call to a step function (which has its own tests). What this mo
 * **Results in a project-local store**: ``result_storage`` is a ``Path`` (a string would be taken
   for a block name), ``<work_dir>/results``; set per run by :func:`configure`.
 * **Retries for network tasks**: exponential backoff with jitter, only for errors that
-  :func:`lora_tasks.kaggle_io.is_retryable` calls transient. The submit task never duplicates a
+  :func:`lora_tasks.kaggle.is_retryable` calls transient. The submit task never duplicates a
   submission: its run id is the flow run id plus the file's hash, and
-  :func:`lora_tasks.kaggle_io.submit` submits at most once per run id.
+  :func:`lora_tasks.kaggle.submit` submits at most once per run id.
 * **Artifacts for the UI** live in :mod:`lora_tasks.prefect.artifacts`.
 """
 
@@ -33,7 +33,7 @@ from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.tasks import exponential_backoff
 
 from lora_tasks.hashing import sha256_bytes, sha256_file_memo, sha256_tree, sha256_value
-from lora_tasks.kaggle_io import prefect_retry_condition
+from lora_tasks.kaggle import prefect_retry_condition
 from lora_tasks.options import DEFAULT_WORK_DIR
 from lora_tasks.prefect.code_version import code_version
 from lora_tasks.progress import ProgressEvent

@@ -180,7 +180,7 @@ def merged_predict(
     (:func:`~lora_tasks.lora.merge.merge_into_base`) and predict: one plain model whose every
     layer is the ensemble's mean layer."""
     # the model factory, the merge and the training engine load MLX: only when a model runs
-    from lora_tasks.auto import build_model
+    from lora_tasks.factory import build_model
     from lora_tasks.lora.adapter import read_adapter_file
     from lora_tasks.lora.layers import SlicedLoRALinear
     from lora_tasks.lora.merge import merge_adapters, merge_into_base

@@ -37,7 +37,7 @@ def download_data(
     ``endpoint`` is a Kaggle-compatible server's base URL (the fake server); None is kaggle.com.
     """
     # the kaggle client prints help text and reads credentials at import: load it when used
-    from lora_tasks.kaggle_io import KaggleClient, download_competition
+    from lora_tasks.kaggle import KaggleClient, download_competition
 
     slug = competition_slug(competition)
     return download_competition(slug, data_dir, KaggleClient(endpoint, timeout=timeout))

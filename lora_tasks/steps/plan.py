@@ -11,11 +11,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from lora_tasks.auto import model_shape
 from lora_tasks.data.autoconfig import TrainSettings, apply_settings, auto_configure
 from lora_tasks.data.competition import TRAINING_SETTINGS, load_competition
 from lora_tasks.data.profile import profile_competition
 from lora_tasks.data.tokenizer import Tokenizer
+from lora_tasks.factory import model_shape
 from lora_tasks.steps.prepare import subset_rows
 from lora_tasks.steps.store import (
     PIPELINE_VERSION,

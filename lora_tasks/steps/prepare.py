@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lora_tasks.auto import head_type_for
 from lora_tasks.data.competition import SubmissionFormat, load_competition
+from lora_tasks.factory import head_type_for
 from lora_tasks.steps.store import (
     PIPELINE_VERSION,
     PipelineError,

@@ -106,7 +106,7 @@ class PipelineResult:
     adapters: list[AdapterResult]
     combined: CombineResult
     submission_path: Path
-    submission: Any = None  # kaggle_io.SubmissionResult when submitted
+    submission: Any = None  # kaggle.SubmissionResult when submitted
     public_score: float | None = None
 
 

@@ -70,9 +70,9 @@ def write_submission(
     return save_csv(frame, out_dir, "submission")
 
 
-def validate(submission_path: str | os.PathLike, prepared_path: str | os.PathLike):  # noqa: ANN201 - kaggle_io.SubmissionCheck
+def validate(submission_path: str | os.PathLike, prepared_path: str | os.PathLike):  # noqa: ANN201 - kaggle.SubmissionCheck
     """Check the file against the sample submission before anything is uploaded."""
-    from lora_tasks.kaggle_io import (
+    from lora_tasks.kaggle import (
         validate_submission,  # the kaggle client is slow to import
     )
 
@@ -85,15 +85,15 @@ def validate(submission_path: str | os.PathLike, prepared_path: str | os.PathLik
 
 def submission_run_id(run_key: str, submission_path: str | os.PathLike) -> str:
     """A run id that is the same on every retry of one flow run and differs between files:
-    ``<run key>-<sha12 of the file>`` (kaggle_io.submit submits at most once per run id)."""
+    ``<run key>-<sha12 of the file>`` (kaggle.submit submits at most once per run id)."""
     key = "".join(ch for ch in str(run_key) if ch.isalnum() or ch in "-_.")[:40] or "local"
     return f"{key}-{sha256_file(submission_path)[:12]}"
 
 
 def submit_file(competition: str, submission_path: str | os.PathLike, message: str, run_id: str,
-                state_dir: str | os.PathLike, endpoint: str | None = None):  # noqa: ANN201 - kaggle_io.SubmissionResult
-    """Submit once per ``run_id`` (see :func:`lora_tasks.kaggle_io.submit`)."""
-    from lora_tasks.kaggle_io import (  # the kaggle client is slow to import
+                state_dir: str | os.PathLike, endpoint: str | None = None):  # noqa: ANN201 - kaggle.SubmissionResult
+    """Submit once per ``run_id`` (see :func:`lora_tasks.kaggle.submit`)."""
+    from lora_tasks.kaggle import (  # the kaggle client is slow to import
         KaggleClient,
         submit,
     )
@@ -103,7 +103,7 @@ def submit_file(competition: str, submission_path: str | os.PathLike, message: s
 
 
 def submit_run(competition: str, submission_path: str | os.PathLike, message: str, run_key: str,
-               state_dir: str | os.PathLike, endpoint: str | None = None):  # noqa: ANN201 - kaggle_io.SubmissionResult
+               state_dir: str | os.PathLike, endpoint: str | None = None):  # noqa: ANN201 - kaggle.SubmissionResult
     """Submit under the run id :func:`submission_run_id` derives from ``run_key`` and the file:
     retries of one run reuse it (never a second submission), another file or run gets a new one."""
     run_id = submission_run_id(run_key, submission_path)
@@ -111,9 +111,9 @@ def submit_run(competition: str, submission_path: str | os.PathLike, message: st
 
 
 def read_score(competition: str, ref: int, endpoint: str | None = None, *, timeout_s: float = 900.0,
-               poll_s: float = 10.0):  # noqa: ANN201 - kaggle_io.ScoredSubmission
+               poll_s: float = 10.0):  # noqa: ANN201 - kaggle.ScoredSubmission
     """Wait (bounded) for Kaggle to score submission ``ref``; returns it with ``public_score``."""
-    from lora_tasks.kaggle_io import (  # the kaggle client is slow to import
+    from lora_tasks.kaggle import (  # the kaggle client is slow to import
         KaggleClient,
         wait_for_score,
     )

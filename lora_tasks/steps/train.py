@@ -131,7 +131,7 @@ def train_adapter(
     the same inputs, resumes after the last finished epoch.
     """
     # the model factory and the training engine load MLX: only when a model runs
-    from lora_tasks.auto import build_model
+    from lora_tasks.factory import build_model
     from lora_tasks.train import predict, train
 
     prepared = Prepared.load(prepared_path)
