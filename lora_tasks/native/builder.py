@@ -24,6 +24,8 @@ from pathlib import Path
 from types import ModuleType
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
+# files kernels.cpp includes: part of the fingerprint, so editing them rebuilds
+HEADERS = (Path(__file__).with_name("bf16_gemm.h"), Path(__file__).with_name("bf16_microkernel.inc"))
 FIX_HINT = (
     "install a C++ compiler and the Python headers (Debian: `apt-get install g++ python3-dev`) and "
     "`pip install nanobind`, or set KAGGLE_LORA_NATIVE_KERNELS=0 to use MLX's own ops (slower on CPU)"
@@ -70,6 +72,8 @@ class Toolchain:
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(SOURCE.read_bytes())
+        for header in HEADERS:
+            h.update(b"\0" + header.read_bytes())
         for part in (self.compiler, self.compiler_version, self.python_include, self.nanobind_version,
                      self.mlx_dir, self.mlx_version, self.openmp_lib or "", self.cpu_flags,
                      sysconfig.get_config_var("EXT_SUFFIX") or "", " ".join(self.flags("m"))):
