@@ -19,6 +19,7 @@ from lora_tasks.models.architectures import encoder_class
 from lora_tasks.models.bert import BertConfig
 from lora_tasks.models.encoder import BertWithHead, load_encoder
 from lora_tasks.models.heads import Pooling
+from lora_tasks.models.precision import ComputeDtype, cast_frozen_base, resolve_compute_dtype
 
 MODEL_TYPES = ("bert_with_head", "bert", "modernbert_with_head", "modernbert")
 ModelType = Literal["bert_with_head", "bert", "modernbert_with_head", "modernbert"]
@@ -81,6 +82,7 @@ def create_model_with_lora(
     pretrained: bool | None = None,
     seed: int | None = None,
     adapter_seed: int | None = None,
+    compute_dtype: ComputeDtype = "float32",
 ) -> tuple[nn.Module, LoRAAdapter]:
     """Build a model and apply LoRA to it.
 
@@ -94,6 +96,9 @@ def create_model_with_lora(
     - ``seed`` seeds MLX's generator first, so adapter (and random model) initialization repeats.
       ``adapter_seed`` reseeds it after the model is built: several adapters on one random base
       (the folds of a tiny test model) share the base and differ in their adapters.
+    - ``compute_dtype``: ``"float32"``, ``"bfloat16"`` (frozen base weights stored and multiplied
+      in bf16; adapters, head, norms and loss stay fp32) or ``"auto"`` (bf16 where the CPU has
+      avx512_bf16, and on Metal); see :mod:`lora_tasks.models.precision`.
     """
     if seed is not None:
         mx.random.seed(seed)
@@ -102,7 +107,9 @@ def create_model_with_lora(
     net = _build(model_type, head_type, num_labels, pooling, model, config, pretrained)
     if adapter_seed is not None:
         mx.random.seed(adapter_seed)
-    return net, LoRAAdapter(net, lora, freeze_base=freeze_bert)
+    adapter = LoRAAdapter(net, lora, freeze_base=freeze_bert)
+    cast_frozen_base(net, resolve_compute_dtype(compute_dtype))
+    return net, adapter
 
 
 def create_bert_with_lora(
@@ -117,6 +124,7 @@ def create_bert_with_lora(
     pretrained: bool | None = None,
     seed: int | None = None,
     adapter_seed: int | None = None,
+    compute_dtype: ComputeDtype = "float32",
     **lora_overrides: Any,
 ) -> tuple[BertWithHead, LoRAAdapter]:
     """A BERT encoder with a task head and LoRA from a preset (``efficient``, ``balanced``,
@@ -147,6 +155,7 @@ def create_bert_with_lora(
         pretrained=pretrained,
         seed=seed,
         adapter_seed=adapter_seed,
+        compute_dtype=compute_dtype,
     )
     return net, adapter  # type: ignore[return-value]
 
@@ -165,6 +174,7 @@ def create_qlora_model(
     quantize_embeddings: bool = False,
     pooling: Pooling = "mean",
     seed: int | None = None,
+    compute_dtype: ComputeDtype = "float32",
     **lora_overrides: Any,
 ) -> tuple[nn.Module, LoRAAdapter]:
     """QLoRA: a model whose frozen base linears are stored ``bits``-bit (MLX affine quantization,
@@ -196,4 +206,6 @@ def create_qlora_model(
         from lora_tasks.lora.quantized import quantize_embeddings as _quantize_embeddings
 
         _quantize_embeddings(net, bits=bits, group_size=group_size)
-    return net, LoRAAdapter(net, lora, freeze_base=True)
+    adapter = LoRAAdapter(net, lora, freeze_base=True)
+    cast_frozen_base(net, resolve_compute_dtype(compute_dtype))  # bf16: dequantize to bf16, not fp32
+    return net, adapter

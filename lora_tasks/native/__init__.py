@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from lora_tasks.backend import blas_info, is_cpu_backend
-from lora_tasks.native.builder import NativeBuildError, Toolchain, build, cache_dir, find_toolchain, load
+from lora_tasks.native.builder import (
+    NativeBuildError,
+    Toolchain,
+    build,
+    cache_dir,
+    find_toolchain,
+    load,
+)
 
 log = logging.getLogger("lora_tasks")
 
