@@ -19,6 +19,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
@@ -33,13 +34,17 @@
 
 namespace kl_bf16 {
 
-// fp32 -> bf16 bits, round to nearest even; NaN stays a (quiet) NaN.
+// fp32 -> bf16 bits, round to nearest even; NaN stays a (quiet) NaN. Branch-free, so loops over it vectorize.
 inline uint16_t to_bf16(float f) {
   uint32_t u;
   std::memcpy(&u, &f, sizeof(u));
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
+  uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  uint32_t nan = (u >> 16) | 0x40u;
+  return static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+}
+
+inline void to_bf16_row(const float* src, size_t n, uint16_t* dst) {
+  for (size_t i = 0; i < n; ++i) dst[i] = to_bf16(src[i]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -187,48 +192,49 @@ struct Problem {
   size_t ldc;
 };
 
-inline uint32_t b_word(const Problem& pr, size_t k, size_t n) {
-  // the pair (B[k][n], B[k+1][n]), zero beyond K or N
-  if (n >= pr.N) return 0;
-  uint32_t lo = 0, hi = 0;
-  if (pr.w_nk) {
-    const uint16_t* row = pr.w + n * pr.K;
-    lo = row[k];
-    hi = k + 1 < pr.K ? row[k + 1] : 0;
-  } else {
-    lo = pr.w[k * pr.N + n];
-    hi = k + 1 < pr.K ? pr.w[(k + 1) * pr.N + n] : 0;
-  }
-  return lo | (hi << 16);
-}
-
-// Panels [first, last) of B: panel j holds columns [j*NR, j*NR+NR), word (p, col) at j*KP*NR + p*NR + col.
+// Panels [first, last) of B: panel j holds columns [j*NR, j*NR+NR), word (p, col) at j*KP*NR + p*NR + col,
+// the pair (B[2p][n], B[2p+1][n]) of column n = j*NR + col; zero beyond K and N.
 inline void pack_b(const Problem& pr, size_t NR, size_t KP, uint32_t* dst, size_t first, size_t last) {
+  const size_t K = pr.K, N = pr.N;
   for (size_t j = first; j < last; ++j) {
     uint32_t* panel = dst + j * KP * NR;
-    for (size_t p = 0; p < KP; ++p)
-      for (size_t col = 0; col < NR; ++col) panel[p * NR + col] = b_word(pr, 2 * p, j * NR + col);
+    for (size_t col = 0; col < NR; ++col) {
+      const size_t n = j * NR + col;
+      if (n >= N) {
+        for (size_t p = 0; p < KP; ++p) panel[p * NR + col] = 0;
+      } else if (pr.w_nk) {  // B = W^T: a column of B is a row of W, its pairs adjacent in memory
+        const uint16_t* src = pr.w + n * K;
+        for (size_t p = 0; p < K / 2; ++p) std::memcpy(panel + p * NR + col, src + 2 * p, sizeof(uint32_t));
+        if (K % 2) panel[(KP - 1) * NR + col] = src[K - 1];
+      }
+    }
+    if (!pr.w_nk) {  // B = W: read along W's rows
+      for (size_t p = 0; p < KP; ++p) {
+        const uint16_t* lo = pr.w + 2 * p * N;
+        const uint16_t* hi = 2 * p + 1 < K ? lo + N : nullptr;
+        for (size_t col = 0; col < NR && j * NR + col < N; ++col) {
+          const size_t n = j * NR + col;
+          panel[p * NR + col] = static_cast<uint32_t>(lo[n]) | (hi ? static_cast<uint32_t>(hi[n]) << 16 : 0u);
+        }
+      }
+    }
   }
 }
 
-// Rows [i0, i0 + mc) of A, k pairs [p0, p0 + kc), into MR-row panels: word (p, r) at panel*kc*MR + p*MR + r.
-inline void pack_a(const Problem& pr, size_t MR, size_t i0, size_t mc, size_t p0, size_t kc, uint32_t* dst) {
+// Rows [i0, i0 + mc) of A, all KP pairs of k, into MR-row panels: word (p, r) at panel*KP*MR + p*MR + r
+// (a k block [p0, p0 + kc) of a panel is then the contiguous slice from p0*MR). `row` holds 2*KP values.
+inline void pack_a(const Problem& pr, size_t MR, size_t i0, size_t mc, size_t KP, uint32_t* dst, uint16_t* row) {
   const size_t panels = ceil_div(mc, MR);
+  row[2 * KP - 1] = 0;  // the pad of an odd K
   for (size_t ip = 0; ip < panels; ++ip) {
-    uint32_t* panel = dst + ip * kc * MR;
+    uint32_t* panel = dst + ip * KP * MR;
     for (size_t r = 0; r < MR; ++r) {
-      size_t i = i0 + ip * MR + r;
       if (ip * MR + r >= mc) {
-        for (size_t p = 0; p < kc; ++p) panel[p * MR + r] = 0;
+        for (size_t p = 0; p < KP; ++p) panel[p * MR + r] = 0;
         continue;
       }
-      const float* row = pr.a + i * pr.lda;
-      for (size_t p = 0; p < kc; ++p) {
-        size_t k = 2 * (p0 + p);
-        uint32_t lo = to_bf16(row[k]);
-        uint32_t hi = k + 1 < pr.K ? to_bf16(row[k + 1]) : 0;
-        panel[p * MR + r] = lo | (hi << 16);
-      }
+      to_bf16_row(pr.a + (i0 + ip * MR + r) * pr.lda, pr.K, row);
+      for (size_t p = 0; p < KP; ++p) std::memcpy(panel + p * MR + r, row + 2 * p, sizeof(uint32_t));
     }
   }
 }
@@ -252,20 +258,25 @@ void gemm(const Kernel& kern, const Problem& pr, Parallel&& parallel) {
   const size_t MC = MR * 8, NC = NR * 8;  // a C block: the unit of work of one thread
   const size_t m_blocks = ceil_div(M, MC), n_blocks = ceil_div(N, NC);
   parallel(m_blocks * n_blocks, [&](size_t first, size_t last) {
-    std::vector<uint32_t> apack(MC * std::min(KP, kKC));
+    std::vector<uint32_t> apack(MC * KP);
+    std::vector<uint16_t> row(2 * KP);
     std::vector<float> scratch(MR * NR);
+    size_t packed = SIZE_MAX;  // the row block in apack: a thread's units run along N, so A is packed once per block
     for (size_t u = first; u < last; ++u) {
-      const size_t i0 = (u / n_blocks) * MC, j0 = (u % n_blocks) * NC;
+      const size_t ib = u / n_blocks, i0 = ib * MC, j0 = (u % n_blocks) * NC;
       const size_t mc = std::min(MC, M - i0), nc = std::min(NC, N - j0);
+      if (packed != ib) {
+        pack_a(pr, MR, i0, mc, KP, apack.data(), row.data());
+        packed = ib;
+      }
       for (size_t p0 = 0; p0 < KP; p0 += kKC) {
         const size_t kc = std::min(kKC, KP - p0);
         const bool acc = p0 > 0;
-        pack_a(pr, MR, i0, mc, p0, kc, apack.data());
         for (size_t jr = 0; jr < nc; jr += NR) {
           const uint32_t* bp = bpack.data() + ((j0 + jr) / NR) * KP * NR + p0 * NR;
           const size_t nr = std::min(NR, nc - jr);
           for (size_t ir = 0; ir < mc; ir += MR) {
-            const uint32_t* ap = apack.data() + (ir / MR) * kc * MR;
+            const uint32_t* ap = apack.data() + (ir / MR) * KP * MR + p0 * MR;
             const size_t mr = std::min(MR, mc - ir);
             float* c = pr.c + (i0 + ir) * pr.ldc + j0 + jr;
             if (mr == MR && nr == NR) {
