@@ -256,3 +256,16 @@ def test_cast_frozen_base_skips_trained_weights_and_float32_is_a_no_op():
     with pytest.raises(ValueError, match="float32 and mx.bfloat16"):
         cast_frozen_base(net, mx.float16)
     assert isinstance(adapter, LoRAAdapter)
+
+
+@needs_native
+def test_compiled_bf16_step_matches_eager(monkeypatch):
+    _, _, b16, _ = _pair(monkeypatch, "native")
+    ids, mask, y = _batch()
+    fn = nn.value_and_grad(b16, lambda m, i, k, t: m.loss(m(i, k), t))
+    eager_loss, eager_grads = fn(b16, ids, mask, y)
+    compiled = mx.compile(lambda i, k, t: fn(b16, i, k, t), inputs=[b16.state])
+    loss, grads = compiled(ids, mask, y)
+    assert abs(float(loss) - float(eager_loss)) <= 1e-5 * abs(float(eager_loss))
+    for (k, g), (_, e) in zip(tree_flatten(grads), tree_flatten(eager_grads), strict=True):
+        np.testing.assert_allclose(np.array(g), np.array(e), rtol=1e-4, atol=1e-6, err_msg=k)
