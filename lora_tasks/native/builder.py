@@ -105,6 +105,10 @@ def _openmp_runtime(blas_path: str | None) -> str | None:
 
 def find_toolchain(blas_path: str | None) -> Toolchain:
     """Locate compiler, headers, nanobind and MLX; raise :class:`NativeBuildError` naming what is missing."""
+    missing = [str(p) for p in (SOURCE, *HEADERS) if not p.exists()]
+    if missing:
+        raise NativeBuildError(f"the kernels' source files are missing from the installed package: {', '.join(missing)}; "
+                               "reinstall kaggle-lora (its package data must include native/*.cpp, *.h, *.inc)")
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not compiler:
         raise NativeBuildError(f"no C++ compiler found (looked for $CXX, g++, c++); {FIX_HINT}")
