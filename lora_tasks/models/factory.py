@@ -104,11 +104,12 @@ def create_model_with_lora(
         mx.random.seed(seed)
     lora = as_config(lora_config)
     check_supported(lora)  # before loading weights
+    dtype = resolve_compute_dtype(compute_dtype)  # likewise
     net = _build(model_type, head_type, num_labels, pooling, model, config, pretrained)
     if adapter_seed is not None:
         mx.random.seed(adapter_seed)
     adapter = LoRAAdapter(net, lora, freeze_base=freeze_bert)
-    cast_frozen_base(net, resolve_compute_dtype(compute_dtype))
+    cast_frozen_base(net, dtype)
     return net, adapter
 
 
@@ -186,6 +187,8 @@ def create_qlora_model(
     - ``quantize_embeddings=True`` also stores the embedding tables quantized (MiniLM's word
       embeddings are 47 MB of its 87 MB in fp32); lookups dequantize only the gathered rows.
     - ``model_type``: ``"bert_with_head"``, ``"modernbert_with_head"`` (or the bare encoders).
+    - ``compute_dtype="bfloat16"`` (or ``"auto"`` on a CPU with avx512_bf16) dequantizes the base to
+      bf16 instead of fp32 before each GEMM.
 
     On the CPU the quantized weights are dequantized right before each GEMM (see
     :mod:`lora_tasks.lora.quantized`); :func:`lora_tasks.lora.quantized.array_bytes` measures memory.
@@ -201,11 +204,12 @@ def create_qlora_model(
         lora = lora.replace(**lora_overrides)
     lora = lora.replace(quantize_bits=bits, quantize_group_size=group_size)
     check_supported(lora)
+    dtype = resolve_compute_dtype(compute_dtype)
     net = _build(model_type, head_type, num_labels, pooling, model, config, pretrained)
     if quantize_embeddings:
         from lora_tasks.lora.quantized import quantize_embeddings as _quantize_embeddings
 
         _quantize_embeddings(net, bits=bits, group_size=group_size)
     adapter = LoRAAdapter(net, lora, freeze_base=True)
-    cast_frozen_base(net, resolve_compute_dtype(compute_dtype))  # bf16: dequantize to bf16, not fp32
+    cast_frozen_base(net, dtype)  # bf16: dequantize to bf16, not fp32
     return net, adapter
