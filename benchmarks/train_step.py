@@ -2,6 +2,11 @@
 MLX against PyTorch + PEFT on the same machine in the same run, plus where MLX's time goes.
 
     python benchmarks/train_step.py [--seqs 64,128] [--batch 32] [--repeats 5] [--rounds 3] [--no-profile]
+                                    [--dtype bfloat16]
+
+Two comparisons per sequence length: ours in fp32 against PyTorch in fp32, and ours with the frozen
+base in ``--dtype`` (bf16 weights and GEMMs) against PyTorch under bf16 autocast, its strongest CPU
+setting. Without avx512_bf16 (see ``/proc/cpuinfo``) both bf16 sides measure fallbacks; the rows say so.
 
 The machine is a shared VM whose speed drifts by 15-20% within minutes, so the peer and MLX take
 turns for ``--rounds`` rounds and each side's median over the rounds is reported.
@@ -21,7 +26,8 @@ from _common import minilm_dir, row, run_peer, write_results
 import lora_tasks  # noqa: F401 - BLAS set-up before mlx
 from lora_tasks.factory import create_bert_with_lora
 from lora_tasks.models import ops
-from lora_tasks.native import native_info
+from lora_tasks.precision import compute_dtype_choice
+from lora_tasks.native import kernels, native_info
 
 
 def make_step(model: nn.Module):
@@ -94,35 +100,66 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3, help="alternating peer/MLX rounds (medians reported)")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--dtype", default="bfloat16", choices=["auto", "bfloat16"],
+                    help="our compute dtype against PyTorch's bf16 autocast (auto: fp32 where the CPU lacks avx512_bf16)")
     args = ap.parse_args()
     print(lora_tasks.blas_info().summary())
     print(native_info().summary())
-    model, adapter = create_bert_with_lora("binary_classification", "balanced", dropout=0.0, seed=0)
-    model.train()
-    step, state = make_step(model)
+    bf16 = compute_dtype_choice(args.dtype)
+    print(bf16.summary())
+    models = {"fp32": create_bert_with_lora("binary_classification", "balanced", dropout=0.0, seed=0)[0]}
+    if bf16.name == "bfloat16":
+        models["bf16"] = create_bert_with_lora("binary_classification", "balanced", dropout=0.0, seed=0,
+                                               compute_dtype=args.dtype)[0]
+    steps = {}
+    for name, model in models.items():
+        model.train()
+        steps[name] = make_step(model)
     seqs = [int(s) for s in args.seqs.split(",")]
-    ours: dict[int, list[float]] = {seq: [] for seq in seqs}
-    theirs: dict[int, list[float]] = {seq: [] for seq in seqs}
+    ours = {(p, seq): [] for p in models for seq in seqs}
+    theirs = {(p, seq): [] for p in ("fp32", "bf16") for seq in seqs}
     for r in range(args.rounds):
-        peer = run_peer("torch_peer.py", "train_step", minilm_dir(), "--seqs", args.seqs, "--batch", str(args.batch))
+        peer = run_peer("torch_peer.py", "train_step", minilm_dir(), "--seqs", args.seqs, "--batch", str(args.batch),
+                        "--precisions", "fp32,bf16")
         for seq in seqs:
             ids = mx.array(np.random.default_rng(0).integers(1000, 2000, (args.batch, seq)))
             mask = mx.ones((args.batch, seq), dtype=mx.int32)
             y = mx.array(np.arange(args.batch) % 2)
-            sec = timed(lambda: mx.eval(step(ids, mask, y), state), args.repeats)
-            ours[seq].append(args.batch / sec)
+            for p, (step, state) in steps.items():
+                sec = timed(lambda step=step, state=state, ids=ids, mask=mask, y=y: mx.eval(step(ids, mask, y), state), args.repeats)
+                ours[(p, seq)].append(args.batch / sec)
             if peer:
-                theirs[seq].append(peer[f"train_step_{seq}"])
+                theirs[("fp32", seq)].append(peer[f"train_step_{seq}"])
+                theirs[("bf16", seq)].append(peer[f"train_step_bf16_{seq}"])
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(
-            f"s{seq} {ours[seq][-1]:.1f}" + (f" vs {theirs[seq][-1]:.1f}" if theirs[seq] else "") for seq in seqs))
+            f"s{seq} {p} {ours[(p, seq)][-1]:.1f}" + (f" vs {theirs[(p, seq)][-1]:.1f}" if theirs[(p, seq)] else "")
+            for seq in seqs for p in models))
+    k = kernels()
+    cpu = k.cpu_features() if k is not None else {}
+    note = None if cpu.get("avx512_bf16") else (
+        "this CPU has no avx512_bf16: the bf16 rows measure fallbacks (ours: " + bf16.gemm + "; PyTorch: autocast "
+        "without the bf16 instructions), not the AVX512-BF16 kernel")
     rows = []
     for seq in seqs:
-        rows.append(row(f"lora train step minilm r8 qkvo b{args.batch} s{seq}", float(np.median(ours[seq])), "samples/s",
-                        float(np.median(theirs[seq])) if theirs[seq] else None, blas=lora_tasks.blas_info().provider,
-                        kernels=native_info().summary(), rounds=args.rounds,
-                        rounds_ours=[round(v, 2) for v in ours[seq]], rounds_peer=[round(v, 2) for v in theirs[seq]]))
+        for p in models:
+            label = f"lora train step minilm r8 qkvo b{args.batch} s{seq}"
+            extra = {"blas": lora_tasks.blas_info().provider, "kernels": native_info().summary(), "rounds": args.rounds}
+            if p == "bf16":
+                label += " bf16 base vs torch bf16 autocast"
+                extra.update(compute_dtype=bf16.summary(), avx512_bf16=bool(cpu.get("avx512_bf16")))
+                if note:
+                    extra["note"] = note
+            peer_runs = theirs[(p, seq)]
+            rows.append(row(label, float(np.median(ours[(p, seq)])), "samples/s",
+                            float(np.median(peer_runs)) if peer_runs else None, **extra,
+                            rounds_ours=[round(v, 2) for v in ours[(p, seq)]], rounds_peer=[round(v, 2) for v in peer_runs]))
+        if "bf16" not in models and theirs[("bf16", seq)]:  # auto chose fp32 here: ours fp32 against the bf16 peer
+            rows.append(row(f"lora train step minilm r8 qkvo b{args.batch} s{seq} fp32 ({bf16.summary()}) vs torch bf16 "
+                            "autocast", float(np.median(ours[("fp32", seq)])), "samples/s",
+                            float(np.median(theirs[("bf16", seq)])), avx512_bf16=bool(cpu.get("avx512_bf16"))))
         if not args.no_profile:
-            rows += profile(args.batch, seq, model.config, args.repeats, args.batch / rows[-1]["value"])
+            fp32_rate = next(r["value"] for r in rows if r["name"] == f"lora train step minilm r8 qkvo b{args.batch} s{seq}")
+            rows += profile(args.batch, seq, models["fp32"].config, args.repeats, args.batch / fp32_rate)
     write_results("train_step", rows)
 
 

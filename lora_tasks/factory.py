@@ -29,6 +29,7 @@ from lora_tasks.models.bert import BertConfig
 from lora_tasks.models.encoder import BertWithHead, read_model_config
 from lora_tasks.models.factory import ModelType, build_base
 from lora_tasks.models.heads import Pooling
+from lora_tasks.precision import ComputeDtype, cast_frozen_base, resolve_compute_dtype
 from lora_tasks.multi_adapter import MultiAdapterManager
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ def create_model_with_lora(
     pretrained: bool | None = None,
     seed: int | None = None,
     adapter_seed: int | None = None,
+    compute_dtype: ComputeDtype = "float32",
 ) -> tuple[nn.Module, LoRAAdapter]:
     """Build a model and apply LoRA to it.
 
@@ -61,15 +63,21 @@ def create_model_with_lora(
     - ``seed`` seeds MLX's generator first, so adapter (and random model) initialization repeats.
       ``adapter_seed`` reseeds it after the model is built: several adapters on one random base
       (the folds of a tiny test model) share the base and differ in their adapters.
+    - ``compute_dtype``: ``"float32"``, ``"bfloat16"`` (frozen base weights stored and multiplied
+      in bf16; adapters, head, norms and loss stay fp32) or ``"auto"`` (bf16 where the CPU has
+      avx512_bf16, and on Metal); see :mod:`lora_tasks.precision`.
     """
     if seed is not None:
         mx.random.seed(seed)
     lora = as_config(lora_config)
     check_supported(lora)  # before loading weights
+    dtype = resolve_compute_dtype(compute_dtype)  # likewise
     net = build_base(model_type, head_type, num_labels, pooling, model, config, pretrained)
     if adapter_seed is not None:
         mx.random.seed(adapter_seed)
-    return net, LoRAAdapter(net, lora, freeze_base=freeze_bert)
+    adapter = LoRAAdapter(net, lora, freeze_base=freeze_bert)
+    cast_frozen_base(net, dtype)
+    return net, adapter
 
 
 def create_bert_with_lora(
@@ -84,6 +92,7 @@ def create_bert_with_lora(
     pretrained: bool | None = None,
     seed: int | None = None,
     adapter_seed: int | None = None,
+    compute_dtype: ComputeDtype = "float32",
     **lora_overrides: Any,
 ) -> tuple[BertWithHead, LoRAAdapter]:
     """A BERT encoder with a task head and LoRA from a preset (``efficient``, ``balanced``,
@@ -114,6 +123,7 @@ def create_bert_with_lora(
         pretrained=pretrained,
         seed=seed,
         adapter_seed=adapter_seed,
+        compute_dtype=compute_dtype,
     )
     return net, adapter  # type: ignore[return-value]
 
@@ -132,6 +142,7 @@ def create_qlora_model(
     quantize_embeddings: bool = False,
     pooling: Pooling = "mean",
     seed: int | None = None,
+    compute_dtype: ComputeDtype = "float32",
     **lora_overrides: Any,
 ) -> tuple[nn.Module, LoRAAdapter]:
     """QLoRA: a model whose frozen base linears are stored ``bits``-bit (MLX affine quantization,
@@ -143,6 +154,8 @@ def create_qlora_model(
     - ``quantize_embeddings=True`` also stores the embedding tables quantized (MiniLM's word
       embeddings are 47 MB of its 87 MB in fp32); lookups dequantize only the gathered rows.
     - ``model_type``: ``"bert_with_head"``, ``"modernbert_with_head"`` (or the bare encoders).
+    - ``compute_dtype="bfloat16"`` (or ``"auto"`` on a CPU with avx512_bf16) dequantizes the base to
+      bf16 instead of fp32 before each GEMM.
 
     On the CPU the quantized weights are dequantized right before each GEMM (see
     :mod:`lora_tasks.lora.quantized`); :func:`lora_tasks.lora.quantized.array_bytes` measures memory.
@@ -158,10 +171,13 @@ def create_qlora_model(
         lora = lora.replace(**lora_overrides)
     lora = lora.replace(quantize_bits=bits, quantize_group_size=group_size)
     check_supported(lora)
+    dtype = resolve_compute_dtype(compute_dtype)
     net = build_base(model_type, head_type, num_labels, pooling, model, config, pretrained)
     if quantize_embeddings:
         quantize_embedding_tables(net, bits=bits, group_size=group_size)
-    return net, LoRAAdapter(net, lora, freeze_base=True)
+    adapter = LoRAAdapter(net, lora, freeze_base=True)
+    cast_frozen_base(net, dtype)  # bf16: dequantize to bf16, not fp32
+    return net, adapter
 
 
 def create_multi_adapter_model(

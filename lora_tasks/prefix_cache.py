@@ -70,7 +70,9 @@ def prefix_key(model: nn.Module, data: Dataset, start: int) -> str:
               if k.startswith("bert.") and (not (m := _LAYER.search(k)) or int(m.group(1)) < start)]
     for k, v in sorted(frozen, key=lambda kv: kv[0]):
         h.update(k.encode())
-        h.update(np.array(v).tobytes())
+        h.update(str(v.dtype).encode())
+        # numpy has no bfloat16: hash a bf16 base's raw 16-bit words
+        h.update(np.array(v.view(mx.uint16) if v.dtype == mx.bfloat16 else v).tobytes())
     return h.hexdigest()[:24]
 
 

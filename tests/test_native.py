@@ -31,6 +31,7 @@ def test_info_names_the_library_and_threads():
     assert info.loaded and Path(info.path).exists()
     assert info.threads >= 1 and info.threading in ("openmp", "std::thread")
     assert "native" in info.summary()
+    assert info.bf16_kernel in ("avx512bf16", "portable") and f"bf16 GEMM {info.bf16_kernel}" in info.summary()
 
 
 @pytest.mark.parametrize("shape", [(7,), (64, 1536), (3, 50_000)])  # one thread, and split over threads

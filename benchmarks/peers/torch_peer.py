@@ -1,16 +1,50 @@
 """PyTorch (+ PEFT) peer of our MLX benchmarks, run in its own process: what a user would pick instead.
 
-    python torch_peer.py forward|train_step MODEL_DIR --seqs 64,128 --batch 32 --threads 2
-Prints one JSON line: {"forward_64": samples_per_s, ...}.
+    python torch_peer.py forward|train_step MODEL_DIR --seqs 64,128 --batch 32 --threads 2 --precisions fp32,bf16
+Prints one JSON line: {"forward_64": samples_per_s, "forward_bf16_64": ..., ...}. ``bf16`` runs the same
+model under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (weights fp32, GEMMs in bf16 via oneDNN where
+the CPU has avx512_bf16): the strongest CPU setting a PyTorch user has.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 
 import torch
+
+
+def measure(model, opt, args: argparse.Namespace, seq: int, bf16: bool) -> float:  # noqa: ANN001
+    """Median samples/s of one forward (``opt`` None) or one train step at ``seq``."""
+    ids = torch.randint(1000, 2000, (args.batch, seq))
+    mask = torch.ones_like(ids)
+    y = (torch.arange(args.batch) % 2).float().unsqueeze(-1)
+
+    def cast():
+        return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    def step() -> None:
+        if opt is None:
+            with torch.inference_mode(), cast():
+                model(input_ids=ids, attention_mask=mask)
+        else:
+            with cast():
+                logits = model(input_ids=ids, attention_mask=mask).logits
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return args.batch / sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -21,12 +55,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--precisions", default="fp32", help="comma list of fp32, bf16 (autocast)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     from transformers import AutoModel, BertForSequenceClassification
 
     out = {}
+    opt = None
     if args.mode == "forward":
         model = AutoModel.from_pretrained(args.model_dir).eval()  # BERT or MPNet, from config.json
     else:
@@ -37,30 +73,14 @@ def main() -> None:
         model = get_peft_model(base, cfg)
         model.train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    for seq in [int(s) for s in args.seqs.split(",")]:
-        ids = torch.randint(1000, 2000, (args.batch, seq))
-        mask = torch.ones_like(ids)
-        y = (torch.arange(args.batch) % 2).float().unsqueeze(-1)
-
-        def step() -> None:
-            if args.mode == "forward":
-                with torch.inference_mode():
-                    model(input_ids=ids, attention_mask=mask)
-            else:
-                logits = model(input_ids=ids, attention_mask=mask).logits
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
-                loss.backward()
-                opt.step()
-                opt.zero_grad()
-
-        for _ in range(2):
-            step()
-        times = []
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t)
-        out[f"{args.mode}_{seq}"] = args.batch / sorted(times)[len(times) // 2]
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    unknown = set(precisions) - {"fp32", "bf16"}
+    if unknown:
+        raise SystemExit(f"unknown --precisions {sorted(unknown)}; use fp32 and/or bf16")
+    for precision in precisions:
+        for seq in [int(s) for s in args.seqs.split(",")]:
+            key = f"{args.mode}_{seq}" if precision == "fp32" else f"{args.mode}_{precision}_{seq}"
+            out[key] = measure(model, opt, args, seq, precision == "bf16")
     print(json.dumps(out))
 
 

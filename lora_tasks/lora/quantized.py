@@ -45,13 +45,17 @@ def is_quantized(module: Any) -> bool:
     return isinstance(module, nn.Module) and "scales" in module and "weight" in module
 
 
-def dequantized_weight(module: nn.Module) -> mx.array:
-    """The dense weight of a quantized linear/embedding (or the weight of a plain one)."""
+def dequantized_weight(module: nn.Module, dtype: mx.Dtype | None = None) -> mx.array:
+    """The dense weight of a quantized linear/embedding (or the weight of a plain one).
+
+    ``dtype``: of the result (default: the scales' dtype, fp32 here); ``mx.bfloat16`` for a bf16
+    compute dtype (:mod:`lora_tasks.precision`), which halves the dense temporary.
+    """
     if not is_quantized(module):
-        return module.weight
+        return module.weight if dtype is None else module.weight.astype(dtype)
     return mx.dequantize(
         module["weight"], scales=module["scales"], biases=module.get("biases"),
-        group_size=module.group_size, bits=module.bits, mode=getattr(module, "mode", "affine"),
+        group_size=module.group_size, bits=module.bits, mode=getattr(module, "mode", "affine"), dtype=dtype,
     )
 
 

@@ -14,12 +14,16 @@ vectorized, multi-threaded pass each (GELU forward 14 -> 1.5 ms, backward 68 -> 
 whole attention as one primitive per direction (:func:`multi_head_attention`: one layer's
 forward+backward at seq 64, 97-113 -> 32-38 ms). They are chosen on first use when they build;
 the arithmetic versions below stay as the fallback.
+
+:func:`bf16_linear` is the GEMM of a frozen base stored in bf16 (:mod:`lora_tasks.precision`):
+the native bf16 GEMM where the CPU has AVX512-BF16, else the weight widened for the BLAS.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 from types import SimpleNamespace
 from typing import Callable
 
@@ -203,20 +207,51 @@ def _native_ops(k) -> SimpleNamespace:  # noqa: ANN001 - the loaded extension mo
         seed = mx.random.randint(0, 2**31 - 1, (1,)).astype(mx.uint32) if p > 0 else mx.zeros((1,), mx.uint32)
         return attend(heads, float(scale), round(p, 6))(q, k_, v, mask, seed)[0].astype(q.dtype)
 
+    def _bf16_vjp(primals: list[mx.array], cotangent: mx.array) -> tuple[mx.array, ...]:
+        x, w = primals[0], primals[1]
+        dx = k.bf16_matmul(cotangent, w, None, False).astype(x.dtype)
+        # dw and db with MLX ops: lazily built, so a frozen weight (the point of bf16) never computes them
+        rows = cotangent.reshape(-1, cotangent.shape[-1])
+        dw = (rows.T @ x.reshape(-1, x.shape[-1])).astype(w.dtype)
+        if len(primals) == 2:
+            return dx, dw
+        return dx, dw, rows.sum(axis=0).astype(primals[2].dtype)
+
+    @mx.custom_function
+    def bf16_linear_nobias(x: mx.array, w: mx.array) -> mx.array:
+        return k.bf16_matmul(x, w, None, True).astype(x.dtype)
+
+    @bf16_linear_nobias.vjp
+    def _bf16_nobias_vjp(primals, cotangent, output):  # noqa: ANN001 - MLX's vjp protocol
+        return _bf16_vjp(primals, cotangent)
+
+    @mx.custom_function
+    def bf16_linear_bias(x: mx.array, w: mx.array, b: mx.array) -> mx.array:
+        return k.bf16_matmul(x, w, b, True).astype(x.dtype)
+
+    @bf16_linear_bias.vjp
+    def _bf16_bias_vjp(primals, cotangent, output):  # noqa: ANN001 - MLX's vjp protocol
+        return _bf16_vjp(primals, cotangent)
+
+    def bf16_linear_native(x: mx.array, w: mx.array, b: mx.array | None) -> mx.array:
+        return bf16_linear_nobias(x, w) if b is None else bf16_linear_bias(x, w, b)
+
     return SimpleNamespace(gelu=gelu_native, softmax=softmax_native, dropout=dropout_native, layer_norm=layer_norm_native,
-                           attention=attention_native)
+                           attention=attention_native, bf16_linear=bf16_linear_native,
+                           bf16_kernel=k.bf16_kernel())
 
 
 @functools.cache
 def _impl() -> SimpleNamespace:
     """The one backend check for these kernels, made on first use (the native build may take ~15 s)."""
     if not _CPU:
-        return SimpleNamespace(gelu=gelu_exact, softmax=softmax_stock, dropout=None, layer_norm=None, attention=None)
+        return SimpleNamespace(gelu=gelu_exact, softmax=softmax_stock, dropout=None, layer_norm=None, attention=None,
+                               bf16_linear=None, bf16_kernel=None)
     k = native.kernels()
     if k is not None:
         return _native_ops(k)
     return SimpleNamespace(gelu=_gelu_fast_compiled, softmax=_softmax_fast_compiled, dropout=None, layer_norm=None,
-                           attention=None)
+                           attention=None, bf16_linear=None, bf16_kernel=None)
 
 
 _CPU = is_cpu_backend()
@@ -300,3 +335,42 @@ def multi_head_attention(
 
     out = attention(heads(q), heads(k), heads(v), mask, scale, dropout)
     return out.transpose(0, 2, 1, 3).reshape(b, s, hd)
+
+
+BF16_GEMM_ENV = "KAGGLE_LORA_BF16_GEMM"
+BF16_GEMM_MODES = ("auto", "native", "upcast")
+
+
+def bf16_gemm_mode() -> str:
+    """How :func:`bf16_linear` computes on the CPU: ``"native"`` (the bf16 GEMM primitive) or ``"upcast"``
+    (the weight widened to fp32 for the BLAS's sgemm).
+
+    ``auto`` (the default of ``KAGGLE_LORA_BF16_GEMM``) is native only where the AVX512-BF16 micro-kernel
+    runs: elsewhere the portable kernel is correct but slower than the BLAS on the widened weight.
+    ``native`` forces the primitive (its portable kernel on CPUs without the instructions; tests use it).
+    """
+    mode = os.environ.get(BF16_GEMM_ENV, "auto").strip().lower() or "auto"
+    if mode not in BF16_GEMM_MODES:
+        raise ValueError(f"{BF16_GEMM_ENV}={mode!r}; use one of {', '.join(BF16_GEMM_MODES)}.")
+    impl = _impl()
+    if impl.bf16_linear is None:
+        return "upcast"
+    if mode == "auto":
+        return "native" if impl.bf16_kernel == "avx512bf16" else "upcast"
+    return mode
+
+
+def bf16_linear(x: mx.array, w: mx.array, bias: mx.array | None = None) -> mx.array:
+    """``x @ w.T + bias`` for a frozen bf16 weight ``w`` (out, in); fp32 activations in and out.
+
+    CPU: the native bf16 GEMM (x rounded to bf16, fp32 accumulation; its vjp gives the input gradient
+    through the same kernel) or the fp32 upcast, see :func:`bf16_gemm_mode`. Metal: MLX's own bf16
+    matmul, the output widened back.
+    """
+    if not _CPU:
+        y = (x.astype(w.dtype) @ w.T).astype(x.dtype)
+        return y if bias is None else y + bias.astype(x.dtype)
+    if bf16_gemm_mode() == "native":
+        return _impl().bf16_linear(x, w, bias)
+    wt = w.astype(x.dtype).T
+    return x @ wt if bias is None else mx.addmm(bias.astype(x.dtype), x, wt)

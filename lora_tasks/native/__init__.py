@@ -1,9 +1,14 @@
-"""Native CPU kernels for MLX: GELU, softmax, LayerNorm, dropout and attention as threaded primitives.
+"""Native CPU kernels for MLX: GELU, softmax, LayerNorm, dropout, attention and a bf16 GEMM as threaded primitives.
 
 Why: on MLX's CPU backend the element-wise part of a BERT train step ran on one thread in scalar
 loops, and measured as slow as the GEMMs it sits between. :mod:`lora_tasks.models.ops` uses
 these kernels on the CPU when they build, and MLX's own ops otherwise (Metal, no compiler, or
 ``KAGGLE_LORA_NATIVE_KERNELS=0``); either way the math is the same to ~1e-6.
+
+The bf16 GEMM (``bf16_gemm.h``, for a frozen base stored in bf16, see
+:mod:`lora_tasks.precision`) picks its micro-kernel at run time from cpuid: AVX512-BF16's
+``vdpbf16ps`` where the CPU and OS support it, a portable one elsewhere; ``NativeInfo.bf16_kernel``
+names the choice.
 
 :func:`kernels` builds (once per machine, ~15 s, cached) and loads the extension on first use;
 :func:`native_info` says what happened, and ``kaggle-lora blas`` prints it.
@@ -19,7 +24,14 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from lora_tasks.backend import blas_info, is_cpu_backend
-from lora_tasks.native.builder import NativeBuildError, Toolchain, build, cache_dir, find_toolchain, load
+from lora_tasks.native.builder import (
+    NativeBuildError,
+    Toolchain,
+    build,
+    cache_dir,
+    find_toolchain,
+    load,
+)
 
 log = logging.getLogger("lora_tasks")
 
@@ -35,10 +47,12 @@ class NativeInfo:
     path: str | None = None
     threading: str | None = None
     threads: int | None = None
+    bf16_kernel: str | None = None  # the bf16 GEMM micro-kernel cpuid selects: "avx512bf16" or "portable"
 
     def summary(self) -> str:
         if self.loaded:
-            return f"CPU kernels: native ({self.threading}, {self.threads} threads): {self.path}"
+            return (f"CPU kernels: native ({self.threading}, {self.threads} threads, bf16 GEMM {self.bf16_kernel}): "
+                    f"{self.path}")
         return f"CPU kernels: MLX ops ({self.reason})"
 
 
@@ -60,7 +74,8 @@ def _resolve() -> tuple[ModuleType | None, NativeInfo]:
     except NativeBuildError as exc:
         log.warning("kaggle-lora native CPU kernels unavailable, using MLX ops (slower): %s", exc)
         return None, NativeInfo(False, str(exc).splitlines()[0])
-    return module, NativeInfo(True, "built" if built else "cached", str(path), module.threading, module.threads())
+    return module, NativeInfo(True, "built" if built else "cached", str(path), module.threading, module.threads(),
+                              module.bf16_kernel())
 
 
 def _cached(tc: Toolchain) -> bool:

@@ -24,6 +24,8 @@ from pathlib import Path
 from types import ModuleType
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
+# files kernels.cpp includes: part of the fingerprint, so editing them rebuilds
+HEADERS = (Path(__file__).with_name("bf16_gemm.h"), Path(__file__).with_name("bf16_microkernel.inc"))
 FIX_HINT = (
     "install a C++ compiler and the Python headers (Debian: `apt-get install g++ python3-dev`) and "
     "`pip install nanobind`, or set KAGGLE_LORA_NATIVE_KERNELS=0 to use MLX's own ops (slower on CPU)"
@@ -70,6 +72,8 @@ class Toolchain:
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(SOURCE.read_bytes())
+        for header in HEADERS:
+            h.update(b"\0" + header.read_bytes())
         for part in (self.compiler, self.compiler_version, self.python_include, self.nanobind_version,
                      self.mlx_dir, self.mlx_version, self.openmp_lib or "", self.cpu_flags,
                      sysconfig.get_config_var("EXT_SUFFIX") or "", " ".join(self.flags("m"))):
@@ -101,6 +105,10 @@ def _openmp_runtime(blas_path: str | None) -> str | None:
 
 def find_toolchain(blas_path: str | None) -> Toolchain:
     """Locate compiler, headers, nanobind and MLX; raise :class:`NativeBuildError` naming what is missing."""
+    missing = [str(p) for p in (SOURCE, *HEADERS) if not p.exists()]
+    if missing:
+        raise NativeBuildError(f"the kernels' source files are missing from the installed package: {', '.join(missing)}; "
+                               "reinstall kaggle-lora (its package data must include native/*.cpp, *.h, *.inc)")
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not compiler:
         raise NativeBuildError(f"no C++ compiler found (looked for $CXX, g++, c++); {FIX_HINT}")

@@ -20,6 +20,8 @@
 #include <vector>
 
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
 #include "mlx/backend/cpu/encoder.h"
@@ -29,6 +31,8 @@
 #ifdef KL_OPENMP
 #include <omp.h>
 #endif
+
+#include "bf16_gemm.h"
 
 namespace nb = nanobind;
 using namespace mlx::core;
@@ -591,6 +595,39 @@ class Dropout : public CpuUnary {
   float p_;
 };
 
+
+// bf16 GEMM of a frozen weight (bf16_gemm.h): inputs a (..., K) float32, w bf16 (N x K when w_nk,
+// else K x N), optional bias (N) float32; output (..., N) float32.
+class Bf16Matmul : public CpuUnary {
+ public:
+  Bf16Matmul(Stream s, bool w_nk, const kl_bf16::Kernel& kernel) : CpuUnary(s), w_nk_(w_nk), kernel_(&kernel) {}
+  void eval_cpu(const std::vector<array>& in, array& out) override {
+    const array& a = in[0];
+    const array& w = in[1];
+    size_t K = a.shape(-1), N = out.shape(-1), M = 1;
+    for (int i = 0; i + 1 < a.ndim(); ++i) M *= static_cast<size_t>(a.shape(i));
+    kl_bf16::Problem pr{M, N, K, a.data<float>(), K, w.data<uint16_t>(), w_nk_,
+                        in.size() > 2 ? in[2].data<float>() : nullptr, allocate(out).data<float>(), N};
+    launch(in, out, [pr, kernel = kernel_] {
+      kl_bf16::gemm(*kernel, pr, [](size_t n, auto&& f) { parallel_units(n, f); });
+    });
+  }
+  std::vector<Shape> output_shapes(const std::vector<array>& in) override {
+    Shape s = in[0].shape();
+    s.back() = in[1].shape(w_nk_ ? 0 : 1);
+    return {s};
+  }
+  const char* name() const override { return "KaggleLoraBf16Matmul"; }
+  bool is_equivalent(const Primitive& o) const override {
+    auto& b = static_cast<const Bf16Matmul&>(o);
+    return b.w_nk_ == w_nk_ && b.kernel_ == kernel_;
+  }
+
+ private:
+  bool w_nk_;
+  const kl_bf16::Kernel* kernel_;
+};
+
 // Multi-output primitives for attention: inputs (batch, seq, heads*dim) float32.
 class CpuMulti : public Primitive {
  public:
@@ -757,6 +794,43 @@ std::vector<array> attention_backward(const array& q, const array& k, const arra
                              contiguous(astype(seed, uint32, s), false, s)});
 }
 
+
+// a @ w.T (transpose_w, w: N x K) or a @ w (w: K x N) [+ bias], w rounded to bf16, a rounded to bf16 inside,
+// fp32 accumulation and output. `kernel`: "auto" (AVX512-BF16 when the CPU has it), "portable", "avx512bf16".
+array bf16_matmul(const array& a, const array& w, const std::optional<array>& bias, bool transpose_w,
+                  const std::string& kernel) {
+  auto s = cpu_stream();
+  const kl_bf16::Kernel& kern = kl_bf16::select_kernel(kernel);
+  if (a.ndim() < 1 || w.ndim() != 2) throw std::invalid_argument("bf16_matmul: a needs >= 1 axis and w exactly 2");
+  int K = transpose_w ? w.shape(1) : w.shape(0), N = transpose_w ? w.shape(0) : w.shape(1);
+  if (a.shape(-1) != K)
+    throw std::invalid_argument("bf16_matmul: a's last axis (" + std::to_string(a.shape(-1)) + ") must equal w's " +
+                                (transpose_w ? "second" : "first") + " axis (" + std::to_string(K) + ")");
+  std::vector<array> inputs{f32(a, s), contiguous(astype(w, bfloat16, s), false, s)};
+  if (bias) {
+    if (bias->shape() != Shape{N})
+      throw std::invalid_argument("bf16_matmul: bias must have shape (" + std::to_string(N) + ",)");
+    inputs.push_back(f32(*bias, s));
+  }
+  Shape out = a.shape();
+  out.back() = N;
+  return array(out, float32, std::make_shared<Bf16Matmul>(s, transpose_w, kern), std::move(inputs));
+}
+
+std::string bf16_kernel() { return kl_bf16::select_kernel("auto").name; }
+
+nb::dict cpu_features() {
+  const auto& f = kl_bf16::cpu();
+  nb::dict d;
+  d["avx2"] = f.avx2;
+  d["fma"] = f.fma;
+  d["avx512f"] = f.avx512f;
+  d["avx512_bf16"] = f.avx512_bf16;
+  d["os_avx"] = f.os_avx;
+  d["os_zmm"] = f.os_zmm;
+  return d;
+}
+
 }  // namespace
 
 NB_MODULE(KL_MODULE_NAME, m) {
@@ -770,6 +844,10 @@ NB_MODULE(KL_MODULE_NAME, m) {
   m.def("dropout", &dropout);
   m.def("attention_forward", &attention_forward);
   m.def("attention_backward", &attention_backward);
+  m.def("bf16_matmul", &bf16_matmul, nb::arg("a"), nb::arg("w"), nb::arg("bias").none() = nb::none(),
+        nb::arg("transpose_w") = true, nb::arg("kernel") = "auto");
+  m.def("bf16_kernel", &bf16_kernel);
+  m.def("cpu_features", &cpu_features);
   m.def("threads", &thread_count);
 #ifdef KL_OPENMP
   m.attr("threading") = "openmp";
