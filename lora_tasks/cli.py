@@ -176,7 +176,7 @@ def show_plan(options: RunOptions) -> int:
         print(f"\nkaggle-lora failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     first = Plan.load(next(iter(plans.values())))
-    print(f"\n{first.profile_markdown}")
+    print(f"\n{first.competition_markdown}\n\n{first.profile_markdown}")
     for member, path in plans.items():
         plan = Plan.load(path)
         print(f"\nAdapter set `{member}` ({plan.model}; {plan.n_folds} folds): {path}\n{plan.settings_markdown()}")

@@ -57,6 +57,7 @@ class RunOptions(BaseModel):
         "PRESET[@MODEL][:KEY=VALUE,...], e.g. expressive or balanced@all-mpnet-base-v2:epochs=2 (default: the "
         "competition config's [training] adapter_sets; an empty list: none)")
     submit: bool = Field(True, description="submit the checked file and read its score (false: stop after the file)")
+    resubmit: bool = Field(False, description="submit even if Kaggle already has this exact file")
     message: str = Field("kaggle-lora", description="submission message")
     data_dir: str | None = Field(None, description="where competition data is downloaded (default: WORK_DIR/data)")
     work_dir: str = Field(default_factory=lambda: DEFAULT_WORK_DIR, description="artifacts, token cache and task "

@@ -19,6 +19,7 @@ from lora_tasks.hashing import sha256_file
 from lora_tasks.kaggle import SubmissionValidationError
 from lora_tasks.options import RunOptions
 from lora_tasks.testing import fake_kaggle as fk
+from lora_tasks.task import Task
 from lora_tasks.testing.demo import build_demo_competition
 
 
@@ -72,7 +73,7 @@ def test_prepare_writes_texts_labels_and_format(demo_steps, demo_dir):
     assert len(data.train_texts) == len(train) and len(data.test_texts) == len(test)
     assert data.train_texts[0].startswith("Mean radius is ")
     assert data.y == train["target"].tolist()
-    assert data.test_ids == test["id"].tolist()
+    assert data.test_ids == [str(v) for v in test["id"]], "ids as test.csv writes them, in its order"
     assert (data.head_type, data.metric, data.classes) == ("binary_classification", "accuracy", [0, 1])
     assert "target" not in data.train_texts[0].lower().split(" is ")[0]
 
@@ -351,9 +352,10 @@ def test_f1_combine_fits_the_label_cut_and_the_submission_uses_it(demo_steps, de
     frame = pd.read_csv(steps.write_submission(as_f1, plan, blended.test_path, tmp_path, blended.threshold))
     classes = data.classes or [0, 1]
     expected = [classes[int(v)] for v in test >= blended.threshold]
-    assert frame[data.target_column].tolist() == expected
+    target = data.target_columns[0]
+    assert frame[target].tolist() == expected
     if ((test >= blended.threshold) != (test >= 0.5)).any():  # the file differs from a 0.5 cut exactly there
-        assert pd.read_csv(steps.write_submission(as_f1, plan, blended.test_path, tmp_path))[data.target_column].tolist() != expected
+        assert pd.read_csv(steps.write_submission(as_f1, plan, blended.test_path, tmp_path))[target].tolist() != expected
 
     fixed = replace(data, metric="f1", submission=replace(data.submission, threshold=0.5)).save(tmp_path)
     kept = steps.combine(fixed, plan, demo_folds, tmp_path)
@@ -399,14 +401,15 @@ def test_merge_of_one_adapter_equals_that_adapter(demo_steps, demo_folds):
     np.testing.assert_allclose(pred, np.load(demo_folds[0].test_path), atol=2e-4)
 
 
-def _fake_prepared(classes=None, **fmt):
-    """A Prepared of three test rows; ``fmt`` changes its submission format."""
+def _fake_prepared(classes=None, spellings=(), **fmt):
+    """A Prepared of three test rows; ``fmt`` changes its submission format (``spellings``: its
+    classes as train.csv writes them)."""
     submission = SubmissionFormat(**{"columns": ("Id", "y"), "dtype": "float", "prediction": "values",
-                                     "threshold": 0.5, **fmt})
-    return steps.Prepared(slug="x", task_type="regression", head_type="regression", num_labels=1, metric="rmse",
-                          classes=classes, id_column="Id", target_column="y", submission=submission,
+                                     "threshold": 0.5, "id_column": "Id", "classes": tuple(spellings), **fmt})
+    return steps.Prepared(slug="x", task=Task.REGRESSION, head_type="regression", num_labels=1, metric="rmse",
+                          classes=classes, id_column="Id", target_columns=["y"], submission=submission,
                           sample_submission="", template="", n_train_rows_total=0, train_rows=[], train_texts=[],
-                          y=[], test_texts=[], test_ids=[1, 2, 3])
+                          y=[], test_texts=[], test_ids=["001", "002", "003"])
 
 
 def _plan(transform="none"):
@@ -414,27 +417,50 @@ def _plan(transform="none"):
                       model="tiny", tiny=True, train_metric=None)
 
 
-def test_submission_inverts_log1p():
+def _csv_text(frame: pd.DataFrame, tmp_path: Path) -> list[str]:
+    """The lines the submission file holds (as Kaggle reads them)."""
+    from lora_tasks.data.submission_format import write_csv
+
+    return write_csv(frame, tmp_path / "s.csv").read_text().splitlines()
+
+
+def test_submission_inverts_log1p(tmp_path):
     frame = steps.submission_frame(np.log1p([100.0, 2000.0, 5.0]), _fake_prepared(), _plan("log1p"))
     assert list(frame.columns) == ["Id", "y"]
     np.testing.assert_allclose(frame["y"], [100.0, 2000.0, 5.0])
+    assert _csv_text(frame, tmp_path)[1].startswith("001,"), "ids keep their leading zeros"
 
 
-def test_submission_labels_use_threshold_and_class_values():
-    prepared = _fake_prepared(classes=["no", "yes"], dtype="str", prediction="labels", threshold=0.7)
+def test_submission_labels_use_threshold_and_class_values(tmp_path):
+    prepared = _fake_prepared(classes=["no", "yes"], dtype="str", prediction="labels", threshold=0.7,
+                              spellings=("no", "yes"))
     frame = steps.submission_frame(np.array([0.6, 0.71, 0.2]), prepared, _plan())
     assert frame["y"].tolist() == ["no", "yes", "no"]
+    prepared = _fake_prepared(classes=[False, True], dtype="bool", prediction="labels", spellings=("False", "True"))
+    frame = steps.submission_frame(np.array([0.6, 0.2, 0.9]), prepared, _plan())
+    assert _csv_text(frame, tmp_path) == ["Id,y", "001,True", "002,False", "003,True"], "bools as train.csv spells them"
 
 
-def test_submission_int_labels_and_multiclass_probabilities():
-    prepared = _fake_prepared(classes=[0, 1], dtype="int", prediction="labels")
+def test_submission_int_labels_and_multiclass_probabilities(tmp_path):
+    prepared = _fake_prepared(classes=[0, 1], dtype="int", prediction="labels", spellings=("0", "1"))
     frame = steps.submission_frame(np.array([0.9, 0.1, 0.5]), prepared, _plan())
-    assert frame["y"].dtype == np.int64 and frame["y"].tolist() == [1, 0, 1]
-    prepared = _fake_prepared(classes=["a", "b", "c"], columns=("Id", "a", "b", "c"), prediction="probabilities")
+    assert _csv_text(frame, tmp_path) == ["Id,y", "001,1", "002,0", "003,1"], "int labels without .0"
+    prepared = _fake_prepared(classes=["a", "b", "c"], columns=("Id", "c", "a", "b"), prediction="probabilities",
+                              spellings=("a", "b", "c"))
     probs = np.array([[0.2, 0.3, 0.5], [0.1, 0.8, 0.1], [0.6, 0.2, 0.2]])
     frame = steps.submission_frame(probs, prepared, _plan())
-    assert list(frame.columns) == ["Id", "a", "b", "c"]
-    np.testing.assert_allclose(frame[["a", "b", "c"]].to_numpy(), probs)
+    assert list(frame.columns) == ["Id", "c", "a", "b"], "the sample's column order"
+    np.testing.assert_allclose(frame[["a", "b", "c"]].to_numpy(dtype=float), probs)
+
+
+def test_submission_of_several_targets_has_one_column_each(tmp_path):
+    prepared = replace(_fake_prepared(columns=("Id", "u", "v")), task=Task.MULTITARGET_REGRESSION,
+                       target_columns=["u", "v"], num_labels=2)
+    values = np.array([[1.5, 2.0], [3.25, 4.0], [5.0, 6.125]])
+    frame = steps.submission_frame(values, prepared, _plan())
+    np.testing.assert_allclose(frame[["u", "v"]].to_numpy(dtype=float), values)
+    with pytest.raises(steps.PipelineError, match="prediction column"):
+        steps.submission_frame(values[:, :1], prepared, _plan())
 
 
 def test_validate_catches_a_wrong_file(demo_steps, tmp_path):

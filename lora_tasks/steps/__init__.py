@@ -31,7 +31,6 @@ from lora_tasks.steps.combine import (
 )
 from lora_tasks.steps.download import (
     DEMO_SLUG,
-    competition_slug,
     download_data,
     kaggle_endpoint,
     offline_kaggle,
@@ -39,6 +38,12 @@ from lora_tasks.steps.download import (
 from lora_tasks.steps.plan import OVERRIDABLE, Plan, given_overrides, plan_training
 from lora_tasks.steps.prepare import Prepared, prepare_data
 from lora_tasks.steps.run import PipelineResult, plan_run, run_pipeline
+from lora_tasks.steps.spec import (
+    METADATA_NAME,
+    CompetitionMetadata,
+    competition_slug,
+    competition_spec,
+)
 from lora_tasks.steps.store import (
     PIPELINE_VERSION,
     PipelineError,
@@ -71,10 +76,10 @@ from lora_tasks.steps.train import (
 )
 
 __all__ = [
-    "ADAPTERS_MEMBER", "COMBINE_METHODS", "DEFAULT_BLEND_METHOD", "DEMO_SLUG", "OVERRIDABLE", "PIPELINE_VERSION",
-    "AdapterResult", "AdapterSet", "BaselineResult", "CombineResult", "PipelineError", "PipelineResult", "Plan",
+    "ADAPTERS_MEMBER", "COMBINE_METHODS", "DEFAULT_BLEND_METHOD", "DEMO_SLUG", "METADATA_NAME", "OVERRIDABLE", "PIPELINE_VERSION",
+    "AdapterResult", "AdapterSet", "BaselineResult", "CombineResult", "CompetitionMetadata", "PipelineError", "PipelineResult", "Plan",
     "Prepared", "TokenFiles", "adapter_set_overrides", "check_adapter_set", "combine", "competition_slug",
-    "download_data", "fold_assignment", "given_overrides", "inverse_transform", "kaggle_endpoint", "load_dataset",
+    "competition_spec", "download_data", "fold_assignment", "given_overrides", "inverse_transform", "kaggle_endpoint", "load_dataset",
     "load_json", "merged_predict", "offline_kaggle", "parse_adapter_sets", "plan_run", "plan_training",
     "prepare_data", "read_score", "recipe_adapter_sets", "run_pipeline", "save_array", "save_json",
     "score_predictions", "submission_frame", "submission_run_id", "submit_file", "submit_run", "tokenize_data",

@@ -12,17 +12,15 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from lora_tasks.data.competition import find_config_file, read_config_file
+from lora_tasks.steps.spec import (
+    CompetitionMetadata,
+    competition_slug,
+    config_names_metric,
+)
 
 log = logging.getLogger("lora_tasks.steps")
 
 DEMO_SLUG = "demo"
-
-
-def competition_slug(name: str, competitions_dir: str | os.PathLike | None = None) -> str:
-    """The Kaggle slug of a config name or alias (``house-prices`` -> the long slug)."""
-    path = find_config_file(name, Path(competitions_dir) if competitions_dir else None)
-    return read_config_file(path).get("slug", name) if path else name
 
 
 def download_data(
@@ -35,12 +33,20 @@ def download_data(
     """Download (or confirm up to date) ``competition`` into ``data_dir/<slug>``; return that folder.
 
     ``endpoint`` is a Kaggle-compatible server's base URL (the fake server); None is kaggle.com.
+    When no config file names the metric, Kaggle's ``evaluation_metric`` is read from the
+    competition listing and kept beside the data (:class:`~lora_tasks.steps.spec.CompetitionMetadata`)
+    for the later steps.
     """
     # the kaggle client prints help text and reads credentials at import: load it when used
-    from lora_tasks.kaggle import KaggleClient, download_competition
+    from lora_tasks.kaggle import KaggleClient, competition_metric, download_competition
 
     slug = competition_slug(competition)
-    return download_competition(slug, data_dir, KaggleClient(endpoint, timeout=timeout))
+    client = KaggleClient(endpoint, timeout=timeout)
+    folder = download_competition(slug, data_dir, client)
+    metric = None if config_names_metric(competition) else competition_metric(slug, client)
+    if CompetitionMetadata.find(folder, slug) != CompetitionMetadata(slug, metric):
+        CompetitionMetadata(slug, metric).save(folder)
+    return folder
 
 
 def needs_offline_server(competition: str, endpoint: str | None) -> bool:

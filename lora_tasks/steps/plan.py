@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lora_tasks.data.autoconfig import TrainSettings, apply_settings, auto_configure
-from lora_tasks.data.competition import TRAINING_SETTINGS, load_competition
+from lora_tasks.data.competition import TRAINING_SETTINGS
 from lora_tasks.data.profile import profile_competition
 from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.factory import model_shape
 from lora_tasks.steps.prepare import subset_rows
+from lora_tasks.steps.spec import competition_spec
 from lora_tasks.steps.store import (
     PIPELINE_VERSION,
     PipelineError,
@@ -30,7 +31,11 @@ OVERRIDABLE = (*TRAINING_SETTINGS, "target_transform")
 
 @dataclass(frozen=True)
 class Plan:
-    """What will be trained and why: the settings, the profile it came from, the model."""
+    """What will be trained and why: the settings, the profile it came from, the model.
+
+    ``competition_markdown``: what was inferred about the competition and from where (id,
+    targets, task, metric and its source, submission format, excluded columns).
+    """
 
     slug: str
     settings: TrainSettings
@@ -39,6 +44,7 @@ class Plan:
     tiny: bool
     train_metric: str | None  # the metric on the training scale (None: the loss)
     seed: int = 0
+    competition_markdown: str = ""
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write ``out_dir/plan-<sha16>.json`` (content-addressed)."""
@@ -47,7 +53,7 @@ class Plan:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Plan:
         data = load_record(path, "plan")
-        missing = sorted({f.name for f in fields(cls)} - set(data) - {"seed"})
+        missing = sorted({f.name for f in fields(cls)} - set(data) - {"seed", "competition_markdown"})
         if missing:
             raise PipelineError(f"{path} is not a plan of this version (missing {missing}); plan again.")
         known = {f.name for f in fields(TrainSettings)}
@@ -99,7 +105,7 @@ def plan_training(
 ) -> Path:
     """Profile the training table with the model's tokenizer, choose settings by the rule table,
     apply ``overrides`` (each recorded in ``reasons``) and write ``plan-*.json``."""
-    config = load_competition(competition, data_dir=data_dir)
+    config = competition_spec(competition, data_dir)
     tokenizer = Tokenizer.from_pretrained(None if tiny else model)
     train = subset_rows(config.read_train(), max_train_rows, seed)
     profile = profile_competition(config, tokenizer=tokenizer, train=train)
@@ -119,5 +125,6 @@ def plan_training(
         tiny=bool(tiny),
         train_metric=train_metric_for(config.metric, settings.target_transform),
         seed=int(seed),
+        competition_markdown=config.describe(),
     )
     return plan.save(out_dir)

@@ -146,7 +146,8 @@ def run_pipeline(
         out = PipelineResult(folder, prepared, plan, tokens, results, combined, submission_path)
         if options.submit:
             out.submission = submit_file(competition, submission_path, options.message,
-                                         submission_run_id(run_key, submission_path), paths.state, endpoint)
+                                         submission_run_id(run_key, submission_path), paths.state, endpoint,
+                                         resubmit=options.resubmit)
             scored = read_score(competition, out.submission.ref, endpoint, timeout_s=options.score_timeout_s,
                                 poll_s=min(options.score_poll_s, 2.0))
             out.public_score = scored.public_score

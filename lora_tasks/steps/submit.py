@@ -9,52 +9,31 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lora_tasks.data.submission_format import SubmissionRenderError, write_csv
 from lora_tasks.hashing import sha256_file
-from lora_tasks.metrics import to_labels
-from lora_tasks.steps.download import competition_slug
 from lora_tasks.steps.plan import Plan
 from lora_tasks.steps.prepare import Prepared
-from lora_tasks.steps.store import PipelineError, save_csv
+from lora_tasks.steps.spec import competition_slug
+from lora_tasks.steps.store import PipelineError, store_file, temp_path
 from lora_tasks.steps.targets import inverse_transform, label_threshold
 
 
 def submission_frame(test_pred: np.ndarray, prepared: Prepared, plan: Plan,
                      threshold: float | None = None) -> pd.DataFrame:
-    """Test predictions (model scale) -> the submission table in the competition's format:
-    inverse target transform, probabilities or labels (cut at ``threshold``, the tuned one from
-    the combine step, else the configured one; original class values), the id column and the
-    declared dtype."""
+    """Test predictions (model scale) -> the submission table in the sample submission's format
+    (:meth:`SubmissionFormat.render_predictions`): the inverse target transform, then labels
+    (cut at ``threshold``, the tuned one from the combine step, else the configured one; spelled
+    as train.csv spells them), probabilities under the sample's columns, or values; one column
+    per label or target for several; the id column as test.csv writes it."""
     fmt = prepared.submission
-    columns = list(fmt.columns) or [prepared.id_column, prepared.target_column]
-    id_col = prepared.id_column
     values = inverse_transform(np.asarray(test_pred, dtype=np.float64), plan.settings.target_transform)
-    frame = pd.DataFrame({id_col: prepared.test_ids})
-    value_cols = [c for c in columns if c != id_col]
-    classes = prepared.classes
-    if fmt.prediction == "values":
-        frame[value_cols[0]] = values
-    elif fmt.prediction == "probabilities":
-        if values.ndim == 1:
-            frame[value_cols[0]] = values
-        else:
-            if len(value_cols) != values.shape[1]:
-                raise PipelineError(
-                    f"{values.shape[1]} class probabilities but submission columns {value_cols}; set "
-                    "[submission] columns to the id and one column per class."
-                )
-            for j, col in enumerate(value_cols):
-                frame[col] = values[:, j]
-    else:
-        labels = to_labels(values, label_threshold(prepared, threshold))
-        frame[value_cols[0]] = [classes[int(i)] for i in labels] if classes else labels
-    for col in value_cols:
-        if fmt.dtype == "int":
-            frame[col] = np.round(frame[col].astype(float)).astype("int64")
-        elif fmt.dtype == "float":
-            frame[col] = frame[col].astype(float)
-        else:
-            frame[col] = frame[col].astype(str)
-    return frame[[id_col, *value_cols]] if columns[0] == id_col else frame[columns]
+    if fmt.rows_sum_to_one and values.ndim == 2:
+        # a blend of softmax rows sums to 1 only up to float32 rounding; Kaggle and the validator want 1
+        values = values / values.sum(axis=1, keepdims=True)
+    try:
+        return fmt.render_predictions(prepared.test_ids, values, prepared.classes, label_threshold(prepared, threshold))
+    except SubmissionRenderError as exc:
+        raise PipelineError(f"{prepared.slug}: {exc}") from None
 
 
 def write_submission(
@@ -65,21 +44,27 @@ def write_submission(
     threshold: float | None = None,
 ) -> Path:
     """Write ``submission-*.csv`` from the ensemble's test predictions (see :func:`submission_frame`;
-    ``threshold``: :attr:`CombineResult.threshold`)."""
+    ``threshold``: :attr:`CombineResult.threshold`), named by its content's hash."""
     frame = submission_frame(np.load(test_pred_path), Prepared.load(prepared_path), Plan.load(plan_path), threshold)
-    return save_csv(frame, out_dir, "submission")
+    out = Path(out_dir)
+    tmp = write_csv(frame, temp_path(out, ".csv"))
+    return store_file(tmp, out, "submission", ".csv")
 
 
 def validate(submission_path: str | os.PathLike, prepared_path: str | os.PathLike):  # noqa: ANN201 - kaggle.SubmissionCheck
-    """Check the file against the sample submission before anything is uploaded."""
+    """Check the file against the sample submission before anything is uploaded: header, ids,
+    and every cell in the sample's format (labels spelled as train.csv spells them,
+    probabilities in [0, 1] and summing to 1 per row where they are one per class)."""
     from lora_tasks.kaggle import (
         validate_submission,  # the kaggle client is slow to import
     )
 
     prepared = Prepared.load(prepared_path)
+    fmt = prepared.submission
     return validate_submission(
         submission_path, prepared.sample_submission, id_column=prepared.id_column,
-        dtypes={c: prepared.submission.dtype for c in prepared.submission.columns if c != prepared.id_column},
+        dtypes={c: fmt.dtype for c in fmt.value_columns}, allowed_values=fmt.allowed_values(),
+        probability_columns=fmt.probability_columns, rows_sum_to_one=fmt.rows_sum_to_one,
     )
 
 
@@ -91,23 +76,26 @@ def submission_run_id(run_key: str, submission_path: str | os.PathLike) -> str:
 
 
 def submit_file(competition: str, submission_path: str | os.PathLike, message: str, run_id: str,
-                state_dir: str | os.PathLike, endpoint: str | None = None):  # noqa: ANN201 - kaggle.SubmissionResult
-    """Submit once per ``run_id`` (see :func:`lora_tasks.kaggle.submit`)."""
+                state_dir: str | os.PathLike, endpoint: str | None = None, *,
+                resubmit: bool = False):  # noqa: ANN201 - kaggle.SubmissionResult
+    """Submit once per ``run_id`` (see :func:`lora_tasks.kaggle.submit`); ``resubmit``: submit
+    even if Kaggle already has this exact file (from an earlier run)."""
     from lora_tasks.kaggle import (  # the kaggle client is slow to import
         KaggleClient,
         submit,
     )
 
     slug = competition_slug(competition)
-    return submit(slug, submission_path, message, run_id, state_dir, KaggleClient(endpoint))
+    return submit(slug, submission_path, message, run_id, state_dir, KaggleClient(endpoint), resubmit=resubmit)
 
 
 def submit_run(competition: str, submission_path: str | os.PathLike, message: str, run_key: str,
-               state_dir: str | os.PathLike, endpoint: str | None = None):  # noqa: ANN201 - kaggle.SubmissionResult
+               state_dir: str | os.PathLike, endpoint: str | None = None, *,
+               resubmit: bool = False):  # noqa: ANN201 - kaggle.SubmissionResult
     """Submit under the run id :func:`submission_run_id` derives from ``run_key`` and the file:
     retries of one run reuse it (never a second submission), another file or run gets a new one."""
     run_id = submission_run_id(run_key, submission_path)
-    return submit_file(competition, submission_path, message, run_id, state_dir, endpoint)
+    return submit_file(competition, submission_path, message, run_id, state_dir, endpoint, resubmit=resubmit)
 
 
 def read_score(competition: str, ref: int, endpoint: str | None = None, *, timeout_s: float = 900.0,

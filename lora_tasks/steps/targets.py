@@ -9,6 +9,7 @@ from lora_tasks.metrics import get_metric, to_labels
 from lora_tasks.steps.plan import Plan
 from lora_tasks.steps.prepare import Prepared
 from lora_tasks.steps.store import PipelineError
+from lora_tasks.task import Task
 from lora_tasks.thresholds import fixed_threshold, tunes_threshold
 
 
@@ -25,7 +26,8 @@ def inverse_transform(pred: np.ndarray, transform: str) -> np.ndarray:
 
 
 def fold_assignment(prepared: Prepared, plan: Plan) -> np.ndarray:
-    """Fold index of every train row (stratified for classification), identical in every step."""
+    """Fold index of every train row, identical in every step: stratified for single-target
+    classification, plain K-fold for regression and several targets."""
     from lora_tasks.cv import (
         make_folds,  # lora_tasks.cv loads MLX: not needed to plan or submit
     )
@@ -34,8 +36,9 @@ def fold_assignment(prepared: Prepared, plan: Plan) -> np.ndarray:
 
 
 def training_labels(prepared: Prepared, plan: Plan) -> np.ndarray:
-    """The labels on the model's scale: class indices, or (transformed) float targets."""
-    if prepared.head_type == "regression":
+    """The labels on the model's scale: class indices, 0/1 per label (multilabel, (n, k)), or
+    (transformed) float targets ((n,) or (n, k))."""
+    if prepared.task.is_regression:
         y = np.asarray(prepared.y, dtype=np.float32)
         return transform_target(y, plan.settings.target_transform).astype(np.float32)
     return np.asarray(prepared.y, dtype=np.int32)
@@ -50,9 +53,9 @@ def to_metric_scale(pred: np.ndarray, prepared: Prepared, plan: Plan, threshold:
     """Model outputs -> what the competition metric wants (labels, probabilities or values)."""
     values = inverse_transform(pred, plan.settings.target_transform)
     needs = get_metric(prepared.metric).needs
-    if prepared.head_type == "regression" or needs != "labels":
+    if prepared.task.is_regression or needs != "labels":
         return values
-    return to_labels(values, label_threshold(prepared, threshold))
+    return to_labels(values, label_threshold(prepared, threshold), multilabel=prepared.task is Task.MULTILABEL)
 
 
 def score_predictions(pred: np.ndarray, prepared: Prepared, plan: Plan, threshold: float | None = None) -> float:
@@ -63,7 +66,7 @@ def score_predictions(pred: np.ndarray, prepared: Prepared, plan: Plan, threshol
 
 def tunes_label_cut(prepared: Prepared, plan: Plan) -> bool:
     """Whether combine fits the label cut on OOF rows (see :mod:`lora_tasks.thresholds`)."""
-    binary = prepared.head_type == "binary_classification" and plan.settings.target_transform == "none"
+    binary = prepared.task is Task.BINARY and plan.settings.target_transform == "none"
     return tunes_threshold(prepared.submission.threshold, prepared.metric, binary)
 
 

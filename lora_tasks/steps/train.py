@@ -12,12 +12,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lora_tasks.data.competition import load_competition
 from lora_tasks.data.token_cache import tokenize_cached
 from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.hashing import sha256_bytes, sha256_file
 from lora_tasks.steps.plan import Plan
 from lora_tasks.steps.prepare import Prepared
+from lora_tasks.steps.spec import competition_spec
 from lora_tasks.steps.store import PipelineError, save_array, store_file, temp_path
 from lora_tasks.steps.targets import fold_assignment, score_predictions, training_labels
 
@@ -208,7 +208,7 @@ def train_baselines(
     start = time.perf_counter()
     prepared = Prepared.load(prepared_path)
     plan = Plan.load(plan_path)
-    config = load_competition(competition, data_dir=data_dir)
+    config = competition_spec(competition, data_dir)
     train = config.read_train()
     rows = prepared.train_rows
     if max(rows, default=-1) >= len(train):
@@ -216,7 +216,7 @@ def train_baselines(
     train = train.iloc[rows].reset_index(drop=True)
     text_columns = config.row_template(train).text_columns
     members = table_members(
-        train, training_labels(prepared, plan), fold_assignment(prepared, plan), prepared.head_type, config.read_test(),
+        train, training_labels(prepared, plan), fold_assignment(prepared, plan), prepared.task, config.read_test(),
         text_columns=tuple(text_columns), exclude=config.excluded_columns, seed=plan.seed,
     )
     seconds = (time.perf_counter() - start) / len(members)
