@@ -18,8 +18,8 @@ from lora_tasks.data.competition import SubmissionFormat
 from lora_tasks.hashing import sha256_file
 from lora_tasks.kaggle import SubmissionValidationError
 from lora_tasks.options import RunOptions
-from lora_tasks.testing import fake_kaggle as fk
 from lora_tasks.task import Task
+from lora_tasks.testing import fake_kaggle as fk
 from lora_tasks.testing.demo import build_demo_competition
 
 
