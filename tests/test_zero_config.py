@@ -167,3 +167,19 @@ def test_plan_cli_prints_the_competition(creds, server, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "### Competition: shape-binary-bool" in out and "kaggle metadata" in out
     assert "one of False, True" in out, "the submission format, with train.csv's spelling"
+
+
+@pytest.mark.parametrize("listed", [None, "Some Custom Leaderboard Metric"])
+def test_without_a_known_kaggle_metric_the_task_decides_it(creds, served, tmp_path, listed):
+    """No evaluation_metric in the listing, or one we do not know (warned, naming it): the
+    metric is inferred from the task, and the plan says so."""
+    with fk.serve(served, metrics=SERVER_METRICS, evaluation_metrics={BOOL: listed}) as srv:
+        if listed:
+            with pytest.warns(UserWarning, match=listed):
+                plans = steps.plan_run(_options(BOOL, srv, tmp_path / "work"))
+        else:
+            plans = steps.plan_run(_options(BOOL, srv, tmp_path / "work"))
+    shown = steps.Plan.load(plans["lora"]).competition_markdown
+    assert "| metric | accuracy | inferred |" in shown and "kaggle metadata" not in shown
+    record = steps.CompetitionMetadata.find(tmp_path / "work" / "data", BOOL)
+    assert record == steps.CompetitionMetadata(BOOL, listed)

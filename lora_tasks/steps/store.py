@@ -18,7 +18,7 @@ import numpy as np
 
 from lora_tasks.hashing import sha256_file
 
-PIPELINE_VERSION = 1  # bump when a step's output format changes
+PIPELINE_VERSION = 2  # bump when a step's output format changes (2: Prepared with Task, target_columns, excluded)
 
 
 class PipelineError(RuntimeError):
