@@ -16,7 +16,16 @@ import requests
 from sklearn import metrics as skm
 from sklearn.metrics import accuracy_score
 
+from lora_tasks.data.competition import load_competition
+from lora_tasks.kaggle import KaggleClient, download_competition
 from lora_tasks.testing import fake_kaggle as fk
+from lora_tasks.testing.demo import DEMO_EVALUATION_METRIC, build_demo_competition
+from lora_tasks.testing.shapes import (
+    SHAPES,
+    build_shape,
+    fake_server_evaluation_metrics,
+    fake_server_metrics,
+)
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 RPC = "/api/v1/competitions.CompetitionApiService/"
@@ -143,7 +152,7 @@ def test_kaggle_cli_in_subprocess_through_proxy_route(tmp_path):
         done = subprocess.run(
             [sys.executable, "-m", "kaggle", "competitions", "submit", "-c", "titanic",
              "-f", str(DATASETS / "titanic" / "gender_submission.csv"), "-m", "from the cli"],
-            env=env, capture_output=True, text=True, timeout=60,
+            env=env, capture_output=True, text=True, timeout=60, check=False,
         )
         assert done.returncode == 0, done.stdout + done.stderr
         assert "Successfully submitted to titanic" in done.stdout
@@ -152,7 +161,7 @@ def test_kaggle_cli_in_subprocess_through_proxy_route(tmp_path):
         assert stored[0].content == (DATASETS / "titanic" / "gender_submission.csv").read_bytes()
         listed = subprocess.run(
             [sys.executable, "-m", "kaggle", "competitions", "submissions", "-c", "titanic", "-v"],
-            env=env, capture_output=True, text=True, timeout=60,
+            env=env, capture_output=True, text=True, timeout=60, check=False,
         )
         assert listed.returncode == 0, listed.stdout + listed.stderr
         assert "COMPLETE" in listed.stdout and ",0.0," in listed.stdout  # all-wrong file scores 0
@@ -273,3 +282,97 @@ def test_request_times_are_recorded_in_order(server):
         requests.post(server.url + RPC + "ListDataFiles", json={"competitionName": "titanic"}, headers=_basic(), timeout=5)
     first, second = server.times_of("ListDataFiles")
     assert first <= second and [r for _, _, r in server.request_log] == ["ListDataFiles", "ListDataFiles"]
+
+
+# ---- shapes: sub-folders, several columns, metrics named by the competition folder ----------
+
+
+def test_a_subfolder_is_zipped_and_listed_with_relative_names_and_the_solution_stays_hidden(tmp_path):
+    top = build_shape("shape-subfolder", tmp_path)
+    with fk.serve(tmp_path) as srv:
+        listing = requests.post(srv.url + RPC + "ListDataFiles", json={"competitionName": "shape-subfolder"},
+                                headers=_basic(), timeout=5).json()
+        names = sorted(f["name"] for f in listing["files"])
+        assert names == ["data/sample_submission.csv", "data/test.csv", "data/train.csv"]
+        zipped = requests.get(f"{srv.url}/files/shape-subfolder.zip", timeout=5)
+        with zipfile.ZipFile(io.BytesIO(zipped.content)) as bundle:
+            assert sorted(bundle.namelist()) == names
+            assert bundle.read("data/train.csv") == (top / "data" / "train.csv").read_bytes()
+        one = requests.get(f"{srv.url}/files/shape-subfolder/data/test.csv", timeout=5)
+        assert one.status_code == 200 and one.content == (top / "data" / "test.csv").read_bytes()
+        assert requests.get(f"{srv.url}/files/shape-subfolder/{fk.SOLUTION_FILE_NAME}", timeout=5).status_code == 404
+
+
+def test_the_download_and_the_data_layer_find_files_in_a_subfolder(tmp_path, monkeypatch):
+    served = tmp_path / "served"
+    build_shape("shape-subfolder", served)
+    for name in ("KAGGLE_API_TOKEN", "KAGGLE_API_ENVIRONMENT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kaggle-home"))
+    monkeypatch.setenv("KAGGLE_USERNAME", fk.DEFAULT_USERNAME)
+    monkeypatch.setenv("KAGGLE_KEY", fk.DEFAULT_KEY)
+    with fk.serve(served) as srv:
+        client = KaggleClient(srv.url)
+        folder = download_competition("shape-subfolder", tmp_path / "data", client)
+        assert (folder / "data" / "train.csv").read_bytes() == (served / "shape-subfolder" / "data" / "train.csv").read_bytes()
+        assert not (folder / fk.SOLUTION_FILE_NAME).exists()
+        zips = len(srv.times_of("zip"))
+        assert download_competition("shape-subfolder", tmp_path / "data", client) == folder
+        assert len(srv.times_of("zip")) == zips, "a second download finds the nested files up to date"
+    cfg = load_competition("shape-subfolder", data_dir=tmp_path / "data", competitions_dir=tmp_path / "no-configs")
+    assert cfg.data_dir == folder / "data" and cfg.target_columns == ("price",)
+
+
+def test_a_shape_folder_names_its_metric_and_the_listing_shows_kaggles_text(tmp_path):
+    for s in SHAPES:
+        build_shape(s, tmp_path)
+    build_demo_competition(tmp_path)
+    with fk.serve(tmp_path) as srv:
+        listed = {}
+        token = ""
+        while True:
+            page = requests.post(srv.url + RPC + "ListCompetitions", json={"pageToken": token}, headers=_basic(),
+                                 timeout=5).json()
+            listed.update({c["ref"].rsplit("/", 1)[1]: c.get("evaluationMetric") for c in page["competitions"]})
+            token = page["nextPageToken"]
+            if not token:
+                break
+    assert listed.pop("demo") == DEMO_EVALUATION_METRIC
+    assert listed == fake_server_evaluation_metrics()
+    assert {s.slug: srv.metric(s.slug) for s in SHAPES} == fake_server_metrics()
+    assert srv.metric("demo") == "accuracy"
+    with fk.serve(tmp_path, metrics={"shape-regression": "mae"}, evaluation_metrics={"shape-regression": None}) as srv:
+        assert srv.metric("shape-regression") == "mae" and srv.evaluation_metric("shape-regression") is None
+
+
+@pytest.mark.parametrize("s", SHAPES, ids=[s.slug for s in SHAPES])
+def test_each_shapes_solution_scores_perfectly_with_its_metric(s, tmp_path):
+    top = build_shape(s, tmp_path)
+    solution = pd.read_csv(top / fk.SOLUTION_FILE_NAME, dtype=str, keep_default_na=False)
+    score = fk.score_submission(solution.iloc[::-1], solution, s.expected.metric)
+    perfect = {"log_loss": 0.0, "rmse": 0.0, "rmsle": 0.0, "mcrmse": 0.0}.get(s.expected.metric, 1.0)
+    assert score == pytest.approx(perfect, abs=1e-9)
+
+
+def test_several_columns_score_columnwise_and_one_hot_as_multiclass_loss():
+    truth = RNG.integers(0, 3, size=60)
+    onehot = np.eye(3, dtype=int)[truth]
+    probs = RNG.dirichlet(np.ones(3), size=60)
+    submission, solution = _frames(onehot, probs, columns=("low", "mid", "high"))
+    assert fk.score_submission(submission, solution, "log_loss") == pytest.approx(skm.log_loss(truth, probs))
+    expected_auc = np.mean([skm.roc_auc_score(onehot[:, j], probs[:, j]) for j in range(3)])
+    assert fk.score_submission(submission, solution, "mean_columnwise_roc_auc") == pytest.approx(expected_auc)
+    values, noisy = RNG.random((60, 2)) * 5, RNG.random((60, 2)) * 5
+    submission, solution = _frames(values, noisy, columns=("cohesion", "syntax"))
+    expected_rmse = np.mean([skm.root_mean_squared_error(values[:, j], noisy[:, j]) for j in range(2)])
+    assert fk.score_submission(submission, solution, "mcrmse") == pytest.approx(expected_rmse)
+    assert fk.score_submission(submission, solution, "rmse") == pytest.approx(expected_rmse)
+    with pytest.raises(ValueError, match="one-hot"):
+        fk.score_submission(*_frames(values, noisy, columns=("a", "b")), "log_loss")
+
+
+def test_ids_are_compared_as_text():
+    solution = pd.DataFrame({"id": ["00241", "00242"], "label": ["1", "0"]})
+    assert fk.score_submission(solution.iloc[::-1], solution, "accuracy") == 1.0
+    with pytest.raises(ValueError, match="ids"):
+        fk.score_submission(solution.assign(id=["241", "242"]), solution, "accuracy")

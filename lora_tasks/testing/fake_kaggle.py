@@ -15,8 +15,10 @@ What it serves (the subset of ``competitions.CompetitionApiService`` we use, plu
 * ``StartSubmissionUpload`` (``token``, ``createUrl``) then a raw ``PUT`` to ``createUrl``, then
   ``CreateSubmission`` (``message``, ``ref``); ``ListSubmissions`` (score, status).
 
-Competitions are the sub-folders of a data folder. A file named ``solution.csv`` inside one is
-hidden (never listed or served) and used for scoring; solutions can also be given explicitly.
+Competitions are the sub-folders of a data folder; their files are served with paths relative
+to it (a competition whose files sit in ``data/`` lists and zips ``data/train.csv``). A file named
+``solution.csv`` at the top of one is hidden (never listed or served) and used for scoring;
+solutions can also be given explicitly.
 Faults are injectable per test with :meth:`FakeKaggleServer.inject`. Request lines in proxy form
 (``POST http://localhost/api/v1/... HTTP/1.1``) are accepted, so the ``kaggle`` CLI can reach the
 server through ``HTTP_PROXY`` (see :meth:`FakeKaggleServer.client_env`).
@@ -39,11 +41,12 @@ import secrets
 import threading
 import time
 import zipfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
@@ -55,6 +58,11 @@ from lora_tasks.metrics import get_metric
 logger = logging.getLogger(__name__)
 
 SOLUTION_FILE_NAME = "solution.csv"
+#: Optional hidden file in a competition folder: ``{"metric": ..., "evaluation_metric": ...}``, the
+#: scoring metric (a :data:`METRICS` name) and the listing's ``evaluationMetric`` text. Why a file:
+#: a generated competition (:mod:`lora_tasks.testing.shapes`) carries its own metric, so the
+#: server started as a command on that folder scores and lists it right with no flags.
+COMPETITION_META_FILE = ".fake-kaggle.json"
 DEFAULT_USERNAME = "fake-user"
 DEFAULT_KEY = "fake-key-0123456789abcdef"
 DEFAULT_TOKEN = "KGAT_fake_token_0123456789abcdef"
@@ -122,7 +130,7 @@ def _positive_label(labels: np.ndarray) -> str:
     for word in ("1", "True", "true", "TRUE", "yes", "Yes"):
         if word in set(labels):
             return word
-    return sorted(set(labels))[-1]
+    return max(set(labels))
 
 
 def _accuracy(truth: pd.DataFrame, pred: pd.DataFrame) -> float:
@@ -149,17 +157,27 @@ def _qwk(truth: pd.DataFrame, pred: pd.DataFrame) -> float:
 
 
 def _values(name: str) -> Callable[[pd.DataFrame, pd.DataFrame], float]:
+    """A metric of numbers; with several target columns, the mean of its per-column scores
+    (Kaggle's "mean columnwise" metrics: each column scored on its own, then averaged)."""
+
     def scorer(truth: pd.DataFrame, pred: pd.DataFrame) -> float:
-        return get_metric(name).fn(_numbers(truth)[:, 0], _numbers(pred)[:, 0])
+        y_true, y_pred = _numbers(truth), _numbers(pred)
+        fn = get_metric(name).fn
+        return float(np.mean([fn(y_true[:, j], y_pred[:, j]) for j in range(y_true.shape[1])]))
 
     return scorer
 
 
-def _multiclass_logloss(truth: pd.DataFrame, pred: pd.DataFrame) -> float:
-    # Kaggle's "Multiclass Loss": one-hot solution columns; rows rescaled to sum 1, clipped at 1e-15.
+def _logloss(truth: pd.DataFrame, pred: pd.DataFrame) -> float:
+    """One column: binary log loss of P(1). Several: Kaggle's "Multiclass Loss" of one-hot
+    solution columns, each submitted row rescaled to sum 1 after clipping at 1e-15."""
+    if truth.shape[1] == 1:
+        return _values("log_loss")(truth, pred)
     onehot, probs = _numbers(truth), np.clip(_numbers(pred), 1e-15, 1 - 1e-15)
+    if not np.all(onehot.sum(axis=1) == 1):
+        raise ValueError("Multiclass loss needs a one-hot solution: exactly one 1 per row")
     probs = probs / probs.sum(axis=1, keepdims=True)
-    return get_metric("log_loss").fn(np.argmax(onehot, axis=1), probs)
+    return float(skm.log_loss(np.argmax(onehot, axis=1), probs, labels=np.arange(onehot.shape[1])))
 
 
 def _mean_columnwise_auc(truth: pd.DataFrame, pred: pd.DataFrame) -> float:
@@ -168,20 +186,28 @@ def _mean_columnwise_auc(truth: pd.DataFrame, pred: pd.DataFrame) -> float:
 
 
 #: Scoring functions by name; each takes the solution's and the submission's target columns as
-#: raw text aligned by id (label metrics compare the spelling exactly, as Kaggle does).
+#: raw text aligned by id (label metrics compare the spelling exactly, as Kaggle does). The
+#: names of :mod:`lora_tasks.metrics` are accepted too (``log_loss``, ``mean_columnwise_roc_auc``,
+#: ``mcrmse``), so a shape's expected metric can be given as is. With several solution columns,
+#: number metrics score each column and average (mean columnwise RMSE / AUC), and log loss reads
+#: the columns as one-hot classes (Kaggle's "Multiclass Loss").
 METRICS: dict[str, Callable[[pd.DataFrame, pd.DataFrame], float]] = {
     "accuracy": _accuracy,
     "f1": _f1,
     "mcc": _mcc,
     "qwk": _qwk,
     "rmse": _values("rmse"),
+    "mcrmse": _values("rmse"),
+    "mean_columnwise_rmse": _values("rmse"),
     "rmsle": _values("rmsle"),
     "mae": _values("mae"),
     "auc": _values("roc_auc"),
     "roc_auc": _values("roc_auc"),
-    "logloss": _values("log_loss"),
-    "multiclass_logloss": _multiclass_logloss,
+    "logloss": _logloss,
+    "log_loss": _logloss,
+    "multiclass_logloss": _logloss,
     "mean_columnwise_auc": _mean_columnwise_auc,
+    "mean_columnwise_roc_auc": _mean_columnwise_auc,
 }
 
 #: What Kaggle's competition listing calls each metric (its ``evaluation_metric`` text).
@@ -191,13 +217,17 @@ KAGGLE_METRIC_NAMES: dict[str, str] = {
     "mcc": "Matthews Correlation Coefficient",
     "qwk": "Quadratic Weighted Kappa",
     "rmse": "Root Mean Squared Error",
+    "mcrmse": "Mean Columnwise Root Mean Squared Error",
+    "mean_columnwise_rmse": "Mean Columnwise Root Mean Squared Error",
     "rmsle": "Root Mean Squared Logarithmic Error",
     "mae": "Mean Absolute Error",
     "auc": "Area Under Receiver Operating Characteristic Curve",
     "roc_auc": "Area Under Receiver Operating Characteristic Curve",
     "logloss": "Log Loss",
+    "log_loss": "Log Loss",
     "multiclass_logloss": "Multiclass Loss",
     "mean_columnwise_auc": "Mean Columnwise Area Under Receiver Operating Characteristic Curve",
+    "mean_columnwise_roc_auc": "Mean Columnwise Area Under Receiver Operating Characteristic Curve",
 }
 
 
@@ -296,6 +326,7 @@ class StoredSubmission:
     public_score: float | None = None
     error_description: str | None = None
     polls_left: int = 0
+    metric: str | None = None  # the METRICS name it was scored with (set when scored)
 
     def to_api(self) -> dict[str, Any]:
         """The ``ApiSubmission`` JSON shape the client parses."""
@@ -338,13 +369,14 @@ class FakeKaggleServer:
         data_dir: folder whose sub-folders are competitions (``<data_dir>/<slug>/*.csv``).
         solutions: ``{slug: path}`` of hidden solution CSVs (id column, target column); a
             ``solution.csv`` inside a competition folder is used when a slug is not given here.
-        metrics: ``{slug: metric}`` overriding :data:`DEFAULT_METRICS`, a name of :data:`METRICS`
-            (``accuracy``, ``f1``, ``mcc``, ``qwk``, ``rmse``, ``rmsle``, ``mae``, ``auc``,
-            ``logloss``, ``multiclass_logloss``, ``mean_columnwise_auc``); unknown slugs score
-            with accuracy.
+        metrics: ``{slug: metric}``, a name of :data:`METRICS` (``accuracy``, ``f1``, ``mcc``,
+            ``qwk``, ``rmse``, ``rmsle``, ``mae``, ``roc_auc``, ``log_loss``, ``mcrmse``,
+            ``mean_columnwise_roc_auc``, ...), overriding the folder's
+            :data:`COMPETITION_META_FILE` and :data:`DEFAULT_METRICS`; other slugs score with accuracy.
         evaluation_metrics: ``{slug: text}`` overriding the ``evaluationMetric`` the competition
-            listing shows (by default Kaggle's name of the scoring metric,
-            :data:`KAGGLE_METRIC_NAMES`); ``None`` or ``""`` lists the competition without it.
+            listing shows (by default the folder's :data:`COMPETITION_META_FILE`, else Kaggle's
+            name of the scoring metric, :data:`KAGGLE_METRIC_NAMES`); ``None`` or ``""`` lists the
+            competition without it.
         username, key: accepted Basic credentials; token: accepted Bearer token.
         port: 0 picks a free port.
         pending_polls: how many ``ListSubmissions`` answers show a new submission as PENDING
@@ -371,8 +403,8 @@ class FakeKaggleServer:
         if not self.data_dir.is_dir():
             raise FileNotFoundError(f"fake Kaggle data folder {self.data_dir} does not exist")
         self.solutions = {k: Path(v) for k, v in (solutions or {}).items()}
-        self.metrics = {**DEFAULT_METRICS, **(metrics or {})}
-        unknown = sorted({m for m in self.metrics.values() if m not in METRICS})
+        self.given_metrics = dict(metrics or {})
+        unknown = sorted({m for m in self.given_metrics.values() if m not in METRICS})
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; known: {sorted(METRICS)}")
         self.evaluation_metrics = dict(evaluation_metrics or {})
@@ -404,7 +436,7 @@ class FakeKaggleServer:
         """Base URL, e.g. ``http://127.0.0.1:54321`` (the client appends ``/api/v1/...``)."""
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "FakeKaggleServer":
+    def start(self) -> FakeKaggleServer:
         """Serve in a daemon thread; returns self so ``server = FakeKaggleServer(...).start()``."""
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -482,10 +514,35 @@ class FakeKaggleServer:
             return [t for t, _, r in self.request_log if r == route]
 
     def evaluation_metric(self, slug: str) -> str | None:
-        """The ``evaluationMetric`` text the competition listing shows for ``slug`` (None: absent)."""
+        """The ``evaluationMetric`` text the competition listing shows for ``slug`` (None: absent).
+
+        From ``evaluation_metrics``, else the folder's :data:`COMPETITION_META_FILE`, else
+        Kaggle's name of the scoring metric."""
         if slug in self.evaluation_metrics:
             return self.evaluation_metrics[slug] or None
-        return KAGGLE_METRIC_NAMES[self.metrics.get(slug, "accuracy")]
+        meta = self._folder_meta(slug)
+        if "evaluation_metric" in meta:
+            return meta["evaluation_metric"] or None
+        return KAGGLE_METRIC_NAMES[self.metric(slug)]
+
+    def metric(self, slug: str) -> str:
+        """The :data:`METRICS` name ``slug`` is scored with: from ``metrics``, else the folder's
+        :data:`COMPETITION_META_FILE`, else :data:`DEFAULT_METRICS`, else accuracy."""
+        if slug in self.given_metrics:
+            return self.given_metrics[slug]
+        meta = self._folder_meta(slug)
+        if meta.get("metric"):
+            return meta["metric"]
+        return DEFAULT_METRICS.get(slug, "accuracy")
+
+    def _folder_meta(self, slug: str) -> dict[str, str]:
+        path = self.data_dir / slug / COMPETITION_META_FILE
+        if "/" in slug or slug.startswith(".") or not path.is_file():
+            return {}
+        meta = json.loads(path.read_text())
+        if meta.get("metric") and meta["metric"] not in METRICS:
+            raise ValueError(f"{path}: unknown metric {meta['metric']!r}; known: {sorted(METRICS)}")
+        return {k: str(v) for k, v in meta.items() if k in ("metric", "evaluation_metric") and v is not None}
 
     def _record(self, method: str, route: str) -> None:
         with self._lock:
@@ -516,13 +573,22 @@ class FakeKaggleServer:
             raise _HttpAnswer(404, f"Competition '{slug}' not found")
         return path
 
-    def _public_files(self, slug: str) -> list[Path]:
+    def _public_files(self, slug: str) -> dict[str, Path]:
+        """``{name in the zip: path}`` of every file a competition serves, sub-folders included.
+
+        Names are paths relative to the competition folder (``data/train.csv``), as the zip
+        holds them; the top-level ``solution.csv`` and hidden (dot) files and folders are left out.
+        """
         root = self._competition_dir(slug)
-        return sorted(
-            p
-            for p in root.iterdir()
-            if p.is_file() and p.name != SOLUTION_FILE_NAME and not p.name.startswith(".")
-        )
+        files: dict[str, Path] = {}
+        for path in sorted(root.rglob("*")):
+            relative = path.relative_to(root)
+            if not path.is_file() or any(part.startswith(".") for part in relative.parts):
+                continue
+            if relative.as_posix() == SOLUTION_FILE_NAME:
+                continue
+            files[relative.as_posix()] = path
+        return files
 
     def _solution_path(self, slug: str) -> Path | None:
         if slug in self.solutions:
@@ -534,11 +600,11 @@ class FakeKaggleServer:
         files = self._public_files(slug)
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for path in files:
-                archive.write(path, arcname=path.name)
+            for name, path in files.items():
+                archive.write(path, arcname=name)
             if evil:  # a zip-slip member: extracting it naively writes next to the target folder
                 archive.writestr("../evil.csv", "id,pwned\n1,1\n")
-        newest = max((p.stat().st_mtime for p in files), default=time.time())
+        newest = max((p.stat().st_mtime for p in files.values()), default=time.time())
         return buffer.getvalue(), newest
 
     def _score(self, submission: StoredSubmission) -> None:
@@ -547,14 +613,15 @@ class FakeKaggleServer:
             submission.status = "ERROR"
             submission.error_description = "No solution file on the fake server for this competition"
             return
-        metric = self.metrics.get(submission.competition, "accuracy")
         try:
+            metric = self.metric(submission.competition)
+            submission.metric = metric
             # As text: Kaggle compares labels as written ("1.0" is not "1", "1" is not "True").
             frame = pd.read_csv(io.BytesIO(submission.content), dtype=str, keep_default_na=False)
             solution = pd.read_csv(solution_path, dtype=str, keep_default_na=False)
             submission.public_score = score_submission(frame, solution, metric)
             submission.status = "COMPLETE"
-        except Exception as exc:  # any parse/metric problem is a scoring ERROR, as on Kaggle
+        except Exception as exc:  # noqa: BLE001 - any parse/metric problem is a scoring ERROR, as on Kaggle
             submission.status = "ERROR"
             submission.error_description = str(exc)
 
@@ -572,7 +639,7 @@ class _FakeKaggleHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
 
     # Quiet: the default handler prints every request to stderr.
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         logger.debug("fake kaggle: " + format, *args)
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -617,15 +684,14 @@ class _FakeKaggleHandler(BaseHTTPRequestHandler):
         if header.startswith("Basic "):
             try:
                 user, _, key = base64.b64decode(header[6:]).decode().partition(":")
-            except Exception:
+            except ValueError:  # bad base64 or not UTF-8 (binascii.Error is a ValueError)
                 return None
             if secrets.compare_digest(user, self.fake.username) and secrets.compare_digest(
                 key, self.fake.key
             ):
                 return user
-        if header.startswith("Bearer "):
-            if secrets.compare_digest(header[7:], self.fake.token):
-                return self.fake.username
+        if header.startswith("Bearer ") and secrets.compare_digest(header[7:], self.fake.token):
+            return self.fake.username
         return None
 
     def _apply_common_fault(self, route_name: str, extra: tuple[str, ...] = ()) -> None:
@@ -774,16 +840,16 @@ class _FakeKaggleHandler(BaseHTTPRequestHandler):
 
     def _list_data_files(self, slug: str, request: dict[str, Any]) -> dict[str, Any]:
         files = []
-        for path in self.fake._public_files(slug):
+        for name, path in self.fake._public_files(slug).items():
             stat = path.stat()
-            created = datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc).replace(tzinfo=None)
+            created = datetime.fromtimestamp(stat.st_mtime, tz=UTC).replace(tzinfo=None)
             files.append(
                 {
-                    "ref": path.name,
-                    "name": path.name,
+                    "ref": name,
+                    "name": name,
                     "totalBytes": stat.st_size,
                     "creationDate": created.isoformat(timespec="milliseconds") + "Z",
-                    "url": f"{self.fake.url}/files/{slug}/{path.name}",
+                    "url": f"{self.fake.url}/files/{slug}/{name}",
                 }
             )
         return {"files": files, "nextPageToken": ""}
@@ -794,7 +860,7 @@ class _FakeKaggleHandler(BaseHTTPRequestHandler):
 
     def _download_data_file(self, slug: str, request: dict[str, Any]) -> None:
         name = str(request.get("fileName") or "")
-        if name not in {p.name for p in self.fake._public_files(slug)}:
+        if name not in self.fake._public_files(slug):
             raise _HttpAnswer(404, f"File '{name}' not found in competition '{slug}'")
         self._redirect(f"{self.fake.url}/files/{slug}/{name}")
 
@@ -830,7 +896,7 @@ class _FakeKaggleHandler(BaseHTTPRequestHandler):
                 file_name=file_name,
                 description=str(request.get("submissionDescription") or ""),
                 content=content,
-                date=datetime.now(timezone.utc),
+                date=datetime.now(UTC),
                 polls_left=self.fake.pending_polls,
             )
             self.fake.submissions.append(submission)
@@ -860,8 +926,8 @@ class _FakeKaggleHandler(BaseHTTPRequestHandler):
         if len(parts) == 2 and parts[0] == "files" and parts[1].endswith(".zip"):
             self._serve_zip(parts[1][: -len(".zip")])
             return
-        if len(parts) == 3 and parts[0] == "files":
-            self._serve_file(parts[1], parts[2])
+        if len(parts) >= 3 and parts[0] == "files":
+            self._serve_file(parts[1], "/".join(parts[2:]))
             return
         raise _HttpAnswer(404, f"No route {self._route}")
 
@@ -888,7 +954,7 @@ class _FakeKaggleHandler(BaseHTTPRequestHandler):
     def _serve_file(self, slug: str, name: str) -> None:
         self.fake._record("GET", "file")
         self._apply_common_fault("file")
-        files = {p.name: p for p in self.fake._public_files(slug)}
+        files = self.fake._public_files(slug)
         if name not in files:
             raise _HttpAnswer(404, f"File '{name}' not found")
         path = files[name]

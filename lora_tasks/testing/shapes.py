@@ -12,13 +12,16 @@ run can also be checked for a better-than-chance score.
 
 Layout: ``<dest>/<slug>/`` holds the files (in ``<dest>/<slug>/<subfolder>/`` for the shape whose
 zip has a folder), and ``<dest>/<slug>/solution.csv`` always sits at the top, where
-:class:`~lora_tasks.testing.fake_kaggle.FakeKaggleServer` looks for it. A solution has the
+:class:`~lora_tasks.testing.fake_kaggle.FakeKaggleServer` looks for it, next to the hidden
+``.fake-kaggle.json`` that tells the server the shape's scoring metric and Kaggle's
+``evaluation_metric`` text (so a server on ``<dest>`` needs no per-shape arguments). A solution has the
 sample submission's columns and holds the truth (one-hot columns for class probabilities, as
 Kaggle's own solution files do).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import Callable
@@ -28,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .fake_kaggle import SOLUTION_FILE_NAME
+from .fake_kaggle import COMPETITION_META_FILE, SOLUTION_FILE_NAME
 
 N_TRAIN = 240
 N_TEST = 80
@@ -304,6 +307,8 @@ def build_shape(which: CompetitionShape | str, dest: str | os.PathLike[str]) -> 
     _write(tables.test, folder / "test.csv")
     _write(tables.sample, folder / s.expected.sample_file)
     _write(tables.solution, top / SOLUTION_FILE_NAME)
+    meta = {"metric": s.expected.metric, "evaluation_metric": s.expected.kaggle_metric}
+    _write_text(json.dumps(meta, indent=1) + "\n", top / COMPETITION_META_FILE)
     return top
 
 
@@ -313,14 +318,30 @@ def build_all_shapes(dest: str | os.PathLike[str]) -> dict[str, Path]:
 
 
 def fake_server_metrics() -> dict[str, str]:
-    """``{slug: metric}`` for :class:`FakeKaggleServer`'s ``metrics``."""
+    """``{slug: metric}`` for :class:`FakeKaggleServer`'s ``metrics`` (a built shape's folder
+    carries it too)."""
     return {s.slug: s.expected.metric for s in SHAPES}
+
+
+def fake_server_evaluation_metrics() -> dict[str, str]:
+    """``{slug: Kaggle's evaluation_metric text}`` for :class:`FakeKaggleServer`'s
+    ``evaluation_metrics`` (a built shape's folder carries it too)."""
+    return {s.slug: s.expected.kaggle_metric for s in SHAPES}
 
 
 def _write(frame: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         frame.to_csv(tmp, index=False, float_format="%.10g", lineterminator="\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_text(text)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
