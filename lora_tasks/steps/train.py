@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from lora_tasks.budget import Deadline, EpochBudget
 from lora_tasks.data.competition import load_competition
 from lora_tasks.data.token_cache import tokenize_cached
 from lora_tasks.data.tokenizer import Tokenizer
@@ -82,6 +83,8 @@ class AdapterResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     samples_per_s: float = 0.0
+    stopped_for_time: bool = False  # the time budget cut this fold's epochs
+    budget_reasons: list[str] = field(default_factory=list)  # the time budget's decisions for this fold
 
     def paths(self) -> list[Path]:
         return [self.adapter_path, self.oof_path, self.test_path]
@@ -114,6 +117,15 @@ def _from_prefix(net, data, test, cache_dir: Path):  # noqa: ANN001, ANN202 - ML
     return trainee, train_states, test_states
 
 
+def epoch_budget(plan: Plan, run_start: float | None) -> EpochBudget | None:
+    """The run-time keeper of the plan's time limit, from the run's wall-clock start
+    (``time.time()``, the same in every worker process); None without a planned budget."""
+    if run_start is None or plan.time_limit_s is None or not plan.epoch_s:
+        return None
+    return EpochBudget(Deadline(float(plan.time_limit_s), float(run_start)), plan.n_folds, int(plan.settings.epochs),
+                       float(plan.epoch_s), float(plan.predict_s or 0.0), float(plan.reserve_s or 0.0))
+
+
 def train_adapter(
     prepared_path: str | os.PathLike,
     plan_path: str | os.PathLike,
@@ -123,9 +135,14 @@ def train_adapter(
     *,
     model: str | None = None,
     progress: Callable[[Any], None] | None = None,
+    run_start: float | None = None,
 ) -> AdapterResult:
     """Train the adapter of ``fold`` on the other folds; write the adapter file and its
     predictions for the held-out rows (OOF) and for the test rows.
+
+    ``run_start`` (the run's ``time.time()``) with a plan that has a time limit: the fold's
+    epochs are decided before it starts and after each epoch (:class:`~lora_tasks.budget.EpochBudget`),
+    so a run that falls behind cuts epochs; the fold keeps its best epoch either way.
 
     Checkpoints go to ``out_dir/checkpoints/<inputs hash>/``: a killed run, started again with
     the same inputs, resumes after the last finished epoch.
@@ -146,6 +163,25 @@ def train_adapter(
     run_key = sha256_bytes("\0".join([sha256_file(prepared_path), sha256_file(plan_path), sha256_file(tokens.train),
                                       str(fold), str(model)]).encode())[:16]
     cfg = _train_config(plan, fold)
+    budget = epoch_budget(plan, run_start)
+    reasons: list[str] = []
+    should_stop = None
+    if budget is not None:
+        before = budget.after_epoch(fold, 0)
+        reasons.append(f"fold {fold}, before training: {before.reason}")
+        cfg.epochs = max(1, min(cfg.epochs, before.epochs_this_fold))
+
+        def should_stop(done: int, epoch_seconds: list[float]) -> bool:
+            decision = budget.after_epoch(fold, done, epoch_seconds)
+            if decision.stop_fold:
+                reasons.append(f"fold {fold}, after epoch {done}: {decision.reason}")
+            return decision.stop_fold
+
+        if progress is not None:
+            show = progress
+
+            def progress(event: Any) -> None:  # the run's time left joins each event
+                show(replace(event, run_eta_s=budget.run_left_s(fold, event.eta_s)))
     top_layers = plan.settings.top_layers
     with MLX_LOCK:
         net, adapter = build_model(
@@ -156,7 +192,7 @@ def train_adapter(
         trainee, data, test = _from_prefix(net, data, test, out / "prefix") if top_layers else (net, data, test)
         net.train()
         result = train(trainee, data.subset(train_idx), data.subset(valid_idx), cfg,
-                       out / "checkpoints" / run_key, progress, name=f"fold {fold}")
+                       out / "checkpoints" / run_key, progress, name=f"fold {fold}", should_stop=should_stop)
         valid_pred = ravel(predict(trainee, data.subset(valid_idx), cfg.eval_batch_size))
         test_pred = ravel(predict(trainee, test, cfg.eval_batch_size))
         tmp = temp_path(out, ".safetensors")
@@ -171,6 +207,7 @@ def train_adapter(
         n_train=len(train_idx), n_valid=len(valid_idx),
         best_epoch=result.best_epoch, best_score=result.best_score, metric=result.metric,
         history=result.history, seconds=result.seconds, samples_per_s=result.samples_per_s,
+        stopped_for_time=result.stopped_for_time, budget_reasons=reasons,
     )
 
 
