@@ -161,7 +161,8 @@ def test_default_budget_is_twenty_minutes():
 
 
 def _tiny_factory(calls: list):
-    from lora_tasks.models import BertConfig, create_bert_with_lora
+    from lora_tasks.factory import create_bert_with_lora
+    from lora_tasks.models import BertConfig
 
     def factory(top):
         calls.append(top)
