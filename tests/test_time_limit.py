@@ -139,6 +139,22 @@ def test_no_adapters_blends_the_members_alone_and_writes_a_submission(creds, tmp
     assert not list((tmp_path / "work" / "artifacts").glob("adapter-*")), "no adapter was trained"
 
 
+def test_adapters_far_behind_the_members_give_later_folds_fewer_epochs(creds, tmp_path):
+    """The tiny random model scores near chance; the demo's members score far above: after the
+    first fold's early epochs the later folds get fewer epochs, and the reason names both scores."""
+    served = tmp_path / "served"
+    build_demo_competition(served)
+    with fk.serve(served) as server:
+        options = _options(tmp_path / "work", kaggle_endpoint=server.url, folds=2, epochs=4, time_limit="1h")
+        result = steps.run_pipeline(options, run_key="members")
+    first, second = result.adapters
+    decision = [r for r in first.budget_reasons if "members:" in r]
+    assert decision and "scikit-learn members'" in decision[0] and "trail" in decision[0], first.budget_reasons
+    assert first.later_epochs is not None and first.later_epochs < 4
+    assert len(second.history) <= first.later_epochs
+    assert np.isfinite(np.load(second.oof_path)).sum() == second.n_valid, "the later fold still predicts its rows"
+
+
 RUN_TO_LOG = """
 import sys
 from lora_tasks import steps
@@ -161,7 +177,7 @@ def test_a_run_whose_output_is_a_file_prints_progress_lines(creds, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     with log.open("w") as out:
         done = subprocess.run([sys.executable, "-c", RUN_TO_LOG, str(served), str(tmp_path / "work")],
-                              stdout=out, stderr=subprocess.PIPE, text=True, env=env, timeout=600)
+                              stdout=out, stderr=subprocess.PIPE, text=True, env=env, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = log.read_text().splitlines()
     epoch_lines = [line for line in lines if line.startswith("fold 0: epoch") and "valid" in line]

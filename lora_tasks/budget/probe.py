@@ -20,9 +20,9 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx import nn
 
-from lora_tasks.factory import build_model
 from lora_tasks.budget.cache import ProbeKey, load_costs, save_costs
 from lora_tasks.budget.costs import StepCosts, length_bucket
+from lora_tasks.factory import build_model
 from lora_tasks.hub import resolve_model_dir
 from lora_tasks.prefix_cache import FromPrefix, first_adapted_layer
 from lora_tasks.train import TrainConfig, make_schedule

@@ -134,17 +134,23 @@ def run_pipeline(
         n_folds = Plan.load(plan).n_folds
         set_plans = {s: plan_adapter_set(options, folder, paths.artifacts, plan, s) for s in sets}
 
-        def train_set(set_model: str | None, set_plan: Path) -> tuple[TokenFiles, list[AdapterResult]]:
+        # the members first (seconds): the first fold compares the adapters with them
+        baselines = (train_baselines(competition, folder, prepared, plan, paths.artifacts)
+                     if options.uses_baseline else [])
+
+        def train_set(set_model: str | None, set_plan: Path, members: list) -> tuple[TokenFiles, list[AdapterResult]]:
             set_tokens = tokenize_data(prepared, set_plan, paths.tokens, model=set_model)
             if options.no_adapters:  # the scikit-learn members alone
                 return set_tokens, []
-            return set_tokens, [train_adapter(prepared, set_plan, set_tokens, k, paths.artifacts, model=set_model,
-                                              progress=progress, run_start=run_start) for k in range(n_folds)]
+            folds: list[AdapterResult] = []
+            for k in range(n_folds):
+                folds.append(train_adapter(prepared, set_plan, set_tokens, k, paths.artifacts, model=set_model,
+                                           progress=progress, run_start=run_start, members=members if k == 0 else (),
+                                           epochs=folds[0].later_epochs if folds else None))
+            return set_tokens, folds
 
-        tokens, results = train_set(model, plan)
-        extra = {s.member: train_set(s.model or model, set_plan)[1] for s, set_plan in set_plans.items()}
-        baselines = (train_baselines(competition, folder, prepared, plan, paths.artifacts)
-                     if options.uses_baseline else [])
+        tokens, results = train_set(model, plan, baselines)
+        extra = {s.member: train_set(s.model or model, set_plan, [])[1] for s, set_plan in set_plans.items()}
         combined = combine(prepared, plan, results, paths.artifacts, method=options.combine, tokens=tokens, model=model,
                            baselines=baselines, blend_method=options.blend_method, adapter_sets=extra)
         submission_path = write_submission(prepared, plan, combined.test_path, paths.artifacts, combined.threshold)

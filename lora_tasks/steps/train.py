@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from lora_tasks.budget import Deadline, EpochBudget
+from lora_tasks.budget.fold import FoldKeeper, MembersCheck
 from lora_tasks.data.competition import load_competition
 from lora_tasks.data.token_cache import tokenize_cached
 from lora_tasks.data.tokenizer import Tokenizer
@@ -85,6 +86,7 @@ class AdapterResult:
     samples_per_s: float = 0.0
     stopped_for_time: bool = False  # the time budget cut this fold's epochs
     budget_reasons: list[str] = field(default_factory=list)  # the time budget's decisions for this fold
+    later_epochs: int | None = None  # the members decision (first fold): epochs of every later fold
 
     def paths(self) -> list[Path]:
         return [self.adapter_path, self.oof_path, self.test_path]
@@ -126,6 +128,24 @@ def epoch_budget(plan: Plan, run_start: float | None) -> EpochBudget | None:
                        float(plan.epoch_s), float(plan.predict_s or 0.0), float(plan.reserve_s or 0.0))
 
 
+def _members_check(plan: Plan, prepared: Prepared, members: Sequence[BaselineResult], valid_idx: np.ndarray,
+                   epochs: int) -> MembersCheck | None:
+    """The best member's score on this fold's held-out rows, on the adapters' validation metric;
+    None when there is nothing to compare (no members, one epoch, the loss as metric, one fold)."""
+    if not members or epochs < 2 or plan.train_metric is None or plan.n_folds < 2:
+        return None
+    from lora_tasks.metrics import get_metric  # imports scikit-learn (seconds)
+
+    metric = get_metric(plan.train_metric)
+    y = training_labels(prepared, plan)[valid_idx]
+    scores = [float(metric(y, np.load(m.oof_path)[valid_idx])) for m in members]
+    scores = [s for s in scores if np.isfinite(s)]
+    if not scores:
+        return None
+    best = max(scores) if metric.greater_is_better else min(scores)
+    return MembersCheck(best, metric.greater_is_better, plan.train_metric, min(2, epochs - 1), epochs)
+
+
 def train_adapter(
     prepared_path: str | os.PathLike,
     plan_path: str | os.PathLike,
@@ -136,6 +156,8 @@ def train_adapter(
     model: str | None = None,
     progress: Callable[[Any], None] | None = None,
     run_start: float | None = None,
+    members: Sequence[BaselineResult] = (),
+    epochs: int | None = None,
 ) -> AdapterResult:
     """Train the adapter of ``fold`` on the other folds; write the adapter file and its
     predictions for the held-out rows (OOF) and for the test rows.
@@ -143,6 +165,9 @@ def train_adapter(
     ``run_start`` (the run's ``time.time()``) with a plan that has a time limit: the fold's
     epochs are decided before it starts and after each epoch (:class:`~lora_tasks.budget.EpochBudget`),
     so a run that falls behind cuts epochs; the fold keeps its best epoch either way.
+    ``members`` (the scikit-learn members, already fitted on the same folds): after this fold's
+    early epochs its validation score is compared with theirs on the same rows, and the result's
+    ``later_epochs`` says how many epochs the later folds deserve (pass it as their ``epochs``).
 
     Checkpoints go to ``out_dir/checkpoints/<inputs hash>/``: a killed run, started again with
     the same inputs, resumes after the last finished epoch.
@@ -164,24 +189,11 @@ def train_adapter(
                                       str(fold), str(model)]).encode())[:16]
     cfg = _train_config(plan, fold)
     budget = epoch_budget(plan, run_start)
-    reasons: list[str] = []
-    should_stop = None
-    if budget is not None:
-        before = budget.after_epoch(fold, 0)
-        reasons.append(f"fold {fold}, before training: {before.reason}")
-        cfg.epochs = max(1, min(cfg.epochs, before.epochs_this_fold))
-
-        def should_stop(done: int, epoch_seconds: list[float]) -> bool:
-            decision = budget.after_epoch(fold, done, epoch_seconds)
-            if decision.stop_fold:
-                reasons.append(f"fold {fold}, after epoch {done}: {decision.reason}")
-            return decision.stop_fold
-
-        if progress is not None:
-            show = progress
-
-            def progress(event: Any) -> None:  # the run's time left joins each event
-                show(replace(event, run_eta_s=budget.run_left_s(fold, event.eta_s)))
+    if epochs is not None:  # a members decision of the first fold
+        cfg.epochs = max(1, min(cfg.epochs, int(epochs)))
+        budget = budget.with_epochs(cfg.epochs) if budget is not None else None
+    keeper = FoldKeeper(fold, budget, _members_check(plan, prepared, members, valid_idx, cfg.epochs))
+    cfg.epochs = keeper.epochs(cfg.epochs)
     top_layers = plan.settings.top_layers
     with MLX_LOCK:
         net, adapter = build_model(
@@ -192,7 +204,8 @@ def train_adapter(
         trainee, data, test = _from_prefix(net, data, test, out / "prefix") if top_layers else (net, data, test)
         net.train()
         result = train(trainee, data.subset(train_idx), data.subset(valid_idx), cfg,
-                       out / "checkpoints" / run_key, progress, name=f"fold {fold}", should_stop=should_stop)
+                       out / "checkpoints" / run_key, keeper.progress(progress), name=f"fold {fold}",
+                       should_stop=keeper.should_stop)
         valid_pred = ravel(predict(trainee, data.subset(valid_idx), cfg.eval_batch_size))
         test_pred = ravel(predict(trainee, test, cfg.eval_batch_size))
         tmp = temp_path(out, ".safetensors")
@@ -207,7 +220,7 @@ def train_adapter(
         n_train=len(train_idx), n_valid=len(valid_idx),
         best_epoch=result.best_epoch, best_score=result.best_score, metric=result.metric,
         history=result.history, seconds=result.seconds, samples_per_s=result.samples_per_s,
-        stopped_for_time=result.stopped_for_time, budget_reasons=reasons,
+        stopped_for_time=result.stopped_for_time, budget_reasons=keeper.reasons, later_epochs=keeper.later_epochs,
     )
 
 
