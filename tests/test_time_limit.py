@@ -60,6 +60,20 @@ def test_time_limit_option_and_config_key_are_checked():
         validate_config_dict({"training": {"time_limit": "-5"}})
 
 
+def test_the_configs_time_limit_applies_when_the_run_gives_none(demo_dir):
+    from dataclasses import replace
+
+    from lora_tasks.budget import DEFAULT_TIME_LIMIT_S
+    from lora_tasks.data.competition import load_competition
+    from lora_tasks.steps.plan import run_time_limit
+
+    config = load_competition("demo", data_dir=demo_dir)
+    assert run_time_limit(None, config) == DEFAULT_TIME_LIMIT_S
+    with_limit = replace(config, training={**config.training, "time_limit": "15m"})
+    assert run_time_limit(None, with_limit) == 900.0
+    assert run_time_limit("1h", with_limit) == 3600.0, "the run's own limit wins over the config's"
+
+
 def test_a_limit_nothing_fits_fails_before_training_and_offers_the_ways_out(creds, tmp_path):
     work = tmp_path / "work"
     with pytest.raises(BudgetError) as info:
