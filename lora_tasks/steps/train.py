@@ -193,7 +193,6 @@ def train_adapter(
         cfg.epochs = max(1, min(cfg.epochs, int(epochs)))
         budget = budget.with_epochs(cfg.epochs) if budget is not None else None
     keeper = FoldKeeper(fold, budget, _members_check(plan, prepared, members, valid_idx, cfg.epochs))
-    cfg.epochs = keeper.epochs(cfg.epochs)
     top_layers = plan.settings.top_layers
     with MLX_LOCK:
         net, adapter = build_model(
@@ -203,6 +202,7 @@ def train_adapter(
         )
         trainee, data, test = _from_prefix(net, data, test, out / "prefix") if top_layers else (net, data, test)
         net.train()
+        cfg.epochs = keeper.epochs(cfg.epochs)  # decided here: a thread may have waited for the lock
         result = train(trainee, data.subset(train_idx), data.subset(valid_idx), cfg,
                        out / "checkpoints" / run_key, keeper.progress(progress), name=f"fold {fold}",
                        should_stop=keeper.should_stop)
