@@ -198,3 +198,16 @@ def test_a_run_whose_output_is_a_file_prints_progress_lines(creds, tmp_path):
     assert epoch_lines, lines[-20:]
     assert any("run done in ~" in line for line in lines), "the run's time left is shown under a time limit"
     assert not any("\r" in line or "\x1b[" in line for line in lines), "no bar redraws in a log file"
+
+
+def test_the_probe_counts_the_layers_of_an_encoder_without_a_layer_split(tmp_path):
+    """ModernBERT has no ``num_layers`` (no frozen-prefix split); the probe counts its layers."""
+    import json
+
+    from lora_tasks.budget.probe import probe_for_plan
+
+    folder = Path(__file__).parent / "fixtures" / "modernbert_tiny"
+    costs = probe_for_plan("binary_classification", "balanced", 1, model=str(folder), tiny=False, seq_len=32,
+                           batch_size=8, cache_dir=tmp_path, timed_tops=(1,))
+    assert costs.num_layers == json.loads((folder / "config.json").read_text())["num_hidden_layers"]
+    assert costs.full_step_s > 0 and dict(costs.top_step_s)[1] > 0
