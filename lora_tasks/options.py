@@ -56,6 +56,13 @@ class RunOptions(BaseModel):
         None, description="more adapter sets on the same folds, each blended as its own member: "
         "PRESET[@MODEL][:KEY=VALUE,...], e.g. expressive or balanced@all-mpnet-base-v2:epochs=2 (default: the "
         "competition config's [training] adapter_sets; an empty list: none)")
+    time_limit: str | None = Field(
+        None, description="the whole run's time budget (download, training, members, blend, submission): "
+        "a number of seconds (600), or hours/minutes/seconds such as 20m, 1h, 90s, 1h30m; the plan picks settings "
+        "that fit and training cuts epochs when behind (default: the competition config's [training] time_limit, "
+        "else 20m)")
+    no_adapters: bool = Field(False, description="no LoRA adapters: blend the scikit-learn members alone (seconds "
+                              "instead of minutes; the way out when no adapter plan fits --time-limit)")
     submit: bool = Field(True, description="submit the checked file and read its score (false: stop after the file)")
     resubmit: bool = Field(False, description="submit even if Kaggle already has this exact file")
     message: str = Field("kaggle-lora", description="submission message")
@@ -93,6 +100,19 @@ class RunOptions(BaseModel):
             raise ValueError(f"top_layers={value}: give a positive number of layers or 'all'.")
         return value
 
+    @field_validator("time_limit", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        """A number (a flow parameter, a TOML value) is seconds; text must parse (``20m``, ``1h30m``)."""
+        from lora_tasks.budget.duration import (
+            parse_duration,  # lora_tasks.budget imports the data layer: only when a limit is given
+        )
+
+        if value is None:
+            return None
+        parse_duration(value)  # raises with the accepted forms
+        return str(value)
+
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, value: str | None) -> str | None:
@@ -127,6 +147,9 @@ class RunOptions(BaseModel):
         if self.combine == "merge" and self.baseline:
             problems.append("combine='merge' builds one model from the adapters and has no baselines; drop "
                             "baseline=True (--baseline) or use combine='blend'")
+        if self.no_adapters and not self.uses_baseline:
+            problems.append("no_adapters=True blends the scikit-learn members alone; it needs combine='blend' with "
+                            "baselines (drop --no-baseline / --combine merge, or drop --no-adapters)")
         if problems:
             raise ValueError("; ".join(problems) + ".")
         return self
@@ -137,6 +160,13 @@ class RunOptions(BaseModel):
     def uses_baseline(self) -> bool:
         """Whether scikit-learn members are trained and blended (blend's default)."""
         return self.combine == "blend" and self.baseline is not False
+
+    @property
+    def time_limit_s(self) -> float | None:
+        """``time_limit`` in seconds (None: not given; the config's or the default budget applies)."""
+        from lora_tasks.budget.duration import parse_duration  # see _duration
+
+        return None if self.time_limit is None else parse_duration(self.time_limit)
 
     def training_overrides(self, overridable: tuple[str, ...] | None = None) -> dict[str, Any]:
         """The training settings this run sets over the recipe and the auto-configuration (only the

@@ -31,6 +31,7 @@ class ProgressEvent:
     metric: float | None = None  # validation metric, at epoch ends
     metric_name: str | None = None
     epoch_end: bool = False
+    run_eta_s: float | None = None  # the whole run's time left, when a time budget knows it
 
 
 class ProgressCallback(Protocol):
@@ -120,7 +121,7 @@ class LogProgress:
             line += f", done in ~{_duration(event.eta_s)}"
             if event.name in self._metric:
                 line += f", last valid {self._metric[event.name]}"
-        run_left = self._run_left(event) if self._run_left is not None else None
+        run_left = self._run_left(event) if self._run_left is not None else event.run_eta_s
         if run_left is not None and math.isfinite(run_left):
             line += f", run done in ~{_duration(run_left)}"
         return line

@@ -126,6 +126,7 @@ class TrainResult:
     metric: str = "loss"
     resumed_from_epoch: int = 0
     stopped_early: bool = False
+    stopped_for_time: bool = False  # ``should_stop`` cut the epochs (the time budget)
     seconds: float = 0.0
     samples_per_s: float = 0.0
 
@@ -255,11 +256,14 @@ def train(
     checkpoint_dir: str | os.PathLike | None = None,
     progress: ProgressCallback | None = None,
     name: str = "adapter",
+    should_stop: Callable[[int, list[float]], bool] | None = None,
 ) -> TrainResult:
     """Train ``model``'s trainable parameters; keep the best epoch's weights by validation score.
 
     With ``checkpoint_dir``, the state is written atomically after every epoch and a rerun with
-    the same data and config resumes after the last finished epoch.
+    the same data and config resumes after the last finished epoch. ``should_stop(epochs_done,
+    epoch_seconds)`` is asked after each epoch's checkpoint (the time budget,
+    :class:`lora_tasks.budget.EpochBudget`): True ends training there, with the best weights so far.
     """
     cfg = cfg or TrainConfig()
     if train_data.labels is None:
@@ -396,6 +400,10 @@ def train(
                 0.0, row.get(f"valid_{result.metric}"), result.metric, epoch_end=True,
             ))
         log.info("%s: %s", name, row)
+        if should_stop is not None and epoch < cfg.epochs and should_stop(epoch, [h.get("seconds", 0.0) for h in result.history]):
+            result.stopped_early = result.stopped_for_time = True
+            log.info("%s: stopped after epoch %d of %d to keep the time limit", name, epoch, cfg.epochs)
+            break
 
     if best_weights is not None:
         model.update(tree_unflatten(best_weights))

@@ -5,7 +5,8 @@
 - :mod:`.probe` (imports MLX, so not re-exported here): time the engine's step, cached on disk;
 - :mod:`.planner`: the ladder of cheaper candidates and :func:`plan_within_budget`;
 - :mod:`.deadline`: at run time, :class:`EpochBudget` cuts epochs when behind and
-  :func:`members_earn_their_time` weighs the adapters against the scikit-learn members.
+  :func:`members_earn_their_time` weighs the adapters against the scikit-learn members;
+- :mod:`.fold`: :class:`FoldKeeper` asks both for one training fold.
 
 Nothing here imports MLX except :mod:`.probe`, so planning code and the CLI stay light.
 """
@@ -31,6 +32,7 @@ from lora_tasks.budget.deadline import (
     members_earn_their_time,
 )
 from lora_tasks.budget.duration import format_duration, parse_duration
+from lora_tasks.budget.fold import FoldKeeper, MembersCheck
 from lora_tasks.budget.planner import (
     DEFAULT_OVERHEAD_S,
     DEFAULT_TIME_LIMIT_S,
@@ -45,7 +47,7 @@ from lora_tasks.budget.planner import (
 
 __all__ = [
     "DEFAULT_OVERHEAD_S", "DEFAULT_TIME_LIMIT_S", "LADDER", "BudgetChoice", "BudgetError", "Candidate",
-    "CostEstimate", "Deadline", "EpochBudget", "EpochDecision", "MemberCosts", "MembersDecision", "Rung",
+    "CostEstimate", "Deadline", "EpochBudget", "EpochDecision", "FoldKeeper", "MemberCosts", "MembersCheck", "MembersDecision", "Rung",
     "StepCosts", "Workload", "candidates", "effective_width", "estimate_cost", "estimate_members",
     "format_duration", "ladder_markdown", "length_bucket", "members_earn_their_time", "padded_width", "parse_duration",
     "plan_within_budget", "time_members",

@@ -20,9 +20,9 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx import nn
 
-from lora_tasks.factory import build_model
 from lora_tasks.budget.cache import ProbeKey, load_costs, save_costs
 from lora_tasks.budget.costs import StepCosts, length_bucket
+from lora_tasks.factory import build_model
 from lora_tasks.hub import resolve_model_dir
 from lora_tasks.prefix_cache import FromPrefix, first_adapted_layer
 from lora_tasks.train import TrainConfig, make_schedule
@@ -82,7 +82,7 @@ def measure_costs(
         raise ValueError(f"steps={steps}; time at least one step.")
     rng = np.random.default_rng(seed)
     full = factory(None)
-    num_layers = int(full.num_layers)
+    num_layers = _num_layers(full)
     ids, mask, types = _inputs(full, rng, batch_size, seq_len)
     full_step = _time_steps(full, (ids, mask, types), rng, steps)
     forward_row = _time_forward(full, rng, seq_len, steps) / EVAL_BATCH
@@ -100,6 +100,19 @@ def measure_costs(
             trainee, inputs = model, (ids, mask, types)
         tops.append((n, _time_steps(trainee, inputs, rng, steps)))
     return StepCosts(seq_len, batch_size, num_layers, full_step, tuple(tops), forward_row, steps, machine, model_id)
+
+
+def _num_layers(model: nn.Module) -> int:
+    """Encoder layers: the layer-split models say it (``num_layers``); ModernBERT, which has no
+    split, keeps them in ``model.model.layers``."""
+    if hasattr(model, "num_layers"):
+        return int(model.num_layers)
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise TypeError(f"{type(model).__name__} says neither num_layers nor model.layers; the cost probe cannot "
+                        "count its layers.")
+    return len(layers)
 
 
 def _vocab_size(model: nn.Module) -> int:

@@ -76,7 +76,8 @@ TRAINING_SETTINGS: dict[str, type | tuple[type, ...]] = {
     "class_weight": str,
     "top_layers": (int, str),
 }
-_TABLE_KEYS["training"] = {**TRAINING_SETTINGS, "adapter_sets": list}
+#: ``time_limit`` (``"20m"``, ``"1h"``, seconds) bounds the whole run when ``--time-limit`` is not given.
+_TABLE_KEYS["training"] = {**TRAINING_SETTINGS, "adapter_sets": list, "time_limit": (str, int, float)}
 ALLOWED_KEYS: tuple[str, ...] = (*_SCALAR_KEYS, *_LIST_KEYS, *_TABLE_KEYS)
 _CHOICES = {
     ("", "task"): TASKS,
@@ -171,6 +172,14 @@ def _check_training(source: str, training: Mapping[str, Any]) -> None:
     sets = training.get("adapter_sets", [])
     if not all(isinstance(v, str) for v in sets):
         raise _fail(source, f"`training.adapter_sets` must be a list of strings like \"expressive\", got {sets!r}.")
+    if "time_limit" in training:
+        # lora_tasks.budget imports lora_tasks.data: a cycle at module level
+        from lora_tasks.budget.duration import parse_duration
+
+        try:
+            parse_duration(training["time_limit"])
+        except (TypeError, ValueError) as exc:
+            raise _fail(source, f"`training.time_limit`: {exc}") from None
 
 
 _CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$|^[A-Za-z]{3}(-[A-Za-z]{3})?$")

@@ -28,7 +28,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.tasks import exponential_backoff
 
@@ -36,7 +36,7 @@ from lora_tasks.hashing import sha256_bytes, sha256_file_memo, sha256_tree, sha2
 from lora_tasks.kaggle import prefect_retry_condition
 from lora_tasks.options import DEFAULT_WORK_DIR
 from lora_tasks.prefect.code_version import code_version
-from lora_tasks.progress import ProgressEvent
+from lora_tasks.progress import ProgressEvent, Tee, progress_for_output
 from lora_tasks.steps.combine import DEFAULT_BLEND_METHOD, CombineResult, combine
 from lora_tasks.steps.download import download_data
 from lora_tasks.steps.plan import plan_training
@@ -239,8 +239,10 @@ def tokenize_task(prepared: Path, plan: Path, cache_dir: Path, model: str | None
 @task(name="train-adapter", task_run_name="train-fold-{fold}", cache_policy=_policy(train_adapter, by_value=("out_dir",)),
       persist_result=True)
 def train_task(prepared: Path, plan: Path, tokens: TokenFiles, fold: int, out_dir: Path, model: str | None = None) -> AdapterResult:
-    """One fold's adapter; a progress artifact follows the training."""
-    return train_adapter(prepared, plan, tokens, fold, out_dir, model=model, progress=PrefectProgress(f"fold {fold}"))
+    """One fold's adapter; a progress artifact follows the training, and progress lines (every 30 s
+    and at each epoch end) go to the run's logs, where a deployment's or a redirected run's output is read."""
+    progress = Tee(PrefectProgress(f"fold {fold}"), progress_for_output(logger=get_run_logger()))
+    return train_adapter(prepared, plan, tokens, fold, out_dir, model=model, progress=progress)
 
 
 @task(name="train-baselines", cache_policy=_policy(train_baselines, by_value=("out_dir",)), persist_result=True)

@@ -102,8 +102,9 @@ def combine(
     adapter_sets = dict(adapter_sets or {})
     if method not in COMBINE_METHODS:
         raise PipelineError(f"combine method {method!r}; use one of {', '.join(COMBINE_METHODS)}.")
-    if not results:
-        raise PipelineError("No adapters to combine; train at least one fold.")
+    if not results and not baselines:
+        raise PipelineError("No adapters to combine; train at least one fold (or blend scikit-learn members: "
+                            "no_adapters with baselines).")
     if method == "merge" and baselines:
         raise PipelineError("combine(method='merge') builds one model from the adapters; baselines only blend. "
                             "Drop the baselines or use method='blend'.")
@@ -112,6 +113,11 @@ def combine(
                             "encoders only blend. Drop the adapter sets or use method='blend'.")
     prepared = Prepared.load(prepared_path)
     plan = Plan.load(plan_path)
+    if not results:
+        if method != "blend":
+            raise PipelineError(f"combine(method={method!r}) needs fold adapters; without them (no_adapters) only "
+                                "'blend' of the scikit-learn members is possible.")
+        return _blend_members_only(prepared, plan, baselines, out_dir, blend_method)
     oof, ordered = fold_ensemble(results)
     fold_weights = [1.0 / len(ordered)] * len(ordered)
     scores = {ADAPTERS_MEMBER: score_predictions(oof, prepared, plan)}
@@ -163,6 +169,34 @@ def combine(
         blend_method=used_blend,
         blend_cv_score=cv_score,
         threshold=cut,
+    )
+
+
+def _blend_members_only(prepared: Prepared, plan: Plan, baselines: Sequence[BaselineResult],
+                        out_dir: str | os.PathLike, blend_method: str) -> CombineResult:
+    """``no_adapters``: the scikit-learn members blended alone, weights fit on their OOF rows."""
+    from lora_tasks.ensemble import blend  # the blenders load scikit-learn's estimators
+
+    members_oof = {b.name: np.load(b.oof_path) for b in baselines}
+    members_test = {b.name: np.load(b.test_path) for b in baselines}
+    if len(members_oof) != len(baselines):
+        raise PipelineError(f"Two members share a name among {[b.name for b in baselines]}; give each its own name.")
+    blended = blend(blend_method, members_oof, members_test, training_labels(prepared, plan),
+                    blend_metric(prepared, plan), fold_assignment(prepared, plan), seed=plan.seed,
+                    tune_threshold=tunes_label_cut(prepared, plan))
+    out = Path(out_dir)
+    return CombineResult(
+        method="blend",
+        test_path=save_array(np.asarray(blended.test_pred, dtype=np.float32), out, "ensemble-blend"),
+        oof_path=save_array(np.asarray(blended.oof_pred, dtype=np.float32), out, "oof-all"),
+        oof_score=score_predictions(blended.oof_pred, prepared, plan, blended.threshold),
+        metric=prepared.metric,
+        weights={k: float(v) for k, v in blended.weights.items()},
+        fold_scores=[],
+        member_scores={b.name: float(b.oof_score) for b in baselines},
+        blend_method=blend_method,
+        blend_cv_score=blended.report.blend_cv_score,
+        threshold=blended.threshold,
     )
 
 

@@ -1,21 +1,35 @@
 """Step 3: profile + auto-configuration -> :class:`Plan` (the settings, and why each was chosen).
 
 A QLoRA preset (chosen by the memory rule or asked for) trains over a 4-bit base; fewer than 2
-folds becomes 2 (out-of-fold predictions need a held-out fold).
+folds becomes 2 (out-of-fold predictions need a held-out fold). With a time limit, the settings
+are then priced on this machine (a cost probe, cached) and cut down the budget ladder until they
+fit (:func:`lora_tasks.budget.plan_within_budget`); each cut is recorded in ``reasons``.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from lora_tasks.budget import (
+    DEFAULT_OVERHEAD_S,
+    DEFAULT_TIME_LIMIT_S,
+    LADDER,
+    BudgetError,
+    Candidate,
+    Workload,
+    estimate_members,
+    format_duration,
+    parse_duration,
+    plan_within_budget,
+)
 from lora_tasks.data.autoconfig import TrainSettings, apply_settings, auto_configure
-from lora_tasks.data.competition import TRAINING_SETTINGS
-from lora_tasks.data.profile import profile_competition
+from lora_tasks.data.competition import TRAINING_SETTINGS, CompetitionConfig
+from lora_tasks.data.profile import DataProfile, profile_competition
 from lora_tasks.data.tokenizer import Tokenizer
-from lora_tasks.factory import model_shape
+from lora_tasks.factory import head_type_for, model_shape
 from lora_tasks.steps.prepare import subset_rows
 from lora_tasks.steps.spec import competition_spec
 from lora_tasks.steps.store import (
@@ -45,6 +59,13 @@ class Plan:
     train_metric: str | None  # the metric on the training scale (None: the loss)
     seed: int = 0
     competition_markdown: str = ""
+    # the time budget (None: none was planned): the run's limit, and the estimates the training
+    # step's EpochBudget starts from (one adapter-epoch, one fold's predictions, what runs after the folds)
+    time_limit_s: float | None = None
+    epoch_s: float | None = None
+    predict_s: float | None = None
+    reserve_s: float | None = None
+    no_adapters: bool = False  # the scikit-learn members alone (--no-adapters)
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write ``out_dir/plan-<sha16>.json`` (content-addressed)."""
@@ -53,7 +74,8 @@ class Plan:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Plan:
         data = load_record(path, "plan")
-        missing = sorted({f.name for f in fields(cls)} - set(data) - {"seed", "competition_markdown"})
+        optional = {"seed", "competition_markdown", "time_limit_s", "epoch_s", "predict_s", "reserve_s", "no_adapters"}
+        missing = sorted({f.name for f in fields(cls)} - set(data) - optional)
         if missing:
             raise PipelineError(f"{path} is not a plan of this version (missing {missing}); plan again.")
         known = {f.name for f in fields(TrainSettings)}
@@ -70,7 +92,7 @@ class Plan:
         preset equal to the chosen one is recorded as an override)."""
         def what(p: Plan) -> tuple:
             settings = {k: v for k, v in asdict(p.settings).items() if k != "reasons"}
-            return p.slug, p.model, p.tiny, p.seed, settings
+            return p.slug, p.model, p.tiny, p.seed, p.no_adapters, settings
 
         return what(self) == what(other)
 
@@ -102,14 +124,24 @@ def plan_training(
     overrides: Mapping[str, Any] | None = None,
     max_train_rows: int | None = None,
     seed: int = 0,
+    budget: bool = False,
+    time_limit: str | float | None = None,
+    no_adapters: bool = False,
 ) -> Path:
     """Profile the training table with the model's tokenizer, choose settings by the rule table,
-    apply ``overrides`` (each recorded in ``reasons``) and write ``plan-*.json``."""
+    apply ``overrides`` (each recorded in ``reasons``) and write ``plan-*.json``.
+
+    ``budget``: fit the settings to the run's time limit (``time_limit``, else the config's
+    ``[training] time_limit``, else :data:`~lora_tasks.budget.DEFAULT_TIME_LIMIT_S`); raises
+    :class:`~lora_tasks.budget.BudgetError` before any training when no adapter plan fits, unless
+    ``no_adapters`` (the scikit-learn members alone: nothing is probed)."""
     config = competition_spec(competition, data_dir)
     tokenizer = Tokenizer.from_pretrained(None if tiny else model)
     train = subset_rows(config.read_train(), max_train_rows, seed)
     profile = profile_competition(config, tokenizer=tokenizer, train=train)
-    settings = auto_configure(profile, competition=config, **model_shape(model, tiny))
+    # [training] time_limit is the run's budget, not a training setting
+    recipe = replace(config, training={k: v for k, v in config.training.items() if k != "time_limit"})
+    settings = auto_configure(profile, competition=recipe, **model_shape(model, tiny))
     unknown = sorted(set(overrides or {}) - set(OVERRIDABLE))
     if unknown:
         raise PipelineError(f"Cannot override {unknown}; overridable settings: {', '.join(OVERRIDABLE)}.")
@@ -117,6 +149,11 @@ def plan_training(
     if settings.n_folds < 2:
         settings.n_folds = settings.n_adapters = 2
         settings.reasons.append("min_two_folds: out-of-fold predictions need 2+ folds -> 2")
+    estimates: dict[str, Any] = {}
+    if budget or no_adapters:
+        limit_s = run_time_limit(time_limit, config)
+        estimates = fit_to_budget(settings, config, profile, limit_s, model=model, tiny=tiny, no_adapters=no_adapters,
+                                  cache_dir=Path(out_dir) / "cost-probe")
     plan = Plan(
         slug=config.slug,
         settings=settings,
@@ -126,5 +163,80 @@ def plan_training(
         train_metric=train_metric_for(config.metric, settings.target_transform),
         seed=int(seed),
         competition_markdown=config.describe(),
+        no_adapters=bool(no_adapters),
+        **estimates,
     )
     return plan.save(out_dir)
+
+
+def run_time_limit(time_limit: str | float | None, config: CompetitionConfig) -> float:
+    """The run's budget in seconds: the one given, else the config's ``[training] time_limit``,
+    else the default."""
+    if time_limit is not None:
+        return parse_duration(time_limit)
+    if config.training.get("time_limit") is not None:
+        return parse_duration(config.training["time_limit"])
+    return DEFAULT_TIME_LIMIT_S
+
+
+#: The budget ladder without its holdout rungs: the steps train K folds (every row gets an
+#: out-of-fold prediction), and a one-split holdout is not implemented there.
+FOLD_LADDER = tuple(rung for rung in LADDER if rung.n_folds != 1)
+
+
+def fit_to_budget(
+    settings: TrainSettings,
+    config: CompetitionConfig,
+    profile: DataProfile,
+    limit_s: float,
+    *,
+    model: str | None,
+    tiny: bool,
+    no_adapters: bool,
+    cache_dir: Path,
+) -> dict[str, Any]:
+    """Price the settings on this machine and cut them down :data:`FOLD_LADDER` until they fit
+    ``limit_s``; every estimate and cut goes to ``settings.reasons``. Returns the :class:`Plan`
+    fields of the budget (the limit and the estimates the training step keeps the time with)."""
+    work = Workload(
+        train_rows=profile.n_rows,
+        test_rows=int(profile.n_test_rows or 0),
+        max_seq_len=int(settings.max_seq_len),
+        mean_tokens=profile.token_lengths.mean if profile.token_lengths is not None else None,
+        columns=max(1, profile.n_features),
+        text_columns=len(profile.text_columns),
+    )
+    members = estimate_members(work, int(settings.n_folds))
+    if no_adapters:
+        settings.reasons.append(f"budget: --no-adapters: the scikit-learn members alone, estimated "
+                                f"{format_duration(members.seconds + DEFAULT_OVERHEAD_S)} of the "
+                                f"{format_duration(limit_s)} limit")
+        return {"time_limit_s": limit_s}
+    # the probe builds and times the model (MLX): only when adapters are planned
+    from lora_tasks.budget.probe import probe_for_plan
+
+    head_type = head_type_for(config.task_type)
+    num_labels = len(config.classes) if config.task_type == "multiclass" and config.classes else _class_count(profile)
+    costs = probe_for_plan(head_type, settings.preset, num_labels, model=None if tiny else model, tiny=tiny,
+                           seq_len=work.width, batch_size=int(settings.batch_size), cache_dir=cache_dir)
+    base = Candidate("as_planned", int(settings.n_folds), int(settings.epochs), settings.top_layers,
+                     int(settings.batch_size))
+    choice = plan_within_budget(base, work, costs, members, limit_s, ladder=FOLD_LADDER)
+    settings.reasons.extend(choice.reasons)
+    if choice.chosen is None:
+        raise BudgetError(choice.reason)
+    chosen = choice.chosen.candidate
+    changes = {key: new for key, old, new in (("top_layers", base.top_layers, chosen.top_layers),
+                                               ("epochs", base.epochs, chosen.epochs),
+                                               ("n_folds", base.n_folds, chosen.n_folds)) if old != new}
+    apply_settings(settings, changes, "budget", f" ({chosen.name}, to fit {format_duration(limit_s)})")
+    est = choice.chosen
+    return {"time_limit_s": limit_s, "epoch_s": est.epoch_s, "predict_s": est.predict_s / max(chosen.n_folds, 1),
+            "reserve_s": est.members_s + est.overhead_s}
+
+
+def _class_count(profile: DataProfile) -> int:
+    """Labels of a multiclass head from the profiled target (1 for every other head)."""
+    if profile.task_type == "multiclass" and profile.target is not None and profile.target.class_counts:
+        return len(profile.target.class_counts)
+    return 1

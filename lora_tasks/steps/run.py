@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -88,9 +89,10 @@ def plan_run(options: RunOptions) -> dict[str, Path]:
     paths = RunPaths.of(options)
     with kaggle_endpoint(options.competition, options.kaggle_endpoint, paths.work) as endpoint:
         folder = download_data(options.competition, paths.data_root, endpoint)
-    sets = run_adapter_sets(options, folder)
+    sets = [] if options.no_adapters else run_adapter_sets(options, folder)
     plan = plan_training(options.competition, folder, paths.artifacts, model=options.model, tiny=options.tiny,
-                         overrides=options.training_overrides(OVERRIDABLE), max_train_rows=options.max_train_rows)
+                         overrides=options.training_overrides(OVERRIDABLE), max_train_rows=options.max_train_rows,
+                         budget=True, time_limit=options.time_limit, no_adapters=options.no_adapters)
     extra = {s.member: plan_adapter_set(options, folder, paths.artifacts, plan, s) for s in sets}
     return {ADAPTERS_MEMBER: plan, **extra}
 
@@ -119,26 +121,36 @@ def run_pipeline(
 ) -> PipelineResult:
     """Every step of ``options``' run in order. ``run_key`` names the run for the submit-once
     rule; ``progress`` receives training events; ``download=False`` reads ``data_dir`` as is."""
+    run_start = time.time()  # the time limit counts from here, in every fold
     paths = RunPaths.of(options)
     competition, model = options.competition, options.model
     with kaggle_endpoint(competition, options.kaggle_endpoint, paths.work) as endpoint:
         folder = download_data(competition, paths.data_root, endpoint) if download else paths.data_root
-        sets = run_adapter_sets(options, folder)
+        sets = [] if options.no_adapters else run_adapter_sets(options, folder)
         prepared = prepare_data(competition, folder, paths.artifacts, max_train_rows=options.max_train_rows)
         plan = plan_training(competition, folder, paths.artifacts, model=model, tiny=options.tiny,
-                             overrides=options.training_overrides(OVERRIDABLE), max_train_rows=options.max_train_rows)
+                             overrides=options.training_overrides(OVERRIDABLE), max_train_rows=options.max_train_rows,
+                             budget=True, time_limit=options.time_limit, no_adapters=options.no_adapters)
         n_folds = Plan.load(plan).n_folds
         set_plans = {s: plan_adapter_set(options, folder, paths.artifacts, plan, s) for s in sets}
 
-        def train_set(set_model: str | None, set_plan: Path) -> tuple[TokenFiles, list[AdapterResult]]:
-            set_tokens = tokenize_data(prepared, set_plan, paths.tokens, model=set_model)
-            return set_tokens, [train_adapter(prepared, set_plan, set_tokens, k, paths.artifacts, model=set_model,
-                                              progress=progress) for k in range(n_folds)]
-
-        tokens, results = train_set(model, plan)
-        extra = {s.member: train_set(s.model or model, set_plan)[1] for s, set_plan in set_plans.items()}
+        # the members first (seconds): the first fold compares the adapters with them
         baselines = (train_baselines(competition, folder, prepared, plan, paths.artifacts)
                      if options.uses_baseline else [])
+
+        def train_set(set_model: str | None, set_plan: Path, members: list) -> tuple[TokenFiles, list[AdapterResult]]:
+            set_tokens = tokenize_data(prepared, set_plan, paths.tokens, model=set_model)
+            if options.no_adapters:  # the scikit-learn members alone
+                return set_tokens, []
+            folds: list[AdapterResult] = []
+            for k in range(n_folds):
+                folds.append(train_adapter(prepared, set_plan, set_tokens, k, paths.artifacts, model=set_model,
+                                           progress=progress, run_start=run_start, members=members if k == 0 else (),
+                                           epochs=folds[0].later_epochs if folds else None))
+            return set_tokens, folds
+
+        tokens, results = train_set(model, plan, baselines)
+        extra = {s.member: train_set(s.model or model, set_plan, [])[1] for s, set_plan in set_plans.items()}
         combined = combine(prepared, plan, results, paths.artifacts, method=options.combine, tokens=tokens, model=model,
                            baselines=baselines, blend_method=options.blend_method, adapter_sets=extra)
         submission_path = write_submission(prepared, plan, combined.test_path, paths.artifacts, combined.threshold)

@@ -12,6 +12,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from lora_tasks.budget import Deadline, EpochBudget
+from lora_tasks.budget.fold import FoldKeeper, MembersCheck
 from lora_tasks.data.token_cache import tokenize_cached
 from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.hashing import sha256_bytes, sha256_file
@@ -82,6 +84,9 @@ class AdapterResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     samples_per_s: float = 0.0
+    stopped_for_time: bool = False  # the time budget cut this fold's epochs
+    budget_reasons: list[str] = field(default_factory=list)  # the time budget's decisions for this fold
+    later_epochs: int | None = None  # the members decision (first fold): epochs of every later fold
 
     def paths(self) -> list[Path]:
         return [self.adapter_path, self.oof_path, self.test_path]
@@ -114,6 +119,33 @@ def _from_prefix(net, data, test, cache_dir: Path):  # noqa: ANN001, ANN202 - ML
     return trainee, train_states, test_states
 
 
+def epoch_budget(plan: Plan, run_start: float | None) -> EpochBudget | None:
+    """The run-time keeper of the plan's time limit, from the run's wall-clock start
+    (``time.time()``, the same in every worker process); None without a planned budget."""
+    if run_start is None or plan.time_limit_s is None or not plan.epoch_s:
+        return None
+    return EpochBudget(Deadline(float(plan.time_limit_s), float(run_start)), plan.n_folds, int(plan.settings.epochs),
+                       float(plan.epoch_s), float(plan.predict_s or 0.0), float(plan.reserve_s or 0.0))
+
+
+def _members_check(plan: Plan, prepared: Prepared, members: Sequence[BaselineResult], valid_idx: np.ndarray,
+                   epochs: int) -> MembersCheck | None:
+    """The best member's score on this fold's held-out rows, on the adapters' validation metric;
+    None when there is nothing to compare (no members, one epoch, the loss as metric, one fold)."""
+    if not members or epochs < 2 or plan.train_metric is None or plan.n_folds < 2:
+        return None
+    from lora_tasks.metrics import get_metric  # imports scikit-learn (seconds)
+
+    metric = get_metric(plan.train_metric)
+    y = training_labels(prepared, plan)[valid_idx]
+    scores = [float(metric(y, np.load(m.oof_path)[valid_idx])) for m in members]
+    scores = [s for s in scores if np.isfinite(s)]
+    if not scores:
+        return None
+    best = max(scores) if metric.greater_is_better else min(scores)
+    return MembersCheck(best, metric.greater_is_better, plan.train_metric, min(2, epochs - 1), epochs)
+
+
 def train_adapter(
     prepared_path: str | os.PathLike,
     plan_path: str | os.PathLike,
@@ -123,9 +155,19 @@ def train_adapter(
     *,
     model: str | None = None,
     progress: Callable[[Any], None] | None = None,
+    run_start: float | None = None,
+    members: Sequence[BaselineResult] = (),
+    epochs: int | None = None,
 ) -> AdapterResult:
     """Train the adapter of ``fold`` on the other folds; write the adapter file and its
     predictions for the held-out rows (OOF) and for the test rows.
+
+    ``run_start`` (the run's ``time.time()``) with a plan that has a time limit: the fold's
+    epochs are decided before it starts and after each epoch (:class:`~lora_tasks.budget.EpochBudget`),
+    so a run that falls behind cuts epochs; the fold keeps its best epoch either way.
+    ``members`` (the scikit-learn members, already fitted on the same folds): after this fold's
+    early epochs its validation score is compared with theirs on the same rows, and the result's
+    ``later_epochs`` says how many epochs the later folds deserve (pass it as their ``epochs``).
 
     Checkpoints go to ``out_dir/checkpoints/<inputs hash>/``: a killed run, started again with
     the same inputs, resumes after the last finished epoch.
@@ -146,6 +188,11 @@ def train_adapter(
     run_key = sha256_bytes("\0".join([sha256_file(prepared_path), sha256_file(plan_path), sha256_file(tokens.train),
                                       str(fold), str(model)]).encode())[:16]
     cfg = _train_config(plan, fold)
+    budget = epoch_budget(plan, run_start)
+    if epochs is not None:  # a members decision of the first fold
+        cfg.epochs = max(1, min(cfg.epochs, int(epochs)))
+        budget = budget.with_epochs(cfg.epochs) if budget is not None else None
+    keeper = FoldKeeper(fold, budget, _members_check(plan, prepared, members, valid_idx, cfg.epochs))
     top_layers = plan.settings.top_layers
     with MLX_LOCK:
         net, adapter = build_model(
@@ -155,8 +202,10 @@ def train_adapter(
         )
         trainee, data, test = _from_prefix(net, data, test, out / "prefix") if top_layers else (net, data, test)
         net.train()
+        cfg.epochs = keeper.epochs(cfg.epochs)  # decided here: a thread may have waited for the lock
         result = train(trainee, data.subset(train_idx), data.subset(valid_idx), cfg,
-                       out / "checkpoints" / run_key, progress, name=f"fold {fold}")
+                       out / "checkpoints" / run_key, keeper.progress(progress), name=f"fold {fold}",
+                       should_stop=keeper.should_stop)
         valid_pred = ravel(predict(trainee, data.subset(valid_idx), cfg.eval_batch_size))
         test_pred = ravel(predict(trainee, test, cfg.eval_batch_size))
         tmp = temp_path(out, ".safetensors")
@@ -171,6 +220,7 @@ def train_adapter(
         n_train=len(train_idx), n_valid=len(valid_idx),
         best_epoch=result.best_epoch, best_score=result.best_score, metric=result.metric,
         history=result.history, seconds=result.seconds, samples_per_s=result.samples_per_s,
+        stopped_for_time=result.stopped_for_time, budget_reasons=keeper.reasons, later_epochs=keeper.later_epochs,
     )
 
 
