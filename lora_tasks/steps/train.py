@@ -3,6 +3,7 @@ the same folds. Predictions go to content-addressed ``.npy`` files on the model'
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -16,6 +17,7 @@ from lora_tasks.data.competition import load_competition
 from lora_tasks.data.token_cache import tokenize_cached
 from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.hashing import sha256_bytes, sha256_file
+from lora_tasks.lifecycle import StopCheck
 from lora_tasks.steps.plan import Plan
 from lora_tasks.steps.prepare import Prepared
 from lora_tasks.steps.store import PipelineError, save_array, store_file, temp_path
@@ -25,6 +27,7 @@ from lora_tasks.steps.targets import fold_assignment, score_predictions, trainin
 # would interfere. Threads (Prefect's thread runner) therefore train one at a time; processes
 # (the process runner) train in parallel.
 MLX_LOCK = threading.RLock()
+log = logging.getLogger("lora_tasks.steps.train")
 
 
 @dataclass(frozen=True)
@@ -123,12 +126,15 @@ def train_adapter(
     *,
     model: str | None = None,
     progress: Callable[[Any], None] | None = None,
+    refresh: bool = False,
 ) -> AdapterResult:
     """Train the adapter of ``fold`` on the other folds; write the adapter file and its
     predictions for the held-out rows (OOF) and for the test rows.
 
     Checkpoints go to ``out_dir/checkpoints/<inputs hash>/``: a killed run, started again with
-    the same inputs, resumes after the last finished epoch.
+    the same inputs, resumes after the last finished epoch. ``refresh`` deletes that fold's
+    checkpoints first (``--refresh``: the way out of a corrupt checkpoint). A stop signal
+    (:mod:`lora_tasks.lifecycle`) ends the fold after its current step, its checkpoints kept.
     """
     # the model factory and the training engine load MLX: only when a model runs
     from lora_tasks.factory import build_model
@@ -146,6 +152,10 @@ def train_adapter(
     run_key = sha256_bytes("\0".join([sha256_file(prepared_path), sha256_file(plan_path), sha256_file(tokens.train),
                                       str(fold), str(model)]).encode())[:16]
     cfg = _train_config(plan, fold)
+    checkpoint_dir = out / "checkpoints" / run_key
+    if refresh:
+        _drop_checkpoints(checkpoint_dir, fold)
+    progress = StopCheck(progress, name=f"fold {fold}")
     top_layers = plan.settings.top_layers
     with MLX_LOCK:
         net, adapter = build_model(
@@ -156,7 +166,7 @@ def train_adapter(
         trainee, data, test = _from_prefix(net, data, test, out / "prefix") if top_layers else (net, data, test)
         net.train()
         result = train(trainee, data.subset(train_idx), data.subset(valid_idx), cfg,
-                       out / "checkpoints" / run_key, progress, name=f"fold {fold}")
+                       checkpoint_dir, progress, name=f"fold {fold}")
         valid_pred = ravel(predict(trainee, data.subset(valid_idx), cfg.eval_batch_size))
         test_pred = ravel(predict(trainee, test, cfg.eval_batch_size))
         tmp = temp_path(out, ".safetensors")
@@ -172,6 +182,16 @@ def train_adapter(
         best_epoch=result.best_epoch, best_score=result.best_score, metric=result.metric,
         history=result.history, seconds=result.seconds, samples_per_s=result.samples_per_s,
     )
+
+
+def _drop_checkpoints(checkpoint_dir: Path, fold: int) -> None:
+    """Delete a fold's checkpoint files (refresh: train from the start, even past a corrupt one)."""
+    found = sorted(checkpoint_dir.glob("*.safetensors")) if checkpoint_dir.is_dir() else []
+    for path in found:
+        path.unlink(missing_ok=True)
+    if found:
+        log.info("fold %d: --refresh: deleted %d checkpoint file(s) in %s; training from the start",
+                 fold, len(found), checkpoint_dir)
 
 
 @dataclass
