@@ -105,8 +105,9 @@ def cli_env(tmp_path):
     return env
 
 
-def _demo_args(work: Path) -> list[str]:
-    work.mkdir(mode=0o700, exist_ok=True)
+def _demo_args(work: Path, mode: int = 0o700) -> list[str]:
+    work.mkdir(exist_ok=True)
+    work.chmod(mode)
     return ["--competition", "demo", "--tiny", "--no-submit", "--no-baseline", "--work-dir", str(work)]
 
 
@@ -124,6 +125,7 @@ def test_sigterm_during_training_stops_in_seconds_and_the_rerun_resumes(tmp_path
     assert len(stops) == 1, run.text[-3000:]
     assert "train fold" in stops[0] and "run the same command again to resume" in stops[0], stops
     assert "kaggle-lora failed" not in run.text, "a requested stop is not reported as a failure"
+    assert "writable by" not in run.text, "a private work dir gets no warning"
     assert list((work / "artifacts" / "checkpoints").glob("*/checkpoint.safetensors")), "the checkpoint was kept"
 
     rerun = Cli(_demo_args(work), cli_env)
@@ -144,8 +146,12 @@ def _cached_tasks(text: str) -> str:
 
 
 def test_sigkilled_cli_leaves_no_process_behind(tmp_path, cli_env):
-    run = Cli(_demo_args(tmp_path / "work"), cli_env)
+    """Also: a work dir its group can write is warned about (its result store is trusted)."""
+    work = tmp_path / "work"
+    run = Cli(_demo_args(work, mode=0o770), cli_env)
     try:
+        warning = run.wait_for("is writable by its group")
+        assert str(work) in warning and "chmod go-w" in warning
         run.wait_for("Starting temporary server on")
         run.wait_for("Beginning flow run")  # the server has run for a while: the watchdog knows it
         children = _descendants(run.proc.pid)
