@@ -91,7 +91,8 @@ def kaggle_lora(options: RunOptions) -> RunSummary:
     # Prefect puts its own SIGTERM handler in place for the flow run; ours goes on top of it (and
     # chains to it), so a stop signal also stops the training threads (lora_tasks.lifecycle)
     install_signal_handlers(on_hard_exit=stop_temporary_api_servers)
-    require_credentials(options.competition, options.kaggle_endpoint)  # fail in seconds, not after training
+    if options.submit:  # fail in seconds, not after training (a download without them fails first anyway)
+        require_credentials(options.competition, options.kaggle_endpoint)
     logger = get_run_logger()
     paths = RunPaths.of(options)
     tasks = configure(paths.work, retry_delay_s=options.retry_delay_s, refresh=options.refresh)
