@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 import lora_tasks
+from lora_tasks import lifecycle
 from lora_tasks.options import RunOptions
 
 log = logging.getLogger("lora_tasks")
@@ -223,19 +224,34 @@ def run_main(argv: list[str] | None = None, prog: str = "kaggle-lora run") -> in
     # Prefect and the flow load slowly: only for a run
     from lora_tasks.native import native_info
     from lora_tasks.prefect.flow import kaggle_lora
-    from lora_tasks.prefect.runners import make_task_runner
+    from lora_tasks.prefect.preflight import warn_if_shared
+    from lora_tasks.prefect.runners import make_task_runner, stop_temporary_api_servers
+    from lora_tasks.steps.download import needs_offline_server
+
+    # a stop signal ends the run in seconds with one line saying where; nothing started here outlives it
+    lifecycle.install_signal_handlers(on_hard_exit=stop_temporary_api_servers)
+    lifecycle.start_orphan_watchdog()
+    warn_if_shared(options.work_dir)
 
     print(lora_tasks.blas_info().summary(), flush=True)  # which BLAS serves MLX's GEMMs in this run
     print(native_info().summary(), flush=True)  # native CPU kernels or MLX's ops
     runner = args.runner or ("dask" if args.dask_address else "thread")
-    flow_fn = kaggle_lora.with_options(task_runner=make_task_runner(runner, address=args.dask_address))
+    flow_fn = kaggle_lora.with_options(task_runner=make_task_runner(
+        runner, address=args.dask_address, offline_demo=needs_offline_server(options.competition,
+                                                                              options.kaggle_endpoint)))
     start = time.perf_counter()
     try:
         summary = flow_fn(options)
-    except KeyboardInterrupt:
-        print("\nInterrupted; a rerun resumes from the cached steps and checkpoints.", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - the CLI's job is a clear last line
+    except BaseException as exc:  # noqa: BLE001 - the CLI's job is a clear last line
+        stopped = lifecycle.stopped_by()
+        if stopped is not None:  # the stop line was printed when the signal came
+            stop_temporary_api_servers()
+            return 128 + stopped
+        if isinstance(exc, KeyboardInterrupt):
+            print("\nInterrupted; a rerun resumes from the cached steps and checkpoints.", file=sys.stderr)
+            return 130
+        if not isinstance(exc, Exception):
+            raise
         print(f"\nkaggle-lora failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     print_summary(summary)

@@ -53,6 +53,11 @@ def stop_requested() -> bool:
     return _stop.is_set()
 
 
+def stopped_by() -> int | None:
+    """The signal number that asked this process to stop, or None."""
+    return _stop_signal[0] if _stop.is_set() and _stop_signal else None
+
+
 def request_stop(signum: int = signal.SIGTERM) -> None:
     """Ask every training loop of this process to stop after its current step."""
     _stop_signal.append(signum)

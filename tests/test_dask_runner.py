@@ -193,3 +193,38 @@ def test_workers_that_cannot_reach_the_api_are_a_clear_error(cluster):
     _, client = cluster
     with pytest.raises(RuntimeError, match="cannot reach the Prefect API http://127.0.0.1:9/api"):
         check_dask_workers(client, "http://127.0.0.1:9/api")
+
+
+USER_CREDENTIALS = {"KAGGLE_API_TOKEN": "KGAT_the_users_real_token_0123456789abcdef",
+                    "KAGGLE_USERNAME": "the-real-user", "KAGGLE_KEY": "the-real-key-0123456789abcdef"}
+
+
+def _kaggle_env() -> dict:
+    """On a worker: its Kaggle variables, and whether any variable holds one of the user's values."""
+    values = set(os.environ.values())
+    return {"kaggle": {k: v for k, v in os.environ.items() if k.startswith("KAGGLE_")},
+            "user_values": sorted(values & set(USER_CREDENTIALS.values()))}
+
+
+def test_offline_demo_workers_get_the_fake_token_never_the_users(harness, demo_server, tmp_path, monkeypatch):
+    """The user's own credentials are in the environment the local cluster starts from; the offline
+    demo's workers carry the fake server's token instead, and a download on a worker succeeds with
+    it (the fake server answers the user's token with 401). Without ``offline_demo`` the same
+    workers would carry the user's credentials: the check bites."""
+    from lora_tasks.prefect.runners import make_task_runner
+    from lora_tasks.steps.download import download_data
+    from lora_tasks.testing.fake_kaggle import DEFAULT_TOKEN
+
+    for name, value in USER_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    server, _ = demo_server
+    with make_task_runner("dask", max_workers=1, offline_demo=True) as runner:
+        envs = runner.client.run(_kaggle_env)
+        folder = runner.client.submit(download_data, "demo", tmp_path / "data", server.url).result(timeout=180)
+    assert envs
+    for worker, env in envs.items():
+        assert env["kaggle"]["KAGGLE_API_TOKEN"] == DEFAULT_TOKEN, (worker, env["kaggle"].keys())
+        assert env["user_values"] == [], f"{worker} carries the user's credentials"
+    assert (folder / "train.csv").is_file()
+    with make_task_runner("dask", max_workers=1) as runner:
+        assert all(env["user_values"] for env in runner.client.run(_kaggle_env).values())

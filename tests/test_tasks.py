@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lora_tasks.prefect import artifacts, tasks
+from lora_tasks.prefect.manifest import manifest_problem, record_outputs
 from lora_tasks.prefect.runners import BLAS_THREAD_VARS, make_task_runner, share_cores
 from lora_tasks.steps import DEMO_SLUG, AdapterResult, CombineResult, TokenFiles
 from lora_tasks.testing import fake_kaggle as fk
@@ -54,20 +55,66 @@ def test_cache_key_moves_along_the_repair_chain(tmp_path):
     from prefect.filesystems import LocalFileSystem
     from prefect.results import ResultStore
 
-    store = ResultStore(result_storage=LocalFileSystem(basepath=str(tmp_path / "results")))
+    results = tmp_path / "results"
+    store = ResultStore(result_storage=LocalFileSystem(basepath=str(results)))
     policy = tasks.ContentCache()
     out = tmp_path / "out.npy"
     out.write_bytes(b"data")
     assert policy.usable_key(store, "k0") == "k0"  # nothing stored yet
     store.write(obj=out, key="k0")
+    record_outputs(results, out)
     assert policy.usable_key(store, "k0") == "k0"  # stored and its file exists
     out.unlink()
     repaired = policy.usable_key(store, "k0")
     assert repaired != "k0" and repaired == policy.usable_key(store, "k0"), "the repair key is deterministic"
     out.write_bytes(b"data again")
     store.write(obj=out, key=repaired)
+    record_outputs(results, out)
     out.unlink()
     assert policy.usable_key(store, "k0") not in ("k0", repaired)
+
+
+def test_a_cached_result_without_its_manifest_is_not_trusted(tmp_path):
+    from prefect.filesystems import LocalFileSystem
+    from prefect.results import ResultStore
+
+    results = tmp_path / "results"
+    store = ResultStore(result_storage=LocalFileSystem(basepath=str(results)))
+    out = tmp_path / "out.npy"
+    out.write_bytes(b"data")
+    store.write(obj=out, key="k0")
+    assert tasks.ContentCache().usable_key(store, "k0") != "k0"
+    record_outputs(results, out)
+    assert tasks.ContentCache().usable_key(store, "k0") == "k0"
+
+
+def test_manifest_names_a_missing_changed_or_added_file(tmp_path):
+    """Folders are checked file by file (hidden bookkeeping files aside); files by size and sha256."""
+    results, folder = tmp_path / "results", tmp_path / "data" / "demo"
+    folder.mkdir(parents=True)
+    (folder / "train.csv").write_text("a,b\n1,2\n")
+    (folder / "test.csv").write_text("a\n1\n")
+    (folder / ".kaggle_download.json").write_text("{}")
+    adapter = tmp_path / "adapter.safetensors"
+    adapter.write_bytes(b"weights")
+    result = AdapterResult(fold=0, adapter_path=adapter, oof_path=folder / "train.csv", test_path=folder / "test.csv",
+                           n_train=1, n_valid=1, best_epoch=1, best_score=None, metric="accuracy")
+    assert manifest_problem(results, folder).startswith("no readable manifest")
+    record_outputs(results, folder)
+    record_outputs(results, result)
+    assert manifest_problem(results, folder) is None and manifest_problem(results, result) is None
+    (folder / ".kaggle_download.json").write_text('{"date": "later"}')
+    assert manifest_problem(results, folder) is None, "hidden bookkeeping files are not content"
+    (folder / "train.csv").unlink()
+    assert manifest_problem(results, folder) == f"{folder / 'train.csv'} is missing"
+    (folder / "train.csv").write_text("a,b\n1,3\n")  # same size, other bytes
+    assert "train.csv changed (sha256" in manifest_problem(results, folder)
+    (folder / "train.csv").write_text("a,b\n1,2\n")
+    (folder / "extra.csv").write_text("x\n")
+    assert "extra.csv was added" in manifest_problem(results, folder)
+    adapter.write_bytes(b"weights, truncated later")
+    assert manifest_problem(results, result) == f"{adapter} changed (size 7 -> 24 bytes)"
+    assert manifest_problem(results, 3) is None, "a result without files needs no manifest"
 
 
 def test_network_retry_options_back_off_with_jitter():
@@ -91,6 +138,8 @@ def test_tasks_use_the_project_result_store(tmp_path):
     refreshed = tasks.configure(tmp_path / "w", refresh=True)  # RunOptions.refresh: every cached task runs again
     assert refreshed.train_adapter.refresh_cache and refreshed.download.refresh_cache
     assert not run.train_adapter.refresh_cache and not refreshed.submit.refresh_cache
+    assert tasks.record_manifest_hook in run.download.on_completion_hooks
+    assert tasks.record_manifest_hook not in run.submit.on_completion_hooks
 
 
 def _result(fold: int, scores: list[float]) -> AdapterResult:

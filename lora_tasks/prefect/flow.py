@@ -15,8 +15,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from lora_tasks.lifecycle import install_signal_handlers
 from lora_tasks.options import RunOptions
 from lora_tasks.prefect.artifacts import blend_rows, cv_rows, publish_plan, publish_submission, publish_training
+from lora_tasks.prefect.preflight import require_credentials
+from lora_tasks.prefect.runners import stop_temporary_api_servers
 from lora_tasks.prefect.tasks import RunTasks, configure
 from lora_tasks.steps.adapter_sets import AdapterSet, adapter_set_overrides, check_adapter_set
 from lora_tasks.steps.download import kaggle_endpoint, needs_offline_server
@@ -72,11 +75,12 @@ def plan_adapter_set(tasks: RunTasks, states: StateLog, options: RunOptions, fol
 
 
 def submit_folds(tasks: RunTasks, states: StateLog, prepared: Path, plan: Path, tokens: Any, paths: RunPaths,
-                 model: str | None, label: str = "") -> list[Any]:
-    """The fold-training futures of one adapter set (tasks ``train-fold-0`` or ``train-<set>-fold-0``)."""
+                 model: str | None, label: str = "", refresh: bool = False) -> list[Any]:
+    """The fold-training futures of one adapter set (tasks ``train-fold-0`` or ``train-<set>-fold-0``);
+    ``refresh`` also starts each fold afresh instead of resuming its checkpoint."""
     n_folds = Plan.load(plan).n_folds
     train = tasks.train_adapter if not label else tasks.train_adapter.with_options(task_run_name=f"train-{label}-fold-{{fold}}")
-    return [train.submit(prepared, plan, tokens, k, paths.artifacts, model) for k in range(n_folds)]
+    return [train.submit(prepared, plan, tokens, k, paths.artifacts, model, refresh) for k in range(n_folds)]
 
 
 # log_prints stays off: with it, Prefect reroutes print() to the logger, past the
@@ -84,6 +88,11 @@ def submit_folds(tasks: RunTasks, states: StateLog, prepared: Path, plan: Path, 
 @flow(name="kaggle-lora", log_prints=False)
 def kaggle_lora(options: RunOptions) -> RunSummary:
     """From a competition name to a scored submission (see :class:`~lora_tasks.options.RunOptions`)."""
+    # Prefect puts its own SIGTERM handler in place for the flow run; ours goes on top of it (and
+    # chains to it), so a stop signal also stops the training threads (lora_tasks.lifecycle)
+    install_signal_handlers(on_hard_exit=stop_temporary_api_servers)
+    if options.submit:  # fail in seconds, not after training (a download without them fails first anyway)
+        require_credentials(options.competition, options.kaggle_endpoint)
     logger = get_run_logger()
     paths = RunPaths.of(options)
     tasks = configure(paths.work, retry_delay_s=options.retry_delay_s, refresh=options.refresh)
@@ -105,13 +114,13 @@ def kaggle_lora(options: RunOptions) -> RunSummary:
         tokens = states.result("tokenize", tasks.tokenize.submit(prepared, plan, paths.tokens, model))
         baseline_future = (tasks.train_baselines.submit(competition, folder, prepared, plan, paths.artifacts)
                            if options.uses_baseline else None)
-        fold_futures = submit_folds(tasks, states, prepared, plan, tokens, paths, model)
+        fold_futures = submit_folds(tasks, states, prepared, plan, tokens, paths, model, refresh=options.refresh)
         set_futures = {}
         for s, set_plan in set_plans.items():
             set_tokens = states.result(f"tokenize-{s.member}", tasks.tokenize.with_options(
                 task_run_name=f"tokenize-{s.member}").submit(prepared, set_plan, paths.tokens, s.model or model))
             set_futures[s.member] = submit_folds(tasks, states, prepared, set_plan, set_tokens, paths,
-                                                 s.model or model, s.member)
+                                                 s.model or model, s.member, refresh=options.refresh)
         results = [states.result(f"train-fold-{k}", f) for k, f in enumerate(fold_futures)]
         set_results = {name: [states.result(f"train-{name}-fold-{k}", f) for k, f in enumerate(futures)]
                        for name, futures in set_futures.items()}

@@ -6,7 +6,9 @@ flow's one Prefect API; the flow only picks one.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from typing import Any
 
 import httpx
@@ -34,7 +36,35 @@ def share_cores(n_workers: int) -> dict[str, str]:
     return {var: os.environ[var] for var in BLAS_THREAD_VARS}
 
 
-def make_task_runner(kind: str = "thread", max_workers: int | None = None, address: str | None = None):
+def stop_temporary_api_servers() -> None:
+    """Stop the temporary Prefect API servers this process started (none: nothing to do).
+
+    Why: on a forced exit (:mod:`lora_tasks.lifecycle`) Prefect's own shutdown does not run, and
+    the server subprocess it started would outlive the run."""
+    server = sys.modules.get("prefect.server.api.server")  # loaded only if a server was started
+    if server is None:
+        return
+    for instance in list(server.SubprocessASGIServer._instances.values()):
+        with contextlib.suppress(Exception):
+            instance.stop()
+
+
+#: Kaggle credential variables a local Dask worker of the offline demo gets blanked: it talks to the
+#: fake server only, with the fake server's token, and never carries the user's real credentials.
+USER_CREDENTIAL_VARS = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN")
+
+
+def offline_worker_env() -> dict[str, str]:
+    """The Kaggle environment of the offline demo's worker processes: the fake server's token only."""
+    from lora_tasks.testing.fake_kaggle import DEFAULT_TOKEN  # the test server: offline demo only
+
+    env = dict.fromkeys(USER_CREDENTIAL_VARS, "")
+    env["KAGGLE_API_TOKEN"] = DEFAULT_TOKEN
+    return env
+
+
+def make_task_runner(kind: str = "thread", max_workers: int | None = None, address: str | None = None,
+                     offline_demo: bool = False):
     """``thread`` (default; MLX trainings take turns inside one process), ``process`` (one
     worker process per fold: true parallelism) or ``dask`` (needs the optional prefect-dask:
     ``pip install -e ".[dask]"``).
@@ -42,7 +72,10 @@ def make_task_runner(kind: str = "thread", max_workers: int | None = None, addre
     ``dask`` with ``address`` (``tcp://host:8786``) submits every task of the run to that Dask
     scheduler's workers; without one it starts a local cluster of ``max_workers`` (default
     ``min(2, cpus)``) single-threaded worker processes for the run. Either way the workers
-    report to this process's Prefect API (see :func:`_one_api_dask_runner`).
+    report to this process's Prefect API (see :func:`_one_api_dask_runner`). ``offline_demo``: a
+    local cluster's workers get the fake server's token (:func:`offline_worker_env`): they start
+    before the flow puts that token into this process's environment, and would otherwise carry
+    the user's own credentials.
     """
     if kind == "thread":
         return ThreadPoolTaskRunner(max_workers=max_workers)
@@ -63,7 +96,10 @@ def make_task_runner(kind: str = "thread", max_workers: int | None = None, addre
             return runner_class(address=address)
         n_workers = max_workers or min(2, os.cpu_count() or 1)
         share_cores(n_workers)
-        return runner_class(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True})
+        cluster_kwargs: dict[str, Any] = {"n_workers": n_workers, "threads_per_worker": 1, "processes": True}
+        if offline_demo:
+            cluster_kwargs["env"] = offline_worker_env()
+        return runner_class(cluster_kwargs=cluster_kwargs)
     raise ValueError(f"Unknown task runner {kind!r}; use one of {', '.join(TASK_RUNNERS)}.")
 
 

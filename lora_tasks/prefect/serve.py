@@ -12,12 +12,14 @@ on other machines, deploy to a work pool of type ``process`` instead (see the RE
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 from lora_tasks.data.competition import DEFAULT_SCHEDULE, default_competitions_dir, read_config_file
 from lora_tasks.options import RunOptions
 from lora_tasks.prefect.flow import kaggle_lora
+from lora_tasks.prefect.preflight import credentials_problem
 
 
 def competition_schedules(directory: Path | None = None) -> dict[str, str]:
@@ -52,6 +54,18 @@ def build_deployments(*, tiny: bool = False, submit: bool = True, work_dir: str 
     return deployments
 
 
+def credentials_warning(slugs: list[str]) -> str | None:
+    """What to tell the user at start when the served competitions cannot reach Kaggle (None: all
+    is well, or only the offline demo is served): every scheduled run would otherwise fail later."""
+    for slug in slugs:
+        problem = credentials_problem(slug, None)
+        if problem is not None:
+            others = [s for s in slugs if credentials_problem(s, None) is not None]
+            return (f"warning: the runs of {', '.join(others)} will fail until Kaggle credentials are set "
+                    f"in this serving process's environment. {problem}")
+    return None
+
+
 def build_parser(prog: str = "kaggle-lora serve") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="serve with the tiny random model (smoke checks)")
@@ -68,6 +82,9 @@ def main(argv: list[str] | None = None, prog: str = "kaggle-lora serve") -> int:
     args = build_parser(prog).parse_args(argv)
     deployments = build_deployments(tiny=args.tiny, submit=args.submit, work_dir=args.work_dir,
                                     schedules=args.schedules, only=args.only)
+    warning = credentials_warning([d.name for d in deployments])
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     print("Serving " + ", ".join(f"kaggle-lora/{d.name}" for d in deployments), flush=True)
     serve(*deployments)
     return 0

@@ -7,8 +7,10 @@ Each task is one call to a step function (which has its own tests). What this mo
   ``lora_tasks`` source file and the versions of mlx, numpy, scikit-learn, tokenizers and
   safetensors: :mod:`lora_tasks.prefect.code_version`). A run's ``refresh`` ignores the cache
   (Prefect's ``refresh_cache``) and stores fresh results. Parameters that only name where outputs go are keyed by their
-  value. A cached result whose files have vanished is detected when the key is computed, and a
-  derived "repair" key makes the task run again (and the repaired result is itself cached).
+  value. A completed task records the size and sha256 of its output files (a manifest,
+  :mod:`lora_tasks.prefect.manifest`); a cached result whose files vanished or changed is
+  detected when the key is computed, logged with the reason, and a derived "repair" key makes the
+  task run again (and the repaired result is itself cached).
 * **Results in a project-local store**: ``result_storage`` is a ``Path`` (a string would be taken
   for a block name), ``<work_dir>/results``; set per run by :func:`configure`.
 * **Retries for network tasks**: exponential backoff with jitter, only for errors that
@@ -21,6 +23,7 @@ Each task is one call to a step function (which has its own tests). What this mo
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import time
 from dataclasses import dataclass, fields, is_dataclass
@@ -30,12 +33,16 @@ from typing import Any, Callable, Iterable
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE, CachePolicy
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
 from prefect.tasks import exponential_backoff
 
 from lora_tasks.hashing import sha256_bytes, sha256_file_memo, sha256_tree, sha256_value
 from lora_tasks.kaggle import prefect_retry_condition
+from lora_tasks.lifecycle import running_step
 from lora_tasks.options import DEFAULT_WORK_DIR
 from lora_tasks.prefect.code_version import code_version
+from lora_tasks.prefect.manifest import manifest_problem, record_outputs
 from lora_tasks.progress import ProgressEvent, Tee, progress_for_output
 from lora_tasks.steps.combine import DEFAULT_BLEND_METHOD, CombineResult, combine
 from lora_tasks.steps.download import download_data
@@ -55,6 +62,7 @@ from lora_tasks.steps.train import (
 NETWORK_RETRIES = 4
 RETRY_JITTER = 0.5  # each delay varies by up to +/-50%: parallel runs do not retry in lockstep
 DOWNLOAD_CACHE_TTL = timedelta(hours=6)  # scheduled runs look for new data; a rerun soon after does not
+log = logging.getLogger("lora_tasks.prefect.tasks")
 
 
 def results_dir(work_dir: str | os.PathLike = DEFAULT_WORK_DIR) -> Path:
@@ -137,18 +145,39 @@ class ContentCache(CachePolicy):
         return key if store is None else self.usable_key(store, key)
 
     def usable_key(self, store: Any, key: str) -> str:
-        """``key`` unless its cached result points at vanished files: then the first key of the
-        repair chain (``sha(key + '-repair')``, ...) that is unused or still valid."""
+        """``key`` unless its cached result points at vanished or changed files (checked against
+        the manifest recorded when it was computed): then the first key of the repair chain
+        (``sha(key + '-repair')``, ...) that is unused or still valid."""
+        results = getattr(getattr(store, "result_storage", None), "basepath", None)
         for _ in range(self.max_repairs):
             try:
                 if not store.exists(key):
                     return key
-                if outputs_exist(store.read(key).result):
-                    return key
+                result = store.read(key).result
             except Exception:  # noqa: BLE001 - an unreadable record: let Prefect recompute under it
                 return key
+            problem = manifest_problem(Path(results), result) if results else (
+                None if outputs_exist(result) else "an output file is missing")
+            if problem is None:
+                return key
+            _cache_logger().warning("Not reusing the cached result: %s; running the task again.", problem)
             key = sha256_value(key, "repair")
         return key
+
+
+def _cache_logger() -> Any:
+    """The task run's logger (the line shows in the UI), or this module's outside a run."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return log
+
+
+def record_manifest_hook(task_obj: Any, task_run: Any, state: Any) -> None:
+    """``on_completion`` hook: the manifest of the task's output files, beside its result record."""
+    storage = getattr(task_obj, "result_storage", None)
+    if isinstance(storage, Path):
+        record_outputs(storage, state.result())
 
 
 def _policy(fn: Callable, *, by_value: Iterable[str] = (), exclude: Iterable[str] = ()) -> ContentCache:
@@ -208,12 +237,14 @@ class PrefectProgress:
       cache_expiration=DOWNLOAD_CACHE_TTL, persist_result=True, **network_retry_options())
 def download_task(competition: str, data_dir: Path, endpoint: str | None = None) -> Path:
     """Kaggle (or the fake server) -> ``data_dir/<slug>``."""
-    return download_data(competition, data_dir, endpoint)
+    with running_step("download"):
+        return download_data(competition, data_dir, endpoint)
 
 
 @task(name="prepare", cache_policy=_policy(prepare_data, by_value=("out_dir",)), persist_result=True)
 def prepare_task(competition: str, data_dir: Path, out_dir: Path, max_train_rows: int | None = None, seed: int = 0) -> Path:
-    return prepare_data(competition, data_dir, out_dir, max_train_rows=max_train_rows, seed=seed)
+    with running_step("prepare"):
+        return prepare_data(competition, data_dir, out_dir, max_train_rows=max_train_rows, seed=seed)
 
 
 @task(name="profile-and-configure", cache_policy=_policy(plan_training, by_value=("out_dir",)), persist_result=True)
@@ -233,22 +264,30 @@ def plan_task(
 
 @task(name="tokenize", cache_policy=_policy(tokenize_data, by_value=("cache_dir",)), persist_result=True)
 def tokenize_task(prepared: Path, plan: Path, cache_dir: Path, model: str | None = None) -> TokenFiles:
-    return tokenize_data(prepared, plan, cache_dir, model=model)
+    with running_step("tokenize"):
+        return tokenize_data(prepared, plan, cache_dir, model=model)
 
 
-@task(name="train-adapter", task_run_name="train-fold-{fold}", cache_policy=_policy(train_adapter, by_value=("out_dir",)),
-      persist_result=True)
-def train_task(prepared: Path, plan: Path, tokens: TokenFiles, fold: int, out_dir: Path, model: str | None = None) -> AdapterResult:
+@task(name="train-adapter", task_run_name="train-fold-{fold}",
+      cache_policy=_policy(train_adapter, by_value=("out_dir",), exclude=("refresh", "run_start")), persist_result=True)
+def train_task(prepared: Path, plan: Path, tokens: TokenFiles, fold: int, out_dir: Path, model: str | None = None,
+               refresh: bool = False, run_start: float | None = None) -> AdapterResult:
     """One fold's adapter; a progress artifact follows the training, and progress lines (every 30 s
-    and at each epoch end) go to the run's logs, where a deployment's or a redirected run's output is read."""
+    and at each epoch end) go to the run's logs, where a deployment's or a redirected run's output
+    is read. ``refresh`` (the run's ``--refresh``) also starts the fold afresh instead of resuming
+    an existing checkpoint; ``run_start`` (the run's ``time.time()``) lets the fold keep the run's
+    time limit. Neither is part of the cache key."""
     progress = Tee(PrefectProgress(f"fold {fold}"), progress_for_output(logger=get_run_logger()))
-    return train_adapter(prepared, plan, tokens, fold, out_dir, model=model, progress=progress)
+    with running_step(f"train fold {fold}"):
+        return train_adapter(prepared, plan, tokens, fold, out_dir, model=model, progress=progress,
+                             refresh=refresh, run_start=run_start)
 
 
 @task(name="train-baselines", cache_policy=_policy(train_baselines, by_value=("out_dir",)), persist_result=True)
 def baseline_task(competition: str, data_dir: Path, prepared: Path, plan: Path, out_dir: Path) -> list[BaselineResult]:
     """The scikit-learn members on the adapters' folds (seconds; runs beside the adapters)."""
-    return train_baselines(competition, data_dir, prepared, plan, out_dir)
+    with running_step("train baselines"):
+        return train_baselines(competition, data_dir, prepared, plan, out_dir)
 
 
 @task(name="combine", cache_policy=_policy(combine, by_value=("out_dir",)), persist_result=True)
@@ -264,8 +303,9 @@ def combine_task(
     blend_method: str = DEFAULT_BLEND_METHOD,
     adapter_sets: dict[str, list[AdapterResult]] | None = None,
 ) -> CombineResult:
-    return combine(prepared, plan, results, out_dir, method=method, tokens=tokens, model=model,
-                     baselines=baselines or (), blend_method=blend_method, adapter_sets=adapter_sets)
+    with running_step("combine"):
+        return combine(prepared, plan, results, out_dir, method=method, tokens=tokens, model=model,
+                       baselines=baselines or (), blend_method=blend_method, adapter_sets=adapter_sets)
 
 
 @task(name="write-submission", cache_policy=_policy(write_submission, by_value=("out_dir",)), persist_result=True)
@@ -282,12 +322,14 @@ def validate_task(submission: Path, prepared: Path):
 def submit_task(competition: str, submission: Path, message: str, run_key: str, state_dir: Path, endpoint: str | None = None):
     """Not cached: each flow run is a deliberate submission. Retries within the run reuse its
     run id (flow run id + file hash), so a lost answer never becomes a second submission."""
-    return submit_run(competition, submission, message, run_key, state_dir, endpoint)
+    with running_step("submit"):
+        return submit_run(competition, submission, message, run_key, state_dir, endpoint)
 
 
 @task(name="read-score", cache_policy=NO_CACHE, **network_retry_options())
 def score_task(competition: str, ref: int, endpoint: str | None = None, timeout_s: float = 900.0, poll_s: float = 10.0):
-    return read_score(competition, ref, endpoint, timeout_s=timeout_s, poll_s=poll_s)
+    with running_step("read score"):
+        return read_score(competition, ref, endpoint, timeout_s=timeout_s, poll_s=poll_s)
 
 
 NETWORK_TASKS = (download_task, submit_task, score_task)
@@ -315,7 +357,8 @@ class RunTasks:
 
 def configure(work_dir: str | os.PathLike, *, retry_delay_s: float | None = None, refresh: bool = False) -> RunTasks:
     """The tasks with this run's result store (``<work_dir>/results``) and retry delay;
-    ``refresh`` runs every cached task again (and caches the new results)."""
+    ``refresh`` runs every cached task again (and caches the new results). Every cached task
+    records the manifest of its output files when it completes (:func:`record_manifest_hook`)."""
     storage = results_dir(work_dir)
     storage.mkdir(parents=True, exist_ok=True)
 
@@ -323,8 +366,10 @@ def configure(work_dir: str | os.PathLike, *, retry_delay_s: float | None = None
         options: dict[str, Any] = {"result_storage": storage}
         if retry_delay_s is not None and task_obj in NETWORK_TASKS:
             options["retry_delay_seconds"] = exponential_backoff(backoff_factor=retry_delay_s)
-        if refresh and task_obj in CACHED_TASKS:
-            options["refresh_cache"] = True
+        if task_obj in CACHED_TASKS:
+            options["on_completion"] = [*task_obj.on_completion_hooks, record_manifest_hook]
+            if refresh:
+                options["refresh_cache"] = True
         return task_obj.with_options(**options)
 
     return RunTasks(

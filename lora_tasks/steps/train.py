@@ -3,6 +3,7 @@ the same folds. Predictions go to content-addressed ``.npy`` files on the model'
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -17,6 +18,7 @@ from lora_tasks.budget.fold import FoldKeeper, MembersCheck
 from lora_tasks.data.token_cache import tokenize_cached
 from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.hashing import sha256_bytes, sha256_file
+from lora_tasks.lifecycle import StopCheck
 from lora_tasks.steps.plan import Plan
 from lora_tasks.steps.prepare import Prepared
 from lora_tasks.steps.spec import competition_spec
@@ -27,6 +29,7 @@ from lora_tasks.steps.targets import fold_assignment, score_predictions, trainin
 # would interfere. Threads (Prefect's thread runner) therefore train one at a time; processes
 # (the process runner) train in parallel.
 MLX_LOCK = threading.RLock()
+log = logging.getLogger("lora_tasks.steps.train")
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,7 @@ def train_adapter(
     run_start: float | None = None,
     members: Sequence[BaselineResult] = (),
     epochs: int | None = None,
+    refresh: bool = False,
 ) -> AdapterResult:
     """Train the adapter of ``fold`` on the other folds; write the adapter file and its
     predictions for the held-out rows (OOF) and for the test rows.
@@ -170,7 +174,9 @@ def train_adapter(
     ``later_epochs`` says how many epochs the later folds deserve (pass it as their ``epochs``).
 
     Checkpoints go to ``out_dir/checkpoints/<inputs hash>/``: a killed run, started again with
-    the same inputs, resumes after the last finished epoch.
+    the same inputs, resumes after the last finished epoch. ``refresh`` deletes that fold's
+    checkpoints first (``--refresh``: the way out of a corrupt checkpoint). A stop signal
+    (:mod:`lora_tasks.lifecycle`) ends the fold after its current step, its checkpoints kept.
     """
     # the model factory and the training engine load MLX: only when a model runs
     from lora_tasks.factory import build_model
@@ -193,6 +199,10 @@ def train_adapter(
         cfg.epochs = max(1, min(cfg.epochs, int(epochs)))
         budget = budget.with_epochs(cfg.epochs) if budget is not None else None
     keeper = FoldKeeper(fold, budget, _members_check(plan, prepared, members, valid_idx, cfg.epochs))
+    checkpoint_dir = out / "checkpoints" / run_key
+    if refresh:
+        _drop_checkpoints(checkpoint_dir, fold)
+    progress = StopCheck(progress, name=f"fold {fold}")
     top_layers = plan.settings.top_layers
     with MLX_LOCK:
         net, adapter = build_model(
@@ -204,7 +214,7 @@ def train_adapter(
         net.train()
         cfg.epochs = keeper.epochs(cfg.epochs)  # decided here: a thread may have waited for the lock
         result = train(trainee, data.subset(train_idx), data.subset(valid_idx), cfg,
-                       out / "checkpoints" / run_key, keeper.progress(progress), name=f"fold {fold}",
+                       checkpoint_dir, keeper.progress(progress), name=f"fold {fold}",
                        should_stop=keeper.should_stop)
         valid_pred = ravel(predict(trainee, data.subset(valid_idx), cfg.eval_batch_size))
         test_pred = ravel(predict(trainee, test, cfg.eval_batch_size))
@@ -222,6 +232,16 @@ def train_adapter(
         history=result.history, seconds=result.seconds, samples_per_s=result.samples_per_s,
         stopped_for_time=result.stopped_for_time, budget_reasons=keeper.reasons, later_epochs=keeper.later_epochs,
     )
+
+
+def _drop_checkpoints(checkpoint_dir: Path, fold: int) -> None:
+    """Delete a fold's checkpoint files (refresh: train from the start, even past a corrupt one)."""
+    found = sorted(checkpoint_dir.glob("*.safetensors")) if checkpoint_dir.is_dir() else []
+    for path in found:
+        path.unlink(missing_ok=True)
+    if found:
+        log.info("fold %d: --refresh: deleted %d checkpoint file(s) in %s; training from the start",
+                 fold, len(found), checkpoint_dir)
 
 
 @dataclass

@@ -1,0 +1,89 @@
+"""Checks before a run (issue 22 items 7 and 9): a run that needs Kaggle and has no credentials
+fails before any step with what to set, ``kaggle-lora serve`` warns at start, and a work dir that
+others can write is named with the fix."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+from lora_tasks.prefect import preflight
+from lora_tasks.prefect.serve import credentials_warning
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+
+
+@pytest.fixture
+def no_creds(tmp_path, monkeypatch):
+    """An empty home and config dir, and none of the credential variables."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / ".kaggle"))
+    for name in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+def test_credentials_problem_names_what_to_set(no_creds, monkeypatch):
+    assert preflight.credentials_problem("demo", None) is None, "the offline demo needs no account"
+    problem = preflight.credentials_problem("titanic", None)
+    assert problem and "No Kaggle credentials found" in problem and "KAGGLE_API_TOKEN" in problem
+    assert preflight.credentials_problem("demo", "http://127.0.0.1:9") == problem, "a given server needs them too"
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "not a token")
+    assert "not a valid Kaggle API token" in preflight.credentials_problem("titanic", None)
+    monkeypatch.delenv("KAGGLE_API_TOKEN")
+    (no_creds / ".kaggle").mkdir()
+    (no_creds / ".kaggle" / "kaggle.json").write_text('{"username": "u", "key": "k"}')
+    assert preflight.credentials_problem("titanic", None) is None
+    with pytest.raises(preflight.MissingCredentialsError, match="titanic"):
+        (no_creds / ".kaggle" / "kaggle.json").unlink()
+        preflight.require_credentials("titanic", None)
+
+
+def test_serve_warns_at_start_without_credentials(no_creds, monkeypatch):
+    assert credentials_warning(["demo"]) is None
+    warning = credentials_warning(["demo", "titanic", "nlp-getting-started"])
+    assert warning.startswith("warning: the runs of titanic, nlp-getting-started will fail")
+    assert "KAGGLE_API_TOKEN" in warning
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", "0123456789abcdef")
+    assert credentials_warning(["demo", "titanic"]) is None
+
+
+def test_a_run_without_credentials_fails_before_any_step(harness, no_creds, tmp_path):
+    """The flow a deployment runs: failed in its first step-free seconds, no task run at all."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from lora_tasks.options import RunOptions
+    from lora_tasks.prefect.flow import kaggle_lora
+
+    state = kaggle_lora(RunOptions(competition="titanic", work_dir=str(tmp_path / "work"), tiny=True),
+                        return_state=True)
+    assert state.is_failed()
+    with pytest.raises(preflight.MissingCredentialsError, match="export KAGGLE_API_TOKEN"):
+        state.result()
+    with get_client(sync_client=True) as api:
+        runs = api.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    assert runs == [], [r.name for r in runs]
+    assert not (tmp_path / "work" / "data").exists(), "nothing was downloaded"
+
+
+def test_shared_work_dir_is_named_with_the_fix(tmp_path, caplog):
+    work = tmp_path / "work"
+    work.mkdir(mode=0o700)
+    work.chmod(0o700)
+    assert preflight.warn_if_shared(work) is None
+    (work / "results").mkdir()
+    (work / "results").chmod(0o775)
+    problem = preflight.shared_write_problem(work)
+    assert problem and "results is writable by its group" in problem and "chmod go-w" in problem
+    (work / "results").chmod(0o700)
+    work.chmod(0o777)
+    with caplog.at_level(logging.WARNING, logger="lora_tasks"):
+        assert "writable by everyone" in preflight.warn_if_shared(work)
+    assert "pickled task results" in caplog.text
+    assert preflight.shared_write_problem(tmp_path / "not-made-yet") is None
