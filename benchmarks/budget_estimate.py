@@ -22,7 +22,6 @@ import numpy as np
 from _common import row, write_results
 
 import lora_tasks  # noqa: F401 - BLAS set-up before mlx
-from lora_tasks.factory import build_model
 from lora_tasks.budget import (
     DEFAULT_TIME_LIMIT_S,
     Candidate,
@@ -37,6 +36,7 @@ from lora_tasks.budget import (
 from lora_tasks.budget.probe import probe_costs
 from lora_tasks.data.competition import load_competition
 from lora_tasks.data.tokenizer import Tokenizer
+from lora_tasks.factory import build_model
 from lora_tasks.prefix_cache import prefix_dataset
 from lora_tasks.train import Dataset, TrainConfig, predict, train
 

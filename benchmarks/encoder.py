@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import time
 
-import lora_tasks  # noqa: F401 - BLAS set-up before mlx
 import mlx.core as mx
 import numpy as np
 from _common import minilm_dir, row, run_peer, write_results
 
+import lora_tasks
 from lora_tasks.models import load_encoder
-from lora_tasks.precision import cast_frozen_base, compute_dtype_choice
 from lora_tasks.native import kernels
+from lora_tasks.precision import cast_frozen_base, compute_dtype_choice
 
 
 def median_rate(fn, batch: int, repeats: int) -> float:

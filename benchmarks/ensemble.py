@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-import lora_tasks  # noqa: F401 - BLAS set-up before mlx
+import lora_tasks
 
 HERE = Path(__file__).resolve().parent
 

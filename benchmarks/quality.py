@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from _common import row, write_results
 
-import lora_tasks  # noqa: F401 - BLAS set-up before mlx
+import lora_tasks
 from lora_tasks.cv import cross_validate, make_folds
 from lora_tasks.data.autoconfig import auto_configure
 from lora_tasks.data.competition import load_competition

@@ -48,7 +48,7 @@ def read_checkpoint_file(path: Path) -> tuple[dict[str, mx.array], dict[str, str
         arrays, metadata = mx.load(str(path), return_metadata=True)
         if "meta" in metadata:
             json.loads(metadata["meta"])
-    except Exception as exc:  # noqa: BLE001 - truncated or corrupt files fail in many ways inside MLX
+    except Exception as exc:
         raise CheckpointError(
             f"Cannot read the checkpoint {path} ({type(exc).__name__}: {exc}); it is incomplete or corrupt. "
             "Delete it or run with --refresh to train this adapter from the start."

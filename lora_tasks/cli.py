@@ -173,7 +173,7 @@ def show_plan(options: RunOptions) -> int:
 
     try:
         plans = plan_run(options)
-    except Exception as exc:  # noqa: BLE001 - the CLI's job is a clear last line
+    except Exception as exc:
         print(f"\nkaggle-lora failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     first = Plan.load(next(iter(plans.values())))
@@ -242,7 +242,7 @@ def run_main(argv: list[str] | None = None, prog: str = "kaggle-lora run") -> in
     start = time.perf_counter()
     try:
         summary = flow_fn(options)
-    except BaseException as exc:  # noqa: BLE001 - the CLI's job is a clear last line
+    except BaseException as exc:
         stopped = lifecycle.stopped_by()
         if stopped is not None:  # the stop line was printed when the signal came
             stop_temporary_api_servers()
@@ -304,7 +304,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _kernels(args: argparse.Namespace) -> int:
     from lora_tasks.native import native_info  # builds the native kernels on first use (~15 s)
-
     from lora_tasks.precision import compute_dtype_choice
 
     print(native_info().summary())

@@ -29,8 +29,8 @@ from lora_tasks.models.bert import BertConfig
 from lora_tasks.models.encoder import BertWithHead, read_model_config
 from lora_tasks.models.factory import ModelType, build_base
 from lora_tasks.models.heads import Pooling
-from lora_tasks.precision import ComputeDtype, cast_frozen_base, resolve_compute_dtype
 from lora_tasks.multi_adapter import MultiAdapterManager
+from lora_tasks.precision import ComputeDtype, cast_frozen_base, resolve_compute_dtype
 
 if TYPE_CHECKING:
     from lora_tasks.data.autoconfig import TrainSettings

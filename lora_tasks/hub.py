@@ -180,12 +180,12 @@ def resolve_model_dir(model: str | os.PathLike | None = None) -> Path:
     else:
         try:
             return check_model_dir(Path(snapshot_download(name, allow_patterns=_HUB_PATTERNS, local_files_only=True)))
-        except Exception as exc:  # noqa: BLE001 - any cache miss means: try the hub
+        except Exception as exc:
             tried.append(f"Hugging Face cache: {type(exc).__name__}")
         if os.environ.get("HF_HUB_OFFLINE", "0") not in {"1", "true", "TRUE"}:
             try:
                 return check_model_dir(Path(snapshot_download(name, allow_patterns=_HUB_PATTERNS)))
-            except Exception as exc:  # noqa: BLE001 - network errors come in many types
+            except Exception as exc:
                 tried.append(f"Hugging Face hub: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
         else:
             tried.append("Hugging Face hub: skipped (HF_HUB_OFFLINE=1)")

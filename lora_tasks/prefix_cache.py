@@ -52,7 +52,7 @@ class FromPrefix(nn.Module):
         self.start = start
         self.head_type = model.head_type
 
-    def __call__(self, hidden: mx.array, attention_mask: mx.array | None = None, token_type_ids=None) -> mx.array:  # noqa: ANN001
+    def __call__(self, hidden: mx.array, attention_mask: mx.array | None = None, token_type_ids=None) -> mx.array:
         return self.model.forward_from(self.start, hidden, attention_mask)
 
     def loss(self, logits: mx.array, labels: mx.array, class_weights: mx.array | None = None) -> mx.array:

@@ -42,7 +42,7 @@ class _StorageType:
         self.name = name
 
 
-def _rebuild_tensor(storage, offset, size, stride, *args):  # noqa: ANN001 - pickle protocol
+def _rebuild_tensor(storage, offset, size, stride, *args):
     array, _ = storage
     if not size:
         return array[offset : offset + 1].reshape(())

@@ -284,15 +284,15 @@ def train(
 
     loss_and_grad = nn.value_and_grad(model, loss_fn)
 
-    def clip(grads):  # noqa: ANN001, ANN202 - gradient tree
+    def clip(grads):
         return optim.clip_grad_norm(grads, cfg.grad_clip)[0] if cfg.grad_clip else grads
 
-    def full_step(ids, mask, types, y):  # noqa: ANN001, ANN202 - arrays
+    def full_step(ids, mask, types, y):
         loss, grads = loss_and_grad(model, ids, mask, types, y)
         optimizer.update(model, clip(grads))
         return loss
 
-    def grad_step(ids, mask, types, y):  # noqa: ANN001, ANN202 - arrays
+    def grad_step(ids, mask, types, y):
         return loss_and_grad(model, ids, mask, types, y)
 
 
@@ -442,9 +442,9 @@ def _start_at_label_mean(model: nn.Module, labels: np.ndarray) -> None:
             return
 
 
-def tree_map_add(a, b):  # noqa: ANN001, ANN201 - gradient trees
+def tree_map_add(a, b):
     return tree_map(lambda x, y: x + y, a, b)
 
 
-def tree_map_scale(a, s: float):  # noqa: ANN001, ANN201 - gradient tree
+def tree_map_scale(a, s: float):
     return tree_map(lambda x: x * s, a)

@@ -29,10 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from make_mpnet_fixture import tiny_tokenizer as roberta_tokenizer  # <s> 0, <pad> 1, </s> 2: RoBERTa's layout
-from transformers import (DistilBertConfig, DistilBertModel, ElectraConfig, ElectraModel, RobertaConfig,
-                          RobertaModel)
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import DistilBertConfig, DistilBertModel, ElectraConfig, ElectraModel, RobertaConfig, RobertaModel
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 SENTENCES = [

@@ -8,8 +8,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-import lora_tasks  # noqa: E402,F401 - sets up the BLAS before any test imports mlx
-import pytest  # noqa: E402
+import pytest
+
+import lora_tasks  # noqa: F401 - sets up the BLAS before any test imports mlx
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"

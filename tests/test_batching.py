@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _data_helpers import TWEETS, read_train, shared_dir, tokenizer
 
 from lora_tasks.data.batching import bucket_indices, iter_batches, padding_report
 from lora_tasks.data.competition import load_competition
 from lora_tasks.data.token_cache import tokenize_cached
-
-from _data_helpers import TWEETS, read_train, shared_dir, tokenizer
 
 
 @pytest.fixture(scope="module")

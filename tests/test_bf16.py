@@ -13,8 +13,8 @@ import pytest
 from mlx.utils import tree_flatten
 
 from lora_tasks import native
-from lora_tasks.lora import LoRAAdapter
 from lora_tasks.factory import create_bert_with_lora, create_qlora_model
+from lora_tasks.lora import LoRAAdapter
 from lora_tasks.models import BertConfig, ops
 from lora_tasks.precision import (
     Bf16Embedding,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from _data_helpers import ALL, HOUSE, TITANIC, TWEETS, copy_competition, read_test, read_train, shared_dir
 
 import lora_tasks
 from lora_tasks.data.competition import (
@@ -15,8 +16,6 @@ from lora_tasks.data.competition import (
     list_competitions,
     load_competition,
 )
-
-from _data_helpers import ALL, HOUSE, TITANIC, TWEETS, copy_competition, read_test, read_train, shared_dir
 
 SHIPPED = Path(lora_tasks.__file__).resolve().parents[1] / "competitions"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from _data_helpers import HOUSE, TITANIC, TWEETS, copy_competition, read_test, read_train, shared_dir, tokenizer
 
 from lora_tasks.data.competition import load_competition
 from lora_tasks.data.profile import (
@@ -15,8 +16,6 @@ from lora_tasks.data.profile import (
     profile_competition,
     profile_frame,
 )
-
-from _data_helpers import HOUSE, TITANIC, TWEETS, copy_competition, read_test, read_train, shared_dir, tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -100,7 +100,7 @@ def test_every_python_block_runs(doc, tmp_path, monkeypatch, capsys):
             continue  # test_blocks_waiting_for_other_code reports it
         try:
             exec(compile(block.code, f"{_name(doc)} block {block.number}", "exec"), namespace)
-        except Exception as exc:  # noqa: BLE001 - name the block that failed, with its code
+        except Exception as exc:
             pytest.fail(f"{_name(doc)} python block {block.number} failed: {type(exc).__name__}: {exc}\n---\n{block.code}")
         ran += 1
     assert ran, f"{_name(doc)}: every python block is waiting for other code"

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from _data_helpers import ALL, HOUSE, TITANIC, TWEETS, read_test, read_train, shared_dir
 
 from lora_tasks.data.competition import load_competition
 from lora_tasks.data.text import (
@@ -18,8 +19,6 @@ from lora_tasks.data.text import (
     readable_name,
     rows_to_text,
 )
-
-from _data_helpers import ALL, HOUSE, TITANIC, TWEETS, read_test, read_train, shared_dir
 
 
 @pytest.mark.parametrize(

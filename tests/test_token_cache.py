@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _data_helpers import TWEETS, read_train, shared_dir, tokenizer
 
 from lora_tasks.data.competition import load_competition
 from lora_tasks.data.token_cache import cache_key, tokenize_cached
 from lora_tasks.data.tokenizer import Tokenizer
-
-from _data_helpers import TWEETS, read_train, shared_dir, tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -131,7 +131,7 @@ def _child(ckpt: Path, slow: float) -> subprocess.Popen:
     """A training process; its stderr goes to a file (a full pipe would block it)."""
     code = CHILD.format(repo=str(REPO))
     ckpt.mkdir(parents=True, exist_ok=True)
-    err = open(ckpt.parent / f"{ckpt.name}-{slow}.stderr", "w")  # noqa: SIM115 - closed with the process
+    err = open(ckpt.parent / f"{ckpt.name}-{slow}.stderr", "w")
     return subprocess.Popen([sys.executable, "-c", code, str(ckpt), str(slow)], stdout=subprocess.PIPE,
                             stderr=err, text=True, cwd=REPO)
 
@@ -144,7 +144,7 @@ def _checkpoint_epoch(path: Path) -> int:
     try:
         _, meta = mx.load(str(path), return_metadata=True)
         return json.loads(meta["meta"])["epoch"]
-    except Exception:  # noqa: BLE001 - not written yet
+    except Exception:
         return 0
 
 

@@ -16,7 +16,7 @@ import time
 import torch
 
 
-def measure(model, opt, args: argparse.Namespace, seq: int, bf16: bool) -> float:  # noqa: ANN001
+def measure(model, opt, args: argparse.Namespace, seq: int, bf16: bool) -> float:
     """Median samples/s of one forward (``opt`` None) or one train step at ``seq``."""
     ids = torch.randint(1000, 2000, (args.batch, seq))
     mask = torch.ones_like(ids)

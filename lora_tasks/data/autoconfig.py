@@ -16,7 +16,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from lora_tasks.lora.config import PRESETS
+from lora_tasks.lora.config import PRESETS as PRESETS  # re-exported: the one preset table
 
 from .profile import DataProfile
 

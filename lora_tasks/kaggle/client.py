@@ -103,7 +103,7 @@ def _make_api(endpoint: str | None, timeout: float) -> Any:
     from kaggle.models.kaggle_models_extended import ResumableUploadResult
 
     class _KaggleApi(base):  # type: ignore[misc, valid-type]
-        def build_kaggle_client(self):  # noqa: ANN202
+        def build_kaggle_client(self):
             client = super().build_kaggle_client()
             http = client.http_client()
             if endpoint is not None:
@@ -115,14 +115,14 @@ def _make_api(endpoint: str | None, timeout: float) -> Any:
             session.mount("https://", adapter)
             return client
 
-        def download_file(self, response, outfile, http_client, quiet=True, resume=False, **_: Any):  # noqa: ANN001, ANN202
+        def download_file(self, response, outfile, http_client, quiet=True, resume=False, **_: Any):
             # One attempt, no resume: retries belong to the caller (Prefect), which re-downloads
             # into a fresh temp folder. The client's own loop would sleep 2+4+8+16+32 s.
             return super().download_file(
                 response, outfile, http_client, quiet=True, resume=False, max_retries=0, timeout=timeout
             )
 
-        def upload_complete(self, path, url, quiet, resume=False):  # noqa: ANN001, ANN202
+        def upload_complete(self, path, url, quiet, resume=False):
             # Same contract as the client's (returns a status, never raises), plus a timeout.
             try:
                 with open(path, "rb") as handle:

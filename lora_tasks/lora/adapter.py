@@ -363,7 +363,7 @@ def read_adapter_file(path: str | os.PathLike) -> tuple[dict[str, mx.array], dic
         raise FileNotFoundError(f"No adapter file at {path}; pass the path LoRAAdapter.save returned.")
     try:
         arrays, metadata = mx.load(str(path), return_metadata=True)
-    except Exception as exc:  # noqa: BLE001 - MLX raises RuntimeError/ValueError for truncated or foreign files
+    except Exception as exc:
         raise AdapterFileError(
             f"Cannot read the adapter file {path} ({type(exc).__name__}: {exc}); it is incomplete or corrupt. "
             "Delete it or run with --refresh to train it again."

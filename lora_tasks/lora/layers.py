@@ -153,7 +153,7 @@ class DoRALinear(LoRALinear):
 
     ADAPTER_KEYS = ("lora_a", "lora_b", "magnitude")
 
-    def __init__(self, input_dims: int, output_dims: int, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def __init__(self, input_dims: int, output_dims: int, *args, **kwargs) -> None:
         super().__init__(input_dims, output_dims, *args, **kwargs)
         self._init_from_base()
 
@@ -255,7 +255,7 @@ class SlicedLoRALinear(LoRALinear):
     def slice_rows(self) -> dict[str, slice]:
         return {name: slice(a, b) for name, (a, b) in self._slices.items()}
 
-    def _blocks(self, per_slice: dict[str, mx.array], rows_axis_size, make_zeros) -> list[mx.array]:  # noqa: ANN001
+    def _blocks(self, per_slice: dict[str, mx.array], rows_axis_size, make_zeros) -> list[mx.array]:
         pieces, pos = [], 0
         for name, (start, stop) in self._slices.items():
             if start > pos:

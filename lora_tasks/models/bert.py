@@ -23,7 +23,7 @@ class ConfigFile:
     """``from_file``/``to_dict`` for config dataclasses read from a Hugging Face ``config.json``."""
 
     @classmethod
-    def from_file(cls, path: str | Path):  # noqa: ANN206 - returns the subclass
+    def from_file(cls, path: str | Path):
         path = Path(path)
         try:
             data = json.loads(path.read_text())

@@ -128,7 +128,7 @@ class EncoderWithHead(nn.Module):
         raise NotImplementedError
 
     @property
-    def config(self):  # noqa: ANN201 - the encoder's config dataclass
+    def config(self):
         return self.backbone.config
 
     def pool(self, hidden: mx.array, attention_mask: mx.array | None) -> mx.array:

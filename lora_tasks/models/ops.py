@@ -93,7 +93,7 @@ def _gelu_backward(x: mx.array, cotangent: mx.array) -> mx.array:
 
 
 @_gelu_fast.vjp
-def _gelu_fast_vjp(primals, cotangent, output):  # noqa: ANN001 - MLX's vjp protocol
+def _gelu_fast_vjp(primals, cotangent, output):
     x = primals[0] if isinstance(primals, (list, tuple)) else primals  # one-arg: a bare array
     return (_gelu_backward(x, cotangent),)
 
@@ -112,7 +112,7 @@ def _softmax_backward(y: mx.array, cotangent: mx.array) -> mx.array:
 
 
 @_softmax_fast.vjp
-def _softmax_fast_vjp(primals, cotangent, output):  # noqa: ANN001 - MLX's vjp protocol
+def _softmax_fast_vjp(primals, cotangent, output):
     return (_softmax_backward(output, cotangent),)
 
 
@@ -129,7 +129,7 @@ def softmax_stock(s: mx.array) -> mx.array:
     return mx.softmax(s, axis=-1, precise=True)
 
 
-def _native_ops(k) -> SimpleNamespace:  # noqa: ANN001 - the loaded extension module
+def _native_ops(k) -> SimpleNamespace:
     """GELU, softmax, dropout and LayerNorm on the native primitives, with their backward passes."""
 
     @mx.custom_function
@@ -137,7 +137,7 @@ def _native_ops(k) -> SimpleNamespace:  # noqa: ANN001 - the loaded extension mo
         return k.gelu_forward(x).astype(x.dtype)
 
     @gelu_native.vjp
-    def _gelu_vjp(primals, cotangent, output):  # noqa: ANN001 - MLX's vjp protocol
+    def _gelu_vjp(primals, cotangent, output):
         x = primals[0] if isinstance(primals, (list, tuple)) else primals
         return (k.gelu_backward(x, cotangent).astype(x.dtype),)
 
@@ -146,7 +146,7 @@ def _native_ops(k) -> SimpleNamespace:  # noqa: ANN001 - the loaded extension mo
         return k.softmax_forward(s).astype(s.dtype)
 
     @softmax_native.vjp
-    def _softmax_vjp(primals, cotangent, output):  # noqa: ANN001 - MLX's vjp protocol
+    def _softmax_vjp(primals, cotangent, output):
         return (k.softmax_backward(output, cotangent).astype(output.dtype),)
 
     @functools.cache
@@ -156,7 +156,7 @@ def _native_ops(k) -> SimpleNamespace:  # noqa: ANN001 - the loaded extension mo
             return k.dropout(x, seed, p).astype(x.dtype)
 
         @dropout_p.vjp
-        def _dropout_vjp(primals, cotangent, output):  # noqa: ANN001 - MLX's vjp protocol
+        def _dropout_vjp(primals, cotangent, output):
             # the mask is a function of (seed, index): the same call on the cotangent is the backward
             return (k.dropout(cotangent, primals[1], p).astype(cotangent.dtype), mx.zeros_like(primals[1]))
 
@@ -173,7 +173,7 @@ def _native_ops(k) -> SimpleNamespace:  # noqa: ANN001 - the loaded extension mo
             return k.layer_norm_forward(x, w, b, eps).astype(x.dtype)
 
         @layer_norm_eps.vjp
-        def _layer_norm_vjp(primals, cotangent, output):  # noqa: ANN001 - MLX's vjp protocol
+        def _layer_norm_vjp(primals, cotangent, output):
             x, w, b = primals
             dx = k.layer_norm_backward(x, w, cotangent, eps).astype(x.dtype)
             # dw and db with MLX ops: lazily built, so only a trained LayerNorm ever computes them
@@ -195,7 +195,7 @@ def _native_ops(k) -> SimpleNamespace:  # noqa: ANN001 - the loaded extension mo
             return tuple(k.attention_forward(q, k_, v, mask, seed, heads, scale, p))
 
         @attention_hp.vjp
-        def _attention_vjp(primals, cotangents, outputs):  # noqa: ANN001 - MLX's vjp protocol
+        def _attention_vjp(primals, cotangents, outputs):
             q, k_, v, mask, seed = primals
             dq, dk, dv = k.attention_backward(q, k_, v, outputs[1], cotangents[0], seed, heads, scale, p)
             return dq.astype(q.dtype), dk.astype(k_.dtype), dv.astype(v.dtype), mx.zeros_like(mask), mx.zeros_like(seed)
@@ -222,7 +222,7 @@ def _native_ops(k) -> SimpleNamespace:  # noqa: ANN001 - the loaded extension mo
         return k.bf16_matmul(x, w, None, True).astype(x.dtype)
 
     @bf16_linear_nobias.vjp
-    def _bf16_nobias_vjp(primals, cotangent, output):  # noqa: ANN001 - MLX's vjp protocol
+    def _bf16_nobias_vjp(primals, cotangent, output):
         return _bf16_vjp(primals, cotangent)
 
     @mx.custom_function
@@ -230,7 +230,7 @@ def _native_ops(k) -> SimpleNamespace:  # noqa: ANN001 - the loaded extension mo
         return k.bf16_matmul(x, w, b, True).astype(x.dtype)
 
     @bf16_linear_bias.vjp
-    def _bf16_bias_vjp(primals, cotangent, output):  # noqa: ANN001 - MLX's vjp protocol
+    def _bf16_bias_vjp(primals, cotangent, output):
         return _bf16_vjp(primals, cotangent)
 
     def bf16_linear_native(x: mx.array, w: mx.array, b: mx.array | None) -> mx.array:

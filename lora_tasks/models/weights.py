@@ -54,7 +54,7 @@ def read_checkpoint(path: Path) -> dict[str, mx.array]:
         return {k: mx.array(v) for k, v in load_torch_bin(path).items()}
     except WeightLoadError:
         raise
-    except Exception as exc:  # noqa: BLE001 - corrupt files fail in many ways
+    except Exception as exc:
         raise WeightLoadError(f"Cannot read weights file {path}: {exc}. Is it complete?") from exc
 
 

@@ -8,6 +8,7 @@ of :mod:`lora_tasks.steps`; the one parameter is a :class:`~lora_tasks.options.R
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,12 +76,17 @@ def plan_adapter_set(tasks: RunTasks, states: StateLog, options: RunOptions, fol
 
 
 def submit_folds(tasks: RunTasks, states: StateLog, prepared: Path, plan: Path, tokens: Any, paths: RunPaths,
-                 model: str | None, label: str = "", refresh: bool = False) -> list[Any]:
+                 model: str | None, label: str = "", refresh: bool = False,
+                 run_start: float | None = None) -> list[Any]:
     """The fold-training futures of one adapter set (tasks ``train-fold-0`` or ``train-<set>-fold-0``);
-    ``refresh`` also starts each fold afresh instead of resuming its checkpoint."""
-    n_folds = Plan.load(plan).n_folds
+    none when the plan has no adapters (``no_adapters``). ``refresh`` also starts each fold afresh
+    instead of resuming its checkpoint; ``run_start`` is the clock the run's time limit counts from."""
+    loaded = Plan.load(plan)
+    if loaded.no_adapters:
+        return []
     train = tasks.train_adapter if not label else tasks.train_adapter.with_options(task_run_name=f"train-{label}-fold-{{fold}}")
-    return [train.submit(prepared, plan, tokens, k, paths.artifacts, model, refresh) for k in range(n_folds)]
+    return [train.submit(prepared, plan, tokens, k, paths.artifacts, model, refresh, run_start)
+            for k in range(loaded.n_folds)]
 
 
 # log_prints stays off: with it, Prefect reroutes print() to the logger, past the
@@ -94,6 +100,7 @@ def kaggle_lora(options: RunOptions) -> RunSummary:
     if options.submit:  # fail in seconds, not after training (a download without them fails first anyway)
         require_credentials(options.competition, options.kaggle_endpoint)
     logger = get_run_logger()
+    run_start = time.time()  # --time-limit counts from here, in every fold
     paths = RunPaths.of(options)
     tasks = configure(paths.work, retry_delay_s=options.retry_delay_s, refresh=options.refresh)
     states = StateLog()
@@ -102,10 +109,11 @@ def kaggle_lora(options: RunOptions) -> RunSummary:
         options.score_poll_s)  # the in-process fake server scores at once
     with kaggle_endpoint(competition, options.kaggle_endpoint, paths.work) as endpoint:
         folder = states.result("download", tasks.download.submit(competition, paths.data_root, endpoint))
-        sets = run_adapter_sets(options, folder)
+        sets = [] if options.no_adapters else run_adapter_sets(options, folder)
         prepare_future = tasks.prepare.submit(competition, folder, paths.artifacts, options.max_train_rows)
         plan_future = tasks.plan.submit(competition, folder, paths.artifacts, model, options.tiny,
-                                        options.training_overrides(OVERRIDABLE), options.max_train_rows)
+                                        options.training_overrides(OVERRIDABLE), options.max_train_rows,
+                                        True, options.time_limit, options.no_adapters)
         prepared, plan = states.result("prepare", prepare_future), states.result("profile-and-configure", plan_future)
         publish_plan(plan)
         slug = Plan.load(plan).slug
@@ -114,13 +122,15 @@ def kaggle_lora(options: RunOptions) -> RunSummary:
         tokens = states.result("tokenize", tasks.tokenize.submit(prepared, plan, paths.tokens, model))
         baseline_future = (tasks.train_baselines.submit(competition, folder, prepared, plan, paths.artifacts)
                            if options.uses_baseline else None)
-        fold_futures = submit_folds(tasks, states, prepared, plan, tokens, paths, model, refresh=options.refresh)
+        fold_futures = submit_folds(tasks, states, prepared, plan, tokens, paths, model, refresh=options.refresh,
+                                    run_start=run_start)
         set_futures = {}
         for s, set_plan in set_plans.items():
             set_tokens = states.result(f"tokenize-{s.member}", tasks.tokenize.with_options(
                 task_run_name=f"tokenize-{s.member}").submit(prepared, set_plan, paths.tokens, s.model or model))
             set_futures[s.member] = submit_folds(tasks, states, prepared, set_plan, set_tokens, paths,
-                                                 s.model or model, s.member, refresh=options.refresh)
+                                                 s.model or model, s.member, refresh=options.refresh,
+                                                 run_start=run_start)
         results = [states.result(f"train-fold-{k}", f) for k, f in enumerate(fold_futures)]
         set_results = {name: [states.result(f"train-{name}-fold-{k}", f) for k, f in enumerate(futures)]
                        for name, futures in set_futures.items()}

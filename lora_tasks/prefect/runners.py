@@ -109,7 +109,7 @@ def _probe_api(api_url: str) -> dict[str, Any]:
     out: dict[str, Any] = {"env": os.environ.get("PREFECT_API_URL"), "error": None}
     try:
         httpx.get(f"{api_url.rstrip('/')}/health", timeout=10).raise_for_status()
-    except Exception as exc:  # noqa: BLE001 - reported to the flow process, which raises
+    except Exception as exc:
         out["error"] = f"{type(exc).__name__}: {exc}"
     return out
 

@@ -34,7 +34,6 @@ from typing import Any, Callable, Iterable
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.exceptions import MissingContextError
-from prefect.logging import get_run_logger
 from prefect.tasks import exponential_backoff
 
 from lora_tasks.hashing import sha256_bytes, sha256_file_memo, sha256_tree, sha256_value
@@ -154,7 +153,7 @@ class ContentCache(CachePolicy):
                 if not store.exists(key):
                     return key
                 result = store.read(key).result
-            except Exception:  # noqa: BLE001 - an unreadable record: let Prefect recompute under it
+            except Exception:
                 return key
             problem = manifest_problem(Path(results), result) if results else (
                 None if outputs_exist(result) else "an output file is missing")
@@ -256,9 +255,13 @@ def plan_task(
     tiny: bool = False,
     overrides: dict[str, Any] | None = None,
     max_train_rows: int | None = None,
+    budget: bool = False,
+    time_limit: str | None = None,
+    no_adapters: bool = False,
 ) -> Path:
     return plan_training(
-        competition, data_dir, out_dir, model=model, tiny=tiny, overrides=overrides, max_train_rows=max_train_rows
+        competition, data_dir, out_dir, model=model, tiny=tiny, overrides=overrides, max_train_rows=max_train_rows,
+        budget=budget, time_limit=time_limit, no_adapters=no_adapters,
     )
 
 

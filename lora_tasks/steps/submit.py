@@ -51,7 +51,7 @@ def write_submission(
     return store_file(tmp, out, "submission", ".csv")
 
 
-def validate(submission_path: str | os.PathLike, prepared_path: str | os.PathLike):  # noqa: ANN201 - kaggle.SubmissionCheck
+def validate(submission_path: str | os.PathLike, prepared_path: str | os.PathLike):
     """Check the file against the sample submission before anything is uploaded: header, ids,
     and every cell in the sample's format (labels spelled as train.csv spells them,
     probabilities in [0, 1] and summing to 1 per row where they are one per class)."""
@@ -77,7 +77,7 @@ def submission_run_id(run_key: str, submission_path: str | os.PathLike) -> str:
 
 def submit_file(competition: str, submission_path: str | os.PathLike, message: str, run_id: str,
                 state_dir: str | os.PathLike, endpoint: str | None = None, *,
-                resubmit: bool = False):  # noqa: ANN201 - kaggle.SubmissionResult
+                resubmit: bool = False):
     """Submit once per ``run_id`` (see :func:`lora_tasks.kaggle.submit`); ``resubmit``: submit
     even if Kaggle already has this exact file (from an earlier run)."""
     from lora_tasks.kaggle import (  # the kaggle client is slow to import
@@ -91,7 +91,7 @@ def submit_file(competition: str, submission_path: str | os.PathLike, message: s
 
 def submit_run(competition: str, submission_path: str | os.PathLike, message: str, run_key: str,
                state_dir: str | os.PathLike, endpoint: str | None = None, *,
-               resubmit: bool = False):  # noqa: ANN201 - kaggle.SubmissionResult
+               resubmit: bool = False):
     """Submit under the run id :func:`submission_run_id` derives from ``run_key`` and the file:
     retries of one run reuse it (never a second submission), another file or run gets a new one."""
     run_id = submission_run_id(run_key, submission_path)
@@ -99,7 +99,7 @@ def submit_run(competition: str, submission_path: str | os.PathLike, message: st
 
 
 def read_score(competition: str, ref: int, endpoint: str | None = None, *, timeout_s: float = 900.0,
-               poll_s: float = 10.0):  # noqa: ANN201 - kaggle.ScoredSubmission
+               poll_s: float = 10.0):
     """Wait (bounded) for Kaggle to score submission ``ref``; returns it with ``public_score``."""
     from lora_tasks.kaggle import (  # the kaggle client is slow to import
         KaggleClient,

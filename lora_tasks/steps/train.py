@@ -58,7 +58,7 @@ def tokenize_data(
     return TokenFiles(train=files[0], test=files[1])
 
 
-def load_dataset(tokens_path: str | os.PathLike, labels: Sequence | np.ndarray | None = None):  # noqa: ANN201 - train.Dataset (MLX)
+def load_dataset(tokens_path: str | os.PathLike, labels: Sequence | np.ndarray | None = None):
     """A :class:`lora_tasks.train.Dataset` from a token cache file."""
     from lora_tasks.train import Dataset  # loads MLX: only when a model runs
 
@@ -100,7 +100,7 @@ def ravel(pred: np.ndarray) -> np.ndarray:
     return pred[:, 0] if pred.ndim == 2 and pred.shape[1] == 1 else pred
 
 
-def _train_config(plan: Plan, fold: int):  # noqa: ANN202 - train.TrainConfig (MLX)
+def _train_config(plan: Plan, fold: int):
     from lora_tasks.train import TrainConfig  # loads MLX: only when a model runs
 
     s = plan.settings
@@ -108,7 +108,7 @@ def _train_config(plan: Plan, fold: int):  # noqa: ANN202 - train.TrainConfig (M
                        class_weights=s.class_weight, metric=plan.train_metric, seed=plan.seed + fold)
 
 
-def _from_prefix(net, data, test, cache_dir: Path):  # noqa: ANN001, ANN202 - MLX model and Datasets
+def _from_prefix(net, data, test, cache_dir: Path):
     """With adapters on the top layers only: the model seen from its first adapted layer, and
     train/test datasets of the hidden states entering it, computed once and kept on disk under
     their content hash (every fold and every rerun on the same data reuses them). Encoders

@@ -621,7 +621,7 @@ class FakeKaggleServer:
             solution = pd.read_csv(solution_path, dtype=str, keep_default_na=False)
             submission.public_score = score_submission(frame, solution, metric)
             submission.status = "COMPLETE"
-        except Exception as exc:  # noqa: BLE001 - any parse/metric problem is a scoring ERROR, as on Kaggle
+        except Exception as exc:
             submission.status = "ERROR"
             submission.error_description = str(exc)
 
