@@ -92,7 +92,7 @@ def worker_steps(mode: str, k: int, steps: int, batch: int, seq: int, barrier: s
         fused = FusedAdapters.from_models([m for m, _ in pairs], [a for _, a in pairs])
         fused.eval()
         step = _make_step(fused)
-        for i in range(steps + 1):
+        for _ in range(steps + 1):
             t = time.perf_counter()
             step(ids, mask, y)
             times.append(time.perf_counter() - t)
@@ -191,12 +191,12 @@ def _run_processes(k: int, common: list[str], single_blas: bool) -> dict:
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
                  for half in halves]
         outs = [proc.communicate() for proc in procs]
-    for proc, (_, err) in zip(procs, outs):
+    for proc, (_, err) in zip(procs, outs, strict=True):
         if proc.returncode != 0:
             raise RuntimeError(f"processes worker failed:\n{err[-3000:]}")
     results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
     return {"mode": "processes", "k": k, "round_s": max(r["round_s"] for r in results),
-            "rounds": [max(a, b) for a, b in zip(results[0]["rounds"], results[1]["rounds"])]}
+            "rounds": [max(a, b) for a, b in zip(results[0]["rounds"], results[1]["rounds"], strict=True)]}
 
 
 def main() -> None:

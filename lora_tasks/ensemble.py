@@ -249,7 +249,7 @@ def compare_methods(
     m = get_metric(metric)
     if methods is None:
         methods = tuple(x for x in METHODS if x != "rank_mean" or m.name in RANK_METRICS)
-    return {name: blend(name, oof, test, y, m, folds, **kwargs) for name in methods}  # type: ignore[arg-type]
+    return {name: blend(name, oof, test, y, m, folds, **kwargs) for name in methods}  # type: ignore[arg-type]  # names from METHODS
 
 
 # ---- validation ----------------------------------------------------------------------------------
@@ -365,7 +365,7 @@ def _fit_weights(oof: np.ndarray, y: np.ndarray, m: Metric, seed: int = 0, **_) 
     candidate guarantees the result is never worse than it on OOF."""
     k = len(oof)
     loss = _loss(m, y)
-    f = lambda w: loss(_combine(oof, w))  # noqa: E731
+    f = lambda w: loss(_combine(oof, w))  # noqa: E731 - the objective, beside the optimizer that reads it
     candidates = [np.full(k, 1.0 / k)]
     singles = [f(np.eye(k)[i]) for i in range(k)]
     candidates.append(np.eye(k)[int(np.argmin(singles))])
@@ -379,7 +379,7 @@ def _fit_weights(oof: np.ndarray, y: np.ndarray, m: Metric, seed: int = 0, **_) 
         candidates.append(_project(res.x))
     else:  # flat almost everywhere: gradients are zero, so search without them
         rng = np.random.default_rng(seed)
-        to_w = lambda x: _project(x * x)  # noqa: E731
+        to_w = lambda x: _project(x * x)  # noqa: E731 - one-line map, read with the objective above
         for start in (np.ones(k), 1.0 + 0.3 * rng.standard_normal(k)):
             res = optimize.minimize(lambda x: f(to_w(x)), start, method="Nelder-Mead",
                                     options={"maxiter": 100 * k, "xatol": 1e-2, "fatol": 1e-9})

@@ -125,7 +125,7 @@ def create_bert_with_lora(
         adapter_seed=adapter_seed,
         compute_dtype=compute_dtype,
     )
-    return net, adapter  # type: ignore[return-value]
+    return net, adapter  # type: ignore[return-value]  # "bert_with_head" builds a BertWithHead
 
 
 def create_qlora_model(
@@ -205,7 +205,7 @@ def create_multi_adapter_model(
         check_supported(cfg)  # before loading weights
     if seed is not None:
         mx.random.seed(seed)
-    net = build_base("bert_with_head", head_type, num_labels, pooling, model, config, pretrained)  # type: ignore[arg-type]
+    net = build_base("bert_with_head", head_type, num_labels, pooling, model, config, pretrained)  # type: ignore[arg-type]  # head_type: str, checked there
     return net, MultiAdapterManager(net, resolved)
 
 

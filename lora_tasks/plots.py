@@ -95,7 +95,7 @@ def learning_curve_svg(histories: Sequence[History], labels: Sequence[str] | Non
     parts = [head]
     for i, key in enumerate(keys):
         series = []
-        for f, (label, hist) in enumerate(zip(labels, histories)):
+        for f, (label, hist) in enumerate(zip(labels, histories, strict=True)):
             pts = [(float(row["epoch"]), float(row[key])) for row in hist if _finite(row.get(key)) and _finite(row.get("epoch"))]
             if pts:
                 series.append((label, COLOURS[f % len(COLOURS)], sorted(pts)))

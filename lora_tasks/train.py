@@ -155,7 +155,7 @@ def make_schedule(cfg: TrainConfig, total_steps: int) -> Callable[[mx.array], mx
     elif cfg.schedule == "cosine":
         decay = optim.cosine_decay(cfg.learning_rate, rest)
     else:
-        decay = lambda step: mx.array(cfg.learning_rate)  # noqa: E731
+        decay = lambda step: mx.array(cfg.learning_rate)  # noqa: E731 - a schedule is a callable of the step
     if warmup == 0:
         return decay
     return optim.join_schedules([optim.linear_schedule(cfg.learning_rate * 0.01, cfg.learning_rate, warmup), decay], [warmup])

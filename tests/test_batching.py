@@ -42,8 +42,8 @@ def test_seeded_and_deterministic(tweets):
     a = bucket_indices(lengths, 32, seed=7)
     b = bucket_indices(lengths, 32, seed=7)
     c = bucket_indices(lengths, 32, seed=8)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
 
 
 def test_batches_are_tight_but_order_is_random(tweets):

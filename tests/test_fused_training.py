@@ -141,7 +141,7 @@ def test_engine_trains_fused_like_separately_and_unfuses():
     fused.eval()
     ids, mask, types = _batch(3)
     logits = np.array(fused(ids, mask, types))
-    for i, (model, adapter) in enumerate(fused.unfuse()):
+    for i, (model, _adapter) in enumerate(fused.unfuse()):
         model.eval()
         np.testing.assert_allclose(np.array(model(ids, mask, types)), logits[i], rtol=1e-5, atol=1e-6)
     # predict_mixed on a dataset agrees with each adapter's own predictions

@@ -128,7 +128,7 @@ def test_dropout_is_reproducible_from_mlx_seed_and_off_in_eval_mode():
 def _split_heads_attention(q, k, v, mask, heads, scale, drop=None):
     """Attention through MLX ops on split heads: the reference for the fused kernel."""
     b, s, hd = q.shape
-    t = lambda x: x.reshape(b, s, heads, hd // heads).transpose(0, 2, 1, 3)  # noqa: E731
+    t = lambda x: x.reshape(b, s, heads, hd // heads).transpose(0, 2, 1, 3)  # noqa: E731 - short test closures
     probs = mx.softmax((t(q) * scale) @ t(k).swapaxes(-1, -2) + mask, axis=-1, precise=True)
     if drop is not None:
         probs = probs * drop
@@ -144,12 +144,12 @@ def test_attention_forward_and_backward_match_split_heads(b, s, heads, d):
     scale = d**-0.5
     off = ops.Dropout(0.1)
     off.eval()
-    ours = lambda *a: ops.multi_head_attention(*a, mask, heads, scale, off)  # noqa: E731
-    ref = lambda *a: _split_heads_attention(*a, mask, heads, scale)  # noqa: E731
+    ours = lambda *a: ops.multi_head_attention(*a, mask, heads, scale, off)  # noqa: E731 - short test closures
+    ref = lambda *a: _split_heads_attention(*a, mask, heads, scale)  # noqa: E731 - short test closures
     np.testing.assert_allclose(np.array(ours(q, k, v)), np.array(ref(q, k, v)), atol=2e-5)
     _, grads = mx.vjp(ours, [q, k, v], [g])
     _, expected = mx.vjp(ref, [q, k, v], [g])
-    for got, want in zip(grads, expected):
+    for got, want in zip(grads, expected, strict=True):
         np.testing.assert_allclose(np.array(got), np.array(want), atol=5e-5)
 
 
@@ -162,11 +162,11 @@ def test_attention_dropout_forward_and_backward_use_one_mask():
     # the kernel's mask is the dropout kernel's mask over (batch, heads, seq, seq) with that seed
     keep = K.dropout(mx.ones(probs.shape), seed, 0.2)
     assert 0.7 < float((keep > 0).mean()) < 0.9
-    ref = lambda a, b_, c: _split_heads_attention(a, b_, c, mask[:, None, None, :], heads, 0.25, keep)  # noqa: E731
+    ref = lambda a, b_, c: _split_heads_attention(a, b_, c, mask[:, None, None, :], heads, 0.25, keep)  # noqa: E731 - short test closures
     np.testing.assert_allclose(np.array(out), np.array(ref(q, k, v)), atol=2e-5)
     grads = K.attention_backward(q, k, v, probs, g, seed, heads, 0.25, 0.2)
     _, expected = mx.vjp(ref, [q, k, v], [g])
-    for got, want in zip(grads, expected):
+    for got, want in zip(grads, expected, strict=True):
         np.testing.assert_allclose(np.array(got), np.array(want), atol=5e-5)
 
 
@@ -193,7 +193,7 @@ def test_attention_in_a_bert_layer_trains_like_the_split_heads_path():
     assert abs(fused_loss.item() - split_loss.item()) < 1e-5
     from mlx.utils import tree_flatten
 
-    for (name, a), (_, b) in zip(tree_flatten(fused), tree_flatten(split)):
+    for (name, a), (_, b) in zip(tree_flatten(fused), tree_flatten(split), strict=True):
         np.testing.assert_allclose(np.array(a), np.array(b), atol=2e-5, err_msg=name)
 
 

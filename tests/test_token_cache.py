@@ -30,6 +30,7 @@ def test_second_call_loads_from_disk(tweets, tmp_path):
     for a, b in zip(
         (first.encoded.input_ids, first.encoded.attention_mask, first.encoded.token_type_ids, first.lengths),
         (second.encoded.input_ids, second.encoded.attention_mask, second.encoded.token_type_ids, second.lengths),
+        strict=True,
     ):
         np.testing.assert_array_equal(a, b)
     assert sorted(p.name for p in tmp_path.iterdir()) == [first.path.name]  # no temp files left

@@ -91,7 +91,7 @@ class _TimeoutAdapter(HTTPAdapter):
         self._timeout = timeout
         super().__init__(**kwargs)
 
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]  # requests types send() narrower
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self._timeout
         return super().send(request, **kwargs)
@@ -102,7 +102,7 @@ def _make_api(endpoint: str | None, timeout: float) -> Any:
     base = _import_kaggle_api()
     from kaggle.models.kaggle_models_extended import ResumableUploadResult
 
-    class _KaggleApi(base):  # type: ignore[misc, valid-type]
+    class _KaggleApi(base):  # type: ignore[misc, valid-type]  # base is imported at run time
         def build_kaggle_client(self):
             client = super().build_kaggle_client()
             http = client.http_client()
@@ -176,7 +176,7 @@ class KaggleClient:
         return {"endpoint": self.endpoint, "timeout": self.timeout}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["endpoint"], timeout=state["timeout"])  # type: ignore[misc]
+        self.__init__(state["endpoint"], timeout=state["timeout"])  # type: ignore[misc]  # unpickling rebuilds the HTTP session
 
     @property
     def api(self) -> Any:

@@ -230,7 +230,7 @@ class SlicedLoRALinear(LoRALinear):
         object.__setattr__(self, "ADAPTER_KEYS", tuple(keys))  # plain attribute, not a parameter
 
     @classmethod
-    def from_base(  # type: ignore[override]
+    def from_base(  # type: ignore[override]  # takes the slices too
         cls,
         linear: nn.Module,
         slices: dict[str, slice],

@@ -179,20 +179,20 @@ class _QuantizedBase:
 
     last_requantization_error: RequantizationError | None = None
 
-    def base_weight(self) -> mx.array:  # type: ignore[override]
-        return dequantized_weight(self.linear)  # type: ignore[attr-defined]
+    def base_weight(self) -> mx.array:  # type: ignore[override]  # mixin: replaces the LoRA layer's method
+        return dequantized_weight(self.linear)  # type: ignore[attr-defined]  # mixin: the LoRA layer supplies it
 
-    def merge(self, requantize: bool = False) -> RequantizationError | None:  # type: ignore[override]
+    def merge(self, requantize: bool = False) -> RequantizationError | None:  # type: ignore[override]  # mixin: replaces the LoRA layer's method
         """Fold the adapter into the base: dequantize, add, then keep the merged weight in full
         precision (default, exact) or quantize it again (``requantize=True``: returns the error,
         also kept in ``last_requantization_error``). :meth:`unmerge` restores the 4-bit base."""
-        if self.merged:  # type: ignore[attr-defined]
+        if self.merged:  # type: ignore[attr-defined]  # mixin: the LoRA layer supplies it
             return self.last_requantization_error
-        base = self.linear  # type: ignore[attr-defined]
+        base = self.linear  # type: ignore[attr-defined]  # mixin: the LoRA layer supplies it
         if not is_quantized(base):
-            LoRALinear.merge(self)  # type: ignore[arg-type]
+            LoRALinear.merge(self)  # type: ignore[arg-type]  # mixin: self is a LoRA layer at run time
             return None
-        w = self._merge(self.base_weight())  # type: ignore[attr-defined]
+        w = self._merge(self.base_weight())  # type: ignore[attr-defined]  # mixin: the LoRA layer supplies it
         bias = base.get("bias")
         err = None
         if requantize:
@@ -206,26 +206,26 @@ class _QuantizedBase:
             new = _as_linear(w, bias)
         new.freeze()
         object.__setattr__(self, "_unmerged_linear", base)  # not a child module
-        self.linear = new  # type: ignore[attr-defined]
-        self.merged = True  # type: ignore[attr-defined]
+        self.linear = new  # type: ignore[attr-defined]  # mixin: the LoRA layer supplies it
+        self.merged = True  # type: ignore[attr-defined]  # mixin: the LoRA layer supplies it
         object.__setattr__(self, "last_requantization_error", err)
         return err
 
-    def unmerge(self) -> None:  # type: ignore[override]
-        if not self.merged:  # type: ignore[attr-defined]
+    def unmerge(self) -> None:  # type: ignore[override]  # mixin: replaces the LoRA layer's method
+        if not self.merged:  # type: ignore[attr-defined]  # mixin: the LoRA layer supplies it
             return
         if "_unmerged_linear" in self.__dict__:
-            self.linear = self.__dict__.pop("_unmerged_linear")  # type: ignore[attr-defined]
-            self.merged = False  # type: ignore[attr-defined]
+            self.linear = self.__dict__.pop("_unmerged_linear")  # type: ignore[attr-defined]  # mixin: the LoRA layer supplies it
+            self.merged = False  # type: ignore[attr-defined]  # mixin: the LoRA layer supplies it
         else:
-            LoRALinear.unmerge(self)  # type: ignore[arg-type]
+            LoRALinear.unmerge(self)  # type: ignore[arg-type]  # mixin: self is a LoRA layer at run time
 
-    def fuse(self) -> nn.Linear:  # type: ignore[override]
+    def fuse(self) -> nn.Linear:  # type: ignore[override]  # mixin: replaces the LoRA layer's method
         """A plain full-precision ``nn.Linear`` computing what this layer computes (eval mode)."""
-        base = self.__dict__.get("_unmerged_linear", self.linear)  # type: ignore[attr-defined]
-        if "_unmerged_linear" not in self.__dict__ and self.merged and not is_quantized(base):  # type: ignore[attr-defined]
-            return LoRALinear.fuse(self)  # type: ignore[arg-type]
-        return _as_linear(self._merge(dequantized_weight(base)), base.get("bias"))  # type: ignore[attr-defined]
+        base = self.__dict__.get("_unmerged_linear", self.linear)  # type: ignore[attr-defined]  # mixin: the LoRA layer supplies it
+        if "_unmerged_linear" not in self.__dict__ and self.merged and not is_quantized(base):  # type: ignore[attr-defined]  # mixin: the LoRA layer supplies it
+            return LoRALinear.fuse(self)  # type: ignore[arg-type]  # mixin: self is a LoRA layer at run time
+        return _as_linear(self._merge(dequantized_weight(base)), base.get("bias"))  # type: ignore[attr-defined]  # mixin: the LoRA layer supplies it
 
 
 class QLoRALinear(_QuantizedBase, LoRALinear):

@@ -59,7 +59,7 @@ class DistilBertConfig(BertConfig):
         Its layer norms always use eps 1e-12, whatever the file says."""
         translated = {_CONFIG_KEYS.get(k, k): v for k, v in data.items()}
         translated["layer_norm_eps"] = 1e-12
-        return super().from_dict(translated)  # type: ignore[return-value]
+        return super().from_dict(translated)  # type: ignore[return-value]  # BertConfig.from_dict builds cls
 
 
 class DistilBertEmbeddings(nn.Module):

@@ -85,7 +85,7 @@ def make_task_runner(kind: str = "thread", max_workers: int | None = None, addre
         return ProcessPoolTaskRunner(max_workers=n_workers)
     if kind == "dask":
         try:  # an optional dependency: import it only when asked for
-            import prefect_dask  # noqa: F401
+            import prefect_dask  # noqa: F401 - only checks it is installed
         except ImportError:
             raise SystemExit(
                 "The dask task runner needs prefect-dask, which is not installed here: "
