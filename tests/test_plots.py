@@ -16,7 +16,7 @@ NS = "{http://www.w3.org/2000/svg}"
 
 def _history(losses, metric=None, name="valid_accuracy"):
     rows = [{"epoch": i + 1, "train_loss": loss} for i, loss in enumerate(losses)]
-    for row, m in zip(rows, metric or [], strict=False)  # metric may cover fewer epochs:
+    for row, m in zip(rows, metric or [], strict=False):  # metric may cover fewer epochs
         row[name] = m
     return rows
 
