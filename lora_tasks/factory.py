@@ -251,12 +251,14 @@ def build_model(
     seed: int = 0,
     top_layers: int | None = None,
     base_seed: int | None = None,
+    compute_dtype: ComputeDtype = "float32",
 ) -> tuple[nn.Module, LoRAAdapter]:
     """``(model, adapter)``: the pretrained encoder (``model`` id or folder; None = offline
     MiniLM), or with ``tiny=True`` a tiny random BERT with MiniLM's vocabulary.
     ``seed`` initializes the adapters (and the head); ``base_seed`` (default ``seed``) the tiny
     model's random base, so the folds of one run share their base like pretrained folds do.
-    ``top_layers``: adapters on the top N encoder layers only (None: every layer)."""
+    ``top_layers``: adapters on the top N encoder layers only (None: every layer).
+    ``compute_dtype``: the frozen base's dtype (see :func:`create_model_with_lora`)."""
     overrides: dict[str, Any] = {}
     if top_layers is not None:
         n_layers = model_shape(model, tiny)["num_layers"]
@@ -267,9 +269,10 @@ def build_model(
     if tiny:
         return create_bert_with_lora(
             head_type, preset, num_labels, config=BertConfig(**TINY_BERT), pretrained=False,
-            seed=seed if base_seed is None else base_seed, adapter_seed=seed, **overrides
+            seed=seed if base_seed is None else base_seed, adapter_seed=seed, compute_dtype=compute_dtype, **overrides
         )
-    return create_bert_with_lora(head_type, preset, num_labels, model=model, seed=seed, **overrides)
+    return create_bert_with_lora(head_type, preset, num_labels, model=model, seed=seed, compute_dtype=compute_dtype,
+                                 **overrides)
 
 
 @dataclass

@@ -43,8 +43,10 @@ class RunOptions(BaseModel):
         None, description="adapters on the top N encoder layers only: the frozen layers below run once per "
         "dataset (cached on disk) instead of once per fold, epoch and batch; all: every layer (default: the "
         "config's [training], else every layer)")
-    compute_dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="dtype of the frozen base's matmuls (auto: the backend's choice)")
+    compute_dtype: Literal["auto", "float32", "bfloat16"] | None = Field(
+        None, description="dtype of the frozen base's weights and matmuls: float32; bfloat16 (adapters, head, "
+        "norms and loss stay fp32); auto: bf16 where the CPU has avx512_bf16, and on Metal (default: the config's "
+        "[training], else float32)")
     combine: Literal["blend", "merge"] = Field(
         "blend", description="blend: the fold adapters' mean blended with scikit-learn baselines, weights fit on "
         "out-of-fold rows; merge: one model from the averaged adapters (no baselines, no adapter sets)")
@@ -173,6 +175,6 @@ class RunOptions(BaseModel):
         given ones). ``compute_dtype`` joins them when the settings know it (``overridable``)."""
         out = {"preset": self.preset, "n_folds": self.folds, "epochs": self.epochs,
                "max_seq_len": self.max_seq_len, "top_layers": self.top_layers}
-        if overridable is not None and "compute_dtype" in overridable and self.compute_dtype != "auto":
+        if overridable is not None and "compute_dtype" in overridable and self.compute_dtype is not None:
             out["compute_dtype"] = self.compute_dtype
         return {k: v for k, v in out.items() if v is not None}

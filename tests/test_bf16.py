@@ -270,3 +270,20 @@ def test_compiled_bf16_step_matches_eager(monkeypatch):
     assert abs(float(loss) - float(eager_loss)) <= 1e-5 * abs(float(eager_loss))
     for (k, g), (_, e) in zip(tree_flatten(grads), tree_flatten(eager_grads), strict=True):
         np.testing.assert_allclose(np.array(g), np.array(e), rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_the_run_builds_its_models_in_the_planned_compute_dtype():
+    """compute_dtype travels from the options and [training] to the models the steps build."""
+    from lora_tasks.data.config_file import CompetitionConfigError, validate_config_dict
+    from lora_tasks.factory import build_model
+    from lora_tasks.options import RunOptions
+
+    assert RunOptions(competition="demo", compute_dtype="bfloat16").training_overrides(
+        ("compute_dtype",)) == {"compute_dtype": "bfloat16"}
+    assert "compute_dtype" not in RunOptions(competition="demo").training_overrides(("compute_dtype",))
+    with pytest.raises(CompetitionConfigError, match="compute_dtype"):
+        validate_config_dict({"training": {"compute_dtype": "fp16"}}, "x.toml")
+    net, _ = build_model("binary_classification", "efficient", 1, tiny=True, compute_dtype="bfloat16")
+    dtypes = {k: v.dtype for k, v in tree_flatten(net.parameters())}
+    assert dtypes["bert.encoder.layer.0.attention.self.query.linear.weight"] == mx.bfloat16
+    assert all(v == mx.float32 for k, v in dtypes.items() if "lora_" in k or k.startswith("head"))

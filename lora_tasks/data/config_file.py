@@ -75,6 +75,7 @@ TRAINING_SETTINGS: dict[str, type | tuple[type, ...]] = {
     "n_folds": int,
     "class_weight": str,
     "top_layers": (int, str),
+    "compute_dtype": str,
 }
 #: ``time_limit`` (``"20m"``, ``"1h"``, seconds) bounds the whole run when ``--time-limit`` is not given.
 _TABLE_KEYS["training"] = {**TRAINING_SETTINGS, "adapter_sets": list, "time_limit": (str, int, float)}
@@ -85,6 +86,7 @@ _CHOICES = {
     ("submission", "dtype"): DTYPES,
     ("submission", "target_transform"): TRANSFORMS,
     ("serialization", "missing"): ("skip", "say"),
+    ("training", "compute_dtype"): ("auto", "float32", "bfloat16"),
 }
 
 

@@ -224,6 +224,7 @@ def merged_predict(
         net, adapter = build_model(
             prepared.head_type, plan.settings.preset, prepared.num_labels,
             model=None if plan.tiny else model, tiny=plan.tiny, seed=plan.seed, top_layers=plan.settings.top_layers,
+            compute_dtype=plan.settings.compute_dtype,
         )
         base = {name: layer.base_weight() for name, layer in adapter.layers.items()}
         if any(isinstance(layer, SlicedLoRALinear) for layer in adapter.layers.values()):

@@ -208,7 +208,7 @@ def train_adapter(
         net, adapter = build_model(
             prepared.head_type, plan.settings.preset, prepared.num_labels,
             model=None if plan.tiny else model, tiny=plan.tiny, seed=plan.seed + fold, base_seed=plan.seed,
-            top_layers=top_layers,
+            top_layers=top_layers, compute_dtype=plan.settings.compute_dtype,
         )
         trainee, data, test = _from_prefix(net, data, test, out / "prefix") if top_layers else (net, data, test)
         net.train()
