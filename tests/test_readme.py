@@ -24,13 +24,7 @@ DOCS = ROOT / "docs"
 LIBRARY = DOCS / "library.md"
 
 #: What a marked block waits for, and why: the pytest skip reason.
-WAITING_FOR: dict[str, str] = {
-    "lib-merge": (
-        "issue 21 item 5 (the seed's public API): `from lora_tasks import create_kaggle_lora_model` and "
-        "PEFT-style suffix matching of target_modules come with the library branch; remove the "
-        "`<!-- needs: lib-merge -->` marker once it is merged"
-    ),
-}
+WAITING_FOR: dict[str, str] = {}  # none now: every block runs
 
 _BLOCK = re.compile(
     r"(?:^<!--[ \t]*needs:[ \t]*(?P<needs>[\w.-]+)[ \t]*-->[ \t]*\n)?^```python[ \t]*\n(?P<code>.*?)^```[ \t]*$",
@@ -106,14 +100,6 @@ def test_every_python_block_runs(doc, tmp_path, monkeypatch, capsys):
     assert ran, f"{_name(doc)}: every python block is waiting for other code"
     if doc == README:
         assert "trainable%: 0.5394" in capsys.readouterr().out  # the BERT-base number the README states
-
-
-_WAITING = [(doc, block) for doc in documents_with_code() for block in python_blocks(doc.read_text()) if block.needs]
-
-
-@pytest.mark.parametrize(("doc", "block"), _WAITING, ids=[f"{_name(d)}-block{b.number}" for d, b in _WAITING])
-def test_blocks_waiting_for_other_code(doc, block):
-    pytest.skip(f"{_name(doc)} block {block.number} needs {block.needs}: {WAITING_FOR.get(block.needs, '?')}")
 
 
 def _ci_test_command() -> str:
