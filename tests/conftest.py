@@ -47,6 +47,22 @@ def harness():
         yield
 
 
+@pytest.fixture
+def creds(tmp_path, monkeypatch):
+    """The fake Kaggle server's credentials for one test, in a private HOME: the user's own
+    credentials and config never reach the code under test (monkeypatch restores them after)."""
+    from lora_tasks.testing import fake_kaggle as fk
+
+    home = tmp_path / "home"
+    (home / ".kaggle").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / ".kaggle"))
+    for name in ("KAGGLE_API_TOKEN", "KAGGLE_API_ENVIRONMENT", "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KAGGLE_USERNAME", fk.DEFAULT_USERNAME)
+    monkeypatch.setenv("KAGGLE_KEY", fk.DEFAULT_KEY)
+
+
 @pytest.fixture(scope="module")
 def fake_creds(tmp_path_factory):
     """The fake Kaggle server's credentials in an isolated config dir, for one test module (set in

@@ -32,17 +32,9 @@ def _run(work: str, endpoint: str, barrier, out: str) -> None:  # a spawned proc
                                      "oof": [str(a.oof_path) for a in result.adapters]}))
 
 
-def test_two_runs_at_once_in_one_work_dir_both_finish(tmp_path, monkeypatch):
+def test_two_runs_at_once_in_one_work_dir_both_finish(creds, tmp_path, monkeypatch):
     import json
 
-    home = tmp_path / "home"
-    (home / ".kaggle").mkdir(parents=True)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / ".kaggle"))
-    for name in ("KAGGLE_API_TOKEN", "KAGGLE_API_ENVIRONMENT", "XDG_CONFIG_HOME"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("KAGGLE_USERNAME", fk.DEFAULT_USERNAME)
-    monkeypatch.setenv("KAGGLE_KEY", fk.DEFAULT_KEY)
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")  # two processes on two cores
     served = tmp_path / "served"
     build_demo_competition(served)

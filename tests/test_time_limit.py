@@ -23,18 +23,6 @@ from lora_tasks.testing import fake_kaggle as fk
 from lora_tasks.testing.demo import build_demo_competition
 
 
-@pytest.fixture
-def creds(tmp_path, monkeypatch):
-    home = tmp_path / "home"
-    (home / ".kaggle").mkdir(parents=True)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / ".kaggle"))
-    for name in ("KAGGLE_API_TOKEN", "KAGGLE_API_ENVIRONMENT", "XDG_CONFIG_HOME"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("KAGGLE_USERNAME", fk.DEFAULT_USERNAME)
-    monkeypatch.setenv("KAGGLE_KEY", fk.DEFAULT_KEY)
-
-
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory) -> Path:
     return build_demo_competition(tmp_path_factory.mktemp("served"))

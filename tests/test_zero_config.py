@@ -29,18 +29,6 @@ SHAPES = (TRAIN_ONLY, BOOL, MULTILABEL, MULTITARGET)
 SERVER_METRICS = {TRAIN_ONLY: "rmsle", BOOL: "accuracy", MULTILABEL: "mean_columnwise_auc", MULTITARGET: "rmse"}
 
 
-@pytest.fixture
-def creds(tmp_path, monkeypatch):
-    home = tmp_path / "home"
-    (home / ".kaggle").mkdir(parents=True)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / ".kaggle"))
-    for name in ("KAGGLE_API_TOKEN", "KAGGLE_API_ENVIRONMENT", "XDG_CONFIG_HOME"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("KAGGLE_USERNAME", fk.DEFAULT_USERNAME)
-    monkeypatch.setenv("KAGGLE_KEY", fk.DEFAULT_KEY)
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("served")
