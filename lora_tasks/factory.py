@@ -31,6 +31,7 @@ from lora_tasks.models.factory import ModelType, build_base
 from lora_tasks.models.heads import Pooling
 from lora_tasks.multi_adapter import MultiAdapterManager
 from lora_tasks.precision import ComputeDtype, cast_frozen_base, resolve_compute_dtype
+from lora_tasks.task import Task
 
 if TYPE_CHECKING:
     from lora_tasks.data.autoconfig import TrainSettings
@@ -210,17 +211,6 @@ def create_multi_adapter_model(
 
 
 #: Task names a user may give -> (head type of the model, whether num_labels comes from classes).
-TASK_TO_HEAD: dict[str, str] = {
-    "binary": "binary_classification",
-    "binary_classification": "binary_classification",
-    "classification": "binary_classification",
-    "multiclass": "multiclass_classification",
-    "multiclass_classification": "multiclass_classification",
-    "multilabel": "multilabel_classification",
-    "multilabel_classification": "multilabel_classification",
-    "regression": "regression",
-}
-
 #: A tiny random BERT with MiniLM's vocabulary (so the real tokenizer fits): tests and dry runs.
 TINY_BERT: dict[str, int] = dict(
     vocab_size=30522,
@@ -232,13 +222,13 @@ TINY_BERT: dict[str, int] = dict(
 )
 
 def head_type_for(task: str) -> str:
-    """The model head for a task name (``binary``, ``multiclass``, ``regression``, ...)."""
-    key = str(task).strip().lower().replace("-", "_")
-    if key not in TASK_TO_HEAD:
-        raise ValueError(
-            f"Unknown competition type {task!r}; use one of {', '.join(sorted(set(TASK_TO_HEAD)))}."
-        )
-    return TASK_TO_HEAD[key]
+    """The model head for a task name (``binary``, ``multiclass``, ``regression``, ...): the
+    :class:`~lora_tasks.task.Task` table, the one place task names are read."""
+    try:
+        return Task.parse(task).head_type
+    except ValueError as exc:
+        names = ", ".join(t.value for t in Task)
+        raise ValueError(f"Unknown competition type {task!r}; use one of {names} (or a head type).") from exc
 
 
 def build_model(

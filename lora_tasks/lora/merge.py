@@ -36,7 +36,7 @@ from typing import Any, Literal, Mapping, Sequence
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_unflatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 from lora_tasks.lora.adapter import HEAD_ATTR, LoRAAdapter
 from lora_tasks.lora.config import LoRAConfig
@@ -257,6 +257,27 @@ def merge_into_base(model: nn.Module, merged: MergedAdapter | Mapping[str, np.nd
 # ---- reading adapters ----------------------------------------------------------------------------
 
 
+def weighted_updates(adapter: LoRAAdapter, adapter_files: Sequence[Any], weights: Sequence[float],
+                     base: Mapping[str, mx.array]) -> dict[str, np.ndarray]:
+    """The weighted sum of each adapter file's effective update per layer, ``fuse() - base``, for
+    :func:`merge_into_base`; the weighted head is loaded into ``adapter``'s model.
+
+    Exact for every layer kind, fused projections included: :func:`merge_adapters` reads one A/B
+    pair per layer, while a sliced layer (ModernBERT's Wqkv) has one per slice. ``base``: each
+    adapted layer's base weight, by path."""
+    deltas: dict[str, mx.array] = {}
+    head: dict[str, mx.array] = {}
+    for w, path in zip(weights, adapter_files, strict=True):
+        adapter.load(path)
+        for name, layer in adapter.layers.items():
+            update = (layer.fuse().weight - base[name]) * w
+            deltas[name] = update if name not in deltas else deltas[name] + update
+        for key, value in tree_flatten(adapter.model.head.parameters()):
+            head[key] = value * w if key not in head else head[key] + value * w
+    adapter.model.head.update(tree_unflatten(list(head.items())))
+    return {name: np.asarray(delta.astype(mx.float32)) for name, delta in deltas.items()}
+
+
 def _np(x: Any) -> np.ndarray:
     return np.array(x.astype(mx.float32) if isinstance(x, mx.array) else x, dtype=np.float64)
 
@@ -419,4 +440,5 @@ __all__ = [
     "merge_adapters",
     "merge_into_base",
     "ties",
+    "weighted_updates",
 ]

@@ -217,7 +217,7 @@ def merged_predict(
     from lora_tasks.factory import build_model
     from lora_tasks.lora.adapter import read_adapter_file
     from lora_tasks.lora.layers import SlicedLoRALinear
-    from lora_tasks.lora.merge import merge_adapters, merge_into_base
+    from lora_tasks.lora.merge import merge_adapters, merge_into_base, weighted_updates
     from lora_tasks.train import predict
 
     with MLX_LOCK:
@@ -230,7 +230,7 @@ def merged_predict(
         if any(isinstance(layer, SlicedLoRALinear) for layer in adapter.layers.values()):
             # merge_adapters reads one A/B pair per layer; a fused projection (ModernBERT's Wqkv)
             # has one per slice, so its exact updates are summed from each layer's own delta
-            merged: Any = _weighted_updates(adapter, adapter_paths, weights, base)
+            merged: Any = weighted_updates(adapter, adapter_paths, weights, base)
         else:
             merged = merge_adapters([(read_adapter_file(path)[0], adapter.config) for path in adapter_paths],
                                     weights, method="linear", base_weights=base)
@@ -238,26 +238,6 @@ def merged_predict(
         merge_into_base(net, merged)
         net.eval()
         return ravel(predict(net, load_dataset(test_tokens)))
-
-
-def _weighted_updates(adapter: Any, adapter_paths: Sequence[Path], weights: Sequence[float],
-                      base: Mapping[str, Any]) -> Any:
-    """The weighted sum of each adapter's effective update per layer (``fuse() - base``, exact for
-    LoRA and DoRA), and its weighted head loaded into the adapter's model."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten, tree_unflatten
-
-    deltas: dict[str, Any] = {}
-    head: dict[str, Any] = {}
-    for w, path in zip(weights, adapter_paths, strict=True):
-        adapter.load(path)
-        for name, layer in adapter.layers.items():
-            update = (layer.fuse().weight - base[name]) * w
-            deltas[name] = update if name not in deltas else deltas[name] + update
-        for key, value in tree_flatten(adapter.model.head.parameters()):
-            head[key] = value * w if key not in head else head[key] + value * w
-    adapter.model.head.update(tree_unflatten(list(head.items())))
-    return {name: np.asarray(delta.astype(mx.float32)) for name, delta in deltas.items()}
 
 
 def _unwrap_lora_layers(net: Any, adapter: Any, base: Mapping[str, Any]) -> None:
