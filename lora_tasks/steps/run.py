@@ -146,7 +146,8 @@ def run_pipeline(
             for k in range(n_folds):
                 folds.append(train_adapter(prepared, set_plan, set_tokens, k, paths.artifacts, model=set_model,
                                            progress=progress, run_start=run_start, members=members if k == 0 else (),
-                                           epochs=folds[0].later_epochs if folds else None))
+                                           epochs=folds[0].later_epochs if folds else None,
+                                           refresh=options.refresh))
             return set_tokens, folds
 
         tokens, results = train_set(model, plan, baselines)
