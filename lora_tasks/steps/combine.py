@@ -245,6 +245,8 @@ def _unwrap_lora_layers(net: Any, adapter: Any, base: Mapping[str, Any]) -> None
     :func:`~lora_tasks.lora.merge.merge_into_base` folds updates into a plain base model."""
     import mlx.nn as nn
 
+    from lora_tasks.lora.adapter import set_child
+
     modules = dict(net.named_modules())
     for name, layer in adapter.layers.items():
         plain = nn.Linear(*reversed(base[name].shape), bias="bias" in layer.linear)
@@ -252,8 +254,4 @@ def _unwrap_lora_layers(net: Any, adapter: Any, base: Mapping[str, Any]) -> None
         if "bias" in layer.linear:
             plain.bias = layer.linear.bias
         parent_name, _, child = name.rpartition(".")
-        parent = modules[parent_name]
-        if isinstance(parent, list):
-            parent[int(child)] = plain
-        else:
-            parent[child] = plain
+        set_child(modules[parent_name], child, plain)
