@@ -157,6 +157,23 @@ def test_adapters_far_behind_the_members_give_later_folds_fewer_epochs(creds, tm
     assert np.isfinite(np.load(second.oof_path)).sum() == second.n_valid, "the later fold still predicts its rows"
 
 
+def test_the_flow_makes_the_members_decision_before_its_later_folds(harness, creds, tmp_path):
+    """Through Prefect as well: fold 0 is compared with the members, and the later fold is
+    submitted with the epochs it decided (the summary's CV rows show how many each trained)."""
+    from lora_tasks.prefect.flow import kaggle_lora
+
+    served = tmp_path / "served"
+    build_demo_competition(served)
+    with fk.serve(served) as server:
+        summary = kaggle_lora(_options(tmp_path / "work", kaggle_endpoint=server.url, folds=2, epochs=4,
+                                       time_limit="1h", retry_delay_s=0.05))
+    first, second = summary.cv
+    assert first["epochs"] >= 2, summary.cv  # it trained up to the members check
+    assert second["epochs"] < 4, f"the later fold kept the plan's 4 epochs: {summary.cv}"
+    assert summary.task_states["train-fold-0"] == "Completed"
+    assert math.isfinite(summary.oof_score)
+
+
 RUN_TO_LOG = """
 import sys
 from lora_tasks import steps

@@ -20,6 +20,7 @@ def cv_rows(results: Sequence[AdapterResult], label: str = "fold") -> list[dict[
             "adapter": f"{label} {r.fold}",
             "train rows": r.n_train,
             "valid rows": r.n_valid,
+            "epochs": len(r.history),  # fewer than planned: the time limit or the members decision cut them
             "best epoch": r.best_epoch,
             f"valid {r.metric}": None if r.best_score is None else round(float(r.best_score), 5),
             "seconds": round(r.seconds, 1),

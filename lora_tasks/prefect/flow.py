@@ -26,6 +26,7 @@ from lora_tasks.steps.adapter_sets import AdapterSet, adapter_set_overrides, che
 from lora_tasks.steps.download import kaggle_endpoint, needs_offline_server
 from lora_tasks.steps.plan import OVERRIDABLE, Plan
 from lora_tasks.steps.run import RunPaths, run_adapter_sets
+from lora_tasks.steps.train import BaselineResult, members_decide
 
 
 @dataclass
@@ -77,16 +78,25 @@ def plan_adapter_set(tasks: RunTasks, states: StateLog, options: RunOptions, fol
 
 def submit_folds(tasks: RunTasks, states: StateLog, prepared: Path, plan: Path, tokens: Any, paths: RunPaths,
                  model: str | None, label: str = "", refresh: bool = False,
-                 run_start: float | None = None) -> list[Any]:
+                 run_start: float | None = None, members: list[BaselineResult] | None = None) -> list[Any]:
     """The fold-training futures of one adapter set (tasks ``train-fold-0`` or ``train-<set>-fold-0``);
     none when the plan has no adapters (``no_adapters``). ``refresh`` also starts each fold afresh
-    instead of resuming its checkpoint; ``run_start`` is the clock the run's time limit counts from."""
+    instead of resuming its checkpoint; ``run_start`` is the clock the run's time limit counts from.
+
+    ``members`` (the fitted scikit-learn members): when fold 0 can compare the adapters with them
+    (:func:`~lora_tasks.steps.train.members_decide`), the later folds are submitted once fold 0 has
+    decided their epochs, as ``run_pipeline`` does; otherwise every fold is submitted at once."""
     loaded = Plan.load(plan)
     if loaded.no_adapters:
         return []
     train = tasks.train_adapter if not label else tasks.train_adapter.with_options(task_run_name=f"train-{label}-fold-{{fold}}")
-    return [train.submit(prepared, plan, tokens, k, paths.artifacts, model, refresh, run_start)
-            for k in range(loaded.n_folds)]
+    folds = range(loaded.n_folds)
+    if not members or not members_decide(loaded, members):
+        return [train.submit(prepared, plan, tokens, k, paths.artifacts, model, refresh, run_start) for k in folds]
+    first = train.submit(prepared, plan, tokens, 0, paths.artifacts, model, refresh, run_start, members)
+    decided = states.result(f"train-{label}-fold-0" if label else "train-fold-0", first)
+    return [first] + [train.submit(prepared, plan, tokens, k, paths.artifacts, model, refresh, run_start, None,
+                                   decided.later_epochs) for k in folds[1:]]
 
 
 # log_prints stays off: with it, Prefect reroutes print() to the logger, past the
@@ -119,11 +129,13 @@ def kaggle_lora(options: RunOptions) -> RunSummary:
         slug = Plan.load(plan).slug
         set_plans = {s: plan_adapter_set(tasks, states, options, folder, paths, plan, s) for s in sets}
 
-        tokens = states.result("tokenize", tasks.tokenize.submit(prepared, plan, paths.tokens, model))
         baseline_future = (tasks.train_baselines.submit(competition, folder, prepared, plan, paths.artifacts)
                            if options.uses_baseline else None)
+        tokens = states.result("tokenize", tasks.tokenize.submit(prepared, plan, paths.tokens, model))
+        # the members first (seconds): fold 0 compares the adapters with them (the members decision)
+        baselines = states.result("train-baselines", baseline_future) if baseline_future is not None else []
         fold_futures = submit_folds(tasks, states, prepared, plan, tokens, paths, model, refresh=options.refresh,
-                                    run_start=run_start)
+                                    run_start=run_start, members=baselines)
         set_futures = {}
         for s, set_plan in set_plans.items():
             set_tokens = states.result(f"tokenize-{s.member}", tasks.tokenize.with_options(
@@ -134,7 +146,6 @@ def kaggle_lora(options: RunOptions) -> RunSummary:
         results = [states.result(f"train-fold-{k}", f) for k, f in enumerate(fold_futures)]
         set_results = {name: [states.result(f"train-{name}-fold-{k}", f) for k, f in enumerate(futures)]
                        for name, futures in set_futures.items()}
-        baselines = states.result("train-baselines", baseline_future) if baseline_future is not None else []
 
         combined = states.result("combine", tasks.combine.submit(
             prepared, plan, results, paths.artifacts, options.combine, tokens, model, baselines, options.blend_method,

@@ -274,16 +274,18 @@ def tokenize_task(prepared: Path, plan: Path, cache_dir: Path, model: str | None
 @task(name="train-adapter", task_run_name="train-fold-{fold}",
       cache_policy=_policy(train_adapter, by_value=("out_dir",), exclude=("refresh", "run_start")), persist_result=True)
 def train_task(prepared: Path, plan: Path, tokens: TokenFiles, fold: int, out_dir: Path, model: str | None = None,
-               refresh: bool = False, run_start: float | None = None) -> AdapterResult:
+               refresh: bool = False, run_start: float | None = None, members: list[BaselineResult] | None = None,
+               epochs: int | None = None) -> AdapterResult:
     """One fold's adapter; a progress artifact follows the training, and progress lines (every 30 s
     and at each epoch end) go to the run's logs, where a deployment's or a redirected run's output
     is read. ``refresh`` (the run's ``--refresh``) also starts the fold afresh instead of resuming
     an existing checkpoint; ``run_start`` (the run's ``time.time()``) lets the fold keep the run's
-    time limit. Neither is part of the cache key."""
+    time limit. Neither is part of the cache key. ``members`` (fold 0) and ``epochs`` (the later
+    folds) carry the members decision, as in :func:`~lora_tasks.steps.train.train_adapter`."""
     progress = Tee(PrefectProgress(f"fold {fold}"), progress_for_output(logger=get_run_logger()))
     with running_step(f"train fold {fold}"):
         return train_adapter(prepared, plan, tokens, fold, out_dir, model=model, progress=progress,
-                             refresh=refresh, run_start=run_start)
+                             refresh=refresh, run_start=run_start, members=members or (), epochs=epochs)
 
 
 @task(name="train-baselines", cache_policy=_policy(train_baselines, by_value=("out_dir",)), persist_result=True)

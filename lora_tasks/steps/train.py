@@ -131,11 +131,19 @@ def epoch_budget(plan: Plan, run_start: float | None) -> EpochBudget | None:
                        float(plan.epoch_s), float(plan.predict_s or 0.0), float(plan.reserve_s or 0.0))
 
 
+def members_decide(plan: Plan, members: Sequence[BaselineResult], epochs: int | None = None) -> bool:
+    """Whether the first fold compares the adapters with ``members`` and so decides the later
+    folds' epochs: not without members, with one epoch (``epochs``, default the plan's), the loss
+    as metric or one fold. A runner that trains folds at once waits for fold 0 only then."""
+    epochs = int(plan.settings.epochs) if epochs is None else epochs
+    return bool(members) and epochs >= 2 and plan.train_metric is not None and plan.n_folds >= 2
+
+
 def _members_check(plan: Plan, prepared: Prepared, members: Sequence[BaselineResult], valid_idx: np.ndarray,
                    epochs: int) -> MembersCheck | None:
     """The best member's score on this fold's held-out rows, on the adapters' validation metric;
-    None when there is nothing to compare (no members, one epoch, the loss as metric, one fold)."""
-    if not members or epochs < 2 or plan.train_metric is None or plan.n_folds < 2:
+    None when :func:`members_decide` says there is nothing to compare."""
+    if not members_decide(plan, members, epochs):
         return None
     from lora_tasks.metrics import get_metric  # imports scikit-learn (seconds)
 
