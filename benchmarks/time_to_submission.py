@@ -2,7 +2,8 @@
 within ``--time-limit`` 5, 15 and 60 minutes, on titanic, house-prices and nlp-getting-started.
 
     python benchmarks/time_to_submission.py [--competitions titanic,house-prices,nlp-getting-started]
-        [--limits 5m,15m,60m] [--subset nlp-getting-started:5m=2500] [--no-peer] [--force] [--plot-only]
+        [--limits 5m,15m,60m] [--peer-limits 5m] [--subset nlp-getting-started:5m=2500] [--no-peer]
+        [--force] [--plot-only]
 
 Each trial runs ``kaggle-lora run --competition C --time-limit L --no-submit`` in a fresh work
 folder (nothing cached, the cost probe included) against the fake Kaggle server serving
@@ -229,12 +230,14 @@ def main() -> None:
     p.add_argument("--limits", default="5m,15m,60m")
     p.add_argument("--subset", action="append", default=["nlp-getting-started:5m=2500"],
                    metavar="COMPETITION:LIMIT=ROWS", help="train on a seeded row subset at that limit")
+    p.add_argument("--peer-limits", default=None, help="limits AutoGluon runs at (default: --limits)")
     p.add_argument("--no-peer", action="store_true", help="skip AutoGluon")
     p.add_argument("--force", action="store_true", help="run trials already in the result file again")
     p.add_argument("--plot-only", action="store_true")
     args = p.parse_args()
     trials = load_trials()
     subsets = parse_subsets(args.subset)
+    peer_limits = (args.peer_limits or args.limits).split(",")
     if not args.plot_only:
         done = {t.key for t in trials if t.oof is not None}
         solutions = derive_solutions(DATASETS, Path(tempfile.mkdtemp(prefix="kl-tts-solutions-")))
@@ -245,7 +248,7 @@ def main() -> None:
                 todo = [("sklearn-members", "5m", None)] + [
                     (system, limit, subsets.get((name, parse_duration(limit))))
                     for limit in args.limits.split(",") for system in ("kaggle-lora", "autogluon")
-                    if not (system == "autogluon" and args.no_peer)]
+                    if system == "kaggle-lora" or (not args.no_peer and limit in peer_limits)]
                 for system, limit, rows in todo:
                     if (name, system, parse_duration(limit), rows) in done and not args.force:
                         continue

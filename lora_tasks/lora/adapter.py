@@ -26,7 +26,7 @@ from mlx.utils import tree_flatten
 
 from lora_tasks import __version__
 from lora_tasks.lora.config import LoRAConfig, is_fused_qkv, layer_index, path_has_prefix
-from lora_tasks.lora.layers import DoRALinear, LoRALinear, SlicedLoRALinear, linear_dims
+from lora_tasks.lora.layers import DoRALinear, LoRALinear, SlicedLoRALinear, linear_dims, set_child
 from lora_tasks.lora.quantized import QLoRALinear, QSlicedLoRALinear, quantize_base
 
 HEAD_ATTR = "head"
@@ -410,14 +410,6 @@ def check_base_model(metadata: Mapping[str, str], model: nn.Module, path: str | 
 def apply_lora(model: nn.Module, config: LoRAConfig, freeze_base: bool = True) -> LoRAAdapter:
     """Add LoRA layers to ``model`` in place and return their :class:`LoRAAdapter`."""
     return LoRAAdapter(model, config, freeze_base=freeze_base)
-
-
-def set_child(parent: Any, name: str, child: nn.Module) -> None:
-    """Replace the child ``name`` of a module (or an index of a module list) in place."""
-    if isinstance(parent, list):
-        parent[int(name)] = child
-    else:
-        parent[name] = child
 
 
 def describe(adapter: LoRAAdapter) -> str:

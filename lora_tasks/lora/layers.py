@@ -12,6 +12,7 @@ can later supply a dequantized weight there without touching the rest of the lay
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -282,3 +283,11 @@ class SlicedLoRALinear(LoRALinear):
         lead = x.shape[:-1]
         pieces = self._blocks(per, self._dims[0], lambda k: mx.zeros((*lead, k), dtype=x.dtype))
         return mx.concatenate(pieces, axis=-1)
+
+
+def set_child(parent: Any, name: str, child: nn.Module) -> None:
+    """Replace the child ``name`` of a module (or an index of a module list) in place."""
+    if isinstance(parent, list):
+        parent[int(name)] = child
+    else:
+        parent[name] = child

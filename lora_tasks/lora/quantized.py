@@ -25,7 +25,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from lora_tasks.backend import is_cpu_backend
-from lora_tasks.lora.layers import LoRALinear, SlicedLoRALinear
+from lora_tasks.lora.layers import LoRALinear, SlicedLoRALinear, set_child
 
 log = logging.getLogger("lora_tasks")
 
@@ -149,11 +149,7 @@ def quantize_embeddings(
 
 def _replace(modules: dict[str, nn.Module], path: str, new: nn.Module) -> None:
     parent_path, _, name = path.rpartition(".")
-    parent = modules[parent_path]
-    if isinstance(parent, list):
-        parent[int(name)] = new
-    else:
-        parent[name] = new
+    set_child(modules[parent_path], name, new)
 
 
 def _check_bits(bits: int, group_size: int) -> None:
