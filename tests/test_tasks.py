@@ -3,6 +3,7 @@ artifact renderers, and network retries inside a real flow run against the fake 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -72,6 +73,23 @@ def test_cache_key_moves_along_the_repair_chain(tmp_path):
     record_outputs(results, out)
     out.unlink()
     assert policy.usable_key(store, "k0") not in ("k0", repaired)
+
+
+def test_the_manifest_hook_adds_no_info_lines_to_a_runs_log(tmp_path, caplog):
+    """Prefect announces every on_completion hook at INFO on its task-run logger; a configured run
+    drops those two lines for the manifest hook (they doubled every task's lines) but keeps the
+    hook's errors and every other line."""
+    from prefect.logging import get_logger
+
+    tasks.configure(tmp_path)
+    task_runs = get_logger("task_runs")
+    with caplog.at_level(logging.INFO, logger=task_runs.name):
+        task_runs.info("Running hook 'record_manifest_hook' in response to entering state 'Completed'")
+        task_runs.info("Hook 'record_manifest_hook' finished running successfully")
+        task_runs.error("An error was encountered while running hook 'record_manifest_hook'")
+        task_runs.info("Finished in state Completed()")
+    assert [r.getMessage() for r in caplog.records] == [
+        "An error was encountered while running hook 'record_manifest_hook'", "Finished in state Completed()"]
 
 
 def test_a_cached_result_without_its_manifest_is_not_trusted(tmp_path):

@@ -179,6 +179,23 @@ def record_manifest_hook(task_obj: Any, task_run: Any, state: Any) -> None:
         record_outputs(storage, state.result())
 
 
+class QuietManifestHook(logging.Filter):
+    """Drops Prefect's two INFO lines around :func:`record_manifest_hook` ("Running hook ...",
+    "Hook ... finished running successfully"): bookkeeping that doubled every task's lines in a
+    run's log. The hook's errors still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not (record.levelno <= logging.INFO and "'record_manifest_hook'" in text)
+
+
+def quiet_manifest_hook_logs() -> None:
+    """Install :class:`QuietManifestHook` on Prefect's task-run logger (once)."""
+    logger = logging.getLogger("prefect.task_runs")
+    if not any(isinstance(f, QuietManifestHook) for f in logger.filters):
+        logger.addFilter(QuietManifestHook())
+
+
 def _policy(fn: Callable, *, by_value: Iterable[str] = (), exclude: Iterable[str] = ()) -> ContentCache:
     return ContentCache(library_fn=fn, by_value=tuple(by_value), exclude=tuple(exclude))
 
@@ -366,6 +383,7 @@ def configure(work_dir: str | os.PathLike, *, retry_delay_s: float | None = None
     records the manifest of its output files when it completes (:func:`record_manifest_hook`)."""
     storage = results_dir(work_dir)
     storage.mkdir(parents=True, exist_ok=True)
+    quiet_manifest_hook_logs()
 
     def configured(task_obj: Any) -> Any:
         options: dict[str, Any] = {"result_storage": storage}
