@@ -112,90 +112,107 @@ def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list
         overrides["layers_to_transform"] = tuple(range(n_layers - top, n_layers))
     preset = args.preset or ("balanced" if settings.preset.startswith("qlora") else settings.preset)
 
-    def make_model(k: int):
-        model, _ = create_bert_with_lora(head, preset, 1, model=args.model, seed=k, **overrides)
+    by_dtype: dict[str, dict[str, float]] = {}  # dtype -> row name (without the dtype) -> value
+    for dtype in args.compute_dtypes.split(","):
+        tag = "" if args.compute_dtypes == "float32" else f" {dtype}"
+        start = len(rows)
+
+        def make_model(k: int, dtype: str = dtype):  # called within this iteration
+            model, _ = create_bert_with_lora(head, preset, 1, model=args.model, seed=k, compute_dtype=dtype,
+                                             **overrides)
+            if top:
+                from lora_tasks.prefix_cache import FromPrefix, first_adapted_layer
+
+                return FromPrefix(model, first_adapted_layer(model))
+            return model
+
+        train_data = data
         if top:
-            from lora_tasks.prefix_cache import FromPrefix, first_adapted_layer
+            from lora_tasks.prefix_cache import prefix_dataset
 
-            return FromPrefix(model, first_adapted_layer(model))
-        return model
+            t = time.perf_counter()
+            base, _ = create_bert_with_lora(head, preset, 1, model=args.model, seed=0, compute_dtype=dtype,
+                                            **overrides)
+            _, train_data = prefix_dataset(base, data, cache_dir=CACHE / "prefix")
+            print(f"prefix states computed in {time.perf_counter() - t:.1f} s")
+        tcfg = TrainConfig(epochs=epochs, batch_size=settings.batch_size, learning_rate=args.lr or settings.learning_rate,
+                           metric=None if head == "regression" else cfg.metric,
+                           class_weights=settings.class_weight, early_stopping_patience=None)
+        # LoRA OOF predictions are kept by their settings, so a rerun only re-blends (--retrain to refit)
+        key = (f"{slug}-{preset}-e{epochs}-t{max_len}-top{top}-lr{tcfg.learning_rate}-n{len(train_df)}-k{args.folds}"
+               f"-tpl{template.fingerprint()[:8]}" + (f"-m{Path(args.model).name}" if args.model else "")
+               + (f"-d{args.dropout:g}" if args.dropout is not None else "")
+               + ("" if dtype == "float32" else f"-{dtype}"))
+        oof_file = CACHE / "oof" / f"{key}.npz"
+        if oof_file.exists() and not args.retrain:
+            saved = np.load(oof_file)
+            oof, wall = saved["oof"], float(saved["wall"])
+            best_epochs = saved["best_epochs"].tolist() if "best_epochs" in saved else None
+            print(f"LoRA OOF from {oof_file} (trained in {wall:.0f} s)")
+        else:
+            t = time.perf_counter()
+            ckpt_root = CACHE / "ckpt" / key  # a stopped run resumes from each fold's last finished epoch
+            res = cross_validate(make_model, train_data, None, cfg=tcfg, folds=folds,
+                                 checkpoint_root=ckpt_root, progress=LogProgress(every_s=120), name=f"{name} fold")
+            # training time of every epoch, also those of earlier calls that this one resumed from
+            wall = sum(h["seconds"] for r in res.fold_results for h in r.history)
+            print(f"{len(res.fold_results)} folds trained ({wall:.0f} s of epochs; this call {time.perf_counter() - t:.0f} s)")
+            oof = res.oof
+            best_epochs = [r.best_epoch for r in res.fold_results]
+            oof_file.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(oof_file.with_suffix(".tmp.npz"), oof=oof, wall=wall, best_epochs=np.asarray(best_epochs))
+            oof_file.with_suffix(".tmp.npz").replace(oof_file)
+            shutil.rmtree(ckpt_root, ignore_errors=True)
+        ours = score(oof)
+        rows.append(row(f"{name} lora{tag} {preset} {args.folds}-fold {cfg.metric}", ours, cfg.metric, anchor_score,
+                        higher_is_better=metric.greater_is_better, wall_s=round(wall, 1), rows=len(train_df),
+                        epochs=epochs, top_layers=top or "all", max_seq_len=max_len,
+                        # each fold keeps its best epoch by its own validation score (as the flow does):
+                        # an epoch other than the last means the OOF score includes that choice
+                        best_epochs=best_epochs,
+                        settings=dataclasses.asdict(settings) | {"reasons": None}))
 
-    train_data = data
-    if top:
-        from lora_tasks.prefix_cache import prefix_dataset
-
-        t = time.perf_counter()
-        base, _ = create_bert_with_lora(head, preset, 1, model=args.model, seed=0, **overrides)
-        _, train_data = prefix_dataset(base, data, cache_dir=CACHE / "prefix")
-        print(f"prefix states computed in {time.perf_counter() - t:.1f} s")
-    tcfg = TrainConfig(epochs=epochs, batch_size=settings.batch_size, learning_rate=args.lr or settings.learning_rate,
-                       metric=None if head == "regression" else cfg.metric,
-                       class_weights=settings.class_weight, early_stopping_patience=None)
-    # LoRA OOF predictions are kept by their settings, so a rerun only re-blends (--retrain to refit)
-    key = (f"{slug}-{preset}-e{epochs}-t{max_len}-top{top}-lr{tcfg.learning_rate}-n{len(train_df)}-k{args.folds}"
-           f"-tpl{template.fingerprint()[:8]}" + (f"-m{Path(args.model).name}" if args.model else "")
-           + (f"-d{args.dropout:g}" if args.dropout is not None else ""))
-    oof_file = CACHE / "oof" / f"{key}.npz"
-    if oof_file.exists() and not args.retrain:
-        saved = np.load(oof_file)
-        oof, wall = saved["oof"], float(saved["wall"])
-        best_epochs = saved["best_epochs"].tolist() if "best_epochs" in saved else None
-        print(f"LoRA OOF from {oof_file} (trained in {wall:.0f} s)")
-    else:
-        t = time.perf_counter()
-        ckpt_root = CACHE / "ckpt" / key  # a stopped run resumes from each fold's last finished epoch
-        res = cross_validate(make_model, train_data, None, cfg=tcfg, folds=folds,
-                             checkpoint_root=ckpt_root, progress=LogProgress(every_s=120), name=f"{name} fold")
-        # training time of every epoch, also those of earlier calls that this one resumed from
-        wall = sum(h["seconds"] for r in res.fold_results for h in r.history)
-        print(f"{len(res.fold_results)} folds trained ({wall:.0f} s of epochs; this call {time.perf_counter() - t:.0f} s)")
-        oof = res.oof
-        best_epochs = [r.best_epoch for r in res.fold_results]
-        oof_file.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(oof_file.with_suffix(".tmp.npz"), oof=oof, wall=wall, best_epochs=np.asarray(best_epochs))
-        oof_file.with_suffix(".tmp.npz").replace(oof_file)
-        shutil.rmtree(ckpt_root, ignore_errors=True)
-    ours = score(oof)
-    rows.append(row(f"{name} lora {preset} {args.folds}-fold {cfg.metric}", ours, cfg.metric, anchor_score,
-                    higher_is_better=metric.greater_is_better, wall_s=round(wall, 1), rows=len(train_df),
-                    epochs=epochs, top_layers=top or "all", max_seq_len=max_len,
-                    # each fold keeps its best epoch by its own validation score (as the flow does):
-                    # an epoch other than the last means the OOF score includes that choice
-                    best_epochs=best_epochs,
-                    settings=dataclasses.asdict(settings) | {"reasons": None}))
-
-    # The flow's default combine: the adapters blended with the anchor by Caruana selection on
-    # OOF rows, on the training scale (log1p prices). The honest number is the nested one: the
-    # selection fit on the other folds, scored on each held-out fold.
-    blend_metric = "rmse" if log1p else cfg.metric
-    lora_oof = oof[:, 0] if oof.ndim == 2 and oof.shape[1] == 1 else oof
-    members = {a.name: np.log1p(np.clip(a.oof, 0, None)) if log1p else a.oof for a in anchors}
-    # F1 (threshold "auto"): the flow also fits the label cut on OOF rows; nested like the weights
-    tune = tunes_threshold(cfg.submission.threshold, cfg.metric, cfg.task_type == "binary")
-    if tune:
-        rows.append(row(f"{name} lora {preset} {args.folds}-fold, cut fit out-of-fold (nested) {cfg.metric}",
-                        nested_threshold_score(metric, y, lora_oof, folds), cfg.metric, anchor_score,
-                        higher_is_better=metric.greater_is_better))
-    adapters = {"lora": lora_oof}
-    for i, other in enumerate(k.strip() for k in args.also.split(",") if k.strip()):
-        path = CACHE / "oof" / f"{other}.npz"
-        if not path.exists():
-            raise SystemExit(f"--also {other}: no kept OOF predictions at {path}; run those settings first.")
-        kept = np.load(path)
-        extra = kept["oof"][:, 0] if kept["oof"].ndim == 2 and kept["oof"].shape[1] == 1 else kept["oof"]
-        adapters[f"lora_{i + 2}"] = extra
-        rows.append(row(f"{name} lora_{i + 2} ({other}) {cfg.metric}", score(extra), cfg.metric, anchor_score,
-                        higher_is_better=metric.greater_is_better, wall_s=round(float(kept["wall"]), 1)))
-    candidates = ([members] if len(members) > 1 else []) + [{"lora": lora_oof, **members}]
-    if len(adapters) > 1:
-        candidates += [adapters, {**adapters, **members}]
-    for chosen in candidates:
-        blended = blend("caruana", chosen, None, y, blend_metric, folds, tune_threshold=tune)
-        extra = {"threshold": blended.threshold} if tune else {}
-        rows.append(row(f"{name} blend {'+'.join(chosen)} (caruana, nested) {cfg.metric}", blended.report.blend_cv_score,
-                        cfg.metric, anchor_score, higher_is_better=metric.greater_is_better,
-                        in_sample=round(blended.report.blend_score if tune else score(blended.oof_pred), 4),
-                        weights={k: round(v, 3) for k, v in blended.weights.items()}, **extra))
+        # The flow's default combine: the adapters blended with the anchor by Caruana selection on
+        # OOF rows, on the training scale (log1p prices). The honest number is the nested one: the
+        # selection fit on the other folds, scored on each held-out fold.
+        blend_metric = "rmse" if log1p else cfg.metric
+        lora_oof = oof[:, 0] if oof.ndim == 2 and oof.shape[1] == 1 else oof
+        members = {a.name: np.log1p(np.clip(a.oof, 0, None)) if log1p else a.oof for a in anchors}
+        # F1 (threshold "auto"): the flow also fits the label cut on OOF rows; nested like the weights
+        tune = tunes_threshold(cfg.submission.threshold, cfg.metric, cfg.task_type == "binary")
+        if tune:
+            rows.append(row(f"{name} lora{tag} {preset} {args.folds}-fold, cut fit out-of-fold (nested) {cfg.metric}",
+                            nested_threshold_score(metric, y, lora_oof, folds), cfg.metric, anchor_score,
+                            higher_is_better=metric.greater_is_better))
+        adapters = {"lora": lora_oof}
+        for i, other in enumerate(k.strip() for k in args.also.split(",") if k.strip()):
+            path = CACHE / "oof" / f"{other}.npz"
+            if not path.exists():
+                raise SystemExit(f"--also {other}: no kept OOF predictions at {path}; run those settings first.")
+            kept = np.load(path)
+            extra = kept["oof"][:, 0] if kept["oof"].ndim == 2 and kept["oof"].shape[1] == 1 else kept["oof"]
+            adapters[f"lora_{i + 2}"] = extra
+            rows.append(row(f"{name} lora_{i + 2} ({other}) {cfg.metric}", score(extra), cfg.metric, anchor_score,
+                            higher_is_better=metric.greater_is_better, wall_s=round(float(kept["wall"]), 1)))
+        candidates = ([members] if len(members) > 1 else []) + [{"lora": lora_oof, **members}]
+        if len(adapters) > 1:
+            candidates += [adapters, {**adapters, **members}]
+        for chosen in candidates:
+            blended = blend("caruana", chosen, None, y, blend_metric, folds, tune_threshold=tune)
+            extra = {"threshold": blended.threshold} if tune else {}
+            rows.append(row(f"{name} blend{tag} {'+'.join(chosen)} (caruana, nested) {cfg.metric}", blended.report.blend_cv_score,
+                            cfg.metric, anchor_score, higher_is_better=metric.greater_is_better,
+                            in_sample=round(blended.report.blend_score if tune else score(blended.oof_pred), 4),
+                            weights={k: round(v, 3) for k, v in blended.weights.items()}, **extra))
+        by_dtype[dtype] = {r["name"].replace(tag, ""): r["value"] for r in rows[start:]}
+    if len(by_dtype) > 1:  # each later dtype against the first, row by row (the same folds and members)
+        first, *others = by_dtype
+        for other in others:
+            for key, value in by_dtype[other].items():
+                ref = by_dtype[first].get(key)
+                if ref is not None:
+                    rows.append(row(f"{key} {other} - {first}", value - ref, cfg.metric,
+                                    within_0_005=abs(value - ref) <= 0.005))
     return rows
 
 
@@ -213,6 +230,8 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--name", default="quality")
     ap.add_argument("--also", default="", help="kept OOF settings keys (cache file stems) to blend in as more adapters")
+    ap.add_argument("--compute-dtypes", default="float32",
+                    help="float32, bfloat16 or both (float32,bfloat16: the same folds, and each row's difference)")
     ap.add_argument("--retrain", action="store_true", help="train the adapters even when their OOF predictions are kept")
     args = ap.parse_args()
     # each fold's epochs, and a line every two minutes inside long ones (output often goes to a file)

@@ -156,7 +156,8 @@ def result_rows(trials: list[Trial]) -> list[dict]:
     out = []
     for t in sorted(trials, key=lambda t: (t.competition, t.system, t.limit_s)):
         comp = COMPETITIONS[t.competition]
-        label = f"{t.competition} {t.system} {format_duration(t.limit_s)}{f' ({t.rows} rows)' if t.rows else ''}"
+        label = (f"{t.competition} scikit-learn members alone" if t.system == "sklearn-members" else
+                 f"{t.competition} {t.system} {format_duration(t.limit_s)}{f' ({t.rows} rows)' if t.rows else ''}")
         trial = dataclasses.asdict(t)
         if t.oof is None:
             out.append(row(f"{label}: failed", t.wall_s, "s", trial=trial))

@@ -399,7 +399,8 @@ def train(
                 name, epoch, cfg.epochs, step, total_steps, row["train_loss"], samples_done / max(elapsed, 1e-9),
                 0.0, row.get(f"valid_{result.metric}"), result.metric, epoch_end=True,
             ))
-        log.info("%s: %s", name, row)
+        log.info("%s: epoch %d of %d done in %.1f s: %s", name, epoch, cfg.epochs, row["seconds"], ", ".join(
+            f"{k.replace('_', ' ')} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds")))
         if should_stop is not None and epoch < cfg.epochs and should_stop(epoch, [h.get("seconds", 0.0) for h in result.history]):
             result.stopped_early = result.stopped_for_time = True
             log.info("%s: stopped after epoch %d of %d to keep the time limit", name, epoch, cfg.epochs)

@@ -115,7 +115,7 @@ def test_sigterm_during_training_stops_in_seconds_and_the_rerun_resumes(tmp_path
     work = tmp_path / "work"
     run = Cli(_demo_args(work), cli_env)
     try:
-        run.wait_for("fold 0: {'epoch': 1")  # training is under way and epoch 1 is checkpointed
+        run.wait_for("fold 0: epoch 1 of")  # training is under way and epoch 1 is checkpointed
         run.proc.send_signal(signal.SIGTERM)
         code = run.finish(STOP_WAIT_S)
     finally:
