@@ -162,7 +162,7 @@ def result_rows(trials: list[Trial]) -> list[dict]:
         if t.oof is None:
             out.append(row(f"{label}: failed", t.wall_s, "s", trial=trial))
             continue
-        peer = peers.get((t.competition, t.limit_s, t.rows)) if t.system != "autogluon" else None
+        peer = peers.get((t.competition, t.limit_s, t.rows)) if t.system == "kaggle-lora" else None
         out.append(row(f"{label}: OOF {comp.metric}", t.oof, comp.metric, peer.oof if peer else None,
                        comp.higher_is_better, trial=trial))
         if t.nested is not None:
