@@ -76,6 +76,20 @@ def test_top_layers_cost_less_per_epoch_and_pay_the_prefix_once():
     assert top.reason.startswith("estimated ") and "5 folds × 4 epochs ×" in top.reason and "prefix" in top.reason
 
 
+def test_cutting_a_wide_tables_rows_cuts_every_part_of_the_cost():
+    wide = Workload(train_rows=1460, test_rows=1459, max_seq_len=512, mean_tokens=420.0, columns=80)
+    whole = estimate_cost(Candidate("top2", 2, 2, 2, 16, 512), wide, COSTS, MEMBERS)
+    cut = estimate_cost(Candidate("top2_seq128", 2, 2, 2, 16, 128), wide, COSTS, MEMBERS)
+    assert cut.prefix_s < whole.prefix_s / 3 and cut.epoch_s < whole.epoch_s / 3
+    assert cut.predict_s < whole.predict_s / 3 and cut.members_s == whole.members_s
+    assert "at most 128 tokens a row" in cut.candidate.describe()
+    short = estimate_cost(Candidate("short", 2, 2, 2, 16, 128), WORK, COSTS, MEMBERS)
+    assert short.total_s == estimate_cost(Candidate("short", 2, 2, 2, 16), WORK, COSTS, MEMBERS).total_s, (
+        "a cap above the rows' width changes nothing")
+    with pytest.raises(ValueError, match="n_folds must be >= 2"):
+        Candidate("holdout", 1, 2, 2, 16)
+
+
 def test_effective_width_follows_the_mean_length_not_the_maximum():
     assert effective_width(512, 30.0) < 64
     assert effective_width(48, 300.0) == 48
@@ -113,11 +127,12 @@ def test_member_costs_grow_with_the_table_and_can_be_timed_on_a_sample():
 
 def test_ladder_is_ordered_from_costliest_to_cheapest_without_repeats():
     cands = candidates(BASE)
-    assert cands[0].name == LADDER[0].name and cands[-1].n_folds == 1
+    assert cands[0].name == LADDER[0].name and cands[-1].max_seq_len == LADDER[-1].max_seq_len
+    assert all(c.n_folds >= 2 for c in cands), "every rung keeps out-of-fold predictions for every row"
     totals = [estimate_cost(c, WORK, COSTS, MEMBERS).total_s for c in cands]
     assert totals == sorted(totals, reverse=True)
     already_top2 = candidates(Candidate("rules", 5, 3, 2, 64))
-    assert len({(c.n_folds, c.epochs, c.top_layers) for c in already_top2}) == len(already_top2) < len(cands)
+    assert len({(c.n_folds, c.epochs, c.top_layers, c.max_seq_len) for c in already_top2}) == len(already_top2) < len(cands)
 
 
 def test_planner_picks_cheaper_candidates_as_the_budget_shrinks():
@@ -137,7 +152,7 @@ def test_planner_picks_cheaper_candidates_as_the_budget_shrinks():
         previous, last_rank = choice.chosen.total_s, rank
         assert choice.reasons[-1].startswith("budget: chose " + choice.chosen.candidate.name)
         assert len(choice.reasons) == rank + 2  # every rung tried, then the choice
-    assert last_rank > 3  # the smallest limits reached the fold and holdout rungs
+    assert last_rank > 3  # the smallest limits reached the fold and row-length rungs
 
 
 def test_planner_refuses_clearly_when_nothing_fits():

@@ -72,6 +72,28 @@ def test_a_limit_nothing_fits_fails_before_training_and_offers_the_ways_out(cred
     assert list((work / "artifacts" / "cost-probe").glob("cost-probe-*.json")), "the probe is cached in the work dir"
 
 
+def test_a_limit_only_the_members_fit_runs_them_alone_and_says_what_adapters_need(creds, tmp_path):
+    from lora_tasks.budget.planner import PLAN_SHARE
+
+    served = tmp_path / "served"
+    build_demo_competition(served)
+    with fk.serve(served) as server:
+        roomy = steps.Plan.load(steps.plan_run(_options(tmp_path / "probe", kaggle_endpoint=server.url,
+                                                        time_limit="2h"))["lora"])
+        # room for the members and the overhead, not for the cheapest adapters
+        limit = f"{roomy.reserve_s / PLAN_SHARE + 0.05:.3f}"
+        with pytest.raises(BudgetError, match="no plan with adapters fits"):
+            steps.plan_run(_options(tmp_path / "bare", kaggle_endpoint=server.url, time_limit=limit, baseline=False))
+        result = steps.run_pipeline(_options(tmp_path / "work", kaggle_endpoint=server.url, time_limit=limit),
+                                    run_key="fallback")
+    plan = steps.Plan.load(result.plan_path)
+    assert plan.no_adapters and result.adapters == [] and result.combined.weights
+    fallback = [r for r in plan.settings.reasons if "members alone" in r]
+    assert fallback and "--time-limit" in fallback[0], plan.settings.reasons
+    assert math.isfinite(result.combined.oof_score)
+    assert len(pd.read_csv(result.submission_path)) == len(pd.read_csv(served / "demo" / "test.csv"))
+
+
 def test_a_generous_limit_records_the_estimate_in_the_plan(creds, tmp_path):
     plans = steps.plan_run(_options(tmp_path / "work", time_limit="2h", epochs=3))
     plan = steps.Plan.load(plans["lora"])

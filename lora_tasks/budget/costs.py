@@ -143,30 +143,34 @@ class Workload:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One way to train the adapters. ``n_folds == 1`` is a holdout split (``holdout_share`` of
-    the rows validate, and only they get an out-of-fold prediction)."""
+    """One way to train the adapters: K >= 2 folds (every row gets an out-of-fold prediction),
+    epochs, adapted layers (None: every layer), batch size and the tokens kept per row (None:
+    the workload's own width)."""
 
     name: str
     n_folds: int
     epochs: int
     top_layers: int | None
     batch_size: int
-    holdout_share: float = 0.2
+    max_seq_len: int | None = None
 
     def __post_init__(self) -> None:
-        if self.n_folds < 1 or self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"candidate {self.name!r}: n_folds, epochs and batch_size must be >= 1.")
+        if self.n_folds < 2 or self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"candidate {self.name!r}: n_folds must be >= 2 (out-of-fold predictions for every "
+                             "row), epochs and batch_size >= 1.")
         if self.top_layers is not None and self.top_layers < 1:
             raise ValueError(f"candidate {self.name!r}: top_layers={self.top_layers}; use 1 or more, or None.")
+        if self.max_seq_len is not None and self.max_seq_len < 8:
+            raise ValueError(f"candidate {self.name!r}: max_seq_len={self.max_seq_len}; use 8 or more, or None.")
 
-    @property
-    def valid_share(self) -> float:
-        return self.holdout_share if self.n_folds == 1 else 1.0 / self.n_folds
+    def width(self, work: Workload) -> float:
+        """Tokens per row a batch computes: the workload's, cut to ``max_seq_len``."""
+        return work.width if self.max_seq_len is None else min(work.width, float(self.max_seq_len))
 
     def describe(self) -> str:
         layers = "every layer" if self.top_layers is None else f"top {self.top_layers} layer(s)"
-        split = "1 holdout split" if self.n_folds == 1 else f"{self.n_folds} folds"
-        return f"{split} × {self.epochs} epochs, adapters on {layers}, batch {self.batch_size}"
+        tokens = "" if self.max_seq_len is None else f", at most {self.max_seq_len} tokens a row"
+        return f"{self.n_folds} folds × {self.epochs} epochs, adapters on {layers}, batch {self.batch_size}{tokens}"
 
 
 @dataclass(frozen=True)
@@ -235,7 +239,7 @@ class CostEstimate:
     @property
     def reason(self) -> str:
         c = self.candidate
-        folds = "1 holdout split" if c.n_folds == 1 else f"{c.n_folds} folds"
+        folds = f"{c.n_folds} folds"
         parts = []
         if self.prefix_s > 0:
             parts.append(f"prefix {format_duration(self.prefix_s)}")
@@ -248,15 +252,15 @@ class CostEstimate:
 
 def estimate_cost(candidate: Candidate, work: Workload, costs: StepCosts, members: MemberCosts,
                   overhead_s: float = 0.0) -> CostEstimate:
-    """Price ``candidate`` on ``work`` with ``costs`` (scaled to the workload's effective width
-    and to the candidate's batch size: a step's cost is close to linear in rows per batch)."""
-    unit = costs.scaled_to(work.width)
+    """Price ``candidate`` on ``work`` with ``costs`` (scaled to the candidate's width and batch
+    size: a step's cost is close to linear in tokens and in rows per batch)."""
     c = candidate
+    unit = costs.scaled_to(c.width(work))
     start = None if c.top_layers is None or c.top_layers >= unit.num_layers else unit.num_layers - c.top_layers
     adapted = unit.num_layers if start is None else c.top_layers
     all_rows = work.train_rows + work.test_rows
     prefix_s = 0.0 if start is None else unit.forward_rows_s(all_rows, start)
-    valid_rows = max(1, round(work.train_rows * c.valid_share))
+    valid_rows = max(1, round(work.train_rows / c.n_folds))
     train_rows = work.train_rows - valid_rows
     step_s = unit.step_s(c.top_layers) * c.batch_size / unit.batch_size
     steps = math.ceil(max(train_rows, 1) / c.batch_size)

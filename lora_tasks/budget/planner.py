@@ -3,8 +3,11 @@
 Why a ladder written as a table (like the auto-config rules): which setting gives way first is
 a judgment about quality per second, and it must be readable, testable and shown by ``--plan``.
 The order: adapters on the top layers over the frozen-prefix cache and fewer epochs first (the
-shipped recipes train the top 2 layers at little loss), then fewer folds, then a single holdout
-split. The first rung that fits wins; each rung tried is recorded with its estimate.
+shipped recipes train the top 2 layers at little loss), then fewer folds, then shorter rows
+(a wide table's text cut to its first tokens: every part of the cost shrinks with the width, but
+the cut columns are lost to the adapters, so it comes last). The first rung that fits wins; each
+rung tried is recorded with its estimate. Every rung keeps K >= 2 folds, so every row still gets
+an out-of-fold prediction for the blend.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ class Rung:
     change: str
     top_layers: int | None = None
     epochs: int | None = None
-    n_folds: int | None = None  # 1: one holdout split
+    n_folds: int | None = None
+    max_seq_len: int | None = None  # tokens per row, the rest of a longer row cut
 
     def apply(self, base: Candidate) -> Candidate:
         top = base.top_layers
@@ -52,7 +56,10 @@ class Rung:
             top = self.top_layers if top is None else min(top, self.top_layers)
         epochs = base.epochs if self.epochs is None else min(base.epochs, self.epochs)
         folds = base.n_folds if self.n_folds is None else min(base.n_folds, self.n_folds)
-        return replace(base, name=self.name, top_layers=top, epochs=epochs, n_folds=folds)
+        seq = base.max_seq_len
+        if self.max_seq_len is not None:
+            seq = self.max_seq_len if seq is None else min(seq, self.max_seq_len)
+        return replace(base, name=self.name, top_layers=top, epochs=epochs, n_folds=folds, max_seq_len=seq)
 
 
 LADDER: tuple[Rung, ...] = (
@@ -62,8 +69,10 @@ LADDER: tuple[Rung, ...] = (
     Rung("top2_epochs2", "top 2 layers, at most 2 epochs", top_layers=2, epochs=2),
     Rung("top2_epochs2_folds3", "top 2 layers, 2 epochs, at most 3 folds", top_layers=2, epochs=2, n_folds=3),
     Rung("top2_epochs2_folds2", "top 2 layers, 2 epochs, 2 folds", top_layers=2, epochs=2, n_folds=2),
-    Rung("holdout_top2_epochs2", "one holdout split, top 2 layers, 2 epochs", top_layers=2, epochs=2, n_folds=1),
-    Rung("holdout_top1_epochs1", "one holdout split, the top layer, 1 epoch", top_layers=1, epochs=1, n_folds=1),
+    Rung("top2_epochs2_folds2_seq128", "top 2 layers, 2 epochs, 2 folds, rows cut to 128 tokens",
+         top_layers=2, epochs=2, n_folds=2, max_seq_len=128),
+    Rung("top1_epochs1_folds2_seq64", "the top layer, 1 epoch, 2 folds, rows cut to 64 tokens",
+         top_layers=1, epochs=1, n_folds=2, max_seq_len=64),
 )
 
 
@@ -99,6 +108,17 @@ class BudgetChoice:
         lines = [f"budget: {e.candidate.name} ({e.candidate.describe()}) {e.reason}" for e in self.considered]
         return [*lines, f"budget: {self.reason}"]
 
+    @property
+    def adapters_need(self) -> str:
+        """The ``--time-limit`` the cheapest considered plan with adapters needs, e.g. ``40m``."""
+        cheapest = min(e.total_s for e in self.considered)
+        return limit_argument(cheapest / PLAN_SHARE)
+
+    @property
+    def members_fit(self) -> bool:
+        """Whether the scikit-learn members alone fit the plan's share of the limit."""
+        return self.members_only_s <= self.plan_s
+
     def raise_if_unfit(self) -> CostEstimate:
         if self.chosen is None:
             raise BudgetError(self.reason)
@@ -112,7 +132,7 @@ def candidates(base: Candidate, ladder: tuple[Rung, ...] = LADDER) -> list[Candi
     out: list[Candidate] = []
     for rung in ladder:
         c = rung.apply(base)
-        key = (c.n_folds, c.epochs, c.top_layers, c.batch_size)
+        key = (c.n_folds, c.epochs, c.top_layers, c.batch_size, c.max_seq_len)
         if key not in seen:
             seen.add(key)
             out.append(c)
@@ -150,7 +170,8 @@ def plan_within_budget(
                     if members_only_s <= plan_s else
                     f"--no-adapters (the scikit-learn blend alone, estimated {format_duration(members_only_s)}, "
                     "also over the limit)")
+    unfit = BudgetChoice(limit_s, plan_s, None, tuple(considered), members_only_s, "")
     reason = (f"no plan with adapters fits {format_duration(plan_s)} of the {format_duration(limit_s)} limit: "
               f"the cheapest, {cheapest.candidate.name} ({cheapest.candidate.describe()}), is {cheapest.reason}. "
-              f"Options: {members_note}, or --time-limit {limit_argument(cheapest.total_s / PLAN_SHARE)} or more.")
-    return BudgetChoice(limit_s, plan_s, None, tuple(considered), members_only_s, reason)
+              f"Options: {members_note}, or --time-limit {unfit.adapters_need} or more.")
+    return replace(unfit, reason=reason)

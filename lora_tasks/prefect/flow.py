@@ -123,10 +123,11 @@ def kaggle_lora(options: RunOptions) -> RunSummary:
         prepare_future = tasks.prepare.submit(competition, folder, paths.artifacts, options.max_train_rows)
         plan_future = tasks.plan.submit(competition, folder, paths.artifacts, model, options.tiny,
                                         options.training_overrides(OVERRIDABLE), options.max_train_rows,
-                                        True, options.time_limit, options.no_adapters)
+                                        True, options.time_limit, options.no_adapters, options.uses_baseline)
         prepared, plan = states.result("prepare", prepare_future), states.result("profile-and-configure", plan_future)
         publish_plan(plan)
-        slug = Plan.load(plan).slug
+        slug, members_only = Plan.load(plan).slug, Plan.load(plan).no_adapters
+        sets = [] if members_only else sets  # the budget fell back to the members alone
         set_plans = {s: plan_adapter_set(tasks, states, options, folder, paths, plan, s) for s in sets}
 
         baseline_future = (tasks.train_baselines.submit(competition, folder, prepared, plan, paths.artifacts)

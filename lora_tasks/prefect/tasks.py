@@ -275,10 +275,11 @@ def plan_task(
     budget: bool = False,
     time_limit: str | None = None,
     no_adapters: bool = False,
+    members_fallback: bool = False,
 ) -> Path:
     return plan_training(
         competition, data_dir, out_dir, model=model, tiny=tiny, overrides=overrides, max_train_rows=max_train_rows,
-        budget=budget, time_limit=time_limit, no_adapters=no_adapters,
+        budget=budget, time_limit=time_limit, no_adapters=no_adapters, members_fallback=members_fallback,
     )
 
 

@@ -8,6 +8,7 @@ fit (:func:`lora_tasks.budget.plan_within_budget`); each cut is recorded in ``re
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -38,6 +39,8 @@ from lora_tasks.steps.store import (
     load_record,
     save_json,
 )
+
+_log = logging.getLogger(__name__)
 
 #: What a run may set over the auto-configuration and the competition's ``[training]`` recipe.
 OVERRIDABLE = (*TRAINING_SETTINGS, "target_transform")
@@ -127,6 +130,7 @@ def plan_training(
     budget: bool = False,
     time_limit: str | float | None = None,
     no_adapters: bool = False,
+    members_fallback: bool = False,
 ) -> Path:
     """Profile the training table with the model's tokenizer, choose settings by the rule table,
     apply ``overrides`` (each recorded in ``reasons``) and write ``plan-*.json``.
@@ -134,7 +138,9 @@ def plan_training(
     ``budget``: fit the settings to the run's time limit (``time_limit``, else the config's
     ``[training] time_limit``, else :data:`~lora_tasks.budget.DEFAULT_TIME_LIMIT_S`); raises
     :class:`~lora_tasks.budget.BudgetError` before any training when no adapter plan fits, unless
-    ``no_adapters`` (the scikit-learn members alone: nothing is probed)."""
+    ``no_adapters`` (the scikit-learn members alone: nothing is probed) or ``members_fallback``
+    (the run blends the members: when no plan with adapters fits but the members alone do, the
+    plan becomes members-only, with a warning and the limit adapters would need in ``reasons``)."""
     config = competition_spec(competition, data_dir)
     tokenizer = Tokenizer.from_pretrained(None if tiny else model)
     train = subset_rows(config.read_train(), max_train_rows, seed)
@@ -153,7 +159,7 @@ def plan_training(
     if budget or no_adapters:
         limit_s = run_time_limit(time_limit, config)
         estimates = fit_to_budget(settings, config, profile, limit_s, model=model, tiny=tiny, no_adapters=no_adapters,
-                                  cache_dir=Path(out_dir) / "cost-probe")
+                                  members_fallback=members_fallback, cache_dir=Path(out_dir) / "cost-probe")
     plan = Plan(
         slug=config.slug,
         settings=settings,
@@ -163,8 +169,7 @@ def plan_training(
         train_metric=train_metric_for(config.metric, settings.target_transform),
         seed=int(seed),
         competition_markdown=config.describe(),
-        no_adapters=bool(no_adapters),
-        **estimates,
+        **{"no_adapters": bool(no_adapters), **estimates},
     )
     return plan.save(out_dir)
 
@@ -179,11 +184,6 @@ def run_time_limit(time_limit: str | float | None, config: CompetitionConfig) ->
     return DEFAULT_TIME_LIMIT_S
 
 
-#: The budget ladder without its holdout rungs: the steps train K folds (every row gets an
-#: out-of-fold prediction), and a one-split holdout is not implemented there.
-FOLD_LADDER = tuple(rung for rung in LADDER if rung.n_folds != 1)
-
-
 def fit_to_budget(
     settings: TrainSettings,
     config: CompetitionConfig,
@@ -194,10 +194,12 @@ def fit_to_budget(
     tiny: bool,
     no_adapters: bool,
     cache_dir: Path,
+    members_fallback: bool = False,
 ) -> dict[str, Any]:
-    """Price the settings on this machine and cut them down :data:`FOLD_LADDER` until they fit
+    """Price the settings on this machine and cut them down :data:`LADDER` until they fit
     ``limit_s``; every estimate and cut goes to ``settings.reasons``. Returns the :class:`Plan`
-    fields of the budget (the limit and the estimates the training step keeps the time with)."""
+    fields of the budget (the limit and the estimates the training step keeps the time with;
+    ``no_adapters`` when ``members_fallback`` turned the plan into the members alone)."""
     work = Workload(
         train_rows=profile.n_rows,
         test_rows=int(profile.n_test_rows or 0),
@@ -220,15 +222,23 @@ def fit_to_budget(
     costs = probe_for_plan(head_type, settings.preset, num_labels, model=None if tiny else model, tiny=tiny,
                            seq_len=work.width, batch_size=int(settings.batch_size), cache_dir=cache_dir)
     base = Candidate("as_planned", int(settings.n_folds), int(settings.epochs), settings.top_layers,
-                     int(settings.batch_size))
-    choice = plan_within_budget(base, work, costs, members, limit_s, ladder=FOLD_LADDER)
+                     int(settings.batch_size), int(settings.max_seq_len))
+    choice = plan_within_budget(base, work, costs, members, limit_s, ladder=LADDER)
     settings.reasons.extend(choice.reasons)
     if choice.chosen is None:
-        raise BudgetError(choice.reason)
+        if not (members_fallback and choice.members_fit):
+            raise BudgetError(choice.reason)
+        fallback = (f"budget: the scikit-learn members alone (as --no-adapters), estimated "
+                    f"{format_duration(choice.members_only_s)}: no plan with adapters fits the "
+                    f"{format_duration(limit_s)} limit; --time-limit {choice.adapters_need} or more trains adapters")
+        settings.reasons.append(fallback)
+        _log.warning(fallback.removeprefix("budget: "))
+        return {"time_limit_s": limit_s, "no_adapters": True}
     chosen = choice.chosen.candidate
     changes = {key: new for key, old, new in (("top_layers", base.top_layers, chosen.top_layers),
                                                ("epochs", base.epochs, chosen.epochs),
-                                               ("n_folds", base.n_folds, chosen.n_folds)) if old != new}
+                                               ("n_folds", base.n_folds, chosen.n_folds),
+                                               ("max_seq_len", base.max_seq_len, chosen.max_seq_len)) if old != new}
     apply_settings(settings, changes, "budget", f" ({chosen.name}, to fit {format_duration(limit_s)})")
     est = choice.chosen
     return {"time_limit_s": limit_s, "epoch_s": est.epoch_s, "predict_s": est.predict_s / max(chosen.n_folds, 1),

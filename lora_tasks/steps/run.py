@@ -92,7 +92,9 @@ def plan_run(options: RunOptions) -> dict[str, Path]:
     sets = [] if options.no_adapters else run_adapter_sets(options, folder)
     plan = plan_training(options.competition, folder, paths.artifacts, model=options.model, tiny=options.tiny,
                          overrides=options.training_overrides(OVERRIDABLE), max_train_rows=options.max_train_rows,
-                         budget=True, time_limit=options.time_limit, no_adapters=options.no_adapters)
+                         budget=True, time_limit=options.time_limit, no_adapters=options.no_adapters,
+                         members_fallback=options.uses_baseline)
+    sets = [] if Plan.load(plan).no_adapters else sets  # the budget fell back to the members alone
     extra = {s.member: plan_adapter_set(options, folder, paths.artifacts, plan, s) for s in sets}
     return {ADAPTERS_MEMBER: plan, **extra}
 
@@ -130,8 +132,10 @@ def run_pipeline(
         prepared = prepare_data(competition, folder, paths.artifacts, max_train_rows=options.max_train_rows)
         plan = plan_training(competition, folder, paths.artifacts, model=model, tiny=options.tiny,
                              overrides=options.training_overrides(OVERRIDABLE), max_train_rows=options.max_train_rows,
-                             budget=True, time_limit=options.time_limit, no_adapters=options.no_adapters)
-        n_folds = Plan.load(plan).n_folds
+                             budget=True, time_limit=options.time_limit, no_adapters=options.no_adapters,
+                             members_fallback=options.uses_baseline)
+        n_folds, members_only = Plan.load(plan).n_folds, Plan.load(plan).no_adapters
+        sets = [] if members_only else sets  # the budget fell back to the members alone
         set_plans = {s: plan_adapter_set(options, folder, paths.artifacts, plan, s) for s in sets}
 
         # the members first (seconds): the first fold compares the adapters with them
@@ -140,7 +144,7 @@ def run_pipeline(
 
         def train_set(set_model: str | None, set_plan: Path, members: list) -> tuple[TokenFiles, list[AdapterResult]]:
             set_tokens = tokenize_data(prepared, set_plan, paths.tokens, model=set_model)
-            if options.no_adapters:  # the scikit-learn members alone
+            if members_only:  # the scikit-learn members alone
                 return set_tokens, []
             folds: list[AdapterResult] = []
             for k in range(n_folds):
