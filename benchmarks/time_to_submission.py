@@ -116,8 +116,10 @@ def kaggle_lora_trial(comp: Competition, limit: str, server: FakeKaggleServer, *
         validate_submission(summary["submission_path"], sample_submission(comp))  # raises on any mismatch
     col = f"OOF {summary['metric']}"
     nested = next((r[col] for r in summary["members"] if "fit out-of-fold" in str(r["member"])), None)
+    adapters = any(str(r["member"]).startswith("lora") for r in summary["members"])
+    note = "" if adapters or no_adapters else "no plan with adapters fit the limit: the members alone"
     return Trial(comp.name, system, parse_duration(limit), wall, float(summary["oof_score"]),
-                 None if nested is None else float(nested), rows, checked=True)
+                 None if nested is None else float(nested), rows, checked=True, note=note)
 
 
 def autogluon_trial(comp: Competition, limit: str, rows: int | None) -> Trial | None:

@@ -220,6 +220,16 @@ def test_autoconfig_doc_lists_exactly_the_rules_in_the_code():
     assert block.strip() == rules_markdown().strip(), "regenerate docs/autoconfig.md's table from rules_markdown()"
 
 
+def test_autoconfig_doc_lists_exactly_the_budget_ladder_in_the_code():
+    from pathlib import Path
+
+    from lora_tasks.budget import ladder_markdown
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "autoconfig.md").read_text()
+    block = doc.split("<!-- budget-ladder:start -->")[1].split("<!-- budget-ladder:end -->")[0]
+    assert block.strip() == ladder_markdown().strip(), "regenerate docs/autoconfig.md's ladder from ladder_markdown()"
+
+
 def test_reasons_name_the_excluded_columns(titanic):
     _, profile = titanic
     p = replace(profile, excluded=(ExcludedColumn("Boat", "only in train.csv: not available at prediction time"),))

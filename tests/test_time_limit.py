@@ -72,8 +72,10 @@ def test_a_limit_nothing_fits_fails_before_training_and_offers_the_ways_out(cred
     assert list((work / "artifacts" / "cost-probe").glob("cost-probe-*.json")), "the probe is cached in the work dir"
 
 
-def test_a_limit_only_the_members_fit_runs_them_alone_and_says_what_adapters_need(creds, tmp_path):
+def test_a_limit_only_the_members_fit_runs_them_alone_and_says_what_adapters_need(harness, creds, tmp_path):
+    """run_pipeline and the flow both fall back to the members' blend, and write a submission."""
     from lora_tasks.budget.planner import PLAN_SHARE
+    from lora_tasks.prefect.flow import kaggle_lora
 
     served = tmp_path / "served"
     build_demo_competition(served)
@@ -86,6 +88,11 @@ def test_a_limit_only_the_members_fit_runs_them_alone_and_says_what_adapters_nee
             steps.plan_run(_options(tmp_path / "bare", kaggle_endpoint=server.url, time_limit=limit, baseline=False))
         result = steps.run_pipeline(_options(tmp_path / "work", kaggle_endpoint=server.url, time_limit=limit),
                                     run_key="fallback")
+        summary = kaggle_lora(_options(tmp_path / "flow", kaggle_endpoint=server.url, time_limit=limit,
+                                       retry_delay_s=0.05))
+    assert summary.cv == [] and not any(k.startswith("train-fold") for k in summary.task_states), summary.task_states
+    assert summary.members and not any(str(r["member"]).startswith("lora") for r in summary.members)
+    assert len(pd.read_csv(summary.submission_path)) == len(pd.read_csv(served / "demo" / "test.csv"))
     plan = steps.Plan.load(result.plan_path)
     assert plan.no_adapters and result.adapters == [] and result.combined.weights
     fallback = [r for r in plan.settings.reasons if "members alone" in r]
@@ -145,6 +152,33 @@ def test_a_fold_behind_its_budget_trains_the_minimum_and_still_predicts(demo_dir
     on_time = steps.train_adapter(prepared, plan_path, tokens, 1, out, run_start=time.time())
     assert len(on_time.history) == 3 and not on_time.stopped_for_time
     assert any("on time" in r for r in on_time.budget_reasons), on_time.budget_reasons
+
+
+def test_members_keep_the_rules_folds_when_the_budget_cuts_the_adapters(demo_dir, tmp_path):
+    """Members cost seconds: a budget that gives the adapters 2 folds leaves the members (and the
+    blend's nested score) on the rules' 4, and the blend still combines both row by row."""
+    from dataclasses import replace
+
+    out = tmp_path / "artifacts"
+    prepared_path = steps.prepare_data("demo", demo_dir, out)
+    prepared = steps.Prepared.load(prepared_path)
+    rules_path = steps.plan_training("demo", demo_dir, out, tiny=True, budget=True, time_limit="1h",
+                                     overrides={"n_folds": 4, "epochs": 1, "max_seq_len": 64})
+    rules = steps.Plan.load(rules_path)
+    cut = replace(rules, settings=replace(rules.settings, n_folds=2, n_adapters=2), member_folds=4)
+    cut_path = cut.save(out)
+    assert steps.Plan.load(cut_path).members_n_folds == 4 and steps.Plan.load(rules_path).members_n_folds == 4
+    assert len(np.unique(steps.fold_assignment(prepared, cut))) == 2
+    assert (steps.fold_assignment(prepared, cut, members=True) == steps.fold_assignment(prepared, rules)).all()
+
+    members = steps.train_baselines("demo", demo_dir, prepared_path, cut_path, out / "cut")
+    same = steps.train_baselines("demo", demo_dir, prepared_path, rules_path, out / "rules")
+    for a, b in zip(members, same, strict=True):
+        np.testing.assert_array_equal(np.load(a.oof_path), np.load(b.oof_path))
+    tokens = steps.tokenize_data(prepared_path, cut_path, out / "tokens")
+    adapters = [steps.train_adapter(prepared_path, cut_path, tokens, k, out) for k in range(2)]
+    combined = steps.combine(prepared_path, cut_path, adapters, out, method="blend", baselines=members)
+    assert "lora" in combined.member_scores and math.isfinite(combined.blend_cv_score)
 
 
 def test_no_adapters_blends_the_members_alone_and_writes_a_submission(creds, tmp_path):

@@ -77,7 +77,7 @@ LADDER: tuple[Rung, ...] = (
 
 
 def ladder_markdown(ladder: tuple[Rung, ...] = LADDER) -> str:
-    """The ladder as markdown, for the README next to the rule table."""
+    """The ladder as markdown, for docs/autoconfig.md after the rule table."""
     lines = ["| # | rung | then |", "|---|---|---|"]
     lines += [f"| {i} | `{r.name}` | {r.change} |" for i, r in enumerate(ladder, 1)]
     return "\n".join(lines)

@@ -126,8 +126,11 @@ def kaggle_lora(options: RunOptions) -> RunSummary:
                                         True, options.time_limit, options.no_adapters, options.uses_baseline)
         prepared, plan = states.result("prepare", prepare_future), states.result("profile-and-configure", plan_future)
         publish_plan(plan)
-        slug, members_only = Plan.load(plan).slug, Plan.load(plan).no_adapters
-        sets = [] if members_only else sets  # the budget fell back to the members alone
+        loaded = Plan.load(plan)
+        slug, members_only = loaded.slug, loaded.no_adapters
+        if members_only and not options.no_adapters:  # the budget fell back to the members alone
+            sets = []
+            logger.warning(loaded.settings.reasons[-1].removeprefix("budget: "))
         set_plans = {s: plan_adapter_set(tasks, states, options, folder, paths, plan, s) for s in sets}
 
         baseline_future = (tasks.train_baselines.submit(competition, folder, prepared, plan, paths.artifacts)

@@ -146,7 +146,7 @@ def combine(
             members_oof[b.name], members_test[b.name] = np.load(b.oof_path), np.load(b.test_path)
             scores[b.name] = float(b.oof_score)
         blended = blend(blend_method, members_oof, members_test, training_labels(prepared, plan),
-                        blend_metric(prepared, plan), fold_assignment(prepared, plan), seed=plan.seed,
+                        blend_metric(prepared, plan), fold_assignment(prepared, plan, members=True), seed=plan.seed,
                         tune_threshold=tune)
         oof, test, weights = blended.oof_pred, blended.test_pred, blended.weights
         used_blend, cv_score, cut = blend_method, blended.report.blend_cv_score, blended.threshold
@@ -182,7 +182,7 @@ def _blend_members_only(prepared: Prepared, plan: Plan, baselines: Sequence[Base
     if len(members_oof) != len(baselines):
         raise PipelineError(f"Two members share a name among {[b.name for b in baselines]}; give each its own name.")
     blended = blend(blend_method, members_oof, members_test, training_labels(prepared, plan),
-                    blend_metric(prepared, plan), fold_assignment(prepared, plan), seed=plan.seed,
+                    blend_metric(prepared, plan), fold_assignment(prepared, plan, members=True), seed=plan.seed,
                     tune_threshold=tunes_label_cut(prepared, plan))
     out = Path(out_dir)
     return CombineResult(

@@ -69,6 +69,10 @@ class Plan:
     predict_s: float | None = None
     reserve_s: float | None = None
     no_adapters: bool = False  # the scikit-learn members alone (--no-adapters)
+    # the members' folds when the budget cut the adapters' (None: the same n_folds). Why: the
+    # members cost seconds, and fewer folds would train each of them on less data for nothing;
+    # out-of-fold predictions of any split blend row by row.
+    member_folds: int | None = None
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write ``out_dir/plan-<sha16>.json`` (content-addressed)."""
@@ -77,7 +81,8 @@ class Plan:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Plan:
         data = load_record(path, "plan")
-        optional = {"seed", "competition_markdown", "time_limit_s", "epoch_s", "predict_s", "reserve_s", "no_adapters"}
+        optional = {"seed", "competition_markdown", "time_limit_s", "epoch_s", "predict_s", "reserve_s", "no_adapters",
+                    "member_folds"}
         missing = sorted({f.name for f in fields(cls)} - set(data) - optional)
         if missing:
             raise PipelineError(f"{path} is not a plan of this version (missing {missing}); plan again.")
@@ -89,6 +94,11 @@ class Plan:
     @property
     def n_folds(self) -> int:
         return int(self.settings.n_folds)
+
+    @property
+    def members_n_folds(self) -> int:
+        """Folds of the scikit-learn members (and of the blend's nested score)."""
+        return int(self.member_folds or self.n_folds)
 
     def trains_same_as(self, other: Plan) -> bool:
         """Whether both plans train the same adapters (their ``reasons`` may differ: an explicit
@@ -157,9 +167,11 @@ def plan_training(
         settings.reasons.append("min_two_folds: out-of-fold predictions need 2+ folds -> 2")
     estimates: dict[str, Any] = {}
     if budget or no_adapters:
-        limit_s = run_time_limit(time_limit, config)
+        limit_s, rules_folds = run_time_limit(time_limit, config), int(settings.n_folds)
         estimates = fit_to_budget(settings, config, profile, limit_s, model=model, tiny=tiny, no_adapters=no_adapters,
                                   members_fallback=members_fallback, cache_dir=Path(out_dir) / "cost-probe")
+        if settings.n_folds != rules_folds:  # the members keep theirs
+            estimates["member_folds"] = rules_folds
     plan = Plan(
         slug=config.slug,
         settings=settings,

@@ -25,14 +25,17 @@ def inverse_transform(pred: np.ndarray, transform: str) -> np.ndarray:
     return np.expm1(pred) if transform == "log1p" else pred
 
 
-def fold_assignment(prepared: Prepared, plan: Plan) -> np.ndarray:
+def fold_assignment(prepared: Prepared, plan: Plan, *, members: bool = False) -> np.ndarray:
     """Fold index of every train row, identical in every step: stratified for single-target
-    classification, plain K-fold for regression and several targets."""
+    classification, plain K-fold for regression and several targets. ``members``: the split of
+    the scikit-learn members and the blend (``Plan.members_n_folds``), which keeps the rules'
+    folds when the budget gave the adapters fewer."""
     from lora_tasks.cv import (
         make_folds,  # lora_tasks.cv loads MLX: not needed to plan or submit
     )
 
-    return make_folds(np.asarray(prepared.y), prepared.head_type, plan.n_folds, plan.seed)
+    n_folds = plan.members_n_folds if members else plan.n_folds
+    return make_folds(np.asarray(prepared.y), prepared.head_type, n_folds, plan.seed)
 
 
 def training_labels(prepared: Prepared, plan: Plan) -> np.ndarray:

@@ -254,7 +254,7 @@ def _drop_checkpoints(checkpoint_dir: Path, fold: int) -> None:
 
 @dataclass
 class BaselineResult:
-    """A scikit-learn member trained on the adapters' folds; predictions on the model scale."""
+    """A scikit-learn member's out-of-fold and test predictions, on the model scale."""
 
     name: str
     oof_path: Path
@@ -277,8 +277,9 @@ def train_baselines(
 ) -> list[BaselineResult]:
     """Fit the scikit-learn members that suit the table (:func:`lora_tasks.sklearn_members.table_members`:
     HistGradientBoosting and a regularized linear model, or TF-IDF + a linear model for text)
-    on the same rows and folds as the adapters, on the same target scale, so the combine step
-    can blend them with the adapters row by row."""
+    on the same rows as the adapters and on the same target scale, so the combine step can blend
+    them with the adapters row by row; on the plan's member folds (the adapters' own unless the
+    budget cut those)."""
     from lora_tasks.sklearn_members import (
         table_members,  # scikit-learn's estimators load slowly
     )
@@ -294,7 +295,8 @@ def train_baselines(
     train = train.iloc[rows].reset_index(drop=True)
     text_columns = config.row_template(train).text_columns
     members = table_members(
-        train, training_labels(prepared, plan), fold_assignment(prepared, plan), prepared.task, config.read_test(),
+        train, training_labels(prepared, plan), fold_assignment(prepared, plan, members=True), prepared.task,
+        config.read_test(),
         text_columns=tuple(text_columns), exclude=config.excluded_columns, seed=plan.seed,
     )
     seconds = (time.perf_counter() - start) / len(members)
