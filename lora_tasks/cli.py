@@ -276,6 +276,8 @@ def serve_main(argv: list[str] | None = None) -> int:
 
 #: Commands that parse their own options (the rest of the command line is theirs).
 PASS_THROUGH = {"run": run_main, "plan": plan_main, "serve": serve_main}
+#: Commands that run Prefect flows, whose logging Prefect sets up.
+PREFECT_COMMANDS = frozenset({"run", "serve"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -313,7 +315,10 @@ def _kernels(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not (argv and argv[0] in PREFECT_COMMANDS):
+        # Prefect configures logging for its commands (time, level, run name); a root handler at INFO here
+        # would also print every request of its API client (httpx) into the run's log
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     if argv and argv[0] in PASS_THROUGH:
         return PASS_THROUGH[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)

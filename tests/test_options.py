@@ -3,6 +3,8 @@ generated from its fields."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import typing
 
 import pytest
@@ -74,3 +76,13 @@ def test_the_cli_fills_the_same_options(capsys):
         options_from_args(parser.parse_args(["--competition", "x", "--combine", "merge", "--adapter-set", "expressive"]),
                           parser)
     assert "need combine='blend'" in capsys.readouterr().err
+
+
+def test_kaggle_lora_run_leaves_logging_to_prefect():
+    """``kaggle-lora run`` once put a root handler at INFO in place before the flow: every request of
+    Prefect's API client (httpx) went into the run's log, and Prefect's lines lost their time and run name."""
+    code = ("import logging\nfrom lora_tasks import cli\ntry:\n    cli.main(['run', '--help'])\n"
+            "except SystemExit:\n    pass\nlogging.getLogger('httpx').info('HTTP Request: GET /api/health')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "--time-limit" in out.stdout, out.stderr  # the run's help: main went the run's way
+    assert "HTTP Request" not in out.stdout + out.stderr
