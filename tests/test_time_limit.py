@@ -5,6 +5,7 @@ competition served by the in-process fake Kaggle server."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import subprocess
@@ -101,8 +102,9 @@ def test_a_limit_only_the_members_fit_runs_them_alone_and_says_what_adapters_nee
     assert len(pd.read_csv(result.submission_path)) == len(pd.read_csv(served / "demo" / "test.csv"))
 
 
-def test_a_generous_limit_records_the_estimate_in_the_plan(creds, tmp_path):
-    plans = steps.plan_run(_options(tmp_path / "work", time_limit="2h", epochs=3))
+def test_a_generous_limit_records_the_estimate_in_the_plan(creds, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="lora_tasks"):
+        plans = steps.plan_run(_options(tmp_path / "work", time_limit="2h", epochs=3))
     plan = steps.Plan.load(plans["lora"])
     estimates = [r for r in plan.settings.reasons if r.startswith("budget:") and "estimated" in r]
     assert estimates, plan.settings.reasons
@@ -110,6 +112,7 @@ def test_a_generous_limit_records_the_estimate_in_the_plan(creds, tmp_path):
     assert plan.time_limit_s == 7200.0 and plan.settings.epochs == 3
     assert plan.epoch_s is not None and plan.epoch_s > 0 and plan.predict_s is not None and plan.reserve_s is not None
     assert "estimated" in plan.settings_markdown(), "--plan shows the estimate"
+    assert any(r.getMessage().startswith("budget: chose as_planned") for r in caplog.records), "and so does the log"
 
 
 def test_should_stop_cuts_epochs_and_keeps_the_best_checkpoint(tmp_path):

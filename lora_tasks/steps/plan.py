@@ -246,6 +246,8 @@ def fit_to_budget(
         settings.reasons.append(fallback)
         _log.warning(fallback.removeprefix("budget: "))
         return {"time_limit_s": limit_s, "no_adapters": True}
+    # a run's log (not only --plan) says what the limit allowed, before the long part starts
+    _log.info("budget: %s", choice.reason)
     chosen = choice.chosen.candidate
     changes = {key: new for key, old, new in (("top_layers", base.top_layers, chosen.top_layers),
                                                ("epochs", base.epochs, chosen.epochs),
