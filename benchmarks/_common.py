@@ -14,6 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+if "mlx.core" in sys.modules and "lora_tasks" not in sys.modules:
+    # Measuring MLX's bundled reference BLAS would make every number meaningless (docs/performance.md).
+    raise SystemExit("import lora_tasks before mlx in the benchmark script: it sets up the BLAS MLX calls; keep the "
+                     "`import lora_tasks` above an `# isort: split` line so the linter cannot reorder it")
+
 RESULTS = Path(__file__).resolve().parent / "results"
 PEERS = Path(__file__).resolve().parent / "peers"
 

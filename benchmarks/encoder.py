@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import time
 
+import lora_tasks  # sets up the BLAS: must come before mlx (kept here by the split below)
+
+# isort: split
 import mlx.core as mx
 import numpy as np
 from _common import minilm_dir, row, run_peer, write_results
 
-import lora_tasks
 from lora_tasks.models import load_encoder
 from lora_tasks.native import kernels
 from lora_tasks.precision import cast_frozen_base, compute_dtype_choice

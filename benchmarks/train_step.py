@@ -17,13 +17,15 @@ from __future__ import annotations
 import argparse
 import time
 
+import lora_tasks  # sets up the BLAS: must come before mlx (kept here by the split below)
+
+# isort: split
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 from _common import minilm_dir, row, run_peer, write_results
 
-import lora_tasks
 from lora_tasks.factory import create_bert_with_lora
 from lora_tasks.models import ops
 from lora_tasks.native import kernels, native_info

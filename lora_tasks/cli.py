@@ -57,6 +57,8 @@ def _embed(args: argparse.Namespace) -> int:
 #: Option names that differ from ``--<field-name>`` (kept from earlier releases).
 FLAG_NAMES = {"retry_delay_s": "--retry-delay", "score_timeout_s": "--score-timeout", "score_poll_s": "--score-poll",
               "kaggle_endpoint": "--kaggle-endpoint"}
+# Shorter spellings a user may type first; the long flag stays the documented one.
+FLAG_ALIASES: dict[str, tuple[str, ...]] = {"compute_dtype": ("--dtype",)}
 RUN_EPILOG = """
 examples:
   kaggle-lora run --competition demo
@@ -121,7 +123,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         else:
             kind, choices = _scalar_type(info.annotation)
             shown = default is not None and not choices and "default" not in text
-            parser.add_argument(flag, type=kind, choices=choices or None, metavar="N" if kind is int else None,
+            parser.add_argument(flag, *FLAG_ALIASES.get(name, ()), type=kind, choices=choices or None,
+                                metavar="N" if kind is int else None,
                                 help=f"{text} (default: {default})" if shown else text, **common)
     parser.add_argument("--adapters", type=int, metavar="N", default=argparse.SUPPRESS,
                         help="deprecated: the old name of --folds")

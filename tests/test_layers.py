@@ -150,3 +150,27 @@ def test_lora_config_imports_without_mlx():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "8"
+
+
+def _first_line_importing(tree: ast.Module, prefix: str) -> int | None:
+    """The first top-level statement importing ``prefix`` (or a submodule), by line."""
+    for node in tree.body:
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+        if any(n == prefix or n.startswith(prefix + ".") for n in names):
+            return node.lineno
+    return None
+
+
+MLX_SCRIPTS = [p for p in sorted((ROOT.parent / "benchmarks").glob("*.py"))
+               if _first_line_importing(ast.parse(p.read_text()), "mlx") is not None]
+
+
+@pytest.mark.parametrize("script", MLX_SCRIPTS, ids=lambda p: p.name)
+def test_benchmarks_import_lora_tasks_before_mlx(script):
+    """A script run directly must import lora_tasks before mlx, or MLX keeps its slow reference BLAS and every
+    number it measures is wrong; the linter's import sorting once moved mlx first (an ``isort: split`` keeps it)."""
+    tree = ast.parse(script.read_text())
+    mlx_line = _first_line_importing(tree, "mlx")
+    ours = _first_line_importing(tree, "lora_tasks")
+    assert ours is not None and ours < mlx_line, f"{script.name}: `import lora_tasks` must come before mlx (line {mlx_line})"

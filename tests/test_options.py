@@ -70,6 +70,7 @@ def test_the_cli_fills_the_same_options(capsys):
                                  adapter_sets=["expressive", "balanced:epochs=2"], retry_delay_s=0.5, refresh=True,
                                  compute_dtype="bfloat16")
     assert options_from_args(parser.parse_args(["--competition", "x", "--no-adapter-sets"]), parser).adapter_sets == []
+    assert options_from_args(parser.parse_args(["--competition", "x", "--dtype", "auto"]), parser).compute_dtype == "auto"
     assert options_from_args(parser.parse_args(["--competition", "x", "--adapters", "4"]), parser).folds == 4
     assert "--adapters is deprecated; use --folds" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -1,7 +1,9 @@
 """PyTorch (+ PEFT) peer of our MLX benchmarks, run in its own process: what a user would pick instead.
 
     python torch_peer.py forward|train_step MODEL_DIR --seqs 64,128 --batch 32 --threads 2 --precisions fp32,bf16
-Prints one JSON line: {"forward_64": samples_per_s, "forward_bf16_64": ..., ...}. ``bf16`` runs the same
+    python torch_peer.py gemm - --shapes 2048x384x1536 --threads 2
+Prints one JSON line: {"forward_64": samples_per_s, "forward_bf16_64": ..., ...}; for gemm,
+{"gemm_bf16_MxKxN": GFLOP/s, "gemm_fp32_MxKxN": ...}, x (M, K) @ w.T with w (N, K) in bf16 or fp32. ``bf16`` runs the same
 model under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (weights fp32, GEMMs in bf16 via oneDNN where
 the CPU has avx512_bf16): the strongest CPU setting a PyTorch user has.
 """
@@ -47,18 +49,41 @@ def measure(model, opt, args: argparse.Namespace, seq: int, bf16: bool) -> float
     return args.batch / sorted(times)[len(times) // 2]
 
 
+def gemm_gflops(shapes: str, repeats: int) -> dict[str, float]:
+    """Median GFLOP/s of ``x @ w.T`` per shape, with x and w both bf16 (oneDNN's bf16 GEMM) and both fp32."""
+    out = {}
+    for shape in shapes.split(","):
+        m, k, n = (int(v) for v in shape.lower().split("x"))
+        for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+            x, w = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
+            with torch.inference_mode():
+                for _ in range(2):
+                    x @ w.T
+                times = []
+                for _ in range(repeats):
+                    t = time.perf_counter()
+                    x @ w.T
+                    times.append(time.perf_counter() - t)
+            out[f"gemm_{name}_{m}x{k}x{n}"] = 2 * m * k * n / sorted(times)[len(times) // 2] / 1e9
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["forward", "train_step"])
+    ap.add_argument("mode", choices=["forward", "train_step", "gemm"])
     ap.add_argument("model_dir")
     ap.add_argument("--seqs", default="64,128")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--precisions", default="fp32", help="comma list of fp32, bf16 (autocast)")
+    ap.add_argument("--shapes", default="2048x384x1536", help="gemm: comma list of MxKxN")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.mode == "gemm":
+        print(json.dumps(gemm_gflops(args.shapes, args.repeats)))
+        return
     from transformers import AutoModel, BertForSequenceClassification
 
     out = {}

@@ -1,0 +1,107 @@
+"""The frozen base's GEMM on its own: our bf16 kernel, the fp32 upcast, and PyTorch's bf16 matmul.
+
+    python benchmarks/bf16_gemm.py [--shapes 2048x384x1536,2048x1536x384,4096x384x384] [--repeats 9]
+
+Each shape ``MxKxN`` is ``x (M, K) @ w.T`` with ``w`` (N, K) frozen in bf16, as in ``bf16_linear``.
+Three of ours per shape, all in this process: the native primitive (``KAGGLE_LORA_BF16_GEMM=native``:
+the AVX512-BF16 micro-kernel where cpuid reports it, the portable kernel elsewhere), the upcast path
+(the weight widened to fp32 for the BLAS's sgemm) and a plain fp32 GEMM. The peer is PyTorch's bf16
+matmul (oneDNN, ``vdpbf16ps`` where the CPU has it) with the same threads; its ratio is against our
+native kernel. The defaults are MiniLM's FFN up and down projections and its attention projections
+at batch 32 x 64 tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import lora_tasks  # sets up the BLAS: must come before mlx (kept here by the split below)
+
+# isort: split
+import mlx.core as mx
+from _common import row, run_peer, write_results
+
+from lora_tasks.models import ops
+from lora_tasks.native import native_info
+
+
+def gflops(fn, m: int, k: int, n: int, repeats: int) -> float:
+    """Median GFLOP/s of ``fn`` (2·M·K·N flops per call) after two warm-up calls."""
+    for _ in range(2):
+        mx.eval(fn())
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        mx.eval(fn())
+        times.append(time.perf_counter() - t)
+    return 2 * m * k * n / sorted(times)[len(times) // 2] / 1e9
+
+
+def with_mode(mode: str, fn):
+    """``fn`` run with ``KAGGLE_LORA_BF16_GEMM`` set to ``mode`` (read on every ``bf16_linear`` call)."""
+
+    def call():
+        before = os.environ.get(ops.BF16_GEMM_ENV)
+        os.environ[ops.BF16_GEMM_ENV] = mode
+        try:
+            return fn()
+        finally:
+            if before is None:
+                os.environ.pop(ops.BF16_GEMM_ENV)
+            else:
+                os.environ[ops.BF16_GEMM_ENV] = before
+
+    return call
+
+
+def measure_shape(m: int, k: int, n: int, repeats: int) -> tuple[float, float, float]:
+    """GFLOP/s of the native bf16 primitive, the fp32 upcast and a plain fp32 GEMM at one shape."""
+    x = mx.random.normal((m, k))
+    w = mx.random.normal((n, k)).astype(mx.bfloat16)
+    w32 = w.astype(mx.float32)
+    mx.eval(x, w, w32)
+    native = gflops(with_mode("native", lambda: ops.bf16_linear(x, w)), m, k, n, repeats)
+    upcast = gflops(with_mode("upcast", lambda: ops.bf16_linear(x, w)), m, k, n, repeats)
+    return native, upcast, gflops(lambda: x @ w32.T, m, k, n, repeats)
+
+
+def parse_shapes(text: str) -> list[tuple[int, int, int]]:
+    try:
+        shapes = [tuple(int(v) for v in s.lower().split("x")) for s in text.split(",") if s.strip()]
+    except ValueError:
+        shapes = []
+    if not shapes or any(len(s) != 3 or min(s) < 1 for s in shapes):
+        raise SystemExit(f"--shapes {text!r}: give MxKxN[,MxKxN...] with positive sizes, e.g. 2048x384x1536")
+    return shapes  # type: ignore[return-value]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="2048x384x1536,2048x1536x384,2048x384x384")
+    ap.add_argument("--repeats", type=int, default=9)
+    args = ap.parse_args()
+    shapes = parse_shapes(args.shapes)
+    print(lora_tasks.blas_info().summary())
+    info = native_info()
+    kernel = info.bf16_kernel or "none (no native kernels: native means upcast)"
+    print(f"bf16 GEMM kernel: {kernel}; KAGGLE_LORA_BF16_GEMM=auto picks {ops.bf16_gemm_mode()}")
+    peer = run_peer("torch_peer.py", "gemm", "-", "--shapes", args.shapes, "--repeats", str(args.repeats),
+                    "--threads", str(info.threads or os.cpu_count() or 1))
+    rows = []
+    for m, k, n in shapes:
+        native, upcast, fp32 = measure_shape(m, k, n, args.repeats)
+        label = f"{m}x{k} @ {k}x{n}"
+        torch_bf16 = (peer or {}).get(f"gemm_bf16_{m}x{k}x{n}")
+        rows += [
+            row(f"bf16 GEMM {label}, native ({kernel}) vs PyTorch bf16 matmul", native, "GFLOP/s", torch_bf16,
+                bf16_kernel=info.bf16_kernel),
+            row(f"bf16 GEMM {label}, fp32 upcast for the BLAS", upcast, "GFLOP/s", torch_bf16),
+            row(f"fp32 GEMM {label}", fp32, "GFLOP/s", (peer or {}).get(f"gemm_fp32_{m}x{k}x{n}")),
+        ]
+    write_results("bf16_gemm", rows)
+
+
+if __name__ == "__main__":
+    main()
