@@ -12,6 +12,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 if "mlx.core" in sys.modules and "lora_tasks" not in sys.modules:
@@ -30,6 +31,21 @@ def row(name: str, value: float, unit: str, peer: float | None = None, higher_is
         r["ratio_vs_peer"] = round(value / peer if higher_is_better else peer / value, 3)
     r.update(extra)
     return r
+
+
+def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
+    """Median wall time of ``mx.eval(fn())`` over ``repeats`` calls, after ``warmup`` untimed ones (compiles,
+    caches and thread pools settle first)."""
+    import mlx.core as mx  # here, not at the top: the script has set up the BLAS by now
+
+    for _ in range(warmup):
+        mx.eval(fn())
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        mx.eval(fn())
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
 
 
 def write_results(name: str, rows: list[dict]) -> Path:

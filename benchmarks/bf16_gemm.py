@@ -15,28 +15,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import lora_tasks  # sets up the BLAS: must come before mlx (kept here by the split below)
 
 # isort: split
 import mlx.core as mx
-from _common import row, run_peer, write_results
+from _common import median_seconds, row, run_peer, write_results
 
 from lora_tasks.models import ops
 from lora_tasks.native import native_info
 
 
 def gflops(fn, m: int, k: int, n: int, repeats: int) -> float:
-    """Median GFLOP/s of ``fn`` (2·M·K·N flops per call) after two warm-up calls."""
-    for _ in range(2):
-        mx.eval(fn())
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        mx.eval(fn())
-        times.append(time.perf_counter() - t)
-    return 2 * m * k * n / sorted(times)[len(times) // 2] / 1e9
+    """Median GFLOP/s of ``fn`` (2·M·K·N flops per call)."""
+    return 2 * m * k * n / median_seconds(fn, repeats) / 1e9
 
 
 def with_mode(mode: str, fn):

@@ -12,29 +12,17 @@ Set KAGGLE_LORA_PEER_PYTHON to a Python with torch + transformers for the peer c
 from __future__ import annotations
 
 import argparse
-import time
 
 import lora_tasks  # sets up the BLAS: must come before mlx (kept here by the split below)
 
 # isort: split
 import mlx.core as mx
 import numpy as np
-from _common import minilm_dir, row, run_peer, write_results
+from _common import median_seconds, minilm_dir, row, run_peer, write_results
 
 from lora_tasks.models import load_encoder
 from lora_tasks.native import kernels
 from lora_tasks.precision import cast_frozen_base, compute_dtype_choice
-
-
-def median_rate(fn, batch: int, repeats: int) -> float:
-    for _ in range(2):
-        mx.eval(fn())
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        mx.eval(fn())
-        times.append(time.perf_counter() - t)
-    return batch / sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -68,7 +56,7 @@ def main() -> None:
         ids = mx.array(np.random.default_rng(0).integers(1000, 2000, (args.batch, seq)))
         mask = mx.ones((args.batch, seq), dtype=mx.int32)
         for p, forward in forwards.items():
-            ours = median_rate(lambda forward=forward, ids=ids, mask=mask: forward(ids, mask), args.batch, args.repeats)
+            ours = args.batch / median_seconds(lambda forward=forward, ids=ids, mask=mask: forward(ids, mask), args.repeats)
             if p == "fp32":
                 rows.append(row(f"forward {label} b{args.batch} s{seq}", ours, "samples/s",
                                 peer.get(f"forward_{seq}") if peer else None, blas=lora_tasks.blas_info().provider))
