@@ -1,6 +1,6 @@
 """The frozen base's GEMM on its own: our bf16 kernel, the fp32 upcast, and PyTorch's bf16 matmul.
 
-    python benchmarks/bf16_gemm.py [--shapes 2048x384x1536,2048x1536x384,4096x384x384] [--repeats 9]
+    python benchmarks/bf16_gemm.py [--shapes 2048x384x1536,2048x1536x384,2048x384x384] [--repeats 9]
 
 Each shape ``MxKxN`` is ``x (M, K) @ w.T`` with ``w`` (N, K) frozen in bf16, as in ``bf16_linear``.
 Three of ours per shape, all in this process: the native primitive (``KAGGLE_LORA_BF16_GEMM=native``:
