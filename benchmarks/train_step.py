@@ -15,7 +15,6 @@ turns for ``--rounds`` rounds and each side's median over the rounds is reported
 from __future__ import annotations
 
 import argparse
-import time
 
 import lora_tasks  # sets up the BLAS: must come before mlx (kept here by the split below)
 
@@ -24,7 +23,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from _common import minilm_dir, row, run_peer, write_results
+from _common import median_seconds, minilm_dir, row, run_peer, write_results
 
 from lora_tasks.factory import create_bert_with_lora
 from lora_tasks.models import ops
@@ -49,18 +48,6 @@ def make_step(model: nn.Module):
     return mx.compile(step, inputs=state, outputs=state), state
 
 
-def timed(fn, repeats: int) -> float:
-    """Median seconds of ``fn`` (which must evaluate its result)."""
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
-
-
 def profile(batch: int, seq: int, cfg, repeats: int, step_seconds: float) -> list[dict]:
     """Forward+backward time of each kind of work in one step, at the model's shapes (the kernels
     the model uses on this backend), and the rest of the step: copies, adds, LoRA, AdamW.
@@ -80,7 +67,7 @@ def profile(batch: int, seq: int, cfg, repeats: int, step_seconds: float) -> lis
 
     def fb(f, *a):
         cotangent = mx.random.normal(f(*a).shape)  # what the layer above sends back in the step
-        return timed(lambda: mx.eval(mx.vjp(f, list(a), [cotangent])), repeats)
+        return median_seconds(lambda: mx.vjp(f, list(a), [cotangent]), repeats)
 
     parts = {
         "linear GEMMs (Q,K,V,O,FFN)": 4 * fb(lambda x: x @ w_hh.T, x_h) + fb(lambda x: x @ w_ih.T, x_h) + fb(lambda x: x @ w_hi.T, x_i),
@@ -128,7 +115,8 @@ def main() -> None:
             mask = mx.ones((args.batch, seq), dtype=mx.int32)
             y = mx.array(np.arange(args.batch) % 2)
             for p, (step, state) in steps.items():
-                sec = timed(lambda step=step, state=state, ids=ids, mask=mask, y=y: mx.eval(step(ids, mask, y), state), args.repeats)
+                sec = median_seconds(lambda step=step, state=state, ids=ids, mask=mask, y=y: (step(ids, mask, y), state),
+                                     args.repeats)
                 ours[(p, seq)].append(args.batch / sec)
             if peer:
                 theirs[("fp32", seq)].append(peer[f"train_step_{seq}"])

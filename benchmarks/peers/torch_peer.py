@@ -18,6 +18,18 @@ import time
 import torch
 
 
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls after two untimed ones (PyTorch runs eagerly)."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
 def measure(model, opt, args: argparse.Namespace, seq: int, bf16: bool) -> float:
     """Median samples/s of one forward (``opt`` None) or one train step at ``seq``."""
     ids = torch.randint(1000, 2000, (args.batch, seq))
@@ -39,14 +51,7 @@ def measure(model, opt, args: argparse.Namespace, seq: int, bf16: bool) -> float
             opt.step()
             opt.zero_grad()
 
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return args.batch / sorted(times)[len(times) // 2]
+    return args.batch / median_seconds(step, args.repeats)
 
 
 def gemm_gflops(shapes: str, repeats: int) -> dict[str, float]:
@@ -57,14 +62,8 @@ def gemm_gflops(shapes: str, repeats: int) -> dict[str, float]:
         for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
             x, w = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
             with torch.inference_mode():
-                for _ in range(2):
-                    x @ w.T
-                times = []
-                for _ in range(repeats):
-                    t = time.perf_counter()
-                    x @ w.T
-                    times.append(time.perf_counter() - t)
-            out[f"gemm_{name}_{m}x{k}x{n}"] = 2 * m * k * n / sorted(times)[len(times) // 2] / 1e9
+                seconds = median_seconds(lambda x=x, w=w: x @ w.T, repeats)
+            out[f"gemm_{name}_{m}x{k}x{n}"] = 2 * m * k * n / seconds / 1e9
     return out
 
 
