@@ -36,9 +36,9 @@ from lora_tasks.budget import (
 from lora_tasks.budget.probe import probe_costs
 from lora_tasks.data.competition import load_competition
 from lora_tasks.data.tokenizer import Tokenizer
-from lora_tasks.factory import build_model
-from lora_tasks.prefix_cache import prefix_dataset
-from lora_tasks.train import Dataset, TrainConfig, predict, train
+from lora_tasks.training.factory import build_model
+from lora_tasks.training.prefix_cache import prefix_dataset
+from lora_tasks.training.train import Dataset, TrainConfig, predict, train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "titanic"
 SHARED_DATA = Path("/work/shared/datasets/titanic")

@@ -22,7 +22,7 @@ from _common import median_seconds, minilm_dir, row, run_peer, write_results
 
 from lora_tasks.models import load_encoder
 from lora_tasks.native import kernels
-from lora_tasks.precision import cast_frozen_base, compute_dtype_choice
+from lora_tasks.training.precision import cast_frozen_base, compute_dtype_choice
 
 
 def main() -> None:

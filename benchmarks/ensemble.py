@@ -38,7 +38,7 @@ def _median(xs: list[float]) -> float:
 
 
 def _models(k: int, preset: str = "balanced", **overrides):
-    from lora_tasks.factory import create_bert_with_lora
+    from lora_tasks.training.factory import create_bert_with_lora
 
     out = []
     for i in range(k):
@@ -80,7 +80,7 @@ def worker_steps(mode: str, k: int, steps: int, batch: int, seq: int, barrier: s
     import mlx.core as mx
     import numpy as np
 
-    from lora_tasks.fused_training import FusedAdapters
+    from lora_tasks.training.fused_training import FusedAdapters
 
     rng = np.random.default_rng(0)
     ids = mx.array(rng.integers(1000, 2000, (batch, seq)).astype(np.int32))
@@ -136,8 +136,8 @@ def worker_steps(mode: str, k: int, steps: int, batch: int, seq: int, barrier: s
 def worker_prefix(mode: str, k: int, epochs: int, rows: int, batch: int, seq: int) -> dict:
     import numpy as np
 
-    from lora_tasks.prefix_cache import FromPrefix, prefix_dataset
-    from lora_tasks.train import Dataset, TrainConfig, train
+    from lora_tasks.training.prefix_cache import FromPrefix, prefix_dataset
+    from lora_tasks.training.train import Dataset, TrainConfig, train
 
     rng = np.random.default_rng(0)
     ids = rng.integers(1000, 2000, (rows, seq)).astype(np.int32)
@@ -229,7 +229,7 @@ def main() -> None:
     from _common import row, write_results
 
     from lora_tasks.backend import is_cpu_backend
-    from lora_tasks.fused_training import default_parallel_mode
+    from lora_tasks.training.fused_training import default_parallel_mode
 
     print(lora_tasks.blas_info().summary())
     rows = []

@@ -33,9 +33,9 @@ def one(kind: str, steps: int) -> dict:
     import numpy as np
 
     import lora_tasks  # noqa: F401  (BLAS first)
-    from lora_tasks.factory import create_bert_with_lora, create_qlora_model
     from lora_tasks.lora.quantized import array_bytes
     from lora_tasks.models.heads import head_loss
+    from lora_tasks.training.factory import create_bert_with_lora, create_qlora_model
 
     if kind == "fp32":
         model, adapter = create_bert_with_lora("binary_classification", "efficient", seed=0)

@@ -15,7 +15,7 @@ are kept under ``.kaggle-lora/bench-cache/oof`` by their settings: a rerun re-bl
 (the lower layers run once for all folds and epochs); ``all`` adapts every layer whatever the
 recipe says. ``--rows`` subsamples train rows for a
 quick run. Anchors: HistGradientBoosting with ordinal encoding (tabular), TF-IDF with logistic or
-ridge regression (text), from :mod:`lora_tasks.sklearn_members`. ``--also`` adds the kept OOF
+ridge regression (text), from :mod:`lora_tasks.ensemble.members`. ``--also`` adds the kept OOF
 predictions of other adapter settings (file stems under the cache, same rows and folds) as more
 members of the blends: a diversity ensemble of adapters trained with different settings.
 
@@ -37,20 +37,20 @@ import numpy as np
 from _common import row, write_results
 
 import lora_tasks
-from lora_tasks.cv import cross_validate, make_folds
 from lora_tasks.data.autoconfig import auto_configure
 from lora_tasks.data.competition import load_competition
 from lora_tasks.data.profile import profile_competition
 from lora_tasks.data.token_cache import tokenize_cached
 from lora_tasks.data.tokenizer import Tokenizer
-from lora_tasks.ensemble import blend
-from lora_tasks.factory import create_bert_with_lora
+from lora_tasks.ensemble.blend import blend
+from lora_tasks.ensemble.thresholds import nested_threshold_score, tunes_threshold
 from lora_tasks.hub import resolve_model_dir
 from lora_tasks.metrics import get_metric
 from lora_tasks.models.encoder import read_model_config
 from lora_tasks.progress import LogProgress
-from lora_tasks.thresholds import nested_threshold_score, tunes_threshold
-from lora_tasks.train import Dataset, TrainConfig
+from lora_tasks.training.cv import cross_validate, make_folds
+from lora_tasks.training.factory import create_bert_with_lora
+from lora_tasks.training.train import Dataset, TrainConfig
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 CACHE = Path(__file__).resolve().parents[1] / ".kaggle-lora" / "bench-cache"
@@ -85,7 +85,7 @@ def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list
 
     rows: list[dict] = []
     anchor_score = None
-    from lora_tasks import sklearn_members
+    from lora_tasks.ensemble import members as sklearn_members
 
     t = time.perf_counter()
     # the flow's baselines: TF-IDF + linear for text; HistGradientBoosting and a linear model for tables
@@ -121,14 +121,14 @@ def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list
             model, _ = create_bert_with_lora(head, preset, 1, model=args.model, seed=k, compute_dtype=dtype,
                                              **overrides)
             if top:
-                from lora_tasks.prefix_cache import FromPrefix, first_adapted_layer
+                from lora_tasks.training.prefix_cache import FromPrefix, first_adapted_layer
 
                 return FromPrefix(model, first_adapted_layer(model))
             return model
 
         train_data = data
         if top:
-            from lora_tasks.prefix_cache import prefix_dataset
+            from lora_tasks.training.prefix_cache import prefix_dataset
 
             t = time.perf_counter()
             base, _ = create_bert_with_lora(head, preset, 1, model=args.model, seed=0, compute_dtype=dtype,

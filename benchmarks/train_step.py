@@ -25,10 +25,10 @@ import mlx.optimizers as optim
 import numpy as np
 from _common import median_seconds, minilm_dir, row, run_peer, write_results
 
-from lora_tasks.factory import create_bert_with_lora
 from lora_tasks.models import ops
 from lora_tasks.native import kernels, native_info
-from lora_tasks.precision import compute_dtype_choice
+from lora_tasks.training.factory import create_bert_with_lora
+from lora_tasks.training.precision import compute_dtype_choice
 
 
 def make_step(model: nn.Module):

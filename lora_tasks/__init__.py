@@ -49,17 +49,17 @@ _LAZY = {
     "export_peft": "lora_tasks.lora",
     "import_peft": "lora_tasks.lora",
     # the seed's create_* factories: one module above lora/ and models/
-    "create_bert_with_lora": "lora_tasks.factory",
-    "create_model_with_lora": "lora_tasks.factory",
-    "create_qlora_model": "lora_tasks.factory",
-    "create_multi_adapter_model": "lora_tasks.factory",
-    "create_kaggle_lora_model": "lora_tasks.factory",
-    "KaggleLoRAModel": "lora_tasks.factory",
-    "build_model": "lora_tasks.factory",
+    "create_bert_with_lora": "lora_tasks.training.factory",
+    "create_model_with_lora": "lora_tasks.training.factory",
+    "create_qlora_model": "lora_tasks.training.factory",
+    "create_multi_adapter_model": "lora_tasks.training.factory",
+    "create_kaggle_lora_model": "lora_tasks.training.factory",
+    "KaggleLoRAModel": "lora_tasks.training.factory",
+    "build_model": "lora_tasks.training.factory",
     # several adapters on one base: beside training
-    "MultiAdapterManager": "lora_tasks.multi_adapter",
-    "FusedAdapters": "lora_tasks.fused_training",
-    "train_fused": "lora_tasks.fused_training",
+    "MultiAdapterManager": "lora_tasks.training.multi_adapter",
+    "FusedAdapters": "lora_tasks.training.fused_training",
+    "train_fused": "lora_tasks.training.fused_training",
 }
 
 

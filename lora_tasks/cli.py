@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _kernels(args: argparse.Namespace) -> int:
     from lora_tasks.native import native_info  # builds the native kernels on first use (~15 s)
-    from lora_tasks.precision import compute_dtype_choice
+    from lora_tasks.training.precision import compute_dtype_choice
 
     print(native_info().summary())
     print(compute_dtype_choice("auto").summary())

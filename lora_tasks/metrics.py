@@ -35,7 +35,7 @@ class Metric:
     multilabel: one column per label) or regression values (multi-target: one column each).
 
     ``column_metric``: for 2-D targets, the 1-D metric whose mean over the columns equals this
-    one, so a blend can fit each column on its own (see :mod:`lora_tasks.ensemble`)."""
+    one, so a blend can fit each column on its own (see :mod:`lora_tasks.ensemble.blend`)."""
 
     name: str
     fn: Callable[[np.ndarray, np.ndarray], float] = field(repr=False)

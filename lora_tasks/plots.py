@@ -2,7 +2,7 @@
 
 :func:`learning_curve_svg` is pure (histories in, SVG text out); :func:`svg_data_uri` wraps the text
 so it can travel inside a Prefect image artifact (the UI shows it with a plain ``<img>``).
-A history is what :class:`lora_tasks.train.TrainResult` records: one dict per epoch with
+A history is what :class:`lora_tasks.training.train.TrainResult` records: one dict per epoch with
 ``epoch``, ``train_loss``, ``seconds`` and, when there was a validation split, ``valid_<metric>``.
 """
 

@@ -10,7 +10,7 @@ TINY = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_he
 
 def toy_data(n: int = 160, seed: int = 0):
     """Rows of random tokens; the label says whether token 1 is above 27 (learnable, not trivial)."""
-    from lora_tasks.train import Dataset
+    from lora_tasks.training.train import Dataset
 
     rng = np.random.default_rng(seed)
     ids = rng.integers(5, 50, (n, 12)).astype(np.int32)

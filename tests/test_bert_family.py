@@ -13,7 +13,6 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from lora_tasks.data.tokenizer import Tokenizer
-from lora_tasks.factory import create_bert_with_lora, create_model_with_lora
 from lora_tasks.lora import export_peft, import_peft
 from lora_tasks.models import (
     BertModel,
@@ -30,8 +29,9 @@ from lora_tasks.models.distilbert import distilbert_to_ours
 from lora_tasks.models.electra import electra_to_ours
 from lora_tasks.models.roberta import padding_positions, roberta_to_ours
 from lora_tasks.models.weights import load_weights
-from lora_tasks.prefix_cache import first_adapted_layer, prefix_dataset
-from lora_tasks.train import Dataset
+from lora_tasks.training.factory import create_bert_with_lora, create_model_with_lora
+from lora_tasks.training.prefix_cache import first_adapted_layer, prefix_dataset
+from lora_tasks.training.train import Dataset
 
 SENTENCES = ["the quick brown fox jumps over the lazy dog", "the price of the house", "a fox"]
 KINDS = {"roberta": (RobertaModel, RobertaConfig), "distilbert": (DistilBertModel, DistilBertConfig),
@@ -259,7 +259,7 @@ def test_factories_build_a_random_model_of_the_configs_kind(kind):
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_model_shape_reads_each_configs_own_keys(fixtures_dir, kind):
     """Auto-configuration sizes the model from config.json, whatever the architecture calls its keys."""
-    from lora_tasks.factory import model_shape
+    from lora_tasks.training.factory import model_shape
 
     shape = model_shape(fixtures_dir / f"{kind}_tiny")
     assert (shape["hidden_size"], shape["num_layers"]) == (32, 2)

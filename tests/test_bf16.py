@@ -13,10 +13,10 @@ import pytest
 from mlx.utils import tree_flatten
 
 from lora_tasks import native
-from lora_tasks.factory import create_bert_with_lora, create_qlora_model
 from lora_tasks.lora import LoRAAdapter
 from lora_tasks.models import BertConfig, ops
-from lora_tasks.precision import (
+from lora_tasks.training.factory import create_bert_with_lora, create_qlora_model
+from lora_tasks.training.precision import (
     Bf16Embedding,
     Bf16Linear,
     Bf16QuantizedBaseLinear,
@@ -275,8 +275,8 @@ def test_compiled_bf16_step_matches_eager(monkeypatch):
 def test_the_run_builds_its_models_in_the_planned_compute_dtype():
     """compute_dtype travels from the options and [training] to the models the steps build."""
     from lora_tasks.data.config_file import CompetitionConfigError, validate_config_dict
-    from lora_tasks.factory import build_model
     from lora_tasks.options import RunOptions
+    from lora_tasks.training.factory import build_model
 
     assert RunOptions(competition="demo", compute_dtype="bfloat16").training_overrides(
         ("compute_dtype",)) == {"compute_dtype": "bfloat16"}

@@ -176,8 +176,8 @@ def test_default_budget_is_twenty_minutes():
 
 
 def _tiny_factory(calls: list):
-    from lora_tasks.factory import create_bert_with_lora
     from lora_tasks.models import BertConfig
+    from lora_tasks.training.factory import create_bert_with_lora
 
     def factory(top):
         calls.append(top)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from lora_tasks.cv import make_folds
-from lora_tasks.ensemble import METHODS, blend, compare_methods
+from lora_tasks.ensemble.blend import METHODS, blend, compare_methods
 from lora_tasks.metrics import get_metric
+from lora_tasks.training.cv import make_folds
 
 
 def _sigmoid(z):
@@ -197,7 +197,7 @@ def test_compare_methods_runs_all_applicable(binary):
 
 @pytest.mark.parametrize("method", ["caruana", "weights", "mean", "stacking"])
 def test_tune_threshold_fits_the_label_cut_of_the_blend(binary, method):
-    from lora_tasks.thresholds import nested_threshold_score
+    from lora_tasks.ensemble.thresholds import nested_threshold_score
 
     oof, test, y, folds = binary
     f1 = get_metric("f1")

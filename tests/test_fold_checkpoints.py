@@ -10,8 +10,8 @@ import signal
 import pytest
 
 from lora_tasks import lifecycle, steps
-from lora_tasks.checkpoints import CHECKPOINT_FILE, CheckpointError
 from lora_tasks.testing.demo import build_demo_competition
+from lora_tasks.training.checkpoints import CHECKPOINT_FILE, CheckpointError
 
 
 @pytest.fixture(scope="module")

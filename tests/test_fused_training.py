@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_unflatten
 
-from lora_tasks.factory import create_bert_with_lora
-from lora_tasks.fused_training import FusedAdapters, default_parallel_mode, predict_mixed, train_fused
 from lora_tasks.models import BertConfig
-from lora_tasks.train import TrainConfig, predict, train
+from lora_tasks.training.factory import create_bert_with_lora
+from lora_tasks.training.fused_training import FusedAdapters, default_parallel_mode, predict_mixed, train_fused
+from lora_tasks.training.train import TrainConfig, predict, train
 
 TINY = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=64, max_position_embeddings=32)
@@ -155,7 +155,7 @@ def test_engine_trains_fused_like_separately_and_unfuses():
 
 
 def test_fuse_adapters_of_a_multi_adapter_manager():
-    from lora_tasks.factory import create_multi_adapter_model
+    from lora_tasks.training.factory import create_multi_adapter_model
 
     model, manager = create_multi_adapter_model({"a": "balanced", "b": "balanced", "c": "efficient"},
                                                 config=BertConfig(**TINY), pretrained=False, seed=0)

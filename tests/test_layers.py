@@ -23,10 +23,9 @@ ROOT = Path(__file__).resolve().parents[1] / "lora_tasks"
 GROUPS: dict[str, tuple[str, ...]] = {
     "lora": ("lora_tasks.lora",),
     "models": ("lora_tasks.models",),
-    "factory": ("lora_tasks.factory",),
-    "training": ("lora_tasks.train", "lora_tasks.training", "lora_tasks.checkpoints", "lora_tasks.cv",
-                 "lora_tasks.prefix_cache", "lora_tasks.multi_adapter", "lora_tasks.fused_training"),
-    "ensemble": ("lora_tasks.ensemble", "lora_tasks.sklearn_members"),
+    "factory": ("lora_tasks.training.factory",),
+    "training": ("lora_tasks.training",),
+    "ensemble": ("lora_tasks.ensemble",),
     "data": ("lora_tasks.data",),
 }
 
@@ -35,10 +34,10 @@ FORBIDDEN: dict[str, tuple[tuple[str, ...], str]] = {
     "lora": (("lora_tasks.models", *GROUPS["training"], *GROUPS["factory"], "lora_tasks.data"),
              "the adapter library adapts any model and knows no training"),
     "models": (("lora_tasks.lora", *GROUPS["factory"], *GROUPS["training"]),
-               "encoders know nothing of adapters; lora_tasks.factory joins them"),
-    "training": (("prefect", "prefect_dask", "lora_tasks.tasks", "lora_tasks.prefect", "lora_tasks.pipeline",
-                  "lora_tasks.steps"), "the engine runs without Prefect"),
-    "ensemble": (("mlx", "lora_tasks.models", "lora_tasks.lora", *GROUPS["training"], *GROUPS["factory"]),
+               "encoders know nothing of adapters; lora_tasks.training.factory joins them"),
+    "training": (("prefect", "prefect_dask", "lora_tasks.prefect", "lora_tasks.steps"),
+                 "the engine runs without Prefect"),
+    "ensemble": (("mlx", "lora_tasks.models", "lora_tasks.lora", *GROUPS["training"]),
                  "blending works on prediction arrays, without MLX"),
     "data": (("lora_tasks.models", "lora_tasks.lora.adapter", "lora_tasks.lora.layers", *GROUPS["training"],
               *GROUPS["factory"], "mlx"), "the data layer runs without MLX"),

@@ -12,10 +12,10 @@ import pytest
 from mlx.utils import tree_flatten
 
 import lora_tasks
-from lora_tasks.factory import create_bert_with_lora, create_model_with_lora
 from lora_tasks.lora import AdapterLoadError, DoRALinear, LoRAAdapter, LoRAConfig, LoRALinear, read_adapter_file
 from lora_tasks.lora.adapter import AdapterFileError, BaseModelMismatchWarning
 from lora_tasks.models import BertConfig, BertWithHead, load_encoder
+from lora_tasks.training.factory import create_bert_with_lora, create_model_with_lora
 
 TINY = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                   intermediate_size=32, max_position_embeddings=32)
@@ -314,7 +314,7 @@ def test_an_adapter_from_another_base_model_is_refused_or_warned(tmp_path):
 
 
 def test_a_multi_adapter_file_from_another_base_model_is_refused(tmp_path):
-    from lora_tasks.factory import create_multi_adapter_model
+    from lora_tasks.training.factory import create_multi_adapter_model
 
     _, manager = create_multi_adapter_model({"a": "efficient"}, "multiclass_classification", 3, config=TINY,
                                             pretrained=False, seed=0)

@@ -8,11 +8,11 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from lora_tasks.factory import create_bert_with_lora
 from lora_tasks.lora import LoRAConfig
 from lora_tasks.lora.merge import MergeCompatibilityError, merge_adapters, merge_into_base
 from lora_tasks.models import BertConfig
 from lora_tasks.models.encoder import BertWithHead
+from lora_tasks.training.factory import create_bert_with_lora
 
 TINY = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             max_position_embeddings=32)

@@ -8,7 +8,7 @@ import mlx.optimizers as optim
 import numpy as np
 
 from lora_tasks.data.tokenizer import Tokenizer
-from lora_tasks.factory import create_bert_with_lora
+from lora_tasks.training.factory import create_bert_with_lora
 
 POSITIVE = [
     "I love this movie", "What a wonderful day", "The food was great", "She is very happy",

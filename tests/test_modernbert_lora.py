@@ -11,13 +11,13 @@ import pytest
 from mlx.utils import tree_flatten
 
 import lora_tasks  # noqa: F401  (BLAS set-up before MLX)
-from lora_tasks.factory import create_model_with_lora, create_qlora_model
 from lora_tasks.lora import LoRAAdapter, LoRAConfig, LoRALinear, SlicedLoRALinear
 from lora_tasks.lora.config import MODERNBERT_TARGETS, is_fused_qkv, layer_index, target_of_path, targets_of_path
 from lora_tasks.lora.quantized import QSlicedLoRALinear, is_quantized
 from lora_tasks.models import ModernBertConfig
 from lora_tasks.models.heads import head_loss
 from lora_tasks.models.modernbert import LORA_TARGETS, ModernBertWithHead, qkv_slices
+from lora_tasks.training.factory import create_model_with_lora, create_qlora_model
 
 CFG = ModernBertConfig.from_file(Path(__file__).parent / "fixtures" / "modernbert_tiny" / "config.json")
 H = CFG.hidden_size

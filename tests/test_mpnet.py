@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from lora_tasks.data.tokenizer import Tokenizer
-from lora_tasks.factory import create_bert_with_lora
 from lora_tasks.hub import ModelNotFoundError, check_model_dir, unpack_split_zip
 from lora_tasks.models import load_encoder
 from lora_tasks.models.encoder import BertWithHead
 from lora_tasks.models.mpnet import MPNetConfig, MPNetModel, mpnet_to_ours, relative_position_buckets
-from lora_tasks.prefix_cache import FromPrefix, first_adapted_layer, prefix_dataset
-from lora_tasks.train import Dataset
+from lora_tasks.training.factory import create_bert_with_lora
+from lora_tasks.training.prefix_cache import FromPrefix, first_adapted_layer, prefix_dataset
+from lora_tasks.training.train import Dataset
 
 FOLDER = "mpnet_tiny"
 SENTENCES = [

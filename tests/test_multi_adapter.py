@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from lora_tasks.factory import create_bert_with_lora, create_multi_adapter_model
 from lora_tasks.lora import AdapterLoadError
 from lora_tasks.models import BertConfig
-from lora_tasks.multi_adapter import MultiLoRALinear
+from lora_tasks.training.factory import create_bert_with_lora, create_multi_adapter_model
+from lora_tasks.training.multi_adapter import MultiLoRALinear
 
 TINY = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=64, max_position_embeddings=32)
@@ -176,8 +176,8 @@ def test_save_load_roundtrip_one_file(tmp_path):
 def test_qlora_presets_are_refused_rather_than_trained_in_fp32():
     import pytest
 
-    from lora_tasks.factory import create_multi_adapter_model
     from lora_tasks.models import BertConfig
+    from lora_tasks.training.factory import create_multi_adapter_model
 
     cfg = BertConfig(vocab_size=50, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                      intermediate_size=128, max_position_embeddings=32)

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from lora_tasks.cli import build_run_parser, options_from_args
-from lora_tasks.ensemble import METHODS
+from lora_tasks.ensemble.blend import METHODS
 from lora_tasks.options import RunOptions
 
 

@@ -10,9 +10,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from lora_tasks.factory import create_bert_with_lora, create_model_with_lora
 from lora_tasks.lora import AdapterLoadError, LoRAAdapter, LoRAConfig, LoRALinear, export_peft, import_peft
 from lora_tasks.models import BertConfig, BertModel, BertWithHead, load_encoder
+from lora_tasks.training.factory import create_bert_with_lora, create_model_with_lora
 
 TINY = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                   intermediate_size=32, max_position_embeddings=32)

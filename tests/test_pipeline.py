@@ -319,7 +319,7 @@ def test_f1_combine_fits_the_label_cut_and_the_submission_uses_it(demo_steps, de
     nested, and written into the labels; a configured number and accuracy keep their cut."""
     from sklearn.metrics import f1_score
 
-    from lora_tasks.thresholds import nested_threshold_score
+    from lora_tasks.ensemble.thresholds import nested_threshold_score
 
     _, prepared, plan, _ = demo_steps
     data = steps.Prepared.load(prepared)
@@ -356,8 +356,8 @@ def test_top_layers_train_from_the_cached_prefix(demo_dir, tmp_path):
     """top_layers=1 on the 2-layer tiny model: adapters only in layer 1, the frozen layer 0 runs once
     per dataset (states on disk, reused by the second fold), and the predictions equal those of the
     full model carrying the same adapter."""
-    from lora_tasks.factory import build_model
-    from lora_tasks.train import predict
+    from lora_tasks.training.factory import build_model
+    from lora_tasks.training.train import predict
 
     prepared = steps.prepare_data("demo", demo_dir, tmp_path, max_train_rows=120)
     plan = steps.plan_training("demo", demo_dir, tmp_path, tiny=True, max_train_rows=120,
@@ -487,7 +487,7 @@ def test_run_pipeline_on_demo_is_scored_like_the_server(creds, tmp_path):
 
 
 def test_create_kaggle_lora_model_profiles_and_picks_a_preset(demo_dir):
-    from lora_tasks.factory import create_kaggle_lora_model
+    from lora_tasks.training.factory import create_kaggle_lora_model
 
     built = create_kaggle_lora_model("binary", data_path=demo_dir, tiny=True)
     model, adapter, settings = built

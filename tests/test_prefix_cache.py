@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 from mlx.utils import tree_flatten
 
-from lora_tasks.factory import create_bert_with_lora
 from lora_tasks.models import BertConfig
-from lora_tasks.prefix_cache import FromPrefix, compute_prefix, first_adapted_layer, prefix_dataset
-from lora_tasks.train import TrainConfig, predict, train
+from lora_tasks.training.factory import create_bert_with_lora
+from lora_tasks.training.prefix_cache import FromPrefix, compute_prefix, first_adapted_layer, prefix_dataset
+from lora_tasks.training.train import TrainConfig, predict, train
 from tests._tiny import TINY, toy_data
 
 
@@ -58,13 +58,13 @@ def test_training_from_prefix_matches_plain_training(tmp_path):
 def test_prefix_states_are_cached_on_disk_by_content(tmp_path, caplog):
     data = toy_data(32)
     model = _top_only_model()
-    with caplog.at_level("INFO", logger="lora_tasks.prefix_cache"):
+    with caplog.at_level("INFO", logger="lora_tasks.training.prefix_cache"):
         _, first = prefix_dataset(model, data, cache_dir=tmp_path)
     files = list(tmp_path.glob("prefix-*.npy"))
     assert len(files) == 1
     assert "computing the hidden states entering layer 2 for 32 rows once" in caplog.text  # long work says so
     caplog.clear()
-    with caplog.at_level("INFO", logger="lora_tasks.prefix_cache"):
+    with caplog.at_level("INFO", logger="lora_tasks.training.prefix_cache"):
         _, again = prefix_dataset(model, data, cache_dir=tmp_path)
     assert isinstance(again.input_ids, np.memmap) and not caplog.text  # loaded, not recomputed
     np.testing.assert_array_equal(np.asarray(again.input_ids), first.input_ids)
@@ -97,7 +97,7 @@ def test_an_unreadable_cache_file_is_computed_again(tmp_path, caplog):
     _, first = prefix_dataset(model, data, cache_dir=tmp_path)
     (path,) = tmp_path.glob("prefix-*.npy")
     path.write_bytes(path.read_bytes()[:40])  # truncated inside the header
-    with caplog.at_level("INFO", logger="lora_tasks.prefix_cache"):
+    with caplog.at_level("INFO", logger="lora_tasks.training.prefix_cache"):
         _, again = prefix_dataset(model, data, cache_dir=tmp_path)
     assert "is unreadable" in caplog.text and "computing the hidden states" in caplog.text
     np.testing.assert_array_equal(np.asarray(again.input_ids), first.input_ids)
@@ -110,7 +110,7 @@ from pathlib import Path
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
 from tests.test_prefix_cache import _top_only_model
 from tests._tiny import toy_data
-from lora_tasks.prefix_cache import prefix_dataset
+from lora_tasks.training.prefix_cache import prefix_dataset
 model, data = _top_only_model(), toy_data(64)
 go = Path(sys.argv[1]) / "go"
 while not go.exists():  # the barrier: both processes ask for the cache at the same moment

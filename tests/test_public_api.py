@@ -94,7 +94,7 @@ def test_building_a_model_does_not_load_the_data_stack():
     code = (
         "import sys\n"
         "from lora_tasks import create_bert_with_lora, create_qlora_model, create_multi_adapter_model\n"
-        "import lora_tasks.train\n"
+        "import lora_tasks.training.train\n"
         "print(sorted(m for m in ('pandas', 'sklearn', 'prefect') if m in sys.modules))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -9,7 +9,6 @@ import pytest
 from mlx.utils import tree_flatten
 
 import lora_tasks  # noqa: F401  (BLAS set-up before MLX)
-from lora_tasks.factory import create_bert_with_lora, create_qlora_model
 from lora_tasks.lora import LoRAAdapter, LoRALinear
 from lora_tasks.lora.quantized import (
     QLoRALinear,
@@ -21,6 +20,7 @@ from lora_tasks.lora.quantized import (
 )
 from lora_tasks.models import BertConfig
 from lora_tasks.models.heads import head_loss
+from lora_tasks.training.factory import create_bert_with_lora, create_qlora_model
 
 CFG = BertConfig(vocab_size=512, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
                  intermediate_size=256, max_position_embeddings=32)

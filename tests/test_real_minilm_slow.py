@@ -10,9 +10,9 @@ import pytest
 
 from lora_tasks.data.competition import load_competition
 from lora_tasks.data.tokenizer import Tokenizer
-from lora_tasks.factory import create_bert_with_lora
 from lora_tasks.metrics import get_metric
-from lora_tasks.train import Dataset, TrainConfig, predict, train
+from lora_tasks.training.factory import create_bert_with_lora
+from lora_tasks.training.train import Dataset, TrainConfig, predict, train
 
 
 @pytest.mark.slow

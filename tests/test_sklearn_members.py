@@ -9,10 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from lora_tasks.cv import make_folds
-from lora_tasks.ensemble import blend
-from lora_tasks.metrics import get_metric
-from lora_tasks.sklearn_members import (
+from lora_tasks.ensemble.blend import blend
+from lora_tasks.ensemble.members import (
     kernel_member,
     linear_member,
     normalize_task,
@@ -20,6 +18,8 @@ from lora_tasks.sklearn_members import (
     tabular_member,
     text_member,
 )
+from lora_tasks.metrics import get_metric
+from lora_tasks.training.cv import make_folds
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -162,7 +162,7 @@ def test_house_prices_regression_tables_get_a_kernel_member_that_the_blend_uses(
 
 
 def test_large_regression_tables_skip_the_kernel_member(monkeypatch):
-    from lora_tasks import sklearn_members
+    from lora_tasks.ensemble import members as sklearn_members
 
     train = _read("house-prices-advanced-regression-techniques", "train.csv", nrows=200)
     y = train["SalePrice"].to_numpy(dtype=float)
@@ -249,7 +249,7 @@ def test_multilabel_members_give_one_probability_per_label(several_targets, memb
 
 
 def test_multitarget_members_give_one_value_per_target(several_targets, monkeypatch):
-    from lora_tasks import sklearn_members
+    from lora_tasks.ensemble import members as sklearn_members
 
     X, _, values, folds = several_targets
     # fewer, single boosting models: the tuned settings are for real tables and cost minutes here

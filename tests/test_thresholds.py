@@ -1,4 +1,4 @@
-"""The label cut of binary F1 submissions, fit on out-of-fold rows (lora_tasks.thresholds)."""
+"""The label cut of binary F1 submissions, fit on out-of-fold rows (lora_tasks.ensemble.thresholds)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, matthews_corrcoef
 
-from lora_tasks.task import Task
-from lora_tasks.thresholds import (
+from lora_tasks.ensemble.thresholds import (
     GRID,
     best_threshold,
     check_setting,
@@ -15,6 +14,7 @@ from lora_tasks.thresholds import (
     nested_threshold_score,
     tunes_threshold,
 )
+from lora_tasks.task import Task
 
 
 def calibrated(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

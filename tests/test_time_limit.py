@@ -118,8 +118,8 @@ def test_a_generous_limit_records_the_estimate_in_the_plan(creds, tmp_path, capl
 def test_should_stop_cuts_epochs_and_keeps_the_best_checkpoint(tmp_path):
     from _tiny import tiny_model, toy_data
 
-    from lora_tasks.checkpoints import BEST_FILE
-    from lora_tasks.train import TrainConfig, predict, train
+    from lora_tasks.training.checkpoints import BEST_FILE
+    from lora_tasks.training.train import TrainConfig, predict, train
 
     data = toy_data(160)
     asked: list[tuple[int, int]] = []

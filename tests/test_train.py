@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_unflatten
 
-from lora_tasks.checkpoints import BEST_FILE, CHECKPOINT_FILE, CheckpointError
 from lora_tasks.progress import EventLog
-from lora_tasks.train import (
+from lora_tasks.training.checkpoints import BEST_FILE, CHECKPOINT_FILE, CheckpointError
+from lora_tasks.training.train import (
     NonFiniteError,
     TrainConfig,
     balanced_class_weights,
@@ -48,7 +48,7 @@ def test_learns_a_toy_task_and_keeps_the_best_epoch():
     preds = predict(model, data.subset(np.arange(150, 200)))
     assert preds.shape == (50,) and ((preds > 0.5) == data.labels[150:]).mean() >= 0.8
     # the model holds the best epoch's weights: its validation loss equals the best score
-    from lora_tasks.train import evaluate
+    from lora_tasks.training.train import evaluate
 
     assert abs(evaluate(model, data.subset(np.arange(150, 200)), None, cfg)[0] - res.best_score) < 1e-4
     ends = log.epoch_ends()
@@ -112,7 +112,7 @@ sys.path.insert(0, {repo!r})
 import lora_tasks
 import numpy as np
 from mlx.utils import tree_flatten
-from lora_tasks.train import train, TrainConfig
+from lora_tasks.training.train import train, TrainConfig
 from tests._tiny import tiny_model, toy_data
 slow = float(sys.argv[2])
 data = toy_data(160)
@@ -179,8 +179,8 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
 
 
 def test_cross_validation_gives_oof_for_every_row_and_test_per_fold():
-    from lora_tasks.cv import cross_validate, make_folds
     from lora_tasks.metrics import score
+    from lora_tasks.training.cv import cross_validate, make_folds
 
     data = toy_data(120)
     test = toy_data(30, seed=5)

@@ -49,7 +49,7 @@ class FoldKeeper:
         return max(1, min(planned, before.epochs_this_fold))
 
     def should_stop(self, done: int, epoch_seconds: list[float]) -> bool:
-        """For :func:`lora_tasks.train.train`: decide the members check at its epoch, then
+        """For :func:`lora_tasks.training.train.train`: decide the members check at its epoch, then
         whether the budget ends this fold now."""
         if self.members is not None and done == self.members.after_epochs and done in self._valid_scores:
             m = self.members

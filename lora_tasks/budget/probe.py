@@ -2,7 +2,7 @@
 
 Why time instead of counting FLOPs: on a CPU the speed of MLX depends on the BLAS, the compiled
 kernels, the cores and what else runs on them; a few real steps of the same compiled step the
-engine builds (:func:`lora_tasks.train.train`) are the only estimate that holds. Timed once per
+engine builds (:func:`lora_tasks.training.train.train`) are the only estimate that holds. Timed once per
 machine, model, length bucket and batch (:mod:`lora_tasks.budget.cache`), it takes seconds.
 """
 
@@ -22,10 +22,10 @@ from mlx import nn
 
 from lora_tasks.budget.cache import ProbeKey, load_costs, save_costs
 from lora_tasks.budget.costs import StepCosts, length_bucket
-from lora_tasks.factory import build_model
 from lora_tasks.hub import resolve_model_dir
-from lora_tasks.prefix_cache import FromPrefix, first_adapted_layer
-from lora_tasks.train import TrainConfig, make_schedule
+from lora_tasks.training.factory import build_model
+from lora_tasks.training.prefix_cache import FromPrefix, first_adapted_layer
+from lora_tasks.training.train import TrainConfig, make_schedule
 
 log = logging.getLogger("lora_tasks.budget")
 
@@ -201,7 +201,7 @@ def probe_for_plan(
     cache_dir: str | os.PathLike,
     timed_tops: tuple[int, ...] = DEFAULT_TIMED_TOPS,
 ) -> StepCosts:
-    """:func:`probe_costs` for the model the pipeline would build (:func:`lora_tasks.factory.build_model`)."""
+    """:func:`probe_costs` for the model the pipeline would build (:func:`lora_tasks.training.factory.build_model`)."""
     def factory(top: int | None) -> nn.Module:
         return build_model(head_type, preset, num_labels, model=model, tiny=tiny, top_layers=top)[0]
 

@@ -56,7 +56,7 @@ class TrainSettings:
     top_layers: int | None = None
     # Dtype of the frozen base's weights and GEMMs: "float32", "bfloat16" (adapters, head, norms, loss
     # and AdamW stay fp32) or "auto" (bf16 where the CPU has avx512_bf16, and on Metal); passed to
-    # the model factories, see lora_tasks.precision.
+    # the model factories, see lora_tasks.training.precision.
     compute_dtype: str = "float32"
     estimated_memory_bytes: int = 0
     reasons: list[str] = field(default_factory=list)

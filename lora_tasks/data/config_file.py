@@ -14,8 +14,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
+from lora_tasks.ensemble.thresholds import check_setting
 from lora_tasks.metrics import TASK_TYPES, get_metric
-from lora_tasks.thresholds import check_setting
 
 from .submission_format import DTYPES, PREDICTIONS
 

@@ -110,7 +110,7 @@ class SubmissionFormat:
     classes: for labels (and per-class probability columns) the spelling of every class as
         train.csv writes it, in the order of the competition's sorted ``classes``.
     threshold: probability cut for binary labels: a number, or ``"auto"`` (the default): fit on
-        out-of-fold rows for F1, 0.5 for other label metrics (:mod:`lora_tasks.thresholds`).
+        out-of-fold rows for F1, 0.5 for other label metrics (:mod:`lora_tasks.ensemble.thresholds`).
     target_transform: ``log1p`` trains on log1p(target) and writes expm1(prediction) (RMSLE).
     """
 

@@ -180,7 +180,7 @@ class LoRAConfig:
     - ``quantize_bits``: 4 (or 8) stores the frozen base linears quantized (QLoRA, groups of
       ``quantize_group_size`` = 64 along the input); the adapters stay fp32.
     - ``layers_to_transform``: encoder layer indices that get adapters (PEFT's name); None: all.
-      Adapting only the top layers lets :mod:`lora_tasks.prefix_cache` compute the frozen
+      Adapting only the top layers lets :mod:`lora_tasks.training.prefix_cache` compute the frozen
       lower layers once for every epoch and adapter.
     """
 

@@ -49,7 +49,7 @@ def dequantized_weight(module: nn.Module, dtype: mx.Dtype | None = None) -> mx.a
     """The dense weight of a quantized linear/embedding (or the weight of a plain one).
 
     ``dtype``: of the result (default: the scales' dtype, fp32 here); ``mx.bfloat16`` for a bf16
-    compute dtype (:mod:`lora_tasks.precision`), which halves the dense temporary.
+    compute dtype (:mod:`lora_tasks.training.precision`), which halves the dense temporary.
     """
     if not is_quantized(module):
         return module.weight if dtype is None else module.weight.astype(dtype)

@@ -1,7 +1,7 @@
 """MLX encoders (BERT, RoBERTa, DistilBERT, ELECTRA, MPNet, ModernBERT), weight loading and heads.
 
 Never imports the adapter library (:mod:`lora_tasks.lora`): the ``create_*`` factories that join
-the two live in :mod:`lora_tasks.factory`."""
+the two live in :mod:`lora_tasks.training.factory`."""
 
 from lora_tasks.models.bert import BertConfig, BertModel
 from lora_tasks.models.distilbert import DistilBertConfig, DistilBertModel

@@ -1,6 +1,6 @@
 """Build a bare encoder (pretrained or randomly initialized) by model type, with or without a task head.
 
-No LoRA here: :mod:`lora_tasks.factory` adds adapters on top of what :func:`build_base` returns,
+No LoRA here: :mod:`lora_tasks.training.factory` adds adapters on top of what :func:`build_base` returns,
 so the models layer never depends on the adapter library.
 """
 

@@ -15,7 +15,7 @@ whole attention as one primitive per direction (:func:`multi_head_attention`: on
 forward+backward at seq 64, 97-113 -> 32-38 ms). They are chosen on first use when they build;
 the arithmetic versions below stay as the fallback.
 
-:func:`bf16_linear` is the GEMM of a frozen base stored in bf16 (:mod:`lora_tasks.precision`):
+:func:`bf16_linear` is the GEMM of a frozen base stored in bf16 (:mod:`lora_tasks.training.precision`):
 the native bf16 GEMM where the CPU has AVX512-BF16, else the weight widened for the BLAS.
 """
 

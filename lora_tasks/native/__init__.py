@@ -6,7 +6,7 @@ these kernels on the CPU when they build, and MLX's own ops otherwise (Metal, no
 ``KAGGLE_LORA_NATIVE_KERNELS=0``); either way the math is the same to ~1e-6.
 
 The bf16 GEMM (``bf16_gemm.h``, for a frozen base stored in bf16, see
-:mod:`lora_tasks.precision`) picks its micro-kernel at run time from cpuid: AVX512-BF16's
+:mod:`lora_tasks.training.precision`) picks its micro-kernel at run time from cpuid: AVX512-BF16's
 ``vdpbf16ps`` where the CPU and OS support it, a portable one elsewhere; ``NativeInfo.bf16_kernel``
 names the choice.
 

@@ -131,7 +131,7 @@ def combine(
         test = sum(w * np.load(r.test_path) for w, r in zip(fold_weights, ordered, strict=True))
     if baselines or adapter_sets:
         # the blenders load scikit-learn's estimators
-        from lora_tasks.ensemble import blend
+        from lora_tasks.ensemble.blend import blend
 
         members_oof, members_test = {ADAPTERS_MEMBER: oof}, {ADAPTERS_MEMBER: test}
         for name, set_results in adapter_sets.items():
@@ -151,7 +151,7 @@ def combine(
         oof, test, weights = blended.oof_pred, blended.test_pred, blended.weights
         used_blend, cv_score, cut = blend_method, blended.report.blend_cv_score, blended.threshold
     elif tune:
-        from lora_tasks.thresholds import best_threshold, nested_threshold_score
+        from lora_tasks.ensemble.thresholds import best_threshold, nested_threshold_score
 
         y, folds = training_labels(prepared, plan), fold_assignment(prepared, plan)
         cut = best_threshold(prepared.metric, y, oof)
@@ -175,7 +175,7 @@ def combine(
 def _blend_members_only(prepared: Prepared, plan: Plan, baselines: Sequence[BaselineResult],
                         out_dir: str | os.PathLike, blend_method: str) -> CombineResult:
     """``no_adapters``: the scikit-learn members blended alone, weights fit on their OOF rows."""
-    from lora_tasks.ensemble import blend  # the blenders load scikit-learn's estimators
+    from lora_tasks.ensemble.blend import blend  # the blenders load scikit-learn's estimators
 
     members_oof = {b.name: np.load(b.oof_path) for b in baselines}
     members_test = {b.name: np.load(b.test_path) for b in baselines}
@@ -214,11 +214,11 @@ def merged_predict(
     (:func:`~lora_tasks.lora.merge.merge_into_base`) and predict: one plain model whose every
     layer is the ensemble's mean layer."""
     # the model factory, the merge and the training engine load MLX: only when a model runs
-    from lora_tasks.factory import build_model
     from lora_tasks.lora.adapter import read_adapter_file
     from lora_tasks.lora.layers import SlicedLoRALinear
     from lora_tasks.lora.merge import merge_adapters, merge_into_base, weighted_updates
-    from lora_tasks.train import predict
+    from lora_tasks.training.factory import build_model
+    from lora_tasks.training.train import predict
 
     with MLX_LOCK:
         net, adapter = build_model(

@@ -30,7 +30,6 @@ from lora_tasks.data.autoconfig import TrainSettings, apply_settings, auto_confi
 from lora_tasks.data.competition import TRAINING_SETTINGS, CompetitionConfig
 from lora_tasks.data.profile import DataProfile, profile_competition
 from lora_tasks.data.tokenizer import Tokenizer
-from lora_tasks.factory import head_type_for, model_shape
 from lora_tasks.steps.prepare import subset_rows
 from lora_tasks.steps.spec import competition_spec
 from lora_tasks.steps.store import (
@@ -39,6 +38,7 @@ from lora_tasks.steps.store import (
     load_record,
     save_json,
 )
+from lora_tasks.training.factory import head_type_for, model_shape
 
 _log = logging.getLogger(__name__)
 

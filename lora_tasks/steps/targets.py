@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from lora_tasks.ensemble.thresholds import fixed_threshold, tunes_threshold
 from lora_tasks.metrics import get_metric, to_labels
 from lora_tasks.steps.plan import Plan
 from lora_tasks.steps.prepare import Prepared
 from lora_tasks.steps.store import PipelineError
 from lora_tasks.task import Task
-from lora_tasks.thresholds import fixed_threshold, tunes_threshold
 
 
 def transform_target(y: np.ndarray, transform: str) -> np.ndarray:
@@ -30,8 +30,8 @@ def fold_assignment(prepared: Prepared, plan: Plan, *, members: bool = False) ->
     classification, plain K-fold for regression and several targets. ``members``: the split of
     the scikit-learn members and the blend (``Plan.members_n_folds``), which keeps the rules'
     folds when the budget gave the adapters fewer."""
-    from lora_tasks.cv import (
-        make_folds,  # lora_tasks.cv loads MLX: not needed to plan or submit
+    from lora_tasks.training.cv import (
+        make_folds,  # lora_tasks.training.cv loads MLX: not needed to plan or submit
     )
 
     n_folds = plan.members_n_folds if members else plan.n_folds
@@ -68,7 +68,7 @@ def score_predictions(pred: np.ndarray, prepared: Prepared, plan: Plan, threshol
 
 
 def tunes_label_cut(prepared: Prepared, plan: Plan) -> bool:
-    """Whether combine fits the label cut on OOF rows (see :mod:`lora_tasks.thresholds`)."""
+    """Whether combine fits the label cut on OOF rows (see :mod:`lora_tasks.ensemble.thresholds`)."""
     binary = prepared.task is Task.BINARY and plan.settings.target_transform == "none"
     return tunes_threshold(prepared.submission.threshold, prepared.metric, binary)
 

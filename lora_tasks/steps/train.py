@@ -59,8 +59,8 @@ def tokenize_data(
 
 
 def load_dataset(tokens_path: str | os.PathLike, labels: Sequence | np.ndarray | None = None):
-    """A :class:`lora_tasks.train.Dataset` from a token cache file."""
-    from lora_tasks.train import Dataset  # loads MLX: only when a model runs
+    """A :class:`lora_tasks.training.train.Dataset` from a token cache file."""
+    from lora_tasks.training.train import Dataset  # loads MLX: only when a model runs
 
     with np.load(tokens_path) as data:
         ds = Dataset(data["input_ids"], data["attention_mask"], data["token_type_ids"])
@@ -101,7 +101,7 @@ def ravel(pred: np.ndarray) -> np.ndarray:
 
 
 def _train_config(plan: Plan, fold: int):
-    from lora_tasks.train import TrainConfig  # loads MLX: only when a model runs
+    from lora_tasks.training.train import TrainConfig  # loads MLX: only when a model runs
 
     s = plan.settings
     return TrainConfig(epochs=int(s.epochs), batch_size=int(s.batch_size), learning_rate=float(s.learning_rate),
@@ -115,7 +115,7 @@ def _from_prefix(net, data, test, cache_dir: Path):
     without a layer split (ModernBERT) train the whole stack, with the same top-only adapters."""
     if not hasattr(net, "hidden_before"):
         return net, data, test
-    from lora_tasks.prefix_cache import prefix_dataset  # loads MLX
+    from lora_tasks.training.prefix_cache import prefix_dataset  # loads MLX
 
     trainee, train_states = prefix_dataset(net, data, cache_dir=cache_dir)
     _, test_states = prefix_dataset(net, test, start=trainee.start, cache_dir=cache_dir)
@@ -187,8 +187,8 @@ def train_adapter(
     (:mod:`lora_tasks.lifecycle`) ends the fold after its current step, its checkpoints kept.
     """
     # the model factory and the training engine load MLX: only when a model runs
-    from lora_tasks.factory import build_model
-    from lora_tasks.train import predict, train
+    from lora_tasks.training.factory import build_model
+    from lora_tasks.training.train import predict, train
 
     prepared = Prepared.load(prepared_path)
     plan = Plan.load(plan_path)
@@ -275,12 +275,12 @@ def train_baselines(
     plan_path: str | os.PathLike,
     out_dir: str | os.PathLike,
 ) -> list[BaselineResult]:
-    """Fit the scikit-learn members that suit the table (:func:`lora_tasks.sklearn_members.table_members`:
+    """Fit the scikit-learn members that suit the table (:func:`lora_tasks.ensemble.members.table_members`:
     HistGradientBoosting and a regularized linear model, or TF-IDF + a linear model for text)
     on the same rows as the adapters and on the same target scale, so the combine step can blend
     them with the adapters row by row; on the plan's member folds (the adapters' own unless the
     budget cut those)."""
-    from lora_tasks.sklearn_members import (
+    from lora_tasks.ensemble.members import (
         table_members,  # scikit-learn's estimators load slowly
     )
 

@@ -5,7 +5,7 @@ K-times batch; each slice then goes through its own low-rank factors with batche
 (A stacked as (K, r, in), B as (K, out, r), x seen as (K, b*s, in)), and through its own head.
 :class:`FusedAdapters` has the head interface of the training engine: ``__call__`` returns
 (K, batch) logits (or (K, batch, labels)), ``.loss`` returns the sum of the K losses, whose
-gradients are those of the K separate losses, so :func:`lora_tasks.train.train` trains it as is
+gradients are those of the K separate losses, so :func:`lora_tasks.training.train.train` trains it as is
 (with ``metric=None``: validation scores the summed loss). :meth:`FusedAdapters.unfuse` gives K
 ordinary single-adapter models back; :func:`train_fused` does the round trip.
 
@@ -30,8 +30,8 @@ from lora_tasks.lora.config import LoRAConfig
 from lora_tasks.lora.layers import DoRALinear
 from lora_tasks.models.encoder import BertWithHead
 from lora_tasks.models.heads import head_loss, predictions
-from lora_tasks.multi_adapter import fresh_head
-from lora_tasks.train import TrainConfig, train
+from lora_tasks.training.multi_adapter import fresh_head
+from lora_tasks.training.train import TrainConfig, train
 
 
 def default_parallel_mode() -> str:
@@ -124,7 +124,7 @@ class FusedAdapters(nn.Module):
     """K adapters of the same rank and targets on one frozen base, trained or run in one pass.
 
     Build it with :meth:`from_models` (K single-adapter models on the same base) or
-    :meth:`from_manager` (adapters of a :class:`~lora_tasks.multi_adapter.MultiAdapterManager`).
+    :meth:`from_manager` (adapters of a :class:`~lora_tasks.training.multi_adapter.MultiAdapterManager`).
     """
 
     def __init__(self, base: nn.Module, configs: Sequence[LoRAConfig], factors: dict[str, tuple[mx.array, mx.array]],
@@ -332,7 +332,7 @@ def train_fused(models: Sequence[nn.Module], adapters: Sequence[LoRAAdapter], tr
     if cfg.metric is not None:
         raise ValueError(f"Fused training scores validation by the summed loss of the K adapters; set "
                          f"TrainConfig(metric=None) (got {cfg.metric!r}), then score each unfused adapter with "
-                         "lora_tasks.train.predict.")
+                         "lora_tasks.training.train.predict.")
     fused = FusedAdapters.from_models(models, adapters)
     fused.train(models[0].training)
     result = train(fused, train_data, valid_data, cfg, **train_kwargs)

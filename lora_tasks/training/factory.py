@@ -29,9 +29,9 @@ from lora_tasks.models.bert import BertConfig
 from lora_tasks.models.encoder import BertWithHead, read_model_config
 from lora_tasks.models.factory import ModelType, build_base
 from lora_tasks.models.heads import Pooling
-from lora_tasks.multi_adapter import MultiAdapterManager
-from lora_tasks.precision import ComputeDtype, cast_frozen_base, resolve_compute_dtype
 from lora_tasks.task import Task
+from lora_tasks.training.multi_adapter import MultiAdapterManager
+from lora_tasks.training.precision import ComputeDtype, cast_frozen_base, resolve_compute_dtype
 
 if TYPE_CHECKING:
     from lora_tasks.data.autoconfig import TrainSettings
@@ -66,7 +66,7 @@ def create_model_with_lora(
       (the folds of a tiny test model) share the base and differ in their adapters.
     - ``compute_dtype``: ``"float32"``, ``"bfloat16"`` (frozen base weights stored and multiplied
       in bf16; adapters, head, norms and loss stay fp32) or ``"auto"`` (bf16 where the CPU has
-      avx512_bf16, and on Metal); see :mod:`lora_tasks.precision`.
+      avx512_bf16, and on Metal); see :mod:`lora_tasks.training.precision`.
     """
     if seed is not None:
         mx.random.seed(seed)

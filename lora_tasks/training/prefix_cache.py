@@ -24,9 +24,9 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from lora_tasks.train import Dataset
+from lora_tasks.training.train import Dataset
 
-log = logging.getLogger("lora_tasks.prefix_cache")
+log = logging.getLogger("lora_tasks.training.prefix_cache")
 
 _LAYER = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
 
@@ -43,7 +43,7 @@ class FromPrefix(nn.Module):
     """``model`` seen from encoder layer ``start`` on: inputs are cached hidden states.
 
     It exposes the head interface the training engine needs (``head_type``, ``loss``), so
-    :func:`lora_tasks.train.train` and :func:`lora_tasks.train.predict` work on it unchanged.
+    :func:`lora_tasks.training.train.train` and :func:`lora_tasks.training.train.predict` work on it unchanged.
     """
 
     def __init__(self, model: nn.Module, start: int) -> None:

@@ -27,7 +27,11 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from lora_tasks.checkpoints import (
+from lora_tasks.data.batching import bucket_indices
+from lora_tasks.data.tokenizer import Encoded
+from lora_tasks.models.heads import predictions
+from lora_tasks.progress import ProgressCallback, ProgressEvent
+from lora_tasks.training.checkpoints import (
     BEST_FILE,
     CHECKPOINT_FILE,
     atomic_save,
@@ -36,12 +40,8 @@ from lora_tasks.checkpoints import (
     read_checkpoint_file,
     save_checkpoint,
 )
-from lora_tasks.data.batching import bucket_indices
-from lora_tasks.data.tokenizer import Encoded
-from lora_tasks.models.heads import predictions
-from lora_tasks.progress import ProgressCallback, ProgressEvent
 
-log = logging.getLogger("lora_tasks.train")
+log = logging.getLogger("lora_tasks.training.train")
 
 CLASSIFICATION = ("binary_classification", "multiclass_classification", "multilabel_classification")
 

@@ -15,9 +15,9 @@ from sklearn.model_selection import KFold, StratifiedKFold
 
 from lora_tasks.metrics import get_metric
 from lora_tasks.progress import ProgressCallback
-from lora_tasks.train import Dataset, TrainConfig, TrainResult, predict, train
+from lora_tasks.training.train import Dataset, TrainConfig, TrainResult, predict, train
 
-log = logging.getLogger("lora_tasks.cv")
+log = logging.getLogger("lora_tasks.training.cv")
 
 
 @dataclass

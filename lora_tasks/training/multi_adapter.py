@@ -7,7 +7,7 @@ active adapter does not touch just returns the base output.
 
 :class:`MultiAdapterManager` owns the adapters of one model: ``activate_adapter(name)`` routes
 every layer to that adapter and puts its head on the model, and leaves only that adapter and
-its head trainable, so :func:`lora_tasks.train.train` trains exactly one adapter at a time.
+its head trainable, so :func:`lora_tasks.training.train.train` trains exactly one adapter at a time.
 With the same weights the active adapter computes exactly what a single-adapter model
 (:class:`~lora_tasks.lora.adapter.LoRAAdapter`) computes. It lives beside training, not in
 :mod:`lora_tasks.lora`, because each adapter gets its own task head (:mod:`lora_tasks.models.heads`). ``save``/``load`` write and read all

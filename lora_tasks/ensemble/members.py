@@ -51,7 +51,7 @@ from threadpoolctl import threadpool_limits
 from lora_tasks.metrics import get_metric
 from lora_tasks.task import Task
 
-log = logging.getLogger("lora_tasks.sklearn_members")
+log = logging.getLogger("lora_tasks.ensemble.members")
 
 MAX_CATEGORIES = 64  # rarer categories share one code: HGB caps categorical cardinality at max_bins
 ID_LIKE_SHARE = 0.5  # text columns with more distinct values than this share of rows carry no category
@@ -421,7 +421,7 @@ def _run_folds(
     if len(folds) != len(X) or len(y) != len(X):
         raise ValueError(
             f"{len(X)} rows, {len(y)} targets and {len(folds)} fold indices; pass one of each per row "
-            "(folds: CVResult.fold_of_row or lora_tasks.cv.make_folds)."
+            "(folds: CVResult.fold_of_row or lora_tasks.training.cv.make_folds)."
         )
     if log_target and not task.is_regression:
         raise ValueError("log_target only applies to regression; drop it for classification.")

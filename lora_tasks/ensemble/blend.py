@@ -19,7 +19,7 @@ Weights fit on OOF and scored on the same OOF are optimistic; pass ``folds`` and
 carries ``blend_cv_score``: the blend fit on the other folds and scored on each held-out fold.
 
 ``tune_threshold=True`` (binary tasks, label metrics such as F1) also fits the cut of the blended
-P(class 1) on the OOF rows (:mod:`lora_tasks.thresholds`); the nested score then fits weights and
+P(class 1) on the OOF rows (:mod:`lora_tasks.ensemble.thresholds`); the nested score then fits weights and
 cut on the other folds.
 
 Several targets (multilabel probabilities, multi-target values: ``y`` and every member (n, k)) are
@@ -46,9 +46,9 @@ from scipy import optimize
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import KFold, StratifiedKFold
 
+from lora_tasks.ensemble.thresholds import best_threshold, nested_threshold_score
 from lora_tasks.metrics import Metric, get_metric
 from lora_tasks.task import Task
-from lora_tasks.thresholds import best_threshold, nested_threshold_score
 
 Method = Literal["mean", "rank_mean", "weights", "caruana", "stacking"]
 METHODS: tuple[str, ...] = ("mean", "rank_mean", "weights", "caruana", "stacking")
