@@ -172,7 +172,7 @@ def kaggle_lora(options: RunOptions) -> RunSummary:
 
         run_key = str(flow_run.get_id() or "local")
         submitted = states.result("submit", tasks.submit.submit(
-            competition, submission_path, options.message, run_key, paths.state, endpoint))
+            competition, submission_path, options.message, run_key, paths.state, endpoint, resubmit=options.resubmit))
         scored = states.result("read-score", tasks.read_score.submit(
             competition, submitted.ref, endpoint, options.score_timeout_s, poll_s))
         publish_submission(slug, check, submitted, scored)

@@ -342,11 +342,13 @@ def validate_task(submission: Path, prepared: Path):
 
 
 @task(name="submit", cache_policy=NO_CACHE, **network_retry_options())
-def submit_task(competition: str, submission: Path, message: str, run_key: str, state_dir: Path, endpoint: str | None = None):
+def submit_task(competition: str, submission: Path, message: str, run_key: str, state_dir: Path, endpoint: str | None = None,
+                resubmit: bool = False):
     """Not cached: each flow run is a deliberate submission. Retries within the run reuse its
-    run id (flow run id + file hash), so a lost answer never becomes a second submission."""
+    run id (flow run id + file hash), so a lost answer never becomes a second submission;
+    ``resubmit`` (the run's ``--resubmit``) submits a file Kaggle already holds from an earlier run."""
     with running_step("submit"):
-        return submit_run(competition, submission, message, run_key, state_dir, endpoint)
+        return submit_run(competition, submission, message, run_key, state_dir, endpoint, resubmit=resubmit)
 
 
 @task(name="read-score", cache_policy=NO_CACHE, **network_retry_options())
