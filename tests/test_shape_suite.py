@@ -32,6 +32,7 @@ from lora_tasks.metrics import get_metric
 from lora_tasks.options import RunOptions
 from lora_tasks.prefect.flow import kaggle_lora
 from lora_tasks.steps import Prepared, run_pipeline
+from lora_tasks.steps.plan import Plan
 from lora_tasks.testing import fake_kaggle as fk
 from lora_tasks.testing.shapes import SHAPES, CompetitionShape, all_shapes, build_all_shapes
 
@@ -64,6 +65,13 @@ def shape_server(served, fake_creds):
         yield server
 
 
+@pytest.fixture(scope="module")
+def shared_work(tmp_path_factory) -> Path:
+    """One work dir for the real competitions' shapes, as a user running several competitions
+    has: the cost probe and token cache are measured once per model shape, not once per run."""
+    return tmp_path_factory.mktemp("shapes-work")
+
+
 def _text(path: Path) -> pd.DataFrame:
     return read_csv(path, as_text=True)
 
@@ -84,11 +92,13 @@ def _train_column(s: CompetitionShape, column: str, train: pd.DataFrame) -> str:
 
 
 @pytest.mark.parametrize("s", ALL, ids=_IDS)
-def test_zero_config_run_submits_a_file_the_server_scores(s: CompetitionShape, served, plain, shape_server, tmp_path):
+def test_zero_config_run_submits_a_file_the_server_scores(s: CompetitionShape, served, plain, shape_server, tmp_path,
+                                                         shared_work):
     e = s.expected
     assert find_config_file(s.slug, None) is None, "the shape must run with no config file"
+    work = shared_work if s not in SHAPES else tmp_path / "work"
     result = run_pipeline(RunOptions(competition=s.slug, kaggle_endpoint=shape_server.url,
-                                     work_dir=str(tmp_path / "work"), **FAST), run_key=f"suite-{s.slug}")
+                                     work_dir=str(work), **FAST), run_key=f"suite-{s.slug}")
 
     # what the zero-config run inferred
     prepared = Prepared.load(result.prepared_path)
@@ -100,6 +110,12 @@ def test_zero_config_run_submits_a_file_the_server_scores(s: CompetitionShape, s
     assert tuple(x.name for x in prepared.excluded) == e.excluded_columns
 
     train, sample, solution = _shape_files(s, plain)
+    plan_text = Plan.load(result.plan_path).competition_markdown  # what `kaggle-lora plan` prints
+    for column in [c for c in sample.columns if c != e.id_column and c not in train.columns]:
+        if column not in e.classes:  # a renamed target, not one column per class
+            assert f"| sample column `{column}` | predicts train's `{_train_column(s, column, train)}` |" in plan_text
+    if e.id_column not in train.columns and e.id_column not in _text(plain / s.slug / s.files.test).columns:
+        assert "row numbers 1..N" in plan_text
     sub = _text(Path(result.submission_path))
     assert list(sub.columns) == list(sample.columns), "the sample's header, in its order"
     assert sub[e.id_column].tolist() == sample[e.id_column].tolist(), "test.csv's ids as written, in order"

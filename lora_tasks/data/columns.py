@@ -88,6 +88,8 @@ def match_targets(
             matches.append(TargetMatch(column, only_train[0], "the one train column test lacks"))
             continue
         return None
+    if len({m.target for m in matches}) < len(matches):
+        return None  # two sample columns for one train column: no rule can tell which is which
     return matches
 
 

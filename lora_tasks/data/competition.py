@@ -359,7 +359,7 @@ def infer_from_data(
         rest = [c for c in sample_cols if c != id_col]
         matches = match_targets(rest, train_cols, test_cols, id_col) if rest else None
         if matches is not None:
-            targets = list(dict.fromkeys(m.target for m in matches))
+            targets = [m.target for m in matches]
             out["target_matches"] = matches
         else:
             # one column per class in the submission (e.g. otto's Class_1..Class_9): the target is
