@@ -160,6 +160,7 @@ def test_tables_named_otherwise_are_found_by_their_role(tmp_path):
     cfg = _load(folder, tmp_path)
     assert (cfg.files.train, cfg.files.test) == ("application_train.csv", "application_test.csv")
     assert cfg.target_columns == ("TARGET",)
+    assert "| train / test | application_train.csv, application_test.csv | found in the data |" in cfg.describe()
 
 
 def test_two_train_candidates_are_named_with_the_fix(tmp_path):

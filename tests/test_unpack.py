@@ -57,6 +57,17 @@ def test_an_unlisted_member_shares_the_listed_total(tmp_path):
         unpack_download(archive, _dest(tmp_path), {"train.csv": 5}, where="test")
 
 
+def test_a_listing_without_sizes_bounds_by_the_hard_cap_alone(tmp_path, monkeypatch):
+    body = b"id,x\n" + b"1,2\n" * 600
+    archive = _archive(tmp_path, {"train.csv": body})
+    unpack_download(archive, _dest(tmp_path), {"train.csv": 0}, where="test")  # a real file, size not listed
+    assert (tmp_path / "out" / "train.csv").read_bytes() == body
+    monkeypatch.setenv(MAX_BYTES_ENV, "1000")
+    (tmp_path / "out" / "train.csv").unlink()
+    with pytest.raises(UnpackLimitError, match="'train.csv'"):
+        unpack_download(archive, tmp_path / "out", {"train.csv": 0}, where="test")
+
+
 def test_an_inner_zip_may_not_pass_its_ratio(tmp_path):
     inner = _zip_bytes({"train.csv": b"0" * BOMB})
     archive = _archive(tmp_path, {"train.csv.zip": inner})

@@ -191,6 +191,9 @@ class CompetitionConfig:
             f"| submission holds | {self.submission.prediction} | {origin('submission.prediction')} |",
             f"| sample submission | {self.files.sample_submission} | {'found in the data' if self.data_dir else 'config'} |",
         ]
+        if (self.files.train, self.files.test) != (CompetitionFiles.train, CompetitionFiles.test):
+            lines.append(f"| train / test | {self.files.train}, {self.files.test} | "
+                         f"{'found in the data' if self.data_dir else 'config'} |")
         if self.drop_columns:
             lines.append(f"| dropped | {', '.join(self.drop_columns)} | config (drop_columns) |")
         for e in self.excluded:

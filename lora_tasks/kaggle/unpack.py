@@ -118,17 +118,21 @@ def unpack_download(
     """
     limits = limits or UnpackLimits.from_env()
     budget = _Budget(limits, where)
-    total_allowed = int(sum(listed.values()) * limits.margin) + limits.slack_bytes
+    # a size of 0 is a listing without sizes: such files are bounded by the hard cap alone
+    sized = bool(listed) and all(size > 0 for size in listed.values())
+    total_allowed = int(sum(listed.values()) * limits.margin) + limits.slack_bytes if sized else limits.hard_cap_bytes
     with zipfile.ZipFile(archive) as bundle:
         check_member_paths(bundle, dest, where)
         for info in bundle.infolist():
             if info.is_dir():
                 continue
             size = listed.get(info.filename, listed.get(PurePosixPath(info.filename).name))
-            if size is not None:
+            if size:
                 bound, why = int(size * limits.margin) + limits.slack_bytes, f"Kaggle lists it at {size:,} bytes"
-            else:
+            elif sized:
                 bound, why = max(0, total_allowed - budget.used), f"Kaggle lists {sum(listed.values()):,} bytes in all"
+            else:
+                bound, why = limits.hard_cap_bytes, f"the hard cap, ${MAX_BYTES_ENV}"
             _copy_member(bundle, info, dest / info.filename, bound, why, where, budget)
     unpacked: dict[str, list[UnpackedFile]] = {}
     for inner in sorted(p for p in dest.rglob("*") if p.is_file() and p.name.lower().endswith(".zip")):

@@ -17,8 +17,8 @@ import pandas as pd
 
 from ..shapes import ShapeTables
 
-R_TRAIN = 200
-R_TEST = 60
+R_TRAIN = 140
+R_TEST = 50
 N = R_TRAIN + R_TEST
 
 
