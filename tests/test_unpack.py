@@ -111,6 +111,17 @@ def test_an_inner_zip_member_outside_the_folder_is_refused(tmp_path):
     assert not (tmp_path / "evil.csv").exists()
 
 
+def test_a_member_that_fails_its_crc_is_named(tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as bundle:
+        bundle.writestr("train.csv", b"id,x\n1,2\n")
+    data = buffer.getvalue().replace(b"1,2", b"1,3", 1)  # the stored bytes change, the CRC does not
+    archive = tmp_path / "download.zip"
+    archive.write_bytes(data)
+    with pytest.raises(kio.CorruptDownloadError, match="'train.csv' of the zip fails its CRC check"):
+        unpack_download(archive, _dest(tmp_path), {"train.csv": 9}, where="t")
+
+
 def test_limits_from_the_environment_must_be_numbers(monkeypatch):
     monkeypatch.setenv(MAX_BYTES_ENV, "lots")
     with pytest.raises(kio.FatalKaggleError, match=MAX_BYTES_ENV):

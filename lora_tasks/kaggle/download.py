@@ -4,8 +4,8 @@ Why so careful: a scheduled run must never train on half a download. The zip is 
 temp folder next to the target, every member's CRC is checked, members that would land
 outside the folder (``../x``, absolute paths) are refused, every listed file must be present,
 nothing may unpack past the sizes Kaggle lists, and inner table zips (``train.csv.zip``) are
-unpacked too (:mod:`.unpack`); only then is the folder swapped in, in one atomic exchange: a reader sees the old folder or
-the new one, never a missing or half-written one. A manifest of what Kaggle listed lets the
+unpacked too (:mod:`.unpack`); only then is the folder swapped in, in one atomic exchange: a
+reader sees the old folder or the new one, never a missing or half-written one. A manifest of what Kaggle listed lets the
 next run skip the download when nothing changed. Two runs downloading the same competition
 into the same folder at once take turns on a per-competition lock, so the second one finds the
 first one's download up to date instead of fetching it again.
