@@ -59,6 +59,17 @@ def test_sample_prediction_column_maps_to_the_one_train_column_test_lacks(tmp_pa
     assert "label" not in cfg.feature_columns
 
 
+@pytest.mark.parametrize("name", ["Predicted", "Expected", "target", "Prediction"])
+def test_other_names_of_the_value_column_map_to_the_train_only_column(tmp_path, name):
+    """Kaggle's own spellings (in-class competitions write ``Id,Predicted`` / ``Id,Expected``)."""
+    train = _xy().assign(Id=range(N), SalePrice=[100.5 + i for i in range(N)])
+    test = _xy(4).assign(Id=range(N, N + 4))
+    sample = pd.DataFrame({"Id": test["Id"], name: 0.0})
+    cfg = _load(_folder(tmp_path, {"train.csv": train, "test.csv": test, "sample_submission.csv": sample}), tmp_path)
+    assert cfg.target_columns == ("SalePrice",) and cfg.task_type == "regression"
+    assert cfg.submission.columns == ("Id", name)
+
+
 def test_sample_column_in_another_case_maps_to_train_s_column(tmp_path):
     train = _xy().assign(id=range(N), label=[i % 2 for i in range(N)], extra=1)
     test = _xy(4).assign(id=range(N, N + 4))  # two train-only columns: only the case rule can match
