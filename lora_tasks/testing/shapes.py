@@ -21,13 +21,8 @@ Kaggle's own solution files do).
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import json
 import os
-import secrets
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .fake_kaggle import COMPETITION_META_FILE, SOLUTION_FILE_NAME
+from .shape_io import write_table, write_text
 
 N_TRAIN = 240
 N_TEST = 80
@@ -341,9 +337,9 @@ def build_shape(which: CompetitionShape | str, dest: str | os.PathLike[str], *, 
     for frame, name in ((tables.train, layout.train), (tables.test, layout.test), (tables.sample, s.expected.sample_file),
                         *((tables.train.iloc[:5, :3], name) for name in layout.extra)):
         write_table(frame, folder / name, zip_name=layout.zip_of(name) if packed else None)
-    _write(tables.solution, top / SOLUTION_FILE_NAME)
+    write_table(tables.solution, top / SOLUTION_FILE_NAME)
     meta = {"metric": s.expected.metric, "evaluation_metric": s.expected.kaggle_metric}
-    _write_text(json.dumps(meta, indent=1) + "\n", top / COMPETITION_META_FILE)
+    write_text(json.dumps(meta, indent=1) + "\n", top / COMPETITION_META_FILE)
     return top
 
 
@@ -351,28 +347,6 @@ def build_all_shapes(dest: str | os.PathLike[str], shapes: tuple[CompetitionShap
                      *, packed: bool = True) -> dict[str, Path]:
     """Every shape (of ``shapes``, default :data:`SHAPES`) under ``dest``: ``{slug: folder}``."""
     return {s.slug: build_shape(s, dest, packed=packed) for s in (SHAPES if shapes is None else shapes)}
-
-
-def write_table(frame: pd.DataFrame, path: Path, *, zip_name: str | None = None) -> None:
-    """Write ``frame`` as the file ``path`` names: tab-separated (no quoting) for ``.tsv``,
-    gzipped for ``.gz``; inside the zip ``zip_name`` (beside ``path``) when given."""
-    sep = "\t" if ".tsv" in path.name else ","
-    text = frame.to_csv(index=False, sep=sep, float_format="%.10g", lineterminator="\n",
-                        quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL)
-    data = text.encode()
-    if path.name.endswith(".gz"):
-        data = gzip.compress(data, mtime=0)
-    if zip_name is not None:
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
-            bundle.writestr(zipfile.ZipInfo(path.name, date_time=(2020, 1, 1, 0, 0, 0)), data)
-        data, path = buffer.getvalue(), path.with_name(zip_name)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def fake_server_metrics() -> dict[str, str]:
@@ -385,24 +359,6 @@ def fake_server_evaluation_metrics() -> dict[str, str]:
     """``{slug: Kaggle's evaluation_metric text}`` for :class:`FakeKaggleServer`'s
     ``evaluation_metrics`` (a built shape's folder carries it too)."""
     return {s.slug: s.expected.kaggle_metric for s in SHAPES}
-
-
-def _write(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        frame.to_csv(tmp, index=False, float_format="%.10g", lineterminator="\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> None:
