@@ -274,12 +274,14 @@ def test_several_binary_targets_are_multilabel(tmp_path):
 
 
 def test_target_not_in_train_is_a_clear_error(tmp_path):
-    test = read_test(TITANIC)
+    """No column of that name in any case, and two train columns test.csv lacks: nothing to pick."""
+    test = read_test(TITANIC).drop(columns=["Fare"])
     sample = pd.DataFrame({"PassengerId": test["PassengerId"], "Survival": 0})
     folder = copy_competition("renamed", tmp_path, test=test, sample=sample, train_frame=read_train(TITANIC))
     with pytest.raises(CompetitionConfigError) as err:
         load_competition("renamed", folder, competitions_dir=tmp_path / "none")
     assert "Survival" in str(err.value) and "target_columns" in str(err.value)
+    assert "['Survived', 'Fare']" in str(err.value), "names the train columns it could not choose between"
 
 
 def test_missing_sample_submission_is_a_clear_error(tmp_path):

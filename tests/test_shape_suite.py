@@ -32,18 +32,28 @@ from lora_tasks.metrics import get_metric
 from lora_tasks.options import RunOptions
 from lora_tasks.prefect.flow import kaggle_lora
 from lora_tasks.steps import Prepared, run_pipeline
+from lora_tasks.steps.plan import Plan
 from lora_tasks.testing import fake_kaggle as fk
-from lora_tasks.testing.shapes import SHAPES, CompetitionShape, build_all_shapes
+from lora_tasks.testing.shapes import SHAPES, CompetitionShape, all_shapes, build_all_shapes
 
-_IDS = [s.slug for s in SHAPES]
+ALL = all_shapes()  # the shapes we thought of, then those rebuilt from real competitions' layouts
+_IDS = [s.slug for s in ALL]
 FAST = {"tiny": True, "folds": 2, "epochs": 1, "max_seq_len": 64, "retry_delay_s": 0.05, "score_poll_s": 0.05}
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Path:
-    """Every shape written once, as the fake server's data folder."""
+    """Every shape written once, as the fake server's data folder (inner zips and all)."""
     dest = tmp_path_factory.mktemp("shapes-served")
-    build_all_shapes(dest)
+    build_all_shapes(dest, ALL)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory) -> Path:
+    """Every shape as its download unpacks (no inner zips): what the checks below read."""
+    dest = tmp_path_factory.mktemp("shapes-plain")
+    build_all_shapes(dest, ALL, packed=False)
     return dest
 
 
@@ -55,26 +65,40 @@ def shape_server(served, fake_creds):
         yield server
 
 
+@pytest.fixture(scope="module")
+def shared_work(tmp_path_factory) -> Path:
+    """One work dir for the real competitions' shapes, as a user running several competitions
+    has: the cost probe and token cache are measured once per model shape, not once per run."""
+    return tmp_path_factory.mktemp("shapes-work")
+
+
 def _text(path: Path) -> pd.DataFrame:
     return read_csv(path, as_text=True)
 
 
-def _shape_files(s: CompetitionShape, served: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _shape_files(s: CompetitionShape, plain: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """train.csv, the sample submission and the hidden solution, as written (text)."""
-    folder = served / s.slug / (s.subfolder or "")
-    return (_text(folder / "train.csv"), _text(folder / s.expected.sample_file),
-            _text(served / s.slug / fk.SOLUTION_FILE_NAME))
+    folder = plain / s.slug / (s.subfolder or "")
+    return (_text(folder / s.files.train), _text(folder / s.expected.sample_file),
+            _text(plain / s.slug / fk.SOLUTION_FILE_NAME))
+
+
+def _train_column(s: CompetitionShape, column: str, train: pd.DataFrame) -> str:
+    """The train.csv column a sample value column predicts (``prediction`` -> ``label``)."""
+    return column if column in train.columns else s.expected.target_columns[0]
 
 
 # ------------------------------------------------------------------------------ end to end
 
 
-@pytest.mark.parametrize("s", SHAPES, ids=_IDS)
-def test_zero_config_run_submits_a_file_the_server_scores(s: CompetitionShape, served, shape_server, tmp_path):
+@pytest.mark.parametrize("s", ALL, ids=_IDS)
+def test_zero_config_run_submits_a_file_the_server_scores(s: CompetitionShape, served, plain, shape_server, tmp_path,
+                                                         shared_work):
     e = s.expected
     assert find_config_file(s.slug, None) is None, "the shape must run with no config file"
+    work = shared_work if s not in SHAPES else tmp_path / "work"
     result = run_pipeline(RunOptions(competition=s.slug, kaggle_endpoint=shape_server.url,
-                                     work_dir=str(tmp_path / "work"), **FAST), run_key=f"suite-{s.slug}")
+                                     work_dir=str(work), **FAST), run_key=f"suite-{s.slug}")
 
     # what the zero-config run inferred
     prepared = Prepared.load(result.prepared_path)
@@ -85,14 +109,20 @@ def test_zero_config_run_submits_a_file_the_server_scores(s: CompetitionShape, s
     assert prepared.submission.prediction == e.prediction
     assert tuple(x.name for x in prepared.excluded) == e.excluded_columns
 
-    train, sample, solution = _shape_files(s, served)
+    train, sample, solution = _shape_files(s, plain)
+    plan_text = Plan.load(result.plan_path).competition_markdown  # what `kaggle-lora plan` prints
+    for column in [c for c in sample.columns if c != e.id_column and c not in train.columns]:
+        if column not in e.classes:  # a renamed target, not one column per class
+            assert f"| sample column `{column}` | predicts train's `{_train_column(s, column, train)}` |" in plan_text
+    if e.id_column not in train.columns and e.id_column not in _text(plain / s.slug / s.files.test).columns:
+        assert "row numbers 1..N" in plan_text
     sub = _text(Path(result.submission_path))
     assert list(sub.columns) == list(sample.columns), "the sample's header, in its order"
     assert sub[e.id_column].tolist() == sample[e.id_column].tolist(), "test.csv's ids as written, in order"
     values = [c for c in sample.columns if c != e.id_column]
     if e.prediction == "labels":
         for column in values:
-            spelled = set(train[column])  # the target's values as train.csv writes them
+            spelled = set(train[_train_column(s, column, train)])  # the target's values as train.csv writes them
             assert set(sub[column]) <= spelled, f"{column}: {sorted(set(sub[column]) - spelled)} not in {spelled}"
     else:
         numbers = sub[values].astype(float).to_numpy()
@@ -118,9 +148,9 @@ def test_zero_config_run_submits_a_file_the_server_scores(s: CompetitionShape, s
 # ------------------------------------------------------------------------------ the validator
 
 
-def _validate(s: CompetitionShape, served: Path, path: Path) -> None:
+def _validate(s: CompetitionShape, plain: Path, path: Path) -> None:
     """The checks a run makes before uploading, from the format the data layer infers."""
-    cfg = load_competition(s.slug, data_dir=served, competitions_dir=served / "no-configs",
+    cfg = load_competition(s.slug, data_dir=plain, competitions_dir=plain / "no-configs",
                            kaggle_metric=s.expected.kaggle_metric)
     fmt = cfg.submission
     validate_submission(path, cfg.sample_submission_path, id_column=cfg.id_column,
@@ -160,17 +190,17 @@ def _wrong_files(s: CompetitionShape, solution: pd.DataFrame) -> dict[str, pd.Da
     }
 
 
-@pytest.mark.parametrize("s", SHAPES, ids=_IDS)
-def test_wrong_formats_are_refused_before_upload(s: CompetitionShape, served, tmp_path):
-    _, _, solution = _shape_files(s, served)
+@pytest.mark.parametrize("s", ALL, ids=_IDS)
+def test_wrong_formats_are_refused_before_upload(s: CompetitionShape, plain, tmp_path):
+    _, _, solution = _shape_files(s, plain)
     right = tmp_path / "right.csv"
     solution.to_csv(right, index=False)
-    _validate(s, served, right)  # the solution is a right submission: it passes
+    _validate(s, plain, right)  # the solution is a right submission: it passes
     for kind, frame in _wrong_files(s, solution).items():
         path = tmp_path / f"{kind}.csv"
         frame.to_csv(path, index=False)
         with pytest.raises(SubmissionValidationError) as refused:
-            _validate(s, served, path)
+            _validate(s, plain, path)
         assert refused.value.problems, kind
 
 
@@ -178,7 +208,7 @@ def test_wrong_formats_are_refused_before_upload(s: CompetitionShape, served, tm
 
 
 @pytest.mark.parametrize("slug", ["shape-train-only-columns", "shape-binary-bool"])
-def test_flow_completes_and_submits_in_the_samples_format(slug, harness, served, shape_server, tmp_path):
+def test_flow_completes_and_submits_in_the_samples_format(slug, harness, served, plain, shape_server, tmp_path):
     s = next(x for x in SHAPES if x.slug == slug)
     summary = kaggle_lora(RunOptions(competition=s.slug, kaggle_endpoint=shape_server.url,
                                      work_dir=str(tmp_path / "work"), **FAST))
@@ -188,7 +218,7 @@ def test_flow_completes_and_submits_in_the_samples_format(slug, harness, served,
     assert stored.status == "COMPLETE" and stored.metric == s.expected.metric
     assert summary.public_score == pytest.approx(stored.public_score)
     sub = _text(Path(summary.submission_path))
-    train, sample, _ = _shape_files(s, served)
+    train, sample, _ = _shape_files(s, plain)
     assert list(sub.columns) == list(sample.columns) and sub["id"].tolist() == sample["id"].tolist()
     target = s.expected.target_columns[0]
     if s.expected.prediction == "labels":

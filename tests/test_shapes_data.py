@@ -18,16 +18,19 @@ from lora_tasks.data.competition import load_competition
 from lora_tasks.data.csv_io import read_csv
 from lora_tasks.data.submission_format import write_csv
 from lora_tasks.testing.fake_kaggle import SOLUTION_FILE_NAME
-from lora_tasks.testing.shapes import SHAPES, CompetitionShape, build_shape
+from lora_tasks.testing.shapes import SHAPES, CompetitionShape, all_shapes, build_shape
 
 _IDS = [s.slug for s in SHAPES]
+ALL = all_shapes()  # with the shapes rebuilt from real competitions' layouts
+_ALL_IDS = [s.slug for s in ALL]
 
 
 @pytest.fixture(scope="module")
 def shapes_dir(tmp_path_factory):
+    """Every shape as its download unpacks (inner zips already opened)."""
     dest = tmp_path_factory.mktemp("shapes")
-    for s in SHAPES:
-        build_shape(s, dest)
+    for s in ALL:
+        build_shape(s, dest, packed=False)
     return dest
 
 
@@ -36,7 +39,7 @@ def _load(s: CompetitionShape, dest):
                             kaggle_metric=s.expected.kaggle_metric)
 
 
-@pytest.mark.parametrize("s", SHAPES, ids=_IDS)
+@pytest.mark.parametrize("s", ALL, ids=_ALL_IDS)
 def test_inferred_with_no_config(s: CompetitionShape, shapes_dir):
     cfg = _load(s, shapes_dir)
     e = s.expected
@@ -49,7 +52,7 @@ def test_inferred_with_no_config(s: CompetitionShape, shapes_dir):
     assert cfg.submission.classes == e.classes
     assert cfg.submission.target_transform == ("log1p" if e.metric == "rmsle" else "none")
     assert tuple(x.name for x in cfg.excluded) == e.excluded_columns
-    assert cfg.files.sample_submission == e.sample_file
+    assert (cfg.files.train, cfg.files.test, cfg.files.sample_submission) == (s.files.train, s.files.test, e.sample_file)
     assert cfg.data_dir.name == (s.subfolder or s.slug)
     features = set(cfg.feature_columns)
     assert not features & {e.id_column, *e.target_columns, *e.excluded_columns}
@@ -83,7 +86,7 @@ def _perfect(cfg, solution: pd.DataFrame) -> np.ndarray:
     return matrix[:, 0] if matrix.shape[1] == 1 else matrix
 
 
-@pytest.mark.parametrize("s", SHAPES, ids=_IDS)
+@pytest.mark.parametrize("s", ALL, ids=_ALL_IDS)
 def test_perfect_prediction_renders_as_the_solution(s: CompetitionShape, shapes_dir, tmp_path):
     cfg = _load(s, shapes_dir)
     solution_path = shapes_dir / s.slug / SOLUTION_FILE_NAME

@@ -26,6 +26,7 @@ import pandas as pd
 
 from lora_tasks.metrics import Metric, default_metric, get_metric, metric_from_kaggle
 
+from .columns import RowNumberIds, TargetMatch, match_targets, row_number_ids, shared_id_column, train_only
 from .config_file import (
     ALLOWED_KEYS,
     COMPETITIONS_ENV,
@@ -41,7 +42,8 @@ from .config_file import (
     read_config_file,
     validate_config_dict,
 )
-from .csv_io import read_csv, read_header
+from .csv_io import count_rows, read_csv, read_header
+from .layout import find_sample_submission, find_table
 from .profile import (
     TRAIN_ONLY_REASON,
     ExcludedColumn,
@@ -58,7 +60,7 @@ from .text import RowTemplate, SerializationOptions
 __all__ = [
     "ALLOWED_KEYS", "COMPETITIONS_ENV", "DATA_ENV", "DEFAULT_SCHEDULE", "MULTITARGET_REGRESSION", "REGRESSION_TASKS",
     "TASKS", "TRAINING_SETTINGS", "CompetitionConfig", "CompetitionConfigError", "CompetitionFiles", "ExcludedColumn",
-    "SubmissionFormat", "config_field_names", "default_competitions_dir", "find_config_file", "infer_from_data",
+    "RowNumberIds", "SubmissionFormat", "TargetMatch", "config_field_names", "default_competitions_dir", "find_config_file", "infer_from_data",
     "list_competitions", "load_competition", "metric_from_kaggle_name", "read_config_file", "validate_config_dict",
 ]
 DATA_ENV = "KAGGLE_LORA_DATA_DIR"
@@ -105,6 +107,8 @@ class CompetitionConfig:
     metric_source: MetricSource = "inferred"
     kaggle_metric: str | None = None
     feature_columns: tuple[str, ...] | None = None
+    target_matches: tuple[TargetMatch, ...] = ()
+    row_number_ids: RowNumberIds | None = None
 
     @property
     def target_column(self) -> str:
@@ -157,6 +161,8 @@ class CompetitionConfig:
         path = self.test_path
         if path is None or not path.is_file():
             self._read(path, "test file")  # raises the error that names the fix
+        if self.row_number_ids is not None:
+            return self.row_number_ids.ids(count_rows(path))
         return read_csv(path, usecols=[self.id_column], as_text=True)[self.id_column].tolist()
 
     @property
@@ -176,12 +182,18 @@ class CompetitionConfig:
             "| what | value | from |",
             "|---|---|---|",
             f"| id column | `{self.id_column}` | {origin('id_column')} |",
+            *([f"| id values | {self.row_number_ids.describe()} | inferred from the data |"] if self.row_number_ids else []),
             f"| target(s) | {', '.join(f'`{c}`' for c in self.target_columns)} | {origin('target_columns')} |",
+            *(f"| sample column `{m.sample_column}` | predicts train's `{m.target}` | inferred: {m.rule} |"
+              for m in self.target_matches if m.rule != "same name"),
             f"| task | {self.task_type} | {origin('task')} |",
             f"| metric | {self.metric} | {metric_from} |",
             f"| submission holds | {self.submission.prediction} | {origin('submission.prediction')} |",
             f"| sample submission | {self.files.sample_submission} | {'found in the data' if self.data_dir else 'config'} |",
         ]
+        if (self.files.train, self.files.test) != (CompetitionFiles.train, CompetitionFiles.test):
+            lines.append(f"| train / test | {self.files.train}, {self.files.test} | "
+                         f"{'found in the data' if self.data_dir else 'config'} |")
         if self.drop_columns:
             lines.append(f"| dropped | {', '.join(self.drop_columns)} | config (drop_columns) |")
         for e in self.excluded:
@@ -200,17 +212,18 @@ class CompetitionConfig:
 # ------------------------------------------------------------------------------ finding files
 
 
-def _resolve_data_dir(data_dir: str | os.PathLike | None, slug: str, train_name: str) -> Path | None:
+def _resolve_data_dir(data_dir: str | os.PathLike | None, slug: str, train_name: str | None) -> Path | None:
     """``data_dir`` may be the competition folder itself or its parent (``<parent>/<slug>``, as
     the Kaggle download lays it out); without it ``$KAGGLE_LORA_DATA_DIR`` is tried. Some
     competitions' zips hold their files in one sub-folder (``<slug>/data/train.csv``): a single
-    sub-folder holding the train file is used then."""
+    sub-folder holding the train file is used then. ``train_name``: the config's ``[files]
+    train``, None to find the train table by :func:`.layout.find_table`'s rules."""
     explicit = data_dir is not None
     base = Path(data_dir).expanduser() if explicit else (Path(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else None)
     if base is None:
         return None
     for candidate in (base, base / slug):
-        if (candidate / train_name).is_file():
+        if _has_train(candidate, train_name):
             return candidate
     # base/* only when base is the competition's own folder: in a parent of several
     # competitions, the one sub-folder with a train file may be another competition's
@@ -220,41 +233,44 @@ def _resolve_data_dir(data_dir: str | os.PathLike | None, slug: str, train_name:
             return nested
     if explicit:
         raise CompetitionConfigError(
-            f"No {train_name} in {base} or {base / slug} (or one sub-folder of them); pass the folder that holds "
-            "the competition's files (train.csv, test.csv, sample_submission.csv)."
+            f"No {train_name or 'train.csv (nor train.tsv, train.csv.gz, *train*.csv)'} in {base} or {base / slug} "
+            "(or one sub-folder of them); pass the folder that holds the competition's files (train.csv, test.csv, "
+            "sample_submission.csv)."
         )
     return None
 
 
-def _single_subfolder_with(folder: Path, train_name: str) -> Path | None:
+def _has_train(folder: Path, train_name: str | None) -> bool:
+    if train_name is not None:
+        return (folder / train_name).is_file()
+    try:
+        return find_table(folder, "train") is not None
+    except CompetitionConfigError:
+        return True  # two train candidates: this is the folder, and reading it names them
+
+
+def _single_subfolder_with(folder: Path, train_name: str | None) -> Path | None:
     if not folder.is_dir():
         return None
     found = sorted(
-        p.parent for p in folder.glob(f"*/{train_name}") if p.is_file() and not p.parent.name.startswith((".", "__"))
+        p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")) and _has_train(p, train_name)
     )
     return found[0] if len(found) == 1 else None
 
 
-def _find_sample_submission(folder: Path, configured: str | None, files: CompetitionFiles) -> str:
-    """``sample_submission.csv``, else the one CSV whose name mentions "submission" in any case
-    (``gender_submission.csv``, ``sampleSubmission.csv``)."""
-    if configured:
-        if not (folder / configured).is_file():
-            raise CompetitionConfigError(f"Sample submission {folder / configured} (from [files]) does not exist; fix [files].sample_submission.")
-        return configured
-    if (folder / "sample_submission.csv").is_file():
-        return "sample_submission.csv"
-    others = {files.train, files.test, "solution.csv"}
-    found = sorted(
-        p.name for p in folder.iterdir()
-        if p.is_file() and p.suffix.lower() == ".csv" and "submission" in p.name.lower() and p.name not in others
-    )
-    if len(found) == 1:
-        return found[0]
-    raise CompetitionConfigError(
-        f"Cannot tell the sample submission in {folder}: expected sample_submission.csv or exactly one "
-        f"*submission*.csv, found {found or 'none'}. Set [files] sample_submission in the competition config."
-    )
+def _find_files(folder: Path, configured: Mapping[str, str]) -> CompetitionFiles:
+    """The three files: the config's ``[files]`` where given, else found by :mod:`.layout`."""
+    train = configured.get("train") or find_table(folder, "train") or "train.csv"
+    test = configured.get("test") or find_table(folder, "test", exclude=(train,)) or "test.csv"
+    sample = configured.get("sample_submission")
+    if sample:
+        if not (folder / sample).is_file():
+            raise CompetitionConfigError(
+                f"Sample submission {folder / sample} (from [files]) does not exist; fix [files].sample_submission."
+            )
+    else:
+        sample = find_sample_submission(folder, exclude=(train, test))
+    return CompetitionFiles(train=train, test=test, sample_submission=sample)
 
 
 # ------------------------------------------------------------------------------ inference
@@ -308,41 +324,61 @@ def infer_from_data(
     test_cols = read_header(test_path) if test_path.is_file() else None
     sample = read_csv(sample_path, as_text=True)
     sample_cols = [str(c) for c in sample.columns]
+    n_test = count_rows(test_path) if test_cols is not None else None
     out: dict[str, Any] = {}
 
     id_col = known.get("id_column")
     if id_col is None:
-        shared = [c for c in sample_cols if c in train_cols and (test_cols is None or c in test_cols)]
-        if not shared:
-            raise CompetitionConfigError(
-                f"{sample_path.name} columns {sample_cols} share no column with {files.train}"
-                f"{'/' + files.test if test_cols else ''}, so the id column is unknown; set `id_column` in the config."
-            )
-        id_col = shared[0]
+        id_col = shared_id_column(sample_cols, test_cols if test_cols is not None else train_cols)
+    if test_cols is not None and n_test is not None and (id_col is None or id_col not in test_cols):
+        candidates = {c: sample[c].tolist() for c in sample_cols if id_col is None or c == id_col}
+        numbered = row_number_ids(candidates, test_cols, n_test)
+        if numbered is not None:
+            id_col, out["row_number_ids"] = numbered.column, numbered
+    if id_col is None:
+        raise CompetitionConfigError(
+            f"{sample_path.name} columns {sample_cols} share no column with {files.test if test_cols else files.train}, "
+            "and none of them numbers test.csv's rows (1..N or 0..N-1), so the id column is unknown; set "
+            "`id_column` in the config."
+        )
+    if "id_column" not in known:
         out["id_column"] = id_col
-    for cols, name in ((train_cols, files.train), (sample_cols, sample_path.name)):
+    holders = [(sample_cols, sample_path.name)]
+    if "row_number_ids" not in out:
+        holders.append((test_cols, files.test) if test_cols is not None else (train_cols, files.train))
+    for cols, name in holders:
         if id_col not in cols:
             raise CompetitionConfigError(f"Id column {id_col!r} is not in {folder / name} (columns: {cols}); fix `id_column`.")
+    if n_test is not None and n_test != len(sample):
+        raise CompetitionConfigError(
+            f"{sample_path.name} has {len(sample)} rows but {files.test} has {n_test}; a submission needs one row per "
+            f"test row, in {files.test}'s order. Check that both files are the competition's own (download again), "
+            "or set [files] test / sample_submission to the right pair."
+        )
 
     targets = known.get("target_columns")
     class_columns: list[str] | None = None
     if targets is None:
         rest = [c for c in sample_cols if c != id_col]
-        if rest and all(c in train_cols for c in rest):
-            targets = rest
+        matches = match_targets(rest, train_cols, test_cols, id_col) if rest else None
+        if matches is not None:
+            targets = [m.target for m in matches]
+            out["target_matches"] = matches
         else:
             # one column per class in the submission (e.g. otto's Class_1..Class_9): the target is
             # the train column that test lacks whose values are exactly those column names
-            only_train = [c for c in train_cols if c != id_col and test_cols is not None and c not in test_cols]
+            only_train = train_only(train_cols, test_cols, id_col)
             if rest and only_train:
                 values = read_csv(train_path, usecols=only_train, as_text=True)
-                matches = [c for c in only_train if set(values[c]) - {""} == set(rest)]
-                if len(matches) == 1:
-                    targets, class_columns = matches, rest
+                found = [c for c in only_train if set(values[c]) - {""} == set(rest)]
+                if len(found) == 1:
+                    targets, class_columns = found, rest
             if targets is None:
                 raise CompetitionConfigError(
                     f"Cannot find the target: {sample_path.name} columns {rest} are not all in {files.train} "
-                    f"(columns: {train_cols}). Set `target_columns` in competitions/<slug>.toml."
+                    f"(columns: {train_cols}), in another case either, and {files.train} has "
+                    f"{len(only_train)} columns {files.test} lacks ({only_train[:8]}), not one. Set `target_columns` "
+                    "in competitions/<slug>.toml."
                 )
         out["target_columns"] = targets
     missing = [c for c in targets if c not in train_cols]
@@ -439,11 +475,11 @@ def load_competition(
     slug = given.get("slug", name_or_slug)
     from_kaggle = metric_from_kaggle_name(kaggle_metric) if kaggle_metric and "metric" not in given else None
 
-    files = CompetitionFiles(**{k: v for k, v in given.get("files", {}).items() if k != "sample_submission"})
-    folder = _resolve_data_dir(data_dir, slug, files.train)
+    configured_files = dict(given.get("files", {}))
+    folder = _resolve_data_dir(data_dir, slug, configured_files.get("train"))
     inferred: dict[str, Any] = {}
     if folder is not None:
-        files = replace(files, sample_submission=_find_sample_submission(folder, given.get("files", {}).get("sample_submission"), files))
+        files = _find_files(folder, configured_files)
         inferred = infer_from_data(folder, files, known=given, metric_hint=given.get("metric") or from_kaggle)
     else:
         files = CompetitionFiles(**given.get("files", {}))
@@ -520,6 +556,8 @@ def load_competition(
         metric_source=metric_source,
         kaggle_metric=kaggle_metric if metric_source == "kaggle metadata" else None,
         feature_columns=tuple(feature_columns) if feature_columns is not None else None,
+        target_matches=tuple(inferred.get("target_matches", ())),
+        row_number_ids=inferred.get("row_number_ids"),
     )
 
 

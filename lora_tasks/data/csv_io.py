@@ -8,16 +8,23 @@ each failure is reported the same way, with the path and the fix.
 ``as_text=True`` reads every cell as the string written in the file (no NaN for empty cells
 either: they stay ""). The submission format needs that: ``True`` must not become ``1``,
 ``0013_01`` must keep its zeros, and ``1`` must not become ``1.0``.
+
+Tab-separated files (``train.tsv``, ``.tsv.gz``) are read with a tab and no quoting (a TSV
+cell may hold a lone ``"``, as movie-review phrases do); gzipped files are unpacked by pandas
+as they are read (:mod:`.layout` says which files are tables).
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
+
+from .layout import separator
 
 FALLBACK_ENCODING = "latin-1"
 
@@ -44,6 +51,8 @@ def read_csv(
     decodes; a wrong guess shows as odd accents in text, never as lost rows)."""
     path = Path(path)
     kwargs: dict[str, Any] = {"nrows": nrows, "usecols": list(usecols) if usecols is not None else None}
+    if separator(path) == "\t":
+        kwargs.update(sep="\t", quoting=csv.QUOTE_NONE)
     if as_text:
         kwargs.update(dtype=str, keep_default_na=False)
     elif dtype is not None:
@@ -63,6 +72,12 @@ def read_csv(
 def read_header(path: str | os.PathLike[str]) -> list[str]:
     """The column names of ``path`` (reads no rows)."""
     return [str(c) for c in read_csv(path, nrows=0).columns]
+
+
+def count_rows(path: str | os.PathLike[str]) -> int:
+    """The number of data rows of ``path`` (reads only its first column)."""
+    first = read_header(path)[:1]
+    return len(read_csv(path, usecols=first, as_text=True)) if first else 0
 
 
 def _read(path: Path, kwargs: dict[str, Any], encoding: str) -> pd.DataFrame:

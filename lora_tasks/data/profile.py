@@ -372,7 +372,8 @@ def profile_competition(
     return profile_frame(
         frame,
         name=config.slug,
-        id_column=config.id_column,
+        # a row-number id (digit-recognizer's ImageId) is in neither train.csv nor test.csv
+        id_column=config.id_column if config.id_column in frame.columns else None,
         target_columns=config.target_columns,
         text_columns=config.text_columns,
         drop_columns=config.drop_columns,

@@ -3,8 +3,9 @@
 Why so careful: a scheduled run must never train on half a download. The zip is fetched into a
 temp folder next to the target, every member's CRC is checked, members that would land
 outside the folder (``../x``, absolute paths) are refused, every listed file must be present,
-and only then is the folder swapped in, in one atomic exchange: a reader sees the old folder or
-the new one, never a missing or half-written one. A manifest of what Kaggle listed lets the
+nothing may unpack past the sizes Kaggle lists, and inner table zips (``train.csv.zip``) are
+unpacked too (:mod:`.unpack`); only then is the folder swapped in, in one atomic exchange: a
+reader sees the old folder or the new one, never a missing or half-written one. A manifest of what Kaggle listed lets the
 next run skip the download when nothing changed. Two runs downloading the same competition
 into the same folder at once take turns on a per-competition lock, so the second one finds the
 first one's download up to date instead of fetching it again.
@@ -19,13 +20,13 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .client import KaggleClient, call, check_slug
 from .errors import CorruptDownloadError
 from .files import exchange_paths, exclusive_lock, unique_name, write_json
+from .unpack import check_member_paths, unpack_download
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +132,8 @@ def _download_and_swap(slug: str, target: Path, remote: list[RemoteFile], client
                 f"{[p.name for p in zip_dir.iterdir()]}. Retry the download."
             )
         staged = scratch_dir / slug
-        _extract_verified(archives[0], staged, slug, [f.name for f in remote])
-        write_json(staged / MANIFEST_NAME, {"slug": slug, "files": [asdict(f) for f in remote]})
+        unpacked = _extract_verified(archives[0], staged, slug, remote)
+        write_json(staged / MANIFEST_NAME, {"slug": slug, "files": [asdict(f) for f in remote], "unpacked": unpacked})
         _swap_in(staged, target, scratch_dir)
 
 
@@ -146,30 +147,39 @@ def _is_up_to_date(target: Path, remote: list[RemoteFile]) -> bool:
         return False
     if recorded.get("files") != [asdict(f) for f in remote]:
         return False
-    return all((target / f.name).is_file() and (target / f.name).stat().st_size == f.size for f in remote)
+    unpacked = recorded.get("unpacked") or {}
+
+    def present(name: str, size: object) -> bool:
+        path = target / name
+        return path.is_file() and path.stat().st_size == size
+
+    # an inner zip was unpacked and removed: the files it became stand for it
+    return all(
+        all(present(str(u.get("name")), u.get("size")) for u in unpacked[f.name]) if f.name in unpacked
+        else present(f.name, f.size)
+        for f in remote
+    )
 
 
-def _extract_verified(archive: Path, staged: Path, slug: str, expected: Iterable[str]) -> None:
+def _extract_verified(archive: Path, staged: Path, slug: str, remote: list[RemoteFile]) -> dict[str, list[dict[str, object]]]:
+    """Unpack ``archive`` into ``staged`` within the sizes Kaggle lists (:mod:`.unpack`, which
+    also unpacks inner table zips) after checking every listed file is in it; returns what
+    each inner zip became, for the manifest."""
     where = f"downloading data for competition '{slug}'"
     try:
         with zipfile.ZipFile(archive) as bundle:
-            bad = bundle.testzip()
-            if bad is not None:
-                raise CorruptDownloadError(f"{where}: member {bad!r} of the zip fails its CRC check. Retry the download.")
             names = bundle.namelist()
-            for name in names:
-                resolved = (staged / name).resolve()
-                if not resolved.is_relative_to(staged.resolve()):
-                    raise CorruptDownloadError(f"{where}: zip member {name!r} points outside the folder; refusing it.")
-            missing = sorted(set(expected) - {Path(n).name for n in names} - set(names))
+            check_member_paths(bundle, staged, where)
+            missing = sorted({f.name for f in remote} - {Path(n).name for n in names} - set(names))
             if missing:
                 raise CorruptDownloadError(f"{where}: the zip lacks listed files {missing}. Retry the download.")
-            staged.mkdir(parents=True)
-            bundle.extractall(staged)
+        staged.mkdir(parents=True)
+        unpacked = unpack_download(archive, staged, {f.name: f.size for f in remote}, where=where)
     except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as exc:
         raise CorruptDownloadError(
             f"{where}: the zip is truncated or damaged ({exc}). Retry the download."
         ) from exc
+    return {name: [asdict(f) for f in files] for name, files in unpacked.items()}
 
 
 def _swap_in(staged: Path, target: Path, scratch_dir: Path) -> None:

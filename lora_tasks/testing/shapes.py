@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .fake_kaggle import COMPETITION_META_FILE, SOLUTION_FILE_NAME
+from .shape_io import write_table, write_text
 
 N_TRAIN = 240
 N_TEST = 80
@@ -69,6 +69,26 @@ class ShapeTables:
 
 
 @dataclass(frozen=True)
+class ShapeFiles:
+    """How a shape's files are named and packed, as the competition's download has them.
+
+    ``train`` / ``test``: the table names (``train.tsv``, ``application_train.csv``,
+    ``train.csv.gz``; the sample's is :attr:`ShapeExpectation.sample_file`). ``zipped``: files
+    shipped inside their own zip in the download, as ``(file, zip name)`` pairs
+    (``("train.csv", "train.csv.zip")``, ``("train.csv", "train.zip")``). ``extra``: other
+    tables of the download, written with a few rows of the train table's first columns.
+    """
+
+    train: str = "train.csv"
+    test: str = "test.csv"
+    zipped: tuple[tuple[str, str], ...] = ()
+    extra: tuple[str, ...] = ()
+
+    def zip_of(self, name: str) -> str | None:
+        return dict(self.zipped).get(name)
+
+
+@dataclass(frozen=True)
 class CompetitionShape:
     """One Kaggle shape: its slug, what it exercises, what must be inferred, and its builder."""
 
@@ -77,6 +97,7 @@ class CompetitionShape:
     expected: ShapeExpectation
     build: Callable[[np.random.Generator], ShapeTables] = field(repr=False)
     subfolder: str | None = None
+    files: ShapeFiles = ShapeFiles()
 
 
 # ------------------------------------------------------------------------------ signal
@@ -283,38 +304,49 @@ SHAPES: tuple[CompetitionShape, ...] = (
 )
 
 
+def all_shapes() -> tuple[CompetitionShape, ...]:
+    """The shapes above and those rebuilt from real competitions' layouts (:mod:`.real_shapes`)."""
+    from .real_shapes import REAL_SHAPES  # it builds on this module
+
+    return (*SHAPES, *REAL_SHAPES)
+
+
 def shape(slug: str) -> CompetitionShape:
     """The shape called ``slug``."""
-    for s in SHAPES:
+    shapes = all_shapes()
+    for s in shapes:
         if s.slug == slug:
             return s
-    raise KeyError(f"No shape {slug!r}; shapes: {', '.join(s.slug for s in SHAPES)}.")
+    raise KeyError(f"No shape {slug!r}; shapes: {', '.join(s.slug for s in shapes)}.")
 
 
 # ------------------------------------------------------------------------------ writing
 
 
-def build_shape(which: CompetitionShape | str, dest: str | os.PathLike[str]) -> Path:
+def build_shape(which: CompetitionShape | str, dest: str | os.PathLike[str], *, packed: bool = True) -> Path:
     """Write one shape under ``dest`` (the fake server's data folder) and return its
-    competition folder ``dest/<slug>``. Seeded by the slug, so rebuilds give the same files."""
+    competition folder ``dest/<slug>``. Seeded by the slug, so rebuilds give the same files.
+    ``packed=False`` leaves out the inner zips (the folder as a download unpacks it)."""
     s = shape(which) if isinstance(which, str) else which
     rng = np.random.default_rng([_SEED, *s.slug.encode()])
     tables = s.build(rng)
     top = Path(dest) / s.slug
     folder = top / s.subfolder if s.subfolder else top
     folder.mkdir(parents=True, exist_ok=True)
-    _write(tables.train, folder / "train.csv")
-    _write(tables.test, folder / "test.csv")
-    _write(tables.sample, folder / s.expected.sample_file)
-    _write(tables.solution, top / SOLUTION_FILE_NAME)
+    layout = s.files
+    for frame, name in ((tables.train, layout.train), (tables.test, layout.test), (tables.sample, s.expected.sample_file),
+                        *((tables.train.iloc[:5, :3], name) for name in layout.extra)):
+        write_table(frame, folder / name, zip_name=layout.zip_of(name) if packed else None)
+    write_table(tables.solution, top / SOLUTION_FILE_NAME)
     meta = {"metric": s.expected.metric, "evaluation_metric": s.expected.kaggle_metric}
-    _write_text(json.dumps(meta, indent=1) + "\n", top / COMPETITION_META_FILE)
+    write_text(json.dumps(meta, indent=1) + "\n", top / COMPETITION_META_FILE)
     return top
 
 
-def build_all_shapes(dest: str | os.PathLike[str]) -> dict[str, Path]:
-    """Every shape under ``dest``: ``{slug: folder}``."""
-    return {s.slug: build_shape(s, dest) for s in SHAPES}
+def build_all_shapes(dest: str | os.PathLike[str], shapes: tuple[CompetitionShape, ...] | None = None,
+                     *, packed: bool = True) -> dict[str, Path]:
+    """Every shape (of ``shapes``, default :data:`SHAPES`) under ``dest``: ``{slug: folder}``."""
+    return {s.slug: build_shape(s, dest, packed=packed) for s in (SHAPES if shapes is None else shapes)}
 
 
 def fake_server_metrics() -> dict[str, str]:
@@ -329,24 +361,6 @@ def fake_server_evaluation_metrics() -> dict[str, str]:
     return {s.slug: s.expected.kaggle_metric for s in SHAPES}
 
 
-def _write(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        frame.to_csv(tmp, index=False, float_format="%.10g", lineterminator="\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def main(argv: list[str] | None = None) -> None:
     """``python -m lora_tasks.testing.shapes DEST``: write every shape under DEST and list them."""
     import argparse  # only the command needs it
@@ -354,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write the synthetic Kaggle-shaped competitions.")
     parser.add_argument("dest", help="folder to write <slug>/ folders into (the fake server's data folder)")
     args = parser.parse_args(argv)
-    for slug, folder in build_all_shapes(args.dest).items():
+    for slug, folder in build_all_shapes(args.dest, all_shapes()).items():
         e = shape(slug).expected
         print(f"{slug}: {folder} ({e.task}, {e.metric}, Kaggle metric {e.kaggle_metric!r})")
 
