@@ -35,10 +35,14 @@ from .config_file import (
     TASKS,
     TRAINING_SETTINGS,
     CompetitionConfigError,
+    config_search_dirs,
     default_competitions_dir,
     find_config_file,
+    fix_text,
     list_competitions,
+    locate_config,
     read_config_file,
+    toml_list,
     validate_config_dict,
 )
 from .csv_io import read_csv, read_header
@@ -48,6 +52,7 @@ from .profile import (
     detect_text_columns,
     infer_task_type,
 )
+from .source import CompetitionSource
 from .submission_format import (
     SubmissionFormat,
     infer_submission_format,
@@ -100,6 +105,8 @@ class CompetitionConfig:
     training: Mapping[str, Any] = field(default_factory=dict)
     data_dir: Path | None = None
     config_path: Path | None = None
+    config_origin: str | None = None
+    set_by_options: tuple[str, ...] = ()
     inferred: tuple[str, ...] = field(default=())
     excluded: tuple[ExcludedColumn, ...] = ()
     metric_source: MetricSource = "inferred"
@@ -166,8 +173,15 @@ class CompetitionConfig:
 
     def describe(self) -> str:
         """What was inferred and from where, as markdown (``--plan`` shows it)."""
+        flags = {"id_column": "--id", "target_columns": "--target"}
+
         def origin(key: str) -> str:
+            if key in self.set_by_options:
+                return f"run option ({flags.get(key, key)})"
             return "inferred from the data" if key in self.inferred else "config"
+
+        config_row = (f"| config file | `{self.config_path}` | {self.config_origin} |" if self.config_path is not None
+                      else "| config file | none | everything inferred from the data |")
 
         metric_from = self.metric_source + (f": {self.kaggle_metric!r}" if self.metric_source == "kaggle metadata" else "")
         lines = [
@@ -175,6 +189,7 @@ class CompetitionConfig:
             "",
             "| what | value | from |",
             "|---|---|---|",
+            config_row,
             f"| id column | `{self.id_column}` | {origin('id_column')} |",
             f"| target(s) | {', '.join(f'`{c}`' for c in self.target_columns)} | {origin('target_columns')} |",
             f"| task | {self.task_type} | {origin('task')} |",
@@ -251,9 +266,11 @@ def _find_sample_submission(folder: Path, configured: str | None, files: Competi
     )
     if len(found) == 1:
         return found[0]
+    example = found[0] if found else "sample_submission.csv"
     raise CompetitionConfigError(
         f"Cannot tell the sample submission in {folder}: expected sample_submission.csv or exactly one "
-        f"*submission*.csv, found {found or 'none'}. Set [files] sample_submission in the competition config."
+        f"*submission*.csv, found {found or 'none'}. "
+        + fix_text(folder.name, f'sample_submission = "{example}"').replace("Fix: write", "Fix: under [files], write")
     )
 
 
@@ -291,15 +308,18 @@ def _infer_prediction(task: str, class_columns: list[str] | None, sample_first: 
 
 
 def infer_from_data(
-    folder: Path, files: CompetitionFiles, known: Mapping[str, Any] | None = None, *, metric_hint: str | None = None
+    folder: Path, files: CompetitionFiles, known: Mapping[str, Any] | None = None, *, metric_hint: str | None = None,
+    slug: str | None = None,
 ) -> dict[str, Any]:
     """Fill id, targets, task, classes, excluded columns and submission format from ``folder``.
 
     ``known`` holds values already fixed by the config file; they are used as given (and
     checked against the files) rather than inferred. ``metric_hint``: the metric if already
-    known (config or Kaggle), which decides what the submission holds.
+    known (config or Kaggle), which decides what the submission holds. ``slug`` names the config
+    file an error's fix points at (default: the folder's name).
     """
     known = dict(known or {})
+    slug = slug or folder.name
     train_path, test_path, sample_path = folder / files.train, folder / files.test, folder / files.sample_submission
     for path, what in ((train_path, "train"), (sample_path, "sample submission")):
         if not path.is_file():
@@ -314,15 +334,22 @@ def infer_from_data(
     if id_col is None:
         shared = [c for c in sample_cols if c in train_cols and (test_cols is None or c in test_cols)]
         if not shared:
+            guess = next((c for c in sample_cols if test_cols is not None and c in test_cols), sample_cols[0])
             raise CompetitionConfigError(
                 f"{sample_path.name} columns {sample_cols} share no column with {files.train}"
-                f"{'/' + files.test if test_cols else ''}, so the id column is unknown; set `id_column` in the config."
+                f"{'/' + files.test if test_cols else ''}, so the id column is unknown. "
+                + fix_text(slug, f'id_column = "{guess}"', f"--id {guess}")
             )
         id_col = shared[0]
         out["id_column"] = id_col
     for cols, name in ((train_cols, files.train), (sample_cols, sample_path.name)):
         if id_col not in cols:
-            raise CompetitionConfigError(f"Id column {id_col!r} is not in {folder / name} (columns: {cols}); fix `id_column`.")
+            both = [c for c in sample_cols if c in train_cols]
+            guess = both[0] if both else "<column>"
+            raise CompetitionConfigError(
+                f"Id column {id_col!r} is not in {folder / name} (columns: {cols}); the id must be a column of both "
+                f"{files.train} and {sample_path.name} ({both or 'they share none'}). "
+                + fix_text(slug, f'id_column = "{guess}"', f"--id {guess}"))
 
     targets = known.get("target_columns")
     class_columns: list[str] | None = None
@@ -342,12 +369,13 @@ def infer_from_data(
             if targets is None:
                 raise CompetitionConfigError(
                     f"Cannot find the target: {sample_path.name} columns {rest} are not all in {files.train} "
-                    f"(columns: {train_cols}). Set `target_columns` in competitions/<slug>.toml."
+                    f"(columns: {train_cols}). " + _target_fix(slug, train_cols, test_cols, id_col, rest)
                 )
         out["target_columns"] = targets
     missing = [c for c in targets if c not in train_cols]
     if missing:
-        raise CompetitionConfigError(f"Target column(s) {missing} are not in {train_path} (columns: {train_cols}); fix `target_columns`.")
+        raise CompetitionConfigError(f"Target column(s) {missing} are not in {train_path} (columns: {train_cols}). "
+                                     + _target_fix(slug, train_cols, test_cols, id_col, []))
 
     for key in ("text_columns", "drop_columns"):
         unknown = [c for c in known.get(key, []) if c not in train_cols]
@@ -371,7 +399,8 @@ def infer_from_data(
         try:
             task = infer_task_type(target_frame if len(targets) > 1 else target_frame[targets[0]])
         except ValueError as exc:
-            raise CompetitionConfigError(f"{train_path}: {exc}") from None
+            raise CompetitionConfigError(
+                f"{train_path}: {exc} " + fix_text(slug, f'task = "<{" | ".join(TASKS)}>"')) from None
         out["task"] = task
     classes: tuple[Any, ...] | None = None
     if task in ("binary", "multiclass"):
@@ -393,6 +422,20 @@ def infer_from_data(
     )
     out["submission"] = {"columns": list(fmt.columns), "prediction": prediction, "dtype": fmt.dtype, "classes": list(fmt.classes)}
     return out
+
+
+def _target_fix(slug: str, train_cols: list[str], test_cols: list[str] | None, id_col: str, sample_values: list[str]) -> str:
+    """The fix when the target cannot be found: ``--target`` with the likeliest train.csv column
+    (one test.csv lacks), listing the candidates."""
+    only_train = [c for c in train_cols if c != id_col and (test_cols is None or c not in test_cols)]
+    guess = only_train[0] if only_train else "<column>"
+    line = f"target_columns = {toml_list([guess])}"
+    text = fix_text(slug, line, f"--target {guess}")
+    if len(only_train) > 1:
+        text += f" Columns of train.csv that test.csv lacks: {only_train}."
+    if sample_values:
+        text += f" The submission keeps the sample's value column(s) {sample_values}."
+    return text
 
 
 def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
@@ -420,6 +463,7 @@ def load_competition(
     *,
     overrides: Mapping[str, Any] | None = None,
     kaggle_metric: str | None = None,
+    source: CompetitionSource | None = None,
 ) -> CompetitionConfig:
     """Resolve a competition: its config file (if any), refined onto what the data says.
 
@@ -429,13 +473,23 @@ def load_competition(
     task itself. ``overrides`` uses the config-file schema (e.g. ``{"metric": "f1"}``) and wins
     over both file and data. ``kaggle_metric``: the competition's ``evaluation_metric`` from
     Kaggle's listing, used when no config names a metric (an unknown name warns and falls back
-    to the metric inferred from the task).
+    to the metric inferred from the task). ``source``: the config file and the columns a run
+    chose (:class:`~lora_tasks.data.source.CompetitionSource`), used instead of a search by
+    name; its ``--target`` / ``--id`` win over the file like ``overrides``. Without it the file
+    is searched in ``competitions_dir`` only, or when that is None in ``./competitions/``,
+    ``$KAGGLE_LORA_COMPETITIONS_DIR`` and the shipped recipes, in that order.
     """
-    directory = Path(competitions_dir) if competitions_dir is not None else default_competitions_dir()
-    path = find_config_file(name_or_slug, directory)
+    if source is not None:
+        path, origin = source.config, source.origin
+    else:
+        found = locate_config(name_or_slug, Path(competitions_dir) if competitions_dir is not None else None)
+        path, origin = (found.path, found.origin) if found is not None else (None, None)
+    searched = ([str(competitions_dir)] if competitions_dir is not None
+                else [str(folder) for folder, _ in config_search_dirs()])
     from_file = read_config_file(path) if path is not None else {}
+    from_options = validate_config_dict(source.option_settings(), source="run options") if source is not None else {}
     extra = validate_config_dict(overrides, source="overrides") if overrides else {}
-    given = _merge(from_file, extra)
+    given = _merge(_merge(from_file, from_options), extra)
     slug = given.get("slug", name_or_slug)
     from_kaggle = metric_from_kaggle_name(kaggle_metric) if kaggle_metric and "metric" not in given else None
 
@@ -444,12 +498,12 @@ def load_competition(
     inferred: dict[str, Any] = {}
     if folder is not None:
         files = replace(files, sample_submission=_find_sample_submission(folder, given.get("files", {}).get("sample_submission"), files))
-        inferred = infer_from_data(folder, files, known=given, metric_hint=given.get("metric") or from_kaggle)
+        inferred = infer_from_data(folder, files, known=given, metric_hint=given.get("metric") or from_kaggle, slug=slug)
     else:
         files = CompetitionFiles(**given.get("files", {}))
         needed = [k for k in ("id_column", "target_columns", "task") if k not in given]
         if needed:
-            where = f"{path} does not set {', '.join(needed)}" if path else f"there is no config file for {name_or_slug!r} in {directory}"
+            where = f"{path} does not set {', '.join(needed)}" if path else f"there is no config file for {name_or_slug!r} in {', '.join(searched)}"
             raise CompetitionConfigError(
                 f"Cannot resolve competition {name_or_slug!r}: {where} and no data folder was given. Pass "
                 f"data_dir (the folder with train.csv and the sample submission; ${DATA_ENV} also works) so "
@@ -515,6 +569,8 @@ def load_competition(
         training=dict(merged.get("training", {})),
         data_dir=folder,
         config_path=path,
+        config_origin=origin,
+        set_by_options=tuple(from_options),
         inferred=tuple(provenance),
         excluded=tuple(inferred.get("excluded", ())),
         metric_source=metric_source,

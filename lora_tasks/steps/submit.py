@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lora_tasks.data.csv_io import read_csv
+from lora_tasks.data.sample_checks import sample_order
+from lora_tasks.data.source import CompetitionSource
 from lora_tasks.data.submission_format import SubmissionRenderError, write_csv
 from lora_tasks.hashing import sha256_file
 from lora_tasks.steps.plan import Plan
@@ -24,16 +27,20 @@ def submission_frame(test_pred: np.ndarray, prepared: Prepared, plan: Plan,
     (:meth:`SubmissionFormat.render_predictions`): the inverse target transform, then labels
     (cut at ``threshold``, the tuned one from the combine step, else the configured one; spelled
     as train.csv spells them), probabilities under the sample's columns, or values; one column
-    per label or target for several; the id column as test.csv writes it."""
+    per label or target for several; the id column as test.csv writes it, rows in the sample's order."""
     fmt = prepared.submission
     values = inverse_transform(np.asarray(test_pred, dtype=np.float64), plan.settings.target_transform)
     if fmt.rows_sum_to_one and values.ndim == 2:
         # a blend of softmax rows sums to 1 only up to float32 rounding; Kaggle and the validator want 1
         values = values / values.sum(axis=1, keepdims=True)
     try:
-        return fmt.render_predictions(prepared.test_ids, values, prepared.classes, label_threshold(prepared, threshold))
+        frame = fmt.render_predictions(prepared.test_ids, values, prepared.classes, label_threshold(prepared, threshold))
     except SubmissionRenderError as exc:
         raise PipelineError(f"{prepared.slug}: {exc}") from None
+    # the validator wants the sample's order; test.csv may list the same ids in another one
+    sample_ids = read_csv(prepared.sample_submission, usecols=[fmt.id_column], as_text=True)[fmt.id_column].tolist()
+    order = sample_order(sample_ids, frame[fmt.id_column].tolist())
+    return frame if order is None else frame.iloc[order].reset_index(drop=True)
 
 
 def write_submission(
@@ -75,7 +82,7 @@ def submission_run_id(run_key: str, submission_path: str | os.PathLike) -> str:
     return f"{key}-{sha256_file(submission_path)[:12]}"
 
 
-def submit_file(competition: str, submission_path: str | os.PathLike, message: str, run_id: str,
+def submit_file(competition: str | CompetitionSource, submission_path: str | os.PathLike, message: str, run_id: str,
                 state_dir: str | os.PathLike, endpoint: str | None = None, *,
                 resubmit: bool = False):
     """Submit once per ``run_id`` (see :func:`lora_tasks.kaggle.submit`); ``resubmit``: submit
@@ -89,7 +96,7 @@ def submit_file(competition: str, submission_path: str | os.PathLike, message: s
     return submit(slug, submission_path, message, run_id, state_dir, KaggleClient(endpoint), resubmit=resubmit)
 
 
-def submit_run(competition: str, submission_path: str | os.PathLike, message: str, run_key: str,
+def submit_run(competition: str | CompetitionSource, submission_path: str | os.PathLike, message: str, run_key: str,
                state_dir: str | os.PathLike, endpoint: str | None = None, *,
                resubmit: bool = False):
     """Submit under the run id :func:`submission_run_id` derives from ``run_key`` and the file:
@@ -98,7 +105,7 @@ def submit_run(competition: str, submission_path: str | os.PathLike, message: st
     return submit_file(competition, submission_path, message, run_id, state_dir, endpoint, resubmit=resubmit)
 
 
-def read_score(competition: str, ref: int, endpoint: str | None = None, *, timeout_s: float = 900.0,
+def read_score(competition: str | CompetitionSource, ref: int, endpoint: str | None = None, *, timeout_s: float = 900.0,
                poll_s: float = 10.0):
     """Wait (bounded) for Kaggle to score submission ``ref``; returns it with ``public_score``."""
     from lora_tasks.kaggle import (  # the kaggle client is slow to import
