@@ -252,3 +252,20 @@ def test_a_latin1_competition_runs_its_checks_and_validates(in_tmp_cwd, tmp_path
 def test_check_passes_the_shipped_competitions(shared_datasets):
     for slug in ("titanic", "nlp-getting-started", "house-prices-advanced-regression-techniques"):
         check_sample_submission(load_competition(slug, shared_datasets))
+
+
+def test_serve_deploys_the_users_configs_beside_the_shipped_ones(in_tmp_cwd):
+    """``kaggle-lora serve`` in a folder with ``competitions/mine.toml``: a deployment for it, whose
+    parameters name the file (a run reads it whatever its working directory), beside the shipped
+    recipes; the form of every deployment has the new options."""
+    from lora_tasks.prefect.serve import build_deployments
+
+    (in_tmp_cwd / "competitions").mkdir()
+    mine = in_tmp_cwd / "competitions" / "mine.toml"
+    mine.write_text('target_columns = ["label"]\nschedule = "0 5 * * *"\n')
+    deployments = {d.name: d for d in build_deployments()}
+    assert {"mine", "titanic", "demo"} <= set(deployments)
+    assert deployments["mine"].parameters["options"] == {"competition": "mine", "config": str(mine.resolve())}
+    assert "config" not in deployments["titanic"].parameters["options"]  # found by name, wherever it runs
+    form = deployments["mine"]._parameter_openapi_schema.definitions["RunOptions"]["properties"]
+    assert {"config", "target", "id_column", "offline"} <= set(form)
