@@ -27,19 +27,24 @@ def submission_frame(test_pred: np.ndarray, prepared: Prepared, plan: Plan,
     (:meth:`SubmissionFormat.render_predictions`): the inverse target transform, then labels
     (cut at ``threshold``, the tuned one from the combine step, else the configured one; spelled
     as train.csv spells them), probabilities under the sample's columns, or values; one column
-    per label or target for several; the id column as test.csv writes it, rows in the sample's order."""
+    per label or target for several; the id column as test.csv writes it, in test.csv's order."""
     fmt = prepared.submission
     values = inverse_transform(np.asarray(test_pred, dtype=np.float64), plan.settings.target_transform)
     if fmt.rows_sum_to_one and values.ndim == 2:
         # a blend of softmax rows sums to 1 only up to float32 rounding; Kaggle and the validator want 1
         values = values / values.sum(axis=1, keepdims=True)
     try:
-        frame = fmt.render_predictions(prepared.test_ids, values, prepared.classes, label_threshold(prepared, threshold))
+        return fmt.render_predictions(prepared.test_ids, values, prepared.classes, label_threshold(prepared, threshold))
     except SubmissionRenderError as exc:
         raise PipelineError(f"{prepared.slug}: {exc}") from None
-    # the validator wants the sample's order; test.csv may list the same ids in another one
-    sample_ids = read_csv(prepared.sample_submission, usecols=[fmt.id_column], as_text=True)[fmt.id_column].tolist()
-    order = sample_order(sample_ids, frame[fmt.id_column].tolist())
+
+
+def in_sample_order(frame: pd.DataFrame, prepared: Prepared) -> pd.DataFrame:
+    """The rows in the sample submission's order, which the validator checks: test.csv may list
+    the same ids in another one (the early checks made sure they are the same ids)."""
+    id_column = prepared.submission.id_column
+    sample_ids = read_csv(prepared.sample_submission, usecols=[id_column], as_text=True)[id_column].tolist()
+    order = sample_order(sample_ids, frame[id_column].tolist())
     return frame if order is None else frame.iloc[order].reset_index(drop=True)
 
 
@@ -51,8 +56,10 @@ def write_submission(
     threshold: float | None = None,
 ) -> Path:
     """Write ``submission-*.csv`` from the ensemble's test predictions (see :func:`submission_frame`;
-    ``threshold``: :attr:`CombineResult.threshold`), named by its content's hash."""
-    frame = submission_frame(np.load(test_pred_path), Prepared.load(prepared_path), Plan.load(plan_path), threshold)
+    ``threshold``: :attr:`CombineResult.threshold`), rows in the sample's order, named by its content's hash."""
+    prepared = Prepared.load(prepared_path)
+    frame = in_sample_order(submission_frame(np.load(test_pred_path), prepared, Plan.load(plan_path), threshold),
+                            prepared)
     out = Path(out_dir)
     tmp = write_csv(frame, temp_path(out, ".csv"))
     return store_file(tmp, out, "submission", ".csv")
