@@ -269,3 +269,12 @@ def test_serve_deploys_the_users_configs_beside_the_shipped_ones(in_tmp_cwd):
     assert "config" not in deployments["titanic"].parameters["options"]  # found by name, wherever it runs
     form = deployments["mine"]._parameter_openapi_schema.definitions["RunOptions"]["properties"]
     assert {"config", "target", "id_column", "offline"} <= set(form)
+
+
+def test_a_config_that_contradicts_the_data_names_the_line_to_write(in_tmp_cwd, tmp_path):
+    folder = write_competition(tmp_path / "data" / SLUG)
+    (in_tmp_cwd / "competitions").mkdir()
+    (in_tmp_cwd / "competitions" / f"{SLUG}.toml").write_text('target_columns = ["label"]\nmetric = "rmse"\n')
+    with pytest.raises(CompetitionConfigError, match="does not apply to a binary task") as info:
+        load_competition(SLUG, folder)
+    assert 'Fix: write `metric = "accuracy"`, or `task = "regression"`' in str(info.value)

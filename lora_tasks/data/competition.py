@@ -583,13 +583,16 @@ def _check_consistency(source: Any, task: str, metric: str, submission: Submissi
     spec = get_metric(metric)
     if task not in spec.tasks:
         raise CompetitionConfigError(
-            f"{source}: metric {metric!r} does not apply to a {task} task (it fits {', '.join(spec.tasks)}); "
-            "fix `metric` or `task`."
+            f"{source}: metric {metric!r} does not apply to a {task} task (it fits {', '.join(spec.tasks)}). "
+            f'Fix: write `metric = "{default_metric(task, submission.prediction)}"`, or `task = "{spec.tasks[0]}"` '
+            "if the task is wrong, in the config file."
         )
     if submission.target_transform == "log1p" and task not in REGRESSION_TASKS:
-        raise CompetitionConfigError(f"{source}: target_transform log1p needs a regression task, not {task}.")
+        raise CompetitionConfigError(f"{source}: target_transform log1p needs a regression task, not {task}. Fix: "
+                                     'write `target_transform = "none"` under [submission], or `task = "regression"`.')
     if task in REGRESSION_TASKS and submission.prediction != "values":
-        raise CompetitionConfigError(f"{source}: a regression submission holds values, not {submission.prediction}.")
+        raise CompetitionConfigError(f"{source}: a regression submission holds values, not {submission.prediction}. "
+                                     'Fix: write `prediction = "values"` under [submission] in the config file.')
 
 
 def config_field_names() -> list[str]:
