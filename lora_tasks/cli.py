@@ -227,6 +227,11 @@ def run_main(argv: list[str] | None = None, prog: str = "kaggle-lora run") -> in
         parser.error(f"--dask-address needs --runner dask, not --runner {args.runner}")
     if args.plan:
         return show_plan(options)
+    try:  # a missing --config or a broken config file fails in a second, before Prefect starts
+        options.competition_source()
+    except ValueError as exc:
+        print(f"\nkaggle-lora failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     logging.getLogger("lora_tasks").setLevel(logging.INFO)
     # Prefect and the flow load slowly: only for a run
     from lora_tasks.native import native_info

@@ -278,3 +278,11 @@ def test_a_config_that_contradicts_the_data_names_the_line_to_write(in_tmp_cwd, 
     with pytest.raises(CompetitionConfigError, match="does not apply to a binary task") as info:
         load_competition(SLUG, folder)
     assert 'Fix: write `metric = "accuracy"`, or `task = "regression"`' in str(info.value)
+
+
+def test_cli_run_with_a_missing_config_fails_before_prefect_starts(in_tmp_cwd, capsys):
+    from lora_tasks.cli import run_main
+
+    assert run_main(["--competition", "titanic", "--config", "missing.toml"]) == 1
+    err = capsys.readouterr().err
+    assert "--config missing.toml: no such file" in err and "Timed out" not in err
