@@ -95,13 +95,14 @@ def test_run_with_target_where_inference_cannot_tell_then_offline_on_read_only_d
         fk.score_submission(sub, pd.read_csv(served / SLUG / "solution.csv"), "accuracy"))
 
     # --offline on a read-only copy of that download: no request reaches the server, nothing under
-    # the data folder changes (as root chmod does not stop writes, so the check is the snapshot)
+    # the data folder changes (as root chmod does not stop writes, so the check is the snapshot).
+    # The scikit-learn members alone: what is checked here is the data, not the training
     data = tmp_path / "read-only-data"
     shutil.copytree(work / "data" / SLUG, data / SLUG)
     make_read_only(data)
     before, requests = snapshot(data), len(server.requests)
     offline = kaggle_lora("run", *common[:4], "--work-dir", str(tmp_path / "work2"), "--data-dir", str(data),
-                          "--offline", "--target", "label", *FAST, cwd=cwd, api=True)
+                          "--offline", "--target", "label", "--no-adapters", *FAST, cwd=cwd, api=True)
     assert offline.returncode == 0, (offline.stdout[-3000:], offline.stderr[-3000:])
     assert "Not submitted" in offline.stdout
     assert len(server.requests) == requests, server.requests[requests:]
