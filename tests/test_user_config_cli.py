@@ -64,9 +64,17 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int, bytes | None]]:
     return out
 
 
-def make_read_only(folder: Path) -> None:
+def make_read_only(folder: Path) -> bool:
+    """chmod a-w everything under ``folder``; where it works (root on a file system that has the
+    flag), also ``chattr +i``, which stops root's writes too. Returns whether the flag was set."""
     for path in [folder, *folder.rglob("*")]:
         path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    chattr = shutil.which("chattr")
+    return bool(chattr) and subprocess.run([chattr, "-R", "+i", str(folder)], capture_output=True).returncode == 0
+
+
+def undo_immutable(folder: Path) -> None:
+    subprocess.run([shutil.which("chattr") or "chattr", "-R", "-i", str(folder)], capture_output=True)
 
 
 def test_run_with_target_where_inference_cannot_tell_then_offline_on_read_only_data(harness, server, served,
@@ -97,16 +105,29 @@ def test_run_with_target_where_inference_cannot_tell_then_offline_on_read_only_d
     # --offline on a read-only copy of that download: no request reaches the server, nothing under
     # the data folder changes (as root chmod does not stop writes, so the check is the snapshot).
     # The scikit-learn members alone: what is checked here is the data, not the training
+    # (--data-dir is the folder holding the files, as a user fills it: a download would write
+    # <data-dir>/<slug> beside them)
     data = tmp_path / "read-only-data"
-    shutil.copytree(work / "data" / SLUG, data / SLUG)
-    make_read_only(data)
+    shutil.copytree(work / "data" / SLUG, data)
+    immutable = make_read_only(data)
     before, requests = snapshot(data), len(server.requests)
-    offline = kaggle_lora("run", *common[:4], "--work-dir", str(tmp_path / "work2"), "--data-dir", str(data),
-                          "--offline", "--target", "label", "--no-adapters", *FAST, cwd=cwd, api=True)
-    assert offline.returncode == 0, (offline.stdout[-3000:], offline.stderr[-3000:])
-    assert "Not submitted" in offline.stdout
-    assert len(server.requests) == requests, server.requests[requests:]
-    assert snapshot(data) == before
+    try:
+        if immutable:  # the flag really stops writes, even root's
+            with pytest.raises(PermissionError):
+                (data / "probe").write_text("x")
+        offline = kaggle_lora("run", *common[:4], "--work-dir", str(tmp_path / "work2"), "--data-dir", str(data),
+                              "--offline", "--target", "label", "--no-adapters", *FAST, cwd=cwd, api=True)
+        assert offline.returncode == 0, (offline.stdout[-3000:], offline.stderr[-3000:])
+        assert "Not submitted" in offline.stdout
+        assert len(server.requests) == requests, server.requests[requests:]
+        assert snapshot(data) == before
+        if immutable or os.geteuid() != 0:  # what --offline avoids: without it, the download cannot write there
+            online = kaggle_lora("plan", *common[:4], "--work-dir", str(tmp_path / "work2"), "--data-dir", str(data),
+                                 "--target", "label", "--tiny", cwd=cwd)
+            assert online.returncode == 1 and "PermissionError" in online.stderr, online.stderr[-2000:]
+    finally:
+        if immutable:
+            undo_immutable(data)  # else the tmp folder cannot be removed
 
     # --offline with no data says how to get it
     empty = tmp_path / "empty"
