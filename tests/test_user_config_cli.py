@@ -121,10 +121,11 @@ def test_run_with_target_where_inference_cannot_tell_then_offline_on_read_only_d
         assert "Not submitted" in offline.stdout
         assert len(server.requests) == requests, server.requests[requests:]
         assert snapshot(data) == before
-        if immutable or os.geteuid() != 0:  # what --offline avoids: without it, the download cannot write there
+        if immutable or os.geteuid() != 0:  # without --offline the download cannot write there, and says what to do
             online = kaggle_lora("plan", *common[:4], "--work-dir", str(tmp_path / "work2"), "--data-dir", str(data),
                                  "--target", "label", "--tiny", cwd=cwd)
-            assert online.returncode == 1 and "PermissionError" in online.stderr, online.stderr[-2000:]
+            assert online.returncode == 1 and "DataDirNotWritableError" in online.stderr, online.stderr[-2000:]
+            assert "Fix: pass --offline to train on the data already there" in online.stderr
     finally:
         if immutable:
             undo_immutable(data)  # else the tmp folder cannot be removed

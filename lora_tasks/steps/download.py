@@ -7,6 +7,7 @@ whole flow (download, submit, score) through the real client.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 from pathlib import Path
@@ -23,6 +24,10 @@ log = logging.getLogger("lora_tasks.steps")
 
 #: Files that make a folder count as downloaded data (``--offline``).
 DATA_SUFFIXES = (".csv", ".tsv", ".gz", ".zip", ".parquet")
+
+
+class DataDirNotWritableError(PermissionError):
+    """The data folder cannot be written (read-only, another owner); the message names ``--offline``."""
 
 
 class OfflineDataError(FileNotFoundError):
@@ -54,10 +59,18 @@ def download_data(
 
     slug = competition_slug(competition)
     client = KaggleClient(endpoint, timeout=timeout)
-    folder = download_competition(slug, data_dir, client)
-    metric = None if config_names_metric(competition) else competition_metric(slug, client)
-    if CompetitionMetadata.find(folder, slug) != CompetitionMetadata(slug, metric):
-        CompetitionMetadata(slug, metric).save(folder)
+    try:
+        folder = download_competition(slug, data_dir, client)
+        metric = None if config_names_metric(competition) else competition_metric(slug, client)
+        if CompetitionMetadata.find(folder, slug) != CompetitionMetadata(slug, metric):
+            CompetitionMetadata(slug, metric).save(folder)
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise DataDirNotWritableError(
+            f"Cannot write the download of {slug} into {data_dir} ({exc.strerror}: {exc.filename}). Fix: "
+            "pass --offline to train on the data already there without downloading, or --data-dir a folder you "
+            "can write") from exc
     return folder
 
 
