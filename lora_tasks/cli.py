@@ -56,15 +56,19 @@ def _embed(args: argparse.Namespace) -> int:
 
 #: Option names that differ from ``--<field-name>`` (kept from earlier releases).
 FLAG_NAMES = {"retry_delay_s": "--retry-delay", "score_timeout_s": "--score-timeout", "score_poll_s": "--score-poll",
-              "kaggle_endpoint": "--kaggle-endpoint"}
+              "kaggle_endpoint": "--kaggle-endpoint", "id_column": "--id"}
 # Shorter spellings a user may type first; the long flag stays the documented one.
-FLAG_ALIASES: dict[str, tuple[str, ...]] = {"compute_dtype": ("--dtype",)}
+FLAG_ALIASES: dict[str, tuple[str, ...]] = {"compute_dtype": ("--dtype",), "id_column": ("--id-column",)}
 RUN_EPILOG = """
 examples:
   kaggle-lora run --competition demo
       offline demo: builds the demo competition, serves it from an in-process fake Kaggle
       server, trains 2 MiniLM LoRA adapters, submits and prints the score
   kaggle-lora run --competition house-prices --folds 3 --combine merge --no-submit
+  kaggle-lora run --competition my-comp --target label --id row_id
+      name the columns inference cannot tell (or write them in ./competitions/my-comp.toml)
+  kaggle-lora run --competition titanic --offline --data-dir /mnt/kaggle-data
+      no call to Kaggle: train on the files already there (read-only is fine), submit nothing
   kaggle-lora run --competition titanic --kaggle-endpoint http://127.0.0.1:8765
       talk to a fake server started with: python -m lora_tasks.testing.fake_kaggle --data DIR --port 8765
   PREFECT_API_URL=http://10.0.0.4:4200/api kaggle-lora run --competition titanic --dask-address tcp://10.0.0.5:8786
@@ -223,6 +227,11 @@ def run_main(argv: list[str] | None = None, prog: str = "kaggle-lora run") -> in
         parser.error(f"--dask-address needs --runner dask, not --runner {args.runner}")
     if args.plan:
         return show_plan(options)
+    try:  # a missing --config or a broken config file fails in a second, before Prefect starts
+        options.competition_source()
+    except ValueError as exc:
+        print(f"\nkaggle-lora failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     logging.getLogger("lora_tasks").setLevel(logging.INFO)
     # Prefect and the flow load slowly: only for a run
     from lora_tasks.native import native_info
@@ -241,7 +250,8 @@ def run_main(argv: list[str] | None = None, prog: str = "kaggle-lora run") -> in
     runner = args.runner or ("dask" if args.dask_address else "thread")
     flow_fn = kaggle_lora.with_options(task_runner=make_task_runner(
         runner, address=args.dask_address, offline_demo=needs_offline_server(options.competition,
-                                                                              options.kaggle_endpoint)))
+                                                                              options.kaggle_endpoint,
+                                                                              options.offline)))
     start = time.perf_counter()
     try:
         summary = flow_fn(options)

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from lora_tasks.data.source import CompetitionSource
 
 #: Where a run keeps its data, artifacts, token cache and task results unless told otherwise.
 DEFAULT_WORK_DIR = os.environ.get("KAGGLE_LORA_HOME", ".kaggle-lora")
@@ -30,6 +33,13 @@ class RunOptions(BaseModel):
 
     competition: str = Field("demo", description="Kaggle slug, config name or alias (e.g. demo, titanic, "
                              "house-prices); demo runs offline against an in-process fake Kaggle server")
+    config: str | None = Field(None, description="the competition's config file (TOML) to use instead of the one "
+                               "found by name: ./competitions/<slug>.toml where you run, $KAGGLE_LORA_COMPETITIONS_DIR, "
+                               "then the shipped recipes")
+    target: str | None = Field(None, description="the target column(s) of train.csv (comma-separated for several), "
+                               "over the config's target_columns and the inferred one")
+    id_column: str | None = Field(None, description="the id column (shared by test.csv and the sample submission), "
+                                  "over the config's id_column and the inferred one")
     model: str | None = Field(None, description="encoder id or folder (default: the offline all-MiniLM-L6-v2)")
     preset: str | None = Field(None, description="LoRA preset instead of the auto-configured one (efficient, "
                                "balanced, expressive, qlora_*)")
@@ -72,6 +82,8 @@ class RunOptions(BaseModel):
     work_dir: str = Field(default_factory=lambda: DEFAULT_WORK_DIR, description="artifacts, token cache and task "
                           "results (default: $KAGGLE_LORA_HOME or .kaggle-lora)")
     kaggle_endpoint: str | None = Field(None, description="a Kaggle-compatible API server (the fake one)")
+    offline: bool = Field(False, description="never call Kaggle: use the data already downloaded (in DATA_DIR/<slug> "
+                          "or DATA_DIR itself, which may be read-only) and do not submit (implies --no-submit)")
     tiny: bool = Field(False, description="tiny random model (smoke tests: fast; its adapters score near chance)")
     max_train_rows: int | None = Field(None, ge=2, description="train on a seeded sample of this many rows")
     refresh: bool = Field(False, description="ignore cached task results for this run (every step runs again)")
@@ -94,6 +106,25 @@ class RunOptions(BaseModel):
                           "folds, one adapter each.", DeprecationWarning, stacklevel=2)
             data.setdefault("folds", value)
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _offline_submits_nothing(cls, data: Any) -> Any:
+        """``offline`` never calls Kaggle, so it does not submit: ``submit`` defaults to False
+        with it, and an explicit ``submit=True`` is refused with the fix."""
+        if isinstance(data, dict) and data.get("offline"):
+            if data.get("submit") is True:
+                raise ValueError("offline=True (--offline) never calls Kaggle, so it cannot submit; drop submit=True, "
+                                 "or drop --offline to submit.")
+            data = {**data, "submit": False}
+        return data
+
+    @field_validator("target", "id_column", "config")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("give a column name or path, not an empty text (or leave the option out).")
+        return value
 
     @field_validator("top_layers")
     @classmethod
@@ -157,6 +188,16 @@ class RunOptions(BaseModel):
         return self
 
     # ---- what the steps read ------------------------------------------------------------------
+
+    def competition_source(self) -> CompetitionSource:
+        """The competition as the steps take it: a :class:`~lora_tasks.data.source.CompetitionSource`
+        holding the config file this run uses (``config``, else the one found by name from the
+        working directory) and its ``target`` / ``id_column``. Resolved once at the start of a run,
+        so every step, in any process, reads the same file."""
+        from lora_tasks.data.source import CompetitionSource  # the data layer loads pandas
+
+        return CompetitionSource.resolve(self.competition, config=self.config, target=self.target,
+                                         id_column=self.id_column)
 
     @property
     def uses_baseline(self) -> bool:

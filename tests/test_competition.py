@@ -294,7 +294,7 @@ def test_no_shared_id_column_is_a_clear_error(tmp_path):
     test = read_test(TITANIC).rename(columns={"PassengerId": "pid"})
     sample = pd.DataFrame({"row": test["pid"], "Survived": 0})
     folder = copy_competition("noid", tmp_path, test=test, sample=sample)
-    with pytest.raises(CompetitionConfigError, match="set `id_column`"):
+    with pytest.raises(CompetitionConfigError, match="write `id_column = "):
         load_competition("noid", folder, competitions_dir=tmp_path / "none")
 
 

@@ -36,10 +36,14 @@ from .config_file import (
     TASKS,
     TRAINING_SETTINGS,
     CompetitionConfigError,
+    config_search_dirs,
     default_competitions_dir,
     find_config_file,
+    fix_text,
     list_competitions,
+    locate_config,
     read_config_file,
+    toml_list,
     validate_config_dict,
 )
 from .csv_io import count_rows, read_csv, read_header
@@ -50,6 +54,7 @@ from .profile import (
     detect_text_columns,
     infer_task_type,
 )
+from .source import CompetitionSource
 from .submission_format import (
     SubmissionFormat,
     infer_submission_format,
@@ -102,6 +107,8 @@ class CompetitionConfig:
     training: Mapping[str, Any] = field(default_factory=dict)
     data_dir: Path | None = None
     config_path: Path | None = None
+    config_origin: str | None = None
+    set_by_options: tuple[str, ...] = ()
     inferred: tuple[str, ...] = field(default=())
     excluded: tuple[ExcludedColumn, ...] = ()
     metric_source: MetricSource = "inferred"
@@ -172,8 +179,15 @@ class CompetitionConfig:
 
     def describe(self) -> str:
         """What was inferred and from where, as markdown (``--plan`` shows it)."""
+        flags = {"id_column": "--id", "target_columns": "--target"}
+
         def origin(key: str) -> str:
+            if key in self.set_by_options:
+                return f"run option ({flags.get(key, key)})"
             return "inferred from the data" if key in self.inferred else "config"
+
+        config_row = (f"| config file | `{self.config_path}` | {self.config_origin} |" if self.config_path is not None
+                      else "| config file | none | everything inferred from the data |")
 
         metric_from = self.metric_source + (f": {self.kaggle_metric!r}" if self.metric_source == "kaggle metadata" else "")
         lines = [
@@ -181,6 +195,7 @@ class CompetitionConfig:
             "",
             "| what | value | from |",
             "|---|---|---|",
+            config_row,
             f"| id column | `{self.id_column}` | {origin('id_column')} |",
             *([f"| id values | {self.row_number_ids.describe()} | inferred from the data |"] if self.row_number_ids else []),
             f"| target(s) | {', '.join(f'`{c}`' for c in self.target_columns)} | {origin('target_columns')} |",
@@ -258,6 +273,11 @@ def _single_subfolder_with(folder: Path, train_name: str | None) -> Path | None:
     return found[0] if len(found) == 1 else None
 
 
+def _id_guess(sample_cols: list[str], test_cols: list[str] | None) -> str:
+    """The sample column most likely meant as the id, for an error's fix text."""
+    return next((c for c in sample_cols if test_cols is not None and c in test_cols), sample_cols[0])
+
+
 def _find_files(folder: Path, configured: Mapping[str, str]) -> CompetitionFiles:
     """The three files: the config's ``[files]`` where given, else found by :mod:`.layout`."""
     train = configured.get("train") or find_table(folder, "train") or "train.csv"
@@ -307,15 +327,18 @@ def _infer_prediction(task: str, class_columns: list[str] | None, sample_first: 
 
 
 def infer_from_data(
-    folder: Path, files: CompetitionFiles, known: Mapping[str, Any] | None = None, *, metric_hint: str | None = None
+    folder: Path, files: CompetitionFiles, known: Mapping[str, Any] | None = None, *, metric_hint: str | None = None,
+    slug: str | None = None,
 ) -> dict[str, Any]:
     """Fill id, targets, task, classes, excluded columns and submission format from ``folder``.
 
     ``known`` holds values already fixed by the config file; they are used as given (and
     checked against the files) rather than inferred. ``metric_hint``: the metric if already
-    known (config or Kaggle), which decides what the submission holds.
+    known (config or Kaggle), which decides what the submission holds. ``slug`` names the config
+    file an error's fix points at (default: the folder's name).
     """
     known = dict(known or {})
+    slug = slug or folder.name
     train_path, test_path, sample_path = folder / files.train, folder / files.test, folder / files.sample_submission
     for path, what in ((train_path, "train"), (sample_path, "sample submission")):
         if not path.is_file():
@@ -338,8 +361,8 @@ def infer_from_data(
     if id_col is None:
         raise CompetitionConfigError(
             f"{sample_path.name} columns {sample_cols} share no column with {files.test if test_cols else files.train}, "
-            "and none of them numbers test.csv's rows (1..N or 0..N-1), so the id column is unknown; set "
-            "`id_column` in the config."
+            "and none of them numbers test.csv's rows (1..N or 0..N-1), so the id column is unknown. "
+            + fix_text(slug, f'id_column = "{_id_guess(sample_cols, test_cols)}"', f"--id {_id_guess(sample_cols, test_cols)}")
         )
     if "id_column" not in known:
         out["id_column"] = id_col
@@ -348,7 +371,12 @@ def infer_from_data(
         holders.append((test_cols, files.test) if test_cols is not None else (train_cols, files.train))
     for cols, name in holders:
         if id_col not in cols:
-            raise CompetitionConfigError(f"Id column {id_col!r} is not in {folder / name} (columns: {cols}); fix `id_column`.")
+            both = [c for c in sample_cols if c in cols]
+            guess = both[0] if both else "<column>"
+            raise CompetitionConfigError(
+                f"Id column {id_col!r} is not in {folder / name} (columns: {cols}); the id must be a column of "
+                f"{name} and {sample_path.name} ({both or 'they share none'}). "
+                + fix_text(slug, f'id_column = "{guess}"', f"--id {guess}"))
     if n_test is not None and n_test != len(sample):
         raise CompetitionConfigError(
             f"{sample_path.name} has {len(sample)} rows but {files.test} has {n_test}; a submission needs one row per "
@@ -377,13 +405,14 @@ def infer_from_data(
                 raise CompetitionConfigError(
                     f"Cannot find the target: {sample_path.name} columns {rest} are not all in {files.train} "
                     f"(columns: {train_cols}), in another case either, and {files.train} has "
-                    f"{len(only_train)} columns {files.test} lacks ({only_train[:8]}), not one. Set `target_columns` "
-                    "in competitions/<slug>.toml."
+                    f"{len(only_train)} columns {files.test} lacks ({only_train[:8]}), not one. "
+                    + _target_fix(slug, train_cols, test_cols, id_col, rest)
                 )
         out["target_columns"] = targets
     missing = [c for c in targets if c not in train_cols]
     if missing:
-        raise CompetitionConfigError(f"Target column(s) {missing} are not in {train_path} (columns: {train_cols}); fix `target_columns`.")
+        raise CompetitionConfigError(f"Target column(s) {missing} are not in {train_path} (columns: {train_cols}). "
+                                     + _target_fix(slug, train_cols, test_cols, id_col, []))
 
     for key in ("text_columns", "drop_columns"):
         unknown = [c for c in known.get(key, []) if c not in train_cols]
@@ -407,7 +436,8 @@ def infer_from_data(
         try:
             task = infer_task_type(target_frame if len(targets) > 1 else target_frame[targets[0]])
         except ValueError as exc:
-            raise CompetitionConfigError(f"{train_path}: {exc}") from None
+            raise CompetitionConfigError(
+                f"{train_path}: {exc} " + fix_text(slug, f'task = "<{" | ".join(TASKS)}>"')) from None
         out["task"] = task
     classes: tuple[Any, ...] | None = None
     if task in ("binary", "multiclass"):
@@ -429,6 +459,20 @@ def infer_from_data(
     )
     out["submission"] = {"columns": list(fmt.columns), "prediction": prediction, "dtype": fmt.dtype, "classes": list(fmt.classes)}
     return out
+
+
+def _target_fix(slug: str, train_cols: list[str], test_cols: list[str] | None, id_col: str, sample_values: list[str]) -> str:
+    """The fix when the target cannot be found: ``--target`` with the likeliest train.csv column
+    (one test.csv lacks), listing the candidates."""
+    only_train = [c for c in train_cols if c != id_col and (test_cols is None or c not in test_cols)]
+    guess = only_train[0] if only_train else "<column>"
+    line = f"target_columns = {toml_list([guess])}"
+    text = fix_text(slug, line, f"--target {guess}")
+    if len(only_train) > 1:
+        text += f" Columns of train.csv that test.csv lacks: {only_train}."
+    if sample_values:
+        text += f" The submission keeps the sample's value column(s) {sample_values}."
+    return text
 
 
 def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
@@ -456,6 +500,7 @@ def load_competition(
     *,
     overrides: Mapping[str, Any] | None = None,
     kaggle_metric: str | None = None,
+    source: CompetitionSource | None = None,
 ) -> CompetitionConfig:
     """Resolve a competition: its config file (if any), refined onto what the data says.
 
@@ -465,13 +510,23 @@ def load_competition(
     task itself. ``overrides`` uses the config-file schema (e.g. ``{"metric": "f1"}``) and wins
     over both file and data. ``kaggle_metric``: the competition's ``evaluation_metric`` from
     Kaggle's listing, used when no config names a metric (an unknown name warns and falls back
-    to the metric inferred from the task).
+    to the metric inferred from the task). ``source``: the config file and the columns a run
+    chose (:class:`~lora_tasks.data.source.CompetitionSource`), used instead of a search by
+    name; its ``--target`` / ``--id`` win over the file like ``overrides``. Without it the file
+    is searched in ``competitions_dir`` only, or when that is None in ``./competitions/``,
+    ``$KAGGLE_LORA_COMPETITIONS_DIR`` and the shipped recipes, in that order.
     """
-    directory = Path(competitions_dir) if competitions_dir is not None else default_competitions_dir()
-    path = find_config_file(name_or_slug, directory)
+    if source is not None:
+        path, origin = source.config, source.origin
+    else:
+        found = locate_config(name_or_slug, Path(competitions_dir) if competitions_dir is not None else None)
+        path, origin = (found.path, found.origin) if found is not None else (None, None)
+    searched = ([str(competitions_dir)] if competitions_dir is not None
+                else [str(folder) for folder, _ in config_search_dirs()])
     from_file = read_config_file(path) if path is not None else {}
+    from_options = validate_config_dict(source.option_settings(), source="run options") if source is not None else {}
     extra = validate_config_dict(overrides, source="overrides") if overrides else {}
-    given = _merge(from_file, extra)
+    given = _merge(_merge(from_file, from_options), extra)
     slug = given.get("slug", name_or_slug)
     from_kaggle = metric_from_kaggle_name(kaggle_metric) if kaggle_metric and "metric" not in given else None
 
@@ -480,12 +535,12 @@ def load_competition(
     inferred: dict[str, Any] = {}
     if folder is not None:
         files = _find_files(folder, configured_files)
-        inferred = infer_from_data(folder, files, known=given, metric_hint=given.get("metric") or from_kaggle)
+        inferred = infer_from_data(folder, files, known=given, metric_hint=given.get("metric") or from_kaggle, slug=slug)
     else:
         files = CompetitionFiles(**given.get("files", {}))
         needed = [k for k in ("id_column", "target_columns", "task") if k not in given]
         if needed:
-            where = f"{path} does not set {', '.join(needed)}" if path else f"there is no config file for {name_or_slug!r} in {directory}"
+            where = f"{path} does not set {', '.join(needed)}" if path else f"there is no config file for {name_or_slug!r} in {', '.join(searched)}"
             raise CompetitionConfigError(
                 f"Cannot resolve competition {name_or_slug!r}: {where} and no data folder was given. Pass "
                 f"data_dir (the folder with train.csv and the sample submission; ${DATA_ENV} also works) so "
@@ -551,6 +606,8 @@ def load_competition(
         training=dict(merged.get("training", {})),
         data_dir=folder,
         config_path=path,
+        config_origin=origin,
+        set_by_options=tuple(from_options),
         inferred=tuple(provenance),
         excluded=tuple(inferred.get("excluded", ())),
         metric_source=metric_source,
@@ -565,13 +622,16 @@ def _check_consistency(source: Any, task: str, metric: str, submission: Submissi
     spec = get_metric(metric)
     if task not in spec.tasks:
         raise CompetitionConfigError(
-            f"{source}: metric {metric!r} does not apply to a {task} task (it fits {', '.join(spec.tasks)}); "
-            "fix `metric` or `task`."
+            f"{source}: metric {metric!r} does not apply to a {task} task (it fits {', '.join(spec.tasks)}). "
+            f'Fix: write `metric = "{default_metric(task, submission.prediction)}"`, or `task = "{spec.tasks[0]}"` '
+            "if the task is wrong, in the config file."
         )
     if submission.target_transform == "log1p" and task not in REGRESSION_TASKS:
-        raise CompetitionConfigError(f"{source}: target_transform log1p needs a regression task, not {task}.")
+        raise CompetitionConfigError(f"{source}: target_transform log1p needs a regression task, not {task}. Fix: "
+                                     'write `target_transform = "none"` under [submission], or `task = "regression"`.')
     if task in REGRESSION_TASKS and submission.prediction != "values":
-        raise CompetitionConfigError(f"{source}: a regression submission holds values, not {submission.prediction}.")
+        raise CompetitionConfigError(f"{source}: a regression submission holds values, not {submission.prediction}. "
+                                     'Fix: write `prediction = "values"` under [submission] in the config file.')
 
 
 def config_field_names() -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -196,13 +197,10 @@ def _is_cron(expr: str) -> bool:
 # ------------------------------------------------------------------------------ finding config files
 
 
-def default_competitions_dir() -> Path:
-    """The folder of ``<slug>.toml`` files: ``$KAGGLE_LORA_COMPETITIONS_DIR``, else the repo's
-    ``competitions/`` (a checkout or an editable install: the files you edit), else the copy a
-    wheel ships as ``lora_tasks/_competitions`` (a link to ``competitions/`` in the repo)."""
-    env = os.environ.get(COMPETITIONS_ENV)
-    if env:
-        return Path(env).expanduser()
+def shipped_competitions_dir() -> Path:
+    """The recipes that come with the package: the repo's ``competitions/`` (a checkout or an
+    editable install: the files you edit), else the copy a wheel ships as
+    ``lora_tasks/_competitions`` (a link to ``competitions/`` in the repo)."""
     import lora_tasks
 
     package = Path(lora_tasks.__file__).resolve().parent
@@ -210,18 +208,75 @@ def default_competitions_dir() -> Path:
     return repo if repo.is_dir() else package / "_competitions"
 
 
+def default_competitions_dir() -> Path:
+    """The folder of ``<slug>.toml`` files ``kaggle-lora serve`` lists: ``$KAGGLE_LORA_COMPETITIONS_DIR``,
+    else the shipped recipes (:func:`shipped_competitions_dir`)."""
+    env = os.environ.get(COMPETITIONS_ENV)
+    return Path(env).expanduser() if env else shipped_competitions_dir()
+
+
+#: Where a user's own configs go: ``competitions/<slug>.toml`` in the working directory.
+USER_CONFIG_DIR = "competitions"
+#: How the plan names where a config file was found (the "from" column of ``kaggle-lora plan``).
+ORIGIN_OPTION = "--config"
+ORIGIN_WORKING_DIR = "./competitions/ (working directory)"
+ORIGIN_ENV = f"${COMPETITIONS_ENV}"
+ORIGIN_SHIPPED = "shipped recipe"
+
+
+@dataclass(frozen=True)
+class ConfigLocation:
+    """A config file and where it was found (one of the ``ORIGIN_*`` texts)."""
+
+    path: Path
+    origin: str
+
+
+def config_search_dirs(cwd: Path | None = None) -> list[tuple[Path, str]]:
+    """The folders searched for ``<slug>.toml``, first match wins: ``./competitions/`` (the
+    user's own, next to where they run), ``$KAGGLE_LORA_COMPETITIONS_DIR``, then the shipped
+    recipes. The variable adds a folder; it does not hide the shipped ones. A folder listed twice
+    (running inside a checkout, where ``./competitions`` is the shipped folder) is kept once,
+    under its later name."""
+    found: list[tuple[Path, str]] = [((cwd or Path.cwd()) / USER_CONFIG_DIR, ORIGIN_WORKING_DIR)]
+    env = os.environ.get(COMPETITIONS_ENV)
+    if env:
+        found.append((Path(env).expanduser(), ORIGIN_ENV))
+    found.append((shipped_competitions_dir(), ORIGIN_SHIPPED))
+    out: list[tuple[Path, str]] = []
+    for i, (folder, origin) in enumerate(found):
+        real = folder.resolve()
+        if any(real == later.resolve() for later, _ in found[i + 1:]):
+            continue
+        out.append((folder, origin))
+    return out
+
+
+def locate_config(name: str, directory: Path | None = None, *, cwd: Path | None = None) -> ConfigLocation | None:
+    """The config file for a slug or alias and where it was found, or None (then everything is
+    inferred). ``directory``: search that folder only (tests, ``kaggle-lora serve``)."""
+    folders = [(directory, str(directory))] if directory is not None else config_search_dirs(cwd)
+    for folder, origin in folders:
+        path = list_competitions(folder).get(name)
+        if path is not None:
+            return ConfigLocation(path.resolve(), origin)
+    return None
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """Parse and validate one config file."""
     try:
         with open(path, "rb") as fh:
             raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise CompetitionConfigError(f"Config file {path} does not exist; fix the path (--config PATH).") from None
     except tomllib.TOMLDecodeError as exc:
         raise CompetitionConfigError(f"{path}: not valid TOML ({exc}); fix the syntax.") from None
     return validate_config_dict(raw, source=str(path))
 
 
 def list_competitions(directory: Path | None = None) -> dict[str, Path]:
-    """Every name a config answers to (file stem, slug, aliases) -> its file."""
+    """Every name a config in ``directory`` answers to (file stem, slug, aliases) -> its file."""
     directory = directory or default_competitions_dir()
     names: dict[str, Path] = {}
     if not directory.is_dir():
@@ -237,5 +292,21 @@ def list_competitions(directory: Path | None = None) -> dict[str, Path]:
 
 
 def find_config_file(name: str, directory: Path | None = None) -> Path | None:
-    """The config file for a slug or alias, or None (then everything is inferred)."""
-    return list_competitions(directory).get(name)
+    """The config file for a slug or alias, or None (then everything is inferred). Without
+    ``directory``, the folders of :func:`config_search_dirs` in order."""
+    found = locate_config(name, directory)
+    return found.path if found is not None else None
+
+
+def fix_text(slug: str, line: str, flag: str | None = None) -> str:
+    """The one fix of an error inference cannot solve, as text to copy: the flag, and the config
+    line in the user's own file (``competitions/<slug>.toml`` where ``kaggle-lora`` runs, or the
+    file given with ``--config``), e.g. ``Fix: pass `--target label` or write
+    `target_columns = ["label"]` in competitions/<slug>.toml.``"""
+    where = f"competitions/{slug}.toml (next to where you run kaggle-lora, or the file of --config)"
+    return f"Fix: pass `{flag}` or write `{line}` in {where}." if flag else f"Fix: write `{line}` in {where}."
+
+
+def toml_list(values: list[str] | tuple[str, ...]) -> str:
+    """``["a", "b"]`` as TOML writes a list of strings."""
+    return "[" + ", ".join(f'"{v}"' for v in values) + "]"

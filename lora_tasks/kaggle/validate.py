@@ -19,6 +19,7 @@ from typing import Collection, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from lora_tasks.data.csv_io import read_csv
 from lora_tasks.hashing import sha256_file as file_sha256
 
 from .errors import SubmissionValidationError
@@ -114,8 +115,11 @@ def validate_submission(
 
 
 def _read_text_csv(path: Path, what: str) -> pd.DataFrame:
+    """Cells as written, read the way the data layer read the competition's files (latin-1 when
+    not UTF-8, as older competitions ship them): ids the run took from test.csv must compare
+    equal to the sample's."""
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
+        return read_csv(path, as_text=True)
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise SubmissionValidationError(f"The {what} {path} is not a readable CSV: {exc}", [str(exc)]) from exc
 

@@ -69,7 +69,7 @@ def plan_adapter_set(tasks: RunTasks, states: StateLog, options: RunOptions, fol
     overrides = adapter_set_overrides(options.training_overrides(OVERRIDABLE), adapter_set,
                                       Plan.load(main_plan).n_folds)
     future = tasks.plan.with_options(task_run_name=name).submit(
-        options.competition, folder, paths.artifacts, adapter_set.model or options.model, options.tiny, overrides,
+        options.competition_source(), folder, paths.artifacts, adapter_set.model or options.model, options.tiny, overrides,
         options.max_train_rows)
     plan = states.result(name, future)
     check_adapter_set(main_plan, plan, adapter_set)
@@ -114,11 +114,12 @@ def kaggle_lora(options: RunOptions) -> RunSummary:
     paths = RunPaths.of(options)
     tasks = configure(paths.work, retry_delay_s=options.retry_delay_s, refresh=options.refresh)
     states = StateLog()
-    competition, model = options.competition, options.model
+    competition, model = options.competition_source(), options.model  # the config file and columns this run uses
     poll_s = min(options.score_poll_s, 1.0) if needs_offline_server(competition, options.kaggle_endpoint) else (
         options.score_poll_s)  # the in-process fake server scores at once
-    with kaggle_endpoint(competition, options.kaggle_endpoint, paths.work) as endpoint:
-        folder = states.result("download", tasks.download.submit(competition, paths.data_root, endpoint))
+    with kaggle_endpoint(competition, options.kaggle_endpoint, paths.work, offline=options.offline) as endpoint:
+        folder = states.result("download", tasks.download.submit(competition, paths.data_root, endpoint,
+                                                                 offline=options.offline))
         sets = [] if options.no_adapters else run_adapter_sets(options, folder)
         prepare_future = tasks.prepare.submit(competition, folder, paths.artifacts, options.max_train_rows)
         plan_future = tasks.plan.submit(competition, folder, paths.artifacts, model, options.tiny,
@@ -159,7 +160,7 @@ def kaggle_lora(options: RunOptions) -> RunSummary:
         submission_path = states.result("write-submission", tasks.write_submission.submit(
             prepared, plan, combined.test_path, paths.artifacts, combined.threshold))
         check = states.result("validate-submission", tasks.validate.submit(submission_path, prepared))
-        summary = RunSummary(competition=competition, slug=slug, metric=combined.metric, cv=cv,
+        summary = RunSummary(competition=options.competition, slug=slug, metric=combined.metric, cv=cv,
                              oof_score=combined.oof_score, combine=options.combine,
                              submission_path=str(submission_path), members=blend_rows(combined),
                              work_dir=str(paths.work))

@@ -16,32 +16,46 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lora_tasks.data.competition import DEFAULT_SCHEDULE, default_competitions_dir, read_config_file
+from lora_tasks.data.config_file import DEFAULT_SCHEDULE, ORIGIN_SHIPPED, config_search_dirs, read_config_file
 from lora_tasks.options import RunOptions
 from lora_tasks.prefect.flow import kaggle_lora
 from lora_tasks.prefect.preflight import credentials_problem
 
 
-def competition_schedules(directory: Path | None = None) -> dict[str, str]:
-    """``{slug: cron}`` of every ``competitions/*.toml`` (one deployment each)."""
-    directory = directory or default_competitions_dir()
-    out: dict[str, str] = {}
-    for path in sorted(directory.glob("*.toml")):
-        raw = read_config_file(path)
-        out[raw.get("slug", path.stem)] = raw.get("schedule", DEFAULT_SCHEDULE)
+def competition_configs(directory: Path | None = None) -> dict[str, tuple[str, Path, str]]:
+    """``{slug: (cron, config file, where it was found)}`` of every competition config, one
+    deployment each: ``./competitions/*.toml`` where ``serve`` runs, then
+    ``$KAGGLE_LORA_COMPETITIONS_DIR``, then the shipped recipes; a slug found twice keeps the first
+    file (as a run does). ``directory``: that folder only."""
+    folders = [(directory, str(directory))] if directory is not None else config_search_dirs()
+    out: dict[str, tuple[str, Path, str]] = {}
+    for folder, origin in folders:
+        for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
+            raw = read_config_file(path)
+            out.setdefault(raw.get("slug", path.stem), (raw.get("schedule", DEFAULT_SCHEDULE), path.resolve(), origin))
     if not out:
-        raise SystemExit(f"No competition configs in {directory}; add competitions/<slug>.toml files.")
+        where = ", ".join(str(f) for f, _ in folders)
+        raise SystemExit(f"No competition configs in {where}; add competitions/<slug>.toml files.")
     return out
+
+
+def competition_schedules(directory: Path | None = None) -> dict[str, str]:
+    """``{slug: cron}`` of every competition config (see :func:`competition_configs`)."""
+    return {slug: cron for slug, (cron, _, _) in competition_configs(directory).items()}
 
 
 def build_deployments(*, tiny: bool = False, submit: bool = True, work_dir: str | None = None,
                       schedules: bool = True, only: list[str] | None = None) -> list[Any]:
-    """One deployment per competition config; its parameters are the run's :class:`RunOptions`."""
+    """One deployment per competition config; its parameters are the run's :class:`RunOptions`.
+    A config that is not a shipped recipe is named by its path (``config``), so a run reads that
+    file whatever its working directory."""
     deployments = []
-    for slug, cron in competition_schedules().items():
+    for slug, (cron, path, origin) in competition_configs().items():
         if only and slug not in only:
             continue
         given: dict[str, Any] = {"competition": slug, "submit": submit, "tiny": tiny}
+        if origin != ORIGIN_SHIPPED:
+            given["config"] = str(path)
         if work_dir:
             given["work_dir"] = str(Path(work_dir).resolve())
         options = RunOptions(**given)

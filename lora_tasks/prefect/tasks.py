@@ -251,10 +251,11 @@ class PrefectProgress:
 
 @task(name="download", cache_policy=_policy(download_data, by_value=("data_dir",), exclude=("endpoint",)),
       cache_expiration=DOWNLOAD_CACHE_TTL, persist_result=True, **network_retry_options())
-def download_task(competition: str, data_dir: Path, endpoint: str | None = None) -> Path:
-    """Kaggle (or the fake server) -> ``data_dir/<slug>``."""
+def download_task(competition: Any, data_dir: Path, endpoint: str | None = None, offline: bool = False) -> Path:
+    """Kaggle (or the fake server) -> ``data_dir/<slug>``; ``offline``: the data already there.
+    ``competition`` here and below: a name or the run's :class:`~lora_tasks.data.source.CompetitionSource`."""
     with running_step("download"):
-        return download_data(competition, data_dir, endpoint)
+        return download_data(competition, data_dir, endpoint, offline=offline)
 
 
 @task(name="prepare", cache_policy=_policy(prepare_data, by_value=("out_dir",)), persist_result=True)

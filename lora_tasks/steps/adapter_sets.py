@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from lora_tasks.data.competition import load_competition
+from lora_tasks.data.source import CompetitionSource, as_source
 from lora_tasks.lora.config import PRESETS
 from lora_tasks.steps.plan import Plan
 from lora_tasks.steps.store import PipelineError
@@ -93,10 +94,11 @@ def parse_adapter_sets(specs: Sequence[str | AdapterSet] | None) -> list[Adapter
     return sets
 
 
-def recipe_adapter_sets(competition: str, data_dir: str | os.PathLike | None) -> list[AdapterSet]:
+def recipe_adapter_sets(competition: str | CompetitionSource, data_dir: str | os.PathLike | None) -> list[AdapterSet]:
     """The adapter sets of the competition's ``[training]`` recipe (none without one); a bad spec
-    names the config file."""
-    config = load_competition(competition, data_dir=data_dir)
+    names the config file. ``competition``: a name or the run's :class:`CompetitionSource`."""
+    source = as_source(competition)
+    config = load_competition(source.name, data_dir=data_dir, source=source)
     try:
         return parse_adapter_sets(config.training.get("adapter_sets", ()))
     except PipelineError as exc:

@@ -29,6 +29,8 @@ from lora_tasks.budget import (
 from lora_tasks.data.autoconfig import TrainSettings, apply_settings, auto_configure
 from lora_tasks.data.competition import TRAINING_SETTINGS, CompetitionConfig
 from lora_tasks.data.profile import DataProfile, profile_competition
+from lora_tasks.data.sample_checks import check_sample_submission
+from lora_tasks.data.source import CompetitionSource
 from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.steps.prepare import subset_rows
 from lora_tasks.steps.spec import competition_spec
@@ -128,7 +130,7 @@ def given_overrides(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def plan_training(
-    competition: str,
+    competition: str | CompetitionSource,
     data_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
@@ -152,6 +154,7 @@ def plan_training(
     (the run blends the members: when no plan with adapters fits but the members alone do, the
     plan becomes members-only, with a warning and the limit adapters would need in ``reasons``)."""
     config = competition_spec(competition, data_dir)
+    check_sample_submission(config)  # `kaggle-lora plan` reports it too, before anything is trained
     tokenizer = Tokenizer.from_pretrained(None if tiny else model)
     train = subset_rows(config.read_train(), max_train_rows, seed)
     profile = profile_competition(config, tokenizer=tokenizer, train=train)

@@ -18,6 +18,9 @@ import numpy as np
 import pandas as pd
 
 from lora_tasks.data.competition import ExcludedColumn, SubmissionFormat
+from lora_tasks.data.config_file import fix_text
+from lora_tasks.data.sample_checks import check_sample_submission
+from lora_tasks.data.source import CompetitionSource
 from lora_tasks.steps.spec import competition_spec
 from lora_tasks.steps.store import (
     PIPELINE_VERSION,
@@ -118,7 +121,7 @@ def _class_indices(targets: pd.DataFrame, classes: list[Any], task: Task) -> lis
 
 
 def prepare_data(
-    competition: str,
+    competition: str | CompetitionSource,
     data_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
@@ -130,11 +133,13 @@ def prepare_data(
     ``max_train_rows`` keeps a seeded sample of the training rows (tests, quick looks).
     """
     config = competition_spec(competition, data_dir)
+    check_sample_submission(config)  # a sample no submission can match stops the run here, before training
     task = Task.parse(config.task_type)
     targets = list(config.target_columns)
     if len(targets) > 1 and not task.multi_output:
-        raise PipelineError(f"{config.slug} has targets {targets} but a {task} task; set `task` to multilabel or "
-                            "multitarget_regression, or `target_columns` to one column.")
+        raise PipelineError(f"{config.slug} has targets {targets} but a {task} task. "
+                            + fix_text(config.slug, 'task = "multilabel"') + " (or `task = \"multitarget_regression\"`; "
+                            f"or pass `--target {targets[0]}` for one column).")
     full = config.read_train()
     train = subset_rows(full, max_train_rows, seed)
     train = train[train[targets].notna().all(axis=1)]

@@ -65,7 +65,7 @@ def run_adapter_sets(options: RunOptions, folder: Path) -> list[AdapterSet]:
     ``merge``: sets only blend)."""
     if options.adapter_sets is not None:
         return parse_adapter_sets(options.adapter_sets)
-    recipe = recipe_adapter_sets(options.competition, folder)
+    recipe = recipe_adapter_sets(options.competition_source(), folder)
     if recipe and options.combine != "blend":
         log.info("combine=merge: the recipe's adapter sets %s are left out (they only blend).", [s.member for s in recipe])
         return []
@@ -76,7 +76,7 @@ def plan_adapter_set(options: RunOptions, folder: Path, artifacts: Path, main_pl
     """The plan of one more adapter set on the main plan's folds, refused if it trains what the main set trains."""
     overrides = adapter_set_overrides(options.training_overrides(OVERRIDABLE), adapter_set,
                                       Plan.load(main_plan).n_folds)
-    plan = plan_training(options.competition, folder, artifacts, model=adapter_set.model or options.model,
+    plan = plan_training(options.competition_source(), folder, artifacts, model=adapter_set.model or options.model,
                          tiny=options.tiny, overrides=overrides, max_train_rows=options.max_train_rows)
     check_adapter_set(main_plan, plan, adapter_set)
     return plan
@@ -87,10 +87,11 @@ def plan_run(options: RunOptions) -> dict[str, Path]:
     set and every adapter set. Returns ``{member name: plan file}``, the main set first (``lora``).
     The same plan files a run then uses, so the run after a look costs no extra profiling."""
     paths = RunPaths.of(options)
-    with kaggle_endpoint(options.competition, options.kaggle_endpoint, paths.work) as endpoint:
-        folder = download_data(options.competition, paths.data_root, endpoint)
+    competition = options.competition_source()
+    with kaggle_endpoint(competition, options.kaggle_endpoint, paths.work, offline=options.offline) as endpoint:
+        folder = download_data(competition, paths.data_root, endpoint, offline=options.offline)
     sets = [] if options.no_adapters else run_adapter_sets(options, folder)
-    plan = plan_training(options.competition, folder, paths.artifacts, model=options.model, tiny=options.tiny,
+    plan = plan_training(competition, folder, paths.artifacts, model=options.model, tiny=options.tiny,
                          overrides=options.training_overrides(OVERRIDABLE), max_train_rows=options.max_train_rows,
                          budget=True, time_limit=options.time_limit, no_adapters=options.no_adapters,
                          members_fallback=options.uses_baseline)
@@ -125,9 +126,10 @@ def run_pipeline(
     rule; ``progress`` receives training events; ``download=False`` reads ``data_dir`` as is."""
     run_start = time.time()  # the time limit counts from here, in every fold
     paths = RunPaths.of(options)
-    competition, model = options.competition, options.model
-    with kaggle_endpoint(competition, options.kaggle_endpoint, paths.work) as endpoint:
-        folder = download_data(competition, paths.data_root, endpoint) if download else paths.data_root
+    competition, model = options.competition_source(), options.model  # the config file and columns this run uses
+    with kaggle_endpoint(competition, options.kaggle_endpoint, paths.work, offline=options.offline) as endpoint:
+        folder = (download_data(competition, paths.data_root, endpoint, offline=options.offline) if download
+                  else paths.data_root)
         sets = [] if options.no_adapters else run_adapter_sets(options, folder)
         prepared = prepare_data(competition, folder, paths.artifacts, max_train_rows=options.max_train_rows)
         plan = plan_training(competition, folder, paths.artifacts, model=model, tiny=options.tiny,

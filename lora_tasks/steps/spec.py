@@ -22,6 +22,7 @@ from lora_tasks.data.competition import (
     load_competition,
     read_config_file,
 )
+from lora_tasks.data.source import CompetitionSource, as_source
 
 #: The record's file name inside the competition's data folder.
 METADATA_NAME = "kaggle-lora-metadata.json"
@@ -61,20 +62,26 @@ class CompetitionMetadata:
         return None
 
 
-def competition_slug(name: str, competitions_dir: str | os.PathLike | None = None) -> str:
-    """The Kaggle slug of a config name or alias (``house-prices`` -> the long slug)."""
+def competition_slug(name: str | CompetitionSource, competitions_dir: str | os.PathLike | None = None) -> str:
+    """The Kaggle slug of a config name or alias (``house-prices`` -> the long slug), or of a
+    :class:`CompetitionSource` (its config file's ``slug``, else its name)."""
+    if isinstance(name, CompetitionSource):
+        return name.slug
     path = find_config_file(name, Path(competitions_dir) if competitions_dir else None)
     return read_config_file(path).get("slug", name) if path else name
 
 
-def config_names_metric(competition: str) -> bool:
+def config_names_metric(competition: str | CompetitionSource) -> bool:
     """Whether the competition's config file names its metric (then Kaggle's is not asked for)."""
-    path = find_config_file(competition, None)
-    return path is not None and bool(read_config_file(path).get("metric"))
+    return bool(as_source(competition).file_settings.get("metric"))
 
 
-def competition_spec(competition: str, data_dir: str | os.PathLike) -> CompetitionConfig:
+def competition_spec(competition: str | CompetitionSource, data_dir: str | os.PathLike) -> CompetitionConfig:
     """The competition as every step sees it: the config file (if any) over what the data says,
-    with Kaggle's ``evaluation_metric`` from the download's record when no config names a metric."""
-    found = CompetitionMetadata.find(data_dir, competition_slug(competition))
-    return load_competition(competition, data_dir=data_dir, kaggle_metric=found.evaluation_metric if found else None)
+    with Kaggle's ``evaluation_metric`` from the download's record when no config names a metric.
+    ``competition``: a name (its config file is found by name) or the run's
+    :class:`CompetitionSource` (the config file and the ``--target`` / ``--id`` it chose)."""
+    source = as_source(competition)
+    found = CompetitionMetadata.find(data_dir, source.slug)
+    return load_competition(source.name, data_dir=data_dir, source=source,
+                            kaggle_metric=found.evaluation_metric if found else None)

@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lora_tasks.data.csv_io import read_csv
+from lora_tasks.data.sample_checks import sample_order
+from lora_tasks.data.source import CompetitionSource
 from lora_tasks.data.submission_format import SubmissionRenderError, write_csv
 from lora_tasks.hashing import sha256_file
 from lora_tasks.steps.plan import Plan
@@ -24,7 +27,7 @@ def submission_frame(test_pred: np.ndarray, prepared: Prepared, plan: Plan,
     (:meth:`SubmissionFormat.render_predictions`): the inverse target transform, then labels
     (cut at ``threshold``, the tuned one from the combine step, else the configured one; spelled
     as train.csv spells them), probabilities under the sample's columns, or values; one column
-    per label or target for several; the id column as test.csv writes it."""
+    per label or target for several; the id column as test.csv writes it, in test.csv's order."""
     fmt = prepared.submission
     values = inverse_transform(np.asarray(test_pred, dtype=np.float64), plan.settings.target_transform)
     if fmt.rows_sum_to_one and values.ndim == 2:
@@ -36,6 +39,15 @@ def submission_frame(test_pred: np.ndarray, prepared: Prepared, plan: Plan,
         raise PipelineError(f"{prepared.slug}: {exc}") from None
 
 
+def in_sample_order(frame: pd.DataFrame, prepared: Prepared) -> pd.DataFrame:
+    """The rows in the sample submission's order, which the validator checks: test.csv may list
+    the same ids in another one (the early checks made sure they are the same ids)."""
+    id_column = prepared.submission.id_column
+    sample_ids = read_csv(prepared.sample_submission, usecols=[id_column], as_text=True)[id_column].tolist()
+    order = sample_order(sample_ids, frame[id_column].tolist())
+    return frame if order is None else frame.iloc[order].reset_index(drop=True)
+
+
 def write_submission(
     prepared_path: str | os.PathLike,
     plan_path: str | os.PathLike,
@@ -44,8 +56,10 @@ def write_submission(
     threshold: float | None = None,
 ) -> Path:
     """Write ``submission-*.csv`` from the ensemble's test predictions (see :func:`submission_frame`;
-    ``threshold``: :attr:`CombineResult.threshold`), named by its content's hash."""
-    frame = submission_frame(np.load(test_pred_path), Prepared.load(prepared_path), Plan.load(plan_path), threshold)
+    ``threshold``: :attr:`CombineResult.threshold`), rows in the sample's order, named by its content's hash."""
+    prepared = Prepared.load(prepared_path)
+    frame = in_sample_order(submission_frame(np.load(test_pred_path), prepared, Plan.load(plan_path), threshold),
+                            prepared)
     out = Path(out_dir)
     tmp = write_csv(frame, temp_path(out, ".csv"))
     return store_file(tmp, out, "submission", ".csv")
@@ -75,7 +89,7 @@ def submission_run_id(run_key: str, submission_path: str | os.PathLike) -> str:
     return f"{key}-{sha256_file(submission_path)[:12]}"
 
 
-def submit_file(competition: str, submission_path: str | os.PathLike, message: str, run_id: str,
+def submit_file(competition: str | CompetitionSource, submission_path: str | os.PathLike, message: str, run_id: str,
                 state_dir: str | os.PathLike, endpoint: str | None = None, *,
                 resubmit: bool = False):
     """Submit once per ``run_id`` (see :func:`lora_tasks.kaggle.submit`); ``resubmit``: submit
@@ -89,7 +103,7 @@ def submit_file(competition: str, submission_path: str | os.PathLike, message: s
     return submit(slug, submission_path, message, run_id, state_dir, KaggleClient(endpoint), resubmit=resubmit)
 
 
-def submit_run(competition: str, submission_path: str | os.PathLike, message: str, run_key: str,
+def submit_run(competition: str | CompetitionSource, submission_path: str | os.PathLike, message: str, run_key: str,
                state_dir: str | os.PathLike, endpoint: str | None = None, *,
                resubmit: bool = False):
     """Submit under the run id :func:`submission_run_id` derives from ``run_key`` and the file:
@@ -98,7 +112,7 @@ def submit_run(competition: str, submission_path: str | os.PathLike, message: st
     return submit_file(competition, submission_path, message, run_id, state_dir, endpoint, resubmit=resubmit)
 
 
-def read_score(competition: str, ref: int, endpoint: str | None = None, *, timeout_s: float = 900.0,
+def read_score(competition: str | CompetitionSource, ref: int, endpoint: str | None = None, *, timeout_s: float = 900.0,
                poll_s: float = 10.0):
     """Wait (bounded) for Kaggle to score submission ``ref``; returns it with ``public_score``."""
     from lora_tasks.kaggle import (  # the kaggle client is slow to import

@@ -15,6 +15,7 @@ import numpy as np
 
 from lora_tasks.budget import Deadline, EpochBudget
 from lora_tasks.budget.fold import FoldKeeper, MembersCheck
+from lora_tasks.data.source import CompetitionSource
 from lora_tasks.data.token_cache import tokenize_cached
 from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.hashing import sha256_bytes, sha256_file
@@ -269,7 +270,7 @@ class BaselineResult:
 
 
 def train_baselines(
-    competition: str,
+    competition: str | CompetitionSource,
     data_dir: str | os.PathLike,
     prepared_path: str | os.PathLike,
     plan_path: str | os.PathLike,
