@@ -4,8 +4,10 @@ Why so careful: a scheduled run must never train on half a download. The zip is 
 temp folder next to the target, every member's CRC is checked, members that would land
 outside the folder (``../x``, absolute paths) are refused, every listed file must be present,
 and only then is the folder swapped in, in one atomic exchange: a reader sees the old folder or
-the new one, never a missing or half-written one. A manifest of what Kaggle listed lets the
-next run skip the download when nothing changed. Two runs downloading the same competition
+the new one, never a missing or half-written one. A manifest of what Kaggle listed, and of the
+sha256 of every file as it was unpacked, lets the next run skip the download when neither
+Kaggle's listing nor the local files changed (a local edit, even one that keeps the size, is
+named in the log and downloaded again). Two runs downloading the same competition
 into the same folder at once take turns on a per-competition lock, so the second one finds the
 first one's download up to date instead of fetching it again.
 """
@@ -22,6 +24,8 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from lora_tasks.hashing import sha256_file
 
 from .client import KaggleClient, call, check_slug
 from .errors import CorruptDownloadError
@@ -67,7 +71,8 @@ def download_competition(
     """Download all files of competition ``slug`` into ``dest_dir/slug`` and return that folder.
 
     Skips the download when the folder already holds exactly what Kaggle lists (names, sizes
-    and dates recorded at the last download, sizes checked on disk). Otherwise the zip is
+    and dates recorded at the last download) with the content it had then (the sha256 of every
+    file, recorded at download time, checked on disk; a changed file is named in the log). Otherwise the zip is
     downloaded and extracted inside a temp folder next to the target, verified (CRC of every
     member, every listed file present), and only then swapped in by one atomic exchange: after
     any failure the previous folder is untouched and no partial file is left behind, and a
@@ -82,7 +87,7 @@ def download_competition(
     target.parent.mkdir(parents=True, exist_ok=True)
     waiting = f"Waiting for another run that is downloading competition {slug} into {target}"
     with exclusive_lock(_lock_name(target), waiting):
-        if not force and _is_up_to_date(target, remote):
+        if not force and _is_up_to_date(target, remote, quiet=True):
             logger.info("Competition %s was downloaded into %s by another run meanwhile; skipping", slug, target)
             return target
         _remove_stale_scratch(target)
@@ -132,11 +137,23 @@ def _download_and_swap(slug: str, target: Path, remote: list[RemoteFile], client
             )
         staged = scratch_dir / slug
         _extract_verified(archives[0], staged, slug, [f.name for f in remote])
-        write_json(staged / MANIFEST_NAME, {"slug": slug, "files": [asdict(f) for f in remote]})
+        write_json(staged / MANIFEST_NAME, {"slug": slug, "files": [asdict(f) for f in remote],
+                                            "sha256": content_hashes(staged)})
         _swap_in(staged, target, scratch_dir)
 
 
-def _is_up_to_date(target: Path, remote: list[RemoteFile]) -> bool:
+def content_hashes(folder: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file in ``folder`` but the hidden ones (the manifest)."""
+    return {
+        str(p.relative_to(folder)): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    }
+
+
+def _is_up_to_date(target: Path, remote: list[RemoteFile], *, quiet: bool = False) -> bool:
+    """Kaggle's listing equals the recorded one and every file still has its recorded content
+    (``quiet``: the second look, under the lock, does not repeat the first one's log lines)."""
     manifest = target / MANIFEST_NAME
     if not manifest.is_file() or not remote:
         return False
@@ -146,7 +163,20 @@ def _is_up_to_date(target: Path, remote: list[RemoteFile]) -> bool:
         return False
     if recorded.get("files") != [asdict(f) for f in remote]:
         return False
-    return all((target / f.name).is_file() and (target / f.name).stat().st_size == f.size for f in remote)
+    if not all((target / f.name).is_file() and (target / f.name).stat().st_size == f.size for f in remote):
+        return False
+    hashes = recorded.get("sha256")
+    if not isinstance(hashes, dict) or not hashes:
+        if not quiet:
+            logger.info("The manifest in %s records no file hashes (an older download); downloading again",
+                        target)
+        return False
+    changed = sorted(name for name, digest in hashes.items()
+                     if not (target / name).is_file() or sha256_file(target / name) != digest)
+    if changed and not quiet:
+        logger.warning("Files in %s differ from what was downloaded (edited or damaged locally): %s; "
+                       "downloading the competition again", target, ", ".join(changed))
+    return not changed
 
 
 def _extract_verified(archive: Path, staged: Path, slug: str, expected: Iterable[str]) -> None:
