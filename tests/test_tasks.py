@@ -285,7 +285,7 @@ def test_cache_key_covers_the_package_source_and_library_versions(tmp_path, monk
     after = code_version.package_source_hash(copy)
     assert after != before
     versions = code_version.library_versions()
-    assert set(versions) == {"mlx", "numpy", "scikit-learn", "tokenizers", "safetensors"}
+    assert {"mlx", "numpy", "scikit-learn", "tokenizers", "safetensors"} <= set(versions)
     import numpy
 
     assert versions["numpy"] == numpy.__version__
