@@ -25,6 +25,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from lora_tasks import __version__
+from lora_tasks.diskspace import array_bytes, writing
 from lora_tasks.lora.config import LoRAConfig, is_fused_qkv, layer_index, path_has_prefix
 from lora_tasks.lora.layers import DoRALinear, LoRALinear, SlicedLoRALinear, linear_dims, set_child
 from lora_tasks.lora.quantized import QLoRALinear, QSlicedLoRALinear, quantize_base
@@ -261,7 +262,9 @@ class LoRAAdapter:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp.safetensors")
         try:
-            mx.save_safetensors(str(tmp), self.get_lora_state_dict(), metadata=self.metadata())
+            state = self.get_lora_state_dict()
+            with writing(path, array_bytes(state.values()), partial=tmp):  # a full disk names the file
+                mx.save_safetensors(str(tmp), state, metadata=self.metadata())
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
