@@ -227,7 +227,12 @@ def run_main(argv: list[str] | None = None, prog: str = "kaggle-lora run") -> in
     # Prefect and the flow load slowly: only for a run
     from lora_tasks.native import native_info
     from lora_tasks.prefect.flow import kaggle_lora
-    from lora_tasks.prefect.preflight import explain_server_timeout, prefect_database_problem, warn_if_shared
+    from lora_tasks.prefect.preflight import (
+        explain_server_timeout,
+        prefect_database_problem,
+        prepare_prefect_database,
+        warn_if_shared,
+    )
     from lora_tasks.prefect.runners import make_task_runner, stop_temporary_api_servers
     from lora_tasks.steps.download import needs_offline_server
 
@@ -238,6 +243,7 @@ def run_main(argv: list[str] | None = None, prog: str = "kaggle-lora run") -> in
     if (problem := prefect_database_problem()) is not None:  # else: minutes of server restarts, then a timeout
         print(f"kaggle-lora failed: {problem}", file=sys.stderr)
         return 1
+    prepare_prefect_database()  # once, under a lock: two runs' servers never both migrate a new database
 
     print(lora_tasks.blas_info().summary(), flush=True)  # which BLAS serves MLX's GEMMs in this run
     print(native_info().summary(), flush=True)  # native CPU kernels or MLX's ops

@@ -12,6 +12,7 @@ made every start of the temporary API server fail, and the run ended, minutes la
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
@@ -139,6 +140,51 @@ def prefect_database_problem(path: Path | None = None) -> str | None:
     return None
 
 
+def _migrated(path: Path) -> bool:
+    """Whether Prefect's migrations have run on the database (its alembic version is recorded)."""
+    if not path.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+            return db.execute("SELECT count(*) FROM alembic_version").fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+
+
+def prepare_prefect_database(path: Path | None = None) -> bool:
+    """Create the run's Prefect database once, under a lock, before its temporary server starts;
+    True when this call created it.
+
+    Why: each run's temporary API server migrates the database when it starts. Two runs started
+    together on a machine without one both found no tables, both ran the migrations, and one
+    server failed ("duplicate column name") and had to be started again. Here the first run
+    creates the database while the others wait on the lock, and then find it ready."""
+    path = path if path is not None else prefect_database_path()
+    if path is None or _migrated(path):
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.kaggle-lora.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _migrated(path):
+            return False  # another run created it while this one waited
+        import asyncio
+
+        from prefect.server.database import provide_database_interface
+
+        async def migrate() -> None:
+            db = provide_database_interface()
+            await db.create_db()
+            await (await db.engine()).dispose()
+
+        try:
+            asyncio.run(migrate())
+        except Exception as exc:  # the server tries again when it starts, and says why if it fails
+            log.warning("Could not create the Prefect database %s ahead of the run (%s: %s)", path,
+                        type(exc).__name__, exc)
+            return False
+    return True
+
+
 def explain_server_timeout(message: str) -> str | None:
     """A hint for Prefect's "Timed out ... ephemeral Prefect API server": the database is one cause."""
     if EPHEMERAL_TIMEOUT not in message:
@@ -152,5 +198,5 @@ def explain_server_timeout(message: str) -> str | None:
 
 
 __all__ = ["MissingCredentialsError", "credentials_found", "credentials_problem", "explain_server_timeout",
-           "prefect_database_path", "prefect_database_problem", "require_credentials", "shared_write_problem",
-           "warn_if_shared"]
+           "prefect_database_path", "prefect_database_problem", "prepare_prefect_database", "require_credentials",
+           "shared_write_problem", "warn_if_shared"]

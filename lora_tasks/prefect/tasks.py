@@ -161,7 +161,7 @@ class ContentCache(CachePolicy):
                 result = store.read(key).result
             except Exception:
                 return key
-            problem = manifest_problem(Path(results), result) if results else (
+            problem = manifest_problem(Path(results), result, Path(results) / key) if results else (
                 None if outputs_exist(result) else "an output file is missing")
             if problem is None:
                 return key
