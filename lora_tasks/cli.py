@@ -236,7 +236,12 @@ def run_main(argv: list[str] | None = None, prog: str = "kaggle-lora run") -> in
     # Prefect and the flow load slowly: only for a run
     from lora_tasks.native import native_info
     from lora_tasks.prefect.flow import kaggle_lora
-    from lora_tasks.prefect.preflight import warn_if_shared
+    from lora_tasks.prefect.preflight import (
+        explain_server_timeout,
+        prefect_database_problem,
+        prepare_prefect_database,
+        warn_if_shared,
+    )
     from lora_tasks.prefect.runners import make_task_runner, stop_temporary_api_servers
     from lora_tasks.steps.download import needs_offline_server
 
@@ -244,6 +249,10 @@ def run_main(argv: list[str] | None = None, prog: str = "kaggle-lora run") -> in
     lifecycle.install_signal_handlers(on_hard_exit=stop_temporary_api_servers)
     lifecycle.start_orphan_watchdog()
     warn_if_shared(options.work_dir)
+    if (problem := prefect_database_problem()) is not None:  # else: minutes of server restarts, then a timeout
+        print(f"kaggle-lora failed: {problem}", file=sys.stderr)
+        return 1
+    prepare_prefect_database()  # once, under a lock: two runs' servers never both migrate a new database
 
     print(lora_tasks.blas_info().summary(), flush=True)  # which BLAS serves MLX's GEMMs in this run
     print(native_info().summary(), flush=True)  # native CPU kernels or MLX's ops
@@ -266,6 +275,8 @@ def run_main(argv: list[str] | None = None, prog: str = "kaggle-lora run") -> in
         if not isinstance(exc, Exception):
             raise
         print(f"\nkaggle-lora failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if (hint := explain_server_timeout(str(exc))) is not None:
+            print(hint, file=sys.stderr)
         return 1
     print_summary(summary)
     print(f"Finished in {time.perf_counter() - start:.0f} s.")

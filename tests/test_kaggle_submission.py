@@ -278,3 +278,28 @@ def test_a_server_with_a_state_file_keeps_its_submissions_across_restarts(soluti
         listed = kio.list_submissions("titanic", client)
     assert again.public_score == first.public_score
     assert [s.ref for s in listed] == [made.ref] and listed[0].sha256 == made.sha256
+
+
+def test_two_processes_in_two_work_dirs_submit_once(client, server, tmp_path):
+    """Issue 35 item 2: each run has its own work dir (so its own state folder and lock); with a
+    slow submission list, both used to find nothing listed and upload. The lock in the user's
+    cache folder (shared by the spawned processes through HOME) makes the second one wait and
+    find the first one's submission."""
+    path = prediction("titanic", tmp_path)
+    server.inject(fk.FAULT_SLOW, method="ListSubmissions", delay=1.0, times=4)
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    workers = [
+        context.Process(target=_submit_in_process,
+                        args=(server.url, str(path), str(tmp_path / f"work-{n}" / "state"), f"run-{n}", barrier, results))
+        for n in (1, 2)
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = sorted(results.get(timeout=120) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert len(server.submissions_for("titanic")) == 1, "one file, one submission, whatever the work dir"
+    assert sorted(reused for _, _, reused in outcomes) == [False, True]
+    assert (kio.submission.machine_lock_dir() / "submission-titanic.lock").is_file()

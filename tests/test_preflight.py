@@ -87,3 +87,54 @@ def test_shared_work_dir_is_named_with_the_fix(tmp_path, caplog):
         assert "writable by everyone" in preflight.warn_if_shared(work)
     assert "pickled task results" in caplog.text
     assert preflight.shared_write_problem(tmp_path / "not-made-yet") is None
+
+
+# ---- a Prefect database that cannot be opened (issue 35 item 8) --------------------------------
+
+
+def _garbage(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(os.urandom(20000))
+    return path
+
+
+def test_a_damaged_prefect_database_is_named_with_the_fix(tmp_path):
+    import sqlite3
+
+    broken = _garbage(tmp_path / "prefect.db")
+    problem = preflight.prefect_database_problem(broken)
+    assert problem is not None and str(broken) in problem and "file is not a database" in problem
+    assert f"mv {broken} {broken}.broken" in problem and "kept" in problem
+    good = tmp_path / "good.db"
+    with sqlite3.connect(good) as db:
+        db.execute("CREATE TABLE t (x)")
+    assert preflight.prefect_database_problem(good) is None
+    assert preflight.prefect_database_problem(tmp_path / "not-yet.db") is None, "Prefect creates it"
+    # a valid header over damaged pages: the page check finds it
+    with sqlite3.connect(tmp_path / "pages.db") as db:
+        db.execute("CREATE TABLE t (x)")
+        db.executemany("INSERT INTO t VALUES (?)", [("x" * 500,)] * 200)
+    raw = bytearray((tmp_path / "pages.db").read_bytes())
+    raw[4096 * 2: 4096 * 2 + 2000] = os.urandom(2000)
+    (tmp_path / "pages.db").write_bytes(bytes(raw))
+    assert "is damaged" in (preflight.prefect_database_problem(tmp_path / "pages.db") or "")
+
+
+def test_a_run_with_a_damaged_prefect_database_says_so_before_starting(tmp_path):
+    """Before: the temporary API server failed to start again and again, and the run ended minutes
+    later with "Timed out while attempting to connect to ephemeral Prefect API server"."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "prefect-home"
+    broken = _garbage(home / "prefect.db")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-m", "lora_tasks.cli", "run", "--competition", "demo", "--tiny",
+                           "--no-submit", "--work-dir", str(tmp_path / "work")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert f"The Prefect database {broken} is damaged" in done.stderr
+    assert f"mv {broken} {broken}.broken" in done.stderr
+    assert "Timed out" not in done.stderr and "Starting temporary server" not in done.stderr + done.stdout
+    assert broken.read_bytes() and not (tmp_path / "work" / "results").exists(), "nothing touched, nothing started"

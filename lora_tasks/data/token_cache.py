@@ -20,6 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
+from lora_tasks.diskspace import writing
+
 from .tokenizer import Encoded, Tokenizer
 
 CACHE_VERSION = 1  # bump when the file layout changes
@@ -82,7 +84,7 @@ def _save_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with writing(path, sum(int(a.nbytes) for a in arrays.values()), partial=tmp), os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
             fh.flush()
             os.fsync(fh.fileno())

@@ -10,7 +10,7 @@ competition's metric (:mod:`.metadata`). Must not import MLX or ``lora_tasks.mod
 
 from lora_tasks.hashing import sha256_file as file_sha256
 
-from .client import DEFAULT_TIMEOUT_S, KaggleClient, call, check_slug
+from .client import DEFAULT_TIMEOUT_S, KaggleClient, call, check_endpoint, check_slug
 from .credentials import kaggle_config_dir, token_problem
 from .download import MANIFEST_NAME, RemoteFile, download_competition, list_files
 from .errors import (
@@ -19,6 +19,7 @@ from .errors import (
     CorruptDownloadError,
     CredentialsError,
     FatalKaggleError,
+    InsecureEndpointError,
     InvalidSlugError,
     KaggleConnectionError,
     KaggleIOError,
@@ -63,6 +64,7 @@ __all__ = [
     "CorruptDownloadError",
     "CredentialsError",
     "FatalKaggleError",
+    "InsecureEndpointError",
     "InvalidSlugError",
     "KaggleClient",
     "KaggleConnectionError",
@@ -84,6 +86,7 @@ __all__ = [
     "SubmissionScoringError",
     "SubmissionValidationError",
     "call",
+    "check_endpoint",
     "check_slug",
     "classify_error",
     "competition_metric",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import ipaddress
 import logging
 import os
 import re
@@ -19,6 +20,7 @@ import tempfile
 import threading
 import time
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -32,6 +34,7 @@ from .credentials import (
 )
 from .errors import (
     CredentialsError,
+    InsecureEndpointError,
     InvalidSlugError,
     KaggleIOError,
     RateLimitedError,
@@ -163,7 +166,7 @@ class KaggleClient:
     """
 
     def __init__(self, endpoint: str | None = None, *, timeout: float = DEFAULT_TIMEOUT_S):
-        self.endpoint = endpoint.rstrip("/") if endpoint else None
+        self.endpoint = check_endpoint(endpoint.rstrip("/")) if endpoint else None
         self.timeout = float(timeout)
         self._api: Any = None
         self._lock = threading.Lock()
@@ -211,6 +214,38 @@ class KaggleClient:
             # variable's token on every request, so each call would fail with a bare 401.
             raise CredentialsError(rejected_token_message())
         return api
+
+
+def check_endpoint(endpoint: str) -> str:
+    """Return ``endpoint`` if the credentials can go there; else :class:`InsecureEndpointError`.
+
+    Why: every request carries the account's token or key. Over ``https`` that is safe anywhere;
+    over plain ``http`` only to this machine (``localhost``, ``127.0.0.0/8``, ``::1``: the fake
+    server, a local proxy). A typo such as ``http://`` for a remote host must not send real
+    credentials across the network in clear.
+    """
+    parts = urlsplit(endpoint)
+    scheme, host = parts.scheme.lower(), (parts.hostname or "")
+    if scheme not in ("http", "https") or not host:
+        raise InsecureEndpointError(
+            f"--kaggle-endpoint {endpoint!r} is not an http(s) URL with a host; give e.g. "
+            "https://kaggle.example.org or http://127.0.0.1:8765 (a server on this machine)."
+        )
+    if scheme == "https" or _is_loopback(host):
+        return endpoint
+    raise InsecureEndpointError(
+        f"Refusing to send Kaggle credentials over plain http to {host!r} ({endpoint}): anyone on the "
+        "network could read them. Use https://, or run the server on this machine (localhost, 127.0.0.1, ::1)."
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def call(slug: str, action: str, fn: Callable[[], Any], *, idempotent: bool = True) -> Any:

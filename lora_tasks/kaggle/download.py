@@ -5,8 +5,10 @@ temp folder next to the target, every member's CRC is checked, members that woul
 outside the folder (``../x``, absolute paths) are refused, every listed file must be present,
 nothing may unpack past the sizes Kaggle lists, and inner table zips (``train.csv.zip``) are
 unpacked too (:mod:`.unpack`); only then is the folder swapped in, in one atomic exchange: a
-reader sees the old folder or the new one, never a missing or half-written one. A manifest of what Kaggle listed lets the
-next run skip the download when nothing changed. Two runs downloading the same competition
+reader sees the old folder or the new one, never a missing or half-written one. A manifest of
+what Kaggle listed, and of the sha256 of every file as it was unpacked, lets the next run skip
+the download when neither Kaggle's listing nor the local files changed (a local edit, even one
+that keeps the size, is named in the log and downloaded again). Two runs downloading the same competition
 into the same folder at once take turns on a per-competition lock, so the second one finds the
 first one's download up to date instead of fetching it again.
 """
@@ -22,6 +24,8 @@ import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from lora_tasks.hashing import sha256_file
 
 from .client import KaggleClient, call, check_slug
 from .errors import CorruptDownloadError
@@ -68,7 +72,8 @@ def download_competition(
     """Download all files of competition ``slug`` into ``dest_dir/slug`` and return that folder.
 
     Skips the download when the folder already holds exactly what Kaggle lists (names, sizes
-    and dates recorded at the last download, sizes checked on disk). Otherwise the zip is
+    and dates recorded at the last download) with the content it had then (the sha256 of every
+    file, recorded at download time, checked on disk; a changed file is named in the log). Otherwise the zip is
     downloaded and extracted inside a temp folder next to the target, verified (CRC of every
     member, every listed file present), and only then swapped in by one atomic exchange: after
     any failure the previous folder is untouched and no partial file is left behind, and a
@@ -83,7 +88,7 @@ def download_competition(
     target.parent.mkdir(parents=True, exist_ok=True)
     waiting = f"Waiting for another run that is downloading competition {slug} into {target}"
     with exclusive_lock(_lock_name(target), waiting):
-        if not force and _is_up_to_date(target, remote):
+        if not force and _is_up_to_date(target, remote, quiet=True):
             logger.info("Competition %s was downloaded into %s by another run meanwhile; skipping", slug, target)
             return target
         _remove_stale_scratch(target)
@@ -133,11 +138,23 @@ def _download_and_swap(slug: str, target: Path, remote: list[RemoteFile], client
             )
         staged = scratch_dir / slug
         unpacked = _extract_verified(archives[0], staged, slug, remote)
-        write_json(staged / MANIFEST_NAME, {"slug": slug, "files": [asdict(f) for f in remote], "unpacked": unpacked})
+        write_json(staged / MANIFEST_NAME, {"slug": slug, "files": [asdict(f) for f in remote], "unpacked": unpacked,
+                                            "sha256": content_hashes(staged)})
         _swap_in(staged, target, scratch_dir)
 
 
-def _is_up_to_date(target: Path, remote: list[RemoteFile]) -> bool:
+def content_hashes(folder: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file in ``folder`` but the hidden ones (the manifest)."""
+    return {
+        str(p.relative_to(folder)): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    }
+
+
+def _is_up_to_date(target: Path, remote: list[RemoteFile], *, quiet: bool = False) -> bool:
+    """Kaggle's listing equals the recorded one and every file still has its recorded content
+    (``quiet``: the second look, under the lock, does not repeat the first one's log lines)."""
     manifest = target / MANIFEST_NAME
     if not manifest.is_file() or not remote:
         return False
@@ -154,11 +171,24 @@ def _is_up_to_date(target: Path, remote: list[RemoteFile]) -> bool:
         return path.is_file() and path.stat().st_size == size
 
     # an inner zip was unpacked and removed: the files it became stand for it
-    return all(
+    if not all(
         all(present(str(u.get("name")), u.get("size")) for u in unpacked[f.name]) if f.name in unpacked
         else present(f.name, f.size)
         for f in remote
-    )
+    ):
+        return False
+    hashes = recorded.get("sha256")
+    if not isinstance(hashes, dict) or not hashes:
+        if not quiet:
+            logger.info("The manifest in %s records no file hashes (an older download); downloading again",
+                        target)
+        return False
+    changed = sorted(name for name, digest in hashes.items()
+                     if not (target / name).is_file() or sha256_file(target / name) != digest)
+    if changed and not quiet:
+        logger.warning("Files in %s differ from what was downloaded (edited or damaged locally): %s; "
+                       "downloading the competition again", target, ", ".join(changed))
+    return not changed
 
 
 def _extract_verified(archive: Path, staged: Path, slug: str, remote: list[RemoteFile]) -> dict[str, list[dict[str, object]]]:

@@ -70,6 +70,10 @@ class CredentialsError(FatalKaggleError):
     """No credentials were found, or Kaggle rejected them (401)."""
 
 
+class InsecureEndpointError(CredentialsError, ValueError):
+    """An endpoint over plain http on another machine: the credentials would cross the network in clear."""
+
+
 class RulesNotAcceptedError(FatalKaggleError):
     """403: the competition's rules have not been accepted on kaggle.com."""
 

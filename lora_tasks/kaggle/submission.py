@@ -4,8 +4,10 @@ Why so careful: a submit costs one of a few daily submissions, and a lost answer
 dropped connection) looks exactly like a failure. So every submission's description carries
 the run id and the file's sha256 (``[run:<id>] [sha256:<hex>]``), and :func:`submit`
 
-* holds an exclusive ``fcntl`` lock on the competition's lock file in ``state_dir`` while it
-  checks and submits, so two runs started at once on one machine cannot both upload;
+* holds an exclusive ``fcntl`` lock on the competition's lock file in ``state_dir``, and one in
+  the user's cache folder (:func:`machine_lock_dir`, keyed by competition), while it checks
+  and submits: two runs started at once on one machine, in one work dir or in two, cannot both
+  upload (the second one finds the first one's submission in the list);
 * writes an intent file (per run id, with the sha256) *before* uploading, and on a retry of
   the same run id looks its own submission up instead of submitting again;
 * looks in Kaggle's submission list for the same file hash from *any* run (a crashed or
@@ -107,11 +109,19 @@ def submit(
     description = f"{message.strip()} {run_tag(run_id)} {sha_tag(digest)}".strip()
     state = Path(state_dir)
     intent_path = state / f"submission-{slug}-{run_id}.json"
-    with _competition_lock(state, slug, lock_timeout_s):
+    with _competition_lock(machine_lock_dir(), slug, lock_timeout_s), _competition_lock(state, slug, lock_timeout_s):
         earlier = _earlier_submission(slug, run_id, digest, intent_path, description, client, resubmit)
         if earlier is not None:
             return earlier
         return _upload(slug, path, run_id, digest, description, intent_path, client)
+
+
+def machine_lock_dir() -> Path:
+    """This user's submit locks, shared by every work dir: ``$XDG_CACHE_HOME/kaggle-lora/locks``
+    (default ``~/.cache``). Why not the work dir only: two runs in two work dirs would each hold
+    their own lock, both find nothing in the submission list, and both upload the same file."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "kaggle-lora" / "locks"
 
 
 @contextlib.contextmanager

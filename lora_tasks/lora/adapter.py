@@ -25,6 +25,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from lora_tasks import __version__
+from lora_tasks.diskspace import array_bytes, writing
 from lora_tasks.lora.config import LoRAConfig, is_fused_qkv, layer_index, path_has_prefix
 from lora_tasks.lora.layers import DoRALinear, LoRALinear, SlicedLoRALinear, linear_dims, set_child
 from lora_tasks.lora.quantized import QLoRALinear, QSlicedLoRALinear, quantize_base
@@ -261,7 +262,9 @@ class LoRAAdapter:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp.safetensors")
         try:
-            mx.save_safetensors(str(tmp), self.get_lora_state_dict(), metadata=self.metadata())
+            state = self.get_lora_state_dict()
+            with writing(path, array_bytes(state.values()), partial=tmp):  # a full disk names the file
+                mx.save_safetensors(str(tmp), state, metadata=self.metadata())
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -371,19 +374,32 @@ def read_adapter_file(path: str | os.PathLike) -> tuple[dict[str, mx.array], dic
     return dict(arrays), dict(metadata)
 
 
+#: The attribute a model loader sets on the model it loads: what identifies its weights
+#: (:func:`lora_tasks.hub.weights_fingerprint`). A randomly initialized model has none.
+BASE_WEIGHTS_ATTRIBUTE = "base_weights_id"
+_IDENTITY_KEYS = ("model_class", "base_classes", "base_config_sha256", "base_weights")
+
+
 def base_identity(model: nn.Module) -> dict[str, str]:
     """What identifies the base model an adapter is trained on, for the file's metadata: the model's
-    class, the classes of the modules that hold an encoder config, and a hash of that config.
+    class, the classes of the modules that hold an encoder config, a hash of that config, and the
+    fingerprint of the pretrained weights (:data:`BASE_WEIGHTS_ATTRIBUTE`, set by the loader).
 
-    Read from the model itself (any module with a ``config`` that has ``to_dict``), so this
-    library needs no model classes; two checkpoints of one architecture with equal shapes but
-    other settings (vocabulary, position scheme, model_type) differ in the hash."""
-    holders = [m for _, m in model.named_modules() if callable(getattr(getattr(m, "config", None), "to_dict", None))]
+    Read from the model itself (any module with a ``config`` that has ``to_dict``; any module with
+    the weights attribute), so this library needs no model classes; two checkpoints of one
+    architecture with equal shapes but other settings (vocabulary, position scheme, model_type)
+    differ in the hash, and two checkpoints with equal configs but other weights (another
+    fine-tune of MiniLM) in the weights fingerprint."""
+    modules = [m for _, m in model.named_modules()]
+    holders = [m for m in modules if callable(getattr(getattr(m, "config", None), "to_dict", None))]
     identity = {"model_class": type(model).__name__}
     if holders:
         identity["base_classes"] = ",".join(sorted({type(m).__name__ for m in holders}))
         config = json.dumps(holders[0].config.to_dict(), sort_keys=True, default=str)
         identity["base_config_sha256"] = hashlib.sha256(config.encode()).hexdigest()[:16]
+    weights = next((w for m in modules if isinstance(w := getattr(m, BASE_WEIGHTS_ATTRIBUTE, None), str)), None)
+    if weights:
+        identity["base_weights"] = weights
     return identity
 
 
@@ -394,7 +410,7 @@ def check_base_model(metadata: Mapping[str, str], model: nn.Module, path: str | 
     no lines). Keys a file lacks (older files) are not compared."""
     ours = base_identity(model)
     problems = [f"  base model {key}: file {metadata[key]!r}, this model {ours[key]!r}"
-                for key in ("model_class", "base_classes", "base_config_sha256")
+                for key in _IDENTITY_KEYS
                 if key in metadata and key in ours and metadata[key] != ours[key]]
     if not problems:
         return []
@@ -419,4 +435,4 @@ def describe(adapter: LoRAAdapter) -> str:
     )
 
 
-__all__ = ["AdapterFileError", "AdapterLoadError", "BaseModelMismatchWarning", "base_identity", "check_base_model", "LoRAAdapter", "ParameterReport", "apply_lora", "read_adapter_file", "describe", "set_child"]
+__all__ = ["BASE_WEIGHTS_ATTRIBUTE", "AdapterFileError", "AdapterLoadError", "BaseModelMismatchWarning", "base_identity", "check_base_model", "LoRAAdapter", "ParameterReport", "apply_lora", "read_adapter_file", "describe", "set_child"]

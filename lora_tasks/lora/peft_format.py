@@ -30,6 +30,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from lora_tasks.diskspace import array_bytes, writing
 from lora_tasks.lora.adapter import HEAD_ATTR, AdapterFileError, AdapterLoadError, LoRAAdapter, read_adapter_file
 from lora_tasks.lora.config import MODERNBERT_TARGETS, QKV_ORDER, TARGETS, LoRAConfig, is_fused_qkv, targets_of_path
 from lora_tasks.lora.layers import SlicedLoRALinear
@@ -218,7 +219,8 @@ def export_peft(
 def _atomic_safetensors(path: Path, arrays: Mapping[str, mx.array], metadata: dict[str, str]) -> None:
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.safetensors")
     try:
-        mx.save_safetensors(str(tmp), dict(arrays), metadata=metadata)
+        with writing(path, array_bytes(arrays.values()), partial=tmp):  # a full disk names the file
+            mx.save_safetensors(str(tmp), dict(arrays), metadata=metadata)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

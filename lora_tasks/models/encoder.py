@@ -12,7 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from lora_tasks.data.tokenizer import Tokenizer
-from lora_tasks.hub import resolve_model_dir, weight_file
+from lora_tasks.hub import resolve_model_dir, weight_file, weights_fingerprint
 from lora_tasks.models.architectures import ARCHITECTURES, Architecture, architecture, encoder_class
 from lora_tasks.models.bert import BertConfig, BertModel
 from lora_tasks.models.heads import POOLINGS, EncoderWithHead, Pooling
@@ -109,7 +109,9 @@ def load_encoder(
     folder = resolve_model_dir(model)
     config = read_model_config(folder)
     if isinstance(config, ModernBertConfig):
-        return _load_modernbert(folder, config, head_type, num_labels, pooling, dtype)
+        loaded = _load_modernbert(folder, config, head_type, num_labels, pooling, dtype)
+        loaded.model.base_weights_id = weights_fingerprint(model)
+        return loaded
     arch = _architecture(folder)
     checkpoint_name = arch.checkpoint_name
     weights = weight_file(folder)
@@ -124,6 +126,7 @@ def load_encoder(
     if dtype != mx.float32:
         net.set_dtype(dtype)
     net.eval()  # MLX modules start in training mode; inference is the safe default
+    net.base_weights_id = weights_fingerprint(model)  # the adapters' base identity (lora.adapter.base_identity)
     return LoadedEncoder(net, Tokenizer.from_file(folder / "tokenizer.json"), config, folder)
 
 

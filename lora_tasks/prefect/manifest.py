@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -82,14 +83,27 @@ def record_outputs(results: Path, result: Any) -> Path | None:
     return target
 
 
-def manifest_problem(results: Path, result: Any) -> str | None:
-    """Why the files of a cached ``result`` cannot be trusted, or None when they match their manifest."""
+#: A result record this young whose manifest is not there yet belongs to a run that is about to
+#: write it (the manifest follows the record, in the task's completion hook).
+MANIFEST_GRACE_S = 120.0
+
+
+def manifest_problem(results: Path, result: Any, record: Path | None = None) -> str | None:
+    """Why the files of a cached ``result`` cannot be trusted, or None when they match their manifest.
+
+    ``record``: the result record's file. Another run in the same work dir persists its record
+    and then writes the manifest; a run that reads the record in between found "no readable
+    manifest" and computed the task again. A record younger than :data:`MANIFEST_GRACE_S` whose
+    output files all exist is trusted without its manifest."""
     target = manifest_path(results, result)
     if target is None:
         return None
     try:
         recorded: dict[str, list] = json.loads(target.read_text())
     except (OSError, ValueError):
+        if record is not None and _younger_than(record, MANIFEST_GRACE_S) and all(
+                p.exists() for p in output_paths(result)):
+            return None
         return f"no readable manifest of its output files ({target})"
     for path in output_paths(result):
         if not path.exists():
@@ -111,5 +125,12 @@ def manifest_problem(results: Path, result: Any) -> str | None:
     return None
 
 
-__all__ = ["MANIFEST_FOLDER", "build_manifest", "manifest_path", "manifest_problem", "output_paths",
+def _younger_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime < seconds
+    except OSError:
+        return False
+
+
+__all__ = ["MANIFEST_FOLDER", "MANIFEST_GRACE_S", "build_manifest", "manifest_path", "manifest_problem", "output_paths",
            "record_outputs"]

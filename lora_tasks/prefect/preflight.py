@@ -1,15 +1,21 @@
-"""Checks made before a run starts work: Kaggle credentials, and who else can write the work dir.
+"""Checks made before a run starts work: Kaggle credentials, who else can write the work dir, and
+whether Prefect's local database opens.
 
 Why before: a deployment run without credentials used to download from cache, tokenize and train
 for minutes and then fail at the first Kaggle call; and the result store of the work dir holds
 cloudpickle records, which run code when read, so a work dir others can write is a way into every
-later run. Neither check loads Prefect or the Kaggle client.
+later run. Neither of those checks loads Prefect or the Kaggle client. A damaged Prefect database
+made every start of the temporary API server fail, and the run ended, minutes later, with
+"Timed out while attempting to connect to ephemeral Prefect API server" and no word of the file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -83,5 +89,114 @@ def warn_if_shared(work_dir: str | os.PathLike) -> str | None:
     return problem
 
 
-__all__ = ["MissingCredentialsError", "credentials_found", "credentials_problem", "require_credentials",
+#: Larger databases are only opened, not checked page by page (the check reads the whole file).
+QUICK_CHECK_MAX_BYTES = 256 << 20
+#: What Prefect says when its temporary API server never answered (the database is one cause).
+EPHEMERAL_TIMEOUT = "ephemeral Prefect API server"
+
+
+def prefect_database_path() -> Path | None:
+    """The SQLite file the temporary Prefect API server of a run opens, or None: a run that talks
+    to a server of its own (``PREFECT_API_URL``) or to a database that is not a local SQLite file."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url:
+        return None
+    url = settings.server.database.connection_url
+    text = url.get_secret_value() if url is not None else ""
+    if not text.startswith("sqlite") or ":///" not in text or ":memory:" in text:
+        return None
+    return Path(text.split(":///", 1)[1].split("?", 1)[0]).expanduser()
+
+
+def reset_advice(path: Path) -> str:
+    """How to get past a damaged database, and what that loses and keeps."""
+    return (f"Move it away and the next run makes a new one: mv {path} {path}.broken (or, if Prefect can still "
+            "open it, `prefect server database reset -y`). That loses only the run history shown in the "
+            "Prefect UI; cached task results (<work-dir>/results), checkpoints and downloads are kept.")
+
+
+def prefect_database_problem(path: Path | None = None) -> str | None:
+    """Why the run's Prefect database cannot be opened (naming the file and the fix), or None: it
+    opens, it does not exist yet (Prefect creates it), another process holds it (Prefect waits),
+    or the run uses a Prefect server of its own."""
+    path = path if path is not None else prefect_database_path()
+    if path is None or not path.exists():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchall()
+            if path.stat().st_size <= QUICK_CHECK_MAX_BYTES:
+                found = db.execute("PRAGMA quick_check(1)").fetchone()
+                if found and found[0] != "ok":
+                    raise sqlite3.DatabaseError(f"quick_check: {found[0]}")
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return None
+        return f"The Prefect database {path} cannot be opened ({exc}). " + reset_advice(path)
+    except sqlite3.DatabaseError as exc:
+        return f"The Prefect database {path} is damaged ({exc}). " + reset_advice(path)
+    return None
+
+
+def _migrated(path: Path) -> bool:
+    """Whether Prefect's migrations have run on the database (its alembic version is recorded)."""
+    if not path.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+            return db.execute("SELECT count(*) FROM alembic_version").fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+
+
+def prepare_prefect_database(path: Path | None = None) -> bool:
+    """Create the run's Prefect database once, under a lock, before its temporary server starts;
+    True when this call created it.
+
+    Why: each run's temporary API server migrates the database when it starts. Two runs started
+    together on a machine without one both found no tables, both ran the migrations, and one
+    server failed ("duplicate column name") and had to be started again. Here the first run
+    creates the database while the others wait on the lock, and then find it ready."""
+    path = path if path is not None else prefect_database_path()
+    if path is None or _migrated(path):
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.kaggle-lora.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _migrated(path):
+            return False  # another run created it while this one waited
+        import asyncio
+
+        from prefect.server.database import provide_database_interface
+
+        async def migrate() -> None:
+            db = provide_database_interface()
+            await db.create_db()
+            await (await db.engine()).dispose()
+
+        try:
+            asyncio.run(migrate())
+        except Exception as exc:  # the server tries again when it starts, and says why if it fails
+            log.warning("Could not create the Prefect database %s ahead of the run (%s: %s)", path,
+                        type(exc).__name__, exc)
+            return False
+    return True
+
+
+def explain_server_timeout(message: str) -> str | None:
+    """A hint for Prefect's "Timed out ... ephemeral Prefect API server": the database is one cause."""
+    if EPHEMERAL_TIMEOUT not in message:
+        return None
+    path = prefect_database_path()
+    where = f"its database {path}" if path is not None else "its database"
+    return (f"Prefect's temporary API server did not start. Its log above says why; if it names {where} "
+            f"(\"file is not a database\", \"database disk image is malformed\"): "
+            + (reset_advice(path) if path is not None else "reset it with `prefect server database reset -y`.")
+            + " On a busy machine, a longer PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS may be all it needs.")
+
+
+__all__ = ["MissingCredentialsError", "credentials_found", "credentials_problem", "explain_server_timeout",
+           "prefect_database_path", "prefect_database_problem", "prepare_prefect_database", "require_credentials",
            "shared_write_problem", "warn_if_shared"]

@@ -4,8 +4,9 @@ Each task is one call to a step function (which has its own tests). What this mo
 
 * **Caching across runs, keyed on content.** :class:`ContentCache` hashes the *bytes* of file and
   folder inputs (not their paths), plain inputs by value, plus the code that can run (every
-  ``lora_tasks`` source file and the versions of mlx, numpy, scikit-learn, tokenizers and
-  safetensors: :mod:`lora_tasks.prefect.code_version`). A run's ``refresh`` ignores the cache
+  ``lora_tasks`` source file, native source and shipped config, and the versions of the libraries
+  that decide a result: :mod:`lora_tasks.prefect.code_version`). A ``competition`` input is also
+  keyed by the content of the config file it names, a ``model`` input by its weights. A run's ``refresh`` ignores the cache
   (Prefect's ``refresh_cache``) and stores fresh results. Parameters that only name where outputs go are keyed by their
   value. A completed task records the size and sha256 of its output files (a manifest,
   :mod:`lora_tasks.prefect.manifest`); a cached result whose files vanished or changed is
@@ -40,7 +41,7 @@ from lora_tasks.hashing import sha256_bytes, sha256_file_memo, sha256_tree, sha2
 from lora_tasks.kaggle import prefect_retry_condition
 from lora_tasks.lifecycle import running_step
 from lora_tasks.options import DEFAULT_WORK_DIR
-from lora_tasks.prefect.code_version import code_version
+from lora_tasks.prefect.code_version import code_version, competition_config, model_weights
 from lora_tasks.prefect.manifest import manifest_problem, record_outputs
 from lora_tasks.progress import ProgressEvent, Tee, progress_for_output
 from lora_tasks.steps.combine import DEFAULT_BLEND_METHOD, CombineResult, combine
@@ -139,6 +140,11 @@ class ContentCache(CachePolicy):
             if name in self.exclude:
                 continue
             keyed[name] = str(value) if name in self.by_value else fingerprint(value)
+        # a name stands for a config file's and a model folder's content: key by that content
+        if "competition" in keyed:
+            keyed["competition-config"] = competition_config(inputs["competition"])
+        if "model" in keyed:
+            keyed["model-weights"] = model_weights(inputs["model"])
         key = sha256_value(PIPELINE_VERSION, code_version(), _source_hash(task_fn), _source_hash(self.library_fn), keyed)
         store = getattr(task_ctx, "result_store", None)
         return key if store is None else self.usable_key(store, key)
@@ -155,7 +161,7 @@ class ContentCache(CachePolicy):
                 result = store.read(key).result
             except Exception:
                 return key
-            problem = manifest_problem(Path(results), result) if results else (
+            problem = manifest_problem(Path(results), result, Path(results) / key) if results else (
                 None if outputs_exist(result) else "an output file is missing")
             if problem is None:
                 return key

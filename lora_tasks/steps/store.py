@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from lora_tasks.diskspace import writing
 from lora_tasks.hashing import sha256_file
 
 PIPELINE_VERSION = 2  # bump when a step's output format changes (2: Prepared with Task, target_columns, excluded)
@@ -51,11 +52,17 @@ def json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
+def _final_name(out_dir: str | os.PathLike, kind: str, suffix: str) -> Path:
+    """How a file being written is named in an error (its content hash is not known yet)."""
+    return Path(out_dir) / f"{kind}-<content hash>{suffix}"
+
+
 def save_json(payload: Mapping[str, Any], out_dir: str | os.PathLike, kind: str) -> Path:
     """Write canonical JSON (sorted keys, so equal content gives an equal hash) by content hash."""
     tmp = temp_path(Path(out_dir), ".json")
     try:
-        tmp.write_text(json.dumps(payload, sort_keys=True, indent=1, default=json_default))
+        with writing(_final_name(out_dir, kind, ".json"), partial=tmp):
+            tmp.write_text(json.dumps(payload, sort_keys=True, indent=1, default=json_default))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -66,7 +73,7 @@ def save_array(array: np.ndarray, out_dir: str | os.PathLike, kind: str) -> Path
     """Write a ``.npy`` named by the hash of its bytes."""
     tmp = temp_path(Path(out_dir), ".npy")
     try:
-        with open(tmp, "wb") as fh:
+        with writing(_final_name(out_dir, kind, ".npy"), int(array.nbytes), partial=tmp), open(tmp, "wb") as fh:
             np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -78,7 +85,8 @@ def save_csv(frame: Any, out_dir: str | os.PathLike, kind: str) -> Path:
     """Write a pandas frame as ``.csv`` (``\\n`` line ends, 8 significant digits) by content hash."""
     tmp = temp_path(Path(out_dir), ".csv")
     try:
-        frame.to_csv(tmp, index=False, lineterminator="\n", float_format="%.8g")
+        with writing(_final_name(out_dir, kind, ".csv"), partial=tmp):
+            frame.to_csv(tmp, index=False, lineterminator="\n", float_format="%.8g")
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -19,6 +19,8 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
+from lora_tasks.diskspace import array_bytes, writing
+
 CHECKPOINT_FILE = "checkpoint.safetensors"
 BEST_FILE = "best.safetensors"
 
@@ -68,7 +70,8 @@ def atomic_save(path: Path, arrays: dict[str, mx.array], metadata: dict[str, str
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp.safetensors")
     try:
-        mx.save_safetensors(str(tmp), arrays, metadata=metadata or {})
+        with writing(path, array_bytes(arrays.values()), partial=tmp):  # a full disk names the file
+            mx.save_safetensors(str(tmp), arrays, metadata=metadata or {})
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -29,6 +29,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from lora_tasks import __version__
+from lora_tasks.diskspace import array_bytes, writing
 from lora_tasks.lora.adapter import (
     AdapterLoadError,
     base_identity,
@@ -291,7 +292,8 @@ class MultiAdapterManager:
             arrays.update({f"{name}/{k}": v for k, v in state.items()})
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp.safetensors")
         try:
-            mx.save_safetensors(str(tmp), arrays, metadata=self.metadata())
+            with writing(path, array_bytes(arrays.values()), partial=tmp):  # a full disk names the file
+                mx.save_safetensors(str(tmp), arrays, metadata=self.metadata())
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)

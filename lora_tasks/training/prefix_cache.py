@@ -24,6 +24,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
+from lora_tasks.diskspace import writing
 from lora_tasks.training.train import Dataset
 
 log = logging.getLogger("lora_tasks.training.prefix_cache")
@@ -126,7 +127,8 @@ def prefix_dataset(
                 states = _compute(model, data, start, path)
                 tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp.npy")
                 try:
-                    np.save(tmp, states)
+                    with writing(path, int(states.nbytes), partial=tmp):  # a full disk names the file
+                        np.save(tmp, states)
                     os.replace(tmp, path)
                 finally:
                     tmp.unlink(missing_ok=True)

@@ -29,6 +29,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from lora_tasks.data.batching import bucket_indices
 from lora_tasks.data.tokenizer import Encoded
+from lora_tasks.lora.adapter import base_identity
 from lora_tasks.models.heads import predictions
 from lora_tasks.progress import ProgressCallback, ProgressEvent
 from lora_tasks.training.checkpoints import (
@@ -237,7 +238,11 @@ def evaluate(model: nn.Module, data: Dataset, metric: str | None, cfg: TrainConf
 
 
 def _fingerprint(cfg: TrainConfig, train: Dataset, model: nn.Module) -> str:
+    """What a checkpoint must match to be resumed: the settings, the data, the trainable shapes and
+    the base model's identity (its config and pretrained weights), so a checkpoint trained on
+    another checkpoint of the same architecture is never resumed on this one."""
     h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
+    h.update(json.dumps(base_identity(model), sort_keys=True).encode())
     h.update(train.input_ids.tobytes())
     if train.labels is not None:
         h.update(np.ascontiguousarray(train.labels).tobytes())
