@@ -303,3 +303,19 @@ def test_two_processes_in_two_work_dirs_submit_once(client, server, tmp_path):
     assert len(server.submissions_for("titanic")) == 1, "one file, one submission, whatever the work dir"
     assert sorted(reused for _, _, reused in outcomes) == [False, True]
     assert (kio.submission.machine_lock_dir() / "submission-titanic.lock").is_file()
+
+
+def test_two_servers_on_one_state_file_list_each_others_submissions(solutions, creds, tmp_path):
+    """Two offline demo runs at once in one work dir each start a server on the same state file:
+    a submission made through one is listed (and scored) by the other, and refs never clash."""
+    state = tmp_path / "state" / "fake-kaggle-submissions.json"
+    with fk.serve(DATASETS, solutions, pending_polls=0, state_file=state) as one, \
+            fk.serve(DATASETS, solutions, pending_polls=0, state_file=state) as two:
+        first, second = kio.KaggleClient(one.url, timeout=5), kio.KaggleClient(two.url, timeout=5)
+        path = prediction("titanic", tmp_path)
+        made = kio.submit("titanic", path, "m", "run-a", tmp_path / "a", first)
+        seen = kio.wait_for_score("titanic", made.ref, second, timeout_s=5, poll_s=0.01)
+        other = kio.submit("titanic", write(pd.read_csv(path).assign(Survived=0), tmp_path / "zeros.csv"), "m",
+                           "run-b", tmp_path / "b", second)
+    assert seen.ref == made.ref and seen.public_score is not None
+    assert other.ref != made.ref

@@ -32,6 +32,7 @@ import argparse
 import base64
 import contextlib
 import email.utils
+import fcntl
 import hashlib
 import io
 import json
@@ -489,6 +490,27 @@ class FakeKaggleServer:
         if self.state_file is not None:
             save_submissions(self.state_file, self.submissions)
 
+    @contextlib.contextmanager
+    def submissions_transaction(self) -> Iterator[None]:
+        """The submission list, current and exclusively held: this server's threads take turns, and
+        with a ``state_file`` so do other servers on it (two demo runs at once in one work dir), each
+        reading the file first, so a submission one made is listed by the other and refs never clash."""
+        with self._lock:
+            if self.state_file is None:
+                yield
+                return
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.state_file.with_name(self.state_file.name + ".lock"), "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    kept = {s.ref for s in load_submissions(self.state_file)}
+                    self.submissions = load_submissions(self.state_file) + [
+                        s for s in self.submissions if s.ref not in kept]
+                    yield
+                    self.save_state()
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+
     # -- test controls -----------------------------------------------------------------------
 
     def inject(
@@ -913,7 +935,7 @@ class _FakeKaggleHandler(BaseHTTPRequestHandler):
     def _create_submission(self, slug: str, request: dict[str, Any]) -> dict[str, Any]:
         self.fake._competition_dir(slug)
         token = str(request.get("blobFileTokens") or "")
-        with self.fake._lock:
+        with self.fake.submissions_transaction():
             content = self.fake._uploads.pop(token, None)
             file_name = self.fake._pending_uploads.pop(token, "submission.csv")
             if content is None:
@@ -933,12 +955,11 @@ class _FakeKaggleHandler(BaseHTTPRequestHandler):
                 polls_left=self.fake.pending_polls,
             )
             self.fake.submissions.append(submission)
-            self.fake.save_state()
         return {"message": "Successfully submitted to " + slug, "ref": submission.ref}
 
     def _list_submissions(self, slug: str, request: dict[str, Any]) -> dict[str, Any]:
         self.fake._competition_dir(slug)
-        with self.fake._lock:
+        with self.fake.submissions_transaction():
             mine = [s for s in self.fake.submissions if s.competition == slug]
             for submission in mine:
                 if submission.status == "PENDING":
@@ -946,7 +967,6 @@ class _FakeKaggleHandler(BaseHTTPRequestHandler):
                         submission.polls_left -= 1
                     else:
                         self.fake._score(submission)
-                        self.fake.save_state()
             newest_first = sorted(mine, key=lambda s: (s.date, s.ref), reverse=True)
             page_size = int(request.get("pageSize") or 20)
             return {
