@@ -130,6 +130,7 @@ def test_a_second_plan_in_a_new_work_dir_reuses_the_probe_and_another_dtype_meas
         return next(r for r in p.settings.reasons if r.startswith("cost_probe:"))
 
     first = plan("first", compute_dtype="float32")
+    assert any(r.startswith("compute_dtype: float32 -> float32 (asked for)") for r in first.settings.reasons)
     assert first.cost_probe == "measured" and "measured in" in probe_line(first)
     points = sorted((tmp_path / "user-cache").glob("cost-probe-*.json"))
     assert len(points) == 1

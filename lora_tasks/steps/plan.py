@@ -39,6 +39,7 @@ from lora_tasks.steps.store import (
     save_json,
 )
 from lora_tasks.training.factory import head_type_for, model_shape
+from lora_tasks.training.precision import compute_dtype_choice
 
 _log = logging.getLogger(__name__)
 
@@ -165,6 +166,9 @@ def plan_training(
     if unknown:
         raise PipelineError(f"Cannot override {unknown}; overridable settings: {', '.join(OVERRIDABLE)}.")
     apply_settings(settings, overrides or {}, "override")
+    # what the frozen base's GEMMs run in on this machine, and why ("auto": cpuid's avx512_bf16)
+    dtype = compute_dtype_choice(settings.compute_dtype)
+    settings.reasons.append(f"compute_dtype: {dtype.requested} -> {dtype.name} ({dtype.reason}); bf16 GEMM: {dtype.gemm}")
     if settings.n_folds < 2:
         settings.n_folds = settings.n_adapters = 2
         settings.reasons.append("min_two_folds: out-of-fold predictions need 2+ folds -> 2")
