@@ -4,7 +4,7 @@ functions count too.
     factory ──► lora, models            (the create_* that join adapters and encoders)
     training ──► lora, models, data     (never Prefect)
     models ──► data                     (never lora)
-    lora ──► (nothing of ours but lora_tasks.torch_bin and the package root)
+    lora ──► (nothing of ours but lora_tasks.torch_bin, the package root and lora_tasks.native)
     ensemble ──► metrics, thresholds    (never MLX or our MLX modules)
 """
 
