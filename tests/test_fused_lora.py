@@ -40,6 +40,7 @@ def _value_and_grads(layer: LoRALinear, x: mx.array, cot: mx.array):
     ((16, 128), 384, 384, 8),   # MiniLM's projection: enough work for the threads
 ])
 def test_fused_branch_matches_the_separate_passes(monkeypatch, shape, n_in, n_out, r):
+    monkeypatch.setenv(FUSED_ENV, "1")
     assert fused_lora_add() is not None
     layer = _layer(n_in, n_out, r)
     x = mx.random.normal((*shape, n_in))
@@ -74,6 +75,7 @@ def test_a_compiled_model_step_has_the_same_loss_and_gradients_fused_or_not(monk
         loss, grads = mx.compile(loss_and_grad, inputs=[model.state])()
         return float(loss), {k: np.array(v) for k, v in tree_flatten(grads)}
 
+    monkeypatch.setenv(FUSED_ENV, "1")
     loss, grads = run()
     monkeypatch.setenv(FUSED_ENV, "0")
     ref_loss, ref_grads = run()
@@ -81,3 +83,8 @@ def test_a_compiled_model_step_has_the_same_loss_and_gradients_fused_or_not(monk
     assert grads.keys() == ref_grads.keys() and any("lora_a" in k for k in grads)
     for k in grads:
         np.testing.assert_allclose(grads[k], ref_grads[k], rtol=1e-3, atol=1e-5, err_msg=k)
+
+
+def test_the_fused_branch_is_off_unless_asked_for(monkeypatch):
+    monkeypatch.delenv(FUSED_ENV, raising=False)
+    assert fused_lora_add() is None, "MLX's passes are the default until the kernel beats them"

@@ -1,11 +1,12 @@
 """The LoRA branch as one native op: ``y + scale * (x A^T) B^T``, forward and backward.
 
-Why: MLX runs the branch as separate passes (two skinny GEMMs, each a threaded BLAS call at a
-fraction of its speed, a scale, an add) and its backward as four more GEMMs; the kernel
-(``lora_branch.h``) reads each row once while it is in cache. Used by
-:class:`lora_tasks.lora.layers.LoRALinear` on the CPU when the native kernels are loaded and
-everything is float32; MLX's own ops run elsewhere (Metal, no compiler, or
-``KAGGLE_LORA_FUSED_LORA=0``).
+Why: MLX runs the branch as separate passes (two skinny GEMMs, each a threaded BLAS call, a
+scale, an add) and its backward as four more GEMMs; the kernel (``lora_branch.h``) reads each row
+once while it is in cache. Off unless ``KAGGLE_LORA_FUSED_LORA=1``: in its first form (one row at
+a time, a dot product per rank) it ran 3-4x slower than OpenBLAS's skinny GEMMs at MiniLM's shapes
+(2048 x 384, r 8), so MLX's passes stay the default until a row-blocked micro-kernel beats them.
+With it on, :class:`lora_tasks.lora.layers.LoRALinear` uses it on the CPU when the native kernels
+are loaded and everything is float32; MLX's own ops run elsewhere (Metal, no compiler).
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def lora_add(y: mx.array, x: mx.array, a: mx.array, b: mx.array, scale: float) -
 
 
 def fused_lora_add() -> Callable[..., mx.array] | None:
-    """:func:`lora_add` where the native kernels serve this process (the CPU), else None."""
-    if os.environ.get(FUSED_ENV, "1") == "0":
+    """:func:`lora_add` when ``KAGGLE_LORA_FUSED_LORA=1`` and the native kernels serve this process
+    (the CPU), else None."""
+    if os.environ.get(FUSED_ENV, "0") != "1":
         return None
     k = kernels()
     return lora_add if k is not None and hasattr(k, "lora_forward") else None
