@@ -2,9 +2,9 @@
 
 Why: MLX runs the branch as separate passes (two skinny GEMMs, each a threaded BLAS call, a
 scale, an add) and its backward as four more GEMMs; the kernel (``lora_branch.h``) reads each row
-once while it is in cache. Off unless ``KAGGLE_LORA_FUSED_LORA=1``: in its first form (one row at
-a time, a dot product per rank) it ran 3-4x slower than OpenBLAS's skinny GEMMs at MiniLM's shapes
-(2048 x 384, r 8), so MLX's passes stay the default until a row-blocked micro-kernel beats them.
+once while it is in cache. Off unless ``KAGGLE_LORA_FUSED_LORA=1``: at MiniLM's shapes (2048 x 384,
+r 8) it is on par with OpenBLAS's skinny GEMMs on a loaded machine, sometimes ahead, sometimes
+behind, so MLX's passes stay the default until a quiet machine's train step says otherwise.
 With it on, :class:`lora_tasks.lora.layers.LoRALinear` uses it on the CPU when the native kernels
 are loaded and everything is float32; MLX's own ops run elsewhere (Metal, no compiler).
 """
