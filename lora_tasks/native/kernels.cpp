@@ -229,6 +229,32 @@ void layer_norm_bwd_rows(const float* x, const float* w, const float* g, float* 
   }
 }
 
+// y = LayerNorm(dropout(h) + res) per row, keeping s = dropout(h) + res for the backward. The dropout
+// mask is dropout_range's (a hash of the flat index and the seed), so this equals the three ops apart.
+void dropout_add_norm_rows(const float* h, const float* res, const float* w, const float* b, float* s, float* y,
+                           size_t first, size_t last, size_t H, uint32_t seed, uint32_t threshold, float scale,
+                           float eps) {
+  for (size_t r = first; r < last; ++r) {
+    const float* hr = h + r * H;
+    const float* rr = res + r * H;
+    float* sr = s + r * H;
+    for (size_t i = 0; i < H; ++i) {
+      size_t flat = r * H + i;
+      float d = mix(static_cast<uint32_t>(flat), seed) >= threshold ? hr[i] * scale : 0.f;
+      sr[i] = d + rr[i];
+    }
+  }
+  layer_norm_rows(s, w, b, y, first, last, H, eps);
+}
+
+// The backward of dropout_add_norm_rows: ds = LayerNorm's dx (the residual's gradient) and
+// dh = ds through the same dropout mask.
+void dropout_add_norm_bwd_rows(const float* s, const float* w, const float* g, float* ds, float* dh, size_t first,
+                               size_t last, size_t H, uint32_t seed, uint32_t threshold, float scale, float eps) {
+  layer_norm_bwd_rows(s, w, g, ds, first, last, H, eps);
+  dropout_range(ds, dh, first * H, last * H, seed, threshold, scale);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Small GEMMs for attention: one (batch, head) at a time, each block in L1/L2, on the calling
 // thread. Why not the BLAS: MLX's batched matmul needs q, k, v transposed to (batch, head, seq,
@@ -703,6 +729,64 @@ class AttentionBackward : public AttentionPrimitive {
   const char* name() const override { return "KaggleLoraAttentionBackward"; }
 };
 
+// Dropout, residual add and LayerNorm in one pass: inputs h, res (n x H), w, b (H), seed (1,);
+// outputs y = LayerNorm(dropout(h) + res) and s = dropout(h) + res.
+class DropAddNormPrimitive : public CpuMulti {
+ public:
+  DropAddNormPrimitive(Stream s, float p, float eps) : CpuMulti(s), p_(p), eps_(eps) {}
+  bool is_equivalent(const Primitive& o) const override {
+    auto* a = dynamic_cast<const DropAddNormPrimitive*>(&o);
+    return a && std::string(a->name()) == name() && a->p_ == p_ && a->eps_ == eps_;
+  }
+
+ protected:
+  uint32_t threshold() const {
+    double t = static_cast<double>(p_) * 4294967296.0;
+    return t >= 4294967295.0 ? 0xFFFFFFFFu : static_cast<uint32_t>(t);
+  }
+  float scale() const { return p_ < 1.f ? 1.f / (1.f - p_) : 0.f; }
+  float p_, eps_;
+};
+
+class DropAddNormForward : public DropAddNormPrimitive {
+ public:
+  using DropAddNormPrimitive::DropAddNormPrimitive;
+  void eval_cpu(const std::vector<array>& in, std::vector<array>& outs) override {
+    float* y = allocate(outs[0]);
+    float* sum = allocate(outs[1]);
+    size_t H = in[0].shape(-1);
+    launch(in, outs, [h = in[0].data<float>(), res = in[1].data<float>(), w = in[2].data<float>(),
+                      b = in[3].data<float>(), seed = in[4].data<uint32_t>(), y, sum, n = outs[0].size(), H,
+                      th = threshold(), sc = scale(), eps = eps_] {
+      uint32_t sd = seed[0];
+      parallel_for(n, H, [&](size_t a, size_t e) {
+        dropout_add_norm_rows(h, res, w, b, sum, y, a / H, e / H, H, sd, th, sc, eps);
+      });
+    });
+  }
+  const char* name() const override { return "KaggleLoraAddNormForward"; }
+};
+
+// Inputs s, w, g (the cotangent of y), seed; outputs ds (the residual's gradient) and dh.
+class DropAddNormBackward : public DropAddNormPrimitive {
+ public:
+  using DropAddNormPrimitive::DropAddNormPrimitive;
+  void eval_cpu(const std::vector<array>& in, std::vector<array>& outs) override {
+    float* ds = allocate(outs[0]);
+    float* dh = allocate(outs[1]);
+    size_t H = in[0].shape(-1);
+    launch(in, outs, [sum = in[0].data<float>(), w = in[1].data<float>(), g = in[2].data<float>(),
+                      seed = in[3].data<uint32_t>(), ds, dh, n = outs[0].size(), H, th = threshold(), sc = scale(),
+                      eps = eps_] {
+      uint32_t sd = seed[0];
+      parallel_for(n, H, [&](size_t a, size_t e) {
+        dropout_add_norm_bwd_rows(sum, w, g, ds, dh, a / H, e / H, H, sd, th, sc, eps);
+      });
+    });
+  }
+  const char* name() const override { return "KaggleLoraAddNormBackward"; }
+};
+
 // The LoRA branch (lora_branch.h). Forward: inputs x (n, in), a (r, in), b (out, r), y (n, out);
 // outputs out = y + scale * (x a^T) b^T and xa = x a^T (n, r), which the backward reuses.
 class LoraPrimitive : public CpuMulti {
@@ -929,6 +1013,29 @@ std::vector<array> lora_backward(const array& x, const array& a, const array& b,
                             {f32(x, s), f32(a, s), f32(b, s), f32(xa, s), f32(g, s)});
 }
 
+// [y, s]: y = LayerNorm(dropout(h) + res; w, b, eps), s = dropout(h) + res (kept for the backward).
+std::vector<array> add_norm_forward(const array& h, const array& res, const array& w, const array& b,
+                                    const array& seed, float p, float eps) {
+  auto s = cpu_stream();
+  if (h.shape() != res.shape()) throw std::invalid_argument("add_norm_forward: h and res differ in shape");
+  check_norm(h, w, "add_norm_forward");
+  if (!(p >= 0.f && p < 1.f)) throw std::invalid_argument("add_norm_forward: p must be in [0, 1)");
+  auto prim = std::make_shared<DropAddNormForward>(s, p, eps);
+  return array::make_arrays({h.shape(), h.shape()}, {float32, float32}, prim,
+                            {f32(h, s), f32(res, s), f32(w, s), f32(b, s), contiguous(astype(seed, uint32, s), false, s)});
+}
+
+// [ds, dh] from the forward's s and the cotangent g of y.
+std::vector<array> add_norm_backward(const array& sum, const array& w, const array& g, const array& seed, float p,
+                                     float eps) {
+  auto s = cpu_stream();
+  if (sum.shape() != g.shape()) throw std::invalid_argument("add_norm_backward: s and g differ in shape");
+  check_norm(sum, w, "add_norm_backward");
+  auto prim = std::make_shared<DropAddNormBackward>(s, p, eps);
+  return array::make_arrays({sum.shape(), sum.shape()}, {float32, float32}, prim,
+                            {f32(sum, s), f32(w, s), f32(g, s), contiguous(astype(seed, uint32, s), false, s)});
+}
+
 std::string bf16_kernel() { return kl_bf16::select_kernel("auto").name; }
 
 nb::dict cpu_features() {
@@ -961,6 +1068,8 @@ NB_MODULE(KL_MODULE_NAME, m) {
   m.def("bf16_kernel", &bf16_kernel);
   m.def("lora_forward", &lora_forward);
   m.def("lora_backward", &lora_backward);
+  m.def("add_norm_forward", &add_norm_forward);
+  m.def("add_norm_backward", &add_norm_backward);
   m.def("cpu_features", &cpu_features);
   m.def("threads", &thread_count);
 #ifdef KL_OPENMP
