@@ -14,7 +14,7 @@ from lora_tasks.training.factory import create_bert_with_lora
 from lora_tasks.training.step_profile import median_time, profile_step
 
 PARTS = {"embeddings", "linear GEMMs (Q,K,V,O,FFN)", "LoRA branches", "attention (QK^T, softmax, dropout, PV)", "GELU",
-         "layer norm (x2)", "dropout (x2)", "residual adds (x2)", "head and loss", "optimizer update (AdamW)"}
+         "dropout + residual add + layer norm (x2)", "head and loss", "optimizer update (AdamW)"}
 
 
 def _model_and_step(dtype: str):

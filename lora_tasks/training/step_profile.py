@@ -5,8 +5,8 @@ bf16 ones, eager calls where the step is compiled) adds up to more or less than 
 difference hides in "the rest". Here every part runs the model's own modules (so a bf16 base is
 timed through its bf16 GEMM), compiled as the step is, forward plus the gradients the step needs
 (input gradients; adapter and head parameters where they are trained), and the parts cover the
-whole step: embeddings, every layer's GEMMs, LoRA branches, attention, GELU, layer norms, dropout
-and residual adds, the head and loss, and the optimizer update. :attr:`StepProfile.ratio` (the
+whole step: embeddings, every layer's GEMMs, LoRA branches, attention, GELU, the sub-layers' ends
+(dropout, residual add and layer norm), the head and loss, and the optimizer update. :attr:`StepProfile.ratio` (the
 parts' sum over the measured step) says how well they add up.
 
 Works on the BERT-family models with a layer split (``model.bert.encoder.layer``).
@@ -26,6 +26,7 @@ from mlx.utils import tree_map
 
 from lora_tasks.lora.layers import LoRALinear
 from lora_tasks.models import ops
+from lora_tasks.native.lora_branch import fused_lora_add
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,9 @@ def _layer_work(layer: nn.Module, bias: mx.array | None, shape: tuple[int, ...])
             y0 = mx.random.normal((*src.shape[:-1], m.out_features)).astype(src.dtype)
 
             def branch(a, la, lb, m=m, y0=y0):  # the base output plus the scaled low-rank path, as LoRALinear adds them
+                fused = fused_lora_add()
+                if fused is not None:  # the native op, when the model uses it
+                    return fused(y0, m.dropout(a), la, lb, m.scale)
                 z = (m.dropout(a) @ la.T) @ lb.T
                 return y0 + (m.scale * z).astype(a.dtype)
 
@@ -123,10 +127,10 @@ def _layer_work(layer: nn.Module, bias: mx.array | None, shape: tuple[int, ...])
     work["attention (QK^T, softmax, dropout, PV)"] = [(
         lambda a, b, c: ops.multi_head_attention(a, b, c, bias, att.num_heads, scale, att.dropout), qkv)]
     work["GELU"] = [(inter.act, [mx.random.normal(i_in.shape)])]
-    work["layer norm (x2)"] = [(lambda a, ln=ln: ln(a), [mx.random.normal(shape)]) for ln in (so.LayerNorm, out.LayerNorm)]
-    work["dropout (x2)"] = [(lambda a, d=d: d(a), [mx.random.normal(shape)]) for d in (so.dropout, out.dropout)]
-    work["residual adds (x2)"] = [(lambda a, b: a + b, [mx.random.normal(shape), mx.random.normal(shape)])
-                                  for _ in range(2)]
+    # each sub-layer's end, LayerNorm(dropout(h) + residual), as the model runs it (one native op on the CPU)
+    work["dropout + residual add + layer norm (x2)"] = [
+        (lambda a, r, d=d, ln=ln: ops.dropout_add_norm(a, r, d, ln), [mx.random.normal(shape), mx.random.normal(shape)])
+        for d, ln in ((so.dropout, so.LayerNorm), (out.dropout, out.LayerNorm))]
     return work
 
 
