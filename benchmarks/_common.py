@@ -48,7 +48,25 @@ def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def cpu_row_fields() -> dict:
+    """The CPU a row was measured on: its model, cores and the flags that decide which kernels run
+    (numbers from an AVX2-only machine and from one with avx512_bf16 must never be mixed up)."""
+    model, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name") and model == "unknown":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
+    return {"cpu": model, "cores": os.cpu_count(), "cpu_flags": [f for f in wanted if f in flags]}
+
+
 def write_results(name: str, rows: list[dict]) -> Path:
+    cpu = cpu_row_fields()
+    rows = [{**r, **{k: v for k, v in cpu.items() if k not in r}} for r in rows]
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
@@ -60,7 +78,8 @@ def write_results(name: str, rows: list[dict]) -> Path:
         peer = f"{r['peer_value']:>10.3f}" if "peer_value" in r else f"{'-':>10}"
         ratio = f"{r['ratio_vs_peer']:>6.2f}" if "ratio_vs_peer" in r else f"{'-':>6}"
         print(f"{r['name']:<{width}}  {r['value']:>10.3f}  {r['unit']:<12} {peer}  {ratio}")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; wrote {path}")
+    print(f"machine: {platform.machine()}, {cpu['cpu']}, {os.cpu_count()} cores, flags {' '.join(cpu['cpu_flags'])}; "
+          f"wrote {path}")
     return path
 
 

@@ -86,11 +86,11 @@ def main() -> None:
                         row("width_of_the_batches", work.width, "tokens")]
     with tempfile.TemporaryDirectory() as cache:
         t0 = time.perf_counter()
-        costs = probe_costs(factory, model_id=f"minilm:{PRESET}:{HEAD}", seq_len=work.width, batch_size=args.batch,
-                            cache_dir=cache)
+        costs = probe_costs(factory, model_id=f"minilm:{PRESET}", seq_len=work.width, batch_size=args.batch,
+                            cache_dir=cache).costs
         rows.append(row("probe_cold", time.perf_counter() - t0, "s"))
         t0 = time.perf_counter()
-        probe_costs(factory, model_id=f"minilm:{PRESET}:{HEAD}", seq_len=work.width, batch_size=args.batch,
+        probe_costs(factory, model_id=f"minilm:{PRESET}", seq_len=work.width, batch_size=args.batch,
                     cache_dir=cache)
         rows.append(row("probe_cached", time.perf_counter() - t0, "s"))
     rows += [row("probe_full_step", costs.full_step_s, "s"), row("probe_top2_step", costs.step_s(2), "s"),

@@ -50,6 +50,7 @@ from lora_tasks.models.encoder import read_model_config
 from lora_tasks.progress import LogProgress
 from lora_tasks.training.cv import cross_validate, make_folds
 from lora_tasks.training.factory import create_bert_with_lora
+from lora_tasks.training.precision import compute_dtype_choice
 from lora_tasks.training.train import Dataset, TrainConfig
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -212,7 +213,8 @@ def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list
                 ref = by_dtype[first].get(key)
                 if ref is not None:
                     rows.append(row(f"{key} {other} - {first}", value - ref, cfg.metric,
-                                    within_0_005=abs(value - ref) <= 0.005))
+                                    within_0_005=abs(value - ref) <= 0.005,
+                                    compute_dtype=compute_dtype_choice(other).summary()))
     return rows
 
 

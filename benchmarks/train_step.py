@@ -2,7 +2,7 @@
 MLX against PyTorch + PEFT on the same machine in the same run, plus where MLX's time goes.
 
     python benchmarks/train_step.py [--seqs 64,128] [--batch 32] [--repeats 5] [--rounds 3] [--no-profile]
-                                    [--dtype bfloat16]
+                                    [--dtype bfloat16] [--quick]
 
 Two comparisons per sequence length: ours in fp32 against PyTorch in fp32, and ours with the frozen
 base in ``--dtype`` (bf16 weights and GEMMs) against PyTorch under bf16 autocast, its strongest CPU
@@ -25,10 +25,15 @@ import mlx.optimizers as optim
 import numpy as np
 from _common import median_seconds, minilm_dir, row, run_peer, write_results
 
-from lora_tasks.models import ops
 from lora_tasks.native import kernels, native_info
 from lora_tasks.training.factory import create_bert_with_lora
 from lora_tasks.training.precision import compute_dtype_choice
+from lora_tasks.training.step_profile import profile_step
+
+
+def batch_for(batch: int, seq: int) -> tuple[mx.array, mx.array, mx.array]:
+    ids = mx.array(np.random.default_rng(0).integers(1000, 2000, (batch, seq)))
+    return ids, mx.ones((batch, seq), dtype=mx.int32), mx.array(np.arange(batch) % 2)
 
 
 def make_step(model: nn.Module):
@@ -48,38 +53,20 @@ def make_step(model: nn.Module):
     return mx.compile(step, inputs=state, outputs=state), state
 
 
-def profile(batch: int, seq: int, cfg, repeats: int, step_seconds: float) -> list[dict]:
-    """Forward+backward time of each kind of work in one step, at the model's shapes (the kernels
-    the model uses on this backend), and the rest of the step: copies, adds, LoRA, AdamW.
-
-    Each part evaluates its forward value and its input gradients for a given cotangent (the
-    frozen weights get none), as the step does."""
-    h, heads, inter, layers = cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size, cfg.num_hidden_layers
-    n = batch * seq
-    x_h = mx.random.normal((n, h))
-    x_i = mx.random.normal((n, inter))
-    w_hh, w_ih, w_hi = mx.random.normal((h, h)), mx.random.normal((inter, h)), mx.random.normal((h, inter))
-    qkv = [mx.random.normal((batch, seq, h)) for _ in range(3)]
-    mask = mx.zeros((batch, 1, 1, seq))
-    norm = ops.LayerNorm(h, eps=1e-12)
-    drop = ops.Dropout(0.1)
-    drop.train()
-
-    def fb(f, *a):
-        cotangent = mx.random.normal(f(*a).shape)  # what the layer above sends back in the step
-        return median_seconds(lambda: mx.vjp(f, list(a), [cotangent]), repeats)
-
-    parts = {
-        "linear GEMMs (Q,K,V,O,FFN)": 4 * fb(lambda x: x @ w_hh.T, x_h) + fb(lambda x: x @ w_ih.T, x_h) + fb(lambda x: x @ w_hi.T, x_i),
-        "attention (QK^T, softmax, dropout, PV)": fb(
-            lambda q, k, v: ops.multi_head_attention(q, k, v, mask, heads, (h // heads) ** -0.5, drop), *qkv),
-        "GELU": fb(ops.gelu, x_i),
-        "layer norm (x2)": 2 * fb(norm, x_h),
-        "dropout (x2)": 2 * fb(drop, x_h),
-    }
-    parts = {k: v * layers for k, v in parts.items()}
-    parts["rest of the step (copies, adds, LoRA, loss, AdamW)"] = max(step_seconds - sum(parts.values()), 0.0)
-    return [row(f"profile s{seq}: {k}", v * 1e3, "ms/step", share=round(v / step_seconds, 3)) for k, v in parts.items()]
+def profile(model: nn.Module, label: str, ids: mx.array, mask: mx.array, y: mx.array, step_seconds: float,
+            repeats: int) -> list[dict]:
+    """Where the step's time goes (:func:`lora_tasks.training.step_profile.profile_step`): each part
+    timed with the model's own modules (a bf16 base through its bf16 GEMM), compiled, all layers in
+    one graph; the last rows are what the parts leave unaccounted and their sum over the step."""
+    prof = profile_step(model, ids, mask, y, step_seconds, repeats=repeats)
+    seq = ids.shape[1]
+    rows = [row(f"profile s{seq} {label}: {p.name}", p.seconds * 1e3, "ms/step", share=round(p.seconds / step_seconds, 3))
+            for p in prof.parts]
+    rows.append(row(f"profile s{seq} {label}: the step minus its parts", prof.unaccounted_s * 1e3, "ms/step",
+                    share=round(prof.unaccounted_s / step_seconds, 3)))
+    rows.append(row(f"profile s{seq} {label}: parts / step", prof.ratio, "ratio", step_ms=round(step_seconds * 1e3, 1),
+                    within_10_percent=abs(prof.ratio - 1) <= 0.1))
+    return rows
 
 
 def main() -> None:
@@ -89,9 +76,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3, help="alternating peer/MLX rounds (medians reported)")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="seq 64, one round, 3 repeats: to see that it runs")
     ap.add_argument("--dtype", default="bfloat16", choices=["auto", "bfloat16"],
                     help="our compute dtype against PyTorch's bf16 autocast (auto: fp32 where the CPU lacks avx512_bf16)")
     args = ap.parse_args()
+    if args.quick:
+        args.seqs, args.rounds, args.repeats = "64", 1, 3
     print(lora_tasks.blas_info().summary())
     print(native_info().summary())
     bf16 = compute_dtype_choice(args.dtype)
@@ -111,9 +101,7 @@ def main() -> None:
         peer = run_peer("torch_peer.py", "train_step", minilm_dir(), "--seqs", args.seqs, "--batch", str(args.batch),
                         "--precisions", "fp32,bf16")
         for seq in seqs:
-            ids = mx.array(np.random.default_rng(0).integers(1000, 2000, (args.batch, seq)))
-            mask = mx.ones((args.batch, seq), dtype=mx.int32)
-            y = mx.array(np.arange(args.batch) % 2)
+            ids, mask, y = batch_for(args.batch, seq)
             for p, (step, state) in steps.items():
                 sec = median_seconds(lambda step=step, state=state, ids=ids, mask=mask, y=y: (step(ids, mask, y), state),
                                      args.repeats)
@@ -148,8 +136,10 @@ def main() -> None:
                             "autocast", float(np.median(ours[("fp32", seq)])), "samples/s",
                             float(np.median(theirs[("bf16", seq)])), avx512_bf16=bool(cpu.get("avx512_bf16"))))
         if not args.no_profile:
-            fp32_rate = next(r["value"] for r in rows if r["name"] == f"lora train step minilm r8 qkvo b{args.batch} s{seq}")
-            rows += profile(args.batch, seq, models["fp32"].config, args.repeats, args.batch / fp32_rate)
+            ids, mask, y = batch_for(args.batch, seq)
+            for p, model in models.items():
+                rate = float(np.median(ours[(p, seq)]))
+                rows += profile(model, p, ids, mask, y, args.batch / rate, args.repeats)
     write_results("train_step", rows)
 
 

@@ -56,7 +56,7 @@ class RunOptions(BaseModel):
     compute_dtype: Literal["auto", "float32", "bfloat16"] | None = Field(
         None, description="dtype of the frozen base's weights and matmuls: float32; bfloat16 (adapters, head, "
         "norms and loss stay fp32); auto: bf16 where the CPU has avx512_bf16, and on Metal (default: the config's "
-        "[training], else float32)")
+        "[training], else auto)")
     combine: Literal["blend", "merge"] = Field(
         "blend", description="blend: the fold adapters' mean blended with scikit-learn baselines, weights fit on "
         "out-of-fold rows; merge: one model from the averaged adapters (no baselines, no adapter sets)")

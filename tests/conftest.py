@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# the cost probe's points go to a cache of this session, never the user's (a test that wants a
+# fresh probe points KAGGLE_LORA_PROBE_CACHE at its own tmp_path)
+os.environ["KAGGLE_LORA_PROBE_CACHE"] = tempfile.mkdtemp(prefix="kaggle-lora-probe-")
 
 import pytest
 

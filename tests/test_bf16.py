@@ -154,6 +154,21 @@ def test_compute_dtype_names_resolve_and_auto_follows_cpuid():
     expect_bf16 = K is not None and K.bf16_kernel() == "avx512bf16"
     assert (choice.dtype == mx.bfloat16) == expect_bf16
     assert choice.summary().startswith("Compute dtype: auto -> ")
+    assert ("avx512_bf16" in choice.reason) == (K is not None), "auto says why: what cpuid reported"
+
+
+def test_resolving_auto_says_which_dtype_and_why_in_the_log(caplog):
+    import logging
+
+    from lora_tasks.training import precision
+
+    precision._LOGGED.clear()
+    with caplog.at_level(logging.INFO, logger="lora_tasks"):
+        dtype = resolve_compute_dtype("auto")
+        resolve_compute_dtype("auto")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compute dtype: auto -> ")]
+    assert len(lines) == 1, "said once per process, not per model"
+    assert ("bfloat16" if dtype == mx.bfloat16 else "float32") in lines[0]
 
 
 # ---------------------------------------------------------------------------------------------- models

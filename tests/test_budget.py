@@ -195,18 +195,59 @@ def test_probe_times_the_tiny_model_and_reuses_its_cache(tmp_path):
 
     calls: list = []
     factory = _tiny_factory(calls)
-    first = probe_costs(factory, model_id="tiny:balanced:binary", seq_len=12, batch_size=8, cache_dir=tmp_path,
+    first = probe_costs(factory, model_id="tiny:balanced", seq_len=12, batch_size=8, cache_dir=tmp_path,
                         timed_tops=(1,), steps=2)
-    assert calls == [None, 1]
-    assert first.seq_len == 16 and first.num_layers == TINY["num_hidden_layers"]
-    assert first.full_step_s > 0 and dict(first.top_step_s)[1] > 0 and first.forward_row_s > 0
+    assert calls == [None, 1] and first.source == "measured" and "measured in" in first.reason
+    costs = first.costs
+    assert costs.seq_len == 16 and costs.num_layers == TINY["num_hidden_layers"] and costs.batch_size == 8
+    assert costs.full_step_s > 0 and dict(costs.top_step_s)[1] > 0 and costs.forward_row_s > 0
     assert len(list(tmp_path.glob("cost-probe-*.json"))) == 1
-    again = probe_costs(factory, model_id="tiny:balanced:binary", seq_len=14, batch_size=8, cache_dir=tmp_path,
+    again = probe_costs(factory, model_id="tiny:balanced", seq_len=14, batch_size=8, cache_dir=tmp_path,
                         timed_tops=(1,), steps=2)
-    assert again == first and calls == [None, 1]  # same bucket: read, not timed
-    probe_costs(factory, model_id="tiny:balanced:binary", seq_len=30, batch_size=8, cache_dir=tmp_path,
+    assert again.costs == costs and again.source == "reused" and calls == [None, 1]  # same bucket: read, not timed
+    # 32 tokens is within twice the cached 16: scaled from it, nothing timed
+    scaled = probe_costs(factory, model_id="tiny:balanced", seq_len=30, batch_size=8, cache_dir=tmp_path,
+                         timed_tops=(1,))
+    assert scaled.source == "reused" and "scaled from" in scaled.how and calls == [None, 1]
+    assert scaled.costs.full_step_s == pytest.approx(costs.full_step_s * 2)
+    # 128 tokens is too far from 16: measured, and kept as a second point
+    probe_costs(factory, model_id="tiny:balanced", seq_len=100, batch_size=8, cache_dir=tmp_path,
                 timed_tops=(1,), steps=1)
     assert calls == [None, 1, None, 1] and len(list(tmp_path.glob("cost-probe-*.json"))) == 2
+    # 192 tokens: 128 is the nearest point (16 is 8x below it, too far to interpolate), within 2x: scaled
+    between = probe_costs(factory, model_id="tiny:balanced", seq_len=180, batch_size=8, cache_dir=tmp_path,
+                          timed_tops=(1,))
+    assert between.source == "reused" and "128" in between.how
+    # another dtype is another profile: measured again
+    probe_costs(factory, model_id="tiny:balanced", seq_len=12, batch_size=8, cache_dir=tmp_path, dtype="bfloat16",
+                timed_tops=(1,), steps=1)
+    assert calls == [None, 1, None, 1, None, 1]
+
+
+def test_cached_points_are_interpolated_between_and_scaled_per_row():
+    from lora_tasks.budget.costs import costs_from_points
+
+    a = StepCosts(64, 32, 6, 1.0, ((2, 0.4),), 0.01)
+    b = StepCosts(128, 8, 6, 0.6, ((2, 0.2),), 0.03)  # per row: 0.075 s against a's 0.03125 s
+    mid, how = costs_from_points([a, b], 96)
+    assert "interpolated" in how and mid.seq_len == 96 and mid.batch_size == 32
+    assert mid.full_step_s == pytest.approx((0.5 * 1.0 / 32 + 0.5 * 0.6 / 8) * 32)
+    assert dict(mid.top_step_s)[2] == pytest.approx((0.5 * 0.4 / 32 + 0.5 * 0.2 / 8) * 32)
+    assert mid.forward_row_s == pytest.approx(0.02)
+    assert costs_from_points([a, b], 64) == (a, "the point cached at 64 tokens")
+    assert costs_from_points([a], 512) is None, "8x away from the only point: measure"
+    assert costs_from_points([], 64) is None
+
+
+def test_the_probe_cache_lives_in_the_users_cache_dir(monkeypatch, tmp_path):
+    from lora_tasks.budget.cache import machine_id, probe_cache_dir
+
+    monkeypatch.delenv("KAGGLE_LORA_PROBE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert probe_cache_dir() == tmp_path / "kaggle-lora" / "cost-probe"
+    monkeypatch.setenv("KAGGLE_LORA_PROBE_CACHE", str(tmp_path / "elsewhere"))
+    assert probe_cache_dir() == tmp_path / "elsewhere"
+    assert "flags:" in machine_id() and f"x{__import__('os').cpu_count()}" in machine_id()
 
 
 # ------------------------------------------------------------------------------------ run time
@@ -271,9 +312,10 @@ def test_members_decision_cuts_epochs_when_adapters_trail_and_keeps_or_adds_when
 def test_probe_for_plan_builds_the_pipelines_model_and_keys_the_cache_by_it(tmp_path):
     from lora_tasks.budget.probe import probe_for_plan
 
-    costs = probe_for_plan("regression", "efficient", 1, model=None, tiny=True, seq_len=20.5, batch_size=4,
-                           cache_dir=tmp_path)
-    assert costs.model == "tiny:efficient:regression:1" and costs.seq_len == 32
+    result = probe_for_plan("regression", "efficient", 1, model=None, tiny=True, seq_len=20.5, batch_size=4,
+                            cache_dir=tmp_path)
+    costs = result.costs
+    assert costs.model == "tiny:efficient" and costs.seq_len == 32 and result.dtype == "float32"
     # the tiny model has 2 layers: top 2 is the full depth, so only the full step is timed
     assert costs.num_layers == 2 and costs.top_step_s == ()
     assert costs.step_s(1) == costs.full_step_s / 2

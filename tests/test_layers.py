@@ -4,7 +4,7 @@ functions count too.
     factory ──► lora, models            (the create_* that join adapters and encoders)
     training ──► lora, models, data     (never Prefect)
     models ──► data                     (never lora)
-    lora ──► (nothing of ours but lora_tasks.torch_bin, lora_tasks.diskspace and the package root)
+    lora ──► (nothing of ours but lora_tasks.torch_bin, lora_tasks.diskspace, lora_tasks.native and the package root)
     ensemble ──► metrics, thresholds    (never MLX or our MLX modules)
 """
 

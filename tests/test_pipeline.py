@@ -371,8 +371,9 @@ def test_top_layers_train_from_the_cached_prefix(demo_dir, tmp_path):
     assert sorted((tmp_path / "prefix").glob("prefix-*.npy")) == states
     assert [s.stat().st_mtime_ns for s in states] == stamps, "the second fold reuses the states"
 
-    net, adapter = build_model("binary_classification", steps.Plan.load(plan).settings.preset, tiny=True, seed=0,
-                               top_layers=1)
+    settings = steps.Plan.load(plan).settings  # the same model the fold trained: its preset and compute dtype
+    net, adapter = build_model("binary_classification", settings.preset, tiny=True, seed=0, top_layers=1,
+                               compute_dtype=settings.compute_dtype)
     adapter.load(first.adapter_path)
     assert adapter.layers and all(".layer.1." in name for name in adapter.layers)
     full = np.asarray(predict(net, steps.load_dataset(tokens.test)))

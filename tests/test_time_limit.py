@@ -70,7 +70,7 @@ def test_a_limit_nothing_fits_fails_before_training_and_offers_the_ways_out(cred
     message = str(info.value)
     assert "--no-adapters" in message and "--time-limit" in message
     assert not (work / "artifacts" / "checkpoints").exists(), "nothing may train before the budget is known"
-    assert list((work / "artifacts" / "cost-probe").glob("cost-probe-*.json")), "the probe is cached in the work dir"
+    assert not (work / "artifacts" / "cost-probe").exists(), "the probe is cached in the user's cache dir"
 
 
 def test_a_limit_only_the_members_fit_runs_them_alone_and_says_what_adapters_need(harness, creds, tmp_path):
@@ -112,7 +112,35 @@ def test_a_generous_limit_records_the_estimate_in_the_plan(creds, tmp_path, capl
     assert plan.time_limit_s == 7200.0 and plan.settings.epochs == 3
     assert plan.epoch_s is not None and plan.epoch_s > 0 and plan.predict_s is not None and plan.reserve_s is not None
     assert "estimated" in plan.settings_markdown(), "--plan shows the estimate"
+    assert plan.cost_probe in ("measured", "reused")
+    assert any(r.startswith(f"cost_probe: {plan.cost_probe}") for r in plan.settings.reasons), "the plan says which"
     assert any(r.getMessage().startswith("budget: chose as_planned") for r in caplog.records), "and so does the log"
+
+
+def test_a_second_plan_in_a_new_work_dir_reuses_the_probe_and_another_dtype_measures(creds, tmp_path,
+                                                                                      monkeypatch):
+    """The probe's points live in the user's cache dir: a later run (another work dir) measures
+    nothing; another compute dtype is another model to time."""
+    monkeypatch.setenv("KAGGLE_LORA_PROBE_CACHE", str(tmp_path / "user-cache"))
+
+    def plan(work: str, **kw) -> steps.Plan:
+        return steps.Plan.load(steps.plan_run(_options(tmp_path / work, time_limit="2h", **kw))["lora"])
+
+    def probe_line(p: steps.Plan) -> str:
+        return next(r for r in p.settings.reasons if r.startswith("cost_probe:"))
+
+    first = plan("first", compute_dtype="float32")
+    assert any(r.startswith("compute_dtype: float32 -> float32 (asked for)") for r in first.settings.reasons)
+    assert first.cost_probe == "measured" and "measured in" in probe_line(first)
+    points = sorted((tmp_path / "user-cache").glob("cost-probe-*.json"))
+    assert len(points) == 1
+    second = plan("second", compute_dtype="float32")
+    assert second.cost_probe == "reused" and "float32" in probe_line(second), probe_line(second)
+    assert sorted((tmp_path / "user-cache").glob("cost-probe-*.json")) == points, "nothing was measured"
+    assert second.epoch_s == pytest.approx(first.epoch_s), "the same costs price the same plan"
+    bf16 = plan("bf16", compute_dtype="bfloat16")
+    assert bf16.cost_probe == "measured" and "bfloat16" in probe_line(bf16)
+    assert len(list((tmp_path / "user-cache").glob("cost-probe-*.json"))) == 2
 
 
 def test_should_stop_cuts_epochs_and_keeps_the_best_checkpoint(tmp_path):
@@ -272,6 +300,6 @@ def test_the_probe_counts_the_layers_of_an_encoder_without_a_layer_split(tmp_pat
 
     folder = Path(__file__).parent / "fixtures" / "modernbert_tiny"
     costs = probe_for_plan("binary_classification", "balanced", 1, model=str(folder), tiny=False, seq_len=32,
-                           batch_size=8, cache_dir=tmp_path, timed_tops=(1,))
+                           batch_size=8, cache_dir=tmp_path, timed_tops=(1,)).costs
     assert costs.num_layers == json.loads((folder / "config.json").read_text())["num_hidden_layers"]
     assert costs.full_step_s > 0 and dict(costs.top_step_s)[1] > 0

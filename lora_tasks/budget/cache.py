@@ -1,9 +1,15 @@
-"""Where measured step costs are kept: one JSON file per machine, model, length bucket and batch.
+"""Where measured step costs are kept: the user's cache dir, one JSON file per measured point.
 
-Why on disk: a probe costs seconds, a plan is made on every run, and the same machine trains the
-same model at the same lengths again and again. The key holds everything that decides the
-timing: the CPU model and core count, the model (and its adapter preset and head), the length
-bucket, the batch, what was timed, and the versions of MLX and this package.
+Why in the user's cache dir (``$XDG_CACHE_HOME/kaggle-lora/cost-probe``, or
+``$KAGGLE_LORA_PROBE_CACHE``) and not the run's work dir: a probe costs seconds, and the costs
+belong to the machine and the model, not to a competition. A run on another competition, in
+another work dir, reuses what an earlier run measured and scales it to its own widths
+(:func:`lora_tasks.budget.costs.costs_from_points`).
+
+A :class:`ProbeProfile` says what a set of points is valid for: the machine (CPU model, a digest
+of its flags, the cores), the model (its identity and adapter preset), the compute dtype, what was
+timed, and the versions of MLX and this package. Each point of a profile (one width and batch) is
+its own file, so concurrent runs never overwrite each other's points.
 """
 
 from __future__ import annotations
@@ -22,23 +28,43 @@ from lora_tasks.budget.costs import StepCosts
 
 log = logging.getLogger("lora_tasks.budget")
 
-CACHE_VERSION = 1  # bump when the probe measures differently
+CACHE_VERSION = 2  # bump when the probe measures differently
+PROBE_CACHE_ENV = "KAGGLE_LORA_PROBE_CACHE"
+
+
+def probe_cache_dir() -> Path:
+    """``$KAGGLE_LORA_PROBE_CACHE``, else ``$XDG_CACHE_HOME/kaggle-lora/cost-probe`` (``~/.cache`` by default)."""
+    override = os.environ.get(PROBE_CACHE_ENV)
+    if override:
+        return Path(override)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kaggle-lora" / "cost-probe"
+
+
+def _cpuinfo_field(name: str) -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(name):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def cpu_model() -> str:
     """The CPU's model string (``/proc/cpuinfo`` on Linux, else what ``platform`` knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown cpu"
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown cpu"
+
+
+def cpu_flags_digest() -> str:
+    """A short digest of the CPU's feature flags: two VMs with one model string can differ in
+    ``avx512_bf16`` (and so in what the kernels run), so the flags are part of the machine."""
+    flags = _cpuinfo_field("flags") or platform.machine()
+    return hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:8]
 
 
 def machine_id() -> str:
-    """``<cpu model> x<cores>``: step costs measured on one machine kind hold on the same kind."""
-    return f"{cpu_model()} x{os.cpu_count() or 1}"
+    """``<cpu model> x<cores> flags:<digest>``: costs measured on one machine kind hold on the same kind."""
+    return f"{cpu_model()} x{os.cpu_count() or 1} flags:{cpu_flags_digest()}"
 
 
 def _versions() -> str:
@@ -52,36 +78,31 @@ def _versions() -> str:
 
 
 @dataclass(frozen=True)
-class ProbeKey:
-    """What a cached probe is valid for."""
+class ProbeProfile:
+    """What a set of cached points is valid for (everything but the width and the batch)."""
 
     machine: str
-    model: str  # model identity with its adapter preset and head, e.g. "minilm:balanced:binary"
-    seq_len: int  # the length bucket
-    batch_size: int
+    model: str  # model identity with its adapter preset, e.g. "all-MiniLM-L6-v2-1a2b3c4d:balanced"
+    dtype: str  # the resolved compute dtype: "float32" or "bfloat16"
     timed_tops: tuple[int, ...]
     versions: str = ""
     cache_version: int = CACHE_VERSION
 
     @classmethod
-    def here(cls, model: str, seq_len: int, batch_size: int, timed_tops: tuple[int, ...]) -> ProbeKey:
-        return cls(machine_id(), model, int(seq_len), int(batch_size), tuple(sorted(timed_tops)), _versions())
+    def here(cls, model: str, dtype: str, timed_tops: tuple[int, ...]) -> ProbeProfile:
+        return cls(machine_id(), model, dtype, tuple(sorted(timed_tops)), _versions())
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
-    def path(self, cache_dir: str | os.PathLike) -> Path:
-        return Path(cache_dir) / f"cost-probe-{self.digest()}.json"
+    def point_path(self, cache_dir: str | os.PathLike, seq_len: int, batch_size: int) -> Path:
+        return Path(cache_dir) / f"cost-probe-{self.digest()}-s{int(seq_len)}-b{int(batch_size)}.json"
 
 
-def load_costs(key: ProbeKey, cache_dir: str | os.PathLike) -> StepCosts | None:
-    """The cached costs for ``key``, or None (missing, unreadable or for another key)."""
-    path = key.path(cache_dir)
-    if not path.exists():
-        return None
+def _read_point(path: Path, profile: ProbeProfile) -> StepCosts | None:
     try:
         payload = json.loads(path.read_text())
-        if payload.get("key") != json.loads(json.dumps(asdict(key))):
+        if payload.get("profile") != json.loads(json.dumps(asdict(profile))):
             return None
         c = payload["costs"]
         c["top_step_s"] = tuple((int(n), float(s)) for n, s in c["top_step_s"])
@@ -91,11 +112,21 @@ def load_costs(key: ProbeKey, cache_dir: str | os.PathLike) -> StepCosts | None:
         return None
 
 
-def save_costs(key: ProbeKey, costs: StepCosts, cache_dir: str | os.PathLike) -> Path:
+def load_points(profile: ProbeProfile, cache_dir: str | os.PathLike) -> list[StepCosts]:
+    """Every point cached for ``profile`` (any width and batch), narrowest first."""
+    folder = Path(cache_dir)
+    if not folder.is_dir():
+        return []
+    points = [p for p in (_read_point(f, profile) for f in folder.glob(f"cost-probe-{profile.digest()}-*.json"))
+              if p is not None]
+    return sorted(points, key=lambda c: (c.seq_len, c.batch_size))
+
+
+def save_point(profile: ProbeProfile, costs: StepCosts, cache_dir: str | os.PathLike) -> Path:
     """Write atomically (a unique temp name, then rename): concurrent runs never read half a file."""
-    path = key.path(cache_dir)
+    path = profile.point_path(cache_dir, costs.seq_len, costs.batch_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    tmp.write_text(json.dumps({"key": asdict(key), "costs": asdict(costs)}, indent=1, sort_keys=True))
+    tmp.write_text(json.dumps({"profile": asdict(profile), "costs": asdict(costs)}, indent=1, sort_keys=True))
     os.replace(tmp, path)
     return path

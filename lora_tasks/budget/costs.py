@@ -117,6 +117,50 @@ class StepCosts:
                          self.steps_timed, self.machine, self.model)
 
 
+#: A cached point is scaled to another width only within this factor, and two points are
+#: interpolated only when they are at most ``INTERPOLATE_SPAN`` apart: farther, attention's
+#: quadratic part and the per-step overheads make a straight line wrong, so the probe measures.
+REUSE_SCALE_LIMIT = 2.0
+INTERPOLATE_SPAN = 4.0
+
+
+def _between(a: StepCosts, b: StepCosts, width: int) -> StepCosts:
+    """Per-row costs on the straight line between points ``a`` and ``b`` (narrower first), at ``width``,
+    expressed at ``a``'s batch size."""
+    t = (width - a.seq_len) / (b.seq_len - a.seq_len)
+
+    def mix(va: float, vb: float) -> float:
+        return ((1 - t) * va / a.batch_size + t * vb / b.batch_size) * a.batch_size
+
+    tops = sorted(set(dict(a.top_step_s)) & set(dict(b.top_step_s)))
+    return StepCosts(int(width), a.batch_size, a.num_layers, mix(a.full_step_s, b.full_step_s),
+                     tuple((n, mix(a.step_s(n), b.step_s(n))) for n in tops),
+                     (1 - t) * a.forward_row_s + t * b.forward_row_s, a.steps_timed, a.machine, a.model)
+
+
+def costs_from_points(points: list[StepCosts] | tuple[StepCosts, ...], width: int) -> tuple[StepCosts, str] | None:
+    """Costs at ``width`` tokens from points measured before on this machine (one model and dtype),
+    and how they were found; None when no point is near enough and the probe must measure.
+
+    A point at ``width`` is reused as it is; between two points at most :data:`INTERPOLATE_SPAN`
+    apart, the per-row costs are interpolated; else the nearest point within
+    :data:`REUSE_SCALE_LIMIT` is scaled linearly (:meth:`StepCosts.scaled_to`)."""
+    if not points:
+        return None
+    exact = [p for p in points if p.seq_len == width]
+    if exact:
+        return max(exact, key=lambda p: p.batch_size), f"the point cached at {width} tokens"
+    below = sorted((p for p in points if p.seq_len < width), key=lambda p: p.seq_len)
+    above = sorted((p for p in points if p.seq_len > width), key=lambda p: p.seq_len)
+    if below and above and above[0].seq_len <= INTERPOLATE_SPAN * below[-1].seq_len:
+        lo, hi = below[-1], above[0]
+        return _between(lo, hi, width), f"interpolated between the points cached at {lo.seq_len} and {hi.seq_len} tokens"
+    nearest = min(points, key=lambda p: abs(math.log(p.seq_len / width)))
+    if max(nearest.seq_len / width, width / nearest.seq_len) <= REUSE_SCALE_LIMIT:
+        return nearest.scaled_to(width), f"scaled from the point cached at {nearest.seq_len} tokens"
+    return None
+
+
 @dataclass(frozen=True)
 class Workload:
     """The table a plan trains on: rows, test rows, token widths and the members' features."""

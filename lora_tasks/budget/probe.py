@@ -2,8 +2,15 @@
 
 Why time instead of counting FLOPs: on a CPU the speed of MLX depends on the BLAS, the compiled
 kernels, the cores and what else runs on them; a few real steps of the same compiled step the
-engine builds (:func:`lora_tasks.training.train.train`) are the only estimate that holds. Timed once per
-machine, model, length bucket and batch (:mod:`lora_tasks.budget.cache`), it takes seconds.
+engine builds (:func:`lora_tasks.training.train.train`) are the only estimate that holds.
+
+Why it is nearly free:
+- it times a small batch (about :data:`PROBE_TOKENS` tokens; the costs are per row, and a plan
+  scales them to its own batch), two steps after the one that compiles;
+- what it measured is kept in the user's cache dir (:mod:`lora_tasks.budget.cache`), keyed by the
+  machine, the model, the compute dtype and the width; a later run, on any competition, reuses
+  the points near its own width (:func:`lora_tasks.budget.costs.costs_from_points`) and measures
+  only when none is near. :class:`ProbeResult` says which happened, for the plan's reasons.
 """
 
 from __future__ import annotations
@@ -14,16 +21,19 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
 from mlx import nn
 
-from lora_tasks.budget.cache import ProbeKey, load_costs, save_costs
-from lora_tasks.budget.costs import StepCosts, length_bucket
+from lora_tasks.budget.cache import ProbeProfile, load_points, probe_cache_dir, save_point
+from lora_tasks.budget.costs import StepCosts, costs_from_points, length_bucket
+from lora_tasks.budget.duration import format_duration
 from lora_tasks.hub import resolve_model_dir
 from lora_tasks.training.factory import build_model
+from lora_tasks.training.precision import compute_dtype_choice
 from lora_tasks.training.prefix_cache import FromPrefix, first_adapted_layer
 from lora_tasks.training.train import TrainConfig, make_schedule
 
@@ -33,7 +43,35 @@ log = logging.getLogger("lora_tasks.budget")
 #: ``top_layers`` encoder layers and the head (None: adapters on every layer).
 ModelFactory = Callable[[int | None], nn.Module]
 DEFAULT_TIMED_TOPS = (2,)  # the ladder's depth; other depths are interpolated
-EVAL_BATCH = 64
+#: Tokens in one timed batch: enough rows that the GEMMs run at their usual speed, few enough that
+#: a step at 384 tokens takes a fraction of a second. Costs are linear in rows at these sizes.
+PROBE_TOKENS = 1536
+MIN_PROBE_ROWS = 2
+
+
+def probe_rows(width: int, batch_size: int) -> int:
+    """Rows of the timed batch at ``width`` tokens: about :data:`PROBE_TOKENS` tokens, at most the batch."""
+    return int(max(1, min(batch_size, max(MIN_PROBE_ROWS, math.ceil(PROBE_TOKENS / max(width, 1))))))
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Step costs and where they came from: ``source`` is ``"measured"`` (timed now, then cached) or
+    ``"reused"`` (from the cache, no model built); ``how`` says which points, or how long it took."""
+
+    costs: StepCosts
+    source: str
+    how: str
+    seconds: float
+    dtype: str
+    cache_dir: str = ""
+
+    @property
+    def reason(self) -> str:
+        """One line for a plan's reasons."""
+        c = self.costs
+        return (f"cost_probe: {self.source} ({self.how}); {c.model}, {self.dtype}, on {c.machine}: full step "
+                f"{c.full_step_s:.3f} s for {c.batch_size} rows at {c.seq_len} tokens")
 
 
 def probe_costs(
@@ -42,26 +80,36 @@ def probe_costs(
     model_id: str,
     seq_len: int,
     batch_size: int,
-    cache_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+    dtype: str = "float32",
     timed_tops: tuple[int, ...] = DEFAULT_TIMED_TOPS,
-    steps: int = 3,
+    steps: int = 2,
     seed: int = 0,
-) -> StepCosts:
-    """Step costs of the model ``factory`` builds at the length bucket of ``seq_len``: read from
-    ``cache_dir`` when this machine measured them before, else timed now and kept there."""
-    bucket = length_bucket(seq_len)
-    key = ProbeKey.here(model_id, bucket, batch_size, timed_tops)
-    cached = load_costs(key, cache_dir)
-    if cached is not None:
-        return cached
+) -> ProbeResult:
+    """Step costs of the model ``factory`` builds at the length bucket of ``seq_len``: from the points
+    this machine measured before for this model and ``dtype`` (``cache_dir``, default
+    :func:`~lora_tasks.budget.cache.probe_cache_dir`) when one is near, else timed now and kept there.
+    ``dtype`` is the compute dtype ``factory`` builds in (it keys the cache; the factory decides)."""
     t0 = time.perf_counter()
-    costs = measure_costs(factory, seq_len=bucket, batch_size=batch_size, timed_tops=timed_tops, steps=steps,
-                          seed=seed, machine=key.machine, model_id=model_id)
-    save_costs(key, costs, cache_dir)
-    log.info("cost probe: %s at %d tokens, batch %d, measured in %.1f s: full step %.3f s, %s, forward %.4f s/row",
-             model_id, bucket, batch_size, time.perf_counter() - t0, costs.full_step_s,
+    folder = probe_cache_dir() if cache_dir is None else cache_dir
+    bucket = length_bucket(seq_len)
+    profile = ProbeProfile.here(model_id, dtype, timed_tops)
+    found = costs_from_points(load_points(profile, folder), bucket)
+    if found is not None:
+        costs, how = found
+        result = ProbeResult(costs, "reused", how, time.perf_counter() - t0, dtype, str(folder))
+        log.info("cost probe: reused %s (%s, %s), no measurement", how, model_id, dtype)
+        return result
+    rows = probe_rows(bucket, batch_size)
+    costs = measure_costs(factory, seq_len=bucket, batch_size=rows, timed_tops=timed_tops, steps=steps,
+                          seed=seed, machine=profile.machine, model_id=model_id)
+    save_point(profile, costs, folder)
+    took = time.perf_counter() - t0
+    log.info("cost probe: %s (%s) at %d tokens, %d rows, measured in %.1f s: full step %.3f s, %s, forward %.4f s/row",
+             model_id, dtype, bucket, rows, took, costs.full_step_s,
              ", ".join(f"top {n} step {s:.3f} s" for n, s in costs.top_step_s), costs.forward_row_s)
-    return costs
+    return ProbeResult(costs, "measured", f"measured in {format_duration(took)}, {rows} rows at {bucket} tokens",
+                       took, dtype, str(folder))
 
 
 def measure_costs(
@@ -70,14 +118,14 @@ def measure_costs(
     seq_len: int,
     batch_size: int,
     timed_tops: tuple[int, ...] = DEFAULT_TIMED_TOPS,
-    steps: int = 3,
+    steps: int = 2,
     seed: int = 0,
     machine: str = "",
     model_id: str = "",
 ) -> StepCosts:
-    """Time (no cache): the full-depth step, a step from the prefix at each of ``timed_tops``,
-    and the forward pass per row. Each timing is the median of ``steps`` after one warm-up
-    step (which compiles)."""
+    """Time (no cache), on ``batch_size`` rows of ``seq_len`` tokens: the full-depth step, a step
+    from the prefix at each of ``timed_tops``, and the forward pass per row. Each timing is the
+    median of ``steps`` after one warm-up step (which compiles)."""
     if steps < 1:
         raise ValueError(f"steps={steps}; time at least one step.")
     rng = np.random.default_rng(seed)
@@ -85,7 +133,7 @@ def measure_costs(
     num_layers = _num_layers(full)
     ids, mask, types = _inputs(full, rng, batch_size, seq_len)
     full_step = _time_steps(full, (ids, mask, types), rng, steps)
-    forward_row = _time_forward(full, rng, seq_len, steps) / EVAL_BATCH
+    forward_row = _time_forward(full, (ids, mask, types), steps) / batch_size
     tops: list[tuple[int, float]] = []
     for n in sorted({t for t in timed_tops if 1 <= t < num_layers}):
         model = factory(n)
@@ -162,17 +210,16 @@ def _time_steps(model: nn.Module, inputs: tuple[mx.array, mx.array, mx.array], r
     return float(np.median(times))
 
 
-def _time_forward(model: nn.Module, rng: np.random.Generator, width: int, repeats: int) -> float:
-    """Median seconds of one eval-mode forward pass of ``EVAL_BATCH`` rows (prediction's batch)."""
-    ids, mask, types = _inputs(model, rng, EVAL_BATCH, width)
+def _time_forward(model: nn.Module, inputs: tuple[mx.array, mx.array, mx.array], repeats: int) -> float:
+    """Median seconds of one eval-mode forward pass over ``inputs`` (prediction's path). No warm-up:
+    nothing is compiled, and the train steps timed before it loaded the same kernels."""
     model.eval()
     times = []
     try:
-        for i in range(repeats + 1):
+        for _ in range(repeats):
             t = time.perf_counter()
-            mx.eval(model(ids, mask, types))
-            if i:
-                times.append(time.perf_counter() - t)
+            mx.eval(model(*inputs))
+            times.append(time.perf_counter() - t)
     finally:
         model.train()
     return float(np.median(times))
@@ -186,7 +233,8 @@ def model_identity(model: str | os.PathLike | None, tiny: bool = False) -> str:
     folder = resolve_model_dir(model)
     config = folder / "config.json"
     digest = hashlib.sha256(config.read_bytes()).hexdigest()[:8] if config.exists() else "noconfig"
-    return f"{folder.name}-{digest}"
+    name = folder.parent.name if folder.name == "model" else folder.name  # a packaged model's folder is model/
+    return f"{name}-{digest}"
 
 
 def probe_for_plan(
@@ -198,13 +246,17 @@ def probe_for_plan(
     tiny: bool,
     seq_len: float,
     batch_size: int,
-    cache_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+    compute_dtype: str = "float32",
     timed_tops: tuple[int, ...] = DEFAULT_TIMED_TOPS,
-) -> StepCosts:
-    """:func:`probe_costs` for the model the pipeline would build (:func:`lora_tasks.training.factory.build_model`)."""
-    def factory(top: int | None) -> nn.Module:
-        return build_model(head_type, preset, num_labels, model=model, tiny=tiny, top_layers=top)[0]
+) -> ProbeResult:
+    """:func:`probe_costs` for the model the pipeline would build (:func:`lora_tasks.training.factory.build_model`),
+    in the dtype ``compute_dtype`` resolves to here. The head is not part of the key: a linear head
+    is a rounding error of a step, so a binary and a regression competition share their points."""
+    dtype = compute_dtype_choice(compute_dtype).name
 
-    return probe_costs(factory, model_id=f"{model_identity(model, tiny)}:{preset}:{head_type}:{num_labels}",
-                       seq_len=math.ceil(seq_len), batch_size=batch_size, cache_dir=cache_dir,
-                       timed_tops=timed_tops)
+    def factory(top: int | None) -> nn.Module:
+        return build_model(head_type, preset, num_labels, model=model, tiny=tiny, top_layers=top, compute_dtype=dtype)[0]
+
+    return probe_costs(factory, model_id=f"{model_identity(model, tiny)}:{preset}", seq_len=math.ceil(seq_len),
+                       batch_size=batch_size, cache_dir=cache_dir, dtype=dtype, timed_tops=timed_tops)

@@ -18,6 +18,14 @@ import mlx.core as mx
 import mlx.nn as nn
 
 
+def _fused_lora_add():
+    """The native LoRA branch (:mod:`lora_tasks.native.lora_branch`) on the CPU, else None (Metal, or
+    no native kernels): MLX's own ops then run the branch."""
+    from lora_tasks.native.lora_branch import fused_lora_add
+
+    return fused_lora_add()
+
+
 def linear_dims(linear: nn.Module) -> tuple[int, int]:
     """``(output_dims, input_dims)`` of an ``nn.Linear`` or a quantized linear (whose weight is packed)."""
     out_dims, cols = linear.weight.shape
@@ -100,6 +108,10 @@ class LoRALinear(nn.Module):
         y = self.linear(x)
         if self.merged:
             return y
+        if type(self) is LoRALinear and x.dtype == y.dtype == self.lora_a.dtype == self.lora_b.dtype == mx.float32:
+            fused = _fused_lora_add()
+            if fused is not None:  # the CPU's native kernel: the branch and the add in one pass
+                return fused(y, self.dropout(x), self.lora_a, self.lora_b, self.scale)
         return y + self._lora(x)
 
     # ---- merging -------------------------------------------------------------------------

@@ -117,7 +117,7 @@ class BertSelfOutput(nn.Module):
         self.dropout = ops.Dropout(cfg.hidden_dropout_prob)
 
     def __call__(self, x: mx.array, residual: mx.array) -> mx.array:
-        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+        return ops.dropout_add_norm(self.dense(x), residual, self.dropout, self.LayerNorm)
 
 
 class BertAttention(nn.Module):
@@ -148,7 +148,7 @@ class BertOutput(nn.Module):
         self.dropout = ops.Dropout(cfg.hidden_dropout_prob)
 
     def __call__(self, x: mx.array, residual: mx.array) -> mx.array:
-        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+        return ops.dropout_add_norm(self.dense(x), residual, self.dropout, self.LayerNorm)
 
 
 class BertLayer(nn.Module):

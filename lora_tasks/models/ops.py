@@ -236,8 +236,34 @@ def _native_ops(k) -> SimpleNamespace:
     def bf16_linear_native(x: mx.array, w: mx.array, b: mx.array | None) -> mx.array:
         return bf16_linear_nobias(x, w) if b is None else bf16_linear_bias(x, w, b)
 
+    @functools.cache
+    def add_normalize(p: float, eps: float) -> Callable[..., tuple[mx.array, mx.array]]:
+        @mx.custom_function
+        def add_norm_pe(h: mx.array, res: mx.array, w: mx.array, b: mx.array, seed: mx.array):
+            return tuple(k.add_norm_forward(h, res, w, b, seed, p, eps))
+
+        @add_norm_pe.vjp
+        def _add_norm_vjp(primals, cotangents, outputs):
+            h, res, w, b, seed = primals
+            g, s = cotangents[0], outputs[1]
+            ds, dh = k.add_norm_backward(s, w, g, seed, p, eps)
+            # dw and db with MLX ops: lazily built, so only a trained LayerNorm ever computes them
+            mean = s.mean(axis=-1, keepdims=True)
+            xhat = (s - mean) * mx.rsqrt(((s - mean) ** 2).mean(axis=-1, keepdims=True) + eps)
+            axes = tuple(range(s.ndim - 1))
+            return (dh.astype(h.dtype), ds.astype(res.dtype), (g * xhat).sum(axis=axes).astype(w.dtype),
+                    g.sum(axis=axes).astype(b.dtype), mx.zeros_like(seed))
+
+        return add_norm_pe
+
+    def add_norm_native(h: mx.array, res: mx.array, w: mx.array, b: mx.array | None, p: float, eps: float) -> mx.array:
+        # the seed is drawn exactly when Dropout would draw one, so the mask (a hash of it) is the same
+        seed = mx.random.randint(0, 2**31 - 1, (1,)).astype(mx.uint32) if p > 0 else mx.zeros((1,), mx.uint32)
+        out = add_normalize(round(p, 6), float(eps))(h, res, w, mx.zeros_like(w) if b is None else b, seed)[0]
+        return out.astype(h.dtype)
+
     return SimpleNamespace(gelu=gelu_native, softmax=softmax_native, dropout=dropout_native, layer_norm=layer_norm_native,
-                           attention=attention_native, bf16_linear=bf16_linear_native,
+                           attention=attention_native, bf16_linear=bf16_linear_native, add_norm=add_norm_native,
                            bf16_kernel=k.bf16_kernel())
 
 
@@ -246,12 +272,12 @@ def _impl() -> SimpleNamespace:
     """The one backend check for these kernels, made on first use (the native build may take ~15 s)."""
     if not _CPU:
         return SimpleNamespace(gelu=gelu_exact, softmax=softmax_stock, dropout=None, layer_norm=None, attention=None,
-                               bf16_linear=None, bf16_kernel=None)
+                               bf16_linear=None, add_norm=None, bf16_kernel=None)
     k = native.kernels()
     if k is not None:
         return _native_ops(k)
     return SimpleNamespace(gelu=_gelu_fast_compiled, softmax=_softmax_fast_compiled, dropout=None, layer_norm=None,
-                           attention=None, bf16_linear=None, bf16_kernel=None)
+                           attention=None, bf16_linear=None, add_norm=None, bf16_kernel=None)
 
 
 _CPU = is_cpu_backend()
@@ -290,6 +316,21 @@ class LayerNorm(nn.LayerNorm):
         if fast is None or "weight" not in self:
             return super().__call__(x)
         return fast(x, self.weight, self.get("bias"), self.eps)
+
+
+def dropout_add_norm(h: mx.array, residual: mx.array, dropout: nn.Module, norm: nn.Module) -> mx.array:
+    """``norm(dropout(h) + residual)``, the end of every BERT sub-layer. On the CPU with the native
+    kernels and this module's :class:`Dropout` and :class:`LayerNorm`: one pass per row forward and one
+    backward (the dropout mask, the add and the norm together), with the same mask as the three ops
+    apart. Else (Metal, no kernels, other modules) the three ops."""
+    fast = _impl().add_norm
+    if (fast is None or type(dropout) is not Dropout or type(norm) is not LayerNorm or "weight" not in norm
+            or h.dtype != mx.float32 or residual.dtype != mx.float32 or h.shape != residual.shape):
+        return norm(dropout(h) + residual)
+    p = 1.0 - dropout._p_1 if dropout.training else 0.0
+    if p >= 1.0:
+        return norm(dropout(h) + residual)
+    return fast(h, residual, norm.weight, norm.get("bias"), p, norm.eps)
 
 
 ACTIVATIONS: dict[str, Callable[[mx.array], mx.array]] = {

@@ -33,6 +33,7 @@
 #endif
 
 #include "bf16_gemm.h"
+#include "lora_branch.h"
 
 namespace nb = nanobind;
 using namespace mlx::core;
@@ -226,6 +227,32 @@ void layer_norm_bwd_rows(const float* x, const float* w, const float* g, float* 
       o[i] = rstd * (gr[i] * w[i] - c2 - xhat * c1);
     }
   }
+}
+
+// y = LayerNorm(dropout(h) + res) per row, keeping s = dropout(h) + res for the backward. The dropout
+// mask is dropout_range's (a hash of the flat index and the seed), so this equals the three ops apart.
+void dropout_add_norm_rows(const float* h, const float* res, const float* w, const float* b, float* s, float* y,
+                           size_t first, size_t last, size_t H, uint32_t seed, uint32_t threshold, float scale,
+                           float eps) {
+  for (size_t r = first; r < last; ++r) {
+    const float* hr = h + r * H;
+    const float* rr = res + r * H;
+    float* sr = s + r * H;
+    for (size_t i = 0; i < H; ++i) {
+      size_t flat = r * H + i;
+      float d = mix(static_cast<uint32_t>(flat), seed) >= threshold ? hr[i] * scale : 0.f;
+      sr[i] = d + rr[i];
+    }
+  }
+  layer_norm_rows(s, w, b, y, first, last, H, eps);
+}
+
+// The backward of dropout_add_norm_rows: ds = LayerNorm's dx (the residual's gradient) and
+// dh = ds through the same dropout mask.
+void dropout_add_norm_bwd_rows(const float* s, const float* w, const float* g, float* ds, float* dh, size_t first,
+                               size_t last, size_t H, uint32_t seed, uint32_t threshold, float scale, float eps) {
+  layer_norm_bwd_rows(s, w, g, ds, first, last, H, eps);
+  dropout_range(ds, dh, first * H, last * H, seed, threshold, scale);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -702,6 +729,148 @@ class AttentionBackward : public AttentionPrimitive {
   const char* name() const override { return "KaggleLoraAttentionBackward"; }
 };
 
+// Dropout, residual add and LayerNorm in one pass: inputs h, res (n x H), w, b (H), seed (1,);
+// outputs y = LayerNorm(dropout(h) + res) and s = dropout(h) + res.
+class DropAddNormPrimitive : public CpuMulti {
+ public:
+  DropAddNormPrimitive(Stream s, float p, float eps) : CpuMulti(s), p_(p), eps_(eps) {}
+  bool is_equivalent(const Primitive& o) const override {
+    auto* a = dynamic_cast<const DropAddNormPrimitive*>(&o);
+    return a && std::string(a->name()) == name() && a->p_ == p_ && a->eps_ == eps_;
+  }
+
+ protected:
+  uint32_t threshold() const {
+    double t = static_cast<double>(p_) * 4294967296.0;
+    return t >= 4294967295.0 ? 0xFFFFFFFFu : static_cast<uint32_t>(t);
+  }
+  float scale() const { return p_ < 1.f ? 1.f / (1.f - p_) : 0.f; }
+  float p_, eps_;
+};
+
+class DropAddNormForward : public DropAddNormPrimitive {
+ public:
+  using DropAddNormPrimitive::DropAddNormPrimitive;
+  void eval_cpu(const std::vector<array>& in, std::vector<array>& outs) override {
+    float* y = allocate(outs[0]);
+    float* sum = allocate(outs[1]);
+    size_t H = in[0].shape(-1);
+    launch(in, outs, [h = in[0].data<float>(), res = in[1].data<float>(), w = in[2].data<float>(),
+                      b = in[3].data<float>(), seed = in[4].data<uint32_t>(), y, sum, n = outs[0].size(), H,
+                      th = threshold(), sc = scale(), eps = eps_] {
+      uint32_t sd = seed[0];
+      parallel_for(n, H, [&](size_t a, size_t e) {
+        dropout_add_norm_rows(h, res, w, b, sum, y, a / H, e / H, H, sd, th, sc, eps);
+      });
+    });
+  }
+  const char* name() const override { return "KaggleLoraAddNormForward"; }
+};
+
+// Inputs s, w, g (the cotangent of y), seed; outputs ds (the residual's gradient) and dh.
+class DropAddNormBackward : public DropAddNormPrimitive {
+ public:
+  using DropAddNormPrimitive::DropAddNormPrimitive;
+  void eval_cpu(const std::vector<array>& in, std::vector<array>& outs) override {
+    float* ds = allocate(outs[0]);
+    float* dh = allocate(outs[1]);
+    size_t H = in[0].shape(-1);
+    launch(in, outs, [sum = in[0].data<float>(), w = in[1].data<float>(), g = in[2].data<float>(),
+                      seed = in[3].data<uint32_t>(), ds, dh, n = outs[0].size(), H, th = threshold(), sc = scale(),
+                      eps = eps_] {
+      uint32_t sd = seed[0];
+      parallel_for(n, H, [&](size_t a, size_t e) {
+        dropout_add_norm_bwd_rows(sum, w, g, ds, dh, a / H, e / H, H, sd, th, sc, eps);
+      });
+    });
+  }
+  const char* name() const override { return "KaggleLoraAddNormBackward"; }
+};
+
+// The LoRA branch (lora_branch.h). Forward: inputs x (n, in), a (r, in), b (out, r), y (n, out);
+// outputs out = y + scale * (x a^T) b^T and xa = x a^T (n, r), which the backward reuses.
+class LoraPrimitive : public CpuMulti {
+ public:
+  LoraPrimitive(Stream s, float scale) : CpuMulti(s), scale_(scale) {}
+  bool is_equivalent(const Primitive& o) const override {
+    auto* l = dynamic_cast<const LoraPrimitive*>(&o);
+    return l && std::string(l->name()) == name() && l->scale_ == scale_;
+  }
+
+ protected:
+  static kl_lora::Shape shape_of(const array& x, const array& a, const array& b) {
+    return {static_cast<size_t>(x.shape(0)), static_cast<size_t>(x.shape(1)), static_cast<size_t>(b.shape(0)),
+            static_cast<size_t>(a.shape(0))};
+  }
+  // One thread below this many multiply-adds: waking a second one costs more than it saves.
+  static size_t threads_for(const kl_lora::Shape& sh) {
+    size_t work = sh.n * (sh.in + sh.out) * sh.r;
+    return work < (size_t(1) << 18) ? 1 : std::max<size_t>(1, std::min(thread_count(), sh.n));
+  }
+  float scale_;
+};
+
+class LoraForward : public LoraPrimitive {
+ public:
+  using LoraPrimitive::LoraPrimitive;
+  void eval_cpu(const std::vector<array>& in, std::vector<array>& outs) override {
+    float* out = allocate(outs[0]);
+    float* xa = allocate(outs[1]);
+    launch(in, outs, [sh = shape_of(in[0], in[1], in[2]), x = in[0].data<float>(), a = in[1].data<float>(),
+                      b = in[2].data<float>(), y = in[3].data<float>(), out, xa, scale = scale_] {
+      std::vector<float> bt = kl_lora::transpose_b(b, sh);
+      auto rows = [&](size_t first, size_t last) {
+        kl_lora::forward_rows(sh, x, a, bt.data(), y, scale, xa, out, first, last);
+      };
+      if (threads_for(sh) <= 1)
+        rows(0, sh.n);
+      else
+        parallel_units(sh.n, rows);
+    });
+  }
+  const char* name() const override { return "KaggleLoraLoraForward"; }
+};
+
+// Backward: inputs x, a, b, xa, g (the cotangent of out, n x out); outputs dx (n, in), da (r, in), db (out, r).
+class LoraBackward : public LoraPrimitive {
+ public:
+  using LoraPrimitive::LoraPrimitive;
+  void eval_cpu(const std::vector<array>& in, std::vector<array>& outs) override {
+    float* dx = allocate(outs[0]);
+    float* da = allocate(outs[1]);
+    float* db = allocate(outs[2]);
+    launch(in, outs, [sh = shape_of(in[0], in[1], in[2]), x = in[0].data<float>(), a = in[1].data<float>(),
+                      b = in[2].data<float>(), xa = in[3].data<float>(), g = in[4].data<float>(), dx, da, db,
+                      scale = scale_] {
+      std::vector<float> bt = kl_lora::transpose_b(b, sh);
+      size_t nt = threads_for(sh), chunk = (sh.n + nt - 1) / nt;
+      std::vector<float> da_parts(nt * sh.r * sh.in, 0.f), dbt_parts(nt * sh.r * sh.out, 0.f);
+      auto part = [&](size_t t) {
+        size_t first = t * chunk, last = std::min(sh.n, first + chunk);
+        if (first < last)
+          kl_lora::backward_rows(sh, x, a, bt.data(), xa, g, scale, dx, da_parts.data() + t * sh.r * sh.in,
+                                 dbt_parts.data() + t * sh.r * sh.out, first, last);
+      };
+      if (nt <= 1)
+        part(0);
+      else
+        parallel_units(nt, [&](size_t t0, size_t t1) {
+          for (size_t t = t0; t < t1; ++t) part(t);
+        });
+      std::copy(da_parts.begin(), da_parts.begin() + sh.r * sh.in, da);
+      for (size_t t = 1; t < nt; ++t)
+        for (size_t q = 0; q < sh.r * sh.in; ++q) da[q] += da_parts[t * sh.r * sh.in + q];
+      for (size_t j = 0; j < sh.out; ++j)
+        for (size_t k = 0; k < sh.r; ++k) {
+          float sum = 0.f;
+          for (size_t t = 0; t < nt; ++t) sum += dbt_parts[t * sh.r * sh.out + k * sh.out + j];
+          db[j * sh.r + k] = sum;
+        }
+    });
+  }
+  const char* name() const override { return "KaggleLoraLoraBackward"; }
+};
+
 // ---------------------------------------------------------------------------------------------
 // Ops: the graph-building functions Python calls. The result is float32.
 
@@ -817,6 +986,56 @@ array bf16_matmul(const array& a, const array& w, const std::optional<array>& bi
   return array(out, float32, std::make_shared<Bf16Matmul>(s, transpose_w, kern), std::move(inputs));
 }
 
+void check_lora(const array& x, const array& a, const array& b, const char* who) {
+  if (x.ndim() != 2 || a.ndim() != 2 || b.ndim() != 2 || a.shape(1) != x.shape(1) || b.shape(1) != a.shape(0))
+    throw std::invalid_argument(std::string(who) + ": expected x (n, in), a (r, in), b (out, r)");
+}
+
+// [out, xa]: out = y + scale * (x a^T) b^T, xa = x a^T.
+std::vector<array> lora_forward(const array& x, const array& a, const array& b, const array& y, float scale) {
+  auto s = cpu_stream();
+  check_lora(x, a, b, "lora_forward");
+  if (y.shape() != Shape{x.shape(0), b.shape(0)}) throw std::invalid_argument("lora_forward: y must be (n, out)");
+  auto prim = std::make_shared<LoraForward>(s, scale);
+  return array::make_arrays({y.shape(), Shape{x.shape(0), a.shape(0)}}, {float32, float32}, prim,
+                            {f32(x, s), f32(a, s), f32(b, s), f32(y, s)});
+}
+
+// [dx, da, db] from the forward's xa and the cotangent g of out.
+std::vector<array> lora_backward(const array& x, const array& a, const array& b, const array& xa, const array& g,
+                                 float scale) {
+  auto s = cpu_stream();
+  check_lora(x, a, b, "lora_backward");
+  if (g.shape() != Shape{x.shape(0), b.shape(0)} || xa.shape() != Shape{x.shape(0), a.shape(0)})
+    throw std::invalid_argument("lora_backward: g must be (n, out) and xa (n, r)");
+  auto prim = std::make_shared<LoraBackward>(s, scale);
+  return array::make_arrays({x.shape(), a.shape(), b.shape()}, {float32, float32, float32}, prim,
+                            {f32(x, s), f32(a, s), f32(b, s), f32(xa, s), f32(g, s)});
+}
+
+// [y, s]: y = LayerNorm(dropout(h) + res; w, b, eps), s = dropout(h) + res (kept for the backward).
+std::vector<array> add_norm_forward(const array& h, const array& res, const array& w, const array& b,
+                                    const array& seed, float p, float eps) {
+  auto s = cpu_stream();
+  if (h.shape() != res.shape()) throw std::invalid_argument("add_norm_forward: h and res differ in shape");
+  check_norm(h, w, "add_norm_forward");
+  if (!(p >= 0.f && p < 1.f)) throw std::invalid_argument("add_norm_forward: p must be in [0, 1)");
+  auto prim = std::make_shared<DropAddNormForward>(s, p, eps);
+  return array::make_arrays({h.shape(), h.shape()}, {float32, float32}, prim,
+                            {f32(h, s), f32(res, s), f32(w, s), f32(b, s), contiguous(astype(seed, uint32, s), false, s)});
+}
+
+// [ds, dh] from the forward's s and the cotangent g of y.
+std::vector<array> add_norm_backward(const array& sum, const array& w, const array& g, const array& seed, float p,
+                                     float eps) {
+  auto s = cpu_stream();
+  if (sum.shape() != g.shape()) throw std::invalid_argument("add_norm_backward: s and g differ in shape");
+  check_norm(sum, w, "add_norm_backward");
+  auto prim = std::make_shared<DropAddNormBackward>(s, p, eps);
+  return array::make_arrays({sum.shape(), sum.shape()}, {float32, float32}, prim,
+                            {f32(sum, s), f32(w, s), f32(g, s), contiguous(astype(seed, uint32, s), false, s)});
+}
+
 std::string bf16_kernel() { return kl_bf16::select_kernel("auto").name; }
 
 nb::dict cpu_features() {
@@ -847,6 +1066,10 @@ NB_MODULE(KL_MODULE_NAME, m) {
   m.def("bf16_matmul", &bf16_matmul, nb::arg("a"), nb::arg("w"), nb::arg("bias").none() = nb::none(),
         nb::arg("transpose_w") = true, nb::arg("kernel") = "auto");
   m.def("bf16_kernel", &bf16_kernel);
+  m.def("lora_forward", &lora_forward);
+  m.def("lora_backward", &lora_backward);
+  m.def("add_norm_forward", &add_norm_forward);
+  m.def("add_norm_backward", &add_norm_backward);
   m.def("cpu_features", &cpu_features);
   m.def("threads", &thread_count);
 #ifdef KL_OPENMP

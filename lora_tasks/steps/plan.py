@@ -41,6 +41,7 @@ from lora_tasks.steps.store import (
     save_json,
 )
 from lora_tasks.training.factory import head_type_for, model_shape
+from lora_tasks.training.precision import compute_dtype_choice
 
 _log = logging.getLogger(__name__)
 
@@ -75,6 +76,9 @@ class Plan:
     # members cost seconds, and fewer folds would train each of them on less data for nothing;
     # out-of-fold predictions of any split blend row by row.
     member_folds: int | None = None
+    # how the budget's step costs were found: "measured" (the cost probe timed the model now) or
+    # "reused" (points an earlier run measured on this machine); None: no probe ran
+    cost_probe: str | None = None
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write ``out_dir/plan-<sha16>.json`` (content-addressed)."""
@@ -84,7 +88,7 @@ class Plan:
     def load(cls, path: str | os.PathLike) -> Plan:
         data = load_record(path, "plan")
         optional = {"seed", "competition_markdown", "time_limit_s", "epoch_s", "predict_s", "reserve_s", "no_adapters",
-                    "member_folds"}
+                    "member_folds", "cost_probe"}
         missing = sorted({f.name for f in fields(cls)} - set(data) - optional)
         if missing:
             raise PipelineError(f"{path} is not a plan of this version (missing {missing}); plan again.")
@@ -165,6 +169,9 @@ def plan_training(
     if unknown:
         raise PipelineError(f"Cannot override {unknown}; overridable settings: {', '.join(OVERRIDABLE)}.")
     apply_settings(settings, overrides or {}, "override")
+    # what the frozen base's GEMMs run in on this machine, and why ("auto": cpuid's avx512_bf16)
+    dtype = compute_dtype_choice(settings.compute_dtype)
+    settings.reasons.append(f"compute_dtype: {dtype.requested} -> {dtype.name} ({dtype.reason}); bf16 GEMM: {dtype.gemm}")
     if settings.n_folds < 2:
         settings.n_folds = settings.n_adapters = 2
         settings.reasons.append("min_two_folds: out-of-fold predictions need 2+ folds -> 2")
@@ -172,7 +179,7 @@ def plan_training(
     if budget or no_adapters:
         limit_s, rules_folds = run_time_limit(time_limit, config), int(settings.n_folds)
         estimates = fit_to_budget(settings, config, profile, limit_s, model=model, tiny=tiny, no_adapters=no_adapters,
-                                  members_fallback=members_fallback, cache_dir=Path(out_dir) / "cost-probe")
+                                  members_fallback=members_fallback)
         if settings.n_folds != rules_folds:  # the members keep theirs
             estimates["member_folds"] = rules_folds
     plan = Plan(
@@ -208,13 +215,15 @@ def fit_to_budget(
     model: str | None,
     tiny: bool,
     no_adapters: bool,
-    cache_dir: Path,
+    cache_dir: Path | None = None,
     members_fallback: bool = False,
 ) -> dict[str, Any]:
     """Price the settings on this machine and cut them down :data:`LADDER` until they fit
     ``limit_s``; every estimate and cut goes to ``settings.reasons``. Returns the :class:`Plan`
     fields of the budget (the limit and the estimates the training step keeps the time with;
-    ``no_adapters`` when ``members_fallback`` turned the plan into the members alone)."""
+    ``no_adapters`` when ``members_fallback`` turned the plan into the members alone; ``cost_probe``:
+    whether the probe measured or reused cached points). The probe's points are kept in
+    ``cache_dir`` (default: the user's cache dir, :func:`lora_tasks.budget.cache.probe_cache_dir`)."""
     work = Workload(
         train_rows=profile.n_rows,
         test_rows=int(profile.n_test_rows or 0),
@@ -234,8 +243,12 @@ def fit_to_budget(
 
     head_type = head_type_for(config.task_type)
     num_labels = len(config.classes) if config.task_type == "multiclass" and config.classes else _class_count(profile)
-    costs = probe_for_plan(head_type, settings.preset, num_labels, model=None if tiny else model, tiny=tiny,
-                           seq_len=work.width, batch_size=int(settings.batch_size), cache_dir=cache_dir)
+    probe = probe_for_plan(head_type, settings.preset, num_labels, model=None if tiny else model, tiny=tiny,
+                           seq_len=work.width, batch_size=int(settings.batch_size), cache_dir=cache_dir,
+                           compute_dtype=settings.compute_dtype)
+    settings.reasons.append(probe.reason)
+    _log.info("%s", probe.reason)
+    costs = probe.costs
     base = Candidate("as_planned", int(settings.n_folds), int(settings.epochs), settings.top_layers,
                      int(settings.batch_size), int(settings.max_seq_len))
     choice = plan_within_budget(base, work, costs, members, limit_s, ladder=LADDER)
@@ -248,7 +261,7 @@ def fit_to_budget(
                     f"{format_duration(limit_s)} limit; --time-limit {choice.adapters_need} or more trains adapters")
         settings.reasons.append(fallback)
         _log.warning(fallback.removeprefix("budget: "))
-        return {"time_limit_s": limit_s, "no_adapters": True}
+        return {"time_limit_s": limit_s, "no_adapters": True, "cost_probe": probe.source}
     # a run's log (not only --plan) says what the limit allowed, before the long part starts
     _log.info("budget: %s", choice.reason)
     chosen = choice.chosen.candidate
@@ -259,7 +272,7 @@ def fit_to_budget(
     apply_settings(settings, changes, "budget", f" ({chosen.name}, to fit {format_duration(limit_s)})")
     est = choice.chosen
     return {"time_limit_s": limit_s, "epoch_s": est.epoch_s, "predict_s": est.predict_s / max(chosen.n_folds, 1),
-            "reserve_s": est.members_s + est.overhead_s}
+            "reserve_s": est.members_s + est.overhead_s, "cost_probe": probe.source}
 
 
 def _class_count(profile: DataProfile) -> int:

@@ -88,9 +88,20 @@ def compute_dtype_choice(name: str = "auto") -> ComputeDtypeChoice:
     return ComputeDtypeChoice(requested, mx.float32, "cpuid: no avx512_bf16 on this CPU", gemm)
 
 
+_LOGGED: set[tuple[str, str]] = set()
+
+
 def resolve_compute_dtype(name: str = "auto") -> mx.Dtype:
-    """``"auto" | "float32" | "bfloat16"`` -> ``mx.float32`` or ``mx.bfloat16`` (see :func:`compute_dtype_choice`)."""
-    return compute_dtype_choice(name).dtype
+    """``"auto" | "float32" | "bfloat16"`` -> ``mx.float32`` or ``mx.bfloat16`` (see :func:`compute_dtype_choice`).
+
+    The first time a request resolves to a bf16 base in a process, or ``auto`` resolves at all, the
+    run's log says which dtype and why (a run's log then shows what its GEMMs ran in)."""
+    choice = compute_dtype_choice(name)
+    seen = (choice.requested, choice.name)
+    if seen not in _LOGGED and (choice.requested == "auto" or choice.dtype == mx.bfloat16):
+        _LOGGED.add(seen)
+        log.info("%s", choice.summary())
+    return choice.dtype
 
 
 class Bf16Linear(nn.Linear):
