@@ -59,7 +59,7 @@ def test_demo_flow_submits_and_reads_the_servers_score(demo_run, demo_server):
     assert summary.public_score == pytest.approx(expected) == pytest.approx(stored.public_score)
     assert stored.content == Path(summary.submission_path).read_bytes()
     assert [row["adapter"] for row in summary.cv] == ["fold 0", "fold 1"]
-    assert set(summary.task_states.values()) == {"Completed"} and "train-baselines" in summary.task_states
+    assert set(summary.task_states.values()) == {"Completed"} and "train-members" in summary.task_states
     members = {row["member"]: row for row in summary.members}
     assert {"lora", "hist_gbm", "linear", "blend (caruana)"} <= set(members), summary.members
     weights = [members[m]["weight"] for m in ("lora", "hist_gbm", "linear")]
@@ -236,7 +236,7 @@ def test_help_lists_the_options():
     proc = subprocess.run([sys.executable, str(REPO / "flows" / "submit.py"), "--help"], capture_output=True, text=True,
                           timeout=60, env=SUBPROCESS_ENV)
     assert proc.returncode == 0
-    for option in ("--competition", "--no-submit", "--model", "--folds", "--adapters", "--refresh", "--top-layers", "--combine", "--blend-method", "--no-baseline",
+    for option in ("--competition", "--no-submit", "--model", "--folds", "--adapters", "--refresh", "--top-layers", "--combine", "--blend-method", "--no-members",
                    "--data-dir", "--kaggle-endpoint", "--task-runner", "--adapter-set", "--no-adapter-sets"):
         assert option in proc.stdout
 
