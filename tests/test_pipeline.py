@@ -490,7 +490,8 @@ def test_create_kaggle_lora_model_profiles_and_picks_a_preset(demo_dir):
     from lora_tasks.training.factory import create_kaggle_lora_model
 
     built = create_kaggle_lora_model("binary", data_path=demo_dir, tiny=True)
-    model, adapter, settings = built
+    model, adapter = built
+    settings = built.settings
     assert settings.preset == "efficient" and "small_data" in settings.fired
     assert built.head_type == "binary_classification" and model.head_type == "binary_classification"
     assert adapter.parameter_report().lora > 0
@@ -499,3 +500,23 @@ def test_create_kaggle_lora_model_profiles_and_picks_a_preset(demo_dir):
     assert set(manual.adapter.config.target_modules) > set(built.adapter.config.target_modules)
     with pytest.raises(ValueError, match="Unknown competition type"):
         create_kaggle_lora_model("ranking", tiny=True)
+
+
+def test_a_bare_train_csv_is_profiled_with_its_roles_guessed(demo_dir, tmp_path):
+    """No sample submission and no test file: the target and id come from train.csv and the task,
+    each guess first in the reasons; a table no column of which fits the task names the fix."""
+    from lora_tasks.data.train_only import guess_roles
+    from lora_tasks.task import Task
+    from lora_tasks.training.factory import create_kaggle_lora_model
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.csv").write_bytes((demo_dir / "train.csv").read_bytes())
+    built = create_kaggle_lora_model("binary", data_path=tmp_path / "data" / "train.csv", tiny=True)
+    with_sample = create_kaggle_lora_model("binary", data_path=demo_dir, tiny=True)
+    assert built.settings.preset == with_sample.settings.preset and built.num_labels == with_sample.num_labels
+    assert built.settings.reasons[0].startswith("target: 'target'") and built.settings.reasons[1].startswith("id: 'id'")
+    frame = pd.DataFrame({"PassengerId": [1, 2, 3, 4], "Survived": [0, 1, 1, 0], "Sex": ["m", "f", "m", "f"],
+                          "Fare": [7.25, 71.3, 8.05, 53.1]})
+    assert guess_roles(frame, Task.BINARY)[:2] == ("PassengerId", "Survived"), "a 0/1 column before a two-valued one"
+    with pytest.raises(ValueError, match=r"No column of train.csv .* fits a regression task .* competitions/"):
+        guess_roles(frame, Task.REGRESSION)
