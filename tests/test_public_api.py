@@ -130,10 +130,10 @@ def test_the_seeds_examples_run_verbatim(tmp_path, monkeypatch, fixtures_dir):
     monkeypatch.chdir(tmp_path)
     namespace: dict = dict(SEED_PLACEHOLDERS)
     # example 4 calls create_model_with_lora, which no block imports: the notebook has the seed's names
-    exec(f"from lora_tasks import {', '.join(SEED_NAMES)}", namespace)  # noqa: S102
+    exec(f"from lora_tasks import {', '.join(SEED_NAMES)}", namespace)
     for number, block in enumerate(blocks, start=1):
         code = block.replace("from models import", "from lora_tasks import")
-        exec(compile(code, f"seed example {number}", "exec"), namespace)  # noqa: S102 - the seed's own text
+        exec(compile(code, f"seed example {number}", "exec"), namespace)
     # example 3 gave the profiled model: the settings and their reasons ride along as an attribute
     from lora_tasks import create_kaggle_lora_model
 
