@@ -261,7 +261,7 @@ def test_cli_plan_shows_what_would_be_trained_and_trains_nothing(tmp_path):
     assert bad.returncode == 1 and "trains exactly what the main set trains" in bad.stderr  # demo's main is efficient
 
 
-def test_cli_parses_recipe_options():
+def test_cli_parses_recipe_options(capsys):
     from lora_tasks.cli import build_run_parser, options_from_args
 
     parser = build_run_parser()
@@ -274,5 +274,6 @@ def test_cli_parses_recipe_options():
     got = options("--top-layers", "2")
     assert (got.top_layers, got.adapter_sets) == (2, None)  # None: the config's recipe decides
     assert options("--no-adapter-sets").adapter_sets == []
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--competition", "t", "--top-layers", "0"])
+    with pytest.raises(SystemExit):  # RunOptions' rule, the one the [training] table uses
+        options("--top-layers", "0")
+    assert "top_layers: Value error, 0: give a positive number of layers, or 'all'" in capsys.readouterr().err
