@@ -228,3 +228,53 @@ def test_two_processes_started_at_once_submit_once(client, server, tmp_path):
     assert len(server.submissions_for("titanic")) == 1
     assert {ref for _, ref, _ in outcomes} == {server.submissions_for("titanic")[0].ref}
     assert sorted(reused for _, _, reused in outcomes) == [False, True]
+
+
+# ------------------------------------------------------------------------------------------
+# a ref Kaggle does not list (issue 31: the rerun that waited 15 minutes)
+# ------------------------------------------------------------------------------------------
+
+
+def test_a_ref_the_listing_never_shows_is_a_clear_error_after_a_few_polls(client, server, tmp_path):
+    path = prediction("titanic", tmp_path)
+    first = kio.submit("titanic", path, "m", "run-gone", tmp_path / "state", client)
+    server.submissions.clear()  # the server that made it is gone (the offline demo's rerun)
+    polls: list[float] = []
+    with pytest.raises(kio.SubmissionNotListedError) as info:
+        kio.wait_for_score("titanic", first.ref, client, timeout_s=900, poll_s=0.01, sleep=polls.append)
+    text = str(info.value)
+    assert str(first.ref) in text and "'titanic'" in text and "--resubmit" in text
+    assert len(polls) == kio.scores.NOT_LISTED_POLLS - 1  # a short grace, not the 900 s timeout
+    assert not kio.is_retryable(info.value)  # the task must not retry a wait that cannot end
+
+
+def test_a_ref_listed_late_is_still_waited_for(client, server, tmp_path):
+    """The grace counts answers in a row without the ref: one that shows up within it is scored."""
+    path = prediction("titanic", tmp_path)
+    result = kio.submit("titanic", path, "m", "run-late", tmp_path / "state", client)
+    kept = list(server.submissions)
+    server.submissions.clear()
+    calls: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        calls.append(seconds)
+        if len(calls) == kio.scores.NOT_LISTED_POLLS - 1:
+            server.submissions.extend(kept)  # listed again just before the last allowed poll
+
+    scored = kio.wait_for_score("titanic", result.ref, client, timeout_s=30, poll_s=0.01, sleep=sleep)
+    assert scored.ref == result.ref and scored.public_score is not None
+
+
+def test_a_server_with_a_state_file_keeps_its_submissions_across_restarts(solutions, creds, tmp_path):
+    state = tmp_path / "state" / "fake-kaggle-submissions.json"
+    with fk.serve(DATASETS, solutions, pending_polls=0, state_file=state) as srv:
+        client = kio.KaggleClient(srv.url, timeout=5)
+        made = kio.submit("titanic", prediction("titanic", tmp_path), "m", "run-keep", tmp_path / "s", client)
+        first = kio.wait_for_score("titanic", made.ref, client, timeout_s=5, poll_s=0.01)
+    assert not list(state.parent.glob("*.tmp"))  # written through a temporary file and a rename
+    with fk.serve(DATASETS, solutions, pending_polls=0, state_file=state) as srv:
+        client = kio.KaggleClient(srv.url, timeout=5)
+        again = kio.wait_for_score("titanic", made.ref, client, timeout_s=5, poll_s=0.01)
+        listed = kio.list_submissions("titanic", client)
+    assert again.public_score == first.public_score
+    assert [s.ref for s in listed] == [made.ref] and listed[0].sha256 == made.sha256

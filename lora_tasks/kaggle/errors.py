@@ -94,6 +94,11 @@ class SubmissionScoringError(FatalKaggleError):
     """Kaggle scored the submission with status ERROR."""
 
 
+class SubmissionNotListedError(FatalKaggleError):
+    """Kaggle's submission list does not hold the submission being waited for (it was made
+    against another server or account, or deleted): waiting longer cannot help."""
+
+
 class KaggleRequestError(FatalKaggleError):
     """Any other 4xx: the request itself is wrong."""
 

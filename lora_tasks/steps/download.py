@@ -71,7 +71,10 @@ def offline_kaggle(work_dir: str | os.PathLike) -> Iterator[str]:
     saved = os.environ.get("KAGGLE_API_TOKEN")
     os.environ["KAGGLE_API_TOKEN"] = DEFAULT_TOKEN
     try:
-        with serve(served, pending_polls=1) as server:
+        # the run's submission records live in <work>/state; the server's own list goes beside
+        # them, so a rerun's server knows the submissions an earlier run's server scored
+        state_file = Path(work_dir) / "state" / "fake-kaggle-submissions.json"
+        with serve(served, pending_polls=1, state_file=state_file) as server:
             log.info("Offline demo: fake Kaggle server at %s", server.url)
             yield server.url
     finally:

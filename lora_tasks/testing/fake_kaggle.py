@@ -42,7 +42,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -348,6 +348,29 @@ class StoredSubmission:
         return out
 
 
+def load_submissions(path: Path | None) -> list[StoredSubmission]:
+    """The submissions a server kept in ``path`` (none when the file does not exist yet)."""
+    if path is None or not path.is_file():
+        return []
+    rows = json.loads(path.read_text())
+    return [
+        StoredSubmission(**{**row, "content": base64.b64decode(row["content"]),
+                            "date": datetime.fromisoformat(row["date"])})
+        for row in rows
+    ]
+
+
+def save_submissions(path: Path, submissions: list[StoredSubmission]) -> None:
+    """Write ``submissions`` to ``path`` through a unique temporary file and a rename, so a reader
+    (the next run's server) never sees half a file."""
+    rows = [{**asdict(s), "content": base64.b64encode(s.content).decode(), "date": s.date.isoformat()}
+            for s in submissions]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp.write_text(json.dumps(rows))
+    os.replace(tmp, path)
+
+
 class _HttpAnswer(Exception):
     """Raised inside a handler to answer with an error status and Kaggle's JSON error body."""
 
@@ -382,6 +405,9 @@ class FakeKaggleServer:
         pending_polls: how many ``ListSubmissions`` answers show a new submission as PENDING
             before it is scored, so callers really exercise their polling.
         daily_limit: submissions allowed per competition before the limit error (None = no limit).
+        state_file: where the submissions are kept between server processes (None: in memory only).
+            Kaggle remembers a user's submissions; the offline demo's server, started anew by each
+            run, must too, or a rerun's recorded submission would be unknown to it.
     """
 
     def __init__(
@@ -398,6 +424,7 @@ class FakeKaggleServer:
         port: int = 0,
         pending_polls: int = 1,
         daily_limit: int | None = None,
+        state_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         if not self.data_dir.is_dir():
@@ -413,7 +440,8 @@ class FakeKaggleServer:
         self.token = token
         self.pending_polls = pending_polls
         self.daily_limit = daily_limit
-        self.submissions: list[StoredSubmission] = []
+        self.state_file = Path(state_file) if state_file is not None else None
+        self.submissions: list[StoredSubmission] = load_submissions(self.state_file)
         self.requests: list[tuple[str, str]] = []  # (HTTP method, route) in arrival order
         self.request_log: list[tuple[float, str, str]] = []  # (time.monotonic(), method, route)
         self._uploads: dict[str, bytes] = {}
@@ -455,6 +483,11 @@ class FakeKaggleServer:
     def serve_forever(self) -> None:
         """Serve in the calling thread (the command-line entry point)."""
         self._httpd.serve_forever()
+
+    def save_state(self) -> None:
+        """Write the submissions to ``state_file`` (atomically), when one is set; call under the lock."""
+        if self.state_file is not None:
+            save_submissions(self.state_file, self.submissions)
 
     # -- test controls -----------------------------------------------------------------------
 
@@ -900,6 +933,7 @@ class _FakeKaggleHandler(BaseHTTPRequestHandler):
                 polls_left=self.fake.pending_polls,
             )
             self.fake.submissions.append(submission)
+            self.fake.save_state()
         return {"message": "Successfully submitted to " + slug, "ref": submission.ref}
 
     def _list_submissions(self, slug: str, request: dict[str, Any]) -> dict[str, Any]:
@@ -912,6 +946,7 @@ class _FakeKaggleHandler(BaseHTTPRequestHandler):
                         submission.polls_left -= 1
                     else:
                         self.fake._score(submission)
+                        self.fake.save_state()
             newest_first = sorted(mine, key=lambda s: (s.date, s.ref), reverse=True)
             page_size = int(request.get("pageSize") or 20)
             return {

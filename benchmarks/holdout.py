@@ -1,0 +1,251 @@
+"""Quality on rows neither tool trained on: the zero-config run against AutoGluon, same time limit.
+
+    python benchmarks/holdout.py [--competitions titanic,ghouls-goblins-and-ghosts-boo,...]
+        [--limit 20m] [--holdout 0.2] [--no-peer] [--force]
+
+For each shared competition (``../shared/datasets``), a seeded 20% of ``train.csv`` is held out
+(stratified on a class target). What is left becomes a new competition, ``holdout-<name>``, laid
+out as Kaggle lays it out: ``train.csv``, a ``test.csv`` of the held-out rows without the target
+or the train-only columns, the sample submission under its own file name (held-out ids, the
+sample's own placeholder values), and the hidden solution the fake Kaggle server scores against.
+Its name matches no shipped config, so the run is zero-config: the metric comes from the
+listing's ``evaluation_metric`` as on Kaggle.
+
+* **kaggle-lora**: ``kaggle-lora run --competition holdout-<name> --time-limit L --no-submit`` in a
+  fresh work folder (nothing cached, the cost probe included).
+* **AutoGluon** (``autogluon.tabular``, ``best_quality``, the same limit; one predictor per target,
+  the limit split between them), in its own Python (``$KAGGLE_LORA_AUTOGLUON_PYTHON``, default
+  ``/work/ag-venv/bin/python``) through ``peers/autogluon_peer.py``.
+* **best member**: the best single scikit-learn / gradient-boosting member's out-of-fold score of
+  the same run (out of fold, so not on the held-out rows: a guide, not a peer).
+
+Both submissions are scored on the held-out rows by the fake server's own scorer
+(:func:`~lora_tasks.testing.fake_kaggle.score_submission`), as Kaggle would. Trials kept in
+``benchmarks/results/holdout.json`` are skipped unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from _common import PEERS, RESULTS, row, write_results
+from sklearn.model_selection import train_test_split
+
+from lora_tasks.budget import parse_duration
+from lora_tasks.testing.fake_kaggle import (
+    COMPETITION_META_FILE,
+    KAGGLE_METRIC_NAMES,
+    SOLUTION_FILE_NAME,
+    FakeKaggleServer,
+    score_submission,
+    serve,
+)
+
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+LOGS = Path(__file__).resolve().parents[1] / ".kaggle-lora" / "bench-cache" / "holdout"
+NAME = "holdout"
+AG_PYTHON = os.environ.get("KAGGLE_LORA_AUTOGLUON_PYTHON", "/work/ag-venv/bin/python")
+LOWER_IS_BETTER = {"rmse", "rmsle", "mcrmse", "mae", "log_loss", "logloss", "multiclass_logloss"}
+
+
+@dataclass(frozen=True)
+class Competition:
+    name: str  # the shared folder
+    id: str
+    targets: tuple[str, ...]
+    metric: str  # a fake_kaggle METRICS name
+    classify: bool  # stratify the holdout on the (single) target
+    id_is_feature: bool = False  # bike-sharing's id is its datetime
+
+
+COMPETITIONS = {c.name: c for c in (
+    Competition("titanic", "PassengerId", ("Survived",), "accuracy", True),
+    Competition("house-prices-advanced-regression-techniques", "Id", ("SalePrice",), "rmsle", False),
+    Competition("nlp-getting-started", "id", ("target",), "f1", True),
+    Competition("feedback-prize-english-language-learning", "text_id",
+                ("cohesion", "syntax", "vocabulary", "phraseology", "grammar", "conventions"), "mcrmse", False),
+    Competition("bike-sharing-demand", "datetime", ("count",), "rmsle", False, id_is_feature=True),
+    Competition("ghouls-goblins-and-ghosts-boo", "id", ("type",), "accuracy", True),
+)}
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One system on one competition: its held-out score, wall time and what it said."""
+
+    competition: str
+    system: str  # kaggle-lora or autogluon
+    limit_s: float
+    wall_s: float
+    holdout: float | None
+    best_member: str = ""
+    best_member_oof: float | None = None
+    note: str = ""
+
+
+def sample_name(folder: Path) -> str:
+    return next(p.name for p in sorted(folder.glob("*.csv")) if "submission" in p.name.lower())
+
+
+def build_holdout(comp: Competition, dest: Path, fraction: float, seed: int = 0) -> Path:
+    """``dest/holdout-<name>/``: the competition of the kept rows, scored on the held-out ones."""
+    src = DATASETS / comp.name
+    train = pd.read_csv(src / "train.csv", dtype=str, keep_default_na=False)
+    test_columns = list(pd.read_csv(src / "test.csv", nrows=0).columns)
+    sample = pd.read_csv(src / sample_name(src), dtype=str, keep_default_na=False)
+    strata = train[comp.targets[0]] if comp.classify else None
+    kept, held = train_test_split(train, test_size=fraction, random_state=seed, stratify=strata)
+    folder = dest / f"holdout-{comp.name}"
+    folder.mkdir(parents=True)
+    kept.to_csv(folder / "train.csv", index=False)
+    held[test_columns].to_csv(folder / "test.csv", index=False)
+    placeholder = {c: sample[c].iloc[0] for c in comp.targets}
+    pd.DataFrame({comp.id: held[comp.id], **{c: [v] * len(held) for c, v in placeholder.items()}}).to_csv(
+        folder / sample_name(src), index=False)
+    held[[comp.id, *comp.targets]].to_csv(folder / SOLUTION_FILE_NAME, index=False)
+    (folder / COMPETITION_META_FILE).write_text(json.dumps(
+        {"metric": comp.metric, "evaluation_metric": KAGGLE_METRIC_NAMES[comp.metric]}))
+    return folder
+
+
+def holdout_score(comp: Competition, submission: Path, folder: Path) -> float:
+    frame = pd.read_csv(submission, dtype=str, keep_default_na=False)
+    solution = pd.read_csv(folder / SOLUTION_FILE_NAME, dtype=str, keep_default_na=False)
+    return float(score_submission(frame, solution, comp.metric))
+
+
+def kaggle_lora_trial(comp: Competition, folder: Path, limit: str, server: FakeKaggleServer) -> Trial:
+    LOGS.mkdir(parents=True, exist_ok=True)
+    log_path = LOGS / f"{comp.name}-kaggle-lora-{limit}.log"
+    exe = Path(sys.executable).with_name("kaggle-lora")
+    with tempfile.TemporaryDirectory(prefix="kl-holdout-") as work:
+        out_json = Path(work) / "summary.json"
+        cmd = [str(exe), "run", "--competition", folder.name, "--time-limit", limit, "--no-submit",
+               "--work-dir", work, "--kaggle-endpoint", server.url, "--json-out", str(out_json)]
+        env = {**os.environ, "KAGGLE_USERNAME": server.username, "KAGGLE_KEY": server.key, "HF_HUB_OFFLINE": "1",
+               "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        print(f"$ {' '.join(cmd[1:])}   (log: {log_path})", flush=True)
+        start = time.perf_counter()
+        with log_path.open("w") as log:
+            code = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        wall = time.perf_counter() - start
+        if code != 0:
+            tail = log_path.read_text().strip().splitlines()[-3:]
+            return Trial(comp.name, "kaggle-lora", parse_duration(limit), wall, None, note=" / ".join(tail))
+        summary = json.loads(out_json.read_text())
+        score = holdout_score(comp, Path(summary["submission_path"]), folder)
+    best, best_oof = best_member(summary, comp.metric in LOWER_IS_BETTER)
+    return Trial(comp.name, "kaggle-lora", parse_duration(limit), wall, score, best, best_oof)
+
+
+def best_member(summary: dict, lower_is_better: bool) -> tuple[str, float | None]:
+    """The best single member of the run's blend table, by its out-of-fold score."""
+    col = f"OOF {summary['metric']}"
+    singles = [(str(r["member"]), float(r[col])) for r in summary.get("members", [])
+               if col in r and r[col] is not None and "blend" not in str(r["member"]) and "fit" not in str(r["member"])]
+    if not singles:
+        return "", None
+    return min(singles, key=lambda m: m[1]) if lower_is_better else max(singles, key=lambda m: m[1])
+
+
+def autogluon_trial(comp: Competition, folder: Path, limit: str) -> Trial | None:
+    if not Path(AG_PYTHON).exists():
+        print(f"(no AutoGluon peer: {AG_PYTHON} missing; set KAGGLE_LORA_AUTOGLUON_PYTHON to a Python with "
+              "`pip install 'autogluon.tabular[lightgbm,catboost]'`)")
+        return None
+    with tempfile.TemporaryDirectory(prefix="kl-holdout-ag-") as tmp:
+        out = Path(tmp) / "submission.csv"
+        cmd = [AG_PYTHON, str(PEERS / "autogluon_peer.py"), "--train", str(folder / "train.csv"),
+               "--test", str(folder / "test.csv"), "--label", ",".join(comp.targets), "--id", comp.id,
+               "--metric", comp.metric, "--time-limit", str(parse_duration(limit)), "--out", str(out)]
+        cmd += ["--log-target"] if comp.metric == "rmsle" else []
+        cmd += ["--id-is-feature"] if comp.id_is_feature else []
+        print(f"$ autogluon {comp.name} --time-limit {limit}", flush=True)
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        LOGS.mkdir(parents=True, exist_ok=True)
+        (LOGS / f"{comp.name}-autogluon-{limit}.log").write_text(done.stdout + done.stderr)
+        if done.returncode != 0:
+            return Trial(comp.name, "autogluon", parse_duration(limit), wall, None,
+                         note=(done.stderr.strip().splitlines() or ["failed"])[-1])
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        score = holdout_score(comp, out, folder)
+    return Trial(comp.name, "autogluon", parse_duration(limit), wall, score, note=f"best model {result['model']}")
+
+
+def result_rows(trials: list[Trial]) -> list[dict]:
+    """A held-out score row per trial (kaggle-lora's with AutoGluon's at the same limit as the peer)
+    and a wall-time row; each row keeps its trial so a later call can add to the table."""
+    peers = {(t.competition, t.limit_s): t for t in trials if t.system == "autogluon" and t.holdout is not None}
+    out = []
+    for t in sorted(trials, key=lambda t: (t.competition, t.system, t.limit_s)):
+        comp = COMPETITIONS[t.competition]
+        label = f"{t.competition} {t.system} {t.limit_s / 60:g}m"
+        trial = dataclasses.asdict(t)
+        if t.holdout is None:
+            out.append(row(f"{label}: failed", t.wall_s, "s", trial=trial))
+            continue
+        peer = peers.get((t.competition, t.limit_s)) if t.system == "kaggle-lora" else None
+        out.append(row(f"{label}: held-out {comp.metric}", t.holdout, comp.metric, peer.holdout if peer else None,
+                       comp.metric not in LOWER_IS_BETTER, trial=trial))
+        out.append(row(f"{label}: wall", t.wall_s, "s", peer.wall_s if peer else None, False,
+                       within_limit=t.wall_s <= 1.1 * t.limit_s))
+    return out
+
+
+def load_trials() -> list[Trial]:
+    path = RESULTS / f"{NAME}.json"
+    if not path.exists():
+        return []
+    return [Trial(**r["trial"]) for r in json.loads(path.read_text()) if "trial" in r]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--competitions", default=",".join(COMPETITIONS))
+    p.add_argument("--limit", default="20m", help="the time limit of both tools (the run's default is 20m)")
+    p.add_argument("--holdout", type=float, default=0.2, help="the fraction of train.csv held out")
+    p.add_argument("--no-peer", action="store_true", help="kaggle-lora only")
+    p.add_argument("--force", action="store_true", help="run trials already in the results again")
+    args = p.parse_args()
+    names = [c.strip() for c in args.competitions.split(",") if c.strip()]
+    unknown = sorted(set(names) - set(COMPETITIONS))
+    if unknown:
+        raise SystemExit(f"unknown competitions {unknown}; known: {sorted(COMPETITIONS)}")
+    trials = load_trials()
+    done = {(t.competition, t.system, t.limit_s) for t in trials}
+    limit_s = parse_duration(args.limit)
+    served = Path(tempfile.mkdtemp(prefix="kl-holdout-served-"))
+    try:
+        folders = {n: build_holdout(COMPETITIONS[n], served, args.holdout) for n in names}
+        with serve(served, pending_polls=0) as server:
+            for n in names:
+                comp = COMPETITIONS[n]
+                systems = ["kaggle-lora"] + ([] if args.no_peer else ["autogluon"])
+                for system in systems:
+                    if (n, system, limit_s) in done and not args.force:
+                        continue
+                    trial = (kaggle_lora_trial(comp, folders[n], args.limit, server) if system == "kaggle-lora"
+                             else autogluon_trial(comp, folders[n], args.limit))
+                    if trial is not None:
+                        trials = [t for t in trials if (t.competition, t.system, t.limit_s) != (n, system, limit_s)]
+                        trials.append(trial)
+                        write_results(NAME, result_rows(trials))  # after every trial: a stopped run keeps its work
+    finally:
+        shutil.rmtree(served, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
