@@ -64,6 +64,11 @@ LAYERS: dict[str, int] = {
 }
 #: The ceiling of a module's length (the norm is ~300): one module, one job.
 MAX_MODULE_LINES = 420
+#: Modules still over the ceiling, each with its length today (it may only shrink) and why it waits.
+OVER_THE_CEILING: dict[str, tuple[int, str]] = {
+    "lora_tasks.data.competition": (541, "split once the branches that add --target/--id to its inference merge"),
+    "lora_tasks.ensemble.members": (510, "split once the branch that adds LightGBM/CatBoost members merges"),
+}
 
 
 def _module_name(path: Path) -> str:
@@ -157,8 +162,13 @@ def test_no_import_circle_between_modules():
 
 
 def test_no_module_is_over_the_ceiling():
-    long = {m: n for m, p in ALL_MODULES.items() if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    lengths = {m: len(p.read_text().splitlines()) for m, p in ALL_MODULES.items()}
+    long = {m: n for m, n in lengths.items() if n > MAX_MODULE_LINES and m not in OVER_THE_CEILING}
     assert not long, f"split these modules (one job each, ~300 lines, {MAX_MODULE_LINES} at most): {long}"
+    grown = {m: (lengths.get(m), n) for m, (n, _) in OVER_THE_CEILING.items() if lengths.get(m, 0) > n}
+    assert not grown, f"modules waiting for a split grew (now, allowed): {grown}"
+    done = [m for m in OVER_THE_CEILING if lengths.get(m, 0) <= MAX_MODULE_LINES]
+    assert not done, f"{done} fit the ceiling now: drop them from OVER_THE_CEILING"
 
 
 def test_the_groups_cover_real_modules():
