@@ -125,3 +125,29 @@ def test_cli_resubmit_twice_makes_two_submissions(harness, fake_creds, demo_serv
     added = server.submissions[before:]
     assert len(added) == 2, f"{len(added)} submissions from two --resubmit runs"
     assert added[0].content == added[1].content, "the same file, submitted twice"
+
+
+def test_the_plain_executor_retries_network_steps_on_transient_errors_only(creds, tmp_path):
+    """RunOptions.retry_delay_s on the plain path: a 500 then a 429 are retried to success, a 404
+    is not retried (as the Prefect tasks do, lora_tasks.kaggle.is_retryable deciding)."""
+    from lora_tasks.kaggle import NotFoundError
+    from lora_tasks.steps import DEMO_SLUG, download_data
+    from lora_tasks.steps.orchestrate import PlainExecutor
+    from lora_tasks.testing import fake_kaggle as fk
+    from lora_tasks.testing.demo import build_demo_competition
+
+    served = tmp_path / "served"
+    build_demo_competition(served)
+    executor = PlainExecutor(retry_delay_s=0.01)
+    with fk.serve(served) as server:
+        server.inject(fk.FAULT_500, times=1, method="ListDataFiles")
+        server.inject(fk.FAULT_429, times=1, method="ListDataFiles", retry_after=0.01)
+        folder = executor.result(executor.submit(download_data, competition=DEMO_SLUG, data_dir=tmp_path / "data",
+                                                 endpoint=server.url))
+        assert (folder / "train.csv").is_file()
+        assert [r for _, r in server.requests].count("ListDataFiles") == 3
+        server.requests.clear()
+        server.inject(fk.FAULT_404, times=5, method="ListDataFiles")
+        with pytest.raises(NotFoundError):
+            executor.submit(download_data, competition=DEMO_SLUG, data_dir=tmp_path / "other", endpoint=server.url)
+        assert [r for _, r in server.requests].count("ListDataFiles") == 1, "fatal errors are not retried"
