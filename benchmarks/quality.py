@@ -89,7 +89,7 @@ def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list
     from lora_tasks.ensemble import members as sklearn_members
 
     t = time.perf_counter()
-    # the flow's baselines: TF-IDF + linear for text; HistGradientBoosting and a linear model for tables
+    # the flow's scikit-learn members: TF-IDF + linear for text; HistGradientBoosting and a linear model for tables
     anchors = sklearn_members.table_members(train_df, y_raw, folds, cfg.task_type, text_columns=tuple(cfg.text_columns),
                                             exclude=tuple(cfg.excluded_columns), metric=cfg.metric, log_target=log1p)
     anchor_wall = round((time.perf_counter() - t) / len(anchors), 1)

@@ -80,20 +80,20 @@ Real Kaggle needs credentials: KAGGLE_API_TOKEN or ~/.kaggle/access_token.
 
 
 def _top_layers(text: str) -> int | str:
+    """``all`` or a number (whether it is a usable one is RunOptions' rule, checked once)."""
     if text == "all":
         return text
     try:
-        n = int(text)
+        return int(text)
     except ValueError:
-        n = 0
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of layers or 'all'")
-    return n
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of layers or 'all'") from None
 
 
 def _scalar_type(annotation: Any) -> tuple[type | None, tuple[str, ...]]:
     """The argparse type and choices of a field annotation (``int | None`` -> int; a Literal -> its values)."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Annotated:  # a shared rule (lora_tasks.data.overrides)
+        return _scalar_type(args[0])
     if typing.get_origin(annotation) is typing.Literal:
         return None, tuple(typing.get_args(annotation))
     if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
@@ -132,6 +132,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                                 help=f"{text} (default: {default})" if shown else text, **common)
     parser.add_argument("--adapters", type=int, metavar="N", default=argparse.SUPPRESS,
                         help="deprecated: the old name of --folds")
+    parser.add_argument("--baseline", action="store_const", const=True, dest="baseline", default=argparse.SUPPRESS,
+                        help="deprecated: the old name of --members")
+    parser.add_argument("--no-baseline", action="store_const", const=False, dest="baseline",
+                        default=argparse.SUPPRESS, help="deprecated: the old name of --no-members")
 
 
 def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOptions:
@@ -143,6 +147,13 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         if "folds" in given and given["folds"] != args.adapters:
             parser.error(f"--adapters {args.adapters} and --folds {given['folds']}: give --folds only")
         given.setdefault("folds", args.adapters)
+    if "baseline" in vars(args):
+        old, new = ("--baseline", "--members") if args.baseline else ("--no-baseline", "--no-members")
+        print(f"warning: {old} is deprecated; use {new} (the scikit-learn models are the blend's members).",
+              file=sys.stderr)
+        if given.get("members", args.baseline) != args.baseline:
+            parser.error(f"{old} and --{'no-' if given['members'] is False else ''}members disagree: give {new} only")
+        given.setdefault("members", args.baseline)
     try:
         return RunOptions(**given)
     except ValidationError as exc:

@@ -15,11 +15,19 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lora_tasks.data.adapter_sets import AdapterSetError, parse_adapter_sets
+from lora_tasks.data.duration import parse_duration
+from lora_tasks.data.overrides import ComputeDtype, Epochs, MaxSeqLen, NFolds, Preset, TopLayers, TrainingOverrides
+
 if TYPE_CHECKING:
     from lora_tasks.data.source import CompetitionSource
 
 #: Where a run keeps its data, artifacts, token cache and task results unless told otherwise.
 DEFAULT_WORK_DIR = os.environ.get("KAGGLE_LORA_HOME", ".kaggle-lora")
+
+#: Old option names -> (their name now, why), accepted with a DeprecationWarning.
+DEPRECATED_NAMES = (("adapters", "folds", "it is the number of CV folds, one adapter each"),
+                    ("baseline", "members", "the scikit-learn models are the blend's members"))
 
 #: The blend methods of :data:`lora_tasks.ensemble.METHODS` (a test keeps the two equal; the
 #: Literal gives the UI form a drop-down).
@@ -41,27 +49,28 @@ class RunOptions(BaseModel):
     id_column: str | None = Field(None, description="the id column (shared by test.csv and the sample submission), "
                                   "over the config's id_column and the inferred one")
     model: str | None = Field(None, description="encoder id or folder (default: the offline all-MiniLM-L6-v2)")
-    preset: str | None = Field(None, description="LoRA preset instead of the auto-configured one (efficient, "
-                               "balanced, expressive, qlora_*)")
-    folds: int | None = Field(None, ge=1, description="number of CV folds, one adapter each (default: the "
-                              "competition config's [training], else auto)")
-    epochs: int | None = Field(None, ge=1, description="training epochs per adapter (default: the config's "
-                               "[training], else auto)")
-    max_seq_len: int | None = Field(None, ge=8, description="token limit per row (default: the config's "
-                                    "[training], else auto from token lengths)")
-    top_layers: int | Literal["all"] | None = Field(
+    # the training settings' rules are lora_tasks.data.overrides' (shared with the [training] table)
+    preset: Preset | None = Field(None, description="LoRA preset instead of the auto-configured one (efficient, "
+                                  "balanced, expressive, qlora_*)")
+    folds: NFolds | None = Field(None, description="number of CV folds, one adapter each, 2 or more (default: the "
+                                 "competition config's [training], else auto)")
+    epochs: Epochs | None = Field(None, description="training epochs per adapter (default: the config's "
+                                  "[training], else auto)")
+    max_seq_len: MaxSeqLen | None = Field(None, description="token limit per row (default: the config's "
+                                          "[training], else auto from token lengths)")
+    top_layers: TopLayers | None = Field(
         None, description="adapters on the top N encoder layers only: the frozen layers below run once per "
         "dataset (cached on disk) instead of once per fold, epoch and batch; all: every layer (default: the "
         "config's [training], else every layer)")
-    compute_dtype: Literal["auto", "float32", "bfloat16"] | None = Field(
+    compute_dtype: ComputeDtype | None = Field(
         None, description="dtype of the frozen base's weights and matmuls: float32; bfloat16 (adapters, head, "
         "norms and loss stay fp32); auto: bf16 where the CPU has avx512_bf16, and on Metal (default: the config's "
         "[training], else auto)")
     combine: Literal["blend", "merge"] = Field(
-        "blend", description="blend: the fold adapters' mean blended with scikit-learn baselines, weights fit on "
-        "out-of-fold rows; merge: one model from the averaged adapters (no baselines, no adapter sets)")
-    baseline: bool | None = Field(None, description="blend scikit-learn members (HistGradientBoosting / linear / "
-                                  "TF-IDF) trained on the same folds (default: yes with blend; merge has none)")
+        "blend", description="blend: the fold adapters' mean blended with scikit-learn members, weights fit on "
+        "out-of-fold rows; merge: one model from the averaged adapters (no members, no adapter sets)")
+    members: bool | None = Field(None, description="blend scikit-learn members (HistGradientBoosting / linear / "
+                                 "TF-IDF) trained on the same folds (default: yes with blend; merge has none)")
     blend_method: BlendMethod = Field("caruana", description="how blend weighs the members (caruana: greedy "
                                       "selection as in AutoGluon; weights, mean, rank_mean, stacking)")
     adapter_sets: list[str] | None = Field(
@@ -94,17 +103,21 @@ class RunOptions(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _deprecated_adapters(cls, data: Any) -> Any:
-        """``adapters`` was the old name of ``folds`` (it always meant the number of folds)."""
-        if isinstance(data, dict) and "adapters" in data:
-            data = dict(data)
-            value = data.pop("adapters")
-            if data.get("folds") is not None and value is not None and data["folds"] != value:
-                raise ValueError(f"adapters={value} and folds={data['folds']}: adapters is the old name of folds; "
-                                 "give folds only.")
-            warnings.warn("RunOptions(adapters=N) is deprecated; use folds=N (--folds N): it is the number of CV "
-                          "folds, one adapter each.", DeprecationWarning, stacklevel=2)
-            data.setdefault("folds", value)
+    def _deprecated_names(cls, data: Any) -> Any:
+        """Old names: ``adapters`` of ``folds`` (it always meant the number of folds), ``baseline``
+        of ``members`` (the scikit-learn models are the blend's members)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, new, why in DEPRECATED_NAMES:
+            if old not in data:
+                continue
+            value = data.pop(old)
+            if data.get(new) is not None and value is not None and data[new] != value:
+                raise ValueError(f"{old}={value} and {new}={data[new]}: {old} is the old name of {new}; give {new} only.")
+            warnings.warn(f"RunOptions({old}=...) is deprecated; use {new}=... (--{new}): {why}.", DeprecationWarning,
+                          stacklevel=2)
+            data.setdefault(new, value)
         return data
 
     @model_validator(mode="before")
@@ -126,48 +139,22 @@ class RunOptions(BaseModel):
             raise ValueError("give a column name or path, not an empty text (or leave the option out).")
         return value
 
-    @field_validator("top_layers")
-    @classmethod
-    def _positive_layers(cls, value: int | str | None) -> int | str | None:
-        if isinstance(value, int) and value < 1:
-            raise ValueError(f"top_layers={value}: give a positive number of layers or 'all'.")
-        return value
-
     @field_validator("time_limit", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
         """A number (a flow parameter, a TOML value) is seconds; text must parse (``20m``, ``1h30m``)."""
-        from lora_tasks.budget.duration import (
-            parse_duration,  # lora_tasks.budget imports the data layer: only when a limit is given
-        )
-
         if value is None:
             return None
         parse_duration(value)  # raises with the accepted forms
         return str(value)
 
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, value: str | None) -> str | None:
-        from lora_tasks.lora.config import (
-            PRESETS,  # loads the LoRA package: only when a preset is given
-        )
-
-        if value is not None and value not in PRESETS:
-            raise ValueError(f"preset={value!r} is not a preset; use one of {', '.join(PRESETS)}.")
-        return value
-
     @field_validator("adapter_sets")
     @classmethod
     def _parse_sets(cls, value: list[str] | None) -> list[str] | None:
-        from lora_tasks.steps.adapter_sets import (
-            parse_adapter_sets,  # loads the steps: only when sets are given
-        )
-
         if value:
             try:
                 parse_adapter_sets(value)
-            except RuntimeError as exc:
+            except AdapterSetError as exc:
                 raise ValueError(str(exc)) from None
         return value
 
@@ -177,12 +164,12 @@ class RunOptions(BaseModel):
         if self.combine == "merge" and self.adapter_sets:
             problems.append("adapter sets blend as members of their own; they need combine='blend' (--combine blend), "
                             "or drop them (--no-adapter-sets)")
-        if self.combine == "merge" and self.baseline:
-            problems.append("combine='merge' builds one model from the adapters and has no baselines; drop "
-                            "baseline=True (--baseline) or use combine='blend'")
-        if self.no_adapters and not self.uses_baseline:
+        if self.combine == "merge" and self.members:
+            problems.append("combine='merge' builds one model from the adapters and has no members; drop "
+                            "members=True (--members) or use combine='blend'")
+        if self.no_adapters and not self.uses_members:
             problems.append("no_adapters=True blends the scikit-learn members alone; it needs combine='blend' with "
-                            "baselines (drop --no-baseline / --combine merge, or drop --no-adapters)")
+                            "members (drop --no-members / --combine merge, or drop --no-adapters)")
         if problems:
             raise ValueError("; ".join(problems) + ".")
         return self
@@ -200,22 +187,21 @@ class RunOptions(BaseModel):
                                          id_column=self.id_column)
 
     @property
-    def uses_baseline(self) -> bool:
+    def uses_members(self) -> bool:
         """Whether scikit-learn members are trained and blended (blend's default)."""
-        return self.combine == "blend" and self.baseline is not False
+        return self.combine == "blend" and self.members is not False
 
     @property
     def time_limit_s(self) -> float | None:
         """``time_limit`` in seconds (None: not given; the config's or the default budget applies)."""
-        from lora_tasks.budget.duration import parse_duration  # see _duration
-
         return None if self.time_limit is None else parse_duration(self.time_limit)
 
     def training_overrides(self, overridable: tuple[str, ...] | None = None) -> dict[str, Any]:
         """The training settings this run sets over the recipe and the auto-configuration (only the
         given ones). ``compute_dtype`` joins them when the settings know it (``overridable``)."""
-        out = {"preset": self.preset, "n_folds": self.folds, "epochs": self.epochs,
-               "max_seq_len": self.max_seq_len, "top_layers": self.top_layers}
-        if overridable is not None and "compute_dtype" in overridable and self.compute_dtype is not None:
-            out["compute_dtype"] = self.compute_dtype
-        return {k: v for k, v in out.items() if v is not None}
+        given = TrainingOverrides(preset=self.preset, n_folds=self.folds, epochs=self.epochs,
+                                  max_seq_len=self.max_seq_len, top_layers=self.top_layers,
+                                  compute_dtype=self.compute_dtype).given()
+        if overridable is None or "compute_dtype" not in overridable:
+            given.pop("compute_dtype", None)
+        return given

@@ -27,7 +27,7 @@ from lora_tasks.budget import (
     plan_within_budget,
     time_members,
 )
-from lora_tasks.budget.duration import ACCEPTED_FORMS
+from lora_tasks.data.duration import ACCEPTED_FORMS
 from tests._tiny import TINY
 
 # ------------------------------------------------------------------------------------ durations

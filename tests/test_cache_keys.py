@@ -15,6 +15,8 @@ import pytest
 import lora_tasks
 from lora_tasks.hub import weights_fingerprint
 from lora_tasks.prefect import code_version, tasks
+from lora_tasks.steps.plan import plan_training
+from lora_tasks.steps.prepare import prepare_data
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CONFIG = """slug = "toy-comp"
@@ -46,6 +48,9 @@ def competition(tmp_path, monkeypatch):
     return write, data.parent
 
 
+PREPARE, PLAN = tasks.TASKS[prepare_data], tasks.TASKS[plan_training]
+
+
 def _key(task, **inputs) -> str:
     return task.cache_policy.compute_key(None, inputs, {})
 
@@ -54,20 +59,20 @@ def test_editing_the_toml_changes_the_prepare_and_plan_keys(competition, tmp_pat
     write, data = competition
     prepare = dict(competition="toy-comp", data_dir=data, out_dir=tmp_path / "out")
     plan = dict(prepare, model=None, tiny=True)
-    first_prepare, first_plan = _key(tasks.prepare_task, **prepare), _key(tasks.plan_task, **plan)
-    assert _key(tasks.prepare_task, **prepare) == first_prepare, "the key is stable"
+    first_prepare, first_plan = _key(PREPARE, **prepare), _key(PLAN, **plan)
+    assert _key(PREPARE, **prepare) == first_prepare, "the key is stable"
     write(metric="f1")
-    assert _key(tasks.prepare_task, **prepare) != first_prepare, "another metric is another prepared file"
+    assert _key(PREPARE, **prepare) != first_prepare, "another metric is another prepared file"
     write(extra='drop_columns = ["extra"]')
-    assert _key(tasks.prepare_task, **prepare) != first_prepare, "dropped columns change the prepared file"
+    assert _key(PREPARE, **prepare) != first_prepare, "dropped columns change the prepared file"
     write(epochs=7)
-    assert _key(tasks.plan_task, **plan) != first_plan, "[training] epochs 3 vs 7 is another plan"
+    assert _key(PLAN, **plan) != first_plan, "[training] epochs 3 vs 7 is another plan"
     write()
-    assert (_key(tasks.prepare_task, **prepare), _key(tasks.plan_task, **plan)) == (first_prepare, first_plan)
+    assert (_key(PREPARE, **prepare), _key(PLAN, **plan)) == (first_prepare, first_plan)
     # a comment or the key order is not the content: the validated config keys, not the bytes
     path = tmp_path / "competitions" / "toy-comp.toml"
     path.write_text("# a comment\n" + path.read_text())
-    assert _key(tasks.prepare_task, **prepare) == first_prepare
+    assert _key(PREPARE, **prepare) == first_prepare
 
 
 def test_native_sources_and_shipped_configs_are_in_the_package_hash(tmp_path):
@@ -109,11 +114,11 @@ def test_a_model_folder_is_keyed_by_its_weights_not_its_path(tmp_path):
     shutil.copytree(FIXTURES / "roberta_tiny", folder)
     (tmp_path / "data").mkdir()
     plan = dict(competition="titanic", data_dir=tmp_path / "data", out_dir=tmp_path / "out", model=str(folder))
-    first = _key(tasks.plan_task, **plan)
+    first = _key(PLAN, **plan)
     assert weights_fingerprint(folder).startswith("content:")
     shutil.rmtree(folder)
     _other_checkpoint(FIXTURES / "roberta_tiny", folder)  # another checkpoint saved to the same path
-    assert _key(tasks.plan_task, **plan) != first
+    assert _key(PLAN, **plan) != first
     elsewhere = tmp_path / "elsewhere"
     shutil.copytree(folder, elsewhere)
     assert weights_fingerprint(elsewhere) == weights_fingerprint(folder), "the same files anywhere: one model"

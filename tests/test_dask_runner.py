@@ -30,7 +30,7 @@ FLOWS = str(REPO / "flows")
 SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 FAST = dict(tiny=True, epochs=1, max_seq_len=64, retry_delay_s=0.05, score_poll_s=0.05)
-TRAIN_TASK_FN = "train_task"  # the function behind the "train-adapter" task: its Dask key prefix
+TRAIN_TASK_FN = "train_adapter"  # the step behind the "train-adapter" task (its task keeps the name): its Dask key prefix
 
 
 def _hide_flows_folder(folder: str) -> bool:

@@ -263,8 +263,24 @@ def test_listing_serves_each_competitions_evaluation_metric(tmp_path):
 
 
 def test_unknown_metric_is_refused_at_start(tmp_path):
-    with pytest.raises(ValueError, match="unknown metrics \\['kappa'\\]"):
+    with pytest.raises(ValueError, match="unknown metric 'kappa'; known: .*'qwk'"):
         fk.FakeKaggleServer(tmp_path, metrics={"x": "kappa"})
+
+
+def test_the_servers_scores_come_from_the_package_metrics():
+    """The fake server scores with lora_tasks.metrics (it aligns and reads Kaggle's text; it keeps
+    no metric table of its own): no scikit-learn in its scoring module, and a metric is the package's."""
+    import ast
+    import inspect
+
+    from lora_tasks.metrics import get_metric
+    from lora_tasks.testing.fake_kaggle import scoring
+
+    tree = ast.parse(inspect.getsource(scoring))
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not any(name.startswith("sklearn") for name in imported), imported
+    assert fk.metric_of("auc") is get_metric("roc_auc") and fk.metric_of("multiclass_logloss") is get_metric("log_loss")
 
 
 def test_zip_slip_fault_adds_a_parent_path_member(server):

@@ -59,7 +59,7 @@ def test_demo_flow_submits_and_reads_the_servers_score(demo_run, demo_server):
     assert summary.public_score == pytest.approx(expected) == pytest.approx(stored.public_score)
     assert stored.content == Path(summary.submission_path).read_bytes()
     assert [row["adapter"] for row in summary.cv] == ["fold 0", "fold 1"]
-    assert set(summary.task_states.values()) == {"Completed"} and "train-baselines" in summary.task_states
+    assert set(summary.task_states.values()) == {"Completed"} and "train-members" in summary.task_states
     members = {row["member"]: row for row in summary.members}
     assert {"lora", "hist_gbm", "linear", "blend (caruana)"} <= set(members), summary.members
     weights = [members[m]["weight"] for m in ("lora", "hist_gbm", "linear")]
@@ -236,7 +236,7 @@ def test_help_lists_the_options():
     proc = subprocess.run([sys.executable, str(REPO / "flows" / "submit.py"), "--help"], capture_output=True, text=True,
                           timeout=60, env=SUBPROCESS_ENV)
     assert proc.returncode == 0
-    for option in ("--competition", "--no-submit", "--model", "--folds", "--adapters", "--refresh", "--top-layers", "--combine", "--blend-method", "--no-baseline",
+    for option in ("--competition", "--no-submit", "--model", "--folds", "--adapters", "--refresh", "--top-layers", "--combine", "--blend-method", "--no-members",
                    "--data-dir", "--kaggle-endpoint", "--task-runner", "--adapter-set", "--no-adapter-sets"):
         assert option in proc.stdout
 
@@ -261,7 +261,7 @@ def test_cli_plan_shows_what_would_be_trained_and_trains_nothing(tmp_path):
     assert bad.returncode == 1 and "trains exactly what the main set trains" in bad.stderr  # demo's main is efficient
 
 
-def test_cli_parses_recipe_options():
+def test_cli_parses_recipe_options(capsys):
     from lora_tasks.cli import build_run_parser, options_from_args
 
     parser = build_run_parser()
@@ -274,5 +274,6 @@ def test_cli_parses_recipe_options():
     got = options("--top-layers", "2")
     assert (got.top_layers, got.adapter_sets) == (2, None)  # None: the config's recipe decides
     assert options("--no-adapter-sets").adapter_sets == []
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--competition", "t", "--top-layers", "0"])
+    with pytest.raises(SystemExit):  # RunOptions' rule, the one the [training] table uses
+        options("--top-layers", "0")
+    assert "top_layers: Value error, 0: give a positive number of layers, or 'all'" in capsys.readouterr().err

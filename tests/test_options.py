@@ -27,12 +27,13 @@ def test_blend_methods_match_the_ensemble():
 
 @pytest.mark.parametrize("given, message", [
     (dict(combine="merge", adapter_sets=["expressive"]), r"adapter sets blend .* need combine='blend'"),
-    (dict(combine="merge", baseline=True), r"combine='merge' .* has no baselines"),
+    (dict(combine="merge", members=True), r"combine='merge' .* has no members"),
     (dict(adapter_sets=["huge"]), r"Adapter set 'huge': write PRESET"),
     (dict(adapter_sets=["expressive", "expressive"]), r"are given twice"),
-    (dict(preset="huge"), r"preset='huge' is not a preset; use one of efficient"),
-    (dict(top_layers=0), r"top_layers=0: give a positive number"),
-    (dict(folds=0), r"folds"),
+    (dict(preset="huge"), r"preset\s+Value error, 'huge' is not a preset; use one of efficient"),
+    (dict(top_layers=0), r"top_layers\s+Value error, 0: give a positive number of layers, or 'all'"),
+    (dict(folds=1), r"folds\s+Value error, 1 fold\(s\): out-of-fold predictions need a held-out fold, so give 2 or more"),
+    (dict(max_seq_len=4), r"max_seq_len\s+Value error, 4 tokens per row: give 8 or more"),
     (dict(blend_method="median"), r"blend_method"),
     (dict(epoch=3), r"epoch"),  # a typo is refused, not ignored
 ])
@@ -41,9 +42,9 @@ def test_bad_options_are_refused_naming_the_fix(given, message):
         RunOptions(**given)
 
 
-def test_merge_without_a_baseline_and_blend_defaults():
-    assert not RunOptions(combine="merge").uses_baseline
-    assert RunOptions().uses_baseline and not RunOptions(baseline=False).uses_baseline
+def test_merge_without_members_and_blend_defaults():
+    assert not RunOptions(combine="merge").uses_members
+    assert RunOptions().uses_members and not RunOptions(members=False).uses_members
 
 
 def test_adapters_is_a_deprecated_alias_of_folds():
@@ -51,6 +52,18 @@ def test_adapters_is_a_deprecated_alias_of_folds():
         assert RunOptions(adapters=3).folds == 3
     with pytest.raises(ValidationError, match="give folds only"):
         RunOptions(adapters=3, folds=4)
+
+
+def test_baseline_is_a_deprecated_alias_of_members(capsys):
+    with pytest.warns(DeprecationWarning, match=r"use members=\.\.\. \(--members\)"):
+        assert RunOptions(baseline=False).members is False
+    with pytest.raises(ValidationError, match="give members only"):
+        RunOptions(baseline=False, members=True)
+    parser = build_run_parser()
+    assert options_from_args(parser.parse_args(["--competition", "x", "--no-baseline"]), parser).members is False
+    assert "--no-baseline is deprecated; use --no-members" in capsys.readouterr().err
+    assert options_from_args(parser.parse_args(["--competition", "x", "--baseline"]), parser).members is True
+    assert "--baseline is deprecated; use --members" in capsys.readouterr().err
 
 
 def test_training_overrides_are_the_given_settings_only():

@@ -245,24 +245,24 @@ def test_the_recipes_adapter_sets_come_from_the_config_and_name_it(tmp_path, mon
 
 
 @pytest.fixture(scope="module")
-def demo_baselines(demo_steps, demo_dir):
+def demo_members(demo_steps, demo_dir):
     out, prepared, plan, _ = demo_steps
-    return steps.train_baselines("demo", demo_dir, prepared, plan, out)
+    return steps.train_members("demo", demo_dir, prepared, plan, out)
 
 
 @pytest.fixture(scope="module")
-def demo_baseline(demo_baselines):
-    return next(b for b in demo_baselines if b.name == "hist_gbm")
+def demo_member(demo_members):
+    return next(b for b in demo_members if b.name == "hist_gbm")
 
 
-def test_baselines_use_the_adapters_rows_and_folds(demo_steps, demo_baselines, demo_dir):
+def test_baselines_use_the_adapters_rows_and_folds(demo_steps, demo_members, demo_dir):
     """The demo table is numeric: gradient boosting and a linear model, on the same rows and
     folds as the adapters, scored with the competition metric (recomputed here from its files)."""
     _, prepared, plan, _ = demo_steps
     data = steps.Prepared.load(prepared)
     y = np.asarray(data.y)
-    assert [b.name for b in demo_baselines] == ["hist_gbm", "linear"]
-    for b in demo_baselines:
+    assert [b.name for b in demo_members] == ["hist_gbm", "linear"]
+    for b in demo_members:
         assert b.metric == "accuracy" and all(p.is_file() for p in b.paths())
         oof, test = np.load(b.oof_path), np.load(b.test_path)
         assert oof.shape == (len(data.y),) and test.shape == (len(data.test_ids),)
@@ -279,42 +279,42 @@ def test_baseline_follows_a_subset_of_rows(demo_dir, tmp_path):
     assert len(rows) == 120 and rows == sorted(rows)
     train = pd.read_csv(demo_dir / "train.csv")
     assert steps.Prepared.load(prepared).y == train["target"].iloc[rows].tolist()
-    for b in steps.train_baselines("demo", demo_dir, prepared, plan, tmp_path):
+    for b in steps.train_members("demo", demo_dir, prepared, plan, tmp_path):
         assert np.load(b.oof_path).shape == (120,)
 
 
-def test_blend_with_a_baseline_fits_weights_on_oof(demo_steps, demo_folds, demo_baseline, demo_baselines):
+def test_blend_with_a_baseline_fits_weights_on_oof(demo_steps, demo_folds, demo_member, demo_members):
     out, prepared, plan, _ = demo_steps
     data = steps.Prepared.load(prepared)
     y = np.asarray(data.y)
-    res = steps.combine(prepared, plan, demo_folds, out, baselines=[demo_baseline], blend_method="weights")
+    res = steps.combine(prepared, plan, demo_folds, out, members=[demo_member], blend_method="weights")
     assert set(res.weights) == {"lora", "hist_gbm"} and sum(res.weights.values()) == pytest.approx(1.0)
     assert min(res.weights.values()) >= 0
     lora_oof = np.load(steps.combine(prepared, plan, demo_folds, out).oof_path)
     lora_test = np.mean([np.load(r.test_path) for r in demo_folds], axis=0)
     w_l, w_b = res.weights["lora"], res.weights["hist_gbm"]
-    np.testing.assert_allclose(np.load(res.oof_path), w_l * lora_oof + w_b * np.load(demo_baseline.oof_path), rtol=1e-5)
-    np.testing.assert_allclose(np.load(res.test_path), w_l * lora_test + w_b * np.load(demo_baseline.test_path), rtol=1e-5)
-    assert res.member_scores["hist_gbm"] == demo_baseline.oof_score
+    np.testing.assert_allclose(np.load(res.oof_path), w_l * lora_oof + w_b * np.load(demo_member.oof_path), rtol=1e-5)
+    np.testing.assert_allclose(np.load(res.test_path), w_l * lora_test + w_b * np.load(demo_member.test_path), rtol=1e-5)
+    assert res.member_scores["hist_gbm"] == demo_member.oof_score
     assert res.member_scores["lora"] == pytest.approx(float(np.mean((lora_oof >= 0.5) == y)))
     # OOF-fit weights never lose to the better member on OOF, and the honest nested score is reported
     assert res.oof_score >= max(res.member_scores.values()) - 1e-12
     assert res.blend_method == "weights" and res.blend_cv_score is not None and 0 <= res.blend_cv_score <= 1
 
-    caruana = steps.combine(prepared, plan, demo_folds, out, baselines=[demo_baseline])
+    caruana = steps.combine(prepared, plan, demo_folds, out, members=[demo_member])
     assert caruana.blend_method == steps.DEFAULT_BLEND_METHOD == "caruana"
     assert caruana.oof_score >= max(caruana.member_scores.values()) - 1e-12
-    with pytest.raises(steps.PipelineError, match="baselines only blend"):
-        steps.combine(prepared, plan, demo_folds, out, method="merge", baselines=[demo_baseline])
+    with pytest.raises(steps.PipelineError, match="members only blend"):
+        steps.combine(prepared, plan, demo_folds, out, method="merge", members=[demo_member])
 
-    every = steps.combine(prepared, plan, demo_folds, out, baselines=demo_baselines)
+    every = steps.combine(prepared, plan, demo_folds, out, members=demo_members)
     assert set(every.weights) == set(every.member_scores) == {"lora", "hist_gbm", "linear"}
     assert every.oof_score >= max(every.member_scores.values()) - 1e-12
     with pytest.raises(ValueError, match="Unknown blend method"):
-        steps.combine(prepared, plan, demo_folds, out, baselines=[demo_baseline], blend_method="median")
+        steps.combine(prepared, plan, demo_folds, out, members=[demo_member], blend_method="median")
 
 
-def test_f1_combine_fits_the_label_cut_and_the_submission_uses_it(demo_steps, demo_folds, demo_baselines, tmp_path):
+def test_f1_combine_fits_the_label_cut_and_the_submission_uses_it(demo_steps, demo_folds, demo_members, tmp_path):
     """With F1 and ``threshold = "auto"`` the cut of P(class 1) is fit on the OOF rows, scored
     nested, and written into the labels; a configured number and accuracy keep their cut."""
     from sklearn.metrics import f1_score
@@ -333,7 +333,7 @@ def test_f1_combine_fits_the_label_cut_and_the_submission_uses_it(demo_steps, de
     folds = steps.fold_assignment(data, steps.Plan.load(plan))
     assert lone.blend_cv_score == pytest.approx(nested_threshold_score("f1", y, oof, folds))
 
-    blended = steps.combine(as_f1, plan, demo_folds, tmp_path, baselines=demo_baselines)
+    blended = steps.combine(as_f1, plan, demo_folds, tmp_path, members=demo_members)
     assert blended.threshold is not None and blended.blend_cv_score is not None
     assert blended.oof_score == pytest.approx(f1_score(y, np.load(blended.oof_path) >= blended.threshold))
     test = np.load(blended.test_path)
@@ -491,7 +491,8 @@ def test_create_kaggle_lora_model_profiles_and_picks_a_preset(demo_dir):
     from lora_tasks.training.factory import create_kaggle_lora_model
 
     built = create_kaggle_lora_model("binary", data_path=demo_dir, tiny=True)
-    model, adapter, settings = built
+    model, adapter = built
+    settings = built.settings
     assert settings.preset == "efficient" and "small_data" in settings.fired
     assert built.head_type == "binary_classification" and model.head_type == "binary_classification"
     assert adapter.parameter_report().lora > 0
@@ -500,3 +501,23 @@ def test_create_kaggle_lora_model_profiles_and_picks_a_preset(demo_dir):
     assert set(manual.adapter.config.target_modules) > set(built.adapter.config.target_modules)
     with pytest.raises(ValueError, match="Unknown competition type"):
         create_kaggle_lora_model("ranking", tiny=True)
+
+
+def test_a_bare_train_csv_is_profiled_with_its_roles_guessed(demo_dir, tmp_path):
+    """No sample submission and no test file: the target and id come from train.csv and the task,
+    each guess first in the reasons; a table no column of which fits the task names the fix."""
+    from lora_tasks.data.train_only import guess_roles
+    from lora_tasks.task import Task
+    from lora_tasks.training.factory import create_kaggle_lora_model
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.csv").write_bytes((demo_dir / "train.csv").read_bytes())
+    built = create_kaggle_lora_model("binary", data_path=tmp_path / "data" / "train.csv", tiny=True)
+    with_sample = create_kaggle_lora_model("binary", data_path=demo_dir, tiny=True)
+    assert built.settings.preset == with_sample.settings.preset and built.num_labels == with_sample.num_labels
+    assert built.settings.reasons[0].startswith("target: 'target'") and built.settings.reasons[1].startswith("id: 'id'")
+    frame = pd.DataFrame({"PassengerId": [1, 2, 3, 4], "Survived": [0, 1, 1, 0], "Sex": ["m", "f", "m", "f"],
+                          "Fare": [7.25, 71.3, 8.05, 53.1]})
+    assert guess_roles(frame, Task.BINARY)[:2] == ("PassengerId", "Survived"), "a 0/1 column before a two-valued one"
+    with pytest.raises(ValueError, match=r"No column of train.csv .* fits a regression task .* competitions/"):
+        guess_roles(frame, Task.REGRESSION)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,8 +71,8 @@ def test_create_kaggle_lora_model_from_the_package_builds_a_model_for_a_task():
     from lora_tasks import create_kaggle_lora_model
 
     built = create_kaggle_lora_model("binary", tiny=True, preset="efficient", auto_select_preset=False)
-    model, adapter, settings = built
-    assert settings.preset == "efficient" and built.head_type == "binary_classification"
+    model, adapter = built
+    assert built.settings.preset == "efficient" and built.head_type == "binary_classification"
     assert adapter.config.target_modules == ("query", "value")
     ids = mx.array([[101, 2023, 102]])
     logits = model(ids, mx.ones_like(ids), mx.zeros_like(ids))
@@ -100,3 +102,44 @@ def test_building_a_model_does_not_load_the_data_stack():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+SEED_EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "seed-examples.md"
+#: What the seed leaves to the reader: a head type and a class count (its placeholders).
+SEED_PLACEHOLDERS = {"task_type": "binary_classification", "num_classes": 3}
+
+
+def seed_blocks() -> list[str]:
+    """Every python block of the seed's examples, as written."""
+    return re.findall(r"```python\n(.*?)```", SEED_EXAMPLES.read_text(), flags=re.S)
+
+
+@pytest.mark.skipif(not SEED_EXAMPLES.is_file(), reason=f"the seed's examples are not at {SEED_EXAMPLES} "
+                    "(../shared beside the checkout, as in CI)")
+def test_the_seeds_examples_run_verbatim(tmp_path, monkeypatch, fixtures_dir):
+    """The blocks read as one notebook, ``from models import`` as ``from lora_tasks import``;
+    ``data/train.csv`` is a competition's train.csv alone in its folder (no sample submission, no
+    test file), and ``create_kaggle_lora_model`` profiles it and unpacks to ``model, lora_adapter``."""
+    blocks = seed_blocks()
+    assert len(blocks) == 13, "the seed has 13 python blocks"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.csv").write_text(
+        "PassengerId,Survived,Name,Age\n" + "".join(
+            f"{i},{i % 2},Passenger number {i} {'likes tea' if i % 2 else 'likes coffee'},{20 + i % 7}\n"
+            for i in range(1, 61)))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = dict(SEED_PLACEHOLDERS)
+    # example 4 calls create_model_with_lora, which no block imports: the notebook has the seed's names
+    exec(f"from lora_tasks import {', '.join(SEED_NAMES)}", namespace)
+    for number, block in enumerate(blocks, start=1):
+        code = block.replace("from models import", "from lora_tasks import")
+        exec(compile(code, f"seed example {number}", "exec"), namespace)
+    # example 3 gave the profiled model: the settings and their reasons ride along as an attribute
+    from lora_tasks import create_kaggle_lora_model
+
+    built = create_kaggle_lora_model(competition_type="binary_classification", data_path="data/train.csv",
+                                     auto_select_preset=True)
+    model, lora_adapter = built
+    assert model is built.model and lora_adapter is built.adapter
+    assert any(r.startswith("target: 'Survived'") for r in built.settings.reasons), built.settings.reasons
+    assert (tmp_path / "lora_adapter.safetensors").is_file(), "example 6 saved the adapter"

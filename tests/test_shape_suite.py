@@ -34,7 +34,8 @@ from lora_tasks.prefect.flow import kaggle_lora
 from lora_tasks.steps import Prepared, run_pipeline
 from lora_tasks.steps.plan import Plan
 from lora_tasks.testing import fake_kaggle as fk
-from lora_tasks.testing.shapes import SHAPES, CompetitionShape, all_shapes, build_all_shapes
+from lora_tasks.testing.real_shapes import all_shapes
+from lora_tasks.testing.shapes import SHAPES, CompetitionShape, build_all_shapes
 
 ALL = all_shapes()  # the shapes we thought of, then those rebuilt from real competitions' layouts
 _IDS = [s.slug for s in ALL]

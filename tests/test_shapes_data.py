@@ -18,7 +18,8 @@ from lora_tasks.data.competition import load_competition
 from lora_tasks.data.csv_io import read_csv
 from lora_tasks.data.submission_format import write_csv
 from lora_tasks.testing.fake_kaggle import SOLUTION_FILE_NAME
-from lora_tasks.testing.shapes import SHAPES, CompetitionShape, all_shapes, build_shape
+from lora_tasks.testing.real_shapes import all_shapes
+from lora_tasks.testing.shapes import SHAPES, CompetitionShape, build_shape
 
 _IDS = [s.slug for s in SHAPES]
 ALL = all_shapes()  # with the shapes rebuilt from real competitions' layouts

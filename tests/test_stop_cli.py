@@ -108,7 +108,7 @@ def cli_env(tmp_path):
 def _demo_args(work: Path, mode: int = 0o700) -> list[str]:
     work.mkdir(exist_ok=True)
     work.chmod(mode)
-    return ["--competition", "demo", "--tiny", "--no-submit", "--no-baseline", "--work-dir", str(work)]
+    return ["--competition", "demo", "--tiny", "--no-submit", "--no-members", "--work-dir", str(work)]
 
 
 def test_sigterm_during_training_stops_in_seconds_and_the_rerun_resumes(tmp_path, cli_env):

@@ -14,7 +14,15 @@ import pytest
 from lora_tasks.prefect import artifacts, tasks
 from lora_tasks.prefect.manifest import manifest_problem, record_outputs
 from lora_tasks.prefect.runners import BLAS_THREAD_VARS, make_task_runner, share_cores
-from lora_tasks.steps import DEMO_SLUG, AdapterResult, CombineResult, TokenFiles
+from lora_tasks.steps import (
+    DEMO_SLUG,
+    AdapterResult,
+    CombineResult,
+    TokenFiles,
+    download_data,
+    submit_run,
+    train_adapter,
+)
 from lora_tasks.testing import fake_kaggle as fk
 from lora_tasks.testing.demo import build_demo_competition
 
@@ -50,6 +58,27 @@ def test_outputs_exist_walks_results(tmp_path):
     assert not tasks.outputs_exist(TokenFiles(train=f, test=tmp_path / "gone.npy"))
     (tmp_path / "empty").mkdir()
     assert not tasks.outputs_exist(tmp_path / "empty")
+
+
+def test_every_task_keeps_its_steps_signature():
+    """The tasks are the step functions (same parameters, keyword-only ones included), so the
+    orchestration's keyword calls reach the steps unchanged; each step the run executes has one."""
+    import ast
+    import inspect
+
+    from lora_tasks.steps import orchestrate
+
+    tree = ast.parse(Path(orchestrate.__file__).read_text())
+    submitted = {getattr(orchestrate, node.args[0].id) for node in ast.walk(tree) if isinstance(node, ast.Call)
+                 and isinstance(node.func, ast.Attribute) and node.func.attr == "submit" and node.args
+                 and isinstance(node.args[0], ast.Name)}
+    assert len(submitted) == 11 and submitted <= set(tasks.TASKS), submitted - set(tasks.TASKS)
+    for step, task_obj in tasks.TASKS.items():
+        assert inspect.signature(task_obj.fn) == inspect.signature(step), step.__name__
+        assert task_obj.fn.__wrapped__ is step and task_obj.name == tasks.STEP_TASKS[step].name
+    plan_task = tasks.TASKS[orchestrate.plan_training]
+    with pytest.raises(TypeError):  # model, tiny, ... stay keyword-only, as in plan_training
+        plan_task.fn("demo", "data", "out", None, True)
 
 
 def test_cache_key_moves_along_the_repair_chain(tmp_path):
@@ -148,20 +177,20 @@ def test_network_retry_options_back_off_with_jitter():
     assert options["retry_condition_fn"] is prefect_retry_condition
     for t in tasks.NETWORK_TASKS:
         assert t.retries == tasks.NETWORK_RETRIES and t.retry_condition_fn is prefect_retry_condition
-    assert tasks.download_task.cache_expiration is not None
+    assert tasks.TASKS[download_data].cache_expiration is not None
 
 
 def test_tasks_use_the_project_result_store(tmp_path):
     run = tasks.configure(tmp_path / "w")
-    store = run.train_adapter.result_storage
+    store = run[train_adapter].result_storage
     assert isinstance(store, Path) and store == (tmp_path / "w").resolve() / "results"
-    assert isinstance(run.train_adapter.cache_policy, tasks.ContentCache)
-    assert run.submit.cache_policy is not None and not isinstance(run.submit.cache_policy, tasks.ContentCache)
+    assert isinstance(run[train_adapter].cache_policy, tasks.ContentCache)
+    assert run[submit_run].cache_policy is not None and not isinstance(run[submit_run].cache_policy, tasks.ContentCache)
     refreshed = tasks.configure(tmp_path / "w", refresh=True)  # RunOptions.refresh: every cached task runs again
-    assert refreshed.train_adapter.refresh_cache and refreshed.download.refresh_cache
-    assert not run.train_adapter.refresh_cache and not refreshed.submit.refresh_cache
-    assert tasks.record_manifest_hook in run.download.on_completion_hooks
-    assert tasks.record_manifest_hook not in run.submit.on_completion_hooks
+    assert refreshed[train_adapter].refresh_cache and refreshed[download_data].refresh_cache
+    assert not run[train_adapter].refresh_cache and not refreshed[submit_run].refresh_cache
+    assert tasks.record_manifest_hook in run[download_data].on_completion_hooks
+    assert tasks.record_manifest_hook not in run[submit_run].on_completion_hooks
 
 
 def _result(fold: int, scores: list[float]) -> AdapterResult:
@@ -257,7 +286,7 @@ def test_download_task_retries_transient_errors_only(harness, tmp_path, monkeypa
 
     @flow
     def fetch(endpoint: str, dest: str) -> Path:
-        return run.download(DEMO_SLUG, Path(dest), endpoint)
+        return run[download_data](competition=DEMO_SLUG, data_dir=Path(dest), endpoint=endpoint)
 
     with fk.serve(served) as server:
         server.inject(fk.FAULT_500, times=1, method="ListDataFiles")

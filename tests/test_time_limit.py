@@ -41,7 +41,7 @@ def test_time_limit_option_and_config_key_are_checked():
     with pytest.raises(ValueError, match="20m, 1h"):
         RunOptions(time_limit="soon")
     with pytest.raises(ValueError, match="no_adapters"):
-        RunOptions(no_adapters=True, baseline=False)
+        RunOptions(no_adapters=True, members=False)
     from lora_tasks.data.config_file import validate_config_dict
 
     assert validate_config_dict({"training": {"time_limit": "15m"}})["training"]["time_limit"] == "15m"
@@ -86,7 +86,7 @@ def test_a_limit_only_the_members_fit_runs_them_alone_and_says_what_adapters_nee
         # room for the members and the overhead, not for the cheapest adapters
         limit = f"{roomy.reserve_s / PLAN_SHARE + 0.05:.3f}"
         with pytest.raises(BudgetError, match="no plan with adapters fits"):
-            steps.plan_run(_options(tmp_path / "bare", kaggle_endpoint=server.url, time_limit=limit, baseline=False))
+            steps.plan_run(_options(tmp_path / "bare", kaggle_endpoint=server.url, time_limit=limit, members=False))
         result = steps.run_pipeline(_options(tmp_path / "work", kaggle_endpoint=server.url, time_limit=limit),
                                     run_key="fallback")
         summary = kaggle_lora(_options(tmp_path / "flow", kaggle_endpoint=server.url, time_limit=limit,
@@ -202,13 +202,13 @@ def test_members_keep_the_rules_folds_when_the_budget_cuts_the_adapters(demo_dir
     assert len(np.unique(steps.fold_assignment(prepared, cut))) == 2
     assert (steps.fold_assignment(prepared, cut, members=True) == steps.fold_assignment(prepared, rules)).all()
 
-    members = steps.train_baselines("demo", demo_dir, prepared_path, cut_path, out / "cut")
-    same = steps.train_baselines("demo", demo_dir, prepared_path, rules_path, out / "rules")
+    members = steps.train_members("demo", demo_dir, prepared_path, cut_path, out / "cut")
+    same = steps.train_members("demo", demo_dir, prepared_path, rules_path, out / "rules")
     for a, b in zip(members, same, strict=True):
         np.testing.assert_array_equal(np.load(a.oof_path), np.load(b.oof_path))
     tokens = steps.tokenize_data(prepared_path, cut_path, out / "tokens")
     adapters = [steps.train_adapter(prepared_path, cut_path, tokens, k, out) for k in range(2)]
-    combined = steps.combine(prepared_path, cut_path, adapters, out, method="blend", baselines=members)
+    combined = steps.combine(prepared_path, cut_path, adapters, out, method="blend", members=members)
     assert "lora" in combined.member_scores and math.isfinite(combined.blend_cv_score)
 
 

@@ -31,7 +31,6 @@ from lora_tasks.budget.deadline import (
     MembersDecision,
     members_earn_their_time,
 )
-from lora_tasks.budget.duration import format_duration, parse_duration
 from lora_tasks.budget.fold import FoldKeeper, MembersCheck
 from lora_tasks.budget.planner import (
     DEFAULT_OVERHEAD_S,
@@ -44,6 +43,7 @@ from lora_tasks.budget.planner import (
     ladder_markdown,
     plan_within_budget,
 )
+from lora_tasks.data.duration import format_duration, parse_duration
 
 __all__ = [
     "DEFAULT_OVERHEAD_S", "DEFAULT_TIME_LIMIT_S", "LADDER", "BudgetChoice", "BudgetError", "Candidate",

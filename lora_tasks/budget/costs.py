@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lora_tasks.budget.duration import format_duration
 from lora_tasks.data.batching import bucket_indices
+from lora_tasks.data.duration import format_duration
 
 #: Length buckets the probe times at; a plan is priced at the bucket of its effective width, so
 #: similar tables share one cached probe.

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from lora_tasks.budget.duration import format_duration
+from lora_tasks.data.duration import format_duration
 
 
 @dataclass(frozen=True)

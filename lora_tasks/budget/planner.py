@@ -23,7 +23,7 @@ from lora_tasks.budget.costs import (
     Workload,
     estimate_cost,
 )
-from lora_tasks.budget.duration import format_duration, limit_argument
+from lora_tasks.data.duration import format_duration, limit_argument
 
 #: The time a run gets without ``--time-limit``: 20 minutes. Why: the first run of a new user
 #: should end while they wait. On 2 CPU cores an untuned run on up to ~10,000 short rows (~70

@@ -30,7 +30,7 @@ from mlx import nn
 
 from lora_tasks.budget.cache import ProbeProfile, load_points, probe_cache_dir, save_point
 from lora_tasks.budget.costs import StepCosts, costs_from_points, length_bucket
-from lora_tasks.budget.duration import format_duration
+from lora_tasks.data.duration import format_duration
 from lora_tasks.hub import resolve_model_dir
 from lora_tasks.training.factory import build_model
 from lora_tasks.training.precision import compute_dtype_choice

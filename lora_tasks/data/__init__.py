@@ -1,6 +1,6 @@
 """The data layer: competitions, profiles, auto-configuration, rows as text, tokens, batches.
 
-No MLX here (see ARCHITECTURE.md): everything is numpy/pandas, so data work runs and is
+No MLX here (see docs/architecture.md): everything is numpy/pandas, so data work runs and is
 tested without a model. Names are loaded lazily so ``import lora_tasks.data`` stays cheap.
 """
 

@@ -15,9 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from pydantic import ValidationError
+
 from lora_tasks.ensemble.thresholds import check_setting
 from lora_tasks.metrics import TASK_TYPES, get_metric
 
+from .duration import parse_duration
+from .overrides import TrainingOverrides, overrides_problem
 from .submission_format import DTYPES, PREDICTIONS
 
 COMPETITIONS_ENV = "KAGGLE_LORA_COMPETITIONS_DIR"
@@ -87,7 +91,6 @@ _CHOICES = {
     ("submission", "dtype"): DTYPES,
     ("submission", "target_transform"): TRANSFORMS,
     ("serialization", "missing"): ("skip", "say"),
-    ("training", "compute_dtype"): ("auto", "float32", "bfloat16"),
 }
 
 
@@ -162,23 +165,16 @@ def validate_config_dict(raw: Mapping[str, Any], source: str = "config") -> dict
 
 
 def _check_training(source: str, training: Mapping[str, Any]) -> None:
-    from lora_tasks.data.autoconfig import PRESETS
-
-    if "preset" in training and training["preset"] not in PRESETS:
-        raise _fail(source, f"`training.preset` is {training['preset']!r}; expected one of {', '.join(PRESETS)}.")
-    for key in ("max_seq_len", "batch_size", "epochs", "n_folds", "learning_rate"):
-        if key in training and training[key] <= 0:
-            raise _fail(source, f"`training.{key}` must be positive, got {training[key]!r}.")
-    top = training.get("top_layers")
-    if top is not None and not (top == "all" or (isinstance(top, int) and top > 0)):
-        raise _fail(source, f"`training.top_layers` is {top!r}; give a positive number of layers or \"all\".")
+    """The settings' rules are :class:`~lora_tasks.data.overrides.TrainingOverrides`' (shared with
+    a run's options); the types were checked above."""
+    try:
+        TrainingOverrides(**{k: v for k, v in training.items() if k in TRAINING_SETTINGS})
+    except ValidationError as exc:
+        raise _fail(source, overrides_problem(exc, "training.")) from None
     sets = training.get("adapter_sets", [])
     if not all(isinstance(v, str) for v in sets):
         raise _fail(source, f"`training.adapter_sets` must be a list of strings like \"expressive\", got {sets!r}.")
     if "time_limit" in training:
-        # lora_tasks.budget imports lora_tasks.data: a cycle at module level
-        from lora_tasks.budget.duration import parse_duration
-
         try:
             parse_duration(training["time_limit"])
         except (TypeError, ValueError) as exc:

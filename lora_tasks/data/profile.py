@@ -12,7 +12,8 @@ loader uses them too.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,8 +21,29 @@ import pandas as pd
 from .text import RowTemplate, SerializationOptions
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .competition import CompetitionConfig
     from .tokenizer import Tokenizer
+
+
+class CompetitionRoles(Protocol):
+    """What :func:`profile_competition` reads of a competition: a
+    :class:`~lora_tasks.data.competition.CompetitionConfig` (named by its shape, not imported:
+    the competition module builds on this one)."""
+
+    slug: str
+    id_column: str
+    target_columns: tuple[str, ...]
+    text_columns: tuple[str, ...] | None
+    drop_columns: tuple[str, ...]
+    task_type: str
+    serialization: SerializationOptions
+    excluded: tuple[ExcludedColumn, ...]
+
+    @property
+    def test_path(self) -> Path | None: ...
+
+    def read_train(self) -> pd.DataFrame: ...
+
+    def read_test(self) -> pd.DataFrame: ...
 
 #: Integer-valued targets with at most this many distinct values are classes, not quantities.
 MAX_CLASSES_FOR_INTEGER_TARGET = 20
@@ -357,7 +379,7 @@ def profile_frame(
 
 
 def profile_competition(
-    config: "CompetitionConfig",
+    config: CompetitionRoles,
     *,
     tokenizer: "Tokenizer | None" = None,
     token_sample: int | None = 2000,

@@ -18,7 +18,7 @@ _LAZY: dict[str, str] = {
     "LoRAAdapter": "adapter",
     "ParameterReport": "adapter",
     "apply_lora": "adapter",
-    "read_adapter_file": "adapter",
+    "read_adapter_file": "adapter_file",
     "PRESETS": "config",
     "TARGETS": "config",
     "LoRAConfig": "config",
@@ -30,7 +30,7 @@ _LAZY: dict[str, str] = {
     "QuantizedBaseLinear": "quantized",
     "merge_quantized": "quantized",
     "export_peft": "peft_format",
-    "import_peft": "peft_format",
+    "import_peft": "adapter",
 }
 
 

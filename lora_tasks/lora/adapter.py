@@ -26,23 +26,16 @@ from mlx.utils import tree_flatten
 
 from lora_tasks import __version__
 from lora_tasks.diskspace import array_bytes, writing
+from lora_tasks.lora import peft_format
+from lora_tasks.lora.adapter_file import HEAD_ATTR, AdapterFileError, AdapterLoadError, read_adapter_file
 from lora_tasks.lora.config import LoRAConfig, is_fused_qkv, layer_index, path_has_prefix
 from lora_tasks.lora.layers import DoRALinear, LoRALinear, SlicedLoRALinear, linear_dims, set_child
 from lora_tasks.lora.quantized import QLoRALinear, QSlicedLoRALinear, quantize_base
 
-HEAD_ATTR = "head"
 FORMAT = "lora_tasks.lora"
 # Fields whose difference changes what a saved adapter computes (dropout does not).
 _FUNCTIONAL_FIELDS = ("r", "resolved_alpha", "use_rslora", "use_dora", "target_modules", "layer_specific_config",
                       "train_head")
-
-
-class AdapterLoadError(ValueError):
-    """Adapter state that does not fit the model; the message lists every mismatching key and shape."""
-
-
-class AdapterFileError(AdapterLoadError):
-    """An adapter file that cannot be read at all (truncated, corrupt); the message names the file."""
 
 
 class BaseModelMismatchWarning(UserWarning):
@@ -323,16 +316,12 @@ class LoRAAdapter:
 
     def export_peft(self, directory: str | os.PathLike) -> Path:
         """Write ``adapter_model.safetensors`` + ``adapter_config.json`` in PEFT's layout."""
-        from lora_tasks.lora.peft_format import export_peft  # peft_format builds on this module (import cycle)
-
-        return export_peft(self, directory)
+        return peft_format.export_peft(self, directory)
 
     @classmethod
     def from_peft(cls, model: nn.Module, directory: str | os.PathLike, freeze_base: bool = True) -> "LoRAAdapter":
         """Apply an adapter saved by PEFT (``save_pretrained``) or by :meth:`export_peft` to ``model``."""
-        from lora_tasks.lora.peft_format import import_peft  # peft_format builds on this module (import cycle)
-
-        return import_peft(model, directory, freeze_base=freeze_base)
+        return peft_format.apply_peft(cls, model, directory, freeze_base=freeze_base)
 
 
 def check_supported(config: LoRAConfig) -> None:
@@ -354,24 +343,6 @@ def _layer_class(linear: nn.Module, config: LoRAConfig, sliced: bool) -> type[Lo
             raise NotImplementedError("DoRA on ModernBERT's fused Wqkv is not supported; use LoRA (use_dora=False).")
         return SlicedLoRALinear
     return DoRALinear if config.use_dora else LoRALinear
-
-
-def read_adapter_file(path: str | os.PathLike) -> tuple[dict[str, mx.array], dict[str, str]]:
-    """Arrays and metadata of a ``.safetensors`` adapter file; :class:`AdapterFileError` naming the
-    file when it cannot be read."""
-    path = Path(path)
-    if not path.is_file() and path.with_name(path.name + ".safetensors").is_file():
-        path = path.with_name(path.name + ".safetensors")
-    if not path.is_file():
-        raise FileNotFoundError(f"No adapter file at {path}; pass the path LoRAAdapter.save returned.")
-    try:
-        arrays, metadata = mx.load(str(path), return_metadata=True)
-    except Exception as exc:
-        raise AdapterFileError(
-            f"Cannot read the adapter file {path} ({type(exc).__name__}: {exc}); it is incomplete or corrupt. "
-            "Delete it or run with --refresh to train it again."
-        ) from exc
-    return dict(arrays), dict(metadata)
 
 
 #: The attribute a model loader sets on the model it loads: what identifies its weights
@@ -423,6 +394,11 @@ def check_base_model(metadata: Mapping[str, str], model: nn.Module, path: str | 
     return []
 
 
+def import_peft(model: nn.Module, directory: str | os.PathLike, freeze_base: bool = True) -> LoRAAdapter:
+    """Apply a PEFT LoRA/DoRA adapter folder to ``model`` (in place): :meth:`LoRAAdapter.from_peft`."""
+    return LoRAAdapter.from_peft(model, directory, freeze_base=freeze_base)
+
+
 def apply_lora(model: nn.Module, config: LoRAConfig, freeze_base: bool = True) -> LoRAAdapter:
     """Add LoRA layers to ``model`` in place and return their :class:`LoRAAdapter`."""
     return LoRAAdapter(model, config, freeze_base=freeze_base)
@@ -435,4 +411,4 @@ def describe(adapter: LoRAAdapter) -> str:
     )
 
 
-__all__ = ["BASE_WEIGHTS_ATTRIBUTE", "AdapterFileError", "AdapterLoadError", "BaseModelMismatchWarning", "base_identity", "check_base_model", "LoRAAdapter", "ParameterReport", "apply_lora", "read_adapter_file", "describe", "set_child"]
+__all__ = ["BASE_WEIGHTS_ATTRIBUTE", "HEAD_ATTR", "AdapterFileError", "AdapterLoadError", "import_peft", "BaseModelMismatchWarning", "base_identity", "check_base_model", "LoRAAdapter", "ParameterReport", "apply_lora", "read_adapter_file", "describe", "set_child"]

@@ -41,6 +41,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from lora_tasks.lora.adapter import HEAD_ATTR, LoRAAdapter
 from lora_tasks.lora.config import LoRAConfig
 from lora_tasks.lora.layers import DoRALinear, LoRALinear
+from lora_tasks.lora.task_vectors import dare, ties, truncated_svd
 
 MergeMethod = Literal["linear", "cat", "svd", "ties", "dare"]
 MERGE_METHODS: tuple[str, ...] = ("linear", "cat", "svd", "ties", "dare")
@@ -165,7 +166,7 @@ def merge_adapters(
         if method == "svd" or method in ("ties", "dare"):
             default = max(lay.a.shape[0] for lay in layers) if method == "svd" else sum(lay.a.shape[0] for lay in layers)
             target = b @ a if dora else delta  # DoRA: truncate the direction update, keep the magnitude exact
-            a, b = _truncated_svd(target, min(rank or default, *target.shape))
+            a, b = truncated_svd(target, min(rank or default, *target.shape))
         realized = (b @ a) if not dora else _dora_weight(base, b @ a, mag) - base
         norm = np.linalg.norm(delta)
         errors[path] = float(np.linalg.norm(realized - delta) / norm) if norm > 0 else 0.0
@@ -369,43 +370,6 @@ def _merge_dora(layers: list[_Layer], base: np.ndarray, w: np.ndarray):
     a = np.concatenate([lay.a for lay in layers], axis=0)
     b = np.concatenate([((wk * c / big_c)[:, None]) * lay.scale * lay.b for wk, c, lay in zip(w, cs, layers, strict=True)], axis=1)
     return merged - base, a, b, _row_norm(merged)
-
-
-def ties(taus: np.ndarray, weights: np.ndarray, density: float) -> np.ndarray:
-    """TIES-merging of task vectors ``taus`` (K, ...): trim, weight, elect sign, disjoint mean."""
-    trimmed = np.stack([_keep_top(t, density) for t in taus])
-    weighted = trimmed * np.asarray(weights).reshape((-1,) + (1,) * (taus.ndim - 1))
-    majority = np.where(weighted.sum(axis=0) >= 0, 1.0, -1.0)
-    agree = np.sign(weighted) == majority
-    return (weighted * agree).sum(axis=0) / np.clip(agree.sum(axis=0), 1, None)
-
-
-def dare(taus: np.ndarray, weights: np.ndarray, density: float, rng: np.random.Generator) -> np.ndarray:
-    """DARE: keep each entry with probability ``density`` and rescale by ``1/density``, then weighted sum."""
-    out = np.zeros(taus.shape[1:])
-    for wk, t in zip(weights, taus, strict=True):
-        keep = rng.random(t.shape) < density
-        out += wk * np.where(keep, t / density, 0.0)
-    return out
-
-
-def _keep_top(t: np.ndarray, density: float) -> np.ndarray:
-    """Zero all but the ``int(density * size)`` largest-magnitude entries."""
-    k = int(density * t.size)
-    if k <= 0:
-        return np.zeros_like(t)
-    flat = np.abs(t).ravel()
-    keep = np.argpartition(flat, flat.size - k)[flat.size - k:]
-    mask = np.zeros(flat.size, dtype=bool)
-    mask[keep] = True
-    return np.where(mask.reshape(t.shape), t, 0.0)
-
-
-def _truncated_svd(delta: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """Factors (A (rank, in), B (out, rank)) of the best rank-``rank`` approximation, sqrt(S) on each side."""
-    u, s, vt = np.linalg.svd(delta, full_matrices=False)
-    root = np.sqrt(s[:rank])
-    return root[:, None] * vt[:rank], u[:, :rank] * root[None, :]
 
 
 def _merged_config(first: LoRAConfig, ranks: Mapping[str, int], head: str) -> LoRAConfig:

@@ -14,7 +14,7 @@ as one module, ours its q/k/v row slices, and both directions are exact (:func:`
 :func:`_wqkv_slices`).
 
 PEFT has no slot for our task head on a ``BertModel``; a trained head is written next to the
-adapter as ``head.safetensors`` (our key names) and read back by :func:`import_peft`.
+adapter as ``head.safetensors`` (our key names) and read back by :func:`apply_peft`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import mlx.nn as nn
 import numpy as np
 
 from lora_tasks.diskspace import array_bytes, writing
-from lora_tasks.lora.adapter import HEAD_ATTR, AdapterFileError, AdapterLoadError, LoRAAdapter, read_adapter_file
+from lora_tasks.lora.adapter_file import HEAD_ATTR, AdapterFileError, AdapterLoadError, read_adapter_file
 from lora_tasks.lora.config import MODERNBERT_TARGETS, QKV_ORDER, TARGETS, LoRAConfig, is_fused_qkv, targets_of_path
 from lora_tasks.lora.layers import SlicedLoRALinear
 from lora_tasks.torch_bin import load_torch_bin
@@ -146,7 +146,7 @@ class PeftNames:
         return chosen
 
 
-def peft_state_dict(adapter: LoRAAdapter) -> dict[str, mx.array]:
+def peft_state_dict(adapter: Any) -> dict[str, mx.array]:
     """The adapter's arrays under PEFT's key names."""
     out: dict[str, mx.array] = {}
     names = {v: k for k, v in _SUFFIXES.items() if not k.endswith("vector.weight")}
@@ -158,7 +158,7 @@ def peft_state_dict(adapter: LoRAAdapter) -> dict[str, mx.array]:
     return out
 
 
-def peft_config_dict(adapter: LoRAAdapter, base_model_name_or_path: str | None = None) -> dict[str, Any]:
+def peft_config_dict(adapter: Any, base_model_name_or_path: str | None = None) -> dict[str, Any]:
     """``adapter_config.json`` contents (PEFT's LoraConfig fields that we use)."""
     cfg = adapter.config
     peft = PeftNames.of(adapter.model)
@@ -194,7 +194,7 @@ def peft_config_dict(adapter: LoRAAdapter, base_model_name_or_path: str | None =
 
 
 def export_peft(
-    adapter: LoRAAdapter, directory: str | os.PathLike, base_model_name_or_path: str | None = None
+    adapter: Any, directory: str | os.PathLike, base_model_name_or_path: str | None = None
 ) -> Path:
     """Write the adapter in PEFT's layout into ``directory`` (created if needed); returns it. The
     names are those of the transformers model of the encoder's architecture (``BertModel``,
@@ -308,8 +308,10 @@ def _pattern_value(patterns: Mapping[str, Any], rel: str) -> Any:
     return None
 
 
-def import_peft(model: nn.Module, directory: str | os.PathLike, freeze_base: bool = True) -> LoRAAdapter:
-    """Apply a PEFT LoRA/DoRA adapter folder to ``model`` (in place) and return its :class:`LoRAAdapter`.
+def apply_peft(adapter_cls: Any, model: nn.Module, directory: str | os.PathLike, freeze_base: bool = True) -> Any:
+    """Apply a PEFT LoRA/DoRA adapter folder to ``model`` (in place) and return its adapter, an
+    ``adapter_cls`` (:class:`~lora_tasks.lora.adapter.LoRAAdapter`, which builds on this module:
+    ``LoRAAdapter.from_peft`` and :func:`~lora_tasks.lora.adapter.import_peft` call this).
 
     Every problem (tensors for modules this model lacks, wrong shapes, unsupported modules) is
     reported in one :class:`AdapterLoadError`.
@@ -390,7 +392,7 @@ def import_peft(model: nn.Module, directory: str | os.PathLike, freeze_base: boo
         use_dora=use_dora,
         layer_specific_config=overrides,
     )
-    adapter = LoRAAdapter(model, lora_config, freeze_base=freeze_base)
+    adapter = adapter_cls(model, lora_config, freeze_base=freeze_base)
     state = adapter.get_lora_state_dict()  # layers PEFT did not adapt keep B = 0: no change
     for rel, parts in arrays.items():
         for attr, value in parts.items():

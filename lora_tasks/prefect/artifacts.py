@@ -132,3 +132,8 @@ def publish_submission(slug: str, check: Any, submission: Any = None, scored: An
 
     create_markdown_artifact(key=artifact_key(slug, "submission"), markdown=submission_markdown(check, submission, scored),
                              description="Submission check, Kaggle ref and score")
+
+
+def run_cv_rows(results: Sequence[AdapterResult], set_results: dict[str, Sequence[AdapterResult]]) -> list[dict[str, Any]]:
+    """The CV rows of the main set's folds, then of every adapter set's (``<set> fold k``)."""
+    return cv_rows(results) + [row for name, rs in set_results.items() for row in cv_rows(rs, f"{name} fold")]

@@ -56,10 +56,10 @@ USER_CREDENTIAL_VARS = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN")
 
 def offline_worker_env() -> dict[str, str]:
     """The Kaggle environment of the offline demo's worker processes: the fake server's token only."""
-    from lora_tasks.testing.fake_kaggle import DEFAULT_TOKEN  # the test server: offline demo only
+    from lora_tasks.testing.offline_demo import OFFLINE_TOKEN  # the test server: offline demo only
 
     env = dict.fromkeys(USER_CREDENTIAL_VARS, "")
-    env["KAGGLE_API_TOKEN"] = DEFAULT_TOKEN
+    env["KAGGLE_API_TOKEN"] = OFFLINE_TOKEN
     return env
 
 

@@ -1,6 +1,7 @@
-"""Thin Prefect tasks over :mod:`lora_tasks.steps`: cache policy, retries, artifacts, progress.
+"""Prefect tasks made from the step functions of :mod:`lora_tasks.steps`: cache policy, retries, progress.
 
-Each task is one call to a step function (which has its own tests). What this module adds:
+Each task *is* its step function, with its signature (:func:`step_task` wraps it; the steps
+have their own tests); :data:`STEP_TASKS` says what each task adds. What this module adds:
 
 * **Caching across runs, keyed on content.** :class:`ContentCache` hashes the *bytes* of file and
   folder inputs (not their paths), plain inputs by value, plus the code that can run (every
@@ -23,6 +24,7 @@ Each task is one call to a step function (which has its own tests). What this mo
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -30,7 +32,7 @@ import time
 from dataclasses import dataclass, fields, is_dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE, CachePolicy
@@ -44,23 +46,15 @@ from lora_tasks.options import DEFAULT_WORK_DIR
 from lora_tasks.prefect.code_version import code_version, competition_config, model_weights
 from lora_tasks.prefect.manifest import manifest_problem, record_outputs
 from lora_tasks.progress import ProgressEvent, Tee, progress_for_output
-from lora_tasks.steps.combine import DEFAULT_BLEND_METHOD, CombineResult, combine
+from lora_tasks.steps.combine import combine
 from lora_tasks.steps.download import download_data
+from lora_tasks.steps.orchestrate import NETWORK_RETRIES, NETWORK_STEPS, RETRY_JITTER
 from lora_tasks.steps.plan import plan_training
 from lora_tasks.steps.prepare import prepare_data
 from lora_tasks.steps.store import PIPELINE_VERSION
 from lora_tasks.steps.submit import read_score, submit_run, validate, write_submission
-from lora_tasks.steps.train import (
-    AdapterResult,
-    BaselineResult,
-    TokenFiles,
-    tokenize_data,
-    train_adapter,
-    train_baselines,
-)
+from lora_tasks.steps.train import tokenize_data, train_adapter, train_members
 
-NETWORK_RETRIES = 4
-RETRY_JITTER = 0.5  # each delay varies by up to +/-50%: parallel runs do not retry in lockstep
 DOWNLOAD_CACHE_TTL = timedelta(hours=6)  # scheduled runs look for new data; a rerun soon after does not
 log = logging.getLogger("lora_tasks.prefect.tasks")
 
@@ -202,10 +196,6 @@ def quiet_manifest_hook_logs() -> None:
         logger.addFilter(QuietManifestHook())
 
 
-def _policy(fn: Callable, *, by_value: Iterable[str] = (), exclude: Iterable[str] = ()) -> ContentCache:
-    return ContentCache(library_fn=fn, by_value=tuple(by_value), exclude=tuple(exclude))
-
-
 def network_retry_options(base_delay_s: float = 10.0) -> dict[str, Any]:
     """Retry settings of the Kaggle tasks: 4 retries, delays base x (1, 2, 4, 8) with jitter,
     only for transient errors (429, 5xx, dropped connections, silent upload failures)."""
@@ -255,136 +245,81 @@ class PrefectProgress:
 # ============================================================================ tasks
 
 
-@task(name="download", cache_policy=_policy(download_data, by_value=("data_dir",), exclude=("endpoint",)),
-      cache_expiration=DOWNLOAD_CACHE_TTL, persist_result=True, **network_retry_options())
-def download_task(competition: Any, data_dir: Path, endpoint: str | None = None, offline: bool = False) -> Path:
-    """Kaggle (or the fake server) -> ``data_dir/<slug>``; ``offline``: the data already there.
-    ``competition`` here and below: a name or the run's :class:`~lora_tasks.data.source.CompetitionSource`."""
-    with running_step("download"):
-        return download_data(competition, data_dir, endpoint, offline=offline)
-
-
-@task(name="prepare", cache_policy=_policy(prepare_data, by_value=("out_dir",)), persist_result=True)
-def prepare_task(competition: str, data_dir: Path, out_dir: Path, max_train_rows: int | None = None, seed: int = 0) -> Path:
-    with running_step("prepare"):
-        return prepare_data(competition, data_dir, out_dir, max_train_rows=max_train_rows, seed=seed)
-
-
-@task(name="profile-and-configure", cache_policy=_policy(plan_training, by_value=("out_dir",)), persist_result=True)
-def plan_task(
-    competition: str,
-    data_dir: Path,
-    out_dir: Path,
-    model: str | None = None,
-    tiny: bool = False,
-    overrides: dict[str, Any] | None = None,
-    max_train_rows: int | None = None,
-    budget: bool = False,
-    time_limit: str | None = None,
-    no_adapters: bool = False,
-    members_fallback: bool = False,
-) -> Path:
-    return plan_training(
-        competition, data_dir, out_dir, model=model, tiny=tiny, overrides=overrides, max_train_rows=max_train_rows,
-        budget=budget, time_limit=time_limit, no_adapters=no_adapters, members_fallback=members_fallback,
-    )
-
-
-@task(name="tokenize", cache_policy=_policy(tokenize_data, by_value=("cache_dir",)), persist_result=True)
-def tokenize_task(prepared: Path, plan: Path, cache_dir: Path, model: str | None = None) -> TokenFiles:
-    with running_step("tokenize"):
-        return tokenize_data(prepared, plan, cache_dir, model=model)
-
-
-@task(name="train-adapter", task_run_name="train-fold-{fold}",
-      cache_policy=_policy(train_adapter, by_value=("out_dir",), exclude=("refresh", "run_start")), persist_result=True)
-def train_task(prepared: Path, plan: Path, tokens: TokenFiles, fold: int, out_dir: Path, model: str | None = None,
-               refresh: bool = False, run_start: float | None = None, members: list[BaselineResult] | None = None,
-               epochs: int | None = None) -> AdapterResult:
-    """One fold's adapter; a progress artifact follows the training, and progress lines (every 30 s
-    and at each epoch end) go to the run's logs, where a deployment's or a redirected run's output
-    is read. ``refresh`` (the run's ``--refresh``) also starts the fold afresh instead of resuming
-    an existing checkpoint; ``run_start`` (the run's ``time.time()``) lets the fold keep the run's
-    time limit. Neither is part of the cache key. ``members`` (fold 0) and ``epochs`` (the later
-    folds) carry the members decision, as in :func:`~lora_tasks.steps.train.train_adapter`."""
-    progress = Tee(PrefectProgress(f"fold {fold}"), progress_for_output(logger=get_run_logger()))
-    with running_step(f"train fold {fold}"):
-        return train_adapter(prepared, plan, tokens, fold, out_dir, model=model, progress=progress,
-                             refresh=refresh, run_start=run_start, members=members or (), epochs=epochs)
-
-
-@task(name="train-baselines", cache_policy=_policy(train_baselines, by_value=("out_dir",)), persist_result=True)
-def baseline_task(competition: str, data_dir: Path, prepared: Path, plan: Path, out_dir: Path) -> list[BaselineResult]:
-    """The scikit-learn members on the adapters' folds (seconds; runs beside the adapters)."""
-    with running_step("train baselines"):
-        return train_baselines(competition, data_dir, prepared, plan, out_dir)
-
-
-@task(name="combine", cache_policy=_policy(combine, by_value=("out_dir",)), persist_result=True)
-def combine_task(
-    prepared: Path,
-    plan: Path,
-    results: list[AdapterResult],
-    out_dir: Path,
-    method: str = "blend",
-    tokens: TokenFiles | None = None,
-    model: str | None = None,
-    baselines: list[BaselineResult] | None = None,
-    blend_method: str = DEFAULT_BLEND_METHOD,
-    adapter_sets: dict[str, list[AdapterResult]] | None = None,
-) -> CombineResult:
-    with running_step("combine"):
-        return combine(prepared, plan, results, out_dir, method=method, tokens=tokens, model=model,
-                       baselines=baselines or (), blend_method=blend_method, adapter_sets=adapter_sets)
-
-
-@task(name="write-submission", cache_policy=_policy(write_submission, by_value=("out_dir",)), persist_result=True)
-def submission_task(prepared: Path, plan: Path, test_pred: Path, out_dir: Path, threshold: float | None = None) -> Path:
-    return write_submission(prepared, plan, test_pred, out_dir, threshold)
-
-
-@task(name="validate-submission", cache_policy=_policy(validate), persist_result=True)
-def validate_task(submission: Path, prepared: Path):
-    return validate(submission, prepared)
-
-
-@task(name="submit", cache_policy=NO_CACHE, **network_retry_options())
-def submit_task(competition: str, submission: Path, message: str, run_key: str, state_dir: Path, endpoint: str | None = None,
-                resubmit: bool = False):
-    """Not cached: each flow run is a deliberate submission. Retries within the run reuse its
-    run id (flow run id + file hash), so a lost answer never becomes a second submission;
-    ``resubmit`` (the run's ``--resubmit``) submits a file Kaggle already holds from an earlier run."""
-    with running_step("submit"):
-        return submit_run(competition, submission, message, run_key, state_dir, endpoint, resubmit=resubmit)
-
-
-@task(name="read-score", cache_policy=NO_CACHE, **network_retry_options())
-def score_task(competition: str, ref: int, endpoint: str | None = None, timeout_s: float = 900.0, poll_s: float = 10.0):
-    with running_step("read score"):
-        return read_score(competition, ref, endpoint, timeout_s=timeout_s, poll_s=poll_s)
-
-
-NETWORK_TASKS = (download_task, submit_task, score_task)
-CACHED_TASKS = (download_task, prepare_task, plan_task, tokenize_task, train_task, baseline_task, combine_task,
-                submission_task, validate_task)
-
-
 @dataclass(frozen=True)
-class RunTasks:
-    """The tasks of one run, with its result store, retry delay and cache refresh applied.
-    (Decorator arguments are fixed at import, while these belong to a run.)"""
+class StepTask:
+    """How one step becomes a task: its name, what its cache key takes by value or leaves out
+    (see :class:`ContentCache`), and what the task adds around the call."""
 
-    download: Any
-    prepare: Any
-    plan: Any
-    tokenize: Any
-    train_adapter: Any
-    train_baselines: Any
-    combine: Any
-    write_submission: Any
-    validate: Any
-    submit: Any
-    read_score: Any
+    name: str
+    by_value: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    run_name: str | None = None
+    cached: bool = True
+    cache_expiration: timedelta | None = None
+    training_progress: bool = False  # a progress artifact and log lines follow the training
+
+
+#: Every step the run executes -> its task. The Kaggle endpoint keys nothing (the data is the same
+#: competition wherever it comes from; its content keys the later steps); ``refresh``, ``run_start``
+#: and ``progress`` do not change a fold's result. The network steps are not cached: each flow run
+#: is a deliberate submission, and retries reuse its run id (flow run id + file hash), so a lost
+#: answer never becomes a second submission.
+STEP_TASKS: dict[Callable[..., Any], StepTask] = {
+    download_data: StepTask("download", by_value=("data_dir",), exclude=("endpoint", "timeout"),
+                            cache_expiration=DOWNLOAD_CACHE_TTL),
+    prepare_data: StepTask("prepare", by_value=("out_dir",)),
+    plan_training: StepTask("profile-and-configure", by_value=("out_dir",)),
+    tokenize_data: StepTask("tokenize", by_value=("cache_dir",)),
+    train_adapter: StepTask("train-adapter", by_value=("out_dir",), exclude=("refresh", "run_start", "progress"),
+                            run_name="train-fold-{fold}", training_progress=True),
+    train_members: StepTask("train-members", by_value=("out_dir",)),
+    combine: StepTask("combine", by_value=("out_dir",)),
+    write_submission: StepTask("write-submission", by_value=("out_dir",)),
+    validate: StepTask("validate-submission"),
+    submit_run: StepTask("submit", cached=False),
+    read_score: StepTask("read-score", cached=False),
+}
+
+
+def step_task(step: Callable[..., Any], spec: StepTask) -> Any:
+    """The Prefect task of ``step``: the step's own signature (``functools.wraps``), called as
+    is inside :func:`~lora_tasks.lifecycle.running_step`; the task adds the cache policy, the
+    retries of the network steps and, for training, a progress artifact and log lines (every 30 s
+    and at each epoch end, where a deployment's or a redirected run's output is read)."""
+    signature = inspect.signature(step)
+
+    @functools.wraps(step)
+    def run_step(*args: Any, **kwargs: Any) -> Any:
+        label = spec.name
+        if spec.training_progress:
+            fold = signature.bind(*args, **kwargs).arguments["fold"]
+            label = f"train fold {fold}"
+            kwargs["progress"] = Tee(PrefectProgress(f"fold {fold}"), progress_for_output(logger=get_run_logger()))
+        with running_step(label):
+            return step(*args, **kwargs)
+
+    options: dict[str, Any] = dict(name=spec.name)
+    if spec.run_name:
+        options["task_run_name"] = spec.run_name
+    if spec.cached:
+        options["cache_policy"] = ContentCache(library_fn=step, by_value=spec.by_value, exclude=spec.exclude)
+        options.update(cache_expiration=spec.cache_expiration, persist_result=True)
+    else:
+        options["cache_policy"] = NO_CACHE
+    if step in NETWORK_STEPS:
+        options.update(network_retry_options())
+    return task(run_step, **options)
+
+
+#: The tasks, made once at import (Prefect keys a task by its function; :func:`configure` copies them per run).
+TASKS: dict[Callable[..., Any], Any] = {step: step_task(step, spec) for step, spec in STEP_TASKS.items()}
+NETWORK_TASKS = tuple(TASKS[s] for s in STEP_TASKS if s in NETWORK_STEPS)
+CACHED_TASKS = tuple(TASKS[s] for s, spec in STEP_TASKS.items() if spec.cached)
+
+
+class RunTasks(dict):
+    """The tasks of one run by step function, with its result store, retry delay and cache
+    refresh applied. (Decorator arguments are fixed at import, while these belong to a run.)"""
 
 
 def configure(work_dir: str | os.PathLike, *, retry_delay_s: float | None = None, refresh: bool = False) -> RunTasks:
@@ -405,10 +340,4 @@ def configure(work_dir: str | os.PathLike, *, retry_delay_s: float | None = None
                 options["refresh_cache"] = True
         return task_obj.with_options(**options)
 
-    return RunTasks(
-        download=configured(download_task), prepare=configured(prepare_task), plan=configured(plan_task),
-        tokenize=configured(tokenize_task), train_adapter=configured(train_task),
-        train_baselines=configured(baseline_task), combine=configured(combine_task),
-        write_submission=configured(submission_task), validate=configured(validate_task),
-        submit=configured(submit_task), read_score=configured(score_task),
-    )
+    return RunTasks({step: configured(t) for step, t in TASKS.items()})

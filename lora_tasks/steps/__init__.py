@@ -67,21 +67,21 @@ from lora_tasks.steps.targets import (
 )
 from lora_tasks.steps.train import (
     AdapterResult,
-    BaselineResult,
+    MemberResult,
     TokenFiles,
     load_dataset,
     tokenize_data,
     train_adapter,
-    train_baselines,
+    train_members,
 )
 
 __all__ = [
     "ADAPTERS_MEMBER", "COMBINE_METHODS", "DEFAULT_BLEND_METHOD", "DEMO_SLUG", "METADATA_NAME", "OVERRIDABLE", "PIPELINE_VERSION",
-    "AdapterResult", "AdapterSet", "BaselineResult", "CombineResult", "CompetitionMetadata", "PipelineError", "PipelineResult", "Plan",
+    "AdapterResult", "AdapterSet", "MemberResult", "CombineResult", "CompetitionMetadata", "PipelineError", "PipelineResult", "Plan",
     "Prepared", "TokenFiles", "adapter_set_overrides", "check_adapter_set", "combine", "competition_slug",
     "competition_spec", "download_data", "fold_assignment", "given_overrides", "inverse_transform", "kaggle_endpoint", "load_dataset",
     "load_json", "merged_predict", "offline_kaggle", "parse_adapter_sets", "plan_run", "plan_training",
     "prepare_data", "read_score", "recipe_adapter_sets", "run_pipeline", "save_array", "save_json",
     "score_predictions", "submission_frame", "submission_run_id", "submit_file", "submit_run", "tokenize_data",
-    "train_adapter", "train_baselines", "validate", "write_submission",
+    "train_adapter", "train_members", "validate", "write_submission",
 ]

@@ -24,13 +24,13 @@ from lora_tasks.steps.targets import (
 from lora_tasks.steps.train import (
     MLX_LOCK,
     AdapterResult,
-    BaselineResult,
+    MemberResult,
     TokenFiles,
     load_dataset,
     ravel,
 )
 
-#: How the adapters' fold ensemble and the baselines are blended (lora_tasks.ensemble.METHODS).
+#: How the adapters' fold ensemble and the members are blended (lora_tasks.ensemble.METHODS).
 DEFAULT_BLEND_METHOD = "caruana"
 COMBINE_METHODS = ("blend", "merge")
 
@@ -40,7 +40,7 @@ class CombineResult:
     """Test predictions of the ensemble (model scale), the assembled OOF and its score.
 
     ``weights``: each member's share of the blend (``lora`` is the mean of the fold adapters;
-    with ``merge``, or without baselines, it has weight 1). ``member_scores``: each member's
+    with ``merge``, or without members, it has weight 1). ``member_scores``: each member's
     OOF score under the competition metric. ``blend_cv_score``: the blending procedure itself
     fit on the other folds and scored on each held-out fold, so optimistic weights show.
     ``threshold``: the cut of P(class 1) fit on the OOF rows (``[submission] threshold = "auto"``
@@ -82,19 +82,19 @@ def combine(
     method: str = "blend",
     tokens: TokenFiles | None = None,
     model: str | None = None,
-    baselines: Sequence[BaselineResult] = (),
+    members: Sequence[MemberResult] = (),
     blend_method: str = DEFAULT_BLEND_METHOD,
     adapter_sets: Mapping[str, Sequence[AdapterResult]] | None = None,
 ) -> CombineResult:
-    """Combine the fold adapters (and, with ``blend``, the baselines) into test predictions.
+    """Combine the fold adapters (and, with ``blend``, the members) into test predictions.
 
     The fold adapters form one member, ``lora``: each train row is predicted by the adapter
     that held it out, each test row by the mean of all folds (fold models are equals: each saw
     (K-1)/K of the rows, so there is nothing to weigh between them). ``blend`` then blends that
-    member with the ``baselines`` by ``blend_method`` (:func:`lora_tasks.ensemble.blend`, fit on
+    member with the ``members`` by ``blend_method`` (:func:`lora_tasks.ensemble.blend`, fit on
     OOF rows only). ``merge``: average the adapters' weight updates (and heads) into one plain
     model and predict the test rows once (one forward pass at inference instead of K; needs
-    ``tokens``); baselines do not enter a merged model. With ``[submission] threshold = "auto"``
+    ``tokens``); members do not enter a merged model. With ``[submission] threshold = "auto"``
     and F1, the cut of the combined P(class 1) is fit on the OOF rows (``CombineResult.threshold``).
     ``adapter_sets``: more fold-adapter sets on the same folds, by member name; each is a member
     like ``lora`` (its folds' OOF rows, the mean of its folds on test).
@@ -102,12 +102,12 @@ def combine(
     adapter_sets = dict(adapter_sets or {})
     if method not in COMBINE_METHODS:
         raise PipelineError(f"combine method {method!r}; use one of {', '.join(COMBINE_METHODS)}.")
-    if not results and not baselines:
+    if not results and not members:
         raise PipelineError("No adapters to combine; train at least one fold (or blend scikit-learn members: "
-                            "no_adapters with baselines).")
-    if method == "merge" and baselines:
-        raise PipelineError("combine(method='merge') builds one model from the adapters; baselines only blend. "
-                            "Drop the baselines or use method='blend'.")
+                            "no_adapters with members).")
+    if method == "merge" and members:
+        raise PipelineError("combine(method='merge') builds one model from the adapters; members only blend. "
+                            "Drop the members or use method='blend'.")
     if method == "merge" and adapter_sets:
         raise PipelineError("combine(method='merge') merges one set of adapters; adapter sets of other presets or "
                             "encoders only blend. Drop the adapter sets or use method='blend'.")
@@ -117,7 +117,7 @@ def combine(
         if method != "blend":
             raise PipelineError(f"combine(method={method!r}) needs fold adapters; without them (no_adapters) only "
                                 "'blend' of the scikit-learn members is possible.")
-        return _blend_members_only(prepared, plan, baselines, out_dir, blend_method)
+        return _blend_members_only(prepared, plan, members, out_dir, blend_method)
     oof, ordered = fold_ensemble(results)
     fold_weights = [1.0 / len(ordered)] * len(ordered)
     scores = {ADAPTERS_MEMBER: score_predictions(oof, prepared, plan)}
@@ -129,7 +129,7 @@ def combine(
         test = merged_predict(prepared, plan, [r.adapter_path for r in ordered], fold_weights, tokens.test, model=model)
     else:
         test = sum(w * np.load(r.test_path) for w, r in zip(fold_weights, ordered, strict=True))
-    if baselines or adapter_sets:
+    if members or adapter_sets:
         # the blenders load scikit-learn's estimators
         from lora_tasks.ensemble.blend import blend
 
@@ -140,9 +140,9 @@ def combine(
             members_oof[name], set_ordered = fold_ensemble(set_results)
             members_test[name] = np.mean([np.load(r.test_path) for r in set_ordered], axis=0)
             scores[name] = score_predictions(members_oof[name], prepared, plan)
-        for b in baselines:
+        for b in members:
             if b.name in members_oof:
-                raise PipelineError(f"Two members are named {b.name!r}; give each baseline its own name.")
+                raise PipelineError(f"Two members are named {b.name!r}; give each member its own name.")
             members_oof[b.name], members_test[b.name] = np.load(b.oof_path), np.load(b.test_path)
             scores[b.name] = float(b.oof_score)
         blended = blend(blend_method, members_oof, members_test, training_labels(prepared, plan),
@@ -172,15 +172,15 @@ def combine(
     )
 
 
-def _blend_members_only(prepared: Prepared, plan: Plan, baselines: Sequence[BaselineResult],
+def _blend_members_only(prepared: Prepared, plan: Plan, members: Sequence[MemberResult],
                         out_dir: str | os.PathLike, blend_method: str) -> CombineResult:
     """``no_adapters``: the scikit-learn members blended alone, weights fit on their OOF rows."""
     from lora_tasks.ensemble.blend import blend  # the blenders load scikit-learn's estimators
 
-    members_oof = {b.name: np.load(b.oof_path) for b in baselines}
-    members_test = {b.name: np.load(b.test_path) for b in baselines}
-    if len(members_oof) != len(baselines):
-        raise PipelineError(f"Two members share a name among {[b.name for b in baselines]}; give each its own name.")
+    members_oof = {b.name: np.load(b.oof_path) for b in members}
+    members_test = {b.name: np.load(b.test_path) for b in members}
+    if len(members_oof) != len(members):
+        raise PipelineError(f"Two members share a name among {[b.name for b in members]}; give each its own name.")
     blended = blend(blend_method, members_oof, members_test, training_labels(prepared, plan),
                     blend_metric(prepared, plan), fold_assignment(prepared, plan, members=True), seed=plan.seed,
                     tune_threshold=tunes_label_cut(prepared, plan))
@@ -193,7 +193,7 @@ def _blend_members_only(prepared: Prepared, plan: Plan, baselines: Sequence[Base
         metric=prepared.metric,
         weights={k: float(v) for k, v in blended.weights.items()},
         fold_scores=[],
-        member_scores={b.name: float(b.oof_score) for b in baselines},
+        member_scores={b.name: float(b.oof_score) for b in members},
         blend_method=blend_method,
         blend_cv_score=blended.report.blend_cv_score,
         threshold=blended.threshold,

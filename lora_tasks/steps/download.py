@@ -98,34 +98,13 @@ def needs_offline_server(competition: str | CompetitionSource, endpoint: str | N
     return str(competition) == DEMO_SLUG and not endpoint and not offline
 
 
-@contextlib.contextmanager
-def offline_kaggle(work_dir: str | os.PathLike) -> Iterator[str]:
-    """Serve the offline ``demo`` competition from an in-process fake Kaggle server; yield its URL.
+def offline_kaggle(work_dir: str | os.PathLike) -> contextlib.AbstractContextManager[str]:
+    """Serve the offline ``demo`` competition from an in-process fake Kaggle server; its URL in a
+    ``with`` block (:func:`lora_tasks.testing.offline_demo.offline_kaggle`, the one place product
+    code reaches the test server; loaded only for the demo)."""
+    from lora_tasks.testing.offline_demo import offline_kaggle as serve_demo
 
-    The fake server accepts only its own token, so for the duration the process's Kaggle
-    credentials are the fake ones (``KAGGLE_API_TOKEN`` wins over every other source, so a real
-    token is never sent to it); the previous values are restored.
-    """
-    # the test server is needed by the offline demo only
-    from lora_tasks.testing.demo import build_demo_competition
-    from lora_tasks.testing.fake_kaggle import DEFAULT_TOKEN, serve
-
-    served = Path(work_dir) / "fake-kaggle"
-    build_demo_competition(served)
-    saved = os.environ.get("KAGGLE_API_TOKEN")
-    os.environ["KAGGLE_API_TOKEN"] = DEFAULT_TOKEN
-    try:
-        # the run's submission records live in <work>/state; the server's own list goes beside
-        # them, so a rerun's server knows the submissions an earlier run's server scored
-        state_file = Path(work_dir) / "state" / "fake-kaggle-submissions.json"
-        with serve(served, pending_polls=1, state_file=state_file) as server:
-            log.info("Offline demo: fake Kaggle server at %s", server.url)
-            yield server.url
-    finally:
-        if saved is None:
-            os.environ.pop("KAGGLE_API_TOKEN", None)
-        else:
-            os.environ["KAGGLE_API_TOKEN"] = saved
+    return serve_demo(work_dir)
 
 
 @contextlib.contextmanager

@@ -132,7 +132,7 @@ def epoch_budget(plan: Plan, run_start: float | None) -> EpochBudget | None:
                        float(plan.epoch_s), float(plan.predict_s or 0.0), float(plan.reserve_s or 0.0))
 
 
-def members_decide(plan: Plan, members: Sequence[BaselineResult], epochs: int | None = None) -> bool:
+def members_decide(plan: Plan, members: Sequence[MemberResult], epochs: int | None = None) -> bool:
     """Whether the first fold compares the adapters with ``members`` and so decides the later
     folds' epochs: not without members, with one epoch (``epochs``, default the plan's), the loss
     as metric or one fold. A runner that trains folds at once waits for fold 0 only then."""
@@ -140,7 +140,7 @@ def members_decide(plan: Plan, members: Sequence[BaselineResult], epochs: int | 
     return bool(members) and epochs >= 2 and plan.train_metric is not None and plan.n_folds >= 2
 
 
-def _members_check(plan: Plan, prepared: Prepared, members: Sequence[BaselineResult], valid_idx: np.ndarray,
+def _members_check(plan: Plan, prepared: Prepared, members: Sequence[MemberResult], valid_idx: np.ndarray,
                    epochs: int) -> MembersCheck | None:
     """The best member's score on this fold's held-out rows, on the adapters' validation metric;
     None when :func:`members_decide` says there is nothing to compare."""
@@ -168,7 +168,7 @@ def train_adapter(
     model: str | None = None,
     progress: Callable[[Any], None] | None = None,
     run_start: float | None = None,
-    members: Sequence[BaselineResult] = (),
+    members: Sequence[MemberResult] = (),
     epochs: int | None = None,
     refresh: bool = False,
 ) -> AdapterResult:
@@ -254,7 +254,7 @@ def _drop_checkpoints(checkpoint_dir: Path, fold: int) -> None:
 
 
 @dataclass
-class BaselineResult:
+class MemberResult:
     """A scikit-learn member's out-of-fold and test predictions, on the model scale."""
 
     name: str
@@ -269,13 +269,13 @@ class BaselineResult:
         return [self.oof_path, self.test_path]
 
 
-def train_baselines(
+def train_members(
     competition: str | CompetitionSource,
     data_dir: str | os.PathLike,
     prepared_path: str | os.PathLike,
     plan_path: str | os.PathLike,
     out_dir: str | os.PathLike,
-) -> list[BaselineResult]:
+) -> list[MemberResult]:
     """Fit the scikit-learn members that suit the table (:func:`lora_tasks.ensemble.members.table_members`:
     HistGradientBoosting and a regularized linear model, or TF-IDF + a linear model for text)
     on the same rows as the adapters and on the same target scale, so the combine step can blend
@@ -303,7 +303,7 @@ def train_baselines(
     seconds = (time.perf_counter() - start) / len(members)
     out = Path(out_dir)
     return [
-        BaselineResult(
+        MemberResult(
             name=member.name,
             oof_path=save_array(np.asarray(member.oof, dtype=np.float32), out, f"oof-{member.name}"),
             test_path=save_array(np.asarray(member.test, dtype=np.float32), out, f"test-{member.name}"),

@@ -304,16 +304,10 @@ SHAPES: tuple[CompetitionShape, ...] = (
 )
 
 
-def all_shapes() -> tuple[CompetitionShape, ...]:
-    """The shapes above and those rebuilt from real competitions' layouts (:mod:`.real_shapes`)."""
-    from .real_shapes import REAL_SHAPES  # it builds on this module
-
-    return (*SHAPES, *REAL_SHAPES)
-
-
 def shape(slug: str) -> CompetitionShape:
-    """The shape called ``slug``."""
-    shapes = all_shapes()
+    """The shape called ``slug`` among :data:`SHAPES` (the real competitions' layouts:
+    :func:`lora_tasks.testing.real_shapes.all_shapes`)."""
+    shapes = SHAPES
     for s in shapes:
         if s.slug == slug:
             return s
@@ -359,19 +353,3 @@ def fake_server_evaluation_metrics() -> dict[str, str]:
     """``{slug: Kaggle's evaluation_metric text}`` for :class:`FakeKaggleServer`'s
     ``evaluation_metrics`` (a built shape's folder carries it too)."""
     return {s.slug: s.expected.kaggle_metric for s in SHAPES}
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m lora_tasks.testing.shapes DEST``: write every shape under DEST and list them."""
-    import argparse  # only the command needs it
-
-    parser = argparse.ArgumentParser(description="Write the synthetic Kaggle-shaped competitions.")
-    parser.add_argument("dest", help="folder to write <slug>/ folders into (the fake server's data folder)")
-    args = parser.parse_args(argv)
-    for slug, folder in build_all_shapes(args.dest, all_shapes()).items():
-        e = shape(slug).expected
-        print(f"{slug}: {folder} ({e.task}, {e.metric}, Kaggle metric {e.kaggle_metric!r})")
-
-
-if __name__ == "__main__":
-    main()

@@ -273,10 +273,10 @@ class KaggleLoRAModel:
     adapter: LoRAAdapter
     head_type: str
     num_labels: int
-    settings: TrainSettings
+    settings: TrainSettings  # the chosen settings; ``settings.reasons`` says why each was chosen
 
-    def __iter__(self) -> Iterator[Any]:  # ``model, adapter, settings = create_kaggle_lora_model(...)``
-        return iter((self.model, self.adapter, self.settings))
+    def __iter__(self) -> Iterator[Any]:  # ``model, lora_adapter = create_kaggle_lora_model(...)``, as the seed writes
+        return iter((self.model, self.adapter))
 
 
 def create_kaggle_lora_model(
@@ -295,7 +295,9 @@ def create_kaggle_lora_model(
 
     ``competition_type``: ``binary``, ``multiclass``, ``multilabel`` or ``regression`` (the head
     names of :mod:`lora_tasks.models.heads` work too). ``data_path``: the competition's data folder
-    (train.csv, sample submission); with it and ``auto_select_preset`` the table is profiled
+    or its train.csv (a sample submission, when there is one, names the id and target columns;
+    without one they are guessed from train.csv, and ``settings.reasons`` says how); with it and
+    ``auto_select_preset`` the table is profiled
     with the model's tokenizer and the rule table picks the preset, sequence length, epochs and
     folds (``settings.reasons`` says why). Without data the given ``preset`` is used with the
     default settings. ``num_labels`` defaults to the number of classes found in the data
@@ -307,20 +309,27 @@ def create_kaggle_lora_model(
     from lora_tasks.data.competition import load_competition
     from lora_tasks.data.profile import profile_competition
     from lora_tasks.data.tokenizer import Tokenizer
+    from lora_tasks.data.train_only import has_sample_submission, load_train_only
 
     head_type = head_type_for(competition_type)
     settings = TrainSettings(preset=preset)
     classes: tuple | None = None
+    guesses: list[str] = []
     if data_path is not None:
-        folder = Path(data_path)
-        if folder.is_file():
-            folder = folder.parent
-        config = load_competition(competition or folder.name, data_dir=folder)
+        given = Path(data_path)
+        folder = given.parent if given.is_file() else given
+        name, train = competition or folder.name, None
+        if not has_sample_submission(folder):  # train.csv alone: its roles are guessed
+            config, train, guesses = load_train_only(given if given.is_file() else folder / "train.csv",
+                                                     Task.parse(competition_type), name)
+        else:
+            config = load_competition(name, data_dir=folder)
         classes = config.classes
         tokenizer = Tokenizer.from_pretrained(None if tiny else model)
-        profile = profile_competition(config, tokenizer=tokenizer)
+        profile = profile_competition(config, tokenizer=tokenizer, train=train)
         if auto_select_preset:
             settings = auto_configure(profile, competition=config, **model_shape(model, tiny))
+    settings.reasons[:0] = guesses
     if not auto_select_preset:
         settings.preset = preset
     if num_labels is None:

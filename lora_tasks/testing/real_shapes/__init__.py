@@ -11,7 +11,7 @@ The suite runs each end to end with no config (tests/test_shape_suite.py).
 
 from __future__ import annotations
 
-from ..shapes import ACCURACY, CompetitionShape, ShapeFiles
+from ..shapes import ACCURACY, SHAPES, CompetitionShape, ShapeFiles, build_all_shapes
 from ..shapes import ShapeExpectation as E
 from . import tables as t
 from . import texts as x
@@ -124,3 +124,27 @@ REAL_SHAPES: tuple[CompetitionShape, ...] = (
       files=ShapeFiles(train="train.tsv", test="test_stg2.tsv",
                        zipped=_zipped("train.tsv", "test_stg2.tsv", "sample_submission_stg2.csv"))),
 )
+
+
+def all_shapes() -> tuple[CompetitionShape, ...]:
+    """The shapes we thought of (:data:`lora_tasks.testing.shapes.SHAPES`), then those rebuilt
+    from real competitions' layouts (:data:`REAL_SHAPES`)."""
+    return (*SHAPES, *REAL_SHAPES)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m lora_tasks.testing.real_shapes DEST``: write every shape (ours and the real
+    layouts) under DEST and list them."""
+    import argparse  # only the command needs it
+
+    parser = argparse.ArgumentParser(description="Write the Kaggle-shaped test competitions.")
+    parser.add_argument("dest", help="folder to write <slug>/ folders into (the fake server's data folder)")
+    args = parser.parse_args(argv)
+    shapes = {s.slug: s for s in all_shapes()}
+    for slug, folder in build_all_shapes(args.dest, tuple(shapes.values())).items():
+        e = shapes[slug].expected
+        print(f"{slug}: {folder} ({e.task}, {e.metric}, Kaggle metric {e.kaggle_metric!r})")
+
+
+if __name__ == "__main__":
+    main()
