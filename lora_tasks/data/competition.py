@@ -105,6 +105,8 @@ class CompetitionConfig:
     metric_source: MetricSource = "inferred"
     kaggle_metric: str | None = None
     feature_columns: tuple[str, ...] | None = None
+    #: ``[features] disable``: generated features (names or kinds, or "all") the members go without
+    disable_features: tuple[str, ...] = ()
 
     @property
     def target_column(self) -> str:
@@ -520,6 +522,7 @@ def load_competition(
         metric_source=metric_source,
         kaggle_metric=kaggle_metric if metric_source == "kaggle metadata" else None,
         feature_columns=tuple(feature_columns) if feature_columns is not None else None,
+        disable_features=tuple(merged.get("features", {}).get("disable", ())),
     )
 
 

@@ -30,6 +30,7 @@ from lora_tasks.data.autoconfig import TrainSettings, apply_settings, auto_confi
 from lora_tasks.data.competition import TRAINING_SETTINGS, CompetitionConfig
 from lora_tasks.data.profile import DataProfile, profile_competition
 from lora_tasks.data.tokenizer import Tokenizer
+from lora_tasks.features import FeaturePlan, find_features
 from lora_tasks.steps.prepare import subset_rows
 from lora_tasks.steps.spec import competition_spec
 from lora_tasks.steps.store import (
@@ -73,6 +74,9 @@ class Plan:
     # members cost seconds, and fewer folds would train each of them on less data for nothing;
     # out-of-fold predictions of any split blend row by row.
     member_folds: int | None = None
+    # what the features step adds to (and drops from) the table members' columns, and why
+    # (None: a plan of a version without it; the members read the table as it is)
+    features: FeaturePlan | None = None
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write ``out_dir/plan-<sha16>.json`` (content-addressed)."""
@@ -82,14 +86,14 @@ class Plan:
     def load(cls, path: str | os.PathLike) -> Plan:
         data = load_record(path, "plan")
         optional = {"seed", "competition_markdown", "time_limit_s", "epoch_s", "predict_s", "reserve_s", "no_adapters",
-                    "member_folds"}
+                    "member_folds", "features"}
         missing = sorted({f.name for f in fields(cls)} - set(data) - optional)
         if missing:
             raise PipelineError(f"{path} is not a plan of this version (missing {missing}); plan again.")
         known = {f.name for f in fields(TrainSettings)}
         settings = TrainSettings(**{k: v for k, v in data["settings"].items() if k in known})
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data and f.name != "settings"},
-                   settings=settings)
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data and f.name not in ("settings", "features")},
+                   settings=settings, features=FeaturePlan.from_dict(data.get("features")))
 
     @property
     def n_folds(self) -> int:
@@ -111,6 +115,10 @@ class Plan:
 
     def settings_markdown(self) -> str:
         return self.settings.to_markdown()
+
+    def features_markdown(self) -> str:
+        """The features step's records with their reasons (``kaggle-lora plan`` shows them)."""
+        return self.features.to_markdown() if self.features is not None else ""
 
 
 def train_metric_for(metric: str, transform: str) -> str | None:
@@ -181,9 +189,28 @@ def plan_training(
         train_metric=train_metric_for(config.metric, settings.target_transform),
         seed=int(seed),
         competition_markdown=config.describe(),
+        features=member_features(config, train),
         **{"no_adapters": bool(no_adapters), **estimates},
     )
     return plan.save(out_dir)
+
+
+def member_features(config: CompetitionConfig, train) -> FeaturePlan:
+    """The features step's plan for the table members (:func:`lora_tasks.features.find_features`):
+    on the feature columns only, never the target; none where the members read free text alone."""
+    from lora_tasks.ensemble.members import reads_text  # scikit-learn loads slowly
+
+    columns = [c for c in train.columns if c not in set(config.excluded_columns)]
+    text = list(config.row_template(train).text_columns)
+    if reads_text(columns, text):
+        return FeaturePlan(inputs=tuple(columns), notes=(
+            f"no table features: the members read the free text {text} alone (TF-IDF)",))
+    try:
+        return find_features(train, config.read_test(), columns=columns, id_column=config.id_column,
+                             text_columns=text, task=config.task_type, disable=config.disable_features)
+    except ValueError as exc:  # [features] disable names a feature this data does not have
+        where = config.config_path or f"competitions/{config.slug}.toml"
+        raise PipelineError(f"{where}: {exc}") from None
 
 
 def run_time_limit(time_limit: str | float | None, config: CompetitionConfig) -> float:
