@@ -124,3 +124,26 @@ def test_the_members_train_on_the_generated_features(folder, tmp_path):
     assert rmse["hist_gbm"] < 0.3 * rmse_plain["hist_gbm"], (rmse, rmse_plain)
     for r in with_features:
         assert np.isfinite(np.load(r.test_path)).all() and len(np.load(r.test_path)) == 120
+
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "autoconfig.md"
+
+
+def test_the_doc_lists_exactly_the_kinds_in_the_code():
+    from lora_tasks.features import kinds_markdown
+
+    block = DOC.read_text().split("<!-- feature-kinds:start -->")[1].split("<!-- feature-kinds:end -->")[0]
+    assert block.strip() == kinds_markdown().strip(), "regenerate docs/autoconfig.md's kinds from kinds_markdown()"
+
+
+def test_the_docs_toml_example_is_a_valid_config():
+    import re
+    import tomllib
+
+    from lora_tasks.data.config_file import validate_config_dict
+
+    blocks = re.findall(r"```toml\n(.*?)```", DOC.read_text(), re.S)
+    features = [b for b in blocks if "[features]" in b]
+    assert features, "docs/autoconfig.md shows a [features] example"
+    for block in features:
+        assert validate_config_dict(tomllib.loads(block), "docs")["features"]["disable"]

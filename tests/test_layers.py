@@ -6,6 +6,7 @@ functions count too.
     models ──► data                     (never lora)
     lora ──► (nothing of ours but lora_tasks.torch_bin and the package root)
     ensemble ──► metrics, thresholds    (never MLX or our MLX modules)
+    ensemble ──► features ──► task      (features: never MLX, the steps or the members)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "training": ("lora_tasks.training",),
     "ensemble": ("lora_tasks.ensemble",),
     "data": ("lora_tasks.data",),
+    "features": ("lora_tasks.features",),
 }
 
 # group -> (forbidden module-name prefixes, why)
@@ -41,6 +43,9 @@ FORBIDDEN: dict[str, tuple[tuple[str, ...], str]] = {
                  "blending works on prediction arrays, without MLX"),
     "data": (("lora_tasks.models", "lora_tasks.lora.adapter", "lora_tasks.lora.layers", *GROUPS["training"],
               *GROUPS["factory"], "mlx"), "the data layer runs without MLX"),
+    "features": (("mlx", "lora_tasks.models", "lora_tasks.lora", *GROUPS["training"], *GROUPS["ensemble"],
+                  *GROUPS["data"], "lora_tasks.steps", "lora_tasks.prefect", "prefect"),
+                 "features are found from the columns alone and built before the members, without MLX"),
 }
 
 

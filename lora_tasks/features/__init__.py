@@ -10,7 +10,8 @@ target, and never imports MLX.
 
 from lora_tasks.features.categories import fold_target_encoder
 from lora_tasks.features.generate import FeatureFrames, build_features, find_features
+from lora_tasks.features.kinds import kinds_markdown
 from lora_tasks.features.records import ALL, KIND_NAMES, FeatureKind, FeaturePlan, GeneratedFeature
 
 __all__ = ["ALL", "KIND_NAMES", "FeatureFrames", "FeatureKind", "FeaturePlan", "GeneratedFeature", "build_features",
-           "find_features", "fold_target_encoder"]
+           "find_features", "fold_target_encoder", "kinds_markdown"]
