@@ -277,3 +277,15 @@ def test_the_steps_never_read_the_target():
     assert find_features(other, columns=columns, task="binary") == plan
     pd.testing.assert_frame_equal(build_features(plan, frame).train, build_features(plan, other).train)
     assert "y" not in build_features(plan, frame).train.columns
+
+
+def test_disabling_a_generated_column_takes_its_target_encoding_with_it():
+    names = [f"{last}, {t}. {first}" for last in ("Smith", "Jones", "Brown", "Khan", "Wei", "Rossi", "Lee", "Diaz",
+                                                   "Kim", "Cruz", "Park", "Ruiz", "Chen", "Ford", "Hill", "Reed", "Cole")
+             for t, first in (("Mr", "John"), ("Mrs", "Mary"), ("Miss", "Ann"))]
+    frame = pd.DataFrame({"Name": names})
+    assert "Name_family_target_mean" in _fired(_find(frame, task="binary"))
+    plan = _find(frame, task="binary", disable=["name_family"])
+    assert "Name_family_target_mean" not in _fired(plan)
+    assert "Name_family_target_mean" in {f.name for f in plan.disabled}
+    assert build_features(plan, frame).target_encoded == ()

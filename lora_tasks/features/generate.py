@@ -78,6 +78,10 @@ def find_features(
         replaced.setdefault(f.sources[0], []).append(f.name)
     found += find_useless_columns(train, test, columns, text_columns=text, replaced=replaced)
     kept, off = split_disabled(found, disable)
+    # an encoding of a generated column goes off with that column
+    available = set(columns) - {f.name for f in kept if f.kind is FeatureKind.DROP} | {f.name for f in kept}
+    orphans = [f for f in kept if f.kind is FeatureKind.TARGET_ENCODING and f.sources[0] not in available]
+    kept, off = [f for f in kept if f not in orphans], off + orphans
     return FeaturePlan(inputs=tuple(columns), features=tuple(kept), disabled=tuple(off), notes=tuple(notes))
 
 
