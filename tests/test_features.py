@@ -289,3 +289,11 @@ def test_disabling_a_generated_column_takes_its_target_encoding_with_it():
     assert "Name_family_target_mean" not in _fired(plan)
     assert "Name_family_target_mean" in {f.name for f in plan.disabled}
     assert build_features(plan, frame).target_encoded == ()
+
+
+def test_the_members_column_count_for_the_budget():
+    """The budget prices the members by their columns: inputs + built features + encodings - drops."""
+    frame = pd.DataFrame({"Cabin": _cabins(), "Age": np.arange(60.0), "const": 1})
+    plan = _find(frame)
+    assert plan.member_columns(3) == 3 + 3 - 1  # prefix, number, codes; the constant dropped
+    assert plan.member_columns(3) == build_features(plan, frame).train.shape[1]

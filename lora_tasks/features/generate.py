@@ -26,6 +26,10 @@ from lora_tasks.task import Task
 
 log = logging.getLogger("lora_tasks.features")
 
+#: The pattern detectors read a seeded sample of this many training rows (they test values one by
+#: one); the drops and the build read every row.
+DETECT_ROWS = 20_000
+
 _DATES = (FeatureKind.DATETIME_PART, FeatureKind.DATETIME_CYCLIC)
 _NAMES = (FeatureKind.NAME_TITLE, FeatureKind.NAME_FAMILY)
 _STRINGS = (FeatureKind.CODE_PREFIX, FeatureKind.STRING_NUMBER, FeatureKind.CODE_COUNT)
@@ -58,6 +62,7 @@ def find_features(
     with the target if you like, it is never looked at."""
     task = Task.parse(task) if task is not None else None
     columns = [c for c in columns if c in train.columns]
+    full, train = train, (train.sample(DETECT_ROWS, random_state=0) if len(train) > DETECT_ROWS else train)
     text = [c for c in text_columns if c in columns]
     strings = [c for c in columns if is_string(train[c]) and c not in text]
     date_candidates = strings + ([id_column] if id_column and id_column in train.columns
@@ -76,7 +81,7 @@ def find_features(
     replaced: dict[str, list[str]] = {}
     for f in found:
         replaced.setdefault(f.sources[0], []).append(f.name)
-    found += find_useless_columns(train, test, columns, text_columns=text, replaced=replaced)
+    found += find_useless_columns(full, test, columns, text_columns=text, replaced=replaced)
     kept, off = split_disabled(found, disable)
     # an encoding of a generated column goes off with that column
     available = set(columns) - {f.name for f in kept if f.kind is FeatureKind.DROP} | {f.name for f in kept}

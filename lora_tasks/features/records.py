@@ -101,6 +101,15 @@ class FeaturePlan:
         """The records the build step computes before the folds (not drops, not target encodings)."""
         return [f for f in self.features if f.kind not in (FeatureKind.DROP, FeatureKind.TARGET_ENCODING)]
 
+    def member_columns(self, n_inputs: int) -> int:
+        """About how many columns the members read: ``n_inputs`` plus the built features (an
+        n-gram record counts as its most columns) and the encodings, less the drops. Their time
+        grows with it (the budget planner prices it)."""
+        from lora_tasks.features.text import MAX_NGRAMS
+
+        built = sum(MAX_NGRAMS if f.kind is FeatureKind.TEXT_NGRAMS else 1 for f in self.built)
+        return max(1, n_inputs + built + len(self.target_encoded) - len(self.dropped))
+
     def to_markdown(self) -> str:
         """The table ``kaggle-lora plan`` shows: every feature with its kind, sources and reason."""
         lines = ["### Features for the table members", ""]

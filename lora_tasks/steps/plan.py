@@ -174,10 +174,12 @@ def plan_training(
         settings.n_folds = settings.n_adapters = 2
         settings.reasons.append("min_two_folds: out-of-fold predictions need 2+ folds -> 2")
     estimates: dict[str, Any] = {}
+    features = member_features(config, train)
     if budget or no_adapters:
         limit_s, rules_folds = run_time_limit(time_limit, config), int(settings.n_folds)
         estimates = fit_to_budget(settings, config, profile, limit_s, model=model, tiny=tiny, no_adapters=no_adapters,
-                                  members_fallback=members_fallback, cache_dir=Path(out_dir) / "cost-probe")
+                                  members_fallback=members_fallback, cache_dir=Path(out_dir) / "cost-probe",
+                                  member_columns=features.member_columns(profile.n_features))
         if settings.n_folds != rules_folds:  # the members keep theirs
             estimates["member_folds"] = rules_folds
     plan = Plan(
@@ -189,7 +191,7 @@ def plan_training(
         train_metric=train_metric_for(config.metric, settings.target_transform),
         seed=int(seed),
         competition_markdown=config.describe(),
-        features=member_features(config, train),
+        features=features,
         **{"no_adapters": bool(no_adapters), **estimates},
     )
     return plan.save(out_dir)
@@ -234,17 +236,19 @@ def fit_to_budget(
     no_adapters: bool,
     cache_dir: Path,
     members_fallback: bool = False,
+    member_columns: int | None = None,
 ) -> dict[str, Any]:
     """Price the settings on this machine and cut them down :data:`LADDER` until they fit
     ``limit_s``; every estimate and cut goes to ``settings.reasons``. Returns the :class:`Plan`
     fields of the budget (the limit and the estimates the training step keeps the time with;
-    ``no_adapters`` when ``members_fallback`` turned the plan into the members alone)."""
+    ``no_adapters`` when ``members_fallback`` turned the plan into the members alone).
+    ``member_columns``: the members' columns after the features step (default the profile's)."""
     work = Workload(
         train_rows=profile.n_rows,
         test_rows=int(profile.n_test_rows or 0),
         max_seq_len=int(settings.max_seq_len),
         mean_tokens=profile.token_lengths.mean if profile.token_lengths is not None else None,
-        columns=max(1, profile.n_features),
+        columns=max(1, member_columns or profile.n_features),
         text_columns=len(profile.text_columns),
     )
     members = estimate_members(work, int(settings.n_folds))
