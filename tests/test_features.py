@@ -295,5 +295,6 @@ def test_the_members_column_count_for_the_budget():
     """The budget prices the members by their columns: inputs + built features + encodings - drops."""
     frame = pd.DataFrame({"Cabin": _cabins(), "Age": np.arange(60.0), "const": 1})
     plan = _find(frame)
-    assert plan.member_columns(3) == 3 + 3 - 1  # prefix, number, codes; the constant dropped
+    assert plan.dropped == ("Cabin", "const"), "every cabin differs: its parts replace it"
+    assert plan.member_columns(3) == 3 + 3 - 2  # prefix, number, codes
     assert plan.member_columns(3) == build_features(plan, frame).train.shape[1]

@@ -38,7 +38,9 @@ def find_useless_columns(train: pd.DataFrame, test: pd.DataFrame | None, columns
         distinct = values.nunique(dropna=False)
         parts = replaced.get(col, [])
         if distinct <= 1:
-            found.append(_drop(col, f"one value in every training row ({values.iloc[0]!r})" if len(values) else "no rows"))
+            first = values.iloc[0] if len(values) else None
+            first = first.item() if isinstance(first, np.generic) else first
+            found.append(_drop(col, f"one value in every training row ({first!r})"))
         elif is_string(values) and col not in text_columns and distinct > MAX_UNIQUE_SHARE * len(values):
             kept_as = f"; kept as {', '.join(parts)}" if parts else ""
             found.append(_drop(col, f"{distinct} distinct values in {len(values)} rows: an identifier, nothing repeats{kept_as}"))
