@@ -70,7 +70,7 @@ def find_features(
     found, dates = find_date_features(train, date_candidates, id_column)
     rest = [c for c in strings if c not in dates]
     names, name_cols = find_name_features(train, rest)
-    codes, code_cols = find_string_features(train, [c for c in rest if c not in name_cols])
+    codes, _ = find_string_features(train, [c for c in rest if c not in name_cols])
     found += names + codes + find_text_features(train, text)
     # categoricals: the table's own strings and the generated ones (a family name)
     generated = _compute(names, train, len(train))
