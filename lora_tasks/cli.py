@@ -199,6 +199,8 @@ def show_plan(options: RunOptions) -> int:
     for member, path in plans.items():
         plan = Plan.load(path)
         print(f"\nAdapter set `{member}` ({plan.model}; {plan.n_folds} folds): {path}\n{plan.settings_markdown()}")
+    if first.features is not None:
+        print(f"\n{first.features_markdown()}")
     print(f"\nNothing trained (--plan). Without --plan, the run trains {len(plans)} adapter set(s) of "
           f"{first.n_folds} folds each.")
     return 0

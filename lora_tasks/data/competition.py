@@ -101,6 +101,8 @@ class CompetitionConfig:
     feature_columns: tuple[str, ...] | None = None
     target_matches: tuple[TargetMatch, ...] = ()
     row_number_ids: RowNumberIds | None = None
+    #: ``[features] disable``: generated features (names or kinds, or "all") the members go without
+    disable_features: tuple[str, ...] = ()
 
     @property
     def target_column(self) -> str:
@@ -349,6 +351,7 @@ def load_competition(
         feature_columns=tuple(feature_columns) if feature_columns is not None else None,
         target_matches=tuple(inferred.get("target_matches", ())),
         row_number_ids=inferred.get("row_number_ids"),
+        disable_features=tuple(merged.get("features", {}).get("disable", ())),
     )
 
 

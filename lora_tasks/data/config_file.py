@@ -84,6 +84,9 @@ TRAINING_SETTINGS: dict[str, type | tuple[type, ...]] = {
 }
 #: ``time_limit`` (``"20m"``, ``"1h"``, seconds) bounds the whole run when ``--time-limit`` is not given.
 _TABLE_KEYS["training"] = {**TRAINING_SETTINGS, "adapter_sets": list, "time_limit": (str, int, float)}
+#: ``[features]``: ``disable`` lists generated features (by name, as ``kaggle-lora plan`` shows
+#: them), kinds (``"code_prefix"``, ``"target_encoding"``, ...) or ``"all"`` to switch off.
+_TABLE_KEYS["features"] = {"disable": list}
 ALLOWED_KEYS: tuple[str, ...] = (*_SCALAR_KEYS, *_LIST_KEYS, *_TABLE_KEYS)
 _CHOICES = {
     ("", "task"): TASKS,
@@ -158,6 +161,9 @@ def validate_config_dict(raw: Mapping[str, Any], source: str = "config") -> dict
     if "schedule" in out and not _is_cron(out["schedule"]):
         raise _fail(source, f"`schedule` {out['schedule']!r} is not a 5-field cron expression (e.g. {DEFAULT_SCHEDULE!r}).")
     _check_training(source, out.get("training", {}))
+    disable = out.get("features", {}).get("disable", [])
+    if not all(isinstance(v, str) and v for v in disable):
+        raise _fail(source, f"`features.disable` must be a list of feature names or kinds (strings), got {disable!r}.")
     rename = out.get("serialization", {}).get("rename", {})
     if not all(isinstance(v, str) for v in rename.values()):
         raise _fail(source, "`serialization.rename` maps column names to readable names (strings).")

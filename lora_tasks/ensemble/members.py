@@ -48,6 +48,7 @@ from sklearn.preprocessing import (
 from sklearn.svm import SVR
 from threadpoolctl import threadpool_limits
 
+from lora_tasks.features import FeatureFrames, fold_target_encoder
 from lora_tasks.metrics import get_metric
 from lora_tasks.task import Task
 
@@ -123,6 +124,7 @@ def tabular_member(
     name: str = "hist_gbm",
     n_threads: int | None = 1,
     bag: int | None = None,
+    target_encoded: tuple[str, ...] = (),
     **params,
 ) -> MemberPredictions:
     """HistGradientBoosting on ``X`` with ordinal-encoded categoricals (native categorical splits).
@@ -135,7 +137,8 @@ def tabular_member(
     (probabilities for classes; default :data:`GBM_BAG` for regression, 1 otherwise).
     ``n_threads`` caps its OpenMP threads (None: all cores): on Kaggle-sized tables threads gain
     little, and when the cores are busy (adapters training beside it) OpenMP's spin-waiting makes
-    a fit of a second take minutes.
+    a fit of a second take minutes. ``target_encoded``: columns whose mean target per value is
+    fit inside each fold (:func:`lora_tasks.features.fold_target_encoder`).
     """
     task = normalize_task(task)
     bag = (GBM_BAG if task.is_regression else 1) if bag is None else bag
@@ -143,7 +146,8 @@ def tabular_member(
         raise ValueError(f"bag is the number of gradient-boosting models averaged per fold; pass 1 or more, not {bag}.")
     X = _frame(X, "X")
     cat_cols, num_cols, dropped = _split_columns(X, name)
-    X_test = _check_test_columns(X_test, [*cat_cols, *num_cols])
+    encoded = [c for c in target_encoded if c in X.columns]
+    X_test = _check_test_columns(X_test, [*cat_cols, *num_cols, *encoded])
 
     def make() -> BaseEstimator:
         encode = ColumnTransformer(
@@ -151,11 +155,12 @@ def tabular_member(
                 ("cat", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan,
                                        encoded_missing_value=np.nan, max_categories=MAX_CATEGORIES), cat_cols),
                 ("num", "passthrough", num_cols),
+                *fold_target_encoder(encoded, task, seed),  # fit on the fold's training rows only
             ]
         )
-        mask = [True] * len(cat_cols) + [False] * len(num_cols)
         tuned = GBM_REGRESSION_PARAMS if task.is_regression else {}
-        kw = tuned | dict(categorical_features=mask if cat_cols else None) | params
+        # the categorical columns come first out of the encoder
+        kw = tuned | dict(categorical_features=list(range(len(cat_cols))) if cat_cols else None) | params
         gbm = HistGradientBoostingRegressor if task.is_regression else HistGradientBoostingClassifier
         models = [(f"seed{seed + i}", gbm(random_state=seed + i, **kw)) for i in range(bag)]
         if bag == 1:
@@ -165,7 +170,8 @@ def tabular_member(
         return Pipeline([("encode", encode), ("model", _per_column(est, task))])
 
     def prepare(df: pd.DataFrame) -> pd.DataFrame:
-        return _categoricals_as_objects(df[[*cat_cols, *num_cols]], cat_cols)
+        used = list(dict.fromkeys([*cat_cols, *num_cols, *encoded]))
+        return _categoricals_as_objects(df[used], list(dict.fromkeys([*cat_cols, *encoded])))
 
     with threadpool_limits(limits=n_threads, user_api="openmp"):
         result = _run_folds(make, prepare(X), y, folds, task, prepare(X_test) if X_test is not None else None,
@@ -218,6 +224,7 @@ def linear_member(
     seed: int = 0,
     name: str = "linear",
     n_threads: int | None = 1,
+    target_encoded: tuple[str, ...] = (),
 ) -> MemberPredictions:
     """A regularized linear model on one-hot categoricals and standardized numerics: LassoCV
     for regression, LogisticRegressionCV otherwise (the penalty chosen by an inner CV on each
@@ -236,7 +243,7 @@ def linear_member(
              else LogisticRegressionCV(Cs=10, cv=3, max_iter=3000, random_state=seed, scoring="neg_log_loss",
                                        l1_ratios=(0.0,), use_legacy_attributes=False))
     return _encoded_member(X, y, folds, task, X_test, model, metric=metric, log_target=log_target, name=name,
-                           n_threads=n_threads)
+                           n_threads=n_threads, target_encoded=target_encoded, seed=seed)
 
 
 def kernel_member(
@@ -251,6 +258,7 @@ def kernel_member(
     seed: int = 0,
     name: str = "svr",
     n_threads: int | None = 1,
+    target_encoded: tuple[str, ...] = (),
 ) -> MemberPredictions:
     """An RBF support-vector regressor on the linear member's encoding (regression only).
 
@@ -265,7 +273,7 @@ def kernel_member(
         raise ValueError(f"kernel_member is for regression tables, not {task!r}; use linear_member or tabular_member.")
     model = TransformedTargetRegressor(SVR(C=7.5, epsilon=0.025, gamma=0.001), transformer=StandardScaler())
     return _encoded_member(X, y, folds, task, X_test, model, metric=metric, log_target=log_target, name=name,
-                           n_threads=n_threads)
+                           n_threads=n_threads, target_encoded=target_encoded, seed=seed)
 
 
 def _encoded_member(
@@ -280,11 +288,15 @@ def _encoded_member(
     log_target: bool,
     name: str,
     n_threads: int | None,
+    target_encoded: tuple[str, ...] = (),
+    seed: int = 0,
 ) -> MemberPredictions:
-    """Fit ``model`` fold by fold on one-hot categoricals and standardized (log1p where skewed) numerics."""
+    """Fit ``model`` fold by fold on one-hot categoricals and standardized (log1p where skewed)
+    numerics, plus the standardized in-fold target encoding of ``target_encoded``."""
     X = _frame(X, "X")
     cat_cols, num_cols, dropped = _split_columns(X, name)
-    X_test = _check_test_columns(X_test, [*cat_cols, *num_cols])
+    encoded = [c for c in target_encoded if c in X.columns]
+    X_test = _check_test_columns(X_test, [*cat_cols, *num_cols, *encoded])
     skewed = [c for c in num_cols if X[c].min() >= 0 and abs(float(X[c].skew())) > SKEW_LIMIT]
     plain = [c for c in num_cols if c not in skewed]
 
@@ -302,12 +314,14 @@ def _encoded_member(
                                                     min_frequency=MIN_CATEGORY_COUNT)), cat_cols),
                 ("skewed", numeric(log=True), skewed),
                 ("num", numeric(log=False), plain),
+                *fold_target_encoder(encoded, task, seed, scale=True),  # fit on the fold's training rows only
             ]
         )
         return Pipeline([("encode", encode), ("model", _per_column(clone(model), task))])
 
     def prepare(df: pd.DataFrame) -> pd.DataFrame:
-        return _categoricals_as_objects(df[[*cat_cols, *num_cols]], cat_cols)
+        used = list(dict.fromkeys([*cat_cols, *num_cols, *encoded]))
+        return _categoricals_as_objects(df[used], list(dict.fromkeys([*cat_cols, *encoded])))
 
     with threadpool_limits(limits=n_threads):
         result = _run_folds(make, prepare(X), y, folds, task, prepare(X_test) if X_test is not None else None,
@@ -359,6 +373,13 @@ def text_member(
 MAX_CONTEXT_COLUMNS_FOR_TEXT = 2
 
 
+def reads_text(features: list[str], text_columns: list[str]) -> bool:
+    """Whether a table's members read its free text alone (TF-IDF): text columns with at most
+    :data:`MAX_CONTEXT_COLUMNS_FOR_TEXT` other feature columns."""
+    text = [c for c in text_columns if c in features]
+    return bool(text) and len(features) - len(text) <= MAX_CONTEXT_COLUMNS_FOR_TEXT
+
+
 def table_members(
     train: pd.DataFrame,
     y,
@@ -371,6 +392,7 @@ def table_members(
     metric: str | None = None,
     log_target: bool = False,
     seed: int = 0,
+    generated: FeatureFrames | None = None,
 ) -> list[MemberPredictions]:
     """The scikit-learn members that fit a competition table.
 
@@ -379,11 +401,13 @@ def table_members(
     columns alone (TF-IDF gains nothing from a few context columns). Otherwise members on every
     feature column whose errors differ: HistGradientBoosting, a regularized linear model, and for
     regression tables of at most :data:`MAX_KERNEL_ROWS` rows an RBF support-vector regressor. ``exclude``: the id, target and dropped columns. ``y`` is on the scale the caller
-    blends on (e.g. log1p prices), or raw with ``log_target``.
+    blends on (e.g. log1p prices), or raw with ``log_target``. ``generated``: the frames of the
+    features step (:func:`lora_tasks.features.build_features` on ``train`` and ``test``), which
+    the table members read instead of ``train``'s columns, target-encoding its columns in the folds.
     """
     features = [c for c in train.columns if c not in set(exclude)]
     text = [c for c in text_columns if c in features]
-    if text and len(features) - len(text) <= MAX_CONTEXT_COLUMNS_FOR_TEXT:
+    if reads_text(features, text):
         return [text_member(train[text], y, folds, task, None if test is None else test[text], metric=metric,
                             log_target=log_target, seed=seed)]
     missing = [c for c in features if test is not None and c not in test.columns]
@@ -391,6 +415,9 @@ def table_members(
         raise ValueError(f"The test table lacks feature columns {missing}; list them in drop_columns of the competition config.")
     X, X_test = train[features], None if test is None else test[features]
     kw = dict(metric=metric, log_target=log_target, seed=seed)
+    if generated is not None:  # the features step's columns: the one hook of lora_tasks.features
+        X, X_test = generated.train, generated.test
+        kw["target_encoded"] = generated.target_encoded
     members = [tabular_member(X, y, folds, task, X_test, **kw), linear_member(X, y, folds, task, X_test, **kw)]
     if normalize_task(task).is_regression:
         if len(X) <= MAX_KERNEL_ROWS:

@@ -110,6 +110,9 @@ def publish_plan(plan_path: Path) -> None:
     create_markdown_artifact(key=artifact_key(plan.slug, "settings"),
                              markdown=f"### Settings ({plan.model})\n\n" + plan.settings_markdown(),
                              description="Preset and training settings, and the rules that chose them")
+    if plan.features is not None:
+        create_markdown_artifact(key=artifact_key(plan.slug, "features"), markdown=plan.features_markdown(),
+                                 description="Features the table members get without a config, and why")
 
 
 def publish_training(slug: str, results: Sequence[AdapterResult], combined: CombineResult,

@@ -32,6 +32,7 @@ from lora_tasks.data.profile import DataProfile, profile_competition
 from lora_tasks.data.sample_checks import check_sample_submission
 from lora_tasks.data.source import CompetitionSource
 from lora_tasks.data.tokenizer import Tokenizer
+from lora_tasks.features import FeaturePlan, find_features
 from lora_tasks.steps.prepare import subset_rows
 from lora_tasks.steps.spec import competition_spec
 from lora_tasks.steps.store import (
@@ -79,6 +80,9 @@ class Plan:
     # how the budget's step costs were found: "measured" (the cost probe timed the model now) or
     # "reused" (points an earlier run measured on this machine); None: no probe ran
     cost_probe: str | None = None
+    # what the features step adds to (and drops from) the table members' columns, and why
+    # (None: a plan of a version without it; the members read the table as it is)
+    features: FeaturePlan | None = None
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write ``out_dir/plan-<sha16>.json`` (content-addressed)."""
@@ -88,14 +92,14 @@ class Plan:
     def load(cls, path: str | os.PathLike) -> Plan:
         data = load_record(path, "plan")
         optional = {"seed", "competition_markdown", "time_limit_s", "epoch_s", "predict_s", "reserve_s", "no_adapters",
-                    "member_folds", "cost_probe"}
+                    "member_folds", "cost_probe", "features"}
         missing = sorted({f.name for f in fields(cls)} - set(data) - optional)
         if missing:
             raise PipelineError(f"{path} is not a plan of this version (missing {missing}); plan again.")
         known = {f.name for f in fields(TrainSettings)}
         settings = TrainSettings(**{k: v for k, v in data["settings"].items() if k in known})
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data and f.name != "settings"},
-                   settings=settings)
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data and f.name not in ("settings", "features")},
+                   settings=settings, features=FeaturePlan.from_dict(data.get("features")))
 
     @property
     def n_folds(self) -> int:
@@ -117,6 +121,10 @@ class Plan:
 
     def settings_markdown(self) -> str:
         return self.settings.to_markdown()
+
+    def features_markdown(self) -> str:
+        """The features step's records with their reasons (``kaggle-lora plan`` shows them)."""
+        return self.features.to_markdown() if self.features is not None else ""
 
 
 def train_metric_for(metric: str, transform: str) -> str | None:
@@ -176,10 +184,12 @@ def plan_training(
         settings.n_folds = settings.n_adapters = 2
         settings.reasons.append("min_two_folds: out-of-fold predictions need 2+ folds -> 2")
     estimates: dict[str, Any] = {}
+    features = member_features(config, train)
     if budget or no_adapters:
         limit_s, rules_folds = run_time_limit(time_limit, config), int(settings.n_folds)
         estimates = fit_to_budget(settings, config, profile, limit_s, model=model, tiny=tiny, no_adapters=no_adapters,
-                                  members_fallback=members_fallback)
+                                  members_fallback=members_fallback,
+                                  member_columns=features.member_columns(profile.n_features))
         if settings.n_folds != rules_folds:  # the members keep theirs
             estimates["member_folds"] = rules_folds
     plan = Plan(
@@ -191,9 +201,28 @@ def plan_training(
         train_metric=train_metric_for(config.metric, settings.target_transform),
         seed=int(seed),
         competition_markdown=config.describe(),
+        features=features,
         **{"no_adapters": bool(no_adapters), **estimates},
     )
     return plan.save(out_dir)
+
+
+def member_features(config: CompetitionConfig, train) -> FeaturePlan:
+    """The features step's plan for the table members (:func:`lora_tasks.features.find_features`):
+    on the feature columns only, never the target; none where the members read free text alone."""
+    from lora_tasks.ensemble.members import reads_text  # scikit-learn loads slowly
+
+    columns = [c for c in train.columns if c not in set(config.excluded_columns)]
+    text = list(config.row_template(train).text_columns)
+    if reads_text(columns, text):
+        return FeaturePlan(inputs=tuple(columns), notes=(
+            f"no table features: the members read the free text {text} alone (TF-IDF)",))
+    try:
+        return find_features(train, config.read_test(), columns=columns, id_column=config.id_column,
+                             text_columns=text, task=config.task_type, disable=config.disable_features)
+    except ValueError as exc:  # [features] disable names a feature this data does not have
+        where = config.config_path or f"competitions/{config.slug}.toml"
+        raise PipelineError(f"{where}: {exc}") from None
 
 
 def run_time_limit(time_limit: str | float | None, config: CompetitionConfig) -> float:
@@ -217,19 +246,21 @@ def fit_to_budget(
     no_adapters: bool,
     cache_dir: Path | None = None,
     members_fallback: bool = False,
+    member_columns: int | None = None,
 ) -> dict[str, Any]:
     """Price the settings on this machine and cut them down :data:`LADDER` until they fit
     ``limit_s``; every estimate and cut goes to ``settings.reasons``. Returns the :class:`Plan`
     fields of the budget (the limit and the estimates the training step keeps the time with;
     ``no_adapters`` when ``members_fallback`` turned the plan into the members alone; ``cost_probe``:
     whether the probe measured or reused cached points). The probe's points are kept in
-    ``cache_dir`` (default: the user's cache dir, :func:`lora_tasks.budget.cache.probe_cache_dir`)."""
+    ``cache_dir`` (default: the user's cache dir, :func:`lora_tasks.budget.cache.probe_cache_dir`).
+    ``member_columns``: the members' columns after the features step (default the profile's)."""
     work = Workload(
         train_rows=profile.n_rows,
         test_rows=int(profile.n_test_rows or 0),
         max_seq_len=int(settings.max_seq_len),
         mean_tokens=profile.token_lengths.mean if profile.token_lengths is not None else None,
-        columns=max(1, profile.n_features),
+        columns=max(1, member_columns or profile.n_features),
         text_columns=len(profile.text_columns),
     )
     members = estimate_members(work, int(settings.n_folds))

@@ -280,10 +280,12 @@ def train_members(
     HistGradientBoosting and a regularized linear model, or TF-IDF + a linear model for text)
     on the same rows as the adapters and on the same target scale, so the combine step can blend
     them with the adapters row by row; on the plan's member folds (the adapters' own unless the
-    budget cut those)."""
+    budget cut those). The table members train on the plan's generated features
+    (:mod:`lora_tasks.features`), target encodings fit inside their folds."""
     from lora_tasks.ensemble.members import (
         table_members,  # scikit-learn's estimators load slowly
     )
+    from lora_tasks.features import build_features
 
     start = time.perf_counter()
     prepared = Prepared.load(prepared_path)
@@ -295,10 +297,13 @@ def train_members(
         raise PipelineError(f"{prepared_path} does not match {config.train_path}; run prepare_data on this data again.")
     train = train.iloc[rows].reset_index(drop=True)
     text_columns = config.row_template(train).text_columns
+    test = config.read_test()
+    # the features step: the plan's generated columns, built once before the members' folds
+    generated = build_features(plan.features, train, test) if plan.features and plan.features.features else None
     members = table_members(
         train, training_labels(prepared, plan), fold_assignment(prepared, plan, members=True), prepared.task,
-        config.read_test(),
-        text_columns=tuple(text_columns), exclude=config.excluded_columns, seed=plan.seed,
+        test,
+        text_columns=tuple(text_columns), exclude=config.excluded_columns, seed=plan.seed, generated=generated,
     )
     seconds = (time.perf_counter() - start) / len(members)
     out = Path(out_dir)
