@@ -298,8 +298,9 @@ def train_baselines(
         train, training_labels(prepared, plan), fold_assignment(prepared, plan, members=True), prepared.task,
         config.read_test(),
         text_columns=tuple(text_columns), exclude=config.excluded_columns, seed=plan.seed,
+        class_weight=plan.settings.class_weight, only=plan.members,
     )
-    seconds = (time.perf_counter() - start) / len(members)
+    shared = (time.perf_counter() - start - sum(m.seconds for m in members)) / max(len(members), 1)
     out = Path(out_dir)
     return [
         BaselineResult(
@@ -308,7 +309,7 @@ def train_baselines(
             test_path=save_array(np.asarray(member.test, dtype=np.float32), out, f"test-{member.name}"),
             oof_score=score_predictions(member.oof, prepared, plan),
             metric=prepared.metric,
-            seconds=seconds,
+            seconds=member.seconds + max(shared, 0.0),
             dropped_columns=list(member.dropped_columns),
         )
         for member in members
