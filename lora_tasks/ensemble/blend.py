@@ -13,7 +13,10 @@ did not train on that row), so the weights it learns transfer to the test predic
   repeatedly add the member that most improves the blend, keep the best prefix of the trajectory;
   optionally bagged over random member subsets.
 - ``stacking``: a scikit-learn meta-model (LogisticRegression / Ridge) on the members' OOF
-  predictions, itself cross-validated on the same folds so its reported OOF score is honest.
+  predictions, itself cross-validated on the same folds so its reported OOF score is honest
+  (:mod:`lora_tasks.ensemble.stacking`).
+- ``auto``: ``caruana`` and ``stacking`` both, the one with the better nested score used (needs
+  ``folds``; without them, ``caruana``). The report's ``method`` names the one chosen.
 
 Weights fit on OOF and scored on the same OOF are optimistic; pass ``folds`` and the report also
 carries ``blend_cv_score``: the blend fit on the other folds and scored on each held-out fold.
@@ -43,20 +46,20 @@ from typing import Literal
 
 import numpy as np
 from scipy import optimize
-from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.model_selection import KFold, StratifiedKFold
 
+from lora_tasks.ensemble.stacking import stacking
 from lora_tasks.ensemble.thresholds import best_threshold, nested_threshold_score
 from lora_tasks.metrics import Metric, get_metric
 from lora_tasks.task import Task
 
-Method = Literal["mean", "rank_mean", "weights", "caruana", "stacking"]
-METHODS: tuple[str, ...] = ("mean", "rank_mean", "weights", "caruana", "stacking")
+Method = Literal["auto", "mean", "rank_mean", "weights", "caruana", "stacking"]
+METHODS: tuple[str, ...] = ("auto", "mean", "rank_mean", "weights", "caruana", "stacking")
+#: What ``auto`` chooses between, by their nested scores (the first wins a tie: the simpler one).
+AUTO_CANDIDATES: tuple[str, ...] = ("caruana", "stacking")
 # Metrics that only look at the order of the scores: the only ones where rank averaging is sound.
 RANK_METRICS = frozenset({"roc_auc", "mean_columnwise_roc_auc"})
 # Metrics whose value moves smoothly with the weights (gradient-based optimization works).
 SMOOTH_METRICS = frozenset({"log_loss", "rmse", "mse", "rmsle", "r2", "mae", "mcrmse"})
-_EPS = 1e-7
 
 
 @dataclass
@@ -150,6 +153,11 @@ def blend(
     """
     if method not in METHODS:
         raise ValueError(f"Unknown blend method {method!r}; use one of {', '.join(METHODS)}.")
+    if method == "auto" and not (np.ndim(y) == 2 and get_metric(metric).column_metric is not None):
+        # several targets with a column metric go column by column below, each column choosing
+        return _auto(oof, test, y, metric, folds, seed=seed, caruana_iterations=caruana_iterations,
+                     caruana_bags=caruana_bags, caruana_bag_fraction=caruana_bag_fraction,
+                     tune_threshold=tune_threshold)
     m = get_metric(metric)
     y = np.asarray(y)
     names, oof_arr, test_arr = _check_members(oof, test, y)
@@ -169,7 +177,7 @@ def blend(
 
     if method == "stacking":
         task = _task(m, y, oof_arr[0])
-        oof_pred, test_pred, weights, cv_folds = _stacking(names, oof_arr, test_arr, y, task, folds, seed)
+        oof_pred, test_pred, weights, cv_folds = stacking(names, oof_arr, test_arr, y, task, folds, seed)
         cut = best_threshold(m, y, oof_pred) if tune_threshold else None
         blend_score = float(m(y, oof_pred, threshold=cut or 0.5))
         cv_score = nested_threshold_score(m, y, oof_pred, cv_folds) if tune_threshold else blend_score
@@ -203,6 +211,34 @@ def blend(
     report = BlendReport(method, m.name, m.greater_is_better, member_scores, weights, blend_score, cv_score, notes,
                          cut)
     return BlendResult(test_pred, oof_pred, weights, report)
+
+
+def _auto(oof: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray] | None, y: np.ndarray,
+          metric: str | Metric, folds: np.ndarray | None, **kwargs) -> BlendResult:
+    """Every method of :data:`AUTO_CANDIDATES` that applies, the one with the best nested score
+    (each fit without a fold and scored on it: the honest comparison) returned."""
+    m = get_metric(metric)
+    y = np.asarray(y)
+    if folds is None:
+        return blend("caruana", oof, test, y, m, None, **kwargs)
+    tried: dict[str, BlendResult] = {}
+    skipped = []
+    for name in AUTO_CANDIDATES:
+        try:
+            tried[name] = blend(name, oof, test, y, m, folds, **kwargs)  # type: ignore[arg-type]  # from METHODS
+        except ValueError as err:  # a method that does not apply to this task
+            if not tried:
+                raise
+            skipped.append(f"{name} does not apply ({err})")
+    scores = {n: r.report.blend_cv_score for n, r in tried.items()}
+    usable = {n: s for n, s in scores.items() if s is not None and np.isfinite(s)}
+    pick = max if m.greater_is_better else min
+    chosen = pick(usable, key=usable.__getitem__) if usable else AUTO_CANDIDATES[0]
+    result = tried[chosen]
+    nested = ", ".join(f"{n} {s:.5f}" for n, s in usable.items())
+    result.report.notes.append(f"auto: nested {m.name} {nested}: {chosen} used" +
+                               (f"; {'; '.join(skipped)}" if skipped else ""))
+    return result
 
 
 def _blend_columns(
@@ -248,7 +284,7 @@ def compare_methods(
     """Run several blend methods (default: all that apply to the metric) and return them by name."""
     m = get_metric(metric)
     if methods is None:
-        methods = tuple(x for x in METHODS if x != "rank_mean" or m.name in RANK_METRICS)
+        methods = tuple(x for x in METHODS if x != "auto" and (x != "rank_mean" or m.name in RANK_METRICS))
     return {name: blend(name, oof, test, y, m, folds, **kwargs) for name in methods}  # type: ignore[arg-type]  # names from METHODS
 
 
@@ -454,61 +490,4 @@ def _nested_score(fit: Callable[..., np.ndarray], oof: np.ndarray, y: np.ndarray
     return float(m(y, (pred >= cuts).astype(np.int64) if tune_threshold else pred))
 
 
-# ---- stacking ------------------------------------------------------------------------------------
-
-
-def _features(preds: np.ndarray, task: Task) -> np.ndarray:
-    """(K, n, ...) member predictions -> (n, features): logits of probabilities for classifiers."""
-    if task in (Task.BINARY, Task.MULTICLASS):
-        p = np.clip(preds, _EPS, 1 - _EPS)
-        x = np.log(p / (1 - p)) if task is Task.BINARY else np.log(p)
-    else:
-        x = preds
-    n = preds.shape[1]
-    return np.moveaxis(x, 0, 1).reshape(n, -1)
-
-
-def _stacking(
-    names: list[str], oof: np.ndarray, test: np.ndarray | None, y: np.ndarray, task: Task,
-    folds: np.ndarray | None, seed: int,
-) -> tuple[np.ndarray, np.ndarray | None, dict[str, float], np.ndarray]:
-    if task.multi_output:  # only reached with a metric that is not a mean over the columns
-        raise ValueError(
-            "stacking fits several targets column by column, which needs a metric that is a mean over the "
-            "columns (e.g. mean_columnwise_roc_auc, mcrmse); use method='weights' or 'caruana' for this one."
-        )
-    x = _features(oof, task)
-    if folds is None:
-        splitter = (KFold(5, shuffle=True, random_state=seed) if task is Task.REGRESSION
-                    else StratifiedKFold(5, shuffle=True, random_state=seed))
-        folds = np.empty(len(y), dtype=np.int64)
-        for k, (_, idx) in enumerate(splitter.split(x, y)):
-            folds[idx] = k
-
-    def model():
-        return Ridge(alpha=1.0) if task is Task.REGRESSION else LogisticRegression(C=1.0, max_iter=1000)
-
-    def out(est, feats):
-        if task is Task.REGRESSION:
-            return est.predict(feats)
-        proba = est.predict_proba(feats)
-        if task is Task.BINARY:
-            return proba[:, 1]
-        full = np.zeros((len(feats), oof.shape[2]))  # classes missing from a fold keep probability 0
-        full[:, est.classes_.astype(int)] = proba
-        return full
-
-    oof_pred = np.zeros(oof.shape[1:])
-    for k in np.unique(folds):
-        inside = folds != k
-        oof_pred[~inside] = out(model().fit(x[inside], y[inside]), x[~inside])
-    final = model().fit(x, y)
-    test_pred = out(final, _features(test, task)) if test is not None else None
-    coef = np.atleast_2d(final.coef_)
-    per_member = np.abs(coef).reshape(coef.shape[0], len(names), -1).sum(axis=(0, 2))
-    if task in (Task.BINARY, Task.REGRESSION):
-        per_member = coef.reshape(len(names))  # one signed coefficient per member
-    return oof_pred, test_pred, {n: float(c) for n, c in zip(names, per_member, strict=True)}, folds
-
-
-__all__ = ["METHODS", "BlendReport", "BlendResult", "blend", "compare_methods"]
+__all__ = ["AUTO_CANDIDATES", "METHODS", "BlendReport", "BlendResult", "blend", "compare_methods"]

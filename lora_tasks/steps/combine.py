@@ -31,7 +31,7 @@ from lora_tasks.steps.train import (
 )
 
 #: How the adapters' fold ensemble and the baselines are blended (lora_tasks.ensemble.METHODS).
-DEFAULT_BLEND_METHOD = "caruana"
+DEFAULT_BLEND_METHOD = "auto"
 COMBINE_METHODS = ("blend", "merge")
 
 
@@ -149,7 +149,7 @@ def combine(
                         blend_metric(prepared, plan), fold_assignment(prepared, plan, members=True), seed=plan.seed,
                         tune_threshold=tune)
         oof, test, weights = blended.oof_pred, blended.test_pred, blended.weights
-        used_blend, cv_score, cut = blend_method, blended.report.blend_cv_score, blended.threshold
+        used_blend, cv_score, cut = blended.report.method, blended.report.blend_cv_score, blended.threshold
     elif tune:
         from lora_tasks.ensemble.thresholds import best_threshold, nested_threshold_score
 
@@ -194,7 +194,7 @@ def _blend_members_only(prepared: Prepared, plan: Plan, baselines: Sequence[Base
         weights={k: float(v) for k, v in blended.weights.items()},
         fold_scores=[],
         member_scores={b.name: float(b.oof_score) for b in baselines},
-        blend_method=blend_method,
+        blend_method=blended.report.method,
         blend_cv_score=blended.report.blend_cv_score,
         threshold=blended.threshold,
     )

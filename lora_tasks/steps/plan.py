@@ -14,12 +14,15 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+import pandas as pd
+
 from lora_tasks.budget import (
     DEFAULT_OVERHEAD_S,
     DEFAULT_TIME_LIMIT_S,
     LADDER,
     BudgetError,
     Candidate,
+    MemberCosts,
     Workload,
     estimate_members,
     format_duration,
@@ -30,6 +33,7 @@ from lora_tasks.data.autoconfig import TrainSettings, apply_settings, auto_confi
 from lora_tasks.data.competition import TRAINING_SETTINGS, CompetitionConfig
 from lora_tasks.data.profile import DataProfile, profile_competition
 from lora_tasks.data.tokenizer import Tokenizer
+from lora_tasks.steps.member_costs import measure_members
 from lora_tasks.steps.prepare import subset_rows
 from lora_tasks.steps.spec import competition_spec
 from lora_tasks.steps.store import (
@@ -73,6 +77,9 @@ class Plan:
     # members cost seconds, and fewer folds would train each of them on less data for nothing;
     # out-of-fold predictions of any split blend row by row.
     member_folds: int | None = None
+    #: the members the budget let in, by name (None: every member that suits the table); the
+    #: measured cost of each is in ``settings.reasons``
+    members: list[str] | None = None
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write ``out_dir/plan-<sha16>.json`` (content-addressed)."""
@@ -82,7 +89,7 @@ class Plan:
     def load(cls, path: str | os.PathLike) -> Plan:
         data = load_record(path, "plan")
         optional = {"seed", "competition_markdown", "time_limit_s", "epoch_s", "predict_s", "reserve_s", "no_adapters",
-                    "member_folds"}
+                    "member_folds", "members"}
         missing = sorted({f.name for f in fields(cls)} - set(data) - optional)
         if missing:
             raise PipelineError(f"{path} is not a plan of this version (missing {missing}); plan again.")
@@ -169,7 +176,8 @@ def plan_training(
     if budget or no_adapters:
         limit_s, rules_folds = run_time_limit(time_limit, config), int(settings.n_folds)
         estimates = fit_to_budget(settings, config, profile, limit_s, model=model, tiny=tiny, no_adapters=no_adapters,
-                                  members_fallback=members_fallback, cache_dir=Path(out_dir) / "cost-probe")
+                                  members_fallback=members_fallback, cache_dir=Path(out_dir) / "cost-probe",
+                                  train=train, seed=seed)
         if settings.n_folds != rules_folds:  # the members keep theirs
             estimates["member_folds"] = rules_folds
     plan = Plan(
@@ -207,11 +215,14 @@ def fit_to_budget(
     no_adapters: bool,
     cache_dir: Path,
     members_fallback: bool = False,
+    train: pd.DataFrame | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Price the settings on this machine and cut them down :data:`LADDER` until they fit
     ``limit_s``; every estimate and cut goes to ``settings.reasons``. Returns the :class:`Plan`
     fields of the budget (the limit and the estimates the training step keeps the time with;
-    ``no_adapters`` when ``members_fallback`` turned the plan into the members alone)."""
+    ``no_adapters`` when ``members_fallback`` turned the plan into the members alone; the members
+    whose measured cost fits, :func:`~lora_tasks.steps.member_costs.measure_members` on ``train``)."""
     work = Workload(
         train_rows=profile.n_rows,
         test_rows=int(profile.n_test_rows or 0),
@@ -220,12 +231,19 @@ def fit_to_budget(
         columns=max(1, profile.n_features),
         text_columns=len(profile.text_columns),
     )
-    members = estimate_members(work, int(settings.n_folds))
+    chosen_members: dict[str, Any] = {}
+    if train is None:
+        members = estimate_members(work, int(settings.n_folds))
+    else:
+        measured = measure_members(config, train, int(settings.n_folds), limit_s, seed, settings.class_weight)
+        settings.reasons.extend(measured.reasons)
+        members = MemberCosts(measured.seconds, measured.how)
+        chosen_members = {"members": measured.kept}
     if no_adapters:
         settings.reasons.append(f"budget: --no-adapters: the scikit-learn members alone, estimated "
                                 f"{format_duration(members.seconds + DEFAULT_OVERHEAD_S)} of the "
                                 f"{format_duration(limit_s)} limit")
-        return {"time_limit_s": limit_s}
+        return {"time_limit_s": limit_s, **chosen_members}
     # the probe builds and times the model (MLX): only when adapters are planned
     from lora_tasks.budget.probe import probe_for_plan
 
@@ -245,7 +263,7 @@ def fit_to_budget(
                     f"{format_duration(limit_s)} limit; --time-limit {choice.adapters_need} or more trains adapters")
         settings.reasons.append(fallback)
         _log.warning(fallback.removeprefix("budget: "))
-        return {"time_limit_s": limit_s, "no_adapters": True}
+        return {"time_limit_s": limit_s, "no_adapters": True, **chosen_members}
     # a run's log (not only --plan) says what the limit allowed, before the long part starts
     _log.info("budget: %s", choice.reason)
     chosen = choice.chosen.candidate
@@ -256,7 +274,9 @@ def fit_to_budget(
     apply_settings(settings, changes, "budget", f" ({chosen.name}, to fit {format_duration(limit_s)})")
     est = choice.chosen
     return {"time_limit_s": limit_s, "epoch_s": est.epoch_s, "predict_s": est.predict_s / max(chosen.n_folds, 1),
-            "reserve_s": est.members_s + est.overhead_s}
+            # the members train before the first fold (both orchestrations), so by then their time
+            # is spent: only what runs after the folds is reserved
+            "reserve_s": est.overhead_s, **chosen_members}
 
 
 def _class_count(profile: DataProfile) -> int:
