@@ -84,7 +84,10 @@ def lightgbm_member(
         p = boosting_defaults(rows)
         kw = dict(n_estimators=p.max_rounds, learning_rate=p.learning_rate, num_leaves=p.num_leaves,
                   min_child_samples=p.min_child_samples, subsample=0.8, subsample_freq=1, colsample_bytree=0.8,
-                  reg_lambda=1.0, random_state=seed, n_jobs=n_threads, verbose=-1) | params
+                  reg_lambda=1.0, random_state=seed, n_jobs=n_threads, verbose=-1,
+                  # LightGBM's default of 100 rows per category group rules out categorical splits on
+                  # small tables, where a category seen 20 times is already evidence
+                  min_data_per_group=p.min_child_samples) | params
 
         def fit(xt, yt, xv, yv):
             if task.is_regression:
@@ -158,8 +161,8 @@ def _as_categories(cols: Columns, train: pd.DataFrame) -> Callable[[pd.DataFrame
     def encode(df: pd.DataFrame) -> pd.DataFrame:
         out = df[cols.used].copy()
         for c, levels in cats.items():
-            out[c] = pd.Categorical(df[c].astype("string").astype(object).where(df[c].notna(), None),
-                                    categories=levels)
+            values = df[c].astype("string").astype(object)
+            out[c] = pd.Categorical(values.where(df[c].notna() & values.isin(levels), None), categories=levels)
         for c in cols.numeric:
             out[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
         return out

@@ -95,6 +95,8 @@ def submit_folds(tasks: RunTasks, states: StateLog, prepared: Path, plan: Path, 
         return [train.submit(prepared, plan, tokens, k, paths.artifacts, model, refresh, run_start) for k in folds]
     first = train.submit(prepared, plan, tokens, 0, paths.artifacts, model, refresh, run_start, members)
     decided = states.result(f"train-{label}-fold-0" if label else "train-fold-0", first)
+    if not decided.keep_adapters:  # fold 0 showed they add nothing to the members' blend
+        return [first]
     return [first] + [train.submit(prepared, plan, tokens, k, paths.artifacts, model, refresh, run_start, None,
                                    decided.later_epochs) for k in folds[1:]]
 

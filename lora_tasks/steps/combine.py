@@ -58,6 +58,8 @@ class CombineResult:
     blend_method: str | None = None
     blend_cv_score: float | None = None
     threshold: float | None = None
+    #: why the adapters are not in the blend (they added nothing on fold 0, or a fold failed)
+    notes: list[str] = field(default_factory=list)
 
 
 def fold_ensemble(results: Sequence[AdapterResult]) -> tuple[np.ndarray, list[AdapterResult]]:
@@ -113,11 +115,16 @@ def combine(
                             "encoders only blend. Drop the adapter sets or use method='blend'.")
     prepared = Prepared.load(prepared_path)
     plan = Plan.load(plan_path)
+    notes = _left_out(results)
+    if notes and baselines and method == "blend":
+        results = []  # the members blend alone
     if not results:
         if method != "blend":
             raise PipelineError(f"combine(method={method!r}) needs fold adapters; without them (no_adapters) only "
                                 "'blend' of the scikit-learn members is possible.")
-        return _blend_members_only(prepared, plan, baselines, out_dir, blend_method)
+        combined = _blend_members_only(prepared, plan, baselines, out_dir, blend_method)
+        combined.notes = notes
+        return combined
     oof, ordered = fold_ensemble(results)
     fold_weights = [1.0 / len(ordered)] * len(ordered)
     scores = {ADAPTERS_MEMBER: score_predictions(oof, prepared, plan)}
@@ -170,6 +177,12 @@ def combine(
         blend_cv_score=cv_score,
         threshold=cut,
     )
+
+
+def _left_out(results: Sequence[AdapterResult]) -> list[str]:
+    """Why the adapters leave the blend: fold 0 showed they add nothing, or a fold failed."""
+    notes = [r.gain.reason for r in results if r.gain is not None and not r.gain.keep_adapters]
+    return notes + [r.failed for r in results if r.failed]
 
 
 def _blend_members_only(prepared: Prepared, plan: Plan, baselines: Sequence[BaselineResult],

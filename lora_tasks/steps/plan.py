@@ -80,6 +80,7 @@ class Plan:
     #: the members the budget let in, by name (None: every member that suits the table); the
     #: measured cost of each is in ``settings.reasons``
     members: list[str] | None = None
+    has_text: bool = False  # free-text columns: the adapters keep their time (no members decision)
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write ``out_dir/plan-<sha16>.json`` (content-addressed)."""
@@ -89,7 +90,7 @@ class Plan:
     def load(cls, path: str | os.PathLike) -> Plan:
         data = load_record(path, "plan")
         optional = {"seed", "competition_markdown", "time_limit_s", "epoch_s", "predict_s", "reserve_s", "no_adapters",
-                    "member_folds", "members"}
+                    "member_folds", "members", "has_text"}
         missing = sorted({f.name for f in fields(cls)} - set(data) - optional)
         if missing:
             raise PipelineError(f"{path} is not a plan of this version (missing {missing}); plan again.")
@@ -189,6 +190,7 @@ def plan_training(
         train_metric=train_metric_for(config.metric, settings.target_transform),
         seed=int(seed),
         competition_markdown=config.describe(),
+        has_text=bool(profile.text_columns),
         **{"no_adapters": bool(no_adapters), **estimates},
     )
     return plan.save(out_dir)

@@ -152,6 +152,8 @@ def run_pipeline(
                                            progress=progress, run_start=run_start, members=members if k == 0 else (),
                                            epochs=folds[0].later_epochs if folds else None,
                                            refresh=options.refresh))
+                if not folds[0].keep_adapters:  # fold 0 showed they add nothing to the members' blend
+                    break
             return set_tokens, folds
 
         tokens, results = train_set(model, plan, baselines)

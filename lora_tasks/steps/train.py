@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -19,6 +19,7 @@ from lora_tasks.data.token_cache import tokenize_cached
 from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.hashing import sha256_bytes, sha256_file
 from lora_tasks.lifecycle import StopCheck
+from lora_tasks.steps.adapter_checks import AdapterGain, adapters_gain, collapsed, retry_learning_rate
 from lora_tasks.steps.plan import Plan
 from lora_tasks.steps.prepare import Prepared
 from lora_tasks.steps.spec import competition_spec
@@ -90,6 +91,16 @@ class AdapterResult:
     stopped_for_time: bool = False  # the time budget cut this fold's epochs
     budget_reasons: list[str] = field(default_factory=list)  # the time budget's decisions for this fold
     later_epochs: int | None = None  # the members decision (first fold): epochs of every later fold
+    #: the first fold's check of what the adapters add to the members' blend; ``keep_adapters``
+    #: False: the later folds are not trained and the members blend alone
+    gain: AdapterGain | None = None
+    #: why the fold is a failed fold (it ended at the majority class, and so did its retry); None: it learned
+    failed: str | None = None
+    retried: str | None = None  # why and with which learning rate the fold was trained a second time
+
+    @property
+    def keep_adapters(self) -> bool:
+        return self.gain is None or self.gain.keep_adapters
 
     def paths(self) -> list[Path]:
         return [self.adapter_path, self.oof_path, self.test_path]
@@ -133,8 +144,15 @@ def epoch_budget(plan: Plan, run_start: float | None) -> EpochBudget | None:
 
 def members_decide(plan: Plan, members: Sequence[BaselineResult], epochs: int | None = None) -> bool:
     """Whether the first fold compares the adapters with ``members`` and so decides the later
-    folds' epochs: not without members, with one epoch (``epochs``, default the plan's), the loss
-    as metric or one fold. A runner that trains folds at once waits for fold 0 only then."""
+    folds (their epochs, or whether they train at all): with members and two folds or more, unless
+    the table has free text (the adapters keep their time) and the early-epoch comparison does not
+    apply. A runner that trains folds at once waits for fold 0 only then."""
+    return bool(members) and plan.n_folds >= 2 and (not plan.has_text or _epochs_decide(plan, members, epochs))
+
+
+def _epochs_decide(plan: Plan, members: Sequence[BaselineResult], epochs: int | None = None) -> bool:
+    """Whether fold 0's early epochs are compared with the members (decides the later folds'
+    epochs): not with one epoch (``epochs``, default the plan's) or the loss as metric."""
     epochs = int(plan.settings.epochs) if epochs is None else epochs
     return bool(members) and epochs >= 2 and plan.train_metric is not None and plan.n_folds >= 2
 
@@ -143,7 +161,7 @@ def _members_check(plan: Plan, prepared: Prepared, members: Sequence[BaselineRes
                    epochs: int) -> MembersCheck | None:
     """The best member's score on this fold's held-out rows, on the adapters' validation metric;
     None when :func:`members_decide` says there is nothing to compare."""
-    if not members_decide(plan, members, epochs):
+    if not _epochs_decide(plan, members, epochs):
         return None
     from lora_tasks.metrics import get_metric  # imports scikit-learn (seconds)
 
@@ -212,22 +230,46 @@ def train_adapter(
         _drop_checkpoints(checkpoint_dir, fold)
     progress = StopCheck(progress, name=f"fold {fold}")
     top_layers = plan.settings.top_layers
-    with MLX_LOCK:
+    y_valid = np.asarray(data.labels)[valid_idx]
+
+    def attempt(cfg, checkpoint_dir: Path):
         net, adapter = build_model(
             prepared.head_type, plan.settings.preset, prepared.num_labels,
             model=None if plan.tiny else model, tiny=plan.tiny, seed=plan.seed + fold, base_seed=plan.seed,
             top_layers=top_layers, compute_dtype=plan.settings.compute_dtype,
         )
-        trainee, data, test = _from_prefix(net, data, test, out / "prefix") if top_layers else (net, data, test)
+        trainee, train_data, test_data = (_from_prefix(net, data, test, out / "prefix") if top_layers
+                                          else (net, data, test))
         net.train()
-        cfg.epochs = keeper.epochs(cfg.epochs)  # decided here: a thread may have waited for the lock
-        result = train(trainee, data.subset(train_idx), data.subset(valid_idx), cfg,
+        result = train(trainee, train_data.subset(train_idx), train_data.subset(valid_idx), cfg,
                        checkpoint_dir, keeper.progress(progress), name=f"fold {fold}",
                        should_stop=keeper.should_stop)
-        valid_pred = ravel(predict(trainee, data.subset(valid_idx), cfg.eval_batch_size))
-        test_pred = ravel(predict(trainee, test, cfg.eval_batch_size))
+        valid_pred = ravel(predict(trainee, train_data.subset(valid_idx), cfg.eval_batch_size))
+        test_pred = ravel(predict(trainee, test_data, cfg.eval_batch_size))
+        return result, valid_pred, test_pred, adapter
+
+    with MLX_LOCK:
+        cfg.epochs = keeper.epochs(cfg.epochs)  # decided here: a thread may have waited for the lock
+        result, valid_pred, test_pred, adapter = attempt(cfg, checkpoint_dir)
+        failed, retried = collapsed(prepared.task, y_valid, valid_pred), None
+        if failed:  # a failed fold: once more with another learning rate, from the start
+            lr, why = retry_learning_rate(cfg.learning_rate, result.history)
+            retried = f"fold {fold} ended at the majority class ({failed}); {why}: trained again at {lr:.2e}"
+            log.warning("%s", retried)
+            cfg = replace(cfg, learning_rate=lr)
+            result, valid_pred, test_pred, adapter = attempt(cfg, checkpoint_dir / f"retry-{lr:.2e}")
+            failed = collapsed(prepared.task, y_valid, valid_pred)
+            if failed:
+                failed = (f"fold {fold} ended at the majority class twice ({failed}); the fold is dropped, and with it "
+                          "the adapters' member (every row needs an out-of-fold prediction)")
+                log.warning("%s", failed)
         tmp = temp_path(out, ".safetensors")
         adapter.save(tmp)
+    gain = None
+    if members and fold == 0 and members_decide(plan, members) and not failed:
+        gain = adapters_gain(prepared, plan, valid_idx, valid_pred, [(m.name, np.load(m.oof_path)) for m in members])
+        log.info("fold 0: %s", gain.reason)
+        keeper.reasons.append(f"fold 0: {gain.reason}")
     adapter_path = store_file(tmp, out, "adapter", ".safetensors")
     oof = np.full((len(data),) + valid_pred.shape[1:], np.nan, dtype=np.float32)
     oof[valid_idx] = valid_pred
@@ -239,6 +281,7 @@ def train_adapter(
         best_epoch=result.best_epoch, best_score=result.best_score, metric=result.metric,
         history=result.history, seconds=result.seconds, samples_per_s=result.samples_per_s,
         stopped_for_time=result.stopped_for_time, budget_reasons=keeper.reasons, later_epochs=keeper.later_epochs,
+        gain=gain, failed=failed or None, retried=retried,
     )
 
 
