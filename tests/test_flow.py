@@ -58,15 +58,21 @@ def test_demo_flow_submits_and_reads_the_servers_score(demo_run, demo_server):
     expected = fk.score_submission(sub, pd.read_csv(served / "demo" / "solution.csv"), "accuracy")
     assert summary.public_score == pytest.approx(expected) == pytest.approx(stored.public_score)
     assert stored.content == Path(summary.submission_path).read_bytes()
-    assert [row["adapter"] for row in summary.cv] == ["fold 0", "fold 1"]
+    # fold 1 trains unless fold 0 failed or added nothing to the members' blend
+    assert [row["adapter"] for row in summary.cv] in (["fold 0", "fold 1"], ["fold 0"])
     assert set(summary.task_states.values()) == {"Completed"} and "train-baselines" in summary.task_states
     members = {row["member"]: row for row in summary.members}
-    assert {"lora", "hist_gbm", "linear", "blend (caruana)"} <= set(members), summary.members
-    weights = [members[m]["weight"] for m in ("lora", "hist_gbm", "linear")]
-    assert sum(weights) == pytest.approx(1.0, abs=1e-3) and min(weights) >= 0
-    assert members["blend (caruana)"]["OOF accuracy"] == pytest.approx(summary.oof_score, abs=1e-5)
-    # Caruana keeps the best prefix of its trajectory: the blend never trails its best member on OOF
-    assert summary.oof_score >= max(members[m]["OOF accuracy"] for m in ("lora", "hist_gbm", "linear")) - 1e-5
+    # the tiny random encoder may end at the majority class: then its adapters leave the blend, saying why
+    blended = [m for m in ("lora", "lightgbm", "catboost", "hist_gbm", "linear") if m in members]
+    dropped = [m for m in members if m.startswith("no adapters in the blend:")]
+    assert {"hist_gbm", "linear", "lightgbm", "catboost"} <= set(blended), summary.members
+    assert ("lora" in blended) != bool(dropped), summary.members
+    blend_row = next(m for m in members if m.startswith("blend (") and m.endswith(")"))
+    assert blend_row in ("blend (caruana)", "blend (stacking)")
+    if blend_row == "blend (caruana)":
+        weights = [members[m]["weight"] for m in blended]
+        assert sum(weights) == pytest.approx(1.0, abs=1e-3) and min(weights) >= 0
+    assert members[blend_row]["OOF accuracy"] == pytest.approx(summary.oof_score, abs=1e-5)
     assert (work / "results").is_dir() and any((work / "results").iterdir()), "results persist in the project store"
 
 
@@ -196,9 +202,13 @@ def test_adapter_sets_of_other_encoders_and_presets_blend_as_members(harness, fa
         fk.score_submission(pd.read_csv(summary.submission_path), pd.read_csv(served / "demo" / "solution.csv"),
                             "accuracy"))
     members = {m["member"] for m in summary.members}
-    assert {"lora", "lora_expressive_roberta_tiny_lr0.004", "hist_gbm", "linear"} <= members, summary.members
-    assert [r["adapter"] for r in summary.cv] == ["fold 0", "fold 1", "lora_expressive_roberta_tiny_lr0.004 fold 0",
-                                                  "lora_expressive_roberta_tiny_lr0.004 fold 1"]
+    assert {"hist_gbm", "linear"} <= members, summary.members
+    # each adapter set is blended, or (tiny encoders may end at the majority class) left out with the reason
+    notes = " ".join(m for m in members if m.startswith("no adapters in the blend:"))
+    assert "lora" in members or "fold 0 ended at the majority class" in notes or "adapters stop" in notes
+    assert "lora_expressive_roberta_tiny_lr0.004" in members or "adapter set lora_expressive_roberta_tiny" in notes
+    set_folds = ["lora_expressive_roberta_tiny_lr0.004 fold 0", "lora_expressive_roberta_tiny_lr0.004 fold 1"]
+    assert [r["adapter"] for r in summary.cv] in (["fold 0", "fold 1", *set_folds], ["fold 0", *set_folds])
     assert {"train-lora_expressive_roberta_tiny_lr0.004-fold-0", "train-lora_expressive_roberta_tiny_lr0.004-fold-1",
             "tokenize-lora_expressive_roberta_tiny_lr0.004"} <= set(summary.task_states)
     plans = [json.loads(p.read_text()) for p in (tmp_path / "work" / "artifacts").glob("plan-*.json")]

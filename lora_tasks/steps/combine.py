@@ -117,12 +117,14 @@ def combine(
     plan = Plan.load(plan_path)
     notes = _left_out(results)
     if notes and baselines and method == "blend":
-        results = []  # the members blend alone
+        results = []  # the members (and the other adapter sets) blend without these adapters
     if not results:
         if method != "blend":
             raise PipelineError(f"combine(method={method!r}) needs fold adapters; without them (no_adapters) only "
                                 "'blend' of the scikit-learn members is possible.")
-        combined = _blend_members_only(prepared, plan, baselines, out_dir, blend_method)
+        kept_sets = {name: rs for name, rs in adapter_sets.items() if not _left_out(rs)}
+        notes += [f"adapter set {name}: {note}" for name, rs in adapter_sets.items() for note in _left_out(rs)]
+        combined = _blend_members_only(prepared, plan, baselines, out_dir, blend_method, kept_sets)
         combined.notes = notes
         return combined
     oof, ordered = fold_ensemble(results)
@@ -186,14 +188,21 @@ def _left_out(results: Sequence[AdapterResult]) -> list[str]:
 
 
 def _blend_members_only(prepared: Prepared, plan: Plan, baselines: Sequence[BaselineResult],
-                        out_dir: str | os.PathLike, blend_method: str) -> CombineResult:
-    """``no_adapters``: the scikit-learn members blended alone, weights fit on their OOF rows."""
+                        out_dir: str | os.PathLike, blend_method: str,
+                        adapter_sets: Mapping[str, Sequence[AdapterResult]] | None = None) -> CombineResult:
+    """``no_adapters`` (or the main adapters left out): the scikit-learn members blended alone,
+    with any other adapter sets, weights fit on their OOF rows."""
     from lora_tasks.ensemble.blend import blend  # the blenders load scikit-learn's estimators
 
     members_oof = {b.name: np.load(b.oof_path) for b in baselines}
     members_test = {b.name: np.load(b.test_path) for b in baselines}
     if len(members_oof) != len(baselines):
         raise PipelineError(f"Two members share a name among {[b.name for b in baselines]}; give each its own name.")
+    scores = {b.name: float(b.oof_score) for b in baselines}
+    for name, set_results in (adapter_sets or {}).items():
+        members_oof[name], set_ordered = fold_ensemble(set_results)
+        members_test[name] = np.mean([np.load(r.test_path) for r in set_ordered], axis=0)
+        scores[name] = score_predictions(members_oof[name], prepared, plan)
     blended = blend(blend_method, members_oof, members_test, training_labels(prepared, plan),
                     blend_metric(prepared, plan), fold_assignment(prepared, plan, members=True), seed=plan.seed,
                     tune_threshold=tunes_label_cut(prepared, plan))
@@ -206,7 +215,7 @@ def _blend_members_only(prepared: Prepared, plan: Plan, baselines: Sequence[Base
         metric=prepared.metric,
         weights={k: float(v) for k, v in blended.weights.items()},
         fold_scores=[],
-        member_scores={b.name: float(b.oof_score) for b in baselines},
+        member_scores=scores,
         blend_method=blended.report.method,
         blend_cv_score=blended.report.blend_cv_score,
         threshold=blended.threshold,

@@ -100,7 +100,9 @@ class AdapterResult:
 
     @property
     def keep_adapters(self) -> bool:
-        return self.gain is None or self.gain.keep_adapters
+        """Whether the later folds are worth training: not after a failed fold (the adapters'
+        member leaves the blend anyway) or a first fold that added nothing to the members' blend."""
+        return not self.failed and (self.gain is None or self.gain.keep_adapters)
 
     def paths(self) -> list[Path]:
         return [self.adapter_path, self.oof_path, self.test_path]
