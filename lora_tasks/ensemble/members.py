@@ -265,10 +265,19 @@ def _encoded_member(
             steps.append(FunctionTransformer(np.log1p, feature_names_out="one-to-one"))
         return make_pipeline(*steps, StandardScaler())
 
+    # which columns are skewed is read from the whole table's features (no target): one choice for
+    # every fold; columns a fold transform adds are judged on the fold's training rows
+    whole = [c for c in X.columns if pd.api.types.is_numeric_dtype(X[c]) and not pd.api.types.is_bool_dtype(X[c])]
+    skewed_whole = {c for c in whole if X[c].min() >= 0 and abs(float(X[c].skew())) > SKEW_LIMIT}
+
+    def is_skewed(train: pd.DataFrame, c: str) -> bool:
+        if c in whole:
+            return c in skewed_whole
+        return bool(train[c].min() >= 0 and abs(float(train[c].skew())) > SKEW_LIMIT)
+
     def fit(d: FoldData) -> Pipeline:
         cols = Columns.of(d.train)
-        train = d.train
-        skewed = [c for c in cols.numeric if train[c].min() >= 0 and abs(float(train[c].skew())) > SKEW_LIMIT]
+        skewed = [c for c in cols.numeric if is_skewed(d.train, c)]
         plain = [c for c in cols.numeric if c not in skewed]
         encode = ColumnTransformer(
             [
