@@ -257,7 +257,7 @@ def test_multitarget_members_give_one_value_per_target(several_targets, monkeypa
     monkeypatch.setattr(sklearn_members, "GBM_BAG", 1)
     monkeypatch.setattr(sklearn_members, "GBM_REGRESSION_PARAMS", {"max_iter": 80})
     members = table_members(X, values, folds, "multitarget_regression", X.iloc[:10], metric="mcrmse")
-    assert [m.name for m in members] == ["hist_gbm", "linear", "svr"]
+    assert [m.name for m in members] == ["lightgbm", "catboost", "hist_gbm", "linear", "svr"]
     for m in members:
         assert m.oof.shape == (600, 2) and m.test.shape == (10, 2), m.name
         rmses = np.sqrt(np.mean((m.oof - values) ** 2, axis=0))
