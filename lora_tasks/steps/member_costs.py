@@ -12,8 +12,13 @@ the run, and one that costs more than that is not known to earn it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -30,6 +35,7 @@ SAMPLE_ROWS = 1_000
 MIN_SAMPLE_ROWS = 200
 #: The most of the run's time limit one member may be expected to take.
 MEMBER_SHARE = 0.25
+TIMING_VERSION = 1  # bump when the members or their timing change in a way the versions do not show
 #: Members whose cost grows faster than linearly in rows (an RBF SVR: kernel matrix).
 ROW_EXPONENT = {"svr": 2.0}
 
@@ -110,22 +116,73 @@ def sample_labels(frame: pd.DataFrame, config: CompetitionConfig) -> tuple[pd.Da
     return frame, pd.factorize(frame[targets[0]], sort=True)[0]
 
 
+def cache_dir() -> Path:
+    """Where this machine keeps the members' timings: ``$XDG_CACHE_HOME/kaggle-lora/member-costs``."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kaggle-lora" / "member-costs"
+
+
+def _timing_key(frame: pd.DataFrame, config: CompetitionConfig, n_folds: int, seed: int,
+                class_weight: str | None) -> str:
+    """Everything that decides the timings: the rows, what the members see of them, the folds,
+    the machine and the libraries' versions."""
+    from importlib.metadata import version
+
+    parts = [str(pd.util.hash_pandas_object(frame, index=False).sum()), config.task_type,
+             ",".join(config.target_columns), ",".join(config.excluded_columns), str(n_folds), str(seed),
+             str(class_weight), platform.node(), str(os.cpu_count()), str(TIMING_VERSION),
+             *(f"{p}={version(p)}" for p in ("lightgbm", "catboost", "scikit-learn"))]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
+
+
+def _cached_timings(key: str) -> dict[str, tuple[float, float]] | None:
+    path = cache_dir() / f"{key}.json"
+    try:
+        data = json.loads(path.read_text())
+        return {name: (float(t[0]), float(t[1])) for name, t in data["timings"].items()}
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def _keep_timings(key: str, timings: dict[str, tuple[float, float]]) -> None:
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".tmp-{key}-{os.getpid()}"
+        tmp.write_text(json.dumps({"timings": timings}))
+        tmp.replace(folder / f"{key}.json")
+    except OSError as err:  # a read-only home only costs the next plan a new measurement
+        log.info("members' timings not cached (%s)", err)
+
+
 def measure_members(config: CompetitionConfig, train: pd.DataFrame, n_folds: int, limit_s: float,
                     seed: int = 0, class_weight: str | None = None) -> MeasuredMembers:
     """Fit every member of the table (:func:`lora_tasks.ensemble.members.table_members`, the test
     rows left out) on two seeded samples, with ``n_folds`` folds as the run will, and
-    extrapolate each member's seconds to ``train``'s rows."""
-    from lora_tasks.ensemble.members import table_members  # scikit-learn's estimators load slowly
-    from lora_tasks.training.cv import make_folds
-
+    extrapolate each member's seconds to ``train``'s rows. The timings are kept per machine and
+    table (:func:`cache_dir`): planning the same table again reuses them, as the cost probe does."""
     frame, y = sample_labels(train, config)
     rows = len(frame)
     n2 = int(min(rows, max(MIN_SAMPLE_ROWS, min(SAMPLE_ROWS, rows // 4))))
     n1 = max(n2 // 2, min(n2, 2 * n_folds))
+    key = _timing_key(frame, config, n_folds, seed, class_weight)
+    timings = _cached_timings(key)
+    if timings is None:
+        timings = _time_samples(config, frame, y, (n1, n2), n_folds, seed, class_weight)
+        _keep_timings(key, timings)
+    return _decide(timings, (n1, n2), rows, limit_s)
+
+
+def _time_samples(config: CompetitionConfig, frame: pd.DataFrame, y: np.ndarray, sizes: tuple[int, int],
+                  n_folds: int, seed: int, class_weight: str | None) -> dict[str, tuple[float, float]]:
+    """Each member's seconds on the two samples (all folds, no test rows)."""
+    from lora_tasks.ensemble.members import table_members  # scikit-learn's estimators load slowly
+    from lora_tasks.training.cv import make_folds
+
+    rows = len(frame)
     task = Task.parse(config.task_type)
     text_columns = tuple(config.row_template(frame).text_columns)
     timings: dict[str, list[float]] = {}
-    for n in (n1, n2):
+    for n in sizes:
         idx = np.sort(np.random.default_rng(seed).choice(rows, size=n, replace=False))
         sub, ys = frame.iloc[idx].reset_index(drop=True), y[idx]
         if task is Task.BINARY and len(np.unique(ys)) < 2:
@@ -134,6 +191,13 @@ def measure_members(config: CompetitionConfig, train: pd.DataFrame, n_folds: int
         for m in table_members(sub, ys, folds, task.value, None, text_columns=text_columns,
                                exclude=config.excluded_columns, seed=seed, class_weight=class_weight):
             timings.setdefault(m.name, []).append(m.seconds)
+    return {name: (t[0], t[1]) for name, t in timings.items()}
+
+
+def _decide(timings: dict[str, tuple[float, float]], sizes: tuple[int, int], rows: int,
+            limit_s: float) -> MeasuredMembers:
+    """Each member's estimate for ``rows`` rows, and whether it fits :data:`MEMBER_SHARE` of the limit."""
+    n1, n2 = sizes
     cap = MEMBER_SHARE * limit_s
     costs = []
     for name, (t1, t2) in timings.items():

@@ -81,6 +81,7 @@ class Plan:
     #: measured cost of each is in ``settings.reasons``
     members: list[str] | None = None
     has_text: bool = False  # free-text columns: the adapters keep their time (no members decision)
+    members_s: float | None = None  # the kept members' measured estimate for the whole table, in seconds
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write ``out_dir/plan-<sha16>.json`` (content-addressed)."""
@@ -90,7 +91,7 @@ class Plan:
     def load(cls, path: str | os.PathLike) -> Plan:
         data = load_record(path, "plan")
         optional = {"seed", "competition_markdown", "time_limit_s", "epoch_s", "predict_s", "reserve_s", "no_adapters",
-                    "member_folds", "members", "has_text"}
+                    "member_folds", "members", "has_text", "members_s"}
         missing = sorted({f.name for f in fields(cls)} - set(data) - optional)
         if missing:
             raise PipelineError(f"{path} is not a plan of this version (missing {missing}); plan again.")
@@ -240,7 +241,7 @@ def fit_to_budget(
         measured = measure_members(config, train, int(settings.n_folds), limit_s, seed, settings.class_weight)
         settings.reasons.extend(measured.reasons)
         members = MemberCosts(measured.seconds, measured.how)
-        chosen_members = {"members": measured.kept}
+        chosen_members = {"members": measured.kept, "members_s": measured.seconds}
     if no_adapters:
         settings.reasons.append(f"budget: --no-adapters: the scikit-learn members alone, estimated "
                                 f"{format_duration(members.seconds + DEFAULT_OVERHEAD_S)} of the "
