@@ -91,10 +91,12 @@ def test_rerun_in_a_new_process_is_cached_and_trains_nothing(demo_run, demo_serv
     assert proc.returncode == 0, proc.stderr[-3000:]
     rerun = json.loads(out.read_text())
     assert rerun["task_states"] and set(rerun["task_states"].values()) == {"Cached"}, rerun["task_states"]
-    assert "train-fold-0" in rerun["task_states"] and "train-fold-1" in rerun["task_states"]
+    folds = len(summary.cv)  # 1 when fold 0 failed or added nothing to the members' blend
+    assert all(f"train-fold-{k}" in rerun["task_states"] for k in range(folds))
     assert rerun["submission_path"] == summary.submission_path and rerun["oof_score"] == summary.oof_score
     assert _artifact_files(work) == before, "a cached rerun writes no new adapter or prediction file"
-    assert "Cross-validation (demo, 2 adapters)" in proc.stdout and "10 cached" in proc.stdout
+    assert f"Cross-validation (demo, {folds} adapters)" in proc.stdout
+    assert f"{len(rerun['task_states'])} cached" in proc.stdout
     assert "Ensemble (out-of-fold):" in proc.stdout and "hist_gbm" in proc.stdout
 
 
@@ -225,7 +227,9 @@ def test_adapter_sets_of_other_encoders_and_presets_blend_as_members(harness, fa
     merged = run_flow(competition="demo", kaggle_endpoint=server.url, work_dir=str(tmp_path / "work"),
                          model=distilbert, max_train_rows=120, combine="merge", submit=False, **fast)
     assert merged.combine == "merge" and [r["adapter"] for r in merged.cv] == ["fold 0", "fold 1"]  # recipe set left out
-    assert set((tmp_path / "work" / "artifacts").glob("adapter-*")) == adapters  # the main folds came from the cache
+    # the same main folds (fold 0's file is the first run's; fold 1 trains here when the first run
+    # stopped after fold 0: merge has no members to compare with)
+    assert adapters <= set((tmp_path / "work" / "artifacts").glob("adapter-*"))
     with pytest.raises(ValueError, match="need combine='blend'"):
         run_flow(competition="demo", kaggle_endpoint=server.url, work_dir=str(tmp_path / "w2"), combine="merge",
                     adapter_sets=["expressive"], **FAST)
