@@ -18,7 +18,8 @@ from lora_tasks.testing.demo import build_demo_competition
 
 def test_collapse_is_every_row_at_one_class():
     y = np.array([0, 1, 1, 0, 1])
-    assert "class 1" in collapsed(Task.BINARY, y, np.full(5, 0.7))
+    assert "class 1, the majority class" in collapsed(Task.BINARY, y, np.full(5, 0.7))
+    assert "class 0, a minority class" in collapsed(Task.BINARY, y, np.full(5, 0.2))
     assert collapsed(Task.BINARY, y, np.array([0.2, 0.8, 0.7, 0.4, 0.9])) is None
     probs = np.tile([0.2, 0.5, 0.3], (5, 1))
     assert "class 1" in collapsed(Task.MULTICLASS, np.array([0, 1, 2, 1, 0]), probs)
@@ -60,7 +61,7 @@ def test_a_fold_at_the_majority_class_is_retried_or_dropped_never_kept(demo):
     else:
         assert fold.retried is not None and "trained again at" in fold.retried
         assert "dropped" in fold.failed and collapsed(Task.BINARY, y, pred) is not None
-    assert fold.retried is None or "majority class" in fold.retried
+    assert fold.retried is None or "ended at one class" in fold.retried
 
 
 def test_first_fold_decides_whether_adapters_continue(demo):

@@ -79,7 +79,7 @@ def ravel_pred(pred: np.ndarray) -> np.ndarray:
 
 def collapsed(task: Task, y_valid: np.ndarray, valid_pred: np.ndarray) -> str | None:
     """Why a classification fold failed, or None: every held-out row predicted as one class
-    although the rows hold several (the fold ended at the majority class)."""
+    although the rows hold several (the fold ended at the majority class, or at another one)."""
     if task not in (Task.BINARY, Task.MULTICLASS):
         return None
     pred = ravel_pred(np.asarray(valid_pred, dtype=float))
@@ -88,7 +88,9 @@ def collapsed(task: Task, y_valid: np.ndarray, valid_pred: np.ndarray) -> str | 
     if len(np.unique(y_valid)) < 2 or len(np.unique(labels)) > 1:
         return None
     share = float(np.mean(y_valid == labels[0]))
-    return (f"every one of its {len(labels)} held-out rows is predicted as class {int(labels[0])} "
+    values, counts = np.unique(y_valid, return_counts=True)
+    which = "the majority class" if int(labels[0]) == int(values[counts.argmax()]) else "a minority class"
+    return (f"every one of its {len(labels)} held-out rows is predicted as class {int(labels[0])}, {which} "
             f"(accuracy {share:.3f}, the share of that class)")
 
 
@@ -98,7 +100,7 @@ def retry_learning_rate(learning_rate: float, history: Sequence[dict]) -> tuple[
     losses = [h["train_loss"] for h in history if np.isfinite(h.get("train_loss", np.nan))]
     if len(losses) >= 2 and losses[-1] >= losses[0]:
         return learning_rate * RETRY_LR_DOWN, "its training loss did not fall: a lower learning rate"
-    return learning_rate * RETRY_LR_UP, "it learned too slowly to leave the majority class: a higher learning rate"
+    return learning_rate * RETRY_LR_UP, "it learned too slowly to leave that class: a higher learning rate"
 
 
 __all__ = ["AdapterGain", "adapters_gain", "collapsed", "retry_learning_rate"]

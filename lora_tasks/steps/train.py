@@ -256,13 +256,13 @@ def train_adapter(
         failed, retried = collapsed(prepared.task, y_valid, valid_pred), None
         if failed:  # a failed fold: once more with another learning rate, from the start
             lr, why = retry_learning_rate(cfg.learning_rate, result.history)
-            retried = f"fold {fold} ended at the majority class ({failed}); {why}: trained again at {lr:.2e}"
+            retried = f"fold {fold} ended at one class ({failed}); {why}: trained again at {lr:.2e}"
             log.warning("%s", retried)
             cfg = replace(cfg, learning_rate=lr)
             result, valid_pred, test_pred, adapter = attempt(cfg, checkpoint_dir / f"retry-{lr:.2e}")
             failed = collapsed(prepared.task, y_valid, valid_pred)
             if failed:
-                failed = (f"fold {fold} ended at the majority class twice ({failed}); the fold is dropped, and with it "
+                failed = (f"fold {fold} ended at one class twice ({failed}); the fold is dropped, and with it "
                           "the adapters' member (every row needs an out-of-fold prediction)")
                 log.warning("%s", failed)
         tmp = temp_path(out, ".safetensors")
