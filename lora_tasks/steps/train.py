@@ -289,7 +289,7 @@ def train_adapter(
 
 def _drop_checkpoints(checkpoint_dir: Path, fold: int) -> None:
     """Delete a fold's checkpoint files (refresh: train from the start, even past a corrupt one)."""
-    found = sorted(checkpoint_dir.glob("*.safetensors")) if checkpoint_dir.is_dir() else []
+    found = sorted(checkpoint_dir.rglob("*.safetensors")) if checkpoint_dir.is_dir() else []  # retries too
     for path in found:
         path.unlink(missing_ok=True)
     if found:
