@@ -31,7 +31,7 @@ DEPRECATED_NAMES = (("adapters", "folds", "it is the number of CV folds, one ada
 
 #: The blend methods of :data:`lora_tasks.ensemble.METHODS` (a test keeps the two equal; the
 #: Literal gives the UI form a drop-down).
-BlendMethod = Literal["mean", "rank_mean", "weights", "caruana", "stacking"]
+BlendMethod = Literal["auto", "mean", "rank_mean", "weights", "caruana", "stacking"]
 
 
 class RunOptions(BaseModel):
@@ -69,10 +69,13 @@ class RunOptions(BaseModel):
     combine: Literal["blend", "merge"] = Field(
         "blend", description="blend: the fold adapters' mean blended with scikit-learn members, weights fit on "
         "out-of-fold rows; merge: one model from the averaged adapters (no members, no adapter sets)")
-    members: bool | None = Field(None, description="blend scikit-learn members (HistGradientBoosting / linear / "
-                                 "TF-IDF) trained on the same folds (default: yes with blend; merge has none)")
-    blend_method: BlendMethod = Field("caruana", description="how blend weighs the members (caruana: greedy "
-                                      "selection as in AutoGluon; weights, mean, rank_mean, stacking)")
+    members: bool | None = Field(None, description="blend the scikit-learn and gradient-boosting members "
+                                 "(LightGBM / CatBoost / HistGradientBoosting / linear / TF-IDF) trained on the same "
+                                 "folds (default: yes with blend; merge has none)")
+    blend_method: BlendMethod = Field("auto", description="how blend weighs the members (auto: caruana or "
+                                      "stacking, whichever scores better fit without each fold; caruana: greedy "
+                                      "selection as in AutoGluon; stacking: a level-2 linear model; weights, mean, "
+                                      "rank_mean)")
     adapter_sets: list[str] | None = Field(
         None, description="more adapter sets on the same folds, each blended as its own member: "
         "PRESET[@MODEL][:KEY=VALUE,...], e.g. expressive or balanced@all-mpnet-base-v2:epochs=2 (default: the "

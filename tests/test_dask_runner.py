@@ -91,7 +91,8 @@ def test_flow_completes_on_the_cluster(dask_run, demo_server):
     assert state.is_completed(), state
     summary = state.result()
     assert math.isfinite(summary.oof_score) and 0.0 <= summary.oof_score <= 1.0
-    assert [row["adapter"] for row in summary.cv] == ["fold 0", "fold 1"]
+    # fold 1 trains unless fold 0 failed (the tiny encoder at one class) or added nothing to the members' blend
+    assert [row["adapter"] for row in summary.cv] in (["fold 0", "fold 1"], ["fold 0"])
     assert set(summary.task_states.values()) == {"Completed"}, summary.task_states
     sub = pd.read_csv(summary.submission_path)
     sample = pd.read_csv(root / "demo" / "sample_submission.csv")

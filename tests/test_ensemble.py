@@ -191,8 +191,8 @@ def test_misaligned_members_are_named():
 def test_compare_methods_runs_all_applicable(binary):
     oof, test, y, folds = binary
     out = compare_methods(oof, test, y, "roc_auc", caruana_iterations=10)
-    assert set(out) == set(METHODS)
-    assert set(compare_methods(oof, None, y, "log_loss", methods=None)) == set(METHODS) - {"rank_mean"}
+    assert set(out) == set(METHODS) - {"auto"}  # auto is a choice between two of them, not a method to compare
+    assert set(compare_methods(oof, None, y, "log_loss", methods=None)) == set(METHODS) - {"rank_mean", "auto"}
 
 
 @pytest.mark.parametrize("method", ["caruana", "weights", "mean", "stacking"])

@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from lora_tasks.ensemble.members import linear_member, table_members, tabular_member
 from lora_tasks.features import build_features, find_features
+from lora_tasks.features.categories import target_encoding_transform
 from lora_tasks.training.cv import make_folds
 
 #: Out-of-fold AUC on a noise target: chance is 0.5, and 600 rows put 3 standard errors near 0.57.
@@ -47,7 +48,7 @@ def test_a_target_encoding_fit_outside_the_folds_scores_the_impossible(noise):
 def test_the_members_target_encoding_learns_nothing_from_noise(noise, member):
     frame, y, folds = noise
     kw = {"max_iter": 50} if member is tabular_member else {}
-    result = member(frame, y, folds, "binary", target_encoded=("group",), **kw)
+    result = member(frame, y, folds, "binary", transform=target_encoding_transform(("group",), "binary"), **kw)
     assert abs(_auc(result, y) - 0.5) < CHANCE_AUC - 0.5
 
 
@@ -71,7 +72,7 @@ def test_the_encoding_carries_signal_when_there_is_some(noise):
     rate = dict(zip([f"g{i}" for i in range(150)], rng.uniform(0, 1, 150), strict=True))
     y = (rng.uniform(size=len(frame)) < frame["group"].map(rate)).astype(int).to_numpy()
     plain = tabular_member(frame[["x"]], y, folds, "binary", max_iter=50)
-    encoded = tabular_member(frame, y, folds, "binary", target_encoded=("group",), max_iter=50)
+    encoded = tabular_member(frame, y, folds, "binary", transform=target_encoding_transform(("group",), "binary"), max_iter=50)
     assert _auc(encoded, y) > _auc(plain, y) + 0.1
 
 
@@ -80,6 +81,6 @@ def test_the_encoding_fits_other_targets(noise, task):
     frame, _, folds = noise
     rng = np.random.default_rng(5)
     y = rng.integers(0, 3, len(frame)) if task == "multiclass" else rng.normal(size=len(frame))
-    result = tabular_member(frame, y, folds, task, frame, target_encoded=("group",), max_iter=20, bag=1)
+    result = tabular_member(frame, y, folds, task, frame, transform=target_encoding_transform(("group",), task), max_iter=20, bag=1)
     assert result.oof.shape == ((len(frame), 3) if task == "multiclass" else (len(frame),))
     assert np.isfinite(result.oof).all() and np.isfinite(result.test).all()

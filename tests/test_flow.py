@@ -58,15 +58,21 @@ def test_demo_flow_submits_and_reads_the_servers_score(demo_run, demo_server):
     expected = fk.score_submission(sub, pd.read_csv(served / "demo" / "solution.csv"), "accuracy")
     assert summary.public_score == pytest.approx(expected) == pytest.approx(stored.public_score)
     assert stored.content == Path(summary.submission_path).read_bytes()
-    assert [row["adapter"] for row in summary.cv] == ["fold 0", "fold 1"]
+    # fold 1 trains unless fold 0 failed or added nothing to the members' blend
+    assert [row["adapter"] for row in summary.cv] in (["fold 0", "fold 1"], ["fold 0"])
     assert set(summary.task_states.values()) == {"Completed"} and "train-members" in summary.task_states
     members = {row["member"]: row for row in summary.members}
-    assert {"lora", "hist_gbm", "linear", "blend (caruana)"} <= set(members), summary.members
-    weights = [members[m]["weight"] for m in ("lora", "hist_gbm", "linear")]
-    assert sum(weights) == pytest.approx(1.0, abs=1e-3) and min(weights) >= 0
-    assert members["blend (caruana)"]["OOF accuracy"] == pytest.approx(summary.oof_score, abs=1e-5)
-    # Caruana keeps the best prefix of its trajectory: the blend never trails its best member on OOF
-    assert summary.oof_score >= max(members[m]["OOF accuracy"] for m in ("lora", "hist_gbm", "linear")) - 1e-5
+    # the tiny random encoder may end at the majority class: then its adapters leave the blend, saying why
+    blended = [m for m in ("lora", "lightgbm", "catboost", "hist_gbm", "linear") if m in members]
+    dropped = [m for m in members if m.startswith("no adapters in the blend:")]
+    assert {"hist_gbm", "linear", "lightgbm", "catboost"} <= set(blended), summary.members
+    assert ("lora" in blended) != bool(dropped), summary.members
+    blend_row = next(m for m in members if m.startswith("blend (") and m.endswith(")"))
+    assert blend_row in ("blend (caruana)", "blend (stacking)")
+    if blend_row == "blend (caruana)":
+        weights = [members[m]["weight"] for m in blended]
+        assert sum(weights) == pytest.approx(1.0, abs=1e-3) and min(weights) >= 0
+    assert members[blend_row]["OOF accuracy"] == pytest.approx(summary.oof_score, abs=1e-5)
     assert (work / "results").is_dir() and any((work / "results").iterdir()), "results persist in the project store"
 
 
@@ -85,10 +91,12 @@ def test_rerun_in_a_new_process_is_cached_and_trains_nothing(demo_run, demo_serv
     assert proc.returncode == 0, proc.stderr[-3000:]
     rerun = json.loads(out.read_text())
     assert rerun["task_states"] and set(rerun["task_states"].values()) == {"Cached"}, rerun["task_states"]
-    assert "train-fold-0" in rerun["task_states"] and "train-fold-1" in rerun["task_states"]
+    folds = len(summary.cv)  # 1 when fold 0 failed or added nothing to the members' blend
+    assert all(f"train-fold-{k}" in rerun["task_states"] for k in range(folds))
     assert rerun["submission_path"] == summary.submission_path and rerun["oof_score"] == summary.oof_score
     assert _artifact_files(work) == before, "a cached rerun writes no new adapter or prediction file"
-    assert "Cross-validation (demo, 2 adapters)" in proc.stdout and "10 cached" in proc.stdout
+    assert f"Cross-validation (demo, {folds} adapters)" in proc.stdout
+    assert f"{len(rerun['task_states'])} cached" in proc.stdout
     assert "Ensemble (out-of-fold):" in proc.stdout and "hist_gbm" in proc.stdout
 
 
@@ -196,9 +204,13 @@ def test_adapter_sets_of_other_encoders_and_presets_blend_as_members(harness, fa
         fk.score_submission(pd.read_csv(summary.submission_path), pd.read_csv(served / "demo" / "solution.csv"),
                             "accuracy"))
     members = {m["member"] for m in summary.members}
-    assert {"lora", "lora_expressive_roberta_tiny_lr0.004", "hist_gbm", "linear"} <= members, summary.members
-    assert [r["adapter"] for r in summary.cv] == ["fold 0", "fold 1", "lora_expressive_roberta_tiny_lr0.004 fold 0",
-                                                  "lora_expressive_roberta_tiny_lr0.004 fold 1"]
+    assert {"hist_gbm", "linear"} <= members, summary.members
+    # each adapter set is blended, or (tiny encoders may end at the majority class) left out with the reason
+    notes = " ".join(m for m in members if m.startswith("no adapters in the blend:"))
+    assert "lora" in members or "fold 0 ended at one class" in notes or "adapters stop" in notes
+    assert "lora_expressive_roberta_tiny_lr0.004" in members or "adapter set lora_expressive_roberta_tiny" in notes
+    set_folds = ["lora_expressive_roberta_tiny_lr0.004 fold 0", "lora_expressive_roberta_tiny_lr0.004 fold 1"]
+    assert [r["adapter"] for r in summary.cv] in (["fold 0", "fold 1", *set_folds], ["fold 0", *set_folds])
     assert {"train-lora_expressive_roberta_tiny_lr0.004-fold-0", "train-lora_expressive_roberta_tiny_lr0.004-fold-1",
             "tokenize-lora_expressive_roberta_tiny_lr0.004"} <= set(summary.task_states)
     plans = [json.loads(p.read_text()) for p in (tmp_path / "work" / "artifacts").glob("plan-*.json")]
@@ -215,7 +227,9 @@ def test_adapter_sets_of_other_encoders_and_presets_blend_as_members(harness, fa
     merged = run_flow(competition="demo", kaggle_endpoint=server.url, work_dir=str(tmp_path / "work"),
                          model=distilbert, max_train_rows=120, combine="merge", submit=False, **fast)
     assert merged.combine == "merge" and [r["adapter"] for r in merged.cv] == ["fold 0", "fold 1"]  # recipe set left out
-    assert set((tmp_path / "work" / "artifacts").glob("adapter-*")) == adapters  # the main folds came from the cache
+    # the same main folds (fold 0's file is the first run's; fold 1 trains here when the first run
+    # stopped after fold 0: merge has no members to compare with)
+    assert adapters <= set((tmp_path / "work" / "artifacts").glob("adapter-*"))
     with pytest.raises(ValueError, match="need combine='blend'"):
         run_flow(competition="demo", kaggle_endpoint=server.url, work_dir=str(tmp_path / "w2"), combine="merge",
                     adapter_sets=["expressive"], **FAST)

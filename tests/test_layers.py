@@ -71,7 +71,6 @@ LAYERS: dict[str, int] = {
 MAX_MODULE_LINES = 420
 #: Modules still over the ceiling, each with its length today (it may only shrink) and why it waits.
 OVER_THE_CEILING: dict[str, tuple[int, str]] = {
-    "lora_tasks.ensemble.members": (537, "split once the branch that adds LightGBM/CatBoost members merges"),
 }
 
 

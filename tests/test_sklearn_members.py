@@ -127,8 +127,8 @@ def house_members(house):
     """The members the flow trains for house-prices (fit once: bagged boosting takes ~45 s)."""
     train, y, folds = house
     members = table_members(train, y, folds, "regression", train.iloc[:20], exclude=("Id", "SalePrice"),
-                            metric="rmsle", log_target=True)
-    return {m.name: m for m in members}
+                            metric="rmsle", log_target=True, only=("hist_gbm", "linear", "svr"))
+    return {m.name: m for m in members}  # LightGBM and CatBoost: tests/test_gbm_members.py
 
 
 def test_house_prices_linear_member_blends_with_boosting(house, house_members):
@@ -168,7 +168,8 @@ def test_large_regression_tables_skip_the_kernel_member(monkeypatch):
     y = train["SalePrice"].to_numpy(dtype=float)
     folds = make_folds(np.log1p(y), "regression", 3, seed=0)
     monkeypatch.setattr(sklearn_members, "MAX_KERNEL_ROWS", len(train) - 1)
-    members = table_members(train, y, folds, "regression", exclude=("Id", "SalePrice"), metric="rmsle", log_target=True)
+    members = table_members(train, y, folds, "regression", exclude=("Id", "SalePrice"), metric="rmsle", log_target=True,
+                            only=("hist_gbm", "linear", "svr"))
     assert [m.name for m in members] == ["hist_gbm", "linear"]
 
 
@@ -184,10 +185,10 @@ def test_linear_member_classifies_with_probabilities(titanic):
 
 
 def test_table_members_pick_by_the_table(titanic):
-    """Text with few context columns -> TF-IDF only; a classification table -> boosting and linear."""
+    """Text with few context columns -> TF-IDF only; a classification table -> the boosters and linear."""
     X, y, X_test, folds = titanic
     tabular = table_members(X, y, folds, "binary_classification", X_test, metric="accuracy")
-    assert [m.name for m in tabular] == ["hist_gbm", "linear"]
+    assert [m.name for m in tabular] == ["lightgbm", "catboost", "hist_gbm", "linear"]
     tweets = _read("nlp-getting-started", "train.csv", nrows=400)
     ty = tweets["target"].to_numpy()
     text = table_members(tweets, ty, make_folds(ty, "binary_classification", 3, seed=0), "binary",
@@ -256,7 +257,7 @@ def test_multitarget_members_give_one_value_per_target(several_targets, monkeypa
     monkeypatch.setattr(sklearn_members, "GBM_BAG", 1)
     monkeypatch.setattr(sklearn_members, "GBM_REGRESSION_PARAMS", {"max_iter": 80})
     members = table_members(X, values, folds, "multitarget_regression", X.iloc[:10], metric="mcrmse")
-    assert [m.name for m in members] == ["hist_gbm", "linear", "svr"]
+    assert [m.name for m in members] == ["lightgbm", "catboost", "hist_gbm", "linear", "svr"]
     for m in members:
         assert m.oof.shape == (600, 2) and m.test.shape == (10, 2), m.name
         rmses = np.sqrt(np.mean((m.oof - values) ** 2, axis=0))

@@ -83,8 +83,10 @@ def test_a_limit_only_the_members_fit_runs_them_alone_and_says_what_adapters_nee
     with fk.serve(served) as server:
         roomy = steps.Plan.load(steps.plan_run(_options(tmp_path / "probe", kaggle_endpoint=server.url,
                                                         time_limit="2h"))["lora"])
-        # room for the members and the overhead, not for the cheapest adapters
-        limit = f"{roomy.reserve_s / PLAN_SHARE + 0.05:.3f}"
+        # room for the members (their timings are kept per machine and table: the same estimate in
+        # every plan of this table) and the overhead, not for the cheapest adapters
+        assert roomy.members_s is not None and roomy.members_s > 0
+        limit = f"{(roomy.members_s + roomy.reserve_s) / PLAN_SHARE + 0.05:.3f}"
         with pytest.raises(BudgetError, match="no plan with adapters fits"):
             steps.plan_run(_options(tmp_path / "bare", kaggle_endpoint=server.url, time_limit=limit, members=False))
         result = steps.run_pipeline(_options(tmp_path / "work", kaggle_endpoint=server.url, time_limit=limit),
@@ -207,7 +209,10 @@ def test_members_keep_the_rules_folds_when_the_budget_cuts_the_adapters(demo_dir
     for a, b in zip(members, same, strict=True):
         np.testing.assert_array_equal(np.load(a.oof_path), np.load(b.oof_path))
     tokens = steps.tokenize_data(prepared_path, cut_path, out / "tokens")
-    adapters = [steps.train_adapter(prepared_path, cut_path, tokens, k, out) for k in range(2)]
+    from dataclasses import replace
+
+    # the tiny encoder's folds end at the majority class (a failed fold): taken as they are, to blend
+    adapters = [replace(steps.train_adapter(prepared_path, cut_path, tokens, k, out), failed=None) for k in range(2)]
     combined = steps.combine(prepared_path, cut_path, adapters, out, method="blend", members=members)
     assert "lora" in combined.member_scores and math.isfinite(combined.blend_cv_score)
 
@@ -236,10 +241,16 @@ def test_adapters_far_behind_the_members_give_later_folds_fewer_epochs(creds, tm
     with fk.serve(served) as server:
         options = _options(tmp_path / "work", kaggle_endpoint=server.url, folds=2, epochs=4, time_limit="1h")
         result = steps.run_pipeline(options, run_key="members")
-    first, second = result.adapters
+    first = result.adapters[0]
     decision = [r for r in first.budget_reasons if "members:" in r]
     assert decision and "scikit-learn members'" in decision[0] and "trail" in decision[0], first.budget_reasons
     assert first.later_epochs is not None and first.later_epochs < 4
+    if len(result.adapters) == 2:
+        second = result.adapters[1]
+    else:  # fold 0 failed or added nothing to the blend, so the run stopped: train fold 1 as the run would have
+        assert not first.keep_adapters and len(result.adapters) == 1
+        second = steps.train_adapter(result.prepared_path, result.plan_path, result.tokens, 1,
+                                     tmp_path / "work" / "artifacts", epochs=first.later_epochs)
     assert len(second.history) <= first.later_epochs
     assert np.isfinite(np.load(second.oof_path)).sum() == second.n_valid, "the later fold still predicts its rows"
 
@@ -254,9 +265,13 @@ def test_the_flow_makes_the_members_decision_before_its_later_folds(harness, cre
     with fk.serve(served) as server:
         summary = kaggle_lora(_options(tmp_path / "work", kaggle_endpoint=server.url, folds=2, epochs=4,
                                        time_limit="1h", retry_delay_s=0.05))
-    first, second = summary.cv
+    first = summary.cv[0]
     assert first["epochs"] >= 2, summary.cv  # it trained up to the members check
-    assert second["epochs"] < 4, f"the later fold kept the plan's 4 epochs: {summary.cv}"
+    if len(summary.cv) == 2:
+        assert summary.cv[1]["epochs"] < 4, f"the later fold kept the plan's 4 epochs: {summary.cv}"
+    else:  # fold 0 failed (the tiny encoder at the majority class) or added nothing: no later fold, and why
+        assert len(summary.cv) == 1 and "train-fold-1" not in summary.task_states
+        assert any(str(r["member"]).startswith("no adapters in the blend") for r in summary.members), summary.members
     assert summary.task_states["train-fold-0"] == "Completed"
     assert math.isfinite(summary.oof_score)
 

@@ -13,7 +13,10 @@ did not train on that row), so the weights it learns transfer to the test predic
   repeatedly add the member that most improves the blend, keep the best prefix of the trajectory;
   optionally bagged over random member subsets.
 - ``stacking``: a scikit-learn meta-model (LogisticRegression / Ridge) on the members' OOF
-  predictions, itself cross-validated on the same folds so its reported OOF score is honest.
+  predictions, itself cross-validated on the same folds so its reported OOF score is honest
+  (:mod:`lora_tasks.ensemble.fitters`).
+- ``auto``: ``caruana`` and ``stacking`` both, the one with the better nested score used (needs
+  ``folds``; without them, ``caruana``). The report's ``method`` names the one chosen.
 
 Weights fit on OOF and scored on the same OOF are optimistic; pass ``folds`` and the report also
 carries ``blend_cv_score``: the blend fit on the other folds and scored on each held-out fold.
@@ -47,8 +50,10 @@ from lora_tasks.ensemble.thresholds import best_threshold, nested_threshold_scor
 from lora_tasks.metrics import Metric, get_metric
 from lora_tasks.task import Task
 
-Method = Literal["mean", "rank_mean", "weights", "caruana", "stacking"]
-METHODS: tuple[str, ...] = ("mean", "rank_mean", "weights", "caruana", "stacking")
+Method = Literal["auto", "mean", "rank_mean", "weights", "caruana", "stacking"]
+METHODS: tuple[str, ...] = ("auto", "mean", "rank_mean", "weights", "caruana", "stacking")
+#: What ``auto`` chooses between, by their nested scores (the first wins a tie: the simpler one).
+AUTO_CANDIDATES: tuple[str, ...] = ("caruana", "stacking")
 # Metrics that only look at the order of the scores: the only ones where rank averaging is sound.
 RANK_METRICS = frozenset({"roc_auc", "mean_columnwise_roc_auc"})
 
@@ -144,6 +149,11 @@ def blend(
     """
     if method not in METHODS:
         raise ValueError(f"Unknown blend method {method!r}; use one of {', '.join(METHODS)}.")
+    if method == "auto" and not (np.ndim(y) == 2 and get_metric(metric).column_metric is not None):
+        # several targets with a column metric go column by column below, each column choosing
+        return _auto(oof, test, y, metric, folds, seed=seed, caruana_iterations=caruana_iterations,
+                     caruana_bags=caruana_bags, caruana_bag_fraction=caruana_bag_fraction,
+                     tune_threshold=tune_threshold)
     m = get_metric(metric)
     y = np.asarray(y)
     names, oof_arr, test_arr = _check_members(oof, test, y)
@@ -199,6 +209,34 @@ def blend(
     return BlendResult(test_pred, oof_pred, weights, report)
 
 
+def _auto(oof: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray] | None, y: np.ndarray,
+          metric: str | Metric, folds: np.ndarray | None, **kwargs) -> BlendResult:
+    """Every method of :data:`AUTO_CANDIDATES` that applies, the one with the best nested score
+    (each fit without a fold and scored on it: the honest comparison) returned."""
+    m = get_metric(metric)
+    y = np.asarray(y)
+    if folds is None:
+        return blend("caruana", oof, test, y, m, None, **kwargs)
+    tried: dict[str, BlendResult] = {}
+    skipped = []
+    for name in AUTO_CANDIDATES:
+        try:
+            tried[name] = blend(name, oof, test, y, m, folds, **kwargs)  # type: ignore[arg-type]  # from METHODS
+        except ValueError as err:  # a method that does not apply to this task
+            if not tried:
+                raise
+            skipped.append(f"{name} does not apply ({err})")
+    scores = {n: r.report.blend_cv_score for n, r in tried.items()}
+    usable = {n: s for n, s in scores.items() if s is not None and np.isfinite(s)}
+    pick = max if m.greater_is_better else min
+    chosen = pick(usable, key=usable.__getitem__) if usable else AUTO_CANDIDATES[0]
+    result = tried[chosen]
+    nested = ", ".join(f"{n} {s:.5f}" for n, s in usable.items())
+    result.report.notes.append(f"auto: nested {m.name} {nested}: {chosen} used" +
+                               (f"; {'; '.join(skipped)}" if skipped else ""))
+    return result
+
+
 def _blend_columns(
     method: str, names: list[str], oof: np.ndarray, test: np.ndarray | None, y: np.ndarray, m: Metric,
     folds: np.ndarray | None, opts: dict,
@@ -242,7 +280,7 @@ def compare_methods(
     """Run several blend methods (default: all that apply to the metric) and return them by name."""
     m = get_metric(metric)
     if methods is None:
-        methods = tuple(x for x in METHODS if x != "rank_mean" or m.name in RANK_METRICS)
+        methods = tuple(x for x in METHODS if x != "auto" and (x != "rank_mean" or m.name in RANK_METRICS))
     return {name: blend(name, oof, test, y, m, folds, **kwargs) for name in methods}  # type: ignore[arg-type]  # names from METHODS
 
 

@@ -3,12 +3,17 @@
 Why: a tree splits an ordinal-coded category of hundreds of values poorly (the members cap it
 at a few dozen codes), and a linear model gets one sparse column per value. How often a value
 occurs (a ticket shared by a family of five) needs no target; the mean target per value does,
-so it is fit on each fold's training rows only (:func:`fold_target_encoder`, a step of the
+so it is fit on each fold's training rows only (:func:`target_encoding_transform`, a step of the
 members' fold pipeline) and never computed here, where the target is not seen.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
 import pandas as pd
 
 from lora_tasks.features.records import FeatureKind, GeneratedFeature
@@ -59,25 +64,34 @@ def find_category_features(frame: pd.DataFrame, columns: list[str], task: Task |
     return found, notes
 
 
-def fold_target_encoder(columns: tuple[str, ...] | list[str], task: Task | str, seed: int = 0, *,
-                        scale: bool = False) -> list[tuple]:
-    """The ``ColumnTransformer`` entry that target-encodes ``columns`` inside a fold: fit with the
-    fold's training rows (cross-fitted among them, so a training row's own target never encodes
-    it) and applied to its held-out and test rows. Empty without columns or for multi-output
-    targets (scikit-learn's encoder takes one target). ``scale``: standardize the encodings (for
-    a penalized linear model, whose penalty assumes one scale)."""
+def target_encoding_transform(columns: tuple[str, ...] | list[str], task: Task | str,
+                              seed: int = 0) -> Callable[[Any], Any] | None:
+    """A per-fold transform of the members' fold loop
+    (:data:`lora_tasks.ensemble.folds.FoldTransform`) that adds each column's target encoding as
+    ``<column>_target_mean`` (one per class for a multiclass target): fit with the fold's
+    training rows (cross-fitted among them, so a training row's own target never encodes it) and
+    applied to its held-out and test rows. None without columns or for multi-output targets
+    (scikit-learn's encoder takes one target)."""
     task = Task.parse(task)
     if not columns or task.multi_output:
-        return []
+        return None
     from sklearn.model_selection import KFold, StratifiedKFold
     from sklearn.preprocessing import TargetEncoder
 
+    cols = list(columns)
     target_type = "continuous" if task.is_regression else task.sklearn_kind
     split = KFold if task.is_regression else StratifiedKFold
-    encoder = TargetEncoder(target_type=target_type, cv=split(INNER_FOLDS, shuffle=True, random_state=seed))
-    if scale:
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
 
-        encoder = make_pipeline(encoder, StandardScaler())
-    return [("target_mean", encoder, list(columns))]
+    def encoded(frame: pd.DataFrame, values: np.ndarray, names: list[str]) -> pd.DataFrame:
+        return frame.assign(**{f"{n}_target_mean": values[:, i] for i, n in enumerate(names)})
+
+    def transform(data: Any) -> Any:
+        encoder = TargetEncoder(target_type=target_type, cv=split(INNER_FOLDS, shuffle=True, random_state=seed))
+        train_values = encoder.fit_transform(data.train[cols].astype("object"), data.y_train)
+        names = [str(n) for n in encoder.get_feature_names_out()]
+        test = None if data.test is None else encoded(data.test, encoder.transform(data.test[cols].astype("object")), names)
+        return replace(data, train=encoded(data.train, train_values, names),
+                       valid=encoded(data.valid, encoder.transform(data.valid[cols].astype("object")), names), test=test)
+
+    return transform
+

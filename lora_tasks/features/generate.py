@@ -4,7 +4,7 @@ the members' frames from it (:func:`build_features`, before the members' folds).
 Why two halves: ``kaggle-lora plan`` must list every feature with its reason before anything
 trains, and the members must get exactly what was listed. Neither half ever receives the
 target: the target encoding is only named here and fit inside each fold by the members
-(:func:`lora_tasks.features.categories.fold_target_encoder`).
+(:func:`lora_tasks.features.categories.target_encoding_transform`).
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ def blend_rows(combined: CombineResult) -> list[dict[str, Any]]:
         fitted = "weights and cut" if combined.blend_method and combined.threshold is not None else (
             "cut" if combined.threshold is not None else "weights")
         rows.append({"member": f"blend, {fitted} fit out-of-fold", col: round(combined.blend_cv_score, 5), "weight": None})
+    rows += [{"member": f"no adapters in the blend: {note}", col: None, "weight": None} for note in combined.notes]
     return rows
 
 

@@ -31,7 +31,7 @@ from lora_tasks.steps.train import (
 )
 
 #: How the adapters' fold ensemble and the members are blended (lora_tasks.ensemble.METHODS).
-DEFAULT_BLEND_METHOD = "caruana"
+DEFAULT_BLEND_METHOD = "auto"
 COMBINE_METHODS = ("blend", "merge")
 
 
@@ -58,6 +58,8 @@ class CombineResult:
     blend_method: str | None = None
     blend_cv_score: float | None = None
     threshold: float | None = None
+    #: why the adapters are not in the blend (they added nothing on fold 0, or a fold failed)
+    notes: list[str] = field(default_factory=list)
 
 
 def fold_ensemble(results: Sequence[AdapterResult]) -> tuple[np.ndarray, list[AdapterResult]]:
@@ -113,11 +115,18 @@ def combine(
                             "encoders only blend. Drop the adapter sets or use method='blend'.")
     prepared = Prepared.load(prepared_path)
     plan = Plan.load(plan_path)
+    notes = _left_out(results)
+    if notes and members and method == "blend":
+        results = []  # the members (and the other adapter sets) blend without these adapters
     if not results:
         if method != "blend":
             raise PipelineError(f"combine(method={method!r}) needs fold adapters; without them (no_adapters) only "
                                 "'blend' of the scikit-learn members is possible.")
-        return _blend_members_only(prepared, plan, members, out_dir, blend_method)
+        kept_sets = {name: rs for name, rs in adapter_sets.items() if not _left_out(rs)}
+        notes += [f"adapter set {name}: {note}" for name, rs in adapter_sets.items() for note in _left_out(rs)]
+        combined = _blend_members_only(prepared, plan, members, out_dir, blend_method, kept_sets)
+        combined.notes = notes
+        return combined
     oof, ordered = fold_ensemble(results)
     fold_weights = [1.0 / len(ordered)] * len(ordered)
     scores = {ADAPTERS_MEMBER: score_predictions(oof, prepared, plan)}
@@ -149,7 +158,7 @@ def combine(
                         blend_metric(prepared, plan), fold_assignment(prepared, plan, members=True), seed=plan.seed,
                         tune_threshold=tune)
         oof, test, weights = blended.oof_pred, blended.test_pred, blended.weights
-        used_blend, cv_score, cut = blend_method, blended.report.blend_cv_score, blended.threshold
+        used_blend, cv_score, cut = blended.report.method, blended.report.blend_cv_score, blended.threshold
     elif tune:
         from lora_tasks.ensemble.thresholds import best_threshold, nested_threshold_score
 
@@ -172,15 +181,28 @@ def combine(
     )
 
 
+def _left_out(results: Sequence[AdapterResult]) -> list[str]:
+    """Why the adapters leave the blend: fold 0 showed they add nothing, or a fold failed."""
+    notes = [r.gain.reason for r in results if r.gain is not None and not r.gain.keep_adapters]
+    return notes + [r.failed for r in results if r.failed]
+
+
 def _blend_members_only(prepared: Prepared, plan: Plan, members: Sequence[MemberResult],
-                        out_dir: str | os.PathLike, blend_method: str) -> CombineResult:
-    """``no_adapters``: the scikit-learn members blended alone, weights fit on their OOF rows."""
+                        out_dir: str | os.PathLike, blend_method: str,
+                        adapter_sets: Mapping[str, Sequence[AdapterResult]] | None = None) -> CombineResult:
+    """``no_adapters`` (or the main adapters left out): the scikit-learn members blended alone,
+    with any other adapter sets, weights fit on their OOF rows."""
     from lora_tasks.ensemble.blend import blend  # the blenders load scikit-learn's estimators
 
     members_oof = {b.name: np.load(b.oof_path) for b in members}
     members_test = {b.name: np.load(b.test_path) for b in members}
     if len(members_oof) != len(members):
         raise PipelineError(f"Two members share a name among {[b.name for b in members]}; give each its own name.")
+    scores = {b.name: float(b.oof_score) for b in members}
+    for name, set_results in (adapter_sets or {}).items():
+        members_oof[name], set_ordered = fold_ensemble(set_results)
+        members_test[name] = np.mean([np.load(r.test_path) for r in set_ordered], axis=0)
+        scores[name] = score_predictions(members_oof[name], prepared, plan)
     blended = blend(blend_method, members_oof, members_test, training_labels(prepared, plan),
                     blend_metric(prepared, plan), fold_assignment(prepared, plan, members=True), seed=plan.seed,
                     tune_threshold=tunes_label_cut(prepared, plan))
@@ -193,8 +215,8 @@ def _blend_members_only(prepared: Prepared, plan: Plan, members: Sequence[Member
         metric=prepared.metric,
         weights={k: float(v) for k, v in blended.weights.items()},
         fold_scores=[],
-        member_scores={b.name: float(b.oof_score) for b in members},
-        blend_method=blend_method,
+        member_scores=scores,
+        blend_method=blended.report.method,
         blend_cv_score=blended.report.blend_cv_score,
         threshold=blended.threshold,
     )

@@ -232,7 +232,10 @@ def submit_folds(ex: Executor, run: PipelineResult, plan: Path, tokens: TokenFil
     if not members_decide(loaded, members):
         return [fold(k) for k in folds]
     first = fold(0, members=members)
-    return [first] + [fold(k, epochs=ex.result(first).later_epochs) for k in folds[1:]]
+    decided = ex.result(first)
+    if not decided.keep_adapters:  # fold 0 showed they add nothing to the members' blend
+        return [first]
+    return [first] + [fold(k, epochs=decided.later_epochs) for k in folds[1:]]
 
 
 def orchestrate(options: RunOptions, ex: Executor, *, run_key: str = "local", download: bool = True) -> PipelineResult:

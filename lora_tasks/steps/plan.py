@@ -14,12 +14,15 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+import pandas as pd
+
 from lora_tasks.budget import (
     DEFAULT_OVERHEAD_S,
     DEFAULT_TIME_LIMIT_S,
     LADDER,
     BudgetError,
     Candidate,
+    MemberCosts,
     Workload,
     estimate_members,
     format_duration,
@@ -33,6 +36,7 @@ from lora_tasks.data.sample_checks import check_sample_submission
 from lora_tasks.data.source import CompetitionSource
 from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.features import FeaturePlan, find_features
+from lora_tasks.steps.member_costs import measure_members
 from lora_tasks.steps.prepare import subset_rows
 from lora_tasks.steps.spec import competition_spec
 from lora_tasks.steps.store import (
@@ -83,6 +87,11 @@ class Plan:
     # what the features step adds to (and drops from) the table members' columns, and why
     # (None: a plan of a version without it; the members read the table as it is)
     features: FeaturePlan | None = None
+    #: the members the budget let in, by name (None: every member that suits the table); the
+    #: measured cost of each is in ``settings.reasons``
+    members: list[str] | None = None
+    has_text: bool = False  # free-text columns: the adapters keep their time (no members decision)
+    members_s: float | None = None  # the kept members' measured estimate for the whole table, in seconds
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write ``out_dir/plan-<sha16>.json`` (content-addressed)."""
@@ -92,7 +101,7 @@ class Plan:
     def load(cls, path: str | os.PathLike) -> Plan:
         data = load_record(path, "plan")
         optional = {"seed", "competition_markdown", "time_limit_s", "epoch_s", "predict_s", "reserve_s", "no_adapters",
-                    "member_folds", "cost_probe", "features"}
+                    "member_folds", "cost_probe", "features", "members", "has_text", "members_s"}
         missing = sorted({f.name for f in fields(cls)} - set(data) - optional)
         if missing:
             raise PipelineError(f"{path} is not a plan of this version (missing {missing}); plan again.")
@@ -189,7 +198,7 @@ def plan_training(
         limit_s, rules_folds = run_time_limit(time_limit, config), int(settings.n_folds)
         estimates = fit_to_budget(settings, config, profile, limit_s, model=model, tiny=tiny, no_adapters=no_adapters,
                                   members_fallback=members_fallback,
-                                  member_columns=features.member_columns(profile.n_features))
+                                  member_columns=features.member_columns(profile.n_features), train=train, seed=seed)
         if settings.n_folds != rules_folds:  # the members keep theirs
             estimates["member_folds"] = rules_folds
     plan = Plan(
@@ -202,6 +211,7 @@ def plan_training(
         seed=int(seed),
         competition_markdown=config.describe(),
         features=features,
+        has_text=bool(profile.text_columns),
         **{"no_adapters": bool(no_adapters), **estimates},
     )
     return plan.save(out_dir)
@@ -247,12 +257,15 @@ def fit_to_budget(
     cache_dir: Path | None = None,
     members_fallback: bool = False,
     member_columns: int | None = None,
+    train: pd.DataFrame | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Price the settings on this machine and cut them down :data:`LADDER` until they fit
     ``limit_s``; every estimate and cut goes to ``settings.reasons``. Returns the :class:`Plan`
     fields of the budget (the limit and the estimates the training step keeps the time with;
     ``no_adapters`` when ``members_fallback`` turned the plan into the members alone; ``cost_probe``:
-    whether the probe measured or reused cached points). The probe's points are kept in
+    whether the probe measured or reused cached points; the members whose measured cost fits,
+    :func:`~lora_tasks.steps.member_costs.measure_members` on ``train``). The probe's points are kept in
     ``cache_dir`` (default: the user's cache dir, :func:`lora_tasks.budget.cache.probe_cache_dir`).
     ``member_columns``: the members' columns after the features step (default the profile's)."""
     work = Workload(
@@ -263,12 +276,19 @@ def fit_to_budget(
         columns=max(1, member_columns or profile.n_features),
         text_columns=len(profile.text_columns),
     )
-    members = estimate_members(work, int(settings.n_folds))
+    chosen_members: dict[str, Any] = {}
+    if train is None:
+        members = estimate_members(work, int(settings.n_folds))
+    else:
+        measured = measure_members(config, train, int(settings.n_folds), limit_s, seed, settings.class_weight)
+        settings.reasons.extend(measured.reasons)
+        members = MemberCosts(measured.seconds, measured.how)
+        chosen_members = {"members": measured.kept, "members_s": measured.seconds}
     if no_adapters:
         settings.reasons.append(f"budget: --no-adapters: the scikit-learn members alone, estimated "
                                 f"{format_duration(members.seconds + DEFAULT_OVERHEAD_S)} of the "
                                 f"{format_duration(limit_s)} limit")
-        return {"time_limit_s": limit_s}
+        return {"time_limit_s": limit_s, **chosen_members}
     # the probe builds and times the model (MLX): only when adapters are planned
     from lora_tasks.budget.probe import probe_for_plan
 
@@ -292,7 +312,7 @@ def fit_to_budget(
                     f"{format_duration(limit_s)} limit; --time-limit {choice.adapters_need} or more trains adapters")
         settings.reasons.append(fallback)
         _log.warning(fallback.removeprefix("budget: "))
-        return {"time_limit_s": limit_s, "no_adapters": True, "cost_probe": probe.source}
+        return {"time_limit_s": limit_s, "no_adapters": True, "cost_probe": probe.source, **chosen_members}
     # a run's log (not only --plan) says what the limit allowed, before the long part starts
     _log.info("budget: %s", choice.reason)
     chosen = choice.chosen.candidate
@@ -303,7 +323,9 @@ def fit_to_budget(
     apply_settings(settings, changes, "budget", f" ({chosen.name}, to fit {format_duration(limit_s)})")
     est = choice.chosen
     return {"time_limit_s": limit_s, "epoch_s": est.epoch_s, "predict_s": est.predict_s / max(chosen.n_folds, 1),
-            "reserve_s": est.members_s + est.overhead_s, "cost_probe": probe.source}
+            # the members train before the first fold (both orchestrations), so by then their time
+            # is spent: only what runs after the folds is reserved
+            "reserve_s": est.overhead_s, "cost_probe": probe.source, **chosen_members}
 
 
 def _class_count(profile: DataProfile) -> int:

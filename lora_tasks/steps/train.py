@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -20,6 +20,7 @@ from lora_tasks.data.token_cache import tokenize_cached
 from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.hashing import sha256_bytes, sha256_file
 from lora_tasks.lifecycle import StopCheck
+from lora_tasks.steps.adapter_checks import AdapterGain, adapters_gain, collapsed, retry_learning_rate
 from lora_tasks.steps.plan import Plan
 from lora_tasks.steps.prepare import Prepared
 from lora_tasks.steps.spec import competition_spec
@@ -91,6 +92,18 @@ class AdapterResult:
     stopped_for_time: bool = False  # the time budget cut this fold's epochs
     budget_reasons: list[str] = field(default_factory=list)  # the time budget's decisions for this fold
     later_epochs: int | None = None  # the members decision (first fold): epochs of every later fold
+    #: the first fold's check of what the adapters add to the members' blend; ``keep_adapters``
+    #: False: the later folds are not trained and the members blend alone
+    gain: AdapterGain | None = None
+    #: why the fold is a failed fold (it ended at the majority class, and so did its retry); None: it learned
+    failed: str | None = None
+    retried: str | None = None  # why and with which learning rate the fold was trained a second time
+
+    @property
+    def keep_adapters(self) -> bool:
+        """Whether the later folds are worth training: not after a failed fold (the adapters'
+        member leaves the blend anyway) or a first fold that added nothing to the members' blend."""
+        return not self.failed and (self.gain is None or self.gain.keep_adapters)
 
     def paths(self) -> list[Path]:
         return [self.adapter_path, self.oof_path, self.test_path]
@@ -134,8 +147,15 @@ def epoch_budget(plan: Plan, run_start: float | None) -> EpochBudget | None:
 
 def members_decide(plan: Plan, members: Sequence[MemberResult], epochs: int | None = None) -> bool:
     """Whether the first fold compares the adapters with ``members`` and so decides the later
-    folds' epochs: not without members, with one epoch (``epochs``, default the plan's), the loss
-    as metric or one fold. A runner that trains folds at once waits for fold 0 only then."""
+    folds (their epochs, or whether they train at all): with members and two folds or more, unless
+    the table has free text (the adapters keep their time) and the early-epoch comparison does not
+    apply. A runner that trains folds at once waits for fold 0 only then."""
+    return bool(members) and plan.n_folds >= 2 and (not plan.has_text or _epochs_decide(plan, members, epochs))
+
+
+def _epochs_decide(plan: Plan, members: Sequence[MemberResult], epochs: int | None = None) -> bool:
+    """Whether fold 0's early epochs are compared with the members (decides the later folds'
+    epochs): not with one epoch (``epochs``, default the plan's) or the loss as metric."""
     epochs = int(plan.settings.epochs) if epochs is None else epochs
     return bool(members) and epochs >= 2 and plan.train_metric is not None and plan.n_folds >= 2
 
@@ -144,7 +164,7 @@ def _members_check(plan: Plan, prepared: Prepared, members: Sequence[MemberResul
                    epochs: int) -> MembersCheck | None:
     """The best member's score on this fold's held-out rows, on the adapters' validation metric;
     None when :func:`members_decide` says there is nothing to compare."""
-    if not members_decide(plan, members, epochs):
+    if not _epochs_decide(plan, members, epochs):
         return None
     from lora_tasks.metrics import get_metric  # imports scikit-learn (seconds)
 
@@ -213,22 +233,46 @@ def train_adapter(
         _drop_checkpoints(checkpoint_dir, fold)
     progress = StopCheck(progress, name=f"fold {fold}")
     top_layers = plan.settings.top_layers
-    with MLX_LOCK:
+    y_valid = np.asarray(data.labels)[valid_idx]
+
+    def attempt(cfg, checkpoint_dir: Path):
         net, adapter = build_model(
             prepared.head_type, plan.settings.preset, prepared.num_labels,
             model=None if plan.tiny else model, tiny=plan.tiny, seed=plan.seed + fold, base_seed=plan.seed,
             top_layers=top_layers, compute_dtype=plan.settings.compute_dtype,
         )
-        trainee, data, test = _from_prefix(net, data, test, out / "prefix") if top_layers else (net, data, test)
+        trainee, train_data, test_data = (_from_prefix(net, data, test, out / "prefix") if top_layers
+                                          else (net, data, test))
         net.train()
-        cfg.epochs = keeper.epochs(cfg.epochs)  # decided here: a thread may have waited for the lock
-        result = train(trainee, data.subset(train_idx), data.subset(valid_idx), cfg,
+        result = train(trainee, train_data.subset(train_idx), train_data.subset(valid_idx), cfg,
                        checkpoint_dir, keeper.progress(progress), name=f"fold {fold}",
                        should_stop=keeper.should_stop)
-        valid_pred = ravel(predict(trainee, data.subset(valid_idx), cfg.eval_batch_size))
-        test_pred = ravel(predict(trainee, test, cfg.eval_batch_size))
+        valid_pred = ravel(predict(trainee, train_data.subset(valid_idx), cfg.eval_batch_size))
+        test_pred = ravel(predict(trainee, test_data, cfg.eval_batch_size))
+        return result, valid_pred, test_pred, adapter
+
+    with MLX_LOCK:
+        cfg.epochs = keeper.epochs(cfg.epochs)  # decided here: a thread may have waited for the lock
+        result, valid_pred, test_pred, adapter = attempt(cfg, checkpoint_dir)
+        failed, retried = collapsed(prepared.task, y_valid, valid_pred), None
+        if failed:  # a failed fold: once more with another learning rate, from the start
+            lr, why = retry_learning_rate(cfg.learning_rate, result.history)
+            retried = f"fold {fold} ended at one class ({failed}); {why}: trained again at {lr:.2e}"
+            log.warning("%s", retried)
+            cfg = replace(cfg, learning_rate=lr)
+            result, valid_pred, test_pred, adapter = attempt(cfg, checkpoint_dir / f"retry-{lr:.2e}")
+            failed = collapsed(prepared.task, y_valid, valid_pred)
+            if failed:
+                failed = (f"fold {fold} ended at one class twice ({failed}); the fold is dropped, and with it "
+                          "the adapters' member (every row needs an out-of-fold prediction)")
+                log.warning("%s", failed)
         tmp = temp_path(out, ".safetensors")
         adapter.save(tmp)
+    gain = None
+    if members and fold == 0 and members_decide(plan, members) and not failed:
+        gain = adapters_gain(prepared, plan, valid_idx, valid_pred, [(m.name, np.load(m.oof_path)) for m in members])
+        log.info("fold 0: %s", gain.reason)
+        keeper.reasons.append(f"fold 0: {gain.reason}")
     adapter_path = store_file(tmp, out, "adapter", ".safetensors")
     oof = np.full((len(data),) + valid_pred.shape[1:], np.nan, dtype=np.float32)
     oof[valid_idx] = valid_pred
@@ -240,12 +284,13 @@ def train_adapter(
         best_epoch=result.best_epoch, best_score=result.best_score, metric=result.metric,
         history=result.history, seconds=result.seconds, samples_per_s=result.samples_per_s,
         stopped_for_time=result.stopped_for_time, budget_reasons=keeper.reasons, later_epochs=keeper.later_epochs,
+        gain=gain, failed=failed or None, retried=retried,
     )
 
 
 def _drop_checkpoints(checkpoint_dir: Path, fold: int) -> None:
     """Delete a fold's checkpoint files (refresh: train from the start, even past a corrupt one)."""
-    found = sorted(checkpoint_dir.glob("*.safetensors")) if checkpoint_dir.is_dir() else []
+    found = sorted(checkpoint_dir.rglob("*.safetensors")) if checkpoint_dir.is_dir() else []  # retries too
     for path in found:
         path.unlink(missing_ok=True)
     if found:
@@ -304,8 +349,9 @@ def train_members(
         train, training_labels(prepared, plan), fold_assignment(prepared, plan, members=True), prepared.task,
         test,
         text_columns=tuple(text_columns), exclude=config.excluded_columns, seed=plan.seed, generated=generated,
+        class_weight=plan.settings.class_weight, only=plan.members,
     )
-    seconds = (time.perf_counter() - start) / len(members)
+    shared = (time.perf_counter() - start - sum(m.seconds for m in members)) / max(len(members), 1)
     out = Path(out_dir)
     return [
         MemberResult(
@@ -314,7 +360,7 @@ def train_members(
             test_path=save_array(np.asarray(member.test, dtype=np.float32), out, f"test-{member.name}"),
             oof_score=score_predictions(member.oof, prepared, plan),
             metric=prepared.metric,
-            seconds=seconds,
+            seconds=member.seconds + max(shared, 0.0),
             dropped_columns=list(member.dropped_columns),
         )
         for member in members

@@ -1,0 +1,215 @@
+"""The members' cost, measured before the plan is priced: each member fit on two samples of the
+table, its seconds extrapolated to the whole table.
+
+Why measured: the members range from a linear model (a second) to CatBoost (minutes on a wide
+table with many categoricals), and what a member costs depends on the table's columns as much as
+its rows; a formula in rows × columns was off by several times either way. Two sample sizes give
+each member a fixed part (per-fold set-up, inner CV) and a part per row, so neither is scaled
+wrongly. Members whose estimate exceeds :data:`MEMBER_SHARE` of the run's limit are left out
+before they start: a member that ends with weight 0 must not have taken more than a quarter of
+the run, and one that costs more than that is not known to earn it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lora_tasks.budget import format_duration
+from lora_tasks.data.competition import CompetitionConfig
+from lora_tasks.task import Task
+
+log = logging.getLogger("lora_tasks.steps.plan")
+
+#: Rows of the larger timing sample (the smaller holds half); tables up to four times this size
+#: are timed on a quarter of their rows, so small tables do not run their members twice.
+SAMPLE_ROWS = 1_000
+MIN_SAMPLE_ROWS = 200
+#: The most of the run's time limit one member may be expected to take.
+MEMBER_SHARE = 0.25
+TIMING_VERSION = 1  # bump when the members or their timing change in a way the versions do not show
+#: Members whose cost grows faster than linearly in rows (an RBF SVR: kernel matrix).
+ROW_EXPONENT = {"svr": 2.0}
+
+
+@dataclass(frozen=True)
+class MemberCost:
+    """One member's measured seconds on the samples and its estimate for the whole table."""
+
+    name: str
+    sample_s: tuple[float, float]
+    estimate_s: float
+    kept: bool
+
+
+@dataclass(frozen=True)
+class MeasuredMembers:
+    """Every member's cost, the sample sizes they were timed on, and the table's rows."""
+
+    costs: tuple[MemberCost, ...]
+    sample_rows: tuple[int, int]
+    rows: int
+    limit_s: float
+
+    @property
+    def kept(self) -> list[str]:
+        return [c.name for c in self.costs if c.kept]
+
+    @property
+    def seconds(self) -> float:
+        """The kept members' estimated seconds for the whole table."""
+        return float(sum(c.estimate_s for c in self.costs if c.kept))
+
+    @property
+    def how(self) -> str:
+        n1, n2 = self.sample_rows
+        return f"timed on {n1} and {n2} of {self.rows} rows"
+
+    @property
+    def reasons(self) -> list[str]:
+        """One line per member for the plan's reasons (``--plan`` and the plan artifact)."""
+        cap = MEMBER_SHARE * self.limit_s
+        lines = []
+        for c in self.costs:
+            timed = f"{format_duration(c.sample_s[0])} and {format_duration(c.sample_s[1])} on {self.sample_rows[0]} " \
+                    f"and {self.sample_rows[1]} rows"
+            verdict = ("kept" if c.kept else f"left out: over {MEMBER_SHARE:.0%} of the "
+                       f"{format_duration(self.limit_s)} limit ({format_duration(cap)})")
+            lines.append(f"members: {c.name} estimated {format_duration(c.estimate_s)} for {self.rows} rows "
+                         f"({timed}): {verdict}")
+        return lines
+
+
+def extrapolate(name: str, n1: int, t1: float, n2: int, t2: float, rows: int) -> float:
+    """Seconds at ``rows`` from timings at ``n1 < n2`` rows: a fixed part plus a part per row
+    (a power of rows for :data:`ROW_EXPONENT` members). A noisy pair (slope below zero) falls back
+    to the larger sample's seconds per row."""
+    if rows <= n2:
+        return t2
+    power = ROW_EXPONENT.get(name, 1.0)
+    x1, x2, x = n1 ** power, n2 ** power, rows ** power
+    slope = (t2 - t1) / (x2 - x1) if x2 > x1 else 0.0
+    if slope <= 0:
+        return t2 * x / x2
+    return max(t2, t2 + slope * (x - x2))
+
+
+def sample_labels(frame: pd.DataFrame, config: CompetitionConfig) -> tuple[pd.DataFrame, np.ndarray]:
+    """Rows with every target, and their labels as the members take them (class indices,
+    0/1 per label column, floats)."""
+    targets = list(config.target_columns)
+    frame = frame[frame[targets].notna().all(axis=1)].reset_index(drop=True)
+    task = Task.parse(config.task_type)
+    if task.is_regression:
+        values = frame[targets].astype(float).to_numpy()
+        return frame, values if task.multi_output else values[:, 0]
+    if task is Task.MULTILABEL:
+        return frame, np.column_stack([pd.factorize(frame[c], sort=True)[0] for c in targets])
+    return frame, pd.factorize(frame[targets[0]], sort=True)[0]
+
+
+def cache_dir() -> Path:
+    """Where this machine keeps the members' timings: ``$XDG_CACHE_HOME/kaggle-lora/member-costs``."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kaggle-lora" / "member-costs"
+
+
+def _timing_key(frame: pd.DataFrame, config: CompetitionConfig, n_folds: int, seed: int,
+                class_weight: str | None) -> str:
+    """Everything that decides the timings: the rows, what the members see of them, the folds,
+    the machine and the libraries' versions."""
+    from importlib.metadata import version
+
+    parts = [str(pd.util.hash_pandas_object(frame, index=False).sum()), config.task_type,
+             ",".join(config.target_columns), ",".join(config.excluded_columns), str(n_folds), str(seed),
+             str(class_weight), platform.node(), str(os.cpu_count()), str(TIMING_VERSION),
+             *(f"{p}={version(p)}" for p in ("lightgbm", "catboost", "scikit-learn"))]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
+
+
+def _cached_timings(key: str) -> dict[str, tuple[float, float]] | None:
+    path = cache_dir() / f"{key}.json"
+    try:
+        data = json.loads(path.read_text())
+        return {name: (float(t[0]), float(t[1])) for name, t in data["timings"].items()}
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def _keep_timings(key: str, timings: dict[str, tuple[float, float]]) -> None:
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".tmp-{key}-{os.getpid()}"
+        tmp.write_text(json.dumps({"timings": timings}))
+        tmp.replace(folder / f"{key}.json")
+    except OSError as err:  # a read-only home only costs the next plan a new measurement
+        log.info("members' timings not cached (%s)", err)
+
+
+def measure_members(config: CompetitionConfig, train: pd.DataFrame, n_folds: int, limit_s: float,
+                    seed: int = 0, class_weight: str | None = None) -> MeasuredMembers:
+    """Fit every member of the table (:func:`lora_tasks.ensemble.members.table_members`, the test
+    rows left out) on two seeded samples, with ``n_folds`` folds as the run will, and
+    extrapolate each member's seconds to ``train``'s rows. The timings are kept per machine and
+    table (:func:`cache_dir`): planning the same table again reuses them, as the cost probe does."""
+    frame, y = sample_labels(train, config)
+    rows = len(frame)
+    n2 = int(min(rows, max(MIN_SAMPLE_ROWS, min(SAMPLE_ROWS, rows // 4))))
+    n1 = max(n2 // 2, min(n2, 2 * n_folds))
+    key = _timing_key(frame, config, n_folds, seed, class_weight)
+    timings = _cached_timings(key)
+    if timings is None:
+        timings = _time_samples(config, frame, y, (n1, n2), n_folds, seed, class_weight)
+        _keep_timings(key, timings)
+    return _decide(timings, (n1, n2), rows, limit_s)
+
+
+def _time_samples(config: CompetitionConfig, frame: pd.DataFrame, y: np.ndarray, sizes: tuple[int, int],
+                  n_folds: int, seed: int, class_weight: str | None) -> dict[str, tuple[float, float]]:
+    """Each member's seconds on the two samples (all folds, no test rows)."""
+    from lora_tasks.ensemble.members import table_members  # scikit-learn's estimators load slowly
+    from lora_tasks.training.cv import make_folds
+
+    rows = len(frame)
+    task = Task.parse(config.task_type)
+    text_columns = tuple(config.row_template(frame).text_columns)
+    timings: dict[str, list[float]] = {}
+    for n in sizes:
+        idx = np.sort(np.random.default_rng(seed).choice(rows, size=n, replace=False))
+        sub, ys = frame.iloc[idx].reset_index(drop=True), y[idx]
+        if task is Task.BINARY and len(np.unique(ys)) < 2:
+            raise ValueError(f"a {n}-row sample of {config.slug} holds one class only; the members cannot be timed.")
+        folds = make_folds(ys, task.head_type, n_folds, seed)
+        for m in table_members(sub, ys, folds, task.value, None, text_columns=text_columns,
+                               exclude=config.excluded_columns, seed=seed, class_weight=class_weight):
+            timings.setdefault(m.name, []).append(m.seconds)
+    return {name: (t[0], t[1]) for name, t in timings.items()}
+
+
+def _decide(timings: dict[str, tuple[float, float]], sizes: tuple[int, int], rows: int,
+            limit_s: float) -> MeasuredMembers:
+    """Each member's estimate for ``rows`` rows, and whether it fits :data:`MEMBER_SHARE` of the limit."""
+    n1, n2 = sizes
+    cap = MEMBER_SHARE * limit_s
+    costs = []
+    for name, (t1, t2) in timings.items():
+        est = extrapolate(name, n1, t1, n2, t2, rows)
+        costs.append(MemberCost(name, (t1, t2), est, est <= cap))
+    if costs and not any(c.kept for c in costs):  # the cheapest member always runs: a blend needs one
+        cheapest = min(costs, key=lambda c: c.estimate_s)
+        costs = [MemberCost(c.name, c.sample_s, c.estimate_s, c is cheapest) for c in costs]
+    measured = MeasuredMembers(tuple(costs), (n1, n2), rows, float(limit_s))
+    for line in measured.reasons:
+        log.info("%s", line)
+    return measured
+
+
+__all__ = ["MEMBER_SHARE", "MemberCost", "MeasuredMembers", "extrapolate", "measure_members"]
