@@ -7,12 +7,15 @@ Every benchmark writes ``benchmarks/results/<name>.json``: a list of rows with `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 if "mlx.core" in sys.modules and "lora_tasks" not in sys.modules:
@@ -110,3 +113,42 @@ def minilm_dir() -> str:
     from lora_tasks.hub import resolve_model_dir
 
     return str(resolve_model_dir(None))
+
+
+@dataclass
+class CliRun:
+    """One ``kaggle-lora run`` of a benchmark: its exit code, wall time, the summary it wrote
+    (``--json-out``; None when it failed), the last lines of its log, and its work folder (kept
+    until the caller's ``with`` ends, so the submission file can still be read)."""
+
+    code: int
+    wall_s: float
+    summary: dict | None
+    tail: str
+    work: Path
+
+
+@contextlib.contextmanager
+def kaggle_lora_run(competition: str, limit: str, server, log_path: Path, *extra: str) -> Iterator[CliRun]:
+    """``kaggle-lora run --competition C --time-limit L --no-submit`` in a fresh work folder,
+    against ``server`` (a fake Kaggle server), its output in ``log_path``."""
+    import tempfile
+
+    exe = Path(sys.executable).with_name("kaggle-lora")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="kl-bench-") as work:
+        out_json = Path(work) / "summary.json"
+        cmd = [str(exe), "run", "--competition", competition, "--time-limit", limit, "--no-submit",
+               "--work-dir", work, "--kaggle-endpoint", server.url, "--json-out", str(out_json), *extra]
+        # --kaggle-endpoint reaches the fake server directly: only its credentials are needed (its
+        # client_env() proxy settings are for the kaggle CLI and would also catch Prefect's local API)
+        env = {**os.environ, "KAGGLE_USERNAME": server.username, "KAGGLE_KEY": server.key, "HF_HUB_OFFLINE": "1",
+               "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        print(f"$ {' '.join(cmd[1:])}   (log: {log_path})", flush=True)
+        start = time.perf_counter()
+        with log_path.open("w") as log:
+            code = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        wall = time.perf_counter() - start
+        tail = " / ".join(log_path.read_text().strip().splitlines()[-3:])
+        summary = json.loads(out_json.read_text()) if code == 0 else None
+        yield CliRun(code, wall, summary, tail, Path(work))

@@ -32,14 +32,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from _common import PEERS, RESULTS, row, write_results
+from _common import PEERS, RESULTS, kaggle_lora_run, row, write_results
 from sklearn.model_selection import train_test_split
 
 from lora_tasks.budget import parse_duration
@@ -126,24 +125,10 @@ def holdout_score(comp: Competition, submission: Path, folder: Path) -> float:
 
 
 def kaggle_lora_trial(comp: Competition, folder: Path, limit: str, server: FakeKaggleServer) -> Trial:
-    LOGS.mkdir(parents=True, exist_ok=True)
-    log_path = LOGS / f"{comp.name}-kaggle-lora-{limit}.log"
-    exe = Path(sys.executable).with_name("kaggle-lora")
-    with tempfile.TemporaryDirectory(prefix="kl-holdout-") as work:
-        out_json = Path(work) / "summary.json"
-        cmd = [str(exe), "run", "--competition", folder.name, "--time-limit", limit, "--no-submit",
-               "--work-dir", work, "--kaggle-endpoint", server.url, "--json-out", str(out_json)]
-        env = {**os.environ, "KAGGLE_USERNAME": server.username, "KAGGLE_KEY": server.key, "HF_HUB_OFFLINE": "1",
-               "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-        print(f"$ {' '.join(cmd[1:])}   (log: {log_path})", flush=True)
-        start = time.perf_counter()
-        with log_path.open("w") as log:
-            code = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-        wall = time.perf_counter() - start
-        if code != 0:
-            tail = log_path.read_text().strip().splitlines()[-3:]
-            return Trial(comp.name, "kaggle-lora", parse_duration(limit), wall, None, note=" / ".join(tail))
-        summary = json.loads(out_json.read_text())
+    with kaggle_lora_run(folder.name, limit, server, LOGS / f"{comp.name}-kaggle-lora-{limit}.log") as run:
+        if run.summary is None:
+            return Trial(comp.name, "kaggle-lora", parse_duration(limit), run.wall_s, None, note=run.tail)
+        summary, wall = run.summary, run.wall_s
         score = holdout_score(comp, Path(summary["submission_path"]), folder)
     best, best_oof = best_member(summary, comp.metric in LOWER_IS_BETTER)
     return Trial(comp.name, "kaggle-lora", parse_duration(limit), wall, score, best, best_oof)

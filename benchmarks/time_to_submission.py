@@ -26,13 +26,12 @@ import dataclasses
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import PEERS, RESULTS, row, write_results
+from _common import PEERS, RESULTS, kaggle_lora_run, row, write_results
 
 from lora_tasks.budget import format_duration, parse_duration
 from lora_tasks.kaggle.validate import validate_submission
@@ -93,26 +92,11 @@ def kaggle_lora_trial(comp: Competition, limit: str, server: FakeKaggleServer, *
     system = "sklearn-members" if no_adapters else "kaggle-lora"
     LOGS.mkdir(parents=True, exist_ok=True)
     log_path = LOGS / f"{comp.name}-{system}-{limit}{f'-{rows}rows' if rows else ''}.log"
-    exe = Path(sys.executable).with_name("kaggle-lora")
-    with tempfile.TemporaryDirectory(prefix="kl-tts-") as work:
-        out_json = Path(work) / "summary.json"
-        cmd = [str(exe), "run", "--competition", comp.name, "--time-limit", limit, "--no-submit",
-               "--work-dir", work, "--kaggle-endpoint", server.url, "--json-out", str(out_json)]
-        cmd += ["--no-adapters"] if no_adapters else []
-        cmd += ["--max-train-rows", str(rows)] if rows else []
-        # --kaggle-endpoint reaches the fake server directly: only its credentials are needed (its
-        # client_env() proxy settings are for the kaggle CLI and would also catch Prefect's local API)
-        env = {**os.environ, "KAGGLE_USERNAME": server.username, "KAGGLE_KEY": server.key, "HF_HUB_OFFLINE": "1",
-               "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-        print(f"$ {' '.join(cmd[1:])}   (log: {log_path})", flush=True)
-        start = time.perf_counter()
-        with log_path.open("w") as log:
-            code = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-        wall = time.perf_counter() - start
-        if code != 0:
-            tail = log_path.read_text().strip().splitlines()[-3:]
-            return Trial(comp.name, system, parse_duration(limit), wall, None, None, rows, note=" / ".join(tail))
-        summary = json.loads(out_json.read_text())
+    extra = (["--no-adapters"] if no_adapters else []) + (["--max-train-rows", str(rows)] if rows else [])
+    with kaggle_lora_run(comp.name, limit, server, log_path, *extra) as run:
+        if run.summary is None:
+            return Trial(comp.name, system, parse_duration(limit), run.wall_s, None, None, rows, note=run.tail)
+        summary, wall = run.summary, run.wall_s
         validate_submission(summary["submission_path"], sample_submission(comp))  # raises on any mismatch
     col = f"OOF {summary['metric']}"
     nested = next((r[col] for r in summary["members"] if "fit out-of-fold" in str(r["member"])), None)
