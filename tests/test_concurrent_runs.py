@@ -84,8 +84,8 @@ def test_two_cli_runs_at_once_in_one_work_dir_through_prefect(tmp_path):
                OPENBLAS_NUM_THREADS="1", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300")
     outs = [tmp_path / f"summary{i}.json" for i in range(2)]
     logs = [open(tmp_path / f"run{i}.log", "w") for i in range(2)]
-    # --no-submit: each run's offline demo server is its own, while the submit records of the work
-    # dir are shared, so the second run would wait for a score its server never had (issue 31)
+    # --no-submit: two demo servers on one work dir's submissions are tested in test_kaggle_submission
+    # (test_two_servers_on_one_state_file_list_each_others_submissions); this one is about Prefect
     command = [sys.executable, "-m", "lora_tasks.cli", "run", "--competition", "demo", "--tiny", "--epochs", "1",
                "--max-seq-len", "32", "--no-submit", "--work-dir", str(work)]
     procs = [subprocess.Popen([*command, "--json-out", str(out)], env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -105,7 +105,8 @@ def test_two_cli_runs_at_once_in_one_work_dir_through_prefect(tmp_path):
         assert "Not reusing the cached result" not in text, "a record the other run wrote was unreadable"
     summaries = [json.loads(out.read_text()) for out in outs]
     assert summaries[0]["submission_path"] == summaries[1]["submission_path"], "one content, one file"
-    assert all(s["oof_score"] > 0.5 and len(s["cv"]) == 2 for s in summaries)
+    # fold 1 trains only where fold 0 keeps the adapters: both runs decide the same
+    assert all(s["oof_score"] > 0.5 and len(s["cv"]) == len(summaries[0]["cv"]) >= 1 for s in summaries)
     frame = pd.read_csv(summaries[0]["submission_path"])
     assert len(frame) > 0 and frame.notna().all().all()
     with sqlite3.connect(home / "prefect.db") as db:
