@@ -187,3 +187,13 @@ def test_the_early_stopping_rows_are_a_stratified_slice_of_the_training_rows():
     fit_rows, stop_rows = early_stopping_split(y, Task.BINARY, seed=0)
     assert not set(fit_rows) & set(stop_rows) and len(fit_rows) + len(stop_rows) == 100
     assert len(stop_rows) == round(EARLY_STOPPING_SHARE * 100) and y[stop_rows].mean() == pytest.approx(0.2, abs=0.05)
+
+
+def test_a_small_fold_of_many_classes_splits_without_strata():
+    """9 classes in 40 training rows: a 15% slice (6 rows) cannot hold one row of each class."""
+    from lora_tasks.ensemble.gbm import early_stopping_split
+    from lora_tasks.task import Task
+
+    y = np.repeat(np.arange(9), 5)[:40]
+    fit_rows, stop_rows = early_stopping_split(y, Task.MULTICLASS, seed=0)
+    assert len(fit_rows) + len(stop_rows) == 40 and len(stop_rows) >= 1

@@ -55,7 +55,7 @@ def test_the_api_shows_every_artifact(ui_check):
     assert info["state"] == "Completed"
     assert EXPECTED_KEYS <= set(info["artifact_keys"]), proc.stdout[-3000:]
     assert {"markdown", "table", "progress"} <= set(info["artifact_types"])
-    assert info["progress_artifacts"] == info["folds"] >= 2, "one progress artifact per trained fold"
+    assert info["progress_artifacts"] == info["folds"] >= 1, "one progress artifact per trained fold"
     assert info["public_score"] is not None
 
 

@@ -243,7 +243,9 @@ def early_stopping_split(y: np.ndarray, task: Task, seed: int = 0) -> tuple[np.n
     strata = None
     if task in (Task.BINARY, Task.MULTICLASS):
         _, counts = np.unique(y, return_counts=True)
-        strata = y if counts.min() >= 2 else None
+        # stratifying needs two rows of every class, and a slice with room for one of each
+        room = int(np.ceil(EARLY_STOPPING_SHARE * len(y))) >= len(counts)
+        strata = y if counts.min() >= 2 and room else None
     fit_rows, stop_rows = train_test_split(rows, test_size=EARLY_STOPPING_SHARE, random_state=seed, stratify=strata)
     return np.sort(fit_rows), np.sort(stop_rows)
 
