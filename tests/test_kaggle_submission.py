@@ -208,23 +208,26 @@ def _submit_in_process(url: str, path: str, state: str, run_id: str, barrier, re
     results.put((run_id, result.ref, result.reused))
 
 
-def test_two_processes_started_at_once_submit_once(client, server, tmp_path):
-    path = prediction("titanic", tmp_path)
+def _submit_from_two_processes(url: str, path: Path, states: list[Path]) -> list[tuple[str, int, bool]]:
+    """Runs ``run-1`` and ``run-2`` in two processes that submit ``path`` at the same moment, each
+    with its state folder; their (run id, ref, reused), sorted."""
     context = multiprocessing.get_context("spawn")  # no fork of a process with server threads
     barrier, results = context.Barrier(2), context.Queue()
-    workers = [
-        context.Process(
-            target=_submit_in_process,
-            args=(server.url, str(path), str(tmp_path / "state"), f"run-{n}", barrier, results),
-        )
-        for n in (1, 2)
-    ]
+    workers = [context.Process(target=_submit_in_process,
+                               args=(url, str(path), str(state), f"run-{n}", barrier, results))
+               for n, state in zip((1, 2), states, strict=True)]
     for worker in workers:
         worker.start()
     outcomes = sorted(results.get(timeout=120) for _ in workers)
     for worker in workers:
         worker.join(timeout=60)
         assert worker.exitcode == 0
+    return outcomes
+
+
+def test_two_processes_started_at_once_submit_once(client, server, tmp_path):
+    path = prediction("titanic", tmp_path)
+    outcomes = _submit_from_two_processes(server.url, path, [tmp_path / "state"] * 2)
     assert len(server.submissions_for("titanic")) == 1
     assert {ref for _, ref, _ in outcomes} == {server.submissions_for("titanic")[0].ref}
     assert sorted(reused for _, _, reused in outcomes) == [False, True]
@@ -287,19 +290,7 @@ def test_two_processes_in_two_work_dirs_submit_once(client, server, tmp_path):
     find the first one's submission."""
     path = prediction("titanic", tmp_path)
     server.inject(fk.FAULT_SLOW, method="ListSubmissions", delay=1.0, times=4)
-    context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(2), context.Queue()
-    workers = [
-        context.Process(target=_submit_in_process,
-                        args=(server.url, str(path), str(tmp_path / f"work-{n}" / "state"), f"run-{n}", barrier, results))
-        for n in (1, 2)
-    ]
-    for worker in workers:
-        worker.start()
-    outcomes = sorted(results.get(timeout=120) for _ in workers)
-    for worker in workers:
-        worker.join(timeout=60)
-        assert worker.exitcode == 0
+    outcomes = _submit_from_two_processes(server.url, path, [tmp_path / f"work-{n}" / "state" for n in (1, 2)])
     assert len(server.submissions_for("titanic")) == 1, "one file, one submission, whatever the work dir"
     assert sorted(reused for _, _, reused in outcomes) == [False, True]
     assert (kio.submission.machine_lock_dir() / "submission-titanic.lock").is_file()
