@@ -1,250 +1,235 @@
-"""Quality: K-fold CV of LoRA adapters (one per fold; each competition's ``[training]`` recipe
-over the auto-selected settings, as the flow trains them) on the real shared competitions,
-beside scikit-learn anchors on the same folds, with wall time.
+"""Quality on rows neither tool trained on: the zero-config run against AutoGluon, same time limit.
 
-    python benchmarks/quality.py [--competitions titanic,house-prices,nlp-getting-started]
-        [--folds 5] [--rows N] [--epochs E] [--top-layers L|all] [--dropout P] [--max-len T] [--model ID]
-        [--name NAME] [--also SETTINGS_KEY,...]
+    python benchmarks/quality.py [--competitions titanic,ghouls-goblins-and-ghosts-boo,...]
+        [--limit 20m] [--holdout 0.2] [--no-peer] [--force]
 
-Each competition gives: each scikit-learn member's OOF score (the first is the issue's anchor),
-the LoRA adapters' OOF score, and Caruana blends (the flow's default combine) of the scikit-learn
-members alone and with the adapters, scored nested out-of-fold. The adapters' OOF predictions
-are kept under ``.kaggle-lora/bench-cache/oof`` by their settings: a rerun re-blends only.
+For each shared competition (``../shared/datasets``), a seeded 20% of ``train.csv`` is held out
+(stratified on a class target). What is left becomes a new competition, ``holdout-<name>``, laid
+out as Kaggle lays it out: ``train.csv``, a ``test.csv`` of the held-out rows without the target
+or the train-only columns, the sample submission under its own file name (held-out ids, the
+sample's own placeholder values), and the hidden solution the fake Kaggle server scores against.
+Its name matches no shipped config, so the run is zero-config: the metric comes from the
+listing's ``evaluation_metric`` as on Kaggle.
 
-``--top-layers L`` adapts only the top L encoder layers and trains from the frozen-prefix cache
-(the lower layers run once for all folds and epochs); ``all`` adapts every layer whatever the
-recipe says. ``--rows`` subsamples train rows for a
-quick run. Anchors: HistGradientBoosting with ordinal encoding (tabular), TF-IDF with logistic or
-ridge regression (text), from :mod:`lora_tasks.ensemble.members`. ``--also`` adds the kept OOF
-predictions of other adapter settings (file stems under the cache, same rows and folds) as more
-members of the blends: a diversity ensemble of adapters trained with different settings.
+* **kaggle-lora**: ``kaggle-lora run --competition holdout-<name> --time-limit L --no-submit`` in a
+  fresh work folder (nothing cached, the cost probe included).
+* **AutoGluon** (``autogluon.tabular``, ``best_quality``, the same limit; one predictor per target,
+  the limit split between them), in its own Python (``$KAGGLE_LORA_AUTOGLUON_PYTHON``, default
+  ``/work/ag-venv/bin/python``) through ``peers/autogluon_peer.py``.
+* **best member**: the best single scikit-learn / gradient-boosting member's out-of-fold score of
+  the same run (out of fold, so not on the held-out rows: a guide, not a peer).
 
-Every fold checkpoints each epoch under ``.kaggle-lora/bench-cache/ckpt/<settings>``: a run that is
-stopped (a base-size encoder on every layer takes hours on two cores) resumes where it was on the
-next call with the same arguments; the checkpoints are removed once the OOF predictions are kept.
+Both submissions are scored on the held-out rows by the fake server's own scorer
+(:func:`~lora_tasks.testing.fake_kaggle.score_submission`), as Kaggle would. Trials kept in
+``benchmarks/results/quality.json`` are skipped unless ``--force``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
+import json
+import os
 import shutil
+import subprocess
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from _common import row, write_results
+import pandas as pd
+from _common import PEERS, RESULTS, kaggle_lora_run, row, write_results
+from sklearn.model_selection import train_test_split
 
-import lora_tasks
-from lora_tasks.data.autoconfig import auto_configure
-from lora_tasks.data.competition import load_competition
-from lora_tasks.data.profile import profile_competition
-from lora_tasks.data.token_cache import tokenize_cached
-from lora_tasks.data.tokenizer import Tokenizer
-from lora_tasks.ensemble.blend import blend
-from lora_tasks.ensemble.thresholds import nested_threshold_score, tunes_threshold
-from lora_tasks.hub import resolve_model_dir
-from lora_tasks.metrics import get_metric
-from lora_tasks.models.encoder import read_model_config
-from lora_tasks.progress import LogProgress
-from lora_tasks.training.cv import cross_validate, make_folds
-from lora_tasks.training.factory import create_bert_with_lora
-from lora_tasks.training.precision import compute_dtype_choice
-from lora_tasks.training.train import Dataset, TrainConfig
+from lora_tasks.budget import parse_duration
+from lora_tasks.testing.fake_kaggle import (
+    COMPETITION_META_FILE,
+    KAGGLE_METRIC_NAMES,
+    SOLUTION_FILE_NAME,
+    FakeKaggleServer,
+    score_submission,
+    serve,
+)
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-CACHE = Path(__file__).resolve().parents[1] / ".kaggle-lora" / "bench-cache"
-HEADS = {"binary": "binary_classification", "multiclass": "multiclass_classification", "regression": "regression"}
-SLUGS = {"house-prices": "house-prices-advanced-regression-techniques"}
+LOGS = Path(__file__).resolve().parents[1] / ".kaggle-lora" / "bench-cache" / "holdout"
+NAME = "quality"
+AG_PYTHON = os.environ.get("KAGGLE_LORA_AUTOGLUON_PYTHON", "/work/ag-venv/bin/python")
+LOWER_IS_BETTER = {"rmse", "rmsle", "mcrmse", "mae", "log_loss", "logloss", "multiclass_logloss"}
 
 
-def run_competition(name: str, args: argparse.Namespace, tok: Tokenizer) -> list[dict]:
-    slug = SLUGS.get(name, name)
-    cfg = load_competition(slug, data_dir=DATASETS / slug)
-    train_df = cfg.read_train()
-    if args.rows and args.rows < len(train_df):
-        train_df = train_df.sample(n=args.rows, random_state=0).reset_index(drop=True)
-    profile = profile_competition(cfg, tokenizer=tok, train=train_df)
-    settings = auto_configure(profile, competition=cfg)
-    epochs = args.epochs or settings.epochs
-    # the competition's [training] recipe unless given; "all" (0 below) adapts every layer
-    top = 0 if args.top_layers == "all" else int(args.top_layers or settings.top_layers or 0)
-    max_len = args.max_len or settings.max_seq_len
-    metric = get_metric(cfg.metric)
-    y_raw = train_df[cfg.target_column].to_numpy()
-    log1p = cfg.submission.target_transform == "log1p"
-    y = np.log1p(y_raw).astype(np.float32) if log1p else y_raw
-    head = HEADS[cfg.task_type]
-    folds = make_folds(y, head, args.folds, seed=0)
-    print(f"\n== {slug}: {len(train_df)} rows, {cfg.task_type}, metric {cfg.metric}; settings (after the "
-          f"options): preset {args.preset or settings.preset}, max_len {max_len}, batch {settings.batch_size}, "
-          f"epochs {epochs}, lr {args.lr or settings.learning_rate}, top layers {top or 'all'}")
+@dataclass(frozen=True)
+class Competition:
+    name: str  # the shared folder
+    id: str
+    targets: tuple[str, ...]
+    metric: str  # a fake_kaggle METRICS name
+    classify: bool  # stratify the holdout on the (single) target
+    id_is_feature: bool = False  # bike-sharing's id is its datetime
 
-    def score(pred: np.ndarray) -> float:
-        return float(metric(y_raw, np.expm1(pred) if log1p else pred))
 
-    rows: list[dict] = []
-    anchor_score = None
-    from lora_tasks.ensemble import members as sklearn_members
+COMPETITIONS = {c.name: c for c in (
+    Competition("titanic", "PassengerId", ("Survived",), "accuracy", True),
+    Competition("house-prices-advanced-regression-techniques", "Id", ("SalePrice",), "rmsle", False),
+    Competition("nlp-getting-started", "id", ("target",), "f1", True),
+    Competition("feedback-prize-english-language-learning", "text_id",
+                ("cohesion", "syntax", "vocabulary", "phraseology", "grammar", "conventions"), "mcrmse", False),
+    Competition("bike-sharing-demand", "datetime", ("count",), "rmsle", False, id_is_feature=True),
+    Competition("ghouls-goblins-and-ghosts-boo", "id", ("type",), "accuracy", True),
+)}
 
-    t = time.perf_counter()
-    # the flow's scikit-learn members: TF-IDF + linear for text; HistGradientBoosting and a linear model for tables
-    anchors = sklearn_members.table_members(train_df, y_raw, folds, cfg.task_type, text_columns=tuple(cfg.text_columns),
-                                            exclude=tuple(cfg.excluded_columns), metric=cfg.metric, log_target=log1p)
-    anchor_wall = round((time.perf_counter() - t) / len(anchors), 1)
-    for anchor in anchors:
-        rows.append(row(f"{name} sklearn {anchor.name} {cfg.metric}", float(metric(y_raw, anchor.oof)), cfg.metric,
-                        wall_s=anchor_wall))
-    anchor_score = rows[0]["value"]  # the first member (HistGB, or TF-IDF for text) is the issue's anchor
 
-    template = cfg.row_template(train_df)
-    texts = template.render_frame(train_df)
-    enc = tokenize_cached(texts, tok, max_len=max_len, cache_dir=CACHE / "tokens",
-                          template=template.fingerprint()).encoded
-    labels = y.astype(np.float32) if head == "regression" else y.astype(np.int32)
-    data = Dataset.from_encoded(enc, labels)
-    # the top-layer runs train without LoRA dropout (as the flow's prefix path does); else the preset's
-    overrides = {"dropout": 0.0} if top else {}
-    if args.dropout is not None:
-        overrides["dropout"] = args.dropout
-    if top:
-        n_layers = read_model_config(resolve_model_dir(args.model)).num_hidden_layers
-        overrides["layers_to_transform"] = tuple(range(n_layers - top, n_layers))
-    preset = args.preset or ("balanced" if settings.preset.startswith("qlora") else settings.preset)
+@dataclass(frozen=True)
+class Trial:
+    """One system on one competition: its held-out score, wall time and what it said."""
 
-    by_dtype: dict[str, dict[str, float]] = {}  # dtype -> row name (without the dtype) -> value
-    for dtype in args.compute_dtypes.split(","):
-        tag = "" if args.compute_dtypes == "float32" else f" {dtype}"
-        start = len(rows)
+    competition: str
+    system: str  # kaggle-lora or autogluon
+    limit_s: float
+    wall_s: float
+    holdout: float | None
+    best_member: str = ""
+    best_member_oof: float | None = None
+    note: str = ""
 
-        def make_model(k: int, dtype: str = dtype):  # called within this iteration
-            model, _ = create_bert_with_lora(head, preset, 1, model=args.model, seed=k, compute_dtype=dtype,
-                                             **overrides)
-            if top:
-                from lora_tasks.training.prefix_cache import FromPrefix, first_adapted_layer
 
-                return FromPrefix(model, first_adapted_layer(model))
-            return model
+def sample_name(folder: Path) -> str:
+    return next(p.name for p in sorted(folder.glob("*.csv")) if "submission" in p.name.lower())
 
-        train_data = data
-        if top:
-            from lora_tasks.training.prefix_cache import prefix_dataset
 
-            t = time.perf_counter()
-            base, _ = create_bert_with_lora(head, preset, 1, model=args.model, seed=0, compute_dtype=dtype,
-                                            **overrides)
-            _, train_data = prefix_dataset(base, data, cache_dir=CACHE / "prefix")
-            print(f"prefix states computed in {time.perf_counter() - t:.1f} s")
-        tcfg = TrainConfig(epochs=epochs, batch_size=settings.batch_size, learning_rate=args.lr or settings.learning_rate,
-                           metric=None if head == "regression" else cfg.metric,
-                           class_weights=settings.class_weight, early_stopping_patience=None)
-        # LoRA OOF predictions are kept by their settings, so a rerun only re-blends (--retrain to refit)
-        key = (f"{slug}-{preset}-e{epochs}-t{max_len}-top{top}-lr{tcfg.learning_rate}-n{len(train_df)}-k{args.folds}"
-               f"-tpl{template.fingerprint()[:8]}" + (f"-m{Path(args.model).name}" if args.model else "")
-               + (f"-d{args.dropout:g}" if args.dropout is not None else "")
-               + ("" if dtype == "float32" else f"-{dtype}"))
-        oof_file = CACHE / "oof" / f"{key}.npz"
-        if oof_file.exists() and not args.retrain:
-            saved = np.load(oof_file)
-            oof, wall = saved["oof"], float(saved["wall"])
-            best_epochs = saved["best_epochs"].tolist() if "best_epochs" in saved else None
-            print(f"LoRA OOF from {oof_file} (trained in {wall:.0f} s)")
-        else:
-            t = time.perf_counter()
-            ckpt_root = CACHE / "ckpt" / key  # a stopped run resumes from each fold's last finished epoch
-            res = cross_validate(make_model, train_data, None, cfg=tcfg, folds=folds,
-                                 checkpoint_root=ckpt_root, progress=LogProgress(every_s=120), name=f"{name} fold")
-            # training time of every epoch, also those of earlier calls that this one resumed from
-            wall = sum(h["seconds"] for r in res.fold_results for h in r.history)
-            print(f"{len(res.fold_results)} folds trained ({wall:.0f} s of epochs; this call {time.perf_counter() - t:.0f} s)")
-            oof = res.oof
-            best_epochs = [r.best_epoch for r in res.fold_results]
-            oof_file.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(oof_file.with_suffix(".tmp.npz"), oof=oof, wall=wall, best_epochs=np.asarray(best_epochs))
-            oof_file.with_suffix(".tmp.npz").replace(oof_file)
-            shutil.rmtree(ckpt_root, ignore_errors=True)
-        ours = score(oof)
-        rows.append(row(f"{name} lora{tag} {preset} {args.folds}-fold {cfg.metric}", ours, cfg.metric, anchor_score,
-                        higher_is_better=metric.greater_is_better, wall_s=round(wall, 1), rows=len(train_df),
-                        epochs=epochs, top_layers=top or "all", max_seq_len=max_len,
-                        # each fold keeps its best epoch by its own validation score (as the flow does):
-                        # an epoch other than the last means the OOF score includes that choice
-                        best_epochs=best_epochs,
-                        settings=dataclasses.asdict(settings) | {"reasons": None}))
+def build_holdout(comp: Competition, dest: Path, fraction: float, seed: int = 0) -> Path:
+    """``dest/holdout-<name>/``: the competition of the kept rows, scored on the held-out ones."""
+    src = DATASETS / comp.name
+    train = pd.read_csv(src / "train.csv", dtype=str, keep_default_na=False)
+    test_columns = list(pd.read_csv(src / "test.csv", nrows=0).columns)
+    sample = pd.read_csv(src / sample_name(src), dtype=str, keep_default_na=False)
+    strata = train[comp.targets[0]] if comp.classify else None
+    kept, held = train_test_split(train, test_size=fraction, random_state=seed, stratify=strata)
+    folder = dest / f"holdout-{comp.name}"
+    folder.mkdir(parents=True)
+    kept.to_csv(folder / "train.csv", index=False)
+    held[test_columns].to_csv(folder / "test.csv", index=False)
+    placeholder = {c: sample[c].iloc[0] for c in comp.targets}
+    pd.DataFrame({comp.id: held[comp.id], **{c: [v] * len(held) for c, v in placeholder.items()}}).to_csv(
+        folder / sample_name(src), index=False)
+    held[[comp.id, *comp.targets]].to_csv(folder / SOLUTION_FILE_NAME, index=False)
+    (folder / COMPETITION_META_FILE).write_text(json.dumps(
+        {"metric": comp.metric, "evaluation_metric": KAGGLE_METRIC_NAMES[comp.metric]}))
+    return folder
 
-        # The flow's default combine: the adapters blended with the anchor by Caruana selection on
-        # OOF rows, on the training scale (log1p prices). The honest number is the nested one: the
-        # selection fit on the other folds, scored on each held-out fold.
-        blend_metric = "rmse" if log1p else cfg.metric
-        lora_oof = oof[:, 0] if oof.ndim == 2 and oof.shape[1] == 1 else oof
-        members = {a.name: np.log1p(np.clip(a.oof, 0, None)) if log1p else a.oof for a in anchors}
-        # F1 (threshold "auto"): the flow also fits the label cut on OOF rows; nested like the weights
-        tune = tunes_threshold(cfg.submission.threshold, cfg.metric, cfg.task_type == "binary")
-        if tune:
-            rows.append(row(f"{name} lora{tag} {preset} {args.folds}-fold, cut fit out-of-fold (nested) {cfg.metric}",
-                            nested_threshold_score(metric, y, lora_oof, folds), cfg.metric, anchor_score,
-                            higher_is_better=metric.greater_is_better))
-        adapters = {"lora": lora_oof}
-        for i, other in enumerate(k.strip() for k in args.also.split(",") if k.strip()):
-            path = CACHE / "oof" / f"{other}.npz"
-            if not path.exists():
-                raise SystemExit(f"--also {other}: no kept OOF predictions at {path}; run those settings first.")
-            kept = np.load(path)
-            extra = kept["oof"][:, 0] if kept["oof"].ndim == 2 and kept["oof"].shape[1] == 1 else kept["oof"]
-            adapters[f"lora_{i + 2}"] = extra
-            rows.append(row(f"{name} lora_{i + 2} ({other}) {cfg.metric}", score(extra), cfg.metric, anchor_score,
-                            higher_is_better=metric.greater_is_better, wall_s=round(float(kept["wall"]), 1)))
-        candidates = ([members] if len(members) > 1 else []) + [{"lora": lora_oof, **members}]
-        if len(adapters) > 1:
-            candidates += [adapters, {**adapters, **members}]
-        for chosen in candidates:
-            blended = blend("caruana", chosen, None, y, blend_metric, folds, tune_threshold=tune)
-            extra = {"threshold": blended.threshold} if tune else {}
-            rows.append(row(f"{name} blend{tag} {'+'.join(chosen)} (caruana, nested) {cfg.metric}", blended.report.blend_cv_score,
-                            cfg.metric, anchor_score, higher_is_better=metric.greater_is_better,
-                            in_sample=round(blended.report.blend_score if tune else score(blended.oof_pred), 4),
-                            weights={k: round(v, 3) for k, v in blended.weights.items()}, **extra))
-        by_dtype[dtype] = {r["name"].replace(tag, ""): r["value"] for r in rows[start:]}
-    if len(by_dtype) > 1:  # each later dtype against the first, row by row (the same folds and members)
-        first, *others = by_dtype
-        for other in others:
-            for key, value in by_dtype[other].items():
-                ref = by_dtype[first].get(key)
-                if ref is not None:
-                    rows.append(row(f"{key} {other} - {first}", value - ref, cfg.metric,
-                                    within_0_005=abs(value - ref) <= 0.005,
-                                    compute_dtype=compute_dtype_choice(other).summary()))
-    return rows
+
+def holdout_score(comp: Competition, submission: Path, folder: Path) -> float:
+    frame = pd.read_csv(submission, dtype=str, keep_default_na=False)
+    solution = pd.read_csv(folder / SOLUTION_FILE_NAME, dtype=str, keep_default_na=False)
+    return float(score_submission(frame, solution, comp.metric))
+
+
+def kaggle_lora_trial(comp: Competition, folder: Path, limit: str, server: FakeKaggleServer) -> Trial:
+    with kaggle_lora_run(folder.name, limit, server, LOGS / f"{comp.name}-kaggle-lora-{limit}.log") as run:
+        if run.summary is None:
+            return Trial(comp.name, "kaggle-lora", parse_duration(limit), run.wall_s, None, note=run.tail)
+        summary, wall = run.summary, run.wall_s
+        score = holdout_score(comp, Path(summary["submission_path"]), folder)
+    best, best_oof = best_member(summary, comp.metric in LOWER_IS_BETTER)
+    return Trial(comp.name, "kaggle-lora", parse_duration(limit), wall, score, best, best_oof)
+
+
+def best_member(summary: dict, lower_is_better: bool) -> tuple[str, float | None]:
+    """The best single member of the run's blend table, by its out-of-fold score."""
+    col = f"OOF {summary['metric']}"
+    singles = [(str(r["member"]), float(r[col])) for r in summary.get("members", [])
+               if col in r and r[col] is not None and "blend" not in str(r["member"]) and "fit" not in str(r["member"])]
+    if not singles:
+        return "", None
+    return min(singles, key=lambda m: m[1]) if lower_is_better else max(singles, key=lambda m: m[1])
+
+
+def autogluon_trial(comp: Competition, folder: Path, limit: str) -> Trial | None:
+    if not Path(AG_PYTHON).exists():
+        print(f"(no AutoGluon peer: {AG_PYTHON} missing; set KAGGLE_LORA_AUTOGLUON_PYTHON to a Python with "
+              "`pip install 'autogluon.tabular[lightgbm,catboost]'`)")
+        return None
+    with tempfile.TemporaryDirectory(prefix="kl-holdout-ag-") as tmp:
+        out = Path(tmp) / "submission.csv"
+        cmd = [AG_PYTHON, str(PEERS / "autogluon_peer.py"), "--train", str(folder / "train.csv"),
+               "--test", str(folder / "test.csv"), "--label", ",".join(comp.targets), "--id", comp.id,
+               "--metric", comp.metric, "--time-limit", str(parse_duration(limit)), "--out", str(out)]
+        cmd += ["--log-target"] if comp.metric == "rmsle" else []
+        cmd += ["--id-is-feature"] if comp.id_is_feature else []
+        print(f"$ autogluon {comp.name} --time-limit {limit}", flush=True)
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        LOGS.mkdir(parents=True, exist_ok=True)
+        (LOGS / f"{comp.name}-autogluon-{limit}.log").write_text(done.stdout + done.stderr)
+        if done.returncode != 0:
+            return Trial(comp.name, "autogluon", parse_duration(limit), wall, None,
+                         note=(done.stderr.strip().splitlines() or ["failed"])[-1])
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        score = holdout_score(comp, out, folder)
+    return Trial(comp.name, "autogluon", parse_duration(limit), wall, score, note=f"best model {result['model']}")
+
+
+def result_rows(trials: list[Trial]) -> list[dict]:
+    """A held-out score row per trial (kaggle-lora's with AutoGluon's at the same limit as the peer)
+    and a wall-time row; each row keeps its trial so a later call can add to the table."""
+    peers = {(t.competition, t.limit_s): t for t in trials if t.system == "autogluon" and t.holdout is not None}
+    out = []
+    for t in sorted(trials, key=lambda t: (t.competition, t.system, t.limit_s)):
+        comp = COMPETITIONS[t.competition]
+        label = f"{t.competition} {t.system} {t.limit_s / 60:g}m"
+        trial = dataclasses.asdict(t)
+        if t.holdout is None:
+            out.append(row(f"{label}: failed", t.wall_s, "s", trial=trial))
+            continue
+        peer = peers.get((t.competition, t.limit_s)) if t.system == "kaggle-lora" else None
+        out.append(row(f"{label}: held-out {comp.metric}", t.holdout, comp.metric, peer.holdout if peer else None,
+                       comp.metric not in LOWER_IS_BETTER, trial=trial))
+        out.append(row(f"{label}: wall", t.wall_s, "s", peer.wall_s if peer else None, False,
+                       within_limit=t.wall_s <= 1.1 * t.limit_s))
+    return out
+
+
+def load_trials() -> list[Trial]:
+    path = RESULTS / f"{NAME}.json"
+    if not path.exists():
+        return []
+    return [Trial(**r["trial"]) for r in json.loads(path.read_text()) if "trial" in r]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--competitions", default="titanic,house-prices,nlp-getting-started")
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--rows", type=int, default=0)
-    ap.add_argument("--epochs", type=int, default=0)
-    ap.add_argument("--lr", type=float, default=0.0)
-    ap.add_argument("--max-len", type=int, default=0, help="token limit per row (default: auto-configured)")
-    ap.add_argument("--preset", default="")
-    ap.add_argument("--top-layers", default="", help="N or all (default: the competition's [training] top_layers)")
-    ap.add_argument("--dropout", type=float, default=None, help="LoRA dropout (default: the preset's; 0 with --top-layers)")
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--name", default="quality")
-    ap.add_argument("--also", default="", help="kept OOF settings keys (cache file stems) to blend in as more adapters")
-    ap.add_argument("--compute-dtypes", default="float32",
-                    help="float32, bfloat16 or both (float32,bfloat16: the same folds, and each row's difference)")
-    ap.add_argument("--retrain", action="store_true", help="train the adapters even when their OOF predictions are kept")
-    args = ap.parse_args()
-    # each fold's epochs, and a line every two minutes inside long ones (output often goes to a file)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("lora_tasks").setLevel(logging.INFO)
-    print(lora_tasks.blas_info().summary())
-    tok = Tokenizer.from_pretrained(args.model)
-    rows: list[dict] = []
-    for name in args.competitions.split(","):
-        rows += run_competition(name.strip(), args, tok)
-        write_results(args.name, rows)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--competitions", default=",".join(COMPETITIONS))
+    p.add_argument("--limit", default="20m", help="the time limit of both tools (the run's default is 20m)")
+    p.add_argument("--holdout", type=float, default=0.2, help="the fraction of train.csv held out")
+    p.add_argument("--no-peer", action="store_true", help="kaggle-lora only")
+    p.add_argument("--force", action="store_true", help="run trials already in the results again")
+    args = p.parse_args()
+    names = [c.strip() for c in args.competitions.split(",") if c.strip()]
+    unknown = sorted(set(names) - set(COMPETITIONS))
+    if unknown:
+        raise SystemExit(f"unknown competitions {unknown}; known: {sorted(COMPETITIONS)}")
+    trials = load_trials()
+    done = {(t.competition, t.system, t.limit_s) for t in trials}
+    limit_s = parse_duration(args.limit)
+    served = Path(tempfile.mkdtemp(prefix="kl-holdout-served-"))
+    try:
+        folders = {n: build_holdout(COMPETITIONS[n], served, args.holdout) for n in names}
+        with serve(served, pending_polls=0) as server:
+            for n in names:
+                comp = COMPETITIONS[n]
+                systems = ["kaggle-lora"] + ([] if args.no_peer else ["autogluon"])
+                for system in systems:
+                    if (n, system, limit_s) in done and not args.force:
+                        continue
+                    trial = (kaggle_lora_trial(comp, folders[n], args.limit, server) if system == "kaggle-lora"
+                             else autogluon_trial(comp, folders[n], args.limit))
+                    if trial is not None:
+                        trials = [t for t in trials if (t.competition, t.system, t.limit_s) != (n, system, limit_s)]
+                        trials.append(trial)
+                        write_results(NAME, result_rows(trials))  # after every trial: a stopped run keeps its work
+    finally:
+        shutil.rmtree(served, ignore_errors=True)
 
 
 if __name__ == "__main__":

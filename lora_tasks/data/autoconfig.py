@@ -58,7 +58,7 @@ class TrainSettings:
     # and AdamW stay fp32) or "auto" (bf16 where the CPU has avx512_bf16, and on Metal; fp32
     # elsewhere); passed to the model factories, see lora_tasks.training.precision. "auto" by
     # default: with the AVX512-BF16 kernel, titanic's out-of-fold and nested blend scores matched
-    # fp32 within 0.005 (benchmarks/quality.py --compute-dtypes float32,bfloat16).
+    # fp32 within 0.005 (benchmarks/adapters_cv.py --compute-dtypes float32,bfloat16).
     compute_dtype: str = "auto"
     estimated_memory_bytes: int = 0
     reasons: list[str] = field(default_factory=list)
