@@ -84,6 +84,24 @@ def test_measure_members_times_each_member_and_leaves_out_the_costly(shared_data
     assert any("left out: over 25%" in r for r in tight.reasons)
 
 
+def test_members_are_timed_with_the_features_step_columns(shared_datasets, tmp_path, monkeypatch):
+    """The members' cost includes the generated features (and their in-fold target encodings):
+    the plan's features are built on each timing sample, and timings measured without them are
+    not reused for a plan with them."""
+    from lora_tasks.steps.plan import member_features
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    config = competition_spec("titanic", shared_datasets / "titanic")
+    train = config.read_train().iloc[:400]
+    features = member_features(config, train)
+    assert features.features  # titanic's Name, Ticket and Cabin fire
+    plain = measure_members(config, train, 3, limit_s=3600)
+    built = measure_members(config, train, 3, limit_s=3600, features=features)
+    assert [c.name for c in built.costs] == [c.name for c in plain.costs]
+    assert all(c.estimate_s > 0 for c in built.costs)
+    assert len(list((tmp_path / "kaggle-lora" / "member-costs").glob("*.json"))) == 2
+
+
 def test_sample_labels_drop_rows_without_a_target(shared_datasets):
     from lora_tasks.steps.member_costs import sample_labels
 

@@ -12,6 +12,7 @@ the run, and one that costs more than that is not known to earn it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,6 +26,7 @@ import pandas as pd
 
 from lora_tasks.budget import format_duration
 from lora_tasks.data.competition import CompetitionConfig
+from lora_tasks.features.records import FeaturePlan
 from lora_tasks.task import Task
 
 log = logging.getLogger("lora_tasks.steps.plan")
@@ -35,7 +37,7 @@ SAMPLE_ROWS = 1_000
 MIN_SAMPLE_ROWS = 200
 #: The most of the run's time limit one member may be expected to take.
 MEMBER_SHARE = 0.25
-TIMING_VERSION = 1  # bump when the members or their timing change in a way the versions do not show
+TIMING_VERSION = 2  # bump when the members or their timing change in a way the versions do not show
 #: Members whose cost grows faster than linearly in rows (an RBF SVR: kernel matrix).
 ROW_EXPONENT = {"svr": 2.0}
 
@@ -122,12 +124,13 @@ def cache_dir() -> Path:
 
 
 def _timing_key(frame: pd.DataFrame, config: CompetitionConfig, n_folds: int, seed: int,
-                class_weight: str | None) -> str:
-    """Everything that decides the timings: the rows, what the members see of them, the folds,
-    the machine and the libraries' versions."""
+                class_weight: str | None, features: FeaturePlan | None) -> str:
+    """Everything that decides the timings: the rows, what the members see of them (the generated
+    features too), the folds, the machine and the libraries' versions."""
     from importlib.metadata import version
 
-    parts = [str(pd.util.hash_pandas_object(frame, index=False).sum()), config.task_type,
+    built = json.dumps(dataclasses.asdict(features), sort_keys=True, default=str) if _builds(features) else ""
+    parts = [str(pd.util.hash_pandas_object(frame, index=False).sum()), built, config.task_type,
              ",".join(config.target_columns), ",".join(config.excluded_columns), str(n_folds), str(seed),
              str(class_weight), platform.node(), str(os.cpu_count()), str(TIMING_VERSION),
              *(f"{p}={version(p)}" for p in ("lightgbm", "catboost", "scikit-learn"))]
@@ -154,28 +157,41 @@ def _keep_timings(key: str, timings: dict[str, tuple[float, float]]) -> None:
         log.info("members' timings not cached (%s)", err)
 
 
+def _builds(features: FeaturePlan | None) -> bool:
+    return bool(features is not None and features.features)
+
+
 def measure_members(config: CompetitionConfig, train: pd.DataFrame, n_folds: int, limit_s: float,
-                    seed: int = 0, class_weight: str | None = None) -> MeasuredMembers:
+                    seed: int = 0, class_weight: str | None = None,
+                    features: FeaturePlan | None = None) -> MeasuredMembers:
     """Fit every member of the table (:func:`lora_tasks.ensemble.members.table_members`, the test
     rows left out) on two seeded samples, with ``n_folds`` folds as the run will, and
-    extrapolate each member's seconds to ``train``'s rows. The timings are kept per machine and
-    table (:func:`cache_dir`): planning the same table again reuses them, as the cost probe does."""
+    extrapolate each member's seconds to ``train``'s rows. ``features``: the features step's plan,
+    built on each sample as the members step builds it on the table, since the generated
+    columns (and the target encodings fit in each fold) are part of what a member costs. The
+    timings are kept per machine and table (:func:`cache_dir`): planning the same table again
+    reuses them, as the cost probe does."""
     frame, y = sample_labels(train, config)
     rows = len(frame)
     n2 = int(min(rows, max(MIN_SAMPLE_ROWS, min(SAMPLE_ROWS, rows // 4))))
     n1 = max(n2 // 2, min(n2, 2 * n_folds))
-    key = _timing_key(frame, config, n_folds, seed, class_weight)
+    key = _timing_key(frame, config, n_folds, seed, class_weight, features)
     timings = _cached_timings(key)
     if timings is None:
-        timings = _time_samples(config, frame, y, (n1, n2), n_folds, seed, class_weight)
+        timings = _time_samples(config, frame, y, (n1, n2), n_folds, seed, class_weight, features)
         _keep_timings(key, timings)
     return _decide(timings, (n1, n2), rows, limit_s)
 
 
 def _time_samples(config: CompetitionConfig, frame: pd.DataFrame, y: np.ndarray, sizes: tuple[int, int],
-                  n_folds: int, seed: int, class_weight: str | None) -> dict[str, tuple[float, float]]:
-    """Each member's seconds on the two samples (all folds, no test rows)."""
+                  n_folds: int, seed: int, class_weight: str | None,
+                  features: FeaturePlan | None = None) -> dict[str, tuple[float, float]]:
+    """Each member's seconds on the two samples (all folds, no test rows; the generated features
+    built on the sample and counted in every member's share, as the members step counts them)."""
+    import time
+
     from lora_tasks.ensemble.members import table_members  # scikit-learn's estimators load slowly
+    from lora_tasks.features import build_features
     from lora_tasks.training.cv import make_folds
 
     rows = len(frame)
@@ -188,9 +204,14 @@ def _time_samples(config: CompetitionConfig, frame: pd.DataFrame, y: np.ndarray,
         if task is Task.BINARY and len(np.unique(ys)) < 2:
             raise ValueError(f"a {n}-row sample of {config.slug} holds one class only; the members cannot be timed.")
         folds = make_folds(ys, task.head_type, n_folds, seed)
-        for m in table_members(sub, ys, folds, task.value, None, text_columns=text_columns,
-                               exclude=config.excluded_columns, seed=seed, class_weight=class_weight):
-            timings.setdefault(m.name, []).append(m.seconds)
+        start = time.perf_counter()
+        generated = build_features(features, sub) if _builds(features) else None
+        built_s = time.perf_counter() - start
+        members = table_members(sub, ys, folds, task.value, None, text_columns=text_columns,
+                                exclude=config.excluded_columns, seed=seed, class_weight=class_weight,
+                                generated=generated)
+        for m in members:
+            timings.setdefault(m.name, []).append(m.seconds + built_s / max(len(members), 1))
     return {name: (t[0], t[1]) for name, t in timings.items()}
 
 

@@ -198,7 +198,8 @@ def plan_training(
         limit_s, rules_folds = run_time_limit(time_limit, config), int(settings.n_folds)
         estimates = fit_to_budget(settings, config, profile, limit_s, model=model, tiny=tiny, no_adapters=no_adapters,
                                   members_fallback=members_fallback,
-                                  member_columns=features.member_columns(profile.n_features), train=train, seed=seed)
+                                  member_columns=features.member_columns(profile.n_features), train=train, seed=seed,
+                                  features=features)
         if settings.n_folds != rules_folds:  # the members keep theirs
             estimates["member_folds"] = rules_folds
     plan = Plan(
@@ -259,6 +260,7 @@ def fit_to_budget(
     member_columns: int | None = None,
     train: pd.DataFrame | None = None,
     seed: int = 0,
+    features: FeaturePlan | None = None,
 ) -> dict[str, Any]:
     """Price the settings on this machine and cut them down :data:`LADDER` until they fit
     ``limit_s``; every estimate and cut goes to ``settings.reasons``. Returns the :class:`Plan`
@@ -267,7 +269,8 @@ def fit_to_budget(
     whether the probe measured or reused cached points; the members whose measured cost fits,
     :func:`~lora_tasks.steps.member_costs.measure_members` on ``train``). The probe's points are kept in
     ``cache_dir`` (default: the user's cache dir, :func:`lora_tasks.budget.cache.probe_cache_dir`).
-    ``member_columns``: the members' columns after the features step (default the profile's)."""
+    ``member_columns``: the members' columns after the features step (default the profile's);
+    ``features``: the features step's plan, which the members are timed with."""
     work = Workload(
         train_rows=profile.n_rows,
         test_rows=int(profile.n_test_rows or 0),
@@ -280,7 +283,8 @@ def fit_to_budget(
     if train is None:
         members = estimate_members(work, int(settings.n_folds))
     else:
-        measured = measure_members(config, train, int(settings.n_folds), limit_s, seed, settings.class_weight)
+        measured = measure_members(config, train, int(settings.n_folds), limit_s, seed, settings.class_weight,
+                                   features=features)
         settings.reasons.extend(measured.reasons)
         members = MemberCosts(measured.seconds, measured.how)
         chosen_members = {"members": measured.kept, "members_s": measured.seconds}
