@@ -214,6 +214,32 @@ def test_renderers():
     assert artifacts.artifact_key("house-prices_2", "CV table") == "house-prices-2-cv-table"
 
 
+def test_the_settings_artifact_gets_the_decisions_made_after_the_plan(tmp_path):
+    """Fold 0's members decision (with its measured gain), a retried fold and a dropped one join
+    the plan's settings artifact once the folds have trained."""
+    from dataclasses import replace
+
+    from lora_tasks.steps.adapter_checks import AdapterGain
+    from lora_tasks.steps.plan import Plan
+
+    gain = AdapterGain(False, 0.0, 0.78, 0.78, "accuracy", "adapters stop: nested accuracy ... (gain +0.00000)")
+    first = replace(_result(0, [0.6]), gain=gain, retried="fold 0 ended at one class (...); trained again at 3.00e-03")
+    second = replace(_result(1, [0.5]), failed="every one of its 20 held-out rows is predicted as class 0")
+    decisions = artifacts.run_decisions([second, first])
+    assert decisions == ["fold 0 ended at one class (...); trained again at 3.00e-03",
+                         "fold 0: adapters stop: nested accuracy ... (gain +0.00000)",
+                         "fold 1 dropped: every one of its 20 held-out rows is predicted as class 0"]
+    assert artifacts.run_decisions([_result(0, [0.6])]) == []
+    from lora_tasks import steps
+    from lora_tasks.testing.demo import build_demo_competition
+
+    data = build_demo_competition(tmp_path / "served")
+    plan = Plan.load(steps.plan_training("demo", data, tmp_path / "out", tiny=True, max_train_rows=60))
+    text = artifacts.settings_markdown(plan, decisions)
+    assert text.startswith("### Settings") and "### Decided during the run" in text and "- fold 0: adapters stop" in text
+    assert "Decided during the run" not in artifacts.settings_markdown(plan)
+
+
 def test_blend_rows_show_the_tuned_cut():
     combined = CombineResult("blend", Path("t.npy"), Path("o.npy"), 0.81, "f1", {"lora": 0.6, "tfidf": 0.4}, [0.8],
                                {"lora": 0.79, "tfidf": 0.75}, "caruana", 0.805, threshold=0.42)

@@ -102,15 +102,41 @@ def artifact_key(slug: str, what: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in raw).strip("-")[:100]
 
 
-def publish_plan(plan_path: Path) -> None:
+def run_decisions(results: Sequence[AdapterResult]) -> list[str]:
+    """What the run decided once training had started, fold by fold: a fold trained again at
+    another learning rate, a fold dropped at one class, and fold 0's members decision with its
+    measured gain (whether the later folds trained or the members blended alone)."""
+    lines = []
+    for r in sorted(results, key=lambda r: r.fold):
+        if r.retried:
+            lines.append(r.retried)
+        if r.failed:
+            lines.append(f"fold {r.fold} dropped: {r.failed}")
+        if r.gain is not None:
+            lines.append(f"fold {r.fold}: {r.gain.reason}")
+    return lines
+
+
+def settings_markdown(plan: Plan, decisions: Sequence[str] = ()) -> str:
+    """The plan's settings artifact; ``decisions``: what the run decided after the plan
+    (:func:`run_decisions`), appended when training has run."""
+    text = f"### Settings ({plan.model})\n\n" + plan.settings_markdown()
+    if decisions:
+        text += "\n\n### Decided during the run\n\n" + "\n".join(f"- {d}" for d in decisions)
+    return text
+
+
+def publish_plan(plan_path: Path, decisions: Sequence[str] = ()) -> None:
+    """The plan's artifacts; called again with the run's ``decisions`` once the folds have trained,
+    which makes a new version of the settings artifact (the UI shows the latest)."""
     from prefect.artifacts import create_markdown_artifact
 
     plan = Plan.load(plan_path)
     create_markdown_artifact(key=artifact_key(plan.slug, "data-profile"), markdown=plan.profile_markdown,
                              description="What the pipeline saw in train.csv")
-    create_markdown_artifact(key=artifact_key(plan.slug, "settings"),
-                             markdown=f"### Settings ({plan.model})\n\n" + plan.settings_markdown(),
-                             description="Preset and training settings, and the rules that chose them")
+    create_markdown_artifact(key=artifact_key(plan.slug, "settings"), markdown=settings_markdown(plan, decisions),
+                             description="Preset and training settings, the rules that chose them, and what "
+                                         "the run decided after")
     if plan.features is not None:
         create_markdown_artifact(key=artifact_key(plan.slug, "features"), markdown=plan.features_markdown(),
                                  description="Features the table members get without a config, and why")

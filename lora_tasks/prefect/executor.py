@@ -11,7 +11,13 @@ from typing import Any, Callable
 
 from prefect import get_run_logger
 
-from lora_tasks.prefect.artifacts import publish_plan, publish_submission, publish_training, run_cv_rows
+from lora_tasks.prefect.artifacts import (
+    publish_plan,
+    publish_submission,
+    publish_training,
+    run_cv_rows,
+    run_decisions,
+)
 from lora_tasks.prefect.tasks import RunTasks
 from lora_tasks.steps.orchestrate import PipelineResult
 from lora_tasks.steps.plan import Plan
@@ -48,6 +54,9 @@ class PrefectExecutor:
             return
         slug = Plan.load(run.plan_path).slug
         if stage == "combine":
+            decisions = run_decisions(run.adapters)
+            if decisions:  # the members decision, retried and dropped folds join the plan's artifact
+                publish_plan(run.plan_path, decisions)
             publish_training(slug, run.adapters, run.combined, run_cv_rows(run.adapters, run.set_results))
         elif stage == "submission":
             publish_submission(slug, run.check, run.submission, run.scored)
