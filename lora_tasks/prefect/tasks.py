@@ -48,6 +48,7 @@ from lora_tasks.prefect.manifest import manifest_problem, record_outputs
 from lora_tasks.progress import ProgressEvent, Tee, progress_for_output
 from lora_tasks.steps.combine import combine
 from lora_tasks.steps.download import download_data
+from lora_tasks.steps.member_rounds import bag_members
 from lora_tasks.steps.orchestrate import NETWORK_RETRIES, NETWORK_STEPS, RETRY_JITTER
 from lora_tasks.steps.plan import plan_training
 from lora_tasks.steps.prepare import prepare_data
@@ -273,6 +274,7 @@ STEP_TASKS: dict[Callable[..., Any], StepTask] = {
     train_adapter: StepTask("train-adapter", by_value=("out_dir",), exclude=("refresh", "run_start", "progress"),
                             run_name="train-fold-{fold}", training_progress=True),
     train_members: StepTask("train-members", by_value=("out_dir",)),
+    bag_members: StepTask("bag-members", by_value=("out_dir",)),
     combine: StepTask("combine", by_value=("out_dir",)),
     write_submission: StepTask("write-submission", by_value=("out_dir",)),
     validate: StepTask("validate-submission"),

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 from dataclasses import dataclass
@@ -40,6 +41,37 @@ MEMBER_SHARE = 0.25
 TIMING_VERSION = 2  # bump when the members or their timing change in a way the versions do not show
 #: Members whose cost grows faster than linearly in rows (an RBF SVR: kernel matrix).
 ROW_EXPONENT = {"svr": 2.0}
+#: The most rounds the members get in all (the first included): past this, averaging more
+#: splits changes the predictions by less than the folds' own noise.
+MAX_MEMBER_ROUNDS = 8
+#: Rounds are planned into this share of the limit (the rest is the run's margin).
+ROUNDS_SHARE = 0.85
+
+
+@dataclass(frozen=True)
+class MemberRounds:
+    """The members' extra rounds the plan affords: ``with_adapters`` when every adapter fold
+    trains, ``alone`` when fold 0 stops the adapters or none are planned."""
+
+    with_adapters: int
+    alone: int
+    reason: str
+
+
+def plan_member_rounds(limit_s: float, members_s: float, full_s: float, alone_s: float) -> MemberRounds:
+    """The extra rounds that fit :data:`ROUNDS_SHARE` of ``limit_s`` after the plan's estimate
+    (``full_s`` with every adapter fold, ``alone_s`` with fold 0 only, or the members alone), each
+    round costing ``members_s`` (the members' measured estimate)."""
+    def fit(spent: float) -> int:
+        if members_s <= 0 or not math.isfinite(members_s):
+            return 0
+        return int(max(0, min(MAX_MEMBER_ROUNDS - 1, (ROUNDS_SHARE * limit_s - spent) // members_s)))
+
+    with_adapters, alone = fit(full_s), fit(alone_s)
+    reason = (f"member_rounds: {with_adapters} more round(s) of the members on new fold splits with every adapter "
+              f"fold, {alone} when the adapters stop after fold 0 (each ~{format_duration(members_s)}, planned into "
+              f"{ROUNDS_SHARE:.0%} of the {format_duration(limit_s)} limit; at most {MAX_MEMBER_ROUNDS} rounds in all)")
+    return MemberRounds(with_adapters, alone, reason)
 
 
 @dataclass(frozen=True)
@@ -233,4 +265,5 @@ def _decide(timings: dict[str, tuple[float, float]], sizes: tuple[int, int], row
     return measured
 
 
-__all__ = ["MEMBER_SHARE", "MemberCost", "MeasuredMembers", "extrapolate", "measure_members"]
+__all__ = ["MAX_MEMBER_ROUNDS", "MEMBER_SHARE", "MemberCost", "MemberRounds", "MeasuredMembers", "extrapolate",
+           "measure_members", "plan_member_rounds"]

@@ -28,6 +28,7 @@ from lora_tasks.steps.adapter_sets import (
 )
 from lora_tasks.steps.combine import CombineResult, combine
 from lora_tasks.steps.download import download_data, kaggle_endpoint, needs_offline_server
+from lora_tasks.steps.member_rounds import rounds_to_run, run_member_rounds
 from lora_tasks.steps.plan import OVERRIDABLE, Plan, plan_training
 from lora_tasks.steps.prepare import prepare_data
 from lora_tasks.steps.submit import read_score, submit_run, validate, write_submission
@@ -276,6 +277,12 @@ def orchestrate(options: RunOptions, ex: Executor, *, run_key: str = "local", do
                                                label=f"{s.member}-", members=[], **common)
         run.adapters = [ex.result(f) for f in main_folds]
         run.set_results = {name: [ex.result(f) for f in futures] for name, futures in set_folds.items()}
+        # the time the adapters left (or fold 0 freed) goes to more rounds of the members
+        stopped = len(run.adapters) < Plan.load(run.plan_path).n_folds
+        run.members = run_member_rounds(
+            ex, run.members, rounds_to_run(Plan.load(run.plan_path), stopped), plan_path=run.plan_path,
+            run_start=run_start, competition=competition, data_dir=folder, prepared_path=run.prepared_path,
+            out_dir=paths.artifacts)
 
         run.combined = ex.result(ex.submit(
             combine, prepared_path=run.prepared_path, plan_path=run.plan_path, results=run.adapters,

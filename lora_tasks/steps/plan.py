@@ -36,7 +36,7 @@ from lora_tasks.data.sample_checks import check_sample_submission
 from lora_tasks.data.source import CompetitionSource
 from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.features import FeaturePlan, find_features
-from lora_tasks.steps.member_costs import measure_members
+from lora_tasks.steps.member_costs import measure_members, plan_member_rounds
 from lora_tasks.steps.prepare import subset_rows
 from lora_tasks.steps.spec import competition_spec
 from lora_tasks.steps.store import (
@@ -92,6 +92,10 @@ class Plan:
     members: list[str] | None = None
     has_text: bool = False  # free-text columns: the adapters keep their time (no members decision)
     members_s: float | None = None  # the kept members' measured estimate for the whole table, in seconds
+    #: extra rounds of the members on new fold splits, averaged (:mod:`lora_tasks.steps.member_rounds`),
+    #: when every adapter fold trains, and when fold 0 stops the adapters or none are planned
+    member_rounds: int = 0
+    member_rounds_alone: int = 0
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write ``out_dir/plan-<sha16>.json`` (content-addressed)."""
@@ -101,7 +105,8 @@ class Plan:
     def load(cls, path: str | os.PathLike) -> Plan:
         data = load_record(path, "plan")
         optional = {"seed", "competition_markdown", "time_limit_s", "epoch_s", "predict_s", "reserve_s", "no_adapters",
-                    "member_folds", "cost_probe", "features", "members", "has_text", "members_s"}
+                    "member_folds", "cost_probe", "features", "members", "has_text", "members_s", "member_rounds",
+                    "member_rounds_alone"}
         missing = sorted({f.name for f in fields(cls)} - set(data) - optional)
         if missing:
             raise PipelineError(f"{path} is not a plan of this version (missing {missing}); plan again.")
@@ -288,11 +293,11 @@ def fit_to_budget(
         settings.reasons.extend(measured.reasons)
         members = MemberCosts(measured.seconds, measured.how)
         chosen_members = {"members": measured.kept, "members_s": measured.seconds}
+    alone_s = members.seconds + DEFAULT_OVERHEAD_S
     if no_adapters:
         settings.reasons.append(f"budget: --no-adapters: the scikit-learn members alone, estimated "
-                                f"{format_duration(members.seconds + DEFAULT_OVERHEAD_S)} of the "
-                                f"{format_duration(limit_s)} limit")
-        return {"time_limit_s": limit_s, **chosen_members}
+                                f"{format_duration(alone_s)} of the {format_duration(limit_s)} limit")
+        return {"time_limit_s": limit_s, **chosen_members, **_rounds(settings, limit_s, members.seconds, alone_s, alone_s)}
     # the probe builds and times the model (MLX): only when adapters are planned
     from lora_tasks.budget.probe import probe_for_plan
 
@@ -316,7 +321,8 @@ def fit_to_budget(
                     f"{format_duration(limit_s)} limit; --time-limit {choice.adapters_need} or more trains adapters")
         settings.reasons.append(fallback)
         _log.warning(fallback.removeprefix("budget: "))
-        return {"time_limit_s": limit_s, "no_adapters": True, "cost_probe": probe.source, **chosen_members}
+        return {"time_limit_s": limit_s, "no_adapters": True, "cost_probe": probe.source, **chosen_members,
+                **_rounds(settings, limit_s, members.seconds, alone_s, alone_s)}
     # a run's log (not only --plan) says what the limit allowed, before the long part starts
     _log.info("budget: %s", choice.reason)
     chosen = choice.chosen.candidate
@@ -326,10 +332,20 @@ def fit_to_budget(
                                                ("max_seq_len", base.max_seq_len, chosen.max_seq_len)) if old != new}
     apply_settings(settings, changes, "budget", f" ({chosen.name}, to fit {format_duration(limit_s)})")
     est = choice.chosen
+    later = chosen.n_folds - 1  # the folds the members decision may leave out
+    first_fold_s = est.total_s - later * (chosen.epochs * est.epoch_s + est.predict_s / max(chosen.n_folds, 1))
     return {"time_limit_s": limit_s, "epoch_s": est.epoch_s, "predict_s": est.predict_s / max(chosen.n_folds, 1),
             # the members train before the first fold (both orchestrations), so by then their time
             # is spent: only what runs after the folds is reserved
-            "reserve_s": est.overhead_s, "cost_probe": probe.source, **chosen_members}
+            "reserve_s": est.overhead_s, "cost_probe": probe.source, **chosen_members,
+            **_rounds(settings, limit_s, members.seconds, est.total_s, first_fold_s)}
+
+
+def _rounds(settings: TrainSettings, limit_s: float, members_s: float, full_s: float, alone_s: float) -> dict[str, int]:
+    """The members' extra rounds the estimates leave room for, recorded in ``settings.reasons``."""
+    rounds = plan_member_rounds(limit_s, members_s, full_s, alone_s)
+    settings.reasons.append(rounds.reason)
+    return {"member_rounds": rounds.with_adapters, "member_rounds_alone": rounds.alone}
 
 
 def _class_count(profile: DataProfile) -> int:

@@ -25,17 +25,22 @@ def inverse_transform(pred: np.ndarray, transform: str) -> np.ndarray:
     return np.expm1(pred) if transform == "log1p" else pred
 
 
-def fold_assignment(prepared: Prepared, plan: Plan, *, members: bool = False) -> np.ndarray:
+#: Seed distance between the members' rounds: far from the seeds of the folds' own models.
+ROUND_SEED_STEP = 1009
+
+
+def fold_assignment(prepared: Prepared, plan: Plan, *, members: bool = False, round: int = 0) -> np.ndarray:
     """Fold index of every train row, identical in every step: stratified for single-target
     classification, plain K-fold for regression and several targets. ``members``: the split of
     the scikit-learn members and the blend (``Plan.members_n_folds``), which keeps the rules'
-    folds when the budget gave the adapters fewer."""
+    folds when the budget gave the adapters fewer. ``round`` > 0: another split of the members'
+    rows, for another round of them (the blend keeps round 0's)."""
     from lora_tasks.training.cv import (
         make_folds,  # lora_tasks.training.cv loads MLX: not needed to plan or submit
     )
 
     n_folds = plan.members_n_folds if members else plan.n_folds
-    return make_folds(np.asarray(prepared.y), prepared.head_type, n_folds, plan.seed)
+    return make_folds(np.asarray(prepared.y), prepared.head_type, n_folds, plan.seed + ROUND_SEED_STEP * round)
 
 
 def training_labels(prepared: Prepared, plan: Plan) -> np.ndarray:

@@ -314,19 +314,26 @@ class MemberResult:
         return [self.oof_path, self.test_path]
 
 
+def round_tag(round: int) -> str:
+    """The file-name tag of a members round (none for the first)."""
+    return f"-r{round}" if round else ""
+
+
 def train_members(
     competition: str | CompetitionSource,
     data_dir: str | os.PathLike,
     prepared_path: str | os.PathLike,
     plan_path: str | os.PathLike,
     out_dir: str | os.PathLike,
+    round: int = 0,
 ) -> list[MemberResult]:
     """Fit the scikit-learn members that suit the table (:func:`lora_tasks.ensemble.members.table_members`:
     HistGradientBoosting and a regularized linear model, or TF-IDF + a linear model for text)
     on the same rows as the adapters and on the same target scale, so the combine step can blend
     them with the adapters row by row; on the plan's member folds (the adapters' own unless the
     budget cut those). The table members train on the plan's generated features
-    (:mod:`lora_tasks.features`), target encodings fit inside their folds."""
+    (:mod:`lora_tasks.features`), target encodings fit inside their folds. ``round`` > 0: another
+    round on a new split and seed (:mod:`lora_tasks.steps.member_rounds` averages the rounds)."""
     from lora_tasks.ensemble.members import (
         table_members,  # scikit-learn's estimators load slowly
     )
@@ -346,9 +353,9 @@ def train_members(
     # the features step: the plan's generated columns, built once before the members' folds
     generated = build_features(plan.features, train, test) if plan.features and plan.features.features else None
     members = table_members(
-        train, training_labels(prepared, plan), fold_assignment(prepared, plan, members=True), prepared.task,
-        test,
-        text_columns=tuple(text_columns), exclude=config.excluded_columns, seed=plan.seed, generated=generated,
+        train, training_labels(prepared, plan), fold_assignment(prepared, plan, members=True, round=round),
+        prepared.task, test,
+        text_columns=tuple(text_columns), exclude=config.excluded_columns, seed=plan.seed + round, generated=generated,
         class_weight=plan.settings.class_weight, only=plan.members,
     )
     shared = (time.perf_counter() - start - sum(m.seconds for m in members)) / max(len(members), 1)
@@ -356,8 +363,8 @@ def train_members(
     return [
         MemberResult(
             name=member.name,
-            oof_path=save_array(np.asarray(member.oof, dtype=np.float32), out, f"oof-{member.name}"),
-            test_path=save_array(np.asarray(member.test, dtype=np.float32), out, f"test-{member.name}"),
+            oof_path=save_array(np.asarray(member.oof, dtype=np.float32), out, f"oof-{member.name}{round_tag(round)}"),
+            test_path=save_array(np.asarray(member.test, dtype=np.float32), out, f"test-{member.name}{round_tag(round)}"),
             oof_score=score_predictions(member.oof, prepared, plan),
             metric=prepared.metric,
             seconds=member.seconds + max(shared, 0.0),

@@ -1,0 +1,100 @@
+"""More rounds of the members on new fold splits, in the time the plan leaves, averaged: bagging.
+
+Why: a run that has time left once its adapters are done (a small table, or one where fold 0
+showed the adapters add nothing to the members' blend) used to end early, with a quarter to
+most of the user's time limit unused. The members cost seconds there, and repeating their K
+folds on a new split and seed and averaging the rounds (what AutoGluon's repeated bagging does)
+lowers the variance of both their out-of-fold and their test predictions: each test row is
+predicted by K models per round instead of K in all. Every round's out-of-fold predictions stay
+out of fold, so their average is too, and the blend and its nested score read it as before.
+
+How many rounds is decided in the plan, from its estimates
+(:func:`~lora_tasks.steps.member_costs.plan_member_rounds`), so a rerun (whose steps come from the
+cache) asks for the same rounds; the run still checks its deadline before each round.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from lora_tasks.steps.plan import Plan
+from lora_tasks.steps.prepare import Prepared
+from lora_tasks.steps.store import PipelineError, save_array
+from lora_tasks.steps.targets import score_predictions
+from lora_tasks.steps.train import MemberResult, train_members
+
+log = logging.getLogger("lora_tasks.steps")
+
+def rounds_to_run(plan: Plan, adapters_stopped: bool) -> int:
+    """The extra rounds this run asks for: the plan's ``alone`` count once the adapters stopped
+    (or none were planned), else its ``with_adapters`` count."""
+    alone = adapters_stopped or plan.no_adapters
+    return int(plan.member_rounds_alone if alone else plan.member_rounds)
+
+
+def round_fits(run_start: float, now: float, round_s: float, plan: Plan) -> bool:
+    """Whether one more round (``round_s``, the first round's measured seconds) still ends inside
+    the plan's limit with its reserve kept: a run that fell behind its estimates stops adding."""
+    if plan.time_limit_s is None:
+        return True
+    reserve = float(plan.reserve_s or 0.0)
+    return (now - run_start) + round_s + reserve <= plan.time_limit_s
+
+
+def bag_members(prepared_path: str | os.PathLike, plan_path: str | os.PathLike,
+                rounds: Sequence[Sequence[MemberResult]], out_dir: str | os.PathLike) -> list[MemberResult]:
+    """Each member's predictions averaged over ``rounds`` (the first round first), scored again;
+    a member missing from a later round keeps the rounds it has. One round returns it as is."""
+    if not rounds:
+        raise PipelineError("bag_members needs at least one round of members.")
+    if len(rounds) == 1:
+        return list(rounds[0])
+    prepared, plan = Prepared.load(prepared_path), Plan.load(plan_path)
+    out = Path(out_dir)
+    bagged = []
+    for first in rounds[0]:
+        same = [m for r in rounds for m in r if m.name == first.name]
+        oof = np.mean([np.load(m.oof_path) for m in same], axis=0).astype(np.float32)
+        test = np.mean([np.load(m.test_path) for m in same], axis=0).astype(np.float32)
+        if not (np.isfinite(oof).all() and np.isfinite(test).all()):
+            raise PipelineError(f"member {first.name}'s averaged predictions hold NaN or inf; rerun with --refresh.")
+        tag = f"-bag{len(same)}"
+        bagged.append(MemberResult(
+            name=first.name, oof_path=save_array(oof, out, f"oof-{first.name}{tag}"),
+            test_path=save_array(test, out, f"test-{first.name}{tag}"),
+            oof_score=score_predictions(oof, prepared, plan), metric=first.metric,
+            seconds=sum(m.seconds for m in same), dropped_columns=list(first.dropped_columns)))
+        log.info("members: %s averaged over %d rounds: OOF %s %.5f (first round %.5f)", first.name, len(same),
+                 first.metric, bagged[-1].oof_score, first.oof_score)
+    return bagged
+
+
+def run_member_rounds(ex: Any, first: list[MemberResult], rounds: int, *, plan_path: Path, run_start: float,
+                      **members_step: Any) -> list[MemberResult]:
+    """Up to ``rounds`` more rounds of :func:`~lora_tasks.steps.train.train_members` through the
+    executor ``ex`` (``members_step``: that step's arguments but ``round``), each only while it
+    still fits the limit (:func:`round_fits`), then :func:`bag_members` of all of them."""
+    if rounds <= 0 or not first:
+        return first
+    plan = Plan.load(plan_path)
+    round_s = sum(m.seconds for m in first)
+    done = [first]
+    for r in range(1, rounds + 1):
+        if not round_fits(run_start, time.time(), round_s, plan):
+            log.info("members: round %d of %d left out: one more (~%.0f s) would not end inside the limit with "
+                     "its reserve", r + 1, rounds + 1, round_s)
+            break
+        log.info("members: round %d of %d, on a new fold split", r + 1, rounds + 1)
+        done.append(ex.result(ex.submit(train_members, run_name=f"train-members-round-{r}", round=r,
+                                        plan_path=plan_path, **members_step)))
+    return ex.result(ex.submit(bag_members, prepared_path=members_step["prepared_path"], plan_path=plan_path,
+                               rounds=done, out_dir=members_step["out_dir"]))
+
+
+__all__ = ["bag_members", "round_fits", "rounds_to_run", "run_member_rounds"]

@@ -1,0 +1,80 @@
+"""The time a run has left goes to more rounds of the members on new fold splits, averaged: the
+plan decides how many from its estimates, each round has its own split, the average is the
+rounds' mean and stays out of fold, and a run that fell behind stops adding rounds."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from lora_tasks import steps
+from lora_tasks.steps.member_costs import MAX_MEMBER_ROUNDS, plan_member_rounds
+from lora_tasks.steps.member_rounds import bag_members, round_fits, rounds_to_run, run_member_rounds
+from lora_tasks.steps.orchestrate import PlainExecutor
+from lora_tasks.steps.targets import fold_assignment
+from lora_tasks.testing.demo import build_demo_competition
+
+
+def test_the_plan_gives_the_rounds_what_its_estimate_leaves():
+    # 10 min limit; 85% of it is 510 s: 400 s with every fold leaves 110 s (two 50-s rounds),
+    # 150 s with fold 0 alone leaves 360 s (seven, the cap with the first round)
+    rounds = plan_member_rounds(600, 50, full_s=400, alone_s=150)
+    assert (rounds.with_adapters, rounds.alone) == (2, MAX_MEMBER_ROUNDS - 1)
+    assert "2 more round(s)" in rounds.reason and "stop after fold 0" in rounds.reason
+    assert plan_member_rounds(600, 50, full_s=590, alone_s=590).alone == 0  # no room: none
+    assert plan_member_rounds(600, 0.0, 100, 100).alone == 0  # an unknown cost asks for none
+    assert plan_member_rounds(600, float("nan"), 100, 100).alone == 0
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    data = build_demo_competition(tmp_path_factory.mktemp("served"))
+    out = tmp_path_factory.mktemp("artifacts")
+    prepared = steps.prepare_data("demo", data, out, max_train_rows=200)
+    plan = steps.plan_training("demo", data, out, tiny=True, max_train_rows=200, no_adapters=True,
+                               budget=True, time_limit="10m")
+    first = steps.train_members("demo", data, prepared, plan, out)
+    return data, out, prepared, plan, first
+
+
+def test_a_members_only_plan_records_its_rounds(demo):
+    _, _, _, plan, _ = demo
+    loaded = steps.Plan.load(plan)
+    assert loaded.member_rounds_alone >= 1, loaded.settings.reasons
+    assert any(r.startswith("member_rounds:") for r in loaded.settings.reasons)
+    assert rounds_to_run(loaded, adapters_stopped=False) == loaded.member_rounds_alone  # no adapters: alone
+
+
+def test_each_round_has_its_own_split_and_the_bag_is_their_mean(demo):
+    data, out, prepared, plan, first = demo
+    p, pl = steps.Prepared.load(prepared), steps.Plan.load(plan)
+    assert (fold_assignment(p, pl, members=True) != fold_assignment(p, pl, members=True, round=1)).any()
+    second = steps.train_members("demo", data, prepared, plan, out, round=1)
+    assert [m.name for m in second] == [m.name for m in first]
+    assert all(a.oof_path != b.oof_path for a, b in zip(first, second, strict=True))
+    bagged = bag_members(prepared, plan, [first, second], out)
+    for a, b, bag in zip(first, second, bagged, strict=True):
+        mean = (np.load(a.oof_path) + np.load(b.oof_path)) / 2
+        np.testing.assert_allclose(np.load(bag.oof_path), mean, rtol=1e-6)
+        np.testing.assert_allclose(np.load(bag.test_path), (np.load(a.test_path) + np.load(b.test_path)) / 2, rtol=1e-6)
+        assert bag.name == a.name and bag.seconds == pytest.approx(a.seconds + b.seconds)
+        assert 0.0 <= bag.oof_score <= 1.0
+    assert bag_members(prepared, plan, [first], out) == first
+
+
+def test_a_run_behind_its_estimate_adds_no_round(demo):
+    data, out, prepared, plan, first = demo
+    loaded = steps.Plan.load(plan)
+    assert round_fits(0.0, 10.0, 5.0, loaded)
+    assert not round_fits(0.0, loaded.time_limit_s, 5.0, loaded)
+    # started a whole limit ago: the rounds are left out and the first round comes back as is
+    late = run_member_rounds(PlainExecutor(), first, 3, plan_path=plan, run_start=0.0, competition="demo",
+                             data_dir=data, prepared_path=prepared, out_dir=out)
+    assert late == first
+    # a NaN from a member is refused by name, not averaged into the blend
+    broken = replace(first[0], oof_path=steps.save_array(np.full(np.load(first[0].oof_path).shape, np.nan,
+                                                                 dtype=np.float32), out, "oof-nan"))
+    with pytest.raises(steps.PipelineError, match=f"member {first[0].name}.*NaN"):
+        bag_members(prepared, plan, [first, [broken, *first[1:]]], out)
