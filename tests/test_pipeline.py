@@ -264,7 +264,7 @@ def test_baselines_use_the_adapters_rows_and_folds(demo_steps, demo_members, dem
     _, prepared, plan, _ = demo_steps
     data = steps.Prepared.load(prepared)
     y = np.asarray(data.y)
-    assert [b.name for b in demo_members] == ["lightgbm", "catboost", "hist_gbm", "linear"]
+    assert [b.name for b in demo_members] == ["lightgbm", "catboost", "hist_gbm", "extra_trees", "linear"]
     for b in demo_members:
         assert b.metric == "accuracy" and all(p.is_file() for p in b.paths())
         oof, test = np.load(b.oof_path), np.load(b.test_path)

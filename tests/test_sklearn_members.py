@@ -188,7 +188,7 @@ def test_table_members_pick_by_the_table(titanic):
     """Text with few context columns -> TF-IDF only; a classification table -> the boosters and linear."""
     X, y, X_test, folds = titanic
     tabular = table_members(X, y, folds, "binary_classification", X_test, metric="accuracy")
-    assert [m.name for m in tabular] == ["lightgbm", "catboost", "hist_gbm", "linear"]
+    assert [m.name for m in tabular] == ["lightgbm", "catboost", "hist_gbm", "extra_trees", "linear"]
     tweets = _read("nlp-getting-started", "train.csv", nrows=400)
     ty = tweets["target"].to_numpy()
     text = table_members(tweets, ty, make_folds(ty, "binary_classification", 3, seed=0), "binary",
@@ -235,6 +235,22 @@ def several_targets():
     return X, labels, values, folds
 
 
+def test_extra_trees_member_grades_its_probabilities_and_reads_missing_values(titanic):
+    from lora_tasks.ensemble.forests import extra_trees_member
+
+    X, y, X_test, folds = titanic
+    unseen = X_test.copy()
+    unseen.loc[0, "Embarked"] = "never-seen"  # a category no fold trained on
+    res = extra_trees_member(X, y, folds, "binary", unseen, metric="roc_auc")
+    assert res.oof.shape == (891,) and res.test.shape == (418,) and np.isfinite(res.test).all()
+    assert X["Age"].isna().any() and np.isfinite(res.oof).all()  # NaN ages are routed, not dropped
+    assert res.oof_score > 0.82
+    assert len(np.unique(np.round(res.oof, 3))) > 50  # leaves of several rows: graded, not 0/1
+    assert set(res.dropped_columns) == {"Name", "Ticket"}
+    balanced = extra_trees_member(X, y, folds, "binary", None, class_weight="balanced")
+    assert balanced.oof.mean() > res.oof.mean()  # the minority class (survived) weighs more
+
+
 @pytest.mark.parametrize("member", [tabular_member, linear_member])
 def test_multilabel_members_give_one_probability_per_label(several_targets, member):
     X, labels, _, folds = several_targets
@@ -257,7 +273,7 @@ def test_multitarget_members_give_one_value_per_target(several_targets, monkeypa
     monkeypatch.setattr(sklearn_members, "GBM_BAG", 1)
     monkeypatch.setattr(sklearn_members, "GBM_REGRESSION_PARAMS", {"max_iter": 80})
     members = table_members(X, values, folds, "multitarget_regression", X.iloc[:10], metric="mcrmse")
-    assert [m.name for m in members] == ["lightgbm", "catboost", "hist_gbm", "linear", "svr"]
+    assert [m.name for m in members] == ["lightgbm", "catboost", "hist_gbm", "extra_trees", "linear", "svr"]
     for m in members:
         assert m.oof.shape == (600, 2) and m.test.shape == (10, 2), m.name
         rmses = np.sqrt(np.mean((m.oof - values) ** 2, axis=0))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from sklearn.preprocessing import FunctionTransformer
 
 from lora_tasks.ensemble.folds import as_frame
 
@@ -69,4 +70,19 @@ def categoricals_as_objects(df: pd.DataFrame, cat_cols: list[str] | tuple[str, .
     return df
 
 
-__all__ = ["ID_LIKE_SHARE", "Columns", "categoricals_as_objects", "check_test_columns", "table_columns"]
+def feature_frames(X: pd.DataFrame, X_test: pd.DataFrame | None,
+                    name: str) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
+    """The train and test frames a tabular member's folds start from (every column of ``X``: a
+    fold transform may read those the member drops), and the identifier-like columns dropped."""
+    X = as_frame(X, "X")
+    cols = table_columns(X, name)
+    return X, check_test_columns(X_test, list(X.columns)), list(cols.dropped)
+
+
+def column_selector(cols: Columns) -> FunctionTransformer:
+    """The pipeline's first step: the member's columns, categoricals as one dtype."""
+    return FunctionTransformer(lambda df: categoricals_as_objects(df[cols.used], cols.categorical))
+
+
+__all__ = ["ID_LIKE_SHARE", "Columns", "categoricals_as_objects", "check_test_columns", "column_selector", "feature_frames",
+           "table_columns"]

@@ -44,16 +44,16 @@ from sklearn.preprocessing import (
 from sklearn.svm import SVR
 from threadpoolctl import threadpool_limits
 
-from lora_tasks.ensemble.columns import Columns, categoricals_as_objects, check_test_columns, table_columns
+from lora_tasks.ensemble.columns import Columns, column_selector, feature_frames
 from lora_tasks.ensemble.folds import (
     FoldData,
     FoldTransform,
     MemberPredictions,
-    as_frame,
     normalize_task,
     per_column,
     run_folds,
 )
+from lora_tasks.ensemble.forests import extra_trees_member
 from lora_tasks.ensemble.gbm import catboost_member, lightgbm_member
 from lora_tasks.ensemble.text import text_member
 from lora_tasks.features import FeatureFrames
@@ -112,7 +112,7 @@ def tabular_member(
     bag = (GBM_BAG if task.is_regression else 1) if bag is None else bag
     if bag < 1:
         raise ValueError(f"bag is the number of gradient-boosting models averaged per fold; pass 1 or more, not {bag}.")
-    X, X_test, dropped = _feature_frames(X, X_test, name)
+    X, X_test, dropped = feature_frames(X, X_test, name)
 
     def fit(d: FoldData) -> Pipeline:
         cols = Columns.of(d.train)
@@ -133,7 +133,7 @@ def tabular_member(
             est = models[0][1]
         else:
             est = VotingRegressor(models) if task.is_regression else VotingClassifier(models, voting="soft")
-        pipe = Pipeline([("select", _selector(cols)), ("encode", encode), ("model", per_column(est, task))])
+        pipe = Pipeline([("select", column_selector(cols)), ("encode", encode), ("model", per_column(est, task))])
         return pipe.fit(d.train, d.y_train)
 
     with threadpool_limits(limits=n_threads, user_api="openmp"):
@@ -141,20 +141,6 @@ def tabular_member(
                            transform=transform)
     result.dropped_columns = dropped
     return result
-
-
-def _feature_frames(X: pd.DataFrame, X_test: pd.DataFrame | None,
-                    name: str) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
-    """The train and test frames a tabular member's folds start from (every column of ``X``: a
-    fold transform may read those the member drops), and the identifier-like columns dropped."""
-    X = as_frame(X, "X")
-    cols = table_columns(X, name)
-    return X, check_test_columns(X_test, list(X.columns)), list(cols.dropped)
-
-
-def _selector(cols: Columns) -> FunctionTransformer:
-    """The pipeline's first step: the member's columns, categoricals as one dtype."""
-    return FunctionTransformer(lambda df: categoricals_as_objects(df[cols.used], cols.categorical))
 
 
 # ---- tabular: regularized linear model -----------------------------------------------------------
@@ -239,7 +225,7 @@ def _encoded_member(
     transform: FoldTransform | None,
 ) -> MemberPredictions:
     """Fit ``model`` fold by fold on one-hot categoricals and standardized (log1p where skewed) numerics."""
-    X, X_test, dropped = _feature_frames(X, X_test, name)
+    X, X_test, dropped = feature_frames(X, X_test, name)
 
     def numeric(log: bool) -> Pipeline:
         steps = [SimpleImputer(strategy="median", add_indicator=True)]
@@ -270,7 +256,7 @@ def _encoded_member(
                 ("num", numeric(log=False), plain),
             ]
         )
-        pipe = Pipeline([("select", _selector(cols)), ("encode", encode), ("model", per_column(clone(model), task))])
+        pipe = Pipeline([("select", column_selector(cols)), ("encode", encode), ("model", per_column(clone(model), task))])
         return pipe.fit(d.train, d.y_train)
 
     with threadpool_limits(limits=n_threads):
@@ -324,7 +310,8 @@ def table_members(
     :data:`MAX_CONTEXT_COLUMNS_FOR_TEXT` other features): TF-IDF + a linear model on the text
     columns alone (TF-IDF gains nothing from a few context columns). Otherwise members on every
     feature column whose errors differ: LightGBM and CatBoost (:mod:`lora_tasks.ensemble.gbm`),
-    HistGradientBoosting, a regularized linear model, and for regression tables of at most
+    HistGradientBoosting, extra trees (:mod:`lora_tasks.ensemble.forests`), a regularized linear
+    model, and for regression tables of at most
     :data:`MAX_KERNEL_ROWS` rows an RBF support-vector regressor. ``exclude``: the id, target and
     dropped columns. ``y`` is on the scale the caller blends on (e.g. log1p prices), or raw with
     ``log_target``. ``class_weight="balanced"`` goes to the boosters (the plan's class weights).
@@ -357,6 +344,7 @@ def table_members(
         "lightgbm": lambda: lightgbm_member(X, y, folds, task, X_test, **boost),
         "catboost": lambda: catboost_member(X, y, folds, task, X_test, **boost),
         "hist_gbm": lambda: tabular_member(X, y, folds, task, X_test, **kw),
+        "extra_trees": lambda: extra_trees_member(X, y, folds, task, X_test, **boost),
         "linear": lambda: linear_member(X, y, folds, task, X_test, **kw),
     }
     if normalize_task(task).is_regression:
@@ -367,4 +355,4 @@ def table_members(
     return [run() for name, run in runs.items() if wanted(name)]
 
 
-__all__ = ["MemberPredictions", "catboost_member", "kernel_member", "lightgbm_member", "linear_member", "normalize_task", "table_members", "tabular_member", "text_member"]
+__all__ = ["MemberPredictions", "catboost_member", "extra_trees_member", "kernel_member", "lightgbm_member", "linear_member", "normalize_task", "table_members", "tabular_member", "text_member"]
