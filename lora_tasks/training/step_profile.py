@@ -1,13 +1,29 @@
 """Where a LoRA train step's time goes: each kind of work timed alone, with the model's own modules.
 
-Why this way: a profile whose parts are timed on stand-ins (random fp32 weights where the model has
-bf16 ones, eager calls where the step is compiled) adds up to more or less than the step, and the
-difference hides in "the rest". Here every part runs the model's own modules (so a bf16 base is
-timed through its bf16 GEMM), compiled as the step is, forward plus the gradients the step needs
-(input gradients; adapter and head parameters where they are trained), and the parts cover the
-whole step: embeddings, every layer's GEMMs, LoRA branches, attention, GELU, the sub-layers' ends
-(dropout, residual add and layer norm), the head and loss, and the optimizer update. :attr:`StepProfile.ratio` (the
-parts' sum over the measured step) says how well they add up.
+Why parts timed alone (and not an ablation of the step): removing a kind of work from the step changes
+the rest of it (without the LoRA branches no gradient flows back through the layers at all, without
+attention Q and K get none), so the differences would not be the parts' costs. Timed alone, each part
+is an independent measurement, and :attr:`StepProfile.ratio` (the parts' sum over the measured step)
+is a real check that they cover the step once: it is not 1 by construction.
+
+For the parts to add up, each times exactly the work the step runs, once:
+
+- the model's own modules, compiled as the step is (a bf16 base through its bf16 GEMM), all layers of
+  a kind in one graph, forward plus the gradients the step needs: input gradients, and the adapters'
+  gradients in the LoRA branches. The first layer's input is the frozen embeddings' output, so the
+  step never differentiates its Q, K, V projections (and LoRA inputs) nor its first residual: they run
+  forward only here too;
+- the LoRA branch as :class:`~lora_tasks.lora.layers.LoRALinear` adds it (the native fused op under
+  the same condition), onto a base output evaluated beforehand: a lazy array captured by a compiled
+  graph is recomputed on every call, and the branch was once timed with the random generation of its
+  whole base output;
+- with a warm buffer cache: a part returns all its layers' outputs at once, and MLX's small default CPU
+  cache would hand them back to the OS after each call and fault in fresh pages on the next, which the
+  step (whose backward reuses what its forward frees) does not pay.
+
+The parts: embeddings, every layer's GEMMs, LoRA branches, attention, GELU, the sub-layers' ends
+(dropout, residual add and layer norm), the head and loss, and the optimizer update. What they leave
+(the adds of the input gradients of Q, K and V, copies, dispatch) is the step minus the parts.
 
 Works on the BERT-family models with a layer split (``model.bert.encoder.layer``).
 """
@@ -170,6 +186,7 @@ def _layer_work(layer: nn.Module, bias: mx.array | None, shape: tuple[int, ...],
 
 def _parts(model: nn.Module, ids: mx.array, mask: mx.array, labels: mx.array, repeats: int,
            optimizer: optim.Optimizer | None, best: bool) -> dict[str, float]:
+    """Seconds per step of each part (see the module's docstring), by name."""
     bert = model.bert
     layers = list(bert.encoder.layer)
     x = bert.embeddings(ids)
