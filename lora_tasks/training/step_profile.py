@@ -10,9 +10,9 @@ For the parts to add up, each times exactly the work the step runs, once:
 
 - the model's own modules, compiled as the step is (a bf16 base through its bf16 GEMM), all layers of
   a kind in one graph, forward plus the gradients the step needs: input gradients, and the adapters'
-  gradients in the LoRA branches. The first layer's input is the frozen embeddings' output, so the
-  step never differentiates its Q, K, V projections (and LoRA inputs) nor its first residual: they run
-  forward only here too;
+  gradients in the LoRA branches. The first layer's input is the frozen embeddings' output, whose
+  gradient the step never needs: there the Q, K, V GEMMs run forward only, their LoRA branches give
+  the adapters' gradients only, and the first residual gets none, here as in the step;
 - the LoRA branch as :class:`~lora_tasks.lora.layers.LoRALinear` adds it (the native fused op under
   the same condition), onto a base output evaluated beforehand: a lazy array captured by a compiled
   graph is recomputed on every call, and the branch was once timed with the random generation of its
