@@ -28,7 +28,7 @@ from _common import median_seconds, minilm_dir, row, run_peer, write_results
 from lora_tasks.native import kernels, native_info
 from lora_tasks.training.factory import create_bert_with_lora
 from lora_tasks.training.precision import compute_dtype_choice
-from lora_tasks.training.step_profile import profile_step
+from lora_tasks.training.step_profile import StepProfile, profile_step
 
 
 def batch_for(batch: int, seq: int) -> tuple[mx.array, mx.array, mx.array]:
@@ -53,12 +53,23 @@ def make_step(model: nn.Module):
     return mx.compile(step, inputs=state, outputs=state), state
 
 
-def profile(model: nn.Module, label: str, ids: mx.array, mask: mx.array, y: mx.array, step_seconds: float,
-            repeats: int) -> list[dict]:
+def profile(model: nn.Module, step, label: str, ids: mx.array, mask: mx.array, y: mx.array, repeats: int) -> list[dict]:
     """Where the step's time goes (:func:`lora_tasks.training.step_profile.profile_step`): each part
     timed with the model's own modules (a bf16 base through its bf16 GEMM), compiled, all layers in
-    one graph; the last rows are what the parts leave unaccounted and their sum over the step."""
-    prof = profile_step(model, ids, mask, y, step_seconds, repeats=repeats)
+    one graph; the last rows are what the parts leave unaccounted and their sum over the step.
+
+    The step (``step``: the compiled function and its state) is timed again just before and just after
+    the parts, and their mean is what the parts are held against: the machine's speed drifts, and the
+    rounds' median was taken minutes earlier."""
+    fn, state = step
+
+    def time_step() -> float:
+        return median_seconds(lambda: (fn(ids, mask, y), state), repeats)
+
+    before = time_step()
+    parts = profile_step(model, ids, mask, y, before, repeats=repeats).parts
+    prof = StepProfile((before + time_step()) / 2, parts)
+    step_seconds = prof.step_s
     seq = ids.shape[1]
     rows = [row(f"profile s{seq} {label}: {p.name}", p.seconds * 1e3, "ms/step", share=round(p.seconds / step_seconds, 3))
             for p in prof.parts]
@@ -138,8 +149,7 @@ def main() -> None:
         if not args.no_profile:
             ids, mask, y = batch_for(args.batch, seq)
             for p, model in models.items():
-                rate = float(np.median(ours[(p, seq)]))
-                rows += profile(model, p, ids, mask, y, args.batch / rate, args.repeats)
+                rows += profile(model, steps[p], p, ids, mask, y, args.repeats)
     write_results("train_step", rows)
 
 
