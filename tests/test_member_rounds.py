@@ -4,6 +4,7 @@ rounds' mean and stays out of fold, and a run that fell behind stops adding roun
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -39,12 +40,16 @@ def demo(tmp_path_factory):
     return data, out, prepared, plan, first
 
 
-def test_a_members_only_plan_records_its_rounds(demo):
-    _, _, _, plan, _ = demo
-    loaded = steps.Plan.load(plan)
-    assert loaded.member_rounds_alone >= 1, loaded.settings.reasons
-    assert any(r.startswith("member_rounds:") for r in loaded.settings.reasons)
-    assert rounds_to_run(loaded, adapters_stopped=False) == loaded.member_rounds_alone  # no adapters: alone
+def test_a_members_only_plan_records_its_rounds(demo, tmp_path):
+    data, _, _, plan, _ = demo
+    loaded = steps.Plan.load(plan)  # the tiny model: a smoke run, one round
+    assert (loaded.member_rounds, loaded.member_rounds_alone) == (0, 0)
+    assert any(r.startswith("member_rounds: none with the tiny") for r in loaded.settings.reasons)
+    real = steps.Plan.load(steps.plan_training("demo", data, tmp_path, max_train_rows=200, no_adapters=True,
+                                               budget=True, time_limit="10m"))
+    assert real.member_rounds_alone >= 1, real.settings.reasons
+    assert any(r.startswith("member_rounds: ") and "more round(s)" in r for r in real.settings.reasons)
+    assert rounds_to_run(real, adapters_stopped=False) == real.member_rounds_alone  # no adapters: alone
 
 
 def test_each_round_has_its_own_split_and_the_bag_is_their_mean(demo):
@@ -62,6 +67,15 @@ def test_each_round_has_its_own_split_and_the_bag_is_their_mean(demo):
         assert bag.name == a.name and bag.seconds == pytest.approx(a.seconds + b.seconds)
         assert 0.0 <= bag.oof_score <= 1.0
     assert bag_members(prepared, plan, [first], out) == first
+
+
+def test_the_orchestrated_rounds_run_and_bag_while_they_fit(demo):
+    data, out, prepared, plan, first = demo
+    bagged = run_member_rounds(PlainExecutor(), first, 1, plan_path=plan, run_start=time.time(), competition="demo",
+                               data_dir=data, prepared_path=prepared, out_dir=out)
+    assert [m.name for m in bagged] == [m.name for m in first]
+    assert all(b.oof_path.name.startswith(f"oof-{b.name}-bag2") for b in bagged)
+    assert all(b.seconds > a.seconds for a, b in zip(first, bagged, strict=True))
 
 
 def test_a_run_behind_its_estimate_adds_no_round(demo):

@@ -297,7 +297,7 @@ def fit_to_budget(
     if no_adapters:
         settings.reasons.append(f"budget: --no-adapters: the scikit-learn members alone, estimated "
                                 f"{format_duration(alone_s)} of the {format_duration(limit_s)} limit")
-        return {"time_limit_s": limit_s, **chosen_members, **_rounds(settings, limit_s, members.seconds, alone_s, alone_s)}
+        return {"time_limit_s": limit_s, **chosen_members, **_rounds(settings, limit_s, members.seconds, alone_s, alone_s, tiny)}
     # the probe builds and times the model (MLX): only when adapters are planned
     from lora_tasks.budget.probe import probe_for_plan
 
@@ -322,7 +322,7 @@ def fit_to_budget(
         settings.reasons.append(fallback)
         _log.warning(fallback.removeprefix("budget: "))
         return {"time_limit_s": limit_s, "no_adapters": True, "cost_probe": probe.source, **chosen_members,
-                **_rounds(settings, limit_s, members.seconds, alone_s, alone_s)}
+                **_rounds(settings, limit_s, members.seconds, alone_s, alone_s, tiny)}
     # a run's log (not only --plan) says what the limit allowed, before the long part starts
     _log.info("budget: %s", choice.reason)
     chosen = choice.chosen.candidate
@@ -338,11 +338,16 @@ def fit_to_budget(
             # the members train before the first fold (both orchestrations), so by then their time
             # is spent: only what runs after the folds is reserved
             "reserve_s": est.overhead_s, "cost_probe": probe.source, **chosen_members,
-            **_rounds(settings, limit_s, members.seconds, est.total_s, first_fold_s)}
+            **_rounds(settings, limit_s, members.seconds, est.total_s, first_fold_s, tiny)}
 
 
-def _rounds(settings: TrainSettings, limit_s: float, members_s: float, full_s: float, alone_s: float) -> dict[str, int]:
-    """The members' extra rounds the estimates leave room for, recorded in ``settings.reasons``."""
+def _rounds(settings: TrainSettings, limit_s: float, members_s: float, full_s: float, alone_s: float,
+            tiny: bool) -> dict[str, int]:
+    """The members' extra rounds the estimates leave room for, recorded in ``settings.reasons``;
+    none for a run on the tiny random model, a smoke run that checks the steps, not the score."""
+    if tiny:
+        settings.reasons.append("member_rounds: none with the tiny random model (a smoke run: one round of the members)")
+        return {"member_rounds": 0, "member_rounds_alone": 0}
     rounds = plan_member_rounds(limit_s, members_s, full_s, alone_s)
     settings.reasons.append(rounds.reason)
     return {"member_rounds": rounds.with_adapters, "member_rounds_alone": rounds.alone}
