@@ -28,7 +28,7 @@ from lora_tasks.budget.costs import StepCosts
 
 log = logging.getLogger("lora_tasks.budget")
 
-CACHE_VERSION = 2  # bump when the probe measures differently
+CACHE_VERSION = 3  # bump when the probe measures differently
 PROBE_CACHE_ENV = "KAGGLE_LORA_PROBE_CACHE"
 
 

@@ -6,7 +6,7 @@ engine builds (:func:`lora_tasks.training.train.train`) are the only estimate th
 
 Why it is nearly free:
 - it times a small batch (about :data:`PROBE_TOKENS` tokens; the costs are per row, and a plan
-  scales them to its own batch), two steps after the one that compiles;
+  scales them to its own batch), three steps after the one that compiles, the fastest of them kept;
 - what it measured is kept in the user's cache dir (:mod:`lora_tasks.budget.cache`), keyed by the
   machine, the model, the compute dtype and the width; a later run, on any competition, reuses
   the points near its own width (:func:`lora_tasks.budget.costs.costs_from_points`) and measures
@@ -47,6 +47,10 @@ DEFAULT_TIMED_TOPS = (2,)  # the ladder's depth; other depths are interpolated
 #: a step at 384 tokens takes a fraction of a second. Costs are linear in rows at these sizes.
 PROBE_TOKENS = 1536
 MIN_PROBE_ROWS = 2
+#: Timed steps after the one that compiles. Each timing is the fastest of them: another process
+#: on the cores, or a first step that still faults in fresh buffers, only ever slows a step, and a
+#: slow point kept in the cache would make every later plan on this machine too cautious.
+PROBE_STEPS = 3
 
 
 def probe_rows(width: int, batch_size: int) -> int:
@@ -83,7 +87,7 @@ def probe_costs(
     cache_dir: str | os.PathLike | None = None,
     dtype: str = "float32",
     timed_tops: tuple[int, ...] = DEFAULT_TIMED_TOPS,
-    steps: int = 2,
+    steps: int = PROBE_STEPS,
     seed: int = 0,
 ) -> ProbeResult:
     """Step costs of the model ``factory`` builds at the length bucket of ``seq_len``: from the points
@@ -118,14 +122,14 @@ def measure_costs(
     seq_len: int,
     batch_size: int,
     timed_tops: tuple[int, ...] = DEFAULT_TIMED_TOPS,
-    steps: int = 2,
+    steps: int = PROBE_STEPS,
     seed: int = 0,
     machine: str = "",
     model_id: str = "",
 ) -> StepCosts:
     """Time (no cache), on ``batch_size`` rows of ``seq_len`` tokens: the full-depth step, a step
     from the prefix at each of ``timed_tops``, and the forward pass per row. Each timing is the
-    median of ``steps`` after one warm-up step (which compiles)."""
+    fastest of ``steps`` after one warm-up step (which compiles)."""
     if steps < 1:
         raise ValueError(f"steps={steps}; time at least one step.")
     rng = np.random.default_rng(seed)
@@ -182,8 +186,8 @@ def _labels(model: nn.Module, logits: mx.array, rng: np.random.Generator) -> mx.
 
 def _time_steps(model: nn.Module, inputs: tuple[mx.array, mx.array, mx.array], rng: np.random.Generator,
                 steps: int) -> float:
-    """Median seconds of the engine's compiled train step (loss, gradients, clipping, AdamW with
-    its schedule) on ``inputs``."""
+    """Seconds of the engine's compiled train step (loss, gradients, clipping, AdamW with its
+    schedule) on ``inputs``: the fastest of ``steps`` after the one that compiles."""
     cfg = TrainConfig()
     model.train()
     y = _labels(model, model(*inputs), rng)
@@ -207,12 +211,13 @@ def _time_steps(model: nn.Module, inputs: tuple[mx.array, mx.array, mx.array], r
         mx.eval(compiled(*inputs, y), state)
         if i:  # the first step compiles
             times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return float(min(times))
 
 
 def _time_forward(model: nn.Module, inputs: tuple[mx.array, mx.array, mx.array], repeats: int) -> float:
-    """Median seconds of one eval-mode forward pass over ``inputs`` (prediction's path). No warm-up:
-    nothing is compiled, and the train steps timed before it loaded the same kernels."""
+    """Seconds of one eval-mode forward pass over ``inputs`` (prediction's path), the fastest of
+    ``repeats``. No warm-up: nothing is compiled, and the train steps timed before it loaded the
+    same kernels."""
     model.eval()
     times = []
     try:
@@ -222,7 +227,7 @@ def _time_forward(model: nn.Module, inputs: tuple[mx.array, mx.array, mx.array],
             times.append(time.perf_counter() - t)
     finally:
         model.train()
-    return float(np.median(times))
+    return float(min(times))
 
 
 def model_identity(model: str | os.PathLike | None, tiny: bool = False) -> str:
