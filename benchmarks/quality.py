@@ -1,7 +1,7 @@
 """Quality on rows neither tool trained on: the zero-config run against AutoGluon, same time limit.
 
     python benchmarks/quality.py [--competitions titanic,ghouls-goblins-and-ghosts-boo,...]
-        [--limit 20m] [--holdout 0.2] [--no-peer] [--force]
+        [--limit 20m] [--holdout 0.2] [--no-peer] [--force] [--plot-only]
 
 For each shared competition (``../shared/datasets``), a seeded 20% of ``train.csv`` is held out
 (stratified on a class target). What is left becomes a new competition, ``holdout-<name>``, laid
@@ -21,7 +21,9 @@ listing's ``evaluation_metric`` as on Kaggle.
 
 Both submissions are scored on the held-out rows by the fake server's own scorer
 (:func:`~lora_tasks.testing.fake_kaggle.score_submission`), as Kaggle would. Trials kept in
-``benchmarks/results/quality.json`` are skipped unless ``--force``.
+``benchmarks/results/quality.json`` are skipped unless ``--force``; the figure is ``quality.png``.
+A kept trial whose system was renamed (``kaggle-lora (before: <commit>)``) stays in the table
+and the figure beside the new one.
 """
 
 from __future__ import annotations
@@ -182,12 +184,47 @@ def result_rows(trials: list[Trial]) -> list[dict]:
         if t.holdout is None:
             out.append(row(f"{label}: failed", t.wall_s, "s", trial=trial))
             continue
-        peer = peers.get((t.competition, t.limit_s)) if t.system == "kaggle-lora" else None
+        peer = peers.get((t.competition, t.limit_s)) if t.system.startswith("kaggle-lora") else None
         out.append(row(f"{label}: held-out {comp.metric}", t.holdout, comp.metric, peer.holdout if peer else None,
                        comp.metric not in LOWER_IS_BETTER, trial=trial))
         out.append(row(f"{label}: wall", t.wall_s, "s", peer.wall_s if peer else None, False,
                        within_limit=t.wall_s <= 1.1 * t.limit_s))
     return out
+
+
+def plot(trials: list[Trial]) -> Path:
+    """Held-out score per competition: each kaggle-lora trial (an earlier code's too, named by its
+    system), AutoGluon at the same limit, and the run's best single member (out of fold: a guide)."""
+    import matplotlib  # only for the figure
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    comps = [c for c in COMPETITIONS.values() if any(t.competition == c.name and t.holdout is not None for t in trials)]
+    fig, axes = plt.subplots(1, len(comps), figsize=(3.6 * len(comps), 4), squeeze=False)
+    for ax, comp in zip(axes[0], comps, strict=True):
+        mine = sorted((t for t in trials if t.competition == comp.name and t.holdout is not None),
+                      key=lambda t: (t.system != "autogluon", t.system))
+        labels = [f"{t.system}\n{t.limit_s / 60:g} min, {t.wall_s / 60:.1f} used" for t in mine]
+        colors = ["tab:grey" if t.system == "autogluon" else "tab:blue" for t in mine]
+        ax.bar(range(len(mine)), [t.holdout for t in mine], color=colors)
+        for i, t in enumerate(mine):
+            ax.annotate(f"{t.holdout:.4f}", (i, t.holdout), ha="center", va="bottom", fontsize=8)
+            if t.best_member_oof is not None:
+                ax.plot(i, t.best_member_oof, "k_", markersize=18)
+        values = [t.holdout for t in mine] + [t.best_member_oof for t in mine if t.best_member_oof is not None]
+        span = max(values) - min(values)
+        ax.set_ylim(min(values) - span - 0.01, max(values) + span + 0.01)
+        ax.set_xticks(range(len(mine)), labels, fontsize=7)
+        ax.set_title(comp.name, fontsize=9)
+        ax.set_ylabel(f"held-out {comp.metric} ({'lower' if comp.metric in LOWER_IS_BETTER else 'higher'} is better)")
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle("Held-out score, zero-config kaggle-lora and AutoGluon at the same limit "
+                 "(dash: the run's best single member, out of fold)", fontsize=10)
+    fig.tight_layout()
+    path = RESULTS / f"{NAME}.png"
+    fig.savefig(path, dpi=110)
+    return path
 
 
 def load_trials() -> list[Trial]:
@@ -204,7 +241,11 @@ def main() -> None:
     p.add_argument("--holdout", type=float, default=0.2, help="the fraction of train.csv held out")
     p.add_argument("--no-peer", action="store_true", help="kaggle-lora only")
     p.add_argument("--force", action="store_true", help="run trials already in the results again")
+    p.add_argument("--plot-only", action="store_true", help="draw quality.png from the kept results")
     args = p.parse_args()
+    if args.plot_only:
+        print(f"wrote {plot(load_trials())}")
+        return
     names = [c.strip() for c in args.competitions.split(",") if c.strip()]
     unknown = sorted(set(names) - set(COMPETITIONS))
     if unknown:
@@ -228,6 +269,7 @@ def main() -> None:
                         trials = [t for t in trials if (t.competition, t.system, t.limit_s) != (n, system, limit_s)]
                         trials.append(trial)
                         write_results(NAME, result_rows(trials))  # after every trial: a stopped run keeps its work
+                        plot(trials)
     finally:
         shutil.rmtree(served, ignore_errors=True)
 
