@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lora_tasks import steps
-from lora_tasks.steps.adapter_checks import adapters_gain, collapsed, retry_learning_rate
+from lora_tasks.steps.adapter_checks import MIN_GAIN, adapters_gain, collapsed, retry_learning_rate
 from lora_tasks.steps.train import members_decide
 from lora_tasks.task import Task
 from lora_tasks.testing.demo import build_demo_competition
@@ -79,6 +79,9 @@ def test_first_fold_decides_whether_adapters_continue(demo):
     assert perfect.keep_adapters and perfect.gain > 0 and "adapters add" in perfect.reason
     assert not noise.keep_adapters and noise.gain <= 0 and "adapters stop" in noise.reason
     assert "nested accuracy" in noise.reason and f"{len(y)} held-out rows" in noise.reason
+    # adapters that only copy a member tie with the blend without them: a tie buys no later fold
+    copy = adapters_gain(loaded_prepared, loaded_plan, valid, oofs[0][1][valid], oofs)
+    assert copy.gain is not None and copy.gain < MIN_GAIN and not copy.keep_adapters, copy.reason
 
     first = steps.train_adapter(prepared, plan, tokens, 0, out, members=members)
     assert first.gain is not None or first.failed is not None, "fold 0 with members decides (or failed)"

@@ -26,6 +26,10 @@ log = logging.getLogger("lora_tasks.steps.train")
 
 #: Sub-folds of the first fold's held-out rows for the nested blend score.
 GAIN_FOLDS = 5
+#: The least gain, in the metric's units, that counts as the adapters adding to the blend: a
+#: selection that gives them a sliver of weight can move the score by a rounding error, which
+#: would buy the later folds' whole time for nothing.
+MIN_GAIN = 1e-4
 #: The learning rate of a retried fold, as a multiple of the plan's: up when the fold learned
 #: too slowly to leave the majority class, down when its training loss did not fall.
 RETRY_LR_UP, RETRY_LR_DOWN = 3.0, 1.0 / 3.0
@@ -46,7 +50,8 @@ class AdapterGain:
 def adapters_gain(prepared: Prepared, plan: Plan, valid_idx: np.ndarray, valid_pred: np.ndarray,
                   member_oofs: Sequence[tuple[str, np.ndarray]]) -> AdapterGain:
     """Blend the members with and without the adapters on ``valid_idx`` (Caruana selection, nested
-    over :data:`GAIN_FOLDS` sub-folds of those rows) and keep the adapters only if they add."""
+    over :data:`GAIN_FOLDS` sub-folds of those rows) and keep the adapters only if they add at
+    least :data:`MIN_GAIN`."""
     from lora_tasks.ensemble.blend import blend  # scikit-learn loads slowly
     from lora_tasks.metrics import get_metric
     from lora_tasks.training.cv import make_folds
@@ -65,7 +70,7 @@ def adapters_gain(prepared: Prepared, plan: Plan, valid_idx: np.ndarray, valid_p
         return AdapterGain(True, None, None, None, metric, "adapters kept: no nested score to compare")
     sign = 1.0 if get_metric(metric).greater_is_better else -1.0
     gain = sign * (both.blend_cv_score - without.blend_cv_score)
-    keep = gain > 0
+    keep = gain >= MIN_GAIN
     scores = (f"nested {metric} of the blend on fold 0's {len(y)} held-out rows: {both.blend_cv_score:.5f} with "
               f"the adapters, {without.blend_cv_score:.5f} without (gain {gain:+.5f})")
     reason = (f"adapters add: {scores}; the later folds train" if keep else
