@@ -303,6 +303,11 @@ def test_members_decision_cuts_epochs_when_adapters_trail_and_keeps_or_adds_when
     rmse = members_earn_their_time(0.150, 0.125, False, epochs=4, epochs_done=2, metric="rmse")
     assert rmse.verdict == "behind" and rmse.epochs < 4 and "lower is better" in rmse.reason
     assert members_earn_their_time(0.110, 0.125, False, epochs=4, epochs_done=2).verdict == "ahead"
+    # free text keeps the adapters' epochs: an early epoch that trails says little of the last one
+    text = members_earn_their_time(0.737, 0.770, True, epochs=2, epochs_done=1, metric="f1", may_cut=False)
+    assert text.verdict == "close" and text.epochs == 2 and "free text" in text.reason
+    assert members_earn_their_time(0.80, 0.77, True, epochs=2, epochs_done=1, max_epochs=3,
+                                   may_cut=False).epochs == 3  # leading still earns more
     with pytest.raises(ValueError, match="adapters_score"):
         members_earn_their_time(math.nan, 0.8, True, epochs=4, epochs_done=1)
     shorter = EpochBudget(Deadline.start(600, Clock()), 5, 4, 60.0).with_epochs(behind.epochs)

@@ -161,11 +161,14 @@ def members_earn_their_time(
     metric: str = "score",
     max_epochs: int | None = None,
     far_behind: float = FAR_BEHIND,
+    may_cut: bool = True,
 ) -> MembersDecision:
     """Compare the first fold's adapters (after ``epochs_done`` early epochs) with the members'
     out-of-fold score on the same rows. Far behind: the remaining folds get half the planned
-    ``epochs`` (at least one). Ahead: they get ``max_epochs`` (what the budget affords, default
-    the plan's). Close: the plan stands. The reason names both scores."""
+    ``epochs`` (at least one), unless ``may_cut`` is False (free text, where the adapters keep
+    their time: an early epoch there often trails what the last one reaches). Ahead: they get
+    ``max_epochs`` (what the budget affords, default the plan's). Close: the plan stands. The
+    reason names both scores."""
     bad = [n for n, v in (("adapters_score", adapters_score), ("members_score", members_score)) if not math.isfinite(v)]
     if bad:
         raise ValueError(f"{', '.join(bad)} is not a finite number; compare scores of the same rows on the same metric.")
@@ -175,6 +178,10 @@ def members_earn_their_time(
     gap = trail / max(abs(members_score), 1e-12)
     scores = (f"the adapters' valid {metric} {adapters_score:.4f} after {epochs_done} epoch(s) against the "
               f"scikit-learn members' {members_score:.4f} ({'higher' if greater_is_better else 'lower'} is better)")
+    if gap > far_behind and not may_cut:
+        return MembersDecision("close", epochs, adapters_score, members_score, gap,
+                               f"members: {scores}: the adapters trail by {gap:.1%}, but with free text they keep "
+                               f"their time: the remaining folds keep their {epochs} epochs")
     if gap > far_behind:
         new = max(1, epochs // 2)
         return MembersDecision("behind", new, adapters_score, members_score, gap,

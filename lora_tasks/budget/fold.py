@@ -9,12 +9,15 @@ record. No MLX here.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lora_tasks.budget.deadline import EpochBudget, members_earn_their_time
+
+log = logging.getLogger("lora_tasks.budget")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,8 @@ class MembersCheck:
     metric: str
     after_epochs: int
     epochs: int  # the plan's epochs per fold
+    #: free text: the adapters keep their epochs even when an early epoch trails the members
+    keeps_epochs: bool = False
 
 
 @dataclass
@@ -54,10 +59,11 @@ class FoldKeeper:
         if self.members is not None and done == self.members.after_epochs and done in self._valid_scores:
             m = self.members
             decision = members_earn_their_time(self._valid_scores[done], m.members_score, m.greater_is_better,
-                                               epochs=m.epochs,
-                                               epochs_done=done, metric=m.metric)
+                                               epochs=m.epochs, epochs_done=done, metric=m.metric,
+                                               may_cut=not m.keeps_epochs)
             self.later_epochs = decision.epochs
             self.reasons.append(f"fold {self.fold}, after epoch {done}: {decision.reason}")
+            log.info("fold %d, after epoch %d: %s", self.fold, done, decision.reason)
         if self.budget is None:
             return False
         decision = self.budget.after_epoch(self.fold, done, epoch_seconds)

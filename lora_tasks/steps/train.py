@@ -175,7 +175,8 @@ def _members_check(plan: Plan, prepared: Prepared, members: Sequence[MemberResul
     if not scores:
         return None
     best = max(scores) if metric.greater_is_better else min(scores)
-    return MembersCheck(best, metric.greater_is_better, plan.train_metric, min(2, epochs - 1), epochs)
+    return MembersCheck(best, metric.greater_is_better, plan.train_metric, min(2, epochs - 1), epochs,
+                        keeps_epochs=plan.has_text)
 
 
 def train_adapter(
