@@ -31,6 +31,7 @@ from lora_tasks.steps.train import MemberResult, train_members
 
 log = logging.getLogger("lora_tasks.steps")
 
+
 def rounds_to_run(plan: Plan, adapters_stopped: bool) -> int:
     """The extra rounds this run asks for: the plan's ``alone`` count once the adapters stopped
     (or none were planned), else its ``with_adapters`` count."""
@@ -75,11 +76,11 @@ def bag_members(prepared_path: str | os.PathLike, plan_path: str | os.PathLike,
     return bagged
 
 
-def run_member_rounds(ex: Any, first: list[MemberResult], rounds: int, *, plan_path: Path, run_start: float,
-                      **members_step: Any) -> list[MemberResult]:
-    """Up to ``rounds`` more rounds of :func:`~lora_tasks.steps.train.train_members` through the
-    executor ``ex`` (``members_step``: that step's arguments but ``round``), each only while it
-    still fits the limit (:func:`round_fits`), then :func:`bag_members` of all of them."""
+def run_member_rounds(ex: Any, first: list[MemberResult], rounds: int, *, competition: Any, data_dir: Path,
+                      prepared_path: Path, plan_path: Path, out_dir: Path, run_start: float) -> list[MemberResult]:
+    """Up to ``rounds`` more rounds of :func:`~lora_tasks.steps.train.train_members` (on
+    ``competition``'s files in ``data_dir``) through the executor ``ex``, each only while it still
+    fits the limit (:func:`round_fits`), then :func:`bag_members` of all of them."""
     if rounds <= 0 or not first:
         return first
     plan = Plan.load(plan_path)
@@ -91,10 +92,11 @@ def run_member_rounds(ex: Any, first: list[MemberResult], rounds: int, *, plan_p
                      "its reserve", r + 1, rounds + 1, round_s)
             break
         log.info("members: round %d of %d, on a new fold split", r + 1, rounds + 1)
-        done.append(ex.result(ex.submit(train_members, run_name=f"train-members-round-{r}", round=r,
-                                        plan_path=plan_path, **members_step)))
-    return ex.result(ex.submit(bag_members, prepared_path=members_step["prepared_path"], plan_path=plan_path,
-                               rounds=done, out_dir=members_step["out_dir"]))
+        done.append(ex.result(ex.submit(train_members, run_name=f"train-members-round-{r}", competition=competition,
+                                        data_dir=data_dir, prepared_path=prepared_path, plan_path=plan_path,
+                                        out_dir=out_dir, round=r)))
+    return ex.result(ex.submit(bag_members, prepared_path=prepared_path, plan_path=plan_path, rounds=done,
+                               out_dir=out_dir))
 
 
 __all__ = ["bag_members", "round_fits", "rounds_to_run", "run_member_rounds"]

@@ -278,11 +278,11 @@ def orchestrate(options: RunOptions, ex: Executor, *, run_key: str = "local", do
         run.adapters = [ex.result(f) for f in main_folds]
         run.set_results = {name: [ex.result(f) for f in futures] for name, futures in set_folds.items()}
         # the time the adapters left (or fold 0 freed) goes to more rounds of the members
-        stopped = len(run.adapters) < Plan.load(run.plan_path).n_folds
+        main_plan = Plan.load(run.plan_path)
         run.members = run_member_rounds(
-            ex, run.members, rounds_to_run(Plan.load(run.plan_path), stopped), plan_path=run.plan_path,
-            run_start=run_start, competition=competition, data_dir=folder, prepared_path=run.prepared_path,
-            out_dir=paths.artifacts)
+            ex, run.members, rounds_to_run(main_plan, adapters_stopped=len(run.adapters) < main_plan.n_folds),
+            competition=competition, data_dir=folder, prepared_path=run.prepared_path, plan_path=run.plan_path,
+            out_dir=paths.artifacts, run_start=run_start)
 
         run.combined = ex.result(ex.submit(
             combine, prepared_path=run.prepared_path, plan_path=run.plan_path, results=run.adapters,
