@@ -84,7 +84,11 @@ def test_both_executors_give_the_same_plan_and_submission(both_runs):
     assert summary.public_score == pytest.approx(plain.public_score)
     # fold 1 trains only where fold 0 keeps the adapters: the same decision on both paths
     assert [r.fold for r in plain.adapters] in ([0], [0, 1]) and len(summary.cv) == len(plain.adapters)
-    assert {m.name for m in plain.members} == {"lightgbm", "catboost", "hist_gbm", "extra_trees", "linear"}
+    # the members the plan let in (each measured; one over a quarter of the limit is left out)
+    names = {m.name for m in plain.members}
+    assert names == set(Plan.load(plain.plan_path).members or names)
+    assert {"lightgbm", "catboost", "hist_gbm", "linear"} <= names <= {"lightgbm", "catboost", "hist_gbm",
+                                                                     "extra_trees", "linear"}
     assert {"train-members", "train-fold-0", "submit", "read-score"} <= set(summary.task_states)
 
 
