@@ -14,9 +14,10 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 if "mlx.core" in sys.modules and "lora_tasks" not in sys.modules:
     # Measuring MLX's bundled reference BLAS would make every number meaningless (docs/performance.md).
@@ -65,6 +66,18 @@ def cpu_row_fields() -> dict:
         pass
     wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
     return {"cpu": model, "cores": os.cpu_count(), "cpu_flags": [f for f in wanted if f in flags]}
+
+
+T = TypeVar("T")
+
+
+def kept_trials(name: str, trial_type: Callable[..., T]) -> list[T]:
+    """The trials kept in ``results/<name>.json`` (each row's ``trial`` field), so a later call adds
+    to them; none when the file does not exist yet."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return []
+    return [trial_type(**r["trial"]) for r in json.loads(path.read_text()) if "trial" in r]
 
 
 def write_results(name: str, rows: list[dict]) -> Path:

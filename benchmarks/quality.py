@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from _common import PEERS, RESULTS, kaggle_lora_run, row, write_results
+from _common import PEERS, RESULTS, kaggle_lora_run, kept_trials, row, write_results
 from sklearn.model_selection import train_test_split
 
 from lora_tasks.budget import parse_duration
@@ -228,10 +228,7 @@ def plot(trials: list[Trial]) -> Path:
 
 
 def load_trials() -> list[Trial]:
-    path = RESULTS / f"{NAME}.json"
-    if not path.exists():
-        return []
-    return [Trial(**r["trial"]) for r in json.loads(path.read_text()) if "trial" in r]
+    return kept_trials(NAME, Trial)
 
 
 def main() -> None:

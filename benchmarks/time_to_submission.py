@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import PEERS, RESULTS, kaggle_lora_run, row, write_results
+from _common import PEERS, RESULTS, kaggle_lora_run, kept_trials, row, write_results
 
 from lora_tasks.budget import format_duration, parse_duration
 from lora_tasks.kaggle.validate import validate_submission
@@ -159,10 +159,7 @@ def result_rows(trials: list[Trial]) -> list[dict]:
 
 
 def load_trials() -> list[Trial]:
-    path = RESULTS / f"{NAME}.json"
-    if not path.exists():
-        return []
-    return [Trial(**r["trial"]) for r in json.loads(path.read_text()) if "trial" in r]
+    return kept_trials(NAME, Trial)
 
 
 def plot(trials: list[Trial]) -> Path:
