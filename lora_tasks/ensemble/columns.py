@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.preprocessing import FunctionTransformer
+from sklearn.compose import ColumnTransformer
+from sklearn.preprocessing import FunctionTransformer, OrdinalEncoder
 
 from lora_tasks.ensemble.folds import as_frame
 
@@ -84,5 +85,17 @@ def column_selector(cols: Columns) -> FunctionTransformer:
     return FunctionTransformer(lambda df: categoricals_as_objects(df[cols.used], cols.categorical))
 
 
-__all__ = ["ID_LIKE_SHARE", "Columns", "categoricals_as_objects", "check_test_columns", "column_selector", "feature_frames",
+
+def ordinal_encoding(cols: Columns, max_categories: int | None = None) -> ColumnTransformer:
+    """The tree members' encoding: categoricals as ordinal codes (unseen and missing values as
+    NaN, which the trees route natively; ``max_categories``: rarer ones share a code), numeric
+    columns as they are, in that order (categoricals first)."""
+    return ColumnTransformer([
+        ("cat", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan,
+                               max_categories=max_categories), list(cols.categorical)),
+        ("num", "passthrough", list(cols.numeric)),
+    ])
+
+
+__all__ = ["ID_LIKE_SHARE", "Columns", "categoricals_as_objects", "check_test_columns", "column_selector", "feature_frames", "ordinal_encoding",
            "table_columns"]

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OrdinalEncoder
 
-from lora_tasks.ensemble.columns import Columns, column_selector, feature_frames
+from lora_tasks.ensemble.columns import Columns, column_selector, feature_frames, ordinal_encoding
 from lora_tasks.ensemble.folds import FoldData, FoldTransform, MemberPredictions, normalize_task, per_column, run_folds
 
 #: Trees per forest: past a few hundred, more trees change the averaged predictions by little.
@@ -53,11 +51,7 @@ def extra_trees_member(
 
     def fit(d: FoldData) -> Pipeline:
         cols = Columns.of(d.train)
-        encode = ColumnTransformer([
-            ("cat", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan,
-                                   encoded_missing_value=np.nan), list(cols.categorical)),
-            ("num", "passthrough", list(cols.numeric)),
-        ])
+        encode = ordinal_encoding(cols)
         kw = dict(n_estimators=N_TREES, min_samples_leaf=MIN_LEAF, random_state=seed, n_jobs=n_jobs)
         if task.is_regression:
             est = ExtraTreesRegressor(max_features=1.0, **kw)

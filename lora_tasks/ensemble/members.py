@@ -38,13 +38,12 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import (
     FunctionTransformer,
     OneHotEncoder,
-    OrdinalEncoder,
     StandardScaler,
 )
 from sklearn.svm import SVR
 from threadpoolctl import threadpool_limits
 
-from lora_tasks.ensemble.columns import Columns, column_selector, feature_frames
+from lora_tasks.ensemble.columns import Columns, column_selector, feature_frames, ordinal_encoding
 from lora_tasks.ensemble.folds import (
     FoldData,
     FoldTransform,
@@ -117,13 +116,7 @@ def tabular_member(
     def fit(d: FoldData) -> Pipeline:
         cols = Columns.of(d.train)
         cat_cols, num_cols = list(cols.categorical), list(cols.numeric)
-        encode = ColumnTransformer(
-            [
-                ("cat", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan,
-                                       encoded_missing_value=np.nan, max_categories=MAX_CATEGORIES), cat_cols),
-                ("num", "passthrough", num_cols),
-            ]
-        )
+        encode = ordinal_encoding(cols, MAX_CATEGORIES)
         mask = [True] * len(cat_cols) + [False] * len(num_cols)
         tuned = GBM_REGRESSION_PARAMS if task.is_regression else {}
         kw = tuned | dict(categorical_features=mask if cat_cols else None) | params
