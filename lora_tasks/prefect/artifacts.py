@@ -126,17 +126,23 @@ def settings_markdown(plan: Plan, decisions: Sequence[str] = ()) -> str:
     return text
 
 
-def publish_plan(plan_path: Path, decisions: Sequence[str] = ()) -> None:
-    """The plan's artifacts; called again with the run's ``decisions`` once the folds have trained,
-    which makes a new version of the settings artifact (the UI shows the latest)."""
+def publish_settings(plan: Plan, decisions: Sequence[str] = ()) -> None:
+    """The settings artifact; published again with the run's ``decisions`` once the folds have
+    trained, which makes a new version of it (the UI shows the latest)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(key=artifact_key(plan.slug, "settings"), markdown=settings_markdown(plan, decisions),
+                             description="Preset and training settings, the rules that chose them, and what "
+                                         "the run decided after")
+
+
+def publish_plan(plan_path: Path) -> None:
     from prefect.artifacts import create_markdown_artifact
 
     plan = Plan.load(plan_path)
     create_markdown_artifact(key=artifact_key(plan.slug, "data-profile"), markdown=plan.profile_markdown,
                              description="What the pipeline saw in train.csv")
-    create_markdown_artifact(key=artifact_key(plan.slug, "settings"), markdown=settings_markdown(plan, decisions),
-                             description="Preset and training settings, the rules that chose them, and what "
-                                         "the run decided after")
+    publish_settings(plan)
     if plan.features is not None:
         create_markdown_artifact(key=artifact_key(plan.slug, "features"), markdown=plan.features_markdown(),
                                  description="Features the table members get without a config, and why")

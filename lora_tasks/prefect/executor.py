@@ -13,6 +13,7 @@ from prefect import get_run_logger
 
 from lora_tasks.prefect.artifacts import (
     publish_plan,
+    publish_settings,
     publish_submission,
     publish_training,
     run_cv_rows,
@@ -52,11 +53,12 @@ class PrefectExecutor:
         if stage == "plan":
             publish_plan(run.plan_path)
             return
-        slug = Plan.load(run.plan_path).slug
+        plan = Plan.load(run.plan_path)
+        slug = plan.slug
         if stage == "combine":
             decisions = run_decisions(run.adapters)
-            if decisions:  # the members decision, retried and dropped folds join the plan's artifact
-                publish_plan(run.plan_path, decisions)
+            if decisions:  # the members decision, retried and dropped folds join the settings artifact
+                publish_settings(plan, decisions)
             publish_training(slug, run.adapters, run.combined, run_cv_rows(run.adapters, run.set_results))
         elif stage == "submission":
             publish_submission(slug, run.check, run.submission, run.scored)
