@@ -22,6 +22,7 @@ listing's ``evaluation_metric`` as on Kaggle.
 Both submissions are scored on the held-out rows by the fake server's own scorer
 (:func:`~lora_tasks.testing.fake_kaggle.score_submission`), as Kaggle would. Trials kept in
 ``benchmarks/results/quality.json`` are skipped unless ``--force``; the figure is ``quality.png``.
+Each run's log and submission stay in ``.kaggle-lora/bench-cache/holdout/`` (to read row errors).
 A kept trial whose system was renamed (``kaggle-lora (before: <commit>)``) stays in the table
 and the figure beside the new one.
 """
@@ -131,7 +132,9 @@ def kaggle_lora_trial(comp: Competition, folder: Path, limit: str, server: FakeK
         if run.summary is None:
             return Trial(comp.name, "kaggle-lora", parse_duration(limit), run.wall_s, None, note=run.tail)
         summary, wall = run.summary, run.wall_s
-        score = holdout_score(comp, Path(summary["submission_path"]), folder)
+        submission = Path(summary["submission_path"])
+        shutil.copyfile(submission, LOGS / f"{comp.name}-kaggle-lora-{limit}-submission.csv")  # for row errors
+        score = holdout_score(comp, submission, folder)
     best, best_oof = best_member(summary, comp.metric in LOWER_IS_BETTER)
     return Trial(comp.name, "kaggle-lora", parse_duration(limit), wall, score, best, best_oof)
 
@@ -168,6 +171,7 @@ def autogluon_trial(comp: Competition, folder: Path, limit: str) -> Trial | None
             return Trial(comp.name, "autogluon", parse_duration(limit), wall, None,
                          note=(done.stderr.strip().splitlines() or ["failed"])[-1])
         result = json.loads(done.stdout.strip().splitlines()[-1])
+        shutil.copyfile(out, LOGS / f"{comp.name}-autogluon-{limit}-submission.csv")
         score = holdout_score(comp, out, folder)
     return Trial(comp.name, "autogluon", parse_duration(limit), wall, score, note=f"best model {result['model']}")
 
