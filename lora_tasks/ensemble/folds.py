@@ -47,6 +47,8 @@ class MemberPredictions:
     #: per fold, the boosting rounds kept by early stopping (gradient-boosting members only)
     best_iterations: list[int] = field(default_factory=list)
     seconds: float = 0.0  # wall time of its folds: fits and predictions
+    #: fits slopes that carry past the training range (linear, kernel): see lora_tasks.ensemble.support
+    extrapolates: bool = False
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ from lora_tasks.ensemble.folds import (
 )
 from lora_tasks.ensemble.forests import extra_trees_member
 from lora_tasks.ensemble.gbm import catboost_member, lightgbm_member
+from lora_tasks.ensemble.support import guard_extrapolation, out_of_range
 from lora_tasks.ensemble.text import text_member
 from lora_tasks.features import FeatureFrames
 from lora_tasks.features.categories import target_encoding_transform
@@ -256,6 +257,7 @@ def _encoded_member(
         result = run_folds(fit, X, y, folds, task, X_test, metric=metric, log_target=log_target, name=name,
                            transform=transform)
     result.dropped_columns = dropped
+    result.extrapolates = True
     return result
 
 
@@ -311,7 +313,9 @@ def table_members(
     ``only``: the names of the members to fit (None: all; the budget may leave some out).
     ``transform``: a per-fold feature transform applied to every tabular member's fold frames;
     ``generated``: the features step's frames (:func:`lora_tasks.features.build_features`), used
-    instead of ``train``/``test``, with its target encodings fit inside each fold.
+    instead of ``train``/``test``, with its target encodings fit inside each fold. On rows far
+    outside the training range the linear and kernel members take the trees' mean
+    (:mod:`lora_tasks.ensemble.support`).
     """
     if generated is not None:  # the features step's tables, and its encodings fit in each fold
         train, test = generated.train, generated.test
@@ -345,7 +349,9 @@ def table_members(
             runs["svr"] = lambda: kernel_member(X, y, folds, task, X_test, **kw)
         else:
             log.info("no SVR member: %d rows > MAX_KERNEL_ROWS=%d (its cost grows with rows squared)", len(X), MAX_KERNEL_ROWS)
-    return [run() for name, run in runs.items() if wanted(name)]
+    members = [run() for name, run in runs.items() if wanted(name)]
+    guard_extrapolation(members, out_of_range(X, folds, X_test))
+    return members
 
 
 __all__ = ["MemberPredictions", "catboost_member", "extra_trees_member", "kernel_member", "lightgbm_member", "linear_member", "normalize_task", "table_members", "tabular_member", "text_member"]
