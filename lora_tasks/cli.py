@@ -217,6 +217,9 @@ def print_summary(summary: Any) -> None:
         print("\nEnsemble (out-of-fold):")
         print(markdown_table(summary.members))
     print(f"\nOOF {summary.metric} ({summary.combine}): {summary.oof_score:.5f}")
+    if summary.estimates:
+        print("\nThe plan's estimates against this run:")
+        print(markdown_table(summary.estimates))
     cached = sum(s == "Cached" for s in summary.task_states.values())
     print(f"Tasks: {len(summary.task_states)} ({cached} cached)")
     print(f"Submission file: {summary.submission_path}")

@@ -56,8 +56,8 @@ class PrefectExecutor:
         plan = Plan.load(run.plan_path)
         slug = plan.slug
         if stage == "combine":
-            decisions = run_decisions(run.adapters)
-            if decisions:  # the members decision, retried and dropped folds join the settings artifact
+            decisions = run_decisions(run.adapters) + [c.sentence() for c in run.estimates]
+            if decisions:  # the members decision, retried and dropped folds, the estimates join the settings artifact
                 publish_settings(plan, decisions)
             publish_training(slug, run.adapters, run.combined, run_cv_rows(run.adapters, run.set_results))
         elif stage == "submission":

@@ -44,6 +44,8 @@ class RunSummary:
     public_score: float | None = None
     task_states: dict[str, str] = field(default_factory=dict)
     work_dir: str = ""
+    #: the plan's estimates against what the run measured (lora_tasks.steps.estimates), one row a part
+    estimates: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,7 +68,8 @@ def kaggle_lora(options: RunOptions) -> RunSummary:
     summary = RunSummary(competition=options.competition, slug=Plan.load(run.plan_path).slug, metric=combined.metric,
                          cv=run_cv_rows(run.adapters, run.set_results), oof_score=combined.oof_score,
                          combine=options.combine, submission_path=str(run.submission_path),
-                         members=blend_rows(combined), work_dir=str(paths.work), task_states=executor.states)
+                         members=blend_rows(combined), work_dir=str(paths.work), task_states=executor.states,
+                         estimates=[c.row() for c in run.estimates])
     executor.log.info("OOF %s (%s of %d adapters): %.5f", combined.metric, options.combine, len(run.adapters),
                       combined.oof_score)
     if run.submission is not None:

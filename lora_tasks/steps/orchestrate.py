@@ -28,6 +28,7 @@ from lora_tasks.steps.adapter_sets import (
 )
 from lora_tasks.steps.combine import CombineResult, combine
 from lora_tasks.steps.download import download_data, kaggle_endpoint, needs_offline_server
+from lora_tasks.steps.estimates import EstimateCheck, estimate_checks
 from lora_tasks.steps.member_rounds import rounds_to_run, run_member_rounds
 from lora_tasks.steps.plan import OVERRIDABLE, Plan, plan_training
 from lora_tasks.steps.prepare import prepare_data
@@ -149,6 +150,8 @@ class PipelineResult:
     check: Any = None  # the validation report of the submission file
     scored: Any = None  # the scored submission
     work_dir: Path | None = None
+    #: the plan's estimates against what this run measured (none without a budget)
+    estimates: list[EstimateCheck] = field(default_factory=list)
 
 
 def run_adapter_sets(options: RunOptions, folder: Path) -> list[AdapterSet]:
@@ -277,8 +280,9 @@ def orchestrate(options: RunOptions, ex: Executor, *, run_key: str = "local", do
                                                label=f"{s.member}-", members=[], **common)
         run.adapters = [ex.result(f) for f in main_folds]
         run.set_results = {name: [ex.result(f) for f in futures] for name, futures in set_folds.items()}
-        # the time the adapters left (or fold 0 freed) goes to more rounds of the members
         main_plan = Plan.load(run.plan_path)
+        run.estimates = estimate_checks(main_plan, run.adapters, run.members)
+        # the time the adapters left (or fold 0 freed) goes to more rounds of the members
         run.members = run_member_rounds(
             ex, run.members, rounds_to_run(main_plan, adapters_stopped=len(run.adapters) < main_plan.n_folds),
             competition=competition, data_dir=folder, prepared_path=run.prepared_path, plan_path=run.plan_path,

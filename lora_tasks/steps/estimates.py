@@ -1,0 +1,73 @@
+"""What the plan estimated against what the run measured, part by part.
+
+Why: the budget chooses folds, epochs and members from estimates (the cost probe's step times, the
+members' timed samples). When an estimate is off, the run either leaves time unused or cuts epochs
+late; the user should see by how much, and the quality benchmark collects the ratios across
+competitions. Only parts the run measured on its own are compared: an adapter epoch (train steps
+and the validation pass, every trained epoch of every fold) and one round of the members.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from lora_tasks.steps.plan import Plan
+from lora_tasks.steps.train import AdapterResult, MemberResult
+
+log = logging.getLogger("lora_tasks.steps")
+
+#: An estimate within this share of the measured time counts as on target.
+TOLERANCE = 0.15
+
+
+@dataclass(frozen=True)
+class EstimateCheck:
+    """One part of the run: the plan's estimate and what the run measured, in seconds."""
+
+    part: str
+    estimated_s: float
+    measured_s: float
+    detail: str  # what was measured
+
+    @property
+    def ratio(self) -> float:
+        """Measured over estimated (> 1: the part took longer than planned)."""
+        return self.measured_s / self.estimated_s
+
+    @property
+    def within(self) -> bool:
+        return abs(self.ratio - 1.0) <= TOLERANCE
+
+    def sentence(self) -> str:
+        return (f"estimate of {self.part}: {self.estimated_s:.1f} s, measured {self.measured_s:.1f} s "
+                f"({self.ratio:.2f}x, {'within' if self.within else 'outside'} ±{TOLERANCE:.0%}; {self.detail})")
+
+    def row(self) -> dict[str, object]:
+        """A row of the summary's table."""
+        return {"part": self.part, "estimated s": round(self.estimated_s, 1), "measured s": round(self.measured_s, 1),
+                "measured / estimated": round(self.ratio, 2), f"within ±{TOLERANCE:.0%}": "yes" if self.within else "no",
+                "measured": self.detail}
+
+
+def estimate_checks(plan: Plan, adapters: Sequence[AdapterResult], first_members: Sequence[MemberResult]) -> list[EstimateCheck]:
+    """The plan's estimates that this run measured: none without a budget (no limit, or ``--tiny``).
+
+    ``first_members``: the members' first round (later rounds run on the time left, unplanned)."""
+    checks = []
+    epochs = [float(h["seconds"]) for a in adapters for h in a.history if float(h.get("seconds") or 0.0) > 0]
+    if plan.epoch_s and epochs:
+        checks.append(EstimateCheck("one adapter epoch", float(plan.epoch_s), statistics.fmean(epochs),
+                                    f"mean of {len(epochs)} epoch(s) over {len(adapters)} fold(s)"))
+    members_s = sum(m.seconds for m in first_members)
+    if plan.members_s and members_s > 0:
+        checks.append(EstimateCheck("the members, one round", float(plan.members_s), members_s,
+                                    f"{len(first_members)} member(s) on {plan.member_folds or plan.n_folds} folds"))
+    for c in checks:
+        log.info("%s", c.sentence())
+    return checks
+
+
+__all__ = ["TOLERANCE", "EstimateCheck", "estimate_checks"]

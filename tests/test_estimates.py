@@ -1,0 +1,50 @@
+"""The plan's estimates against what the run measured: an adapter epoch and one round of the members."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from lora_tasks import steps
+from lora_tasks.steps.estimates import TOLERANCE, estimate_checks
+from lora_tasks.steps.train import AdapterResult, MemberResult
+from lora_tasks.testing.demo import build_demo_competition
+
+
+@pytest.fixture(scope="module")
+def plan(tmp_path_factory) -> steps.Plan:
+    data = build_demo_competition(tmp_path_factory.mktemp("served"))
+    return steps.Plan.load(steps.plan_training("demo", data, tmp_path_factory.mktemp("artifacts"), tiny=True,
+                                               max_train_rows=200))
+
+
+def _fold(fold: int, seconds: list[float]) -> AdapterResult:
+    return AdapterResult(fold, Path("a"), Path("o"), Path("t"), 100, 25, 1, 0.8, "accuracy",
+                         history=[{"epoch": i + 1, "seconds": s} for i, s in enumerate(seconds)])
+
+
+def _member(name: str, seconds: float) -> MemberResult:
+    return MemberResult(name, Path("o"), Path("t"), 0.8, "accuracy", seconds=seconds)
+
+
+def test_each_planned_part_is_compared_with_what_the_run_measured(plan):
+    budgeted = replace(plan, epoch_s=2.0, members_s=10.0)
+    checks = estimate_checks(budgeted, [_fold(0, [2.0, 2.2]), _fold(1, [1.9])], [_member("linear", 4.0),
+                                                                              _member("lightgbm", 9.0)])
+    epoch, members = checks
+    assert epoch.part == "one adapter epoch" and epoch.measured_s == pytest.approx(6.1 / 3)
+    assert epoch.within and "mean of 3 epoch(s) over 2 fold(s)" in epoch.detail
+    assert members.measured_s == 13.0 and members.ratio == pytest.approx(1.3) and not members.within
+    row = members.row()
+    assert row["measured / estimated"] == 1.3 and row[f"within ±{TOLERANCE:.0%}"] == "no"
+    assert "outside ±15%" in members.sentence() and "2 member(s)" in members.sentence()
+
+
+def test_a_run_without_a_budget_has_nothing_to_compare(plan):
+    unbudgeted = replace(plan, epoch_s=None, members_s=None)
+    assert estimate_checks(unbudgeted, [_fold(0, [2.0])], [_member("linear", 4.0)]) == []
+    # the budget planned the members only (no adapter folds trained): only their estimate is checked
+    assert [c.part for c in estimate_checks(replace(plan, epoch_s=3.0, members_s=5.0), [], [_member("linear", 5.0)])] \
+        == ["the members, one round"]
