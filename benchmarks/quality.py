@@ -102,6 +102,8 @@ class Trial:
     paired_low: float | None = None
     paired_high: float | None = None
     paired_share: float | None = None
+    #: the run's estimates against what it measured (its summary's ``estimates``): part -> measured / estimated
+    estimate_ratios: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def sample_name(folder: Path) -> str:
@@ -180,7 +182,8 @@ def kaggle_lora_trial(comp: Competition, folder: Path, limit: str, server: FakeK
         shutil.copyfile(submission, submission_copy(comp, "kaggle-lora", limit))
         score = holdout_score(comp, submission, folder)
     best, best_oof = best_member(summary, comp.metric in LOWER_IS_BETTER)
-    return Trial(comp.name, "kaggle-lora", parse_duration(limit), wall, score, best, best_oof)
+    ratios = {str(e["part"]): float(e["measured / estimated"]) for e in summary.get("estimates", [])}
+    return Trial(comp.name, "kaggle-lora", parse_duration(limit), wall, score, best, best_oof, estimate_ratios=ratios)
 
 
 def best_member(summary: dict, lower_is_better: bool) -> tuple[str, float | None]:
@@ -241,6 +244,8 @@ def result_rows(trials: list[Trial]) -> list[dict]:
                            high=t.paired_high, share_at_least_as_good=t.paired_share))
         out.append(row(f"{label}: wall", t.wall_s, "s", peer.wall_s if peer else None, False,
                        within_limit=t.wall_s <= 1.1 * t.limit_s))
+        out += [row(f"{label}: estimate of {part}, measured / estimated", ratio, "ratio", within_15_percent=abs(ratio - 1) <= 0.15)
+                for part, ratio in t.estimate_ratios.items()]
     return out
 
 
