@@ -20,6 +20,8 @@ def test_a_row_counts_as_outside_only_far_past_the_edge():
     outside, columns = beyond_range(train, rows)
     assert outside.tolist() == [False, True, False, True]  # 5% past the edge is usual spread; NaN is imputed
     assert columns == {"area"}
+    text = pd.DataFrame({"area": ["unknown", "900"], "same": [1, 1], "flag": [True, True]}, dtype=object)
+    assert beyond_range(train, text)[0].tolist() == [False, True]  # a test column read as text still counts
 
 
 def test_held_out_fold_rows_are_judged_against_their_fold_only():

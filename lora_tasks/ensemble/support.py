@@ -65,7 +65,7 @@ def beyond_range(reference: pd.DataFrame, rows: pd.DataFrame,
     ref = reference[columns].astype(float)
     low, high = ref.min(), ref.max()
     span = (high - low).replace(0.0, np.nan)
-    values = rows[columns].astype(float)
+    values = rows[columns].apply(pd.to_numeric, errors="coerce").astype(float)  # text in a test column: inside
     excess = np.fmax((values - high) / span, (low - values) / span).fillna(0.0) > share
     return excess.any(axis=1).to_numpy(), {str(c) for c in excess.columns[excess.any(axis=0)]}
 
