@@ -25,8 +25,8 @@ from types import ModuleType
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
 # files kernels.cpp includes: part of the fingerprint, so editing them rebuilds
-HEADERS = (Path(__file__).with_name("bf16_gemm.h"), Path(__file__).with_name("bf16_microkernel.inc"),
-           Path(__file__).with_name("lora_branch.h"))
+HEADERS = tuple(Path(__file__).with_name(name) for name in (
+    "attention.h", "bf16_gemm.h", "bf16_microkernel.inc", "lora_branch.h", "native_math.h"))
 FIX_HINT = (
     "install a C++ compiler and the Python headers (Debian: `apt-get install g++ python3-dev`) and "
     "`pip install nanobind`, or set KAGGLE_LORA_NATIVE_KERNELS=0 to use MLX's own ops (slower on CPU)"
