@@ -50,12 +50,14 @@ class Toolchain:
     mlx_version: str
     openmp_lib: str | None  # the BLAS's OpenMP runtime (MKL's libiomp5), shared with it
     cpu_flags: str
+    # appended to -march=native: tests build the AVX2 variant on an AVX-512 machine with ("-mno-avx512f",)
+    extra_flags: tuple[str, ...] = ()
 
     def flags(self, module_name: str) -> list[str]:
         nb = Path(self.nanobind_dir)
         mlx_lib = str(Path(self.mlx_dir) / "lib")
         args = [
-            "-std=c++20", "-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=fast",
+            "-std=c++20", "-O3", "-march=native", *self.extra_flags, "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=fast",
             "-fPIC", "-shared", "-fvisibility=hidden", "-DNDEBUG",
             # MLX registers its types in nanobind's "mlx" domain; joining it lets us take mx.array
             "-DNB_DOMAIN=mlx", f"-DKL_MODULE_NAME={module_name}",

@@ -807,6 +807,9 @@ std::vector<array> add_norm_backward(const array& sum, const array& w, const arr
                             {f32(sum, s), f32(w, s), f32(g, s), contiguous(astype(seed, uint32, s), false, s)});
 }
 
+// The attention GEMMs' register block (MR x NR): "8x32" where the build has AVX-512, else "6x16".
+std::string attention_block() { return std::to_string(kl_attn::kMR) + "x" + std::to_string(kl_attn::kNR); }
+
 std::string bf16_kernel() { return kl_bf16::select_kernel("auto").name; }
 
 nb::dict cpu_features() {
@@ -837,6 +840,7 @@ NB_MODULE(KL_MODULE_NAME, m) {
   m.def("bf16_matmul", &bf16_matmul, nb::arg("a"), nb::arg("w"), nb::arg("bias").none() = nb::none(),
         nb::arg("transpose_w") = true, nb::arg("kernel") = "auto");
   m.def("bf16_kernel", &bf16_kernel);
+  m.def("attention_block", &attention_block);
   m.def("lora_forward", &lora_forward);
   m.def("lora_backward", &lora_backward);
   m.def("add_norm_forward", &add_norm_forward);
