@@ -79,8 +79,9 @@ inline vu iota() {
 
 // ---------------------------------------------------------------------------------------------
 // fp32 GEMM: C[i, j] = alpha * sum_p A(i, p) * B[p, j] for i < M, j < N, p < K, where A(i, p) is
-// A[i * a_row + p * a_col] (so A may be transposed) and B is packed row-major with a row length
-// that is a multiple of kNR; C has row length ldc >= round_up(N, kNR) or N is a multiple of kNR.
+// A[i * a_row + p * a_col] (so A may be transposed) and B is row-major with row length ldb, its
+// columns read up to round_up(N, kNR) (so padded with zeros, or N a multiple of kNR); C has row
+// length ldc >= round_up(N, kNR) or N is a multiple of kNR.
 
 template <size_t MR>
 inline void micro_kernel(size_t K, const float* A, size_t a_row, size_t a_col, const float* B, size_t ldb, float* C,
@@ -209,18 +210,19 @@ inline void copy_out(const float* tile, size_t tile_ld, size_t M, size_t D, floa
   for (size_t i = 0; i < M; ++i) std::memcpy(dst + i * ld, tile + i * tile_ld, D * sizeof(float));
 }
 
-// dst (S x D, row length ld) = A (S x S; A(i, p) = A[i * a_row + p * a_col]) @ src (S x D, row length ld),
-// through `packed` (S x Dp) and, when D is not a multiple of kNR, `tile` (S x Dp).
+// dst (S x D, row length ld) = A (S x S; A(i, p) = A[i * a_row + p * a_col]) @ src (S x D, row length ld).
+// When D is a multiple of kNR the micro-kernel reads src's rows in place; else through `packed` and
+// `tile` (S x round_up(D, kNR) each), zero-padded.
 inline void gemm_sd(size_t S, size_t D, const float* A, size_t a_row, size_t a_col, const float* src, float* dst,
                     size_t ld, float* packed, float* tile) {
   const size_t Dp = round_up(D, kNR);
-  pack_rows(src, ld, S, D, packed, Dp);
   if (Dp == D) {
-    small_gemm(S, D, S, A, a_row, a_col, packed, Dp, dst, ld, 1.f);
-  } else {
-    small_gemm(S, D, S, A, a_row, a_col, packed, Dp, tile, Dp, 1.f);
-    copy_out(tile, Dp, S, D, dst, ld);
+    small_gemm(S, D, S, A, a_row, a_col, src, ld, dst, ld, 1.f);
+    return;
   }
+  pack_rows(src, ld, S, D, packed, Dp);
+  small_gemm(S, D, S, A, a_row, a_col, packed, Dp, tile, Dp, 1.f);
+  copy_out(tile, Dp, S, D, dst, ld);
 }
 
 inline Dropout dropout_for(uint32_t seed, float p) {
