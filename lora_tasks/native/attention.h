@@ -9,9 +9,11 @@
 // vector types (AVX-512 registers where the build has them, else AVX2), with explicit vector
 // reductions: a plain scalar max/sum loop does not vectorize without -ffast-math.
 //
-// The GEMMs are register-blocked MR x NR micro-kernels on a packed B (8 x 32 on AVX-512, 6 x 16 on
-// AVX2). fp32 only: bf16 products (vdpbf16ps) were tried and lost here, because at a head size of
-// 32 rounding and pairing the operands for them costs as much as the multiply-adds they save.
+// The GEMMs are register-blocked MR x NR micro-kernels (8 x 32 on AVX-512, 6 x 16 on AVX2: the
+// library is built with -march=native for the machine it runs on, so the compiler's flags decide),
+// reading B's rows in place when the head size fills the block, else from a zero-padded copy.
+// fp32 only: bf16 products (vdpbf16ps) were tried and lost here, because at a head size of 32,
+// rounding and pairing the operands for them costs as much as the multiply-adds they save.
 //
 // Pure C++ (no MLX): kernels.cpp wraps it in MLX primitives.
 
