@@ -28,6 +28,7 @@ from _common import median_seconds, minilm_dir, row, run_peer, write_results
 from lora_tasks.native import kernels, native_info
 from lora_tasks.training.factory import create_bert_with_lora
 from lora_tasks.training.precision import compute_dtype_choice
+from lora_tasks.training.step_memory import cache_step_memory
 from lora_tasks.training.step_profile import StepProfile, profile_step
 
 
@@ -114,6 +115,8 @@ def main() -> None:
         for seq in seqs:
             ids, mask, y = batch_for(args.batch, seq)
             for p, (step, state) in steps.items():
+                mx.eval(step(ids, mask, y), state)
+                cache_step_memory()  # as training does after each step (lora_tasks.training.step_memory)
                 sec = median_seconds(lambda step=step, state=state, ids=ids, mask=mask, y=y: (step(ids, mask, y), state),
                                      args.repeats)
                 ours[(p, seq)].append(args.batch / sec)

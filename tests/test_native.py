@@ -3,6 +3,7 @@ fallback when they cannot be built."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -195,6 +196,40 @@ def test_attention_in_a_bert_layer_trains_like_the_split_heads_path():
 
     for (name, a), (_, b) in zip(tree_flatten(fused), tree_flatten(split), strict=True):
         np.testing.assert_allclose(np.array(a), np.array(b), atol=2e-5, err_msg=name)
+
+
+def _check_attention_kernels(mod, b, s, heads, d, p):
+    """``mod``'s attention forward and backward against MLX ops on split heads, with padding and dropout."""
+    q, k, v, g = (_normal((b, s, heads * d), 20 + i) for i in range(4))
+    lengths = mx.array([s, max(1, s - 9), max(1, s // 2)][:b])
+    mask = mx.where(mx.arange(s)[None] < lengths[:, None], 0.0, mx.finfo(mx.float32).min)
+    seed = mx.array([99], dtype=mx.uint32)
+    scale = d**-0.5
+    out, probs = mod.attention_forward(q, k, v, mask, seed, heads, scale, p)
+    keep = mod.dropout(mx.ones(probs.shape), seed, p) if p > 0 else None
+    ref = lambda a, b_, c: _split_heads_attention(a, b_, c, mask[:, None, None, :], heads, scale, keep)  # noqa: E731
+    np.testing.assert_allclose(np.array(out), np.array(ref(q, k, v)), atol=2e-5)
+    grads = mod.attention_backward(q, k, v, probs, g, seed, heads, scale, p)
+    _, expected = mx.vjp(ref, [q, k, v], [g])
+    for got, want in zip(grads, expected, strict=True):
+        np.testing.assert_allclose(np.array(got), np.array(want), atol=5e-5)
+
+
+# seq 128 (the train step's), and shapes whose seq and head size leave partial register blocks
+@pytest.mark.parametrize("b, s, heads, d, p", [(2, 128, 2, 32, 0.0), (2, 128, 2, 32, 0.1), (3, 45, 3, 24, 0.2),
+                                               (2, 7, 2, 40, 0.0)])
+def test_attention_kernels_at_train_step_and_odd_shapes(b, s, heads, d, p):
+    _check_attention_kernels(K, b, s, heads, d, p)
+
+
+def test_attention_avx2_build_matches_mlx_ops(tmp_path):
+    """The AVX2 variant (6x16 blocks), built here with AVX-512 switched off: the path AVX2-only CPUs run."""
+    tc = dataclasses.replace(build.find_toolchain(None), extra_flags=("-mno-avx512f",))
+    path, name, _ = build.build(tc, tmp_path)
+    mod = build.load(path, name)
+    assert mod.attention_block() == "6x16"
+    for shape in [(2, 64, 2, 32, 0.1), (3, 37, 4, 20, 0.0)]:
+        _check_attention_kernels(mod, *shape)
 
 
 def test_kernels_reject_bad_arguments_with_a_message():

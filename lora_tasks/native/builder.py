@@ -25,8 +25,8 @@ from types import ModuleType
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
 # files kernels.cpp includes: part of the fingerprint, so editing them rebuilds
-HEADERS = (Path(__file__).with_name("bf16_gemm.h"), Path(__file__).with_name("bf16_microkernel.inc"),
-           Path(__file__).with_name("lora_branch.h"))
+HEADERS = tuple(Path(__file__).with_name(name) for name in (
+    "attention.h", "bf16_gemm.h", "bf16_microkernel.inc", "lora_branch.h", "native_math.h"))
 FIX_HINT = (
     "install a C++ compiler and the Python headers (Debian: `apt-get install g++ python3-dev`) and "
     "`pip install nanobind`, or set KAGGLE_LORA_NATIVE_KERNELS=0 to use MLX's own ops (slower on CPU)"
@@ -50,12 +50,14 @@ class Toolchain:
     mlx_version: str
     openmp_lib: str | None  # the BLAS's OpenMP runtime (MKL's libiomp5), shared with it
     cpu_flags: str
+    # appended to -march=native: tests build the AVX2 variant on an AVX-512 machine with ("-mno-avx512f",)
+    extra_flags: tuple[str, ...] = ()
 
     def flags(self, module_name: str) -> list[str]:
         nb = Path(self.nanobind_dir)
         mlx_lib = str(Path(self.mlx_dir) / "lib")
         args = [
-            "-std=c++20", "-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=fast",
+            "-std=c++20", "-O3", "-march=native", *self.extra_flags, "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=fast",
             "-fPIC", "-shared", "-fvisibility=hidden", "-DNDEBUG",
             # MLX registers its types in nanobind's "mlx" domain; joining it lets us take mx.array
             "-DNB_DOMAIN=mlx", f"-DKL_MODULE_NAME={module_name}",

@@ -1,6 +1,6 @@
 // kaggle-lora CPU kernels: MLX primitives for the element-wise work of a BERT train step
-// (GELU, softmax, LayerNorm, dropout; forward and backward) and for its attention (heads read in
-// place, small register-blocked GEMMs with the mask, softmax and dropout fused between them).
+// (GELU, softmax, LayerNorm, dropout; forward and backward) and for its attention (attention.h: heads
+// read in place, small register-blocked GEMMs with the mask, softmax and dropout fused between them).
 //
 // Why: on MLX's CPU backend, element-wise ops run on one thread, and its JIT-compiled fused
 // kernels are scalar loops (NaN-aware min/max/select do not vectorize) that MLX splits into
@@ -32,7 +32,9 @@
 #include <omp.h>
 #endif
 
+#include "attention.h"
 #include "bf16_gemm.h"
+#include "native_math.h"
 #include "lora_branch.h"
 
 namespace nb = nanobind;
@@ -64,31 +66,8 @@ inline float erf_rational(float x) {
   return x * p / q;
 }
 
-inline float exp_nonpositive(float x) {
-  x = x < -80.f ? -80.f : x;
-  x *= (1.f / 256.f);
-  float p = x * (1.f / 5040.f) + (1.f / 720.f);
-  p = p * x + (1.f / 120.f);
-  p = p * x + (1.f / 24.f);
-  p = p * x + (1.f / 6.f);
-  p = p * x + 0.5f;
-  p = p * x + 1.f;
-  p = p * x + 1.f;
-  for (int i = 0; i < 8; ++i) p = p * p;
-  return p;
-}
-
-// lowbias32 (Chris Wellons) of the element index and a per-call seed: the dropout mask is a pure
-// function of (seed, index), so backward regenerates it instead of keeping it in memory.
-inline uint32_t mix(uint32_t i, uint32_t seed) {
-  uint32_t h = i * 0x9E3779B9u + seed;
-  h ^= h >> 16;
-  h *= 0x7feb352du;
-  h ^= h >> 15;
-  h *= 0x846ca68bu;
-  h ^= h >> 16;
-  return h;
-}
+using kl_math::exp_nonpositive;  // exp(x) for x <= 0 and the dropout hash: native_math.h
+using kl_math::mix;
 
 // ---------------------------------------------------------------------------------------------
 // Threads: the BLAS's OpenMP pool when built with KL_OPENMP, else plain std::threads.
@@ -256,92 +235,6 @@ void dropout_add_norm_bwd_rows(const float* s, const float* w, const float* g, f
 }
 
 // ---------------------------------------------------------------------------------------------
-// Small GEMMs for attention: one (batch, head) at a time, each block in L1/L2, on the calling
-// thread. Why not the BLAS: MLX's batched matmul needs q, k, v transposed to (batch, head, seq,
-// dim) first (single-threaded copies, there and back, forward and backward), and then makes
-// B*H tiny BLAS calls whose threading costs more than their math. Here q, k, v are read in
-// place from (batch, seq, heads*dim) and the work is split over (batch, head) pairs.
-//
-// C[i, j] = alpha * sum_p A(i, p) * B[p, j] for i < M, j < N, p < K, where A(i, p) is
-// A[i * a_row + p * a_col] (so A may be transposed) and B is packed row-major with a row length
-// that is a multiple of kNR (see pack_rows / pack_cols). 6x16 register blocks, the shape BLIS
-// uses on AVX2: 12 accumulators hide the FMA latency, 2 loads + 6 broadcasts per 12 FMAs.
-
-typedef float v8 __attribute__((vector_size(32)));
-constexpr size_t kMR = 6;
-constexpr size_t kNR = 16;
-
-inline v8 load8(const float* p) {
-  v8 v;
-  __builtin_memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline void store8(float* p, v8 v) { __builtin_memcpy(p, &v, sizeof(v)); }
-
-template <size_t MR>
-inline void micro_kernel(size_t K, const float* A, size_t a_row, size_t a_col, const float* B, size_t ldb, float* C,
-                         size_t ldc, float alpha) {
-  v8 acc0[MR], acc1[MR];
-  for (size_t r = 0; r < MR; ++r) acc0[r] = acc1[r] = v8{};
-  for (size_t p = 0; p < K; ++p) {
-    v8 b0 = load8(B + p * ldb), b1 = load8(B + p * ldb + 8);
-    const float* a = A + p * a_col;
-    for (size_t r = 0; r < MR; ++r) {
-      v8 ar = v8{} + a[r * a_row];
-      acc0[r] += ar * b0;
-      acc1[r] += ar * b1;
-    }
-  }
-  for (size_t r = 0; r < MR; ++r) {
-    store8(C + r * ldc, acc0[r] * alpha);
-    store8(C + r * ldc + 8, acc1[r] * alpha);
-  }
-}
-
-// C has row length ldc >= round_up(N, kNR) (a scratch tile) or N is a multiple of kNR.
-void small_gemm(size_t M, size_t N, size_t K, const float* A, size_t a_row, size_t a_col, const float* B, size_t ldb,
-                float* C, size_t ldc, float alpha) {
-  for (size_t j = 0; j < N; j += kNR) {
-    size_t i = 0;
-    for (; i + kMR <= M; i += kMR)
-      micro_kernel<kMR>(K, A + i * a_row, a_row, a_col, B + j, ldb, C + i * ldc + j, ldc, alpha);
-    const float* a = A + i * a_row;
-    float* c = C + i * ldc + j;
-    switch (M - i) {
-      case 5: micro_kernel<5>(K, a, a_row, a_col, B + j, ldb, c, ldc, alpha); break;
-      case 4: micro_kernel<4>(K, a, a_row, a_col, B + j, ldb, c, ldc, alpha); break;
-      case 3: micro_kernel<3>(K, a, a_row, a_col, B + j, ldb, c, ldc, alpha); break;
-      case 2: micro_kernel<2>(K, a, a_row, a_col, B + j, ldb, c, ldc, alpha); break;
-      case 1: micro_kernel<1>(K, a, a_row, a_col, B + j, ldb, c, ldc, alpha); break;
-      default: break;
-    }
-  }
-}
-
-inline size_t round_up(size_t n, size_t m) { return (n + m - 1) / m * m; }
-
-// dst[p, j] = src[p * ld + j] for p < rows, j < cols; zero up to the padded row length.
-void pack_rows(const float* src, size_t ld, size_t rows, size_t cols, float* dst, size_t dst_ld) {
-  for (size_t p = 0; p < rows; ++p) {
-    for (size_t j = 0; j < cols; ++j) dst[p * dst_ld + j] = src[p * ld + j];
-    for (size_t j = cols; j < dst_ld; ++j) dst[p * dst_ld + j] = 0.f;
-  }
-}
-
-// dst[p, j] = src[j * ld + p] (a transpose) for p < rows, j < cols; zero-padded likewise.
-void pack_cols(const float* src, size_t ld, size_t rows, size_t cols, float* dst, size_t dst_ld) {
-  for (size_t p = 0; p < rows; ++p) {
-    for (size_t j = 0; j < cols; ++j) dst[p * dst_ld + j] = src[j * ld + p];
-    for (size_t j = cols; j < dst_ld; ++j) dst[p * dst_ld + j] = 0.f;
-  }
-}
-
-// C (M x N, row length ldc) = tile (M x N, row length tile_ld): the valid part of a padded tile.
-void copy_tile(const float* tile, size_t tile_ld, size_t M, size_t N, float* C, size_t ldc) {
-  for (size_t i = 0; i < M; ++i)
-    for (size_t j = 0; j < N; ++j) C[i * ldc + j] = tile[i * tile_ld + j];
-}
-
 // Runs f(first, last) over [0, n) work units split evenly over the threads (units are big here).
 template <class F>
 void parallel_units(size_t n, F&& f) {
@@ -366,128 +259,6 @@ void parallel_units(size_t n, F&& f) {
   f(size_t(0), std::min(n, chunk));
   for (auto& w : workers) w.join();
 #endif
-}
-
-struct AttentionShape {
-  size_t B, S, H, D;
-  size_t HD() const { return H * D; }
-};
-
-uint32_t dropout_threshold(float p) {
-  double t = static_cast<double>(p) * 4294967296.0;
-  return t >= 4294967295.0 ? 0xFFFFFFFFu : static_cast<uint32_t>(t);
-}
-
-// Forward for (batch, head) units [first, last): probs = softmax(scale q k^T + mask) (kept for
-// backward), out = dropout(probs) v. The dropout mask hashes (seed, index into probs).
-void attention_fwd_units(const AttentionShape& sh, const float* q, const float* k, const float* v, const float* mask,
-                         float scale, uint32_t seed, float p_drop, float* probs, float* out, size_t first,
-                         size_t last) {
-  const size_t S = sh.S, D = sh.D, HD = sh.HD();
-  const size_t Sp = round_up(S, kNR), Dp = round_up(D, kNR);
-  std::vector<float> kt(D * Sp), vp(S * Dp), tile(S * std::max(Sp, Dp)), pd(S * S);
-  const uint32_t threshold = dropout_threshold(p_drop);
-  const float keep_scale = p_drop > 0.f ? 1.f / (1.f - p_drop) : 1.f;
-  for (size_t u = first; u < last; ++u) {
-    const size_t b = u / sh.H, h = u % sh.H;
-    const float* qb = q + b * S * HD + h * D;
-    const float* kb = k + b * S * HD + h * D;
-    const float* vb = v + b * S * HD + h * D;
-    const float* mb = mask + b * S;
-    float* P = probs + u * S * S;
-    pack_cols(kb, HD, D, S, kt.data(), Sp);  // k^T: D x S
-    small_gemm(S, S, D, qb, HD, 1, kt.data(), Sp, tile.data(), Sp, scale);
-    for (size_t i = 0; i < S; ++i) {
-      const float* t = tile.data() + i * Sp;
-      float* pr = P + i * S;
-      float m = -INFINITY;
-      for (size_t j = 0; j < S; ++j) {
-        pr[j] = t[j] + mb[j];
-        m = pr[j] > m ? pr[j] : m;
-      }
-      float sum = 0.f;
-      for (size_t j = 0; j < S; ++j) {
-        float e = exp_nonpositive(pr[j] - m);
-        pr[j] = e;
-        sum += e;
-      }
-      float inv = 1.f / sum;
-      for (size_t j = 0; j < S; ++j) pr[j] *= inv;
-    }
-    const float* Pd = P;
-    if (p_drop > 0.f) {
-      const uint32_t base = static_cast<uint32_t>(u * S * S);
-      for (size_t i = 0; i < S * S; ++i)
-        pd[i] = mix(base + static_cast<uint32_t>(i), seed) >= threshold ? P[i] * keep_scale : 0.f;
-      Pd = pd.data();
-    }
-    pack_rows(vb, HD, S, D, vp.data(), Dp);  // v: S x D
-    float* ob = out + b * S * HD + h * D;
-    if (Dp == D) {
-      small_gemm(S, D, S, Pd, S, 1, vp.data(), Dp, ob, HD, 1.f);
-    } else {
-      small_gemm(S, D, S, Pd, S, 1, vp.data(), Dp, tile.data(), Dp, 1.f);
-      copy_tile(tile.data(), Dp, S, D, ob, HD);
-    }
-  }
-}
-
-// Backward for units [first, last), from the forward's probs and the cotangent g of out.
-void attention_bwd_units(const AttentionShape& sh, const float* q, const float* k, const float* v, const float* probs,
-                         const float* g, float scale, uint32_t seed, float p_drop, float* dq, float* dk, float* dv,
-                         size_t first, size_t last) {
-  const size_t S = sh.S, D = sh.D, HD = sh.HD();
-  const size_t Sp = round_up(S, kNR), Dp = round_up(D, kNR);
-  std::vector<float> packed(std::max(D * Sp, S * Dp)), tile(S * std::max(Sp, Dp)), pd(S * S), ds(S * S);
-  const uint32_t threshold = dropout_threshold(p_drop);
-  const float keep_scale = p_drop > 0.f ? 1.f / (1.f - p_drop) : 1.f;
-  auto gemm_out = [&](size_t M, size_t K, const float* A, size_t a_row, size_t a_col, const float* src, float* dst,
-                      float alpha) {
-    // dst (M x D, row length HD) = alpha * A (M x K) @ src (K x D, row length HD)
-    pack_rows(src, HD, K, D, packed.data(), Dp);
-    if (Dp == D) {
-      small_gemm(M, D, K, A, a_row, a_col, packed.data(), Dp, dst, HD, alpha);
-    } else {
-      small_gemm(M, D, K, A, a_row, a_col, packed.data(), Dp, tile.data(), Dp, alpha);
-      copy_tile(tile.data(), Dp, M, D, dst, HD);
-    }
-  };
-  for (size_t u = first; u < last; ++u) {
-    const size_t b = u / sh.H, h = u % sh.H;
-    const size_t off = b * S * HD + h * D;
-    const float* P = probs + u * S * S;
-    const float* gb = g + off;
-    const float* Pd = P;
-    const uint32_t base = static_cast<uint32_t>(u * S * S);
-    if (p_drop > 0.f) {
-      for (size_t i = 0; i < S * S; ++i)
-        pd[i] = mix(base + static_cast<uint32_t>(i), seed) >= threshold ? P[i] * keep_scale : 0.f;
-      Pd = pd.data();
-    }
-    // dv = Pd^T g
-    gemm_out(S, S, Pd, 1, S, gb, dv + off, 1.f);
-    // dPd = g v^T (S x S)
-    pack_cols(v + off, HD, D, S, packed.data(), Sp);
-    small_gemm(S, S, D, gb, HD, 1, packed.data(), Sp, tile.data(), Sp, 1.f);
-    // dS = P * (dP - rowsum(dP * P)), dP = dPd * dropout mask
-    for (size_t i = 0; i < S; ++i) {
-      const float* t = tile.data() + i * Sp;
-      const float* pr = P + i * S;
-      float* dsr = ds.data() + i * S;
-      if (p_drop > 0.f) {
-        for (size_t j = 0; j < S; ++j)
-          dsr[j] = mix(base + static_cast<uint32_t>(i * S + j), seed) >= threshold ? t[j] * keep_scale : 0.f;
-      } else {
-        for (size_t j = 0; j < S; ++j) dsr[j] = t[j];
-      }
-      float dot = 0.f;
-      for (size_t j = 0; j < S; ++j) dot += dsr[j] * pr[j];
-      for (size_t j = 0; j < S; ++j) dsr[j] = pr[j] * (dsr[j] - dot);
-    }
-    // dq = scale dS k, dk = scale dS^T q
-    gemm_out(S, S, ds.data(), S, 1, k + off, dq + off, scale);
-    gemm_out(S, S, ds.data(), 1, S, q + off, dk + off, scale);
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -687,7 +458,7 @@ class AttentionPrimitive : public CpuMulti {
   }
 
  protected:
-  AttentionShape shape_of(const array& q) const {
+  kl_attn::Shape shape_of(const array& q) const {
     return {static_cast<size_t>(q.shape(0)), static_cast<size_t>(q.shape(1)), heads_,
             static_cast<size_t>(q.shape(2)) / heads_};
   }
@@ -704,7 +475,7 @@ class AttentionForward : public AttentionPrimitive {
     launch(in, outs, [sh = shape_of(in[0]), q = in[0].data<float>(), k = in[1].data<float>(), v = in[2].data<float>(),
                       m = in[3].data<float>(), seed = in[4].data<uint32_t>(), out, probs, scale = scale_, p = p_] {
       parallel_units(sh.B * sh.H, [&, sd = seed[0]](size_t a, size_t b) {
-        attention_fwd_units(sh, q, k, v, m, scale, sd, p, probs, out, a, b);
+        kl_attn::forward_units(sh, q, k, v, m, scale, sd, p, probs, out, a, b);
       });
     });
   }
@@ -722,7 +493,7 @@ class AttentionBackward : public AttentionPrimitive {
                       probs = in[3].data<float>(), g = in[4].data<float>(), seed = in[5].data<uint32_t>(), dq, dk,
                       dv, scale = scale_, p = p_] {
       parallel_units(sh.B * sh.H, [&, sd = seed[0]](size_t a, size_t b) {
-        attention_bwd_units(sh, q, k, v, probs, g, scale, sd, p, dq, dk, dv, a, b);
+        kl_attn::backward_units(sh, q, k, v, probs, g, scale, sd, p, dq, dk, dv, a, b);
       });
     });
   }
@@ -1036,6 +807,9 @@ std::vector<array> add_norm_backward(const array& sum, const array& w, const arr
                             {f32(sum, s), f32(w, s), f32(g, s), contiguous(astype(seed, uint32, s), false, s)});
 }
 
+// The attention GEMMs' register block (MR x NR): "8x32" where the build has AVX-512, else "6x16".
+std::string attention_block() { return std::to_string(kl_attn::kMR) + "x" + std::to_string(kl_attn::kNR); }
+
 std::string bf16_kernel() { return kl_bf16::select_kernel("auto").name; }
 
 nb::dict cpu_features() {
@@ -1066,6 +840,7 @@ NB_MODULE(KL_MODULE_NAME, m) {
   m.def("bf16_matmul", &bf16_matmul, nb::arg("a"), nb::arg("w"), nb::arg("bias").none() = nb::none(),
         nb::arg("transpose_w") = true, nb::arg("kernel") = "auto");
   m.def("bf16_kernel", &bf16_kernel);
+  m.def("attention_block", &attention_block);
   m.def("lora_forward", &lora_forward);
   m.def("lora_backward", &lora_backward);
   m.def("add_norm_forward", &add_norm_forward);

@@ -17,13 +17,17 @@ For the parts to add up, each times exactly the work the step runs, once:
   the same condition), onto a base output evaluated beforehand: a lazy array captured by a compiled
   graph is recomputed on every call, and the branch was once timed with the random generation of its
   whole base output;
-- with a warm buffer cache: a part returns all its layers' outputs at once, and MLX's small default CPU
-  cache would hand them back to the OS after each call and fault in fresh pages on the next, which the
-  step (whose backward reuses what its forward frees) does not pay.
+- with a warm buffer cache, as the step runs in training (:func:`~lora_tasks.training.step_memory.
+  cache_step_memory` keeps its memory cached between steps): with MLX's small default CPU cache, a part's
+  outputs would go back to the OS after each call and fresh pages be faulted in on the next. A step timed
+  without that call pays those faults (~10% at seq 128), and no part accounts for them.
 
 The parts: embeddings, every layer's GEMMs, LoRA branches, attention, GELU, the sub-layers' ends
-(dropout, residual add and layer norm), the head and loss, and the optimizer update. What they leave
-(the adds of the input gradients of Q, K and V, copies, dispatch) is the step minus the parts.
+(dropout, residual add and layer norm), the gradient sums, the head and loss, and the optimizer update.
+The gradient sums are the adds autodiff makes where an array is read more than once (a layer's input
+by Q, K, V, their LoRA branches and the residual: 6 adds of a hidden-state-sized array per layer for
+LoRA on Q, K, V), each timed as that many adds of arrays of that shape. What the parts leave
+(copies, casts, dispatch) is the step minus the parts.
 
 Works on the BERT-family models with a layer split (``model.bert.encoder.layer``).
 """
@@ -128,6 +132,17 @@ def _time_group(items: list[_Work], repeats: int, best: bool = False) -> float:
     return median_time(lambda: compiled(*flat), repeats, best=best)
 
 
+GRADIENT_SUMS = "gradient sums of arrays read twice or more"
+
+
+def _sum(*terms: mx.array) -> mx.array:
+    """What the backward does with the cotangents of an array read by several ops: adds them up."""
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
+
+
 def _base_linear(m: nn.Module) -> nn.Module:
     return m.linear if isinstance(m, LoRALinear) else m
 
@@ -177,6 +192,13 @@ def _layer_work(layer: nn.Module, bias: mx.array | None, shape: tuple[int, ...],
     work["GELU"] = [_Work(inter.act, [mx.random.normal(i_in.shape)], (0,))]
     # each sub-layer's end, LayerNorm(dropout(h) + residual), as the model runs it (one native op on the CPU);
     # the attention sub-layer's residual is the layer's input
+    # the backward's sums where an array is read more than once (x by Q, K, V, their branches and the
+    # residual; the attention's output by O and its branch; the sub-layer's output by the FFN and the
+    # residual; GELU's output by the FFN's down projection and its branch): n reads, n - 1 adds
+    lora = lambda m: int(isinstance(m, LoRALinear) and not m.merged)  # noqa: E731 - a short count
+    reads = [(3 + sum(lora(m) for m in (att.query, att.key, att.value)) + 1 if input_grad else 0, shape),
+             (1 + lora(so.dense), shape), (2 + lora(inter.dense), shape), (1 + lora(out.dense), i_in.shape)]
+    work[GRADIENT_SUMS] = [_Work(_sum, [mx.random.normal(s) for _ in range(n)], ()) for n, s in reads if n > 1]
     work["dropout + residual add + layer norm (x2)"] = [
         _Work(lambda a, r, d=d, ln=ln: ops.dropout_add_norm(a, r, d, ln), [mx.random.normal(shape), mx.random.normal(shape)],
               (0, 1) if res_grad else (0,))
@@ -228,7 +250,7 @@ def profile_step(model: nn.Module, ids: mx.array, mask: mx.array, labels: mx.arr
     median (then time ``step_s`` the same way)."""
     # A part returns all its layers' outputs and gradients at once: with MLX's small CPU buffer cache
     # those would go back to the OS after every call and fault in fresh pages on the next, a cost the
-    # step does not pay (its backward reuses the memory its forward frees). Keep them cached meanwhile.
+    # step in training does not pay (cache_step_memory). Keep them cached meanwhile.
     cache_limit = mx.set_cache_limit(1 << 40)
     try:
         parts = _parts(model, ids, mask, labels, repeats, optimizer, best)

@@ -41,6 +41,7 @@ from lora_tasks.training.checkpoints import (
     save_checkpoint,
 )
 from lora_tasks.training.records import CLASSIFICATION, Dataset, NonFiniteError, TrainConfig, TrainResult
+from lora_tasks.training.step_memory import cache_step_memory
 
 log = logging.getLogger("lora_tasks.training.train")
 
@@ -273,6 +274,7 @@ def train(
                     optimizer.update(model, clip(tree_map_scale(accum, 1.0 / cfg.grad_accum)))
                     accum = None
                 mx.eval(state, loss)
+            cache_step_memory()  # the next step reuses this one's buffers instead of faulting in fresh pages
             losses.append(loss.item())
             samples_done += len(idx)
             if cfg.grad_accum == 1 or (b + 1) % cfg.grad_accum == 0 or b + 1 == len(batches):
