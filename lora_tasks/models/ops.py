@@ -1,19 +1,18 @@
 """Activations, dropout and attention, with CPU fast paths behind one backend check.
 
 Why: on the Linux CPU build of MLX, transcendental element-wise math (``erf``, ``exp``) runs
-scalar on one thread: on MiniLM at batch 32 x seq 64, erf-GELU took 83 ms and softmax 19 ms per
-layer against 40 ms for all of the layer's GEMMs. Rewritten as plain arithmetic (a rational
-``erf``, a polynomial ``exp``) and fused by ``mx.compile``, they take 8 ms and 4.6 ms. Their
-backward passes are written out (``mx.custom_function``) so autodiff does not differentiate the
-polynomials. Accuracy: erf to 5e-7, softmax probabilities to ~4e-6 (tested against MLX's own).
-On Metal the stock kernels are fast and are used unchanged.
+scalar on one thread, and on MiniLM erf-GELU and softmax took longer than all of a layer's GEMMs.
+Rewritten as plain arithmetic (a rational ``erf``, a polynomial ``exp``) and fused by
+``mx.compile``, they take a fraction of that. Their backward passes are written out
+(``mx.custom_function``) so autodiff does not differentiate the polynomials. Accuracy: erf to
+5e-7, softmax probabilities to ~4e-6 (tested against MLX's own). On Metal the stock kernels are
+fast and are used unchanged.
 
 Faster still on the CPU are the native kernels (:mod:`lora_tasks.native`): the same math as one
-vectorized, multi-threaded pass each (GELU forward 14 -> 1.5 ms, backward 68 -> 2.8 ms, dropout
-57 -> 4.6 ms, LayerNorm forward+backward 12.4 -> 5.8 ms on a 2-core AVX2 machine), and BERT's
-whole attention as one primitive per direction (:func:`multi_head_attention`: one layer's
-forward+backward at seq 64, 97-113 -> 32-38 ms). They are chosen on first use when they build;
-the arithmetic versions below stay as the fallback.
+vectorized, multi-threaded pass each (GELU, dropout, LayerNorm with their backward), and BERT's
+whole attention as one primitive per direction (:func:`multi_head_attention`, register-blocked
+GEMMs with softmax and dropout fused; ``benchmarks/attention.py`` measures it against MLX's ops).
+They are chosen on first use when they build; the arithmetic versions below stay as the fallback.
 
 :func:`bf16_linear` is the GEMM of a frozen base stored in bf16 (:mod:`lora_tasks.training.precision`):
 the native bf16 GEMM where the CPU has AVX512-BF16, else the weight widened for the BLAS.
