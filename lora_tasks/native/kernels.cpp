@@ -33,6 +33,7 @@
 #endif
 
 #include "bf16_gemm.h"
+#include "bf16_weight_cache.h"
 #include "lora_branch.h"
 
 namespace nb = nanobind;
@@ -633,10 +634,15 @@ class Bf16Matmul : public CpuUnary {
     const array& w = in[1];
     size_t K = a.shape(-1), N = out.shape(-1), M = 1;
     for (int i = 0; i + 1 < a.ndim(); ++i) M *= static_cast<size_t>(a.shape(i));
-    kl_bf16::Problem pr{M, N, K, a.data<float>(), K, w.data<uint16_t>(), w_nk_,
-                        in.size() > 2 ? in[2].data<float>() : nullptr, allocate(out).data<float>(), N};
-    launch(in, out, [pr, kernel = kernel_] {
-      kl_bf16::gemm(*kernel, pr, [](size_t n, auto&& f) { parallel_units(n, f); });
+    kl_bf16::Problem pr{M, N, K, a.data<float>(), K, in.size() > 2 ? in[2].data<float>() : nullptr,
+                        allocate(out).data<float>(), N};
+    launch(in, out, [pr, kernel = kernel_, w_nk = w_nk_, owner = std::shared_ptr<void>(w.data_shared_ptr()),
+                     wp = w.data<uint16_t>()] {
+      auto parallel = [](size_t n, auto&& f) { parallel_units(n, f); };
+      auto packed = kl_bf16::packed_weights().get(owner, wp, pr.N, pr.K, w_nk, *kernel, [&] {
+        return kl_bf16::pack_b(wp, w_nk, pr.N, pr.K, *kernel, parallel);
+      });
+      kl_bf16::gemm(*kernel, pr, *packed, thread_count(), parallel);
     });
   }
   std::vector<Shape> output_shapes(const std::vector<array>& in) override {
@@ -1038,6 +1044,12 @@ std::vector<array> add_norm_backward(const array& sum, const array& w, const arr
 
 std::string bf16_kernel() { return kl_bf16::select_kernel("auto").name; }
 
+// How many packed weights the bf16 GEMM keeps (bf16_weight_cache.h); clear() drops them all.
+size_t bf16_packed_weights(bool clear) {
+  if (clear) kl_bf16::packed_weights().clear();
+  return kl_bf16::packed_weights().entries();
+}
+
 nb::dict cpu_features() {
   const auto& f = kl_bf16::cpu();
   nb::dict d;
@@ -1066,6 +1078,7 @@ NB_MODULE(KL_MODULE_NAME, m) {
   m.def("bf16_matmul", &bf16_matmul, nb::arg("a"), nb::arg("w"), nb::arg("bias").none() = nb::none(),
         nb::arg("transpose_w") = true, nb::arg("kernel") = "auto");
   m.def("bf16_kernel", &bf16_kernel);
+  m.def("bf16_packed_weights", &bf16_packed_weights, nb::arg("clear") = false);
   m.def("lora_forward", &lora_forward);
   m.def("lora_backward", &lora_backward);
   m.def("add_norm_forward", &add_norm_forward);
