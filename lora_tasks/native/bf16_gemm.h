@@ -100,7 +100,8 @@ inline const CpuFeatures& cpu() {
 // fixed row stride makes every broadcast address a constant offset from one pointer.
 constexpr size_t kKC = 192;
 
-using TileFn = void (*)(size_t kpairs, const uint32_t* a, const uint32_t* b, float* c, size_t ldc, bool accumulate);
+using TileFn = void (*)(size_t kpairs, const uint32_t* a, const uint32_t* b, float* c, size_t ldc, bool accumulate,
+                        const char* pf, size_t pf_lines);
 using ConvertFn = void (*)(const float* src, size_t n, uint16_t* dst);
 
 struct Kernel {
@@ -183,9 +184,10 @@ inline void convert(const float* src, size_t n, uint16_t* dst) {
 // 4 x 16 on AVX2: 8 accumulators + 4 widened B vectors + 2 widened A broadcasts fit 16 YMM registers.
 inline const Kernel kPortable{"portable", 4, 16, &portable::tile<4, 2>, &to_bf16_row};
 #ifdef KL_X86
-// 14 x 32 on AVX-512: 28 accumulators + 2 B vectors + 1 broadcast of the 32 ZMM registers; the more rows,
-// the fewer bytes of B (streamed from L2) per multiply-add.
-inline const Kernel kAvx512Bf16{"avx512bf16", 14, 32, &avx512::tile<14, 2>, &avx512::convert};
+// 8 x 48 on AVX-512: 24 accumulators + 3 B vectors + 1 broadcast of the 32 ZMM registers. Every shape from
+// 6 x 64 to 14 x 32 runs at the same rate from L1 and from L2; 8 x 48 lost least to the conversion of A
+// (fewer rows of A per tile) at the model's widths (multiples of 48: 384, 768, 1536, 3072).
+inline const Kernel kAvx512Bf16{"avx512bf16", 8, 48, &avx512::tile<8, 3>, &avx512::convert};
 #endif
 
 // The kernel for `request` ("auto", "portable", "avx512bf16"); throws if the CPU cannot run the one asked for.
@@ -282,19 +284,6 @@ struct Problem {
 // Bytes of packed B one thread keeps in its L2 while all its rows of A stream past them.
 constexpr size_t kL2Bytes = 640 * 1024;
 
-// Walks the cache lines of the next rows of A into L2 a few at a time, so converting them never waits on memory.
-struct RowPrefetch {
-  const char* base = nullptr;
-  size_t stride = 0, row_bytes = 0, rows = 0, row = 0, off = 0;
-  void step(size_t lines) {
-    for (; lines && row < rows; --lines) {
-      __builtin_prefetch(base + row * stride + off, 0, 2);
-      off += 64;
-      if (off >= row_bytes) off = 0, ++row;
-    }
-  }
-};
-
 inline void prefetch_tile(const float* c, size_t ldc, size_t rows, size_t cols) {
   for (size_t r = 0; r < rows; ++r)
     for (size_t col = 0; col < cols; col += 16) __builtin_prefetch(c + r * ldc + col, 1, 3);
@@ -316,10 +305,11 @@ inline void gemm_block(const Kernel& kern, const Problem& pr, const PackedB& b, 
     const size_t je = std::min(j1, jb + group);
     for (size_t i0 = m0; i0 < m1; i0 += MR) {
       const size_t mr = std::min(MR, m1 - i0);
+      // the next micro-panel's rows of A (contiguous but for the gaps of a longer lda), spread over this one's tiles
       const size_t next = i0 + MR < m1 ? i0 + MR : (je < j1 ? m0 : m1);
-      RowPrefetch pf{reinterpret_cast<const char*>(pr.a + next * pr.lda), pr.lda * sizeof(float), K * sizeof(float),
-                     std::min(MR, m1 - next)};
-      const size_t per_tile = ceil_div(pf.rows * ceil_div(pf.row_bytes, 64), (je - jb) * kblocks);
+      const char* pf = reinterpret_cast<const char*>(pr.a + next * pr.lda);
+      const size_t pf_lines = ceil_div(std::min(MR, m1 - next) * pr.lda * sizeof(float), 64);
+      const size_t per_tile = ceil_div(pf_lines, (je - jb) * kblocks);
       for (size_t p0 = 0; p0 < KP; p0 += kKC) {
         const size_t kc = std::min(kKC, KP - p0), k0 = 2 * p0, kn = std::min(K, 2 * (p0 + kc)) - k0;
         for (size_t r = 0; r < mr; ++r) {
@@ -327,20 +317,20 @@ inline void gemm_block(const Kernel& kern, const Problem& pr, const PackedB& b, 
           if (kn % 2) ah[r * 2 * kKC + kn] = 0;  // the pad of an odd K
         }
         for (size_t j = jb; j < je; ++j) {
-          pf.step(per_tile);
           // the next tile's rows of C, for writing: its stores then hit the cache instead of stalling on memory
           if (j + 1 < je) prefetch_tile(pr.c + i0 * pr.ldc + (j + 1) * NR, pr.ldc, mr, NR);
           const uint32_t* bp = b.panel(j) + p0 * NR;
           float* c = pr.c + i0 * pr.ldc + j * NR;
           const size_t nr = std::min(NR, N - j * NR);
           if (mr == MR && nr == NR) {
-            kern.tile(kc, apanel.data(), bp, c, pr.ldc, p0 > 0);
-            continue;
+            kern.tile(kc, apanel.data(), bp, c, pr.ldc, p0 > 0, pf, per_tile);
+          } else {
+            kern.tile(kc, apanel.data(), bp, scratch.data(), NR, false, pf, per_tile);
+            for (size_t r = 0; r < mr; ++r)
+              for (size_t col = 0; col < nr; ++col)
+                c[r * pr.ldc + col] = (p0 > 0 ? c[r * pr.ldc + col] : 0.f) + scratch[r * NR + col];
           }
-          kern.tile(kc, apanel.data(), bp, scratch.data(), NR, false);
-          for (size_t r = 0; r < mr; ++r)
-            for (size_t col = 0; col < nr; ++col)
-              c[r * pr.ldc + col] = (p0 > 0 ? c[r * pr.ldc + col] : 0.f) + scratch[r * NR + col];
+          pf += per_tile * 64;
         }
       }
       if (pr.bias)
