@@ -352,9 +352,11 @@ void gemm(const Kernel& kern, const Problem& pr, const PackedB& b, size_t thread
     return;
   }
   const size_t n_panels = b.panels(), m_panels = ceil_div(M, kern.mr);
-  // Split N when each thread gets a few panels: each then keeps its own columns of B in its L2 and reads all of
-  // A (cheap next to the multiply-adds per element of A). Split M when N is narrow.
-  if (n_panels >= 2 * threads || m_panels < threads) {
+  // Split M when all of B fits one L2 (each thread then reads only its rows of A) or N is too narrow to split.
+  // Else split N: each thread keeps its own columns of B in its L2 and converts all of A (cheap next to the
+  // multiply-adds per element of A, and the threads read the same rows at about the same time).
+  const bool split_m = (b.bytes() <= kL2Bytes || n_panels < 2 * threads) && m_panels >= 2 * threads;
+  if (!split_m) {
     parallel(n_panels, [&](size_t first, size_t last) { gemm_block(kern, pr, b, 0, M, first, last); });
   } else {
     parallel(m_panels, [&](size_t first, size_t last) {
