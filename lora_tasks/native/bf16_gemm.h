@@ -281,21 +281,23 @@ struct Problem {
   size_t ldc;
 };
 
-// Bytes of packed B one thread keeps in its L2 while all its rows of A stream past them.
-constexpr size_t kL2Bytes = 640 * 1024;
+// Bytes of packed B that one pass of a thread's rows of A runs over. The 8 x 48 tile needs only a few bytes of B per
+// cycle, which L3 delivers as well as L2, while each extra pass converts the rows of A again: so a pass takes
+// all of B unless B would not stay in L3.
+constexpr size_t kGroupBytes = size_t(8) << 20;
 
 inline void prefetch_tile(const float* c, size_t ldc, size_t rows, size_t cols) {
   for (size_t r = 0; r < rows; ++r)
     for (size_t col = 0; col < cols; col += 16) __builtin_prefetch(c + r * ldc + col, 1, 3);
 }
 
-// Rows [m0, m1) x panels [j0, j1) of C. For each L2 group of B panels, each MR-row micro-panel of A is
-// converted (one KC block at a time) into a small buffer that stays in L1 while the group's panels of B
-// stream past it from L2: every C tile then gets all of K before the next, and A is read once per group.
+// Rows [m0, m1) x panels [j0, j1) of C. For each group of B panels, each MR-row micro-panel of A is converted
+// (one KC block at a time) into a small buffer that stays in L1 while the group's panels of B stream past it
+// from L2/L3: every C tile then gets all of K before the next, and A is read once per group.
 inline void gemm_block(const Kernel& kern, const Problem& pr, const PackedB& b, size_t m0, size_t m1, size_t j0,
                        size_t j1) {
   const size_t MR = kern.mr, NR = kern.nr, KP = b.KP, K = pr.K, N = pr.N;
-  const size_t group = std::max<size_t>(1, kL2Bytes / (KP * NR * sizeof(uint32_t)));
+  const size_t group = std::max<size_t>(1, kGroupBytes / (KP * NR * sizeof(uint32_t)));
   const size_t kblocks = ceil_div(KP, kKC);
   AlignedWords apanel(MR * kKC);
   std::memset(apanel.data(), 0, MR * kKC * sizeof(uint32_t));  // rows past an edge tile's last are never stored
@@ -352,10 +354,8 @@ void gemm(const Kernel& kern, const Problem& pr, const PackedB& b, size_t thread
     return;
   }
   const size_t n_panels = b.panels(), m_panels = ceil_div(M, kern.mr);
-  // Split M when all of B fits one L2 (each thread then reads only its rows of A) or N is too narrow to split.
-  // Else split N: each thread keeps its own columns of B in its L2 and converts all of A (cheap next to the
-  // multiply-adds per element of A, and the threads read the same rows at about the same time).
-  const bool split_m = (b.bytes() <= kL2Bytes || n_panels < 2 * threads) && m_panels >= 2 * threads;
+  // Split M when each thread gets a few micro-panels: each converts only its rows of A. Else (few rows) split N.
+  const bool split_m = m_panels >= 2 * threads || n_panels < threads;
   if (!split_m) {
     parallel(n_panels, [&](size_t first, size_t last) { gemm_block(kern, pr, b, 0, M, first, last); });
   } else {
