@@ -6,11 +6,12 @@
 // use the bf16 dot-product instructions on AMD. On a CPU with AVX512-BF16, `vdpbf16ps` does 32
 // multiply-adds per instruction, twice the fp32 FMA rate, on operands half the size.
 //
-// Structure (BLIS-like): all of B is packed once into NR-column panels of bf16 pairs along k (the
-// operand layout of vdpbf16ps); the (MC rows x NC columns) blocks of C are split over the threads, each
-// packing its rows of A (fp32 -> bf16, round to nearest even) per KC block of k into MR-row panels;
-// an MR x NR micro-kernel runs over them. Edge tiles (M, N not multiples of MR, NR; odd K) are zero-padded
-// in the packs and computed into a scratch tile whose valid part is copied out.
+// Structure: B is packed into NR-column panels of bf16 pairs along k (the operand layout of vdpbf16ps), once
+// per frozen weight (bf16_weight_cache.h keeps it). The threads split the rows of C (the columns when there are
+// too few rows). A thread converts MR rows of A at a time (fp32 -> bf16, round to nearest even), one KC block
+// of k at a time, into a small buffer that stays in L1, and runs the MR x NR micro-kernel over it and the
+// panels of B, which stream from L2/L3; the micro-kernel meanwhile prefetches the next rows of A. Edge tiles
+// (M, N not multiples of MR, NR; odd K) compute into a scratch tile whose valid part is copied out.
 //
 // Two micro-kernels share this driver and the packing (bf16_microkernel.inc): AVX512-BF16 and a portable
 // one (bf16 -> fp32 by a 16-bit shift, FMA) that runs anywhere. The choice is made at run time from cpuid
@@ -291,9 +292,10 @@ inline void prefetch_tile(const float* c, size_t ldc, size_t rows, size_t cols) 
     for (size_t col = 0; col < cols; col += 16) __builtin_prefetch(c + r * ldc + col, 1, 3);
 }
 
-// Rows [m0, m1) x panels [j0, j1) of C. For each group of B panels, each MR-row micro-panel of A is converted
-// (one KC block at a time) into a small buffer that stays in L1 while the group's panels of B stream past it
-// from L2/L3: every C tile then gets all of K before the next, and A is read once per group.
+// Rows [m0, m1) x panels [j0, j1) of C. For each group of B panels (all of B but for a huge weight), each MR-row
+// micro-panel of A is converted (one KC block at a time) into a small buffer that stays in L1 while the group's
+// panels of B stream past it from L2/L3: every C tile then gets all of K before the next, and A is read once
+// per group.
 inline void gemm_block(const Kernel& kern, const Problem& pr, const PackedB& b, size_t m0, size_t m1, size_t j0,
                        size_t j1) {
   const size_t MR = kern.mr, NR = kern.nr, KP = b.KP, K = pr.K, N = pr.N;
@@ -346,7 +348,8 @@ inline void gemm_block(const Kernel& kern, const Problem& pr, const PackedB& b, 
 template <class Parallel>
 void gemm(const Kernel& kern, const Problem& pr, const PackedB& b, size_t threads, Parallel&& parallel) {
   const size_t M = pr.M, N = pr.N;
-  if (b.N != N || b.K != pr.K || b.NR != kern.nr) throw std::logic_error("bf16 gemm: packed B does not fit the problem");
+  if (b.N != N || b.K != pr.K || b.NR != kern.nr)
+    throw std::logic_error("bf16 gemm: the packed B does not fit the problem (a bug in the caller)");
   if (M == 0 || N == 0) return;
   if (pr.K == 0) {
     for (size_t i = 0; i < M; ++i)
