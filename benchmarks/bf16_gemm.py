@@ -79,10 +79,12 @@ def main() -> None:
     info = native_info()
     kernel = info.bf16_kernel or "none (no native kernels: native means upcast)"
     print(f"bf16 GEMM kernel: {kernel}; KAGGLE_LORA_BF16_GEMM=auto picks {ops.bf16_gemm_mode()}")
-    peer = run_peer("torch_peer.py", "gemm", "-", "--shapes", args.shapes, "--repeats", str(args.repeats),
-                    "--threads", str(info.threads or os.cpu_count() or 1))
     rows = []
     for m, k, n in shapes:
+        # the peer runs per shape, right before ours: on a shared machine, load that comes and goes then
+        # disturbs both sides of a ratio alike more often than when all of the peer runs first
+        peer = run_peer("torch_peer.py", "gemm", "-", "--shapes", f"{m}x{k}x{n}", "--repeats", str(args.repeats),
+                        "--threads", str(info.threads or os.cpu_count() or 1))
         native, upcast, fp32 = measure_shape(m, k, n, args.repeats)
         label = f"{m}x{k} @ {k}x{n}"
         torch_bf16 = (peer or {}).get(f"gemm_bf16_{m}x{k}x{n}")
