@@ -20,6 +20,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -309,10 +310,11 @@ inline void gemm_block(const Kernel& kern, const Problem& pr, const PackedB& b, 
     const size_t je = std::min(j1, jb + group);
     for (size_t i0 = m0; i0 < m1; i0 += MR) {
       const size_t mr = std::min(MR, m1 - i0);
-      // the next micro-panel's rows of A (contiguous but for the gaps of a longer lda), spread over this one's tiles
-      const size_t next = i0 + MR < m1 ? i0 + MR : (je < j1 ? m0 : m1);
+      // the next micro-panel's rows of A (contiguous but for the gaps of a longer lda), spread over this one's tiles:
+      // past m1 they are the next chunk's, which this thread likely takes next
+      const size_t next = i0 + MR < m1 || je == j1 ? std::min(i0 + MR, pr.M) : m0;
       const char* pf = reinterpret_cast<const char*>(pr.a + next * pr.lda);
-      const size_t pf_lines = ceil_div(std::min(MR, m1 - next) * pr.lda * sizeof(float), 64);
+      const size_t pf_lines = ceil_div(std::min(MR, pr.M - next) * pr.lda * sizeof(float), 64);
       const size_t per_tile = ceil_div(pf_lines, (je - jb) * kblocks);
       for (size_t p0 = 0; p0 < KP; p0 += kKC) {
         const size_t kc = std::min(kKC, KP - p0), k0 = 2 * p0, kn = std::min(K, 2 * (p0 + kc)) - k0;
@@ -362,8 +364,14 @@ void gemm(const Kernel& kern, const Problem& pr, const PackedB& b, size_t thread
   if (!split_m) {
     parallel(n_panels, [&](size_t first, size_t last) { gemm_block(kern, pr, b, 0, M, first, last); });
   } else {
-    parallel(m_panels, [&](size_t first, size_t last) {
-      gemm_block(kern, pr, b, first * kern.mr, std::min(M, last * kern.mr), 0, n_panels);
+    // Rows in chunks that the threads take from a shared counter (at least 4 per thread): a thread slowed down by
+    // other load on its core then leaves its remaining chunks to the others instead of holding up the call.
+    const size_t per_chunk = std::max<size_t>(1, std::min<size_t>(8, m_panels / (4 * threads)));
+    const size_t chunks = ceil_div(m_panels, per_chunk), rows = per_chunk * kern.mr;
+    std::atomic<size_t> next{0};
+    parallel(std::min(threads, chunks), [&](size_t, size_t) {
+      for (size_t c = next++; c < chunks; c = next++)
+        gemm_block(kern, pr, b, c * rows, std::min(M, (c + 1) * rows), 0, n_panels);
     });
   }
 }
