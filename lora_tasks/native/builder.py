@@ -26,7 +26,8 @@ from types import ModuleType
 SOURCE = Path(__file__).with_name("kernels.cpp")
 # files kernels.cpp includes: part of the fingerprint, so editing them rebuilds
 HEADERS = (Path(__file__).with_name("bf16_gemm.h"), Path(__file__).with_name("bf16_microkernel.inc"),
-           Path(__file__).with_name("bf16_weight_cache.h"), Path(__file__).with_name("lora_branch.h"))
+           Path(__file__).with_name("bf16_weight_cache.h"), Path(__file__).with_name("worker_pool.h"),
+           Path(__file__).with_name("lora_branch.h"))
 FIX_HINT = (
     "install a C++ compiler and the Python headers (Debian: `apt-get install g++ python3-dev`) and "
     "`pip install nanobind`, or set KAGGLE_LORA_NATIVE_KERNELS=0 to use MLX's own ops (slower on CPU)"

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <stdexcept>
 #include <thread>
@@ -34,6 +35,7 @@
 
 #include "bf16_gemm.h"
 #include "bf16_weight_cache.h"
+#include "worker_pool.h"
 #include "lora_branch.h"
 
 namespace nb = nanobind;
@@ -624,6 +626,22 @@ class Dropout : public CpuUnary {
 };
 
 
+// parallel_units for the bf16 GEMM: on the persistent workers of worker_pool.h where there is no OpenMP pool.
+template <class F>
+void gemm_parallel(size_t n, F&& f) {
+#ifndef KL_OPENMP
+  const size_t nt = std::min(thread_count(), n);
+  if (kl_pool::Pool* pool = nt > 1 ? kl_pool::pool(thread_count()) : nullptr) {
+    const size_t chunk = (n + nt - 1) / nt;
+    const std::function<void(size_t)> job = [&](size_t t) {
+      if (t * chunk < n) f(t * chunk, std::min(n, (t + 1) * chunk));
+    };
+    if (pool->try_run(std::min(nt, pool->size()), job)) return;
+  }
+#endif
+  parallel_units(n, f);
+}
+
 // bf16 GEMM of a frozen weight (bf16_gemm.h): inputs a (..., K) float32, w bf16 (N x K when w_nk,
 // else K x N), optional bias (N) float32; output (..., N) float32.
 class Bf16Matmul : public CpuUnary {
@@ -638,7 +656,7 @@ class Bf16Matmul : public CpuUnary {
                         allocate(out).data<float>(), N};
     launch(in, out, [pr, kernel = kernel_, w_nk = w_nk_, owner = std::shared_ptr<void>(w.data_shared_ptr()),
                      wp = w.data<uint16_t>()] {
-      auto parallel = [](size_t n, auto&& f) { parallel_units(n, f); };
+      auto parallel = [](size_t n, auto&& f) { gemm_parallel(n, f); };
       auto packed = kl_bf16::packed_weights().get(owner, wp, pr.N, pr.K, w_nk, *kernel, [&] {
         return kl_bf16::pack_b(wp, w_nk, pr.N, pr.K, *kernel, parallel);
       });
