@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
 import lora_tasks  # sets up the BLAS: must come before mlx (kept here by the split below)
 
@@ -26,8 +27,14 @@ from lora_tasks.models import ops
 from lora_tasks.native import native_info
 
 
-def gflops(fn, m: int, k: int, n: int, repeats: int) -> float:
-    """Median GFLOP/s of ``fn`` (2·M·K·N flops per call)."""
+def gflops(fn, m: int, k: int, n: int, repeats: int, warm_seconds: float = 0.3) -> float:
+    """Median GFLOP/s of ``fn`` (2·M·K·N flops per call), after calling it for ``warm_seconds``: for a while
+    after another process (the peer) leaves a core, the scheduler still counts that core busy and wakes a
+    second thread on the first one's core, so the first calls of a short GEMM measure one core, not the
+    steady state of a training loop."""
+    end = time.perf_counter() + warm_seconds
+    while time.perf_counter() < end:
+        mx.eval(fn())
     return 2 * m * k * n / median_seconds(fn, repeats) / 1e9
 
 
