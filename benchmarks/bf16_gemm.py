@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
 import lora_tasks  # sets up the BLAS: must come before mlx (kept here by the split below)
 
@@ -26,8 +27,14 @@ from lora_tasks.models import ops
 from lora_tasks.native import native_info
 
 
-def gflops(fn, m: int, k: int, n: int, repeats: int) -> float:
-    """Median GFLOP/s of ``fn`` (2·M·K·N flops per call)."""
+def gflops(fn, m: int, k: int, n: int, repeats: int, warm_seconds: float = 0.3) -> float:
+    """Median GFLOP/s of ``fn`` (2·M·K·N flops per call), after calling it for ``warm_seconds``: for a while
+    after another process (the peer) leaves a core, the scheduler still counts that core busy and wakes a
+    second thread on the first one's core, so the first calls of a short GEMM measure one core, not the
+    steady state of a training loop."""
+    end = time.perf_counter() + warm_seconds
+    while time.perf_counter() < end:
+        mx.eval(fn())
     return 2 * m * k * n / median_seconds(fn, repeats) / 1e9
 
 
@@ -79,10 +86,12 @@ def main() -> None:
     info = native_info()
     kernel = info.bf16_kernel or "none (no native kernels: native means upcast)"
     print(f"bf16 GEMM kernel: {kernel}; KAGGLE_LORA_BF16_GEMM=auto picks {ops.bf16_gemm_mode()}")
-    peer = run_peer("torch_peer.py", "gemm", "-", "--shapes", args.shapes, "--repeats", str(args.repeats),
-                    "--threads", str(info.threads or os.cpu_count() or 1))
     rows = []
     for m, k, n in shapes:
+        # the peer runs per shape, right before ours: on a shared machine, load that comes and goes then
+        # disturbs both sides of a ratio alike more often than when all of the peer runs first
+        peer = run_peer("torch_peer.py", "gemm", "-", "--shapes", f"{m}x{k}x{n}", "--repeats", str(args.repeats),
+                        "--threads", str(info.threads or os.cpu_count() or 1))
         native, upcast, fp32 = measure_shape(m, k, n, args.repeats)
         label = f"{m}x{k} @ {k}x{n}"
         torch_bf16 = (peer or {}).get(f"gemm_bf16_{m}x{k}x{n}")

@@ -77,6 +77,50 @@ def test_portable_kernel_equals_fp32_gemm_on_bf16_rounded_inputs(m, k, n):
     _assert_within_fp32_accumulation(np.array(dx), _bf16_rounded(g), _bf16_rounded(w))
 
 
+def _kernels() -> list:
+    """Both micro-kernels where this CPU runs both; the AVX512-BF16 one is a skip elsewhere."""
+    has_avx512 = K is not None and K.bf16_kernel() == "avx512bf16"
+    return ["portable", pytest.param("avx512bf16", marks=pytest.mark.skipif(not has_avx512, reason="no AVX512-BF16"))]
+
+
+@needs_native
+@pytest.mark.parametrize("kernel", _kernels())
+# edges of the blocking: rows and columns past the last full tile, odd K, several k blocks, too few rows to split
+# M across threads (N is split), B too large for one pass over the rows of A, and N narrower than one tile
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (17, 33, 65), (29, 777, 100), (41, 4097, 1100), (300, 64, 7)])
+def test_each_kernel_equals_fp32_gemm_at_the_edges_of_its_blocking(kernel, m, k, n):
+    rng = np.random.default_rng(m * 7 + k)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    wb = mx.array(w).astype(mx.bfloat16)
+    y = K.bf16_matmul(mx.array(x), wb, mx.array(bias), True, kernel)
+    _assert_within_fp32_accumulation(np.array(y), _bf16_rounded(x), _bf16_rounded(w).T, bias)
+    g = rng.standard_normal((m, n)).astype(np.float32)
+    dx = K.bf16_matmul(mx.array(g), wb, None, False, kernel)
+    _assert_within_fp32_accumulation(np.array(dx), _bf16_rounded(g), _bf16_rounded(w))
+
+
+@needs_native
+@pytest.mark.parametrize("kernel", _kernels())
+def test_packed_weight_cache_serves_each_weight_its_own_packing_and_forgets_dropped_ones(kernel):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((37, 70)).astype(np.float32)
+    g = rng.standard_normal((37, 45)).astype(np.float32)
+    K.bf16_packed_weights(True)
+    for _ in range(3):  # each new weight has the old one's shape, and MLX likely reuses the freed buffer's address
+        w = rng.standard_normal((45, 70)).astype(np.float32)
+        wb = mx.array(w).astype(mx.bfloat16)
+        for _repeat in range(2):  # the second call is served from the cache
+            y = np.array(K.bf16_matmul(mx.array(x), wb, None, True, kernel))
+            _assert_within_fp32_accumulation(y, _bf16_rounded(x), _bf16_rounded(w).T)
+            dx = np.array(K.bf16_matmul(mx.array(g), wb, None, False, kernel))
+            _assert_within_fp32_accumulation(dx, _bf16_rounded(g), _bf16_rounded(w))
+        assert K.bf16_packed_weights() == 2, "one packing per layout of the live weight, none of the dropped ones"
+    del wb
+    assert K.bf16_packed_weights() == 0
+
+
 @needs_native
 def test_kernel_takes_batched_strided_inputs_and_the_auto_choice():
     x = mx.random.normal((3, 40, 24), key=mx.random.key(1))

@@ -6,11 +6,12 @@
 // use the bf16 dot-product instructions on AMD. On a CPU with AVX512-BF16, `vdpbf16ps` does 32
 // multiply-adds per instruction, twice the fp32 FMA rate, on operands half the size.
 //
-// Structure (BLIS-like): all of B is packed once into NR-column panels of bf16 pairs along k (the
-// operand layout of vdpbf16ps); the (MC rows x NC columns) blocks of C are split over the threads, each
-// packing its rows of A (fp32 -> bf16, round to nearest even) per KC block of k into MR-row panels;
-// an MR x NR micro-kernel runs over them. Edge tiles (M, N not multiples of MR, NR; odd K) are zero-padded
-// in the packs and computed into a scratch tile whose valid part is copied out.
+// Structure: B is packed into NR-column panels of bf16 pairs along k (the operand layout of vdpbf16ps), once
+// per frozen weight (bf16_weight_cache.h keeps it). The threads split the rows of C (the columns when there are
+// too few rows). A thread converts MR rows of A at a time (fp32 -> bf16, round to nearest even), one KC block
+// of k at a time, into a small buffer that stays in L1, and runs the MR x NR micro-kernel over it and the
+// panels of B, which stream from L2/L3; the micro-kernel meanwhile prefetches the next rows of A. Edge tiles
+// (M, N not multiples of MR, NR; odd K) compute into a scratch tile whose valid part is copied out.
 //
 // Two micro-kernels share this driver and the packing (bf16_microkernel.inc): AVX512-BF16 and a portable
 // one (bf16 -> fp32 by a 16-bit shift, FMA) that runs anywhere. The choice is made at run time from cpuid
@@ -19,9 +20,13 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -93,12 +98,19 @@ inline const CpuFeatures& cpu() {
 // ---------------------------------------------------------------------------------------------
 // Micro-kernels.
 
-using TileFn = void (*)(size_t kpairs, const uint32_t* a, const uint32_t* b, float* c, size_t ldc, bool accumulate);
+// k pairs per block. An A micro-panel holds MR rows of one block, row r's pair p at a[r * kKC + p]: the
+// fixed row stride makes every broadcast address a constant offset from one pointer.
+constexpr size_t kKC = 192;
+
+using TileFn = void (*)(size_t kpairs, const uint32_t* a, const uint32_t* b, float* c, size_t ldc, bool accumulate,
+                        const char* pf, size_t pf_lines);
+using ConvertFn = void (*)(const float* src, size_t n, uint16_t* dst);
 
 struct Kernel {
   const char* name;
   size_t mr, nr;
   TileFn tile;
+  ConvertFn convert;  // fp32 -> bf16 (round to nearest even) of one row segment of A
 };
 
 namespace portable {
@@ -135,7 +147,7 @@ struct V {
 
 #ifdef KL_X86
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bf16")
+#pragma GCC target("avx512f,avx512bw,avx512bf16")
 namespace avx512 {
 struct V {
   using Acc = __m512;
@@ -143,22 +155,41 @@ struct V {
   using Av = __m512bh;
   static constexpr size_t kLanes = 16;
   static Acc zero() { return _mm512_setzero_ps(); }
-  static Bv load_b(const uint32_t* p) { return (__m512bh)_mm512_loadu_si512(p); }
+  static Bv load_b(const uint32_t* p) { return (__m512bh)_mm512_load_si512(p); }  // panels are 64-byte aligned
   static Av bcast_a(uint32_t w) { return (__m512bh)_mm512_set1_epi32(static_cast<int>(w)); }
   static Acc dot2(Acc c, Av a, Bv b) { return _mm512_dpbf16_ps(c, a, b); }
   static void store(float* p, Acc v) { _mm512_storeu_ps(p, v); }
   static void add_store(float* p, Acc v) { _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), v)); }
 };
 #include "bf16_microkernel.inc"
+
+// vcvtne2ps2bf16 rounds two fp32 vectors to nearest even into one bf16 vector, so converting A costs one
+// instruction per 32 values. Like vdpbf16ps, which consumes the result, it treats denormals as zero.
+inline void convert(const float* src, size_t n, uint16_t* dst) {
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + i + 16), _mm512_loadu_ps(src + i));
+    _mm512_storeu_si512(dst + i, (__m512i)v);
+  }
+  if (i < n) {
+    const size_t rest = n - i;
+    const __mmask16 lo = static_cast<__mmask16>(rest >= 16 ? 0xffffu : (1u << rest) - 1u);
+    const __mmask16 hi = static_cast<__mmask16>(rest <= 16 ? 0u : (1u << (rest - 16)) - 1u);
+    __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, src + i + 16), _mm512_maskz_loadu_ps(lo, src + i));
+    _mm512_mask_storeu_epi16(dst + i, static_cast<__mmask32>((uint64_t(1) << rest) - 1u), (__m512i)v);
+  }
+}
 }  // namespace avx512
 #pragma GCC pop_options
 #endif
 
 // 4 x 16 on AVX2: 8 accumulators + 4 widened B vectors + 2 widened A broadcasts fit 16 YMM registers.
-inline const Kernel kPortable{"portable", 4, 16, &portable::tile<4, 2>};
+inline const Kernel kPortable{"portable", 4, 16, &portable::tile<4, 2>, &to_bf16_row};
 #ifdef KL_X86
-// 12 x 32 on AVX-512: 24 accumulators + 2 B vectors + 1 broadcast of the 32 ZMM registers.
-inline const Kernel kAvx512Bf16{"avx512bf16", 12, 32, &avx512::tile<12, 2>};
+// 8 x 48 on AVX-512: 24 accumulators + 3 B vectors + 1 broadcast of the 32 ZMM registers. Every shape from
+// 6 x 64 to 14 x 32 runs at the same rate from L1 and from L2; 8 x 48 lost least to the conversion of A
+// (fewer rows of A per tile) at the model's widths (multiples of 48: 384, 768, 1536, 3072).
+inline const Kernel kAvx512Bf16{"avx512bf16", 8, 48, &avx512::tile<8, 3>, &avx512::convert};
 #endif
 
 // The kernel for `request` ("auto", "portable", "avx512bf16"); throws if the CPU cannot run the one asked for.
@@ -181,119 +212,168 @@ inline const Kernel& select_kernel(const std::string& request) {
 
 inline size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
 
+// 64-byte aligned words: a vector load of a B panel then never straddles two cache lines.
+class AlignedWords {
+ public:
+  explicit AlignedWords(size_t count)
+      : p_(static_cast<uint32_t*>(std::aligned_alloc(64, ceil_div(std::max<size_t>(count, 1) * 4, 64) * 64))) {
+    if (!p_) throw std::bad_alloc();
+  }
+  uint32_t* data() const { return p_.get(); }
+
+ private:
+  struct Free {
+    void operator()(uint32_t* p) const { std::free(p); }
+  };
+  std::unique_ptr<uint32_t[], Free> p_;
+};
+
+// B (K x N) packed for one kernel: panel j holds columns [j*NR, j*NR+NR) over all KP pairs of k, word (p, col)
+// at j*KP*NR + p*NR + col = the pair (B[2p][n], B[2p+1][n]) of column n = j*NR + col; zero beyond K and N.
+// A frozen weight is packed once and reused across calls (kernels.cpp keeps it).
+struct PackedB {
+  size_t N, K, KP, NR;
+  AlignedWords words;
+  PackedB(size_t n, size_t k, size_t nr) : N(n), K(k), KP(ceil_div(k, 2)), NR(nr), words(panels() * KP * nr) {}
+  size_t panels() const { return ceil_div(N, NR); }
+  size_t bytes() const { return panels() * KP * NR * sizeof(uint32_t); }
+  const uint32_t* panel(size_t j) const { return words.data() + j * KP * NR; }
+};
+
+// Packs w (bf16 bits: N x K if w_nk, so B = W^T; else K x N, B = W); `parallel(n, f)` splits the panels.
+template <class Parallel>
+std::shared_ptr<PackedB> pack_b(const uint16_t* w, bool w_nk, size_t N, size_t K, const Kernel& kern,
+                                Parallel&& parallel) {
+  auto packed = std::make_shared<PackedB>(N, K, kern.nr);
+  const size_t NR = kern.nr, KP = packed->KP;
+  parallel(packed->panels(), [&](size_t first, size_t last) {
+    for (size_t j = first; j < last; ++j) {
+      uint32_t* panel = packed->words.data() + j * KP * NR;
+      for (size_t col = 0; col < NR; ++col) {
+        const size_t n = j * NR + col;
+        if (n >= N) {
+          for (size_t p = 0; p < KP; ++p) panel[p * NR + col] = 0;
+        } else if (w_nk) {  // B = W^T: a column of B is a row of W, its pairs adjacent in memory
+          const uint16_t* src = w + n * K;
+          for (size_t p = 0; p < K / 2; ++p) std::memcpy(panel + p * NR + col, src + 2 * p, sizeof(uint32_t));
+          if (K % 2) panel[(KP - 1) * NR + col] = src[K - 1];
+        }
+      }
+      if (!w_nk) {  // B = W: read along W's rows
+        for (size_t p = 0; p < KP; ++p) {
+          const uint16_t* lo = w + 2 * p * N;
+          const uint16_t* hi = 2 * p + 1 < K ? lo + N : nullptr;
+          for (size_t col = 0; col < NR && j * NR + col < N; ++col) {
+            const size_t n = j * NR + col;
+            panel[p * NR + col] = static_cast<uint32_t>(lo[n]) | (hi ? static_cast<uint32_t>(hi[n]) << 16 : 0u);
+          }
+        }
+      }
+    }
+  });
+  return packed;
+}
+
 struct Problem {
   size_t M, N, K;
   const float* a;     // M x K, row length lda
   size_t lda;
-  const uint16_t* w;  // bf16 bits: N x K if w_nk (B = W^T), else K x N (B = W)
-  bool w_nk;
   const float* bias;  // N values or null
   float* c;           // M x N, row length ldc
   size_t ldc;
 };
 
-// Panels [first, last) of B: panel j holds columns [j*NR, j*NR+NR), word (p, col) at j*KP*NR + p*NR + col,
-// the pair (B[2p][n], B[2p+1][n]) of column n = j*NR + col; zero beyond K and N.
-inline void pack_b(const Problem& pr, size_t NR, size_t KP, uint32_t* dst, size_t first, size_t last) {
-  const size_t K = pr.K, N = pr.N;
-  for (size_t j = first; j < last; ++j) {
-    uint32_t* panel = dst + j * KP * NR;
-    for (size_t col = 0; col < NR; ++col) {
-      const size_t n = j * NR + col;
-      if (n >= N) {
-        for (size_t p = 0; p < KP; ++p) panel[p * NR + col] = 0;
-      } else if (pr.w_nk) {  // B = W^T: a column of B is a row of W, its pairs adjacent in memory
-        const uint16_t* src = pr.w + n * K;
-        for (size_t p = 0; p < K / 2; ++p) std::memcpy(panel + p * NR + col, src + 2 * p, sizeof(uint32_t));
-        if (K % 2) panel[(KP - 1) * NR + col] = src[K - 1];
-      }
-    }
-    if (!pr.w_nk) {  // B = W: read along W's rows
-      for (size_t p = 0; p < KP; ++p) {
-        const uint16_t* lo = pr.w + 2 * p * N;
-        const uint16_t* hi = 2 * p + 1 < K ? lo + N : nullptr;
-        for (size_t col = 0; col < NR && j * NR + col < N; ++col) {
-          const size_t n = j * NR + col;
-          panel[p * NR + col] = static_cast<uint32_t>(lo[n]) | (hi ? static_cast<uint32_t>(hi[n]) << 16 : 0u);
+// Bytes of packed B that one pass of a thread's rows of A runs over. The 8 x 48 tile needs only a few bytes of B per
+// cycle, which L3 delivers as well as L2, while each extra pass converts the rows of A again: so a pass takes
+// all of B unless B would not stay in L3.
+constexpr size_t kGroupBytes = size_t(8) << 20;
+
+inline void prefetch_tile(const float* c, size_t ldc, size_t rows, size_t cols) {
+  for (size_t r = 0; r < rows; ++r)
+    for (size_t col = 0; col < cols; col += 16) __builtin_prefetch(c + r * ldc + col, 1, 3);
+}
+
+// Rows [m0, m1) x panels [j0, j1) of C. For each group of B panels (all of B but for a huge weight), each MR-row
+// micro-panel of A is converted (one KC block at a time) into a small buffer that stays in L1 while the group's
+// panels of B stream past it from L2/L3: every C tile then gets all of K before the next, and A is read once
+// per group.
+inline void gemm_block(const Kernel& kern, const Problem& pr, const PackedB& b, size_t m0, size_t m1, size_t j0,
+                       size_t j1) {
+  const size_t MR = kern.mr, NR = kern.nr, KP = b.KP, K = pr.K, N = pr.N;
+  const size_t group = std::max<size_t>(1, kGroupBytes / (KP * NR * sizeof(uint32_t)));
+  const size_t kblocks = ceil_div(KP, kKC);
+  AlignedWords apanel(MR * kKC);
+  std::memset(apanel.data(), 0, MR * kKC * sizeof(uint32_t));  // rows past an edge tile's last are never stored
+  uint16_t* ah = reinterpret_cast<uint16_t*>(apanel.data());
+  std::vector<float> scratch(MR * NR);
+  for (size_t jb = j0; jb < j1; jb += group) {
+    const size_t je = std::min(j1, jb + group);
+    for (size_t i0 = m0; i0 < m1; i0 += MR) {
+      const size_t mr = std::min(MR, m1 - i0);
+      // the next micro-panel's rows of A (contiguous but for the gaps of a longer lda), spread over this one's tiles:
+      // past m1 they are the next chunk's, which this thread likely takes next
+      const size_t next = i0 + MR < m1 || je == j1 ? std::min(i0 + MR, pr.M) : m0;
+      const char* pf = reinterpret_cast<const char*>(pr.a + next * pr.lda);
+      const size_t pf_lines = ceil_div(std::min(MR, pr.M - next) * pr.lda * sizeof(float), 64);
+      const size_t per_tile = ceil_div(pf_lines, (je - jb) * kblocks);
+      for (size_t p0 = 0; p0 < KP; p0 += kKC) {
+        const size_t kc = std::min(kKC, KP - p0), k0 = 2 * p0, kn = std::min(K, 2 * (p0 + kc)) - k0;
+        for (size_t r = 0; r < mr; ++r) {
+          kern.convert(pr.a + (i0 + r) * pr.lda + k0, kn, ah + r * 2 * kKC);
+          if (kn % 2) ah[r * 2 * kKC + kn] = 0;  // the pad of an odd K
+        }
+        for (size_t j = jb; j < je; ++j) {
+          // the next tile's rows of C, for writing: its stores then hit the cache instead of stalling on memory
+          if (j + 1 < je) prefetch_tile(pr.c + i0 * pr.ldc + (j + 1) * NR, pr.ldc, mr, NR);
+          const uint32_t* bp = b.panel(j) + p0 * NR;
+          float* c = pr.c + i0 * pr.ldc + j * NR;
+          const size_t nr = std::min(NR, N - j * NR);
+          if (mr == MR && nr == NR) {
+            kern.tile(kc, apanel.data(), bp, c, pr.ldc, p0 > 0, pf, per_tile);
+          } else {
+            kern.tile(kc, apanel.data(), bp, scratch.data(), NR, false, pf, per_tile);
+            for (size_t r = 0; r < mr; ++r)
+              for (size_t col = 0; col < nr; ++col)
+                c[r * pr.ldc + col] = (p0 > 0 ? c[r * pr.ldc + col] : 0.f) + scratch[r * NR + col];
+          }
+          pf += per_tile * 64;
         }
       }
+      if (pr.bias)
+        for (size_t i = i0; i < i0 + mr; ++i)
+          for (size_t n = jb * NR; n < std::min(N, je * NR); ++n) pr.c[i * pr.ldc + n] += pr.bias[n];
     }
   }
 }
 
-// Rows [i0, i0 + mc) of A, all KP pairs of k, into MR-row panels: word (p, r) at panel*KP*MR + p*MR + r
-// (a k block [p0, p0 + kc) of a panel is then the contiguous slice from p0*MR). `row` holds 2*KP values.
-inline void pack_a(const Problem& pr, size_t MR, size_t i0, size_t mc, size_t KP, uint32_t* dst, uint16_t* row) {
-  const size_t panels = ceil_div(mc, MR);
-  row[2 * KP - 1] = 0;  // the pad of an odd K
-  for (size_t ip = 0; ip < panels; ++ip) {
-    uint32_t* panel = dst + ip * KP * MR;
-    for (size_t r = 0; r < MR; ++r) {
-      if (ip * MR + r >= mc) {
-        for (size_t p = 0; p < KP; ++p) panel[p * MR + r] = 0;
-        continue;
-      }
-      to_bf16_row(pr.a + (i0 + ip * MR + r) * pr.lda, pr.K, row);
-      for (size_t p = 0; p < KP; ++p) std::memcpy(panel + p * MR + r, row + 2 * p, sizeof(uint32_t));
-    }
-  }
-}
-
-constexpr size_t kKC = 192;  // k pairs per block: an A panel (MR x 2KC bf16) and a B panel stay in L1/L2
-
-// Runs the GEMM; `parallel(n, f)` calls f(first, last) over [0, n) split across threads.
+// Runs C = A B [+ bias] on `threads` threads; `parallel(n, f)` calls f(first, last) over [0, n) split across them.
 template <class Parallel>
-void gemm(const Kernel& kern, const Problem& pr, Parallel&& parallel) {
-  const size_t M = pr.M, N = pr.N, K = pr.K, MR = kern.mr, NR = kern.nr;
+void gemm(const Kernel& kern, const Problem& pr, const PackedB& b, size_t threads, Parallel&& parallel) {
+  const size_t M = pr.M, N = pr.N;
+  if (b.N != N || b.K != pr.K || b.NR != kern.nr)
+    throw std::logic_error("bf16 gemm: the packed B does not fit the problem (a bug in the caller)");
   if (M == 0 || N == 0) return;
-  if (K == 0) {
+  if (pr.K == 0) {
     for (size_t i = 0; i < M; ++i)
       for (size_t j = 0; j < N; ++j) pr.c[i * pr.ldc + j] = pr.bias ? pr.bias[j] : 0.f;
     return;
   }
-  const size_t KP = ceil_div(K, 2), n_panels = ceil_div(N, NR);
-  std::vector<uint32_t> bpack(n_panels * KP * NR);
-  parallel(n_panels, [&](size_t a, size_t b) { pack_b(pr, NR, KP, bpack.data(), a, b); });
-
-  const size_t MC = MR * 8, NC = NR * 8;  // a C block: the unit of work of one thread
-  const size_t m_blocks = ceil_div(M, MC), n_blocks = ceil_div(N, NC);
-  parallel(m_blocks * n_blocks, [&](size_t first, size_t last) {
-    std::vector<uint32_t> apack(MC * KP);
-    std::vector<uint16_t> row(2 * KP);
-    std::vector<float> scratch(MR * NR);
-    size_t packed = SIZE_MAX;  // the row block in apack: a thread's units run along N, so A is packed once per block
-    for (size_t u = first; u < last; ++u) {
-      const size_t ib = u / n_blocks, i0 = ib * MC, j0 = (u % n_blocks) * NC;
-      const size_t mc = std::min(MC, M - i0), nc = std::min(NC, N - j0);
-      if (packed != ib) {
-        pack_a(pr, MR, i0, mc, KP, apack.data(), row.data());
-        packed = ib;
-      }
-      for (size_t p0 = 0; p0 < KP; p0 += kKC) {
-        const size_t kc = std::min(kKC, KP - p0);
-        const bool acc = p0 > 0;
-        for (size_t jr = 0; jr < nc; jr += NR) {
-          const uint32_t* bp = bpack.data() + ((j0 + jr) / NR) * KP * NR + p0 * NR;
-          const size_t nr = std::min(NR, nc - jr);
-          for (size_t ir = 0; ir < mc; ir += MR) {
-            const uint32_t* ap = apack.data() + (ir / MR) * KP * MR + p0 * MR;
-            const size_t mr = std::min(MR, mc - ir);
-            float* c = pr.c + (i0 + ir) * pr.ldc + j0 + jr;
-            if (mr == MR && nr == NR) {
-              kern.tile(kc, ap, bp, c, pr.ldc, acc);
-              continue;
-            }
-            kern.tile(kc, ap, bp, scratch.data(), NR, false);
-            for (size_t r = 0; r < mr; ++r)
-              for (size_t j = 0; j < nr; ++j) c[r * pr.ldc + j] = (acc ? c[r * pr.ldc + j] : 0.f) + scratch[r * NR + j];
-          }
-        }
-      }
-      if (pr.bias)
-        for (size_t i = i0; i < i0 + mc; ++i)
-          for (size_t j = j0; j < j0 + nc; ++j) pr.c[i * pr.ldc + j] += pr.bias[j];
-    }
-  });
+  const size_t n_panels = b.panels(), m_panels = ceil_div(M, kern.mr);
+  // Split M when each thread gets a few micro-panels: each converts only its rows of A. Else (few rows) split N.
+  const bool split_m = m_panels >= 2 * threads || n_panels < threads;
+  if (!split_m) {
+    parallel(n_panels, [&](size_t first, size_t last) { gemm_block(kern, pr, b, 0, M, first, last); });
+  } else {
+    // Rows in chunks that the threads take from a shared counter (at least 4 per thread): a thread slowed down by
+    // other load on its core then leaves its remaining chunks to the others instead of holding up the call.
+    const size_t per_chunk = std::max<size_t>(1, std::min<size_t>(8, m_panels / (4 * threads)));
+    const size_t chunks = ceil_div(m_panels, per_chunk), rows = per_chunk * kern.mr;
+    std::atomic<size_t> next{0};
+    parallel(std::min(threads, chunks), [&](size_t, size_t) {
+      for (size_t c = next++; c < chunks; c = next++)
+        gemm_block(kern, pr, b, c * rows, std::min(M, (c + 1) * rows), 0, n_panels);
+    });
+  }
 }
 
 }  // namespace kl_bf16

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <stdexcept>
 #include <thread>
@@ -35,6 +36,8 @@
 #include "attention.h"
 #include "bf16_gemm.h"
 #include "native_math.h"
+#include "bf16_weight_cache.h"
+#include "worker_pool.h"
 #include "lora_branch.h"
 
 namespace nb = nanobind;
@@ -394,6 +397,22 @@ class Dropout : public CpuUnary {
 };
 
 
+// parallel_units for the bf16 GEMM: on the persistent workers of worker_pool.h where there is no OpenMP pool.
+template <class F>
+void gemm_parallel(size_t n, F&& f) {
+#ifndef KL_OPENMP
+  const size_t nt = std::min(thread_count(), n);
+  if (kl_pool::Pool* pool = nt > 1 ? kl_pool::pool(thread_count()) : nullptr) {
+    const size_t chunk = (n + nt - 1) / nt;
+    const std::function<void(size_t)> job = [&](size_t t) {
+      if (t * chunk < n) f(t * chunk, std::min(n, (t + 1) * chunk));
+    };
+    if (pool->try_run(std::min(nt, pool->size()), job)) return;
+  }
+#endif
+  parallel_units(n, f);
+}
+
 // bf16 GEMM of a frozen weight (bf16_gemm.h): inputs a (..., K) float32, w bf16 (N x K when w_nk,
 // else K x N), optional bias (N) float32; output (..., N) float32.
 class Bf16Matmul : public CpuUnary {
@@ -404,10 +423,15 @@ class Bf16Matmul : public CpuUnary {
     const array& w = in[1];
     size_t K = a.shape(-1), N = out.shape(-1), M = 1;
     for (int i = 0; i + 1 < a.ndim(); ++i) M *= static_cast<size_t>(a.shape(i));
-    kl_bf16::Problem pr{M, N, K, a.data<float>(), K, w.data<uint16_t>(), w_nk_,
-                        in.size() > 2 ? in[2].data<float>() : nullptr, allocate(out).data<float>(), N};
-    launch(in, out, [pr, kernel = kernel_] {
-      kl_bf16::gemm(*kernel, pr, [](size_t n, auto&& f) { parallel_units(n, f); });
+    kl_bf16::Problem pr{M, N, K, a.data<float>(), K, in.size() > 2 ? in[2].data<float>() : nullptr,
+                        allocate(out).data<float>(), N};
+    launch(in, out, [pr, kernel = kernel_, w_nk = w_nk_, owner = std::shared_ptr<void>(w.data_shared_ptr()),
+                     wp = w.data<uint16_t>()] {
+      auto parallel = [](size_t n, auto&& f) { gemm_parallel(n, f); };
+      auto packed = kl_bf16::packed_weights().get(owner, wp, pr.N, pr.K, w_nk, *kernel, [&] {
+        return kl_bf16::pack_b(wp, w_nk, pr.N, pr.K, *kernel, parallel);
+      });
+      kl_bf16::gemm(*kernel, pr, *packed, thread_count(), parallel);
     });
   }
   std::vector<Shape> output_shapes(const std::vector<array>& in) override {
@@ -812,6 +836,12 @@ std::string attention_block() { return std::to_string(kl_attn::kMR) + "x" + std:
 
 std::string bf16_kernel() { return kl_bf16::select_kernel("auto").name; }
 
+// How many packed weights the bf16 GEMM keeps (bf16_weight_cache.h); clear() drops them all.
+size_t bf16_packed_weights(bool clear) {
+  if (clear) kl_bf16::packed_weights().clear();
+  return kl_bf16::packed_weights().entries();
+}
+
 nb::dict cpu_features() {
   const auto& f = kl_bf16::cpu();
   nb::dict d;
@@ -841,6 +871,7 @@ NB_MODULE(KL_MODULE_NAME, m) {
         nb::arg("transpose_w") = true, nb::arg("kernel") = "auto");
   m.def("bf16_kernel", &bf16_kernel);
   m.def("attention_block", &attention_block);
+  m.def("bf16_packed_weights", &bf16_packed_weights, nb::arg("clear") = false);
   m.def("lora_forward", &lora_forward);
   m.def("lora_backward", &lora_backward);
   m.def("add_norm_forward", &add_norm_forward);

@@ -1,0 +1,90 @@
+// Persistent worker threads for the bf16 GEMM where there is no OpenMP pool (kernels.cpp's std::thread path).
+//
+// Why: a thread spawned per call is placed by the scheduler when it starts, and while the other core's recent
+// load still counts as busy (just after the process or another one ran there), it lands on the caller's core:
+// both halves of the GEMM then share one core for the whole call. A worker that lives across calls is moved
+// to the idle core once and stays there, and a call costs a wake-up instead of a thread creation.
+//
+// A forked child does not inherit the workers: after fork() the pool is never used again in that process
+// (callers fall back to spawning threads).
+
+#pragma once
+
+#include <pthread.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <functional>
+#include <mutex>
+#include <thread>
+
+namespace kl_pool {
+
+class Pool {
+ public:
+  explicit Pool(size_t workers) : workers_(workers) {
+    for (size_t i = 0; i < workers; ++i) std::thread([this, i] { loop(i + 1); }).detach();  // live until exit
+  }
+  size_t size() const { return workers_ + 1; }
+
+  // Runs job(t) for t in [0, n), t = 0 on the calling thread; n <= size(). Returns false, running nothing, when
+  // another call is using the pool (the caller then uses threads of its own).
+  bool try_run(size_t n, const std::function<void(size_t)>& job) {
+    std::unique_lock<std::mutex> busy(run_mu_, std::try_to_lock);
+    if (!busy.owns_lock()) return false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      job_ = &job;
+      n_ = n;
+      pending_ = n - 1;
+      ++generation_;
+    }
+    wake_.notify_all();
+    job(0);
+    std::unique_lock<std::mutex> lock(mu_);
+    done_.wait(lock, [&] { return pending_ == 0; });
+    job_ = nullptr;
+    return true;
+  }
+
+ private:
+  void loop(size_t t) {
+    size_t seen = 0;
+    for (;;) {
+      const std::function<void(size_t)>* job = nullptr;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        wake_.wait(lock, [&] { return generation_ != seen; });
+        seen = generation_;
+        if (t >= n_) continue;  // not needed by this call
+        job = job_;
+      }
+      (*job)(t);
+      std::lock_guard<std::mutex> lock(mu_);
+      if (--pending_ == 0) done_.notify_one();
+    }
+  }
+
+  size_t workers_;
+  std::mutex run_mu_, mu_;
+  std::condition_variable wake_, done_;
+  const std::function<void(size_t)>* job_ = nullptr;
+  size_t n_ = 0, pending_ = 0, generation_ = 0;
+};
+
+inline std::atomic<bool>& forked() {
+  static std::atomic<bool> f{false};
+  return f;
+}
+
+// The process's pool of `threads` - 1 workers, made on first use; null in a forked child.
+inline Pool* pool(size_t threads) {
+  static Pool* p = [threads] {
+    pthread_atfork(nullptr, nullptr, [] { forked() = true; });
+    return threads > 1 ? new Pool(threads - 1) : nullptr;  // never deleted: the workers run until exit
+  }();
+  return forked() ? nullptr : p;
+}
+
+}  // namespace kl_pool
