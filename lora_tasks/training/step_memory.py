@@ -3,8 +3,8 @@
 Why: MLX keeps freed buffers for reuse only up to its cache limit (32 MB by default on the CPU). A
 BERT train step frees far more than that (each layer's attention probabilities alone are batch x
 heads x seq^2 floats), so every step handed most of its memory back to the OS and the next one
-faulted fresh, zeroed pages in again: on MiniLM at batch 32 x seq 128, ~100k page faults and ~10% of
-the step's time, which no part of the step's profile (:mod:`lora_tasks.training.step_profile`) did.
+faulted fresh, zeroed pages in again: a share of the step's time that no part of the step's profile
+(:mod:`lora_tasks.training.step_profile`) counted (``tests/test_step_memory.py`` counts the faults).
 With the limit at the step's peak memory, the next step reuses the buffers instead.
 
 The cost: between steps the process keeps the memory the step used at its peak instead of giving
