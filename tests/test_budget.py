@@ -4,6 +4,7 @@ run-time epoch budget and the members decision."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -248,6 +249,19 @@ def test_the_probe_cache_lives_in_the_users_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("KAGGLE_LORA_PROBE_CACHE", str(tmp_path / "elsewhere"))
     assert probe_cache_dir() == tmp_path / "elsewhere"
     assert "flags:" in machine_id() and f"x{__import__('os').cpu_count()}" in machine_id()
+
+
+def test_step_costs_measured_with_other_native_kernels_are_not_reused():
+    from lora_tasks import native
+    from lora_tasks.budget.cache import ProbeProfile, kernels_build
+
+    built = kernels_build()
+    versions = ProbeProfile.here("tiny:balanced", "float32", (1,)).versions
+    assert f"kernels={built}" in versions
+    path = native.native_info().path
+    assert built == ("none" if path is None else Path(path).name.split(".")[0])
+    if path is not None:  # the build's fingerprint (sources and flags) is in the name, so in the key
+        assert built.startswith("_kaggle_lora_kernels_") and len(built) > len("_kaggle_lora_kernels_")
 
 
 # ------------------------------------------------------------------------------------ run time

@@ -8,7 +8,7 @@ another work dir, reuses what an earlier run measured and scales it to its own w
 
 A :class:`ProbeProfile` says what a set of points is valid for: the machine (CPU model, a digest
 of its flags, the cores), the model (its identity and adapter preset), the compute dtype, what was
-timed, and the versions of MLX and this package. Each point of a profile (one width and batch) is
+timed, the versions of MLX and this package, and the native kernels' build. Each point of a profile (one width and batch) is
 its own file, so concurrent runs never overwrite each other's points.
 """
 
@@ -28,7 +28,7 @@ from lora_tasks.budget.costs import StepCosts
 
 log = logging.getLogger("lora_tasks.budget")
 
-CACHE_VERSION = 3  # bump when the probe measures differently
+CACHE_VERSION = 4  # bump when the probe measures differently (4: the step keeps its memory in MLX's cache)
 PROBE_CACHE_ENV = "KAGGLE_LORA_PROBE_CACHE"
 
 
@@ -67,6 +67,20 @@ def machine_id() -> str:
     return f"{cpu_model()} x{os.cpu_count() or 1} flags:{cpu_flags_digest()}"
 
 
+def kernels_build() -> str:
+    """The native CPU kernels' build, named by the fingerprint of their sources and flags ("none" off
+    the CPU or without them). Why in the key: a faster GEMM or attention makes every step cost
+    measured with the old kernels wrong, and the package's version does not change with them."""
+    from lora_tasks.backend import is_cpu_backend
+
+    if not is_cpu_backend():
+        return "none"
+    from lora_tasks import native
+
+    path = native.native_info().path
+    return Path(path).name.split(".")[0] if path else "none"
+
+
 def _versions() -> str:
     out = []
     for dist in ("mlx", "kaggle-lora"):
@@ -74,6 +88,7 @@ def _versions() -> str:
             out.append(f"{dist}={metadata.version(dist)}")
         except metadata.PackageNotFoundError:
             out.append(f"{dist}=none")
+    out.append(f"kernels={kernels_build()}")
     return ",".join(out)
 
 
