@@ -48,3 +48,18 @@ def test_a_run_without_a_budget_has_nothing_to_compare(plan):
     # the budget planned the members only (no adapter folds trained): only their estimate is checked
     assert [c.part for c in estimate_checks(replace(plan, epoch_s=3.0, members_s=5.0), [], [_member("linear", 5.0)])] \
         == ["the members, one round"]
+
+
+def test_cached_member_timings_that_missed_far_are_dropped_to_be_taken_again(plan, tmp_path, monkeypatch):
+    from lora_tasks.steps.member_costs import cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache_dir().mkdir(parents=True)
+    kept = cache_dir() / "close.json"
+    stale = cache_dir() / "stale.json"
+    for f in (kept, stale):
+        f.write_text('{"timings": {"linear": [1.0, 2.0]}}')
+    close = estimate_checks(replace(plan, members_s=10.0, members_timing_key="close"), [], [_member("linear", 6.0)])
+    assert kept.exists() and "times the members again" not in close[0].detail  # 1.7x off: kept
+    far = estimate_checks(replace(plan, members_s=10.0, members_timing_key="stale"), [], [_member("linear", 2.0)])
+    assert not stale.exists() and "the next plan of this table times the members again" in far[0].detail

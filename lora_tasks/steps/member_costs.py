@@ -92,6 +92,8 @@ class MeasuredMembers:
     sample_rows: tuple[int, int]
     rows: int
     limit_s: float
+    #: the name of the cached timings these came from or went to (:func:`forget_timings`)
+    timing_key: str = ""
 
     @property
     def kept(self) -> list[str]:
@@ -189,6 +191,19 @@ def _keep_timings(key: str, timings: dict[str, tuple[float, float]]) -> None:
         log.info("members' timings not cached (%s)", err)
 
 
+def forget_timings(key: str) -> bool:
+    """Drop the cached timings ``key`` (the next plan of that table times its members again);
+    True if there were any. Why: timings taken while other work shared the cores stay wrong for
+    every later run of the table, and only a run that measured the members can tell."""
+    if not key:
+        return False
+    try:
+        (cache_dir() / f"{key}.json").unlink()
+        return True
+    except OSError:
+        return False
+
+
 def _builds(features: FeaturePlan | None) -> bool:
     return bool(features is not None and features.features)
 
@@ -212,7 +227,7 @@ def measure_members(config: CompetitionConfig, train: pd.DataFrame, n_folds: int
     if timings is None:
         timings = _time_samples(config, frame, y, (n1, n2), n_folds, seed, class_weight, features)
         _keep_timings(key, timings)
-    return _decide(timings, (n1, n2), rows, limit_s)
+    return dataclasses.replace(_decide(timings, (n1, n2), rows, limit_s), timing_key=key)
 
 
 def _time_samples(config: CompetitionConfig, frame: pd.DataFrame, y: np.ndarray, sizes: tuple[int, int],
@@ -266,4 +281,4 @@ def _decide(timings: dict[str, tuple[float, float]], sizes: tuple[int, int], row
 
 
 __all__ = ["MAX_MEMBER_ROUNDS", "MEMBER_SHARE", "MemberCost", "MemberRounds", "MeasuredMembers", "extrapolate",
-           "measure_members", "plan_member_rounds"]
+           "forget_timings", "measure_members", "plan_member_rounds"]

@@ -92,6 +92,7 @@ class Plan:
     members: list[str] | None = None
     has_text: bool = False  # free-text columns: the adapters keep their time (no members decision)
     members_s: float | None = None  # the kept members' measured estimate for the whole table, in seconds
+    members_timing_key: str | None = None  # the cached timings members_s came from (steps.member_costs)
     #: extra rounds of the members on new fold splits, averaged (:mod:`lora_tasks.steps.member_rounds`),
     #: when every adapter fold trains, and when fold 0 stops the adapters or none are planned
     member_rounds: int = 0
@@ -105,7 +106,8 @@ class Plan:
     def load(cls, path: str | os.PathLike) -> Plan:
         data = load_record(path, "plan")
         optional = {"seed", "competition_markdown", "time_limit_s", "epoch_s", "predict_s", "reserve_s", "no_adapters",
-                    "member_folds", "cost_probe", "features", "members", "has_text", "members_s", "member_rounds",
+                    "member_folds", "cost_probe", "features", "members", "has_text", "members_s", "members_timing_key",
+                    "member_rounds",
                     "member_rounds_alone"}
         missing = sorted({f.name for f in fields(cls)} - set(data) - optional)
         if missing:
@@ -292,7 +294,8 @@ def fit_to_budget(
                                    features=features)
         settings.reasons.extend(measured.reasons)
         members = MemberCosts(measured.seconds, measured.how)
-        chosen_members = {"members": measured.kept, "members_s": measured.seconds}
+        chosen_members = {"members": measured.kept, "members_s": measured.seconds,
+                          "members_timing_key": measured.timing_key}
     alone_s = members.seconds + DEFAULT_OVERHEAD_S
     if no_adapters:
         settings.reasons.append(f"budget: --no-adapters: the scikit-learn members alone, estimated "
