@@ -63,7 +63,7 @@ def test_demo_flow_submits_and_reads_the_servers_score(demo_run, demo_server):
     assert set(summary.task_states.values()) == {"Completed"} and "train-members" in summary.task_states
     members = {row["member"]: row for row in summary.members}
     # the tiny random encoder may end at the majority class: then its adapters leave the blend, saying why
-    blended = [m for m in ("lora", "lightgbm", "catboost", "hist_gbm", "linear") if m in members]
+    blended = [m for m in ("lora", "lightgbm", "catboost", "hist_gbm", "extra_trees", "linear") if m in members]
     dropped = [m for m in members if m.startswith("no adapters in the blend:")]
     assert {"hist_gbm", "linear", "lightgbm", "catboost"} <= set(blended), summary.members
     assert ("lora" in blended) != bool(dropped), summary.members
