@@ -3,8 +3,6 @@ instead of faulting in fresh pages (counted with getrusage's minor page faults, 
 
 from __future__ import annotations
 
-import resource
-
 import mlx.core as mx
 import pytest
 
@@ -24,14 +22,6 @@ def restore_cache_limit():
     mx.clear_cache()
 
 
-def _faults_per_call(fn, calls: int = 4) -> float:
-    mx.eval(fn())
-    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(calls):
-        mx.eval(fn())
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / calls
-
-
 def test_raises_the_limit_to_the_peak_and_never_lowers_it(restore_cache_limit):
     mx.set_cache_limit(1 << 20)
     assert cache_step_memory(1 << 30) == 1 << 30
@@ -44,20 +34,46 @@ def test_raises_the_limit_to_the_peak_and_never_lowers_it(restore_cache_limit):
         cache_step_memory(-1)
 
 
-def test_a_step_that_frees_more_than_the_default_cache_faults_no_pages_after_it(restore_cache_limit):
-    x = mx.random.normal((2048, 4096))  # 32 MB per temporary: more than the default CPU cache keeps
-    mx.eval(x)
+# Run in a fresh process: in a long test session the allocator already holds pages from earlier
+# tests, so the uncached step would fault nothing and the comparison would say nothing.
+_STEP_FAULTS = """
+import json, resource
+import lora_tasks
+import mlx.core as mx
+from lora_tasks.training.step_memory import cache_step_memory
 
-    def step():
-        h = mx.maximum(x * 2.0 + 1.0, 0.0)  # temporaries freed as soon as the next op has read them
-        return (h * h).sum()
+x = mx.random.normal((2048, 4096))  # 32 MB per temporary: more than the default CPU cache keeps
+mx.eval(x)
 
-    mx.set_cache_limit(32 << 20)
-    mx.clear_cache()
-    before = _faults_per_call(step)
-    mx.reset_peak_memory()
+def step():
+    h = mx.maximum(x * 2.0 + 1.0, 0.0)  # temporaries freed as soon as the next op has read them
+    return (h * h).sum()
+
+def faults_per_call(calls=4):
     mx.eval(step())
-    cache_step_memory()
-    after = _faults_per_call(step)
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        mx.eval(step())
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / calls
+
+mx.set_cache_limit(32 << 20)
+mx.clear_cache()
+before = faults_per_call()
+mx.reset_peak_memory()
+mx.eval(step())
+cache_step_memory()
+print(json.dumps({"before": before, "after": faults_per_call()}))
+"""
+
+
+def test_a_step_that_frees_more_than_the_default_cache_faults_no_pages_after_it():
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _STEP_FAULTS], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    faults = json.loads(done.stdout.strip().splitlines()[-1])
+    before, after = faults["before"], faults["after"]
     assert before > 4000, f"expected the uncached step to fault its temporaries in ({before:.0f} faults per call)"
     assert after < before / 10, f"{after:.0f} faults per call with the cache at the step's peak, {before:.0f} without"

@@ -34,6 +34,11 @@ log = logging.getLogger("lora_tasks.ensemble.members")
 #: learning rate rises and fewer rounds are allowed.
 SMALL_ROWS = 5_000
 MEDIUM_ROWS = 50_000
+#: CatBoost on a table wider than this looks at a random ``WIDE_COLUMNS // 2`` of the columns per
+#: split (``rsm``). Why: each symmetric tree scores every border of every column, so on a table of
+#: a few hundred numeric columns it costs minutes where LightGBM costs seconds; the random subspace
+#: is CatBoost's own remedy, as column sampling is LightGBM's.
+WIDE_COLUMNS = 100
 MISSING = "__missing__"  # CatBoost's categorical columns take strings: missing is its own category
 
 
@@ -131,7 +136,10 @@ def catboost_member(
         # time on tables with dozens of categoricals, and it scored alike without them.
         kw = dict(iterations=p.max_rounds // 2, learning_rate=p.catboost_learning_rate, depth=p.depth,
                   max_ctr_complexity=1, random_seed=seed, thread_count=n_threads, verbose=False,
-                  allow_writing_files=False, cat_features=cat) | params
+                  allow_writing_files=False, cat_features=cat)
+        if d.train.shape[1] > WIDE_COLUMNS:
+            kw["rsm"] = (WIDE_COLUMNS // 2) / d.train.shape[1]
+        kw |= params
         if task is Task.MULTICLASS:
             kw.setdefault("loss_function", "MultiClass")
 
