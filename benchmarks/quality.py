@@ -48,6 +48,7 @@ from _common import PEERS, RESULTS, kaggle_lora_run, kept_trials, row, write_res
 from sklearn.model_selection import train_test_split
 
 from lora_tasks.budget import parse_duration
+from lora_tasks.steps.estimates import TOLERANCE
 from lora_tasks.testing.fake_kaggle import (
     COMPETITION_META_FILE,
     KAGGLE_METRIC_NAMES,
@@ -244,7 +245,7 @@ def result_rows(trials: list[Trial]) -> list[dict]:
                            high=t.paired_high, share_at_least_as_good=t.paired_share))
         out.append(row(f"{label}: wall", t.wall_s, "s", peer.wall_s if peer else None, False,
                        within_limit=t.wall_s <= 1.1 * t.limit_s))
-        out += [row(f"{label}: estimate of {part}, measured / estimated", ratio, "ratio", within_15_percent=abs(ratio - 1) <= 0.15)
+        out += [row(f"{label}: estimate of {part}, measured / estimated", ratio, "ratio", within_tolerance=abs(ratio - 1) <= TOLERANCE)
                 for part, ratio in t.estimate_ratios.items()]
     return out
 
