@@ -1,7 +1,7 @@
 """Quality on rows neither tool trained on: the zero-config run against AutoGluon, same time limit.
 
     python benchmarks/quality.py [--competitions titanic,ghouls-goblins-and-ghosts-boo,...]
-        [--limit 20m] [--holdout 0.2] [--no-peer] [--force] [--plot-only] [--pairs-only]
+        [--limit 20m] [--holdout 0.2] [--splits 1] [--no-peer] [--force] [--plot-only] [--pairs-only]
 
 For each shared competition (``../shared/datasets``), a seeded 20% of ``train.csv`` is held out
 (stratified on a class target). What is left becomes a new competition, ``holdout-<name>``, laid
@@ -25,7 +25,10 @@ Both submissions are scored on the held-out rows by the fake server's own scorer
 Each run's log and submission stay in ``.kaggle-lora/bench-cache/holdout/`` (to read row errors);
 with both submissions of a competition kept, its kaggle-lora row gets the paired bootstrap of the
 score difference (:func:`paired_bootstrap`): on a few hundred held-out rows, one score against
-another says little without it.
+another says little without it. ``--splits K`` holds out K different seeded 20% (split 0 is the
+default one) and runs both tools on each: on a small table one split's rows move the score by more
+than the tools differ, so the mean over the splits, and a bootstrap of the mean difference
+(resampled within each split), are the comparison.
 A kept trial whose system was renamed (``kaggle-lora (before: <commit>)``) stays in the table
 and the figure beside the new one.
 """
@@ -43,47 +46,29 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
+import numpy as np
 from _common import PEERS, RESULTS, kaggle_lora_run, kept_trials, row, write_results
-from sklearn.model_selection import train_test_split
+from _holdout import (
+    COMPETITIONS,
+    LOWER_IS_BETTER,
+    Competition,
+    bootstrap_summary,
+    build_holdout,
+    holdout_score,
+    paired_bootstrap,
+    paired_diffs,
+)
 
 from lora_tasks.budget import parse_duration
 from lora_tasks.steps.estimates import TOLERANCE
 from lora_tasks.testing.fake_kaggle import (
-    COMPETITION_META_FILE,
-    KAGGLE_METRIC_NAMES,
-    SOLUTION_FILE_NAME,
     FakeKaggleServer,
-    score_submission,
     serve,
 )
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 LOGS = Path(__file__).resolve().parents[1] / ".kaggle-lora" / "bench-cache" / "holdout"
 NAME = "quality"
 AG_PYTHON = os.environ.get("KAGGLE_LORA_AUTOGLUON_PYTHON", "/work/ag-venv/bin/python")
-LOWER_IS_BETTER = {"rmse", "rmsle", "mcrmse", "mae", "log_loss", "logloss", "multiclass_logloss"}
-
-
-@dataclass(frozen=True)
-class Competition:
-    name: str  # the shared folder
-    id: str
-    targets: tuple[str, ...]
-    metric: str  # a fake_kaggle METRICS name
-    classify: bool  # stratify the holdout on the (single) target
-    id_is_feature: bool = False  # bike-sharing's id is its datetime
-
-
-COMPETITIONS = {c.name: c for c in (
-    Competition("titanic", "PassengerId", ("Survived",), "accuracy", True),
-    Competition("house-prices-advanced-regression-techniques", "Id", ("SalePrice",), "rmsle", False),
-    Competition("nlp-getting-started", "id", ("target",), "f1", True),
-    Competition("feedback-prize-english-language-learning", "text_id",
-                ("cohesion", "syntax", "vocabulary", "phraseology", "grammar", "conventions"), "mcrmse", False),
-    Competition("bike-sharing-demand", "datetime", ("count",), "rmsle", False, id_is_feature=True),
-    Competition("ghouls-goblins-and-ghosts-boo", "id", ("type",), "accuracy", True),
-)}
 
 
 @dataclass(frozen=True)
@@ -105,86 +90,37 @@ class Trial:
     paired_share: float | None = None
     #: the run's estimates against what it measured (its summary's ``estimates``): part -> measured / estimated
     estimate_ratios: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: which seeded held-out split (``--splits``): 0 is the default one
+    split: int = 0
+
+    @property
+    def key(self) -> tuple[str, str, float, int]:
+        return self.competition, self.system, self.limit_s, self.split
 
 
-def sample_name(folder: Path) -> str:
-    return next(p.name for p in sorted(folder.glob("*.csv")) if "submission" in p.name.lower())
+def split_tag(split: int) -> str:
+    """The suffix of a split's files and row names (none for split 0, so earlier results keep their names)."""
+    return f"-split{split}" if split else ""
 
 
-def build_holdout(comp: Competition, dest: Path, fraction: float, seed: int = 0) -> Path:
-    """``dest/holdout-<name>/``: the competition of the kept rows, scored on the held-out ones."""
-    src = DATASETS / comp.name
-    train = pd.read_csv(src / "train.csv", dtype=str, keep_default_na=False)
-    test_columns = list(pd.read_csv(src / "test.csv", nrows=0).columns)
-    sample = pd.read_csv(src / sample_name(src), dtype=str, keep_default_na=False)
-    strata = train[comp.targets[0]] if comp.classify else None
-    kept, held = train_test_split(train, test_size=fraction, random_state=seed, stratify=strata)
-    folder = dest / f"holdout-{comp.name}"
-    folder.mkdir(parents=True)
-    kept.to_csv(folder / "train.csv", index=False)
-    held[test_columns].to_csv(folder / "test.csv", index=False)
-    placeholder = {c: sample[c].iloc[0] for c in comp.targets}
-    pd.DataFrame({comp.id: held[comp.id], **{c: [v] * len(held) for c, v in placeholder.items()}}).to_csv(
-        folder / sample_name(src), index=False)
-    held[[comp.id, *comp.targets]].to_csv(folder / SOLUTION_FILE_NAME, index=False)
-    (folder / COMPETITION_META_FILE).write_text(json.dumps(
-        {"metric": comp.metric, "evaluation_metric": KAGGLE_METRIC_NAMES[comp.metric]}))
-    return folder
-
-
-def holdout_score(comp: Competition, submission: Path, folder: Path) -> float:
-    frame = pd.read_csv(submission, dtype=str, keep_default_na=False)
-    solution = pd.read_csv(folder / SOLUTION_FILE_NAME, dtype=str, keep_default_na=False)
-    return float(score_submission(frame, solution, comp.metric))
-
-
-def submission_copy(comp: Competition, system: str, limit: str) -> Path:
+def submission_copy(comp: Competition, system: str, limit: str, split: int = 0) -> Path:
     """Where a trial's submission is kept (beside its log) for row errors and the paired comparison."""
-    return LOGS / f"{comp.name}-{system}-{limit}-submission.csv"
+    return LOGS / f"{comp.name}-{system}-{limit}{split_tag(split)}-submission.csv"
 
 
-def paired_bootstrap(comp: Competition, folder: Path, ours: Path, theirs: Path,
-                     resamples: int = 400, seed: int = 0) -> tuple[float, float, float]:
-    """(5th, 95th percentile of ours minus theirs, share of resamples where ours is at least as good)
-    over bootstrap resamples of the held-out rows, each scored by the fake server's scorer.
-
-    Why: a held-out set of 75 rows moves 0.013 accuracy per row, so one score against another says
-    little without the spread of the difference over the same resampled rows."""
-    import numpy as np
-
-    solution = pd.read_csv(folder / SOLUTION_FILE_NAME, dtype=str, keep_default_na=False)
-    key = solution.columns[0]
-    subs = [pd.read_csv(p, dtype=str, keep_default_na=False).set_index(key).loc[solution[key]].reset_index()
-            for p in (ours, theirs)]
-    rng = np.random.default_rng(seed)
-    sign = -1.0 if comp.metric in LOWER_IS_BETTER else 1.0
-
-    def score(frame: pd.DataFrame, rows: np.ndarray) -> float:
-        picked = frame.iloc[rows].reset_index(drop=True)
-        picked[key] = [str(i) for i in range(len(rows))]  # resampled rows repeat: fresh ids
-        truth = solution.iloc[rows].reset_index(drop=True)
-        truth[key] = picked[key]
-        return float(score_submission(picked, truth, comp.metric))
-
-    diffs = []
-    for _ in range(resamples):
-        rows = rng.integers(0, len(solution), len(solution))
-        diffs.append(score(subs[0], rows) - score(subs[1], rows))
-    d = np.asarray(diffs)
-    return float(np.percentile(d, 5)), float(np.percentile(d, 95)), float(np.mean(sign * d >= 0))
-
-
-def kaggle_lora_trial(comp: Competition, folder: Path, limit: str, server: FakeKaggleServer) -> Trial:
-    with kaggle_lora_run(folder.name, limit, server, LOGS / f"{comp.name}-kaggle-lora-{limit}.log") as run:
+def kaggle_lora_trial(comp: Competition, folder: Path, limit: str, server: FakeKaggleServer, split: int = 0) -> Trial:
+    log = LOGS / f"{comp.name}-kaggle-lora-{limit}{split_tag(split)}.log"
+    with kaggle_lora_run(folder.name, limit, server, log) as run:
         if run.summary is None:
-            return Trial(comp.name, "kaggle-lora", parse_duration(limit), run.wall_s, None, note=run.tail)
+            return Trial(comp.name, "kaggle-lora", parse_duration(limit), run.wall_s, None, note=run.tail, split=split)
         summary, wall = run.summary, run.wall_s
         submission = Path(summary["submission_path"])
-        shutil.copyfile(submission, submission_copy(comp, "kaggle-lora", limit))
+        shutil.copyfile(submission, submission_copy(comp, "kaggle-lora", limit, split))
         score = holdout_score(comp, submission, folder)
     best, best_oof = best_member(summary, comp.metric in LOWER_IS_BETTER)
     ratios = {str(e["part"]): float(e["measured / estimated"]) for e in summary.get("estimates", [])}
-    return Trial(comp.name, "kaggle-lora", parse_duration(limit), wall, score, best, best_oof, estimate_ratios=ratios)
+    return Trial(comp.name, "kaggle-lora", parse_duration(limit), wall, score, best, best_oof, estimate_ratios=ratios,
+                 split=split)
 
 
 def best_member(summary: dict, lower_is_better: bool) -> tuple[str, float | None]:
@@ -197,7 +133,7 @@ def best_member(summary: dict, lower_is_better: bool) -> tuple[str, float | None
     return min(singles, key=lambda m: m[1]) if lower_is_better else max(singles, key=lambda m: m[1])
 
 
-def autogluon_trial(comp: Competition, folder: Path, limit: str) -> Trial | None:
+def autogluon_trial(comp: Competition, folder: Path, limit: str, split: int = 0) -> Trial | None:
     if not Path(AG_PYTHON).exists():
         print(f"(no AutoGluon peer: {AG_PYTHON} missing; set KAGGLE_LORA_AUTOGLUON_PYTHON to a Python with "
               "`pip install 'autogluon.tabular[lightgbm,catboost]'`)")
@@ -214,29 +150,30 @@ def autogluon_trial(comp: Competition, folder: Path, limit: str) -> Trial | None
         done = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - start
         LOGS.mkdir(parents=True, exist_ok=True)
-        (LOGS / f"{comp.name}-autogluon-{limit}.log").write_text(done.stdout + done.stderr)
+        (LOGS / f"{comp.name}-autogluon-{limit}{split_tag(split)}.log").write_text(done.stdout + done.stderr)
         if done.returncode != 0:
             return Trial(comp.name, "autogluon", parse_duration(limit), wall, None,
-                         note=(done.stderr.strip().splitlines() or ["failed"])[-1])
+                         note=(done.stderr.strip().splitlines() or ["failed"])[-1], split=split)
         result = json.loads(done.stdout.strip().splitlines()[-1])
-        shutil.copyfile(out, submission_copy(comp, "autogluon", limit))
+        shutil.copyfile(out, submission_copy(comp, "autogluon", limit, split))
         score = holdout_score(comp, out, folder)
-    return Trial(comp.name, "autogluon", parse_duration(limit), wall, score, note=f"best model {result['model']}")
+    return Trial(comp.name, "autogluon", parse_duration(limit), wall, score, note=f"best model {result['model']}",
+                 split=split)
 
 
 def result_rows(trials: list[Trial]) -> list[dict]:
     """A held-out score row per trial (kaggle-lora's with AutoGluon's at the same limit as the peer)
     and a wall-time row; each row keeps its trial so a later call can add to the table."""
-    peers = {(t.competition, t.limit_s): t for t in trials if t.system == "autogluon" and t.holdout is not None}
+    peers = {(t.competition, t.limit_s, t.split): t for t in trials if t.system == "autogluon" and t.holdout is not None}
     out = []
-    for t in sorted(trials, key=lambda t: (t.competition, t.system, t.limit_s)):
+    for t in sorted(trials, key=lambda t: (t.competition, t.system, t.limit_s, t.split)):
         comp = COMPETITIONS[t.competition]
-        label = f"{t.competition} {t.system} {t.limit_s / 60:g}m"
+        label = f"{t.competition} {t.system} {t.limit_s / 60:g}m" + (f" split {t.split}" if t.split else "")
         trial = dataclasses.asdict(t)
         if t.holdout is None:
             out.append(row(f"{label}: failed", t.wall_s, "s", trial=trial))
             continue
-        peer = peers.get((t.competition, t.limit_s)) if t.system.startswith("kaggle-lora") else None
+        peer = peers.get((t.competition, t.limit_s, t.split)) if t.system.startswith("kaggle-lora") else None
         out.append(row(f"{label}: held-out {comp.metric}", t.holdout, comp.metric, peer.holdout if peer else None,
                        comp.metric not in LOWER_IS_BETTER, trial=trial))
         if t.paired_low is not None and peer is not None:
@@ -247,7 +184,54 @@ def result_rows(trials: list[Trial]) -> list[dict]:
                        within_limit=t.wall_s <= 1.1 * t.limit_s))
         out += [row(f"{label}: estimate of {part}, measured / estimated", ratio, "ratio", within_tolerance=abs(ratio - 1) <= TOLERANCE)
                 for part, ratio in t.estimate_ratios.items()]
+    return out + split_rows(trials)
+
+
+def split_pairs(trials: list[Trial]) -> dict[tuple[str, float], list[tuple[Trial, Trial]]]:
+    """Per (competition, limit): the (kaggle-lora, AutoGluon) trials of every split both scored, when
+    there are two splits or more."""
+    scored = {t.key: t for t in trials if t.holdout is not None}
+    pairs: dict[tuple[str, float], list[tuple[Trial, Trial]]] = {}
+    for (comp, system, limit_s, split), t in sorted(scored.items()):
+        peer = scored.get((comp, "autogluon", limit_s, split))
+        if system == "kaggle-lora" and peer is not None:
+            pairs.setdefault((comp, limit_s), []).append((t, peer))
+    return {k: v for k, v in pairs.items() if len(v) > 1}
+
+
+def split_rows(trials: list[Trial]) -> list[dict]:
+    """For a competition run on several splits: each tool's mean held-out score over the splits both
+    scored, and the bootstrap of the mean difference (each split's rows resampled on their own, the
+    splits' differences averaged), from the kept submissions."""
+    out = []
+    for (name, limit_s), pairs in split_pairs(trials).items():
+        comp = COMPETITIONS[name]
+        ours, theirs = (float(np.mean([p[i].holdout for p in pairs])) for i in (0, 1))
+        label = f"{name} kaggle-lora {limit_s / 60:g}m: mean held-out {comp.metric} over {len(pairs)} splits"
+        wins = sum((a.holdout <= b.holdout) if comp.metric in LOWER_IS_BETTER else (a.holdout >= b.holdout)
+                   for a, b in pairs)
+        out.append(row(label, ours, comp.metric, theirs, comp.metric not in LOWER_IS_BETTER,
+                       splits=[p[0].split for p in pairs], at_least_as_good_on=wins))
+        pooled = pooled_bootstrap(comp, [p[0] for p in pairs])
+        if pooled is not None:
+            low, high, share = pooled
+            out.append(row(f"{label}, minus autogluon's, bootstrap 90% interval", ours - theirs, comp.metric,
+                           low=low, high=high, share_at_least_as_good=share))
     return out
+
+
+def pooled_bootstrap(comp: Competition, ours: list[Trial], fraction: float = 0.2) -> tuple[float, float, float] | None:
+    """:func:`bootstrap_summary` of the splits' paired differences averaged resample by resample
+    (None when a kept submission is missing). The held-out folders are built again: they are seeded."""
+    with tempfile.TemporaryDirectory(prefix="kl-holdout-pool-") as tmp:
+        diffs = []
+        for t in ours:
+            mine, peer = (submission_copy(comp, s, f"{t.limit_s / 60:g}m", t.split) for s in ("kaggle-lora", "autogluon"))
+            if not (mine.exists() and peer.exists()):
+                return None
+            folder = build_holdout(comp, Path(tmp) / f"split{t.split}", fraction, seed=t.split)
+            diffs.append(paired_diffs(comp, folder, mine, peer, seed=t.split))
+    return bootstrap_summary(comp, np.mean(diffs, axis=0))
 
 
 def plot(trials: list[Trial]) -> Path:
@@ -262,8 +246,9 @@ def plot(trials: list[Trial]) -> Path:
     fig, axes = plt.subplots(1, len(comps), figsize=(3.6 * len(comps), 4), squeeze=False)
     for ax, comp in zip(axes[0], comps, strict=True):
         mine = sorted((t for t in trials if t.competition == comp.name and t.holdout is not None),
-                      key=lambda t: (t.system != "autogluon", t.system))
-        labels = [f"{t.system}\n{t.limit_s / 60:g} min, {t.wall_s / 60:.1f} used" for t in mine]
+                      key=lambda t: (t.split, t.system != "autogluon", t.system))
+        labels = [f"{t.system}\n{t.limit_s / 60:g} min, {t.wall_s / 60:.1f} used" + (f", split {t.split}" if t.split else "")
+                  for t in mine]
         colors = ["tab:grey" if t.system == "autogluon" else "tab:blue" for t in mine]
         ax.bar(range(len(mine)), [t.holdout for t in mine], color=colors)
         for i, t in enumerate(mine):
@@ -285,17 +270,18 @@ def plot(trials: list[Trial]) -> Path:
     return path
 
 
-def with_pairs(trials: list[Trial], comp: Competition, folder: Path, limit: str) -> list[Trial]:
-    """The kaggle-lora trial of ``comp`` at ``limit`` with its paired bootstrap against AutoGluon's,
-    once both submissions of this session are kept."""
-    ours, theirs = submission_copy(comp, "kaggle-lora", limit), submission_copy(comp, "autogluon", limit)
+def with_pairs(trials: list[Trial], comp: Competition, folder: Path, limit: str, split: int = 0) -> list[Trial]:
+    """The kaggle-lora trial of ``comp`` at ``limit`` on ``split`` with its paired bootstrap against
+    AutoGluon's, once both submissions of this session are kept."""
+    ours, theirs = (submission_copy(comp, s, limit, split) for s in ("kaggle-lora", "autogluon"))
     limit_s = parse_duration(limit)
-    done = {t.system for t in trials if t.competition == comp.name and t.limit_s == limit_s and t.holdout is not None}
+    done = {t.system for t in trials
+            if (t.competition, t.limit_s, t.split) == (comp.name, limit_s, split) and t.holdout is not None}
     if not (ours.exists() and theirs.exists() and {"kaggle-lora", "autogluon"} <= done):
         return trials
     low, high, share = paired_bootstrap(comp, folder, ours, theirs)
     return [dataclasses.replace(t, paired_low=low, paired_high=high, paired_share=share)
-            if (t.competition, t.system, t.limit_s) == (comp.name, "kaggle-lora", limit_s) else t for t in trials]
+            if t.key == (comp.name, "kaggle-lora", limit_s, split) else t for t in trials]
 
 
 def load_trials() -> list[Trial]:
@@ -307,6 +293,9 @@ def main() -> None:
     p.add_argument("--competitions", default=",".join(COMPETITIONS))
     p.add_argument("--limit", default="20m", help="the time limit of both tools (the run's default is 20m)")
     p.add_argument("--holdout", type=float, default=0.2, help="the fraction of train.csv held out")
+    p.add_argument("--splits", type=int, default=1,
+                   help="run each tool on this many seeded held-out splits (0, 1, ...): on a small table the mean "
+                        "over splits is the comparison")
     p.add_argument("--no-peer", action="store_true", help="kaggle-lora only")
     p.add_argument("--force", action="store_true", help="run trials already in the results again")
     p.add_argument("--plot-only", action="store_true", help="draw quality.png from the kept results")
@@ -320,39 +309,41 @@ def main() -> None:
     unknown = sorted(set(names) - set(COMPETITIONS))
     if unknown:
         raise SystemExit(f"unknown competitions {unknown}; known: {sorted(COMPETITIONS)}")
+    if args.splits < 1:
+        raise SystemExit(f"--splits is how many held-out splits to run; pass 1 or more, not {args.splits}")
     trials = load_trials()
+    splits = range(args.splits)
     if args.pairs_only:
         served = Path(tempfile.mkdtemp(prefix="kl-holdout-pairs-"))
         try:
-            for n in names:
-                trials = with_pairs(trials, COMPETITIONS[n], build_holdout(COMPETITIONS[n], served, args.holdout),
-                                    args.limit)
+            for n, k in ((n, k) for n in names for k in splits):
+                folder = build_holdout(COMPETITIONS[n], served / f"split{k}", args.holdout, seed=k)
+                trials = with_pairs(trials, COMPETITIONS[n], folder, args.limit, k)
         finally:
             shutil.rmtree(served, ignore_errors=True)
         print(f"wrote {write_results(NAME, result_rows(trials))}")
         return
-    done = {(t.competition, t.system, t.limit_s) for t in trials}
+    done = {t.key for t in trials}
     limit_s = parse_duration(args.limit)
-    served = Path(tempfile.mkdtemp(prefix="kl-holdout-served-"))
-    try:
-        folders = {n: build_holdout(COMPETITIONS[n], served, args.holdout) for n in names}
-        with serve(served, pending_polls=0) as server:
-            for n in names:
-                comp = COMPETITIONS[n]
-                systems = ["kaggle-lora"] + ([] if args.no_peer else ["autogluon"])
-                for system in systems:
-                    if (n, system, limit_s) in done and not args.force:
+    systems = ["kaggle-lora"] + ([] if args.no_peer else ["autogluon"])
+    for k in splits:  # one fake server per split: each split's competition has the same name
+        served = Path(tempfile.mkdtemp(prefix=f"kl-holdout-served-{k}-"))
+        try:
+            folders = {n: build_holdout(COMPETITIONS[n], served, args.holdout, seed=k) for n in names}
+            with serve(served, pending_polls=0) as server:
+                for n, system in ((n, s) for n in names for s in systems):
+                    if (n, system, limit_s, k) in done and not args.force:
                         continue
-                    trial = (kaggle_lora_trial(comp, folders[n], args.limit, server) if system == "kaggle-lora"
-                             else autogluon_trial(comp, folders[n], args.limit))
+                    comp = COMPETITIONS[n]
+                    trial = (kaggle_lora_trial(comp, folders[n], args.limit, server, k) if system == "kaggle-lora"
+                             else autogluon_trial(comp, folders[n], args.limit, k))
                     if trial is not None:
-                        trials = [t for t in trials if (t.competition, t.system, t.limit_s) != (n, system, limit_s)]
-                        trials.append(trial)
-                        trials = with_pairs(trials, comp, folders[n], args.limit)
+                        trials = [t for t in trials if t.key != trial.key] + [trial]
+                        trials = with_pairs(trials, comp, folders[n], args.limit, k)
                         write_results(NAME, result_rows(trials))  # after every trial: a stopped run keeps its work
                         plot(trials)
-    finally:
-        shutil.rmtree(served, ignore_errors=True)
+        finally:
+            shutil.rmtree(served, ignore_errors=True)
 
 
 if __name__ == "__main__":
