@@ -1,9 +1,11 @@
-// Persistent worker threads for the bf16 GEMM where there is no OpenMP pool (kernels.cpp's std::thread path).
+// Persistent worker threads for the bf16 GEMM where there is no OpenMP pool (threads.h's std::thread path).
 //
 // Why: a thread spawned per call is placed by the scheduler when it starts, and while the other core's recent
 // load still counts as busy (just after the process or another one ran there), it lands on the caller's core:
 // both halves of the GEMM then share one core for the whole call. A worker that lives across calls is moved
-// to the idle core once and stays there, and a call costs a wake-up instead of a thread creation.
+// to the idle core once and stays there, and a call costs a wake-up instead of a thread creation. Both sides of a
+// call spin for up to kSpinMicros before sleeping (the caller for the workers' last rows, a worker for the next
+// call), as an OpenMP runtime does between parallel regions, but briefly: the cores are shared.
 //
 // A forked child does not inherit the workers: after fork() the pool is never used again in that process
 // (callers fall back to spawning threads).
@@ -13,6 +15,7 @@
 #include <pthread.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <functional>
@@ -42,8 +45,12 @@ class Pool {
     }
     wake_.notify_all();
     job(0);
+    // The bf16 GEMM shares out its rows so that the threads end within a few microseconds of each other, less than
+    // a wake-up from the condition variable takes: wait for the workers spinning, for a while, before sleeping.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
+    while (pending_.load(std::memory_order_acquire) != 0 && std::chrono::steady_clock::now() < until) pause();
     std::unique_lock<std::mutex> lock(mu_);
-    done_.wait(lock, [&] { return pending_ == 0; });
+    done_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
     job_ = nullptr;
     return true;
   }
@@ -53,10 +60,14 @@ class Pool {
     size_t seen = 0;
     for (;;) {
       const std::function<void(size_t)>* job = nullptr;
+      // a train step runs its GEMMs in bursts: after one, watch for the next a while before sleeping, so that it
+      // does not wait for this thread's wake-up
+      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
+      while (generation_.load(std::memory_order_acquire) == seen && std::chrono::steady_clock::now() < until) pause();
       {
         std::unique_lock<std::mutex> lock(mu_);
-        wake_.wait(lock, [&] { return generation_ != seen; });
-        seen = generation_;
+        wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+        seen = generation_.load(std::memory_order_acquire);
         if (t >= n_) continue;  // not needed by this call
         job = job_;
       }
@@ -66,11 +77,20 @@ class Pool {
     }
   }
 
+  static constexpr int kSpinMicros = 100;
+  static void pause() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+
   size_t workers_;
   std::mutex run_mu_, mu_;
   std::condition_variable wake_, done_;
   const std::function<void(size_t)>* job_ = nullptr;
-  size_t n_ = 0, pending_ = 0, generation_ = 0;
+  size_t n_ = 0;
+  // written under mu_, read without it while a thread spins
+  std::atomic<size_t> pending_{0}, generation_{0};  // workers still running the job; calls made
 };
 
 inline std::atomic<bool>& forked() {
