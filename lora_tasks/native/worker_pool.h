@@ -3,9 +3,8 @@
 // Why: a thread spawned per call is placed by the scheduler when it starts, and while the other core's recent
 // load still counts as busy (just after the process or another one ran there), it lands on the caller's core:
 // both halves of the GEMM then share one core for the whole call. A worker that lives across calls is moved
-// to the idle core once and stays there, and a call costs a wake-up instead of a thread creation. Both sides of a
-// call spin for up to kSpinMicros before sleeping (the caller for the workers' last rows, a worker for the next
-// call), as an OpenMP runtime does between parallel regions, but briefly: the cores are shared.
+// to the idle core once and stays there, and a call costs a wake-up instead of a thread creation. Idle workers
+// sleep (no spinning between calls): the cores are shared with the rest of the step and with other processes.
 //
 // A forked child does not inherit the workers: after fork() the pool is never used again in that process
 // (callers fall back to spawning threads).
@@ -60,14 +59,10 @@ class Pool {
     size_t seen = 0;
     for (;;) {
       const std::function<void(size_t)>* job = nullptr;
-      // a train step runs its GEMMs in bursts: after one, watch for the next a while before sleeping, so that it
-      // does not wait for this thread's wake-up
-      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
-      while (generation_.load(std::memory_order_acquire) == seen && std::chrono::steady_clock::now() < until) pause();
       {
         std::unique_lock<std::mutex> lock(mu_);
-        wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
-        seen = generation_.load(std::memory_order_acquire);
+        wake_.wait(lock, [&] { return generation_ != seen; });
+        seen = generation_;
         if (t >= n_) continue;  // not needed by this call
         job = job_;
       }
@@ -88,9 +83,8 @@ class Pool {
   std::mutex run_mu_, mu_;
   std::condition_variable wake_, done_;
   const std::function<void(size_t)>* job_ = nullptr;
-  size_t n_ = 0;
-  // written under mu_, read without it while a thread spins
-  std::atomic<size_t> pending_{0}, generation_{0};  // workers still running the job; calls made
+  size_t n_ = 0, generation_ = 0;
+  std::atomic<size_t> pending_{0};  // workers still running the job; read without the lock while the caller spins
 };
 
 inline std::atomic<bool>& forked() {
