@@ -283,10 +283,10 @@ struct Problem {
   size_t ldc;
 };
 
-// Goto-style blocking, so that B leaves L3 once per block of rows rather than once per micro-panel of A. Per block
-// of at most kMC rows (its C stays in L2 while the k blocks add into it), per group of B panels (one k block of the
-// group's panels stays in L2), per KC block of k: each MR-row micro-panel of A is converted into a small buffer that
-// stays in L1, and the micro-kernel runs it over the group's panels.
+// Goto-style blocking, so that a long K does not take B from L3 once per micro-panel of A: per block of at most kMC
+// rows (its C stays in L2 while the k blocks add into it), per group of B panels (one k block of the group's panels
+// stays in L2, shared by the block's micro-panels), per KC block of k, each MR-row micro-panel of A is converted into
+// a small buffer that stays in L1, and the micro-kernel runs it over the group's panels.
 constexpr size_t kMC = 64;                          // rows of A per block (a multiple of every kernel's MR)
 constexpr size_t kGroupBytes = size_t(384) << 10;  // one k block of a group's panels of B
 
@@ -300,8 +300,9 @@ inline void prefetch_tile(const float* c, size_t ldc, size_t rows, size_t cols) 
 inline void gemm_block(const Kernel& kern, const Problem& pr, const PackedB& b, size_t m0, size_t m1, size_t j0,
                        size_t j1) {
   const size_t MR = kern.mr, NR = kern.nr, KP = b.KP, K = pr.K, N = pr.N;
-  // the panels in groups of equal size (each converts the rows of A again)
-  const size_t most = std::max<size_t>(1, kGroupBytes / (std::min(KP, kKC) * NR * sizeof(uint32_t)));
+  // the panels in groups of equal size, so that a k block's C and B stay in L2 for the next k block; with a single
+  // k block there is nothing to keep, and each group would convert the rows of A again: one group
+  const size_t most = KP <= kKC ? j1 - j0 : std::max<size_t>(1, kGroupBytes / (kKC * NR * sizeof(uint32_t)));
   const size_t group = ceil_div(j1 - j0, ceil_div(j1 - j0, most));
   AlignedWords apanel(MR * kKC);
   std::memset(apanel.data(), 0, MR * kKC * sizeof(uint32_t));  // rows past an edge tile's last are never stored
