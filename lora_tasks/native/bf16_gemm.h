@@ -7,11 +7,11 @@
 // multiply-adds per instruction, twice the fp32 FMA rate, on operands half the size.
 //
 // Structure: B is packed into NR-column panels of bf16 pairs along k (the operand layout of vdpbf16ps), once
-// per frozen weight (bf16_weight_cache.h keeps it). The threads split the rows of C (the columns when there are
-// too few rows). A thread converts MR rows of A at a time (fp32 -> bf16, round to nearest even), one KC block
-// of k at a time, into a small buffer that stays in L1, and runs the MR x NR micro-kernel over it and the
-// panels of B, which stream from L2/L3; the micro-kernel meanwhile prefetches the next rows of A. Edge tiles
-// (M, N not multiples of MR, NR; odd K) compute into a scratch tile whose valid part is copied out.
+// per frozen weight (bf16_weight_cache.h keeps it). The threads take blocks of rows of C (the columns when there
+// are too few rows). Per block, per KC block of k, a thread converts MR rows of A at a time (fp32 -> bf16, round
+// to nearest even) into a small buffer that stays in L1, and runs the MR x NR micro-kernel over it and the panels
+// of B, whose KC slices stay in L2 for the whole block; the micro-kernel meanwhile prefetches the next rows of A.
+// Edge tiles (M, N not multiples of MR, NR; odd K) compute into a scratch tile whose valid part is copied out.
 //
 // Two micro-kernels share this driver and the packing (bf16_microkernel.inc): AVX512-BF16 and a portable
 // one (bf16 -> fp32 by a 16-bit shift, FMA) that runs anywhere. The choice is made at run time from cpuid
@@ -283,67 +283,82 @@ struct Problem {
   size_t ldc;
 };
 
-// Bytes of packed B that one pass of a thread's rows of A runs over. The 8 x 48 tile needs only a few bytes of B per
-// cycle, which L3 delivers as well as L2, while each extra pass converts the rows of A again: so a pass takes
-// all of B unless B would not stay in L3.
-constexpr size_t kGroupBytes = size_t(8) << 20;
+// Goto-style blocking, so that a long K does not take B from L3 once per micro-panel of A: per block of at most kMC
+// rows (its C stays in L2 while the k blocks add into it), per group of B panels (one k block of the group's panels
+// stays in L2, shared by the block's micro-panels), per KC block of k, each MR-row micro-panel of A is converted into
+// a small buffer that stays in L1, and the micro-kernel runs it over the group's panels.
+constexpr size_t kMC = 64;                          // rows of A per block (a multiple of every kernel's MR)
+constexpr size_t kGroupBytes = size_t(384) << 10;  // one k block of a group's panels of B
 
 inline void prefetch_tile(const float* c, size_t ldc, size_t rows, size_t cols) {
   for (size_t r = 0; r < rows; ++r)
     for (size_t col = 0; col < cols; col += 16) __builtin_prefetch(c + r * ldc + col, 1, 3);
 }
 
-// Rows [m0, m1) x panels [j0, j1) of C. For each group of B panels (all of B but for a huge weight), each MR-row
-// micro-panel of A is converted (one KC block at a time) into a small buffer that stays in L1 while the group's
-// panels of B stream past it from L2/L3: every C tile then gets all of K before the next, and A is read once
-// per group.
+// Rows [m0, m1) (at most kMC) x panels [j0, j1) of C. The first k block writes a tile, later ones add to it; the
+// bias is added once, after the last. Edge tiles (mr < MR or nr < NR) go through a scratch tile.
 inline void gemm_block(const Kernel& kern, const Problem& pr, const PackedB& b, size_t m0, size_t m1, size_t j0,
                        size_t j1) {
   const size_t MR = kern.mr, NR = kern.nr, KP = b.KP, K = pr.K, N = pr.N;
-  const size_t group = std::max<size_t>(1, kGroupBytes / (KP * NR * sizeof(uint32_t)));
-  const size_t kblocks = ceil_div(KP, kKC);
+  // the panels in groups of equal size, so that a k block's C and B stay in L2 for the next k block; with a single
+  // k block there is nothing to keep, and each group would convert the rows of A again: one group
+  const size_t most = KP <= kKC ? j1 - j0 : std::max<size_t>(1, kGroupBytes / (kKC * NR * sizeof(uint32_t)));
+  const size_t group = ceil_div(j1 - j0, ceil_div(j1 - j0, most));
   AlignedWords apanel(MR * kKC);
   std::memset(apanel.data(), 0, MR * kKC * sizeof(uint32_t));  // rows past an edge tile's last are never stored
   uint16_t* ah = reinterpret_cast<uint16_t*>(apanel.data());
   std::vector<float> scratch(MR * NR);
   for (size_t jb = j0; jb < j1; jb += group) {
-    const size_t je = std::min(j1, jb + group);
-    for (size_t i0 = m0; i0 < m1; i0 += MR) {
-      const size_t mr = std::min(MR, m1 - i0);
-      // the next micro-panel's rows of A (contiguous but for the gaps of a longer lda), spread over this one's tiles:
-      // past m1 they are the next chunk's, which this thread likely takes next
-      const size_t next = i0 + MR < m1 || je == j1 ? std::min(i0 + MR, pr.M) : m0;
-      const char* pf = reinterpret_cast<const char*>(pr.a + next * pr.lda);
-      const size_t pf_lines = ceil_div(std::min(MR, pr.M - next) * pr.lda * sizeof(float), 64);
-      const size_t per_tile = ceil_div(pf_lines, (je - jb) * kblocks);
-      for (size_t p0 = 0; p0 < KP; p0 += kKC) {
-        const size_t kc = std::min(kKC, KP - p0), k0 = 2 * p0, kn = std::min(K, 2 * (p0 + kc)) - k0;
+    const size_t je = std::min(j1, jb + group), tiles = je - jb;
+    for (size_t p0 = 0; p0 < KP; p0 += kKC) {
+      const size_t kc = std::min(kKC, KP - p0), k0 = 2 * p0, kn = std::min(K, 2 * (p0 + kc)) - k0;
+      for (size_t i0 = m0; i0 < m1; i0 += MR) {
+        const size_t mr = std::min(MR, m1 - i0);
         for (size_t r = 0; r < mr; ++r) {
           kern.convert(pr.a + (i0 + r) * pr.lda + k0, kn, ah + r * 2 * kKC);
           if (kn % 2) ah[r * 2 * kKC + kn] = 0;  // the pad of an odd K
         }
+        // the segments of A that the next micro-panel converts (after this block's last, the next k block's, the
+        // next group's, or past m1 the next chunk's, which this thread likely takes next): tile t prefetches its
+        // share of them, spread over its k loop
+        size_t ni = i0 + MR, nk = k0;
+        if (ni >= m1) {
+          ni = m0;
+          nk = k0 + 2 * kKC;
+          if (nk >= K) {
+            nk = 0;
+            ni = je < j1 ? m0 : m1;
+          }
+        }
+        const size_t nrows = ni < pr.M ? std::min(MR, pr.M - ni) : 0;
+        const size_t seg_lines = ceil_div(std::min(K - nk, 2 * kKC) * sizeof(float), 64);
         for (size_t j = jb; j < je; ++j) {
+          const size_t t = j - jb, r_lo = t * nrows / tiles, r_hi = (t + 1) * nrows / tiles;
+          const char* pf = reinterpret_cast<const char*>(pr.a + (ni + r_lo) * pr.lda + nk);
+          for (size_t r = r_lo + 1; r < r_hi; ++r)  // more rows than tiles: the extra rows' lines at once
+            for (size_t l = 0; l < seg_lines; ++l)
+              __builtin_prefetch(pf + (r - r_lo) * pr.lda * sizeof(float) + 64 * l, 0, 3);
+          const size_t pf_lines = r_lo < r_hi ? seg_lines : 0;
           // the next tile's rows of C, for writing: its stores then hit the cache instead of stalling on memory
           if (j + 1 < je) prefetch_tile(pr.c + i0 * pr.ldc + (j + 1) * NR, pr.ldc, mr, NR);
           const uint32_t* bp = b.panel(j) + p0 * NR;
           float* c = pr.c + i0 * pr.ldc + j * NR;
           const size_t nr = std::min(NR, N - j * NR);
           if (mr == MR && nr == NR) {
-            kern.tile(kc, apanel.data(), bp, c, pr.ldc, p0 > 0, pf, per_tile);
+            kern.tile(kc, apanel.data(), bp, c, pr.ldc, p0 > 0, pf, pf_lines);
           } else {
-            kern.tile(kc, apanel.data(), bp, scratch.data(), NR, false, pf, per_tile);
+            kern.tile(kc, apanel.data(), bp, scratch.data(), NR, false, pf, pf_lines);
             for (size_t r = 0; r < mr; ++r)
               for (size_t col = 0; col < nr; ++col)
                 c[r * pr.ldc + col] = (p0 > 0 ? c[r * pr.ldc + col] : 0.f) + scratch[r * NR + col];
           }
-          pf += per_tile * 64;
         }
       }
-      if (pr.bias)
-        for (size_t i = i0; i < i0 + mr; ++i)
-          for (size_t n = jb * NR; n < std::min(N, je * NR); ++n) pr.c[i * pr.ldc + n] += pr.bias[n];
     }
   }
+  if (pr.bias)
+    for (size_t i = m0; i < m1; ++i)
+      for (size_t n = j0 * NR; n < std::min(N, j1 * NR); ++n) pr.c[i * pr.ldc + n] += pr.bias[n];
 }
 
 // Runs C = A B [+ bias] on `threads` threads; `parallel(n, f)` calls f(first, last) over [0, n) split across them.
@@ -362,16 +377,26 @@ void gemm(const Kernel& kern, const Problem& pr, const PackedB& b, size_t thread
   // Split M when each thread gets a few micro-panels: each converts only its rows of A. Else (few rows) split N.
   const bool split_m = m_panels >= 2 * threads || n_panels < threads;
   if (!split_m) {
-    parallel(n_panels, [&](size_t first, size_t last) { gemm_block(kern, pr, b, 0, M, first, last); });
+    parallel(n_panels, [&](size_t first, size_t last) {
+      for (size_t m0 = 0; m0 < M; m0 += kMC) gemm_block(kern, pr, b, m0, std::min(M, m0 + kMC), first, last);
+    });
   } else {
-    // Rows in chunks that the threads take from a shared counter (at least 4 per thread): a thread slowed down by
-    // other load on its core then leaves its remaining chunks to the others instead of holding up the call.
-    const size_t per_chunk = std::max<size_t>(1, std::min<size_t>(8, m_panels / (4 * threads)));
-    const size_t chunks = ceil_div(m_panels, per_chunk), rows = per_chunk * kern.mr;
+    // Rows in chunks that the threads take from a shared counter: a thread slowed down by other load on its core
+    // then leaves its remaining chunks to the others instead of holding up the call. A chunk is a block of kMC rows
+    // while many are left, then shrinks towards one micro-panel (half of what is left per thread): the threads
+    // then finish within a micro-panel of each other, though the workers start a wake-up later than the caller.
+    const size_t most = std::max<size_t>(1, kMC / kern.mr);
     std::atomic<size_t> next{0};
-    parallel(std::min(threads, chunks), [&](size_t, size_t) {
-      for (size_t c = next++; c < chunks; c = next++)
-        gemm_block(kern, pr, b, c * rows, std::min(M, (c + 1) * rows), 0, n_panels);
+    parallel(std::min(threads, m_panels), [&](size_t, size_t) {
+      size_t first = next.load(std::memory_order_relaxed), take = 0;
+      for (;;) {
+        do {
+          if (first >= m_panels) return;
+          take = std::clamp<size_t>((m_panels - first) / (2 * threads), 1, most);
+        } while (!next.compare_exchange_weak(first, first + take, std::memory_order_relaxed));
+        gemm_block(kern, pr, b, first * kern.mr, std::min(M, (first + take) * kern.mr), 0, n_panels);
+        first = next.load(std::memory_order_relaxed);
+      }
     });
   }
 }

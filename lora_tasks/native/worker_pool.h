@@ -1,9 +1,10 @@
-// Persistent worker threads for the bf16 GEMM where there is no OpenMP pool (kernels.cpp's std::thread path).
+// Persistent worker threads for the bf16 GEMM where there is no OpenMP pool (threads.h's std::thread path).
 //
 // Why: a thread spawned per call is placed by the scheduler when it starts, and while the other core's recent
 // load still counts as busy (just after the process or another one ran there), it lands on the caller's core:
 // both halves of the GEMM then share one core for the whole call. A worker that lives across calls is moved
-// to the idle core once and stays there, and a call costs a wake-up instead of a thread creation.
+// to the idle core once and stays there, and a call costs a wake-up instead of a thread creation. Idle workers
+// sleep (no spinning between calls): the cores are shared with the rest of the step and with other processes.
 //
 // A forked child does not inherit the workers: after fork() the pool is never used again in that process
 // (callers fall back to spawning threads).
@@ -13,6 +14,7 @@
 #include <pthread.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <functional>
@@ -42,8 +44,12 @@ class Pool {
     }
     wake_.notify_all();
     job(0);
+    // The bf16 GEMM shares out its rows so that the threads end within a few microseconds of each other, less than
+    // a wake-up from the condition variable takes: wait for the workers spinning, for a while, before sleeping.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
+    while (pending_.load(std::memory_order_acquire) != 0 && std::chrono::steady_clock::now() < until) pause();
     std::unique_lock<std::mutex> lock(mu_);
-    done_.wait(lock, [&] { return pending_ == 0; });
+    done_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
     job_ = nullptr;
     return true;
   }
@@ -66,11 +72,19 @@ class Pool {
     }
   }
 
+  static constexpr int kSpinMicros = 100;
+  static void pause() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+
   size_t workers_;
   std::mutex run_mu_, mu_;
   std::condition_variable wake_, done_;
   const std::function<void(size_t)>* job_ = nullptr;
-  size_t n_ = 0, pending_ = 0, generation_ = 0;
+  size_t n_ = 0, generation_ = 0;
+  std::atomic<size_t> pending_{0};  // workers still running the job; read without the lock while the caller spins
 };
 
 inline std::atomic<bool>& forked() {
