@@ -1,6 +1,6 @@
 """The frozen base's GEMM on its own: our bf16 kernel, the fp32 upcast, and PyTorch's bf16 matmul.
 
-    python benchmarks/bf16_gemm.py [--shapes 2048x384x1536,2048x1536x384,2048x384x384] [--repeats 9]
+    python benchmarks/bf16_gemm.py [--shapes 2048x384x1536,2048x1536x384,2048x384x384] [--repeats 9] [--rounds 5]
 
 Each shape ``MxKxN`` is ``x (M, K) @ w.T`` with ``w`` (N, K) frozen in bf16, as in ``bf16_linear``.
 Three of ours per shape, all in this process: the native primitive (``KAGGLE_LORA_BF16_GEMM=native``:
@@ -8,7 +8,9 @@ the AVX512-BF16 micro-kernel where cpuid reports it, the portable kernel elsewhe
 (the weight widened to fp32 for the BLAS's sgemm) and a plain fp32 GEMM. The peer is PyTorch's bf16
 matmul (oneDNN, ``vdpbf16ps`` where the CPU has it) with the same threads; its ratio is against our
 native kernel. The defaults are MiniLM's FFN up and down projections and its attention projections
-at batch 32 x 64 tokens.
+at batch 32 x 64 tokens. Per shape, the peer and ours alternate ``--rounds`` times; each side's
+median over the rounds is its value, and every round's ratio is kept in the row: a single round
+of a few milliseconds' GEMM moves by several percent with the machine's state.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from statistics import median
 
 import lora_tasks  # sets up the BLAS: must come before mlx (kept here by the split below)
 
@@ -80,7 +83,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="2048x384x1536,2048x1536x384,2048x384x384")
     ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--rounds", type=int, default=5, help="peer and ours alternate this many times per shape")
     args = ap.parse_args()
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds is how many times the peer and ours alternate; pass 1 or more, not {args.rounds}")
     shapes = parse_shapes(args.shapes)
     print(lora_tasks.blas_info().summary())
     info = native_info()
@@ -90,16 +96,22 @@ def main() -> None:
     for m, k, n in shapes:
         # the peer runs per shape, right before ours: on a shared machine, load that comes and goes then
         # disturbs both sides of a ratio alike more often than when all of the peer runs first
-        peer = run_peer("torch_peer.py", "gemm", "-", "--shapes", f"{m}x{k}x{n}", "--repeats", str(args.repeats),
-                        "--threads", str(info.threads or os.cpu_count() or 1))
-        native, upcast, fp32 = measure_shape(m, k, n, args.repeats)
+        peers, ours = [], []
+        for _ in range(args.rounds):
+            peers.append(run_peer("torch_peer.py", "gemm", "-", "--shapes", f"{m}x{k}x{n}", "--repeats",
+                                  str(args.repeats), "--threads", str(info.threads or os.cpu_count() or 1)) or {})
+            ours.append(measure_shape(m, k, n, args.repeats))
+        native, upcast, fp32 = (median(o[i] for o in ours) for i in range(3))
         label = f"{m}x{k} @ {k}x{n}"
-        torch_bf16 = (peer or {}).get(f"gemm_bf16_{m}x{k}x{n}")
+        peer_bf16 = [p.get(f"gemm_bf16_{m}x{k}x{n}") for p in peers]
+        torch_bf16 = median(v for v in peer_bf16 if v) if all(peer_bf16) else None
+        torch_fp32 = median(p[f"gemm_fp32_{m}x{k}x{n}"] for p in peers) if all(peer_bf16) else None
+        per_round = [round(o[0] / v, 3) for o, v in zip(ours, peer_bf16, strict=True) if v]
         rows += [
             row(f"bf16 GEMM {label}, native ({kernel}) vs PyTorch bf16 matmul", native, "GFLOP/s", torch_bf16,
-                bf16_kernel=info.bf16_kernel),
+                bf16_kernel=info.bf16_kernel, rounds=args.rounds, round_ratios=per_round),
             row(f"bf16 GEMM {label}, fp32 upcast for the BLAS", upcast, "GFLOP/s", torch_bf16),
-            row(f"fp32 GEMM {label}", fp32, "GFLOP/s", (peer or {}).get(f"gemm_fp32_{m}x{k}x{n}")),
+            row(f"fp32 GEMM {label}", fp32, "GFLOP/s", torch_fp32),
         ]
     write_results("bf16_gemm", rows)
 
