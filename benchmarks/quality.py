@@ -235,8 +235,9 @@ def pooled_bootstrap(comp: Competition, ours: list[Trial], fraction: float = 0.2
 
 
 def plot(trials: list[Trial]) -> Path:
-    """Held-out score per competition: each kaggle-lora trial (an earlier code's too, named by its
-    system), AutoGluon at the same limit, and the run's best single member (out of fold: a guide)."""
+    """Held-out score per competition: each kaggle-lora system (an earlier code's too, named by its
+    system), AutoGluon at the same limit, and the run's best single member (out of fold: a guide).
+    A system run on several splits is one bar, its mean, with each split's score as a dot."""
     import matplotlib  # only for the figure
 
     matplotlib.use("Agg")
@@ -245,25 +246,32 @@ def plot(trials: list[Trial]) -> Path:
     comps = [c for c in COMPETITIONS.values() if any(t.competition == c.name and t.holdout is not None for t in trials)]
     fig, axes = plt.subplots(1, len(comps), figsize=(3.6 * len(comps), 4), squeeze=False)
     for ax, comp in zip(axes[0], comps, strict=True):
-        mine = sorted((t for t in trials if t.competition == comp.name and t.holdout is not None),
-                      key=lambda t: (t.split, t.system != "autogluon", t.system))
-        labels = [f"{t.system}\n{t.limit_s / 60:g} min, {t.wall_s / 60:.1f} used" + (f", split {t.split}" if t.split else "")
-                  for t in mine]
-        colors = ["tab:grey" if t.system == "autogluon" else "tab:blue" for t in mine]
-        ax.bar(range(len(mine)), [t.holdout for t in mine], color=colors)
-        for i, t in enumerate(mine):
-            ax.annotate(f"{t.holdout:.4f}", (i, t.holdout), ha="center", va="bottom", fontsize=8)
-            if t.best_member_oof is not None:
-                ax.plot(i, t.best_member_oof, "k_", markersize=18)
-        values = [t.holdout for t in mine] + [t.best_member_oof for t in mine if t.best_member_oof is not None]
+        groups: dict[tuple[str, float], list[Trial]] = {}
+        for t in sorted((t for t in trials if t.competition == comp.name and t.holdout is not None),
+                        key=lambda t: (t.system != "autogluon", t.system, t.limit_s, t.split)):
+            groups.setdefault((t.system, t.limit_s), []).append(t)
+        labels, values = [], []
+        for i, ((system, limit_s), mine) in enumerate(groups.items()):
+            mean = float(np.mean([t.holdout for t in mine]))
+            wall = float(np.mean([t.wall_s for t in mine])) / 60
+            split_note = f"\nmean of {len(mine)} splits" if len(mine) > 1 else ""
+            labels.append(f"{system}\n{limit_s / 60:g} min, {wall:.1f} used{split_note}")
+            ax.bar(i, mean, color="tab:grey" if system == "autogluon" else "tab:blue")
+            ax.annotate(f"{mean:.4f}", (i, mean), ha="center", va="bottom", fontsize=8)
+            if len(mine) > 1:
+                ax.plot([i] * len(mine), [t.holdout for t in mine], "k.", markersize=5)
+            oofs = [t.best_member_oof for t in mine if t.best_member_oof is not None]
+            if oofs:
+                ax.plot(i, float(np.mean(oofs)), "k_", markersize=18)
+            values += [t.holdout for t in mine] + oofs
         span = max(values) - min(values)
         ax.set_ylim(min(values) - span - 0.01, max(values) + span + 0.01)
-        ax.set_xticks(range(len(mine)), labels, fontsize=7)
+        ax.set_xticks(range(len(labels)), labels, fontsize=7)
         ax.set_title(comp.name, fontsize=9)
         ax.set_ylabel(f"held-out {comp.metric} ({'lower' if comp.metric in LOWER_IS_BETTER else 'higher'} is better)")
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle("Held-out score, zero-config kaggle-lora and AutoGluon at the same limit "
-                 "(dash: the run's best single member, out of fold)", fontsize=10)
+                 "(dash: the run's best single member, out of fold; dots: each split's score)", fontsize=10)
     fig.tight_layout()
     path = RESULTS / f"{NAME}.png"
     fig.savefig(path, dpi=110)
