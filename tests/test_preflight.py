@@ -138,3 +138,30 @@ def test_a_run_with_a_damaged_prefect_database_says_so_before_starting(tmp_path)
     assert f"mv {broken} {broken}.broken" in done.stderr
     assert "Timed out" not in done.stderr and "Starting temporary server" not in done.stderr + done.stdout
     assert broken.read_bytes() and not (tmp_path / "work" / "results").exists(), "nothing touched, nothing started"
+
+
+def test_the_prefect_database_is_made_with_its_block_schemas_before_any_server_starts(tmp_path):
+    """Two runs' temporary servers started together both inserted the same block schema, and one
+    logged an ERROR with a traceback ("UNIQUE constraint failed: block_schema.checksum"): the
+    database is now made once, under a lock, with the tables and the block schemas a server
+    registers when it starts, so neither server inserts one."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    home = tmp_path / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    code = "from lora_tasks.prefect.preflight import prepare_prefect_database as p; print(p())"
+
+    def prepare() -> str:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.strip().splitlines()[-1]
+
+    assert prepare() == "True"
+    with sqlite3.connect(home / "prefect.db") as db:
+        schemas = db.execute("SELECT count(*) FROM block_schema").fetchone()[0]
+        names = {r[0] for r in db.execute("SELECT slug FROM block_type")}
+    assert schemas > 0 and {"secret", "local-file-system"} <= names, (schemas, sorted(names)[:10])
+    assert prepare() == "False", "a ready database is left as it is"

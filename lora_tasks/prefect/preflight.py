@@ -140,40 +140,50 @@ def prefect_database_problem(path: Path | None = None) -> str | None:
     return None
 
 
-def _migrated(path: Path) -> bool:
-    """Whether Prefect's migrations have run on the database (its alembic version is recorded)."""
+def _ready(path: Path) -> bool:
+    """Whether Prefect's migrations have run on the database (its alembic version is recorded) and
+    its block schemas are registered."""
     if not path.is_file():
         return False
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
-            return db.execute("SELECT count(*) FROM alembic_version").fetchone()[0] > 0
+            migrated = db.execute("SELECT count(*) FROM alembic_version").fetchone()[0] > 0
+            return migrated and db.execute("SELECT count(*) FROM block_schema").fetchone()[0] > 0
     except sqlite3.Error:
         return False
 
 
 def prepare_prefect_database(path: Path | None = None) -> bool:
-    """Create the run's Prefect database once, under a lock, before its temporary server starts;
-    True when this call created it.
+    """Create the run's Prefect database once, under a lock, before its temporary server starts:
+    its tables and its block schemas; True when this call created them.
 
-    Why: each run's temporary API server migrates the database when it starts. Two runs started
-    together on a machine without one both found no tables, both ran the migrations, and one
-    server failed ("duplicate column name") and had to be started again. Here the first run
-    creates the database while the others wait on the lock, and then find it ready."""
+    Why: each run's temporary API server migrates the database and registers Prefect's block
+    schemas when it starts. Two runs started together on a machine without a database both found
+    no tables, both ran the migrations, and one server failed ("duplicate column name") and had
+    to be started again; with the tables made here, both servers still inserted the same block
+    schema at once, and one logged an ERROR with a traceback ("UNIQUE constraint failed:
+    block_schema.checksum"). Here the first run creates both while the others wait on the lock,
+    and then find them ready: a server finds a registered schema and inserts nothing."""
     path = path if path is not None else prefect_database_path()
-    if path is None or _migrated(path):
+    if path is None or _ready(path):
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(f".{path.name}.kaggle-lora.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if _migrated(path):
+        if _ready(path):
             return False  # another run created it while this one waited
         import asyncio
 
         from prefect.server.database import provide_database_interface
+        from prefect.server.models.block_registration import run_block_auto_registration
+        from prefect.settings import PREFECT_API_BLOCKS_REGISTER_ON_START
 
         async def migrate() -> None:
             db = provide_database_interface()
             await db.create_db()
+            if PREFECT_API_BLOCKS_REGISTER_ON_START.value():  # what the server does next when it starts
+                async with await db.session() as session:
+                    await run_block_auto_registration(session=session)
             await (await db.engine()).dispose()
 
         try:
