@@ -92,6 +92,8 @@ class Trial:
     estimate_ratios: dict[str, float] = dataclasses.field(default_factory=dict)
     #: which seeded held-out split (``--splits``): 0 is the default one
     split: int = 0
+    #: the share of train.csv held out (``--holdout``): with ``split``, the held-out rows
+    fraction: float = 0.2
 
     @property
     def key(self) -> tuple[str, str, float, int]:
@@ -220,7 +222,7 @@ def split_rows(trials: list[Trial]) -> list[dict]:
     return out
 
 
-def pooled_bootstrap(comp: Competition, ours: list[Trial], fraction: float = 0.2) -> tuple[float, float, float] | None:
+def pooled_bootstrap(comp: Competition, ours: list[Trial]) -> tuple[float, float, float] | None:
     """:func:`bootstrap_summary` of the splits' paired differences averaged resample by resample
     (None when a kept submission is missing). The held-out folders are built again: they are seeded."""
     with tempfile.TemporaryDirectory(prefix="kl-holdout-pool-") as tmp:
@@ -229,7 +231,7 @@ def pooled_bootstrap(comp: Competition, ours: list[Trial], fraction: float = 0.2
             mine, peer = (submission_copy(comp, s, f"{t.limit_s / 60:g}m", t.split) for s in ("kaggle-lora", "autogluon"))
             if not (mine.exists() and peer.exists()):
                 return None
-            folder = build_holdout(comp, Path(tmp) / f"split{t.split}", fraction, seed=t.split)
+            folder = build_holdout(comp, Path(tmp) / f"split{t.split}", t.fraction, seed=t.split)
             diffs.append(paired_diffs(comp, folder, mine, peer, seed=t.split))
     return bootstrap_summary(comp, np.mean(diffs, axis=0))
 
@@ -346,6 +348,7 @@ def main() -> None:
                     trial = (kaggle_lora_trial(comp, folders[n], args.limit, server, k) if system == "kaggle-lora"
                              else autogluon_trial(comp, folders[n], args.limit, k))
                     if trial is not None:
+                        trial = dataclasses.replace(trial, fraction=args.holdout)
                         trials = [t for t in trials if t.key != trial.key] + [trial]
                         trials = with_pairs(trials, comp, folders[n], args.limit, k)
                         write_results(NAME, result_rows(trials))  # after every trial: a stopped run keeps its work
