@@ -165,3 +165,9 @@ def test_the_prefect_database_is_made_with_its_block_schemas_before_any_server_s
         names = {r[0] for r in db.execute("SELECT slug FROM block_type")}
     assert schemas > 0 and {"secret", "local-file-system"} <= names, (schemas, sorted(names)[:10])
     assert prepare() == "False", "a ready database is left as it is"
+    # a user who turned the servers' block registration off: the tables alone make it ready
+    home2 = tmp_path / "prefect-home-no-blocks"
+    env.update(PREFECT_HOME=str(home2), PREFECT_API_BLOCKS_REGISTER_ON_START="false")
+    assert prepare() == "True" and prepare() == "False"
+    with sqlite3.connect(home2 / "prefect.db") as db:
+        assert db.execute("SELECT count(*) FROM block_schema").fetchone()[0] == 0

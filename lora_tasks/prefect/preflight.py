@@ -140,15 +140,15 @@ def prefect_database_problem(path: Path | None = None) -> str | None:
     return None
 
 
-def _ready(path: Path) -> bool:
-    """Whether Prefect's migrations have run on the database (its alembic version is recorded) and
-    its block schemas are registered."""
+def _ready(path: Path, blocks: bool) -> bool:
+    """Whether Prefect's migrations have run on the database (its alembic version is recorded) and,
+    with ``blocks``, its block schemas are registered."""
     if not path.is_file():
         return False
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
             migrated = db.execute("SELECT count(*) FROM alembic_version").fetchone()[0] > 0
-            return migrated and db.execute("SELECT count(*) FROM block_schema").fetchone()[0] > 0
+            return migrated and (not blocks or db.execute("SELECT count(*) FROM block_schema").fetchone()[0] > 0)
     except sqlite3.Error:
         return False
 
@@ -164,24 +164,26 @@ def prepare_prefect_database(path: Path | None = None) -> bool:
     schema at once, and one logged an ERROR with a traceback ("UNIQUE constraint failed:
     block_schema.checksum"). Here the first run creates both while the others wait on the lock,
     and then find them ready: a server finds a registered schema and inserts nothing."""
+    from prefect.settings import PREFECT_API_BLOCKS_REGISTER_ON_START
+
     path = path if path is not None else prefect_database_path()
-    if path is None or _ready(path):
+    blocks = bool(PREFECT_API_BLOCKS_REGISTER_ON_START.value())  # what the server does next when it starts
+    if path is None or _ready(path, blocks):
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(f".{path.name}.kaggle-lora.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if _ready(path):
+        if _ready(path, blocks):
             return False  # another run created it while this one waited
         import asyncio
 
         from prefect.server.database import provide_database_interface
         from prefect.server.models.block_registration import run_block_auto_registration
-        from prefect.settings import PREFECT_API_BLOCKS_REGISTER_ON_START
 
         async def migrate() -> None:
             db = provide_database_interface()
             await db.create_db()
-            if PREFECT_API_BLOCKS_REGISTER_ON_START.value():  # what the server does next when it starts
+            if blocks:
                 async with await db.session() as session:
                     await run_block_auto_registration(session=session)
             await (await db.engine()).dispose()
