@@ -86,8 +86,13 @@ def _kernels() -> list:
 @needs_native
 @pytest.mark.parametrize("kernel", _kernels())
 # edges of the blocking: rows and columns past the last full tile, odd K, several k blocks, too few rows to split
-# M across threads (N is split), B too large for one pass over the rows of A, and N narrower than one tile
-@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (17, 33, 65), (29, 777, 100), (41, 4097, 1100), (300, 64, 7)])
+# M across threads (N is split), B too large for one pass over the rows of A, and N narrower than one tile; and the
+# cache blocking (bf16_gemm.h) at 611x1281x530: rows in blocks that the threads take in shrinking chunks, M a
+# multiple of neither the row block nor the micro-panel; K over several k blocks with an odd remainder, so later
+# blocks add to the tiles the first one wrote and the bias comes once; B's panels in several groups, the last one
+# narrow (and the input gradient, reading W as K x N: k blocks over 530 with a short last one, many panels of 1281)
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (17, 33, 65), (29, 777, 100), (41, 4097, 1100), (300, 64, 7),
+                                   (611, 1281, 530)])
 def test_each_kernel_equals_fp32_gemm_at_the_edges_of_its_blocking(kernel, m, k, n):
     rng = np.random.default_rng(m * 7 + k)
     x = rng.standard_normal((m, k)).astype(np.float32)
@@ -96,26 +101,6 @@ def test_each_kernel_equals_fp32_gemm_at_the_edges_of_its_blocking(kernel, m, k,
     wb = mx.array(w).astype(mx.bfloat16)
     y = K.bf16_matmul(mx.array(x), wb, mx.array(bias), True, kernel)
     _assert_within_fp32_accumulation(np.array(y), _bf16_rounded(x), _bf16_rounded(w).T, bias)
-    g = rng.standard_normal((m, n)).astype(np.float32)
-    dx = K.bf16_matmul(mx.array(g), wb, None, False, kernel)
-    _assert_within_fp32_accumulation(np.array(dx), _bf16_rounded(g), _bf16_rounded(w))
-
-
-@needs_native
-@pytest.mark.parametrize("kernel", _kernels())
-def test_each_kernel_equals_fp32_gemm_over_row_blocks_k_blocks_and_panel_groups(kernel):
-    """The cache blocking (bf16_gemm.h): rows in blocks that the threads take in shrinking chunks, M a multiple of
-    neither the row block nor the micro-panel; K over several k blocks with an odd remainder, so later blocks add to
-    the tiles the first one wrote and the bias comes once; B's panels in several groups, the last one narrow."""
-    rng = np.random.default_rng(5)
-    m, k, n = 611, 1281, 530
-    x = rng.standard_normal((m, k)).astype(np.float32)
-    w = rng.standard_normal((n, k)).astype(np.float32)
-    bias = rng.standard_normal(n).astype(np.float32)
-    wb = mx.array(w).astype(mx.bfloat16)
-    y = K.bf16_matmul(mx.array(x), wb, mx.array(bias), True, kernel)
-    _assert_within_fp32_accumulation(np.array(y), _bf16_rounded(x), _bf16_rounded(w).T, bias)
-    # the input gradient reads W as K x N: k blocks over 530 with a short last one, 1281 columns in many panels
     g = rng.standard_normal((m, n)).astype(np.float32)
     dx = K.bf16_matmul(mx.array(g), wb, None, False, kernel)
     _assert_within_fp32_accumulation(np.array(dx), _bf16_rounded(g), _bf16_rounded(w))
