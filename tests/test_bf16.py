@@ -85,14 +85,15 @@ def _kernels() -> list:
 
 @needs_native
 @pytest.mark.parametrize("kernel", _kernels())
-# edges of the blocking: rows and columns past the last full tile, odd K, several k blocks, too few rows to split
-# M across threads (N is split), B too large for one pass over the rows of A, and N narrower than one tile; and the
-# cache blocking (bf16_gemm.h) at 611x1281x530: rows in blocks that the threads take in shrinking chunks, M a
-# multiple of neither the row block nor the micro-panel; K over several k blocks with an odd remainder, so later
-# blocks add to the tiles the first one wrote and the bias comes once; B's panels in several groups, the last one
-# narrow (and the input gradient, reading W as K x N: k blocks over 530 with a short last one, many panels of 1281)
+# edges of the blocking: rows and columns past the last full tile, odd K, K as one block at either of the A panel's
+# row strides (33, 777: bf16_gemm.h's k_block), several k blocks, too few rows to split M across threads (N is split),
+# B too large for one pass over the rows of A, and N narrower than one tile; and the cache blocking at 611x2561x530:
+# rows in blocks that the threads take in shrinking chunks, M a multiple of neither the row block nor the
+# micro-panel; K over several k blocks with an odd remainder, so later blocks add to the tiles the first one wrote
+# and the bias comes once; B's panels in several groups, the last one narrow (and the input gradient, reading W as
+# K x N: 530 as one block, many panels of 2561)
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (17, 33, 65), (29, 777, 100), (41, 4097, 1100), (300, 64, 7),
-                                   (611, 1281, 530)])
+                                   (611, 2561, 530)])
 def test_each_kernel_equals_fp32_gemm_at_the_edges_of_its_blocking(kernel, m, k, n):
     rng = np.random.default_rng(m * 7 + k)
     x = rng.standard_normal((m, k)).astype(np.float32)

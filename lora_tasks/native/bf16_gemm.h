@@ -98,9 +98,18 @@ inline const CpuFeatures& cpu() {
 // ---------------------------------------------------------------------------------------------
 // Micro-kernels.
 
-// k pairs per block. An A micro-panel holds MR rows of one block, row r's pair p at a[r * kKC + p]: the
-// fixed row stride makes every broadcast address a constant offset from one pointer.
+// k pairs per block. An A micro-panel holds MR rows of one block, row r's pair p at a[r * stride + p], the stride a
+// template argument of the micro-kernel: a fixed row stride makes every broadcast address a constant offset from one
+// pointer. Two strides: kKC, the block of a long K (its slices of B's panels stay in L2 in groups, gemm_block), and
+// kKCWhole, the longest K taken as one block.
 constexpr size_t kKC = 192;
+constexpr size_t kKCWhole = 768;
+
+// k pairs per block for K's `kp` pairs. Up to kKCWhole pairs, one block: each tile of C is then written once instead
+// of once per block (written, then added to), and each row of A is converted once. Longer (BERT-base's FFN down: 1536
+// pairs), blocks of kKC: with blocks of kKCWhole, one group held only 2 of B's panels, and A's rows were converted
+// once per group.
+inline size_t k_block(size_t kp) { return kp <= kKCWhole ? kp : kKC; }
 
 using TileFn = void (*)(size_t kpairs, const uint32_t* a, const uint32_t* b, float* c, size_t ldc, bool accumulate,
                         const char* pf, size_t pf_lines);
@@ -109,7 +118,8 @@ using ConvertFn = void (*)(const float* src, size_t n, uint16_t* dst);
 struct Kernel {
   const char* name;
   size_t mr, nr;
-  TileFn tile;
+  TileFn tile;        // A's rows kKC pairs apart
+  TileFn tile_whole;  // A's rows kKCWhole pairs apart
   ConvertFn convert;  // fp32 -> bf16 (round to nearest even) of one row segment of A
 };
 
@@ -184,12 +194,14 @@ inline void convert(const float* src, size_t n, uint16_t* dst) {
 #endif
 
 // 4 x 16 on AVX2: 8 accumulators + 4 widened B vectors + 2 widened A broadcasts fit 16 YMM registers.
-inline const Kernel kPortable{"portable", 4, 16, &portable::tile<4, 2>, &to_bf16_row};
+inline const Kernel kPortable{"portable", 4, 16, &portable::tile<4, 2, kKC>, &portable::tile<4, 2, kKCWhole>,
+                               &to_bf16_row};
 #ifdef KL_X86
 // 8 x 48 on AVX-512: 24 accumulators + 3 B vectors + 1 broadcast of the 32 ZMM registers. Every shape from
 // 6 x 64 to 14 x 32 runs at the same rate from L1 and from L2; 8 x 48 lost least to the conversion of A
 // (fewer rows of A per tile) at the model's widths (multiples of 48: 384, 768, 1536, 3072).
-inline const Kernel kAvx512Bf16{"avx512bf16", 8, 48, &avx512::tile<8, 3>, &avx512::convert};
+inline const Kernel kAvx512Bf16{"avx512bf16", 8, 48, &avx512::tile<8, 3, kKC>, &avx512::tile<8, 3, kKCWhole>,
+                                 &avx512::convert};
 #endif
 
 // The kernel for `request` ("auto", "portable", "avx512bf16"); throws if the CPU cannot run the one asked for.
@@ -302,21 +314,24 @@ inline void gemm_block(const Kernel& kern, const Problem& pr, const PackedB& b, 
   const size_t MR = kern.mr, NR = kern.nr, KP = b.KP, K = pr.K, N = pr.N;
   // the panels in groups of equal size, so that a k block's C and B stay in L2 for the next k block; with a single
   // k block there is nothing to keep, and each group would convert the rows of A again: one group
-  const size_t most = KP <= kKC ? j1 - j0 : std::max<size_t>(1, kGroupBytes / (kKC * NR * sizeof(uint32_t)));
+  const size_t kb = k_block(KP);
+  const size_t most = KP <= kb ? j1 - j0 : std::max<size_t>(1, kGroupBytes / (kb * NR * sizeof(uint32_t)));
   const size_t group = ceil_div(j1 - j0, ceil_div(j1 - j0, most));
-  AlignedWords apanel(MR * kKC);
-  std::memset(apanel.data(), 0, MR * kKC * sizeof(uint32_t));  // rows past an edge tile's last are never stored
+  const size_t stride = kb > kKC ? kKCWhole : kKC;
+  const TileFn tile = kb > kKC ? kern.tile_whole : kern.tile;
+  AlignedWords apanel(MR * stride);
+  std::memset(apanel.data(), 0, MR * stride * sizeof(uint32_t));  // rows past an edge tile's last are never stored
   uint16_t* ah = reinterpret_cast<uint16_t*>(apanel.data());
   std::vector<float> scratch(MR * NR);
   for (size_t jb = j0; jb < j1; jb += group) {
     const size_t je = std::min(j1, jb + group), tiles = je - jb;
-    for (size_t p0 = 0; p0 < KP; p0 += kKC) {
-      const size_t kc = std::min(kKC, KP - p0), k0 = 2 * p0, kn = std::min(K, 2 * (p0 + kc)) - k0;
+    for (size_t p0 = 0; p0 < KP; p0 += kb) {
+      const size_t kc = std::min(kb, KP - p0), k0 = 2 * p0, kn = std::min(K, 2 * (p0 + kc)) - k0;
       for (size_t i0 = m0; i0 < m1; i0 += MR) {
         const size_t mr = std::min(MR, m1 - i0);
         for (size_t r = 0; r < mr; ++r) {
-          kern.convert(pr.a + (i0 + r) * pr.lda + k0, kn, ah + r * 2 * kKC);
-          if (kn % 2) ah[r * 2 * kKC + kn] = 0;  // the pad of an odd K
+          kern.convert(pr.a + (i0 + r) * pr.lda + k0, kn, ah + r * 2 * stride);
+          if (kn % 2) ah[r * 2 * stride + kn] = 0;  // the pad of an odd K
         }
         // the segments of A that the next micro-panel converts (after this block's last, the next k block's, the
         // next group's, or past m1 the next chunk's, which this thread likely takes next): tile t prefetches its
@@ -324,14 +339,14 @@ inline void gemm_block(const Kernel& kern, const Problem& pr, const PackedB& b, 
         size_t ni = i0 + MR, nk = k0;
         if (ni >= m1) {
           ni = m0;
-          nk = k0 + 2 * kKC;
+          nk = k0 + 2 * kb;
           if (nk >= K) {
             nk = 0;
             ni = je < j1 ? m0 : m1;
           }
         }
         const size_t nrows = ni < pr.M ? std::min(MR, pr.M - ni) : 0;
-        const size_t seg_lines = ceil_div(std::min(K - nk, 2 * kKC) * sizeof(float), 64);
+        const size_t seg_lines = ceil_div(std::min(K - nk, 2 * kb) * sizeof(float), 64);
         for (size_t j = jb; j < je; ++j) {
           const size_t t = j - jb, r_lo = t * nrows / tiles, r_hi = (t + 1) * nrows / tiles;
           const char* pf = reinterpret_cast<const char*>(pr.a + (ni + r_lo) * pr.lda + nk);
@@ -345,9 +360,9 @@ inline void gemm_block(const Kernel& kern, const Problem& pr, const PackedB& b, 
           float* c = pr.c + i0 * pr.ldc + j * NR;
           const size_t nr = std::min(NR, N - j * NR);
           if (mr == MR && nr == NR) {
-            kern.tile(kc, apanel.data(), bp, c, pr.ldc, p0 > 0, pf, pf_lines);
+            tile(kc, apanel.data(), bp, c, pr.ldc, p0 > 0, pf, pf_lines);
           } else {
-            kern.tile(kc, apanel.data(), bp, scratch.data(), NR, false, pf, pf_lines);
+            tile(kc, apanel.data(), bp, scratch.data(), NR, false, pf, pf_lines);
             for (size_t r = 0; r < mr; ++r)
               for (size_t col = 0; col < nr; ++col)
                 c[r * pr.ldc + col] = (p0 > 0 ? c[r * pr.ldc + col] : 0.f) + scratch[r * NR + col];
