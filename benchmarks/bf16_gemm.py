@@ -10,14 +10,21 @@ matmul (oneDNN, ``vdpbf16ps`` where the CPU has it) with the same threads; its r
 native kernel. The defaults are MiniLM's FFN up and down projections and its attention projections
 at batch 32 x 64 tokens. Per shape, the peer and ours alternate ``--rounds`` times; each side's
 median over the rounds is its value, and every round's ratio is kept in the row: a single round
-of a few milliseconds' GEMM moves by several percent with the machine's state.
+of a few milliseconds' GEMM moves by several percent with the machine's state. Where the CPU has
+avx512_bf16, the first rows are the machine's ceiling (``bf16_peak.cpp``: ``vdpbf16ps`` on registers
+alone, one thread and all of them), against which both GEMMs' rates can be read.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 from statistics import median
 
 import lora_tasks  # sets up the BLAS: must come before mlx (kept here by the split below)
@@ -27,7 +34,7 @@ import mlx.core as mx
 from _common import median_seconds, row, run_peer, write_results
 
 from lora_tasks.models import ops
-from lora_tasks.native import native_info
+from lora_tasks.native import kernels, native_info
 
 
 def gflops(fn, m: int, k: int, n: int, repeats: int, warm_seconds: float = 0.3) -> float:
@@ -69,6 +76,23 @@ def measure_shape(m: int, k: int, n: int, repeats: int) -> tuple[float, float, f
     return native, upcast, gflops(lambda: x @ w32.T, m, k, n, repeats)
 
 
+def ceiling_rows(threads: int) -> list[dict]:
+    """The ``vdpbf16ps`` ceiling from ``bf16_peak.cpp``, built with the machine's compiler; no rows where the
+    CPU lacks avx512_bf16 or there is no compiler."""
+    k = kernels()
+    compiler = os.environ.get("CXX") or shutil.which("g++")
+    if k is None or not k.cpu_features().get("avx512_bf16") or compiler is None:
+        return []
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = Path(tmp) / "bf16_peak"
+        subprocess.run([compiler, "-O2", "-march=native", "-pthread", str(Path(__file__).with_name("bf16_peak.cpp")),
+                        "-o", str(exe)], check=True)
+        peak = json.loads(subprocess.run([str(exe), str(threads)], check=True, capture_output=True,
+                                         text=True).stdout)
+    return [row("vdpbf16ps ceiling, registers only, 1 thread", peak["one"], "GFLOP/s"),
+            row(f"vdpbf16ps ceiling, registers only, {threads} threads", peak["all"], "GFLOP/s")]
+
+
 def parse_shapes(text: str) -> list[tuple[int, int, int]]:
     try:
         shapes = [tuple(int(v) for v in s.lower().split("x")) for s in text.split(",") if s.strip()]
@@ -92,7 +116,7 @@ def main() -> None:
     info = native_info()
     kernel = info.bf16_kernel or "none (no native kernels: native means upcast)"
     print(f"bf16 GEMM kernel: {kernel}; KAGGLE_LORA_BF16_GEMM=auto picks {ops.bf16_gemm_mode()}")
-    rows = []
+    rows = ceiling_rows(info.threads or os.cpu_count() or 1)
     for m, k, n in shapes:
         # the peer runs per shape, right before ours: on a shared machine, load that comes and goes then
         # disturbs both sides of a ratio alike more often than when all of the peer runs first
