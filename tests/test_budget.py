@@ -4,6 +4,7 @@ run-time epoch budget and the members decision."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -154,6 +155,38 @@ def test_planner_picks_cheaper_candidates_as_the_budget_shrinks():
         assert choice.reasons[-1].startswith("budget: chose " + choice.chosen.candidate.name)
         assert len(choice.reasons) == rank + 2  # every rung tried, then the choice
     assert last_rank > 3  # the smallest limits reached the fold and row-length rungs
+
+
+def test_planner_grows_a_cut_rung_back_towards_the_rules_while_it_fits():
+    # essays: the rows are long, so the last rungs cut them to 128 tokens, which makes a fold far cheaper than the
+    # rungs above it: room is left for more folds and epochs at 128 tokens than the cut rung has
+    wide = Workload(train_rows=3000, test_rows=1000, max_seq_len=512, mean_tokens=450.0, columns=3)
+    cost = lambda c: estimate_cost(c, wide, COSTS, MEMBERS, 60.0).total_s  # noqa: E731
+    ladder = candidates(BASE)
+    cut = next(c for c in ladder if c.name == "top2_epochs2_folds2_seq128")
+    above = ladder[ladder.index(cut) - 1]
+    target = replace(cut, n_folds=3)
+    assert cost(target) < cost(above), "a third fold at 128 tokens costs less than the rung above at full length"
+    limit = (cost(target) + 1.0) / 0.9  # room for one more fold, no more
+    assert cost(replace(target, n_folds=4)) > 0.9 * limit and cost(replace(target, epochs=3)) > 0.9 * limit
+    choice = plan_within_budget(BASE, wide, COSTS, MEMBERS, limit)
+    grown = choice.chosen.candidate
+    assert grown.name == cut.name
+    assert (grown.n_folds, grown.epochs, grown.top_layers, grown.max_seq_len) == (3, 2, 2, 128)
+    assert choice.chosen.total_s <= 0.9 * limit
+    assert "grown back towards the rules' settings" in choice.reason and "3 folds × 2 epochs" in choice.reason
+    # just under the rung above: grown until one more fold or epoch would not fit, never past the rules' own
+    roomy = plan_within_budget(BASE, wide, COSTS, MEMBERS, (cost(above) - 1.0) / 0.9).chosen
+    most = roomy.candidate
+    assert most.name == cut.name and roomy.total_s <= cost(above) - 1.0
+    assert (most.n_folds, most.epochs) > (3, 2) and most.n_folds <= BASE.n_folds and most.epochs <= BASE.epochs
+    for larger in (replace(most, n_folds=most.n_folds + 1), replace(most, epochs=most.epochs + 1)):
+        assert larger.n_folds > BASE.n_folds or larger.epochs > BASE.epochs or cost(larger) > cost(above) - 1.0
+
+
+def test_planner_does_not_grow_a_plan_that_fits_as_the_rules_wrote_it():
+    roomy = plan_within_budget(BASE, WORK, COSTS, MEMBERS, estimate_cost(BASE, WORK, COSTS, MEMBERS, 60.0).total_s * 3)
+    assert roomy.chosen.candidate == replace(BASE, name="as_planned") and "grown" not in roomy.reason
 
 
 def test_planner_refuses_clearly_when_nothing_fits():

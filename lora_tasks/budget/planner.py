@@ -139,6 +139,27 @@ def candidates(base: Candidate, ladder: tuple[Rung, ...] = LADDER) -> list[Candi
     return out
 
 
+def grow_within(est: CostEstimate, base: Candidate, work: Workload, costs: StepCosts, members: MemberCosts,
+                plan_s: float, overhead_s: float) -> CostEstimate:
+    """``est`` grown back towards ``base`` (the rules' settings) while its estimate fits ``plan_s``: one
+    more fold, else one more epoch, until neither fits or both are the rules' again.
+
+    Why: the ladder's rungs are coarse. The first that fits can sit far below the limit (a text set
+    at 10 minutes: 2 folds x 2 epochs estimated at 5.7 of its 9 planned minutes, the costlier rung at
+    over 9), and a short limit then ends with a third or more of it unused. Folds first, as the ladder
+    cuts them after the epochs: more of the rows train each fold's adapter, and more adapters average.
+    Never past the rules' folds or epochs, nor back over a layer or row-length cut (those change
+    what one step costs, which the cut rung was priced at)."""
+    while True:
+        cand = est.candidate
+        larger = ([replace(cand, n_folds=cand.n_folds + 1)] if cand.n_folds < base.n_folds else []) + (
+            [replace(cand, epochs=cand.epochs + 1)] if cand.epochs < base.epochs else [])
+        fitting = [e for e in (estimate_cost(c, work, costs, members, overhead_s) for c in larger) if e.total_s <= plan_s]
+        if not fitting:
+            return est
+        est = fitting[0]
+
+
 def plan_within_budget(
     base: Candidate,
     work: Workload,
@@ -150,7 +171,8 @@ def plan_within_budget(
     ladder: tuple[Rung, ...] = LADDER,
 ) -> BudgetChoice:
     """Walk the ladder from ``base`` (the rules' settings) and pick the first candidate whose
-    estimate fits ``PLAN_SHARE`` of ``limit_s``; when none does, the reason names the cheapest
+    estimate fits ``PLAN_SHARE`` of ``limit_s``, grown back towards ``base`` while it fits
+    (:func:`grow_within`); when none does, the reason names the cheapest
     one's estimate and the two ways out (``--no-adapters``, a larger ``--time-limit``)."""
     if not (math.isfinite(limit_s) and limit_s > 0):
         raise ValueError(f"limit_s={limit_s}; the time limit must be a positive number of seconds.")
@@ -162,9 +184,12 @@ def plan_within_budget(
         considered.append(est)
         if est.total_s <= plan_s:
             skipped = f" ({len(considered) - 1} costlier rung(s) did not fit)" if len(considered) > 1 else ""
+            grown = grow_within(est, base, work, costs, members, plan_s, overhead_s)
+            regrown = (f"; then grown back towards the rules' settings to fill the limit: "
+                       f"{grown.candidate.describe()}, {grown.reason}") if grown is not est else ""
             reason = (f"chose {cand.name}: {cand.describe()}, {est.reason}, within {format_duration(plan_s)} "
-                      f"of the {format_duration(limit_s)} limit{skipped}")
-            return BudgetChoice(limit_s, plan_s, est, tuple(considered), members_only_s, reason)
+                      f"of the {format_duration(limit_s)} limit{skipped}{regrown}")
+            return BudgetChoice(limit_s, plan_s, grown, tuple(considered), members_only_s, reason)
     cheapest = min(considered, key=lambda e: e.total_s)
     members_note = (f"--no-adapters (the scikit-learn blend alone, estimated {format_duration(members_only_s)})"
                     if members_only_s <= plan_s else
