@@ -12,7 +12,15 @@ import pytest
 
 from lora_tasks import steps
 from lora_tasks.steps.member_costs import MAX_MEMBER_ROUNDS, plan_member_rounds
-from lora_tasks.steps.member_rounds import bag_members, round_fits, rounds_to_run, run_member_rounds
+from lora_tasks.steps.member_rounds import (
+    bag_members,
+    choose_rounds,
+    round_fits,
+    rounds_for_time_left,
+    rounds_to_run,
+    run_member_rounds,
+)
+from lora_tasks.steps.train import AdapterResult
 from lora_tasks.steps.orchestrate import PlainExecutor
 from lora_tasks.steps.targets import fold_assignment
 from lora_tasks.testing.demo import build_demo_competition
@@ -50,6 +58,36 @@ def test_a_members_only_plan_records_its_rounds(demo, tmp_path):
     assert real.member_rounds_alone >= 1, real.settings.reasons
     assert any(r.startswith("member_rounds: ") and "more round(s)" in r for r in real.settings.reasons)
     assert rounds_to_run(real, adapters_stopped=False) == real.member_rounds_alone  # no adapters: alone
+
+
+def _folds(seconds: list[float], tmp_path) -> list[AdapterResult]:
+    """Adapter folds as the run records them, with the seconds each took (the files are not read)."""
+    return [AdapterResult(fold=k, adapter_path=tmp_path, oof_path=tmp_path, test_path=tmp_path, n_train=80, n_valid=20,
+                          best_epoch=1, best_score=0.8, metric="accuracy", seconds=s) for k, s in enumerate(seconds)]
+
+
+def test_time_the_folds_did_not_take_goes_to_the_rounds(demo, tmp_path):
+    data, _, _, _, first = demo
+    real = steps.Plan.load(steps.plan_training("demo", data, tmp_path, max_train_rows=200, no_adapters=True,
+                                               budget=True, time_limit="10m"))
+    limit, round_s = real.time_limit_s, sum(m.seconds for m in first)
+    assert round_s > 0
+    # folds that took a few seconds leave room for every round; folds that took the limit leave none
+    assert rounds_for_time_left(real, _folds([5.0, 5.0], tmp_path), first) == MAX_MEMBER_ROUNDS - 1
+    assert rounds_for_time_left(real, _folds([limit / 2, limit / 2], tmp_path), first) == 0
+    # in between: what 85% of the limit holds after the folds, their predictions, a round and the overhead
+    busy = 0.85 * limit - round_s * 3.5 - float(real.reserve_s or 0.0) - round_s
+    expected = min(MAX_MEMBER_ROUNDS - 1, 3)
+    assert rounds_for_time_left(real, _folds([busy], tmp_path), first) == expected
+    # the same recorded seconds give the same rounds (a rerun reads them back from the cache)
+    assert rounds_for_time_left(real, _folds([busy], tmp_path), first) == expected
+    # the run takes the larger of the plan's count and this one
+    assert choose_rounds(real, [], _folds([5.0], tmp_path), first) == max(rounds_to_run(real, True), MAX_MEMBER_ROUNDS - 1)
+    slow = _folds([limit], tmp_path)
+    assert choose_rounds(real, slow, slow, first) == rounds_to_run(real, adapters_stopped=len(slow) < real.n_folds)
+    # the tiny random model (a smoke run) and a plan without a limit ask for none
+    assert rounds_for_time_left(replace(real, tiny=True), [], first) == 0
+    assert rounds_for_time_left(replace(real, time_limit_s=None), [], first) == 0
 
 
 def test_each_round_has_its_own_split_and_the_bag_is_their_mean(demo):

@@ -8,9 +8,11 @@ lowers the variance of both their out-of-fold and their test predictions: each t
 predicted by K models per round instead of K in all. Every round's out-of-fold predictions stay
 out of fold, so their average is too, and the blend and its nested score read it as before.
 
-How many rounds is decided in the plan, from its estimates
-(:func:`~lora_tasks.steps.member_costs.plan_member_rounds`), so a rerun (whose steps come from the
-cache) asks for the same rounds; the run still checks its deadline before each round.
+How many rounds: the plan's count from its estimates
+(:func:`~lora_tasks.steps.member_costs.plan_member_rounds`), or more when the folds took less than
+it priced (:func:`rounds_for_time_left`). Both come from numbers a rerun reads back from the cache
+(the plan, the folds' recorded seconds), not from the clock, so a rerun asks for the same rounds and
+finds them cached; the run still checks its deadline before each round.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lora_tasks.steps.member_costs import plan_member_rounds
 from lora_tasks.steps.plan import Plan
 from lora_tasks.steps.prepare import Prepared
 from lora_tasks.steps.store import PipelineError, save_array
 from lora_tasks.steps.targets import score_predictions
-from lora_tasks.steps.train import MemberResult, train_members
+from lora_tasks.steps.train import AdapterResult, MemberResult, train_members
 
 log = logging.getLogger("lora_tasks.steps")
 
@@ -37,6 +40,36 @@ def rounds_to_run(plan: Plan, adapters_stopped: bool) -> int:
     (or none were planned), else its ``with_adapters`` count."""
     alone = adapters_stopped or plan.no_adapters
     return int(plan.member_rounds_alone if alone else plan.member_rounds)
+
+
+def rounds_for_time_left(plan: Plan, adapters: Sequence[AdapterResult], first: Sequence[MemberResult]) -> int:
+    """The extra rounds that fit the plan's share of its limit after the work this run recorded: every
+    adapter fold's seconds (``adapters``, of every set) with the plan's prediction estimate per fold,
+    the members' first round (``first``, which prices a round) and the plan's overhead.
+
+    Why: the plan prices every fold at its full epochs, but early stopping, fold 0's members decision
+    and a fold cut short end the adapters sooner; the plan's count then left that time unused (a
+    short titanic run ended long before its limit, with no rounds). None for the tiny random model
+    (a smoke run) or without a limit."""
+    round_s = sum(m.seconds for m in first)
+    if plan.tiny or plan.time_limit_s is None or round_s <= 0:
+        return 0
+    spent = (sum(a.seconds for a in adapters) + len(adapters) * float(plan.predict_s or 0.0) + round_s
+             + float(plan.reserve_s or 0.0))
+    return plan_member_rounds(float(plan.time_limit_s), round_s, spent, spent).alone
+
+
+def choose_rounds(plan: Plan, main_folds: Sequence[AdapterResult], every_fold: Sequence[AdapterResult],
+                  first: Sequence[MemberResult]) -> int:
+    """The extra rounds to run: the plan's count (:func:`rounds_to_run`; ``main_folds`` fewer than its
+    folds: the adapters stopped), or more where the recorded work leaves room (:func:`rounds_for_time_left`
+    over ``every_fold`` of every adapter set), which the log says."""
+    planned = rounds_to_run(plan, adapters_stopped=len(main_folds) < plan.n_folds)
+    left = rounds_for_time_left(plan, every_fold, first)
+    if left > planned:
+        log.info("members: %d more round(s), not the plan's %d: the %d adapter fold(s) took %.0f s in all, which "
+                 "leaves room for them", left, planned, len(every_fold), sum(a.seconds for a in every_fold))
+    return max(planned, left)
 
 
 def round_fits(run_start: float, now: float, round_s: float, plan: Plan) -> bool:
@@ -99,4 +132,4 @@ def run_member_rounds(ex: Any, first: list[MemberResult], rounds: int, *, compet
                                out_dir=out_dir))
 
 
-__all__ = ["bag_members", "round_fits", "rounds_to_run", "run_member_rounds"]
+__all__ = ["bag_members", "choose_rounds", "round_fits", "rounds_for_time_left", "rounds_to_run", "run_member_rounds"]

@@ -29,7 +29,7 @@ from lora_tasks.steps.adapter_sets import (
 from lora_tasks.steps.combine import CombineResult, combine
 from lora_tasks.steps.download import download_data, kaggle_endpoint, needs_offline_server
 from lora_tasks.steps.estimates import EstimateCheck, estimate_checks
-from lora_tasks.steps.member_rounds import rounds_to_run, run_member_rounds
+from lora_tasks.steps.member_rounds import choose_rounds, run_member_rounds
 from lora_tasks.steps.plan import OVERRIDABLE, Plan, plan_training
 from lora_tasks.steps.prepare import prepare_data
 from lora_tasks.steps.submit import read_score, submit_run, validate, write_submission
@@ -282,11 +282,12 @@ def orchestrate(options: RunOptions, ex: Executor, *, run_key: str = "local", do
         run.set_results = {name: [ex.result(f) for f in futures] for name, futures in set_folds.items()}
         main_plan = Plan.load(run.plan_path)
         run.estimates = estimate_checks(main_plan, run.adapters, run.members)
-        # the time the adapters left (or fold 0 freed) goes to more rounds of the members
-        run.members = run_member_rounds(
-            ex, run.members, rounds_to_run(main_plan, adapters_stopped=len(run.adapters) < main_plan.n_folds),
-            competition=competition, data_dir=folder, prepared_path=run.prepared_path, plan_path=run.plan_path,
-            out_dir=paths.artifacts, run_start=run_start)
+        # the time the adapters left (or fold 0 freed, or early stopping) goes to more rounds of the members
+        every_fold = run.adapters + [a for folds in run.set_results.values() for a in folds]
+        rounds = choose_rounds(main_plan, run.adapters, every_fold, run.members)
+        run.members = run_member_rounds(ex, run.members, rounds, competition=competition, data_dir=folder,
+                                        prepared_path=run.prepared_path, plan_path=run.plan_path,
+                                        out_dir=paths.artifacts, run_start=run_start)
 
         run.combined = ex.result(ex.submit(
             combine, prepared_path=run.prepared_path, plan_path=run.plan_path, results=run.adapters,
