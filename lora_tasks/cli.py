@@ -220,6 +220,8 @@ def print_summary(summary: Any) -> None:
     if summary.estimates:
         print("\nThe plan's estimates against this run:")
         print(markdown_table(summary.estimates))
+    if summary.time_use:
+        print(f"\nTime: {summary.time_use}.")
     cached = sum(s == "Cached" for s in summary.task_states.values())
     print(f"Tasks: {len(summary.task_states)} ({cached} cached)")
     print(f"Submission file: {summary.submission_path}")

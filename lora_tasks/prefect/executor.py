@@ -57,7 +57,9 @@ class PrefectExecutor:
         slug = plan.slug
         if stage == "combine":
             decisions = run_decisions(run.adapters) + [c.sentence() for c in run.estimates]
-            if decisions:  # the members decision, retried and dropped folds, the estimates join the settings artifact
+            decisions += [f"time: {run.time_use.sentence()}"] if run.time_use is not None else []
+            # the members decision, retried and dropped folds, the estimates and the time used join the settings artifact
+            if decisions:
                 publish_settings(plan, decisions)
             publish_training(slug, run.adapters, run.combined, run_cv_rows(run.adapters, run.set_results))
         elif stage == "submission":

@@ -46,6 +46,8 @@ class RunSummary:
     work_dir: str = ""
     #: the plan's estimates against what the run measured (lora_tasks.steps.estimates), one row a part
     estimates: list[dict[str, Any]] = field(default_factory=list)
+    #: how much of its time limit the run used, and why it ended early (lora_tasks.steps.time_use); "": no limit
+    time_use: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,7 +71,8 @@ def kaggle_lora(options: RunOptions) -> RunSummary:
                          cv=run_cv_rows(run.adapters, run.set_results), oof_score=combined.oof_score,
                          combine=options.combine, submission_path=str(run.submission_path),
                          members=blend_rows(combined), work_dir=str(paths.work), task_states=executor.states,
-                         estimates=[c.row() for c in run.estimates])
+                         estimates=[c.row() for c in run.estimates],
+                         time_use=run.time_use.sentence() if run.time_use is not None else "")
     executor.log.info("OOF %s (%s of %d adapters): %.5f", combined.metric, options.combine, len(run.adapters),
                       combined.oof_score)
     if run.submission is not None:

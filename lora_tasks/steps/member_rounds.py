@@ -103,7 +103,7 @@ def bag_members(prepared_path: str | os.PathLike, plan_path: str | os.PathLike,
             name=first.name, oof_path=save_array(oof, out, f"oof-{first.name}{tag}"),
             test_path=save_array(test, out, f"test-{first.name}{tag}"),
             oof_score=score_predictions(oof, prepared, plan), metric=first.metric,
-            seconds=sum(m.seconds for m in same), dropped_columns=list(first.dropped_columns)))
+            seconds=sum(m.seconds for m in same), dropped_columns=list(first.dropped_columns), rounds=len(same)))
         log.info("members: %s averaged over %d rounds: OOF %s %.5f (first round %.5f)", first.name, len(same),
                  first.metric, bagged[-1].oof_score, first.oof_score)
     return bagged

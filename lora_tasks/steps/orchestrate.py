@@ -33,6 +33,7 @@ from lora_tasks.steps.member_rounds import choose_rounds, run_member_rounds
 from lora_tasks.steps.plan import OVERRIDABLE, Plan, plan_training
 from lora_tasks.steps.prepare import prepare_data
 from lora_tasks.steps.submit import read_score, submit_run, validate, write_submission
+from lora_tasks.steps.time_use import TimeUse, time_use
 from lora_tasks.steps.train import (
     AdapterResult,
     MemberResult,
@@ -152,6 +153,8 @@ class PipelineResult:
     work_dir: Path | None = None
     #: the plan's estimates against what this run measured (none without a budget)
     estimates: list[EstimateCheck] = field(default_factory=list)
+    #: the share of its time limit the run used up to its blend, and why it ended early (None: no limit)
+    time_use: TimeUse | None = None
 
 
 def run_adapter_sets(options: RunOptions, folder: Path) -> list[AdapterSet]:
@@ -293,6 +296,9 @@ def orchestrate(options: RunOptions, ex: Executor, *, run_key: str = "local", do
             combine, prepared_path=run.prepared_path, plan_path=run.plan_path, results=run.adapters,
             out_dir=paths.artifacts, method=options.combine, tokens=run.tokens, model=model, members=run.members,
             blend_method=options.blend_method, adapter_sets=run.set_results))
+        run.time_use = time_use(main_plan, run.adapters, run.members, time.time() - run_start)
+        if run.time_use is not None:
+            log.info("time: %s", run.time_use.sentence())
         ex.report("combine", run)
         run.submission_path = ex.result(ex.submit(
             write_submission, prepared_path=run.prepared_path, plan_path=run.plan_path,

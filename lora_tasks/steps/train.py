@@ -310,6 +310,7 @@ class MemberResult:
     metric: str
     seconds: float = 0.0
     dropped_columns: list[str] = field(default_factory=list)
+    rounds: int = 1  # the rounds on new fold splits averaged into these predictions (steps.member_rounds)
 
     def paths(self) -> list[Path]:
         return [self.oof_path, self.test_path]
