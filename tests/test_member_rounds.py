@@ -20,9 +20,9 @@ from lora_tasks.steps.member_rounds import (
     rounds_to_run,
     run_member_rounds,
 )
-from lora_tasks.steps.train import AdapterResult
 from lora_tasks.steps.orchestrate import PlainExecutor
 from lora_tasks.steps.targets import fold_assignment
+from lora_tasks.steps.train import AdapterResult
 from lora_tasks.testing.demo import build_demo_competition
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from lora_tasks import steps
 from lora_tasks.steps.adapter_checks import AdapterGain
+from lora_tasks.steps.estimates import EstimateCheck
 from lora_tasks.steps.member_costs import MAX_MEMBER_ROUNDS
 from lora_tasks.steps.time_use import EARLY_SHARE, time_use
 from lora_tasks.steps.train import AdapterResult, MemberResult
@@ -67,3 +68,12 @@ def test_an_early_run_with_adapters_names_fold_0s_decision_and_early_stopping(pl
     # a fold the time budget cut is not early stopping
     cut = [_fold(k, 1, tmp_path, stopped_for_time=True) for k in range(rules.n_folds)]
     assert not any("early stopping" in r for r in time_use(rules, cut, [], 60.0).reasons)
+
+
+def test_an_early_run_names_the_parts_that_took_less_than_their_estimate(plan, tmp_path):
+    quick = EstimateCheck("one adapter epoch", 20.0, 15.0, "mean of 6 epochs")
+    close = EstimateCheck("the members, one round", 10.0, 9.5, "5 members")
+    slow = EstimateCheck("the members, one round", 10.0, 13.0, "5 members")
+    reasons = time_use(plan, [], [], 60.0, [quick, close, slow]).reasons
+    assert "one adapter epoch took 0.75x of the plan's estimate" in reasons
+    assert not any("members, one round took" in r for r in reasons)  # within ±15%, or slower: not why it ended early

@@ -296,7 +296,7 @@ def orchestrate(options: RunOptions, ex: Executor, *, run_key: str = "local", do
             combine, prepared_path=run.prepared_path, plan_path=run.plan_path, results=run.adapters,
             out_dir=paths.artifacts, method=options.combine, tokens=run.tokens, model=model, members=run.members,
             blend_method=options.blend_method, adapter_sets=run.set_results))
-        run.time_use = time_use(main_plan, run.adapters, run.members, time.time() - run_start)
+        run.time_use = time_use(main_plan, run.adapters, run.members, time.time() - run_start, run.estimates)
         if run.time_use is not None:
             log.info("time: %s", run.time_use.sentence())
         ex.report("combine", run)

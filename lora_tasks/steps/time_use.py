@@ -3,8 +3,9 @@
 Why: a user who gives a run 10 minutes and gets a file after 2 wonders whether the tool gave up
 early or found nothing worth the rest. The run's own decisions answer that: fold 0 showed the
 adapters add nothing to the members' blend, early stopping ended the folds before their planned
-epochs, the plan is the rules' own (nothing was cut to fit the limit, so a longer one trains the
-same), the members ran all their rounds. The summary, the log and the settings artifact say which.
+epochs, a part took less than the plan's estimate of it, the plan is the rules' own (nothing was cut
+to fit the limit, so a longer one trains the same), the members ran all their rounds. The summary,
+the log and the settings artifact say which.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lora_tasks.budget import format_duration
+from lora_tasks.steps.estimates import EstimateCheck
 from lora_tasks.steps.member_costs import MAX_MEMBER_ROUNDS
 from lora_tasks.steps.plan import Plan
 from lora_tasks.steps.train import AdapterResult, MemberResult
@@ -38,10 +40,11 @@ class TimeUse:
         return used + (": it ended early because " + "; ".join(self.reasons) if self.reasons else "")
 
 
-def time_use(plan: Plan, adapters: Sequence[AdapterResult], members: Sequence[MemberResult],
-             used_s: float) -> TimeUse | None:
+def time_use(plan: Plan, adapters: Sequence[AdapterResult], members: Sequence[MemberResult], used_s: float,
+             estimates: Sequence[EstimateCheck] = ()) -> TimeUse | None:
     """What ``used_s`` seconds were of ``plan``'s limit (None: the run had none), with the reasons a run
-    ending before :data:`EARLY_SHARE` of it has, from its main adapter folds and its (bagged) members."""
+    ending before :data:`EARLY_SHARE` of it has, from its main adapter folds, its (bagged) members and
+    the plan's ``estimates`` against what the run measured."""
     if plan.time_limit_s is None or plan.time_limit_s <= 0:
         return None
     limit = float(plan.time_limit_s)
@@ -65,6 +68,7 @@ def time_use(plan: Plan, adapters: Sequence[AdapterResult], members: Sequence[Me
     planned = sum(int(plan.settings.epochs) if a.fold == 0 else later for a in natural)
     if 0 < trained < planned:
         reasons.append(f"early stopping ended the adapter folds after {trained} of their {planned} planned epochs")
+    reasons += [f"{c.part} took {c.ratio:.2f}x of the plan's estimate" for c in estimates if c.ratio < 1 and not c.within]
     rounds = max((m.rounds for m in members), default=0)
     if rounds >= MAX_MEMBER_ROUNDS:
         reasons.append(f"the members ran {rounds} rounds on new fold splits, the most a run takes (more rounds "
