@@ -27,6 +27,7 @@ from lora_tasks.budget import (
     padded_width,
     parse_duration,
     plan_within_budget,
+    reprice_at_width,
     time_members,
 )
 from lora_tasks.data.duration import ACCEPTED_FORMS
@@ -187,6 +188,39 @@ def test_planner_grows_a_cut_rung_back_towards_the_rules_while_it_fits():
 def test_planner_does_not_grow_a_plan_that_fits_as_the_rules_wrote_it():
     roomy = plan_within_budget(BASE, WORK, COSTS, MEMBERS, estimate_cost(BASE, WORK, COSTS, MEMBERS, 60.0).total_s * 3)
     assert roomy.chosen.candidate == replace(BASE, name="as_planned") and "grown" not in roomy.reason
+
+
+def test_a_rung_at_a_width_far_from_the_probe_is_priced_again_with_costs_measured_there():
+    wide = Workload(train_rows=3000, test_rows=1000, max_seq_len=512, mean_tokens=450.0, columns=3)
+    at_512 = StepCosts(seq_len=512, batch_size=4, num_layers=6, full_step_s=1.2, top_step_s=((2, 0.3),),
+                       forward_row_s=0.02)
+    cost = lambda c, k=at_512: estimate_cost(c, wide, k, MEMBERS, 60.0).total_s  # noqa: E731
+    cut = next(c for c in candidates(BASE) if c.name == "top2_epochs2_folds2_seq128")
+    limit = (cost(cut) + 1.0) / 0.9
+    first = plan_within_budget(BASE, wide, at_512, MEMBERS, limit)
+    assert first.chosen.candidate.name == cut.name
+    asked = []
+
+    def measure_at(width, factor):
+        asked.append(width)
+        scaled = at_512.scaled_to(width)
+        return StepCosts(128, 4, 6, scaled.full_step_s * factor, ((2, scaled.step_s(2) * factor),),
+                         scaled.forward_row_s * factor)
+
+    # measured dearer than the straight line from 512 said: the rung no longer fits, the next one down is chosen
+    dearer = reprice_at_width(first, BASE, wide, at_512, MEMBERS, lambda w: measure_at(w, 3.0))
+    assert asked == [128.0]
+    assert dearer.chosen.candidate.name == "top1_epochs1_folds2_seq64" and dearer.chosen.total_s <= 0.9 * limit
+    assert "priced again at 128 tokens" in dearer.reason and "priced at 512" in dearer.reason
+    names = [e.candidate.name for e in dearer.considered]
+    assert names[0] == "as_planned" and names.count(cut.name) == 1, "every rung once: above at 512, the rest at 128"
+    # measured cheaper: the same rung, grown into the room the dearer price had taken
+    cheaper = reprice_at_width(first, BASE, wide, at_512, MEMBERS, lambda w: measure_at(w, 0.5))
+    assert cheaper.chosen.candidate.name == cut.name
+    assert (cheaper.chosen.candidate.n_folds, cheaper.chosen.candidate.epochs) > (cut.n_folds, cut.epochs)
+    # a rung at the probe's own width is left as it is, without measuring
+    near = plan_within_budget(BASE, WORK, COSTS, MEMBERS, 600.0)
+    assert reprice_at_width(near, BASE, WORK, COSTS, MEMBERS, lambda w: pytest.fail("measured again")) is near
 
 
 def test_planner_refuses_clearly_when_nothing_fits():

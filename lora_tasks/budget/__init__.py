@@ -42,6 +42,7 @@ from lora_tasks.budget.planner import (
     candidates,
     ladder_markdown,
     plan_within_budget,
+    reprice_at_width,
 )
 from lora_tasks.data.duration import format_duration, parse_duration
 
@@ -50,5 +51,5 @@ __all__ = [
     "CostEstimate", "Deadline", "EpochBudget", "EpochDecision", "FoldKeeper", "MemberCosts", "MembersCheck", "MembersDecision", "Rung",
     "StepCosts", "Workload", "candidates", "effective_width", "estimate_cost", "estimate_members",
     "format_duration", "ladder_markdown", "length_bucket", "members_earn_their_time", "padded_width", "parse_duration",
-    "plan_within_budget", "time_members",
+    "plan_within_budget", "reprice_at_width", "time_members",
 ]

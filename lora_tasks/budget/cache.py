@@ -28,7 +28,7 @@ from lora_tasks.budget.costs import StepCosts
 
 log = logging.getLogger("lora_tasks.budget")
 
-CACHE_VERSION = 4  # bump when the probe measures differently (4: the step keeps its memory in MLX's cache)
+CACHE_VERSION = 5  # bump when the probe measures differently (5: its steps keep their memory in MLX's cache, as training's do)
 PROBE_CACHE_ENV = "KAGGLE_LORA_PROBE_CACHE"
 
 

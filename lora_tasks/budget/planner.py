@@ -13,9 +13,11 @@ an out-of-fold prediction for the blend.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from lora_tasks.budget.costs import (
+    REUSE_SCALE_LIMIT,
     Candidate,
     CostEstimate,
     MemberCosts,
@@ -200,3 +202,30 @@ def plan_within_budget(
               f"the cheapest, {cheapest.candidate.name} ({cheapest.candidate.describe()}), is {cheapest.reason}. "
               f"Options: {members_note}, or --time-limit {unfit.adapters_need} or more.")
     return replace(unfit, reason=reason)
+
+
+def reprice_at_width(choice: BudgetChoice, base: Candidate, work: Workload, costs: StepCosts, members: MemberCosts,
+                     measure_at: Callable[[float], StepCosts], *, overhead_s: float = DEFAULT_OVERHEAD_S,
+                     ladder: tuple[Rung, ...] = LADDER) -> BudgetChoice:
+    """``choice`` priced again with costs measured at its own width, when that is more than
+    :data:`~lora_tasks.budget.costs.REUSE_SCALE_LIMIT` from the width ``costs`` were measured at (a rung
+    that cut the rows to 128 tokens, priced from a step at 512): ``measure_at(width)`` gives them (the
+    probe, or its cache). The ladder is walked again from the chosen rung down with them, and the
+    rungs above it keep their verdict: they did not fit at the width they were priced at. ``choice``
+    as it is when the widths are close.
+
+    Why: a step's cost is only close to linear in tokens over a small range; scaled over a factor of
+    four, an essay set's epoch at 128 tokens came out well under what it took."""
+    if choice.chosen is None:
+        return choice
+    chosen = choice.chosen.candidate
+    width = chosen.width(work)
+    if max(width / costs.seq_len, costs.seq_len / width) <= REUSE_SCALE_LIMIT:
+        return choice
+    near = measure_at(width)
+    start = next((i for i, rung in enumerate(ladder) if rung.name == chosen.name), 0)
+    again = plan_within_budget(base, work, near, members, choice.limit_s, overhead_s=overhead_s, ladder=ladder[start:])
+    above = choice.considered[:-1] if choice.considered[-1].candidate.name == chosen.name else choice.considered
+    note = f"priced again at {near.seq_len} tokens (measured there; the rungs above were priced at {costs.seq_len})"
+    reason = f"{again.reason}; {note}" if again.fits else again.reason
+    return replace(again, considered=tuple(above) + again.considered, reason=reason)

@@ -23,11 +23,13 @@ from lora_tasks.budget import (
     BudgetError,
     Candidate,
     MemberCosts,
+    StepCosts,
     Workload,
     estimate_members,
     format_duration,
     parse_duration,
     plan_within_budget,
+    reprice_at_width,
 )
 from lora_tasks.data.autoconfig import TrainSettings, apply_settings, auto_configure
 from lora_tasks.data.competition import TRAINING_SETTINGS, CompetitionConfig
@@ -315,6 +317,15 @@ def fit_to_budget(
     base = Candidate("as_planned", int(settings.n_folds), int(settings.epochs), settings.top_layers,
                      int(settings.batch_size), int(settings.max_seq_len))
     choice = plan_within_budget(base, work, costs, members, limit_s, ladder=LADDER)
+
+    def measure_at(width: float) -> StepCosts:  # the chosen rung's own width, when far from the probe's
+        near = probe_for_plan(head_type, settings.preset, num_labels, model=None if tiny else model, tiny=tiny,
+                              seq_len=width, batch_size=int(settings.batch_size), cache_dir=cache_dir,
+                              compute_dtype=settings.compute_dtype)
+        settings.reasons.append(near.reason)
+        return near.costs
+
+    choice = reprice_at_width(choice, base, work, costs, members, measure_at)
     settings.reasons.extend(choice.reasons)
     if choice.chosen is None:
         if not (members_fallback and choice.members_fit):
