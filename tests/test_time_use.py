@@ -77,3 +77,11 @@ def test_an_early_run_names_the_parts_that_took_less_than_their_estimate(plan, t
     reasons = time_use(plan, [], [], 60.0, [quick, close, slow]).reasons
     assert "one adapter epoch took 0.75x of the plan's estimate" in reasons
     assert not any("members, one round took" in r for r in reasons)  # within ±15%, or slower: not why it ended early
+
+
+def test_a_rerun_from_the_cache_says_so(plan, tmp_path):
+    folds = [replace(_fold(k, 2, tmp_path), seconds=40.0) for k in range(plan.n_folds)]
+    rerun = time_use(replace(plan, no_adapters=False), folds, [], 9.0)
+    assert rerun.reasons[0].startswith("its steps came from an earlier run's cache (they record ")
+    first_run = time_use(replace(plan, no_adapters=False), folds, [], 40.0 * plan.n_folds + 5.0)
+    assert not any("cache" in r for r in first_run.reasons)

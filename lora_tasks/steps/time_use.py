@@ -1,11 +1,11 @@
 """How much of its time limit a run used, and, when it ended well before it, why.
 
 Why: a user who gives a run 10 minutes and gets a file after 2 wonders whether the tool gave up
-early or found nothing worth the rest. The run's own decisions answer that: fold 0 showed the
-adapters add nothing to the members' blend, early stopping ended the folds before their planned
-epochs, a part took less than the plan's estimate of it, the plan is the rules' own (nothing was cut
-to fit the limit, so a longer one trains the same), the members ran all their rounds. The summary,
-the log and the settings artifact say which.
+early or found nothing worth the rest. The run's own decisions answer that: its steps came from
+the cache of an earlier run, fold 0 showed the adapters add nothing to the members' blend, early
+stopping ended the folds before their planned epochs, a part took less than the plan's estimate
+of it, the plan is the rules' own (nothing was cut to fit the limit, so a longer one trains the
+same), the members ran all their rounds. The summary, the log and the settings artifact say which.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ def time_use(plan: Plan, adapters: Sequence[AdapterResult], members: Sequence[Me
     if used_s >= EARLY_SHARE * limit:
         return TimeUse(limit, used_s, ())
     reasons = []
+    recorded = sum(a.seconds for a in adapters) + sum(m.seconds for m in members)
+    if recorded > used_s:  # work that took longer than this whole run: read back from an earlier run's cache
+        reasons.append(f"its steps came from an earlier run's cache (they record {format_duration(recorded)} of work)")
     if plan.no_adapters:
         reasons.append("the plan is the scikit-learn members alone")
     elif any(r.startswith("budget: chose as_planned") for r in plan.settings.reasons):
