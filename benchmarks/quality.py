@@ -246,7 +246,9 @@ def plot(trials: list[Trial]) -> Path:
     import matplotlib.pyplot as plt
 
     comps = [c for c in COMPETITIONS.values() if any(t.competition == c.name and t.holdout is not None for t in trials)]
-    fig, axes = plt.subplots(1, len(comps), figsize=(3.6 * len(comps), 4), squeeze=False)
+    bars = max(len({(t.system, t.limit_s) for t in trials if t.competition == c.name}) for c in comps)
+    # wide enough for each bar's two-line label: several limits and the "before" runs sit side by side
+    fig, axes = plt.subplots(1, len(comps), figsize=(max(3.6, 1.1 * bars) * len(comps), 4.4), squeeze=False)
     for ax, comp in zip(axes[0], comps, strict=True):
         groups: dict[tuple[str, float], list[Trial]] = {}
         for t in sorted((t for t in trials if t.competition == comp.name and t.holdout is not None),
