@@ -286,3 +286,10 @@ def test_a_broken_compiler_warns_with_the_fix_and_falls_back(tmp_path):
     assert "native CPU kernels unavailable" in proc.stderr and "KAGGLE_LORA_NATIVE_KERNELS=0" in proc.stderr
     assert "MLX ops" in proc.stdout and proc.stdout.strip().endswith("True")
     assert not list(tmp_path.rglob("_kaggle_lora_kernels_*"))  # no library, no half-written file
+
+
+def test_every_header_beside_the_kernels_is_in_the_build_fingerprint():
+    # a header left out of builder.HEADERS would not rebuild the cached library when it is edited
+    folder = build.SOURCE.parent
+    beside = {p.name for pattern in ("*.h", "*.inc") for p in folder.glob(pattern)}
+    assert beside == {h.name for h in build.HEADERS}

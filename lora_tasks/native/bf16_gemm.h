@@ -31,9 +31,9 @@
 #include <string>
 #include <vector>
 
-#if defined(__x86_64__) || defined(__i386__)
-#define KL_X86 1
-#include <cpuid.h>
+#include "cpu_features.h"
+
+#ifdef KL_X86
 #include <immintrin.h>
 #endif
 
@@ -50,49 +50,6 @@ inline uint16_t to_bf16(float f) {
 
 inline void to_bf16_row(const float* src, size_t n, uint16_t* dst) {
   for (size_t i = 0; i < n; ++i) dst[i] = to_bf16(src[i]);
-}
-
-// ---------------------------------------------------------------------------------------------
-// CPU features, from cpuid and xgetbv (what the CPU has and what the OS saves on a context switch).
-
-struct CpuFeatures {
-  bool avx2 = false, fma = false, avx512f = false, avx512_bf16 = false;
-  bool os_avx = false;  // XCR0 saves YMM state
-  bool os_zmm = false;  // XCR0 saves opmask and ZMM state
-  bool avx512_bf16_usable() const { return avx512f && avx512_bf16 && os_avx && os_zmm; }
-};
-
-inline CpuFeatures detect_cpu() {
-  CpuFeatures f;
-#ifdef KL_X86
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  unsigned max_leaf = __get_cpuid_max(0, nullptr);
-  if (max_leaf < 1) return f;
-  __cpuid(1, a, b, c, d);
-  f.fma = (c >> 12) & 1u;
-  bool osxsave = (c >> 27) & 1u;
-  if (osxsave) {
-    unsigned xcr0_lo = 0, xcr0_hi = 0;
-    __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
-    f.os_avx = (xcr0_lo & 0x6u) == 0x6u;
-    f.os_zmm = (xcr0_lo & 0xe6u) == 0xe6u;
-  }
-  if (max_leaf < 7) return f;
-  __cpuid_count(7, 0, a, b, c, d);
-  unsigned max_sub = a;
-  f.avx2 = (b >> 5) & 1u;
-  f.avx512f = (b >> 16) & 1u;
-  if (max_sub >= 1) {
-    __cpuid_count(7, 1, a, b, c, d);
-    f.avx512_bf16 = (a >> 5) & 1u;
-  }
-#endif
-  return f;
-}
-
-inline const CpuFeatures& cpu() {
-  static const CpuFeatures f = detect_cpu();
-  return f;
 }
 
 // ---------------------------------------------------------------------------------------------

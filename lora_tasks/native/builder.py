@@ -26,8 +26,8 @@ from types import ModuleType
 SOURCE = Path(__file__).with_name("kernels.cpp")
 # files kernels.cpp includes: part of the fingerprint, so editing them rebuilds
 HEADERS = tuple(Path(__file__).with_name(name) for name in (
-    "attention.h", "bf16_gemm.h", "bf16_microkernel.inc", "bf16_weight_cache.h", "elementwise.h", "lora_branch.h",
-    "multi_primitives.h", "native_math.h", "threads.h", "unary_primitives.h", "worker_pool.h"))
+    "attention.h", "bf16_gemm.h", "bf16_microkernel.inc", "bf16_weight_cache.h", "cpu_features.h", "elementwise.h",
+    "lora_branch.h", "multi_primitives.h", "native_math.h", "threads.h", "unary_primitives.h", "worker_pool.h"))
 FIX_HINT = (
     "install a C++ compiler and the Python headers (Debian: `apt-get install g++ python3-dev`) and "
     "`pip install nanobind`, or set KAGGLE_LORA_NATIVE_KERNELS=0 to use MLX's own ops (slower on CPU)"
