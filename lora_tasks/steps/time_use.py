@@ -36,7 +36,9 @@ class TimeUse:
         return self.used_s / self.limit_s
 
     def sentence(self) -> str:
-        used = f"used {format_duration(self.used_s)} of the {format_duration(self.limit_s)} limit ({self.share:.0%})"
+        # a cached rerun takes seconds: say 0.8 s, not "0 s"
+        took = f"{self.used_s:.1f} s" if self.used_s < 10 else format_duration(self.used_s)
+        used = f"used {took} of the {format_duration(self.limit_s)} limit ({self.share:.0%})"
         return used + (": it ended early because " + "; ".join(self.reasons) if self.reasons else "")
 
 
