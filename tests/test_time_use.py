@@ -81,8 +81,11 @@ def test_an_early_run_names_the_parts_that_took_less_than_their_estimate(plan, t
 
 def test_a_rerun_from_the_cache_says_so(plan, tmp_path):
     folds = [replace(_fold(k, 2, tmp_path), seconds=40.0) for k in range(plan.n_folds)]
-    rerun = time_use(replace(plan, no_adapters=False), folds, [], 9.0)
+    rerun = time_use(replace(plan, no_adapters=False), folds, [], 9.0, cached_steps=17)
     assert rerun.reasons[0].startswith("its steps came from an earlier run's cache (they record ")
     assert time_use(plan, folds, [], 0.8).sentence().startswith("used 0.8 s of the 10.0 min limit (0%)")
-    first_run = time_use(replace(plan, no_adapters=False), folds, [], 40.0 * plan.n_folds + 5.0)
+    first_run = time_use(replace(plan, no_adapters=False), folds, [], 40.0 * plan.n_folds + 5.0, cached_steps=2)
     assert not any("cache" in r for r in first_run.reasons)
+    # folds trained side by side in worker processes record more seconds than the run took, with nothing cached
+    parallel = time_use(replace(plan, no_adapters=False), folds, [], 9.0, cached_steps=0)
+    assert not any("cache" in r for r in parallel.reasons)

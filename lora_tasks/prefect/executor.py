@@ -48,6 +48,9 @@ class PrefectExecutor:
         self.states[name] = future.state.name if future.state is not None else "unknown"
         return value
 
+    def cached_steps(self) -> int:
+        return sum(state == "Cached" for state in self.states.values())
+
     def report(self, stage: str, run: PipelineResult) -> None:
         """The UI's artifacts of a finished stage: the plan, the training tables, the submission."""
         if stage == "plan":

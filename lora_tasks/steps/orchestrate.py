@@ -67,6 +67,10 @@ class Executor(Protocol):
 
     def report(self, stage: str, run: PipelineResult) -> None: ...
 
+    def cached_steps(self) -> int:
+        """How many of the steps waited for so far came from an earlier run's cache."""
+        ...
+
 
 @dataclass
 class Done:
@@ -113,6 +117,9 @@ class PlainExecutor:
 
     def report(self, stage: str, run: PipelineResult) -> None:
         return None
+
+    def cached_steps(self) -> int:
+        return 0  # every step runs in this process, none is read from a cache
 
 
 @dataclass(frozen=True)
@@ -296,7 +303,8 @@ def orchestrate(options: RunOptions, ex: Executor, *, run_key: str = "local", do
             combine, prepared_path=run.prepared_path, plan_path=run.plan_path, results=run.adapters,
             out_dir=paths.artifacts, method=options.combine, tokens=run.tokens, model=model, members=run.members,
             blend_method=options.blend_method, adapter_sets=run.set_results))
-        run.time_use = time_use(main_plan, run.adapters, run.members, time.time() - run_start, run.estimates)
+        run.time_use = time_use(main_plan, run.adapters, run.members, time.time() - run_start, run.estimates,
+                                cached_steps=ex.cached_steps())
         if run.time_use is not None:
             log.info("time: %s", run.time_use.sentence())
         ex.report("combine", run)

@@ -43,10 +43,10 @@ class TimeUse:
 
 
 def time_use(plan: Plan, adapters: Sequence[AdapterResult], members: Sequence[MemberResult], used_s: float,
-             estimates: Sequence[EstimateCheck] = ()) -> TimeUse | None:
+             estimates: Sequence[EstimateCheck] = (), *, cached_steps: int = 0) -> TimeUse | None:
     """What ``used_s`` seconds were of ``plan``'s limit (None: the run had none), with the reasons a run
-    ending before :data:`EARLY_SHARE` of it has, from its main adapter folds, its (bagged) members and
-    the plan's ``estimates`` against what the run measured."""
+    ending before :data:`EARLY_SHARE` of it has, from its main adapter folds, its (bagged) members, the
+    plan's ``estimates`` against what the run measured and the executor's count of ``cached_steps``."""
     if plan.time_limit_s is None or plan.time_limit_s <= 0:
         return None
     limit = float(plan.time_limit_s)
@@ -54,7 +54,10 @@ def time_use(plan: Plan, adapters: Sequence[AdapterResult], members: Sequence[Me
         return TimeUse(limit, used_s, ())
     reasons = []
     recorded = sum(a.seconds for a in adapters) + sum(m.seconds for m in members)
-    if recorded > used_s:  # work that took longer than this whole run: read back from an earlier run's cache
+    # cached steps, and training that records more time than this whole run took: the training was read back.
+    # Either alone says less: a rerun with new options finds its download cached, and folds trained in parallel
+    # worker processes (--runner process) record more seconds than the run's wall time.
+    if cached_steps > 0 and recorded > used_s:
         reasons.append(f"its steps came from an earlier run's cache (they record {format_duration(recorded)} of work)")
     if plan.no_adapters:
         reasons.append("the plan is the scikit-learn members alone")
