@@ -225,7 +225,7 @@ def reprice_at_width(choice: BudgetChoice, base: Candidate, work: Workload, cost
     near = measure_at(width)
     start = next((i for i, rung in enumerate(ladder) if rung.name == chosen.name), 0)
     again = plan_within_budget(base, work, near, members, choice.limit_s, overhead_s=overhead_s, ladder=ladder[start:])
-    above = choice.considered[:-1] if choice.considered[-1].candidate.name == chosen.name else choice.considered
+    above = choice.considered[:-1]  # the last rung considered is the chosen one, priced again here
     note = f"priced again at {near.seq_len} tokens (measured there; the rungs above were priced at {costs.seq_len})"
     reason = f"{again.reason}; {note}" if again.fits else again.reason
     return replace(again, considered=tuple(above) + again.considered, reason=reason)

@@ -23,7 +23,6 @@ from lora_tasks.budget import (
     BudgetError,
     Candidate,
     MemberCosts,
-    StepCosts,
     Workload,
     estimate_members,
     format_duration,
@@ -304,28 +303,25 @@ def fit_to_budget(
                                 f"{format_duration(alone_s)} of the {format_duration(limit_s)} limit")
         return {"time_limit_s": limit_s, **chosen_members, **_rounds(settings, limit_s, members.seconds, alone_s, alone_s, tiny)}
     # the probe builds and times the model (MLX): only when adapters are planned
-    from lora_tasks.budget.probe import probe_for_plan
+    from lora_tasks.budget.probe import ProbeResult, probe_for_plan
 
     head_type = head_type_for(config.task_type)
     num_labels = len(config.classes) if config.task_type == "multiclass" and config.classes else _class_count(profile)
-    probe = probe_for_plan(head_type, settings.preset, num_labels, model=None if tiny else model, tiny=tiny,
-                           seq_len=work.width, batch_size=int(settings.batch_size), cache_dir=cache_dir,
-                           compute_dtype=settings.compute_dtype)
-    settings.reasons.append(probe.reason)
-    _log.info("%s", probe.reason)
+
+    def probe_at(width: float) -> ProbeResult:  # the rows' width, then a cut rung's own when far from it
+        result = probe_for_plan(head_type, settings.preset, num_labels, model=None if tiny else model, tiny=tiny,
+                                seq_len=width, batch_size=int(settings.batch_size), cache_dir=cache_dir,
+                                compute_dtype=settings.compute_dtype)
+        settings.reasons.append(result.reason)
+        _log.info("%s", result.reason)
+        return result
+
+    probe = probe_at(work.width)
     costs = probe.costs
     base = Candidate("as_planned", int(settings.n_folds), int(settings.epochs), settings.top_layers,
                      int(settings.batch_size), int(settings.max_seq_len))
     choice = plan_within_budget(base, work, costs, members, limit_s, ladder=LADDER)
-
-    def measure_at(width: float) -> StepCosts:  # the chosen rung's own width, when far from the probe's
-        near = probe_for_plan(head_type, settings.preset, num_labels, model=None if tiny else model, tiny=tiny,
-                              seq_len=width, batch_size=int(settings.batch_size), cache_dir=cache_dir,
-                              compute_dtype=settings.compute_dtype)
-        settings.reasons.append(near.reason)
-        return near.costs
-
-    choice = reprice_at_width(choice, base, work, costs, members, measure_at)
+    choice = reprice_at_width(choice, base, work, costs, members, lambda width: probe_at(width).costs)
     settings.reasons.extend(choice.reasons)
     if choice.chosen is None:
         if not (members_fallback and choice.members_fit):
