@@ -44,7 +44,7 @@ class Pool {
       job_ = &job;
       n_ = n;
       pending_ = n - 1;
-      generation_.store(generation_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+      generation_.fetch_add(1, std::memory_order_release);
     }
     wake_.notify_all();
     job(0);
