@@ -37,6 +37,7 @@ from lora_tasks.budget.probe import probe_costs
 from lora_tasks.data.competition import load_competition
 from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.training.factory import build_model
+from lora_tasks.training.precision import compute_dtype_choice
 from lora_tasks.training.prefix_cache import prefix_dataset
 from lora_tasks.training.train import Dataset, TrainConfig, predict, train
 
@@ -56,8 +57,11 @@ def titanic_rows(n: int, max_len: int, seed: int = 0) -> tuple[Dataset, float]:
     return data, float(data.lengths.mean())
 
 
+DTYPE = "float32"  # set from --dtype in main()
+
+
 def factory(top: int | None):
-    return build_model(HEAD, PRESET, 1, top_layers=top, seed=0)[0]
+    return build_model(HEAD, PRESET, 1, top_layers=top, seed=0, compute_dtype=DTYPE)[0]
 
 
 def main() -> None:
@@ -66,7 +70,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--max-len", type=int, default=128)
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "auto"),
+                    help="the compute dtype of the frozen base (auto: bfloat16 where the CPU has avx512_bf16)")
     args = ap.parse_args()
+    global DTYPE
+    DTYPE = compute_dtype_choice(args.dtype).name
 
     data, mean_tokens = titanic_rows(args.rows, args.max_len)
     guess = effective_width(args.max_len, mean_tokens)
@@ -81,17 +89,18 @@ def main() -> None:
     if load > cores:
         print(f"warning: {note}")
     rows: list[dict] = [row("load_average_at_start", load, "runnable", note=note),
+                        row("compute_dtype", 16 if DTYPE == "bfloat16" else 32, "bits", dtype=DTYPE),
                         row("mean_tokens_per_row", mean_tokens, "tokens"),
                         row("width_guessed_from_mean", guess, "tokens"),
                         row("width_of_the_batches", work.width, "tokens")]
     with tempfile.TemporaryDirectory() as cache:
         t0 = time.perf_counter()
         costs = probe_costs(factory, model_id=f"minilm:{PRESET}", seq_len=work.width, batch_size=args.batch,
-                            cache_dir=cache).costs
+                            cache_dir=cache, dtype=DTYPE).costs
         rows.append(row("probe_cold", time.perf_counter() - t0, "s"))
         t0 = time.perf_counter()
         probe_costs(factory, model_id=f"minilm:{PRESET}", seq_len=work.width, batch_size=args.batch,
-                    cache_dir=cache)
+                    cache_dir=cache, dtype=DTYPE)
         rows.append(row("probe_cached", time.perf_counter() - t0, "s"))
     rows += [row("probe_full_step", costs.full_step_s, "s"), row("probe_top2_step", costs.step_s(2), "s"),
              row("probe_forward_per_row", costs.forward_row_s * 1000, "ms")]

@@ -50,16 +50,18 @@ def test_a_run_without_a_budget_has_nothing_to_compare(plan):
         == ["the members, one round"]
 
 
-def test_cached_member_timings_that_missed_far_are_dropped_to_be_taken_again(plan, tmp_path, monkeypatch):
-    from lora_tasks.steps.member_costs import cache_dir
+def test_the_members_round_is_kept_for_the_next_plan_of_the_table(plan, tmp_path, monkeypatch):
+    from lora_tasks.steps.member_timings import cache_dir, load_timings
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     cache_dir().mkdir(parents=True)
-    kept = cache_dir() / "close.json"
-    stale = cache_dir() / "stale.json"
-    for f in (kept, stale):
-        f.write_text('{"timings": {"linear": [1.0, 2.0]}}')
-    close = estimate_checks(replace(plan, members_s=10.0, members_timing_key="close"), [], [_member("linear", 8.0)])
-    assert kept.exists() and "times the members again" not in close[0].detail  # 1.25x off: kept
-    far = estimate_checks(replace(plan, members_s=10.0, members_timing_key="stale"), [], [_member("linear", 2.0)])
-    assert not stale.exists() and "the next plan of this table times the members again" in far[0].detail
+    (cache_dir() / "table.json").write_text('{"timings": {"linear": [1.0, 2.0], "catboost": [3.0, 5.0]}}')
+    checks = estimate_checks(replace(plan, members_s=10.0, members_timing_key="table"), [],
+                             [_member("linear", 2.5), _member("catboost", 8.0)])
+    assert "the next plan of this table takes these seconds" in checks[0].detail
+    kept = load_timings("table")
+    assert kept is not None and kept.round == {"linear": 2.5, "catboost": 8.0}
+    assert kept.samples == {"linear": (1.0, 2.0), "catboost": (3.0, 5.0)}  # the samples stay beside it
+    # without timings under the key (a read-only cache, or none kept) nothing is claimed
+    none = estimate_checks(replace(plan, members_s=10.0, members_timing_key="absent"), [], [_member("linear", 2.0)])
+    assert "next plan" not in none[0].detail and not (cache_dir() / "absent.json").exists()

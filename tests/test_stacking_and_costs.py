@@ -102,6 +102,32 @@ def test_members_are_timed_with_the_features_step_columns(shared_datasets, tmp_p
     assert len(list((tmp_path / "kaggle-lora" / "member-costs").glob("*.json"))) == 2
 
 
+def test_a_run_s_seconds_on_the_whole_table_price_the_next_plan(shared_datasets, tmp_path, monkeypatch):
+    """Boosting with early stopping does not scale like the samples' line: the next plan of a table
+    takes what the last run measured on the whole table, and says so; a broken number in the cache
+    is not used."""
+    from lora_tasks.steps.member_timings import cache_dir, remember_round
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    config = competition_spec("titanic", shared_datasets / "titanic")
+    train = config.read_train().iloc[:400]
+    first = measure_members(config, train, 3, limit_s=3600)
+    assert not any(c.whole_table for c in first.costs) and first.how.startswith("timed on")
+    measured = {c.name: round(c.estimate_s * 0.5 + 0.01, 3) for c in first.costs}
+    assert remember_round(first.timing_key, measured)
+    second = measure_members(config, train, 3, limit_s=3600)
+    assert {c.name: c.estimate_s for c in second.costs} == measured
+    assert all(c.whole_table for c in second.costs) and second.how == "measured on all 400 rows by an earlier run"
+    assert all("what an earlier run of this table measured" in r for r in second.reasons)
+    assert [c.sample_s for c in second.costs] == [c.sample_s for c in first.costs]
+    # a number that is not finite makes the file unreadable: the next plan times the samples again
+    path = cache_dir() / f"{first.timing_key}.json"
+    path.write_text(path.read_text().replace(str(next(iter(measured.values()))), "NaN", 1))
+    third = measure_members(config, train, 3, limit_s=3600)
+    assert not any(c.whole_table for c in third.costs)
+    assert all(c.estimate_s > 0 for c in third.costs)
+
+
 def test_sample_labels_drop_rows_without_a_target(shared_datasets):
     from lora_tasks.steps.member_costs import sample_labels
 

@@ -5,9 +5,8 @@ members' timed samples). When an estimate is off, the run either leaves time unu
 late; the user should see by how much, and the quality benchmark collects the ratios across
 competitions. Only parts the run measured on its own are compared: an adapter epoch (train steps
 and the validation pass, every trained epoch of every fold) and one round of the members. The
-members' timings are cached per table (:mod:`lora_tasks.steps.member_costs`): when they missed by
-more than :data:`RETIME_FACTOR` (taken while other work shared the cores, say), they are dropped
-and the next plan of the table times the members again.
+members' first round is kept with their timings (:func:`lora_tasks.steps.member_timings.remember_round`):
+the next plan of the same table prices each member at what this run measured on the whole table.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lora_tasks.steps.member_costs import forget_timings
+from lora_tasks.steps.member_timings import remember_round
 from lora_tasks.steps.plan import Plan
 from lora_tasks.steps.train import AdapterResult, MemberResult
 
@@ -25,10 +24,6 @@ log = logging.getLogger("lora_tasks.steps")
 
 #: An estimate within this share of the measured time counts as on target.
 TOLERANCE = 0.15
-#: Cached member timings off by more than this factor either way are dropped, to be taken again. Why not
-#: wider: timings taken while other work shared the cores stay well too high on a quiet machine, which
-#: shortens every later plan of the table; timing the members again costs seconds.
-RETIME_FACTOR = 1.4
 
 
 @dataclass(frozen=True)
@@ -72,13 +67,12 @@ def estimate_checks(plan: Plan, adapters: Sequence[AdapterResult], first_members
     members_s = sum(m.seconds for m in first_members)
     if plan.members_s and members_s > 0:
         detail = f"{len(first_members)} member(s) on {plan.member_folds or plan.n_folds} folds"
-        off = max(members_s / plan.members_s, plan.members_s / members_s)
-        if off > RETIME_FACTOR and forget_timings(plan.members_timing_key or ""):
-            detail += f"; off by over {RETIME_FACTOR:g}x, so the next plan of this table times the members again"
+        if remember_round(plan.members_timing_key or "", {m.name: m.seconds for m in first_members}):
+            detail += "; the next plan of this table takes these seconds"
         checks.append(EstimateCheck("the members, one round", float(plan.members_s), members_s, detail))
     for c in checks:
         log.info("%s", c.sentence())
     return checks
 
 
-__all__ = ["RETIME_FACTOR", "TOLERANCE", "EstimateCheck", "estimate_checks"]
+__all__ = ["TOLERANCE", "EstimateCheck", "estimate_checks"]

@@ -5,7 +5,8 @@ Why measured: the members range from a linear model (a second) to CatBoost (minu
 table with many categoricals), and what a member costs depends on the table's columns as much as
 its rows; a formula in rows × columns was off by several times either way. Two sample sizes give
 each member a fixed part (per-fold set-up, inner CV) and a part per row, so neither is scaled
-wrongly. Members whose estimate exceeds :data:`MEMBER_SHARE` of the run's limit are left out
+wrongly; once a run has fit a member on the whole table, the next plan of that table takes those
+seconds instead (:mod:`lora_tasks.steps.member_timings`). Members whose estimate exceeds :data:`MEMBER_SHARE` of the run's limit are left out
 before they start: a member that ends with weight 0 must not have taken more than a quarter of
 the run, and one that costs more than that is not known to earn it.
 """
@@ -13,14 +14,9 @@ the run, and one that costs more than that is not known to earn it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import math
-import os
-import platform
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,6 +24,7 @@ import pandas as pd
 from lora_tasks.budget import format_duration
 from lora_tasks.data.competition import CompetitionConfig
 from lora_tasks.features.records import FeaturePlan
+from lora_tasks.steps.member_timings import CachedTimings, builds, keep_timings, load_timings, timing_key
 from lora_tasks.task import Task
 
 log = logging.getLogger("lora_tasks.steps.plan")
@@ -38,7 +35,6 @@ SAMPLE_ROWS = 1_000
 MIN_SAMPLE_ROWS = 200
 #: The most of the run's time limit one member may be expected to take.
 MEMBER_SHARE = 0.25
-TIMING_VERSION = 3  # bump when the members or their timing change in a way the versions do not show
 #: Members whose cost grows faster than linearly in rows (an RBF SVR: kernel matrix).
 ROW_EXPONENT = {"svr": 2.0}
 #: The most rounds the members get in all (the first included): past this, averaging more
@@ -76,12 +72,14 @@ def plan_member_rounds(limit_s: float, members_s: float, full_s: float, alone_s:
 
 @dataclass(frozen=True)
 class MemberCost:
-    """One member's measured seconds on the samples and its estimate for the whole table."""
+    """One member's measured seconds on the samples and its estimate for the whole table:
+    ``whole_table`` when the estimate is what an earlier run measured there, not extrapolated."""
 
     name: str
     sample_s: tuple[float, float]
     estimate_s: float
     kept: bool
+    whole_table: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,7 +90,8 @@ class MeasuredMembers:
     sample_rows: tuple[int, int]
     rows: int
     limit_s: float
-    #: the name of the cached timings these came from or went to (:func:`forget_timings`)
+    #: the name of the cached timings these came from or went to
+    #: (:func:`~lora_tasks.steps.member_timings.remember_round` adds a run's round to them)
     timing_key: str = ""
 
     @property
@@ -107,7 +106,11 @@ class MeasuredMembers:
     @property
     def how(self) -> str:
         n1, n2 = self.sample_rows
-        return f"timed on {n1} and {n2} of {self.rows} rows"
+        whole = sum(c.whole_table for c in self.costs if c.kept)
+        if whole and whole == len(self.kept):
+            return f"measured on all {self.rows} rows by an earlier run"
+        timed = f"timed on {n1} and {n2} of {self.rows} rows"
+        return f"{whole} measured on all {self.rows} rows by an earlier run, the others {timed}" if whole else timed
 
     @property
     def reasons(self) -> list[str]:
@@ -117,6 +120,8 @@ class MeasuredMembers:
         for c in self.costs:
             timed = f"{format_duration(c.sample_s[0])} and {format_duration(c.sample_s[1])} on {self.sample_rows[0]} " \
                     f"and {self.sample_rows[1]} rows"
+            if c.whole_table:
+                timed = f"what an earlier run of this table measured; {timed}"
             verdict = ("kept" if c.kept else f"left out: over {MEMBER_SHARE:.0%} of the "
                        f"{format_duration(self.limit_s)} limit ({format_duration(cap)})")
             lines.append(f"members: {c.name} estimated {format_duration(c.estimate_s)} for {self.rows} rows "
@@ -152,62 +157,6 @@ def sample_labels(frame: pd.DataFrame, config: CompetitionConfig) -> tuple[pd.Da
     return frame, pd.factorize(frame[targets[0]], sort=True)[0]
 
 
-def cache_dir() -> Path:
-    """Where this machine keeps the members' timings: ``$XDG_CACHE_HOME/kaggle-lora/member-costs``."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kaggle-lora" / "member-costs"
-
-
-def _timing_key(frame: pd.DataFrame, config: CompetitionConfig, n_folds: int, seed: int,
-                class_weight: str | None, features: FeaturePlan | None) -> str:
-    """Everything that decides the timings: the rows, what the members see of them (the generated
-    features too), the folds, the machine and the libraries' versions."""
-    from importlib.metadata import version
-
-    built = json.dumps(dataclasses.asdict(features), sort_keys=True, default=str) if _builds(features) else ""
-    parts = [str(pd.util.hash_pandas_object(frame, index=False).sum()), built, config.task_type,
-             ",".join(config.target_columns), ",".join(config.excluded_columns), str(n_folds), str(seed),
-             str(class_weight), platform.node(), str(os.cpu_count()), str(TIMING_VERSION),
-             *(f"{p}={version(p)}" for p in ("lightgbm", "catboost", "scikit-learn"))]
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
-
-
-def _cached_timings(key: str) -> dict[str, tuple[float, float]] | None:
-    path = cache_dir() / f"{key}.json"
-    try:
-        data = json.loads(path.read_text())
-        return {name: (float(t[0]), float(t[1])) for name, t in data["timings"].items()}
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        return None
-
-
-def _keep_timings(key: str, timings: dict[str, tuple[float, float]]) -> None:
-    folder = cache_dir()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".tmp-{key}-{os.getpid()}"
-        tmp.write_text(json.dumps({"timings": timings}))
-        tmp.replace(folder / f"{key}.json")
-    except OSError as err:  # a read-only home only costs the next plan a new measurement
-        log.info("members' timings not cached (%s)", err)
-
-
-def forget_timings(key: str) -> bool:
-    """Drop the cached timings ``key`` (the next plan of that table times its members again);
-    True if there were any. Why: timings taken while other work shared the cores stay wrong for
-    every later run of the table, and only a run that measured the members can tell."""
-    if not key:
-        return False
-    try:
-        (cache_dir() / f"{key}.json").unlink()
-        return True
-    except OSError:
-        return False
-
-
-def _builds(features: FeaturePlan | None) -> bool:
-    return bool(features is not None and features.features)
-
-
 def measure_members(config: CompetitionConfig, train: pd.DataFrame, n_folds: int, limit_s: float,
                     seed: int = 0, class_weight: str | None = None,
                     features: FeaturePlan | None = None) -> MeasuredMembers:
@@ -217,16 +166,17 @@ def measure_members(config: CompetitionConfig, train: pd.DataFrame, n_folds: int
     built on each sample as the members step builds it on the table, since the generated
     columns (and the target encodings fit in each fold) are part of what a member costs. The
     timings are kept per machine and table (:func:`cache_dir`): planning the same table again
-    reuses them, as the cost probe does."""
+    reuses them, as the cost probe does, and takes a member's seconds on the whole table from the
+    last run that fit it, where there is one (:func:`~lora_tasks.steps.member_timings.remember_round`)."""
     frame, y = sample_labels(train, config)
     rows = len(frame)
     n2 = int(min(rows, max(MIN_SAMPLE_ROWS, min(SAMPLE_ROWS, rows // 4))))
     n1 = max(n2 // 2, min(n2, 2 * n_folds))
-    key = _timing_key(frame, config, n_folds, seed, class_weight, features)
-    timings = _cached_timings(key)
+    key = timing_key(frame, config, n_folds, seed, class_weight, features)
+    timings = load_timings(key)
     if timings is None:
-        timings = _time_samples(config, frame, y, (n1, n2), n_folds, seed, class_weight, features)
-        _keep_timings(key, timings)
+        timings = CachedTimings(_time_samples(config, frame, y, (n1, n2), n_folds, seed, class_weight, features))
+        keep_timings(key, timings)
     return dataclasses.replace(_decide(timings, (n1, n2), rows, limit_s), timing_key=key)
 
 
@@ -252,7 +202,7 @@ def _time_samples(config: CompetitionConfig, frame: pd.DataFrame, y: np.ndarray,
             raise ValueError(f"a {n}-row sample of {config.slug} holds one class only; the members cannot be timed.")
         folds = make_folds(ys, task.head_type, n_folds, seed)
         start = time.perf_counter()
-        generated = build_features(features, sub) if _builds(features) else None
+        generated = build_features(features, sub) if builds(features) else None
         built_s = time.perf_counter() - start
         members = table_members(sub, ys, folds, task.value, None, text_columns=text_columns,
                                 exclude=config.excluded_columns, seed=seed, class_weight=class_weight,
@@ -262,18 +212,20 @@ def _time_samples(config: CompetitionConfig, frame: pd.DataFrame, y: np.ndarray,
     return {name: (t[0], t[1]) for name, t in timings.items()}
 
 
-def _decide(timings: dict[str, tuple[float, float]], sizes: tuple[int, int], rows: int,
-            limit_s: float) -> MeasuredMembers:
-    """Each member's estimate for ``rows`` rows, and whether it fits :data:`MEMBER_SHARE` of the limit."""
+def _decide(timings: CachedTimings, sizes: tuple[int, int], rows: int, limit_s: float) -> MeasuredMembers:
+    """Each member's estimate for ``rows`` rows (an earlier run's seconds on the whole table where
+    there are some, else extrapolated from the samples), and whether it fits :data:`MEMBER_SHARE`
+    of the limit."""
     n1, n2 = sizes
     cap = MEMBER_SHARE * limit_s
     costs = []
-    for name, (t1, t2) in timings.items():
-        est = extrapolate(name, n1, t1, n2, t2, rows)
-        costs.append(MemberCost(name, (t1, t2), est, est <= cap))
+    for name, (t1, t2) in timings.samples.items():
+        whole = name in timings.round
+        est = timings.round[name] if whole else extrapolate(name, n1, t1, n2, t2, rows)
+        costs.append(MemberCost(name, (t1, t2), est, est <= cap, whole))
     if costs and not any(c.kept for c in costs):  # the cheapest member always runs: a blend needs one
         cheapest = min(costs, key=lambda c: c.estimate_s)
-        costs = [MemberCost(c.name, c.sample_s, c.estimate_s, c is cheapest) for c in costs]
+        costs = [dataclasses.replace(c, kept=c is cheapest) for c in costs]
     measured = MeasuredMembers(tuple(costs), (n1, n2), rows, float(limit_s))
     for line in measured.reasons:
         log.info("%s", line)
@@ -281,4 +233,4 @@ def _decide(timings: dict[str, tuple[float, float]], sizes: tuple[int, int], row
 
 
 __all__ = ["MAX_MEMBER_ROUNDS", "MEMBER_SHARE", "MemberCost", "MemberRounds", "MeasuredMembers", "extrapolate",
-           "forget_timings", "measure_members", "plan_member_rounds"]
+           "measure_members", "plan_member_rounds"]
