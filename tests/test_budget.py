@@ -292,6 +292,27 @@ def test_probe_times_the_tiny_model_and_reuses_its_cache(tmp_path):
     assert calls == [None, 1, None, 1, None, 1]
 
 
+def test_forgetting_a_profiles_points_leaves_other_profiles_and_measures_again(tmp_path):
+    from lora_tasks.budget.cache import forget_points
+    from lora_tasks.budget.probe import probe_costs
+
+    calls: list = []
+    factory = _tiny_factory(calls)
+    fp32 = probe_costs(factory, model_id="tiny:balanced", seq_len=12, batch_size=8, cache_dir=tmp_path,
+                       timed_tops=(1,), steps=1)
+    probe_costs(factory, model_id="tiny:balanced", seq_len=100, batch_size=8, cache_dir=tmp_path, timed_tops=(1,), steps=1)
+    bf16 = probe_costs(factory, model_id="tiny:balanced", seq_len=12, batch_size=8, cache_dir=tmp_path,
+                       dtype="bfloat16", timed_tops=(1,), steps=1)
+    assert fp32.points_key != bf16.points_key and fp32.points_key.startswith(str(tmp_path))
+    assert forget_points(fp32.points_key) == 2  # both widths of the fp32 profile
+    assert [p.name for p in tmp_path.glob("cost-probe-*.json")] == [f"{bf16.points_key.rsplit('/', 1)[1]}-s16-b8.json"]
+    assert forget_points(fp32.points_key) == 0
+    calls.clear()
+    again = probe_costs(factory, model_id="tiny:balanced", seq_len=12, batch_size=8, cache_dir=tmp_path,
+                        timed_tops=(1,), steps=1)
+    assert again.source == "measured" and calls == [None, 1]
+
+
 def test_cached_points_are_interpolated_between_and_scaled_per_row():
     from lora_tasks.budget.costs import costs_from_points
 

@@ -65,3 +65,22 @@ def test_the_members_round_is_kept_for_the_next_plan_of_the_table(plan, tmp_path
     # without timings under the key (a read-only cache, or none kept) nothing is claimed
     none = estimate_checks(replace(plan, members_s=10.0, members_timing_key="absent"), [], [_member("linear", 2.0)])
     assert "next plan" not in none[0].detail and not (cache_dir() / "absent.json").exists()
+
+
+def test_an_epoch_well_under_its_estimate_drops_the_probe_points_that_priced_it(plan, tmp_path):
+    from lora_tasks.steps.estimates import STALE_POINTS_BELOW
+
+    key = tmp_path / "cost-probe-abc"
+    points = [tmp_path / "cost-probe-abc-s64-b8.json", tmp_path / "cost-probe-abc-s128-b4.json"]
+    other = tmp_path / "cost-probe-xyz-s64-b8.json"  # another model's point stays
+    for f in (*points, other):
+        f.write_text("{}")
+    budgeted = replace(plan, epoch_s=10.0, members_s=None, cost_probe_points=str(key))
+    # slower than the estimate, or a little faster: the points stay (a slow run says nothing of them)
+    for seconds in (14.0, 10.0 * STALE_POINTS_BELOW + 0.5):
+        check = estimate_checks(budgeted, [_fold(0, [seconds])], [])[0]
+        assert all(f.exists() for f in points) and "measures them again" not in check.detail
+    fast = estimate_checks(budgeted, [_fold(0, [4.0, 5.0])], [])[0]
+    assert fast.ratio == pytest.approx(0.45)
+    assert not any(f.exists() for f in points) and other.exists()
+    assert "the next plan with this model measures them again" in fast.detail

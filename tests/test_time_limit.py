@@ -140,6 +140,10 @@ def test_a_second_plan_in_a_new_work_dir_reuses_the_probe_and_another_dtype_meas
     assert second.cost_probe == "reused" and "float32" in probe_line(second), probe_line(second)
     assert sorted((tmp_path / "user-cache").glob("cost-probe-*.json")) == points, "nothing was measured"
     assert second.epoch_s == pytest.approx(first.epoch_s), "the same costs price the same plan"
+    # the plan says where its points are kept, so a run that finds them stale can drop them
+    assert second.cost_probe_points == first.cost_probe_points
+    assert [p.name for p in points] == [p.name for p in Path(first.cost_probe_points).parent.glob(
+        Path(first.cost_probe_points).name + "-*.json")]
     bf16 = plan("bf16", compute_dtype="bfloat16")
     assert bf16.cost_probe == "measured" and "bfloat16" in probe_line(bf16)
     assert len(list((tmp_path / "user-cache").glob("cost-probe-*.json"))) == 2

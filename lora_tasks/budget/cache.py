@@ -110,8 +110,12 @@ class ProbeProfile:
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
+    def points_key(self, cache_dir: str | os.PathLike) -> str:
+        """The path prefix of this profile's points in ``cache_dir`` (:func:`forget_points` takes it)."""
+        return str(Path(cache_dir) / f"cost-probe-{self.digest()}")
+
     def point_path(self, cache_dir: str | os.PathLike, seq_len: int, batch_size: int) -> Path:
-        return Path(cache_dir) / f"cost-probe-{self.digest()}-s{int(seq_len)}-b{int(batch_size)}.json"
+        return Path(f"{self.points_key(cache_dir)}-s{int(seq_len)}-b{int(batch_size)}.json")
 
 
 def _read_point(path: Path, profile: ProbeProfile) -> StepCosts | None:
@@ -135,6 +139,22 @@ def load_points(profile: ProbeProfile, cache_dir: str | os.PathLike) -> list[Ste
     points = [p for p in (_read_point(f, profile) for f in folder.glob(f"cost-probe-{profile.digest()}-*.json"))
               if p is not None]
     return sorted(points, key=lambda c: (c.seq_len, c.batch_size))
+
+
+def forget_points(points_key: str) -> int:
+    """Drop every point of one profile (``points_key``: :meth:`ProbeProfile.points_key`), so the
+    next plan with that model measures again; how many files went. Why a whole profile: a run
+    that trained faster than its points said shows they were timed while other work shared the
+    cores (contention only ever slows a step), and the others were likely taken in the same state."""
+    key = Path(points_key)
+    gone = 0
+    for path in key.parent.glob(f"{key.name}-s*-b*.json"):
+        try:
+            path.unlink()
+            gone += 1
+        except OSError:  # another run dropped it first, or a read-only cache
+            pass
+    return gone
 
 
 def save_point(profile: ProbeProfile, costs: StepCosts, cache_dir: str | os.PathLike) -> Path:

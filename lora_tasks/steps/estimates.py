@@ -7,6 +7,8 @@ competitions. Only parts the run measured on its own are compared: an adapter ep
 and the validation pass, every trained epoch of every fold) and one round of the members. The
 members' first round is kept with their timings (:func:`lora_tasks.steps.member_timings.remember_round`):
 the next plan of the same table prices each member at what this run measured on the whole table.
+An adapter epoch well under its estimate drops the cost probe's cached points of the model
+(:func:`lora_tasks.budget.cache.forget_points`), so the next plan measures them again.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from lora_tasks.budget.cache import forget_points
 from lora_tasks.steps.member_timings import remember_round
 from lora_tasks.steps.plan import Plan
 from lora_tasks.steps.train import AdapterResult, MemberResult
@@ -24,6 +27,11 @@ log = logging.getLogger("lora_tasks.steps")
 
 #: An estimate within this share of the measured time counts as on target.
 TOLERANCE = 0.15
+#: Epochs that took less than this share of their estimate drop the probe points that priced them.
+#: Why only this way: other work on the cores only ever slows a step, so a run much faster than its
+#: points shows points timed under load, which would make every later plan with the model too
+#: cautious; a run slower than its points says nothing about them.
+STALE_POINTS_BELOW = 0.7
 
 
 @dataclass(frozen=True)
@@ -62,8 +70,12 @@ def estimate_checks(plan: Plan, adapters: Sequence[AdapterResult], first_members
     checks = []
     epochs = [float(h["seconds"]) for a in adapters for h in a.history if float(h.get("seconds") or 0.0) > 0]
     if plan.epoch_s and epochs:
-        checks.append(EstimateCheck("one adapter epoch", float(plan.epoch_s), statistics.fmean(epochs),
-                                    f"mean of {len(epochs)} epoch(s) over {len(adapters)} fold(s)"))
+        measured = statistics.fmean(epochs)
+        detail = f"mean of {len(epochs)} epoch(s) over {len(adapters)} fold(s)"
+        if measured < STALE_POINTS_BELOW * plan.epoch_s and plan.cost_probe_points and forget_points(plan.cost_probe_points):
+            detail += ("; faster than the cost probe's cached points said (timed while other work shared the cores), "
+                       "so the next plan with this model measures them again")
+        checks.append(EstimateCheck("one adapter epoch", float(plan.epoch_s), measured, detail))
     members_s = sum(m.seconds for m in first_members)
     if plan.members_s and members_s > 0:
         detail = f"{len(first_members)} member(s) on {plan.member_folds or plan.n_folds} folds"
@@ -75,4 +87,4 @@ def estimate_checks(plan: Plan, adapters: Sequence[AdapterResult], first_members
     return checks
 
 
-__all__ = ["TOLERANCE", "EstimateCheck", "estimate_checks"]
+__all__ = ["STALE_POINTS_BELOW", "TOLERANCE", "EstimateCheck", "estimate_checks"]

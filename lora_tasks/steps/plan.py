@@ -85,6 +85,7 @@ class Plan:
     # how the budget's step costs were found: "measured" (the cost probe timed the model now) or
     # "reused" (points an earlier run measured on this machine); None: no probe ran
     cost_probe: str | None = None
+    cost_probe_points: str | None = None  # where those points are kept (budget.cache.forget_points)
     # what the features step adds to (and drops from) the table members' columns, and why
     # (None: a plan of a version without it; the members read the table as it is)
     features: FeaturePlan | None = None
@@ -107,7 +108,7 @@ class Plan:
     def load(cls, path: str | os.PathLike) -> Plan:
         data = load_record(path, "plan")
         optional = {"seed", "competition_markdown", "time_limit_s", "epoch_s", "predict_s", "reserve_s", "no_adapters",
-                    "member_folds", "cost_probe", "features", "members", "has_text", "members_s", "members_timing_key",
+                    "member_folds", "cost_probe", "cost_probe_points", "features", "members", "has_text", "members_s", "members_timing_key",
                     "member_rounds",
                     "member_rounds_alone"}
         missing = sorted({f.name for f in fields(cls)} - set(data) - optional)
@@ -331,7 +332,8 @@ def fit_to_budget(
                     f"{format_duration(limit_s)} limit; --time-limit {choice.adapters_need} or more trains adapters")
         settings.reasons.append(fallback)
         _log.warning(fallback.removeprefix("budget: "))
-        return {"time_limit_s": limit_s, "no_adapters": True, "cost_probe": probe.source, **chosen_members,
+        return {"time_limit_s": limit_s, "no_adapters": True, "cost_probe": probe.source,
+                "cost_probe_points": probe.points_key, **chosen_members,
                 **_rounds(settings, limit_s, members.seconds, alone_s, alone_s, tiny)}
     # a run's log (not only --plan) says what the limit allowed, before the long part starts
     _log.info("budget: %s", choice.reason)
@@ -347,7 +349,8 @@ def fit_to_budget(
     return {"time_limit_s": limit_s, "epoch_s": est.epoch_s, "predict_s": est.predict_s / max(chosen.n_folds, 1),
             # the members train before the first fold (both orchestrations), so by then their time
             # is spent: only what runs after the folds is reserved
-            "reserve_s": est.overhead_s, "cost_probe": probe.source, **chosen_members,
+            "reserve_s": est.overhead_s, "cost_probe": probe.source, "cost_probe_points": probe.points_key,
+            **chosen_members,
             **_rounds(settings, limit_s, members.seconds, est.total_s, first_fold_s, tiny)}
 
 
