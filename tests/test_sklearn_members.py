@@ -303,3 +303,20 @@ def test_several_target_shapes_are_checked(several_targets):
     with pytest.raises(ValueError, match="takes one target column, got 2 columns; use multitarget_regression"):
         tabular_member(X, values, folds, "regression")
     assert normalize_task("multilabel_classification") == "multilabel"
+
+
+def test_a_column_empty_in_a_folds_rows_is_kept_without_a_warning():
+    """A column with no value in some fold's training rows (house prices' PoolQC) is kept as a
+    constant in that fold: the imputers neither drop it nor print a warning per fold and member."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    n = 200
+    frame = pd.DataFrame({"a": rng.normal(size=n), "cat": rng.choice(["x", "y"], n),
+                          "rare_cat": [None] * n, "empty_num": [np.nan] * n})
+    frame.loc[:5, "rare_cat"] = "z"  # only in the first fold's rows
+    y = (frame["a"] > 0).astype(int).to_numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (member,) = table_members(frame, y, np.arange(n) % 5, "binary", only=["linear"])
+    assert member.name == "linear" and np.isfinite(member.oof).all() and member.oof.shape == (n,)

@@ -222,7 +222,8 @@ def _encoded_member(
     X, X_test, dropped = feature_frames(X, X_test, name)
 
     def numeric(log: bool) -> Pipeline:
-        steps = [SimpleImputer(strategy="median", add_indicator=True)]
+        # a column empty in a fold's rows is kept (as zeros), not dropped with a warning per fold
+        steps = [SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)]
         if log:
             steps.append(FunctionTransformer(np.log1p, feature_names_out="one-to-one"))
         return make_pipeline(*steps, StandardScaler())
@@ -243,7 +244,7 @@ def _encoded_member(
         plain = [c for c in cols.numeric if c not in skewed]
         encode = ColumnTransformer(
             [
-                ("cat", make_pipeline(SimpleImputer(strategy="constant", fill_value="missing"),
+                ("cat", make_pipeline(SimpleImputer(strategy="constant", fill_value="missing", keep_empty_features=True),
                                       OneHotEncoder(handle_unknown="infrequent_if_exist",
                                                     min_frequency=MIN_CATEGORY_COUNT)), list(cols.categorical)),
                 ("skewed", numeric(log=True), skewed),
