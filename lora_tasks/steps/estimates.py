@@ -72,7 +72,8 @@ def estimate_checks(plan: Plan, adapters: Sequence[AdapterResult], first_members
     if plan.epoch_s and epochs:
         measured = statistics.fmean(epochs)
         detail = f"mean of {len(epochs)} epoch(s) over {len(adapters)} fold(s)"
-        if measured < STALE_POINTS_BELOW * plan.epoch_s and plan.cost_probe_points and forget_points(plan.cost_probe_points):
+        stale = measured < STALE_POINTS_BELOW * plan.epoch_s and plan.cost_probe_points
+        if stale and forget_points(plan.cost_probe_points):
             detail += ("; faster than the cost probe's cached points said (timed while other work shared the cores), "
                        "so the next plan with this model measures them again")
         checks.append(EstimateCheck("one adapter epoch", float(plan.epoch_s), measured, detail))

@@ -6,9 +6,10 @@ table with many categoricals), and what a member costs depends on the table's co
 its rows; a formula in rows × columns was off by several times either way. Two sample sizes give
 each member a fixed part (per-fold set-up, inner CV) and a part per row, so neither is scaled
 wrongly; once a run has fit a member on the whole table, the next plan of that table takes those
-seconds instead (:mod:`lora_tasks.steps.member_timings`). Members whose estimate exceeds :data:`MEMBER_SHARE` of the run's limit are left out
-before they start: a member that ends with weight 0 must not have taken more than a quarter of
-the run, and one that costs more than that is not known to earn it.
+seconds instead (:mod:`lora_tasks.steps.member_timings`). Members whose estimate exceeds
+:data:`MEMBER_SHARE` of the run's limit are left out before they start: a member that ends with
+weight 0 must not have taken more than a quarter of the run, and one that costs more than that is
+not known to earn it.
 """
 
 from __future__ import annotations
@@ -165,8 +166,8 @@ def measure_members(config: CompetitionConfig, train: pd.DataFrame, n_folds: int
     extrapolate each member's seconds to ``train``'s rows. ``features``: the features step's plan,
     built on each sample as the members step builds it on the table, since the generated
     columns (and the target encodings fit in each fold) are part of what a member costs. The
-    timings are kept per machine and table (:func:`cache_dir`): planning the same table again
-    reuses them, as the cost probe does, and takes a member's seconds on the whole table from the
+    timings are kept per machine and table (:func:`~lora_tasks.steps.member_timings.cache_dir`):
+    planning the same table again reuses them, as the cost probe does, and takes a member's seconds on the whole table from the
     last run that fit it, where there is one (:func:`~lora_tasks.steps.member_timings.remember_round`)."""
     frame, y = sample_labels(train, config)
     rows = len(frame)
