@@ -273,23 +273,29 @@ def test_probe_times_the_tiny_model_and_reuses_its_cache(tmp_path):
     again = probe_costs(factory, model_id="tiny:balanced", seq_len=14, batch_size=8, cache_dir=tmp_path,
                         timed_tops=(1,), steps=2)
     assert again.costs == costs and again.source == "reused" and calls == [None, 1]  # same bucket: read, not timed
-    # 32 tokens is within twice the cached 16: scaled from it, nothing timed
-    scaled = probe_costs(factory, model_id="tiny:balanced", seq_len=30, batch_size=8, cache_dir=tmp_path,
+    # 32 tokens is twice the cached 16: too far to scale a point up (the line underprices wider rows), so measured
+    probe_costs(factory, model_id="tiny:balanced", seq_len=24, batch_size=8, cache_dir=tmp_path, timed_tops=(1,),
+                steps=1)
+    assert calls == [None, 1, None, 1] and len(list(tmp_path.glob("cost-probe-*.json"))) == 2
+    at32 = probe_costs(factory, model_id="tiny:balanced", seq_len=32, batch_size=8, cache_dir=tmp_path,
+                       timed_tops=(1,)).costs
+    # 48 tokens is 1.5x the cached 32 (and nothing is cached above it to interpolate): scaled up, nothing timed
+    scaled = probe_costs(factory, model_id="tiny:balanced", seq_len=40, batch_size=8, cache_dir=tmp_path,
                          timed_tops=(1,))
-    assert scaled.source == "reused" and "scaled from" in scaled.how and calls == [None, 1]
-    assert scaled.costs.full_step_s == pytest.approx(costs.full_step_s * 2)
-    # 128 tokens is too far from 16: measured, and kept as a second point
+    assert scaled.source == "reused" and "scaled from the point cached at 32" in scaled.how
+    assert calls == [None, 1, None, 1] and scaled.costs.full_step_s == pytest.approx(at32.full_step_s * 1.5)
+    # 128 tokens is too far from 32: measured, and kept as a third point
     probe_costs(factory, model_id="tiny:balanced", seq_len=100, batch_size=8, cache_dir=tmp_path,
                 timed_tops=(1,), steps=1)
-    assert calls == [None, 1, None, 1] and len(list(tmp_path.glob("cost-probe-*.json"))) == 2
-    # 192 tokens: 128 is the nearest point (16 is 8x below it, too far to interpolate), within 2x: scaled
+    assert calls == [None, 1, None, 1, None, 1] and len(list(tmp_path.glob("cost-probe-*.json"))) == 3
+    # 192 tokens: 128 is the nearest point below it (nothing above to interpolate with), 1.5x: scaled
     between = probe_costs(factory, model_id="tiny:balanced", seq_len=180, batch_size=8, cache_dir=tmp_path,
                           timed_tops=(1,))
     assert between.source == "reused" and "128" in between.how
     # another dtype is another profile: measured again
     probe_costs(factory, model_id="tiny:balanced", seq_len=12, batch_size=8, cache_dir=tmp_path, dtype="bfloat16",
                 timed_tops=(1,), steps=1)
-    assert calls == [None, 1, None, 1, None, 1]
+    assert calls == [None, 1, None, 1, None, 1, None, 1]
 
 
 def test_forgetting_a_profiles_points_leaves_other_profiles_and_measures_again(tmp_path):
@@ -326,6 +332,11 @@ def test_cached_points_are_interpolated_between_and_scaled_per_row():
     assert costs_from_points([a, b], 64) == (a, "the point cached at 64 tokens")
     assert costs_from_points([a], 512) is None, "8x away from the only point: measure"
     assert costs_from_points([], 64) is None
+    # a point is scaled down within 2x, up only within 1.5x (a straight line underprices wider rows)
+    assert costs_from_points([b], 64)[0].full_step_s == pytest.approx(0.3)
+    assert costs_from_points([a], 96)[0].full_step_s == pytest.approx(1.5)
+    assert costs_from_points([a], 128) is None, "twice the only point's width: measure"
+    assert costs_from_points([StepCosts(60, 32, 6, 1.0, ((2, 0.4),), 0.01)], 100) is None, "1.67x up: measure"
 
 
 def test_the_probe_cache_lives_in_the_users_cache_dir(monkeypatch, tmp_path):

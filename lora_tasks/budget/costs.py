@@ -117,11 +117,24 @@ class StepCosts:
                          self.steps_timed, self.machine, self.model)
 
 
-#: A cached point is scaled to another width only within this factor, and two points are
-#: interpolated only when they are at most ``INTERPOLATE_SPAN`` apart: farther, attention's
-#: quadratic part and the per-step overheads make a straight line wrong, so the probe measures.
+#: A cached point is scaled down to a narrower width only within ``REUSE_SCALE_LIMIT``, up to a
+#: wider one only within ``REUSE_SCALE_UP_LIMIT``, and two points are interpolated only when they
+#: are at most ``INTERPOLATE_SPAN`` apart: farther, attention's quadratic part and the per-step
+#: overheads make a straight line wrong, so the probe measures. Why narrower up than down: scaled
+#: down, the line keeps the per-step part whole and errs on the safe side; scaled up, it misses the
+#: quadratic part and underprices the plan (two tables' epochs priced from 64 tokens at 128 took
+#: 1.25x and 1.68x their estimate).
 REUSE_SCALE_LIMIT = 2.0
+REUSE_SCALE_UP_LIMIT = 1.5
 INTERPOLATE_SPAN = 4.0
+
+
+def scales_to(measured_at: float, width: float) -> bool:
+    """Whether a point measured at ``measured_at`` tokens may be scaled to ``width`` (see
+    :data:`REUSE_SCALE_LIMIT` and :data:`REUSE_SCALE_UP_LIMIT`)."""
+    if width >= measured_at:
+        return width / measured_at <= REUSE_SCALE_UP_LIMIT
+    return measured_at / width <= REUSE_SCALE_LIMIT
 
 
 def _between(a: StepCosts, b: StepCosts, width: int) -> StepCosts:
@@ -143,8 +156,8 @@ def costs_from_points(points: list[StepCosts] | tuple[StepCosts, ...], width: in
     and how they were found; None when no point is near enough and the probe must measure.
 
     A point at ``width`` is reused as it is; between two points at most :data:`INTERPOLATE_SPAN`
-    apart, the per-row costs are interpolated; else the nearest point within
-    :data:`REUSE_SCALE_LIMIT` is scaled linearly (:meth:`StepCosts.scaled_to`)."""
+    apart, the per-row costs are interpolated; else the nearest point that :func:`scales_to` the
+    width is scaled linearly (:meth:`StepCosts.scaled_to`)."""
     if not points:
         return None
     exact = [p for p in points if p.seq_len == width]
@@ -155,10 +168,11 @@ def costs_from_points(points: list[StepCosts] | tuple[StepCosts, ...], width: in
     if below and above and above[0].seq_len <= INTERPOLATE_SPAN * below[-1].seq_len:
         lo, hi = below[-1], above[0]
         return _between(lo, hi, width), f"interpolated between the points cached at {lo.seq_len} and {hi.seq_len} tokens"
-    nearest = min(points, key=lambda p: abs(math.log(p.seq_len / width)))
-    if max(nearest.seq_len / width, width / nearest.seq_len) <= REUSE_SCALE_LIMIT:
-        return nearest.scaled_to(width), f"scaled from the point cached at {nearest.seq_len} tokens"
-    return None
+    near = [p for p in points if scales_to(p.seq_len, width)]
+    if not near:
+        return None
+    nearest = min(near, key=lambda p: abs(math.log(p.seq_len / width)))
+    return nearest.scaled_to(width), f"scaled from the point cached at {nearest.seq_len} tokens"
 
 
 @dataclass(frozen=True)

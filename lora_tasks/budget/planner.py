@@ -17,13 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from lora_tasks.budget.costs import (
-    REUSE_SCALE_LIMIT,
     Candidate,
     CostEstimate,
     MemberCosts,
     StepCosts,
     Workload,
     estimate_cost,
+    scales_to,
 )
 from lora_tasks.data.duration import format_duration, limit_argument
 
@@ -207,9 +207,9 @@ def plan_within_budget(
 def reprice_at_width(choice: BudgetChoice, base: Candidate, work: Workload, costs: StepCosts, members: MemberCosts,
                      measure_at: Callable[[float], StepCosts], *, overhead_s: float = DEFAULT_OVERHEAD_S,
                      ladder: tuple[Rung, ...] = LADDER) -> BudgetChoice:
-    """``choice`` priced again with costs measured at its own width, when that is more than
-    :data:`~lora_tasks.budget.costs.REUSE_SCALE_LIMIT` from the width ``costs`` were measured at (a rung
-    that cut the rows to 128 tokens, priced from a step at 512): ``measure_at(width)`` gives them (the
+    """``choice`` priced again with costs measured at its own width, when ``costs`` were measured too
+    far from it to be scaled (:func:`~lora_tasks.budget.costs.scales_to`; a rung that cut the rows
+    to 128 tokens, priced from a step at 512): ``measure_at(width)`` gives them (the
     probe, or its cache). The ladder is walked again from the chosen rung down with them, and the
     rungs above it keep their verdict: they did not fit at the width they were priced at. ``choice``
     as it is when the widths are close.
@@ -220,12 +220,13 @@ def reprice_at_width(choice: BudgetChoice, base: Candidate, work: Workload, cost
         return choice
     chosen = choice.chosen.candidate
     width = chosen.width(work)
-    if max(width / costs.seq_len, costs.seq_len / width) <= REUSE_SCALE_LIMIT:
+    if scales_to(costs.seq_len, width):
         return choice
     near = measure_at(width)
     start = next((i for i, rung in enumerate(ladder) if rung.name == chosen.name), 0)
     again = plan_within_budget(base, work, near, members, choice.limit_s, overhead_s=overhead_s, ladder=ladder[start:])
     above = choice.considered[:-1]  # the last rung considered is the chosen one, priced again here
-    note = f"priced again at {near.seq_len} tokens (measured there; the rungs above were priced at {costs.seq_len})"
+    note = (f"priced again at {near.seq_len} tokens (the probe's costs there; the rungs above were priced at "
+            f"{costs.seq_len})")
     reason = f"{again.reason}; {note}" if again.fits else again.reason
     return replace(again, considered=tuple(above) + again.considered, reason=reason)
