@@ -84,3 +84,22 @@ def test_an_epoch_well_under_its_estimate_drops_the_probe_points_that_priced_it(
     assert fast.ratio == pytest.approx(0.45)
     assert not any(f.exists() for f in points) and other.exists()
     assert "the next plan with this model measures them again" in fast.detail
+
+
+def test_a_rerun_from_the_cache_leaves_points_measured_after_its_folds(plan, tmp_path):
+    """A rerun of an old run from its cache sees the old epochs again: it must not drop the points a
+    later run measured since (their files are newer than the old run's adapters)."""
+    import os
+
+    adapter = tmp_path / "adapter.safetensors"
+    adapter.write_text("weights")
+    old, new = tmp_path / "cost-probe-abc-s64-b8.json", tmp_path / "cost-probe-abc-s128-b4.json"
+    for f in (old, new):
+        f.write_text("{}")
+    written = adapter.stat().st_mtime
+    os.utime(old, (written - 60, written - 60))  # timed before the folds trained: stale
+    os.utime(new, (written + 60, written + 60))  # measured again by a later run
+    fold = replace(_fold(0, [3.0]), adapter_path=adapter)
+    check = estimate_checks(replace(plan, epoch_s=10.0, members_s=None, cost_probe_points=str(tmp_path / "cost-probe-abc")),
+                            [fold], [])[0]
+    assert not old.exists() and new.exists() and "measures them again" in check.detail

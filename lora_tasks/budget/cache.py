@@ -141,17 +141,21 @@ def load_points(profile: ProbeProfile, cache_dir: str | os.PathLike) -> list[Ste
     return sorted(points, key=lambda c: (c.seq_len, c.batch_size))
 
 
-def forget_points(points_key: str) -> int:
-    """Drop every point of one profile (``points_key``: :meth:`ProbeProfile.points_key`), so the
-    next plan with that model measures again; how many files went. Why a whole profile: a run
-    that trained faster than its points said shows they were timed while other work shared the
-    cores (contention only ever slows a step), and the others were likely taken in the same state."""
+def forget_points(points_key: str, measured_before: float | None = None) -> int:
+    """Drop the points of one profile (``points_key``: :meth:`ProbeProfile.points_key`) that were
+    written before ``measured_before`` (a ``time.time()``; None: every one), so the next plan with
+    that model measures again; how many files went. Why a whole profile: a run that trained faster
+    than its points said shows they were timed while other work shared the cores (contention only
+    ever slows a step), and the others were likely taken in the same state. Why the time: a rerun
+    of an old run from its cache sees the old verdict again, and must not drop points that a later
+    run measured since."""
     key = Path(points_key)
     gone = 0
     for path in key.parent.glob(f"{key.name}-s*-b*.json"):
         try:
-            path.unlink()
-            gone += 1
+            if measured_before is None or path.stat().st_mtime < measured_before:
+                path.unlink()
+                gone += 1
         except OSError:  # another run dropped it first, or a read-only cache
             pass
     return gone

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from lora_tasks.budget.cache import forget_points
 from lora_tasks.steps.member_timings import remember_round
@@ -73,7 +75,7 @@ def estimate_checks(plan: Plan, adapters: Sequence[AdapterResult], first_members
         measured = statistics.fmean(epochs)
         detail = f"mean of {len(epochs)} epoch(s) over {len(adapters)} fold(s)"
         stale = measured < STALE_POINTS_BELOW * plan.epoch_s and plan.cost_probe_points
-        if stale and forget_points(plan.cost_probe_points):
+        if stale and forget_points(plan.cost_probe_points, _trained_at(adapters)):
             detail += ("; faster than the cost probe's cached points said (timed while other work shared the cores), "
                        "so the next plan with this model measures them again")
         checks.append(EstimateCheck("one adapter epoch", float(plan.epoch_s), measured, detail))
@@ -86,6 +88,18 @@ def estimate_checks(plan: Plan, adapters: Sequence[AdapterResult], first_members
     for c in checks:
         log.info("%s", c.sentence())
     return checks
+
+
+def _trained_at(adapters: Sequence[AdapterResult]) -> float:
+    """When the first of ``adapters`` was written (now, when none is on disk): probe points written
+    after it came from a later run, and a rerun of this one from its cache must leave them."""
+    times = []
+    for a in adapters:
+        try:
+            times.append(Path(a.adapter_path).stat().st_mtime)
+        except OSError:
+            continue
+    return min(times, default=time.time())
 
 
 __all__ = ["STALE_POINTS_BELOW", "TOLERANCE", "EstimateCheck", "estimate_checks"]
