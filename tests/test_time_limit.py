@@ -81,18 +81,22 @@ def test_a_limit_only_the_members_fit_runs_them_alone_and_says_what_adapters_nee
     served = tmp_path / "served"
     build_demo_competition(served)
     with fk.serve(served) as server:
-        roomy = steps.Plan.load(steps.plan_run(_options(tmp_path / "probe", kaggle_endpoint=server.url,
-                                                        time_limit="2h"))["lora"])
-        # room for the members (their timings are kept per machine and table: the same estimate in
-        # every plan of this table) and the overhead, not for the cheapest adapters
-        assert roomy.members_s is not None and roomy.members_s > 0
-        limit = f"{(roomy.members_s + roomy.reserve_s) / PLAN_SHARE + 0.05:.3f}"
+        def members_only_limit(work: str) -> str:
+            """Room for the members and the overhead, not for the cheapest adapters. Taken again before
+            each run: the members' timings are kept per machine and table, and a run adds its own round
+            to them (steps.member_timings), so the next plan of the table prices the members anew."""
+            roomy = steps.Plan.load(steps.plan_run(_options(tmp_path / work, kaggle_endpoint=server.url,
+                                                            time_limit="2h"))["lora"])
+            assert roomy.members_s is not None and roomy.members_s > 0
+            return f"{(roomy.members_s + roomy.reserve_s) / PLAN_SHARE + 0.05:.3f}"
+
+        limit = members_only_limit("probe")
         with pytest.raises(BudgetError, match="no plan with adapters fits"):
             steps.plan_run(_options(tmp_path / "bare", kaggle_endpoint=server.url, time_limit=limit, members=False))
         result = steps.run_pipeline(_options(tmp_path / "work", kaggle_endpoint=server.url, time_limit=limit),
                                     run_key="fallback")
-        summary = kaggle_lora(_options(tmp_path / "flow", kaggle_endpoint=server.url, time_limit=limit,
-                                       retry_delay_s=0.05))
+        summary = kaggle_lora(_options(tmp_path / "flow", kaggle_endpoint=server.url,
+                                       time_limit=members_only_limit("probe-again"), retry_delay_s=0.05))
     assert summary.cv == [] and not any(k.startswith("train-fold") for k in summary.task_states), summary.task_states
     assert summary.members and not any(str(r["member"]).startswith("lora") for r in summary.members)
     assert len(pd.read_csv(summary.submission_path)) == len(pd.read_csv(served / "demo" / "test.csv"))
