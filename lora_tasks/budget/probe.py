@@ -69,7 +69,6 @@ class ProbeResult:
     how: str
     seconds: float
     dtype: str
-    cache_dir: str = ""
     points_key: str = ""  # where this model's points are kept (:func:`lora_tasks.budget.cache.forget_points`)
 
     @property
@@ -103,8 +102,7 @@ def probe_costs(
     found = costs_from_points(load_points(profile, folder), bucket)
     if found is not None:
         costs, how = found
-        result = ProbeResult(costs, "reused", how, time.perf_counter() - t0, dtype, str(folder),
-                             profile.points_key(folder))
+        result = ProbeResult(costs, "reused", how, time.perf_counter() - t0, dtype, profile.points_key(folder))
         log.info("cost probe: reused %s (%s, %s), no measurement", how, model_id, dtype)
         return result
     rows = probe_rows(bucket, batch_size)
@@ -116,7 +114,7 @@ def probe_costs(
              model_id, dtype, bucket, rows, took, costs.full_step_s,
              ", ".join(f"top {n} step {s:.3f} s" for n, s in costs.top_step_s), costs.forward_row_s)
     return ProbeResult(costs, "measured", f"measured in {format_duration(took)}, {rows} rows at {bucket} tokens",
-                       took, dtype, str(folder), profile.points_key(folder))
+                       took, dtype, profile.points_key(folder))
 
 
 def measure_costs(

@@ -108,9 +108,8 @@ class Plan:
     def load(cls, path: str | os.PathLike) -> Plan:
         data = load_record(path, "plan")
         optional = {"seed", "competition_markdown", "time_limit_s", "epoch_s", "predict_s", "reserve_s", "no_adapters",
-                    "member_folds", "cost_probe", "cost_probe_points", "features", "members", "has_text", "members_s", "members_timing_key",
-                    "member_rounds",
-                    "member_rounds_alone"}
+                    "member_folds", "cost_probe", "cost_probe_points", "features", "members", "has_text", "members_s",
+                    "members_timing_key", "member_rounds", "member_rounds_alone"}
         missing = sorted({f.name for f in fields(cls)} - set(data) - optional)
         if missing:
             raise PipelineError(f"{path} is not a plan of this version (missing {missing}); plan again.")
