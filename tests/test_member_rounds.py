@@ -1,5 +1,5 @@
 """The time a run has left goes to more rounds of the members on new fold splits, averaged: the
-plan decides how many from its estimates, each round has its own split, the average is the
+clock decides how many fit (and a rerun reads the count back), each round has its own split, the average is the
 rounds' mean and stays out of fold, and a run that fell behind stops adding rounds."""
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ from lora_tasks.steps.member_rounds import (
     bag_members,
     choose_rounds,
     round_fits,
-    rounds_for_time_left,
+    rounds_that_fit,
     rounds_to_run,
     run_member_rounds,
 )
 from lora_tasks.steps.orchestrate import PlainExecutor
 from lora_tasks.steps.targets import fold_assignment
-from lora_tasks.steps.train import AdapterResult
 from lora_tasks.testing.demo import build_demo_competition
 
 
@@ -60,34 +59,56 @@ def test_a_members_only_plan_records_its_rounds(demo, tmp_path):
     assert rounds_to_run(real, adapters_stopped=False) == real.member_rounds_alone  # no adapters: alone
 
 
-def _folds(seconds: list[float], tmp_path) -> list[AdapterResult]:
-    """Adapter folds as the run records them, with the seconds each took (the files are not read)."""
-    return [AdapterResult(fold=k, adapter_path=tmp_path, oof_path=tmp_path, test_path=tmp_path, n_train=80, n_valid=20,
-                          best_epoch=1, best_score=0.8, metric="accuracy", seconds=s) for k, s in enumerate(seconds)]
+def test_rounds_fill_the_share_of_the_limit_the_clock_leaves():
+    # 85% of a 10-min limit is 510 s: at 100 s, 50-s rounds would be 8 (7 more is the cap); at 400 s, 2
+    assert rounds_that_fit(600, 100, 50) == MAX_MEMBER_ROUNDS - 1
+    assert rounds_that_fit(600, 400, 50) == 2
+    assert rounds_that_fit(600, 480, 50) == 0  # one more would end past 85%
+    assert rounds_that_fit(600, 100, 0.0) == 0 and rounds_that_fit(600, 100, float("nan")) == 0
 
 
-def test_time_the_folds_did_not_take_goes_to_the_rounds(demo, tmp_path):
+def test_time_the_folds_did_not_take_goes_to_the_rounds(demo, tmp_path, caplog):
     data, _, _, _, first = demo
-    real = steps.Plan.load(steps.plan_training("demo", data, tmp_path, max_train_rows=200, no_adapters=True,
-                                               budget=True, time_limit="10m"))
+    path = steps.plan_training("demo", data, tmp_path, max_train_rows=200, no_adapters=True, budget=True,
+                               time_limit="10m")
+    real = steps.Plan.load(path)
     limit, round_s = real.time_limit_s, sum(m.seconds for m in first)
     assert round_s > 0
-    # folds that took a few seconds leave room for every round; folds that took the limit leave none
-    assert rounds_for_time_left(real, _folds([5.0, 5.0], tmp_path), first) == MAX_MEMBER_ROUNDS - 1
-    assert rounds_for_time_left(real, _folds([limit / 2, limit / 2], tmp_path), first) == 0
-    # in between: what 85% of the limit holds after the folds, their predictions, a round and the overhead
-    busy = 0.85 * limit - round_s * 3.5 - float(real.reserve_s or 0.0) - round_s
-    expected = min(MAX_MEMBER_ROUNDS - 1, 3)
-    assert rounds_for_time_left(real, _folds([busy], tmp_path), first) == expected
-    # the same recorded seconds give the same rounds (a rerun reads them back from the cache)
-    assert rounds_for_time_left(real, _folds([busy], tmp_path), first) == expected
-    # the run takes the larger of the plan's count and this one
-    assert choose_rounds(real, [], _folds([5.0], tmp_path), first) == max(rounds_to_run(real, True), MAX_MEMBER_ROUNDS - 1)
-    slow = _folds([limit], tmp_path)
-    assert choose_rounds(real, slow, slow, first) == rounds_to_run(real, adapters_stopped=len(slow) < real.n_folds)
-    # the tiny random model (a smoke run) and a plan without a limit ask for none
-    assert rounds_for_time_left(replace(real, tiny=True), [], first) == 0
-    assert rounds_for_time_left(replace(real, time_limit_s=None), [], first) == 0
+    # a run at its start has room for every round, and says why the count is not the plan's
+    with caplog.at_level("INFO", logger="lora_tasks.steps"):
+        assert choose_rounds(path, [], first, run_start=time.time()) == MAX_MEMBER_ROUNDS - 1
+    if real.member_rounds_alone != MAX_MEMBER_ROUNDS - 1:
+        assert f"not the plan's {real.member_rounds_alone}" in caplog.text and "limit" in caplog.text
+    # a run already past the rounds' share has none, whatever the plan counted
+    assert choose_rounds(path, [], first, run_start=time.time() - 0.85 * limit) == 0
+    # halfway through: what is left of the share, in rounds
+    half = time.time() - limit / 2
+    assert choose_rounds(path, [], first, run_start=half) == rounds_that_fit(limit, time.time() - half, round_s)
+    # the tiny random model (a smoke run) keeps the plan's count (none)
+    tiny = demo[3]
+    assert choose_rounds(tiny, [], first, run_start=time.time()) == rounds_to_run(steps.Plan.load(tiny), True) == 0
+
+
+def test_a_rerun_takes_the_first_runs_count_from_the_cache(demo, harness, tmp_path):
+    """The clock chooses the rounds, but a rerun, whose folds come back from the cache in seconds,
+    must not ask for rounds the first run never trained: the step is cached without the clock."""
+    from prefect import flow
+
+    from lora_tasks.prefect import tasks
+
+    data, _, _, _, first = demo
+    path = steps.plan_training("demo", data, tmp_path, max_train_rows=200, no_adapters=True, budget=True,
+                               time_limit="10m")
+    limit = steps.Plan.load(path).time_limit_s
+
+    @flow
+    def decide(run_start: float, refresh: bool = False) -> int:
+        return tasks.configure(tmp_path / "work", refresh=refresh)[choose_rounds](
+            plan_path=path, main_folds=[], first=first, run_start=run_start)
+
+    assert decide(time.time() - 0.85 * limit) == 0  # the first run was late: no rounds
+    assert decide(time.time()) == 0, "a rerun reads back the first run's count"
+    assert decide(time.time(), refresh=True) == MAX_MEMBER_ROUNDS - 1  # --refresh decides again
 
 
 def test_each_round_has_its_own_split_and_the_bag_is_their_mean(demo):

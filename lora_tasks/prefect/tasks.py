@@ -48,7 +48,7 @@ from lora_tasks.prefect.manifest import manifest_problem, record_outputs
 from lora_tasks.progress import ProgressEvent, Tee, progress_for_output
 from lora_tasks.steps.combine import combine
 from lora_tasks.steps.download import download_data
-from lora_tasks.steps.member_rounds import bag_members
+from lora_tasks.steps.member_rounds import bag_members, choose_rounds
 from lora_tasks.steps.orchestrate import NETWORK_RETRIES, NETWORK_STEPS, RETRY_JITTER
 from lora_tasks.steps.plan import plan_training
 from lora_tasks.steps.prepare import prepare_data
@@ -262,7 +262,8 @@ class StepTask:
 
 #: Every step the run executes -> its task. The Kaggle endpoint keys nothing (the data is the same
 #: competition wherever it comes from; its content keys the later steps); ``refresh``, ``run_start``
-#: and ``progress`` do not change a fold's result. The network steps are not cached: each flow run
+#: and ``progress`` do not change a fold's result. The members' rounds are chosen by the clock, and
+#: cached without it: a rerun takes the first run's count. The network steps are not cached: each flow run
 #: is a deliberate submission, and retries reuse its run id (flow run id + file hash), so a lost
 #: answer never becomes a second submission.
 STEP_TASKS: dict[Callable[..., Any], StepTask] = {
@@ -274,6 +275,7 @@ STEP_TASKS: dict[Callable[..., Any], StepTask] = {
     train_adapter: StepTask("train-adapter", by_value=("out_dir",), exclude=("refresh", "run_start", "progress"),
                             run_name="train-fold-{fold}", training_progress=True),
     train_members: StepTask("train-members", by_value=("out_dir",)),
+    choose_rounds: StepTask("choose-member-rounds", exclude=("run_start",)),
     bag_members: StepTask("bag-members", by_value=("out_dir",)),
     combine: StepTask("combine", by_value=("out_dir",)),
     write_submission: StepTask("write-submission", by_value=("out_dir",)),

@@ -8,11 +8,15 @@ lowers the variance of both their out-of-fold and their test predictions: each t
 predicted by K models per round instead of K in all. Every round's out-of-fold predictions stay
 out of fold, so their average is too, and the blend and its nested score read it as before.
 
-How many rounds: the plan's count from its estimates
-(:func:`~lora_tasks.steps.member_costs.plan_member_rounds`), or more when the folds took less than
-it priced (:func:`rounds_for_time_left`). Both come from numbers a rerun reads back from the cache
-(the plan, the folds' recorded seconds), not from the clock, so a rerun asks for the same rounds and
-finds them cached; the run still checks its deadline before each round.
+How many rounds: as many as fit :data:`~lora_tasks.steps.member_costs.ROUNDS_SHARE` of the limit
+by the clock once the adapters are done (:func:`choose_rounds`), each priced at the first round's
+measured seconds; without a limit, or on the tiny random model, the plan's count
+(:func:`~lora_tasks.steps.member_costs.plan_member_rounds`). The clock, not the plan's estimates:
+the plan prices every fold at its full epochs and the run's overhead at a fixed guess, so early
+stopping, fold 0's members decision and a quick download all left time the plan's count did not
+use. The decision is a step of its own, cached on everything but the clock, so a rerun whose folds
+come from the cache reads back the same count and finds its rounds cached; the run still checks its
+deadline before each round.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lora_tasks.steps.member_costs import plan_member_rounds
+from lora_tasks.budget import format_duration
+from lora_tasks.steps.member_costs import MAX_MEMBER_ROUNDS, ROUNDS_SHARE
 from lora_tasks.steps.plan import Plan
 from lora_tasks.steps.prepare import Prepared
 from lora_tasks.steps.store import PipelineError, save_array
@@ -42,43 +47,44 @@ def rounds_to_run(plan: Plan, adapters_stopped: bool) -> int:
     return int(plan.member_rounds_alone if alone else plan.member_rounds)
 
 
-def rounds_for_time_left(plan: Plan, adapters: Sequence[AdapterResult], first: Sequence[MemberResult]) -> int:
-    """The extra rounds that fit the plan's share of its limit after the work this run recorded: every
-    adapter fold's seconds (``adapters``, of every set) with the plan's prediction estimate per fold,
-    the members' first round (``first``, which prices a round) and the plan's overhead.
+def rounds_that_fit(limit_s: float, elapsed_s: float, round_s: float) -> int:
+    """The rounds of ``round_s`` seconds each that still end inside :data:`ROUNDS_SHARE` of ``limit_s``
+    after ``elapsed_s`` (the rest of the limit is the blend's, the submission's and the run's margin),
+    at most :data:`MAX_MEMBER_ROUNDS` in all with the first. None for an unknown cost."""
+    if not (np.isfinite(round_s) and round_s > 0 and np.isfinite(elapsed_s)):
+        return 0
+    return int(max(0, min(MAX_MEMBER_ROUNDS - 1, (ROUNDS_SHARE * limit_s - elapsed_s) // round_s)))
 
-    Why: the plan prices every fold at its full epochs, but early stopping, fold 0's members decision
-    and a fold cut short end the adapters sooner; the plan's count then left that time unused (a
-    short titanic run ended long before its limit, with no rounds). None for the tiny random model
-    (a smoke run) or without a limit."""
+
+def choose_rounds(plan_path: str | os.PathLike, main_folds: Sequence[AdapterResult], first: Sequence[MemberResult],
+                  run_start: float) -> int:
+    """The extra rounds this run takes: what fits the time left by the clock (:func:`rounds_that_fit`,
+    since ``run_start``), priced at the first round's (``first``) measured seconds; the plan's count
+    (:func:`rounds_to_run`; ``main_folds`` fewer than its folds: the adapters stopped) without a limit
+    or on the tiny random model. The log says why the count differs from the plan's.
+
+    A step of the run: the executor caches it without ``run_start``, so a rerun takes the first
+    run's count, not what the clock says once every step before it came from the cache."""
+    plan = Plan.load(plan_path)
+    planned = rounds_to_run(plan, adapters_stopped=len(main_folds) < plan.n_folds)
     round_s = sum(m.seconds for m in first)
     if plan.tiny or plan.time_limit_s is None or round_s <= 0:
-        return 0
-    spent = (sum(a.seconds for a in adapters) + len(adapters) * float(plan.predict_s or 0.0) + round_s
-             + float(plan.reserve_s or 0.0))
-    return plan_member_rounds(float(plan.time_limit_s), round_s, spent, spent).alone
-
-
-def choose_rounds(plan: Plan, main_folds: Sequence[AdapterResult], every_fold: Sequence[AdapterResult],
-                  first: Sequence[MemberResult]) -> int:
-    """The extra rounds to run: the plan's count (:func:`rounds_to_run`; ``main_folds`` fewer than its
-    folds: the adapters stopped), or more where the recorded work leaves room (:func:`rounds_for_time_left`
-    over ``every_fold`` of every adapter set), which the log says."""
-    planned = rounds_to_run(plan, adapters_stopped=len(main_folds) < plan.n_folds)
-    left = rounds_for_time_left(plan, every_fold, first)
-    if left > planned:
-        log.info("members: %d more round(s), not the plan's %d: the %d adapter fold(s) took %.0f s in all, which "
-                 "leaves room for them", left, planned, len(every_fold), sum(a.seconds for a in every_fold))
-    return max(planned, left)
+        return planned
+    elapsed = time.time() - run_start
+    rounds = rounds_that_fit(float(plan.time_limit_s), elapsed, round_s)
+    if rounds != planned:
+        log.info("members: %d more round(s), not the plan's %d: the run is at %s of its %s limit and a round takes "
+                 "%.0f s (rounds fill %.0f%% of the limit)", rounds, planned, format_duration(elapsed),
+                 format_duration(float(plan.time_limit_s)), round_s, 100 * ROUNDS_SHARE)
+    return rounds
 
 
 def round_fits(run_start: float, now: float, round_s: float, plan: Plan) -> bool:
     """Whether one more round (``round_s``, the first round's measured seconds) still ends inside
-    the plan's limit with its reserve kept: a run that fell behind its estimates stops adding."""
+    :data:`ROUNDS_SHARE` of the plan's limit: a run that fell behind its estimates stops adding."""
     if plan.time_limit_s is None:
         return True
-    reserve = float(plan.reserve_s or 0.0)
-    return (now - run_start) + round_s + reserve <= plan.time_limit_s
+    return rounds_that_fit(float(plan.time_limit_s), now - run_start, round_s) >= 1
 
 
 def bag_members(prepared_path: str | os.PathLike, plan_path: str | os.PathLike,
@@ -121,8 +127,8 @@ def run_member_rounds(ex: Any, first: list[MemberResult], rounds: int, *, compet
     done = [first]
     for r in range(1, rounds + 1):
         if not round_fits(run_start, time.time(), round_s, plan):
-            log.info("members: round %d of %d left out: one more (~%.0f s) would not end inside the limit with "
-                     "its reserve", r + 1, rounds + 1, round_s)
+            log.info("members: round %d of %d left out: one more (~%.0f s) would not end inside %.0f%% of the "
+                     "limit", r + 1, rounds + 1, round_s, 100 * ROUNDS_SHARE)
             break
         log.info("members: round %d of %d, on a new fold split", r + 1, rounds + 1)
         done.append(ex.result(ex.submit(train_members, run_name=f"train-members-round-{r}", competition=competition,
@@ -132,4 +138,4 @@ def run_member_rounds(ex: Any, first: list[MemberResult], rounds: int, *, compet
                                out_dir=out_dir))
 
 
-__all__ = ["bag_members", "choose_rounds", "round_fits", "rounds_for_time_left", "rounds_to_run", "run_member_rounds"]
+__all__ = ["bag_members", "choose_rounds", "round_fits", "rounds_that_fit", "rounds_to_run", "run_member_rounds"]

@@ -293,8 +293,8 @@ def orchestrate(options: RunOptions, ex: Executor, *, run_key: str = "local", do
         main_plan = Plan.load(run.plan_path)
         run.estimates = estimate_checks(main_plan, run.adapters, run.members)
         # the time the adapters left (or fold 0 freed, or early stopping) goes to more rounds of the members
-        every_fold = run.adapters + [a for folds in run.set_results.values() for a in folds]
-        rounds = choose_rounds(main_plan, run.adapters, every_fold, run.members)
+        rounds = ex.result(ex.submit(choose_rounds, plan_path=run.plan_path, main_folds=run.adapters,
+                                     first=run.members, run_start=run_start))
         run.members = run_member_rounds(ex, run.members, rounds, competition=competition, data_dir=folder,
                                         prepared_path=run.prepared_path, plan_path=run.plan_path,
                                         out_dir=paths.artifacts, run_start=run_start)
