@@ -8,7 +8,9 @@ and the validation pass, every trained epoch of every fold) and one round of the
 members' first round is kept with their timings (:func:`lora_tasks.steps.member_timings.remember_round`):
 the next plan of the same table prices each member at what this run measured on the whole table.
 An adapter epoch well under its estimate drops the cost probe's cached points of the model
-(:func:`lora_tasks.budget.cache.forget_points`), so the next plan measures them again.
+(:func:`lora_tasks.budget.cache.forget_points`), so the next plan measures them again; otherwise the
+epochs' ratio to the probe's price is kept for the table (:func:`lora_tasks.steps.epoch_calibration.remember_epochs`),
+and the next plan of it prices its epochs with it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lora_tasks.budget.cache import forget_points
+from lora_tasks.steps.epoch_calibration import remember_epochs
 from lora_tasks.steps.member_timings import remember_round
 from lora_tasks.steps.plan import Plan
 from lora_tasks.steps.train import AdapterResult, MemberResult
@@ -78,6 +81,8 @@ def estimate_checks(plan: Plan, adapters: Sequence[AdapterResult], first_members
         if stale and forget_points(plan.cost_probe_points, _trained_at(adapters)):
             detail += ("; faster than the cost probe's cached points said (timed while other work shared the cores), "
                        "so the next plan with this model measures them again")
+        elif (factor := remember_epochs(plan.members_timing_key, plan.epoch_s, plan.epoch_factor, measured)) is not None:
+            detail += f"; the next plan of this table prices its epochs at {factor:.2f}x the cost probe's"
         checks.append(EstimateCheck("one adapter epoch", float(plan.epoch_s), measured, detail))
     members_s = sum(m.seconds for m in first_members)
     if plan.members_s and members_s > 0:

@@ -35,10 +35,13 @@ TIMING_VERSION = 3  # bump when the members or their timing change in a way the 
 @dataclass(frozen=True)
 class CachedTimings:
     """What this machine measured for one table: ``samples`` (member -> seconds on the two timing
-    samples) and ``round`` (member -> seconds on the whole table, in the last run that fit it)."""
+    samples), ``round`` (member -> seconds on the whole table, in the last run that fit it) and
+    ``epoch_factor`` (the adapters' epochs over the cost probe's price of them, in the runs of the
+    table so far: :mod:`lora_tasks.steps.epoch_calibration`; None: no run measured one)."""
 
     samples: dict[str, tuple[float, float]]
     round: dict[str, float] = field(default_factory=dict)
+    epoch_factor: float | None = None
 
 
 def cache_dir() -> Path:
@@ -79,9 +82,11 @@ def load_timings(key: str) -> CachedTimings | None:
         data = json.loads((cache_dir() / f"{key}.json").read_text())
         samples = {str(name): (_seconds(t[0]), _seconds(t[1])) for name, t in data["timings"].items()}
         whole = {str(name): _seconds(s) for name, s in (data.get("round") or {}).items()}
+        factor = data.get("epoch_factor")
+        factor = None if factor is None else _seconds(factor)
     except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
         return None
-    return CachedTimings(samples, whole)
+    return CachedTimings(samples, whole, factor or None)
 
 
 def keep_timings(key: str, timings: CachedTimings) -> bool:
@@ -91,7 +96,8 @@ def keep_timings(key: str, timings: CachedTimings) -> bool:
     tmp = folder / f".tmp-{key}-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"timings": timings.samples, "round": timings.round}))
+        tmp.write_text(json.dumps({"timings": timings.samples, "round": timings.round,
+                                   "epoch_factor": timings.epoch_factor}))
         tmp.replace(folder / f"{key}.json")
         return True
     except OSError as err:
@@ -114,7 +120,7 @@ def remember_round(key: str, seconds: dict[str, float]) -> bool:
     except (TypeError, ValueError):
         log.warning("members' round not cached: its seconds %s are not all finite", seconds)
         return False
-    return keep_timings(key, CachedTimings(found.samples, {**found.round, **whole}))
+    return keep_timings(key, dataclasses.replace(found, round={**found.round, **whole}))
 
 
 __all__ = ["CachedTimings", "TIMING_VERSION", "builds", "cache_dir", "keep_timings", "load_timings",

@@ -37,6 +37,8 @@ from lora_tasks.data.sample_checks import check_sample_submission
 from lora_tasks.data.source import CompetitionSource
 from lora_tasks.data.tokenizer import Tokenizer
 from lora_tasks.features import FeaturePlan, find_features
+from lora_tasks.steps.epoch_calibration import calibrated, epoch_factor
+from lora_tasks.steps.epoch_calibration import reason as factor_reason
 from lora_tasks.steps.member_costs import measure_members, plan_member_rounds
 from lora_tasks.steps.prepare import subset_rows
 from lora_tasks.steps.spec import competition_spec
@@ -99,6 +101,7 @@ class Plan:
     #: when every adapter fold trains, and when fold 0 stops the adapters or none are planned
     member_rounds: int = 0
     member_rounds_alone: int = 0
+    epoch_factor: float = 1.0  # the probe's train steps were priced times this (steps.epoch_calibration)
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write ``out_dir/plan-<sha16>.json`` (content-addressed)."""
@@ -109,7 +112,7 @@ class Plan:
         data = load_record(path, "plan")
         optional = {"seed", "competition_markdown", "time_limit_s", "epoch_s", "predict_s", "reserve_s", "no_adapters",
                     "member_folds", "cost_probe", "cost_probe_points", "features", "members", "has_text", "members_s",
-                    "members_timing_key", "member_rounds", "member_rounds_alone"}
+                    "members_timing_key", "member_rounds", "member_rounds_alone", "epoch_factor"}
         missing = sorted({f.name for f in fields(cls)} - set(data) - optional)
         if missing:
             raise PipelineError(f"{path} is not a plan of this version (missing {missing}); plan again.")
@@ -317,11 +320,13 @@ def fit_to_budget(
         return result
 
     probe = probe_at(work.width)
-    costs = probe.costs
+    factor = epoch_factor(chosen_members.get("members_timing_key"))
+    settings.reasons.extend(filter(None, [factor_reason(factor)]))
+    costs = calibrated(probe.costs, factor)
     base = Candidate("as_planned", int(settings.n_folds), int(settings.epochs), settings.top_layers,
                      int(settings.batch_size), int(settings.max_seq_len))
     choice = plan_within_budget(base, work, costs, members, limit_s, ladder=LADDER)
-    choice = reprice_at_width(choice, base, work, costs, members, lambda width: probe_at(width).costs)
+    choice = reprice_at_width(choice, base, work, costs, members, lambda width: calibrated(probe_at(width).costs, factor))
     settings.reasons.extend(choice.reasons)
     if choice.chosen is None:
         if not (members_fallback and choice.members_fit):
@@ -349,7 +354,7 @@ def fit_to_budget(
             # the members train before the first fold (both orchestrations), so by then their time
             # is spent: only what runs after the folds is reserved
             "reserve_s": est.overhead_s, "cost_probe": probe.source, "cost_probe_points": probe.points_key,
-            **chosen_members,
+            "epoch_factor": factor, **chosen_members,
             **_rounds(settings, limit_s, members.seconds, est.total_s, first_fold_s, tiny)}
 
 
