@@ -46,6 +46,7 @@ from lora_tasks.options import DEFAULT_WORK_DIR
 from lora_tasks.prefect.code_version import code_version, competition_config, model_weights
 from lora_tasks.prefect.manifest import manifest_problem, record_outputs
 from lora_tasks.progress import ProgressEvent, Tee, progress_for_output
+from lora_tasks.steps.adapter_rounds import bag_adapters, choose_adapter_folds
 from lora_tasks.steps.combine import combine
 from lora_tasks.steps.download import download_data
 from lora_tasks.steps.member_rounds import bag_members, choose_rounds
@@ -275,6 +276,8 @@ STEP_TASKS: dict[Callable[..., Any], StepTask] = {
     train_adapter: StepTask("train-adapter", by_value=("out_dir",), exclude=("refresh", "run_start", "progress"),
                             run_name="train-fold-{fold}", training_progress=True),
     train_members: StepTask("train-members", by_value=("out_dir",)),
+    choose_adapter_folds: StepTask("choose-adapter-seeds", exclude=("run_start",)),
+    bag_adapters: StepTask("bag-adapters", by_value=("out_dir",)),
     choose_rounds: StepTask("choose-member-rounds", exclude=("run_start",)),
     bag_members: StepTask("bag-members", by_value=("out_dir",)),
     combine: StepTask("combine", by_value=("out_dir",)),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from lora_tasks.options import RunOptions
+from lora_tasks.steps.adapter_rounds import choose_adapter_folds, run_adapter_seeds
 from lora_tasks.steps.adapter_sets import (
     ADAPTERS_MEMBER,
     AdapterSet,
@@ -292,6 +293,18 @@ def orchestrate(options: RunOptions, ex: Executor, *, run_key: str = "local", do
         run.set_results = {name: [ex.result(f) for f in futures] for name, futures in set_folds.items()}
         main_plan = Plan.load(run.plan_path)
         run.estimates = estimate_checks(main_plan, run.adapters, run.members)
+        if options.combine == "blend":  # the time the folds left goes to more seeds of them first (merge: one set)
+            seeds = ex.result(ex.submit(choose_adapter_folds, plan_path=run.plan_path, main_folds=run.adapters,
+                                        run_start=run_start))
+
+            def seed_fold(k: int, **again: Any) -> Any:  # no run_start: each trains at most its first seed's epochs
+                return ex.submit(train_adapter, run_name=f"train-fold-{k}-seed-{again['round'] + 1}",
+                                 prepared_path=run.prepared_path, plan_path=run.plan_path, tokens=run.tokens, fold=k,
+                                 out_dir=paths.artifacts, model=model, refresh=options.refresh, **again)
+
+            run.adapters = run_adapter_seeds(ex, run.adapters, seeds, submit_fold=seed_fold,
+                                             prepared_path=run.prepared_path, plan_path=run.plan_path,
+                                             out_dir=paths.artifacts)
         # the time the adapters left (or fold 0 freed, or early stopping) goes to more rounds of the members
         rounds = ex.result(ex.submit(choose_rounds, plan_path=run.plan_path, main_folds=run.adapters,
                                      first=run.members, run_start=run_start))

@@ -25,7 +25,7 @@ from lora_tasks.steps.plan import Plan
 from lora_tasks.steps.prepare import Prepared
 from lora_tasks.steps.spec import competition_spec
 from lora_tasks.steps.store import PipelineError, save_array, store_file, temp_path
-from lora_tasks.steps.targets import fold_assignment, score_predictions, training_labels
+from lora_tasks.steps.targets import ROUND_SEED_STEP, fold_assignment, score_predictions, training_labels
 
 # MLX keeps global state (RNG seed, compiled graphs): two trainings in one process at once
 # would interfere. Threads (Prefect's thread runner) therefore train one at a time; processes
@@ -98,6 +98,7 @@ class AdapterResult:
     #: why the fold is a failed fold (it ended at the majority class, and so did its retry); None: it learned
     failed: str | None = None
     retried: str | None = None  # why and with which learning rate the fold was trained a second time
+    seeds: int = 1  # the seeds its predictions are the mean of (steps.adapter_rounds)
 
     @property
     def keep_adapters(self) -> bool:
@@ -114,12 +115,12 @@ def ravel(pred: np.ndarray) -> np.ndarray:
     return pred[:, 0] if pred.ndim == 2 and pred.shape[1] == 1 else pred
 
 
-def _train_config(plan: Plan, fold: int):
+def _train_config(plan: Plan, seed: int):
     from lora_tasks.training.train import TrainConfig  # loads MLX: only when a model runs
 
     s = plan.settings
     return TrainConfig(epochs=int(s.epochs), batch_size=int(s.batch_size), learning_rate=float(s.learning_rate),
-                       class_weights=s.class_weight, metric=plan.train_metric, seed=plan.seed + fold)
+                       class_weights=s.class_weight, metric=plan.train_metric, seed=seed)
 
 
 def _from_prefix(net, data, test, cache_dir: Path):
@@ -192,6 +193,7 @@ def train_adapter(
     members: Sequence[MemberResult] = (),
     epochs: int | None = None,
     refresh: bool = False,
+    round: int = 0,
 ) -> AdapterResult:
     """Train the adapter of ``fold`` on the other folds; write the adapter file and its
     predictions for the held-out rows (OOF) and for the test rows.
@@ -204,7 +206,8 @@ def train_adapter(
     ``later_epochs`` says how many epochs the later folds deserve (pass it as their ``epochs``).
 
     Checkpoints go to ``out_dir/checkpoints/<inputs hash>/``: a killed run, started again with
-    the same inputs, resumes after the last finished epoch. ``refresh`` deletes that fold's
+    the same inputs, resumes after the last finished epoch. ``round`` > 0: the fold again with another
+    seed (:mod:`lora_tasks.steps.adapter_rounds` averages the rounds), on the same held-out rows. ``refresh`` deletes that fold's
     checkpoints first (``--refresh``: the way out of a corrupt checkpoint). A stop signal
     (:mod:`lora_tasks.lifecycle`) ends the fold after its current step, its checkpoints kept.
     """
@@ -222,8 +225,10 @@ def train_adapter(
     test = load_dataset(tokens.test)
     train_idx, valid_idx = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
     run_key = sha256_bytes("\0".join([sha256_file(prepared_path), sha256_file(plan_path), sha256_file(tokens.train),
-                                      str(fold), str(model)]).encode())[:16]
-    cfg = _train_config(plan, fold)
+                                      str(fold), str(model), *([f"round{round}"] if round else [])]).encode())[:16]
+    seed = plan.seed + fold + ROUND_SEED_STEP * round
+    name = f"fold {fold}" + (f", seed {round + 1}" if round else "")
+    cfg = _train_config(plan, seed)
     budget = epoch_budget(plan, run_start)
     if epochs is not None:  # a members decision of the first fold
         cfg.epochs = max(1, min(cfg.epochs, int(epochs)))
@@ -232,21 +237,21 @@ def train_adapter(
     checkpoint_dir = out / "checkpoints" / run_key
     if refresh:
         _drop_checkpoints(checkpoint_dir, fold)
-    progress = StopCheck(progress, name=f"fold {fold}")
+    progress = StopCheck(progress, name=name)
     top_layers = plan.settings.top_layers
     y_valid = np.asarray(data.labels)[valid_idx]
 
     def attempt(cfg, checkpoint_dir: Path):
         net, adapter = build_model(
             prepared.head_type, plan.settings.preset, prepared.num_labels,
-            model=None if plan.tiny else model, tiny=plan.tiny, seed=plan.seed + fold, base_seed=plan.seed,
+            model=None if plan.tiny else model, tiny=plan.tiny, seed=seed, base_seed=plan.seed,
             top_layers=top_layers, compute_dtype=plan.settings.compute_dtype,
         )
         trainee, train_data, test_data = (_from_prefix(net, data, test, out / "prefix") if top_layers
                                           else (net, data, test))
         net.train()
         result = train(trainee, train_data.subset(train_idx), train_data.subset(valid_idx), cfg,
-                       checkpoint_dir, keeper.progress(progress), name=f"fold {fold}",
+                       checkpoint_dir, keeper.progress(progress), name=name,
                        should_stop=keeper.should_stop)
         valid_pred = ravel(predict(trainee, train_data.subset(valid_idx), cfg.eval_batch_size))
         test_pred = ravel(predict(trainee, test_data, cfg.eval_batch_size))
@@ -258,13 +263,13 @@ def train_adapter(
         failed, retried = collapsed(prepared.task, y_valid, valid_pred), None
         if failed:  # a failed fold: once more with another learning rate, from the start
             lr, why = retry_learning_rate(cfg.learning_rate, result.history)
-            retried = f"fold {fold} ended at one class ({failed}); {why}: trained again at {lr:.2e}"
+            retried = f"{name} ended at one class ({failed}); {why}: trained again at {lr:.2e}"
             log.warning("%s", retried)
             cfg = replace(cfg, learning_rate=lr)
             result, valid_pred, test_pred, adapter = attempt(cfg, checkpoint_dir / f"retry-{lr:.2e}")
             failed = collapsed(prepared.task, y_valid, valid_pred)
             if failed:
-                failed = (f"fold {fold} ended at one class twice ({failed}); the fold is dropped, and with it "
+                failed = (f"{name} ended at one class twice ({failed}); the fold is dropped, and with it "
                           "the adapters' member (every row needs an out-of-fold prediction)")
                 log.warning("%s", failed)
         tmp = temp_path(out, ".safetensors")

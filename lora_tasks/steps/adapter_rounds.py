@@ -1,0 +1,153 @@
+"""More seeds of the adapter folds in the time the run has left, averaged fold by fold.
+
+Why: on text the adapters carry the blend, and their folds often end sooner than the plan priced
+them (early stopping, epochs quicker than the estimate). The members' rounds cost seconds there
+and stop at their cap, so a run used to end with a third of its limit unused. A fine-tuned model's
+predictions move with its seed (the adapters' initialisation, the batches' order, dropout);
+averaging the folds of two or three seeds lowers that variance, which is what the time buys
+(seed ensembles). Each seed of fold ``k`` holds out the same rows, so the fold's average stays out
+of fold, and the blend reads it as the ``lora`` member it was.
+
+How many folds: as many as still end inside :data:`~lora_tasks.steps.member_costs.ROUNDS_SHARE` of
+the limit by the clock (:func:`choose_adapter_folds`), each priced at what its first seed took, at
+most :data:`MAX_ADAPTER_SEEDS` seeds of every fold; a round may stop after some of its folds (each
+fold averages the seeds it has). Each later seed trains at most the epochs its first seed trained,
+so it costs what the first did. The count is a step cached without the clock, as the members'
+rounds are: a rerun reads back the first run's count and finds its folds cached.
+
+The average replaces the first seed only when its out-of-fold score is at least the first seed's
+(:func:`bag_adapters`); the log says both scores, and the averaged folds record their ``seeds``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from lora_tasks.budget import format_duration
+from lora_tasks.steps.member_costs import ROUNDS_SHARE
+from lora_tasks.steps.plan import Plan
+from lora_tasks.steps.prepare import Prepared
+from lora_tasks.steps.store import PipelineError, save_array
+from lora_tasks.steps.targets import to_metric_scale
+from lora_tasks.steps.train import AdapterResult
+
+log = logging.getLogger("lora_tasks.steps")
+
+#: Seeds of each fold at most, the first included. Why 3: the variance a seed average removes
+#: falls as 1/seeds, so a fourth seed buys a third of what the second did.
+MAX_ADAPTER_SEEDS = 3
+
+
+def seed_folds(first: Sequence[AdapterResult]) -> list[tuple[int, AdapterResult]]:
+    """The later seeds' folds in the order they train: ``(round, first seed's fold)``, every fold
+    of round 1, then of round 2, up to :data:`MAX_ADAPTER_SEEDS`."""
+    ordered = sorted(first, key=lambda a: a.fold)
+    return [(r, a) for r in range(1, MAX_ADAPTER_SEEDS) for a in ordered]
+
+
+def adapter_folds_that_fit(limit_s: float, elapsed_s: float, first: Sequence[AdapterResult]) -> int:
+    """How many of :func:`seed_folds` still end inside :data:`ROUNDS_SHARE` of ``limit_s`` after
+    ``elapsed_s``, each costing its first seed's seconds (an unknown cost: none)."""
+    left, n = ROUNDS_SHARE * limit_s - elapsed_s, 0
+    for _, fold in seed_folds(first):
+        if not (np.isfinite(fold.seconds) and fold.seconds > 0) or fold.seconds > left:
+            break
+        left -= fold.seconds
+        n += 1
+    return n
+
+
+def choose_adapter_folds(plan_path: str | os.PathLike, main_folds: Sequence[AdapterResult], run_start: float) -> int:
+    """How many later-seed folds this run trains (:func:`adapter_folds_that_fit`, by the clock since
+    ``run_start``): none on the tiny random model, without a limit, or when the adapters stopped
+    after fold 0 or a fold failed (their member is out of the blend, or every fold is not there to
+    average). The log says why and how many.
+
+    A step of the run: the executor caches it without ``run_start``, so a rerun takes the first
+    run's count."""
+    plan = Plan.load(plan_path)
+    if plan.tiny or plan.no_adapters or plan.time_limit_s is None or not main_folds:
+        return 0
+    if len(main_folds) < plan.n_folds or any(a.failed for a in main_folds):
+        return 0
+    elapsed = time.time() - run_start
+    n = adapter_folds_that_fit(float(plan.time_limit_s), elapsed, main_folds)
+    if n:
+        log.info("adapters: %d more fold(s) with other seeds, to average with the first: the run is at %s of its %s "
+                 "limit and the %d fold(s) took %s", n, format_duration(elapsed), format_duration(plan.time_limit_s),
+                 len(main_folds), format_duration(sum(a.seconds for a in main_folds)))
+    return n
+
+
+def bag_adapters(prepared_path: str | os.PathLike, plan_path: str | os.PathLike, first: Sequence[AdapterResult],
+                 later: Sequence[AdapterResult], out_dir: str | os.PathLike) -> list[AdapterResult]:
+    """Each fold's predictions averaged over its seeds (``first`` and the ``later`` seeds' folds; a
+    failed fold of a later seed is left out), kept when the averaged out-of-fold score is at least
+    the first seed's, else ``first`` as it is."""
+    kept = [a for a in later if not a.failed]
+    if not kept:
+        return list(first)
+    prepared, plan = Prepared.load(prepared_path), Plan.load(plan_path)
+    out = Path(out_dir)
+    bagged = []
+    for a in first:
+        same = [a, *(b for b in kept if b.fold == a.fold)]
+        if len(same) == 1:
+            bagged.append(a)
+            continue
+        oof = np.mean([np.load(b.oof_path) for b in same], axis=0).astype(np.float32)
+        test = np.mean([np.load(b.test_path) for b in same], axis=0).astype(np.float32)
+        if not np.isfinite(test).all() or not np.isfinite(oof[~np.isnan(np.load(a.oof_path))]).all():
+            raise PipelineError(f"fold {a.fold}'s averaged predictions hold NaN or inf; rerun with --refresh.")
+        bagged.append(replace(a, oof_path=save_array(oof, out, f"oof-fold{a.fold}-seeds{len(same)}"),
+                              test_path=save_array(test, out, f"test-fold{a.fold}-seeds{len(same)}"),
+                              seconds=sum(b.seconds for b in same), seeds=len(same)))
+    before, after = _oof_score(first, prepared, plan), _oof_score(bagged, prepared, plan)
+    better = after >= before if _greater_is_better(prepared) else after <= before
+    seeds = sum(b.seeds for b in bagged)
+    verdict = "kept" if better else "not kept: the first seed alone scores better"
+    log.info("adapters: %d fold(s) averaged over %d seed-folds: out-of-fold %s %.5f, the first seed's %.5f (%s)",
+             len(first), seeds, prepared.metric, after, before, verdict)
+    return bagged if better else list(first)
+
+
+def run_adapter_seeds(ex: Any, first: list[AdapterResult], n: int, *, submit_fold: Any, prepared_path: Path,
+                      plan_path: Path, out_dir: Path) -> list[AdapterResult]:
+    """The first ``n`` of :func:`seed_folds` through ``submit_fold(fold, round=, epochs=)`` (a future
+    of :func:`~lora_tasks.steps.train.train_adapter`), one after another, then :func:`bag_adapters`."""
+    if n <= 0:
+        return first
+    futures = [submit_fold(fold.fold, round=r, epochs=max(1, len(fold.history))) for r, fold in seed_folds(first)[:n]]
+    later = [ex.result(f) for f in futures]
+    return ex.result(ex.submit(bag_adapters, prepared_path=prepared_path, plan_path=plan_path, first=first,
+                               later=later, out_dir=out_dir))
+
+
+def _oof_score(folds: Sequence[AdapterResult], prepared: Prepared, plan: Plan) -> float:
+    """The metric of the folds' out-of-fold predictions, on the rows they cover."""
+    from lora_tasks.metrics import get_metric
+
+    oof = None
+    for a in folds:
+        part = np.load(a.oof_path)
+        oof = part if oof is None else np.where(np.isnan(part), oof, part)
+    rows = ~np.isnan(oof).reshape(len(oof), -1).any(axis=1)
+    y = np.asarray(prepared.y)[rows]
+    return float(get_metric(prepared.metric)(y, to_metric_scale(oof[rows], prepared, plan)))
+
+
+def _greater_is_better(prepared: Prepared) -> bool:
+    from lora_tasks.metrics import get_metric
+
+    return bool(get_metric(prepared.metric).greater_is_better)
+
+
+__all__ = ["MAX_ADAPTER_SEEDS", "adapter_folds_that_fit", "bag_adapters", "choose_adapter_folds", "run_adapter_seeds",
+           "seed_folds"]
