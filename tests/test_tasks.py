@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -204,6 +205,8 @@ def test_renderers():
     results = [_result(1, [0.6, 0.7]), _result(0, [0.5, 0.8])]
     rows = artifacts.cv_rows(results)
     assert [r["adapter"] for r in rows] == ["fold 0", "fold 1"] and rows[0]["valid accuracy"] == 0.8
+    averaged = artifacts.cv_rows([replace(results[0], seeds=2)])
+    assert averaged[0]["adapter"] == "fold 1 (2 seeds, averaged)"
     table = artifacts.markdown_table(rows)
     assert table.splitlines()[0].startswith("| adapter |") and len(table.splitlines()) == 4
     curve = artifacts.learning_curve_markdown(results, width=10)

@@ -17,10 +17,10 @@ def cv_rows(results: Sequence[AdapterResult], label: str = "fold") -> list[dict[
     rows = []
     for r in sorted(results, key=lambda r: r.fold):
         rows.append({
-            "adapter": f"{label} {r.fold}",
+            "adapter": f"{label} {r.fold}" + (f" ({r.seeds} seeds, averaged)" if r.seeds > 1 else ""),
             "train rows": r.n_train,
             "valid rows": r.n_valid,
-            "epochs": len(r.history),  # fewer than planned: the time limit or the members decision cut them
+            "epochs": len(r.history),  # the first seed's; fewer than planned: the time limit or the members decision
             "best epoch": r.best_epoch,
             f"valid {r.metric}": None if r.best_score is None else round(float(r.best_score), 5),
             "seconds": round(r.seconds, 1),
