@@ -70,14 +70,17 @@ def test_the_clock_chooses_the_seeds_unless_the_adapters_stopped(demo, caplog):
     assert choose_adapter_folds(demo[3], folds, run_start=time.time()) == 0  # the tiny model: a smoke run
 
 
-def test_a_later_seed_trains_other_weights_on_the_same_rows_and_the_bag_is_their_mean(demo):
+def test_a_later_seed_trains_other_weights_on_the_same_rows_and_the_bag_is_their_mean(demo, caplog):
     _, out, prepared, plan, tokens, first, _ = demo
     again = replace(train_adapter(prepared, plan, tokens, 0, out, round=1, epochs=1), failed=None)
     a, b = np.load(first[0].oof_path), np.load(again.oof_path)
     assert (np.isnan(a) == np.isnan(b)).all(), "the same held-out rows"
     assert not np.allclose(a[~np.isnan(a)], b[~np.isnan(b)]), "another seed, other weights"
     assert len(again.history) == 1 and again.adapter_path != first[0].adapter_path
-    bagged = bag_adapters(prepared, plan, first, [again], out)
+    with caplog.at_level("INFO", logger="lora_tasks.steps"):
+        bagged = bag_adapters(prepared, plan, first, [again], out)
+    # accuracy reads labels: the seeds are compared by the Brier score of their probabilities
+    assert "averaged over 4 seed-folds: out-of-fold Brier score" in caplog.text
     if bagged[0].seeds == 2:  # the average scored at least as well: it replaces fold 0
         np.testing.assert_allclose(np.load(bagged[0].oof_path), (a + b) / 2, rtol=1e-6)
         np.testing.assert_allclose(np.load(bagged[0].test_path),

@@ -89,8 +89,8 @@ def choose_adapter_folds(plan_path: str | os.PathLike, main_folds: Sequence[Adap
 def bag_adapters(prepared_path: str | os.PathLike, plan_path: str | os.PathLike, first: Sequence[AdapterResult],
                  later: Sequence[AdapterResult], out_dir: str | os.PathLike) -> list[AdapterResult]:
     """Each fold's predictions averaged over its seeds (``first`` and the ``later`` seeds' folds; a
-    failed fold of a later seed is left out), kept when the averaged out-of-fold score is at least
-    the first seed's, else ``first`` as it is."""
+    failed fold of a later seed is left out), kept when the averaged out-of-fold score
+    (:func:`_oof_score`) is at least the first seed's, else ``first`` as it is."""
     kept = [a for a in later if not a.failed]
     if not kept:
         return list(first)
@@ -109,12 +109,12 @@ def bag_adapters(prepared_path: str | os.PathLike, plan_path: str | os.PathLike,
         bagged.append(replace(a, oof_path=save_array(oof, out, f"oof-fold{a.fold}-seeds{len(same)}"),
                               test_path=save_array(test, out, f"test-fold{a.fold}-seeds{len(same)}"),
                               seconds=sum(b.seconds for b in same), seeds=len(same)))
-    before, after = _oof_score(first, prepared, plan), _oof_score(bagged, prepared, plan)
-    better = after >= before if _greater_is_better(prepared) else after <= before
+    (before, higher, scored), (after, *_) = _oof_score(first, prepared, plan), _oof_score(bagged, prepared, plan)
+    better = after >= before if higher else after <= before
     seeds = sum(b.seeds for b in bagged)
     verdict = "kept" if better else "not kept: the first seed alone scores better"
     log.info("adapters: %d fold(s) averaged over %d seed-folds: out-of-fold %s %.5f, the first seed's %.5f (%s)",
-             len(first), seeds, prepared.metric, after, before, verdict)
+             len(first), seeds, scored, after, before, verdict)
     return bagged if better else list(first)
 
 
@@ -130,8 +130,14 @@ def run_adapter_seeds(ex: Any, first: list[AdapterResult], n: int, *, submit_fol
                                later=later, out_dir=out_dir))
 
 
-def _oof_score(folds: Sequence[AdapterResult], prepared: Prepared, plan: Plan) -> float:
-    """The metric of the folds' out-of-fold predictions, on the rows they cover."""
+def _oof_score(folds: Sequence[AdapterResult], prepared: Prepared, plan: Plan) -> tuple[float, bool, str]:
+    """The folds' out-of-fold predictions scored on the rows they cover, whether higher is better,
+    and the score's name.
+
+    The competition metric where it reads the predictions as they are (values, probabilities);
+    where it reads labels (accuracy, F1), the Brier score of the probabilities instead: a few
+    hundred rows' labels move by a row or two between two sets of predictions, and an average of
+    seeds shows its gain in how sure it is, which the cut to labels hides."""
     from lora_tasks.metrics import get_metric
 
     oof = None
@@ -140,13 +146,13 @@ def _oof_score(folds: Sequence[AdapterResult], prepared: Prepared, plan: Plan) -
         oof = part if oof is None else np.where(np.isnan(part), oof, part)
     rows = ~np.isnan(oof).reshape(len(oof), -1).any(axis=1)
     y = np.asarray(prepared.y)[rows]
-    return float(get_metric(prepared.metric)(y, to_metric_scale(oof[rows], prepared, plan)))
-
-
-def _greater_is_better(prepared: Prepared) -> bool:
-    from lora_tasks.metrics import get_metric
-
-    return bool(get_metric(prepared.metric).greater_is_better)
+    metric = get_metric(prepared.metric)
+    if prepared.task.is_regression or metric.needs != "labels":
+        score = float(metric(y, to_metric_scale(oof[rows], prepared, plan)))
+        return score, bool(metric.greater_is_better), prepared.metric
+    prob = np.asarray(oof[rows], dtype=float)
+    truth = np.eye(prob.shape[1])[y.astype(int)] if prob.ndim == 2 and y.ndim == 1 else y.astype(float)
+    return float(np.mean((prob - truth.reshape(prob.shape)) ** 2)), False, "Brier score"
 
 
 __all__ = ["MAX_ADAPTER_SEEDS", "adapter_folds_that_fit", "bag_adapters", "choose_adapter_folds", "run_adapter_seeds",
