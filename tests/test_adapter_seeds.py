@@ -132,3 +132,16 @@ def test_a_rerun_takes_the_first_runs_seed_count_from_the_cache(demo, harness, t
     assert decide(time.time() - limit) == 0  # the first run was late: no seeds
     assert decide(time.time()) == 0, "a rerun reads back the first run's count"
     assert decide(time.time(), refresh=True) == len(seed_folds(folds))
+
+
+def test_a_later_seed_behind_the_limit_trains_its_minimum(demo):
+    """A later seed was counted to end by 85% of the limit; one that starts when the run is behind
+    (the machine slowed) is the run's last fold for the time budget and stops at its minimum."""
+    _, out, prepared, plan, tokens, _, _ = demo
+    loaded = steps.Plan.load(plan)
+    assert loaded.time_limit_s and loaded.epoch_s, "the demo plan has a budget"
+    late = time.time() - 0.99 * loaded.time_limit_s
+    behind = train_adapter(prepared, plan, tokens, 1, out, round=2, epochs=2, run_start=late)
+    assert len(behind.history) == 1 and any("behind" in r for r in behind.budget_reasons), behind.budget_reasons
+    on_time = train_adapter(prepared, plan, tokens, 2, out, round=2, epochs=2, run_start=time.time())
+    assert len(on_time.history) == 2 and not on_time.stopped_for_time

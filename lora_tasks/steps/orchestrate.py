@@ -297,10 +297,11 @@ def orchestrate(options: RunOptions, ex: Executor, *, run_key: str = "local", do
             seeds = ex.result(ex.submit(choose_adapter_folds, plan_path=run.plan_path, main_folds=run.adapters,
                                         run_start=run_start))
 
-            def seed_fold(k: int, **again: Any) -> Any:  # no run_start: each trains at most its first seed's epochs
+            def seed_fold(k: int, **again: Any) -> Any:  # each trains at most its first seed's epochs
                 return ex.submit(train_adapter, run_name=f"train-fold-{k}-seed-{again['round'] + 1}",
                                  prepared_path=run.prepared_path, plan_path=run.plan_path, tokens=run.tokens, fold=k,
-                                 out_dir=paths.artifacts, model=model, refresh=options.refresh, **again)
+                                 out_dir=paths.artifacts, model=model, refresh=options.refresh, run_start=run_start,
+                                 **again)
 
             run.adapters = run_adapter_seeds(ex, run.adapters, seeds, submit_fold=seed_fold,
                                              prepared_path=run.prepared_path, plan_path=run.plan_path,

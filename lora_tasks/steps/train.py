@@ -115,6 +115,11 @@ def ravel(pred: np.ndarray) -> np.ndarray:
     return pred[:, 0] if pred.ndim == 2 and pred.shape[1] == 1 else pred
 
 
+#: A later seed's fold stops after the epoch that would end past the limit less this share of it (the
+#: blend and the submission): its seeds were counted to end by 85% of the limit, this guards the rest.
+SEED_TAIL_SHARE = 0.05
+
+
 def _train_config(plan: Plan, seed: int):
     from lora_tasks.training.train import TrainConfig  # loads MLX: only when a model runs
 
@@ -207,7 +212,8 @@ def train_adapter(
 
     Checkpoints go to ``out_dir/checkpoints/<inputs hash>/``: a killed run, started again with
     the same inputs, resumes after the last finished epoch. ``round`` > 0: the fold again with another
-    seed (:mod:`lora_tasks.steps.adapter_rounds` averages the rounds), on the same held-out rows. ``refresh`` deletes that fold's
+    seed (:mod:`lora_tasks.steps.adapter_rounds` averages the rounds), on the same held-out rows; its
+    time budget takes it for the run's last fold (:data:`SEED_TAIL_SHARE`). ``refresh`` deletes that fold's
     checkpoints first (``--refresh``: the way out of a corrupt checkpoint). A stop signal
     (:mod:`lora_tasks.lifecycle`) ends the fold after its current step, its checkpoints kept.
     """
@@ -230,7 +236,9 @@ def train_adapter(
     name = f"fold {fold}" + (f", seed {round + 1}" if round else "")
     cfg = _train_config(plan, seed)
     budget = epoch_budget(plan, run_start)
-    if epochs is not None:  # a members decision of the first fold
+    if round and budget is not None:  # a later seed: the run's last fold, ending by the limit less the blend's tail
+        budget = replace(budget, n_folds=fold + 1, reserve_s=SEED_TAIL_SHARE * budget.deadline.limit_s)
+    if epochs is not None:  # a members decision of the first fold, or a later seed's first
         cfg.epochs = max(1, min(cfg.epochs, int(epochs)))
         budget = budget.with_epochs(cfg.epochs) if budget is not None else None
     keeper = FoldKeeper(fold, budget, _members_check(plan, prepared, members, valid_idx, cfg.epochs))
