@@ -19,9 +19,10 @@ from lora_tasks.steps.adapter_rounds import (
     choose_adapter_folds,
     run_adapter_seeds,
     seed_folds,
+    seeds_first,
 )
 from lora_tasks.steps.orchestrate import PlainExecutor
-from lora_tasks.steps.train import AdapterResult, train_adapter
+from lora_tasks.steps.train import AdapterResult, MemberResult, train_adapter
 from lora_tasks.testing.demo import build_demo_competition
 
 
@@ -145,3 +146,20 @@ def test_a_later_seed_behind_the_limit_trains_its_minimum(demo):
     assert len(behind.history) == 1 and any("behind" in r for r in behind.budget_reasons), behind.budget_reasons
     on_time = train_adapter(prepared, plan, tokens, 2, out, round=2, epochs=2, run_start=time.time())
     assert len(on_time.history) == 2 and not on_time.stopped_for_time
+
+
+def test_the_seeds_go_first_only_where_the_adapters_lead_the_members(demo, caplog):
+    """The tiny folds end at the majority class: their accuracy is the majority's share. Members far
+    ahead of that take the time first; members within 2% of it, or none, leave it to the seeds."""
+    _, _, prepared, plan, _, first, _ = demo
+    ours = float(np.mean(np.asarray(steps.Prepared.load(prepared).y) == 1))  # every row predicted as class 1
+
+    def member(score: float) -> MemberResult:
+        return MemberResult("lightgbm", Path("o"), Path("t"), score, "accuracy", seconds=1.0)
+
+    with caplog.at_level("INFO", logger="lora_tasks.steps"):
+        assert not seeds_first(prepared, plan, first, [member(ours + 0.1), member(ours - 0.2)])
+    assert "behind, so the members' rounds go first" in caplog.text
+    assert seeds_first(prepared, plan, first, [member(ours * 1.01)])  # within 2%
+    assert seeds_first(prepared, plan, first, [member(ours - 0.05)])  # the adapters ahead
+    assert seeds_first(prepared, plan, first, [])

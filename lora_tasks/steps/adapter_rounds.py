@@ -17,6 +17,9 @@ rounds are: a rerun reads back the first run's count and finds its folds cached.
 
 The average replaces the first seed only when its out-of-fold score is at least the first seed's
 (:func:`bag_adapters`); the log says both scores, and the averaged folds record their ``seeds``.
+The seeds take the time before the members' rounds only where the adapters lead the members
+(:func:`seeds_first`): on a table where they trail (their blend weight is small there), the
+members' rounds cost seconds each and go first, and the seeds take what the rounds leave.
 """
 
 from __future__ import annotations
@@ -36,10 +39,14 @@ from lora_tasks.steps.plan import Plan
 from lora_tasks.steps.prepare import Prepared
 from lora_tasks.steps.store import PipelineError, save_array
 from lora_tasks.steps.targets import to_metric_scale
-from lora_tasks.steps.train import AdapterResult
+from lora_tasks.steps.train import AdapterResult, MemberResult
 
 log = logging.getLogger("lora_tasks.steps")
 
+#: The later seeds take the time before the members' rounds when the adapters' out-of-fold score is
+#: within this share of the best member's, or ahead: there the blend leans on them. Further behind,
+#: the members' rounds (seconds each) go first and the seeds take what they leave.
+LEAD_MARGIN = 0.02
 #: Seeds of each fold at most, the first included. Why 3: the variance a seed average removes
 #: falls as 1/seeds, so a fourth seed buys a third of what the second did.
 MAX_ADAPTER_SEEDS = 3
@@ -86,6 +93,27 @@ def choose_adapter_folds(plan_path: str | os.PathLike, main_folds: Sequence[Adap
     return n
 
 
+def seeds_first(prepared_path: str | os.PathLike, plan_path: str | os.PathLike, adapters: Sequence[AdapterResult],
+                members: Sequence[MemberResult]) -> bool:
+    """Whether the adapters' later seeds take the time before the members' rounds: when the adapters'
+    out-of-fold score (the competition metric, every fold) is within :data:`LEAD_MARGIN` of the best
+    member's, or ahead, or there are no members. The log says which and why."""
+    from lora_tasks.metrics import get_metric
+
+    if not members or not adapters or any(a.failed for a in adapters):
+        return True
+    prepared, plan = Prepared.load(prepared_path), Plan.load(plan_path)
+    higher = get_metric(prepared.metric).greater_is_better
+    ours = _covering_score(adapters, prepared, plan)
+    best = (max if higher else min)(members, key=lambda m: m.oof_score)
+    behind = (best.oof_score - ours if higher else ours - best.oof_score) / max(abs(best.oof_score), 1e-12)
+    first = behind <= LEAD_MARGIN
+    log.info("adapters: out-of-fold %s %.5f against the best member's (%s) %.5f: %s", prepared.metric, ours, best.name,
+             best.oof_score, "their later seeds take the time first" if first else
+             f"{behind:.1%} behind, so the members' rounds go first and the later seeds take what they leave")
+    return first
+
+
 def bag_adapters(prepared_path: str | os.PathLike, plan_path: str | os.PathLike, first: Sequence[AdapterResult],
                  later: Sequence[AdapterResult], out_dir: str | os.PathLike) -> list[AdapterResult]:
     """Each fold's predictions averaged over its seeds (``first`` and the ``later`` seeds' folds; a
@@ -130,6 +158,24 @@ def run_adapter_seeds(ex: Any, first: list[AdapterResult], n: int, *, submit_fol
                                later=later, out_dir=out_dir))
 
 
+def _covering(folds: Sequence[AdapterResult]) -> np.ndarray:
+    """Every row's prediction by the fold that held it out (NaN where none did)."""
+    oof = None
+    for a in folds:
+        part = np.load(a.oof_path)
+        oof = part if oof is None else np.where(np.isnan(part), oof, part)
+    return oof
+
+
+def _covering_score(folds: Sequence[AdapterResult], prepared: Prepared, plan: Plan) -> float:
+    """The competition metric of the folds' out-of-fold predictions on the rows they cover."""
+    from lora_tasks.metrics import get_metric
+
+    oof = _covering(folds)
+    rows = ~np.isnan(oof).reshape(len(oof), -1).any(axis=1)
+    return float(get_metric(prepared.metric)(np.asarray(prepared.y)[rows], to_metric_scale(oof[rows], prepared, plan)))
+
+
 def _oof_score(folds: Sequence[AdapterResult], prepared: Prepared, plan: Plan) -> tuple[float, bool, str]:
     """The folds' out-of-fold predictions scored on the rows they cover, whether higher is better,
     and the score's name.
@@ -140,20 +186,16 @@ def _oof_score(folds: Sequence[AdapterResult], prepared: Prepared, plan: Plan) -
     seeds shows its gain in how sure it is, which the cut to labels hides."""
     from lora_tasks.metrics import get_metric
 
-    oof = None
-    for a in folds:
-        part = np.load(a.oof_path)
-        oof = part if oof is None else np.where(np.isnan(part), oof, part)
-    rows = ~np.isnan(oof).reshape(len(oof), -1).any(axis=1)
-    y = np.asarray(prepared.y)[rows]
     metric = get_metric(prepared.metric)
     if prepared.task.is_regression or metric.needs != "labels":
-        score = float(metric(y, to_metric_scale(oof[rows], prepared, plan)))
-        return score, bool(metric.greater_is_better), prepared.metric
+        return _covering_score(folds, prepared, plan), bool(metric.greater_is_better), prepared.metric
+    oof = _covering(folds)
+    rows = ~np.isnan(oof).reshape(len(oof), -1).any(axis=1)
+    y = np.asarray(prepared.y)[rows]
     prob = np.asarray(oof[rows], dtype=float)
     truth = np.eye(prob.shape[1])[y.astype(int)] if prob.ndim == 2 and y.ndim == 1 else y.astype(float)
     return float(np.mean((prob - truth.reshape(prob.shape)) ** 2)), False, "Brier score"
 
 
-__all__ = ["MAX_ADAPTER_SEEDS", "adapter_folds_that_fit", "bag_adapters", "choose_adapter_folds", "run_adapter_seeds",
-           "seed_folds"]
+__all__ = ["LEAD_MARGIN", "MAX_ADAPTER_SEEDS", "adapter_folds_that_fit", "bag_adapters", "choose_adapter_folds",
+           "run_adapter_seeds", "seed_folds", "seeds_first"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from lora_tasks.options import RunOptions
-from lora_tasks.steps.adapter_rounds import choose_adapter_folds, run_adapter_seeds
+from lora_tasks.steps.adapter_rounds import choose_adapter_folds, run_adapter_seeds, seeds_first
 from lora_tasks.steps.adapter_sets import (
     ADAPTERS_MEMBER,
     AdapterSet,
@@ -253,6 +253,30 @@ def submit_folds(ex: Executor, run: PipelineResult, plan: Path, tokens: TokenFil
     return [first] + [fold(k, epochs=decided.later_epochs) for k in folds[1:]]
 
 
+def more_seeds(ex: Executor, run: PipelineResult, paths: RunPaths, *, model: str | None, refresh: bool,
+               run_start: float) -> list[Any]:
+    """The main set's folds averaged with the later seeds that still fit (:mod:`~lora_tasks.steps.adapter_rounds`)."""
+    n = ex.result(ex.submit(choose_adapter_folds, plan_path=run.plan_path, main_folds=run.adapters, run_start=run_start))
+
+    def seed_fold(k: int, **again: Any) -> Any:  # each trains at most its first seed's epochs
+        return ex.submit(train_adapter, run_name=f"train-fold-{k}-seed-{again['round'] + 1}",
+                         prepared_path=run.prepared_path, plan_path=run.plan_path, tokens=run.tokens, fold=k,
+                         out_dir=paths.artifacts, model=model, refresh=refresh, run_start=run_start, **again)
+
+    return run_adapter_seeds(ex, run.adapters, n, submit_fold=seed_fold, prepared_path=run.prepared_path,
+                             plan_path=run.plan_path, out_dir=paths.artifacts)
+
+
+def more_rounds(ex: Executor, run: PipelineResult, paths: RunPaths, *, competition: Any, data_dir: Path,
+                run_start: float) -> list[Any]:
+    """The members averaged over the rounds on new fold splits that still fit (:mod:`~lora_tasks.steps.member_rounds`)."""
+    rounds = ex.result(ex.submit(choose_rounds, plan_path=run.plan_path, main_folds=run.adapters, first=run.members,
+                                 run_start=run_start))
+    return run_member_rounds(ex, run.members, rounds, competition=competition, data_dir=data_dir,
+                             prepared_path=run.prepared_path, plan_path=run.plan_path, out_dir=paths.artifacts,
+                             run_start=run_start)
+
+
 def orchestrate(options: RunOptions, ex: Executor, *, run_key: str = "local", download: bool = True) -> PipelineResult:
     """Every step of ``options``' run in order, through ``ex``. ``run_key`` names the run for the
     submit-once rule; ``download=False`` reads ``data_dir`` as is."""
@@ -293,25 +317,15 @@ def orchestrate(options: RunOptions, ex: Executor, *, run_key: str = "local", do
         run.set_results = {name: [ex.result(f) for f in futures] for name, futures in set_folds.items()}
         main_plan = Plan.load(run.plan_path)
         run.estimates = estimate_checks(main_plan, run.adapters, run.members)
-        if options.combine == "blend":  # the time the folds left goes to more seeds of them first (merge: one set)
-            seeds = ex.result(ex.submit(choose_adapter_folds, plan_path=run.plan_path, main_folds=run.adapters,
-                                        run_start=run_start))
-
-            def seed_fold(k: int, **again: Any) -> Any:  # each trains at most its first seed's epochs
-                return ex.submit(train_adapter, run_name=f"train-fold-{k}-seed-{again['round'] + 1}",
-                                 prepared_path=run.prepared_path, plan_path=run.plan_path, tokens=run.tokens, fold=k,
-                                 out_dir=paths.artifacts, model=model, refresh=options.refresh, run_start=run_start,
-                                 **again)
-
-            run.adapters = run_adapter_seeds(ex, run.adapters, seeds, submit_fold=seed_fold,
-                                             prepared_path=run.prepared_path, plan_path=run.plan_path,
-                                             out_dir=paths.artifacts)
-        # the time the adapters left (or fold 0 freed, or early stopping) goes to more rounds of the members
-        rounds = ex.result(ex.submit(choose_rounds, plan_path=run.plan_path, main_folds=run.adapters,
-                                     first=run.members, run_start=run_start))
-        run.members = run_member_rounds(ex, run.members, rounds, competition=competition, data_dir=folder,
-                                        prepared_path=run.prepared_path, plan_path=run.plan_path,
-                                        out_dir=paths.artifacts, run_start=run_start)
+        # the time the folds left (early stopping, fold 0's decision) goes to more seeds of the adapter folds
+        # (not under merge: one adapter per fold) and more rounds of the members; seeds first when they lead
+        seeds = options.combine == "blend"
+        lead = seeds and seeds_first(run.prepared_path, run.plan_path, run.adapters, run.members)
+        if lead:
+            run.adapters = more_seeds(ex, run, paths, model=model, refresh=options.refresh, run_start=run_start)
+        run.members = more_rounds(ex, run, paths, competition=competition, data_dir=folder, run_start=run_start)
+        if seeds and not lead:
+            run.adapters = more_seeds(ex, run, paths, model=model, refresh=options.refresh, run_start=run_start)
 
         run.combined = ex.result(ex.submit(
             combine, prepared_path=run.prepared_path, plan_path=run.plan_path, results=run.adapters,
