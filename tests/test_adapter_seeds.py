@@ -19,7 +19,7 @@ from lora_tasks.steps.adapter_rounds import (
     choose_adapter_folds,
     run_adapter_seeds,
     seed_folds,
-    seeds_first,
+    seeds_worth,
 )
 from lora_tasks.steps.orchestrate import PlainExecutor
 from lora_tasks.steps.train import AdapterResult, MemberResult, train_adapter
@@ -148,9 +148,10 @@ def test_a_later_seed_behind_the_limit_trains_its_minimum(demo):
     assert len(on_time.history) == 2 and not on_time.stopped_for_time
 
 
-def test_the_seeds_go_first_only_where_the_adapters_lead_the_members(demo, caplog):
+def test_the_seeds_train_only_where_the_adapters_lead_the_members(demo, caplog):
     """The tiny folds end at the majority class: their accuracy is the majority's share. Members far
-    ahead of that take the time first; members within 2% of it, or none, leave it to the seeds."""
+    ahead of that leave the seeds untrained, and the reason says by how much; members within 2% of
+    it, behind it, or none, let them train."""
     _, _, prepared, plan, _, first, _ = demo
     ours = float(np.mean(np.asarray(steps.Prepared.load(prepared).y) == 1))  # every row predicted as class 1
 
@@ -158,8 +159,9 @@ def test_the_seeds_go_first_only_where_the_adapters_lead_the_members(demo, caplo
         return MemberResult("lightgbm", Path("o"), Path("t"), score, "accuracy", seconds=1.0)
 
     with caplog.at_level("INFO", logger="lora_tasks.steps"):
-        assert not seeds_first(prepared, plan, first, [member(ours + 0.1), member(ours - 0.2)])
-    assert "behind, so the members' rounds go first" in caplog.text
-    assert seeds_first(prepared, plan, first, [member(ours * 1.01)])  # within 2%
-    assert seeds_first(prepared, plan, first, [member(ours - 0.05)])  # the adapters ahead
-    assert seeds_first(prepared, plan, first, [])
+        call = seeds_worth(prepared, plan, first, [member(ours + 0.1), member(ours - 0.2)])
+    assert not call.train and "behind: their folds were not trained again with other seeds" in call.reason
+    assert f"against the best member's (lightgbm) {ours + 0.1:.5f}" in call.reason and call.reason in caplog.text
+    assert seeds_worth(prepared, plan, first, [member(ours * 1.01)]).train  # within 2%
+    assert seeds_worth(prepared, plan, first, [member(ours - 0.05)]).train  # the adapters ahead
+    assert seeds_worth(prepared, plan, first, []).train

@@ -79,6 +79,13 @@ def test_an_early_run_names_the_parts_that_took_less_than_their_estimate(plan, t
     assert not any("members, one round took" in r for r in reasons)  # within ±15%, or slower: not why it ended early
 
 
+def test_an_early_run_names_the_decisions_after_its_folds(plan, tmp_path):
+    note = "the adapters' out-of-fold accuracy 0.80 against the best member's (lightgbm) 0.85, 5.3% behind: ..."
+    use = time_use(plan, [], _members(MAX_MEMBER_ROUNDS, tmp_path), 60.0, notes=[note])
+    assert note in use.reasons and note in use.sentence()
+    assert note not in time_use(plan, [], [], 0.9 * plan.time_limit_s, notes=[note]).reasons  # it used its limit
+
+
 def test_a_rerun_from_the_cache_says_so(plan, tmp_path):
     folds = [replace(_fold(k, 2, tmp_path), seconds=40.0) for k in range(plan.n_folds)]
     rerun = time_use(replace(plan, no_adapters=False), folds, [], 9.0, cached_steps=17)

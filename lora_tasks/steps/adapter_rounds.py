@@ -17,9 +17,9 @@ rounds are: a rerun reads back the first run's count and finds its folds cached.
 
 The average replaces the first seed only when its out-of-fold score is at least the first seed's
 (:func:`bag_adapters`); the log says both scores, and the averaged folds record their ``seeds``.
-The seeds take the time before the members' rounds only where the adapters lead the members
-(:func:`seeds_first`): on a table where they trail (their blend weight is small there), the
-members' rounds cost seconds each and go first, and the seeds take what the rounds leave.
+The seeds train only where the adapters lead the members, or nearly (:func:`seeds_worth`): on a
+table where they trail, the blend gives them little or no weight, and more seeds would only make a
+member that adds nothing take more of the run. The seeds go before the members' rounds.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -43,9 +43,8 @@ from lora_tasks.steps.train import AdapterResult, MemberResult
 
 log = logging.getLogger("lora_tasks.steps")
 
-#: The later seeds take the time before the members' rounds when the adapters' out-of-fold score is
-#: within this share of the best member's, or ahead: there the blend leans on them. Further behind,
-#: the members' rounds (seconds each) go first and the seeds take what they leave.
+#: The later seeds train only when the adapters' out-of-fold score is within this share of the best
+#: member's, or ahead: there the blend leans on them.
 LEAD_MARGIN = 0.02
 #: Seeds of each fold at most, the first included. Why 3: the variance a seed average removes
 #: falls as 1/seeds, so a fourth seed buys a third of what the second did.
@@ -93,25 +92,36 @@ def choose_adapter_folds(plan_path: str | os.PathLike, main_folds: Sequence[Adap
     return n
 
 
-def seeds_first(prepared_path: str | os.PathLike, plan_path: str | os.PathLike, adapters: Sequence[AdapterResult],
-                members: Sequence[MemberResult]) -> bool:
-    """Whether the adapters' later seeds take the time before the members' rounds: when the adapters'
-    out-of-fold score (the competition metric, every fold) is within :data:`LEAD_MARGIN` of the best
-    member's, or ahead, or there are no members. The log says which and why."""
+@dataclass(frozen=True)
+class SeedsCall:
+    """Whether the adapters' later seeds may take the time the folds left, and why (for the log and
+    the run's ``Time:`` line)."""
+
+    train: bool
+    reason: str
+
+
+def seeds_worth(prepared_path: str | os.PathLike, plan_path: str | os.PathLike, adapters: Sequence[AdapterResult],
+                members: Sequence[MemberResult]) -> SeedsCall:
+    """Whether the later seeds are worth their time: when the adapters' out-of-fold score (the
+    competition metric, every fold) is within :data:`LEAD_MARGIN` of the best member's, or ahead, or
+    there are no members. Further behind, the blend gives them little or no weight (titanic: 0.0 to
+    0.10), and more seeds of them would only make a member that adds nothing take more of the run."""
     from lora_tasks.metrics import get_metric
 
     if not members or not adapters or any(a.failed for a in adapters):
-        return True
+        return SeedsCall(True, "no members to compare with")
     prepared, plan = Prepared.load(prepared_path), Plan.load(plan_path)
     higher = get_metric(prepared.metric).greater_is_better
     ours = _covering_score(adapters, prepared, plan)
     best = (max if higher else min)(members, key=lambda m: m.oof_score)
     behind = (best.oof_score - ours if higher else ours - best.oof_score) / max(abs(best.oof_score), 1e-12)
-    first = behind <= LEAD_MARGIN
-    log.info("adapters: out-of-fold %s %.5f against the best member's (%s) %.5f: %s", prepared.metric, ours, best.name,
-             best.oof_score, "their later seeds take the time first" if first else
-             f"{behind:.1%} behind, so the members' rounds go first and the later seeds take what they leave")
-    return first
+    scores = (f"the adapters' out-of-fold {prepared.metric} {ours:.5f} against the best member's ({best.name}) "
+              f"{best.oof_score:.5f}")
+    call = (SeedsCall(True, f"{scores}: their later seeds may take the time the folds left") if behind <= LEAD_MARGIN
+            else SeedsCall(False, f"{scores}, {behind:.1%} behind: their folds were not trained again with other seeds"))
+    log.info("adapters: %s", call.reason)
+    return call
 
 
 def bag_adapters(prepared_path: str | os.PathLike, plan_path: str | os.PathLike, first: Sequence[AdapterResult],
@@ -198,4 +208,4 @@ def _oof_score(folds: Sequence[AdapterResult], prepared: Prepared, plan: Plan) -
 
 
 __all__ = ["LEAD_MARGIN", "MAX_ADAPTER_SEEDS", "adapter_folds_that_fit", "bag_adapters", "choose_adapter_folds",
-           "run_adapter_seeds", "seed_folds", "seeds_first"]
+           "run_adapter_seeds", "seed_folds", "seeds_worth", "SeedsCall"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from lora_tasks.options import RunOptions
-from lora_tasks.steps.adapter_rounds import choose_adapter_folds, run_adapter_seeds, seeds_first
+from lora_tasks.steps.adapter_rounds import choose_adapter_folds, run_adapter_seeds, seeds_worth
 from lora_tasks.steps.adapter_sets import (
     ADAPTERS_MEMBER,
     AdapterSet,
@@ -163,6 +163,8 @@ class PipelineResult:
     estimates: list[EstimateCheck] = field(default_factory=list)
     #: the share of its time limit the run used up to its blend, and why it ended early (None: no limit)
     time_use: TimeUse | None = None
+    #: decisions after the folds that left time unused (the later seeds not trained, and why)
+    notes: list[str] = field(default_factory=list)
 
 
 def run_adapter_sets(options: RunOptions, folder: Path) -> list[AdapterSet]:
@@ -317,22 +319,22 @@ def orchestrate(options: RunOptions, ex: Executor, *, run_key: str = "local", do
         run.set_results = {name: [ex.result(f) for f in futures] for name, futures in set_folds.items()}
         main_plan = Plan.load(run.plan_path)
         run.estimates = estimate_checks(main_plan, run.adapters, run.members)
-        # the time the folds left (early stopping, fold 0's decision) goes to more seeds of the adapter folds
-        # (not under merge: one adapter per fold) and more rounds of the members; seeds first when they lead
-        seeds = options.combine == "blend"
-        lead = seeds and seeds_first(run.prepared_path, run.plan_path, run.adapters, run.members)
-        if lead:
-            run.adapters = more_seeds(ex, run, paths, model=model, refresh=options.refresh, run_start=run_start)
+        # the time the folds left (early stopping, fold 0's decision) goes to more seeds of the adapter folds where
+        # they lead the members (not under merge: one adapter per fold), then to more rounds of the members
+        if options.combine == "blend" and len(run.adapters) == main_plan.n_folds:
+            seeds = seeds_worth(run.prepared_path, run.plan_path, run.adapters, run.members)
+            if seeds.train:
+                run.adapters = more_seeds(ex, run, paths, model=model, refresh=options.refresh, run_start=run_start)
+            else:
+                run.notes.append(seeds.reason)
         run.members = more_rounds(ex, run, paths, competition=competition, data_dir=folder, run_start=run_start)
-        if seeds and not lead:
-            run.adapters = more_seeds(ex, run, paths, model=model, refresh=options.refresh, run_start=run_start)
 
         run.combined = ex.result(ex.submit(
             combine, prepared_path=run.prepared_path, plan_path=run.plan_path, results=run.adapters,
             out_dir=paths.artifacts, method=options.combine, tokens=run.tokens, model=model, members=run.members,
             blend_method=options.blend_method, adapter_sets=run.set_results))
         run.time_use = time_use(main_plan, run.adapters, run.members, time.time() - run_start, run.estimates,
-                                cached_steps=ex.cached_steps())
+                                cached_steps=ex.cached_steps(), notes=run.notes)
         if run.time_use is not None:
             log.info("time: %s", run.time_use.sentence())
         ex.report("combine", run)

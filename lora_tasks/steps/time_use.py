@@ -43,10 +43,12 @@ class TimeUse:
 
 
 def time_use(plan: Plan, adapters: Sequence[AdapterResult], members: Sequence[MemberResult], used_s: float,
-             estimates: Sequence[EstimateCheck] = (), *, cached_steps: int = 0) -> TimeUse | None:
+             estimates: Sequence[EstimateCheck] = (), *, cached_steps: int = 0,
+             notes: Sequence[str] = ()) -> TimeUse | None:
     """What ``used_s`` seconds were of ``plan``'s limit (None: the run had none), with the reasons a run
     ending before :data:`EARLY_SHARE` of it has, from its main adapter folds, its (bagged) members, the
-    plan's ``estimates`` against what the run measured and the executor's count of ``cached_steps``."""
+    plan's ``estimates`` against what the run measured, the executor's count of ``cached_steps`` and the
+    run's ``notes`` (decisions after the folds, e.g. the later seeds not trained)."""
     if plan.time_limit_s is None or plan.time_limit_s <= 0:
         return None
     limit = float(plan.time_limit_s)
@@ -77,6 +79,7 @@ def time_use(plan: Plan, adapters: Sequence[AdapterResult], members: Sequence[Me
     if 0 < trained < planned:
         reasons.append(f"early stopping ended the adapter folds after {trained} of their {planned} planned epochs")
     reasons += [f"{c.part} took {c.ratio:.2f}x of the plan's estimate" for c in estimates if c.ratio < 1 and not c.within]
+    reasons += list(notes)
     rounds = max((m.rounds for m in members), default=0)
     if rounds >= MAX_MEMBER_ROUNDS:
         reasons.append(f"the members ran {rounds} rounds on new fold splits, the most a run takes (more rounds "
