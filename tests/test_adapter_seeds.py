@@ -22,7 +22,7 @@ from lora_tasks.steps.adapter_rounds import (
     seeds_worth,
 )
 from lora_tasks.steps.orchestrate import PlainExecutor
-from lora_tasks.steps.train import AdapterResult, MemberResult, train_adapter
+from lora_tasks.steps.train import AdapterResult, train_adapter
 from lora_tasks.testing.demo import build_demo_competition
 
 
@@ -148,20 +148,22 @@ def test_a_later_seed_behind_the_limit_trains_its_minimum(demo):
     assert len(on_time.history) == 2 and not on_time.stopped_for_time
 
 
-def test_the_seeds_train_only_where_the_adapters_lead_the_members(demo, caplog):
-    """The tiny folds end at the majority class: their accuracy is the majority's share. Members far
-    ahead of that leave the seeds untrained, and the reason says by how much; members within 2% of
-    it, behind it, or none, let them train."""
-    _, _, prepared, plan, _, first, _ = demo
-    ours = float(np.mean(np.asarray(steps.Prepared.load(prepared).y) == 1))  # every row predicted as class 1
-
-    def member(score: float) -> MemberResult:
-        return MemberResult("lightgbm", Path("o"), Path("t"), score, "accuracy", seconds=1.0)
-
+def test_the_seeds_train_only_where_the_adapters_add_to_the_members_blend(demo, caplog):
+    """The tiny folds end at the majority class: they add nothing to the members' blend, so their
+    seeds are not trained, and the reason gives the nested scores. Folds that predict every label
+    add, and so do any folds when there are no members to blend with."""
+    data, out, prepared, plan, _, first, _ = demo
+    members = steps.train_members("demo", data, prepared, plan, out)
     with caplog.at_level("INFO", logger="lora_tasks.steps"):
-        call = seeds_worth(prepared, plan, first, [member(ours + 0.1), member(ours - 0.2)])
-    assert not call.train and "behind: their folds were not trained again with other seeds" in call.reason
-    assert f"against the best member's (lightgbm) {ours + 0.1:.5f}" in call.reason and call.reason in caplog.text
-    assert seeds_worth(prepared, plan, first, [member(ours * 1.01)]).train  # within 2%
-    assert seeds_worth(prepared, plan, first, [member(ours - 0.05)]).train  # the adapters ahead
+        call = seeds_worth(prepared, plan, first, members)
+    assert not call.train and "add nothing to the members' blend (nested accuracy of the blend on all" in call.reason
+    assert "their folds were not trained again with other seeds" in call.reason and call.reason in caplog.text
+    y = np.asarray(steps.Prepared.load(prepared).y, dtype=np.float32)
+    knowing = []
+    for a in first:
+        held = ~np.isnan(np.load(a.oof_path)).reshape(len(y), -1).any(axis=1)
+        oof = np.where(held, y, np.nan).astype(np.float32)
+        knowing.append(replace(a, oof_path=steps.save_array(oof, out, f"oof-knowing-{a.fold}")))
+    added = seeds_worth(prepared, plan, knowing, members)
+    assert added.train and "the adapters add to the members' blend" in added.reason
     assert seeds_worth(prepared, plan, first, []).train

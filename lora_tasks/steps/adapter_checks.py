@@ -12,7 +12,7 @@ where they lead.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -49,33 +49,44 @@ class AdapterGain:
 
 def adapters_gain(prepared: Prepared, plan: Plan, valid_idx: np.ndarray, valid_pred: np.ndarray,
                   member_oofs: Sequence[tuple[str, np.ndarray]]) -> AdapterGain:
-    """Blend the members with and without the adapters on ``valid_idx`` (Caruana selection, nested
-    over :data:`GAIN_FOLDS` sub-folds of those rows) and keep the adapters only if they add at
-    least :data:`MIN_GAIN`."""
+    """The first fold's check: :func:`blend_gain` on its held-out rows ``valid_idx``; the later folds
+    train only if the adapters add at least :data:`MIN_GAIN`. A table with free text keeps them."""
+    if plan.has_text:
+        return AdapterGain(True, None, None, None, blend_metric(prepared, plan),
+                           "adapters keep the time: the table has free text")
+    found = blend_gain(prepared, plan, valid_idx, valid_pred, member_oofs, f"fold 0's {len(valid_idx)} held-out rows")
+    if found.gain is None:
+        return replace(found, reason="adapters kept: no nested score to compare")
+    reason = (f"adapters add: {found.reason}; the later folds train" if found.keep_adapters else
+              f"adapters stop: {found.reason}; the later folds are not trained and the members blend alone")
+    return replace(found, reason=reason)
+
+
+def blend_gain(prepared: Prepared, plan: Plan, rows: np.ndarray, pred: np.ndarray,
+               member_oofs: Sequence[tuple[str, np.ndarray]], where: str) -> AdapterGain:
+    """Blend the members with and without the adapters' predictions ``pred`` on ``rows`` (Caruana
+    selection, nested over :data:`GAIN_FOLDS` sub-folds of those rows): ``keep_adapters`` when they
+    add at least :data:`MIN_GAIN`; the reason gives both nested scores (``where``: which rows)."""
     from lora_tasks.ensemble.blend import blend  # scikit-learn loads slowly
     from lora_tasks.metrics import get_metric
     from lora_tasks.training.cv import make_folds
 
     metric = blend_metric(prepared, plan)
-    if plan.has_text:
-        return AdapterGain(True, None, None, None, metric, "adapters keep the time: the table has free text")
-    y = training_labels(prepared, plan)[valid_idx]
-    members = {name: oof[valid_idx] for name, oof in member_oofs}
+    y = training_labels(prepared, plan)[rows]
+    members = {name: oof[rows] for name, oof in member_oofs}
     sub = make_folds(y, prepared.head_type, min(GAIN_FOLDS, max(2, len(y) // 10)), plan.seed)
     tune = tunes_label_cut(prepared, plan)
     without = blend("caruana", members, None, y, metric, sub, seed=plan.seed, tune_threshold=tune).report
-    both = blend("caruana", {**members, "lora": ravel_pred(valid_pred)}, None, y, metric, sub, seed=plan.seed,
+    both = blend("caruana", {**members, "lora": ravel_pred(pred)}, None, y, metric, sub, seed=plan.seed,
                  tune_threshold=tune).report
     if without.blend_cv_score is None or both.blend_cv_score is None:
-        return AdapterGain(True, None, None, None, metric, "adapters kept: no nested score to compare")
+        return AdapterGain(True, None, None, None, metric, "no nested score to compare")
     sign = 1.0 if get_metric(metric).greater_is_better else -1.0
     gain = sign * (both.blend_cv_score - without.blend_cv_score)
-    keep = gain >= MIN_GAIN
-    scores = (f"nested {metric} of the blend on fold 0's {len(y)} held-out rows: {both.blend_cv_score:.5f} with "
-              f"the adapters, {without.blend_cv_score:.5f} without (gain {gain:+.5f})")
-    reason = (f"adapters add: {scores}; the later folds train" if keep else
-              f"adapters stop: {scores}; the later folds are not trained and the members blend alone")
-    return AdapterGain(keep, float(gain), float(both.blend_cv_score), float(without.blend_cv_score), metric, reason)
+    scores = (f"nested {metric} of the blend on {where}: {both.blend_cv_score:.5f} with the adapters, "
+              f"{without.blend_cv_score:.5f} without (gain {gain:+.5f})")
+    return AdapterGain(gain >= MIN_GAIN, float(gain), float(both.blend_cv_score), float(without.blend_cv_score),
+                       metric, scores)
 
 
 def ravel_pred(pred: np.ndarray) -> np.ndarray:
@@ -108,4 +119,4 @@ def retry_learning_rate(learning_rate: float, history: Sequence[dict]) -> tuple[
     return learning_rate * RETRY_LR_UP, "it learned too slowly to leave that class: a higher learning rate"
 
 
-__all__ = ["AdapterGain", "adapters_gain", "collapsed", "retry_learning_rate"]
+__all__ = ["AdapterGain", "adapters_gain", "blend_gain", "collapsed", "retry_learning_rate"]

@@ -17,9 +17,10 @@ rounds are: a rerun reads back the first run's count and finds its folds cached.
 
 The average replaces the first seed only when its out-of-fold score is at least the first seed's
 (:func:`bag_adapters`); the log says both scores, and the averaged folds record their ``seeds``.
-The seeds train only where the adapters lead the members, or nearly (:func:`seeds_worth`): on a
-table where they trail, the blend gives them little or no weight, and more seeds would only make a
-member that adds nothing take more of the run. The seeds go before the members' rounds.
+The seeds train only where the adapters add to the members' blend, nested over every out-of-fold
+row (:func:`seeds_worth`): where they add nothing, the blend gives them no weight, and more seeds
+would only make a member that adds nothing take more of the run. The seeds go before the members'
+rounds.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lora_tasks.budget import format_duration
+from lora_tasks.steps.adapter_checks import blend_gain
 from lora_tasks.steps.member_costs import ROUNDS_SHARE
 from lora_tasks.steps.plan import Plan
 from lora_tasks.steps.prepare import Prepared
@@ -43,9 +45,6 @@ from lora_tasks.steps.train import AdapterResult, MemberResult
 
 log = logging.getLogger("lora_tasks.steps")
 
-#: The later seeds train only when the adapters' out-of-fold score is within this share of the best
-#: member's, or ahead: there the blend leans on them.
-LEAD_MARGIN = 0.02
 #: Seeds of each fold at most, the first included. Why 3: the variance a seed average removes
 #: falls as 1/seeds, so a fourth seed buys a third of what the second did.
 MAX_ADAPTER_SEEDS = 3
@@ -103,23 +102,23 @@ class SeedsCall:
 
 def seeds_worth(prepared_path: str | os.PathLike, plan_path: str | os.PathLike, adapters: Sequence[AdapterResult],
                 members: Sequence[MemberResult]) -> SeedsCall:
-    """Whether the later seeds are worth their time: when the adapters' out-of-fold score (the
-    competition metric, every fold) is within :data:`LEAD_MARGIN` of the best member's, or ahead, or
-    there are no members. Further behind, the blend gives them little or no weight (titanic: 0.0 to
-    0.10), and more seeds of them would only make a member that adds nothing take more of the run."""
-    from lora_tasks.metrics import get_metric
-
+    """Whether the later seeds are worth their time: when the adapters add to the members' blend,
+    nested over every out-of-fold row (:func:`~lora_tasks.steps.adapter_checks.blend_gain`, the check
+    fold 0 makes on a table without text), or there are no members. Where they add nothing, the blend
+    gives them no weight, and more seeds would only make a member that adds nothing take more of the
+    run. An adapter member behind the best member can still add (on a text regression its errors
+    differ from the TF-IDF model's), which is why the blend decides, not the two scores."""
     if not members or not adapters or any(a.failed for a in adapters):
-        return SeedsCall(True, "no members to compare with")
+        return SeedsCall(True, "no members to blend with")
     prepared, plan = Prepared.load(prepared_path), Plan.load(plan_path)
-    higher = get_metric(prepared.metric).greater_is_better
-    ours = _covering_score(adapters, prepared, plan)
-    best = (max if higher else min)(members, key=lambda m: m.oof_score)
-    behind = (best.oof_score - ours if higher else ours - best.oof_score) / max(abs(best.oof_score), 1e-12)
-    scores = (f"the adapters' out-of-fold {prepared.metric} {ours:.5f} against the best member's ({best.name}) "
-              f"{best.oof_score:.5f}")
-    call = (SeedsCall(True, f"{scores}: their later seeds may take the time the folds left") if behind <= LEAD_MARGIN
-            else SeedsCall(False, f"{scores}, {behind:.1%} behind: their folds were not trained again with other seeds"))
+    oof = _covering(adapters)
+    rows = np.flatnonzero(~np.isnan(oof).reshape(len(oof), -1).any(axis=1))
+    found = blend_gain(prepared, plan, rows, oof[rows], [(m.name, np.load(m.oof_path)) for m in members],
+                       f"all {len(rows)} out-of-fold rows")
+    call = (SeedsCall(True, f"the adapters add to the members' blend ({found.reason}): their later seeds may take "
+                            "the time the folds left") if found.keep_adapters or found.gain is None else
+            SeedsCall(False, f"the adapters add nothing to the members' blend ({found.reason}): their folds were not "
+                             "trained again with other seeds"))
     log.info("adapters: %s", call.reason)
     return call
 
@@ -207,5 +206,5 @@ def _oof_score(folds: Sequence[AdapterResult], prepared: Prepared, plan: Plan) -
     return float(np.mean((prob - truth.reshape(prob.shape)) ** 2)), False, "Brier score"
 
 
-__all__ = ["LEAD_MARGIN", "MAX_ADAPTER_SEEDS", "adapter_folds_that_fit", "bag_adapters", "choose_adapter_folds",
+__all__ = ["MAX_ADAPTER_SEEDS", "adapter_folds_that_fit", "bag_adapters", "choose_adapter_folds",
            "run_adapter_seeds", "seed_folds", "seeds_worth", "SeedsCall"]
