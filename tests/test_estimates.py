@@ -62,6 +62,11 @@ def test_the_members_round_is_kept_for_the_next_plan_of_the_table(plan, tmp_path
     kept = load_timings("table")
     assert kept is not None and kept.round == {"linear": 2.5, "catboost": 8.0}
     assert kept.samples == {"linear": (1.0, 2.0), "catboost": (3.0, 5.0)}  # the samples stay beside it
+    # the next run moves each kept round halfway (in ratio) to its own: one slow run does not set the price alone
+    estimate_checks(replace(plan, members_s=10.0, members_timing_key="table"), [],
+                    [_member("linear", 10.0), _member("catboost", 8.0)])
+    again = load_timings("table")
+    assert again is not None and again.round == {"linear": pytest.approx(5.0), "catboost": pytest.approx(8.0)}
     # without timings under the key (a read-only cache, or none kept) nothing is claimed
     none = estimate_checks(replace(plan, members_s=10.0, members_timing_key="absent"), [], [_member("linear", 2.0)])
     assert "next plan" not in none[0].detail and not (cache_dir() / "absent.json").exists()

@@ -5,8 +5,9 @@ Why keep the whole-table seconds: gradient boosting with early stopping does not
 the way a line through two samples says (a sample keeps a different number of rounds than the
 table; CatBoost's seconds hardly grow with rows at these sizes). A run fits every member on the
 whole table anyway, so what it measured is the exact price for the next plan of the same table,
-which then times nothing (:func:`remember_round`). Each run writes its own round again, so one
-taken while other work shared the cores is replaced by the next.
+which then times nothing (:func:`remember_round`). Each run moves the kept seconds halfway (in
+ratio) to its own, so one run slowed by other work on the cores does not set the next price alone,
+and the next runs take it back.
 """
 
 from __future__ import annotations
@@ -108,8 +109,9 @@ def keep_timings(key: str, timings: CachedTimings) -> bool:
 
 def remember_round(key: str, seconds: dict[str, float]) -> bool:
     """Keep each member's ``seconds`` on the whole table beside the samples timed under ``key``, for
-    the next plan of the table; False when there is nothing to add to (no key, no timings kept, a
-    number that is not finite)."""
+    the next plan of the table: halfway, in ratio, from the seconds kept before (the geometric mean),
+    or as they are for a member with none. False when there is nothing to add to (no key, no timings
+    kept, a number that is not finite)."""
     if not key or not seconds:
         return False
     found = load_timings(key)
@@ -120,7 +122,8 @@ def remember_round(key: str, seconds: dict[str, float]) -> bool:
     except (TypeError, ValueError):
         log.warning("members' round not cached: its seconds %s are not all finite", seconds)
         return False
-    return keep_timings(key, dataclasses.replace(found, round={**found.round, **whole}))
+    moved = {name: math.sqrt(found.round[name] * s) if found.round.get(name) else s for name, s in whole.items()}
+    return keep_timings(key, dataclasses.replace(found, round={**found.round, **moved}))
 
 
 __all__ = ["CachedTimings", "TIMING_VERSION", "builds", "cache_dir", "keep_timings", "load_timings",
