@@ -36,6 +36,7 @@ import numpy as np
 
 from lora_tasks.budget import format_duration
 from lora_tasks.steps.adapter_checks import blend_gain
+from lora_tasks.steps.combine import fold_ensemble
 from lora_tasks.steps.member_costs import ROUNDS_SHARE
 from lora_tasks.steps.plan import Plan
 from lora_tasks.steps.prepare import Prepared
@@ -111,10 +112,9 @@ def seeds_worth(prepared_path: str | os.PathLike, plan_path: str | os.PathLike, 
     if not members or not adapters or any(a.failed for a in adapters):
         return SeedsCall(True, "no members to blend with")
     prepared, plan = Prepared.load(prepared_path), Plan.load(plan_path)
-    oof = _covering(adapters)
-    rows = np.flatnonzero(~np.isnan(oof).reshape(len(oof), -1).any(axis=1))
-    found = blend_gain(prepared, plan, rows, oof[rows], [(m.name, np.load(m.oof_path)) for m in members],
-                       f"all {len(rows)} out-of-fold rows")
+    oof, _ = fold_ensemble(adapters)
+    found = blend_gain(prepared, plan, np.arange(len(oof)), oof, [(m.name, np.load(m.oof_path)) for m in members],
+                       f"all {len(oof)} out-of-fold rows")
     call = (SeedsCall(True, f"the adapters add to the members' blend ({found.reason}): their later seeds may take "
                             "the time the folds left") if found.keep_adapters or found.gain is None else
             SeedsCall(False, f"the adapters add nothing to the members' blend ({found.reason}): their folds were not "
@@ -158,7 +158,8 @@ def bag_adapters(prepared_path: str | os.PathLike, plan_path: str | os.PathLike,
 def run_adapter_seeds(ex: Any, first: list[AdapterResult], n: int, *, submit_fold: Any, prepared_path: Path,
                       plan_path: Path, out_dir: Path) -> list[AdapterResult]:
     """The first ``n`` of :func:`seed_folds` through ``submit_fold(fold, round=, epochs=)`` (a future
-    of :func:`~lora_tasks.steps.train.train_adapter`), one after another, then :func:`bag_adapters`."""
+    of :func:`~lora_tasks.steps.train.train_adapter`; the executor may run them in any order, the count
+    is fixed), then :func:`bag_adapters`."""
     if n <= 0:
         return first
     futures = [submit_fold(fold.fold, round=r, epochs=max(1, len(fold.history))) for r, fold in seed_folds(first)[:n]]
@@ -167,27 +168,16 @@ def run_adapter_seeds(ex: Any, first: list[AdapterResult], n: int, *, submit_fol
                                later=later, out_dir=out_dir))
 
 
-def _covering(folds: Sequence[AdapterResult]) -> np.ndarray:
-    """Every row's prediction by the fold that held it out (NaN where none did)."""
-    oof = None
-    for a in folds:
-        part = np.load(a.oof_path)
-        oof = part if oof is None else np.where(np.isnan(part), oof, part)
-    return oof
-
-
-def _covering_score(folds: Sequence[AdapterResult], prepared: Prepared, plan: Plan) -> float:
-    """The competition metric of the folds' out-of-fold predictions on the rows they cover."""
+def _metric_score(folds: Sequence[AdapterResult], prepared: Prepared, plan: Plan) -> float:
+    """The competition metric of every fold's out-of-fold predictions."""
     from lora_tasks.metrics import get_metric
 
-    oof = _covering(folds)
-    rows = ~np.isnan(oof).reshape(len(oof), -1).any(axis=1)
-    return float(get_metric(prepared.metric)(np.asarray(prepared.y)[rows], to_metric_scale(oof[rows], prepared, plan)))
+    oof, _ = fold_ensemble(folds)
+    return float(get_metric(prepared.metric)(np.asarray(prepared.y), to_metric_scale(oof, prepared, plan)))
 
 
 def _oof_score(folds: Sequence[AdapterResult], prepared: Prepared, plan: Plan) -> tuple[float, bool, str]:
-    """The folds' out-of-fold predictions scored on the rows they cover, whether higher is better,
-    and the score's name.
+    """Every fold's out-of-fold predictions scored, whether higher is better, and the score's name.
 
     The competition metric where it reads the predictions as they are (values, probabilities);
     where it reads labels (accuracy, F1), the Brier score of the probabilities instead: a few
@@ -197,11 +187,10 @@ def _oof_score(folds: Sequence[AdapterResult], prepared: Prepared, plan: Plan) -
 
     metric = get_metric(prepared.metric)
     if prepared.task.is_regression or metric.needs != "labels":
-        return _covering_score(folds, prepared, plan), bool(metric.greater_is_better), prepared.metric
-    oof = _covering(folds)
-    rows = ~np.isnan(oof).reshape(len(oof), -1).any(axis=1)
-    y = np.asarray(prepared.y)[rows]
-    prob = np.asarray(oof[rows], dtype=float)
+        return _metric_score(folds, prepared, plan), bool(metric.greater_is_better), prepared.metric
+    oof, _ = fold_ensemble(folds)
+    y = np.asarray(prepared.y)
+    prob = np.asarray(oof, dtype=float)
     truth = np.eye(prob.shape[1])[y.astype(int)] if prob.ndim == 2 and y.ndim == 1 else y.astype(float)
     return float(np.mean((prob - truth.reshape(prob.shape)) ** 2)), False, "Brier score"
 

@@ -320,7 +320,7 @@ def orchestrate(options: RunOptions, ex: Executor, *, run_key: str = "local", do
         main_plan = Plan.load(run.plan_path)
         run.estimates = estimate_checks(main_plan, run.adapters, run.members)
         # the time the folds left (early stopping, fold 0's decision) goes to more seeds of the adapter folds where
-        # they lead the members (not under merge: one adapter per fold), then to more rounds of the members
+        # they add to the members' blend (not under merge: one adapter per fold), then to more rounds of the members
         if options.combine == "blend" and len(run.adapters) == main_plan.n_folds:
             seeds = seeds_worth(run.prepared_path, run.plan_path, run.adapters, run.members)
             if seeds.train:
