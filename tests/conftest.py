@@ -11,6 +11,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # the cost probe's points go to a cache of this session, never the user's (a test that wants a
 # fresh probe points KAGGLE_LORA_PROBE_CACHE at its own tmp_path)
 os.environ["KAGGLE_LORA_PROBE_CACHE"] = tempfile.mkdtemp(prefix="kaggle-lora-probe-")
+# the members' timings too: a test run must neither read the user's nor leave its own in them
+os.environ["KAGGLE_LORA_MEMBER_COSTS"] = tempfile.mkdtemp(prefix="kaggle-lora-member-costs-")
 
 import pytest
 

@@ -4,6 +4,7 @@ run-time epoch budget and the members decision."""
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -348,6 +349,23 @@ def test_the_probe_cache_lives_in_the_users_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("KAGGLE_LORA_PROBE_CACHE", str(tmp_path / "elsewhere"))
     assert probe_cache_dir() == tmp_path / "elsewhere"
     assert "flags:" in machine_id() and f"x{__import__('os').cpu_count()}" in machine_id()
+
+
+def test_the_member_timings_live_in_the_users_cache_dir_unless_overridden(monkeypatch, tmp_path):
+    from lora_tasks.steps.member_timings import cache_dir
+
+    monkeypatch.delenv("KAGGLE_LORA_MEMBER_COSTS", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache_dir() == tmp_path / "kaggle-lora" / "member-costs"
+    monkeypatch.setenv("KAGGLE_LORA_MEMBER_COSTS", str(tmp_path / "elsewhere"))
+    assert cache_dir() == tmp_path / "elsewhere"
+
+
+def test_a_test_session_keeps_the_member_timings_out_of_the_users_cache():
+    from lora_tasks.steps.member_timings import cache_dir
+
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    assert not cache_dir().is_relative_to(home), "conftest.py points KAGGLE_LORA_MEMBER_COSTS at a session dir"
 
 
 def test_step_costs_measured_with_other_native_kernels_are_not_reused():

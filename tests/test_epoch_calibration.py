@@ -21,7 +21,7 @@ from lora_tasks.testing.demo import build_demo_competition
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     """A private cache dir holding the member timings of one table, ``table``."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("KAGGLE_LORA_MEMBER_COSTS", str(tmp_path / "member-costs"))
     assert keep_timings("table", CachedTimings({"linear": (1.0, 2.0)}, {"linear": 2.5}))
     return cache_dir()
 
@@ -62,7 +62,7 @@ def test_calibrated_scales_the_train_steps_not_the_forward():
 
 
 def test_the_next_plan_of_the_table_prices_its_epochs_with_the_kept_factor(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("KAGGLE_LORA_MEMBER_COSTS", str(tmp_path / "member-costs"))
     data = build_demo_competition(tmp_path / "served")
     options = dict(tiny=True, budget=True, time_limit="1h", max_train_rows=200,
                    overrides={"n_folds": 2, "epochs": 2, "max_seq_len": 64})

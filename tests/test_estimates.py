@@ -53,7 +53,7 @@ def test_a_run_without_a_budget_has_nothing_to_compare(plan):
 def test_the_members_round_is_kept_for_the_next_plan_of_the_table(plan, tmp_path, monkeypatch):
     from lora_tasks.steps.member_timings import cache_dir, load_timings
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("KAGGLE_LORA_MEMBER_COSTS", str(tmp_path / "member-costs"))
     cache_dir().mkdir(parents=True)
     (cache_dir() / "table.json").write_text('{"timings": {"linear": [1.0, 2.0], "catboost": [3.0, 5.0]}}')
     checks = estimate_checks(replace(plan, members_s=10.0, members_timing_key="table"), [],

@@ -84,13 +84,25 @@ def test_measure_members_times_each_member_and_leaves_out_the_costly(shared_data
     assert any("left out: over 25%" in r for r in tight.reasons)
 
 
+def test_a_table_no_larger_than_a_sample_is_timed_once_whole(shared_datasets):
+    """At most :data:`MIN_SAMPLE_ROWS` rows: the larger sample is the table, so the members are fit
+    on it once (no half-table fit beside it) and that fit's seconds are the estimate."""
+    config = competition_spec("titanic", shared_datasets / "titanic")
+    train = config.read_train().iloc[:150]
+    small = measure_members(config, train, 3, limit_s=3600)
+    assert small.sample_rows == (150, 150) and small.rows == 150
+    assert small.how == "timed on all 150 rows"
+    assert all(c.sample_s[0] == c.sample_s[1] == c.estimate_s > 0 for c in small.costs)
+    assert all("on all 150 rows" in r and " and " not in r.split("(")[1] for r in small.reasons)
+
+
 def test_members_are_timed_with_the_features_step_columns(shared_datasets, tmp_path, monkeypatch):
     """The members' cost includes the generated features (and their in-fold target encodings):
     the plan's features are built on each timing sample, and timings measured without them are
     not reused for a plan with them."""
     from lora_tasks.steps.plan import member_features
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("KAGGLE_LORA_MEMBER_COSTS", str(tmp_path / "member-costs"))
     config = competition_spec("titanic", shared_datasets / "titanic")
     train = config.read_train().iloc[:400]
     features = member_features(config, train)
@@ -99,7 +111,7 @@ def test_members_are_timed_with_the_features_step_columns(shared_datasets, tmp_p
     built = measure_members(config, train, 3, limit_s=3600, features=features)
     assert [c.name for c in built.costs] == [c.name for c in plain.costs]
     assert all(c.estimate_s > 0 for c in built.costs)
-    assert len(list((tmp_path / "kaggle-lora" / "member-costs").glob("*.json"))) == 2
+    assert len(list((tmp_path / "member-costs").glob("*.json"))) == 2
 
 
 def test_a_run_s_seconds_on_the_whole_table_price_the_next_plan(shared_datasets, tmp_path, monkeypatch):
@@ -108,7 +120,7 @@ def test_a_run_s_seconds_on_the_whole_table_price_the_next_plan(shared_datasets,
     is not used."""
     from lora_tasks.steps.member_timings import cache_dir, remember_round
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("KAGGLE_LORA_MEMBER_COSTS", str(tmp_path / "member-costs"))
     config = competition_spec("titanic", shared_datasets / "titanic")
     train = config.read_train().iloc[:400]
     first = measure_members(config, train, 3, limit_s=3600)

@@ -1,5 +1,5 @@
 """The members' cost, measured before the plan is priced: each member fit on two samples of the
-table, its seconds extrapolated to the whole table.
+table, its seconds extrapolated to the whole table (a table no larger than a sample is fit once, whole).
 
 Why measured: the members range from a linear model (a second) to CatBoost (minutes on a wide
 table with many categoricals), and what a member costs depends on the table's columns as much as
@@ -110,7 +110,7 @@ class MeasuredMembers:
         whole = sum(c.whole_table for c in self.costs if c.kept)
         if whole and whole == len(self.kept):
             return f"measured on all {self.rows} rows by an earlier run"
-        timed = f"timed on {n1} and {n2} of {self.rows} rows"
+        timed = f"timed on all {self.rows} rows" if n1 == n2 == self.rows else f"timed on {n1} and {n2} of {self.rows} rows"
         return f"{whole} measured on all {self.rows} rows by an earlier run, the others {timed}" if whole else timed
 
     @property
@@ -119,8 +119,9 @@ class MeasuredMembers:
         cap = MEMBER_SHARE * self.limit_s
         lines = []
         for c in self.costs:
-            timed = f"{format_duration(c.sample_s[0])} and {format_duration(c.sample_s[1])} on {self.sample_rows[0]} " \
-                    f"and {self.sample_rows[1]} rows"
+            n1, n2 = self.sample_rows
+            timed = (f"{format_duration(c.sample_s[1])} on all {n2} rows" if n1 == n2 == self.rows else
+                     f"{format_duration(c.sample_s[0])} and {format_duration(c.sample_s[1])} on {n1} and {n2} rows")
             if c.whole_table:
                 timed = f"what an earlier run of this table measured; {timed}"
             verdict = ("kept" if c.kept else f"left out: over {MEMBER_SHARE:.0%} of the "
@@ -172,7 +173,9 @@ def measure_members(config: CompetitionConfig, train: pd.DataFrame, n_folds: int
     frame, y = sample_labels(train, config)
     rows = len(frame)
     n2 = int(min(rows, max(MIN_SAMPLE_ROWS, min(SAMPLE_ROWS, rows // 4))))
-    n1 = max(n2 // 2, min(n2, 2 * n_folds))
+    # a table no larger than the sample is timed once, whole: its estimate is that fit's seconds, and a
+    # half-table fit beside it would cost time and tell the estimate nothing
+    n1 = n2 if n2 >= rows else max(n2 // 2, min(n2, 2 * n_folds))
     key = timing_key(frame, config, n_folds, seed, class_weight, features)
     timings = load_timings(key)
     if timings is None:
@@ -196,7 +199,7 @@ def _time_samples(config: CompetitionConfig, frame: pd.DataFrame, y: np.ndarray,
     task = Task.parse(config.task_type)
     text_columns = tuple(config.row_template(frame).text_columns)
     timings: dict[str, list[float]] = {}
-    for n in sizes:
+    for n in dict.fromkeys(sizes):  # one fit when both sizes are the whole table
         idx = np.sort(np.random.default_rng(seed).choice(rows, size=n, replace=False))
         sub, ys = frame.iloc[idx].reset_index(drop=True), y[idx]
         if task is Task.BINARY and len(np.unique(ys)) < 2:
@@ -210,7 +213,7 @@ def _time_samples(config: CompetitionConfig, frame: pd.DataFrame, y: np.ndarray,
                                 generated=generated)
         for m in members:
             timings.setdefault(m.name, []).append(m.seconds + built_s / max(len(members), 1))
-    return {name: (t[0], t[1]) for name, t in timings.items()}
+    return {name: (t[0], t[-1]) for name, t in timings.items()}
 
 
 def _decide(timings: CachedTimings, sizes: tuple[int, int], rows: int, limit_s: float) -> MeasuredMembers:

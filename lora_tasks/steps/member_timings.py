@@ -31,6 +31,7 @@ from lora_tasks.features.records import FeaturePlan
 log = logging.getLogger("lora_tasks.steps.plan")
 
 TIMING_VERSION = 3  # bump when the members or their timing change in a way the versions do not show
+MEMBER_COSTS_ENV = "KAGGLE_LORA_MEMBER_COSTS"
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,13 @@ class CachedTimings:
 
 
 def cache_dir() -> Path:
-    """Where this machine keeps the members' timings: ``$XDG_CACHE_HOME/kaggle-lora/member-costs``."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kaggle-lora" / "member-costs"
+    """Where this machine keeps the members' timings: ``$KAGGLE_LORA_MEMBER_COSTS``, else
+    ``$XDG_CACHE_HOME/kaggle-lora/member-costs`` (``~/.cache`` by default). The override keeps a
+    test session's timings out of the user's, as ``$KAGGLE_LORA_PROBE_CACHE`` does the probe's."""
+    override = os.environ.get(MEMBER_COSTS_ENV)
+    if override:
+        return Path(override)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kaggle-lora" / "member-costs"
 
 
 def timing_key(frame: pd.DataFrame, config: CompetitionConfig, n_folds: int, seed: int,
