@@ -19,6 +19,7 @@ from lora_tasks.steps.member_rounds import (
     rounds_that_fit,
     rounds_to_run,
     run_member_rounds,
+    take_round,
 )
 from lora_tasks.steps.orchestrate import PlainExecutor
 from lora_tasks.steps.targets import fold_assignment
@@ -109,6 +110,31 @@ def test_a_rerun_takes_the_first_runs_count_from_the_cache(demo, harness, tmp_pa
     assert decide(time.time() - 0.85 * limit) == 0  # the first run was late: no rounds
     assert decide(time.time()) == 0, "a rerun reads back the first run's count"
     assert decide(time.time(), refresh=True) == MAX_MEMBER_ROUNDS - 1  # --refresh decides again
+
+
+def test_a_rerun_makes_the_first_runs_call_on_each_round(demo, harness, tmp_path):
+    """A round the first run left out for time stays out when the rerun's clock says it fits
+    (its earlier rounds came from the cache in seconds): the rerun ends with the first run's blend."""
+    from prefect import flow
+
+    from lora_tasks.prefect import tasks
+
+    data, _, _, _, first = demo
+    path = steps.plan_training("demo", data, tmp_path, max_train_rows=200, no_adapters=True, budget=True,
+                               time_limit="10m")
+    limit = steps.Plan.load(path).time_limit_s
+
+    @flow
+    def decide(run_start: float, round: int = 3, refresh: bool = False) -> bool:
+        return tasks.configure(tmp_path / "work", refresh=refresh)[take_round](
+            plan_path=path, first=first, round=round, run_start=run_start)
+
+    assert not take_round(path, first, 3, run_start=time.time() - 0.85 * limit)
+    assert take_round(path, first, 3, run_start=time.time())
+    assert decide(time.time() - 0.85 * limit) is False  # the first run was late: round 4 left out
+    assert decide(time.time()) is False, "a rerun reads back the first run's call"
+    assert decide(time.time(), round=2) is True, "another round is its own call"
+    assert decide(time.time(), refresh=True) is True  # --refresh decides again
 
 
 def test_each_round_has_its_own_split_and_the_bag_is_their_mean(demo):

@@ -49,7 +49,7 @@ from lora_tasks.progress import ProgressEvent, Tee, progress_for_output
 from lora_tasks.steps.adapter_rounds import bag_adapters, choose_adapter_folds
 from lora_tasks.steps.combine import combine
 from lora_tasks.steps.download import download_data
-from lora_tasks.steps.member_rounds import bag_members, choose_rounds
+from lora_tasks.steps.member_rounds import bag_members, choose_rounds, take_round
 from lora_tasks.steps.orchestrate import NETWORK_RETRIES, NETWORK_STEPS, RETRY_JITTER
 from lora_tasks.steps.plan import plan_training
 from lora_tasks.steps.prepare import prepare_data
@@ -264,7 +264,7 @@ class StepTask:
 #: Every step the run executes -> its task. The Kaggle endpoint keys nothing (the data is the same
 #: competition wherever it comes from; its content keys the later steps); ``refresh``, ``run_start``
 #: and ``progress`` do not change a fold's result. The members' rounds are chosen by the clock, and
-#: cached without it: a rerun takes the first run's count. The network steps are not cached: each flow run
+#: cached without it (their count, then each round's last check): a rerun takes the first run's rounds. The network steps are not cached: each flow run
 #: is a deliberate submission, and retries reuse its run id (flow run id + file hash), so a lost
 #: answer never becomes a second submission.
 STEP_TASKS: dict[Callable[..., Any], StepTask] = {
@@ -279,6 +279,7 @@ STEP_TASKS: dict[Callable[..., Any], StepTask] = {
     choose_adapter_folds: StepTask("choose-adapter-seeds", exclude=("run_start",)),
     bag_adapters: StepTask("bag-adapters", by_value=("out_dir",)),
     choose_rounds: StepTask("choose-member-rounds", exclude=("run_start",)),
+    take_round: StepTask("take-member-round", exclude=("run_start",)),
     bag_members: StepTask("bag-members", by_value=("out_dir",)),
     combine: StepTask("combine", by_value=("out_dir",)),
     write_submission: StepTask("write-submission", by_value=("out_dir",)),

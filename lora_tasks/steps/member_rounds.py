@@ -87,6 +87,20 @@ def round_fits(run_start: float, now: float, round_s: float, plan: Plan) -> bool
     return rounds_that_fit(float(plan.time_limit_s), now - run_start, round_s) >= 1
 
 
+def take_round(plan_path: str | os.PathLike, first: Sequence[MemberResult], round: int, run_start: float) -> bool:
+    """Whether round ``round`` (1: the first extra one) still fits by the clock (:func:`round_fits`,
+    priced at the first round's seconds). A step of the run, cached without ``run_start`` as
+    :func:`choose_rounds` is: a rerun whose rounds come from the cache makes the first run's call
+    again, instead of training a round the first run left out for time and ending with another blend."""
+    plan = Plan.load(plan_path)
+    round_s = sum(m.seconds for m in first)
+    if round_fits(run_start, time.time(), round_s, plan):
+        return True
+    log.info("members: round %d left out: one more (~%.0f s) would not end inside %.0f%% of the limit", round + 1,
+             round_s, 100 * ROUNDS_SHARE)
+    return False
+
+
 def bag_members(prepared_path: str | os.PathLike, plan_path: str | os.PathLike,
                 rounds: Sequence[Sequence[MemberResult]], out_dir: str | os.PathLike) -> list[MemberResult]:
     """Each member's predictions averaged over ``rounds`` (the first round first), scored again;
@@ -119,16 +133,13 @@ def run_member_rounds(ex: Any, first: list[MemberResult], rounds: int, *, compet
                       prepared_path: Path, plan_path: Path, out_dir: Path, run_start: float) -> list[MemberResult]:
     """Up to ``rounds`` more rounds of :func:`~lora_tasks.steps.train.train_members` (on
     ``competition``'s files in ``data_dir``) through the executor ``ex``, each only while it still
-    fits the limit (:func:`round_fits`), then :func:`bag_members` of all of them."""
+    fits the limit (:func:`take_round`), then :func:`bag_members` of all of them."""
     if rounds <= 0 or not first:
         return first
-    plan = Plan.load(plan_path)
-    round_s = sum(m.seconds for m in first)
     done = [first]
     for r in range(1, rounds + 1):
-        if not round_fits(run_start, time.time(), round_s, plan):
-            log.info("members: round %d of %d left out: one more (~%.0f s) would not end inside %.0f%% of the "
-                     "limit", r + 1, rounds + 1, round_s, 100 * ROUNDS_SHARE)
+        if not ex.result(ex.submit(take_round, run_name=f"take-member-round-{r}", plan_path=plan_path, first=first,
+                                   round=r, run_start=run_start)):
             break
         log.info("members: round %d of %d, on a new fold split", r + 1, rounds + 1)
         done.append(ex.result(ex.submit(train_members, run_name=f"train-members-round-{r}", competition=competition,
@@ -138,4 +149,5 @@ def run_member_rounds(ex: Any, first: list[MemberResult], rounds: int, *, compet
                                out_dir=out_dir))
 
 
-__all__ = ["bag_members", "choose_rounds", "round_fits", "rounds_that_fit", "rounds_to_run", "run_member_rounds"]
+__all__ = ["bag_members", "choose_rounds", "round_fits", "rounds_that_fit", "rounds_to_run", "run_member_rounds",
+           "take_round"]
