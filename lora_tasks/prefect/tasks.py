@@ -264,9 +264,9 @@ class StepTask:
 #: Every step the run executes -> its task. The Kaggle endpoint keys nothing (the data is the same
 #: competition wherever it comes from; its content keys the later steps); ``refresh``, ``run_start``
 #: and ``progress`` do not change a fold's result. The members' rounds are chosen by the clock, and
-#: cached without it (their count, then each round's last check): a rerun takes the first run's rounds. The network steps are not cached: each flow run
-#: is a deliberate submission, and retries reuse its run id (flow run id + file hash), so a lost
-#: answer never becomes a second submission.
+#: cached without it (their count, then each round's last check): a rerun takes the first run's
+#: rounds. The network steps are not cached: each flow run is a deliberate submission, and retries
+#: reuse its run id (flow run id + file hash), so a lost answer never becomes a second submission.
 STEP_TASKS: dict[Callable[..., Any], StepTask] = {
     download_data: StepTask("download", by_value=("data_dir",), exclude=("endpoint", "timeout"),
                             cache_expiration=DOWNLOAD_CACHE_TTL),
