@@ -340,25 +340,26 @@ def test_cached_points_are_interpolated_between_and_scaled_per_row():
     assert costs_from_points([StepCosts(60, 32, 6, 1.0, ((2, 0.4),), 0.01)], 100) is None, "1.67x up: measure"
 
 
-def test_the_probe_cache_lives_in_the_users_cache_dir(monkeypatch, tmp_path):
-    from lora_tasks.budget.cache import machine_id, probe_cache_dir
+@pytest.mark.parametrize(("where", "env", "name"), [
+    ("lora_tasks.budget.cache:probe_cache_dir", "KAGGLE_LORA_PROBE_CACHE", "cost-probe"),
+    ("lora_tasks.steps.member_timings:cache_dir", "KAGGLE_LORA_MEMBER_COSTS", "member-costs"),
+])
+def test_measurements_live_in_the_users_cache_dir_unless_overridden(monkeypatch, tmp_path, where, env, name):
+    import importlib
 
-    monkeypatch.delenv("KAGGLE_LORA_PROBE_CACHE", raising=False)
+    module, function = where.split(":")
+    folder = getattr(importlib.import_module(module), function)
+    monkeypatch.delenv(env, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert probe_cache_dir() == tmp_path / "kaggle-lora" / "cost-probe"
-    monkeypatch.setenv("KAGGLE_LORA_PROBE_CACHE", str(tmp_path / "elsewhere"))
-    assert probe_cache_dir() == tmp_path / "elsewhere"
-    assert "flags:" in machine_id() and f"x{__import__('os').cpu_count()}" in machine_id()
+    assert folder() == tmp_path / "kaggle-lora" / name
+    monkeypatch.setenv(env, str(tmp_path / "elsewhere"))
+    assert folder() == tmp_path / "elsewhere"
 
 
-def test_the_member_timings_live_in_the_users_cache_dir_unless_overridden(monkeypatch, tmp_path):
-    from lora_tasks.steps.member_timings import cache_dir
+def test_the_probe_cache_is_keyed_by_the_machine():
+    from lora_tasks.budget.cache import machine_id
 
-    monkeypatch.delenv("KAGGLE_LORA_MEMBER_COSTS", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert cache_dir() == tmp_path / "kaggle-lora" / "member-costs"
-    monkeypatch.setenv("KAGGLE_LORA_MEMBER_COSTS", str(tmp_path / "elsewhere"))
-    assert cache_dir() == tmp_path / "elsewhere"
+    assert "flags:" in machine_id() and f"x{os.cpu_count()}" in machine_id()
 
 
 def test_a_test_session_keeps_the_member_timings_out_of_the_users_cache():

@@ -32,12 +32,19 @@ CACHE_VERSION = 5  # bump when the probe measures differently (5: its steps keep
 PROBE_CACHE_ENV = "KAGGLE_LORA_PROBE_CACHE"
 
 
-def probe_cache_dir() -> Path:
-    """``$KAGGLE_LORA_PROBE_CACHE``, else ``$XDG_CACHE_HOME/kaggle-lora/cost-probe`` (``~/.cache`` by default)."""
-    override = os.environ.get(PROBE_CACHE_ENV)
+def user_cache_dir(name: str, override_env: str) -> Path:
+    """A folder of what this machine measured: ``$<override_env>``, else
+    ``$XDG_CACHE_HOME/kaggle-lora/<name>`` (``~/.cache`` by default). The override lets a test
+    session keep its measurements out of the user's."""
+    override = os.environ.get(override_env)
     if override:
         return Path(override)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kaggle-lora" / "cost-probe"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kaggle-lora" / name
+
+
+def probe_cache_dir() -> Path:
+    """``$KAGGLE_LORA_PROBE_CACHE``, else ``$XDG_CACHE_HOME/kaggle-lora/cost-probe`` (``~/.cache`` by default)."""
+    return user_cache_dir("cost-probe", PROBE_CACHE_ENV)
 
 
 def _cpuinfo_field(name: str) -> str | None:

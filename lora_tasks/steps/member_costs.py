@@ -105,22 +105,27 @@ class MeasuredMembers:
         return float(sum(c.estimate_s for c in self.costs if c.kept))
 
     @property
+    def timed_whole(self) -> bool:
+        """Whether the table was no larger than a sample, so the members were timed once, on all of it."""
+        return self.sample_rows == (self.rows, self.rows)
+
+    @property
     def how(self) -> str:
         n1, n2 = self.sample_rows
         whole = sum(c.whole_table for c in self.costs if c.kept)
         if whole and whole == len(self.kept):
             return f"measured on all {self.rows} rows by an earlier run"
-        timed = f"timed on all {self.rows} rows" if n1 == n2 == self.rows else f"timed on {n1} and {n2} of {self.rows} rows"
+        timed = f"timed on all {self.rows} rows" if self.timed_whole else f"timed on {n1} and {n2} of {self.rows} rows"
         return f"{whole} measured on all {self.rows} rows by an earlier run, the others {timed}" if whole else timed
 
     @property
     def reasons(self) -> list[str]:
         """One line per member for the plan's reasons (``--plan`` and the plan artifact)."""
         cap = MEMBER_SHARE * self.limit_s
+        n1, n2 = self.sample_rows
         lines = []
         for c in self.costs:
-            n1, n2 = self.sample_rows
-            timed = (f"{format_duration(c.sample_s[1])} on all {n2} rows" if n1 == n2 == self.rows else
+            timed = (f"{format_duration(c.sample_s[1])} on all {n2} rows" if self.timed_whole else
                      f"{format_duration(c.sample_s[0])} and {format_duration(c.sample_s[1])} on {n1} and {n2} rows")
             if c.whole_table:
                 timed = f"what an earlier run of this table measured; {timed}"

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lora_tasks.budget.cache import user_cache_dir
 from lora_tasks.data.competition import CompetitionConfig
 from lora_tasks.features.records import FeaturePlan
 
@@ -50,10 +51,7 @@ def cache_dir() -> Path:
     """Where this machine keeps the members' timings: ``$KAGGLE_LORA_MEMBER_COSTS``, else
     ``$XDG_CACHE_HOME/kaggle-lora/member-costs`` (``~/.cache`` by default). The override keeps a
     test session's timings out of the user's, as ``$KAGGLE_LORA_PROBE_CACHE`` does the probe's."""
-    override = os.environ.get(MEMBER_COSTS_ENV)
-    if override:
-        return Path(override)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kaggle-lora" / "member-costs"
+    return user_cache_dir("member-costs", MEMBER_COSTS_ENV)
 
 
 def timing_key(frame: pd.DataFrame, config: CompetitionConfig, n_folds: int, seed: int,
