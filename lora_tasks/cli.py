@@ -260,7 +260,11 @@ def run_main(argv: list[str] | None = None, prog: str = "kaggle-lora run") -> in
         prepare_prefect_database,
         warn_if_shared,
     )
-    from lora_tasks.prefect.runners import make_task_runner, stop_temporary_api_servers
+    from lora_tasks.prefect.runners import (
+        make_task_runner,
+        pin_temporary_api_server_port,
+        stop_temporary_api_servers,
+    )
     from lora_tasks.steps.download import needs_offline_server
 
     # a stop signal ends the run in seconds with one line saying where; nothing started here outlives it
@@ -271,6 +275,7 @@ def run_main(argv: list[str] | None = None, prog: str = "kaggle-lora run") -> in
         print(f"kaggle-lora failed: {problem}", file=sys.stderr)
         return 1
     prepare_prefect_database()  # once, under a lock: two runs' servers never both migrate a new database
+    pin_temporary_api_server_port()  # two runs started together never pick one port
 
     print(lora_tasks.blas_info().summary(), flush=True)  # which BLAS serves MLX's GEMMs in this run
     print(native_info().summary(), flush=True)  # native CPU kernels or MLX's ops

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,8 @@ def test_two_cli_runs_at_once_in_one_work_dir_through_prefect(tmp_path):
     for text in texts:  # a hook or artifact failure is logged, not raised; a torn record is re-run, not failed
         assert "| ERROR" not in text, text[-4000:]
         assert "Not reusing the cached result" not in text, "a record the other run wrote was unreadable"
+    servers = [re.findall(r"Starting temporary server on (\S+)", text) for text in texts]
+    assert all(len(s) == 1 for s in servers) and servers[0] != servers[1], servers  # each run its own
     summaries = [json.loads(out.read_text()) for out in outs]
     assert summaries[0]["submission_path"] == summaries[1]["submission_path"], "one content, one file"
     # fold 1 trains only where fold 0 keeps the adapters: both runs decide the same
@@ -116,3 +119,33 @@ def test_two_cli_runs_at_once_in_one_work_dir_through_prefect(tmp_path):
     assert not leftovers, f"temp files left behind: {leftovers[:5]}"
     manifests = list((work / "results" / "manifests").glob("*")) if (work / "results" / "manifests").is_dir() else []
     assert manifests, "the cached tasks recorded their outputs"
+
+
+def test_a_run_pins_its_temporary_server_to_a_port_the_os_handed_out():
+    """The CI failure of 2026-12-07: both runs of the test above picked port 8270 (Prefect picks at
+    random from 8000-8999), the second server failed to bind and logged an ERROR, and its run used
+    the first run's server. A run's temporary server now gets a port no socket holds."""
+    import socket
+
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from lora_tasks.prefect.runners import pin_temporary_api_server_port
+
+    saved = SubprocessASGIServer._instances.pop(None, None)  # a test harness's server: restored below
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
+            assert pin_temporary_api_server_port() is None  # a server of the user's: no temporary one
+        assert not PREFECT_API_URL.value()
+        with temporary_settings(restore_defaults={PREFECT_API_URL}):
+            port = pin_temporary_api_server_port()
+            assert port is not None and SubprocessASGIServer().port == port
+            assert not SubprocessASGIServer().running  # pinned only: the flow's first client starts it
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind(("127.0.0.1", port))  # free now: the pinning socket is closed
+            assert pin_temporary_api_server_port() is None  # a port once: the pinned one stays
+            assert SubprocessASGIServer().port == port
+    finally:
+        SubprocessASGIServer._instances.pop(None, None)
+        if saved is not None:
+            SubprocessASGIServer._instances[None] = saved

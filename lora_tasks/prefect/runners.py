@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 from typing import Any
 
@@ -34,6 +35,28 @@ def share_cores(n_workers: int) -> dict[str, str]:
     for var in BLAS_THREAD_VARS:
         os.environ.setdefault(var, threads)
     return {var: os.environ[var] for var in BLAS_THREAD_VARS}
+
+
+def pin_temporary_api_server_port() -> int | None:
+    """Give this process's temporary Prefect API server a port the OS handed out (``None``: a
+    ``PREFECT_API_URL`` is set, or the server has its port already).
+
+    Why: Prefect picks the port at random from 8000-8999 and checks it before its server binds.
+    Two runs started together can pick the same one; the second server then fails to bind, logs
+    an ERROR, and its run talks to the first run's server, which goes away when that run ends.
+    A port the OS hands out (bind to port 0) is one no other socket holds, as Prefect's own test
+    harness does; the server of every Prefect client in this process is the one pinned here."""
+    if PREFECT_API_URL.value():
+        return None
+    from prefect.server.api.server import SubprocessASGIServer  # loads slowly: ephemeral mode only
+
+    server = SubprocessASGIServer()  # the instance every client of this process starts
+    if server.running or server.port is not None:
+        return None
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        server.port = int(sock.getsockname()[1])
+    return server.port
 
 
 def stop_temporary_api_servers() -> None:
