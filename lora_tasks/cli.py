@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 import lora_tasks
 from lora_tasks import lifecycle
+from lora_tasks.heap import heap_info
 from lora_tasks.options import RunOptions
 
 log = logging.getLogger("lora_tasks")
@@ -279,6 +280,7 @@ def run_main(argv: list[str] | None = None, prog: str = "kaggle-lora run") -> in
 
     print(lora_tasks.blas_info().summary(), flush=True)  # which BLAS serves MLX's GEMMs in this run
     print(native_info().summary(), flush=True)  # native CPU kernels or MLX's ops
+    print(heap_info().summary(), flush=True)  # whether freed memory stays mapped between batches
     runner = args.runner or ("dask" if args.dask_address else "thread")
     flow_fn = kaggle_lora.with_options(task_runner=make_task_runner(
         runner, address=args.dask_address, offline_demo=needs_offline_server(options.competition,
@@ -356,6 +358,7 @@ def _kernels(args: argparse.Namespace) -> int:
     from lora_tasks.training.precision import compute_dtype_choice
 
     print(native_info().summary())
+    print(heap_info().summary())
     print(compute_dtype_choice("auto").summary())
     return 0
 
