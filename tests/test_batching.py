@@ -84,3 +84,21 @@ def test_padding_report_on_real_tweets(tweets):
     assert r.bucketed_efficiency > 0.9  # bucketed batches are nearly all real tokens
     capped = padding_report(lengths, 32, max_len=16)
     assert capped.real_tokens == int(np.minimum(lengths, 16).sum())
+
+
+def test_forward_batches_cap_rows_and_tokens():
+    """Prediction and the frozen prefix: every row once, longest first, at most max_rows rows and
+    max_tokens tokens at the batch's longest row (one row even when that row alone is over)."""
+    from lora_tasks.data.batching import FORWARD_TOKENS, forward_batches
+
+    lengths = np.array([512] * 40 + [256] * 70 + [40] * 130 + [900])
+    batches = forward_batches(lengths, max_rows=64)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    longest = [int(lengths[b].max()) for b in batches]
+    assert longest == sorted(longest, reverse=True)
+    assert all(len(b) * w <= FORWARD_TOKENS for b, w in zip(batches, longest, strict=True))
+    assert [len(b) for b in batches[:2]] == [FORWARD_TOKENS // 900, FORWARD_TOKENS // 512]  # 18, then 32
+    assert max(len(b) for b in batches) == 64  # short rows fill the row cap
+    assert forward_batches(np.array([5000]), max_rows=64, max_tokens=1000)[0].tolist() == [0]
+    with pytest.raises(ValueError, match="max_rows=0"):
+        forward_batches(lengths, max_rows=0)

@@ -24,6 +24,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
+from lora_tasks.data.batching import forward_batches
 from lora_tasks.diskspace import writing
 from lora_tasks.training.train import Dataset
 
@@ -80,18 +81,17 @@ def prefix_key(model: nn.Module, data: Dataset, start: int) -> str:
 def compute_prefix(model: nn.Module, data: Dataset, start: int, batch_size: int = 64) -> np.ndarray:
     """Hidden states entering layer ``start`` for every row: float32 (rows, width, hidden), eval mode.
 
-    Rows run longest first in batches cut to their longest row (padding is most of a
+    Rows run longest first in batches cut to their longest row, of at most ``batch_size`` rows and
+    :data:`~lora_tasks.data.batching.FORWARD_TOKENS` tokens (padding is most of a
     short-text dataset's width: tweets average ~30 of 80 tokens), so the layers compute little
     padding; positions past a batch's longest row stay zero (masked out wherever states are used)."""
     was_training = model.training
     model.eval()
     n, width = data.input_ids.shape
     lengths = data.lengths
-    order = np.argsort(-lengths, kind="stable")
     states: np.ndarray | None = None
     try:
-        for i in range(0, n, batch_size):
-            idx = np.sort(order[i:i + batch_size])
+        for idx in forward_batches(lengths, batch_size):
             w = max(int(lengths[idx].max()), 1)
             h = model.hidden_before(start, mx.array(data.input_ids[idx, :w]), mx.array(data.attention_mask[idx, :w]),
                                     mx.array(data.token_type_ids[idx, :w]))

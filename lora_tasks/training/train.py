@@ -27,7 +27,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from lora_tasks.data.batching import bucket_indices
+from lora_tasks.data.batching import bucket_indices, forward_batches
 from lora_tasks.lora.adapter import base_identity
 from lora_tasks.models.heads import predictions
 from lora_tasks.progress import ProgressCallback, ProgressEvent
@@ -101,7 +101,7 @@ def predict(model: nn.Module, data: Dataset, batch_size: int = 64, pad_to_multip
     was_training = model.training
     model.eval()
     out: list[np.ndarray] = []
-    batches = bucket_indices(data.lengths, batch_size, shuffle=False)
+    batches = forward_batches(data.lengths, batch_size)  # wide rows: fewer rows a batch (FORWARD_TOKENS)
     try:
         for idx in batches:
             ids, mask, types = _trim(data, idx, pad_to_multiple)
