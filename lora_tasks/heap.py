@@ -15,7 +15,7 @@ block stays mapped and glibc's free lists serve the next batch's sizes from it.
 
 The cost: the process keeps its peak heap mapped until it exits, as MLX's buffer cache already
 keeps a train step's peak (:mod:`lora_tasks.training.step_memory`). A run reaches that peak
-anyway, every step. Set ``KAGGLE_LORA_HEAP=default``, or any of glibc's own ``MALLOC_*``
+anyway, every step. Set ``KAGGLE_LORA_HEAP=default`` (``keep``, the default, applies them), or any of glibc's own ``MALLOC_*``
 variables or ``GLIBC_TUNABLES``, to keep glibc's defaults (your settings win). Other C libraries
 (musl) and macOS are left alone: on Metal, MLX's buffers are not malloc's.
 """
@@ -73,12 +73,14 @@ def keep_freed_memory() -> HeapInfo:
     global _INFO
     if _INFO is not None:
         return _INFO
-    given = [v for v in (ENV_VAR, *GLIBC_VARS) if os.environ.get(v)]
-    if os.environ.get(ENV_VAR, "").lower() not in ("", "keep"):
-        _INFO = HeapInfo(False, f"{ENV_VAR}={os.environ[ENV_VAR]}")
+    choice = os.environ.get(ENV_VAR, "keep").strip().lower() or "keep"
+    if choice != "keep":
+        why = "" if choice == "default" else " (neither keep nor default: glibc's defaults, the safe side)"
+        _INFO = HeapInfo(False, f"{ENV_VAR}={os.environ[ENV_VAR]}{why}")
         return _INFO
-    if any(v != ENV_VAR for v in given):
-        _INFO = HeapInfo(False, f"{', '.join(v for v in given if v != ENV_VAR)} set: glibc's settings as given")
+    theirs = [v for v in GLIBC_VARS if os.environ.get(v)]
+    if theirs:
+        _INFO = HeapInfo(False, f"{', '.join(theirs)} set: glibc's settings as given")
         return _INFO
     libc = _libc()
     if libc is None:

@@ -58,6 +58,7 @@ def test_buffers_of_new_sizes_reuse_the_freed_pages():
 
 @pytest.mark.parametrize(("env", "reason"), [
     ({heap.ENV_VAR: "default"}, "KAGGLE_LORA_HEAP=default"),
+    ({heap.ENV_VAR: "defualt"}, "neither keep nor default: glibc's defaults"),
     ({"MALLOC_ARENA_MAX": "4"}, "MALLOC_ARENA_MAX set: glibc's settings as given"),
     ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"}, "GLIBC_TUNABLES set"),
 ])
@@ -75,6 +76,7 @@ def test_the_users_settings_win(monkeypatch, env, reason):
 def test_this_process_keeps_freed_memory_unless_told_not_to():
     """The test session itself imported lora_tasks with the settings applied (or opted out)."""
     info = heap.heap_info()
-    opted_out = any(os.environ.get(v) for v in (heap.ENV_VAR, *heap.GLIBC_VARS))
+    opted_out = (os.environ.get(heap.ENV_VAR, "keep").strip().lower() not in ("", "keep")
+                 or any(os.environ.get(v) for v in heap.GLIBC_VARS))
     assert info.kept is not opted_out, info
     assert heap.keep_freed_memory() is info  # once per process
