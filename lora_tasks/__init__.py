@@ -1,6 +1,7 @@
 """kaggle-lora: MLX LoRA/QLoRA adapter ensembles on BERT-family encoders for Kaggle competitions.
 
-Importing this package first sets up the fastest BLAS for MLX (see :mod:`lora_tasks.backend`);
+Importing this package first sets up the fastest BLAS for MLX (see :mod:`lora_tasks.backend`) and,
+on glibc, a heap that keeps freed memory mapped (:mod:`lora_tasks.heap`);
 it must therefore be imported before ``mlx.core``. The public API is loaded lazily so that
 ``import lora_tasks`` stays cheap for code that only needs the Kaggle or data layers.
 """
@@ -12,7 +13,9 @@ from typing import Any
 
 from .backend import blas_info
 from .backend import configure as _configure_backend
+from .heap import keep_freed_memory as _keep_freed_memory
 
+_keep_freed_memory()  # glibc on Linux only, before MLX or any thread allocates: see lora_tasks.heap
 _configure_backend()
 
 __version__ = "0.1.0"

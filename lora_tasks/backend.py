@@ -38,8 +38,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lora_tasks.heap import keep_freed_memory
-
 log = logging.getLogger("lora_tasks")
 
 ENV_VAR = "KAGGLE_LORA_BLAS"
@@ -259,7 +257,6 @@ def configure() -> BlasInfo:
     if not is_cpu_backend():
         _INFO = BlasInfo("metal/accelerate", None, "MLX uses Metal and Accelerate on this machine")
         return _INFO
-    keep_freed_memory()  # before MLX or any thread allocates: see lora_tasks.heap
     if "mlx.core" in sys.modules:
         _INFO = BlasInfo(
             "bundled-reference",

@@ -136,8 +136,8 @@ def test_a_run_pins_its_temporary_server_to_a_port_the_os_handed_out():
     try:
         with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
             assert pin_temporary_api_server_port() is None  # a server of the user's: no temporary one
-        assert not PREFECT_API_URL.value()
         with temporary_settings(restore_defaults={PREFECT_API_URL}):
+            assert not PREFECT_API_URL.value()
             port = pin_temporary_api_server_port()
             assert port is not None and SubprocessASGIServer().port == port
             assert not SubprocessASGIServer().running  # pinned only: the flow's first client starts it

@@ -72,11 +72,3 @@ def test_the_users_settings_win(monkeypatch, env, reason):
     assert not info.kept and reason in info.reason
     assert "glibc defaults" in info.summary()
 
-
-def test_this_process_keeps_freed_memory_unless_told_not_to():
-    """The test session itself imported lora_tasks with the settings applied (or opted out)."""
-    info = heap.heap_info()
-    opted_out = (os.environ.get(heap.ENV_VAR, "keep").strip().lower() not in ("", "keep")
-                 or any(os.environ.get(v) for v in heap.GLIBC_VARS))
-    assert info.kept is not opted_out, info
-    assert heap.keep_freed_memory() is info  # once per process

@@ -54,8 +54,8 @@ FORBIDDEN: dict[str, tuple[tuple[str, ...], str]] = {
 #: Layer of every package and root module, bottom (0) to top; a module imports only its own
 #: package and lower layers. (docs/architecture.md has the same table, one line per package.)
 LAYERS: dict[str, int] = {
-    **dict.fromkeys(("lora_tasks", "lora_tasks.task", "lora_tasks.hashing", "lora_tasks.backend", "lora_tasks.diskspace",
-                     "lora_tasks.progress", "lora_tasks.lifecycle", "lora_tasks.torch_bin", "lora_tasks.plots"), 0),
+    **dict.fromkeys(("lora_tasks", "lora_tasks.task", "lora_tasks.hashing", "lora_tasks.backend", "lora_tasks.heap",
+                     "lora_tasks.diskspace", "lora_tasks.progress", "lora_tasks.lifecycle", "lora_tasks.torch_bin", "lora_tasks.plots"), 0),
     **dict.fromkeys(("lora_tasks.hub", "lora_tasks.metrics", "lora_tasks.native", "lora_tasks.features"), 1),
     **dict.fromkeys(("lora_tasks.lora", "lora_tasks.ensemble", "lora_tasks.testing"), 2),
     "lora_tasks.data": 3,
