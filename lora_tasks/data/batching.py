@@ -46,8 +46,9 @@ def bucket_indices(
 
     ``shuffle=True`` (training): seeded shuffle, sort by length within chunks of
     ``chunk_batches * batch_size`` rows, batches in seeded random order.
-    ``shuffle=False`` (prediction): one global sort by length (least padding; callers put
-    predictions back in place with the indices).
+    ``shuffle=False``: one global sort by length, in batches of ``batch_size`` rows (least padding;
+    callers put outputs back in place with the indices). Prediction and the frozen prefix use
+    :func:`forward_batches`, which also caps a batch's tokens.
     """
     lengths = np.asarray(lengths)
     if batch_size < 1:
