@@ -40,6 +40,7 @@ log = logging.getLogger("lora_tasks.lifecycle")
 _stop = threading.Event()
 _stop_signal: list[int] = []
 _steps: list[str] = []
+_finished: list[str] = []  # the step that ended last, for a stop that lands between two steps
 _steps_lock = threading.Lock()
 _watchdog: list[int] = []
 DEFAULT_GRACE_S = 20.0
@@ -65,9 +66,12 @@ def request_stop(signum: int = signal.SIGTERM) -> None:
 
 
 def reset_stop() -> None:
-    """Clear the stop flag (tests, and a new run in a long-lived worker process)."""
+    """Clear the stop flag and the last finished step (tests, and a new run in a long-lived worker
+    process)."""
     _stop.clear()
     _stop_signal.clear()
+    with _steps_lock:
+        _finished.clear()
 
 
 def current_steps() -> list[str]:
@@ -86,6 +90,7 @@ def running_step(name: str) -> Iterator[None]:
         with _steps_lock:
             if name in _steps:
                 _steps.remove(name)
+            _finished[:] = [name]
 
 
 class StopCheck:
@@ -110,8 +115,13 @@ class StopCheck:
 
 
 def stop_message(signum: int) -> str:
+    """The line a stop signal prints: the steps running, else the gap after the last one that ended
+    (a signal is handled only when the main thread next runs Python, which can be just after a
+    short step finished), else start-up."""
     name = signal.Signals(signum).name
-    where = ", ".join(current_steps()) or "start-up"
+    with _steps_lock:
+        running, finished = list(_steps), list(_finished)
+    where = ", ".join(running) or (f"the gap after {finished[0]}" if finished else "start-up")
     return (f"Stopping on {name} during {where}: checkpoints and cached results are kept; "
             "run the same command again to resume.")
 

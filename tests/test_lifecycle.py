@@ -55,10 +55,15 @@ def test_stop_check_raises_only_after_a_stop_request():
     assert not lifecycle.stop_requested()
 
 
-def test_running_step_names_every_step_in_progress():
+def test_running_step_names_every_step_in_progress_then_the_last_that_ended():
+    lifecycle.reset_stop()
+    assert "during start-up" in lifecycle.stop_message(signal.SIGTERM)
     with lifecycle.running_step("train fold 1"), lifecycle.running_step("train fold 2"):
-        assert "train fold 1, train fold 2" in lifecycle.stop_message(signal.SIGTERM)
-    assert "start-up" in lifecycle.stop_message(signal.SIGTERM)
+        assert "during train fold 1, train fold 2:" in lifecycle.stop_message(signal.SIGTERM)
+    # fold 2's context closed first: fold 1 ended last
+    assert "during the gap after train fold 1:" in lifecycle.stop_message(signal.SIGTERM)
+    lifecycle.reset_stop()
+    assert "during start-up" in lifecycle.stop_message(signal.SIGTERM)
 
 
 def test_sigterm_ends_a_stuck_process_within_grace_and_kills_its_children(tmp_path):
