@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from lora_tasks.ensemble.blend import blend
-from lora_tasks.steps.member_costs import MEMBER_SHARE, extrapolate, measure_members
+from lora_tasks.steps.member_costs import MEMBER_SHARE, WHOLE_TABLE_ROWS, extrapolate, measure_members
 from lora_tasks.steps.spec import competition_spec
 
 
@@ -68,7 +68,7 @@ def test_extrapolate_fits_a_fixed_part_and_a_part_per_row():
 def test_measure_members_times_each_member_and_leaves_out_the_costly(shared_datasets):
     config = competition_spec("titanic", shared_datasets / "titanic")
     train = config.read_train().iloc[:400]
-    roomy = measure_members(config, train, 3, limit_s=3600)
+    roomy = measure_members(config, train, 3, limit_s=3600, whole_rows=200)
     names = [c.name for c in roomy.costs]
     assert {"lightgbm", "catboost", "hist_gbm", "linear"} <= set(names)
     assert roomy.kept == names and roomy.sample_rows == (100, 200) and roomy.rows == 400
@@ -78,22 +78,42 @@ def test_measure_members_times_each_member_and_leaves_out_the_costly(shared_data
     costs = sorted(c.estimate_s for c in roomy.costs)
     # a limit whose quarter holds only the cheapest members leaves the others out, with the reason
     limit = (costs[0] + costs[-1]) / 2 / MEMBER_SHARE
-    tight = measure_members(config, train, 3, limit_s=limit)
+    tight = measure_members(config, train, 3, limit_s=limit, whole_rows=200)
     assert tight.kept and len(tight.kept) < len(names)
     assert all(c.estimate_s <= MEMBER_SHARE * limit for c in tight.costs if c.kept) or len(tight.kept) == 1
     assert any("left out: over 25%" in r for r in tight.reasons)
 
 
-def test_a_table_no_larger_than_a_sample_is_timed_once_whole(shared_datasets):
-    """At most :data:`MIN_SAMPLE_ROWS` rows: the larger sample is the table, so the members are fit
-    on it once (no half-table fit beside it) and that fit's seconds are the estimate."""
+def test_a_table_no_larger_than_whole_rows_is_timed_once_whole(shared_datasets):
+    """At most ``whole_rows`` rows (:data:`WHOLE_TABLE_ROWS` by default): the members are fit on the
+    whole table once (no sample fit beside it) and that fit's seconds are the estimate."""
+    assert WHOLE_TABLE_ROWS >= len(competition_spec("titanic", shared_datasets / "titanic").read_train())
     config = competition_spec("titanic", shared_datasets / "titanic")
-    train = config.read_train().iloc[:150]
+    train = config.read_train().iloc[:300]
     small = measure_members(config, train, 3, limit_s=3600)
-    assert small.sample_rows == (150, 150) and small.rows == 150
-    assert small.how == "timed on all 150 rows"
+    assert small.sample_rows == (300, 300) and small.rows == 300
+    assert small.how == "timed on all 300 rows"
     assert all(c.sample_s[0] == c.sample_s[1] == c.estimate_s > 0 for c in small.costs)
-    assert all("on all 150 rows" in r and " and " not in r.split("(")[1] for r in small.reasons)
+    assert all("on all 300 rows" in r and " and " not in r.split("(")[1] for r in small.reasons)
+
+
+def test_a_sample_fits_the_boosters_with_the_whole_table_s_settings(shared_datasets):
+    """A timing sample of a larger table learns at the larger table's rate: ``size_scale`` picks the
+    boosters' size-dependent settings (:func:`boosting_defaults`) for the table the sample stands for,
+    so early stopping keeps about as many rounds as it will on the table."""
+    from lora_tasks.ensemble.gbm import SMALL_ROWS, boosting_defaults, catboost_member, lightgbm_member
+    from lora_tasks.training.cv import make_folds
+
+    assert boosting_defaults(SMALL_ROWS).learning_rate < boosting_defaults(SMALL_ROWS + 1).learning_rate
+    frame = competition_spec("titanic", shared_datasets / "titanic").read_train()
+    X, y = frame[["Pclass", "Age", "Fare", "SibSp", "Parch", "Sex"]], frame["Survived"].to_numpy()
+    folds = make_folds(y, "classification", 3, 0)
+    for member in (lightgbm_member, catboost_member):
+        alone = member(X, y, folds, "binary")
+        # the settings of a table 20x larger: a faster learning rate, so early stopping keeps fewer rounds
+        scaled = member(X, y, folds, "binary", size_scale=20.0)
+        assert sum(scaled.best_iterations) < sum(alone.best_iterations), (member, scaled.best_iterations,
+                                                                           alone.best_iterations)
 
 
 def test_members_are_timed_with_the_features_step_columns(shared_datasets, tmp_path, monkeypatch):
@@ -123,11 +143,11 @@ def test_a_run_s_seconds_on_the_whole_table_price_the_next_plan(shared_datasets,
     monkeypatch.setenv("KAGGLE_LORA_MEMBER_COSTS", str(tmp_path / "member-costs"))
     config = competition_spec("titanic", shared_datasets / "titanic")
     train = config.read_train().iloc[:400]
-    first = measure_members(config, train, 3, limit_s=3600)
+    first = measure_members(config, train, 3, limit_s=3600, whole_rows=200)
     assert not any(c.whole_table for c in first.costs) and first.how.startswith("timed on")
     measured = {c.name: round(c.estimate_s * 0.5 + 0.01, 3) for c in first.costs}
     assert remember_round(first.timing_key, measured)
-    second = measure_members(config, train, 3, limit_s=3600)
+    second = measure_members(config, train, 3, limit_s=3600, whole_rows=200)
     assert {c.name: c.estimate_s for c in second.costs} == measured
     assert all(c.whole_table for c in second.costs) and second.how == "measured on all 400 rows by an earlier run"
     assert all("what an earlier run of this table measured" in r for r in second.reasons)
@@ -135,7 +155,7 @@ def test_a_run_s_seconds_on_the_whole_table_price_the_next_plan(shared_datasets,
     # a number that is not finite makes the file unreadable: the next plan times the samples again
     path = cache_dir() / f"{first.timing_key}.json"
     path.write_text(path.read_text().replace(str(next(iter(measured.values()))), "NaN", 1))
-    third = measure_members(config, train, 3, limit_s=3600)
+    third = measure_members(config, train, 3, limit_s=3600, whole_rows=200)
     assert not any(c.whole_table for c in third.costs)
     assert all(c.estimate_s > 0 for c in third.costs)
 

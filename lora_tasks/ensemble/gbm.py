@@ -78,11 +78,13 @@ def lightgbm_member(
     n_threads: int = 1,
     class_weight: str | None = None,
     transform: FoldTransform | None = None,
+    size_scale: float = 1.0,
     **params,
 ) -> MemberPredictions:
     """LightGBM on ``X``: object/category/bool columns as pandas categories (identifier-like ones
     dropped, as for every member), early stopping on each fold's held-out rows. ``params`` go to
-    ``LGBMClassifier`` / ``LGBMRegressor`` over :func:`boosting_defaults`."""
+    ``LGBMClassifier`` / ``LGBMRegressor`` over :func:`boosting_defaults`, chosen for ``size_scale``
+    times the fold's rows (a timing sample fits with the whole table's settings)."""
     import lightgbm as lgb  # imported with its member: loading it costs a second
 
     def make(d: FoldData, task: Task, rows: int) -> Callable[[pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray], object]:
@@ -105,7 +107,7 @@ def lightgbm_member(
         return fit
 
     return _boosted_member(X, y, folds, task, X_test, make, _as_categories, lambda m: m.best_iteration_,
-                           metric=metric, log_target=log_target, name=name, transform=transform)
+                           metric=metric, log_target=log_target, name=name, transform=transform, size_scale=size_scale)
 
 
 def catboost_member(
@@ -122,11 +124,13 @@ def catboost_member(
     n_threads: int = 1,
     class_weight: str | None = None,
     transform: FoldTransform | None = None,
+    size_scale: float = 1.0,
     **params,
 ) -> MemberPredictions:
     """CatBoost on ``X``: categorical columns as ``cat_features`` (strings, missing as its own
     category), early stopping on each fold's held-out rows, the best iteration kept. ``params`` go
-    to ``CatBoostClassifier`` / ``CatBoostRegressor`` over :func:`boosting_defaults`."""
+    to ``CatBoostClassifier`` / ``CatBoostRegressor`` over :func:`boosting_defaults`, chosen for
+    ``size_scale`` times the fold's rows (as LightGBM's)."""
     from catboost import CatBoostClassifier, CatBoostRegressor  # imported with its member (seconds)
 
     def make(d: FoldData, task: Task, rows: int):
@@ -153,7 +157,7 @@ def catboost_member(
         return fit
 
     return _boosted_member(X, y, folds, task, X_test, make, _as_strings, lambda m: m.get_best_iteration(),
-                           metric=metric, log_target=log_target, name=name, transform=transform)
+                           metric=metric, log_target=log_target, name=name, transform=transform, size_scale=size_scale)
 
 
 # ---- shared: encoding, one model per output column ------------------------------------------------
@@ -260,9 +264,10 @@ def early_stopping_split(y: np.ndarray, task: Task, seed: int = 0) -> tuple[np.n
 
 def _boosted_member(X, y, folds, task, X_test, make, encoder: Encoder, rounds: Callable[[object], int], *,
                     metric: str | None, log_target: bool, name: str,
-                    transform: FoldTransform | None) -> MemberPredictions:
+                    transform: FoldTransform | None, size_scale: float = 1.0) -> MemberPredictions:
     """The fold loop for a booster: encode each fold's frames with the training rows' columns and
-    categories, fit one model per output column with early stopping on a slice of its training rows."""
+    categories, fit one model per output column with early stopping on a slice of its training rows.
+    ``make`` gets the rows its defaults are for: the fit rows times ``size_scale``."""
     task = Task.parse(task) if not isinstance(task, Task) else task
     X = as_frame(X, "X")
     dropped = list(Columns.of(X).dropped)
@@ -284,7 +289,7 @@ def _boosted_member(X, y, folds, task, X_test, make, encoder: Encoder, rounds: C
         encoded = encode(d.train)
         xt, xv = encoded.iloc[fit_rows].reset_index(drop=True), encoded.iloc[stop_rows].reset_index(drop=True)
         y_fit, y_stop = d.y_train[fit_rows], d.y_train[stop_rows]
-        fit_one = make(FoldData(d.fold, xt, y_fit, xv, y_stop, None), task, len(xt))
+        fit_one = make(FoldData(d.fold, xt, y_fit, xv, y_stop, None), task, round(len(xt) * size_scale))
         if not task.multi_output:
             model = fit_one(xt, y_fit, xv, y_stop)
             return _Boosted(encode, [model], task, int(rounds(model)))

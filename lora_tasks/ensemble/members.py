@@ -68,10 +68,12 @@ SKEW_LIMIT = 0.75  # non-negative numeric columns skewed beyond this enter the l
 #: HistGradientBoosting for regression tables: many small, slow, column-subsampled trees (the
 #: settings of tuned gradient-boosting kernels), which beat scikit-learn's defaults on the
 #: house-prices table. Classification keeps scikit-learn's defaults: there these settings lifted
-#: the member alone but lowered the accuracy-scored blend with the adapters. Tables beyond 10,000 rows stop early on a held-out tenth
-#: (scikit-learn's ``early_stopping="auto"``).
+#: the member alone but lowered the accuracy-scored blend with the adapters.
 GBM_REGRESSION_PARAMS = dict(learning_rate=0.03, max_iter=1500, max_leaf_nodes=8, min_samples_leaf=10,
                              l2_regularization=1.0, max_features=0.15)
+#: HistGradientBoosting stops early on a held-out tenth beyond this many training rows
+#: (scikit-learn's ``early_stopping="auto"``, stated so that a timing sample can follow the table).
+EARLY_STOPPING_ROWS = 10_000
 #: Regression models averaged per fold, each with its own seed (its own column subsamples):
 #: bagging lowers the variance of subsampled trees.
 GBM_BAG = 3
@@ -94,6 +96,7 @@ def tabular_member(
     n_threads: int | None = 1,
     transform: FoldTransform | None = None,
     bag: int | None = None,
+    size_scale: float = 1.0,
     **params,
 ) -> MemberPredictions:
     """HistGradientBoosting on ``X`` with ordinal-encoded categoricals (native categorical splits).
@@ -106,7 +109,9 @@ def tabular_member(
     (probabilities for classes; default :data:`GBM_BAG` for regression, 1 otherwise).
     ``n_threads`` caps its OpenMP threads (None: all cores): on Kaggle-sized tables threads gain
     little, and when the cores are busy (adapters training beside it) OpenMP's spin-waiting makes
-    a fit of a second take minutes.
+    a fit of a second take minutes. Early stopping follows scikit-learn's own rule (beyond
+    :data:`EARLY_STOPPING_ROWS` rows) applied to ``size_scale`` times the fold's rows, so a timing
+    sample stops as the whole table will.
     """
     task = normalize_task(task)
     bag = (GBM_BAG if task.is_regression else 1) if bag is None else bag
@@ -120,7 +125,8 @@ def tabular_member(
         encode = ordinal_encoding(cols, MAX_CATEGORIES)
         mask = [True] * len(cat_cols) + [False] * len(num_cols)
         tuned = GBM_REGRESSION_PARAMS if task.is_regression else {}
-        kw = tuned | dict(categorical_features=mask if cat_cols else None) | params
+        stops = len(d.train) * size_scale > EARLY_STOPPING_ROWS
+        kw = tuned | dict(categorical_features=mask if cat_cols else None, early_stopping=stops) | params
         gbm = HistGradientBoostingRegressor if task.is_regression else HistGradientBoostingClassifier
         models = [(f"seed{seed + i}", gbm(random_state=seed + i, **kw)) for i in range(bag)]
         if bag == 1:
@@ -299,6 +305,7 @@ def table_members(
     only: Collection[str] | None = None,
     transform: FoldTransform | None = None,
     generated: FeatureFrames | None = None,
+    size_scale: float = 1.0,
 ) -> list[MemberPredictions]:
     """The members that fit a competition table, each on ``folds``.
 
@@ -316,7 +323,8 @@ def table_members(
     ``generated``: the features step's frames (:func:`lora_tasks.features.build_features`), used
     instead of ``train``/``test``, with its target encodings fit inside each fold. On rows far
     outside the training range the linear and kernel members take the trees' mean
-    (:mod:`lora_tasks.ensemble.support`).
+    (:mod:`lora_tasks.ensemble.support`). ``size_scale``: the table the boosters' size-dependent
+    settings are for, as a multiple of ``train``'s rows (a timing sample of a larger table).
     """
     if generated is not None:  # the features step's tables, and its encodings fit in each fold
         train, test = generated.train, generated.test
@@ -339,9 +347,9 @@ def table_members(
     kw = dict(metric=metric, log_target=log_target, seed=seed, transform=transform)
     boost = dict(kw, class_weight=class_weight)
     runs: dict[str, Callable[[], MemberPredictions]] = {
-        "lightgbm": lambda: lightgbm_member(X, y, folds, task, X_test, **boost),
-        "catboost": lambda: catboost_member(X, y, folds, task, X_test, **boost),
-        "hist_gbm": lambda: tabular_member(X, y, folds, task, X_test, **kw),
+        "lightgbm": lambda: lightgbm_member(X, y, folds, task, X_test, size_scale=size_scale, **boost),
+        "catboost": lambda: catboost_member(X, y, folds, task, X_test, size_scale=size_scale, **boost),
+        "hist_gbm": lambda: tabular_member(X, y, folds, task, X_test, size_scale=size_scale, **kw),
         "extra_trees": lambda: extra_trees_member(X, y, folds, task, X_test, **boost),
         "linear": lambda: linear_member(X, y, folds, task, X_test, **kw),
     }

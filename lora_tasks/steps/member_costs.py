@@ -1,5 +1,6 @@
 """The members' cost, measured before the plan is priced: each member fit on two samples of the
-table, its seconds extrapolated to the whole table (a table no larger than a sample is fit once, whole).
+table, its seconds extrapolated to the whole table; a table of at most :data:`WHOLE_TABLE_ROWS`
+rows is fit once, whole.
 
 Why measured: the members range from a linear model (a second) to CatBoost (minutes on a wide
 table with many categoricals), and what a member costs depends on the table's columns as much as
@@ -10,6 +11,13 @@ seconds instead (:mod:`lora_tasks.steps.member_timings`). Members whose estimate
 :data:`MEMBER_SHARE` of the run's limit are left out before they start: a member that ends with
 weight 0 must not have taken more than a quarter of the run, and one that costs more than that is
 not known to earn it.
+
+Why small tables are timed whole: there a fit's fixed part (CatBoost's start-up, HistGradientBoosting's
+bags, early stopping's patience) is most of its seconds, and the number of rounds early stopping keeps
+still grows with the rows, so a line through two samples overshot the whole table by 1.3-2x, and the two
+samples together cost as much as one fit of the table. The samples also fit with the whole table's
+size-dependent settings (``size_scale``): a sample fit with a small table's slower learning rate priced
+a larger table's boosters several times too high.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ log = logging.getLogger("lora_tasks.steps.plan")
 #: are timed on a quarter of their rows, so small tables do not run their members twice.
 SAMPLE_ROWS = 1_000
 MIN_SAMPLE_ROWS = 200
+#: Tables up to this many rows are timed once, on all their rows (see the module's docstring).
+WHOLE_TABLE_ROWS = 2_000
 #: The most of the run's time limit one member may be expected to take.
 MEMBER_SHARE = 0.25
 #: Members whose cost grows faster than linearly in rows (an RBF SVR: kernel matrix).
@@ -166,7 +176,7 @@ def sample_labels(frame: pd.DataFrame, config: CompetitionConfig) -> tuple[pd.Da
 
 def measure_members(config: CompetitionConfig, train: pd.DataFrame, n_folds: int, limit_s: float,
                     seed: int = 0, class_weight: str | None = None,
-                    features: FeaturePlan | None = None) -> MeasuredMembers:
+                    features: FeaturePlan | None = None, whole_rows: int = WHOLE_TABLE_ROWS) -> MeasuredMembers:
     """Fit every member of the table (:func:`lora_tasks.ensemble.members.table_members`, the test
     rows left out) on two seeded samples, with ``n_folds`` folds as the run will, and
     extrapolate each member's seconds to ``train``'s rows. ``features``: the features step's plan,
@@ -174,14 +184,15 @@ def measure_members(config: CompetitionConfig, train: pd.DataFrame, n_folds: int
     columns (and the target encodings fit in each fold) are part of what a member costs. The
     timings are kept per machine and table (:func:`~lora_tasks.steps.member_timings.cache_dir`):
     planning the same table again reuses them, as the cost probe does, and takes a member's seconds on the whole table from the
-    last run that fit it, where there is one (:func:`~lora_tasks.steps.member_timings.remember_round`)."""
+    last run that fit it, where there is one (:func:`~lora_tasks.steps.member_timings.remember_round`).
+    A table of at most ``whole_rows`` rows is timed once, on all of them."""
     frame, y = sample_labels(train, config)
     rows = len(frame)
-    n2 = int(min(rows, max(MIN_SAMPLE_ROWS, min(SAMPLE_ROWS, rows // 4))))
-    # a table no larger than the sample is timed once, whole: its estimate is that fit's seconds, and a
-    # half-table fit beside it would cost time and tell the estimate nothing
+    n2 = rows if rows <= whole_rows else int(min(rows, max(MIN_SAMPLE_ROWS, min(SAMPLE_ROWS, rows // 4))))
+    # a table timed whole is fit once: its estimate is that fit's seconds, and a half-table fit beside
+    # it would cost time and tell the estimate nothing
     n1 = n2 if n2 >= rows else max(n2 // 2, min(n2, 2 * n_folds))
-    key = timing_key(frame, config, n_folds, seed, class_weight, features)
+    key = timing_key(frame, config, n_folds, seed, class_weight, features, (n1, n2))
     timings = load_timings(key)
     if timings is None:
         timings = CachedTimings(_time_samples(config, frame, y, (n1, n2), n_folds, seed, class_weight, features))
@@ -193,7 +204,8 @@ def _time_samples(config: CompetitionConfig, frame: pd.DataFrame, y: np.ndarray,
                   n_folds: int, seed: int, class_weight: str | None,
                   features: FeaturePlan | None = None) -> dict[str, tuple[float, float]]:
     """Each member's seconds on the two samples (all folds, no test rows; the generated features
-    built on the sample and counted in every member's share, as the members step counts them)."""
+    built on the sample and counted in every member's share, as the members step counts them), the
+    boosters' settings chosen for the whole table's rows."""
     import time
 
     from lora_tasks.ensemble.members import table_members  # scikit-learn's estimators load slowly
@@ -215,7 +227,7 @@ def _time_samples(config: CompetitionConfig, frame: pd.DataFrame, y: np.ndarray,
         built_s = time.perf_counter() - start
         members = table_members(sub, ys, folds, task.value, None, text_columns=text_columns,
                                 exclude=config.excluded_columns, seed=seed, class_weight=class_weight,
-                                generated=generated)
+                                generated=generated, size_scale=rows / n)
         for m in members:
             timings.setdefault(m.name, []).append(m.seconds + built_s / max(len(members), 1))
     return {name: (t[0], t[-1]) for name, t in timings.items()}
@@ -241,5 +253,5 @@ def _decide(timings: CachedTimings, sizes: tuple[int, int], rows: int, limit_s: 
     return measured
 
 
-__all__ = ["MAX_MEMBER_ROUNDS", "MEMBER_SHARE", "MemberCost", "MemberRounds", "MeasuredMembers", "extrapolate",
+__all__ = ["MAX_MEMBER_ROUNDS", "MEMBER_SHARE", "WHOLE_TABLE_ROWS", "MemberCost", "MemberRounds", "MeasuredMembers", "extrapolate",
            "measure_members", "plan_member_rounds"]

@@ -31,7 +31,7 @@ from lora_tasks.features.records import FeaturePlan
 
 log = logging.getLogger("lora_tasks.steps.plan")
 
-TIMING_VERSION = 3  # bump when the members or their timing change in a way the versions do not show
+TIMING_VERSION = 4  # bump when the members or their timing change in a way the versions do not show
 MEMBER_COSTS_ENV = "KAGGLE_LORA_MEMBER_COSTS"
 
 
@@ -55,15 +55,15 @@ def cache_dir() -> Path:
 
 
 def timing_key(frame: pd.DataFrame, config: CompetitionConfig, n_folds: int, seed: int,
-               class_weight: str | None, features: FeaturePlan | None) -> str:
+               class_weight: str | None, features: FeaturePlan | None, sizes: tuple[int, int]) -> str:
     """Everything that decides the timings: the rows, what the members see of them (the generated
-    features too), the folds, the machine and the libraries' versions."""
+    features too), the folds, the sample sizes, the machine and the libraries' versions."""
     from importlib.metadata import version
 
     built = json.dumps(dataclasses.asdict(features), sort_keys=True, default=str) if builds(features) else ""
     parts = [str(pd.util.hash_pandas_object(frame, index=False).sum()), built, config.task_type,
              ",".join(config.target_columns), ",".join(config.excluded_columns), str(n_folds), str(seed),
-             str(class_weight), platform.node(), str(os.cpu_count()), str(TIMING_VERSION),
+             str(class_weight), f"{sizes[0]},{sizes[1]}", platform.node(), str(os.cpu_count()), str(TIMING_VERSION),
              *(f"{p}={version(p)}" for p in ("lightgbm", "catboost", "scikit-learn"))]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
 
