@@ -39,10 +39,11 @@ from lora_tasks.task import Task
 log = logging.getLogger("lora_tasks.steps.plan")
 
 #: Rows of the larger timing sample (the smaller holds half); tables up to four times this size
-#: are timed on a quarter of their rows, so small tables do not run their members twice.
+#: are timed on a quarter of their rows (at least :data:`MIN_SAMPLE_ROWS`).
 SAMPLE_ROWS = 1_000
 MIN_SAMPLE_ROWS = 200
-#: Tables up to this many rows are timed once, on all their rows (see the module's docstring).
+#: Tables up to this many rows are timed once, on all their rows (see the module's docstring): the
+#: plan's fit of the table costs about what the two samples did, and prices the run's round exactly.
 WHOLE_TABLE_ROWS = 2_000
 #: The most of the run's time limit one member may be expected to take.
 MEMBER_SHARE = 0.25
